@@ -1,0 +1,30 @@
+/* core.c - the module entry: builds the procthread.core table. */
+#include "pt.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+
+/* Worker threads run code of this library until they end, possibly after
+   the Lua state that loaded it has been closed (and has dlclose'd it).
+   Pin the library in memory once so that can never unmap running code. */
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+
+static const char pin_anchor = 0;
+
+static void pin_library(void) {
+  Dl_info info;
+  if (dladdr(&pin_anchor, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
+int luaopen_procthread_core(lua_State *L) {
+  pthread_once(&pin_once, pin_library);
+  lua_newtable(L);
+  pt_open_sys(L);
+  pt_open_codec(L);
+  pt_open_worker(L);
+  pt_open_table(L);
+  pt_open_array(L);
+  pt_open_pipe(L);
+  return 1;
+}

@@ -1,0 +1,123 @@
+/* pt.h - what the C files of procthread share.  Symbols carry the pt_
+ * prefix and the concern: pt_buf_*, pt_codec_*, pt_shm_*, pt_pipe_*.  */
+#ifndef PT_H
+#define PT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "compat.h"
+
+#define PT_VERSION "0.1.0"
+
+/* ---- sys.c: buffers, errors, clock, cancellation ---------------------- */
+
+typedef struct pt_buf {
+  char *data;
+  size_t len, cap;
+} pt_buf;
+
+void pt_buf_init(pt_buf *b);
+int pt_buf_reserve(pt_buf *b, size_t extra);      /* 0 ok, -1 ENOMEM */
+int pt_buf_add(pt_buf *b, const void *p, size_t n);
+void pt_buf_free(pt_buf *b);
+
+/* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
+int pt_push_oserror(lua_State *L, const char *op, int err);
+/* Raise "<op>: <strerror(err)>" as a Lua error. */
+int pt_raise_oserror(lua_State *L, const char *op, int err);
+
+double pt_now(void);                         /* monotonic seconds */
+/* Optional timeout argument at index i: nil or absent -> -1 (forever);
+   a number >= 0 otherwise; a negative or non-number raises. */
+double pt_opttimeout(lua_State *L, int i);
+
+/* Who runs this code.  main: the first Lua state of a process (and every
+   state that is not a procthread worker); thread / process: a worker. */
+enum { PT_MAIN = 0, PT_THREAD = 1, PT_PROCESS = 2 };
+typedef struct pt_ctx {
+  int kind;
+  volatile int *cancel;     /* set to 1 when cancellation is asked, or NULL */
+  int cancel_fd;            /* eventfd that becomes readable on cancel, or -1 */
+} pt_ctx;
+extern __thread pt_ctx *pt_self_ctx;
+
+int pt_cancel_requested(void);
+/* Wait until fd is ready for `events` (POLLIN/POLLOUT) or `timeout` seconds
+   pass (<0: forever).  Returns 1 ready, 0 timeout, -1 OS error (errno set),
+   -2 this thread was cancelled.  Retries on EINTR. */
+int pt_wait_fd(int fd, short events, double timeout);
+/* Like pt_wait_fd over many fds: returns index of first ready fd, -3 for
+   timeout, -1 error, -2 cancelled. */
+int pt_wait_fds(const int *fds, int n, short events, double timeout);
+/* Raise the cancellation error (the string "cancelled"). */
+int pt_raise_cancelled(lua_State *L);
+#define PT_CANCELLED_MSG "cancelled"
+
+/* Close fd, keeping errno. */
+void pt_close(int fd);
+/* Called in a new child right after fork(), before any Lua runs there:
+   every concern forgets what belongs to the parent.  */
+void pt_after_fork_child(void);
+/* Register a function pt_after_fork_child must call (at most 8). */
+void pt_atfork_child(void (*fn)(void));
+
+/* ---- codec.c: values between Lua states --------------------------------
+ * One encoder, one decoder.  The byte format is self-describing; the
+ * decoder checks every tag and length and never reads out of bounds.  */
+
+#define PT_CODEC_MAXDEPTH 200
+
+/* Objects that cross by reference (shared tables, arrays, pipes) register
+   one of these.  A reference is 16 bytes.  encode takes whatever count the
+   in-flight message must hold and fills ref; release drops it again (the
+   message is discarded undecoded); decode pushes the object, adopting that
+   count, or returns an error message (the count is then dropped by the
+   codec through release). */
+typedef struct pt_ref {
+  uint64_t a, b;
+} pt_ref;
+
+typedef struct pt_xtype {
+  const char *tname;                  /* metatable name */
+  const char *(*encode)(lua_State *L, int idx, pt_ref *ref);
+  void (*release)(const pt_ref *ref);
+  const char *(*decode)(lua_State *L, const pt_ref *ref);
+} pt_xtype;
+
+/* Defined by table.c, array.c, pipe.c. */
+extern const pt_xtype pt_xtype_table, pt_xtype_array, pt_xtype_pipe;
+
+/* Encode the n values from stack index idx into out (appending).  On
+   failure returns 0, leaves out as it was (every reference taken is
+   released) and writes "what[2].conn: cannot copy userdata" into err. */
+int pt_encode(lua_State *L, int idx, int n, const char *what, pt_buf *out,
+              char *err, size_t errlen);
+/* Decode every value of a buffer and push them.  Returns how many were
+   pushed, or -1 with an error message pushed instead (nothing else). */
+int pt_decode(lua_State *L, const char *data, size_t len);
+/* Drop the references held by an encoded buffer that will never be
+   decoded. */
+void pt_discard(const char *data, size_t len);
+
+/* ---- worker.c, thread.c, process.c ------------------------------------ */
+void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
+
+/* ---- sys.c: Lua functions ---------------------------------------------- */
+void pt_open_sys(lua_State *L);
+void pt_open_codec(lua_State *L);
+
+/* ---- shm.c: the arena (plain C, no lua_State) -------------------------- */
+/* Map the arena if it is not mapped yet.  0 ok, -1 with errno. */
+int pt_shm_ensure(void);
+
+/* ---- table.c, array.c, pipe.c: Lua bindings ---------------------------- */
+void pt_open_table(lua_State *L);
+void pt_open_array(lua_State *L);
+void pt_open_pipe(lua_State *L);
+
+/* core.c: build the module table (used by luaopen and by new thread
+   states, which get the module without a file search). */
+int luaopen_procthread_core(lua_State *L);
+
+#endif

@@ -1,0 +1,302 @@
+/* sys.c - buffers, OS errors, the clock, cancellation points, and the
+ * small utilities of the public API (now, sleep, cpu_count, rusage,
+ * memory, self, cancelled). */
+#include "pt.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- buffers ------------------------------------------------------------ */
+
+void pt_buf_init(pt_buf *b) { b->data = NULL; b->len = b->cap = 0; }
+
+int pt_buf_reserve(pt_buf *b, size_t extra) {
+  size_t need = b->len + extra, cap;
+  char *p;
+  if (need < b->len) return -1;                 /* overflow */
+  if (need <= b->cap) return 0;
+  cap = b->cap ? b->cap : 256;
+  while (cap < need) {
+    if (cap > ((size_t)-1) / 2) { cap = need; break; }
+    cap *= 2;
+  }
+  p = realloc(b->data, cap);
+  if (!p) return -1;
+  b->data = p; b->cap = cap;
+  return 0;
+}
+
+int pt_buf_add(pt_buf *b, const void *p, size_t n) {
+  if (pt_buf_reserve(b, n)) return -1;
+  if (n) memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+void pt_buf_free(pt_buf *b) { free(b->data); pt_buf_init(b); }
+
+/* ---- errors ------------------------------------------------------------- */
+
+int pt_push_oserror(lua_State *L, const char *op, int err) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", op, strerror(err));
+  lua_pushinteger(L, err);
+  return 3;
+}
+
+int pt_raise_oserror(lua_State *L, const char *op, int err) {
+  return luaL_error(L, "%s: %s", op, strerror(err));
+}
+
+void pt_close(int fd) {
+  int e = errno;
+  if (fd >= 0) close(fd);
+  errno = e;
+}
+
+/* ---- fork bookkeeping ----------------------------------------------------- */
+
+static void (*atfork_fns[8])(void);
+static int atfork_n;
+static pthread_mutex_t atfork_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void pt_atfork_child(void (*fn)(void)) {
+  int i;
+  pthread_mutex_lock(&atfork_mu);
+  for (i = 0; i < atfork_n; i++)
+    if (atfork_fns[i] == fn) break;
+  if (i == atfork_n && atfork_n < 8) atfork_fns[atfork_n++] = fn;
+  pthread_mutex_unlock(&atfork_mu);
+}
+
+void pt_after_fork_child(void) {
+  int i;
+  for (i = 0; i < atfork_n; i++) atfork_fns[i]();
+}
+
+/* ---- clock and timeouts --------------------------------------------------- */
+
+double pt_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double pt_opttimeout(lua_State *L, int i) {
+  double t;
+  if (lua_isnoneornil(L, i)) return -1;
+  t = luaL_checknumber(L, i);
+  if (!(t >= 0)) luaL_argerror(L, i, "timeout must be a number >= 0");
+  return t;
+}
+
+/* ---- cancellation ---------------------------------------------------------- */
+
+__thread pt_ctx *pt_self_ctx;
+
+int pt_cancel_requested(void) {
+  pt_ctx *c = pt_self_ctx;
+  return c && c->cancel && *c->cancel;
+}
+
+int pt_raise_cancelled(lua_State *L) {
+  lua_pushstring(L, PT_CANCELLED_MSG);
+  return lua_error(L);
+}
+
+static int ms_left(double deadline) {
+  double left;
+  if (deadline < 0) return -1;
+  left = deadline - pt_now();
+  if (left <= 0) return 0;
+  if (left > 86400.0) return 86400000;
+  return (int)ceil(left * 1000.0);
+}
+
+int pt_wait_fds(const int *fds, int n, short events, double timeout) {
+  struct pollfd p[17];
+  pt_ctx *c = pt_self_ctx;
+  int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
+  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  int i, r;
+  if (n > 16) { errno = EINVAL; return -1; }
+  for (;;) {
+    if (pt_cancel_requested()) return -2;
+    for (i = 0; i < n; i++) {
+      p[i].fd = fds[i]; p[i].events = events; p[i].revents = 0;
+    }
+    p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
+    r = poll(p, (nfds_t)(n + 1), ms_left(deadline));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    for (i = 0; i < n; i++)
+      if (p[i].revents) return i;          /* ready, hung up or error: let the caller see */
+    if (p[n].revents || pt_cancel_requested()) return -2;
+    if (r == 0 && deadline >= 0 && ms_left(deadline) == 0) return -3;
+  }
+}
+
+int pt_wait_fd(int fd, short events, double timeout) {
+  int r = pt_wait_fds(&fd, 1, events, timeout);
+  return r == 0 ? 1 : r == -3 ? 0 : r;
+}
+
+/* ---- Lua functions ----------------------------------------------------------- */
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, pt_now());
+  return 1;
+}
+
+static int l_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  int r;
+  if (!(s >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
+  r = pt_wait_fds(NULL, 0, 0, s);
+  if (r == -2) return pt_raise_cancelled(L);
+  if (r == -1) return pt_raise_oserror(L, "poll", errno);
+  return 0;
+}
+
+static int l_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? (lua_Integer)n : 1);
+  return 1;
+}
+
+static double tv_seconds(struct timeval tv) {
+  return (double)tv.tv_sec + (double)tv.tv_usec * 1e-6;
+}
+
+static void set_num(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static int l_rusage(lua_State *L) {
+  static const char *const whos[] = {"self", "children", "thread", NULL};
+  static const int codes[] = {RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD};
+  int who = codes[luaL_checkoption(L, 1, "self", whos)];
+  struct rusage ru;
+  if (getrusage(who, &ru) != 0) return pt_push_oserror(L, "getrusage", errno);
+  lua_createtable(L, 0, 8);
+  set_num(L, "utime", tv_seconds(ru.ru_utime));
+  set_num(L, "stime", tv_seconds(ru.ru_stime));
+  set_int(L, "maxrss_kib", ru.ru_maxrss);
+  set_int(L, "minflt", ru.ru_minflt);
+  set_int(L, "majflt", ru.ru_majflt);
+  set_int(L, "nvcsw", ru.ru_nvcsw);
+  set_int(L, "nivcsw", ru.ru_nivcsw);
+  return 1;
+}
+
+/* rss and pss of this process in KiB, from /proc/self/smaps_rollup (pss)
+   and /proc/self/statm (rss). */
+static int l_memory(lua_State *L) {
+  char line[256];
+  long rss = -1, pss = -1, anon = -1, shared = -1;
+  FILE *f = fopen("/proc/self/smaps_rollup", "re");
+  if (f) {
+    while (fgets(line, sizeof line, f)) {
+      long v;
+      if (sscanf(line, "Rss: %ld kB", &v) == 1) rss = v;
+      else if (sscanf(line, "Pss: %ld kB", &v) == 1) pss = v;
+      else if (sscanf(line, "Anonymous: %ld kB", &v) == 1) anon = v;
+      else if (sscanf(line, "Shared_Clean: %ld kB", &v) == 1) shared = (shared < 0 ? 0 : shared) + v;
+      else if (sscanf(line, "Shared_Dirty: %ld kB", &v) == 1) shared = (shared < 0 ? 0 : shared) + v;
+    }
+    fclose(f);
+  } else {
+    long pages, res;
+    f = fopen("/proc/self/statm", "re");
+    if (!f) return pt_push_oserror(L, "open /proc/self/statm", errno);
+    if (fscanf(f, "%ld %ld", &pages, &res) == 2)
+      rss = res * (sysconf(_SC_PAGESIZE) / 1024);
+    fclose(f);
+  }
+  lua_createtable(L, 0, 4);
+  set_int(L, "rss_kib", rss);
+  if (pss >= 0) set_int(L, "pss_kib", pss);
+  if (anon >= 0) set_int(L, "anon_kib", anon);
+  if (shared >= 0) set_int(L, "shared_kib", shared);
+  return 1;
+}
+
+static int l_self(lua_State *L) {
+  static const char *const names[] = {"main", "thread", "process"};
+  pt_ctx *c = pt_self_ctx;
+  int kind = c ? c->kind : PT_MAIN;
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, names[kind]);
+  lua_setfield(L, -2, "kind");
+  if (kind == PT_THREAD) lua_pushinteger(L, (lua_Integer)syscall(SYS_gettid));
+  else lua_pushinteger(L, (lua_Integer)getpid());
+  lua_setfield(L, -2, "id");
+  return 1;
+}
+
+static int l_cancelled(lua_State *L) {
+  lua_pushboolean(L, pt_cancel_requested());
+  return 1;
+}
+
+void pt_open_sys(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"now", l_now}, {"sleep", l_sleep}, {"cpu_count", l_cpu_count},
+    {"rusage", l_rusage}, {"memory", l_memory}, {"self", l_self},
+    {"cancelled", l_cancelled}, {NULL, NULL}};
+  pt_setfuncs(L, fns);
+  lua_pushstring(L, PT_VERSION);
+  lua_setfield(L, -2, "version");
+}
+
+/* ---- compat shims for Lua 5.1 ---------------------------------------------- */
+#if LUA_VERSION_NUM < 502
+void pt_setfuncs(lua_State *L, const luaL_Reg *l) {
+  for (; l->name; l++) {
+    lua_pushcfunction(L, l->func);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+void *pt_testudata(lua_State *L, int i, const char *tname) {
+  void *p = lua_touserdata(L, i);
+  if (p == NULL || !lua_getmetatable(L, i)) return NULL;
+  luaL_getmetatable(L, tname);
+  if (!lua_rawequal(L, -1, -2)) p = NULL;
+  lua_pop(L, 2);
+  return p;
+}
+
+void pt_traceback(lua_State *L, lua_State *L1, const char *msg, int level) {
+  (void)L1;
+  lua_getglobal(L, "debug");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1)) {
+      lua_pushstring(L, msg);
+      lua_pushinteger(L, level + 1);
+      if (lua_pcall(L, 2, 1, 0) == 0) return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushstring(L, msg);
+}
+#endif

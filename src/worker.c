@@ -1,0 +1,2 @@
+#include "pt.h"
+void pt_open_worker(lua_State *L) { (void)L; }
