@@ -7,6 +7,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,11 +257,27 @@ static int l_cancelled(lua_State *L) {
   return 1;
 }
 
+/* The lab's deliberate faults: a real invalid memory write (SIGSEGV), a
+   real abort(), or any signal raised at this thread. */
+static int l_fault(lua_State *L) {
+  static const char *const kinds[] = {"segv", "abort", "signal", NULL};
+  int k = luaL_checkoption(L, 1, NULL, kinds);
+  if (k == 0) {
+    volatile int *volatile bad = NULL;
+    *bad = 1;
+  } else if (k == 1) {
+    abort();
+  } else {
+    raise((int)luaL_checkinteger(L, 2));
+  }
+  return 0;
+}
+
 void pt_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"now", l_now}, {"sleep", l_sleep}, {"cpu_count", l_cpu_count},
     {"rusage", l_rusage}, {"memory", l_memory}, {"self", l_self},
-    {"cancelled", l_cancelled}, {NULL, NULL}};
+    {"cancelled", l_cancelled}, {"fault", l_fault}, {NULL, NULL}};
   pt_setfuncs(L, fns);
   lua_pushstring(L, PT_VERSION);
   lua_setfield(L, -2, "version");
