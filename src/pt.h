@@ -59,8 +59,15 @@ void pt_close(int fd);
 /* Called in a new child right after fork(), before any Lua runs there:
    every concern forgets what belongs to the parent.  */
 void pt_after_fork_child(void);
-/* Register a function pt_after_fork_child must call (at most 8). */
+/* Register a function pt_after_fork_child must call (at most 16; safe
+   to call again with the same function). */
 void pt_atfork_child(void (*fn)(void));
+/* A forked worker process leaves through pt_child_exit: it runs the
+   functions registered here (for example: drop the shared-memory
+   references this process took), flushes its own stdio and _exit()s.
+   It never runs the parent's atexit handlers. */
+void pt_on_child_exit(void (*fn)(void));
+void pt_child_exit(int code);
 
 /* ---- codec.c: values between Lua states --------------------------------
  * One encoder, one decoder.  The byte format is self-describing; the

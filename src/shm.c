@@ -1,3 +1,515 @@
-/* shm.c - placeholder until the arena lands. */
+/* shm.c - the shared arena: mapping, allocator, robust locks, handles.
+ *
+ * Plain C: nothing here touches a lua_State.
+ *
+ * Mapping.  One MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE mapping, reserved at
+ * its full size but committed page by page as it is touched, so a large
+ * default costs nothing until used.  Mapped on first use, and at the latest
+ * by pt_shm_ensure() before procthread forks: every process procthread
+ * spawns shares it, and objects created later are visible to children
+ * spawned earlier.
+ *
+ * Allocator.  Boundary-tag blocks with segregated free lists:
+ *
+ *   block at offset b (16-aligned), size s (multiple of 16, >= 32):
+ *     b+0   prevsize  size of the block before, valid only when it is free
+ *     b+8   head      s | USED | PREV_USED
+ *     b+16  payload   (free block: next, prev offsets of its free list)
+ *
+ * Free blocks are coalesced with both neighbours at once; a free block that
+ * touches the "top" (the never-used tail of the arena) melts into it.  Free
+ * lists: 64 exact bins of 16 bytes for blocks under 1 KiB, then 8 bins per
+ * power of two; a request searches from the first bin whose every block is
+ * large enough (a bitmap finds the next non-empty bin), so allocation and
+ * free are O(1) apart from the bitmap scan.
+ *
+ * Crash safety.  The allocator is guarded by a robust, process-shared
+ * mutex.  Every word the allocator changes is first written to an undo log
+ * in the arena header (address, old value), then the log length is bumped,
+ * then the word is written; finishing an operation is the single store
+ * that resets the log length to 0.  A process killed at any instant inside
+ * the allocator leaves a log describing exactly the words it changed: the
+ * next locker (EOWNERDEAD) writes the old values back, newest first, and the
+ * arena is as it was before that operation.
+ */
 #include "pt.h"
-int pt_shm_ensure(void) { return 0; }
+#include "shm.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+char *pt_shm_base;
+
+#define ARENA_MAGIC 0x7074617265616e61ULL   /* "ptarena" */
+#define USED 1ULL
+#define PREV_USED 2ULL
+#define FLAGS 15ULL
+#define MINBLOCK 32
+#define NSMALL 64                            /* exact bins: size / 16 < 64 */
+#define NBINS (NSMALL + 8 * 48)
+#define NWORDS ((NBINS + 63) / 64)
+#define LOGMAX 64
+
+typedef struct arena_hdr {
+  uint64_t magic;
+  uint64_t size;                 /* bytes mapped */
+  uint64_t start;                /* first block */
+  pthread_mutex_t mu;
+  uint64_t top;                  /* [top, size) never allocated or given back */
+  uint64_t used, peak, objects;  /* bytes in used blocks; live blocks */
+  uint64_t recoveries;           /* locks taken over from dead owners */
+  uint64_t bitmap[NWORDS];
+  uint64_t bins[NBINS];
+  uint64_t nlog;
+  struct { uint64_t off, old; } log[LOGMAX];
+} arena_hdr;
+
+static pthread_mutex_t map_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t config_size;                 /* 0: environment or default */
+static char errmsg[256];
+static char fullmsg[256];
+
+#define H ((arena_hdr *)(void *)pt_shm_base)
+#define WORD(off) (*(uint64_t *)(void *)(pt_shm_base + (off)))
+
+/* ---- sizes ---------------------------------------------------------------- */
+
+uint64_t pt_shm_parse_size(const char *s) {
+  char *end;
+  unsigned long long v;
+  uint64_t mul = 1;
+  if (!s || !*s || *s == '-' || *s == '+') return 0;
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno || end == s) return 0;
+  switch (*end) {
+    case 'k': case 'K': mul = 1ULL << 10; end++; break;
+    case 'm': case 'M': mul = 1ULL << 20; end++; break;
+    case 'g': case 'G': mul = 1ULL << 30; end++; break;
+    case 't': case 'T': mul = 1ULL << 40; end++; break;
+    default: break;
+  }
+  if (mul > 1 && (*end == 'i' || *end == 'I')) end++;
+  if (mul > 1 && (*end == 'b' || *end == 'B')) end++;
+  if (*end) return 0;
+  if (v > ((uint64_t)1 << 46) / mul) return 0;   /* 64 TiB is plenty */
+  return (uint64_t)v * mul;
+}
+
+static void format_size(char *out, size_t n, uint64_t b) {
+  if (b % (1ULL << 30) == 0) snprintf(out, n, "%llu GiB", (unsigned long long)(b >> 30));
+  else if (b % (1ULL << 20) == 0) snprintf(out, n, "%llu MiB", (unsigned long long)(b >> 20));
+  else if (b % (1ULL << 10) == 0) snprintf(out, n, "%llu KiB", (unsigned long long)(b >> 10));
+  else snprintf(out, n, "%llu bytes", (unsigned long long)b);
+}
+
+int pt_shm_set_size(uint64_t bytes) {
+  int r = 0;
+  pthread_mutex_lock(&map_mu);
+  if (pt_shm_base) r = -1;
+  else config_size = bytes;
+  pthread_mutex_unlock(&map_mu);
+  return r;
+}
+
+uint64_t pt_shm_config_size(void) {
+  const char *env;
+  uint64_t v;
+  if (pt_shm_base) return H->size;
+  if (config_size) return config_size;
+  env = getenv("PROCTHREAD_SHM_SIZE");
+  if (env && (v = pt_shm_parse_size(env)) >= PT_SHM_MIN_SIZE) return v;
+  return PT_SHM_DEFAULT_SIZE;
+}
+
+const char *pt_shm_errmsg(void) { return errmsg[0] ? errmsg : "shared arena not mapped"; }
+const char *pt_shm_full_msg(void) { return fullmsg; }
+
+/* ---- robust mutexes ----------------------------------------------------------- */
+
+int pt_shm_mutex_init(pthread_mutex_t *m, int recursive) {
+  pthread_mutexattr_t a;
+  int r;
+  if ((r = pthread_mutexattr_init(&a)) != 0) { errno = r; return -1; }
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  if (recursive) pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+  r = pthread_mutex_init(m, &a);
+  pthread_mutexattr_destroy(&a);
+  if (r) { errno = r; return -1; }
+  return 0;
+}
+
+int pt_shm_mutex_lock(pthread_mutex_t *m) {
+  int r = pthread_mutex_lock(m);
+  if (r == 0) return 0;
+  if (r == EOWNERDEAD) return 1;
+  errno = r;
+  return -1;
+}
+
+int pt_shm_mutex_timedlock(pthread_mutex_t *m, double timeout) {
+  struct timespec ts;
+  int r;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t)timeout;
+  ts.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  r = pthread_mutex_timedlock(m, &ts);
+  if (r == 0) return 0;
+  if (r == EOWNERDEAD) return 1;
+  if (r == ETIMEDOUT) return 2;
+  errno = r;
+  return -1;
+}
+
+void pt_shm_mutex_consistent(pthread_mutex_t *m) { pthread_mutex_consistent(m); }
+void pt_shm_mutex_unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+
+void pt_shm_note_recovery(void) {
+  if (pt_shm_base) __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- the undo log --------------------------------------------------------------- */
+
+static void W(uint64_t off, uint64_t v) {
+  uint64_t n = H->nlog;
+  if (n >= LOGMAX) abort();                  /* a bug: an operation is bounded */
+  H->log[n].off = off;
+  H->log[n].old = WORD(off);
+  __atomic_store_n(&H->nlog, n + 1, __ATOMIC_RELEASE);
+  __atomic_store_n(&WORD(off), v, __ATOMIC_RELEASE);
+}
+
+#define HOFF(field) ((uint64_t)offsetof(arena_hdr, field))
+
+static void commit(void) { __atomic_store_n(&H->nlog, 0, __ATOMIC_RELEASE); }
+
+static void undo(void) {
+  uint64_t n = H->nlog;
+  if (n > LOGMAX) n = LOGMAX;
+  while (n > 0) {
+    n--;
+    WORD(H->log[n].off) = H->log[n].old;
+  }
+  commit();
+}
+
+static void arena_lock(void) {
+  int r = pt_shm_mutex_lock(&H->mu);
+  if (r == 1) {
+    undo();
+    __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
+    pt_shm_mutex_consistent(&H->mu);
+  } else if (r < 0) {
+    abort();                                 /* ENOTRECOVERABLE: cannot happen */
+  }
+}
+
+static void arena_unlock(void) { pt_shm_mutex_unlock(&H->mu); }
+
+/* ---- bins ---------------------------------------------------------------------- */
+
+static int fls64(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+/* The bin a free block of size s belongs to. */
+static unsigned bin_of(uint64_t s) {
+  int fl;
+  if (s < 16 * NSMALL) return (unsigned)(s >> 4);
+  fl = fls64(s);
+  return NSMALL + (unsigned)(fl - 10) * 8 + (unsigned)((s >> (fl - 3)) & 7);
+}
+
+/* The first bin whose every block holds s bytes. */
+static unsigned bin_fit(uint64_t s) {
+  int fl;
+  unsigned b;
+  if (s < 16 * NSMALL) return (unsigned)(s >> 4);
+  fl = fls64(s);
+  b = bin_of(s);
+  if (s & ((1ULL << (fl - 3)) - 1)) b++;     /* above the bin's lower bound */
+  return b;
+}
+
+#define HEAD(b) ((b) + 8)
+#define NEXT(b) ((b) + 16)
+#define PREV(b) ((b) + 24)
+#define BSIZE(b) (WORD(HEAD(b)) & ~FLAGS)
+
+static void bin_insert(uint64_t b, uint64_t s) {
+  unsigned i = bin_of(s);
+  uint64_t head = H->bins[i];
+  W(NEXT(b), head);
+  W(PREV(b), 0);
+  if (head) W(PREV(head), b);
+  W(HOFF(bins) + 8 * i, b);
+  if (!(H->bitmap[i / 64] & (1ULL << (i % 64))))
+    W(HOFF(bitmap) + 8 * (i / 64), H->bitmap[i / 64] | (1ULL << (i % 64)));
+}
+
+static void bin_remove(uint64_t b, uint64_t s) {
+  unsigned i = bin_of(s);
+  uint64_t next = WORD(NEXT(b)), prev = WORD(PREV(b));
+  if (prev) W(NEXT(prev), next);
+  else W(HOFF(bins) + 8 * i, next);
+  if (next) W(PREV(next), prev);
+  if (!prev && !next)
+    W(HOFF(bitmap) + 8 * (i / 64), H->bitmap[i / 64] & ~(1ULL << (i % 64)));
+}
+
+static int find_bin(unsigned from) {
+  unsigned w = from / 64;
+  uint64_t m;
+  if (from >= NBINS) return -1;
+  m = H->bitmap[w] & (~0ULL << (from % 64));
+  for (;;) {
+    if (m) return (int)(w * 64 + (unsigned)__builtin_ctzll(m));
+    if (++w >= NWORDS) return -1;
+    m = H->bitmap[w];
+  }
+}
+
+/* ---- allocation ---------------------------------------------------------------- */
+
+pt_off pt_shm_alloc(size_t n) {
+  uint64_t need, b, s;
+  int i;
+  if (!pt_shm_base && pt_shm_ensure() != 0) return 0;
+  if (n > H->size) return 0;
+  need = ((uint64_t)n + 16 + 15) & ~15ULL;
+  if (need < MINBLOCK) need = MINBLOCK;
+  arena_lock();
+  i = find_bin(bin_fit(need));
+  if (i >= 0) {
+    b = H->bins[i];
+    s = BSIZE(b);
+    bin_remove(b, s);
+    if (s - need >= MINBLOCK) {              /* split: the rest stays free */
+      uint64_t r = b + need, rs = s - need;
+      W(HEAD(r), rs | PREV_USED);
+      W(b + s, rs);                          /* prevsize of the block after */
+      bin_insert(r, rs);
+      W(HEAD(b), need | USED | (WORD(HEAD(b)) & PREV_USED));
+    } else {
+      need = s;
+      W(HEAD(b), WORD(HEAD(b)) | USED);
+      W(HEAD(b + s), WORD(HEAD(b + s)) | PREV_USED);
+    }
+  } else {
+    b = H->top;
+    if (need > H->size - 16 || b > H->size - 16 - need) {
+      arena_unlock();
+      return 0;
+    }
+    W(HEAD(b), need | USED | PREV_USED);     /* the block before top is used */
+    W(HOFF(top), b + need);
+    W(HEAD(b + need), PREV_USED);            /* top's own head */
+  }
+  W(HOFF(used), H->used + need);
+  W(HOFF(objects), H->objects + 1);
+  if (H->used > H->peak) W(HOFF(peak), H->used);
+  commit();
+  arena_unlock();
+  return b + 16;
+}
+
+size_t pt_shm_usable(pt_off off) { return (size_t)(BSIZE(off - 16) - 16); }
+
+/* Give whole pages of a large free tail back to the system. */
+static void trim(uint64_t from, uint64_t to) {
+  long pg = sysconf(_SC_PAGESIZE);
+  uint64_t a, z;
+  if (pg <= 0) return;
+  a = (from + 64 + (uint64_t)pg - 1) & ~((uint64_t)pg - 1);
+  z = to & ~((uint64_t)pg - 1);
+  if (z > a && z - a >= (1ULL << 20)) madvise(pt_shm_base + a, z - a, MADV_REMOVE);
+}
+
+void pt_shm_free(pt_off off) {
+  uint64_t b, s, next, oldtop;
+  if (!off || !pt_shm_base) return;
+  b = off - 16;
+  arena_lock();
+  s = BSIZE(b);
+  W(HOFF(used), H->used - s);
+  W(HOFF(objects), H->objects - 1);
+  next = b + s;
+  if (next != H->top && !(WORD(HEAD(next)) & USED)) {
+    uint64_t ns = BSIZE(next);
+    bin_remove(next, ns);
+    s += ns;
+  }
+  if (!(WORD(HEAD(b)) & PREV_USED)) {
+    uint64_t ps = WORD(b), prev = b - ps;
+    bin_remove(prev, ps);
+    b = prev;
+    s += ps;
+  }
+  oldtop = H->top;
+  if (b + s == oldtop) {
+    W(HOFF(top), b);
+    W(HEAD(b), PREV_USED);
+  } else {
+    W(HEAD(b), s | PREV_USED);
+    W(b + s, s);
+    W(HEAD(b + s), WORD(HEAD(b + s)) & ~PREV_USED);
+    bin_insert(b, s);
+  }
+  commit();
+  if (H->top < oldtop) trim(H->top, oldtop);
+  arena_unlock();
+}
+
+void pt_shm_getstats(pt_shm_stat *st) {
+  if (!pt_shm_base) {
+    st->size = pt_shm_config_size();
+    st->used = st->peak = st->objects = st->recoveries = 0;
+    st->mapped = 0;
+    return;
+  }
+  arena_lock();
+  st->size = H->size;
+  st->used = H->used;
+  st->peak = H->peak;
+  st->objects = H->objects;
+  st->recoveries = H->recoveries;
+  st->mapped = 1;
+  arena_unlock();
+}
+
+/* ---- mapping ---------------------------------------------------------------- */
+
+int pt_shm_ensure(void) {
+  uint64_t size;
+  const char *env;
+  void *p;
+  arena_hdr *h;
+  char human[64];
+  if (__atomic_load_n(&pt_shm_base, __ATOMIC_ACQUIRE)) return 0;
+  pthread_mutex_lock(&map_mu);
+  if (pt_shm_base) { pthread_mutex_unlock(&map_mu); return 0; }
+  size = config_size;
+  if (!size) {
+    env = getenv("PROCTHREAD_SHM_SIZE");
+    if (env && *env) {
+      size = pt_shm_parse_size(env);
+      if (size < PT_SHM_MIN_SIZE) {
+        snprintf(errmsg, sizeof errmsg,
+                 "PROCTHREAD_SHM_SIZE: '%.60s' is not a size of at least 1M "
+                 "(write it like 256M or 1G)", env);
+        pthread_mutex_unlock(&map_mu);
+        errno = EINVAL;
+        return -1;
+      }
+    } else {
+      size = PT_SHM_DEFAULT_SIZE;
+    }
+  }
+  size = (size + 4095) & ~4095ULL;
+  p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
+           MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    snprintf(errmsg, sizeof errmsg, "mmap of the shared arena (%llu bytes): %s",
+             (unsigned long long)size, strerror(e));
+    pthread_mutex_unlock(&map_mu);
+    errno = e;
+    return -1;
+  }
+  h = p;
+  memset(h, 0, sizeof *h);
+  h->size = size;
+  h->start = (sizeof *h + 15) & ~15ULL;
+  h->top = h->start;
+  if (pt_shm_mutex_init(&h->mu, 0) != 0) {
+    int e = errno;
+    munmap(p, (size_t)size);
+    snprintf(errmsg, sizeof errmsg, "pthread_mutex_init: %s", strerror(e));
+    pthread_mutex_unlock(&map_mu);
+    errno = e;
+    return -1;
+  }
+  *(uint64_t *)(void *)((char *)p + h->top + 8) = PREV_USED;
+  h->magic = ARENA_MAGIC;
+  format_size(human, sizeof human, size);
+  snprintf(fullmsg, sizeof fullmsg,
+           "shared memory exhausted (the arena holds %s): raise it with "
+           "PROCTHREAD_SHM_SIZE=<size> or pt.configure{ shm_size = <size> } "
+           "before first use", human);
+  __atomic_store_n(&pt_shm_base, (char *)p, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&map_mu);
+  return 0;
+}
+
+/* ---- handles ------------------------------------------------------------------ */
+
+static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static pt_shm_handle *handles;
+
+static void handles_after_fork(void) {
+  /* The parent's handles stay in this copy of its heap, but they hold the
+     parent's counts, not ours: forget them. */
+  pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+  handles_mu = fresh;
+  handles = NULL;
+}
+
+static void exit_child(void);
+
+void pt_shm_init_process(void) {
+  pt_atfork_child(handles_after_fork);
+  pt_on_child_exit(exit_child);
+}
+
+void pt_shm_track(pt_shm_handle *h, pt_off off, int kind, void (*drop)(pt_off)) {
+  h->magic = PT_HANDLE_MAGIC;
+  h->off = off;
+  h->pid = getpid();
+  h->kind = kind;
+  h->drop = drop;
+  h->prev = NULL;
+  pthread_mutex_lock(&handles_mu);
+  h->next = handles;
+  if (handles) handles->prev = h;
+  handles = h;
+  pthread_mutex_unlock(&handles_mu);
+}
+
+void pt_shm_release(pt_shm_handle *h) {
+  pt_off off = h->off;
+  if (!off) return;
+  h->off = 0;
+  if (h->pid != getpid()) return;            /* inherited through fork */
+  pthread_mutex_lock(&handles_mu);
+  if (h->prev) h->prev->next = h->next;
+  else if (handles == h) handles = h->next;
+  if (h->next) h->next->prev = h->prev;
+  h->prev = h->next = NULL;
+  pthread_mutex_unlock(&handles_mu);
+  h->drop(off);
+}
+
+/* A forked worker leaving through pt_child_exit drops the counts its own
+   handles hold (it never closes its Lua state). */
+static void exit_child(void) {
+  pt_shm_handle *h, *next;
+  pid_t me = getpid();
+  pthread_mutex_lock(&handles_mu);
+  h = handles;
+  handles = NULL;
+  pthread_mutex_unlock(&handles_mu);
+  for (; h; h = next) {
+    pt_off off = h->off;
+    next = h->next;
+    h->prev = h->next = NULL;
+    if (off && h->pid == me) {
+      h->off = 0;
+      h->drop(off);
+    }
+  }
+}

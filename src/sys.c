@@ -66,22 +66,42 @@ void pt_close(int fd) {
 
 /* ---- fork bookkeeping ----------------------------------------------------- */
 
-static void (*atfork_fns[8])(void);
-static int atfork_n;
-static pthread_mutex_t atfork_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Lock-free, so that a fork taken while another thread registers can
+   never leave the child with a held lock. */
+static void (*volatile atfork_fns[16])(void);
+static void (*volatile exit_fns[16])(void);
 
-void pt_atfork_child(void (*fn)(void)) {
+static void add_fn(void (*volatile *fns)(void), void (*fn)(void)) {
   int i;
-  pthread_mutex_lock(&atfork_mu);
-  for (i = 0; i < atfork_n; i++)
-    if (atfork_fns[i] == fn) break;
-  if (i == atfork_n && atfork_n < 8) atfork_fns[atfork_n++] = fn;
-  pthread_mutex_unlock(&atfork_mu);
+  for (i = 0; i < 16; i++) {
+    void (*cur)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
+    if (cur == fn) return;
+    if (cur == NULL) {
+      void (*expected)(void) = NULL;
+      if (__atomic_compare_exchange_n(&fns[i], &expected, fn, 0,
+                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+      if (expected == fn) return;
+    }
+  }
 }
 
-void pt_after_fork_child(void) {
+static void run_fns(void (*volatile *fns)(void)) {
   int i;
-  for (i = 0; i < atfork_n; i++) atfork_fns[i]();
+  for (i = 0; i < 16; i++) {
+    void (*fn)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
+    if (!fn) break;
+    fn();
+  }
+}
+
+void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
+void pt_after_fork_child(void) { run_fns(atfork_fns); }
+void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
+void pt_child_exit(int code) {
+  run_fns(exit_fns);
+  fflush(NULL);
+  _exit(code);
 }
 
 /* ---- clock and timeouts --------------------------------------------------- */

@@ -1,2 +1,386 @@
-#include "pt.h"
-void pt_open_worker(lua_State *L) { (void)L; }
+/* worker.c - the worker handle: one interface over threads and processes
+ * (join, status, cancel, kill, info), and pt.spawn. */
+#include "worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ANSWERS_KEY "procthread.answers"
+
+typedef struct handle {
+  pt_worker *w;
+  pid_t owner;               /* the process that made the handle */
+} handle;
+
+pt_worker *pt_worker_new(int kind) {
+  pt_worker *w = calloc(1, sizeof *w);
+  if (!w) return NULL;
+  w->kind = kind;
+  w->refs = 1;
+  w->done_fd = w->cancel_fd = w->result_fd = -1;
+  w->exit_code = w->signal = -1;
+  pt_buf_init(&w->job);
+  pt_buf_init(&w->result);
+  return w;
+}
+
+void pt_worker_unref(pt_worker *w) {
+  if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  pt_close(w->done_fd);
+  pt_close(w->cancel_fd);
+  pt_close(w->result_fd);
+  pt_discard(w->job.data, w->job.len);
+  pt_buf_free(&w->job);
+  if (!w->result_is_error) pt_discard(w->result.data, w->result.len);
+  pt_buf_free(&w->result);
+  free(w->path);
+  free(w->cpath);
+  free(w);
+}
+
+void pt_worker_push(lua_State *L, pt_worker *w) {
+  handle *h = (handle *)pt_newuserdata(L, sizeof *h);
+  h->w = w;
+  h->owner = getpid();
+  luaL_getmetatable(L, PT_WORKER_MT);
+  lua_setmetatable(L, -2);
+}
+
+static pt_worker *check(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  if (h->owner != getpid())
+    luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
+  return h->w;
+}
+
+static int wait_for(pt_worker *w, double timeout) {
+  return w->kind == PT_THREAD ? pt_thread_wait(w, timeout)
+                              : pt_process_wait(w, timeout);
+}
+
+/* ---- the answer: true, results... | false, err ------------------------ */
+
+static void push_errstring(lua_State *L, pt_worker *w) {
+  char msg[96];
+  const char *name;
+  if (w->status == W_CANCELLED) {
+    lua_pushliteral(L, PT_CANCELLED_MSG);
+  } else if (w->result_is_error && w->result.len) {
+    lua_pushlstring(L, w->result.data, w->result.len);
+  } else if (w->signal > 0) {
+    name = pt_signal_name(w->signal);
+    snprintf(msg, sizeof msg, "killed by signal %d (%s)", w->signal, name ? name : "?");
+    lua_pushstring(L, msg);
+  } else if (w->exit_code >= 0) {
+    snprintf(msg, sizeof msg, "exited with code %d", w->exit_code);
+    lua_pushstring(L, msg);
+  } else {
+    lua_pushliteral(L, "failed");
+  }
+}
+
+/* Build the answer table {n = k, ...} once, from the final record. */
+static void push_answer(lua_State *L, pt_worker *w) {
+  int t, n, base;
+  lua_newtable(L);
+  t = lua_gettop(L);
+  if (w->status == W_SUCCEEDED) {
+    base = lua_gettop(L);
+    n = pt_decode(L, w->result.data ? w->result.data : "", w->result.len);
+    pt_buf_free(&w->result);                 /* the references are adopted */
+    if (n < 0) {                             /* message pushed */
+      w->status = W_FAILED;
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, t, 1);
+      lua_rawseti(L, t, 2);
+      n = 2;
+    } else {
+      int i;
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, t, 1);
+      for (i = n; i >= 1; i--) lua_rawseti(L, t, i + 1);
+      n = n + 1;
+    }
+    (void)base;
+  } else {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, t, 1);
+    push_errstring(L, w);
+    lua_rawseti(L, t, 2);
+    n = 2;
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, t, "n");
+}
+
+/* Push the cached answer of handle at index 1, or nil. */
+static void get_answer(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+}
+
+static int unpack_answer(lua_State *L, int t) {
+  int n, i;
+  lua_getfield(L, t, "n");
+  n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many results");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, t, i);
+  return n;
+}
+
+static void store_answer(lua_State *L, pt_worker *w) {
+  lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
+  lua_pushvalue(L, 1);
+  push_answer(L, w);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int w_join(lua_State *L) {
+  pt_worker *w = check(L);
+  double timeout = pt_opttimeout(L, 2);
+  int r;
+  lua_settop(L, 1);
+  get_answer(L);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    r = wait_for(w, timeout);
+    if (r == -2) return pt_raise_cancelled(L);
+    if (r == -1) return pt_push_oserror(L, "join", errno);
+    if (r == 0) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    store_answer(L, w);
+    get_answer(L);
+  }
+  return unpack_answer(L, 2);
+}
+
+static const char *const status_names[] = {"running", "succeeded", "failed", "cancelled"};
+
+static int w_status(lua_State *L) {
+  pt_worker *w = check(L);
+  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+    int r = wait_for(w, 0);
+    if (r == -1) return pt_push_oserror(L, "status", errno);
+  }
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+    lua_settop(L, 1);
+    get_answer(L);
+    if (lua_isnil(L, -1)) store_answer(L, w);   /* decoding may fail it */
+    lua_pushstring(L, status_names[w->status]);
+  } else {
+    lua_pushstring(L, status_names[W_RUNNING]);
+  }
+  return 1;
+}
+
+static int w_cancel(lua_State *L) {
+  pt_worker *w = check(L);
+  if (w->kind == PT_THREAD) {
+    pt_thread_cancel(w);
+  } else {
+    int err;
+    if (!w->joined) {
+      w->cancel = 1;
+      err = pt_process_signal(w, SIGTERM);
+      if (err) return pt_push_oserror(L, "cancel", err);
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const struct { const char *name; int sig; } signals[] = {
+  {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"ILL", SIGILL},
+  {"TRAP", SIGTRAP}, {"ABRT", SIGABRT}, {"BUS", SIGBUS}, {"FPE", SIGFPE},
+  {"KILL", SIGKILL}, {"USR1", SIGUSR1}, {"SEGV", SIGSEGV}, {"USR2", SIGUSR2},
+  {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"TERM", SIGTERM}, {"CHLD", SIGCHLD},
+  {"CONT", SIGCONT}, {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
+  {"TTOU", SIGTTOU}, {"URG", SIGURG}, {"XCPU", SIGXCPU}, {"XFSZ", SIGXFSZ},
+  {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF}, {"WINCH", SIGWINCH},
+  {"IO", SIGIO}, {"PWR", SIGPWR}, {"SYS", SIGSYS}, {NULL, 0}};
+
+const char *pt_signal_name(int sig) {
+  static char names[64][12];
+  static int ready;
+  int i;
+  if (!ready) {
+    for (i = 0; signals[i].name; i++)
+      if (signals[i].sig < 64) snprintf(names[signals[i].sig], 12, "SIG%s", signals[i].name);
+    __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+  }
+  if (sig <= 0 || sig >= 64) return NULL;
+  if (!names[sig][0]) {
+    if (sig >= SIGRTMIN && sig <= SIGRTMAX) return "SIGRT";
+    return NULL;
+  }
+  return names[sig];
+}
+
+static int check_signal(lua_State *L, int i) {
+  int k;
+  if (lua_isnoneornil(L, i)) return SIGTERM;
+  if (lua_type(L, i) == LUA_TNUMBER) {
+    lua_Integer s = lua_tointeger(L, i);
+    if (s < 0 || s >= 65) luaL_argerror(L, i, "not a signal number");
+    return (int)s;
+  }
+  if (lua_type(L, i) == LUA_TSTRING) {
+    const char *s = lua_tostring(L, i);
+    if (strncmp(s, "SIG", 3) == 0) s += 3;
+    for (k = 0; signals[k].name; k++)
+      if (strcmp(s, signals[k].name) == 0) return signals[k].sig;
+    return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", lua_tostring(L, i)));
+  }
+  return luaL_argerror(L, i, "signal name or number expected");
+}
+
+static int w_kill(lua_State *L) {
+  pt_worker *w = check(L);
+  int sig = check_signal(L, 2), err;
+  if (w->kind == PT_THREAD)
+    return luaL_error(L, "kill: a thread cannot be sent a signal (a signal hits "
+                         "the whole process); use w:cancel()");
+  if (w->joined) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "kill: the process has already ended");
+    lua_pushinteger(L, ESRCH);
+    return 3;
+  }
+  err = pt_process_signal(w, sig);
+  if (err) return pt_push_oserror(L, "kill", err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void set_num(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static int w_info(lua_State *L) {
+  pt_worker *w = check(L);
+  int done;
+  lua_settop(L, 1);
+  w_status(L);                                  /* settles a finished worker */
+  lua_replace(L, 2);                            /* 1: handle, 2: status */
+  lua_settop(L, 2);
+  done = __atomic_load_n(&w->done, __ATOMIC_ACQUIRE);
+  lua_newtable(L);
+  lua_pushstring(L, w->kind == PT_THREAD ? "thread" : "process");
+  lua_setfield(L, -2, "kind");
+  lua_getfield(L, 1, "id");
+  lua_setfield(L, -2, "id");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "status");
+  if (done) {
+    if (w->exit_code >= 0) { lua_pushinteger(L, w->exit_code); lua_setfield(L, -2, "exit_code"); }
+    if (w->signal > 0) {
+      const char *name = pt_signal_name(w->signal);
+      lua_pushinteger(L, w->signal);
+      lua_setfield(L, -2, "signal");
+      if (name) { lua_pushstring(L, name); lua_setfield(L, -2, "signal_name"); }
+    }
+    set_num(L, "wall", w->t_end - w->t_start);
+    set_num(L, "cpu_user", w->cpu_user);
+    set_num(L, "cpu_sys", w->cpu_sys);
+    lua_pushinteger(L, w->max_rss_kib);
+    lua_setfield(L, -2, "max_rss_kib");
+  } else {
+    set_num(L, "wall", pt_now() - w->t_start);
+  }
+  return 1;
+}
+
+static int w_gc(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  pt_worker *w = h->w;
+  if (!w || h->owner != getpid()) return 0;     /* a forked copy: not ours */
+  h->w = NULL;
+  if (w->kind == PT_THREAD) pt_thread_release(w);
+  else pt_process_release(w);
+  return 0;
+}
+
+static int w_index(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  const char *k = lua_tostring(L, 2);
+  if (k && h->w && strcmp(k, "kind") == 0) {
+    lua_pushstring(L, h->w->kind == PT_THREAD ? "thread" : "process");
+    return 1;
+  }
+  if (k && h->w && strcmp(k, "id") == 0) {
+    int id = __atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE);
+    while (id == 0 && !__atomic_load_n(&h->w->done, __ATOMIC_ACQUIRE)) {
+      usleep(50);                 /* a new thread publishes its id first thing */
+      id = __atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE);
+    }
+    lua_pushinteger(L, id);
+    return 1;
+  }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int w_tostring(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  if (!h->w) lua_pushliteral(L, "procthread.Worker (released)");
+  else
+    lua_pushfstring(L, "procthread.Worker (%s %d)",
+                    h->w->kind == PT_THREAD ? "thread" : "process",
+                    (int)__atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE));
+  return 1;
+}
+
+static int l_spawn(lua_State *L) {
+  static const char *const kinds[] = {"thread", "process", NULL};
+  int k = luaL_checkoption(L, 1, NULL, kinds);
+  lua_remove(L, 1);
+  return k == 0 ? pt_thread_spawn(L) : pt_process_spawn(L);
+}
+
+void pt_open_worker(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
+    {"kill", w_kill}, {"info", w_info}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+    {"spawn", l_spawn}, {"spawn_thread", pt_thread_spawn},
+    {"spawn_process", pt_process_spawn}, {NULL, NULL}};
+  if (luaL_newmetatable(L, PT_WORKER_MT)) {
+    lua_pushcfunction(L, w_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, w_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, w_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_newtable(L);
+    pt_setfuncs(L, methods);
+    lua_setfield(L, -2, "methods");
+    lua_pushliteral(L, "procthread.Worker");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
+  if (lua_isnil(L, -1)) {
+    lua_newtable(L);                             /* answers, weak keys */
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
+  }
+  lua_pop(L, 1);
+  pt_setfuncs(L, fns);
+}

@@ -1,0 +1,302 @@
+/* process.c - spawn_process: fork(); the child runs fn on its copy-on-write
+ * copy of the caller's Lua state, writes its results down a pipe and
+ * leaves with _exit.  The parent waits on the pipe and a pidfd. */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Result stream, child to parent: one byte (0 results, 1 error message),
+   a u64 length, the payload. */
+#define HDR 9
+
+static pt_ctx process_ctx = {PT_PROCESS, NULL, -1};
+static int my_result_fd = -1;        /* in a worker process: its write end */
+
+static void forget_parent(void) {
+  if (my_result_fd >= 0) close(my_result_fd);
+  my_result_fd = -1;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static void send_result(int kind, const char *p, size_t n) {
+  char hdr[HDR];
+  uint64_t len = n;
+  hdr[0] = (char)kind;
+  memcpy(hdr + 1, &len, 8);
+  if (write_all(my_result_fd, hdr, HDR) == 0) write_all(my_result_fd, p, n);
+}
+
+/* os.exit inside a worker process: flush this process's own output and
+   leave with the code, never running the parent's atexit handlers. */
+static int child_os_exit(lua_State *L) {
+  int code;
+  if (lua_isnoneornil(L, 1)) code = 0;
+  else if (lua_type(L, 1) == LUA_TBOOLEAN) code = lua_toboolean(L, 1) ? 0 : 1;
+  else code = (int)luaL_checkinteger(L, 1);
+  pt_child_exit(code);
+  return 0;
+}
+
+/* The child runs on a copy of the caller's stack: the frames below fn are
+   the parent's.  msgh cuts them off the traceback (their text, taken
+   before fn runs, is in parent_frames). */
+static const char *parent_frames;
+static size_t parent_frames_len;
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  pt_traceback(L, L, msg, 1);
+  if (parent_frames_len) {
+    size_t n;
+    const char *tb = lua_tolstring(L, -1, &n);
+    if (n > parent_frames_len &&
+        memcmp(tb + n - parent_frames_len, parent_frames, parent_frames_len) == 0)
+      lua_pushlstring(L, tb, n - parent_frames_len);
+  }
+  return 1;
+}
+
+/* The child: stack is fn, args...  Never returns. */
+static void child_main(lua_State *L, int wfd) {
+  int n = lua_gettop(L), base;
+  char err[640];
+  pt_after_fork_child();
+  my_result_fd = wfd;
+  pt_self_ctx = &process_ctx;
+  lua_getglobal(L, "os");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, child_os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+  pt_traceback(L, L, "", 0);     /* "stack traceback:\n\t[C]: in function spawn..." */
+  {
+    size_t len;
+    const char *tb = lua_tolstring(L, -1, &len);
+    const char *head = strstr(tb, "traceback:");
+    const char *nl = head ? strchr(head, '\n') : NULL;
+    if (nl) {                      /* keep "\n\t[C]: in ..." and below */
+      parent_frames = nl;
+      parent_frames_len = len - (size_t)(nl - tb);
+    }
+  }
+  lua_insert(L, 1);                /* keep the string alive below everything */
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, 2);
+  if (lua_pcall(L, n - 1, LUA_MULTRET, 2) != 0) {
+    size_t len;
+    const char *m = lua_tolstring(L, -1, &len);
+    if (!m) m = "(error object is not a string)", len = strlen(m);
+    send_result(1, m, len);
+    pt_child_exit(1);
+  } else {
+    pt_buf b;
+    base = 2;
+    pt_buf_init(&b);
+    if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
+      send_result(0, b.data ? b.data : "", b.len);
+      pt_child_exit(0);
+    }
+    send_result(1, err, strlen(err));
+    pt_child_exit(1);
+  }
+}
+
+int pt_process_spawn(lua_State *L) {
+  int fds[2], e;
+  pid_t pid;
+  pt_worker *w;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (pt_shm_ensure() != 0) return pt_push_oserror(L, "mmap (shared arena)", errno);
+  pt_atfork_child(forget_parent);
+  w = pt_worker_new(PT_PROCESS);
+  if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    e = errno;
+    pt_worker_unref(w);
+    return pt_push_oserror(L, "pipe", e);
+  }
+  fflush(NULL);             /* the child must not write our buffered output again */
+  w->t_start = pt_now();
+  pid = fork();
+  if (pid < 0) {
+    e = errno;
+    close(fds[0]);
+    close(fds[1]);
+    pt_worker_unref(w);
+    return pt_push_oserror(L, "fork", e);
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    child_main(L, fds[1]);
+  }
+  close(fds[1]);
+  w->id = pid;
+  w->result_fd = fds[0];
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  w->done_fd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
+  pt_worker_push(L, w);
+  return 1;
+}
+
+/* Read what the pipe holds now.  0 ok (maybe more later), -1 error. */
+static int drain(pt_worker *w) {
+  for (;;) {
+    ssize_t k;
+    if (pt_buf_reserve(&w->result, 65536)) { errno = ENOMEM; return -1; }
+    k = read(w->result_fd, w->result.data + w->result.len, 65536);
+    if (k > 0) { w->result.len += (size_t)k; continue; }
+    if (k == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    return -1;
+  }
+}
+
+static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
+
+/* The child has ended (st, ru): settle the outcome. */
+static void settle(pt_worker *w, int st, struct rusage *ru) {
+  uint64_t len = 0;
+  int complete;
+  drain(w);
+  w->t_end = pt_now();
+  w->cpu_user = tv(ru->ru_utime);
+  w->cpu_sys = tv(ru->ru_stime);
+  w->max_rss_kib = ru->ru_maxrss;
+  if (WIFEXITED(st)) w->exit_code = WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) w->signal = WTERMSIG(st);
+  if (w->result.len >= HDR) memcpy(&len, w->result.data + 1, 8);
+  complete = w->result.len >= HDR && len == w->result.len - HDR;
+  if (complete) {
+    int kind = w->result.data[0];
+    memmove(w->result.data, w->result.data + HDR, (size_t)len);
+    w->result.len = (size_t)len;
+    w->result_is_error = kind != 0;
+    w->status = kind == 0 ? W_SUCCEEDED : W_FAILED;
+  } else {
+    if (w->result.len >= HDR && w->result.data[0] == 0) {
+      /* a result that did not arrive whole: its references are lost */
+    }
+    w->result.len = 0;
+    w->result_is_error = 1;
+    w->status = (w->cancel && w->signal == SIGTERM) ? W_CANCELLED : W_FAILED;
+  }
+  pt_close(w->result_fd);
+  w->result_fd = -1;
+  pt_close(w->done_fd);
+  w->done_fd = -1;
+  w->joined = 1;
+  __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+}
+
+/* Try to reap without blocking: 1 reaped, 0 still running, -1 error. */
+static int try_reap(pt_worker *w) {
+  int st;
+  struct rusage ru;
+  pid_t r;
+  do r = wait4(w->id, &st, WNOHANG, &ru); while (r < 0 && errno == EINTR);
+  if (r < 0) return -1;
+  if (r == 0) return 0;
+  settle(w, st, &ru);
+  return 1;
+}
+
+int pt_process_wait(pt_worker *w, double timeout) {
+  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  if (w->joined) return 1;
+  for (;;) {
+    int fds[2], n = 0, r;
+    double left = deadline < 0 ? -1 : deadline - pt_now();
+    if (drain(w) != 0) return -1;
+    r = try_reap(w);
+    if (r != 0) return r;
+    if (deadline >= 0 && left <= 0) return 0;
+    fds[n++] = w->result_fd;
+    if (w->done_fd >= 0) fds[n++] = w->done_fd;
+    else if (left < 0 || left > 0.01) left = 0.01;   /* no pidfd: poll */
+    r = pt_wait_fds(fds, n, POLLIN, left);
+    if (r == -1 || r == -2) return r;
+    if (r == 0) {
+      /* the pipe is readable: data, or end of file while the child lives on */
+      struct pollfd p;
+      p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
+      if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
+        /* every write end closed: wait on the pidfd alone */
+        if (w->done_fd >= 0) {
+          r = pt_wait_fd(w->done_fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
+          if (r < 0) return r;
+        } else {
+          usleep(1000);
+        }
+      }
+    }
+  }
+}
+
+int pt_process_signal(pt_worker *w, int sig) {
+  if (w->joined) return ESRCH;
+  if (w->done_fd >= 0) {
+    if (syscall(SYS_pidfd_send_signal, w->done_fd, sig, NULL, 0) == 0) return 0;
+    if (errno != ENOSYS) return errno;
+  }
+  return kill(w->id, sig) == 0 ? 0 : errno;
+}
+
+/* A collected handle of a live child: a detached thread waits for it, so
+   no zombie is ever left behind. */
+static void *reaper(void *arg) {
+  pt_worker *w = (pt_worker *)arg;
+  pt_self_ctx = NULL;
+  while (pt_process_wait(w, -1) == -1 && errno == EINTR) {}
+  pt_worker_unref(w);
+  return NULL;
+}
+
+void pt_process_release(pt_worker *w) {
+  pthread_t t;
+  pthread_attr_t a;
+  sigset_t all, old;
+  if (!w->joined && try_reap(w) == 0) {
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (pthread_create(&t, &a, reaper, w) == 0) w = NULL;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
+    if (w) {                     /* no thread: wait here rather than leak */
+      while (pt_process_wait(w, -1) == -1 && errno == EINTR) {}
+    }
+  }
+  if (w) pt_worker_unref(w);
+}

@@ -1,0 +1,89 @@
+/* shm.h - the shared arena, shared by shm.c, table.c and array.c.
+ *
+ * One MAP_SHARED|MAP_ANONYMOUS mapping per process tree, mapped before the
+ * first fork procthread does.  Everything inside refers to everything else
+ * by offset from the arena's base (pt_off), never by pointer; offset 0 is
+ * "none".  The allocator keeps an undo log so that a process killed in the
+ * middle of an allocation leaves it as it was before (see shm.c).  */
+#ifndef PT_SHM_H
+#define PT_SHM_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef uint64_t pt_off;
+
+extern char *pt_shm_base;                 /* NULL until mapped */
+#define PT_SHM_PTR(T, off) ((T *)(void *)(pt_shm_base + (off)))
+
+/* Last reason pt_shm_ensure failed (for error messages). */
+const char *pt_shm_errmsg(void);
+
+/* Allocate n bytes (16-byte aligned, contents undefined).  0 when the arena
+   is full.  Thread- and process-safe; never calls Lua. */
+pt_off pt_shm_alloc(size_t n);
+void pt_shm_free(pt_off off);
+/* Usable bytes of a block returned by pt_shm_alloc. */
+size_t pt_shm_usable(pt_off off);
+
+typedef struct pt_shm_stat {
+  uint64_t size, used, peak, objects, recoveries;
+  int mapped;
+} pt_shm_stat;
+void pt_shm_getstats(pt_shm_stat *st);
+/* Bump the recovery counter (a lock was taken over from a dead owner). */
+void pt_shm_note_recovery(void);
+
+/* Size of the arena to map: set before mapping (0 ok, -1 already mapped). */
+int pt_shm_set_size(uint64_t bytes);
+uint64_t pt_shm_config_size(void);
+/* "256M", "1G", "65536", "64k": bytes, or 0 when the text is not a size. */
+uint64_t pt_shm_parse_size(const char *s);
+#define PT_SHM_MIN_SIZE ((uint64_t)1 << 20)
+#define PT_SHM_DEFAULT_SIZE ((uint64_t)1 << 30)
+
+/* The message for a full arena, with its size and how to raise it. */
+const char *pt_shm_full_msg(void);
+
+/* Robust, process-shared mutexes living in the arena. */
+int pt_shm_mutex_init(pthread_mutex_t *m, int recursive);
+/* 0: locked.  1: locked, but the previous owner died holding it: repair the
+   data it guards, then call pt_shm_mutex_consistent.  -1: failure, errno. */
+int pt_shm_mutex_lock(pthread_mutex_t *m);
+/* Same, giving up after `timeout` seconds: returns 2 then. */
+int pt_shm_mutex_timedlock(pthread_mutex_t *m, double timeout);
+void pt_shm_mutex_consistent(pthread_mutex_t *m);
+void pt_shm_mutex_unlock(pthread_mutex_t *m);
+
+/* Handles: the part of a Lua userdata that holds one count on an arena
+   object.  Every live handle created by this process is on a process-local
+   list so that a forked worker can drop its counts before _exit.  A handle
+   inherited through fork (pid differs) never drops a count. */
+#define PT_HANDLE_MAGIC 0x70746861ULL   /* "ptha" */
+typedef struct pt_shm_handle {
+  uint64_t magic;
+  pt_off off;                          /* 0: released */
+  pid_t pid;                           /* the process that took the count */
+  int kind;
+  void (*drop)(pt_off off);            /* drops one count */
+  struct pt_shm_handle *prev, *next;
+} pt_shm_handle;
+
+/* Register the fork handler that forgets the parent's handles. */
+void pt_shm_init_process(void);
+void pt_shm_track(pt_shm_handle *h, pt_off off, int kind, void (*drop)(pt_off));
+/* Drop the count held by h (if this process took it) and untrack it. */
+void pt_shm_release(pt_shm_handle *h);
+
+/* Atomic reference counts on arena objects. */
+static inline void pt_shm_incref(uint64_t *rc) {
+  __atomic_add_fetch(rc, 1, __ATOMIC_RELAXED);
+}
+/* Returns 1 when the count reached zero (the caller frees). */
+static inline int pt_shm_decref(uint64_t *rc) {
+  return __atomic_sub_fetch(rc, 1, __ATOMIC_ACQ_REL) == 0;
+}
+
+#endif

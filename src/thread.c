@@ -1,0 +1,203 @@
+/* thread.c - spawn_thread: fn and its arguments are encoded here, and run
+ * on a new pthread in a fresh Lua state; the results come back encoded. */
+#include "worker.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Cooperative cancellation inside pure Lua: every so many VM instructions
+   the hook looks at the flag.  A pcall that swallows the error is hit
+   again at the next count. */
+#define CANCEL_COUNT 1000
+
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (pt_cancel_requested()) pt_raise_cancelled(L);
+}
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (pt_cancel_requested() && msg && strcmp(msg, PT_CANCELLED_MSG) == 0)
+    return 1;
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  pt_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int set_error(pt_worker *w, const char *msg, size_t len) {
+  w->result.len = 0;
+  w->result_is_error = 1;
+  return pt_buf_add(&w->result, msg, len);
+}
+
+static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
+
+/* Runs in the new state: stack holds the job's values, fn first. */
+static int run_job(lua_State *L, pt_worker *w) {
+  int n, base, nres, ok;
+  char err[640];
+  lua_pushcfunction(L, msgh);
+  base = lua_gettop(L);
+  n = pt_decode(L, w->job.data, w->job.len);
+  pt_buf_free(&w->job);                       /* references adopted or dropped */
+  if (n < 1) {
+    const char *m = n < 0 ? lua_tostring(L, -1) : "no function";
+    return set_error(w, m, strlen(m)), W_FAILED;
+  }
+  if (lua_pcall(L, n - 1, LUA_MULTRET, base) != 0) {
+    size_t len;
+    const char *m = lua_tolstring(L, -1, &len);
+    if (w->cancel) return W_CANCELLED;
+    if (!m) m = "(error object is not a string)", len = strlen(m);
+    set_error(w, m, len);
+    return W_FAILED;
+  }
+  nres = lua_gettop(L) - base;
+  ok = pt_encode(L, base + 1, nres, "results", &w->result, err, sizeof err);
+  if (!ok) {
+    set_error(w, err, strlen(err));
+    return W_FAILED;
+  }
+  return W_SUCCEEDED;
+}
+
+static void setpath(lua_State *L, const char *field, const char *value) {
+  if (!value) return;
+  lua_getglobal(L, "package");
+  lua_pushstring(L, value);
+  lua_setfield(L, -2, field);
+  lua_pop(L, 1);
+}
+
+static void *thread_main(void *arg) {
+  pt_worker *w = (pt_worker *)arg;
+  lua_State *L;
+  struct rusage ru;
+  int status = W_FAILED;
+  uint64_t one = 1;
+  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  w->ctx.kind = PT_THREAD;
+  w->ctx.cancel = &w->cancel;
+  w->ctx.cancel_fd = w->cancel_fd;
+  pt_self_ctx = &w->ctx;
+  L = luaL_newstate();
+  if (!L) {
+    set_error(w, "cannot create a Lua state: not enough memory", 44);
+  } else {
+    luaL_openlibs(L);
+    setpath(L, "path", w->path);
+    setpath(L, "cpath", w->cpath);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_pushcfunction(L, luaopen_procthread_core);
+    lua_call(L, 0, 1);
+    lua_setfield(L, -2, "procthread.core");
+    lua_pop(L, 2);
+    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_COUNT);
+    status = run_job(L, w);
+    lua_close(L);
+  }
+  if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+    w->cpu_user = tv(ru.ru_utime);
+    w->cpu_sys = tv(ru.ru_stime);
+    w->max_rss_kib = ru.ru_maxrss;
+  }
+  w->t_end = pt_now();
+  w->status = status;
+  pt_self_ctx = NULL;
+  __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+  if (write(w->done_fd, &one, sizeof one) < 0) { /* the flag above is what counts */ }
+  pt_worker_unref(w);
+  return NULL;
+}
+
+static char *dup_field(lua_State *L, const char *field) {
+  char *s = NULL;
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, field);
+    if (lua_type(L, -1) == LUA_TSTRING) s = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return s;
+}
+
+int pt_thread_spawn(lua_State *L) {
+  char err[640];
+  pt_worker *w;
+  sigset_t all, old;
+  int e, n = lua_gettop(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  w = pt_worker_new(PT_THREAD);
+  if (!w) return pt_push_oserror(L, "spawn_thread", ENOMEM);
+  if (!pt_encode_value(L, 1, "fn", &w->job, err, sizeof err) ||
+      !pt_encode(L, 2, n - 1, "args", &w->job, err, sizeof err)) {
+    pt_worker_unref(w);
+    return luaL_error(L, "spawn_thread: %s", err);
+  }
+  w->path = dup_field(L, "path");
+  w->cpath = dup_field(L, "cpath");
+  w->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->done_fd < 0) goto oserr_eventfd;
+  w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->cancel_fd < 0) goto oserr_eventfd;
+  w->refs = 2;                                  /* the handle and the thread */
+  w->t_start = pt_now();
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
+  e = pthread_create(&w->thread, NULL, thread_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (e != 0) {
+    w->refs = 1;
+    pt_worker_unref(w);
+    return pt_push_oserror(L, "pthread_create", e);
+  }
+  pt_worker_push(L, w);
+  return 1;
+oserr_eventfd:
+  e = errno;
+  pt_worker_unref(w);
+  return pt_push_oserror(L, "eventfd", e);
+}
+
+int pt_thread_wait(pt_worker *w, double timeout) {
+  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+    int r = pt_wait_fd(w->done_fd, POLLIN, timeout);
+    if (r <= 0) return r;
+    if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  }
+  if (!w->joined) {
+    pthread_join(w->thread, NULL);
+    w->joined = 1;
+  }
+  return 1;
+}
+
+void pt_thread_cancel(pt_worker *w) {
+  uint64_t one = 1;
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
+  __atomic_store_n(&w->cancel, 1, __ATOMIC_RELEASE);
+  if (write(w->cancel_fd, &one, sizeof one) < 0) { /* flag is set anyway */ }
+}
+
+void pt_thread_release(pt_worker *w) {
+  if (!w->joined) {
+    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
+    else pthread_detach(w->thread);
+    w->joined = 1;
+  }
+  pt_worker_unref(w);
+}

@@ -1,0 +1,59 @@
+/* worker.h - the worker record shared by worker.c, thread.c, process.c. */
+#ifndef PT_WORKER_H
+#define PT_WORKER_H
+
+#include <pthread.h>
+#include "pt.h"
+
+#define PT_WORKER_MT "procthread.Worker"
+
+enum { W_RUNNING = 0, W_SUCCEEDED, W_FAILED, W_CANCELLED };
+
+/* A worker record lives outside any Lua heap.  A thread record is shared
+   by the handle and the running thread (refs); a process record belongs
+   to its handle, or to a reaper thread once the handle is collected. */
+typedef struct pt_worker {
+  int kind;                   /* PT_THREAD or PT_PROCESS */
+  int refs;                   /* atomic */
+  volatile int id;            /* pid, or kernel thread id (0 until known) */
+  volatile int done;          /* atomic: 1 once the outcome below is final */
+  int status;                 /* W_* */
+  volatile int cancel;        /* cancellation asked */
+  int done_fd;                /* thread: eventfd; process: pidfd or -1 */
+  int cancel_fd;              /* thread: eventfd */
+  int result_fd;              /* process: read end of the result pipe */
+  pt_buf job;                 /* thread: encoded fn and args */
+  pt_buf result;              /* encoded results, or the error message */
+  int result_is_error;
+  char *path, *cpath;         /* thread: package.path / cpath to use */
+  pthread_t thread;
+  int joined;                 /* thread joined / process reaped */
+  double t_start, t_end;
+  double cpu_user, cpu_sys;
+  long max_rss_kib;
+  int exit_code, signal;      /* process: -1 when not applicable */
+  pt_ctx ctx;                 /* thread: its own identity */
+} pt_worker;
+
+pt_worker *pt_worker_new(int kind);
+void pt_worker_unref(pt_worker *w);
+/* Push a new handle for w (the handle takes one reference). */
+void pt_worker_push(lua_State *L, pt_worker *w);
+
+/* thread.c */
+int pt_thread_spawn(lua_State *L);                       /* pt.spawn_thread */
+/* Wait for the thread's end up to timeout: 1 done, 0 timeout, -2 the
+   caller was cancelled, -1 error (errno). */
+int pt_thread_wait(pt_worker *w, double timeout);
+void pt_thread_cancel(pt_worker *w);
+void pt_thread_release(pt_worker *w);       /* handle collected */
+
+/* process.c */
+int pt_process_spawn(lua_State *L);                      /* pt.spawn_process */
+int pt_process_wait(pt_worker *w, double timeout);
+int pt_process_signal(pt_worker *w, int sig);            /* 0 or errno */
+void pt_process_release(pt_worker *w);      /* handle collected */
+
+const char *pt_signal_name(int sig);          /* "SIGSEGV", or NULL */
+
+#endif
