@@ -36,7 +36,7 @@ function H.children()
     -- the cat itself and the shell of io.popen are our children too
     local f = io.open("/proc/" .. k .. "/comm")
     local comm = f and f:read("*l"); if f then f:close() end
-    if comm ~= "sh" and comm ~= "cat" and comm ~= "ls" then kids[#kids + 1] = k .. ":" .. tostring(comm) end
+    if comm and comm ~= "sh" and comm ~= "cat" and comm ~= "ls" then kids[#kids + 1] = k .. ":" .. tostring(comm) end
   end
   return kids
 end
@@ -86,14 +86,23 @@ end
 
 -- Run a Lua snippet in a fresh interpreter (the one running the specs),
 -- so that a crash or a resource limit fails one test, not the run.
--- `prefix` is shell put before the interpreter (for example "ulimit -n 20;").
+-- `prefix` is shell run before the interpreter (for example "ulimit -n 20;").
+-- opts.nobody = true runs it as user nobody (root ignores RLIMIT_NPROC),
+-- with the prefix applied inside.
 -- Returns exit status, stdout+stderr.
-function H.fresh(code, prefix)
+function H.fresh(code, prefix, opts)
   local lua = H.interpreter()
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w")); f:write(code); f:close()
-  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s %s 2>&1; echo \"::status:$?\"")
-    :format(prefix or "", package.path, package.cpath, lua, tmp)
+  local run = ("%s %s"):format(lua, tmp)
+  if opts and opts.nobody then
+    os.execute("chmod 0644 " .. tmp)
+    run = ("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c %q")
+      :format((prefix or "") .. " exec " .. run)
+    prefix = ""
+  end
+  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s 2>&1; echo \"::status:$?\"")
+    :format(prefix or "", package.path, package.cpath, run)
   local p = io.popen("sh -c " .. ("%q"):format(cmd))
   local out = p:read("*a"); p:close()
   os.remove(tmp)
@@ -107,9 +116,9 @@ function H.interpreter()
   local exe = arg and arg[i] or "lua"
   if exe:match("busted") or exe:match("%.lua$") then
     -- busted re-executes itself under the chosen Lua; find it in /proc
-    local f = io.open("/proc/self/exe")
-    local link = io.popen("readlink /proc/" .. H.pid() .. "/exe"):read("*l")
-    if f then f:close() end
+    local p = io.popen("readlink /proc/" .. H.pid() .. "/exe")
+    local link = p:read("*l")
+    p:close()
     exe = link or "lua"
   end
   return exe
@@ -117,9 +126,10 @@ end
 
 -- Install the leak check around every test of the calling spec file.
 function H.no_leaks()
+  local busted = require "busted"
   local before
-  before_each(function() before = H.snapshot() end)
-  after_each(function() H.check(before) end)
+  busted.before_each(function() before = H.snapshot() end)
+  busted.after_each(function() H.check(before) end)
 end
 
 package.loaded["helper"] = H

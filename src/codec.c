@@ -375,6 +375,11 @@ static int enc_function(enc *e, int idx) {
     lua_rawset(L, e->seen);
 #endif
     name = lua_getupvalue(L, idx, i);
+    if (name && strcmp(name, "_ENV") == 0) {     /* the receiver's globals */
+      lua_pop(L, 1);
+      if (!put_byte(e, T_GLOBALS)) return 0;
+      continue;
+    }
     r = enc_value(e, lua_gettop(L));
     lua_pop(L, 1);
     if (!r) {

@@ -75,11 +75,9 @@ static int msgh(lua_State *L) {
   }
   pt_traceback(L, L, msg, 1);
   if (parent_frames_len) {
-    size_t n;
-    const char *tb = lua_tolstring(L, -1, &n);
-    if (n > parent_frames_len &&
-        memcmp(tb + n - parent_frames_len, parent_frames, parent_frames_len) == 0)
-      lua_pushlstring(L, tb, n - parent_frames_len);
+    const char *tb = lua_tostring(L, -1);
+    const char *cut = strstr(tb, parent_frames);
+    if (cut) lua_pushlstring(L, tb, (size_t)(cut - tb));
   }
   return 1;
 }
@@ -103,9 +101,12 @@ static void child_main(lua_State *L, int wfd) {
     const char *tb = lua_tolstring(L, -1, &len);
     const char *head = strstr(tb, "traceback:");
     const char *nl = head ? strchr(head, '\n') : NULL;
-    if (nl) {                      /* keep "\n\t[C]: in ..." and below */
-      parent_frames = nl;
-      parent_frames_len = len - (size_t)(nl - tb);
+    if (nl) {                      /* keep the first frame: "\n\t[C]: in ..." */
+      const char *end = strchr(nl + 1, '\n');
+      parent_frames_len = end ? (size_t)(end - nl) : len - (size_t)(nl - tb);
+      lua_pushlstring(L, nl, parent_frames_len);
+      parent_frames = lua_tostring(L, -1);
+      lua_remove(L, -2);
     }
   }
   lua_insert(L, 1);                /* keep the string alive below everything */

@@ -182,13 +182,16 @@ int pt_thread_wait(pt_worker *w, double timeout) {
   if (!w->joined) {
     pthread_join(w->thread, NULL);
     w->joined = 1;
+    pt_close(w->done_fd);          /* the thread is gone: nobody uses them now */
+    pt_close(w->cancel_fd);
+    w->done_fd = w->cancel_fd = -1;
   }
   return 1;
 }
 
 void pt_thread_cancel(pt_worker *w) {
   uint64_t one = 1;
-  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
+  if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
   __atomic_store_n(&w->cancel, 1, __ATOMIC_RELEASE);
   if (write(w->cancel_fd, &one, sizeof one) < 0) { /* flag is set anyway */ }
 }

@@ -1,0 +1,389 @@
+-- Workers: one interface over threads and processes.
+local pt = require "procthread"
+local H = require "helper"
+
+local KINDS = { "thread", "process" }
+local T = 10              -- generous join timeout: the machine is shared
+
+describe("workers", function()
+  H.no_leaks()
+
+  for _, kind in ipairs(KINDS) do
+    describe(kind, function()
+      it("runs fn with its arguments and upvalues and returns its results", function()
+        local base = 40
+        local w = pt.spawn(kind, function(a, b) return base + a, b .. "!", nil, 3 end, 2, "hi")
+        assert.are.equal(kind, w.kind)
+        assert.is_true(w.id > 0)
+        local r = { w:join(T) }
+        assert.are.same({ true, 42, "hi!", nil, 3 }, r)
+        assert.are.equal(5, select("#", w:join()))
+      end)
+
+      it("answers a second join the same way", function()
+        local w = pt.spawn(kind, function() return { x = 1 } end)
+        local ok1, t1 = w:join(T)
+        local ok2, t2 = w:join(T)
+        assert.is_true(ok1 and ok2)
+        assert.are.equal(t1, t2)
+        assert.are.equal(1, t1.x)
+      end)
+
+      it("reports a Lua error with its traceback, and status failed", function()
+        local w = pt.spawn(kind, function() error("boom") end)
+        local ok, err = w:join(T)
+        assert.is_false(ok)
+        assert.matches("boom", err)
+        assert.matches("stack traceback:", err)
+        assert.not_matches("in main chunk", err)  -- not the spawner's frames
+        assert.are.equal("failed", w:status())
+      end)
+
+      it("turns a non-string error into a string", function()
+        local ok, err = pt.spawn(kind, function() error({}) end):join(T)
+        assert.is_false(ok)
+        assert.matches("error object is a table value", err)
+      end)
+
+      it("times out a join and lets the worker run on", function()
+        local w = pt.spawn(kind, function() pt.sleep(0.3) return "late" end)
+        assert.are.same({ nil, "timeout" }, { w:join(0.01) })
+        assert.are.equal("running", w:status())
+        assert.are.same({ true, "late" }, { w:join(T) })
+        assert.are.equal("succeeded", w:status())
+      end)
+
+      it("cancels a worker blocked in pt.sleep", function()
+        local w = pt.spawn(kind, function() pt.sleep(30) end)
+        pt.sleep(0.05)
+        local t0 = pt.now()
+        assert.is_true(w:cancel())
+        assert.are.same({ false, "cancelled" }, { w:join(T) })
+        assert.is_true(pt.now() - t0 < 2)
+        assert.are.equal("cancelled", w:status())
+      end)
+
+      it("cancels a pure-Lua busy loop within 100 ms", function()
+        local w = pt.spawn(kind, function()
+          -- LuaJIT: JIT-compiled loops do not run hooks (docs/api.md); the
+          -- interpreter does.
+          if jit then jit.off() end
+          local x = 0
+          while true do x = x + 1 end
+        end)
+        pt.sleep(0.05)
+        local t0 = pt.now()
+        w:cancel()
+        local ok, err = w:join(T)
+        local took = pt.now() - t0
+        assert.are.same({ false, "cancelled" }, { ok, err })
+        assert.is_true(took < 0.1 * 5, "cancel took " .. took .. " s")  -- 100 ms, with 5x for the noisy VM
+      end)
+
+      it("gives info: kind, id, status, times and memory", function()
+        local w = pt.spawn(kind, function() local s = 0 for i = 1, 1e5 do s = s + i end return s end)
+        assert.is_true((w:join(T)))
+        local i = w:info()
+        assert.are.equal(kind, i.kind)
+        assert.are.equal(w.id, i.id)
+        assert.are.equal("succeeded", i.status)
+        assert.is_true(i.wall >= 0 and i.wall < T)
+        assert.is_number(i.cpu_user); assert.is_number(i.cpu_sys)
+        assert.is_true(i.max_rss_kib > 0)
+        if kind == "process" then assert.are.equal(0, i.exit_code) end
+      end)
+
+      it("knows who it is: pt.self() inside the worker", function()
+        local w = pt.spawn(kind, function() local s = pt.self() return s.kind, s.id end)
+        local ok, k, id = w:join(T)
+        assert.is_true(ok)
+        assert.are.equal(kind, k)
+        assert.are.equal(w.id, id)
+      end)
+
+      it("leaves no zombie and no thread behind when the handle is collected", function()
+        for _ = 1, 5 do pt.spawn(kind, function() pt.sleep(0.05) end) end
+        collectgarbage(); collectgarbage()
+        -- the after_each leak check waits for them (bounded) and fails on any left
+      end)
+    end)
+  end
+
+  it("pt.spawn refuses an unknown kind", function()
+    assert.has_error(function() pt.spawn("fiber", function() end) end)
+  end)
+
+  describe("process", function()
+    it("reports os.exit(3) as 'exited with code 3'", function()
+      local w = pt.spawn_process(function() os.exit(3) end)
+      assert.are.same({ false, "exited with code 3" }, { w:join(T) })
+      assert.are.equal(3, w:info().exit_code)
+      assert.are.same({ false, "exited with code 1" }, { pt.spawn_process(function() os.exit(false) end):join(T) })
+      assert.are.same({ false, "exited with code 0" }, { pt.spawn_process(function() os.exit(true) end):join(T) })
+    end)
+
+    it("reports a segfault as 'killed by signal 11 (SIGSEGV)'", function()
+      local w = pt.spawn_process(function() pt.fault("segv") end)
+      assert.are.same({ false, "killed by signal 11 (SIGSEGV)" }, { w:join(T) })
+      local i = w:info()
+      assert.are.equal(11, i.signal)
+      assert.are.equal("SIGSEGV", i.signal_name)
+    end)
+
+    it("kills by signal name or number", function()
+      local w = pt.spawn_process(function() pt.sleep(30) end)
+      assert.is_true(w:kill("KILL"))
+      assert.are.same({ false, "killed by signal 9 (SIGKILL)" }, { w:join(T) })
+      local w2 = pt.spawn_process(function() pt.sleep(30) end)
+      assert.is_true(w2:kill(15))
+      assert.are.same({ false, "killed by signal 15 (SIGTERM)" }, { w2:join(T) })
+      assert.are.equal("failed", w2:status())
+      local ok, err = w2:kill("KILL")
+      assert.is_nil(ok)
+      assert.matches("already ended", err)
+    end)
+
+    it("works on a copy-on-write copy: the parent's state is untouched", function()
+      local t = { n = 1 }
+      local w = pt.spawn_process(function() t.n = 2; X_GLOBAL = 5; return t.n end)
+      assert.are.same({ true, 2 }, { w:join(T) })
+      assert.are.equal(1, t.n)
+      assert.is_nil(X_GLOBAL)
+    end)
+
+    it("never writes the parent's buffered output a second time", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        io.stdout:setvbuf("full")
+        io.write("A")
+        local w = pt.spawn_process(function() io.write("C") end)
+        assert(w:join(10))
+        io.write("B\n")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.are.equal("ACB\n", out)
+    end)
+
+    it("exits with _exit: the parent's atexit work does not run in the child", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        -- a __gc that runs at lua_close: it must run once, in the parent only
+        local function closed() io.write("closed\n") end
+        local anchor
+        if newproxy then anchor = newproxy(true); getmetatable(anchor).__gc = closed
+        else anchor = setmetatable({}, { __gc = closed }) end
+        local p = pt.spawn_process(function() return 1 end)
+        assert(p:join(10))
+        local p2 = pt.spawn_process(function() os.exit(0) end)
+        p2:join(10)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.are.equal("closed\n", out)
+    end)
+  end)
+
+  describe("thread", function()
+    it("refuses kill with a reason", function()
+      local w = pt.spawn_thread(function() pt.sleep(30) end)
+      local ok, err = pcall(w.kill, w, "KILL")
+      assert.is_false(ok)
+      assert.matches("signal hits the whole process", err)
+      w:cancel(); w:join(T)
+    end)
+
+    it("has its own globals but the same package.path", function()
+      SHARED_GLOBAL_X = 1
+      local w = pt.spawn_thread(function() return SHARED_GLOBAL_X, package.path, type(string.format) end)
+      assert.are.same({ true, nil, package.path, "function" }, { w:join(T) })
+      SHARED_GLOBAL_X = nil
+    end)
+
+    it("cancels a thread blocked in a join", function()
+      local inner = pt.spawn_process(function() pt.sleep(30) end)
+      local w = pt.spawn_thread(function() pt.sleep(30) end)
+      local joiner = pt.spawn_thread(function(x) return x end, 1)
+      assert.is_true((joiner:join(T)))
+      -- a thread that joins a long worker is woken by its own cancellation
+      local j = pt.spawn_thread(function()
+        local pt2 = require "procthread"
+        local sub = pt2.spawn_thread(function() pt2.sleep(30) end)
+        local ok, err = pcall(sub.join, sub)
+        sub:cancel(); sub:join(10)
+        error(err, 0)
+      end)
+      pt.sleep(0.1)
+      j:cancel()
+      assert.are.same({ false, "cancelled" }, { j:join(T) })
+      w:cancel(); w:join(T)
+      inner:kill("KILL"); inner:join(T)
+    end)
+
+    it("pt.cancelled() turns true inside a cancelled thread", function()
+      local w = pt.spawn_thread(function()
+        local seen = false
+        local t0 = pt.now()
+        while pt.now() - t0 < 10 do
+          if pt.cancelled() then seen = true break end
+        end
+        return seen
+      end)
+      pt.sleep(0.05)
+      w:cancel()
+      -- the loop saw the flag, or the hook stopped it: either way it ended
+      local ok, v = w:join(T)
+      assert.is_true(ok == true and v == true or (ok == false and v == "cancelled"))
+      assert.is_false(pt.cancelled())
+    end)
+  end)
+
+  describe("fork safety", function()
+    it("forks 50 times while 3 threads work the module hard #stress", function()
+      local busy = {}
+      for i = 1, 3 do
+        busy[i] = pt.spawn_thread(function()
+          local ptt = require "procthread"
+          local n = 0
+          while not ptt.cancelled() do
+            local w = ptt.spawn_thread(function(t) return #t end, { 1, 2, 3, n })
+            w:join(10)
+            local s = ptt.encode({ a = { 1, 2 }, f = function() return n end })
+            ptt.decode(s)
+            n = n + 1
+          end
+          return n
+        end)
+      end
+      for i = 1, 50 do
+        local w = pt.spawn_process(function(k) return k * 2 end, i)
+        assert.are.same({ true, i * 2 }, { w:join(T) })
+      end
+      for i = 1, 3 do
+        busy[i]:cancel()
+        local ok, r = busy[i]:join(T)
+        assert.is_true(ok == true or r == "cancelled")
+      end
+    end)
+  end)
+
+  describe("fds", function()
+    it("opens every fd with O_CLOEXEC", function()
+      local function fdset()
+        local s = {}
+        local p = io.popen("ls /proc/" .. H.pid() .. "/fd")
+        for fd in p:lines() do s[fd] = true end
+        p:close()
+        return s
+      end
+      local before = fdset()
+      local t = pt.spawn_thread(function() pt.sleep(30) end)
+      local p = pt.spawn_process(function() pt.sleep(30) end)
+      finally(function() t:cancel(); p:kill("KILL"); t:join(T); p:join(T) end)
+      local after = fdset()
+      local checked = 0
+      for fd in pairs(after) do
+        if not before[fd] then
+          local f = io.open("/proc/" .. H.pid() .. "/fdinfo/" .. fd)
+          if f then
+            local flags = f:read("*a"):match("flags:%s*(%d+)")
+            f:close()
+            -- O_CLOEXEC is 02000000 (octal)
+            local v = tonumber(flags, 8)
+            if math.floor(v / 524288) % 2 == 1 then checked = checked + 1
+            else error("fd " .. fd .. " lacks O_CLOEXEC (flags " .. flags .. ")") end
+          end
+        end
+      end
+      assert.is_true(checked >= 3)   -- two eventfds, a result pipe (+ a pidfd)
+    end)
+  end)
+
+  describe("OS failures", function()
+    it("returns nil, 'pipe: ...', errno when no fd is left", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local hold = {}
+        while true do local f = io.open("/dev/null") if not f then break end hold[#hold+1] = f end
+        local w, err, errno = pt.spawn_process(function() end)
+        local t, terr, terrno = pt.spawn_thread(function() end)
+        for _, f in ipairs(hold) do f:close() end
+        io.write(tostring(w), "|", tostring(err), "|", tostring(errno), "\n")
+        io.write(tostring(t), "|", tostring(terr), "|", tostring(terrno), "\n")
+        local w2 = pt.spawn_process(function() return 1 end)
+        io.write(tostring(select(2, w2:join(10))), "\n")
+      ]], "ulimit -n 64;")
+      assert.are.equal(0, status, out)
+      assert.matches("nil|pipe: Too many open files|24\n", out, 1, true)
+      assert.matches("nil|eventfd: Too many open files|24\n", out, 1, true)
+      assert.matches("\n1\n$", out)
+    end)
+
+    it("returns nil, 'pthread_create: ...', errno when no thread can be made", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w, err, errno = pt.spawn_thread(function() end)
+        io.write(tostring(w), "|", tostring(err), "|", tostring(errno), "\n")
+      ]], "ulimit -s 4000000; ulimit -v 1000000;")
+      assert.are.equal(0, status, out)
+      assert.matches("nil|pthread_create: Resource temporarily unavailable|11", out, 1, true)
+    end)
+
+    it("returns nil, 'fork: ...', errno when no process can be made", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w, err, errno = pt.spawn_process(function() end)
+        io.write(tostring(w), "|", tostring(err), "|", tostring(errno), "\n")
+      ]], "ulimit -u 1;", { nobody = true })
+      assert.are.equal(0, status, out)
+      assert.matches("nil|fork: Resource temporarily unavailable|11", out, 1, true)
+    end)
+  end)
+
+  describe("bad arguments", function()
+    local cases = {
+      { "spawn_thread", function() pt.spawn_thread(42) end, "function expected" },
+      { "spawn_process", function() pt.spawn_process("x") end, "function expected" },
+      { "spawn", function() pt.spawn(nil, function() end) end, "bad argument #1" },
+      { "join", function() local w = pt.spawn_thread(function() end); w:join(T); w:join(-1) end, "timeout" },
+      { "join self", function() pt.spawn_thread(function() end).join({}) end, "Worker expected" },
+      { "kill", function() local w = pt.spawn_process(function() end); w:join(T); w:kill("NOPE") end, "unknown signal" },
+      { "sleep", function() pt.sleep("x") end, "number expected" },
+      { "sleep negative", function() pt.sleep(-1) end, ">= 0" },
+      { "rusage", function() pt.rusage("nobody") end, "invalid option" },
+      { "fault", function() pt.fault("nothing") end, "invalid option" },
+    }
+    for _, c in ipairs(cases) do
+      it(c[1] .. " raises a clear error", function()
+        local ok, err = pcall(c[2])
+        assert.is_false(ok)
+        assert.matches(c[3], tostring(err), 1, true)
+      end)
+    end
+  end)
+end)
+
+describe("utilities", function()
+  H.no_leaks()
+  it("now is monotonic with sub-microsecond resolution", function()
+    local a = pt.now(); local b = pt.now()
+    assert.is_true(b >= a)
+    assert.is_true(math.abs(pt.now() - a) < 5)
+  end)
+  it("sleep sleeps about as long as asked", function()
+    local t0 = pt.now(); pt.sleep(0.02)
+    local d = pt.now() - t0
+    assert.is_true(d >= 0.019 and d < 2, d)
+  end)
+  it("cpu_count, rusage, memory, version, self, cancelled", function()
+    assert.is_true(pt.cpu_count() >= 1)
+    local r = pt.rusage()
+    assert.is_number(r.utime); assert.is_number(r.stime); assert.is_true(r.maxrss_kib > 0)
+    assert.is_number(pt.rusage("children").utime)
+    local m = pt.memory()
+    assert.is_true(m.rss_kib > 0)
+    assert.matches("^%d+%.%d+%.%d+", pt.version)
+    local s = pt.self()
+    assert.are.equal("main", s.kind)
+    assert.are.equal(tonumber(H.pid()), s.id)
+    assert.is_false(pt.cancelled())
+  end)
+end)
