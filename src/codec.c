@@ -475,8 +475,10 @@ static int enc_value(enc *e, int idx) {
   }
 }
 
+/* Encode n values from idx.  Value i is named what[i] (what alone when
+   !indexed); with fn set, value 1 is named "fn" and value i+1 args[i]. */
 static int encode(lua_State *L, int idx, int n, const char *what, int indexed,
-                  pt_buf *out, char *err, size_t errlen) {
+                  int fn, pt_buf *out, char *err, size_t errlen) {
   enc e;
   size_t oldlen = out->len;
   int top = lua_gettop(L), i, ok = 1;
@@ -494,8 +496,10 @@ static int encode(lua_State *L, int idx, int n, const char *what, int indexed,
     ok = enc_value(&e, idx + i);
     if (!ok) {
       char seg[32];
-      if (indexed) {
-        snprintf(seg, sizeof seg, "[%d]", i + 1);
+      int k = fn ? i : i + 1;
+      if (fn) what = i == 0 ? "fn" : "args";
+      if (indexed && k > 0) {
+        snprintf(seg, sizeof seg, "[%d]", k);
         prepend(&e, seg);
       }
       e.path[sizeof e.path - 1] = '\0';
@@ -514,13 +518,13 @@ static int encode(lua_State *L, int idx, int n, const char *what, int indexed,
 int pt_encode(lua_State *L, int idx, int n, const char *what, pt_buf *out,
               char *err, size_t errlen) {
   pthread_once(&key_once, make_key);
-  return encode(L, idx, n, what, 1, out, err, errlen);
+  return encode(L, idx, n, what, 1, 0, out, err, errlen);
 }
 
-int pt_encode_value(lua_State *L, int idx, const char *what, pt_buf *out,
-                    char *err, size_t errlen) {
+int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
+                   size_t errlen) {
   pthread_once(&key_once, make_key);
-  return encode(L, idx, 1, what, 0, out, err, errlen);
+  return encode(L, idx, n, "args", 1, 1, out, err, errlen);
 }
 
 /* ---- reader shared by the decoder and the walker ------------------------- */

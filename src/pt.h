@@ -100,9 +100,11 @@ extern const pt_xtype pt_xtype_table, pt_xtype_array, pt_xtype_pipe;
    released) and writes "what[2].conn: cannot copy userdata" into err. */
 int pt_encode(lua_State *L, int idx, int n, const char *what, pt_buf *out,
               char *err, size_t errlen);
-/* The same for one value whose path is just `what` (no [i]). */
-int pt_encode_value(lua_State *L, int idx, const char *what, pt_buf *out,
-                    char *err, size_t errlen);
+/* The same for a call: a function at idx and n-1 arguments after it,
+   named "fn" and "args[i]" in messages.  Encode everything that must
+   decode together in one call: ids of shared parts run across it. */
+int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
+                   size_t errlen);
 /* Decode every value of a buffer and push them.  Returns how many were
    pushed, or -1 with an error message pushed instead (nothing else). */
 int pt_decode(lua_State *L, const char *data, size_t len);

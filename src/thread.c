@@ -143,8 +143,7 @@ int pt_thread_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   w = pt_worker_new(PT_THREAD);
   if (!w) return pt_push_oserror(L, "spawn_thread", ENOMEM);
-  if (!pt_encode_value(L, 1, "fn", &w->job, err, sizeof err) ||
-      !pt_encode(L, 2, n - 1, "args", &w->job, err, sizeof err)) {
+  if (!pt_encode_call(L, 1, n, &w->job, err, sizeof err)) {
     pt_worker_unref(w);
     return luaL_error(L, "spawn_thread: %s", err);
   }

@@ -1,0 +1,194 @@
+-- The codec: what crosses between Lua states, and what is refused.
+local pt = require "procthread"
+local H = require "helper"
+
+local T = 10
+local has_int = math.type ~= nil
+
+-- Send values to a new thread and back: two trips through the codec.
+local function roundtrip(...)
+  local w = pt.spawn_thread(function(...) return ... end, ...)
+  local r = { w:join(T) }
+  assert.is_true(r[1], r[2])
+  return select(2, (table.unpack or unpack)(r))
+end
+
+describe("codec", function()
+  H.no_leaks()
+
+  it("carries nil, booleans, numbers and strings", function()
+    local a, b, c, d, e, f = roundtrip(nil, true, false, 42, -2.5, "x")
+    assert.are.same({ nil, true, false, 42, -2.5, "x" }, { a, b, c, d, e, f })
+    assert.are.equal(1/0, (roundtrip(1/0)))
+    local nan = roundtrip(0/0)
+    assert.is_true(nan ~= nan)
+  end)
+
+  it("keeps integers and floats apart on 5.3+", function()
+    if not has_int then return end
+    local i, f, big = roundtrip(3, 3.0, math.maxinteger)
+    assert.are.equal("integer", math.type(i))
+    assert.are.equal("float", math.type(f))
+    assert.are.equal(math.maxinteger, big)
+  end)
+
+  it("carries binary strings of any length", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local bin = table.concat(bytes)
+    local big = bin:rep(4096 * 4)                -- 4 MiB
+    local a, b, c = roundtrip(bin, big, "")
+    assert.are.equal(bin, a)
+    assert.are.equal(#big, #b)
+    assert.is_true(big == b)
+    assert.are.equal("", c)
+  end)
+
+  it("keeps shared parts and cycles of tables", function()
+    local shared = { 1, 2 }
+    local t = { a = shared, b = shared, list = { "x", "y" }, [true] = "yes", [2.5] = "f" }
+    t.self = t
+    local r = roundtrip(t)
+    assert.are.equal(r, r.self)
+    assert.are.equal(r.a, r.b)
+    assert.are.same({ 1, 2 }, r.a)
+    assert.are.same({ "x", "y" }, r.list)
+    assert.are.equal("yes", r[true])
+    assert.are.equal("f", r[2.5])
+  end)
+
+  it("keeps a metatable of plain Lua", function()
+    local mt = { __index = function(_, k) return k .. "!" end }
+    local r = roundtrip(setmetatable({}, mt))
+    assert.are.equal("hi!", r.hi)
+  end)
+
+  it("carries functions with their upvalues", function()
+    local n = 10
+    local t = { k = 5 }
+    local function add(x) return n + x + t.k end
+    local f = roundtrip(add)
+    assert.are.equal(16, f(1))
+    -- the receiver's copy is a copy
+    n = 100
+    assert.are.equal(16, f(1))
+  end)
+
+  it("carries recursive functions and shared upvalues", function()
+    local function fact(k) if k <= 1 then return 1 end return k * fact(k - 1) end
+    local f = roundtrip(fact)
+    assert.are.equal(120, f(5))
+    local count = 0
+    local function inc() count = count + 1 return count end
+    local function get() return count end
+    local i, g = roundtrip(inc, get)
+    i(); i()
+    if _VERSION ~= "Lua 5.1" or jit then
+      assert.are.equal(2, g())       -- one upvalue, as in the sender
+    else
+      assert.are.equal(0, g())       -- 5.1 has no lua_upvaluejoin: two copies
+    end
+  end)
+
+  it("gives a function the receiver's globals in place of _ENV", function()
+    CODEC_SPEC_GLOBAL = "sender"
+    local w = pt.spawn_thread(function() return CODEC_SPEC_GLOBAL, type(print) end)
+    assert.are.same({ true, nil, "function" }, { w:join(T) })
+    CODEC_SPEC_GLOBAL = nil
+  end)
+
+  it("carries standard-library C functions and modules by name", function()
+    local fmt, str, tbl = roundtrip(string.format, string, table.concat)
+    assert.are.equal(string.format, fmt)
+    assert.are.equal(string, str)
+    assert.are.equal(table.concat, tbl)
+    local w = pt.spawn_thread(function(f, p) return f("%d-%s", 7, "x"), p.now ~= nil end, string.format, pt)
+    assert.are.same({ true, "7-x", true }, { w:join(T) })
+  end)
+
+  it("refuses a coroutine, naming where it was, before anything starts", function()
+    local co = coroutine.create(function() end)
+    local ok, err = pcall(pt.spawn_thread, function() end, 1, { conn = co })
+    assert.is_false(ok)
+    assert.matches("args%[2%]%.conn: cannot copy a coroutine", err)
+  end)
+
+  it("refuses foreign userdata and unknown C functions with their path", function()
+    local ok, err = pcall(pt.spawn_thread, function() end, { list = { 1, io.stdout } })
+    assert.is_false(ok)
+    assert.matches("args%[1%]%.list%[2%]: cannot copy userdata", err)
+    local f = io.stdout.write                 -- a method, not in any module
+    ok, err = pcall(pt.encode, { w = f })
+    assert.is_false(ok)
+    assert.matches("values%[1%]%.w: cannot copy a C function", err)
+    local h = io.stdout
+    ok, err = pcall(pt.spawn_thread, function() return h end)
+    assert.is_false(ok)
+    assert.matches("fn<upvalue h>: cannot copy userdata", err)
+    ok, err = pcall(pt.encode, { ["not an ident"] = { co = coroutine.create(function() end) } })
+    assert.is_false(ok)
+    assert.matches('values%[1%]%["not an ident"%]%.co', err)
+  end)
+
+  it("refuses results that cannot cross, as a failure of the worker", function()
+    local ok, err = pt.spawn_thread(function() return coroutine.create(function() end) end):join(T)
+    assert.is_false(ok)
+    assert.matches("results%[1%]: cannot copy a coroutine", err)
+    ok, err = pt.spawn_process(function() return io.stdout end):join(T)
+    assert.is_false(ok)
+    assert.matches("results%[1%]: cannot copy userdata", err)
+  end)
+
+  it("limits nesting instead of overflowing the C stack", function()
+    local deep = {}
+    local c = deep
+    for _ = 1, 1000 do c.n = {}; c = c.n end
+    local ok, err = pcall(pt.encode, deep)
+    assert.is_false(ok)
+    assert.matches("nesting too deep", err)
+    local fine = {}
+    c = fine
+    for _ = 1, 150 do c.n = {}; c = c.n end
+    assert.is_table(pt.decode(pt.encode(fine)))
+  end)
+
+  it("raises 'corrupt message' on bytes that do not decode", function()
+    local good = pt.encode({ 1, "two", function() return 3 end })
+    for cut = 1, #good - 1 do
+      local ok, err = pcall(pt.decode, good:sub(1, cut))
+      assert.is_false(ok)
+      assert.matches("corrupt message", err)
+    end
+    local ok, err = pcall(pt.decode, "\255")
+    assert.is_false(ok)
+    assert.matches("corrupt message", err)
+  end)
+
+  it("never loads bytecode it did not make (flipped bytes)", function()
+    local good = pt.encode(function(a) return a * 2 end)
+    for i = 1, #good do
+      local b = good:byte(i)
+      local bad = good:sub(1, i - 1) .. string.char((b + 1) % 256) .. good:sub(i + 1)
+      local ok, f = pcall(pt.decode, bad)
+      if ok and type(f) == "function" then
+        -- only a flip outside the bytecode (e.g. an upvalue count of 0->1) can decode
+        assert.is_true(pcall(f, 2) ~= nil)
+      end
+    end
+  end)
+
+  it("survives random bytes", function()
+    math.randomseed(7)
+    for _ = 1, 20000 do
+      local n = math.random(0, 40)
+      local t = {}
+      for j = 1, n do t[j] = string.char(math.random(0, 255)) end
+      pcall(pt.decode, table.concat(t))
+    end
+  end)
+
+  it("checks its arguments", function()
+    assert.has_error(function() pt.decode() end)
+    assert.has_error(function() pt.decode({}) end)
+  end)
+end)
