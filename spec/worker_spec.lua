@@ -317,7 +317,7 @@ describe("workers", function()
       assert.matches("\n1\n$", out)
     end)
 
-    it("returns nil, 'pthread_create: ...', errno when no thread can be made", function()
+    it("returns nil, 'pthread_create: ...', errno when no thread can be made #rlimit", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
         local w, err, errno = pt.spawn_thread(function() end)

@@ -279,6 +279,9 @@ static int l_cancelled(lua_State *L) {
 
 /* The lab's deliberate faults: a real invalid memory write (SIGSEGV), a
    real abort(), or any signal raised at this thread. */
+#if defined(__GNUC__)
+__attribute__((no_sanitize("undefined")))
+#endif
 static int l_fault(lua_State *L) {
   static const char *const kinds[] = {"segv", "abort", "signal", NULL};
   int k = luaL_checkoption(L, 1, NULL, kinds);
