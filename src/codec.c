@@ -820,6 +820,12 @@ static int dec_value(dec *d) {
       const char *err;
       if (type < 0 || type >= NXTYPES || !get(&d->r, &ref, sizeof ref))
         return corrupt(d);
+      luaL_getmetatable(L, xtypes[type]->tname);
+      if (lua_isnil(L, -1)) {            /* a new thread state: load the module */
+        lua_pop(L, 1);
+        if (!dec_module(d, "procthread.core", 15)) { d->errat = at; return 0; }
+      }
+      lua_pop(L, 1);
       err = xtypes[type]->decode(L, &ref);
       if (err) {            /* the count was not adopted: release from here */
         d->err = err;

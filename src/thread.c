@@ -3,6 +3,9 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <time.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -85,7 +88,7 @@ static void *thread_main(void *arg) {
   pt_worker *w = (pt_worker *)arg;
   lua_State *L;
   struct rusage ru;
-  int status = W_FAILED;
+  int status = W_FAILED, fd;
   uint64_t one = 1;
   __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
   w->ctx.kind = PT_THREAD;
@@ -99,10 +102,9 @@ static void *thread_main(void *arg) {
     luaL_openlibs(L);
     setpath(L, "path", w->path);
     setpath(L, "cpath", w->cpath);
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "loaded");
+    lua_getglobal(L, "package");              /* loaded on first use, no file search */
+    lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_procthread_core);
-    lua_call(L, 0, 1);
     lua_setfield(L, -2, "procthread.core");
     lua_pop(L, 2);
     lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_COUNT);
@@ -117,8 +119,14 @@ static void *thread_main(void *arg) {
   w->t_end = pt_now();
   w->status = status;
   pt_self_ctx = NULL;
-  __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
-  if (write(w->done_fd, &one, sizeof one) < 0) { /* the flag above is what counts */ }
+  /* Publish the end: a joiner sleeps on the futex word w->done, or (when
+     it must stay cancellable itself) polls an eventfd it made; the
+     seq_cst store and load pair with the joiner's, so one of the two
+     always sees the other. */
+  __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+  syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+  fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
+  if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   pt_worker_unref(w);
   return NULL;
 }
@@ -149,8 +157,6 @@ int pt_thread_spawn(lua_State *L) {
   }
   w->path = dup_field(L, "path");
   w->cpath = dup_field(L, "cpath");
-  w->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->done_fd < 0) goto oserr_eventfd;
   w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (w->cancel_fd < 0) goto oserr_eventfd;
   w->refs = 2;                                  /* the handle and the thread */
@@ -172,12 +178,42 @@ oserr_eventfd:
   return pt_push_oserror(L, "eventfd", e);
 }
 
-int pt_thread_wait(pt_worker *w, double timeout) {
-  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
-    int r = pt_wait_fd(w->done_fd, POLLIN, timeout);
-    if (r <= 0) return r;
-    if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+/* Sleep on the futex word w->done until it turns 1 or the deadline. */
+static int futex_wait_done(pt_worker *w, double timeout) {
+  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  while (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+    struct timespec ts, *tp = NULL;
+    if (deadline >= 0) {
+      double left = deadline - pt_now();
+      if (left <= 0) return 0;
+      ts.tv_sec = (time_t)left;
+      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+      tp = &ts;
+    }
+    if (syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, 0, tp, NULL, 0) != 0 &&
+        errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
+      return -1;
   }
+  return 1;
+}
+
+int pt_thread_wait(pt_worker *w, double timeout) {
+  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST) && timeout != 0) {
+    int r;
+    if (!pt_self_ctx || !pt_self_ctx->cancel) {
+      r = futex_wait_done(w, timeout);      /* nobody can cancel the joiner */
+    } else {
+      if (w->done_fd < 0) {
+        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0) return -1;
+        __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+      }
+      r = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) ? 1
+                                                       : pt_wait_fd(w->done_fd, POLLIN, timeout);
+    }
+    if (r <= 0) return r;
+  }
+  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 0;
   if (!w->joined) {
     pthread_join(w->thread, NULL);
     w->joined = 1;

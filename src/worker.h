@@ -19,7 +19,8 @@ typedef struct pt_worker {
   volatile int done;          /* atomic: 1 once the outcome below is final */
   int status;                 /* W_* */
   volatile int cancel;        /* cancellation asked */
-  int done_fd;                /* thread: eventfd; process: pidfd or -1 */
+  int done_fd;                /* thread: eventfd made by a cancellable joiner,
+                                 or -1; process: pidfd or -1 */
   int cancel_fd;              /* thread: eventfd */
   int result_fd;              /* process: read end of the result pipe */
   pt_buf job;                 /* thread: encoded fn and args */
