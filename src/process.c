@@ -60,13 +60,20 @@ static int child_os_exit(lua_State *L) {
 }
 
 /* The child runs on a copy of the caller's stack: the frames below fn are
-   the parent's.  msgh cuts them off the traceback (their text, taken
-   before fn runs, is in parent_frames). */
-static const char *parent_frames;
-static size_t parent_frames_len;
+   the parent's.  parent_levels counts them (taken without allocating, so
+   the child copies no page for it); msgh cuts them off the traceback. */
+static int parent_levels;
+
+static int count_levels(lua_State *L) {
+  lua_Debug ar;
+  int n = 0;
+  while (lua_getstack(L, n, &ar)) n++;
+  return n;
+}
 
 static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
+  int total = count_levels(L);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       msg = lua_tostring(L, -1);
@@ -74,53 +81,56 @@ static int msgh(lua_State *L) {
       msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
   pt_traceback(L, L, msg, 1);
-  if (parent_frames_len) {
-    const char *tb = lua_tostring(L, -1);
-    const char *cut = strstr(tb, parent_frames);
+  if (parent_levels > 0 && total > parent_levels) {
+    /* the first parent frame, as the traceback writes it: cut there */
+    const char *tb, *first, *head, *nl, *cut = NULL;
+    pt_traceback(L, L, "", total - parent_levels);
+    first = lua_tostring(L, -1);
+    head = strstr(first, "traceback:");
+    nl = head ? strchr(head, '\n') : NULL;
+    tb = lua_tostring(L, -2);
+    if (nl) {
+      const char *end = strchr(nl + 1, '\n');
+      size_t n = end ? (size_t)(end - nl) : strlen(nl);
+      lua_pushlstring(L, nl, n);
+      cut = strstr(tb, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
     if (cut) lua_pushlstring(L, tb, (size_t)(cut - tb));
   }
   return 1;
 }
 
-/* The child: stack is fn, args...  Never returns. */
+/* The child: stack is fn, args...  Never returns.  Every page it writes
+   is a copy-on-write fault, so the happy path allocates nothing it can
+   avoid: no traceback text up front, no encoder state for no results. */
 static void child_main(lua_State *L, int wfd) {
-  int n = lua_gettop(L), base;
+  int n = lua_gettop(L), base = 1;
   char err[640];
   pt_after_fork_child();
   my_result_fd = wfd;
   pt_self_ctx = &process_ctx;
+  parent_levels = count_levels(L);
   lua_getglobal(L, "os");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, child_os_exit);
     lua_setfield(L, -2, "exit");
   }
   lua_pop(L, 1);
-  pt_traceback(L, L, "", 0);     /* "stack traceback:\n\t[C]: in function spawn..." */
-  {
-    size_t len;
-    const char *tb = lua_tolstring(L, -1, &len);
-    const char *head = strstr(tb, "traceback:");
-    const char *nl = head ? strchr(head, '\n') : NULL;
-    if (nl) {                      /* keep the first frame: "\n\t[C]: in ..." */
-      const char *end = strchr(nl + 1, '\n');
-      parent_frames_len = end ? (size_t)(end - nl) : len - (size_t)(nl - tb);
-      lua_pushlstring(L, nl, parent_frames_len);
-      parent_frames = lua_tostring(L, -1);
-      lua_remove(L, -2);
-    }
-  }
-  lua_insert(L, 1);                /* keep the string alive below everything */
   lua_pushcfunction(L, msgh);
-  lua_insert(L, 2);
-  if (lua_pcall(L, n - 1, LUA_MULTRET, 2) != 0) {
+  lua_insert(L, 1);
+  if (lua_pcall(L, n - 1, LUA_MULTRET, 1) != 0) {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
     if (!m) m = "(error object is not a string)", len = strlen(m);
     send_result(1, m, len);
     pt_child_exit(1);
+  } else if (lua_gettop(L) == base) {
+    send_result(0, "", 0);
+    pt_child_exit(0);
   } else {
     pt_buf b;
-    base = 2;
     pt_buf_init(&b);
     if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
       send_result(0, b.data ? b.data : "", b.len);
@@ -129,6 +139,16 @@ static void child_main(lua_State *L, int wfd) {
     send_result(1, err, strlen(err));
     pt_child_exit(1);
   }
+}
+
+/* Spawning failed after the handle was made: the handle becomes an
+   already-ended worker nobody will see; report the OS error. */
+static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
+  w->joined = 1;
+  w->done = 1;
+  w->status = W_FAILED;
+  pt_worker_unref(w);
+  return pt_push_oserror(L, op, e);
 }
 
 int pt_process_spawn(lua_State *L) {
@@ -140,10 +160,14 @@ int pt_process_spawn(lua_State *L) {
   pt_atfork_child(forget_parent);
   w = pt_worker_new(PT_PROCESS);
   if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  /* the handle exists before the fork: the parent then writes less of the
+     memory it shares copy-on-write with the child while the child runs */
+  pt_worker_push(L, w);
+  lua_insert(L, 1);
+  w->refs = 2;
   if (pipe2(fds, O_CLOEXEC) != 0) {
     e = errno;
-    pt_worker_unref(w);
-    return pt_push_oserror(L, "pipe", e);
+    return spawn_failed(L, w, "pipe", e);
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
@@ -152,11 +176,11 @@ int pt_process_spawn(lua_State *L) {
     e = errno;
     close(fds[0]);
     close(fds[1]);
-    pt_worker_unref(w);
-    return pt_push_oserror(L, "fork", e);
+    return spawn_failed(L, w, "fork", e);
   }
   if (pid == 0) {
     close(fds[0]);
+    lua_remove(L, 1);              /* the handle: fn and args stay */
     child_main(L, fds[1]);
   }
   close(fds[1]);
@@ -164,7 +188,8 @@ int pt_process_spawn(lua_State *L) {
   w->result_fd = fds[0];
   fcntl(fds[0], F_SETFL, O_NONBLOCK);
   w->done_fd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
-  pt_worker_push(L, w);
+  pt_worker_unref(w);              /* the handle's reference remains */
+  lua_settop(L, 1);
   return 1;
 }
 
