@@ -1,0 +1,53 @@
+package = "procthread"
+version = "scm-1"
+source = { url = "git+file://." }
+description = {
+  summary = "Real OS threads and processes for Lua behind one interface, and a lab that measures them",
+  detailed = [[
+    procthread runs Lua functions on pthreads or in forked processes with one worker
+    interface, shares tables and arrays in shared memory, passes messages over pipes,
+    and ships a lab that measures the classic claims about processes and threads.
+  ]],
+  license = "MIT",
+  homepage = "https://example.invalid/procthread",
+}
+dependencies = { "lua >= 5.1, < 5.5" }
+supported_platforms = { "linux" }
+build = {
+  type = "builtin",
+  modules = {
+    ["procthread.core"] = {
+      sources = {
+        "src/array.c",
+        "src/codec.c",
+        "src/core.c",
+        "src/frame.c",
+        "src/pipe.c",
+        "src/process.c",
+        "src/shm.c",
+        "src/sys.c",
+        "src/table.c",
+        "src/thread.c",
+        "src/worker.c",
+      },
+      defines = { "_GNU_SOURCE" },
+      incdirs = { "src" },
+      libraries = { "pthread", "dl" },
+    },
+    ["procthread"] = "lua/procthread/init.lua",
+    ["procthread.pool"] = "lua/procthread/pool.lua",
+    ["procthread.lab.communication"] = "lua/procthread/lab/communication.lua",
+    ["procthread.lab.cpu"] = "lua/procthread/lab/cpu.lua",
+    ["procthread.lab.creation"] = "lua/procthread/lab/creation.lua",
+    ["procthread.lab.failure"] = "lua/procthread/lab/failure.lua",
+    ["procthread.lab"] = "lua/procthread/lab/init.lua",
+    ["procthread.lab.isolation"] = "lua/procthread/lab/isolation.lua",
+    ["procthread.lab.json"] = "lua/procthread/lab/json.lua",
+    ["procthread.lab.main"] = "lua/procthread/lab/main.lua",
+    ["procthread.lab.memory"] = "lua/procthread/lab/memory.lua",
+    ["procthread.lab.report"] = "lua/procthread/lab/report.lua",
+    ["procthread.lab.stats"] = "lua/procthread/lab/stats.lua",
+    ["procthread.lab.svg"] = "lua/procthread/lab/svg.lua",
+  },
+  install = { bin = { ["procthread-lab"] = "bin/procthread-lab" } },
+}
