@@ -95,22 +95,41 @@ function H.fresh(code, prefix, opts)
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w")); f:write(code); f:close()
   local run = ("%s %s"):format(lua, tmp)
+  local lpath, cpath, dir = package.path, package.cpath, nil
   if opts and opts.nobody then
-    os.execute("chmod 0644 " .. tmp)
+    -- nobody may not read the checkout (CI clones anywhere): give it a copy
+    dir = os.tmpname(); os.remove(dir)
+    local so = assert(H.searchpath("procthread.core", package.cpath))
+    local init = assert(H.searchpath("procthread", package.path))
+    assert(os.execute(("mkdir -p %s/procthread && cp %s %s/procthread/core.so && cp %s %s/procthread/init.lua && chmod -R a+rX %s && chmod 0644 %s")
+      :format(dir, so, dir, init, dir, dir, tmp)))
+    lpath, cpath = dir .. "/?.lua;" .. dir .. "/?/init.lua", dir .. "/?.so"
     run = ("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c %q")
-      :format((prefix or "") .. " exec " .. run)
+      :format("cd " .. dir .. "; " .. (prefix or "") .. " exec " .. run)
     prefix = ""
   end
   -- under AddressSanitizer, a child with tight resource limits cannot run
   -- LeakSanitizer; leaks are checked in the spec process itself
   local asan = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0" or ""
   local cmd = ("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s 2>&1; echo \"::status:$?\"")
-    :format(prefix or "", asan, package.path, package.cpath, run)
+    :format(prefix or "", asan, lpath, cpath, run)
   local p = io.popen("sh -c " .. ("%q"):format(cmd))
   local out = p:read("*a"); p:close()
   os.remove(tmp)
+  if dir then os.execute("rm -rf " .. dir) end
   local status = tonumber(out:match("::status:(%d+)%s*$"))
   return status, (out:gsub("::status:%d+%s*$", ""))
+end
+
+-- package.searchpath for every Lua (5.1 has none)
+function H.searchpath(name, path)
+  local file = name:gsub("%.", "/")
+  for pat in path:gmatch("[^;]+") do
+    local f = pat:gsub("%?", file)
+    local h = io.open(f)
+    if h then h:close() return f end
+  end
+  return nil
 end
 
 function H.interpreter()
