@@ -72,15 +72,8 @@ static int count_levels(lua_State *L) {
 }
 
 static int msgh(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
   int total = count_levels(L);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  pt_traceback(L, L, msg, 1);
+  pt_traceback(L, L, pt_tomessage(L, 1), 1);
   if (parent_levels > 0 && total > parent_levels) {
     /* the first parent frame, as the traceback writes it: cut there */
     const char *tb, *first, *head, *nl, *cut = NULL;

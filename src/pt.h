@@ -54,6 +54,9 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout);
 int pt_raise_cancelled(lua_State *L);
 #define PT_CANCELLED_MSG "cancelled"
 
+/* The error object at idx as a string: itself, its __tostring, or
+   "(error object is a <type> value)" (which may push one value). */
+const char *pt_tomessage(lua_State *L, int idx);
 /* Close fd, keeping errno. */
 void pt_close(int fd);
 /* Called in a new child right after fork(), before any Lua runs there:

@@ -58,6 +58,14 @@ int pt_raise_oserror(lua_State *L, const char *op, int err) {
   return luaL_error(L, "%s: %s", op, strerror(err));
 }
 
+const char *pt_tomessage(lua_State *L, int idx) {
+  const char *msg = lua_tostring(L, idx);
+  if (msg) return msg;
+  if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
 void pt_close(int fd) {
   int e = errno;
   if (fd >= 0) close(fd);

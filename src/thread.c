@@ -29,13 +29,7 @@ static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (pt_cancel_requested() && msg && strcmp(msg, PT_CANCELLED_MSG) == 0)
     return 1;
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  pt_traceback(L, L, msg, 1);
+  pt_traceback(L, L, pt_tomessage(L, 1), 1);
   return 1;
 }
 
