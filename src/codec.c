@@ -231,6 +231,10 @@ static int enc_value(enc *e, int idx);
    give it the next id and return 0. */
 static int seen_before(enc *e, int idx) {
   lua_State *L = e->L;
+  if (lua_isnil(L, e->seen)) {          /* made on first need: most messages */
+    lua_newtable(L);                    /* hold no table and no function */
+    lua_replace(L, e->seen);
+  }
   lua_pushvalue(L, idx);
   lua_rawget(L, e->seen);
   if (!lua_isnil(L, -1)) {
@@ -487,7 +491,7 @@ static int encode(lua_State *L, int idx, int n, const char *what, int indexed,
   e.L = L; e.b = out; e.nextid = 1;
   e.pathpos = sizeof e.path - 1;
   luaL_checkstack(L, 12, "procthread codec");
-  lua_newtable(L);
+  lua_pushnil(L);                                  /* slot for the seen table */
   e.seen = lua_gettop(L);
   pt_pushglobals(L);
   e.globals = lua_gettop(L);
@@ -646,6 +650,17 @@ typedef struct dec {
 
 static int dec_value(dec *d);
 
+/* Remember the object on top as the next id (the table is made lazily). */
+static void dec_remember(dec *d) {
+  lua_State *L = d->L;
+  if (lua_isnil(L, d->objs)) {
+    lua_newtable(L);
+    lua_replace(L, d->objs);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->objs, d->nextid++);
+}
+
 static int corrupt(dec *d) {
   d->r.bad = 1;
   return 0;
@@ -681,8 +696,7 @@ static int dec_table(dec *d) {
   if (flags < 0 || (flags & ~1)) return corrupt(d);
   lua_newtable(L);
   t = lua_gettop(L);
-  lua_pushvalue(L, t);
-  lua_rawseti(L, d->objs, d->nextid++);
+  dec_remember(d);
   for (;;) {
     if (d->r.p < d->r.end && *d->r.p == T_END) { d->r.p++; break; }
     if (!dec_value(d)) return 0;
@@ -714,8 +728,7 @@ static int dec_function(dec *d) {
   }
   d->r.p += len;
   f = lua_gettop(L);
-  lua_pushvalue(L, f);
-  lua_rawseti(L, d->objs, d->nextid++);
+  dec_remember(d);
   if ((nups = get_byte(&d->r)) < 0) return corrupt(d);
   for (i = 1; i <= nups; i++) {
     if (d->r.p < d->r.end && *d->r.p == T_JOIN) {
@@ -723,7 +736,9 @@ static int dec_function(dec *d) {
       uint64_t fid;
       int idx;
       d->r.p++;
-      if (!get_varint(&d->r, &fid) || (idx = get_byte(&d->r)) < 1) return corrupt(d);
+      if (!get_varint(&d->r, &fid) || fid == 0 || fid >= (uint64_t)d->nextid ||
+          (idx = get_byte(&d->r)) < 1)
+        return corrupt(d);
       lua_rawgeti(L, d->objs, (int)fid);
       if (!lua_isfunction(L, -1) || lua_iscfunction(L, -1) ||
           !lua_getupvalue(L, -1, idx) || !lua_getupvalue(L, f, i))
@@ -848,7 +863,7 @@ int pt_decode(lua_State *L, const char *data, size_t len) {
   d.r.p = data; d.r.end = data + len;
   d.nextid = 1;
   luaL_checkstack(L, 4, "procthread codec");
-  lua_newtable(L);
+  lua_pushnil(L);                        /* slot for the objects by id */
   d.objs = lua_gettop(L);
   while (d.r.p < d.r.end) {
     d.errat = d.r.p;

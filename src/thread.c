@@ -62,6 +62,7 @@ static int run_job(lua_State *L, pt_worker *w) {
     return W_FAILED;
   }
   nres = lua_gettop(L) - base;
+  if (nres == 0) return W_SUCCEEDED;
   ok = pt_encode(L, base + 1, nres, "results", &w->result, err, sizeof err);
   if (!ok) {
     set_error(w, err, strlen(err));
