@@ -113,7 +113,7 @@ function H.fresh(code, prefix, opts)
   local asan = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0" or ""
   local cmd = ("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s 2>&1; echo \"::status:$?\"")
     :format(prefix or "", asan, lpath, cpath, run)
-  local p = io.popen("sh -c " .. ("%q"):format(cmd))
+  local p = io.popen(cmd)                -- one shell: $? is the command's
   local out = p:read("*a"); p:close()
   os.remove(tmp)
   if dir then os.execute("rm -rf " .. dir) end

@@ -916,5 +916,7 @@ static int l_decode(lua_State *L) {
 void pt_open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {{"encode", l_encode}, {"decode", l_decode},
                                  {NULL, NULL}};
+  /* The key exists before any fork, so every process of the tree shares it. */
+  pthread_once(&key_once, make_key);
   pt_setfuncs(L, fns);
 }

@@ -2,10 +2,12 @@
  * copy of the caller's Lua state, writes its results down a pipe and
  * leaves with _exit.  The parent waits on the pipe and a pidfd. */
 #include "worker.h"
+#include "shm.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,7 +151,13 @@ int pt_process_spawn(lua_State *L) {
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (pt_shm_ensure() != 0) return pt_push_oserror(L, "mmap (shared arena)", errno);
+  if (pt_shm_ensure() != 0) {
+    int e = errno;
+    lua_pushnil(L);
+    lua_pushstring(L, pt_shm_errmsg());
+    lua_pushinteger(L, e);
+    return 3;
+  }
   pt_atfork_child(forget_parent);
   w = pt_worker_new(PT_PROCESS);
   if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);
@@ -249,8 +257,16 @@ static int try_reap(pt_worker *w) {
   return 1;
 }
 
+static int result_complete(pt_worker *w) {
+  uint64_t len;
+  if (w->result.len < HDR) return 0;
+  memcpy(&len, w->result.data + 1, 8);
+  return len == w->result.len - HDR;
+}
+
 int pt_process_wait(pt_worker *w, double timeout) {
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  int spun = 0;
   if (w->joined) return 1;
   for (;;) {
     int fds[2], n = 0, r;
@@ -259,6 +275,16 @@ int pt_process_wait(pt_worker *w, double timeout) {
     r = try_reap(w);
     if (r != 0) return r;
     if (deadline >= 0 && left <= 0) return 0;
+    if (!spun && result_complete(w)) {
+      /* The results are in: the child is on its way out.  A few yields
+         cost less than going to sleep and being woken a second time. */
+      int i;
+      spun = 1;
+      for (i = 0; i < 200 && (deadline < 0 || pt_now() < deadline); i++) {
+        sched_yield();
+        if ((r = try_reap(w)) != 0) return r;
+      }
+    }
     fds[n++] = w->result_fd;
     if (w->done_fd >= 0) fds[n++] = w->done_fd;
     else if (left < 0 || left > 0.01) left = 0.01;   /* no pidfd: poll */

@@ -71,6 +71,8 @@ void pt_atfork_child(void (*fn)(void));
    It never runs the parent's atexit handlers. */
 void pt_on_child_exit(void (*fn)(void));
 void pt_child_exit(int code);
+/* Thread workers of this process still running (atomic). */
+extern int pt_live_threads;
 
 /* ---- codec.c: values between Lua states --------------------------------
  * One encoder, one decoder.  The byte format is self-describing; the

@@ -63,6 +63,7 @@ typedef struct arena_hdr {
   uint64_t top;                  /* [top, size) never allocated or given back */
   uint64_t used, peak, objects;  /* bytes in used blocks; live blocks */
   uint64_t recoveries;           /* locks taken over from dead owners */
+  uint64_t alloc_recoveries;     /* ... of which the allocator's own */
   uint64_t bitmap[NWORDS];
   uint64_t bins[NBINS];
   uint64_t nlog;
@@ -153,6 +154,38 @@ int pt_shm_mutex_lock(pthread_mutex_t *m) {
   return -1;
 }
 
+/* Spin briefly before sleeping: the sections these locks guard last tens of
+   nanoseconds, far less than a futex sleep and wake. */
+int pt_shm_mutex_trylock_spin(pthread_mutex_t *m) {
+  int i, r;
+  for (i = 0; i < 200; i++) {
+    r = pthread_mutex_trylock(m);           /* also takes it again when ours */
+    if (r == 0) return 0;
+    if (r == EOWNERDEAD) return 1;
+    if (r != EBUSY) break;
+#ifdef __GLIBC__
+    /* wait for the lock word to clear by reading, not by writing */
+    while (i < 200 && __atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) != 0) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      i++;
+    }
+#elif defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  /* Held for long (pt.locked): sleep on it, waking to honour cancellation. */
+  for (;;) {
+    r = pt_shm_mutex_timedlock(m, 0.05);
+    if (r != 2) return r;
+    if (pt_cancel_requested()) {
+      errno = ECANCELED;
+      return -1;
+    }
+  }
+}
+
 int pt_shm_mutex_timedlock(pthread_mutex_t *m, double timeout) {
   struct timespec ts;
   int r;
@@ -205,6 +238,7 @@ static void arena_lock(void) {
   if (r == 1) {
     undo();
     __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&H->alloc_recoveries, 1, __ATOMIC_RELAXED);
     pt_shm_mutex_consistent(&H->mu);
   } else if (r < 0) {
     abort();                                 /* ENOTRECOVERABLE: cannot happen */
@@ -318,6 +352,18 @@ pt_off pt_shm_alloc(size_t n) {
   return b + 16;
 }
 
+pt_off pt_shm_alloc_aligned(size_t n, size_t align) {
+  pt_off raw = pt_shm_alloc(n + align), a;
+  if (!raw) return 0;
+  a = (raw + 8 + align - 1) & ~((pt_off)align - 1);
+  WORD(a - 8) = raw;                          /* where the block begins */
+  return a;
+}
+
+void pt_shm_free_aligned(pt_off a) {
+  if (a && pt_shm_base) pt_shm_free(WORD(a - 8));
+}
+
 size_t pt_shm_usable(pt_off off) { return (size_t)(BSIZE(off - 16) - 16); }
 
 /* Give whole pages of a large free tail back to the system. */
@@ -368,7 +414,7 @@ void pt_shm_free(pt_off off) {
 void pt_shm_getstats(pt_shm_stat *st) {
   if (!pt_shm_base) {
     st->size = pt_shm_config_size();
-    st->used = st->peak = st->objects = st->recoveries = 0;
+    st->used = st->peak = st->objects = st->recoveries = st->alloc_recoveries = 0;
     st->mapped = 0;
     return;
   }
@@ -378,8 +424,58 @@ void pt_shm_getstats(pt_shm_stat *st) {
   st->peak = H->peak;
   st->objects = H->objects;
   st->recoveries = H->recoveries;
+  st->alloc_recoveries = H->alloc_recoveries;
   st->mapped = 1;
   arena_unlock();
+}
+
+/* Walk every block and every free list and check they agree with each
+   other and with the counters.  Returns NULL, or what is wrong.  For the
+   specs: it proves the arena survived whatever they did to it. */
+const char *pt_shm_check(void) {
+  static char msg[160];
+  uint64_t b, used = 0, objects = 0, nfree = 0, listed = 0;
+  int prev_used = 1;
+  unsigned i;
+  const char *bad = NULL;
+  if (!pt_shm_base) return NULL;
+  arena_lock();
+  for (b = H->start; b < H->top;) {
+    uint64_t head = WORD(HEAD(b)), s = head & ~FLAGS;
+    if (s < MINBLOCK || s % 16 || b + s > H->top) { bad = "block size out of bounds"; break; }
+    if (((head & PREV_USED) != 0) != prev_used) { bad = "PREV_USED flag disagrees"; break; }
+    if (head & USED) {
+      used += s;
+      objects++;
+      prev_used = 1;
+    } else {
+      if (!prev_used) { bad = "two free blocks side by side"; break; }
+      if (WORD(b + s) != s) { bad = "free block footer disagrees"; break; }
+      nfree++;
+      prev_used = 0;
+    }
+    b += s;
+  }
+  if (!bad && b != H->top) bad = "blocks do not end at top";
+  if (!bad && !prev_used) bad = "a free block touches top";
+  if (!bad && used != H->used) bad = "used bytes disagree with the blocks";
+  if (!bad && objects != H->objects) bad = "object count disagrees with the blocks";
+  for (i = 0; !bad && i < NBINS; i++) {
+    uint64_t n = H->bins[i], prev = 0;
+    int bit = (H->bitmap[i / 64] >> (i % 64)) & 1;
+    if (bit != (n != 0)) bad = "bitmap disagrees with a bin";
+    for (; !bad && n; prev = n, n = WORD(NEXT(n))) {
+      if (n < H->start || n >= H->top || (WORD(HEAD(n)) & USED)) bad = "free list holds a used block";
+      else if (bin_of(BSIZE(n)) != i) bad = "free block in the wrong bin";
+      else if (WORD(PREV(n)) != prev) bad = "free list back link broken";
+      else if (++listed > nfree) bad = "free list longer than the free blocks";
+    }
+  }
+  if (!bad && listed != nfree) bad = "a free block is on no list";
+  if (!bad && H->nlog != 0) bad = "undo log not empty";
+  if (bad) snprintf(msg, sizeof msg, "%s (at offset %llu)", bad, (unsigned long long)b);
+  arena_unlock();
+  return bad ? msg : NULL;
 }
 
 /* ---- mapping ---------------------------------------------------------------- */

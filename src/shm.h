@@ -25,16 +25,23 @@ const char *pt_shm_errmsg(void);
    is full.  Thread- and process-safe; never calls Lua. */
 pt_off pt_shm_alloc(size_t n);
 void pt_shm_free(pt_off off);
+/* Allocate n bytes at a multiple of align (a power of two, 16..4096);
+   free with pt_shm_free_aligned. */
+pt_off pt_shm_alloc_aligned(size_t n, size_t align);
+void pt_shm_free_aligned(pt_off off);
 /* Usable bytes of a block returned by pt_shm_alloc. */
 size_t pt_shm_usable(pt_off off);
 
 typedef struct pt_shm_stat {
-  uint64_t size, used, peak, objects, recoveries;
+  uint64_t size, used, peak, objects, recoveries, alloc_recoveries;
   int mapped;
 } pt_shm_stat;
 void pt_shm_getstats(pt_shm_stat *st);
 /* Bump the recovery counter (a lock was taken over from a dead owner). */
 void pt_shm_note_recovery(void);
+
+/* Check the allocator's structures: NULL when sound, else what is wrong. */
+const char *pt_shm_check(void);
 
 /* Size of the arena to map: set before mapping (0 ok, -1 already mapped). */
 int pt_shm_set_size(uint64_t bytes);
@@ -52,6 +59,9 @@ int pt_shm_mutex_init(pthread_mutex_t *m, int recursive);
 /* 0: locked.  1: locked, but the previous owner died holding it: repair the
    data it guards, then call pt_shm_mutex_consistent.  -1: failure, errno. */
 int pt_shm_mutex_lock(pthread_mutex_t *m);
+/* Same, spinning a little on a busy lock before sleeping; a thread whose
+   cancellation is asked gives up waiting: -1 with errno ECANCELED. */
+int pt_shm_mutex_trylock_spin(pthread_mutex_t *m);
 /* Same, giving up after `timeout` seconds: returns 2 then. */
 int pt_shm_mutex_timedlock(pthread_mutex_t *m, double timeout);
 void pt_shm_mutex_consistent(pthread_mutex_t *m);
@@ -76,6 +86,11 @@ void pt_shm_init_process(void);
 void pt_shm_track(pt_shm_handle *h, pt_off off, int kind, void (*drop)(pt_off));
 /* Drop the count held by h (if this process took it) and untrack it. */
 void pt_shm_release(pt_shm_handle *h);
+
+/* array.c: release the array handle at idx (1), or return 0 when it is
+   not an array. */
+struct lua_State;
+int pt_array_release(struct lua_State *L, int idx);
 
 /* Atomic reference counts on arena objects. */
 static inline void pt_shm_incref(uint64_t *rc) {

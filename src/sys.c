@@ -103,11 +103,19 @@ static void run_fns(void (*volatile *fns)(void)) {
   }
 }
 
+int pt_live_threads;
+
 void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
-void pt_after_fork_child(void) { run_fns(atfork_fns); }
+void pt_after_fork_child(void) {
+  __atomic_store_n(&pt_live_threads, 0, __ATOMIC_SEQ_CST);   /* none came along */
+  run_fns(atfork_fns);
+}
 void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
 void pt_child_exit(int code) {
-  run_fns(exit_fns);
+  /* Thread workers of this process that still run may use what the exit
+     functions release (shared-memory references): then leak, never free
+     under a running thread. */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) run_fns(exit_fns);
   fflush(NULL);
   _exit(code);
 }

@@ -3,8 +3,6 @@
 #include "worker.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <time.h>
 #include <poll.h>
 #include <signal.h>
@@ -114,15 +112,13 @@ static void *thread_main(void *arg) {
   w->t_end = pt_now();
   w->status = status;
   pt_self_ctx = NULL;
-  /* Publish the end: a joiner sleeps on the futex word w->done, or (when
-     it must stay cancellable itself) polls an eventfd it made; the
-     seq_cst store and load pair with the joiner's, so one of the two
-     always sees the other. */
+  /* Publish the end.  A plain joiner waits for the thread's exit; one that
+     must stay cancellable polls an eventfd it made (see pt_thread_wait). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
-  syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   pt_worker_unref(w);
+  __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   return NULL;
 }
 
@@ -158,9 +154,11 @@ int pt_thread_spawn(lua_State *L) {
   w->t_start = pt_now();
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
+  __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   e = pthread_create(&w->thread, NULL, thread_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (e != 0) {
+    __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
     w->refs = 1;
     pt_worker_unref(w);
     return pt_push_oserror(L, "pthread_create", e);
@@ -173,49 +171,55 @@ oserr_eventfd:
   return pt_push_oserror(L, "eventfd", e);
 }
 
-/* Sleep on the futex word w->done until it turns 1 or the deadline. */
-static int futex_wait_done(pt_worker *w, double timeout) {
-  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  while (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
-    struct timespec ts, *tp = NULL;
-    if (deadline >= 0) {
-      double left = deadline - pt_now();
-      if (left <= 0) return 0;
-      ts.tv_sec = (time_t)left;
-      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
-      tp = &ts;
-    }
-    if (syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, 0, tp, NULL, 0) != 0 &&
-        errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
-      return -1;
-  }
-  return 1;
+static void joined(pt_worker *w) {
+  w->joined = 1;
+  pt_close(w->done_fd);            /* the thread is gone: nobody uses them now */
+  pt_close(w->cancel_fd);
+  w->done_fd = w->cancel_fd = -1;
 }
 
 int pt_thread_wait(pt_worker *w, double timeout) {
-  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST) && timeout != 0) {
-    int r;
-    if (!pt_self_ctx || !pt_self_ctx->cancel) {
-      r = futex_wait_done(w, timeout);      /* nobody can cancel the joiner */
+  int r;
+  if (w->joined) return 1;
+  if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+    pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
+    joined(w);
+    return 1;
+  }
+  if (timeout == 0) return 0;
+  if (!pt_self_ctx || !pt_self_ctx->cancel) {
+    /* Nobody can cancel this joiner: wait for the thread's exit itself,
+       one wake-up, as pthread_join alone would. */
+    if (timeout < 0) {
+      r = pthread_join(w->thread, NULL);
     } else {
-      if (w->done_fd < 0) {
-        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (fd < 0) return -1;
-        __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
-      }
-      r = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) ? 1
-                                                       : pt_wait_fd(w->done_fd, POLLIN, timeout);
+      struct timespec ts;
+      double end;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
+      ts.tv_sec = (time_t)end;
+      ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+      r = pthread_clockjoin_np(w->thread, NULL, CLOCK_MONOTONIC, &ts);
+      if (r == ETIMEDOUT) return 0;
     }
-    if (r <= 0) return r;
+    if (r != 0) { errno = r; return -1; }
+    joined(w);
+    return 1;
   }
+  /* A cancellable joiner (a thread worker): poll an eventfd the thread
+     writes at its end, next to our own cancellation fd.  The seq_cst store
+     of the fd and the thread's seq_cst store of w->done pair up: one of the
+     two sides always sees the other. */
+  if (w->done_fd < 0) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return -1;
+    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+  }
+  r = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) ? 1 : pt_wait_fd(w->done_fd, POLLIN, timeout);
+  if (r <= 0) return r;
   if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 0;
-  if (!w->joined) {
-    pthread_join(w->thread, NULL);
-    w->joined = 1;
-    pt_close(w->done_fd);          /* the thread is gone: nobody uses them now */
-    pt_close(w->cancel_fd);
-    w->done_fd = w->cancel_fd = -1;
-  }
+  pthread_join(w->thread, NULL);
+  joined(w);
   return 1;
 }
 

@@ -1,0 +1,86 @@
+-- bench/pool_bench.lua: tasks per second through a pool against spawning a
+-- worker per item, for both kinds.
+--
+--   pool:map     a trivial function over ITEMS items (the pool sends the
+--                list in chunks, a few per worker)
+--   submit/get   one future per item, ITEMS_SUBMIT items, all submitted
+--                before any get (one task message per item)
+--   spawn        a worker per item, `n` in flight at a time, until ITEMS
+--                items or BUDGET seconds (whichever first: spawning 100k
+--                processes takes minutes); the rate is items / time taken
+--
+-- Run by bench/run with LUA_PATH/LUA_CPATH set; or
+--   LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/5.4/?.so;;' lua5.4 bench/pool_bench.lua
+-- Environment: POOL_BENCH_ITEMS (100000), POOL_BENCH_SUBMIT (20000),
+-- POOL_BENCH_BUDGET (10 seconds per spawn run), POOL_BENCH_WORKERS (cores).
+local pt = require "procthread"
+
+local ITEMS = tonumber(os.getenv("POOL_BENCH_ITEMS")) or 100000
+local ITEMS_SUBMIT = tonumber(os.getenv("POOL_BENCH_SUBMIT")) or 20000
+local BUDGET = tonumber(os.getenv("POOL_BENCH_BUDGET")) or 10
+local N = tonumber(os.getenv("POOL_BENCH_WORKERS")) or math.max(2, pt.cpu_count())
+
+local function trivial(x) return x + 1 end
+
+local list = {}
+for i = 1, ITEMS do list[i] = i end
+
+local lua = type(jit) == "table" and jit.version or _VERSION
+print(("pool_bench: %s, %d workers, %d cores; a trivial function x -> x + 1"):format(lua, N, pt.cpu_count()))
+
+local function line(kind, what, n, dt, note)
+  print(("%-8s %-28s %7d tasks in %8.3f s = %10.0f tasks/s%s"):format(kind, what, n, dt, n / dt, note or ""))
+  io.stdout:flush()
+end
+
+local rates = {}
+
+for _, kind in ipairs({ "thread", "process" }) do
+  -- pool:map over ITEMS items
+  local t0 = pt.now()
+  local pool = pt.pool(kind, N)
+  local t1 = pt.now()
+  local r = pool:map(trivial, list)
+  local t2 = pt.now()
+  assert(#r == ITEMS and r[ITEMS] == ITEMS + 1, "pool:map gave a wrong result")
+  line(kind, "pool:map", ITEMS, t2 - t1, (" (pool start %.3f s)"):format(t1 - t0))
+  rates[kind .. " map"] = ITEMS / (t2 - t1)
+
+  -- one future per item
+  local fs = {}
+  t1 = pt.now()
+  for i = 1, ITEMS_SUBMIT do fs[i] = pool:submit(trivial, i) end
+  for i = 1, ITEMS_SUBMIT do
+    local ok, v = fs[i]:get(60)
+    assert(ok == true and v == i + 1, "submit/get gave a wrong result")
+  end
+  t2 = pt.now()
+  line(kind, "pool:submit + future:get", ITEMS_SUBMIT, t2 - t1)
+  rates[kind .. " submit"] = ITEMS_SUBMIT / (t2 - t1)
+  fs = nil
+  assert(pool:close(30))
+
+  -- a worker per item, N in flight
+  local inflight, done, i = {}, 0, 0
+  t1 = pt.now()
+  local stop = t1 + BUDGET
+  while done < ITEMS do
+    while #inflight < N and i < ITEMS and pt.now() < stop do
+      i = i + 1
+      inflight[#inflight + 1] = { w = pt.spawn(kind, trivial, i), i = i }
+    end
+    if #inflight == 0 then break end
+    local e = table.remove(inflight, 1)
+    local ok, v = e.w:join(60)
+    assert(ok == true and v == e.i + 1, "spawn per item gave a wrong result: " .. tostring(v))
+    done = done + 1
+  end
+  t2 = pt.now()
+  line(kind, "spawn + join per item", done, t2 - t1,
+    done < ITEMS and (" (stopped after the %g s budget)"):format(BUDGET) or "")
+  rates[kind .. " spawn"] = done / (t2 - t1)
+  collectgarbage()
+end
+
+print(("speedup of pool:map over a worker per item: threads %.0fx, processes %.0fx"):format(
+  rates["thread map"] / rates["thread spawn"], rates["process map"] / rates["process spawn"]))

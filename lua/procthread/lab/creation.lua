@@ -1,0 +1,166 @@
+-- creation: spawn+join latency of a thread versus a process, as the
+-- parent's memory grows.
+local lab = require "procthread.lab"
+local fmt = require("procthread.lab.svg").format
+local stats = require "procthread.lab.stats"
+
+local E = {
+  name = "creation",
+  title = "spawn + join latency against the parent's memory",
+  aspect = "creation overhead",
+  claim = { process = "high", thread = "low" },
+  params = {
+    full = { sizes_mib = { 0, 64, 256, 1024 }, n = 25, warmup = 3 },
+    quick = { sizes_mib = { 0, 32, 128 }, n = 8, warmup = 2 },
+    tiny = { sizes_mib = { 0, 8 }, n = 2, warmup = 1 },
+  },
+  -- "costs more" needs a clear margin over run-to-run noise
+  FACTOR = 1.5,
+}
+
+E.rule = ("At each parent size m, r(m) = median process spawn+join / median thread spawn+join. " ..
+  "The process costs more at m when r(m) >= %g. Holds: at every size measured; contradicted: at none; " ..
+  "otherwise holds only above (or below) the parent size where r crosses %g, interpolated linearly " ..
+  "between the two measured sizes around the crossing."):format(E.FACTOR, E.FACTOR)
+
+local function noop() return 1 end
+
+function E.run(ctx)
+  local p = ctx.params
+  local pt = ctx.pt
+  local ballast, have = {}, 0
+  local chunk = 1048576
+  for _, mib in ipairs(p.sizes_mib) do
+    -- grow the parent's Lua heap to `mib` MiB of distinct, touched strings
+    while have < mib do
+      have = have + 1
+      ballast[have] = string.rep(string.char(65 + have % 26), chunk - 16) .. ("%016d"):format(have)
+    end
+    collectgarbage(); collectgarbage()
+    local okm, mem = pcall(pt.memory)
+    ctx:set("parent_rss_kib_" .. mib, okm and type(mem) == "table" and mem.rss_kib or nil)
+    for _, kind in ipairs({ "process", "thread" }) do
+      ctx:time(("spawn_join/%s/%d"):format(kind, mib), { kind = kind, parent_mib = mib },
+        { n = p.n, warmup = p.warmup, label = ("%s spawn+join, parent +%d MiB"):format(kind, mib),
+          stop_after_failures = 3 },
+        function()
+          local ok, err = ctx:run_worker(kind, 10, noop)
+          if ok ~= true then return nil, err end
+          return true
+        end)
+    end
+  end
+  ballast = nil
+  collectgarbage(); collectgarbage()
+end
+
+-- Points (size, process median, thread median, ratio) measured on both sides.
+local function points(results)
+  local pts = {}
+  for _, mib in ipairs(results.params.sizes_mib or {}) do
+    local sp = lab.summary(results, ("spawn_join/process/%d"):format(mib))
+    local st = lab.summary(results, ("spawn_join/thread/%d"):format(mib))
+    if sp.median and st.median and st.median > 0 then
+      pts[#pts + 1] = { mib = mib, p = sp, t = st, r = sp.median / st.median }
+    end
+  end
+  table.sort(pts, function(a, b) return a.mib < b.mib end)
+  return pts
+end
+E.points = points
+
+function E.verdict(results)
+  local pts = points(results)
+  if #pts == 0 then
+    return { verdict = "not measured", condition = "no size measured on both sides" }
+  end
+  local F = E.FACTOR
+  local more, first, last = 0, pts[1], pts[#pts]
+  for _, q in ipairs(pts) do if q.r >= F then more = more + 1 end end
+  local v = {}
+  v.process = ("%s at +%d MiB, %s at +%d MiB"):format(fmt(first.p.median, "s"), first.mib, fmt(last.p.median, "s"), last.mib)
+  v.thread = ("%s at +%d MiB, %s at +%d MiB"):format(fmt(first.t.median, "s"), first.mib, fmt(last.t.median, "s"), last.mib)
+  local rmin, rmax = math.huge, -math.huge
+  for _, q in ipairs(pts) do rmin = math.min(rmin, q.r); rmax = math.max(rmax, q.r) end
+  local range = ("+%d to +%d MiB"):format(first.mib, last.mib)
+  if more == #pts then
+    v.verdict = "holds"
+    v.condition = ("a process costs %.1f–%.1f× a thread at every parent size measured (%s)"):format(rmin, rmax, range)
+  elseif more == 0 then
+    v.verdict = "contradicted"
+    v.condition = ("a process costs only %.2f–%.2f× a thread (< %g×) at every parent size measured (%s)"):format(rmin, rmax, F, range)
+  else
+    -- find the crossing(s)
+    local parts = {}
+    for i = 2, #pts do
+      local a, b = pts[i - 1], pts[i]
+      if (a.r >= F) ~= (b.r >= F) then
+        local x = stats.cross(a.mib, a.r, b.mib, b.r, F)
+        parts[#parts + 1] = { up = b.r >= F, x = x, a = a, b = b }
+      end
+    end
+    v.verdict = "conditional"
+    if #parts == 1 then
+      local c = parts[1]
+      v.condition = ("the parent holds %s than about %.0f MiB: only there does a process cost %g× a thread or more (r = %.2f at +%d MiB, %.2f at +%d MiB)"):format(
+        c.up and "more" or "less", c.x, F, c.a.r, c.a.mib, c.b.r, c.b.mib)
+    else
+      local yes, no = {}, {}
+      for _, q in ipairs(pts) do
+        local t = ("+%d MiB (%.2f×)"):format(q.mib, q.r)
+        if q.r >= F then yes[#yes + 1] = t else no[#no + 1] = t end
+      end
+      v.condition = ("the parent holds one of %s: there a process cost %g× a thread or more, not at %s (the ratio does not change monotonically with the parent's size here)"):format(
+        table.concat(yes, ", "), F, table.concat(no, ", "))
+    end
+  end
+  local slope_p = (last.mib > first.mib) and (last.p.median - first.p.median) / (last.mib - first.mib) * 1024 or 0
+  local slope_t = (last.mib > first.mib) and (last.t.median - first.t.median) / (last.mib - first.mib) * 1024 or 0
+  v.reading = ("Spawning and joining a process took %s with +%d MiB in the parent and %s with +%d MiB (%s per GiB), against %s and %s for a thread (%s per GiB). %s"):format(
+    fmt(first.p.median, "s"), first.mib, fmt(last.p.median, "s"), last.mib, fmt(slope_p, "s"),
+    fmt(first.t.median, "s"), fmt(last.t.median, "s"), fmt(slope_t, "s"),
+    v.verdict == "holds" and "Process creation is the expensive one at every size measured, and fork's cost grows with the memory it must map." or
+    v.verdict == "contradicted" and "On this machine a procthread thread, which builds a fresh Lua state, is not cheaper by a clear margin." or
+    ("The difference depends on the parent: " .. v.condition .. "."))
+  return v
+end
+
+function E.table(results)
+  local rows = {}
+  for _, mib in ipairs(results.params.sizes_mib or {}) do
+    local sp = lab.summary(results, ("spawn_join/process/%d"):format(mib))
+    local st = lab.summary(results, ("spawn_join/thread/%d"):format(mib))
+    local rss = results.data["parent_rss_kib_" .. mib]
+    local function cellf(s)
+      if not s.median then return "—" end
+      return ("%s (%s – %s)"):format(fmt(s.median, "s"), fmt(s.p10, "s"), fmt(s.p90, "s"))
+    end
+    rows[#rows + 1] = { "+" .. mib .. " MiB", rss and fmt(rss, "KiB") or "?", cellf(sp), cellf(st),
+      (sp.median and st.median) and ("%.2f×"):format(sp.median / st.median) or "—",
+      ("%d / %d"):format(sp.failed, st.failed) }
+  end
+  return { header = { "parent ballast", "parent RSS", "process: median (p10 – p90)", "thread: median (p10 – p90)",
+                      "process / thread", "failed (process / thread)" }, rows = rows }
+end
+
+function E.charts(results)
+  local series = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    local pts = {}
+    for _, mib in ipairs(results.params.sizes_mib or {}) do
+      local s = lab.summary(results, ("spawn_join/%s/%d"):format(kind, mib))
+      if s.median then pts[#pts + 1] = { x = mib, y = s.median, lo = s.p10, hi = s.p90 } end
+    end
+    series[#series + 1] = { name = kind, points = pts }
+  end
+  return { {
+    file = "creation.svg",
+    title = "Creation cost against parent memory",
+    subtitle = "spawn + join of a worker that returns at once; median, bars p10–p90",
+    x = { label = "memory held by the parent's Lua heap (MiB)" },
+    y = { label = "spawn + join latency", unit = "s", log = true },
+    series = series,
+  } }
+end
+
+return E

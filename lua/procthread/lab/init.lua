@@ -1,0 +1,478 @@
+-- procthread.lab: the harness that runs experiments and keeps their samples.
+--
+-- An experiment is a table (a module under procthread/lab/, or a user's file
+-- returning one):
+--
+--   name     short name ("creation")
+--   title    one line for the report (optional)
+--   aspect   the claims-table row it answers ("creation overhead")
+--   claim    { process = "high", thread = "low" }  (what the folklore says)
+--   rule     how verdict() decides, in words (shown in the report)
+--   params   { full = {...}, quick = {...}, tiny = {...} }  (tiny: specs)
+--   run(ctx) measures, recording everything through ctx (see Ctx below)
+--   verdict(results) -> { verdict = "holds" | "conditional" | "contradicted"
+--                         | "not measured", condition = "...",
+--                         process = "...", thread = "...", reading = "..." }
+--   table(results)   -> { header = {...}, rows = {{...}, ...} } (optional)
+--   charts(results)  -> list of chart specs for procthread.lab.svg (optional)
+--
+-- `results` is what run() recorded: { params, mode, series, data, machine }
+-- where series[key] = { meta, unit, samples = {...}, failed, errors }.
+local stats = require "procthread.lab.stats"
+
+local M = {}
+
+M.VERSION = "1"
+M.FORMAT = "procthread-lab/1"
+
+local unpack = unpack or table.unpack
+
+function M.plural(kind) return kind == "process" and "processes" or kind .. "s" end
+local function pack(...) return { n = select("#", ...), ... } end
+M.pack = pack
+
+-- The claims of the classic comparison, in report order.  A built-in
+-- experiment that is not installed still gets its row ("not measured").
+M.builtin = { "memory", "communication", "isolation", "creation", "failure", "cpu", "backend" }
+M.claims = {
+  memory = { aspect = "memory", process = "separate memory space", thread = "shared memory within the process" },
+  communication = { aspect = "communication", process = "IPC, slower and more complex", thread = "shared variables, fast and easy" },
+  isolation = { aspect = "isolation", process = "fully isolated (safer)", thread = "not isolated: a bad write can corrupt the others' data" },
+  creation = { aspect = "creation overhead", process = "high", thread = "low" },
+  failure = { aspect = "failure impact", process = "one crashing does not affect the others", thread = "one crashing takes the whole process down" },
+  cpu = { aspect = "CPU use", process = "leverage multiple cores safely", thread = "parallelism inside one process" },
+  backend = { aspect = "backend", process = "worker processes, isolated services", thread = "a thread pool handling requests in one server" },
+}
+
+M.VERDICTS = { holds = true, conditional = true, contradicted = true, ["not measured"] = true }
+
+-- ---- small OS helpers ------------------------------------------------------
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a"); f:close()
+  return s
+end
+M.read_file = read_file
+
+function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- os.execute's result differs between 5.1 (a number) and 5.2+ (true/nil).
+function M.execute(cmd)
+  local a, _, c = os.execute(cmd)
+  if type(a) == "number" then return a == 0 end
+  return a == true and (c == nil or c == 0)
+end
+
+function M.is_tty(fd)
+  return M.execute("test -t " .. (fd or 2))
+end
+
+local function searchpath(name, path)
+  name = name:gsub("%.", "/")
+  for tmpl in path:gmatch("[^;]+") do
+    local f = tmpl:gsub("%?", name)
+    local h = io.open(f, "r")
+    if h then h:close(); return f end
+  end
+  return nil
+end
+M.searchpath = searchpath
+
+-- ---- machine facts ---------------------------------------------------------
+
+local function loadavg()
+  local s = read_file("/proc/loadavg")
+  if not s then return nil end
+  local a, b, c = s:match("^(%S+)%s+(%S+)%s+(%S+)")
+  return { tonumber(a), tonumber(b), tonumber(c) }
+end
+M.loadavg = loadavg
+
+function M.machine(pt)
+  local m = {}
+  local cpuinfo = read_file("/proc/cpuinfo") or ""
+  m.cpu_model = cpuinfo:match("model name%s*:%s*([^\n]+)") or cpuinfo:match("Hardware%s*:%s*([^\n]+)")
+    or cpuinfo:match("uarch%s*:%s*([^\n]+)") or "unknown"
+  local ok, n = pcall(function() return pt.cpu_count() end)
+  m.cores = ok and n or nil
+  local ostype = (read_file("/proc/sys/kernel/ostype") or ""):gsub("%s+$", "")
+  local rel = (read_file("/proc/sys/kernel/osrelease") or ""):gsub("%s+$", "")
+  m.kernel = (ostype ~= "" and ostype .. " " or "") .. (rel ~= "" and rel or "unknown")
+  m.lua = _VERSION
+  if type(jit) == "table" and jit.version then m.lua = jit.version .. " (" .. _VERSION .. ")" end
+  m.procthread = pt and pt.version or nil
+  local mem = read_file("/proc/meminfo") or ""
+  local kib = tonumber(mem:match("MemTotal:%s*(%d+)"))
+  if kib then m.mem_total_mib = math.floor(kib / 1024) end
+  m.hostname = (read_file("/proc/sys/kernel/hostname") or ""):gsub("%s+$", "")
+  m.date = os.date("!%Y-%m-%dT%H:%M:%SZ")
+  m.loadavg_before = loadavg()
+  return m
+end
+
+-- ---- progress on stderr ------------------------------------------------------
+
+local Progress = {}
+Progress.__index = Progress
+
+-- tty: redraw one line in place (only once the experiment has run for a
+-- second); otherwise quiet, except the one line per experiment (done()).
+function M.progress(opts)
+  opts = opts or {}
+  local self = setmetatable({}, Progress)
+  self.out = opts.out or io.stderr
+  if opts.tty == nil then self.tty = M.is_tty(2) else self.tty = opts.tty end
+  self.quiet = opts.quiet
+  self.now = opts.now
+  if not self.now then
+    local ok, pt = pcall(require, "procthread")
+    self.now = ok and pt.now or os.time
+  end
+  self.last = -1
+  return self
+end
+
+function Progress:start(name, i, n)
+  self.name, self.index, self.count = name, i, n
+  self.t0 = self.now()
+  self.last = -1
+  self.drawn = false
+end
+
+function Progress:update(what, i, n)
+  if self.quiet or not self.tty then return end
+  local t = self.now()
+  local elapsed = t - (self.t0 or t)
+  if elapsed < 1 or t - self.last < 0.1 then return end
+  self.last = t
+  local line = ("[%d/%d] %s: %s"):format(self.index or 1, self.count or 1, self.name or "?", what or "")
+  if i and n then line = line .. (" %d/%d"):format(i, n) end
+  line = line .. (" (%.1f s)"):format(elapsed)
+  if #line > 100 then line = line:sub(1, 97) .. "..." end
+  self.out:write("\r\27[K" .. line)
+  self.out:flush()
+  self.drawn = true
+end
+
+function Progress:done(summary)
+  if self.quiet then return end
+  local elapsed = self.now() - (self.t0 or self.now())
+  if self.tty and self.drawn then self.out:write("\r\27[K") end
+  self.out:write(("[%d/%d] %s: %s (%.1f s)\n"):format(self.index or 1, self.count or 1,
+    self.name or "?", summary or "done", elapsed))
+  self.out:flush()
+end
+
+-- ---- the context handed to run(ctx) ----------------------------------------------
+
+local Ctx = {}
+Ctx.__index = Ctx
+
+local function series_of(self, key, meta, unit)
+  local s = self.results.series[key]
+  if not s then
+    s = { meta = meta or {}, unit = unit, samples = {}, failed = 0, errors = {} }
+    self.results.series[key] = s
+  end
+  return s
+end
+
+-- Keep at most 5 distinct messages, with their counts.
+local function note_error(s, err)
+  err = tostring(err)
+  if #err > 300 then err = err:sub(1, 300) .. "..." end
+  s.failed = s.failed + 1
+  for _, e in ipairs(s.errors) do
+    if e.message == err then e.count = e.count + 1; return end
+  end
+  if #s.errors < 5 then s.errors[#s.errors + 1] = { message = err, count = 1 } end
+end
+
+-- Record one value (a number) in series `key`.
+function Ctx:add(key, meta, value, unit)
+  local s = series_of(self, key, meta, unit)
+  s.samples[#s.samples + 1] = value
+  return value
+end
+
+-- Record a failed sample with its reason.
+function Ctx:fail(key, meta, err, unit)
+  note_error(series_of(self, key, meta, unit), err)
+end
+
+-- Observation that is not a sample (a visibility matrix, a count...).
+function Ctx:set(key, value) self.results.data[key] = value; return value end
+
+-- Run fn `warmup` times unrecorded, then `n` times recorded.  fn returns
+-- the value to record (a number), or nil/false and an error; an error it
+-- raises is a failed sample too.  opts: n, warmup, unit, label,
+-- stop_after_failures (stop when the first k samples all failed), budget
+-- (seconds: stop recording once spent; the series notes `truncated`).
+-- Returns the series.
+function Ctx:sample(key, meta, opts, fn)
+  local s = series_of(self, key, meta, opts.unit)
+  local n, warmup = opts.n or 1, opts.warmup or 0
+  local label = opts.label or key
+  local now = self.pt.now
+  local t0 = now()
+  for i = 1, warmup + n do
+    self:update(label, i, warmup + n)
+    local r = pack(pcall(fn, i))
+    if i > warmup then
+      if r[1] and type(r[2]) == "number" then
+        s.samples[#s.samples + 1] = r[2]
+      elseif r[1] then
+        note_error(s, r[3] or ("sample gave " .. tostring(r[2])))
+      else
+        note_error(s, r[2])
+      end
+    end
+    if opts.stop_after_failures and s.failed >= opts.stop_after_failures and #s.samples == 0 then
+      break
+    end
+    -- a time budget keeps a pathologically slow series from stalling the
+    -- lab: stop once it is spent and something was recorded
+    if opts.budget and i > warmup and i < warmup + n and now() - t0 > opts.budget then
+      s.truncated = (i - warmup) .. " of " .. n
+      break
+    end
+  end
+  return s
+end
+
+-- Time fn (seconds, pt.now()).  fn returns true, or nil/false and a reason.
+function Ctx:time(key, meta, opts, fn)
+  local now = self.pt.now
+  opts.unit = opts.unit or "s"
+  return self:sample(key, meta, opts, function(i)
+    local t0 = now()
+    local ok, err = fn(i)
+    local t1 = now()
+    if not ok then return nil, err or "failed" end
+    return t1 - t0
+  end)
+end
+
+function Ctx:update(what, i, n)
+  if self.progress then self.progress:update(what, i, n) end
+end
+
+-- pt.spawn, remembered so that whatever is left is reaped at the end.
+function Ctx:spawn(kind, fn, ...)
+  local w = self.pt.spawn(kind, fn, ...)
+  self.workers[#self.workers + 1] = w
+  return w
+end
+
+-- Join with a timeout.  On timeout the worker is stopped (a process is
+-- killed, a thread cancelled) and the answer is false, "timeout ...".
+function Ctx:join(w, timeout)
+  timeout = timeout or self.join_timeout
+  local r = pack(w:join(timeout))
+  if r[1] == nil and r[2] == "timeout" then
+    if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    w:join(5)
+    return false, ("timeout after %g s (worker %s)"):format(timeout,
+      w.kind == "process" and "killed" or "cancelled")
+  end
+  return unpack(r, 1, r.n)
+end
+
+-- Spawn, run, join: ok, results... | false, err
+function Ctx:run_worker(kind, timeout, fn, ...)
+  local ok, w = pcall(self.spawn, self, kind, fn, ...)
+  if not ok then return false, "spawn: " .. tostring(w) end
+  return self:join(w, timeout)
+end
+
+function Ctx:reap()
+  for _, w in ipairs(self.workers) do
+    local ok, r = pcall(w.join, w, 0)
+    if ok and r == nil then
+      if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+      pcall(w.join, w, 5)
+    end
+  end
+  self.workers = {}
+end
+
+-- ---- loading experiments ---------------------------------------------------------
+
+function M.is_file_name(name)
+  return name:match("%.lua$") or name:find("/", 1, true)
+end
+
+-- Load a built-in experiment by name, or a user's file by path.
+-- Returns the experiment, or nil and a message.
+function M.load(name)
+  local exp, source
+  if M.is_file_name(name) then
+    local chunk, err = loadfile(name)
+    if not chunk then return nil, "cannot load experiment file: " .. tostring(err) end
+    local ok, r = pcall(chunk)
+    if not ok then return nil, name .. ": " .. tostring(r) end
+    exp, source = r, name
+  else
+    if not name:match("^[%w_]+$") then return nil, ("unknown experiment '%s'"):format(name) end
+    local mod = "procthread.lab." .. name
+    if not package.loaded[mod] and not (package.preload and package.preload[mod])
+       and not searchpath(mod, package.path) then
+      return nil, ("unknown experiment '%s' (known: %s)"):format(name, table.concat(M.list(), ", "))
+    end
+    local ok, r = pcall(require, mod)
+    if not ok then return nil, ("experiment '%s' failed to load: %s"):format(name, tostring(r)) end
+    exp, source = r, mod
+  end
+  local ok, err = M.validate(exp)
+  if not ok then return nil, ("%s: not an experiment: %s"):format(name, err) end
+  return exp, source
+end
+
+function M.validate(exp)
+  if type(exp) ~= "table" then return nil, "it must return a table, got " .. type(exp) end
+  if type(exp.name) ~= "string" or exp.name == "" then return nil, "missing name (a string)" end
+  if type(exp.run) ~= "function" then return nil, "missing run(ctx) function" end
+  if type(exp.verdict) ~= "function" then return nil, "missing verdict(results) function" end
+  if exp.params ~= nil and type(exp.params) ~= "table" then return nil, "params must be a table" end
+  return true
+end
+
+-- Names of the built-in experiments present in this installation.
+function M.list()
+  local names = {}
+  for _, n in ipairs(M.builtin) do
+    if searchpath("procthread.lab." .. n, package.path) or package.loaded["procthread.lab." .. n] then
+      names[#names + 1] = n
+    end
+  end
+  return names
+end
+
+function M.params_for(exp, mode)
+  local p = exp.params or {}
+  if p.full or p.quick or p.tiny then
+    if mode == "tiny" then return p.tiny or p.quick or p.full or {} end
+    if mode == "quick" then return p.quick or p.full or {} end
+    return p.full or p.quick or {}
+  end
+  return p
+end
+
+local function claim_of(exp)
+  local c = exp.claim
+  local known = M.claims[exp.name]
+  if type(c) == "string" then return { process = c, thread = c } end
+  if type(c) ~= "table" then c = {} end
+  return { process = c.process or (known and known.process) or "?",
+           thread = c.thread or (known and known.thread) or "?" }
+end
+
+-- ---- verdicts ------------------------------------------------------------------
+
+-- Summary (median, p10, ...) of series `key` of a results table.
+function M.summary(results, key)
+  local s = results.series and results.series[key]
+  if not s then return stats.summary({}, 0) end
+  return stats.summary(s.samples, s.failed)
+end
+
+-- Compute the verdict of `exp` on `results`; never raises.
+function M.verdict(exp, results)
+  local ok, v = pcall(exp.verdict, results)
+  if not ok then
+    return { verdict = "not measured", condition = "verdict failed: " .. tostring(v) }
+  end
+  if type(v) ~= "table" or not M.VERDICTS[v.verdict] then
+    return { verdict = "not measured", condition = "verdict() returned " .. tostring(type(v) == "table" and v.verdict or v) }
+  end
+  return v
+end
+
+-- ---- running ------------------------------------------------------------------
+
+-- Run one experiment.  Returns its result entry for results.json.
+function M.run_experiment(exp, opts)
+  opts = opts or {}
+  local pt = opts.pt or require "procthread"
+  local mode = opts.mode or "full"
+  local res = {
+    name = exp.name, title = exp.title, aspect = exp.aspect or (M.claims[exp.name] or {}).aspect or exp.name,
+    claim = claim_of(exp), rule = exp.rule, source = opts.source, mode = mode,
+    params = M.params_for(exp, mode), series = {}, data = {},
+  }
+  local ctx = setmetatable({
+    pt = pt, params = res.params, mode = mode, results = res, workers = {},
+    progress = opts.progress, join_timeout = opts.join_timeout or 30,
+  }, Ctx)
+  local t0 = pt.now()
+  local ok, err = xpcall(function() return exp.run(ctx) end, debug.traceback)
+  ctx:reap()
+  res.elapsed = pt.now() - t0
+  -- LuaJIT traces keep the objects they specialised on (a shared table a
+  -- spin loop polled) alive until flushed: let each experiment free what
+  -- it made before the next one starts
+  if type(jit) == "table" and jit.flush then jit.flush() end
+  collectgarbage(); collectgarbage()
+  if not ok then res.error = tostring(err) end
+  res.verdict = M.verdict(exp, res)
+  return res
+end
+
+-- Run experiments.  opts: names (list; default all built-ins present),
+-- mode ("full" | "quick" | "tiny"), progress (a progress object or false).
+-- Returns the results document, or nil and a message for bad input.
+function M.run(opts)
+  opts = opts or {}
+  local pt = opts.pt or require "procthread"
+  local names = opts.names
+  if not names or #names == 0 then
+    -- all built-ins; creation last: the memory it makes the parent hold
+    -- may not go back to the system, and would slow every later fork
+    names = {}
+    local last = {}
+    for _, n in ipairs(M.list()) do
+      if n == "creation" then last[#last + 1] = n else names[#names + 1] = n end
+    end
+    for _, n in ipairs(last) do names[#names + 1] = n end
+  end
+  local exps = {}
+  for _, n in ipairs(names) do
+    local exp, source = M.load(n)
+    if not exp then return nil, source end
+    exps[#exps + 1] = { exp = exp, source = source }
+  end
+  local doc = { format = M.FORMAT, mode = opts.mode or "full", machine = M.machine(pt), experiments = {} }
+  local progress = opts.progress
+  if progress == nil then progress = M.progress() end
+  local t0 = pt.now()
+  for i, e in ipairs(exps) do
+    if progress then progress:start(e.exp.name, i, #exps) end
+    local res = M.run_experiment(e.exp, { pt = pt, mode = doc.mode, progress = progress or nil, source = e.source })
+    doc.experiments[#doc.experiments + 1] = res
+    if progress then
+      local v = res.verdict
+      progress:done(v.verdict .. (v.condition and (": " .. v.condition) or "") ..
+        (res.error and (" [error: " .. res.error:match("[^\n]*") .. "]") or ""))
+    end
+  end
+  doc.elapsed = pt.now() - t0
+  doc.machine.loadavg_after = loadavg()
+  return doc
+end
+
+-- Recompute every verdict from the samples of a stored results document,
+-- with the experiment's current verdict() when the experiment can be
+-- loaded (else the stored verdict stays).
+function M.reverdict(doc)
+  for _, res in ipairs(doc.experiments or {}) do
+    local exp = M.load(res.source and M.is_file_name(res.source) and res.source or res.name)
+    if exp then
+      res.verdict = M.verdict(exp, res)
+    end
+  end
+  return doc
+end
+
+return M

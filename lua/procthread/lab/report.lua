@@ -1,0 +1,285 @@
+-- procthread.lab.report: REPORT.md, results.json and the SVG charts of a
+-- results document (what procthread.lab.run returned, or a results.json
+-- read back).
+local lab = require "procthread.lab"
+local json = require "procthread.lab.json"
+local svg = require "procthread.lab.svg"
+local stats = require "procthread.lab.stats"
+
+local M = {}
+
+local function cell(s)
+  s = tostring(s == nil and "" or s)
+  return (s:gsub("|", "\\|"):gsub("\n", " "))
+end
+
+local function md_table(header, rows)
+  local o = {}
+  o[#o + 1] = "| " .. table.concat((function()
+    local t = {}; for i, h in ipairs(header) do t[i] = cell(h) end; return t end)(), " | ") .. " |"
+  local sep = {}
+  for i = 1, #header do sep[i] = "---" end
+  o[#o + 1] = "|" .. table.concat(sep, "|") .. "|"
+  for _, r in ipairs(rows) do
+    local t = {}
+    for i = 1, #header do t[i] = cell(r[i]) end
+    o[#o + 1] = "| " .. table.concat(t, " | ") .. " |"
+  end
+  return table.concat(o, "\n")
+end
+M.md_table = md_table
+
+function M.verdict_text(v)
+  if not v then return "not measured" end
+  local c = v.condition
+  if v.verdict == "holds" then
+    return "**holds**" .. (c and c ~= "" and (" — " .. c) or "")
+  elseif v.verdict == "conditional" then
+    return "**holds only if** " .. (c or "(condition missing)")
+  elseif v.verdict == "contradicted" then
+    return "**contradicted on this machine**" .. (c and c ~= "" and (" — " .. c) or "")
+  end
+  return "not measured" .. (c and c ~= "" and (" — " .. c) or "")
+end
+
+-- Experiments of the document, by name.
+local function by_name(doc)
+  local t = {}
+  for _, e in ipairs(doc.experiments or {}) do t[e.name] = e end
+  return t
+end
+
+local function load_exp(res)
+  local id = res.source and lab.is_file_name(res.source) and res.source or res.name
+  local exp = lab.load(id)
+  return exp
+end
+
+function M.claims_rows(doc)
+  local rows, seen = {}, {}
+  local have = by_name(doc)
+  local function row(name, res)
+    local known = lab.claims[name] or {}
+    if not res then
+      return { known.aspect or name, ("process: %s; thread: %s"):format(known.process or "?", known.thread or "?"),
+               "—", "—", "not measured — experiment not present" }
+    end
+    local v = res.verdict or {}
+    local claim = res.claim or {}
+    return { res.aspect or known.aspect or name,
+             ("process: %s; thread: %s"):format(claim.process or known.process or "?", claim.thread or known.thread or "?"),
+             v.process or "—", v.thread or "—", M.verdict_text(v) }
+  end
+  for _, name in ipairs(lab.builtin) do
+    rows[#rows + 1] = row(name, have[name])
+    seen[name] = true
+  end
+  for _, e in ipairs(doc.experiments or {}) do
+    if not seen[e.name] then rows[#rows + 1] = row(e.name, e); seen[e.name] = true end
+  end
+  return rows
+end
+
+local function machine_lines(m)
+  m = m or {}
+  local la = function(t) return t and table.concat(t, " ") or "?" end
+  return {
+    ("- CPU: %s, %s cores; memory %s MiB"):format(m.cpu_model or "?", tostring(m.cores or "?"), tostring(m.mem_total_mib or "?")),
+    ("- Kernel: %s; Lua: %s; procthread %s"):format(m.kernel or "?", m.lua or "?", tostring(m.procthread or "?")),
+    ("- Load average before: %s; after: %s"):format(la(m.loadavg_before), la(m.loadavg_after)),
+    ("- Date: %s"):format(m.date or "?"),
+  }
+end
+
+local function failures_text(res)
+  local keys, cut = {}, {}
+  for k, s in pairs(res.series or {}) do
+    if (s.failed or 0) > 0 then keys[#keys + 1] = k end
+    if s.truncated then cut[#cut + 1] = ("`%s` (%s samples)"):format(k, s.truncated) end
+  end
+  table.sort(keys); table.sort(cut)
+  local o = {}
+  if #cut > 0 then o[#o + 1] = "- stopped by the time budget: " .. table.concat(cut, ", ") end
+  if #keys == 0 and #o == 0 then return nil end
+  for _, k in ipairs(keys) do
+    local s = res.series[k]
+    local msgs = {}
+    for _, e in ipairs(s.errors or {}) do
+      msgs[#msgs + 1] = ("%s (x%d)"):format((tostring(e.message):match("[^\n]*")), e.count or 1)
+    end
+    o[#o + 1] = ("- `%s`: %d failed of %d — %s"):format(k, s.failed, s.failed + #(s.samples or {}), table.concat(msgs, "; "))
+  end
+  return table.concat(o, "\n")
+end
+
+local function generic_table(res)
+  local keys = {}
+  for k in pairs(res.series or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local rows = {}
+  for _, k in ipairs(keys) do
+    local s = res.series[k]
+    local sm = stats.summary(s.samples, s.failed)
+    local f = function(v) return svg.format(v, s.unit) end
+    rows[#rows + 1] = { k, f(sm.median), f(sm.p10) .. " – " .. f(sm.p90), f(sm.min) .. " – " .. f(sm.max), sm.n, sm.failed }
+  end
+  return { header = { "series", "median", "p10 – p90", "min – max", "n", "failed" }, rows = rows }
+end
+
+local function write_file(path, s)
+  local f, err = io.open(path, "wb")
+  if not f then return nil, err end
+  local ok, werr = f:write(s)
+  f:close()
+  if not ok then return nil, werr end
+  return true
+end
+
+-- Render into directory `out`.  opts.json (default true) also writes
+-- results.json.  Returns the list of files written, or nil and a message.
+function M.render(doc, out, opts)
+  opts = opts or {}
+  local written = {}
+  local md = {}
+  local function add(s) md[#md + 1] = s or "" end
+  add("# procthread lab: process vs thread, measured")
+  add()
+  add(("Mode: %s. Every verdict below is computed from the samples in `results.json` by the rule stated in its section (see docs/lab.md); none is written by hand."):format(doc.mode or "full"))
+  add()
+  add("## The claims")
+  add()
+  add(md_table({ "aspect", "the claim", "measured: processes", "measured: threads", "verdict" }, M.claims_rows(doc)))
+  add()
+  add("## Machine")
+  add()
+  for _, l in ipairs(machine_lines(doc.machine)) do add(l) end
+  add(("- Lab run time: %.1f s"):format(doc.elapsed or 0))
+  local m = doc.machine or {}
+  local busy = 0
+  for _, la in ipairs({ m.loadavg_before, m.loadavg_after }) do
+    if type(la) == "table" and type(la[1]) == "number" then busy = math.max(busy, la[1]) end
+  end
+  if m.cores and busy > 0.5 * m.cores then
+    add(("- **Note:** the 1-minute load average reached %.2f on %d cores while the lab ran: other work competed for the CPUs, which shows most in the timings that depend on scheduling (spin handoffs, wake-up after join, speedups)."):format(busy, m.cores))
+  end
+  add()
+  -- sections in the order of the claims table, then the others as run
+  local order, rank = {}, {}
+  for i, n in ipairs(lab.builtin) do rank[n] = i end
+  for i, res in ipairs(doc.experiments or {}) do order[i] = { res = res, i = i } end
+  table.sort(order, function(a, b)
+    local ra, rb = rank[a.res.name] or (100 + a.i), rank[b.res.name] or (100 + b.i)
+    if ra ~= rb then return ra < rb end
+    return a.i < b.i
+  end)
+  for _, o in ipairs(order) do
+    local res = o.res
+    local exp = load_exp(res)
+    add(("## %s%s"):format(res.name, res.title and (": " .. res.title) or ""))
+    add()
+    local claim = res.claim or {}
+    add(("**Claim** (%s): process — %s; thread — %s."):format(res.aspect or res.name, claim.process or "?", claim.thread or "?"))
+    add()
+    add("**Verdict:** " .. M.verdict_text(res.verdict))
+    add()
+    local rule = (exp and exp.rule) or res.rule
+    if rule then add("**Rule:** " .. rule); add() end
+    if res.error then
+      add("**The experiment stopped with an error:** `" .. cell((res.error:match("[^\n]*"))) .. "`")
+      add()
+    end
+    local tbl
+    if exp and exp.table then
+      local ok, t = pcall(exp.table, res)
+      if ok and type(t) == "table" then tbl = t
+      else add("(table failed: " .. cell(t) .. ")"); add() end
+    end
+    tbl = tbl or generic_table(res)
+    if tbl.header then tbl = { tbl } end
+    for _, t in ipairs(tbl) do
+      if t.rows and #t.rows > 0 then
+        if t.caption then add(t.caption); add() end
+        add(md_table(t.header, t.rows)); add()
+      end
+    end
+    if exp and exp.charts then
+      local ok, charts = pcall(exp.charts, res)
+      if ok and type(charts) == "table" then
+        for _, c in ipairs(charts) do
+          local file = c.file or (res.name .. ".svg")
+          local okc, text = pcall(svg.chart, c)
+          if okc then
+            local w, err = write_file(out .. "/" .. file, text)
+            if not w then return nil, "cannot write " .. out .. "/" .. file .. ": " .. tostring(err) end
+            written[#written + 1] = out .. "/" .. file
+            add(("![%s](%s)"):format(c.title or file, file)); add()
+          else
+            add("(chart failed: " .. cell(text) .. ")"); add()
+          end
+        end
+      elseif not ok then
+        add("(charts failed: " .. cell(charts) .. ")"); add()
+      end
+    end
+    local v = res.verdict or {}
+    if v.reading then add("**Reading:** " .. v.reading); add() end
+    local ft = failures_text(res)
+    if ft then add("**Failed or cut samples:**"); add(); add(ft); add() end
+    add(("Parameters (%s): `%s`; run time %.1f s."):format(res.mode or doc.mode or "?", json.encode(res.params or {}), res.elapsed or 0))
+    add()
+  end
+  local ok, err = write_file(out .. "/REPORT.md", table.concat(md, "\n") .. "\n")
+  if not ok then return nil, "cannot write " .. out .. "/REPORT.md: " .. tostring(err) end
+  table.insert(written, 1, out .. "/REPORT.md")
+  if opts.json ~= false then
+    ok, err = write_file(out .. "/results.json", json.encode(doc, "  ") .. "\n")
+    if not ok then return nil, "cannot write " .. out .. "/results.json: " .. tostring(err) end
+    table.insert(written, 2, out .. "/results.json")
+  end
+  return written
+end
+
+-- Markdown comparing two results documents (two machines, or two runs):
+-- the machines, then per claim the verdicts and what was measured, with
+-- verdicts recomputed by the current rules.
+function M.compare(a, b, name_a, name_b)
+  lab.reverdict(a); lab.reverdict(b)
+  name_a, name_b = name_a or "A", name_b or "B"
+  local o = {}
+  local function machine(m)
+    m = m or {}
+    return ("%s, %s cores, %s, %s, load %s"):format(m.cpu_model or "?", tostring(m.cores or "?"), m.kernel or "?",
+      m.lua or "?", type(m.loadavg_before) == "table" and tostring(m.loadavg_before[1]) or "?")
+  end
+  o[#o + 1] = "# procthread lab: comparison"
+  o[#o + 1] = ""
+  o[#o + 1] = ("- %s: %s (%s, %s mode)"):format(name_a, machine(a.machine), (a.machine or {}).date or "?", a.mode or "?")
+  o[#o + 1] = ("- %s: %s (%s, %s mode)"):format(name_b, machine(b.machine), (b.machine or {}).date or "?", b.mode or "?")
+  o[#o + 1] = ""
+  local ra, rb = M.claims_rows(a), M.claims_rows(b)
+  local rows = {}
+  for i, r in ipairs(ra) do
+    local q = rb[i] or {}
+    if q[1] ~= r[1] then
+      for _, x in ipairs(rb) do if x[1] == r[1] then q = x end end
+    end
+    rows[#rows + 1] = { r[1], r[5], q[5] or "not measured",
+      ("processes: %s; threads: %s"):format(r[3], r[4]), ("processes: %s; threads: %s"):format(q[3] or "—", q[4] or "—") }
+  end
+  o[#o + 1] = md_table({ "aspect", "verdict: " .. name_a, "verdict: " .. name_b, "measured: " .. name_a, "measured: " .. name_b }, rows)
+  return table.concat(o, "\n") .. "\n"
+end
+
+-- Read a results.json back.
+function M.read(path)
+  local s = lab.read_file(path)
+  if not s then return nil, "cannot read " .. path end
+  local doc, err = json.decode(s)
+  if not doc then return nil, path .. ": " .. err end
+  if type(doc) ~= "table" or doc.format ~= lab.FORMAT or type(doc.experiments) ~= "table" then
+    return nil, path .. ": not a procthread lab results file (format " .. lab.FORMAT .. ")"
+  end
+  return doc
+end
+
+return M

@@ -1,0 +1,269 @@
+-- procthread.lab.svg: line charts as SVG text, drawn by the project.
+--
+-- chart(spec) -> svg string, where spec is
+--   { title = "...", subtitle = "...",
+--     x = { label = "...", unit = "B" | "s" | "MiB" | ..., log = bool, min, max },
+--     y = { ... same ... },
+--     series = { { name = "...", points = { {x=, y=, lo=, hi=}, ... },
+--                  dash = bool, color = "#rrggbb" }, ... } }
+-- lo/hi (optional) draw an error bar (the lab uses p10..p90).
+-- Points with a missing or non-positive (log axis) value are skipped.
+local M = {}
+
+local W, H = 760, 440
+local ML, MR, MT, MB = 84, 190, 56, 62
+
+local palette = { "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f" }
+
+local function esc(s)
+  return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"):gsub('"', "&quot;"))
+end
+M.escape = esc
+
+local function g(v)
+  local s = ("%.3g"):format(v)
+  if s:find("e") then s = ("%.0f"):format(v) end
+  return s
+end
+
+-- Human form of a value in a unit: 0.00123 "s" -> "1.23 ms".
+function M.format(v, unit)
+  if v == nil then return "-" end
+  if v ~= v then return "nan" end
+  local a = math.abs(v)
+  if unit == "s" then
+    if a == 0 then return "0 s" end
+    if a >= 1 then return g(v) .. " s" end
+    if a >= 1e-3 then return g(v * 1e3) .. " ms" end
+    if a >= 1e-6 then return g(v * 1e6) .. " µs" end
+    return g(v * 1e9) .. " ns"
+  elseif unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB" then
+    local scale = ({ B = 1, ["B/s"] = 1, KiB = 1024, MiB = 1048576 })[unit]
+    local suffix = unit == "B/s" and "/s" or ""
+    local b = v * scale
+    local ab = math.abs(b)
+    if ab >= 1073741824 then return g(b / 1073741824) .. " GiB" .. suffix end
+    if ab >= 1048576 then return g(b / 1048576) .. " MiB" .. suffix end
+    if ab >= 1024 then return g(b / 1024) .. " KiB" .. suffix end
+    return g(b) .. " B" .. suffix
+  elseif unit == "/s" then
+    if a >= 1e9 then return g(v / 1e9) .. " G/s" end
+    if a >= 1e6 then return g(v / 1e6) .. " M/s" end
+    if a >= 1e3 then return g(v / 1e3) .. " k/s" end
+    return g(v) .. " /s"
+  elseif unit == "x" then
+    return g(v) .. "×"
+  elseif unit == "%" then
+    return g(v) .. " %"
+  elseif unit and unit ~= "" then
+    return g(v) .. " " .. unit
+  end
+  return g(v)
+end
+
+local function log10(v) return math.log(v) / math.log(10) end
+
+-- The display unit for values up to `maxv` in `unit`: returns the factor
+-- (value / factor is shown) and the suffix.
+function M.scale(unit, maxv)
+  maxv = maxv or 0
+  if unit == "s" then
+    if maxv >= 1 then return 1, " s" end
+    if maxv >= 1e-3 then return 1e-3, " ms" end
+    if maxv >= 1e-6 then return 1e-6, " µs" end
+    return 1e-9, " ns"
+  elseif unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB" then
+    local base = ({ B = 1, ["B/s"] = 1, KiB = 1024, MiB = 1048576 })[unit]
+    local per = unit == "B/s" and "/s" or ""
+    local b = maxv * base
+    if b >= 1073741824 then return 1073741824 / base, " GiB" .. per end
+    if b >= 1048576 then return 1048576 / base, " MiB" .. per end
+    if b >= 1024 then return 1024 / base, " KiB" .. per end
+    return 1 / base, " B" .. per
+  elseif unit == "/s" then
+    if maxv >= 1e9 then return 1e9, " G/s" end
+    if maxv >= 1e6 then return 1e6, " M/s" end
+    if maxv >= 1e3 then return 1e3, " k/s" end
+    return 1, " /s"
+  elseif unit == "x" then return 1, "×"
+  elseif unit == "%" then return 1, " %"
+  elseif unit and unit ~= "" then return 1, " " .. unit end
+  return 1, ""
+end
+
+-- Ticks for an axis: returns list of values, and the (possibly widened)
+-- range lo, hi.
+local function nice_step(span, count)
+  local raw = span / count
+  local mag = 10 ^ math.floor(log10(raw))
+  local f = raw / mag
+  local step
+  if f <= 1 then step = 1 elseif f <= 2 then step = 2 elseif f <= 2.5 then step = 2.5
+  elseif f <= 5 then step = 5 else step = 10 end
+  return step * mag
+end
+
+local function ticks_linear(lo, hi)
+  if hi <= lo then hi = lo + 1 end
+  local step = nice_step(hi - lo, 6)
+  local a = math.floor(lo / step) * step
+  local b = math.ceil(hi / step - 1e-9) * step
+  local t = {}
+  local v = a
+  while v <= b + step * 1e-6 do
+    t[#t + 1] = math.abs(v) < step * 1e-9 and 0 or v
+    v = v + step
+  end
+  return t, a, b
+end
+
+local function ticks_log(lo, hi, unit)
+  local base = (unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB") and 2 or 10
+  local lb = math.log(base)
+  local a = math.floor(math.log(lo) / lb + 1e-9)
+  local b = math.ceil(math.log(hi) / lb - 1e-9)
+  if b <= a then b = a + 1 end
+  local every = 1
+  while (b - a) / every > 8 do every = every + 1 end
+  if base == 2 then
+    -- steps of 2^3 read best for sizes (8 B, 64 B, 512 B, 4 KiB...)
+    if every > 1 and every < 3 then every = 3 end
+  end
+  if base == 2 then
+    -- anchor at the top, so the largest size (often a round 1 MiB) is a tick
+    a = b - math.ceil((b - a) / every) * every
+  else
+    a = math.floor(a / every) * every
+    b = math.ceil(b / every) * every
+  end
+  local t = {}
+  for e = a, b, every do t[#t + 1] = base ^ e end
+  return t, base ^ a, base ^ b
+end
+
+local function axis(spec, values, headroom)
+  local lo, hi = spec.min, spec.max
+  for _, v in ipairs(values) do
+    if v == v and (not spec.log or v > 0) then
+      if not lo or v < lo then lo = v end
+      if not hi or v > hi then hi = v end
+    end
+  end
+  if not lo then lo, hi = spec.log and 1 or 0, spec.log and 10 or 1 end
+  local ticks
+  local fmt_tick
+  if spec.log then
+    ticks, lo, hi = ticks_log(lo, hi, spec.unit)
+  else
+    if spec.zero ~= false and lo > 0 then lo = 0 end
+    if headroom and not spec.max then hi = hi + (hi - lo) * 0.04 end   -- a line along the top stays visible
+    -- nice ticks in the display unit (0, 0.5, 1, 1.5 MiB; not 500 KiB, 1000 KiB)
+    local f, suffix = M.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
+    ticks, lo, hi = ticks_linear(lo / f, hi / f)
+    for i, t in ipairs(ticks) do ticks[i] = t * f end
+    lo, hi = lo * f, hi * f
+    fmt_tick = function(v) return g(v / f) .. suffix end
+  end
+  return { lo = lo, hi = hi, ticks = ticks, log = spec.log, unit = spec.unit, label = spec.label, fmt = fmt_tick }
+end
+
+local function project(ax, v, a, b)
+  local f
+  if ax.log then
+    f = (math.log(v) - math.log(ax.lo)) / (math.log(ax.hi) - math.log(ax.lo))
+  else
+    f = (v - ax.lo) / (ax.hi - ax.lo)
+  end
+  return a + f * (b - a)
+end
+
+local function n2(v) return ("%.1f"):format(v) end
+
+local function usable(ax, v)
+  return type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge and (not ax.log or v > 0)
+end
+
+function M.chart(spec)
+  local xs, ys = {}, {}
+  for _, s in ipairs(spec.series or {}) do
+    for _, p in ipairs(s.points or {}) do
+      if type(p.x) == "number" and type(p.y) == "number" then
+        xs[#xs + 1] = p.x; ys[#ys + 1] = p.y
+        if type(p.lo) == "number" then ys[#ys + 1] = p.lo end
+        if type(p.hi) == "number" then ys[#ys + 1] = p.hi end
+      end
+    end
+  end
+  local xa, ya = axis(spec.x or {}, xs), axis(spec.y or {}, ys, true)
+  local x0, x1, y0, y1 = ML, W - MR, H - MB, MT
+  local o = {}
+  local function add(s) o[#o + 1] = s end
+  add(('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Arial, sans-serif">'):format(W, H, W, H))
+  add(('<rect x="0" y="0" width="%d" height="%d" fill="#ffffff"/>'):format(W, H))
+  add(('<text x="%d" y="24" font-size="16" font-weight="bold">%s</text>'):format(ML, esc(spec.title or "")))
+  if spec.subtitle then
+    add(('<text x="%d" y="42" font-size="12" fill="#555555">%s</text>'):format(ML, esc(spec.subtitle)))
+  end
+  -- grid and ticks
+  add('<g font-size="11" fill="#333333">')
+  for _, t in ipairs(xa.ticks) do
+    local px = project(xa, t, x0, x1)
+    add(('<line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#e4e4e4"/>'):format(n2(px), y1, n2(px), y0))
+    add(('<line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#333333"/>'):format(n2(px), y0, n2(px), y0 + 5))
+    add(('<text x="%s" y="%d" text-anchor="middle">%s</text>'):format(n2(px), y0 + 18, esc(xa.fmt and xa.fmt(t) or M.format(t, xa.unit))))
+  end
+  for _, t in ipairs(ya.ticks) do
+    local py = project(ya, t, y0, y1)
+    add(('<line x1="%d" y1="%s" x2="%d" y2="%s" stroke="#e4e4e4"/>'):format(x0, n2(py), x1, n2(py)))
+    add(('<line x1="%d" y1="%s" x2="%d" y2="%s" stroke="#333333"/>'):format(x0 - 5, n2(py), x0, n2(py)))
+    add(('<text x="%d" y="%s" text-anchor="end">%s</text>'):format(x0 - 8, n2(py + 4), esc(ya.fmt and ya.fmt(t) or M.format(t, ya.unit))))
+  end
+  add('</g>')
+  add(('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333333"/>'):format(x0, y1, x1 - x0, y0 - y1))
+  -- axis labels
+  local xl = (xa.label or "") .. (xa.log and " (log scale)" or "")
+  local yl = (ya.label or "") .. (ya.log and " (log scale)" or "")
+  add(('<text x="%s" y="%d" font-size="13" text-anchor="middle">%s</text>'):format(n2((x0 + x1) / 2), H - 16, esc(xl)))
+  add(('<text transform="translate(18,%s) rotate(-90)" font-size="13" text-anchor="middle">%s</text>'):format(n2((y0 + y1) / 2), esc(yl)))
+  -- series
+  local ly = y1 + 8
+  for i, s in ipairs(spec.series or {}) do
+    local color = s.color or palette[(i - 1) % #palette + 1]
+    local dash = s.dash and ' stroke-dasharray="6,4"' or ""
+    local pts = {}
+    for _, p in ipairs(s.points or {}) do
+      if usable(xa, p.x) and usable(ya, p.y) then pts[#pts + 1] = p end
+    end
+    table.sort(pts, function(a, b) return a.x < b.x end)
+    if #pts > 1 then
+      local coords = {}
+      for _, p in ipairs(pts) do
+        coords[#coords + 1] = n2(project(xa, p.x, x0, x1)) .. "," .. n2(project(ya, p.y, y0, y1))
+      end
+      add(('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>'):format(color, dash, table.concat(coords, " ")))
+    end
+    for _, p in ipairs(pts) do
+      local px, py = project(xa, p.x, x0, x1), project(ya, p.y, y0, y1)
+      if usable(ya, p.lo) and usable(ya, p.hi) then
+        local a, b = project(ya, p.lo, y0, y1), project(ya, p.hi, y0, y1)
+        add(('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="1.2"/>'):format(n2(px), n2(a), n2(px), n2(b), color))
+        add(('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="1.2"/>'):format(n2(px - 3), n2(a), n2(px + 3), n2(a), color))
+        add(('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="1.2"/>'):format(n2(px - 3), n2(b), n2(px + 3), n2(b), color))
+      end
+      if not s.no_markers then
+        add(('<circle cx="%s" cy="%s" r="3.5" fill="%s"/>'):format(n2(px), n2(py), color))
+      end
+    end
+    -- legend entry
+    add(('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'):format(x1 + 14, ly + 6, x1 + 40, ly + 6, color, dash))
+    add(('<text x="%d" y="%d" font-size="12">%s</text>'):format(x1 + 46, ly + 10, esc(s.name or ("series " .. i))))
+    ly = ly + 20
+  end
+  if spec.note then
+    add(('<text x="%d" y="%d" font-size="11" fill="#555555">%s</text>'):format(x1 + 14, ly + 12, esc(spec.note)))
+  end
+  add('</svg>')
+  return table.concat(o, "\n") .. "\n"
+end
+
+return M

@@ -1,0 +1,175 @@
+-- Arrays: private versus shared memory (issue 3).
+local pt = require "procthread"
+local H = require "helper"
+
+local T = 20
+
+local function join_ok(w)
+  local r = { w:join(T) }
+  assert(r[1] == true, "worker failed: " .. tostring(r[2]))
+  return r[2], r[3]
+end
+
+describe("arrays", function()
+  -- LuaJIT folds immutable upvalues into the traces it compiles, and a trace
+  -- keeps its constants alive: a shared table captured by a hot closure
+  -- lives until the trace is flushed.  Flush before the leak check.
+  after_each(function() if jit then jit.flush() end end)
+  H.no_leaks()
+
+  for _, kind in ipairs { "private", "shared" } do
+    describe(kind, function()
+      it("holds n zero-filled numbers, a[i], a[i] = v and #a", function()
+        local a = pt.array(1000, kind)
+        assert.are.equal(1000, #a)
+        for i = 1, 1000 do assert.are.equal(0, a[i]) end
+        a[1], a[1000] = 1.5, -3
+        assert.are.equal(1.5, a[1])
+        assert.are.equal(-3, a[1000])
+        a[2] = 2 ^ 53
+        assert.are.equal(2 ^ 53, a[2])
+        assert.matches(kind, tostring(a))
+      end)
+
+      it("is zero filled even where freed memory is reused", function()
+        for _ = 1, 3 do
+          local a = pt.array(5000, kind)
+          for i = 1, 5000 do assert.are.equal(0, a[i]) end
+          for i = 1, 5000 do a[i] = i end
+          a = nil
+          collectgarbage(); collectgarbage()
+        end
+      end)
+
+      it("refuses out-of-range and non-integer indexes, and non-number values", function()
+        local a = pt.array(3, kind)
+        for _, i in ipairs { 0, 4, -1, 1.5 } do
+          local ok, err = pcall(function() return a[i] end)
+          assert.is_false(ok)
+          assert.matches(i == 1.5 and "must be an integer" or "out of range %(1%.%.3%)", err)
+          ok = pcall(function() a[i] = 1 end)
+          assert.is_false(ok)
+        end
+        assert.matches("must be an integer, got string", select(2, pcall(function() return a.x end)))
+        assert.matches("must be an integer, got nil", select(2, pcall(function() a[nil] = 1 end)))
+        assert.matches("values are numbers, got string", select(2, pcall(function() a[1] = "1" end)))
+        assert.matches("values are numbers, got nil", select(2, pcall(function() a[1] = nil end)))
+        assert.are.same({ 0, 0, 0 }, { a[1], a[2], a[3] })
+      end)
+
+      it("is the same memory for threads", function()
+        local a = pt.array(10, kind)
+        a[1] = 7
+        local w = pt.spawn_thread(function(arr) arr[2] = arr[1] * 2; a[3] = 3; return #arr end, a)
+        assert.are.equal(10, join_ok(w))
+        assert.are.equal(14, a[2])
+        assert.are.equal(3, a[3])
+      end)
+
+      it("pt.release drops the handle; using it afterwards is an error", function()
+        local a = pt.array(4, kind)
+        pt.release(a)
+        pt.release(a)
+        assert.matches("released", select(2, pcall(function() return a[1] end)))
+        assert.matches("released", select(2, pcall(function() return #a end)))
+      end)
+    end)
+  end
+
+  it("a private array: a forked child writes its own copy", function()
+    local a = pt.array(4)                         -- private is the default
+    a[1] = 1
+    local w = pt.spawn_process(function() a[1] = 99; a[2] = 5; return a[1] + a[2] end)
+    assert.are.equal(104, join_ok(w))
+    assert.are.equal(1, a[1])
+    assert.are.equal(0, a[2])
+  end)
+
+  it("a shared array: a forked child writes the parent's numbers", function()
+    local a = pt.array(4, "shared")
+    a[1] = 1
+    local w = pt.spawn_process(function(arr) a[1] = 99; arr[2] = 5; return a[1] end, a)
+    assert.are.equal(99, join_ok(w))
+    assert.are.equal(99, a[1])
+    assert.are.equal(5, a[2])
+  end)
+
+  it("a shared array crosses to a process in a pipe message, by reference", function()
+    local p = pt.pipe()
+    local w = pt.spawn_process(function()
+      local arr = p:recv(10)
+      arr[3] = 33
+      return #arr
+    end)
+    local a = pt.array(3, "shared")
+    assert.is_true(p:send(a))
+    assert.are.equal(3, join_ok(w))
+    assert.are.equal(33, a[3])
+    p:close()
+  end)
+
+  it("a private array cannot cross to another process", function()
+    local p = pt.pipe()
+    local w = pt.spawn_process(function()
+      local ok, err = pcall(p.recv, p, 10)
+      return ok, err
+    end)
+    local a = pt.array(3)
+    assert.is_true(p:send(a))
+    local ok, err = join_ok(w)
+    assert.is_false(ok)
+    assert.matches("private array cannot cross to another process", err)
+    p:close()
+  end)
+
+  it("threads and processes mixed see one shared array", function()
+    local a = pt.array(4, "shared")
+    local function work(arr, slot) for i = 1, 1000 do arr[slot] = i end return true end
+    local ws = {
+      pt.spawn("thread", work, a, 1), pt.spawn("process", work, a, 2),
+      pt.spawn("thread", work, a, 3), pt.spawn("process", work, a, 4),
+    }
+    for _, w in ipairs(ws) do assert.is_true(join_ok(w)) end
+    assert.are.same({ 1000, 1000, 1000, 1000 }, { a[1], a[2], a[3], a[4] })
+  end)
+
+  it("returns a shared array's memory when no handle is left", function()
+    local before = pt.shm_stats()
+    do
+      local a = pt.array(100000, "shared")
+      a[1] = 1
+      assert.is_true(pt.shm_stats().used >= before.used + 800000)
+    end
+    collectgarbage(); collectgarbage()
+    assert.are.equal(before.used, pt.shm_stats().used)
+  end)
+
+  it("a full arena refuses a shared array with the exhaustion message", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      pt.configure { shm_size = "16M" }
+      local ok, err = pcall(pt.array, 4 * 1024 * 1024, "shared")
+      assert(not ok and err:match("shared memory exhausted") and err:match("16 MiB"), err)
+      local a = pt.array(1024 * 1024, "shared")           -- 8 MiB fits
+      a[1024 * 1024] = 1
+      print("ok", #a)
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("ok%s+1048576", out)
+  end)
+
+  it("checks its arguments", function()
+    local function bad(pattern, ...)
+      local ok, err = pcall(pt.array, ...)
+      assert.is_false(ok)
+      assert.matches(pattern, err)
+    end
+    bad("bad argument #1.*number expected")
+    bad("bad argument #1.*integer >= 0", -1)
+    bad("bad argument #1.*integer >= 0", 1.5)
+    bad("bad argument #1", "x")
+    bad("bad argument #2.*invalid option 'public'", 3, "public")
+    bad("bad argument #1.*too large", 2 ^ 50)
+    assert.are.equal(0, #pt.array(0))
+  end)
+end)

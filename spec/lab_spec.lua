@@ -1,0 +1,491 @@
+-- spec/lab_spec.lua: the lab's harness, statistics, JSON, charts, report,
+-- command line, the verdict rules on synthetic data, and every built-in
+-- experiment in its tiny mode.
+local H = require "helper"
+local lab = require "procthread.lab"
+local json = require "procthread.lab.json"
+local stats = require "procthread.lab.stats"
+local svg = require "procthread.lab.svg"
+local report = require "procthread.lab.report"
+
+-- once, at load: H.interpreter() leaves an io.popen handle to the
+-- garbage collector, which would close it during some later test
+local LUA = H.interpreter()
+collectgarbage(); collectgarbage()
+
+local function spec_dir()
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  return src:match("^(.*)/[^/]*$") or "."
+end
+local SPEC = spec_dir()
+local ROOT = SPEC:match("^(.*)/spec$") or (SPEC == "spec" and ".") or (SPEC .. "/..")
+
+local function read(path)
+  local f = io.open(path, "rb"); if not f then return nil end
+  local s = f:read("*a"); f:close(); return s
+end
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("*l"); p:close()
+  return d
+end
+
+local function rmdir(d) os.execute("rm -rf '" .. d .. "'") end
+
+-- Run bin/procthread-lab with this Lua and this package path.
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function cli(args)
+  local cmd = ("PROCTHREAD_LUA=%s PROCTHREAD_BUILD_DIR=/nonexistent LUA_PATH=%s LUA_CPATH=%s timeout 120 %s/bin/procthread-lab %s 2>&1; echo \"::status:$?\"")
+    :format(q(LUA), q(package.path), q(package.cpath), ROOT, args)
+  -- io.popen already runs the line through sh -c: no second shell, so
+  -- that $? is the lab's status (not expanded by an outer shell)
+  local p = io.popen(cmd)
+  local out = p:read("*a"); p:close()
+  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
+end
+
+-- A results table for one experiment from series of samples.
+local function results(params, series, data)
+  local r = { params = params, series = {}, data = data or {} }
+  for k, samples in pairs(series) do
+    r.series[k] = { samples = samples, failed = 0, errors = {} }
+  end
+  return r
+end
+
+local function verdict_of(name, res)
+  local exp = assert(lab.load(name))
+  local v = lab.verdict(exp, res)
+  return v.verdict, v.condition or "", v
+end
+
+describe("lab json", function()
+  H.no_leaks()
+
+  it("round-trips nested values, sorting keys", function()
+    local v = { b = { 1, 2.5, -3e-7, "x\n\"y\"\1" }, a = true, c = { d = false, e = {} }, n = 1e300 }
+    local s = json.encode(v)
+    assert.are.equal('{"a":true,"b":[1,2.5,-3e-07,"x\\n\\"y\\"\\u0001"],"c":{"d":false,"e":[]},"n":1e+300}', s)
+    assert.are.same(v, json.decode(s))
+    assert.are.same(v, json.decode(json.encode(v, "  ")))
+  end)
+
+  it("writes NaN and infinities as null and decodes unicode escapes", function()
+    assert.are.equal("[null,null,null]", json.encode({ 0 / 0, math.huge, -math.huge }))
+    assert.are.equal("é€😀", json.decode('"\\u00e9\\u20ac\\ud83d\\ude00"'))
+  end)
+
+  it("rejects bad input with the byte where it went wrong", function()
+    local v, err = json.decode('{"a": [1, 2,, 3]}')
+    assert.is_nil(v)
+    assert.matches("at byte 13", err)
+    assert.is_nil((json.decode('{"a": 1} x')))
+    assert.is_nil((json.decode('"unterminated')))
+    assert.has_error(function() json.encode({ f = print }) end)
+  end)
+end)
+
+describe("lab stats", function()
+  H.no_leaks()
+
+  it("gives median, quantiles and spread", function()
+    local s = stats.summary({ 5, 1, 4, 2, 3 }, 2)
+    assert.are.equal(3, s.median)
+    assert.are.equal(1, s.min); assert.are.equal(5, s.max)
+    assert.are.equal(1.4, s.p10); assert.are.equal(4.6, s.p90)
+    assert.are.equal(2, s.failed); assert.are.equal(5, s.n)
+    assert.are.equal(2.5, stats.median({ 4, 1, 2, 3 }))
+    assert.is_nil(stats.summary({}).median)
+    assert.are.equal(50, stats.cross(0, 1, 100, 2, 1.5))
+  end)
+end)
+
+describe("lab svg", function()
+  H.no_leaks()
+
+  it("formats values with units", function()
+    assert.are.equal("1.5 ms", svg.format(0.0015, "s"))
+    assert.are.equal("250 µs", svg.format(0.00025, "s"))
+    assert.are.equal("1 MiB", svg.format(1048576, "B"))
+    assert.are.equal("2 GiB/s", svg.format(2 * 2 ^ 30, "B/s"))
+    assert.are.equal("3.2 M/s", svg.format(3.2e6, "/s"))
+  end)
+
+  it("draws a well-formed chart with axes, legend and escaped text", function()
+    local s = svg.chart({ title = "a < b & c", x = { label = "size", unit = "B", log = true },
+      y = { label = "latency", unit = "s", log = true },
+      series = { { name = "pipe", points = { { x = 8, y = 1e-5, lo = 9e-6, hi = 2e-5 }, { x = 1048576, y = 1e-3 } } },
+                 { name = "table", points = { { x = 8, y = 2e-6 }, { x = 1048576, y = 0 } } } } })
+    assert.matches("^<svg", s)
+    assert.matches("</svg>\n$", s)
+    assert.matches("a &lt; b &amp; c", s, 1, true)
+    assert.matches(">pipe<", s, 1, true)
+    assert.matches(">1 MiB<", s, 1, true)
+    assert.matches("(log scale)", s, 1, true)
+    -- every opened element is closed
+    local open = 0
+    for tag, close in s:gmatch("<(/?)%a+[^>]-(/?)>") do
+      if tag == "/" then open = open - 1 elseif close ~= "/" then open = open + 1 end
+    end
+    assert.are.equal(0, open)
+  end)
+end)
+
+describe("lab verdicts on synthetic data", function()
+  H.no_leaks()
+
+  local function creation(ratios, sizes)
+    sizes = sizes or { 0, 100, 200 }
+    local s = {}
+    for i, m in ipairs(sizes) do
+      s["spawn_join/thread/" .. m] = { 1e-4, 1e-4, 1e-4 }
+      s["spawn_join/process/" .. m] = { 1e-4 * ratios[i], 1e-4 * ratios[i], 1e-4 * ratios[i] }
+    end
+    return results({ sizes_mib = sizes }, s)
+  end
+
+  it("creation: flips at 1.5x and computes the crossover size", function()
+    assert.are.equal("holds", (verdict_of("creation", creation({ 1.51, 1.6, 3 }))))
+    assert.are.equal("contradicted", (verdict_of("creation", creation({ 1.49, 1.2, 1.0 }))))
+    local v, cond = verdict_of("creation", creation({ 1.0, 2.0, 3.0 }))
+    assert.are.equal("conditional", v)
+    assert.matches("more than about 50 MiB", cond)
+    v, cond = verdict_of("creation", creation({ 3.0, 1.25, 1.0 }))
+    assert.are.equal("conditional", v)
+    assert.matches("less than about 86 MiB", cond)
+    assert.are.equal("not measured", (verdict_of("creation", results({ sizes_mib = { 0 } }, {}))))
+  end)
+
+  local SIZES = { 8, 512, 32768, 1048576 }
+  local function comm(r, counter)
+    local s = {}
+    for i, size in ipairs(SIZES) do
+      s["rtt/table/thread/" .. size] = { 1e-5, 1e-5 }
+      s["rtt/pipe/process/" .. size] = { 1e-5 * r[i], 1e-5 * r[i] }
+    end
+    if counter then s["counter/process"] = { 1e6 }; s["counter/thread"] = { 2e6 } end
+    return results({ sizes = SIZES }, s)
+  end
+
+  it("communication: flips at 1.2x and finds the 2x size", function()
+    local v, cond = verdict_of("communication", comm({ 1.21, 1.5, 2.1, 3 }, true))
+    assert.are.equal("holds", v)
+    assert.matches("2× the shared table or more for 32 KiB and above", cond)
+    assert.are.equal("contradicted", (verdict_of("communication", comm({ 1.19, 1.0, 0.8, 1.1 }))))
+    v, cond = verdict_of("communication", comm({ 3, 2.5, 1.1, 1.0 }))
+    assert.are.equal("conditional", v)
+    assert.matches("messages are up to 512 B", cond)
+    assert.matches("2× the shared table or more for up to 512 B", cond)
+    v, cond = verdict_of("communication", comm({ 1.0, 1.1, 1.3, 1.9 }))
+    assert.are.equal("conditional", v)
+    assert.matches("32 KiB and above", cond)
+    assert.matches("never takes 2", cond)
+    assert.are.equal("not measured", (verdict_of("communication", results({ sizes = SIZES }, {}))))
+  end)
+
+  -- sp, st: scaling from 1 to 2 workers; got: cores of CPU time the
+  -- threads obtained with 2 workers (processes: 1.9; false: not recorded)
+  local function cpu(sp, st, cores, got)
+    local s = { ["kernel/serial"] = { 1.0, 1.0 } }
+    for w = 1, 4 do
+      s["kernel/process/" .. w] = { 1 / math.min(w, 2, sp) }
+      s["kernel/thread/" .. w] = { 1 / math.min(w, 2, st) }
+    end
+    s["obtained/process/2"] = { 1.9 }
+    if got ~= false then s["obtained/thread/2"] = { got or 1.9 } end
+    return results({}, s, { cores = cores or 2, workers = { 1, 2, 3, 4 } })
+  end
+
+  it("cpu: flips at a scaling of 1.5 on 2 cores, unless the machine starved the workers", function()
+    assert.are.equal("holds", (verdict_of("cpu", cpu(1.51, 1.9))))
+    local v, cond = verdict_of("cpu", cpu(1.9, 1.49))
+    assert.are.equal("conditional", v)
+    assert.matches("the workers are processes: threads scaled only 1.49", cond)
+    v, cond = verdict_of("cpu", cpu(1.2, 1.8))
+    assert.are.equal("conditional", v)
+    assert.matches("the workers are threads: processes scaled only 1.20", cond)
+    assert.are.equal("contradicted", (verdict_of("cpu", cpu(1.49, 1.3))))
+    assert.are.equal("not measured", (verdict_of("cpu", cpu(1.9, 1.9, 1))))
+    -- threads short of 1.5: starved (got 1.49 < 0.75 * 2 cores) or not (1.51)
+    v, cond = verdict_of("cpu", cpu(1.9, 1.2, 2, 1.49))
+    assert.are.equal("not measured", v)
+    assert.matches("the machine was busy: 2 threads got 1.49 cores", cond)
+    assert.are.equal("conditional", (verdict_of("cpu", cpu(1.9, 1.2, 2, 1.51))))
+    -- a kind that scales is judged by its scaling, whatever CPU time it got
+    assert.are.equal("holds", (verdict_of("cpu", cpu(1.9, 1.6, 2, 1.2))))
+    -- falling short without a record of the CPU time proves nothing
+    v, cond = verdict_of("cpu", cpu(1.9, 1.2, 2, false))
+    assert.are.equal("not measured", v)
+    assert.matches("the CPU time of the threads was not recorded", cond)
+  end)
+
+  it("cpu: the worker counts always include the core count", function()
+    local counts = require("procthread.lab.cpu").worker_counts
+    assert.are.same({ 1, 2, 3, 4 }, counts(2))
+    assert.are.same({ 1, 2, 4, 6, 8, 12 }, counts(6))
+    assert.are.same({ 1, 2 }, counts(1))
+  end)
+
+  local function memory(p, t)
+    local s = {}
+    local names = { "upvalue", "global", "private array", "shared array" }
+    for i, name in ipairs(names) do
+      if p[i] then s["seen/process/" .. name] = { p[i], p[i] } end
+      if t[i] then s["seen/thread/" .. name] = { t[i], t[i] } end
+    end
+    return results({ counts = { 1 } }, s)
+  end
+
+  it("memory: decides from the visibility matrix", function()
+    local v, cond = verdict_of("memory", memory({ 0, 0, 0, 1 }, { 0, 0, 1, 1 }))
+    assert.are.equal("conditional", v)
+    assert.matches("through private array but not through upvalue, global", cond)
+    assert.are.equal("holds", (verdict_of("memory", memory({ 0, 0, 0, 1 }, { 1, 1, 1, 1 }))))
+    assert.are.equal("contradicted", (verdict_of("memory", memory({ 0, 0, 1, 1 }, { 1, 1, 1, 1 }))))
+    assert.are.equal("contradicted", (verdict_of("memory", memory({ 0, 0, 0, 1 }, { 0, 0, 0, 1 }))))
+    assert.are.equal("not measured", (verdict_of("memory", memory({ 0, 0 }, { 0, 0 }))))
+  end)
+
+  local function isolation(pp, tp, ps)
+    local s = { ["corrupted/process/private"] = { pp }, ["corrupted/thread/private"] = { tp } }
+    if ps then s["corrupted/process/shared"] = { ps } end
+    return results({ others = 3, n = 100 }, s)
+  end
+
+  it("isolation: decides from who found corruption", function()
+    assert.are.equal("holds", (verdict_of("isolation", isolation(0, 4, 0))))
+    local v, cond = verdict_of("isolation", isolation(0, 4, 4))
+    assert.are.equal("conditional", v)
+    assert.matches("100%% of the observers of a shared array", cond)
+    assert.are.equal("contradicted", (verdict_of("isolation", isolation(1, 4, 0))))
+    assert.are.equal("contradicted", (verdict_of("isolation", isolation(0, 0, 0))))
+    assert.are.equal("not measured", (verdict_of("isolation", results({ others = 3 }, {}))))
+  end)
+
+  -- outcome per kind and mode: "contained" | "down"
+  local function failure(p, t)
+    local s = {}
+    for kind, modes in pairs({ process = p, thread = t }) do
+      for mode, o in pairs(modes) do
+        s[("survived/%s/%s"):format(kind, mode)] = { o == "down" and 0 or 1 }
+        s[("finished/%s/%s"):format(kind, mode)] = { o == "down" and 0 or (o == "partial" and 1 or 2) }
+      end
+    end
+    return results({ workers = 3, modes = { "error", "segv" } }, s)
+  end
+
+  it("failure: decides from survival and finished siblings", function()
+    local v, cond = verdict_of("failure", failure({ error = "contained", segv = "contained" }, { error = "contained", segv = "down" }))
+    assert.are.equal("conditional", v)
+    assert.matches("the failure is SIGSEGV: that took the whole thread group down", cond)
+    assert.are.equal("holds", (verdict_of("failure", failure({ error = "contained", segv = "contained" }, { error = "down", segv = "down" }))))
+    assert.are.equal("contradicted", (verdict_of("failure", failure({ error = "contained", segv = "down" }, { error = "down", segv = "down" }))))
+    assert.are.equal("contradicted", (verdict_of("failure", failure({ error = "contained", segv = "partial" }, { error = "down", segv = "down" }))))
+    assert.are.equal("contradicted", (verdict_of("failure", failure({ error = "contained", segv = "contained" }, { error = "contained", segv = "contained" }))))
+    assert.are.equal("not measured", (verdict_of("failure", failure({}, {}))))
+  end)
+
+  it("a verdict that raises or answers nonsense becomes 'not measured'", function()
+    local v = lab.verdict({ verdict = function() error("boom") end }, {})
+    assert.are.equal("not measured", v.verdict)
+    assert.matches("boom", v.condition)
+    assert.are.equal("not measured", lab.verdict({ verdict = function() return { verdict = "maybe" } end }, {}).verdict)
+  end)
+end)
+
+describe("lab experiments in tiny mode", function()
+  H.no_leaks()
+
+  for _, name in ipairs({ "memory", "communication", "isolation", "creation", "failure", "cpu" }) do
+    it(name .. " runs, records samples and reaches a verdict", function()
+      local exp = assert(lab.load(name))
+      local res = lab.run_experiment(exp, { mode = "tiny", progress = false })
+      assert.is_nil(res.error)
+      local n, failed, msgs = 0, 0, {}
+      for k, s in pairs(res.series) do
+        n = n + #s.samples
+        failed = failed + s.failed
+        for _, e in ipairs(s.errors) do msgs[#msgs + 1] = k .. ": " .. e.message end
+      end
+      assert.is_true(n > 0)
+      assert.are.equal(0, failed, table.concat(msgs, "\n"))
+      assert.is_true(lab.VERDICTS[res.verdict.verdict])
+      -- "not measured" is only acceptable when the machine was too busy
+      -- to give the workers their cores (the cpu rule's own check)
+      if res.verdict.verdict == "not measured" then
+        assert.matches("the machine was busy", res.verdict.condition)
+      end
+      assert.is_string(res.verdict.condition)
+      -- what was recorded survives JSON and gives the same verdict again
+      local back = json.decode(json.encode(res))
+      assert.are.same(res.verdict, lab.verdict(exp, back))
+    end)
+  end
+
+  it("records a missing feature as failed samples, not as data", function()
+    local fake = setmetatable({ spawn = function() error("spawn is not here") end }, { __index = require "procthread" })
+    local exp = assert(lab.load("creation"))
+    local res = lab.run_experiment(exp, { mode = "tiny", progress = false, pt = fake })
+    for _, s in pairs(res.series) do
+      assert.are.equal(0, #s.samples)
+      assert.is_true(s.failed > 0)
+      assert.matches("spawn is not here", s.errors[1].message)
+    end
+    assert.are.equal("not measured", res.verdict.verdict)
+  end)
+end)
+
+describe("lab progress", function()
+  H.no_leaks()
+
+  local function sink()
+    local buf = {}
+    return { write = function(self, ...) for _, x in ipairs({ ... }) do buf[#buf + 1] = x end end,
+             flush = function() end, text = function() return table.concat(buf) end }
+  end
+
+  it("on a terminal redraws one line once a second has passed", function()
+    local t = 0
+    local out = sink()
+    local p = lab.progress({ tty = true, out = out, now = function() return t end })
+    p:start("creation", 2, 6)
+    p:update("process spawn", 1, 10)
+    assert.are.equal("", out.text())            -- not before a second
+    t = 1.5
+    p:update("process spawn", 3, 10)
+    assert.are.equal("\r\27[K[2/6] creation: process spawn 3/10 (1.5 s)", out.text())
+    p:done("holds")
+    assert.matches("\r\27%[K%[2/6%] creation: holds %(1.5 s%)\n$", out.text())
+  end)
+
+  it("off a terminal writes one line per experiment", function()
+    local t = 0
+    local out = sink()
+    local p = lab.progress({ tty = false, out = out, now = function() return t end })
+    p:start("cpu", 1, 1)
+    t = 5
+    p:update("kernel", 1, 3)
+    p:done("contradicted")
+    assert.are.equal("[1/1] cpu: contradicted (5.0 s)\n", out.text())
+  end)
+end)
+
+describe("lab report", function()
+  H.no_leaks()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() rmdir(dir) end)
+
+  it("renders the stored results.json: claims table, sections, charts", function()
+    local doc = assert(report.read(SPEC .. "/fixtures/results.json"))
+    local stored = {}
+    for _, e in ipairs(doc.experiments) do stored[e.name] = e.verdict.verdict end
+    lab.reverdict(doc)
+    for _, e in ipairs(doc.experiments) do assert.are.equal(stored[e.name], e.verdict.verdict, e.name) end
+    local files = assert(report.render(doc, dir))
+    local md = assert(read(dir .. "/REPORT.md"))
+    -- the claims table comes first, one row per claim, backend included
+    local first_table = md:find("| aspect | the claim |", 1, true)
+    assert.is_truthy(first_table)
+    assert.is_true(first_table < md:find("## Machine", 1, true))
+    for _, row in ipairs({ "| memory |", "| communication |", "| isolation |", "| creation overhead |",
+                           "| failure impact |", "| CPU use |", "| backend |" }) do
+      assert.is_truthy(md:find(row, 1, true), row)
+    end
+    assert.matches("| backend |[^\n]*not measured", md)
+    for _, e in ipairs(doc.experiments) do
+      assert.is_truthy(md:find("## " .. e.name, 1, true))
+    end
+    for _, f in ipairs({ "creation.svg", "cpu.svg", "communication-latency.svg", "communication-throughput.svg" }) do
+      local s = read(dir .. "/" .. f)
+      assert.is_truthy(s, f)
+      assert.matches("^<svg", s)
+      assert.is_truthy(md:find("](" .. f .. ")", 1, true))
+    end
+    assert.is_true(#files >= 6)
+    -- results.json written back decodes to the same document
+    assert.are.same(json.decode(json.encode(doc)), json.decode(read(dir .. "/results.json")))
+  end)
+
+  it("procthread-lab compare puts two results side by side", function()
+    local status, out = cli(("compare %s/fixtures/results.json %s/fixtures/results.json"):format(SPEC, SPEC))
+    assert.are.equal(0, status, out)
+    assert.matches("| aspect | verdict: ", out, 1, true)
+    assert.matches("| creation overhead |", out, 1, true)
+    assert.matches("| backend | not measured", out, 1, true)
+    status, out = cli(("compare %s/fixtures/results.json"):format(SPEC))
+    assert.are.equal(2, status, out)
+  end)
+
+  it("procthread-lab report re-renders from a results.json", function()
+    local status, out = cli(("report %s/fixtures/results.json --out %s"):format(SPEC, dir))
+    assert.are.equal(0, status, out)
+    assert.is_truthy(read(dir .. "/REPORT.md"))
+    assert.is_truthy(read(dir .. "/creation.svg"))
+  end)
+end)
+
+describe("lab command line", function()
+  H.no_leaks()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() rmdir(dir) end)
+
+  it("lists the experiments", function()
+    local status, out = cli("list")
+    assert.are.equal(0, status, out)
+    for _, n in ipairs({ "memory", "communication", "isolation", "creation", "failure", "cpu", "backend" }) do
+      assert.matches(n, out)
+    end
+  end)
+
+  it("runs a user's experiment file", function()
+    local status, out = cli(("run %s/fixtures/my_experiment.lua --tiny --out %s"):format(SPEC, dir))
+    assert.are.equal(0, status, out)
+    local md = assert(read(dir .. "/REPORT.md"))
+    assert.matches("| sleep overhead |", md, 1, true)
+    assert.matches("## my_experiment", md, 1, true)
+    local doc = assert(report.read(dir .. "/results.json"))
+    assert.are.equal("my_experiment", doc.experiments[1].name)
+    assert.are.equal(2, #doc.experiments[1].series["overhead/thread"].samples)
+    assert.is_string(doc.machine.cpu_model)
+    assert.is_number(doc.machine.cores)
+    assert.is_string(doc.machine.kernel)
+    assert.is_table(doc.machine.loadavg_before)
+    assert.is_table(doc.machine.loadavg_after)
+  end)
+
+  it("rejects an unknown experiment with exit code 2", function()
+    local status, out = cli("run no_such_experiment --out " .. dir)
+    assert.are.equal(2, status, out)
+    assert.matches("unknown experiment 'no_such_experiment'", out)
+    assert.is_nil(read(dir .. "/REPORT.md"))
+  end)
+
+  it("rejects an unwritable --out with exit code 2", function()
+    local file = dir .. "/a-file"
+    local f = assert(io.open(file, "w")); f:close()
+    local status, out = cli(("run creation --tiny --out %s/sub"):format(file))
+    assert.are.equal(2, status, out)
+    assert.matches("cannot write to %-%-out", out)
+  end)
+
+  it("rejects bad options, bad files and bad results with exit code 2", function()
+    local status, out = cli("run --fast")
+    assert.are.equal(2, status, out); assert.matches("unknown option '%-%-fast'", out)
+    status, out = cli("frobnicate")
+    assert.are.equal(2, status, out); assert.matches("unknown command", out)
+    status, out = cli("run " .. dir .. "/missing.lua")
+    assert.are.equal(2, status, out); assert.matches("cannot load experiment file", out)
+    local bad = dir .. "/bad.lua"
+    local f = assert(io.open(bad, "w")); f:write("return { name = 'x' }"); f:close()
+    status, out = cli("run " .. bad)
+    assert.are.equal(2, status, out); assert.matches("not an experiment: missing run", out)
+    local js = dir .. "/r.json"
+    f = assert(io.open(js, "w")); f:write("{\"format\": 1"); f:close()
+    status, out = cli("report " .. js)
+    assert.are.equal(2, status, out); assert.matches("json:", out)
+  end)
+end)

@@ -1,0 +1,428 @@
+-- Pools of threads and of processes: submit, futures, map, close,
+-- terminate, max_tasks, and a worker that dies mid-task.
+local pt = require "procthread"
+local H = require "helper"
+
+local KINDS = { "thread", "process" }
+local T = 10              -- generous timeouts: the machine is shared and noisy
+
+local function range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+describe("pools", function()
+  H.no_leaks()
+
+  describe("bad arguments", function()
+    it("pt.pool checks kind, n and opts", function()
+      assert.has_error(function() pt.pool("fiber", 2) end,
+        'procthread.pool: bad argument #1 (kind must be "thread" or "process", got "fiber")')
+      assert.has_error(function() pt.pool(nil, 2) end,
+        'procthread.pool: bad argument #1 (kind must be "thread" or "process", got nil)')
+      assert.has_error(function() pt.pool("thread", 0) end,
+        "procthread.pool: bad argument #2 (n must be an integer from 1 to 1024, got 0)")
+      assert.has_error(function() pt.pool("thread", 1.5) end,
+        "procthread.pool: bad argument #2 (n must be an integer from 1 to 1024, got 1.5)")
+      assert.has_error(function() pt.pool("thread", "2") end,
+        "procthread.pool: bad argument #2 (n must be an integer from 1 to 1024, got string)")
+      assert.has_error(function() pt.pool("process", 1, 5) end,
+        "procthread.pool: bad argument #3 (options table expected, got number)")
+      assert.has_error(function() pt.pool("process", 1, { max_tasks = 0 }) end,
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer >= 1, got 0)")
+      assert.has_error(function() pt.pool("process", 1, { maxtasks = 3 }) end,
+        'procthread.pool: bad argument #3 (unknown option "maxtasks")')
+    end)
+
+    it("submit, map, get and close check theirs", function()
+      local pool = pt.pool("thread", 1)
+      assert.has_error(function() pool:submit(42) end,
+        "pool:submit: bad argument #1 (function expected, got number)")
+      assert.has_error(function() pool.submit(nil, print) end)
+      assert.has_error(function() pool:map(print, "abc") end,
+        "pool:map: bad argument #2 (table expected, got string)")
+      assert.has_error(function() pool:map(nil, {}) end,
+        "pool:map: bad argument #1 (function expected, got nil)")
+      local f = pool:submit(function() return 1 end)
+      assert.has_error(function() f:get(-1) end,
+        "future:get: bad argument #1 (timeout must be a number >= 0 or nil, got -1)")
+      assert.has_error(function() f:get("soon") end,
+        "future:get: bad argument #1 (timeout must be a number >= 0 or nil, got string)")
+      assert.has_error(function() pool:close(-2) end,
+        "pool:close: bad argument #1 (timeout must be a number >= 0 or nil, got -2)")
+      assert.is_true(pool:close(T))
+    end)
+
+    it("a value the codec cannot copy fails submit at once, naming it", function()
+      local pool = pt.pool("thread", 1)
+      local ok, err = pcall(pool.submit, pool, function() end, 1, coroutine.create(function() end))
+      assert.is_false(ok)
+      assert.matches("^pool:submit: .*cannot copy", err)
+      -- the pool is fine afterwards
+      assert.are.same({ true, 5 }, { pool:submit(function(x) return x end, 5):get(T) })
+      assert.is_true(pool:close(T))
+    end)
+  end)
+
+  for _, kind in ipairs(KINDS) do
+    describe(kind .. " pool", function()
+      it("runs a task and answers like join: true, results...", function()
+        local pool = pt.pool(kind, 2)
+        local base = 40
+        local f = pool:submit(function(a, b) return base + a, b .. "!", nil, 3 end, 2, "hi")
+        local r = { f:get(T) }
+        assert.are.same({ true, 42, "hi!", nil, 3 }, r)
+        assert.are.equal(5, select("#", f:get()))
+        assert.is_true(f:done())
+        assert.are.equal("succeeded", f:status())
+        assert.is_true(pool:close(T))
+      end)
+
+      it("copies a task by the codec when it is submitted, not when the worker started", function()
+        local x = 1
+        local pool = pt.pool(kind, 1)
+        x = 2                              -- after the workers exist
+        local t = { deep = { "v" } }
+        assert.are.same({ true, 2, "v" }, { pool:submit(function() return x, t.deep[1] end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("reuses its workers: the same ids serve many tasks", function()
+        local pool = pt.pool(kind, 2)
+        local ids = pool:workers()
+        assert.are.equal(2, #ids)
+        local seen = {}
+        for _ = 1, 10 do
+          local ok, id = pool:submit(function() return pt.self().id end):get(T)
+          assert.is_true(ok)
+          seen[id] = true
+        end
+        for id in pairs(seen) do
+          assert.is_true(id == ids[1] or id == ids[2], "task ran on an unknown worker " .. tostring(id))
+        end
+        assert.are.equal(2, pool:stats().started)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("runs tasks in parallel on its n workers", function()
+        local pool = pt.pool(kind, 2)
+        local st = pt.shared_table({ arrived = 0 })
+        -- each task waits (bounded) until both have arrived: only true
+        -- parallelism lets both see 2
+        local function meet()
+          pt.add(st, "arrived", 1)
+          local deadline = pt.now() + 5
+          while st.arrived < 2 and pt.now() < deadline do pt.sleep(0.002) end
+          return st.arrived
+        end
+        local a, b = pool:submit(meet), pool:submit(meet)
+        assert.are.same({ true, 2 }, { a:get(T) })
+        assert.are.same({ true, 2 }, { b:get(T) })
+        assert.is_true(pool:close(T))
+        st = nil
+      end)
+
+      it("fails only the task whose function raised, with its traceback", function()
+        local pool = pt.pool(kind, 1)
+        local bad = pool:submit(function() error("boom") end)
+        local good = pool:submit(function() return "fine" end)
+        local ok, err = bad:get(T)
+        assert.is_false(ok)
+        assert.matches("boom", err)
+        assert.matches("stack traceback:", err)
+        assert.not_matches("xpcall", err)       -- the pool's own frames are cut
+        assert.are.equal("failed", bad:status())
+        assert.are.same({ true, "fine" }, { good:get(T) })
+        assert.are.same({ false, "(error object is a table value)" },
+          { (function(o, e) return o, e:match("^[^\n]*") end)(pool:submit(function() error({}) end):get(T)) })
+        assert.are.equal(0, pool:stats().deaths)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("fails a task whose results cannot be copied back", function()
+        local pool = pt.pool(kind, 1)
+        local ok, err = pool:submit(function() return coroutine.create(function() end) end):get(T)
+        assert.is_false(ok)
+        assert.matches("^results: .*cannot copy", err)
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("times out get like join, then answers, and answers again the same", function()
+        local pool = pt.pool(kind, 1)
+        local f = pool:submit(function() pt.sleep(0.3) return { x = 1 } end)
+        assert.are.same({ nil, "timeout" }, { f:get(0.01) })
+        assert.are.same({ nil, "timeout" }, { f:get(0) })
+        assert.is_false(f:done())
+        assert.are.equal("running", f:status())
+        local q = pool:submit(function() return 1 end)
+        assert.are.equal("queued", q:status())   -- the one worker is busy
+        local ok1, t1 = f:get(T)
+        local ok2, t2 = f:get(0)
+        assert.is_true(ok1 and ok2)
+        assert.are.equal(t1, t2)
+        assert.are.equal(1, t1.x)
+        assert.is_true(f:done())
+        assert.are.same({ true, 1 }, { q:get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("queues tasks beyond its workers and runs them all", function()
+        local pool = pt.pool(kind, 2)
+        local fs = {}
+        for i = 1, 20 do fs[i] = pool:submit(function(k) return k * k end, i) end
+        assert.is_true(pool:stats().queued > 0 or pool:stats().completed > 0)
+        for i = 1, 20 do assert.are.same({ true, i * i }, { fs[i]:get(T) }) end
+        assert.are.equal(20, pool:stats().completed)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("counts into a shared table from every task", function()
+        local pool = pt.pool(kind, 2)
+        local st = pt.shared_table({ n = 0 })
+        local fs = {}
+        for i = 1, 30 do fs[i] = pool:submit(function() return pt.add(st, "n", 1) end) end
+        for i = 1, 30 do assert.is_true((fs[i]:get(T))) end
+        assert.are.equal(30, st.n)
+        assert.is_true(pool:close(T))
+        st = nil
+      end)
+
+      it("maps a function over a list, results in order", function()
+        local pool = pt.pool(kind, 2)
+        local r = pool:map(function(x) return x * 2 end, range(1000))
+        assert.are.equal(1000, #r)
+        for i = 1, 1000 do assert.are.equal(2 * i, r[i]) end
+        assert.are.same({}, pool:map(function(x) return x end, {}))
+        assert.are.same({ "a!", "b!", "c!" }, pool:map(function(s) return s .. "!" end, { "a", "b", "c" }, 1))
+        assert.is_true(pool:close(T))
+      end)
+
+      it("map raises the first failure with its index", function()
+        local pool = pt.pool(kind, 2)
+        local ok, err = pcall(pool.map, pool, function(x)
+          if x == 37 or x == 80 then error("bad item " .. x) end
+          return x
+        end, range(100), 10)
+        assert.is_false(ok)
+        assert.matches("^pool:map: item 37 failed: .*bad item 37", err)
+        -- the pool goes on
+        assert.are.same({ 1, 2, 3 }, pool:map(function(x) return x end, { 1, 2, 3 }))
+        assert.is_true(pool:close(T))
+      end)
+
+      it("close waits for running and queued tasks, then refuses new ones", function()
+        local pool = pt.pool(kind, 1)
+        local st = pt.shared_table({ n = 0 })
+        local fs = {}
+        for i = 1, 3 do
+          fs[i] = pool:submit(function() pt.sleep(0.05); return pt.add(st, "n", 1) end)
+        end
+        assert.is_true(pool:close(T))
+        assert.are.equal(3, st.n)
+        for i = 1, 3 do assert.is_true((fs[i]:get(0))) end
+        assert.has_error(function() pool:submit(print) end, "pool:submit: the pool is closed")
+        assert.has_error(function() pool:map(print, { 1 }) end, "pool:map: the pool is closed")
+        assert.is_true(pool:close())             -- again: nothing to do
+        st = nil
+      end)
+
+      it("close with a timeout terminates what is left", function()
+        local pool = pt.pool(kind, 1)
+        local f = pool:submit(function() pt.sleep(20) end)
+        local t0 = pt.now()
+        assert.are.same({ nil, "timeout" }, { pool:close(0.2) })
+        assert.is_true(pt.now() - t0 < 8)
+        assert.are.same({ false, "pool terminated" }, { f:get(0) })
+      end)
+
+      it("terminate stops now and fails the pending futures", function()
+        local pool = pt.pool(kind, 2)
+        local fs = {}
+        for i = 1, 5 do fs[i] = pool:submit(function() pt.sleep(20) end) end
+        pt.sleep(0.05)
+        local t0 = pt.now()
+        assert.is_true(pool:terminate())
+        assert.is_true(pt.now() - t0 < 8)
+        for i = 1, 5 do assert.are.same({ false, "pool terminated" }, { fs[i]:get() }) end
+        assert.has_error(function() pool:submit(print) end, "pool:submit: the pool is closed")
+        assert.is_true(pool:terminate())          -- again: nothing to do
+        assert.is_true(pool:close())
+      end)
+
+      it("replaces a worker after max_tasks tasks", function()
+        local pool = pt.pool(kind, 1, { max_tasks = 2 })
+        local ids, order = {}, {}
+        for i = 1, 6 do
+          local ok, id = pool:submit(function() return pt.self().id end):get(T)
+          assert.is_true(ok)
+          if not ids[id] then ids[id] = true; order[#order + 1] = id end
+        end
+        assert.are.equal(3, #order)
+        assert.is_true(pool:stats().started >= 3)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("a pool dropped without close lets its workers end", function()
+        do
+          local pool = pt.pool(kind, 2)
+          assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        end
+        collectgarbage(); collectgarbage()
+        -- the leak check after this test waits (bounded) for the workers to go
+      end)
+    end)
+  end
+
+  describe("a process worker that dies", function()
+    it("fails the task it held with the reason, is replaced, and the others go on", function()
+      -- the workers report on a pipe they inherit (a shared table held by
+      -- a killed process would keep its count: see docs/api-shared.md)
+      local p = pt.pipe()
+      local pool = pt.pool("process", 2)
+      local victim = pool:submit(function() p:send("victim", pt.self().id); pt.sleep(20) end)
+      local other = pool:submit(function()
+        p:send("other", pt.self().id)
+        pt.sleep(0.3)
+        return "other done"
+      end)
+      local who = {}
+      for _ = 1, 2 do
+        local k, id = p:recv(T)
+        assert.is_not_nil(k, id)
+        who[k] = id
+      end
+      local vpid, opid = who.victim, who.other
+      os.execute("kill -KILL " .. vpid)
+      local t0 = pt.now()
+      assert.are.same({ false, "worker died: killed by signal 9 (SIGKILL)" }, { victim:get() })
+      assert.is_true(pt.now() - t0 < 8)
+      assert.are.same({ true, "other done" }, { other:get(T) })
+      local after = pool:workers()
+      assert.are.equal(2, #after)
+      local seen = {}
+      for _, id in ipairs(after) do seen[id] = true end
+      assert.is_nil(seen[vpid])
+      assert.is_true(seen[opid])
+      assert.are.equal(1, pool:stats().deaths)
+      -- the replacement serves
+      assert.are.same({ true, 9 }, { pool:submit(function(x) return x * x end, 3):get(T) })
+      assert.is_true(pool:close(T))
+      p:close()
+    end)
+
+    it("says how it died: os.exit, SIGSEGV", function()
+      local pool = pt.pool("process", 1)
+      assert.are.same({ false, "worker died: exited with code 3" },
+        { pool:submit(function() os.exit(3) end):get(T) })
+      assert.are.same({ false, "worker died: killed by signal 11 (SIGSEGV)" },
+        { pool:submit(function() pt.fault("segv") end):get(T) })
+      assert.are.same({ true, "alive" }, { pool:submit(function() return "alive" end):get(T) })
+      assert.are.equal(2, pool:stats().deaths)
+      assert.is_true(pool:close(T))
+    end)
+
+    it("fails a map with the index of the item whose worker died", function()
+      local pool = pt.pool("process", 2)
+      local ok, err = pcall(pool.map, pool, function(x)
+        if x == 5 then os.exit(7) end
+        return x
+      end, range(8), 1)
+      assert.is_false(ok)
+      assert.are.equal("pool:map: item 5 failed: worker died: exited with code 7", err)
+      assert.is_true(pool:close(T))
+    end)
+
+    it("never leaves a future waiting: every worker killed at once", function()
+      local pool = pt.pool("process", 2)
+      local fs = {}
+      for i = 1, 6 do fs[i] = pool:submit(function() pt.sleep(20) end) end
+      pt.sleep(0.1)
+      for _, id in ipairs(pool:workers()) do os.execute("kill -KILL " .. id) end
+      local failed = 0
+      local t0 = pt.now()
+      -- the two running tasks fail; the four queued ones run on the
+      -- replacements and are then terminated
+      for i = 1, 2 do
+        local ok, err = fs[i]:get(T)
+        if ok == false and err:match("^worker died") then failed = failed + 1 end
+      end
+      assert.are.equal(2, failed)
+      assert.is_true(pt.now() - t0 < 8)
+      assert.are.same({ nil, "timeout" }, { fs[3]:get(0.05) })
+      pool:terminate()
+      for i = 3, 6 do assert.are.same({ false, "pool terminated" }, { fs[i]:get() }) end
+    end)
+  end)
+
+  describe("a fresh interpreter", function()
+    it("runs tasks on a process pool made before anything was encoded", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local pool = pt.pool("process", 1)
+        local ok, v = pool:submit(function(x) return x + 1 end, 41):get(10)
+        pool:close(10)
+        print(ok, v)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("^true%s+42", out)
+    end)
+  end)
+
+  describe("a process pool whose owner is killed", function()
+    it("its workers leave by themselves", function()
+      -- the owner also starts a plain child after the pool: it inherits the
+      -- task pipes' write ends, so the workers do not see the end of their
+      -- task stream and must notice that their parent is gone
+      -- run it with its output in a file: a pipe to us would stay open in
+      -- the workers and make us wait for them
+      local src, outf = os.tmpname(), os.tmpname()
+      local f = assert(io.open(src, "w"))
+      f:write([[
+        local pt = require "procthread"
+        local pool = pt.pool("process", 2)
+        assert(pool:submit(function() return 1 end):get(10))
+        local w = pt.spawn_process(function() pt.sleep(10) end)  -- ends by itself
+        print("PIDS " .. table.concat(pool:workers(), " "))
+        io.stdout:flush()
+        pt.fault("signal", 9)
+        print("CLOSED")                  -- never reached
+      ]])
+      f:close()
+      local t0 = pt.now()
+      os.execute(("LUA_PATH=%q LUA_CPATH=%q timeout 30 %s %s > %s 2>&1 < /dev/null"):format(
+        package.path, package.cpath, H.interpreter(), src, outf))
+      f = assert(io.open(outf)); local out = f:read("*a"); f:close()
+      os.remove(src); os.remove(outf)
+      assert.is_true(pt.now() - t0 < 8, "the owner was not killed in time")
+      assert.not_matches("CLOSED", out)
+      local pids = {}
+      for pid in assert(out:match("PIDS ([%d ]+)"), out):gmatch("%d+") do pids[#pids + 1] = pid end
+      assert.are.equal(2, #pids)
+      local function gone(pid)
+        local f = io.open("/proc/" .. pid .. "/stat")
+        if not f then return true end
+        local st = f:read("*l"); f:close()
+        return st == nil or st:match("^%d+ %b() ([ZX])") ~= nil
+      end
+      assert.is_true(H.eventually(function() return gone(pids[1]) and gone(pids[2]) end, 6),
+        "pool workers outlived their killed owner")
+    end)
+  end)
+
+  describe("ownership", function()
+    it("a pool cannot be used from a forked child", function()
+      local pool = pt.pool("thread", 1)
+      local w = pt.spawn_process(function()
+        local ok, err = pcall(pool.submit, pool, function() end)
+        return ok, err
+      end)
+      local ok, pok, perr = w:join(T)
+      assert.is_true(ok)
+      assert.is_false(pok)
+      assert.matches("this pool belongs to another process", perr)
+      assert.is_true(pool:close(T))
+    end)
+  end)
+end)

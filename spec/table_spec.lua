@@ -1,0 +1,748 @@
+-- Shared tables and the shared arena (issue 3).
+local pt = require "procthread"
+local H = require "helper"
+
+local T = 20                                  -- generous join timeout: shared machine
+local HAS_INT = math.type ~= nil              -- 5.3+: integer and float kept apart
+local HAS_PAIRS = _VERSION ~= "Lua 5.1"       -- __pairs: 5.2+ (not LuaJIT, not 5.1)
+if jit then HAS_PAIRS = false end
+
+local function keys_of(st)
+  local ks = {}
+  for k in pt.pairs(st) do ks[#ks + 1] = tostring(k) end
+  table.sort(ks)
+  return table.concat(ks, ",")
+end
+
+local function join_ok(w)
+  local r = { w:join(T) }
+  assert(r[1] == true, "worker failed: " .. tostring(r[2]))
+  return unpack and unpack(r, 2) or table.unpack(r, 2)
+end
+
+describe("shared tables", function()
+  -- LuaJIT folds immutable upvalues into the traces it compiles, and a trace
+  -- keeps its constants alive: a shared table captured by a hot closure
+  -- lives until the trace is flushed.  Flush before the leak check.
+  after_each(function() if jit then jit.flush() end end)
+  H.no_leaks()
+
+  describe("values and keys", function()
+    it("stores every kind of value and reads it back", function()
+      local st = pt.shared_table()
+      local bin = "a\0b\255c" .. ("z"):rep(300)
+      st.t, st.f, st.i, st.x, st.s, st.b = true, false, 42, 2.5, "short", bin
+      st.empty = ""
+      assert.is_true(st.t)
+      assert.is_false(st.f)
+      assert.are.equal(42, st.i)
+      assert.are.equal(2.5, st.x)
+      assert.are.equal("short", st.s)
+      assert.are.equal(bin, st.b)
+      assert.are.equal("", st.empty)
+      assert.is_nil(st.missing)
+      st.s = nil
+      assert.is_nil(st.s)
+    end)
+
+    it("keeps strings binary-safe at every length", function()
+      local st = pt.shared_table()
+      for n = 0, 40 do
+        local s = ("\0\1x"):rep(n):sub(1, n)
+        st[s] = s .. "!"
+      end
+      for n = 0, 40 do
+        local s = ("\0\1x"):rep(n):sub(1, n)
+        assert.are.equal(s .. "!", st[s])
+      end
+    end)
+
+    it("keeps integers and floats apart (5.3+), and 1 and 1.0 are one key", function()
+      local st = pt.shared_table()
+      st.i, st.f = 3, 3.0
+      if HAS_INT then
+        assert.are.equal("integer", math.type(st.i))
+        assert.are.equal("float", math.type(st.f))
+      end
+      st[1] = "a"
+      st[1.0] = "b"
+      assert.are.equal("b", st[1])
+      st[2.5] = "half"
+      assert.are.equal("half", st[2.5])
+      assert.is_nil(st[2])
+      st[true], st[false] = "yes", "no"
+      assert.are.equal("yes", st[true])
+      assert.are.equal("no", st[false])
+      st[-0.0] = "zero"
+      assert.are.equal("zero", st[0])
+      st[math.huge] = "inf"
+      assert.are.equal("inf", st[math.huge])
+      if HAS_INT then
+        st[math.maxinteger] = "max"
+        st[math.mininteger] = "min"
+        assert.are.equal("max", st[math.maxinteger])
+        assert.are.equal("min", st[math.mininteger])
+      end
+    end)
+
+    it("refuses bad keys with a clear error and stays unchanged", function()
+      local st = pt.shared_table { a = 1 }
+      for _, k in ipairs { {}, print, 0 / 0, coroutine.create(function() end) } do
+        local ok, err = pcall(function() st[k] = 1 end)
+        assert.is_false(ok)
+        assert.matches("invalid key", err)
+        ok, err = pcall(function() return st[k] end)
+        assert.is_false(ok)
+      end
+      local ok, err = pcall(function() st[nil] = 1 end)
+      assert.is_false(ok)
+      assert.matches("invalid key: nil", err)
+      assert.matches("NaN", select(2, pcall(function() st[0 / 0] = 1 end)))
+      assert.matches("invalid key: table", select(2, pcall(function() st[{}] = 1 end)))
+      assert.are.equal("a", keys_of(st))
+    end)
+
+    it("refuses bad values naming the type, and stays unchanged", function()
+      local st = pt.shared_table { a = 1 }
+      local cases = { ["function"] = print, thread = coroutine.create(function() end), userdata = io.stdout }
+      for tname, v in pairs(cases) do
+        local ok, err = pcall(function() st.a = v end)
+        assert.is_false(ok)
+        assert.matches("cannot store a " .. tname, err)
+        assert.are.equal(1, st.a)
+      end
+      -- a plain table with a bad value deep inside: nothing is stored
+      local before = pt.shm_stats().objects
+      local ok, err = pcall(function() st.b = { x = 1, y = { z = print } } end)
+      assert.is_false(ok)
+      assert.matches("cannot store a function", err)
+      assert.is_nil(st.b)
+      assert.are.equal("a", keys_of(st))
+      collectgarbage(); collectgarbage()
+      assert.are.equal(before, pt.shm_stats().objects)
+    end)
+
+    it("finds a border with #", function()
+      local st = pt.shared_table()
+      assert.are.equal(0, #st)
+      for i = 1, 100 do st[i] = i end
+      assert.are.equal(100, #st)
+      st[100] = nil
+      assert.are.equal(99, #st)
+      local s2 = pt.shared_table { 10, 20, 30, x = 1 }
+      assert.are.equal(3, #s2)
+    end)
+  end)
+
+  describe("nesting", function()
+    it("deep-copies a plain table into a new shared table", function()
+      local plain = { x = 1, inner = { y = "deep", list = { 1, 2, 3 } } }
+      local st = pt.shared_table()
+      st.p = plain
+      plain.x = 99
+      assert.are.equal(1, st.p.x)
+      assert.are.equal("deep", st.p.inner.y)
+      assert.are.equal(3, #st.p.inner.list)
+      assert.are.equal(getmetatable(st), getmetatable(st.p))
+    end)
+
+    it("keeps shared parts of a plain table shared, and refuses cycles", function()
+      local part = { v = 1 }
+      local st = pt.shared_table { a = part, b = part }
+      st.a.v = 2
+      assert.are.equal(2, st.b.v)
+      assert.are.equal(st.a, st.b)
+      local cyc = {}
+      cyc.self = cyc
+      local ok, err = pcall(function() st.c = cyc end)
+      assert.is_false(ok)
+      assert.matches("cycle", err)
+      assert.is_nil(st.c)
+    end)
+
+    it("stores a shared table by reference", function()
+      local a, b = pt.shared_table(), pt.shared_table()
+      a.child = b
+      b.x = "seen"
+      assert.are.equal("seen", a.child.x)
+      assert.are.equal(b, a.child)
+      assert.are_not.equal(a, b)
+    end)
+
+    it("pt.snapshot makes a plain deep copy", function()
+      local st = pt.shared_table { a = 1, n = { m = { "x", "y" } } }
+      st.same1 = st.n.m
+      st.same2 = st.n.m
+      local s = pt.snapshot(st)
+      assert.are.equal("table", type(s))
+      assert.is_nil(getmetatable(s))
+      assert.are.same({ "x", "y" }, s.n.m)
+      assert.are.equal(s.same1, s.same2)             -- shared parts stay shared
+      s.a = 5
+      assert.are.equal(1, st.a)
+    end)
+  end)
+
+  describe("iteration", function()
+    it("pt.pairs visits every key once", function()
+      local init = {}
+      for i = 1, 300 do init["k" .. i] = i end
+      for i = 1, 50 do init[i] = -i end
+      local st = pt.shared_table(init)
+      local n, seen = 0, {}
+      for k, v in pt.pairs(st) do
+        assert.is_nil(seen[k])
+        seen[k] = true
+        assert.are.equal(init[k], v)
+        n = n + 1
+      end
+      assert.are.equal(350, n)
+    end)
+
+    it("pairs works through __pairs (5.2+)", function()
+      if not HAS_PAIRS then return pending("no __pairs on " .. _VERSION) end
+      local st = pt.shared_table { a = 1, b = 2 }
+      local sum = 0
+      for _, v in pairs(st) do sum = sum + v end
+      assert.are.equal(3, sum)
+    end)
+
+    it("skips keys deleted during iteration and never crashes", function()
+      local st = pt.shared_table()
+      for i = 1, 100 do st[i] = i end
+      local n = 0
+      for k in pt.pairs(st) do
+        n = n + 1
+        for j = 1, 100 do if j ~= k then st[j] = nil end end
+        for j = 200, 400 do st[j] = j end           -- forces a rehash
+      end
+      assert.are.equal(1, n)
+    end)
+
+    it("while a process churns keys: no key twice, every stable key seen", function()
+      local st = pt.shared_table()
+      for i = 1, 200 do st["stable" .. i] = i end
+      st.stop = false
+      local w = pt.spawn_process(function()
+        local n = 0
+        while not st.stop do
+          n = n + 1
+          st["c" .. (n % 1500)] = n
+          st["c" .. ((n + 700) % 1500)] = nil
+        end
+        return n
+      end)
+      local deadline = pt.now() + 1
+      local rounds = 0
+      repeat
+        local seen, stable = {}, 0
+        for k in pt.pairs(st) do
+          assert.is_nil(seen[k], "key twice: " .. tostring(k))
+          seen[k] = true
+          if tostring(k):match("^stable") then stable = stable + 1 end
+        end
+        assert.are.equal(200, stable)
+        rounds = rounds + 1
+      until pt.now() > deadline
+      st.stop = true
+      local n = join_ok(w)
+      assert.is_true(n > 0 and rounds > 0)
+      for k in pt.pairs(st) do st[k] = nil end
+    end)
+  end)
+
+  describe("atomic operations", function()
+    it("pt.add counts a missing key as 0 and returns the new value", function()
+      local st = pt.shared_table()
+      assert.are.equal(5, pt.add(st, "n", 5))
+      assert.are.equal(3, pt.add(st, "n", -2))
+      assert.are.equal(4.5, pt.add(st, "n", 1.5))
+      if HAS_INT then
+        pt.add(st, "i", 1)
+        assert.are.equal("integer", math.type(st.i))
+        pt.add(st, "f", 1.0)
+        assert.are.equal("float", math.type(st.f))
+      end
+      st.s = "text"
+      local ok, err = pcall(pt.add, st, "s", 1)
+      assert.is_false(ok)
+      assert.matches("not a number", err)
+      assert.are.equal("text", st.s)
+    end)
+
+    it("pt.cas swaps only on a match", function()
+      local st = pt.shared_table { v = 1, s = "long string value here" }
+      assert.is_true(pt.cas(st, "v", 1, 2))
+      assert.are.same({ false, 2 }, { pt.cas(st, "v", 1, 3) })
+      assert.is_true(pt.cas(st, "v", 2.0, "x"))        -- numbers compare like ==
+      assert.is_true(pt.cas(st, "new", nil, true))      -- nil: absent
+      assert.are.same({ false, true }, { pt.cas(st, "new", nil, false) })
+      assert.is_true(pt.cas(st, "s", "long string value here", nil))
+      assert.is_nil(st.s)
+      local child = pt.shared_table()
+      assert.is_true(pt.cas(st, "c", nil, child))
+      local ok, cur = pt.cas(st, "c", nil, 1)
+      assert.is_false(ok)
+      assert.are.equal(child, cur)
+      assert.is_true(pt.cas(st, "c", child, nil))
+      local long = ("L"):rep(5000)
+      st.long = long
+      assert.are.same({ false, long }, { pt.cas(st, "long", "other", ("n"):rep(400)) })
+      assert.are.equal(long, st.long)
+      assert.is_true(pt.cas(st, "long", long, { plain = true }))
+      assert.is_true(st.long.plain)
+    end)
+
+    it("pt.locked runs fn holding the lock and returns its results", function()
+      local st = pt.shared_table { n = 1 }
+      local a, b = pt.locked(st, function(t, x, y)
+        t.n = t.n + x
+        pt.add(t, "n", y)                           -- the lock is recursive
+        return t.n, "done"
+      end, 10, 100)
+      assert.are.equal(111, a)
+      assert.are.equal("done", b)
+    end)
+
+    it("pt.locked releases the lock on error and propagates it", function()
+      local st = pt.shared_table()
+      local ok, err = pcall(pt.locked, st, function() error("inner boom") end)
+      assert.is_false(ok)
+      assert.matches("inner boom", err)
+      local ok2, e2 = pcall(pt.locked, st, function() error({ code = 7 }) end)
+      assert.is_false(ok2)
+      assert.are.equal(7, e2.code)
+      -- another process can take the lock now
+      local w = pt.spawn_process(function() return pt.locked(st, function(t) t.x = 1; return "in" end) end)
+      assert.are.equal("in", join_ok(w))
+    end)
+
+    it("a thread cancelled inside pt.locked releases the lock", function()
+      local st, flag = pt.shared_table(), pt.shared_table()
+      local w = pt.spawn_thread(function()
+        if jit then jit.off() end
+        pt.locked(st, function(t)
+          flag.inside = true                        -- st itself is locked
+          while true do end
+        end)
+      end)
+      assert.is_true(H.eventually(function() return flag.inside end, 5))
+      w:cancel()
+      assert.are.same({ false, "cancelled" }, { w:join(T) })
+      assert.are.equal("free", pt.locked(st, function() return "free" end))
+    end)
+
+    it("a process SIGKILLed inside pt.locked: the next locker takes the lock over", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st, flag = pt.shared_table { v = 1 }, pt.shared_table()
+        local w = pt.spawn_process(function()
+          pt.locked(st, function(t) t.v = 2; flag.inside = true; pt.sleep(30) end)
+        end)
+        local t0 = pt.now()
+        while not flag.inside and pt.now() - t0 < 10 do pt.sleep(0.01) end
+        local before = pt.shm_stats().recoveries
+        w:kill("KILL")
+        assert(w:join(10) == false)
+        assert(pt.locked(st, function(t) return t.v end) == 2)
+        pt.add(st, "v", 1)
+        print("ok", st.v, pt.shm_stats().recoveries - before)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+3%s+1", out)
+    end)
+
+    it("a thread waiting for a lock held in pt.locked can be cancelled", function()
+      local st, flag = pt.shared_table(), pt.shared_table()
+      local res = pt.locked(st, function()
+        local w1 = pt.spawn_thread(function() flag.a = true; return pt.locked(st, function() return 1 end) end)
+        local w2 = pt.spawn_thread(function() flag.b = true; return st.x end)
+        assert(H.eventually(function() return flag.a and flag.b end, 5))
+        pt.sleep(0.1)                               -- both wait for st now
+        assert.are.equal("running", w1:status())
+        assert.are.equal("running", w2:status())
+        w1:cancel(); w2:cancel()
+        return { { w1:join(T) }, { w2:join(T) } }
+      end)
+      assert.are.same({ { false, "cancelled" }, { false, "cancelled" } }, res)
+    end)
+
+    it("2 threads and 2 processes adding to one key: the count is exact", function()
+      local st = pt.shared_table()
+      local N = 20000
+      local function work(t, n) for _ = 1, n do pt.add(t, "c", 1) end return true end
+      local ws = {}
+      for _, kind in ipairs { "thread", "process", "thread", "process" } do
+        ws[#ws + 1] = pt.spawn(kind, work, st, N)
+      end
+      for _, w in ipairs(ws) do assert.is_true(join_ok(w)) end
+      assert.are.equal(4 * N, st.c)
+    end)
+
+    it("pt.cas from threads and processes: every increment lands once", function()
+      local st = pt.shared_table { c = 0 }
+      local N = 3000
+      local function work(t, n)
+        for _ = 1, n do
+          repeat local cur = t.c until pt.cas(t, "c", cur, cur + 1)
+        end
+        return true
+      end
+      local ws = { pt.spawn("thread", work, st, N), pt.spawn("process", work, st, N) }
+      for _, w in ipairs(ws) do assert.is_true(join_ok(w)) end
+      assert.are.equal(2 * N, st.c)
+    end)
+  end)
+
+  describe("crossing to workers", function()
+    for _, kind in ipairs { "thread", "process" } do
+      it("reaches a " .. kind .. " as upvalue, argument and nested value, by reference", function()
+        local st = pt.shared_table { sub = { n = 0 } }
+        local w = pt.spawn(kind, function(arg)
+          st.from_upvalue = true
+          arg.from_arg = true
+          st.sub.n = 5
+          st.made = { by = "worker" }
+          return arg == st
+        end, st)
+        assert.is_true(join_ok(w))
+        assert.is_true(st.from_upvalue)
+        assert.is_true(st.from_arg)
+        assert.are.equal(5, st.sub.n)
+        assert.are.equal("worker", st.made.by)
+      end)
+
+      it("travels inside a pipe message to a " .. kind, function()
+        local p = pt.pipe()
+        local w = pt.spawn(kind, function()
+          local msg = p:recv(10)
+          msg.st.got = msg.tag
+          return true
+        end)
+        local st = pt.shared_table()
+        assert.is_true(p:send({ st = st, tag = "via pipe" }))
+        assert.is_true(join_ok(w))
+        assert.are.equal("via pipe", st.got)
+        p:close()
+      end)
+
+      it("comes back from a " .. kind .. " as a result", function()
+        local w = pt.spawn(kind, function() local t = pt.shared_table { made = kind } return t end)
+        local t = join_ok(w)
+        assert.are.equal(kind, t.made)
+      end)
+    end
+  end)
+
+  describe("lifetime", function()
+    it("returns a table's memory when no handle is left", function()
+      local before = pt.shm_stats()
+      do
+        local st = pt.shared_table { big = ("x"):rep(100000), sub = { ("y"):rep(5000) } }
+        st.other = { a = { b = { c = "deep" } } }
+        assert.is_true(pt.shm_stats().used > before.used + 100000)
+      end
+      collectgarbage(); collectgarbage()
+      local after = pt.shm_stats()
+      assert.are.equal(before.objects, after.objects)
+      assert.are.equal(before.used, after.used)
+    end)
+
+    it("frees a nested table when its last reference goes", function()
+      local st = pt.shared_table { keep = 1 }     -- its slot array exists
+      local base = pt.shm_stats().objects
+      st.child = { x = { y = 1 } }
+      assert.is_true(pt.shm_stats().objects > base)
+      st.child = nil
+      collectgarbage(); collectgarbage()
+      assert.are.equal(base, pt.shm_stats().objects)
+    end)
+
+    it("pt.release drops a handle now; using it afterwards is an error", function()
+      local st = pt.shared_table { a = 1 }
+      pt.release(st)
+      pt.release(st)                                -- twice is fine
+      assert.matches("released", select(2, pcall(function() return st.a end)))
+      assert.matches("released", select(2, pcall(function() st.a = 2 end)))
+      assert.matches("released", select(2, pcall(pt.add, st, "a", 1)))
+      assert.matches("released", select(2, pcall(pt.snapshot, st)))
+      local p = pt.pipe()
+      assert.has_error(function() p:send(st) end)
+      p:close()
+    end)
+
+    it("__close releases it on 5.4", function()
+      if _VERSION ~= "Lua 5.4" then return pending("<close> needs 5.4") end
+      local before = pt.shm_stats().objects
+      local f = assert(load([[
+        local pt = ...
+        do local st <close> = pt.shared_table { a = 1 } end
+      ]]))
+      f(pt)
+      assert.are.equal(before, pt.shm_stats().objects)
+    end)
+
+    it("handles taken in a process worker are dropped when it exits", function()
+      local st = pt.shared_table { sub = { 1 }, other = { 2 } }
+      local base = pt.shm_stats().objects
+      local w = pt.spawn_process(function()
+        local keep = { st.sub, st.other, pt.shared_table { tmp = 1 } }
+        return #keep
+      end)
+      assert.are.equal(3, join_ok(w))
+      assert.are.equal(base, pt.shm_stats().objects)
+    end)
+
+    it("a SIGKILLed process leaks at most the handles it held; the rest works", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st = pt.shared_table { keep = 1 }
+        local base = pt.shm_stats().objects
+        local w = pt.spawn_process(function()
+          local mine = pt.shared_table { x = 1 }     -- 2 blocks: table and slots
+          st.flag = true
+          pt.sleep(30)
+          return mine
+        end)
+        local t0 = pt.now()
+        while not st.flag and pt.now() - t0 < 10 do pt.sleep(0.01) end
+        w:kill("KILL")
+        local ok, err = w:join(10)
+        assert(ok == false and err:match("SIGKILL"), err)
+        st.after = "fine"
+        assert(st.after == "fine" and st.flag == true)
+        st.flag, st.after = nil, nil
+        collectgarbage(); collectgarbage()
+        print("leaked", pt.shm_stats().objects - base)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("leaked%s+2", out)
+    end)
+  end)
+
+  describe("the arena", function()
+    it("pt.shm_stats reports size, used, peak and objects", function()
+      local s = pt.shm_stats()
+      assert.is_number(s.size)
+      assert.is_number(s.used)
+      assert.is_number(s.peak)
+      assert.is_number(s.objects)
+      local st = pt.shared_table { x = ("x"):rep(1000) }
+      local s2 = pt.shm_stats()
+      assert.is_true(s2.mapped)
+      assert.is_true(s2.used > 1000 and s2.peak >= s2.used and s2.size >= s2.used)
+      assert.is_true(pt._shm_check())
+      pt.release(st)
+    end)
+
+    it("pt.configure sets the size before first use, and refuses it after", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        assert(pt.configure { shm_size = "16M" })
+        assert(pt.shm_stats().size == 16 * 1024 * 1024)
+        local st = pt.shared_table { a = 1 }
+        assert(pt.shm_stats().size == 16 * 1024 * 1024)
+        local ok, err = pcall(pt.configure, { shm_size = "32M" })
+        assert(not ok and err:match("already mapped"), err)
+        assert(pt.configure { shm_size = 16 * 1024 * 1024 })   -- same size: fine
+        print("ok")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+
+    it("PROCTHREAD_SHM_SIZE sets the size; a bad one is a clear error", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st = pt.shared_table()
+        print(pt.shm_stats().size)
+      ]], "PROCTHREAD_SHM_SIZE=8M")
+      assert.are.equal(0, status, out)
+      assert.matches("8388608", out)
+      status, out = H.fresh([[
+        local pt = require "procthread"
+        local st, err = pt.shared_table()
+        print(st, err)
+      ]], "PROCTHREAD_SHM_SIZE=lots")
+      assert.are.equal(0, status, out)
+      assert.matches("nil%s+PROCTHREAD_SHM_SIZE: 'lots' is not a size", out)
+    end)
+
+    it("reports exhaustion clearly, leaves the table unchanged, and recovers", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "16M" }
+        local st = pt.shared_table()
+        local chunk = ("x"):rep(1024 * 1024)
+        local n, err = 0
+        while true do
+          local ok, e = pcall(function() st[n + 1] = chunk .. n end)
+          if not ok then err = e break end
+          n = n + 1
+        end
+        assert(err:match("shared memory exhausted"), err)
+        assert(err:match("16 MiB"), err)
+        assert(err:match("PROCTHREAD_SHM_SIZE") and err:match("shm_size"), err)
+        assert(st[n + 1] == nil, "failed store left a value")
+        assert(st[1] == chunk .. 0 and st[n] == chunk .. (n - 1))
+        -- replacing a value when full fails and keeps the old one
+        local ok = pcall(function() st[1] = chunk .. "new" end)
+        assert(not ok and st[1] == chunk .. 0)
+        -- a full arena refuses new tables and arrays too
+        assert(not pcall(pt.shared_table, { big = chunk }))
+        assert(not pcall(pt.array, 1024 * 1024, "shared"))
+        assert(pt._shm_check())
+        -- free space: everything works again
+        for i = 1, n do st[i] = nil end
+        st[1] = chunk .. "again"
+        assert(st[1] == chunk .. "again")
+        assert(pt._shm_check())
+        print("ok", n)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+1[0-5]", out)
+    end)
+
+    it("reuses freed space: 400 MB written through a 16 MB arena", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "16M" }
+        local st = pt.shared_table()
+        local total = 0
+        for i = 1, 400 do
+          local v = ("v"):rep(1024 * 1024 - (i % 7) * 1000) .. i
+          st["k" .. (i % 5)] = v
+          if i % 3 == 0 then st.nested = { blob = v:sub(1, 300000), n = i } end
+          if i % 11 == 0 then local a = pt.array(20000, "shared"); a[1] = i end
+          total = total + #v
+          assert(st["k" .. (i % 5)] == v)
+        end
+        for i = 1, 10000 do st[i] = ("s"):rep(i % 40) end   -- many small blocks
+        for i = 1, 10000 do st[i] = nil end
+        assert(pt._shm_check())
+        local s = pt.shm_stats()
+        assert(s.peak <= s.size)
+        print("ok", math.floor(total / 1e6))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+4%d%d", out)
+    end)
+  end)
+
+  describe("crash safety", function()
+    it("survives writers SIGKILLed at random moments #stress", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        -- each kill leaks the counts the dead writer's handles held (documented)
+        pt.configure { shm_size = "256M" }
+        math.randomseed(os.time())
+        local st = pt.shared_table()
+        local function mk(n) return ("v:%d:"):format(n) .. string.char(97 + n % 26):rep(n % 300) end
+        local function good(v)
+          if type(v) == "string" then
+            local n = tonumber(v:match("^v:(%d+):"))
+            return n ~= nil and v == mk(n)
+          elseif type(v) == "number" then
+            return true
+          elseif type(v) == "userdata" then
+            return type(v.n) == "number" and v.s == mk(v.n) and v.list[3] == v.n
+          end
+          return false
+        end
+        -- values made before forking: the writers spend their time in
+        -- procthread calls, so that kills land inside the locks
+        local V = {}
+        for n = 1, 3000 do V[n] = mk(n) end
+        local function writer(seed)
+          math.randomseed(seed)
+          local random, add, cas = math.random, pt.add, pt.cas
+          local n = 0
+          while true do
+            n = n % 3000 + 1
+            local r = random()
+            local k = "k" .. random(1, 300)
+            if r < 0.35 then st[k] = V[n]
+            elseif r < 0.55 then st[k] = nil
+            elseif r < 0.60 then st[k] = { n = n, s = V[n], list = { 1, 2, n } }
+            elseif r < 0.80 then add(st, "count", 1)
+            elseif r < 0.90 then st[random(1, 60)] = n
+            else cas(st, k, st[k], V[n]) end
+          end
+        end
+        -- allocation-heavy: big strings set and deleted, so that kills land
+        -- inside the allocator too
+        local function churner(seed)
+          math.randomseed(seed)
+          while true do
+            local k = "k" .. math.random(1, 300)
+            if math.random() < 0.6 then st[k] = V[math.random(1, 3000)] else st[k] = nil end
+          end
+        end
+        local ROUNDS = 300
+        for round = 1, ROUNDS do
+          local w1 = pt.spawn_process(writer, round)
+          local w2 = pt.spawn_process(round % 2 == 0 and churner or writer, round + 100000)
+          pt.sleep(0.001 + math.random() * 0.015)
+          w1:kill("KILL"); w2:kill("KILL")
+          assert(w1:join(20) == false and w2:join(20) == false)
+          -- every invariant: each key once, each value whole, all usable
+          local seen, n = {}, 0
+          for k, v in pt.pairs(st) do
+            assert(not seen[k], "key twice")
+            seen[k] = true
+            n = n + 1
+            assert(k == "probe" or good(v), "torn value at " .. tostring(k) .. ": " .. tostring(v))
+          end
+          local c = st.count or 0
+          assert(pt.add(st, "count", 1) == c + 1)
+          st.probe = ("p"):rep(round)
+          assert(st.probe == ("p"):rep(round))
+          assert(pt.locked(st, function(t) return t.probe end) == st.probe)
+          local ok, why = pt._shm_check()
+          assert(ok, why)
+        end
+        -- the table still grows and shrinks as usual
+        for i = 1, 5000 do st["z" .. i] = i end
+        for i = 1, 5000 do assert(st["z" .. i] == i); st["z" .. i] = nil end
+        assert(pt._shm_check())
+        local s = pt.shm_stats()
+        print("ok recoveries=" .. s.recoveries .. " alloc=" .. s.alloc_recoveries)
+      ]])
+      assert.are.equal(0, status, out)
+      local rec, arec = out:match("ok recoveries=(%d+) alloc=(%d+)")
+      assert.is_not_nil(rec, out)
+      -- the kills did land inside the locks: a table's and the allocator's
+      assert.is_true(tonumber(rec) > tonumber(arec), "no kill inside a table lock: " .. out)
+      assert.is_true(tonumber(arec) > 0, "no kill inside the allocator: " .. out)
+    end)
+  end)
+
+  describe("bad arguments", function()
+    it("every function checks its arguments", function()
+      local st = pt.shared_table()
+      local function bad(pattern, f, ...)
+        local ok, err = pcall(f, ...)
+        assert.is_false(ok)
+        assert.matches(pattern, err)
+      end
+      bad("bad argument #1.*table or nil expected", pt.shared_table, 5)
+      bad("bad argument #1.*shared table expected", pt.add, {}, "k", 1)
+      bad("bad argument #3.*number expected", pt.add, st, "k", "1")
+      bad("invalid key", pt.add, st, nil, 1)
+      bad("bad argument #1.*shared table expected", pt.cas, 5, "k", 1, 2)
+      bad("bad argument #3", pt.cas, st, "k")
+      bad("bad argument #3.*can never be", pt.cas, st, "k", print, 1)
+      bad("cannot store a function", pt.cas, st, "k", nil, print)
+      bad("bad argument #1.*shared table expected", pt.locked, {}, function() end)
+      bad("bad argument #2.*function expected", pt.locked, st, 5)
+      bad("bad argument #1.*shared table expected", pt.snapshot, {})
+      bad("bad argument #1.*shared table expected", pt.pairs, {})
+      bad("bad argument #1.*shared table or array expected", pt.release, {})
+      bad("bad argument #1.*table expected", pt.configure, 5)
+      bad("unknown option 'bogus'", pt.configure, { bogus = 1 })
+      bad("at least 1M", pt.configure, { shm_size = "abc" })
+      bad("at least 1M", pt.configure, { shm_size = 100 })
+      assert.is_nil(st.k)
+    end)
+  end)
+end)
