@@ -45,7 +45,6 @@ if mode == "--pingpong" or mode == "--stream" then
     local p = pt.pipe()
     local t0 = pt.now()
     local child = pt.spawn_process(function()
-
       local s = ("x"):rep(size)
       for _ = 1, count do p:send(s) end
       return true

@@ -11,6 +11,8 @@
 #include "shm.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -46,8 +48,58 @@ static void sarr_drop(pt_off off) {
   }
 }
 
+/* Private blocks of this process, in a registry: a reference in a message
+   names a block by id, and only a live block of this process is ever
+   adopted, so a forged or stale reference is an error, never a pointer.
+   (A forked child has a copy of the list, of its own blocks' copies.) */
+typedef struct pblock {
+  uint64_t id;
+  struct pblock *prev, *next;
+  ablock a;                                   /* last: d[] follows */
+} pblock;
+
+static pthread_mutex_t preg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pblock *preg_head;
+static uint64_t preg_next = 2;                /* 0 and REF_SHARED are taken */
+
+#define PBLOCK(b) ((pblock *)(void *)((char *)(b) - offsetof(pblock, a)))
+
+static void preg_after_fork(void) {
+  pthread_mutex_init(&preg_mu, NULL);         /* a holder did not come along */
+}
+
+static ablock *parr_new(uint64_t n) {
+  pblock *p = calloc(1, offsetof(pblock, a) + BLOCK_SIZE(n));
+  if (!p) return NULL;
+  p->a.kind = KIND_SARRAY;
+  p->a.refs = 1;
+  p->a.n = n;
+  pthread_mutex_lock(&preg_mu);
+  p->id = preg_next++;
+  p->next = preg_head;
+  if (preg_head) preg_head->prev = p;
+  preg_head = p;
+  pthread_mutex_unlock(&preg_mu);
+  return &p->a;
+}
+
+/* The live block with this id, or NULL (preg_mu held). */
+static ablock *parr_find(uint64_t id) {
+  pblock *p;
+  for (p = preg_head; p; p = p->next)
+    if (p->id == id) return &p->a;
+  return NULL;
+}
+
 static void parr_drop(ablock *b) {
-  if (b && pt_shm_decref(&b->refs)) free(b);
+  pblock *p;
+  if (!b || !pt_shm_decref(&b->refs)) return;
+  p = PBLOCK(b);
+  pthread_mutex_lock(&preg_mu);
+  if (p->prev) p->prev->next = p->next; else preg_head = p->next;
+  if (p->next) p->next->prev = p->prev;
+  pthread_mutex_unlock(&preg_mu);
+  free(p);
 }
 
 static ahandle *toarray(lua_State *L, int i) {
@@ -218,11 +270,8 @@ static int l_array(lua_State *L) {
     b->magic = SARR_MAGIC;
     adopt_shared(a, off);
   } else {
-    ablock *b = calloc(1, BLOCK_SIZE(n));
+    ablock *b = parr_new(n);
     if (!b) return pt_push_oserror(L, "pt.array", ENOMEM);
-    b->kind = KIND_SARRAY;
-    b->refs = 1;
-    b->n = n;
     adopt_private(a, b);
   }
   return 1;
@@ -241,7 +290,7 @@ static const char *x_encode(lua_State *L, int idx, pt_ref *ref) {
   } else {
     pt_shm_incref(&a->priv->refs);
     ref->a = (uint64_t)getpid();
-    ref->b = (uint64_t)(uintptr_t)a->priv;
+    ref->b = PBLOCK(a->priv)->id;
   }
   return NULL;
 }
@@ -257,13 +306,18 @@ static int valid_shared(const pt_ref *ref) {
 static void x_release(const pt_ref *ref) {
   if (ref->b == REF_SHARED) {
     if (valid_shared(ref)) sarr_drop(ref->a);
-  } else if (ref->a == (uint64_t)getpid() && ref->b) {
-    parr_drop((ablock *)(uintptr_t)ref->b);
+  } else if (ref->a == (uint64_t)getpid()) {
+    ablock *b;
+    pthread_mutex_lock(&preg_mu);
+    b = parr_find(ref->b);
+    pthread_mutex_unlock(&preg_mu);
+    if (b) parr_drop(b);          /* the message's count keeps it listed */
   }
 }
 
 static const char *x_decode(lua_State *L, const pt_ref *ref) {
   ahandle *a;
+  ablock *b;
   if (ref->b == REF_SHARED) {
     if (!valid_shared(ref)) return "corrupt message (bad shared array reference)";
     a = push_blank(L);
@@ -271,9 +325,12 @@ static const char *x_decode(lua_State *L, const pt_ref *ref) {
     return NULL;
   }
   if (ref->a != (uint64_t)getpid()) return "private array cannot cross to another process";
-  if (!ref->b) return "corrupt message (bad private array reference)";
+  pthread_mutex_lock(&preg_mu);
+  b = parr_find(ref->b);
+  pthread_mutex_unlock(&preg_mu);
+  if (!b) return "corrupt message (bad private array reference)";
   a = push_blank(L);
-  adopt_private(a, (ablock *)(uintptr_t)ref->b);
+  adopt_private(a, b);
   return NULL;
 }
 
@@ -288,6 +345,7 @@ void pt_open_array(lua_State *L) {
 #endif
     {NULL, NULL}};
   pt_shm_init_process();
+  pt_atfork_child(preg_after_fork);
   if (luaL_newmetatable(L, ANAME)) {
     pt_setfuncs(L, meta);
     lua_pushstring(L, ANAME);

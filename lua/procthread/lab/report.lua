@@ -61,8 +61,9 @@ function M.claims_rows(doc)
   local function row(name, res)
     local known = lab.claims[name] or {}
     if not res then
+      local present = lab.load(name)
       return { known.aspect or name, ("process: %s; thread: %s"):format(known.process or "?", known.thread or "?"),
-               "—", "—", "not measured — experiment not present" }
+               "—", "—", present and "not measured — not run" or "not measured — experiment not present" }
     end
     local v = res.verdict or {}
     local claim = res.claim or {}
