@@ -278,7 +278,7 @@ describe("pools", function()
   describe("a process worker that dies", function()
     it("fails the task it held with the reason, is replaced, and the others go on", function()
       -- the workers report on a pipe they inherit (a shared table held by
-      -- a killed process would keep its count: see docs/api-shared.md)
+      -- a killed process would keep its count: see docs/api.md, Shared memory)
       local p = pt.pipe()
       local pool = pt.pool("process", 2)
       local victim = pool:submit(function() p:send("victim", pt.self().id); pt.sleep(20) end)

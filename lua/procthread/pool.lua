@@ -18,7 +18,7 @@
 -- A worker holds one task at a time, so the pool always knows which task a
 -- dead worker had, and a task that never reached a worker is never lost.
 --
--- Documented in docs/api-pools.md.
+-- Documented in docs/api.md (Pools).
 local unpack = unpack or table.unpack
 
 local P = {}
