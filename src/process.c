@@ -21,7 +21,7 @@
    a u64 length, the payload. */
 #define HDR 9
 
-static pt_ctx process_ctx = {PT_PROCESS, NULL, -1};
+static pt_ctx process_ctx = {PT_PROCESS, NULL, -1, NULL, 0};
 static int my_result_fd = -1;        /* in a worker process: its write end */
 
 static void forget_parent(void) {

@@ -39,6 +39,8 @@ typedef struct pt_ctx {
   int kind;
   volatile int *cancel;     /* set to 1 when cancellation is asked, or NULL */
   int cancel_fd;            /* eventfd that becomes readable on cancel, or -1 */
+  lua_State *volatile L;    /* thread: its Lua state while fn runs, or NULL */
+  int closing;              /* thread: its Lua state is being closed */
 } pt_ctx;
 extern __thread pt_ctx *pt_self_ctx;
 

@@ -13,14 +13,42 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Cooperative cancellation inside pure Lua: every so many VM instructions
-   the hook looks at the flag.  A pcall that swallows the error is hit
-   again at the next count. */
-#define CANCEL_COUNT 1000
+/* Cooperative cancellation inside pure Lua.  A count hook left on for
+   the thread's whole life would cost every instruction on 5.3 and 5.4
+   (the VM takes its slow path whenever a hook is set), so the hook is set
+   only when cancellation is asked: w:cancel() sends the thread one
+   real-time signal, and its handler, on the thread itself, sets a count
+   hook on the thread's Lua state -- as lua.c does on SIGINT.  The hook
+   raises "cancelled" at the next instruction, and again at every one
+   after it, so a pcall that swallows the error cannot keep the loop
+   going.  A coroutine running at that moment has hooks of its own: it is
+   stopped once it yields or returns, or at its next procthread call. */
+static int cancel_sig;
+static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (pt_cancel_requested()) pt_raise_cancelled(L);
+}
+
+static void on_cancel_signal(int sig) {
+  pt_ctx *c = pt_self_ctx;
+  int e = errno;
+  (void)sig;
+  if (c && c->L && c->cancel && *c->cancel)
+    lua_sethook(c->L, cancel_hook, LUA_MASKCOUNT, 1);
+  errno = e;
+}
+
+static void install_cancel_signal(void) {
+  struct sigaction sa;
+  int sig = SIGRTMIN + 6;
+  if (sig > SIGRTMAX) return;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_cancel_signal;
+  sa.sa_flags = SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  if (sigaction(sig, &sa, NULL) == 0) cancel_sig = sig;
 }
 
 static int msgh(lua_State *L) {
@@ -100,8 +128,24 @@ static void *thread_main(void *arg) {
     lua_pushcfunction(L, luaopen_procthread_core);
     lua_setfield(L, -2, "procthread.core");
     lua_pop(L, 2);
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_COUNT);
+    if (cancel_sig) {                         /* only ours: see above */
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, cancel_sig);
+      w->ctx.L = L;
+      pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+      if (w->cancel) lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
+    }
     status = run_job(L, w);
+    if (cancel_sig) {
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, cancel_sig);
+      pthread_sigmask(SIG_BLOCK, &one, NULL);
+      w->ctx.L = NULL;
+    }
+    lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
+    w->ctx.closing = 1;                       /* see pt_thread_release */
     lua_close(L);
   }
   if (getrusage(RUSAGE_THREAD, &ru) == 0) {
@@ -150,6 +194,7 @@ int pt_thread_spawn(lua_State *L) {
   w->cpath = dup_field(L, "cpath");
   w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (w->cancel_fd < 0) goto oserr_eventfd;
+  pthread_once(&sig_once, install_cancel_signal);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
   sigfillset(&all);
@@ -226,11 +271,17 @@ int pt_thread_wait(pt_worker *w, double timeout) {
 void pt_thread_cancel(pt_worker *w) {
   uint64_t one = 1;
   if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  __atomic_store_n(&w->cancel, 1, __ATOMIC_RELEASE);
+  __atomic_store_n(&w->cancel, 1, __ATOMIC_SEQ_CST);
   if (write(w->cancel_fd, &one, sizeof one) < 0) { /* flag is set anyway */ }
+  if (cancel_sig && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST))
+    pthread_kill(w->thread, cancel_sig);    /* not yet joined: the id is valid */
 }
 
 void pt_thread_release(pt_worker *w) {
+  /* A thread worker that ends without joining a thread it started leaves
+     no one who could ever join it: cancel it rather than let it run on. */
+  if (!w->joined && pt_self_ctx && pt_self_ctx->kind == PT_THREAD && pt_self_ctx->closing)
+    pt_thread_cancel(w);
   if (!w->joined) {
     if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
     else pthread_detach(w->thread);
