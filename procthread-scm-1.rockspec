@@ -36,6 +36,7 @@ build = {
     },
     ["procthread"] = "lua/procthread/init.lua",
     ["procthread.pool"] = "lua/procthread/pool.lua",
+    ["procthread.lab.backend"] = "lua/procthread/lab/backend.lua",
     ["procthread.lab.communication"] = "lua/procthread/lab/communication.lua",
     ["procthread.lab.cpu"] = "lua/procthread/lab/cpu.lua",
     ["procthread.lab.creation"] = "lua/procthread/lab/creation.lua",
