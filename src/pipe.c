@@ -428,8 +428,8 @@ static int write_chunk(int fd, const char *chunk, size_t len) {
    header.  Each later chunk borrows the 16 bytes before its data (already
    written) for its header and gives them back, so every chunk is one
    contiguous write and the message stays intact for pt_discard. */
-/* Several chunks in one writev, when the pipe is empty and they fill at
-   most half of it: the write cannot block, so it cannot be cut by a kill
+/* Several chunks in one writev, when the pipe is nearly empty and they
+   fill at most half of it: the write cannot block, so it cannot be cut by a kill
    mid-chunk, and the reader is woken once instead of once a chunk.  (A
    short count can only come from an error we live through: the rest is
    then written chunk by chunk below, still under the lock.)  Returns the
@@ -441,9 +441,14 @@ static long write_batch(pipe_shm *s, int fd, char *buf, size_t len,
   size_t off = 0, total = 0, room;
   int n = 0, k = 0, avail = 0;
   ssize_t w;
-  if (s->capacity < 4 * PT_FRAME_CHUNK || ioctl(fd, FIONREAD, &avail) != 0 || avail != 0)
+  if (s->capacity < 4 * PT_FRAME_CHUNK || ioctl(fd, FIONREAD, &avail) != 0 || avail < 0 ||
+      (size_t)avail > (size_t)s->capacity / 8)
     return 0;
-  room = (size_t)s->capacity / 2;
+  /* What the pipe holds may sit in up to twice as many page slots as its
+     bytes need (a short write after a full page takes a slot of its own);
+     counted so, it and the batch stay within half the pipe, so the write
+     still cannot block. */
+  room = (size_t)s->capacity / 2 - 2 * (size_t)avail;
   while (off < len && k < BATCH_MAX && total + PT_FRAME_CHUNK <= room) {
     size_t c = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
     int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + c == len ? PT_FRAME_LAST : 0);

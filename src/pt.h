@@ -21,6 +21,7 @@ void pt_buf_init(pt_buf *b);
 int pt_buf_reserve(pt_buf *b, size_t extra);      /* 0 ok, -1 ENOMEM */
 int pt_buf_add(pt_buf *b, const void *p, size_t n);
 void pt_buf_free(pt_buf *b);
+void pt_copy(void *dst, const void *src, size_t n);   /* memcpy, see sys.c */
 
 /* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
 int pt_push_oserror(lua_State *L, const char *op, int err);
