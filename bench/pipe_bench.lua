@@ -65,25 +65,10 @@ if mode == "--pingpong" or mode == "--stream" then
   os.exit(0)
 end
 
-local build = arg[1] or "build/5.4"
-local lua = arg[-1] or "lua5.4"
-local env = ("LUA_CPATH=%q LUA_PATH=%q "):format(build .. "/?.so;;", "lua/?.lua;lua/?/init.lua;;")
+package.path = "bench/?.lua;" .. package.path
+local B = require "benchlib"
+local build, lua, env, run, median = B.build, B.lua, B.env, B.run, B.median
 local floor = build .. "/bench/pipe_floor"
-
-local function run(cmd, key)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("*a"); p:close()
-  local v = tonumber(out:match(key .. " ([%d%.]+)"))
-  if not v then error("benchmark failed: " .. cmd .. "\n" .. out) end
-  return v
-end
-
-local function median(f, k)
-  local t = {}
-  for i = 1, k do t[i] = f() end
-  table.sort(t)
-  return t[math.floor((k + 1) / 2)]
-end
 
 local self = arg[0]
 local N = 20000

@@ -249,13 +249,7 @@ static int l_array(lua_State *L) {
   if (shared) {
     pt_off off;
     ablock *b;
-    if (pt_shm_ensure() != 0) {
-      int e = errno;
-      lua_pushnil(L);
-      lua_pushstring(L, pt_shm_errmsg());
-      lua_pushinteger(L, e);
-      return 3;
-    }
+    if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
     off = pt_shm_alloc(BLOCK_SIZE(n));
     if (!off) {                               /* garbage may hold the space */
       lua_gc(L, LUA_GCCOLLECT, 0);

@@ -151,13 +151,7 @@ int pt_process_spawn(lua_State *L) {
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (pt_shm_ensure() != 0) {
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushstring(L, pt_shm_errmsg());
-    lua_pushinteger(L, e);
-    return 3;
-  }
+  if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
   pt_atfork_child(forget_parent);
   w = pt_worker_new(PT_PROCESS);
   if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);

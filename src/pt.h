@@ -133,6 +133,8 @@ int pt_shm_ensure(void);
 
 /* ---- table.c, array.c, pipe.c: Lua bindings ---------------------------- */
 void pt_open_table(lua_State *L);
+/* The arena could not be mapped: push nil, its message, err; return 3. */
+int pt_push_shm_error(lua_State *L, int err);
 void pt_open_array(lua_State *L);
 void pt_open_pipe(lua_State *L);
 

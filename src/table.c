@@ -97,6 +97,15 @@ typedef struct kv {
 
 /* ---- hashing -------------------------------------------------------------- */
 
+
+/* The arena could not be mapped: nil, the arena's message, errno. */
+int pt_push_shm_error(lua_State *L, int err) {
+  lua_pushnil(L);
+  lua_pushstring(L, pt_shm_errmsg());
+  lua_pushinteger(L, err);
+  return 3;
+}
+
 static uint32_t mix(uint64_t h) {
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdULL;
@@ -1325,13 +1334,7 @@ static int l_shared_table(lua_State *L) {
     return luaL_argerror(L, 1, lua_pushfstring(L, "table or nil expected, got %s",
                                                luaL_typename(L, 1)));
   lua_settop(L, 1);
-  if (pt_shm_ensure() != 0) {
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushstring(L, pt_shm_errmsg());
-    lua_pushinteger(L, e);
-    return 3;
-  }
+  if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
   if (lua_istable(L, 1)) {
     lua_newtable(L);
     visited = 2;
