@@ -106,6 +106,18 @@ describe("codec", function()
     assert.are.same({ true, "7-x", true }, { w:join(T) })
   end)
 
+  it("names a standard C function after its library, not after a module that copied it", function()
+    -- a module the receiving thread does not have keeps copies of standard functions
+    for i = 1, 20 do package.loaded["codec_spec_copy" .. i] = { tostring = tostring, fmt = string.format } end
+    finally(function()
+      for i = 1, 20 do package.loaded["codec_spec_copy" .. i] = nil end
+      debug.getregistry()["procthread.names"] = nil        -- drop the cached map
+    end)
+    debug.getregistry()["procthread.names"] = nil
+    local w = pt.spawn_thread(function(f, g) return f(12), g("%03d", 7) end, tostring, string.format)
+    assert.are.same({ true, "12", "007" }, { w:join(T) })
+  end)
+
   it("refuses a coroutine, naming where it was, before anything starts", function()
     local co = coroutine.create(function() end)
     local ok, err = pcall(pt.spawn_thread, function() end, 1, { conn = co })

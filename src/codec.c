@@ -84,8 +84,45 @@ static uint64_t code_check(const char *p, size_t n) {
    [moduletable] = "mod" }, built from package.loaded. */
 #define NAMES_KEY "procthread.names"
 
+/* Record module `mod` (its table at t) in the map: the table, and each C
+   function it holds that has no name yet. */
+static void add_module(lua_State *L, int map, const char *mod, size_t mlen, int t) {
+  lua_pushvalue(L, t);
+  lua_rawget(L, map);
+  if (!lua_isnil(L, -1)) { lua_pop(L, 1); return; }  /* seen under a name */
+  lua_pop(L, 1);
+  lua_pushvalue(L, t);
+  lua_pushlstring(L, mod, mlen);
+  lua_rawset(L, map);                               /* map[tbl] = mod */
+  lua_pushnil(L);
+  while (lua_next(L, t)) {                          /* ... k v */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, -1);
+      lua_rawget(L, map);
+      if (lua_isnil(L, -1)) {                       /* first name wins */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);                       /* ... k v v */
+        lua_pushlstring(L, mod, mlen);
+        lua_pushlstring(L, "\0", 1);
+        lua_pushvalue(L, -5);                       /* k */
+        lua_concat(L, 3);
+        lua_rawset(L, map);
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* The standard libraries come first, so that a C function one of them
+   holds is named after it ("string.format"), never after another module
+   that keeps a copy of it and that the receiver may not have. */
 static void build_names(lua_State *L) {
-  int map, loaded;
+  static const char *const std[] = {"_G", "string", "table", "math", "io", "os",
+                                    "coroutine", "debug", "package", "utf8",
+                                    "bit32", "bit", "jit", NULL};
+  int map, loaded, i;
   lua_newtable(L);                                  /* map */
   map = lua_gettop(L);
   lua_newtable(L);
@@ -98,34 +135,17 @@ static void build_names(lua_State *L) {
   lua_remove(L, -2);                                /* map loaded */
   loaded = lua_gettop(L);
   if (lua_istable(L, loaded)) {
+    for (i = 0; std[i]; i++) {
+      lua_getfield(L, loaded, std[i]);
+      if (lua_istable(L, -1)) add_module(L, map, std[i], strlen(std[i]), lua_gettop(L));
+      lua_pop(L, 1);
+    }
     lua_pushnil(L);
     while (lua_next(L, loaded)) {                   /* map loaded mod tbl */
       if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
         size_t mlen;
         const char *mod = lua_tolstring(L, -2, &mlen);
-        int t = lua_gettop(L);
-        lua_pushvalue(L, t);
-        lua_pushvalue(L, t - 1);
-        lua_rawset(L, map);                         /* map[tbl] = mod */
-        lua_pushnil(L);
-        while (lua_next(L, t)) {                    /* ... tbl k v */
-          if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-            lua_pushvalue(L, -1);
-            lua_rawget(L, map);
-            if (lua_isnil(L, -1)) {                 /* first name wins */
-              lua_pop(L, 1);
-              lua_pushvalue(L, -1);                 /* ... k v v */
-              lua_pushlstring(L, mod, mlen);
-              lua_pushlstring(L, "\0", 1);
-              lua_pushvalue(L, -5);                 /* k */
-              lua_concat(L, 3);
-              lua_rawset(L, map);
-            } else {
-              lua_pop(L, 1);
-            }
-          }
-          lua_pop(L, 1);
-        }
+        add_module(L, map, mod, mlen, lua_gettop(L));
       }
       lua_pop(L, 1);
     }
