@@ -38,14 +38,6 @@ local function kernel(a, b)
   return x
 end
 
-local function kernel_worker(a, b)
-  local x = 0
-  for i = a, b do
-    x = x + (i % 7) * 0.5 + (i % 3)
-  end
-  return x
-end
-
 local function fill_worker(arr, a, b)
   for i = a, b do arr[i] = i * 0.5 end
   return b - a + 1
@@ -112,7 +104,7 @@ function E.run(ctx)
           local t_start = pt.now()
           for k = 1, w do
             local a, b = split(iters, w, k)
-            local ok, wk = pcall(ctx.spawn, ctx, kind, kernel_worker, a, b)
+            local ok, wk = pcall(ctx.spawn, ctx, kind, kernel, a, b)
             if not ok then return nil, "spawn: " .. tostring(wk) end
             ws[k] = wk
           end
