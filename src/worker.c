@@ -84,11 +84,10 @@ static void push_errstring(lua_State *L, pt_worker *w) {
 
 /* Build the answer table {n = k, ...} once, from the final record. */
 static void push_answer(lua_State *L, pt_worker *w) {
-  int t, n, base;
+  int t, n;
   lua_newtable(L);
   t = lua_gettop(L);
   if (w->status == W_SUCCEEDED) {
-    base = lua_gettop(L);
     n = pt_decode(L, w->result.data ? w->result.data : "", w->result.len);
     pt_buf_free(&w->result);                 /* the references are adopted */
     if (n < 0) {                             /* message pushed */
@@ -104,7 +103,6 @@ static void push_answer(lua_State *L, pt_worker *w) {
       for (i = n; i >= 1; i--) lua_rawseti(L, t, i + 1);
       n = n + 1;
     }
-    (void)base;
   } else {
     lua_pushboolean(L, 0);
     lua_rawseti(L, t, 1);
