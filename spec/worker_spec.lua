@@ -218,6 +218,21 @@ describe("workers", function()
       inner:kill("KILL"); inner:join(T)
     end)
 
+    it("a process it spawns takes signals: cancel and kill reach it", function()
+      local w = pt.spawn_thread(function()
+        local ptt = require "procthread"
+        local p = ptt.spawn_process(function() ptt.sleep(30) end)
+        ptt.sleep(0.05)
+        p:cancel()
+        local r1 = { p:join(10) }
+        local q = ptt.spawn_process(function() ptt.sleep(30) end)
+        q:kill("TERM")
+        local r2 = { q:join(10) }
+        return r1[1], r1[2], r2[1], r2[2]
+      end)
+      assert.are.same({ true, false, "cancelled", false, "killed by signal 15 (SIGTERM)" }, { w:join(T) })
+    end)
+
     it("pt.cancelled() turns true inside a cancelled thread", function()
       local w = pt.spawn_thread(function()
         local seen = false

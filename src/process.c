@@ -105,6 +105,13 @@ static void child_main(lua_State *L, int wfd) {
   char err[640];
   pt_after_fork_child();
   my_result_fd = wfd;
+  if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
+    /* forked from a thread worker, which runs with every signal blocked
+       but one: a process takes signals as a process does */
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+  }
   pt_self_ctx = &process_ctx;
   parent_levels = count_levels(L);
   lua_getglobal(L, "os");
