@@ -349,41 +349,27 @@ describe("pipes", function()
   end)
 
   describe("cancellation", function()
-    it("a thread blocked in recv is cancelled", function()
-      local p = pt.pipe()
-      local w = pt.spawn_thread(function() return p:recv() end)
-      pt.sleep(0.1)
-      w:cancel()
-      local ok, err = w:join(T)
-      assert.is_false(ok)
-      assert.matches("cancel", err)
-      p:close()
-    end)
-
-    it("a thread blocked in send on a full pipe is cancelled", function()
-      local p = pt.pipe()
-      local w = pt.spawn_thread(function()
-        local s = ("c"):rep(4000)
-        for i = 1, 1000 do p:send(s) end
+    -- each body blocks a thread in one call on pipe p; cancel must end it
+    local cases = {
+      { "recv", 0.1, function(p) return p:recv() end },
+      { "send on a full pipe", 0.2, function(p)
+          local s = ("c"):rep(4000)
+          for _ = 1, 1000 do p:send(s) end
+        end },
+      { "select", 0.1, function(p) return pt.select({ p }) end },
+    }
+    for _, c in ipairs(cases) do
+      it("a thread blocked in " .. c[1] .. " is cancelled", function()
+        local p = pt.pipe()
+        local w = pt.spawn_thread(c[3], p)
+        pt.sleep(c[2])
+        w:cancel()
+        local ok, err = w:join(T)
+        assert.is_false(ok)
+        assert.matches("cancel", err)
+        p:close()
       end)
-      pt.sleep(0.2)
-      w:cancel()
-      local ok, err = w:join(T)
-      assert.is_false(ok)
-      assert.matches("cancel", err)
-      p:close()
-    end)
-
-    it("a thread blocked in select is cancelled", function()
-      local p = pt.pipe()
-      local w = pt.spawn_thread(function() return pt.select({ p }) end)
-      pt.sleep(0.1)
-      w:cancel()
-      local ok, err = w:join(T)
-      assert.is_false(ok)
-      assert.matches("cancel", err)
-      p:close()
-    end)
+    end
   end)
 
   describe("select", function()
