@@ -36,13 +36,14 @@ local function dirname(p)
   return d
 end
 
--- Make DIR and check that a file can be written in it.
+-- Make DIR and check that a file can be written in it; else the message.
 local function prepare_out(lab, dir)
-  if dir == "" then return nil, "empty directory name" end
+  local function bad(why) return nil, ("cannot write to --out '%s': %s"):format(dir, tostring(why)) end
+  if dir == "" then return bad("empty directory name") end
   lab.execute("mkdir -p " .. lab.shell_quote(dir) .. " 2>/dev/null")
   local probe = dir .. "/.procthread-lab-probe"
   local f, err = io.open(probe, "w")
-  if not f then return nil, err end
+  if not f then return bad(err) end
   f:close()
   os.remove(probe)
   return true
@@ -53,6 +54,13 @@ function M.main(argv, io_out, io_err)
   local function fail(code, msg)
     err:write("procthread-lab: ", msg, "\n")
     return code
+  end
+  -- write the report of doc into dir; the exit code
+  local function render(doc, dir, opts_)
+    local files, werr = require("procthread.lab.report").render(doc, dir, opts_)
+    if not files then return fail(1, werr) end
+    out:write(("wrote %s (%d files)\n"):format(dir .. "/REPORT.md", #files))
+    return 0
   end
   argv = argv or {}
   local cmd = argv[1]
@@ -104,17 +112,13 @@ function M.main(argv, io_out, io_err)
       if not exp then return fail(2, e2) end
     end
     local okd, derr = prepare_out(lab, dir)
-    if not okd then return fail(2, ("cannot write to --out '%s': %s"):format(dir, tostring(derr))) end
+    if not okd then return fail(2, derr) end
     local okp, pt = pcall(require, "procthread")
     if not okp then return fail(1, "cannot load procthread: " .. tostring(pt)) end
     local progress = lab.progress({ quiet = opts.quiet, now = pt.now })
     local doc, rerr = lab.run({ names = names, mode = opts.mode, pt = pt, progress = progress })
     if not doc then return fail(2, rerr) end
-    local report = require "procthread.lab.report"
-    local files, werr = report.render(doc, dir)
-    if not files then return fail(1, werr) end
-    out:write(("wrote %s (%d files)\n"):format(dir .. "/REPORT.md", #files))
-    return 0
+    return render(doc, dir)
 
   elseif cmd == "report" then
     if #names ~= 1 then return fail(2, "report needs one results.json\n" .. USAGE) end
@@ -123,14 +127,10 @@ function M.main(argv, io_out, io_err)
     if not doc then return fail(2, rerr) end
     local dir = opts.out or dirname(names[1])
     local okd, derr = prepare_out(lab, dir)
-    if not okd then return fail(2, ("cannot write to --out '%s': %s"):format(dir, tostring(derr))) end
+    if not okd then return fail(2, derr) end
     lab.reverdict(doc)
     -- results.json is only written when rendering somewhere else
-    local same = opts.out == nil
-    local files, werr = report.render(doc, dir, { json = not same })
-    if not files then return fail(1, werr) end
-    out:write(("wrote %s (%d files)\n"):format(dir .. "/REPORT.md", #files))
-    return 0
+    return render(doc, dir, { json = opts.out ~= nil })
 
   elseif cmd == "compare" then
     if #names ~= 2 then return fail(2, "compare needs two results.json files\n" .. USAGE) end
