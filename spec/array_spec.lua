@@ -66,6 +66,29 @@ describe("arrays", function()
         assert.are.equal(3, a[3])
       end)
 
+      -- issue 9, item 21: a[2^40] said "index 2000000000 out of range"
+      it("names the real index, integer or float as given, when out of range", function()
+        local a = pt.array(3, kind)
+        local function oor(i)
+          local ok, err = pcall(function() return a[i] end)
+          assert.is_false(ok)
+          local shown = tostring(i):gsub("%p", "%%%0")
+          assert.matches("array index " .. shown .. " out of range %(1%.%.3%)", err)
+          ok, err = pcall(function() a[i] = 1 end)
+          assert.matches("array index " .. shown .. " out of range", err)
+        end
+        oor(2 ^ 40)
+        oor(-2 ^ 40)
+        oor(2 ^ 31)
+        oor(1e300)
+        oor(math.huge)
+        oor(-3000000000)
+        if math.tointeger then oor(math.tointeger(2 ^ 40)) end
+        if math.maxinteger then oor(math.maxinteger) end
+        assert.matches("must be an integer, got 2%.5", select(2, pcall(function() return a[2.5] end)))
+        assert.matches("must be an integer, got %-?n?a?n", select(2, pcall(function() return a[0 / 0] end)))
+      end)
+
       it("pt.release drops the handle; using it afterwards is an error", function()
         local a = pt.array(4, kind)
         pt.release(a)
@@ -75,6 +98,91 @@ describe("arrays", function()
       end)
     end)
   end
+
+  -- issue 9, item 9: a handle whose array was freed under it read and
+  -- wrote whatever reused the memory
+  it("a handle to a freed shared array raises on every use, never touches the memory", function()
+    local a = pt.array(16, "shared")
+    a[1] = 5
+    pt._shm_release(a)                        -- internal hook: its only count
+    local others = {}
+    for i = 1, 10 do others[i] = pt.array(16, "shared"); others[i][1] = i end
+    local function freed(f)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("shared array has been freed", err)
+    end
+    freed(function() return a[1] end)
+    freed(function() a[1] = 99 end)
+    freed(function() return #a end)
+    freed(function() return pt.encode(a) end)
+    assert.matches("freed", tostring(a))
+    pt.release(a)                             -- drops no other array's count
+    collectgarbage(); collectgarbage()
+    for i = 1, 10 do
+      assert.are.equal(i, others[i][1])
+      assert.are.equal(16, #others[i])
+    end
+    assert.is_true(pt._shm_check())
+  end)
+
+  it("pt._shm_release takes shared tables and shared arrays only", function()
+    assert.matches("shared table or shared array expected", select(2, pcall(pt._shm_release, pt.array(2))))
+    assert.matches("shared table or shared array expected", select(2, pcall(pt._shm_release, {})))
+  end)
+
+  -- issue 9, item 15: a private array sent to another process was never
+  -- freed in the sender (the message's count was never dropped)
+  it("a private array sent to another process is freed in the sender with its handles", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      local p = pt.pipe()
+      local w = pt.spawn_process(function()
+        local refused = 0
+        for _ = 1, 5 do
+          local ok, err = pcall(p.recv, p, 20)
+          if not ok and err:match("private array cannot cross") then refused = refused + 1 end
+        end
+        return refused
+      end)
+      collectgarbage(); collectgarbage()
+      collectgarbage("stop")
+      local before = pt.memory().rss_kib
+      for _ = 1, 5 do
+        local a = pt.array(1024 * 1024)           -- 8 MiB, every page touched
+        for i = 1, #a, 512 do a[i] = 1 end
+        assert(p:send(a))
+      end
+      local held = pt.memory().rss_kib - before
+      local ok, refused = w:join(20)
+      assert(ok == true and refused == 5, tostring(refused))
+      collectgarbage("restart")
+      collectgarbage(); collectgarbage()
+      print("held", held >= 30 * 1024, "kept", pt.memory().rss_kib - before < 8 * 1024)
+      p:close()
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("held%s+true%s+kept%s+true", out)
+  end)
+
+  it("a private array in flight to a thread outlives the sender's handle", function()
+    local p = pt.pipe()
+    do
+      local a = pt.array(4)
+      a[1] = 42
+      assert.is_true(p:send(a))
+    end
+    collectgarbage(); collectgarbage()          -- the message holds it now
+    local w = pt.spawn_thread(function()
+      local arr = p:recv(10)
+      arr[2] = 7
+      return arr[1], #arr
+    end)
+    local v, n = join_ok(w)
+    assert.are.equal(42, v)
+    assert.are.equal(4, n)
+    p:close()
+  end)
 
   it("a private array: a forked child writes its own copy", function()
     local a = pt.array(4)                         -- private is the default

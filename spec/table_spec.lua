@@ -603,6 +603,59 @@ describe("shared tables", function()
       assert.matches("ok%s+1[0-5]", out)
     end)
 
+    -- issue 9, item 17: a store failing for want of one large enough hole
+    -- blamed the arena's size
+    it("says when free space is fragmented, and merges neighbours when freed", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "1M" }
+        -- every key there first: the stores below never grow the slots
+        local init = {}
+        for i = 1, 6000 do init[i] = false end
+        local st = pt.shared_table(init)
+        local function v(i) return ("h"):rep(208) .. ("%04d"):format(i) end  -- 240-byte blocks
+        local n = 0
+        while n < 6000 and pcall(function() st[n + 1] = v(n + 1) end) do n = n + 1 end
+        assert(n > 1000 and n < 6000, n)
+        for i = 2, n, 2 do st[i] = false end      -- 240-byte holes between
+        local s = pt.shm_stats()
+        local ok, err = pcall(function() st[1] = ("b"):rep(400) end)
+        assert(not ok, "a 400-byte store fitted")
+        assert(st[1] == v(1), "the failed store changed the table")
+        local total, largest = err:match("(%d+) bytes free but fragmented; largest free block (%d+) bytes")
+        assert(total, err)
+        assert(tonumber(total) >= (s.size - s.used) * 0.9 and tonumber(total) > 400, err)
+        assert(tonumber(largest) < 400, err)
+        assert(err:match("1 MiB") and err:match("PROCTHREAD_SHM_SIZE"), err)
+        assert(pt._shm_check())
+        -- free the blocks between two holes: the three become one
+        for i = 3, n, 4 do st[i] = false end
+        assert(pt._shm_check())
+        st[1] = ("b"):rep(400)
+        assert(st[1] == ("b"):rep(400))
+        assert(pt._shm_check())
+        print("ok", n)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+%d%d%d", out)
+    end)
+
+    -- issue 9, item 22: the 1 GiB default arena did not fit under ulimit -v
+    it("spawn_process works under ulimit -v 600000 (the arena fits the limit)", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w = assert(pt.spawn_process(function() return 6 * 7 end))
+        local ok, v = w:join(20)
+        assert(ok == true and v == 42, tostring(v))
+        local st = assert(pt.shared_table { x = 1 })
+        local w2 = assert(pt.spawn_process(function() st.x = st.x + 1 return true end))
+        assert(w2:join(20) == true and st.x == 2)
+        print("ok", pt.shm_stats().size <= 600000 * 1024 / 4)
+      ]], "ulimit -v 600000;")
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+true", out)
+    end)
+
     it("reuses freed space: 400 MB written through a 16 MB arena", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
@@ -626,6 +679,36 @@ describe("shared tables", function()
       ]])
       assert.are.equal(0, status, out)
       assert.matches("ok%s+4%d%d", out)
+    end)
+  end)
+
+  describe("fork safety", function()
+    -- issue 9, item 23: a fork taken while a thread held the arena's
+    -- mapping lock left the child deadlocked in its first pt.configure
+    it("a child forked while threads take the arena's lock can take it", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local size = pt.shm_stats().size
+        local flag = pt.shared_table { stop = false }
+        local ths = {}
+        for i = 1, 2 do
+          ths[i] = pt.spawn_thread(function()
+            while not flag.stop do pt.configure { shm_size = size } end
+            return true
+          end)
+        end
+        local stuck = 0
+        for _ = 1, 300 do
+          local w = pt.spawn_process(function() pt.configure { shm_size = size } return true end)
+          if w:join(2) ~= true then stuck = stuck + 1; w:kill("KILL"); w:join(10) end
+          if stuck >= 3 then break end
+        end
+        flag.stop = true
+        for i = 1, 2 do assert(ths[i]:join(20)) end
+        print("stuck", stuck)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("stuck%s+0", out)
     end)
   end)
 
@@ -740,9 +823,111 @@ describe("shared tables", function()
       bad("bad argument #1.*shared table or array expected", pt.release, {})
       bad("bad argument #1.*table expected", pt.configure, 5)
       bad("unknown option 'bogus'", pt.configure, { bogus = 1 })
-      bad("at least 1M", pt.configure, { shm_size = "abc" })
-      bad("at least 1M", pt.configure, { shm_size = 100 })
+      bad("'abc' is not a size", pt.configure, { shm_size = "abc" })
+      bad("100 bytes is less than 1 MiB", pt.configure, { shm_size = 100 })
+      bad("must be a number of bytes >= 1M", pt.configure, { shm_size = -1 })
       assert.is_nil(st.k)
+    end)
+
+    -- issue 9, item 21: a too-large size was refused as "must be at least 1M"
+    it("a too-large shm_size is refused with the real limit and why", function()
+      local function bad(pattern, v)
+        local ok, err = pcall(pt.configure, { shm_size = v })
+        assert.is_false(ok)
+        assert.matches(pattern, err)
+      end
+      bad("shm_size: 100 TiB is more than 64 TiB, the largest arena %(half the address space", "100T")
+      bad("shm_size: 128 TiB is more than 64 TiB", 2 ^ 47)
+      bad("shm_size: a size that overflows 64 bits is more than 64 TiB", 2 ^ 70)
+      bad("shm_size: a size that overflows 64 bits", "99999999999999999999999")
+      bad("shm_size: a size that overflows 64 bits", "20000000000000000G")
+    end)
+
+    it("a shm_size above the address-space limit names RLIMIT_AS (ulimit -v)", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local ok, err = pcall(pt.configure, { shm_size = "1G" })
+        print(ok, err)
+      ]], "ulimit -v 600000;")
+      assert.are.equal(0, status, out)
+      assert.matches("false.*shm_size: 1 GiB is more than the address%-space limit of this process %(RLIMIT_AS, ulimit %-v: 600000 KiB", out)
+    end)
+
+    -- issue 9, item 21: the mapped size was printed as "1048576.0 bytes"
+    it("configure after mapping prints the arena size as an integer", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "1M" }
+        local st = pt.shared_table()
+        print(select(2, pcall(pt.configure, { shm_size = "2M" })))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("already mapped %(1048576 bytes%)", out)
+      assert.not_matches("1048576%.0", out)
+    end)
+  end)
+
+  -- issue 9, item 9: a handle whose table was freed under it (a count
+  -- dropped too often) read whatever reused the memory, and its own drop
+  -- then freed an innocent table under its users.
+  describe("a handle to a freed table", function()
+    local function freed(f, ...)
+      local ok, err = pcall(f, ...)
+      assert.is_false(ok)
+      assert.matches("shared table has been freed", err)
+    end
+
+    -- st's table freed under st, its memory then reused by new tables
+    local function freed_and_reused(st)
+      local others = {}
+      for i = 1, 20 do others[i] = pt.shared_table { n = i, s = ("x"):rep(40) } end
+      return others
+    end
+
+    local function check_freed(st, others)
+      freed(function() return st.a end)
+      freed(function() st.a = 1 end)
+      freed(function() return #st end)
+      freed(pt.add, st, "a", 1)
+      freed(pt.cas, st, "a", nil, 1)
+      freed(pt.locked, st, function() end)
+      freed(pt.snapshot, st)
+      freed(pt.pairs, st)
+      freed(pt.cas, others[1], "z", st, 1)               -- as an expected value
+      freed(function() others[1].z = st end)             -- as a stored value
+      assert.matches("freed", tostring(st))
+      local ok, err = pcall(pt.encode, st)
+      assert.is_false(ok)
+      assert.matches("has been freed", err)
+      -- the tables that took the memory are untouched, and dropping st's
+      -- handle drops none of their counts
+      pt.release(st)
+      collectgarbage(); collectgarbage()
+      for i, o in ipairs(others) do
+        assert.are.same({ n = i, s = ("x"):rep(40) }, pt.snapshot(o))
+        pt.add(o, "n", 0)
+      end
+      assert.is_true(pt._shm_check())
+    end
+
+    it("raises on every use, through pt._shm_release (internal hook)", function()
+      local st = pt.shared_table { a = 1 }
+      pt._shm_release(st)                       -- its only count: freed under st
+      check_freed(st, freed_and_reused(st))
+    end)
+
+    it("raises after an encoded string was decoded twice", function()
+      local orig = pt.shared_table { a = 1 }
+      local s = pt.encode(orig)
+      pt.release(orig)                          -- the message's count is the last
+      local h1 = pt.decode(s)
+      local ok, h2 = pcall(pt.decode, s)
+      if not ok then                            -- refused: the codec closed the path
+        assert.are.equal(1, h1.a)
+        return
+      end
+      pt.release(h2)                            -- the one count: freed under h1
+      check_freed(h1, freed_and_reused(h1))
     end)
   end)
 end)

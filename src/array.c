@@ -11,7 +11,9 @@
 #include "shm.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +22,15 @@
 #define ANAME "procthread.Array"
 #define KIND_SARRAY 2
 #define SARR_MAGIC 0x61727231u                /* "arr1" */
-#define REF_SHARED 1                          /* pt_ref.b of a shared array */
+#define CELL_MAGIC 0x7074666c69676874ULL      /* "ptflight" */
+#define REF_SHARED (1ULL << 63)               /* in pt_ref.b: a shared array */
 
 /* The block, in the arena (shared) or from malloc (private). */
 typedef struct ablock {
   uint32_t magic, kind;
-  uint64_t refs;
+  uint64_t refs;            /* shared: every count; private: local handles */
   uint64_t n;
+  uint64_t gen;             /* shared: see pt_shm_new_gen */
   double d[1];
 } ablock;
 
@@ -41,31 +45,91 @@ typedef struct ahandle {
   double *data;                               /* NULL once released */
 } ahandle;
 
-static void sarr_drop(pt_off off) {
-  if (off && pt_shm_base && pt_shm_decref(&PT_SHM_PTR(ablock, off)->refs)) {
-    PT_SHM_PTR(ablock, off)->magic = 0;
-    pt_shm_free(off);
-  }
+/* A shared array's count: dropped only while the array is the one the
+   handle adopted (gen); the last one frees it. */
+static void sarr_drop(pt_off off, uint64_t gen) {
+  ablock *b;
+  if (!off || !pt_shm_mapped()) return;
+  b = PT_SHM_PTR(ablock, off);
+  if (!pt_shm_gen_ok(&b->gen, gen) || !pt_shm_decref(&b->refs)) return;
+  pt_shm_gen_kill(&b->gen);
+  b->magic = 0;
+  pt_shm_free(off);
 }
 
 /* Private blocks of this process, in a registry: a reference in a message
    names a block by id, and only a live block of this process is ever
    adopted, so a forged or stale reference is an error, never a pointer.
-   (A forked child has a copy of the list, of its own blocks' copies.) */
+   (A forked child has a copy of the list, of its own blocks' copies.)
+
+   Lifetime.  `refs` counts this process's handles only.  Messages in
+   flight are counted in a cell in the shared arena (made when the block is
+   first sent), so that whichever process meets the message -- a thread of
+   this one decoding it, another process refusing it, anyone discarding
+   it -- can drop that count.  A block goes when it has neither handles
+   nor messages in flight: at once when its last handle goes, else at the
+   next sweep of this process (every pt.array, release and send).  All of
+   it under preg_mu, the arena cells' counts apart (atomic). */
+typedef struct pcell {
+  uint64_t magic, pid, id;
+  uint64_t inflight;                          /* atomic */
+} pcell;
+
 typedef struct pblock {
   uint64_t id;
   struct pblock *prev, *next;
+  pt_off cell;                                /* 0: never sent from here */
   ablock a;                                   /* last: d[] follows */
 } pblock;
 
 static pthread_mutex_t preg_mu = PTHREAD_MUTEX_INITIALIZER;
 static pblock *preg_head;
-static uint64_t preg_next = 2;                /* 0 and REF_SHARED are taken */
+static uint64_t preg_next = 1;                /* 0 is none */
+static uint64_t preg_zombies;                 /* listed blocks without handles */
 
 #define PBLOCK(b) ((pblock *)(void *)((char *)(b) - offsetof(pblock, a)))
+#define CELL(off) PT_SHM_PTR(pcell, off)
+
+static uint64_t inflight(const pblock *p) {
+  return p->cell ? __atomic_load_n(&CELL(p->cell)->inflight, __ATOMIC_ACQUIRE) : 0;
+}
 
 static void preg_after_fork(void) {
+  pblock *p;
   pthread_mutex_init(&preg_mu, NULL);         /* a holder did not come along */
+  /* the cells are the parent's, and so are the messages they count */
+  for (p = preg_head; p; p = p->next) p->cell = 0;
+}
+
+/* The listed block with this id, or NULL (preg_mu held). */
+static pblock *parr_find(uint64_t id) {
+  pblock *p;
+  for (p = preg_head; p; p = p->next)
+    if (p->id == id) return p;
+  return NULL;
+}
+
+/* Free p if nothing holds it any more; 1 when freed (preg_mu held). */
+static int parr_reap(pblock *p) {
+  if (p->a.refs || inflight(p)) return 0;
+  if (p->prev) p->prev->next = p->next; else preg_head = p->next;
+  if (p->next) p->next->prev = p->prev;
+  if (p->cell) {
+    CELL(p->cell)->magic = 0;
+    pt_shm_free(p->cell);
+  }
+  preg_zombies--;
+  free(p);
+  return 1;
+}
+
+/* Free the blocks whose last message was met elsewhere (preg_mu held). */
+static void parr_sweep(void) {
+  pblock *p, *next;
+  for (p = preg_head; p && preg_zombies; p = next) {
+    next = p->next;
+    if (!p->a.refs) parr_reap(p);
+  }
 }
 
 static ablock *parr_new(uint64_t n) {
@@ -75,6 +139,7 @@ static ablock *parr_new(uint64_t n) {
   p->a.refs = 1;
   p->a.n = n;
   pthread_mutex_lock(&preg_mu);
+  parr_sweep();
   p->id = preg_next++;
   p->next = preg_head;
   if (preg_head) preg_head->prev = p;
@@ -83,23 +148,14 @@ static ablock *parr_new(uint64_t n) {
   return &p->a;
 }
 
-/* The live block with this id, or NULL (preg_mu held). */
-static ablock *parr_find(uint64_t id) {
-  pblock *p;
-  for (p = preg_head; p; p = p->next)
-    if (p->id == id) return &p->a;
-  return NULL;
-}
-
 static void parr_drop(ablock *b) {
-  pblock *p;
-  if (!b || !pt_shm_decref(&b->refs)) return;
-  p = PBLOCK(b);
   pthread_mutex_lock(&preg_mu);
-  if (p->prev) p->prev->next = p->next; else preg_head = p->next;
-  if (p->next) p->next->prev = p->prev;
+  if (--b->refs == 0) {
+    preg_zombies++;
+    parr_reap(PBLOCK(b));
+  }
+  parr_sweep();
   pthread_mutex_unlock(&preg_mu);
-  free(p);
 }
 
 static ahandle *toarray(lua_State *L, int i) {
@@ -110,10 +166,18 @@ static ahandle *toarray(lua_State *L, int i) {
   return NULL;
 }
 
+#define FREED_MSG "shared array has been freed (a count on it was dropped " \
+  "too often; its memory may hold something else now)"
+
+static int shared_live(const ahandle *a) {
+  return pt_shm_gen_ok(&PT_SHM_PTR(ablock, pt_shm_handle_off(&a->h))->gen, a->h.gen);
+}
+
 static ahandle *checkarray(lua_State *L, int i) {
   ahandle *a = toarray(L, i);
   if (!a) luaL_argerror(L, i, lua_pushfstring(L, "array expected, got %s", luaL_typename(L, i)));
   if (!a->data) luaL_argerror(L, i, "array is released");
+  if (a->shared && !shared_live(a)) luaL_error(L, FREED_MSG);
   return a;
 }
 
@@ -132,7 +196,7 @@ static void adopt_shared(ahandle *a, pt_off off) {
   a->shared = 1;
   a->n = b->n;
   a->data = b->d;
-  pt_shm_track(&a->h, off, KIND_SARRAY, sarr_drop);
+  pt_shm_track(&a->h, off, __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE), KIND_SARRAY, sarr_drop);
 }
 
 static void adopt_private(ahandle *a, ablock *b) {
@@ -161,6 +225,28 @@ int pt_array_release(lua_State *L, int idx) {
   return 1;
 }
 
+int pt_array_drop_count(lua_State *L, int idx) {
+  ahandle *a = toarray(L, idx);
+  if (!a || !a->shared) return 0;
+  checkarray(L, idx);
+  sarr_drop(pt_shm_handle_off(&a->h), a->h.gen);
+  return 1;
+}
+
+/* The index at 2 as given (tostring: an integer or a float), and the
+   range, in full. */
+static void out_of_range(lua_State *L, const ahandle *a) {
+  char n[32];
+  snprintf(n, sizeof n, "%llu", (unsigned long long)a->n);
+  lua_pushvalue(L, 2);
+  luaL_error(L, "array index %s out of range (1..%s)", lua_tostring(L, -1), n);
+}
+
+static void not_integer(lua_State *L) {
+  lua_pushvalue(L, 2);
+  luaL_error(L, "array index must be an integer, got %s", lua_tostring(L, -1));
+}
+
 /* The index at 2, checked against 1..n. */
 static uint64_t checkindex(lua_State *L, ahandle *a) {
   lua_Integer i = 0;
@@ -170,18 +256,18 @@ static uint64_t checkindex(lua_State *L, ahandle *a) {
   {
     int ok;
     i = lua_tointegerx(L, 2, &ok);
-    if (!ok) luaL_error(L, "array index must be an integer, got %f", (double)lua_tonumber(L, 2));
+    if (!ok && lua_tonumber(L, 2) == floor(lua_tonumber(L, 2))) out_of_range(L, a);
+    if (!ok) not_integer(L);
   }
 #else
   {
     lua_Number x = lua_tonumber(L, 2);
-    if (!(x >= -9.2e18 && x <= 9.2e18) || (lua_Number)(i = (lua_Integer)x) != x)
-      luaL_error(L, "array index must be an integer, got %f", (double)x);
+    if (x != floor(x)) not_integer(L);
+    if (!(x >= -9.2e18 && x <= 9.2e18)) out_of_range(L, a);
+    i = (lua_Integer)x;
   }
 #endif
-  if (i < 1 || (uint64_t)i > a->n)
-    luaL_error(L, "array index %d out of range (1..%d)", (int)(i > 2000000000 ? 2000000000 : i < -2000000000 ? -2000000000 : i),
-               (int)(a->n > 2000000000 ? 2000000000 : a->n));
+  if (i < 1 || (uint64_t)i > a->n) out_of_range(L, a);
   return (uint64_t)i - 1;
 }
 
@@ -219,17 +305,22 @@ static int l_gc(lua_State *L) {
 
 static int l_eq(lua_State *L) {
   ahandle *a = toarray(L, 1), *b = toarray(L, 2);
-  lua_pushboolean(L, a && b && a->data && a->data == b->data);
+  lua_pushboolean(L, a && b && a->data && a->data == b->data && a->h.gen == b->h.gen);
   return 1;
 }
 
 static int l_tostring(lua_State *L) {
   ahandle *a = toarray(L, 1);
-  if (a && a->data)
-    lua_pushfstring(L, ANAME " (%s, %d): %p", a->shared ? "shared" : "private",
-                    (int)(a->n > 2000000000 ? 2000000000 : a->n), (void *)a->data);
-  else
+  char n[32];
+  if (a && a->data && a->shared && !shared_live(a)) {
+    lua_pushstring(L, ANAME " (freed)");
+  } else if (a && a->data) {
+    snprintf(n, sizeof n, "%llu", (unsigned long long)a->n);
+    lua_pushfstring(L, ANAME " (%s, %s): %p", a->shared ? "shared" : "private", n,
+                    (void *)a->data);
+  } else {
     lua_pushstring(L, ANAME " (released)");
+  }
   return 1;
 }
 
@@ -262,6 +353,7 @@ static int l_array(lua_State *L) {
     b->n = n;
     memset(b->d, 0, (size_t)n * sizeof(double));
     b->magic = SARR_MAGIC;
+    pt_shm_gen_publish(&b->gen, pt_shm_new_gen());
     adopt_shared(a, off);
   } else {
     ablock *b = parr_new(n);
@@ -273,58 +365,110 @@ static int l_array(lua_State *L) {
 
 /* ---- crossing between states (codec) ------------------------------------------- */
 
+/* A shared array crosses as its offset and generation | REF_SHARED; a
+   private one as its arena cell and id (see "Lifetime" above). */
+
+/* p's cell, made on first use; 0 when the arena cannot give one (preg_mu
+   held). */
+static pt_off parr_cell(pblock *p) {
+  pcell *c;
+  if (p->cell) return p->cell;
+  if (pt_shm_ensure() != 0 || !(p->cell = pt_shm_alloc(sizeof(pcell)))) return 0;
+  c = CELL(p->cell);
+  c->pid = (uint64_t)getpid();
+  c->id = p->id;
+  c->inflight = 0;
+  c->magic = CELL_MAGIC;
+  return p->cell;
+}
+
 static const char *x_encode(lua_State *L, int idx, pt_ref *ref) {
   ahandle *a = toarray(L, idx);
+  const char *err = NULL;
   if (!a) return "not an array";
   if (!a->data) return "array is released";
   if (a->shared) {
-    pt_shm_incref(&PT_SHM_PTR(ablock, a->h.off)->refs);
-    ref->a = a->h.off;
-    ref->b = REF_SHARED;
-  } else {
-    pt_shm_incref(&a->priv->refs);
-    ref->a = (uint64_t)getpid();
-    ref->b = PBLOCK(a->priv)->id;
+    pt_off off = pt_shm_handle_off(&a->h);
+    if (!shared_live(a)) return FREED_MSG;
+    pt_shm_incref(&PT_SHM_PTR(ablock, off)->refs);
+    ref->a = off;
+    ref->b = a->h.gen | REF_SHARED;
+    return NULL;
   }
-  return NULL;
+  pthread_mutex_lock(&preg_mu);
+  parr_sweep();
+  if (parr_cell(PBLOCK(a->priv))) {
+    __atomic_add_fetch(&CELL(PBLOCK(a->priv)->cell)->inflight, 1, __ATOMIC_RELAXED);
+    ref->a = PBLOCK(a->priv)->cell;
+    ref->b = PBLOCK(a->priv)->id;
+  } else {
+    err = pt_shm_mapped() ? pt_shm_full_msg() : pt_shm_errmsg();
+  }
+  pthread_mutex_unlock(&preg_mu);
+  return err;
+}
+
+/* The arena object a reference names, checked: 0 when it is none. */
+static int valid_at(const pt_ref *ref, size_t size) {
+  return pt_shm_mapped() && ref->a >= 64 && ref->a % 16 == 0 &&
+         ref->a <= pt_shm_config_size() - size;
 }
 
 static int valid_shared(const pt_ref *ref) {
-  uint64_t size;
-  if (!pt_shm_base) return 0;
-  size = pt_shm_config_size();
-  if (ref->a < 64 || ref->a % 16 || ref->a > size - sizeof(ablock)) return 0;
-  return PT_SHM_PTR(ablock, ref->a)->magic == SARR_MAGIC;
+  ablock *b;
+  if (!(ref->b & REF_SHARED) || !valid_at(ref, sizeof(ablock))) return 0;
+  b = PT_SHM_PTR(ablock, ref->a);
+  return b->magic == SARR_MAGIC && pt_shm_gen_ok(&b->gen, ref->b & ~REF_SHARED);
+}
+
+static pcell *valid_cell(const pt_ref *ref) {
+  pcell *c;
+  if (ref->b & REF_SHARED || !valid_at(ref, sizeof(pcell))) return NULL;
+  c = CELL(ref->a);
+  return c->magic == CELL_MAGIC && c->id == ref->b ? c : NULL;
 }
 
 static void x_release(const pt_ref *ref) {
-  if (ref->b == REF_SHARED) {
-    if (valid_shared(ref)) sarr_drop(ref->a);
-  } else if (ref->a == (uint64_t)getpid()) {
-    ablock *b;
-    pthread_mutex_lock(&preg_mu);
-    b = parr_find(ref->b);
-    pthread_mutex_unlock(&preg_mu);
-    if (b) parr_drop(b);          /* the message's count keeps it listed */
+  pcell *c;
+  if (ref->b & REF_SHARED) {
+    if (valid_shared(ref)) sarr_drop(ref->a, ref->b & ~REF_SHARED);
+  } else if ((c = valid_cell(ref)) != NULL) {
+    int mine = c->pid == (uint64_t)getpid();
+    if (mine) pthread_mutex_lock(&preg_mu);
+    __atomic_sub_fetch(&c->inflight, 1, __ATOMIC_ACQ_REL);
+    if (mine) {
+      parr_sweep();
+      pthread_mutex_unlock(&preg_mu);
+    }
   }
 }
 
 static const char *x_decode(lua_State *L, const pt_ref *ref) {
   ahandle *a;
-  ablock *b;
-  if (ref->b == REF_SHARED) {
-    if (!valid_shared(ref)) return "corrupt message (bad shared array reference)";
+  pcell *c;
+  pblock *p;
+  if (ref->b & REF_SHARED) {
+    if (!valid_shared(ref))
+      return "corrupt message (bad shared array reference, or the array has been freed)";
     a = push_blank(L);
     adopt_shared(a, ref->a);
     return NULL;
   }
-  if (ref->a != (uint64_t)getpid()) return "private array cannot cross to another process";
+  if (!(c = valid_cell(ref))) return "corrupt message (bad private array reference)";
+  if (c->pid != (uint64_t)getpid()) return "private array cannot cross to another process";
+  a = push_blank(L);                          /* may raise: before anything is taken */
   pthread_mutex_lock(&preg_mu);
-  b = parr_find(ref->b);
+  p = parr_find(ref->b);
+  if (p && p->cell == ref->a) {
+    if (p->a.refs++ == 0) preg_zombies--;     /* the message's count becomes a handle's */
+    __atomic_sub_fetch(&c->inflight, 1, __ATOMIC_ACQ_REL);
+    adopt_private(a, &p->a);
+  }
   pthread_mutex_unlock(&preg_mu);
-  if (!b) return "corrupt message (bad private array reference)";
-  a = push_blank(L);
-  adopt_private(a, b);
+  if (!p || !a->data) {
+    lua_pop(L, 1);
+    return "corrupt message (bad private array reference)";
+  }
   return NULL;
 }
 

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,6 +65,7 @@ typedef struct arena_hdr {
   uint64_t used, peak, objects;  /* bytes in used blocks; live blocks */
   uint64_t recoveries;           /* locks taken over from dead owners */
   uint64_t alloc_recoveries;     /* ... of which the allocator's own */
+  uint64_t gen;                  /* the last generation given out */
   uint64_t bitmap[NWORDS];
   uint64_t bins[NBINS];
   uint64_t nlog;
@@ -72,22 +74,25 @@ typedef struct arena_hdr {
 
 static pthread_mutex_t map_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t config_size;                 /* 0: environment or default */
-static char errmsg[256];
-static char fullmsg[256];
+static __thread char errmsg[512];            /* per thread: no race on it */
+static __thread uint64_t failed_need;        /* block size of the last failure */
 
-#define H ((arena_hdr *)(void *)pt_shm_base)
-#define WORD(off) (*(uint64_t *)(void *)(pt_shm_base + (off)))
+/* The base is written once (release, under map_mu); other reads are atomic. */
+#define BASE __atomic_load_n(&pt_shm_base, __ATOMIC_RELAXED)
+#define H ((arena_hdr *)(void *)BASE)
+#define WORD(off) (*(uint64_t *)(void *)(BASE + (off)))
 
 /* ---- sizes ---------------------------------------------------------------- */
 
-uint64_t pt_shm_parse_size(const char *s) {
+int pt_shm_parse_size(const char *s, uint64_t *bytes) {
   char *end;
   unsigned long long v;
   uint64_t mul = 1;
-  if (!s || !*s || *s == '-' || *s == '+') return 0;
+  if (!s || !*s || *s < '0' || *s > '9') return -1;
   errno = 0;
   v = strtoull(s, &end, 10);
-  if (errno || end == s) return 0;
+  if (end == s) return -1;
+  if (errno == ERANGE) return -2;
   switch (*end) {
     case 'k': case 'K': mul = 1ULL << 10; end++; break;
     case 'm': case 'M': mul = 1ULL << 20; end++; break;
@@ -97,13 +102,15 @@ uint64_t pt_shm_parse_size(const char *s) {
   }
   if (mul > 1 && (*end == 'i' || *end == 'I')) end++;
   if (mul > 1 && (*end == 'b' || *end == 'B')) end++;
-  if (*end) return 0;
-  if (v > ((uint64_t)1 << 46) / mul) return 0;   /* 64 TiB is plenty */
-  return (uint64_t)v * mul;
+  if (*end) return -1;
+  if (v > ~0ULL / mul) return -2;
+  *bytes = (uint64_t)v * mul;
+  return 0;
 }
 
-static void format_size(char *out, size_t n, uint64_t b) {
-  if (b % (1ULL << 30) == 0) snprintf(out, n, "%llu GiB", (unsigned long long)(b >> 30));
+void pt_shm_format_size(char *out, size_t n, uint64_t b) {
+  if (b && b % (1ULL << 40) == 0) snprintf(out, n, "%llu TiB", (unsigned long long)(b >> 40));
+  else if (b % (1ULL << 30) == 0) snprintf(out, n, "%llu GiB", (unsigned long long)(b >> 30));
   else if (b % (1ULL << 20) == 0) snprintf(out, n, "%llu MiB", (unsigned long long)(b >> 20));
   else if (b % (1ULL << 10) == 0) snprintf(out, n, "%llu KiB", (unsigned long long)(b >> 10));
   else snprintf(out, n, "%llu bytes", (unsigned long long)b);
@@ -118,18 +125,74 @@ int pt_shm_set_size(uint64_t bytes) {
   return r;
 }
 
-uint64_t pt_shm_config_size(void) {
+/* The address-space limit of this process (RLIMIT_AS, `ulimit -v`), or 0
+   when there is none. */
+static uint64_t as_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 0;
+  return (uint64_t)rl.rlim_cur;
+}
+
+/* The default size, cut to a quarter of an address-space limit: the arena
+   is only reserved, but a reservation counts against RLIMIT_AS, and the
+   rest of the process (interpreter, thread stacks, malloc arenas) needs
+   room too. */
+static uint64_t default_size(void) {
+  uint64_t lim = as_limit() / 4 & ~(PT_SHM_MIN_SIZE - 1), s = PT_SHM_DEFAULT_SIZE;
+  if (lim && lim < s) s = lim < PT_SHM_MIN_SIZE ? PT_SHM_MIN_SIZE : lim;
+  return s;
+}
+
+const char *pt_shm_size_problem(uint64_t bytes, char *out, size_t n) {
+  char a[64], b[64];
+  uint64_t lim = as_limit();
+  if (bytes == ~0ULL) snprintf(a, sizeof a, "a size that overflows 64 bits");
+  else pt_shm_format_size(a, sizeof a, bytes);
+  if (bytes < PT_SHM_MIN_SIZE)
+    snprintf(out, n, "%s is less than 1 MiB, the smallest arena", a);
+  else if (bytes > PT_SHM_MAX_SIZE)
+    snprintf(out, n, "%s is more than 64 TiB, the largest arena (half the "
+             "address space of a process)", a);
+  else if (lim && bytes >= lim) {
+    pt_shm_format_size(b, sizeof b, lim);
+    snprintf(out, n, "%s is more than the address-space limit of this process "
+             "(RLIMIT_AS, ulimit -v: %s)", a, b);
+  } else
+    return NULL;
+  return out;
+}
+
+/* The size to map: configured, from the environment, or the default.
+   0 with errmsg set when the environment's is bad. */
+static uint64_t wanted_size(void) {
   const char *env;
-  uint64_t v;
-  if (pt_shm_base) return H->size;
+  uint64_t v = 0;
+  char why[200];
   if (config_size) return config_size;
   env = getenv("PROCTHREAD_SHM_SIZE");
-  if (env && (v = pt_shm_parse_size(env)) >= PT_SHM_MIN_SIZE) return v;
-  return PT_SHM_DEFAULT_SIZE;
+  if (!env || !*env) return default_size();
+  switch (pt_shm_parse_size(env, &v)) {
+    case -1:
+      snprintf(errmsg, sizeof errmsg, "PROCTHREAD_SHM_SIZE: '%.60s' is not a size "
+               "(write it like 256M or 1G)", env);
+      return 0;
+    case -2: v = ~0ULL; break;
+    default: break;
+  }
+  if (!pt_shm_size_problem(v, why, sizeof why)) return v;
+  snprintf(errmsg, sizeof errmsg, "PROCTHREAD_SHM_SIZE: '%.40s' is not a usable "
+           "size: %s", env, why);
+  return 0;
+}
+
+uint64_t pt_shm_config_size(void) {
+  uint64_t v;
+  if (pt_shm_mapped()) return H->size;
+  v = wanted_size();
+  return v ? v : default_size();
 }
 
 const char *pt_shm_errmsg(void) { return errmsg[0] ? errmsg : "shared arena not mapped"; }
-const char *pt_shm_full_msg(void) { return fullmsg; }
 
 /* ---- robust mutexes ----------------------------------------------------------- */
 
@@ -205,7 +268,7 @@ void pt_shm_mutex_consistent(pthread_mutex_t *m) { pthread_mutex_consistent(m); 
 void pt_shm_mutex_unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
 
 void pt_shm_note_recovery(void) {
-  if (pt_shm_base) __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
+  if (pt_shm_mapped()) __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
 }
 
 /* ---- the undo log --------------------------------------------------------------- */
@@ -313,8 +376,8 @@ static int find_bin(unsigned from) {
 pt_off pt_shm_alloc(size_t n) {
   uint64_t need, b, s;
   int i;
-  if (!pt_shm_base && pt_shm_ensure() != 0) return 0;
-  if (n > H->size) return 0;
+  if (!pt_shm_mapped() && pt_shm_ensure() != 0) return 0;
+  if (n > H->size) { failed_need = ~0ULL; return 0; }
   need = ((uint64_t)n + 16 + 15) & ~15ULL;
   if (need < MINBLOCK) need = MINBLOCK;
   arena_lock();
@@ -338,6 +401,7 @@ pt_off pt_shm_alloc(size_t n) {
     b = H->top;
     if (need > H->size - 16 || b > H->size - 16 - need) {
       arena_unlock();
+      failed_need = need;
       return 0;
     }
     W(HEAD(b), need | USED | PREV_USED);     /* the block before top is used */
@@ -361,7 +425,7 @@ pt_off pt_shm_alloc_aligned(size_t n, size_t align) {
 }
 
 void pt_shm_free_aligned(pt_off a) {
-  if (a && pt_shm_base) pt_shm_free(WORD(a - 8));
+  if (a && pt_shm_mapped()) pt_shm_free(WORD(a - 8));
 }
 
 size_t pt_shm_usable(pt_off off) { return (size_t)(BSIZE(off - 16) - 16); }
@@ -373,12 +437,12 @@ static void trim(uint64_t from, uint64_t to) {
   if (pg <= 0) return;
   a = (from + 64 + (uint64_t)pg - 1) & ~((uint64_t)pg - 1);
   z = to & ~((uint64_t)pg - 1);
-  if (z > a && z - a >= (1ULL << 20)) madvise(pt_shm_base + a, z - a, MADV_REMOVE);
+  if (z > a && z - a >= (1ULL << 20)) madvise(BASE + a, z - a, MADV_REMOVE);
 }
 
 void pt_shm_free(pt_off off) {
   uint64_t b, s, next, oldtop;
-  if (!off || !pt_shm_base) return;
+  if (!off || !pt_shm_mapped()) return;
   b = off - 16;
   arena_lock();
   s = BSIZE(b);
@@ -411,8 +475,50 @@ void pt_shm_free(pt_off off) {
   arena_unlock();
 }
 
+/* Free bytes (free blocks and the untouched tail, less the headers a block
+   needs) and the largest block an allocation could get (lock held). */
+static void free_space(uint64_t *total, uint64_t *largest) {
+  uint64_t tail = H->size - 16 - H->top, big = tail;
+  int i = -1, j;
+  *total = H->top - H->start - H->used + tail;
+  for (j = find_bin(0); j >= 0; j = find_bin((unsigned)j + 1)) i = j;
+  if (i >= 0) {
+    uint64_t n;
+    for (n = H->bins[i]; n; n = WORD(NEXT(n)))
+      if (BSIZE(n) > big) big = BSIZE(n);
+  }
+  *largest = big;
+}
+
+const char *pt_shm_full_msg(void) {
+  static __thread char msg[640];
+  char human[64], how[160];
+  uint64_t total = 0, largest = 0;
+  if (!pt_shm_mapped()) return pt_shm_errmsg();
+  pt_shm_format_size(human, sizeof human, H->size);
+  snprintf(how, sizeof how, "raise it with PROCTHREAD_SHM_SIZE=<size> or "
+           "pt.configure{ shm_size = <size> } before first use");
+  arena_lock();
+  free_space(&total, &largest);
+  arena_unlock();
+  if (failed_need != ~0ULL && total >= failed_need)
+    snprintf(msg, sizeof msg, "shared memory exhausted: %llu bytes free but fragmented; "
+             "largest free block %llu bytes, %llu needed (the arena holds %s; free "
+             "or release what holds the space between, or %s)",
+             (unsigned long long)total, (unsigned long long)(largest > 16 ? largest - 16 : 0),
+             (unsigned long long)(failed_need - 16), human, how);
+  else
+    snprintf(msg, sizeof msg, "shared memory exhausted (the arena holds %s, %llu bytes "
+             "free): %s", human, (unsigned long long)total, how);
+  return msg;
+}
+
+uint64_t pt_shm_new_gen(void) {
+  return __atomic_add_fetch(&H->gen, 1, __ATOMIC_RELAXED);
+}
+
 void pt_shm_getstats(pt_shm_stat *st) {
-  if (!pt_shm_base) {
+  if (!pt_shm_mapped()) {
     st->size = pt_shm_config_size();
     st->used = st->peak = st->objects = st->recoveries = st->alloc_recoveries = 0;
     st->mapped = 0;
@@ -431,14 +537,17 @@ void pt_shm_getstats(pt_shm_stat *st) {
 
 /* Walk every block and every free list and check they agree with each
    other and with the counters.  Returns NULL, or what is wrong.  For the
-   specs: it proves the arena survived whatever they did to it. */
+   specs: it proves the arena survived whatever they did to it.  Coalescing:
+   no two free blocks touch, none touches top, and each listed block is a
+   real block (its footer, its PREV_USED and its successor's agree), so the
+   free bytes on the lists are exactly the free bytes between the blocks. */
 const char *pt_shm_check(void) {
-  static char msg[160];
-  uint64_t b, used = 0, objects = 0, nfree = 0, listed = 0;
+  static __thread char msg[160];
+  uint64_t b, used = 0, objects = 0, nfree = 0, listed = 0, fbytes = 0, lbytes = 0;
   int prev_used = 1;
   unsigned i;
   const char *bad = NULL;
-  if (!pt_shm_base) return NULL;
+  if (!pt_shm_mapped()) return NULL;
   arena_lock();
   for (b = H->start; b < H->top;) {
     uint64_t head = WORD(HEAD(b)), s = head & ~FLAGS;
@@ -452,12 +561,15 @@ const char *pt_shm_check(void) {
       if (!prev_used) { bad = "two free blocks side by side"; break; }
       if (WORD(b + s) != s) { bad = "free block footer disagrees"; break; }
       nfree++;
+      fbytes += s;
       prev_used = 0;
     }
     b += s;
   }
   if (!bad && b != H->top) bad = "blocks do not end at top";
   if (!bad && !prev_used) bad = "a free block touches top";
+  if (!bad && !(WORD(HEAD(H->top)) & PREV_USED)) bad = "top's head lost PREV_USED";
+  if (!bad && fbytes != H->top - H->start - used) bad = "free bytes disagree with the blocks";
   if (!bad && used != H->used) bad = "used bytes disagree with the blocks";
   if (!bad && objects != H->objects) bad = "object count disagrees with the blocks";
   for (i = 0; !bad && i < NBINS; i++) {
@@ -468,10 +580,17 @@ const char *pt_shm_check(void) {
       if (n < H->start || n >= H->top || (WORD(HEAD(n)) & USED)) bad = "free list holds a used block";
       else if (bin_of(BSIZE(n)) != i) bad = "free block in the wrong bin";
       else if (WORD(PREV(n)) != prev) bad = "free list back link broken";
+      else if (WORD(n + BSIZE(n)) != BSIZE(n)) bad = "listed free block has no footer";
+      else if (!(WORD(HEAD(n)) & PREV_USED)) bad = "listed free block follows a free block";
+      else if (n + BSIZE(n) > H->top || (n + BSIZE(n) < H->top &&
+               (WORD(HEAD(n + BSIZE(n))) & (PREV_USED | USED)) != USED))
+        bad = "listed free block is not followed by a used block";
       else if (++listed > nfree) bad = "free list longer than the free blocks";
+      else lbytes += BSIZE(n);
     }
   }
   if (!bad && listed != nfree) bad = "a free block is on no list";
+  if (!bad && lbytes != fbytes) bad = "free lists hold other bytes than the free blocks";
   if (!bad && H->nlog != 0) bad = "undo log not empty";
   if (bad) snprintf(msg, sizeof msg, "%s (at offset %llu)", bad, (unsigned long long)b);
   arena_unlock();
@@ -482,37 +601,30 @@ const char *pt_shm_check(void) {
 
 int pt_shm_ensure(void) {
   uint64_t size;
-  const char *env;
   void *p;
   arena_hdr *h;
-  char human[64];
-  if (__atomic_load_n(&pt_shm_base, __ATOMIC_ACQUIRE)) return 0;
+  char why[200];
+  if (pt_shm_mapped()) return 0;
   pthread_mutex_lock(&map_mu);
   if (pt_shm_base) { pthread_mutex_unlock(&map_mu); return 0; }
-  size = config_size;
+  size = wanted_size();
   if (!size) {
-    env = getenv("PROCTHREAD_SHM_SIZE");
-    if (env && *env) {
-      size = pt_shm_parse_size(env);
-      if (size < PT_SHM_MIN_SIZE) {
-        snprintf(errmsg, sizeof errmsg,
-                 "PROCTHREAD_SHM_SIZE: '%.60s' is not a size of at least 1M "
-                 "(write it like 256M or 1G)", env);
-        pthread_mutex_unlock(&map_mu);
-        errno = EINVAL;
-        return -1;
-      }
-    } else {
-      size = PT_SHM_DEFAULT_SIZE;
-    }
+    pthread_mutex_unlock(&map_mu);
+    errno = EINVAL;
+    return -1;
   }
   size = (size + 4095) & ~4095ULL;
   p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
            MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     int e = errno;
-    snprintf(errmsg, sizeof errmsg, "mmap of the shared arena (%llu bytes): %s",
-             (unsigned long long)size, strerror(e));
+    char human[64];
+    pt_shm_format_size(human, sizeof human, size);
+    if (e == ENOMEM && pt_shm_size_problem(size, why, sizeof why))
+      snprintf(errmsg, sizeof errmsg, "mmap of the shared arena: %s", why);
+    else
+      snprintf(errmsg, sizeof errmsg, "mmap of the shared arena (%s): %s", human,
+               strerror(e));
     pthread_mutex_unlock(&map_mu);
     errno = e;
     return -1;
@@ -532,11 +644,6 @@ int pt_shm_ensure(void) {
   }
   *(uint64_t *)(void *)((char *)p + h->top + 8) = PREV_USED;
   h->magic = ARENA_MAGIC;
-  format_size(human, sizeof human, size);
-  snprintf(fullmsg, sizeof fullmsg,
-           "shared memory exhausted (the arena holds %s): raise it with "
-           "PROCTHREAD_SHM_SIZE=<size> or pt.configure{ shm_size = <size> } "
-           "before first use", human);
   __atomic_store_n(&pt_shm_base, (char *)p, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&map_mu);
   return 0;
@@ -549,9 +656,12 @@ static pt_shm_handle *handles;
 
 static void handles_after_fork(void) {
   /* The parent's handles stay in this copy of its heap, but they hold the
-     parent's counts, not ours: forget them. */
-  pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+     parent's counts, not ours: forget them.  A thread of the parent may
+     have held either lock at the fork: only the forking thread came along,
+     so both start unlocked here. */
+  pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER, fresh2 = PTHREAD_MUTEX_INITIALIZER;
   handles_mu = fresh;
+  map_mu = fresh2;
   handles = NULL;
 }
 
@@ -562,9 +672,11 @@ void pt_shm_init_process(void) {
   pt_on_child_exit(exit_child);
 }
 
-void pt_shm_track(pt_shm_handle *h, pt_off off, int kind, void (*drop)(pt_off)) {
+void pt_shm_track(pt_shm_handle *h, pt_off off, uint64_t gen, int kind,
+                  void (*drop)(pt_off, uint64_t)) {
   h->magic = PT_HANDLE_MAGIC;
-  h->off = off;
+  h->gen = gen;
+  __atomic_store_n(&h->off, off, __ATOMIC_RELAXED);
   h->pid = getpid();
   h->kind = kind;
   h->drop = drop;
@@ -576,10 +688,11 @@ void pt_shm_track(pt_shm_handle *h, pt_off off, int kind, void (*drop)(pt_off)) 
   pthread_mutex_unlock(&handles_mu);
 }
 
+/* Taking the offset is one atomic exchange: of a release racing with
+   exit_child, only one drops the count. */
 void pt_shm_release(pt_shm_handle *h) {
-  pt_off off = h->off;
+  pt_off off = __atomic_exchange_n(&h->off, 0, __ATOMIC_ACQ_REL);
   if (!off) return;
-  h->off = 0;
   if (h->pid != getpid()) return;            /* inherited through fork */
   pthread_mutex_lock(&handles_mu);
   if (h->prev) h->prev->next = h->next;
@@ -587,7 +700,7 @@ void pt_shm_release(pt_shm_handle *h) {
   if (h->next) h->next->prev = h->prev;
   h->prev = h->next = NULL;
   pthread_mutex_unlock(&handles_mu);
-  h->drop(off);
+  h->drop(off, h->gen);
 }
 
 /* A forked worker leaving through pt_child_exit drops the counts its own
@@ -595,17 +708,18 @@ void pt_shm_release(pt_shm_handle *h) {
 static void exit_child(void) {
   pt_shm_handle *h, *next;
   pid_t me = getpid();
+  /* the whole walk under the lock: a thread releasing one of these at the
+     same time waits, then finds it off the list */
   pthread_mutex_lock(&handles_mu);
   h = handles;
   handles = NULL;
-  pthread_mutex_unlock(&handles_mu);
   for (; h; h = next) {
-    pt_off off = h->off;
+    pt_off off;
     next = h->next;
     h->prev = h->next = NULL;
-    if (off && h->pid == me) {
-      h->off = 0;
-      h->drop(off);
-    }
+    if (h->pid != me) continue;
+    off = __atomic_exchange_n(&h->off, 0, __ATOMIC_ACQ_REL);
+    if (off) h->drop(off, h->gen);
   }
+  pthread_mutex_unlock(&handles_mu);
 }

@@ -71,6 +71,7 @@ typedef struct stab {
   uint64_t count, tombs;
   uint32_t magic, kind;
   uint64_t refs;
+  uint64_t gen;           /* see pt_shm_new_gen; 0 once destroyed */
 } stab;
 
 #define SOFF(w) ((w) & ~63ULL)
@@ -177,6 +178,7 @@ static void tab_destroy(pt_off off) {
       }
       pt_shm_free_aligned(SOFF(t->slots));
     }
+    pt_shm_gen_kill(&t->gen);
     t->magic = 0;
     pthread_mutex_destroy(&t->mu);
     pt_shm_free_aligned(me);
@@ -185,7 +187,7 @@ static void tab_destroy(pt_off off) {
 }
 
 static void tab_decref(pt_off off) {
-  if (off && pt_shm_base && pt_shm_decref(&TAB(off)->refs)) tab_destroy(off);
+  if (off && pt_shm_mapped() && pt_shm_decref(&TAB(off)->refs)) tab_destroy(off);
 }
 
 /* Recount after a lock holder died: the slots are the truth. */
@@ -242,6 +244,7 @@ static pt_off tab_new(void) {
   t->kind = KIND_TABLE;
   t->refs = 1;
   t->magic = TAB_MAGIC;
+  pt_shm_gen_publish(&t->gen, pt_shm_new_gen());
   return off;
 }
 
@@ -402,7 +405,10 @@ static int tab_store(stab *t, const kv *k, const kv *v, garbage *g) {
 
 /* ---- Lua side: handles ----------------------------------------------------------- */
 
-static void tab_drop(pt_off off) { tab_decref(off); }
+/* A handle's count: dropped only while the table is the one it adopted. */
+static void tab_drop(pt_off off, uint64_t gen) {
+  if (pt_shm_gen_ok(&TAB(off)->gen, gen)) tab_decref(off);
+}
 
 static pt_shm_handle *tohandle(lua_State *L, int i) {
   pt_shm_handle *h = lua_touserdata(L, i);
@@ -412,17 +418,28 @@ static pt_shm_handle *tohandle(lua_State *L, int i) {
   return NULL;
 }
 
+#define FREED_MSG "shared table has been freed (a count on it was dropped " \
+  "too often; its memory may hold something else now)"
+
+/* The live table of a handle: raises when it is released or when the
+   table was freed under it (its generation is gone: never touch it). */
+static stab *handle_tab(lua_State *L, const pt_shm_handle *h, int i) {
+  pt_off off = pt_shm_handle_off(h);
+  if (!off) luaL_argerror(L, i, "shared table is released");
+  if (!pt_shm_gen_ok(&TAB(off)->gen, h->gen)) luaL_error(L, FREED_MSG);
+  return TAB(off);
+}
+
 static stab *checktab(lua_State *L, int i) {
   pt_shm_handle *h = tohandle(L, i);
   if (!h) {
     const char *msg = lua_pushfstring(L, "shared table expected, got %s", luaL_typename(L, i));
     luaL_argerror(L, i, msg);
   }
-  if (!h->off) luaL_argerror(L, i, "shared table is released");
-  return TAB(h->off);
+  return handle_tab(L, h, i);
 }
 
-static pt_off tab_off(stab *t) { return (pt_off)((char *)t - pt_shm_base); }
+static pt_off tab_off(stab *t) { return (pt_off)((char *)t - PT_SHM_PTR(char, 0)); }
 
 /* A handle that holds nothing yet (so that creating it, which may raise,
    happens before a count is taken). */
@@ -436,8 +453,10 @@ static pt_shm_handle *push_blank(lua_State *L) {
   return h;
 }
 
+/* h takes over a count already held on the table at off. */
 static void adopt(pt_shm_handle *h, pt_off off) {
-  pt_shm_track(h, off, KIND_TABLE, tab_drop);
+  pt_shm_track(h, off, __atomic_load_n(&TAB(off)->gen, __ATOMIC_ACQUIRE), KIND_TABLE,
+               tab_drop);
 }
 
 /* Before saying the arena is full: handles that are garbage but not yet
@@ -618,10 +637,12 @@ static void prep_value(lua_State *L, int i, kv *v, int depth, int *visited) {
     case LUA_TUSERDATA: {
       pt_shm_handle *h = tohandle(L, i);
       if (h) {
-        if (!h->off) luaL_error(L, "cannot store a released shared table");
-        pt_shm_incref(&TAB(h->off)->refs);
+        stab *t;
+        if (!pt_shm_handle_off(h)) luaL_error(L, "cannot store a released shared table");
+        t = handle_tab(L, h, i);
+        pt_shm_incref(&t->refs);
         v->t = T_TAB;
-        v->bits = h->off;
+        v->bits = tab_off(t);
         return;
       }
       break;
@@ -675,7 +696,7 @@ static pt_off copy_plain(lua_State *L, int idx, int depth, int visited) {
   luaL_checkstack(L, 8, "shared table copy");
   lua_pushvalue(L, idx);
   lua_rawget(L, visited);                                   /* L: ... seen */
-  if (lua_isuserdata(L, -1)) return ((pt_shm_handle *)lua_touserdata(L, -1))->off;
+  if (lua_isuserdata(L, -1)) return pt_shm_handle_off(lua_touserdata(L, -1));
   if (lua_toboolean(L, -1)) luaL_error(L, "cannot store a table that contains itself (a cycle)");
   lua_pop(L, 1);
   h = push_blank(L);                                        /* L: ... h */
@@ -1006,11 +1027,11 @@ static int l_pairs_iter(lua_State *L) {
   h = tohandle(L, 2);
   d = pt_testudata(L, 3, DUMPNAME);
   if (!h || !d) return luaL_argerror(L, 1, "not a shared table iteration");
-  if (!h->off) return luaL_error(L, "shared table is released");
+  if (!pt_shm_handle_off(h)) return luaL_error(L, "shared table is released");
   while (d->pos < d->n) {
     dent *e = &d->e[d->pos++];
     push_kv(L, &e->k);
-    get_push(L, TAB(h->off), &e->k);
+    get_push(L, handle_tab(L, h, 1), &e->k);
     if (!lua_isnil(L, -1)) return 2;
     lua_pop(L, 2);
   }
@@ -1061,12 +1082,10 @@ static void snapshot(lua_State *L, pt_off off, int visited, int depth) {
 }
 
 static int l_snapshot(lua_State *L) {
-  pt_shm_handle *h;
-  checktab(L, 1);
-  h = tohandle(L, 1);
+  pt_off off = tab_off(checktab(L, 1));
   lua_settop(L, 1);
   lua_newtable(L);                                           /* L: st visited */
-  snapshot(L, h->off, 2, 0);
+  snapshot(L, off, 2, 0);
   return 1;
 }
 
@@ -1170,7 +1189,7 @@ static void expected_value(lua_State *L, int i, kv *e) {
     }
     case LUA_TUSERDATA: {
       pt_shm_handle *h = tohandle(L, i);
-      if (h && h->off) { e->t = T_TAB; e->bits = h->off; return; }
+      if (h && pt_shm_handle_off(h)) { e->t = T_TAB; e->bits = tab_off(handle_tab(L, h, i)); return; }
       break;
     }
     default: break;
@@ -1301,13 +1320,16 @@ static int l_gc(lua_State *L) {
 
 static int l_eq(lua_State *L) {
   pt_shm_handle *a = tohandle(L, 1), *b = tohandle(L, 2);
-  lua_pushboolean(L, a && b && a->off && a->off == b->off);
+  pt_off x = a ? pt_shm_handle_off(a) : 0;
+  lua_pushboolean(L, x && b && x == pt_shm_handle_off(b) && a->gen == b->gen);
   return 1;
 }
 
 static int l_tostring(lua_State *L) {
   pt_shm_handle *h = tohandle(L, 1);
-  if (h && h->off) lua_pushfstring(L, TNAME ": %p", (void *)(uintptr_t)h->off);
+  pt_off off = h ? pt_shm_handle_off(h) : 0;
+  if (off && !pt_shm_gen_ok(&TAB(off)->gen, h->gen)) lua_pushstring(L, TNAME " (freed)");
+  else if (off) lua_pushfstring(L, TNAME ": %p", (void *)(uintptr_t)off);
   else lua_pushstring(L, TNAME " (released)");
   return 1;
 }
@@ -1322,6 +1344,22 @@ static int l_release(lua_State *L) {
   }
   if (pt_array_release(L, 1)) return 0;
   return luaL_argerror(L, 1, lua_pushfstring(L, "shared table or array expected, got %s",
+                                             luaL_typename(L, 1)));
+}
+
+/* pt._shm_release(x): INTERNAL, for the specs only, never for programs.
+   Drops one count on the shared table or shared array x names, as a count
+   dropped too often would, and leaves x as it is: when that was the last
+   count the object is freed under x, and every later use of x must raise
+   instead of touching the memory. */
+static int l_shm_release_internal(lua_State *L) {
+  pt_shm_handle *h = tohandle(L, 1);
+  if (h) {
+    tab_decref(tab_off(checktab(L, 1)));
+    return 0;
+  }
+  if (pt_array_drop_count(L, 1)) return 0;
+  return luaL_argerror(L, 1, lua_pushfstring(L, "shared table or shared array expected, got %s",
                                              luaL_typename(L, 1)));
 }
 
@@ -1364,27 +1402,42 @@ static int l_pt_pairs(lua_State *L) {
 
 /* ---- arena configuration and statistics ------------------------------------------------ */
 
+/* pt.configure{ shm_size = v }: v (at -1) is a number of bytes or a size
+   like "256M"; refused with the reason (too small, more than an arena may
+   hold, more than the address-space limit, 64-bit overflow). */
+static void configure_size(lua_State *L) {
+  uint64_t size = 0, cur;
+  char why[200], have[64];
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(L, -1);
+    if (!(n >= 0)) luaL_argerror(L, 1, "shm_size must be a number of bytes >= 1M, or a size like \"256M\"");
+    size = n >= 18446744073709551615.0 ? ~0ULL : (uint64_t)n;
+  } else if (lua_type(L, -1) == LUA_TSTRING) {
+    int r = pt_shm_parse_size(lua_tostring(L, -1), &size);
+    if (r == -1)
+      luaL_argerror(L, 1, lua_pushfstring(L, "shm_size: '%s' is not a size (write it like 16M, "
+                                             "1G or a number of bytes)", lua_tostring(L, -1)));
+    if (r == -2) size = ~0ULL;
+  } else {
+    luaL_argerror(L, 1, "shm_size must be a number of bytes or a size like \"256M\"");
+  }
+  if (pt_shm_size_problem(size, why, sizeof why))
+    luaL_argerror(L, 1, lua_pushfstring(L, "shm_size: %s", why));
+  cur = pt_shm_config_size();
+  if (pt_shm_set_size(size) != 0 && ((size + 4095) & ~4095ULL) != cur) {
+    snprintf(have, sizeof have, "%llu bytes", (unsigned long long)cur);
+    luaL_error(L, "shm_size: the shared arena is already mapped (%s); "
+                  "configure it before first use", have);
+  }
+}
+
 static int l_configure(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
     if (k && strcmp(k, "shm_size") == 0) {
-      uint64_t size = 0;
-      if (lua_type(L, -1) == LUA_TNUMBER) {
-        lua_Number n = lua_tonumber(L, -1);
-        if (n >= 0 && n < 7e13) size = (uint64_t)n;
-      } else if (lua_type(L, -1) == LUA_TSTRING) {
-        size = pt_shm_parse_size(lua_tostring(L, -1));
-      } else {
-        return luaL_argerror(L, 1, "shm_size must be a number of bytes or a size like \"256M\"");
-      }
-      if (size < PT_SHM_MIN_SIZE)
-        return luaL_argerror(L, 1, "shm_size must be at least 1M (written like 16M, 1G or a number of bytes)");
-      if (pt_shm_set_size(size) != 0 && ((size + 4095) & ~4095ULL) != pt_shm_config_size())
-        return luaL_error(L, "shm_size: the shared arena is already mapped (%f bytes); "
-                             "configure it before first use",
-                          (double)pt_shm_config_size());
+      configure_size(L);
     } else if (k) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'", k));
     } else {
@@ -1421,22 +1474,25 @@ static int l_shm_check(lua_State *L) {
 
 /* ---- crossing between states (codec) ---------------------------------------------------- */
 
+/* A reference is the table's offset and generation. */
 static const char *x_encode(lua_State *L, int idx, pt_ref *ref) {
   pt_shm_handle *h = tohandle(L, idx);
+  pt_off off = h ? pt_shm_handle_off(h) : 0;
   if (!h) return "not a shared table";
-  if (!h->off) return "shared table is released";
-  pt_shm_incref(&TAB(h->off)->refs);
-  ref->a = h->off;
-  ref->b = KIND_TABLE;
+  if (!off) return "shared table is released";
+  if (!pt_shm_gen_ok(&TAB(off)->gen, h->gen)) return FREED_MSG;
+  pt_shm_incref(&TAB(off)->refs);
+  ref->a = off;
+  ref->b = h->gen;
   return NULL;
 }
 
 static int valid_ref(const pt_ref *ref) {
   uint64_t size;
-  if (!pt_shm_base || ref->b != KIND_TABLE) return 0;
+  if (!pt_shm_mapped()) return 0;
   size = pt_shm_config_size();
   if (ref->a < 64 || ref->a % 16 || ref->a > size - sizeof(stab)) return 0;
-  return TAB(ref->a)->magic == TAB_MAGIC;
+  return TAB(ref->a)->magic == TAB_MAGIC && pt_shm_gen_ok(&TAB(ref->a)->gen, ref->b);
 }
 
 static void x_release(const pt_ref *ref) {
@@ -1445,7 +1501,8 @@ static void x_release(const pt_ref *ref) {
 
 static const char *x_decode(lua_State *L, const pt_ref *ref) {
   pt_shm_handle *h;
-  if (!valid_ref(ref)) return "corrupt message (bad shared table reference)";
+  if (!valid_ref(ref))
+    return "corrupt message (bad shared table reference, or the table has been freed)";
   h = push_blank(L);
   adopt(h, ref->a);
   return NULL;
@@ -1468,7 +1525,7 @@ void pt_open_table(lua_State *L) {
     {"shared_table", l_shared_table}, {"add", l_add}, {"cas", l_cas},
     {"locked", l_locked}, {"snapshot", l_snapshot}, {"pairs", l_pt_pairs},
     {"release", l_release}, {"configure", l_configure}, {"shm_stats", l_shm_stats},
-    {"_shm_check", l_shm_check}, {NULL, NULL}};
+    {"_shm_check", l_shm_check}, {"_shm_release", l_shm_release_internal}, {NULL, NULL}};
   pt_shm_init_process();
   if (luaL_newmetatable(L, TNAME)) {
     pt_setfuncs(L, meta);
