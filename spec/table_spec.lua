@@ -641,7 +641,7 @@ describe("shared tables", function()
     end)
 
     -- issue 9, item 22: the 1 GiB default arena did not fit under ulimit -v
-    it("spawn_process works under ulimit -v 600000 (the arena fits the limit)", function()
+    it("spawn_process works under ulimit -v 600000 (the arena fits the limit) #rlimit", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
         local w = assert(pt.spawn_process(function() return 6 * 7 end))
@@ -654,6 +654,18 @@ describe("shared tables", function()
       ]], "ulimit -v 600000;")
       assert.are.equal(0, status, out)
       assert.matches("ok%s+true", out)
+    end)
+
+    it("spawn_process works when the arena cannot be mapped at all", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w = assert(pt.spawn_process(function() return "ran" end))
+        print(w:join(20))
+        print(pt.shared_table())
+      ]], "PROCTHREAD_SHM_SIZE=lots")
+      assert.are.equal(0, status, out)
+      assert.matches("true%s+ran", out)
+      assert.matches("nil%s+PROCTHREAD_SHM_SIZE: 'lots' is not a size", out)
     end)
 
     it("reuses freed space: 400 MB written through a 16 MB arena", function()
@@ -843,7 +855,7 @@ describe("shared tables", function()
       bad("shm_size: a size that overflows 64 bits", "20000000000000000G")
     end)
 
-    it("a shm_size above the address-space limit names RLIMIT_AS (ulimit -v)", function()
+    it("a shm_size above the address-space limit names RLIMIT_AS (ulimit -v) #rlimit", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
         local ok, err = pcall(pt.configure, { shm_size = "1G" })

@@ -53,7 +53,7 @@ static void sarr_drop(pt_off off, uint64_t gen) {
   b = PT_SHM_PTR(ablock, off);
   if (!pt_shm_gen_ok(&b->gen, gen) || !pt_shm_decref(&b->refs)) return;
   pt_shm_gen_kill(&b->gen);
-  b->magic = 0;
+  __atomic_store_n(&b->magic, 0, __ATOMIC_RELAXED);
   pt_shm_free(off);
 }
 
@@ -115,7 +115,7 @@ static int parr_reap(pblock *p) {
   if (p->prev) p->prev->next = p->next; else preg_head = p->next;
   if (p->next) p->next->prev = p->prev;
   if (p->cell) {
-    CELL(p->cell)->magic = 0;
+    __atomic_store_n(&CELL(p->cell)->magic, 0, __ATOMIC_RELAXED);
     pt_shm_free(p->cell);
   }
   preg_zombies--;
@@ -418,14 +418,14 @@ static int valid_shared(const pt_ref *ref) {
   ablock *b;
   if (!(ref->b & REF_SHARED) || !valid_at(ref, sizeof(ablock))) return 0;
   b = PT_SHM_PTR(ablock, ref->a);
-  return b->magic == SARR_MAGIC && pt_shm_gen_ok(&b->gen, ref->b & ~REF_SHARED);
+  return __atomic_load_n(&b->magic, __ATOMIC_RELAXED) == SARR_MAGIC && pt_shm_gen_ok(&b->gen, ref->b & ~REF_SHARED);
 }
 
 static pcell *valid_cell(const pt_ref *ref) {
   pcell *c;
   if (ref->b & REF_SHARED || !valid_at(ref, sizeof(pcell))) return NULL;
   c = CELL(ref->a);
-  return c->magic == CELL_MAGIC && c->id == ref->b ? c : NULL;
+  return __atomic_load_n(&c->magic, __ATOMIC_RELAXED) == CELL_MAGIC && c->id == ref->b ? c : NULL;
 }
 
 static void x_release(const pt_ref *ref) {

@@ -158,7 +158,7 @@ int pt_process_spawn(lua_State *L) {
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
+  (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
   w = pt_worker_new(PT_PROCESS);
   if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);

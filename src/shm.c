@@ -120,7 +120,7 @@ int pt_shm_set_size(uint64_t bytes) {
   int r = 0;
   pthread_mutex_lock(&map_mu);
   if (pt_shm_base) r = -1;
-  else config_size = bytes;
+  else __atomic_store_n(&config_size, bytes, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&map_mu);
   return r;
 }
@@ -168,7 +168,7 @@ static uint64_t wanted_size(void) {
   const char *env;
   uint64_t v = 0;
   char why[200];
-  if (config_size) return config_size;
+  if ((v = __atomic_load_n(&config_size, __ATOMIC_RELAXED)) != 0) return v;
   env = getenv("PROCTHREAD_SHM_SIZE");
   if (!env || !*env) return default_size();
   switch (pt_shm_parse_size(env, &v)) {
@@ -529,8 +529,8 @@ void pt_shm_getstats(pt_shm_stat *st) {
   st->used = H->used;
   st->peak = H->peak;
   st->objects = H->objects;
-  st->recoveries = H->recoveries;
-  st->alloc_recoveries = H->alloc_recoveries;
+  st->recoveries = __atomic_load_n(&H->recoveries, __ATOMIC_RELAXED);
+  st->alloc_recoveries = __atomic_load_n(&H->alloc_recoveries, __ATOMIC_RELAXED);
   st->mapped = 1;
   arena_unlock();
 }

@@ -179,7 +179,7 @@ static void tab_destroy(pt_off off) {
       pt_shm_free_aligned(SOFF(t->slots));
     }
     pt_shm_gen_kill(&t->gen);
-    t->magic = 0;
+    __atomic_store_n(&t->magic, 0, __ATOMIC_RELAXED);
     pthread_mutex_destroy(&t->mu);
     pt_shm_free_aligned(me);
     list = next;
@@ -1492,7 +1492,7 @@ static int valid_ref(const pt_ref *ref) {
   if (!pt_shm_mapped()) return 0;
   size = pt_shm_config_size();
   if (ref->a < 64 || ref->a % 16 || ref->a > size - sizeof(stab)) return 0;
-  return TAB(ref->a)->magic == TAB_MAGIC && pt_shm_gen_ok(&TAB(ref->a)->gen, ref->b);
+  return __atomic_load_n(&TAB(ref->a)->magic, __ATOMIC_RELAXED) == TAB_MAGIC && pt_shm_gen_ok(&TAB(ref->a)->gen, ref->b);
 }
 
 static void x_release(const pt_ref *ref) {
