@@ -193,14 +193,169 @@ describe("codec", function()
     assert.are.equal(6, pt.decode(good)(3))
   end)
 
-  it("survives random bytes", function()
-    math.randomseed(7)
-    for _ = 1, 20000 do
-      local n = math.random(0, 40)
-      local t = {}
-      for j = 1, n do t[j] = string.char(math.random(0, 255)) end
-      pcall(pt.decode, table.concat(t))
+  -- A model of the scalar part of the format: what a message of only
+  -- n f t i d s values decodes to, or false when it is not one.
+  local function model(s)
+    local i, out = 1, {}
+    while i <= #s do
+      local t = s:sub(i, i)
+      if t == "n" or t == "f" or t == "t" then
+        out[#out + 1] = { t }; i = i + 1
+      elseif t == "i" or t == "d" then
+        if i + 8 > #s then return false end
+        out[#out + 1] = { t }; i = i + 9
+      elseif t == "s" then
+        local len, shift, j = 0, 1, i + 1
+        repeat
+          local c = s:byte(j)
+          if not c then return false end
+          len = len + (c % 128) * shift; shift = shift * 128; j = j + 1
+        until c < 128 or shift > 2^56
+        if j + len - 1 > #s then return false end
+        out[#out + 1] = { "s", s:sub(j, j + len - 1) }; i = j + len
+      else
+        return nil                     -- other tags: the model cannot tell
+      end
     end
+    return out
+  end
+
+  it("random bytes either decode to what they spell or raise a known error", function()
+    math.randomseed(7)
+    local alphabet = "nftids\0\1\2\3TeRFJCMXK\128\255"
+    local known = { "^corrupt message$", "cannot be loaded here", "does not exist here",
+                    "already decoded", "not mapped", "bad shared", "cannot cross",
+                    "not open in this process", "bad private" }
+    local told, refused = 0, 0
+    for _ = 1, 20000 do
+      local t = {}
+      for j = 1, math.random(0, 40) do
+        if math.random() < 0.7 then
+          local k = math.random(1, #alphabet); t[j] = alphabet:sub(k, k)
+        else
+          t[j] = string.char(math.random(0, 255))
+        end
+      end
+      local s = table.concat(t)
+      local function pack(...) return { n = select("#", ...), ... } end
+      local r = pack(pcall(pt.decode, s))
+      local m = model(s)
+      if m ~= nil then                         -- the model knows the answer
+        told = told + 1
+        assert.are.equal(m and true or false, r[1], ("%q"):format(s))
+        if m then
+          local types = { n = "nil", f = "boolean", t = "boolean", i = "number", d = "number", s = "string" }
+          assert.are.equal(#m, r.n - 1, ("%q"):format(s))
+          for k, v in ipairs(m) do
+            local got = r[k + 1]
+            assert.are.equal(types[v[1]], type(got), ("%q"):format(s))
+            if v[1] == "f" or v[1] == "t" then assert.are.equal(v[1] == "t", got) end
+            if v[1] == "s" then assert.are.equal(v[2], got) end
+          end
+        else
+          assert.matches("^corrupt message$", r[2])
+        end
+      elseif not r[1] then
+        refused = refused + 1
+        local ok = false
+        for _, pat in ipairs(known) do ok = ok or tostring(r[2]):match(pat) ~= nil end
+        assert.is_true(ok, "unexpected error: " .. tostring(r[2]))
+      end
+    end
+    assert.is_true(told > 500 and refused > 2000, told .. " " .. refused)
+    -- a valid message planted among random bytes is still refused whole, and
+    -- decodes when alone
+    local good = pt.encode({ k = "v" }, 7)
+    for _ = 1, 200 do
+      local junk = string.char(math.random(0, 255), math.random(0, 255))
+      local ok, err = pcall(pt.decode, good .. "\255" .. junk)
+      assert.is_false(ok); assert.matches("corrupt message", err)
+    end
+    local a, b = pt.decode(good)
+    assert.are.equal("v", a.k); assert.are.equal(7, b)
+  end)
+
+  it("refuses a second decode of one message, in this process and in another", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local t = pt.shared_table({ x = 1 })
+    local s = pt.encode(t, pt.array(2, "shared"))
+    local a = pt.decode(s)
+    local ok, err = pcall(pt.decode, s)
+    assert.is_false(ok)
+    assert.matches("already decoded", err)
+    collectgarbage(); collectgarbage()
+    assert.are.equal(1, t.x); assert.are.equal(1, a.x)
+    -- a copy of the bytes in a forked child is the same message
+    local s2 = pt.encode(t)
+    local c = pt.spawn_process(function() return (pt.decode(s2)).x end)
+    assert.are.same({ true, 1 }, { c:join(T) })
+    ok, err = pcall(pt.decode, s2)
+    assert.is_false(ok); assert.matches("already decoded", err)
+    -- private arrays, in the same process
+    local s3 = pt.encode(pt.array(3))
+    assert.are.equal(3, #pt.decode(s3))
+    ok, err = pcall(pt.decode, s3)
+    assert.is_false(ok); assert.matches("already decoded", err)
+    t, a = nil, nil
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  it("'too many values' releases the references it did not push", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local one = pt.encode(pt.shared_table({ x = 1 }))
+    assert.are.equal("K", one:sub(1, 1))
+    -- the ticket, more nils than a stack holds, then the reference
+    local s = one:sub(1, 18) .. ("n"):rep(1100000) .. one:sub(19)
+    local ok, err = pcall(pt.decode, s)
+    assert.is_false(ok)
+    assert.matches("too many values", err)
+    s = nil
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  it("sends a module required after the first encode by name, even one holding a userdata", function()
+    pt.encode({ 1 }, string.format)                       -- the name map exists now
+    package.loaded.codec_spec_late = { out = io.stdout, n = 5 }
+    finally(function() package.loaded.codec_spec_late = nil end)
+    local m = package.loaded.codec_spec_late
+    assert.is_true(rawequal(m, pt.decode(pt.encode(m))))
+    local t = pt.decode(pt.encode({ mod = m }))
+    assert.is_true(rawequal(m, t.mod))
+  end)
+
+  it("refuses damaged bytes before loading any module, and looks names up raw", function()
+    local loaded = false
+    package.preload.codec_spec_trap = function() loaded = true; return {} end
+    finally(function() package.preload.codec_spec_trap = nil; package.loaded.codec_spec_trap = nil end)
+    local name = "codec_spec_trap"
+    local msg = "M" .. string.char(#name) .. name
+    for _, bad in ipairs({ msg .. "\255", msg .. "s\9x", msg .. "T\0", "T\0" .. msg }) do
+      local ok, err = pcall(pt.decode, bad)
+      assert.is_false(ok); assert.matches("corrupt message", err)
+      assert.is_false(loaded, ("%q loaded the module"):format(bad))
+    end
+    -- a C function looked up in a module never runs its metamethods
+    local ran = false
+    package.loaded.codec_spec_meta = setmetatable({}, { __index = function() ran = true; return print end })
+    finally(function() package.loaded.codec_spec_meta = nil end)
+    local cmsg = "C" .. string.char(15) .. "codec_spec_meta" .. string.char(4) .. "nope"
+    local ok, err = pcall(pt.decode, cmsg)
+    assert.is_false(ok); assert.matches("C function named in the message does not exist", err)
+    assert.is_false(ran)
+  end)
+
+  it("names the module and require's reason when a module cannot be loaded", function()
+    package.loaded.codec_spec_gone = {}
+    local s = pt.encode(package.loaded.codec_spec_gone)
+    package.loaded.codec_spec_gone = nil
+    local ok, err = pcall(pt.decode, s)
+    assert.is_false(ok)
+    assert.matches("cannot be loaded here: 'codec_spec_gone'", err, 1, true)
+    assert.matches("module 'codec_spec_gone' not found", err, 1, true)
   end)
 
   it("checks its arguments", function()

@@ -289,6 +289,73 @@ describe("pipes", function()
       q:close()
     end)
 
+    -- close / close_read: a message may even hold the pipe itself;
+    -- collected: every handle dropped (a message holding the pipe would
+    -- keep it alive: close such a pipe, as documented)
+    for _, how in ipairs({ "close", "close_read", "collected" }) do
+      it("messages left unread release their shared objects when the pipe is " .. how, function()
+        collectgarbage(); collectgarbage()
+        local base = pt.shm_stats().objects
+        do
+          local p, t, a = pt.pipe(), pt.shared_table({ x = 1 }), pt.array(4, "shared")
+          p:send(t, a)
+          p:send({ inner = t }, ("z"):rep(10000))        -- several chunks
+          if how ~= "collected" then p:send(p) end
+          t, a = nil, nil
+          collectgarbage(); collectgarbage()
+          assert.is_true(pt.shm_stats().objects > base)  -- held by the messages
+          if how == "close_read" then p:close_read() end
+          if how ~= "collected" then p:close() end
+        end
+        collectgarbage(); collectgarbage()
+        assert.are.equal(base, pt.shm_stats().objects)
+      end)
+    end
+
+    it("messages left unread stay for a reader in a forked child", function()
+      local p, go = pt.pipe(), pt.pipe()
+      local t = pt.shared_table({ x = 42 })
+      p:send(t)
+      local c = pt.spawn_process(function()
+        go:recv(10)                            -- the parent has closed p by now
+        local got = p:recv(10)
+        return got and got.x
+      end)
+      p:close()
+      go:send("go")
+      assert.are.same({ true, 42 }, { c:join(T) })
+      go:close()
+    end)
+
+    for _, how in ipairs({ "close_read", "close" }) do
+      it("a thread blocked in send on a full pipe gets closed when another thread calls " .. how, function()
+        -- in a fresh interpreter: before the fix the sender never came back
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          local p, t = pt.pipe(), pt.shared_table({ sent = 0 })
+          local w = pt.spawn_thread(function()
+            local s = ("c"):rep(4000)
+            for i = 1, 100000 do
+              t.sent = i
+              local ok, err = p:send(s)
+              if not ok then return i, err end
+            end
+          end)
+          -- handshake: 17 one-chunk messages never fit a 64 KiB pipe, so the
+          -- sender is blocked in a send (the pipe may be larger: it blocks later)
+          while t.sent < 17 do pt.sleep(0.001) end
+          local cap = t.sent
+          local t0 = pt.now()
+          p:%s()
+          local ok, i, err = w:join(20)
+          print(ok, err, i >= cap, pt.now() - t0 < 5)
+          p:close()
+        ]]):format(how))
+        assert.are.equal(0, status, out)
+        assert.matches("true\tclosed\ttrue\ttrue", out)
+      end)
+    end
+
     it("leaves the SIGPIPE disposition, mask and pending set as they were", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
@@ -372,6 +439,63 @@ describe("pipes", function()
     end
   end)
 
+  describe("a sender that stops mid-message", function()
+    it("a thread cancelled in send of a large message costs one lost message, and timeouts hold", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local p = pt.pipe()
+        local w = pt.spawn_thread(function() return p:send(("m"):rep(1024 * 1024)) end)
+        assert(pt.select({ p }, 10) == p)          -- handshake: it is mid-message
+        w:cancel()
+        local ok, err = w:join(10)
+        assert(not ok and err:match("cancel"), tostring(err))
+        local t0 = pt.now()
+        local a, b = p:recv(1)
+        assert(a == nil and b == "lost message", tostring(a) .. " " .. tostring(b))
+        assert(pt.now() - t0 < 5)
+        a, b = p:recv(0.1)
+        assert(a == nil and b == "timeout", tostring(b))
+        assert(p:send("after") and p:recv(5) == "after")
+        p:close()
+        print("ok")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+
+    it("recv's timeout holds while the rest of a message is awaited, and the message still comes whole", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local q = pt.pipe()
+        q:send(("w"):rep(9000))                   -- three chunks
+        q:close_write()
+        local f = assert(io.open("/proc/self/fd/" .. (q:fds()), "rb"))
+        local bytes = f:read("*a"); f:close(); q:close()
+        local p = pt.pipe()
+        local _, wfd = p:fds()
+        local function raw(b)
+          local g = assert(io.open("/proc/self/fd/" .. wfd, "wb")); g:write(b); g:close()
+        end
+        raw(bytes:sub(1, 4096))                   -- the first chunk only
+        for _ = 1, 2 do
+          local t0 = pt.now()
+          local a, b = p:recv(0.3)
+          local dt = pt.now() - t0
+          assert(a == nil and b == "timeout", tostring(b))
+          assert(dt >= 0.29 and dt < 5, dt)
+        end
+        raw(bytes:sub(4097))                      -- the rest comes late
+        local m = p:recv(5)
+        assert(m == ("w"):rep(9000), "not whole: " .. tostring(m and #m))
+        assert(select(2, p:recv(0)) == "timeout")
+        p:close()
+        print("ok")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+  end)
+
   describe("select", function()
     it("returns the first pipe with a message ready, the same object", function()
       local a, b = pt.pipe(), pt.pipe()
@@ -413,6 +537,40 @@ describe("pipes", function()
       p:send("next")
       assert.are.equal("next", p:recv(T))
       p:close()
+    end)
+
+    it("fewer than 16 bytes that cannot begin a frame are corrupt at once", function()
+      -- in a fresh interpreter: before the fix recv waited for ever
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local p = pt.pipe()
+        local _, w = p:fds()
+        local function raw(b)
+          local f = assert(io.open("/proc/self/fd/" .. w, "wb")); f:write(b); f:close()
+        end
+        local q = pt.pipe(); q:send("real")
+        local f = assert(io.open("/proc/self/fd/" .. (q:fds()), "rb"))
+        local frame = f:read(16 + 6); f:close(); q:close()
+        -- garbage, a wrong magic byte, a bad kind, bad flags: each too short
+        -- for a header, each impossible as the start of one
+        for _, junk in ipairs({ "abc", "x", "PTX", "PTM1\9", "PTM1\1\8", "PTM1\2\1" }) do
+          raw(junk)
+          local t0 = pt.now()
+          local ok, err = pcall(p.recv, p)         -- no timeout: must not wait
+          assert(not ok and err:match("corrupt message"), tostring(err))
+          assert(pt.now() - t0 < 5)
+          raw(frame)                               -- the pipe goes on
+          assert(p:recv(5) == "real", junk)
+        end
+        -- a valid prefix waits for the rest of its frame
+        raw(frame:sub(1, 7))
+        assert(select(2, p:recv(0.1)) == "timeout")
+        raw(frame:sub(8))
+        assert(p:recv(5) == "real")
+        print("ok")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok", out)
     end)
 
     it("a valid header with a length over the limit is corrupt", function()
@@ -498,7 +656,9 @@ describe("pipes", function()
         return "unreachable"
       end)
       assert.are.equal("go", ready:recv(T))
-      pt.sleep(0.2)                              -- let it fill the pipe
+      -- handshake: its first chunks are in the pipe, so it is mid-message
+      -- (1 MiB never fits: it stays there until killed)
+      assert.are.equal(p, pt.select({ p }, T))
       victim:kill("KILL")
       local ok, why = victim:join(T)
       assert.is_false(ok); assert.matches("SIGKILL", why)
@@ -517,7 +677,7 @@ describe("pipes", function()
         p:send(("v"):rep(1024 * 1024))
       end)
       assert.are.equal("go", ready:recv(T))
-      pt.sleep(0.2)
+      assert.are.equal(p, pt.select({ p }, T))   -- mid-message now
       victim:kill("KILL")
       victim:join(T)
       assert.are.same({ nil, "lost message" }, { p:recv(T) })

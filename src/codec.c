@@ -15,13 +15,19 @@
  *   'C' string module, string key   (a C function by name)
  *   'M' string module                (a table of package.loaded)
  *   'X' u8 type, 16-byte reference   (shared table, array, pipe)
+ *   'K' u8 kind, u64 where, u64 nonce (the ticket: first, and only in a
+ *       message holding references; see "tickets" below)
  *
  * Tables and functions get ids in the order they are first met, on both
  * sides, which preserves shared parts and cycles.  The decoder checks
  * every tag and length and never reads past the end; bytecode is only
  * loaded when its keyed check matches, so random bytes never reach the
- * Lua loader.  Nesting is bounded (PT_CODEC_MAXDEPTH). */
+ * Lua loader (the check covers the upvalue count too).  Nesting is
+ * bounded (PT_CODEC_MAXDEPTH).  The decoder checks the whole buffer
+ * (structure, tags, lengths, ids, the ticket) before it makes anything
+ * or loads any module, and looks names up with raw accesses only. */
 #include "pt.h"
+#include "shm.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -47,6 +53,8 @@
 #define T_CFUNC 'C'
 #define T_MODULE 'M'
 #define T_XREF 'X'
+#define T_TICKET 'K'
+#define TICKET_LEN 18
 
 static const pt_xtype *const xtypes[] = {&pt_xtype_table, &pt_xtype_array,
                                          &pt_xtype_pipe};
@@ -67,15 +75,146 @@ static void make_key(void) {
   code_key = k | 1;
 }
 
-static uint64_t code_check(const char *p, size_t n) {
+static uint64_t code_check(const char *p, size_t n, int nups) {
   uint64_t h = 0xcbf29ce484222325ull ^ code_key;
   size_t i;
   for (i = 0; i < n; i++) {
     h ^= (unsigned char)p[i];
     h *= 0x100000001b3ull;
   }
+  h ^= (uint64_t)nups; h *= 0x100000001b3ull;
   h ^= h >> 29; h *= code_key; h ^= h >> 32;
   return h;
+}
+
+/* ---- tickets: a message's references are adopted once -------------------
+ *
+ * A message that holds references (each with the count encode took) starts
+ * with a ticket, and decode and discard first take it: the first wins, a
+ * second decode of the same bytes is refused and touches no count.  The
+ * ticket is a word in the arena holding a nonce when the arena is mapped
+ * (so a copy of the bytes decoded in another process is refused too), else
+ * an entry of this process's set (such a message holds only pipes and
+ * private arrays, which never adopt a count in another process).  Taking
+ * it is a compare-and-swap of the nonce to 0, then the word is freed: a
+ * stale ticket finds its word free or reused, holding another nonce.
+ * Nonces are unique: a bijective mix of (pid, counter, key). */
+enum { TK_ARENA = 0, TK_LOCAL = 1 };
+
+static uint64_t ticket_counter;
+
+static uint64_t new_nonce(void) {
+  uint64_t x = __atomic_add_fetch(&ticket_counter, 1, __ATOMIC_RELAXED) ^
+               ((uint64_t)(uint32_t)getpid() << 40);
+  x ^= code_key;
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return x < 2 ? x + 2 : x;               /* 0: taken, 1: a free slot below */
+}
+
+/* The process's set of live local tickets: open addressing, 0 empty,
+   1 removed. */
+static pthread_mutex_t local_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *local_set;
+static size_t local_cap, local_fill;
+
+static size_t local_slot(uint64_t n, size_t cap) { return (size_t)(n * 0x9E3779B97F4A7C15ull) & (cap - 1); }
+
+static int local_grow(void) {
+  size_t cap = local_cap ? local_cap * 2 : 64, i, j;
+  uint64_t *t = calloc(cap, sizeof *t);
+  if (!t) return -1;
+  local_fill = 0;
+  for (i = 0; i < local_cap; i++) {
+    if (local_set[i] < 2) continue;
+    for (j = local_slot(local_set[i], cap); t[j]; j = (j + 1) & (cap - 1)) {}
+    t[j] = local_set[i];
+    local_fill++;
+  }
+  free(local_set);
+  local_set = t;
+  local_cap = cap;
+  return 0;
+}
+
+static int local_add(uint64_t n) {
+  size_t j;
+  int r = 0;
+  pthread_mutex_lock(&local_mu);
+  if ((local_fill + 1) * 2 > local_cap) r = local_grow();
+  if (r == 0) {
+    for (j = local_slot(n, local_cap); local_set[j] >= 2; j = (j + 1) & (local_cap - 1)) {}
+    if (local_set[j] == 0) local_fill++;
+    local_set[j] = n;
+  }
+  pthread_mutex_unlock(&local_mu);
+  return r;
+}
+
+static int local_take(uint64_t n) {
+  size_t j;
+  int found = 0;
+  pthread_mutex_lock(&local_mu);
+  if (local_cap)
+    for (j = local_slot(n, local_cap); local_set[j]; j = (j + 1) & (local_cap - 1))
+      if (local_set[j] == n) { local_set[j] = 1; found = 1; break; }
+  pthread_mutex_unlock(&local_mu);
+  return found;
+}
+
+static void codec_after_fork(void) { pthread_mutex_init(&local_mu, NULL); }
+
+typedef struct ticket {
+  int kind;
+  uint64_t where, nonce;
+} ticket;
+
+static void put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* Make a ticket into out[TICKET_LEN].  0 ok, -1 (the arena is full or out
+   of memory). */
+static int ticket_make(char *out) {
+  uint64_t nonce = new_nonce(), where;
+  int kind;
+  if (pt_shm_base) {
+    pt_off off = pt_shm_alloc(16);
+    if (!off) return -1;
+    __atomic_store_n(PT_SHM_PTR(uint64_t, off), nonce, __ATOMIC_RELEASE);
+    kind = TK_ARENA;
+    where = off;
+  } else {
+    if (local_add(nonce)) return -1;
+    kind = TK_LOCAL;
+    where = (uint64_t)(uint32_t)getpid();
+  }
+  out[0] = T_TICKET;
+  out[1] = (char)kind;
+  put64(out + 2, where);
+  put64(out + 10, nonce);
+  return 0;
+}
+
+/* A ticket word the arena can hold? */
+static int ticket_word_ok(uint64_t off) {
+  return pt_shm_base && off >= 64 && off % 16 == 0 && off <= pt_shm_config_size() - 16;
+}
+
+/* Take the ticket: 1 taken (the references are ours), 0 taken before
+   (already decoded or discarded), -1 it cannot be checked here. */
+static int ticket_take(const ticket *t) {
+  if (t->kind == TK_ARENA) {
+    uint64_t expect = t->nonce;
+    if (!ticket_word_ok(t->where)) return -1;
+    if (!__atomic_compare_exchange_n(PT_SHM_PTR(uint64_t, t->where), &expect, 0, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return 0;
+    pt_shm_free(t->where);
+    return 1;
+  }
+  if (t->where != (uint64_t)(uint32_t)getpid()) return -1;   /* no count here */
+  return local_take(t->nonce);
 }
 
 /* ---- the name map: C functions and module tables by name ----------------- */
@@ -129,10 +268,7 @@ static void build_names(lua_State *L) {
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, map);
-  lua_getglobal(L, "package");
-  if (lua_istable(L, -1)) lua_getfield(L, -1, "loaded");
-  else lua_pushnil(L);
-  lua_remove(L, -2);                                /* map loaded */
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");    /* map loaded */
   loaded = lua_gettop(L);
   if (lua_istable(L, loaded)) {
     for (i = 0; std[i]; i++) {
@@ -153,6 +289,40 @@ static void build_names(lua_State *L) {
   lua_pop(L, 1);                                    /* map */
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* map */
+}
+
+/* A stamp of package.loaded: its entries and the objects they hold.  A
+   module loaded (or replaced) since the map was built changes it. */
+static void push_loaded_stamp(lua_State *L) {
+  uint64_t st[2] = {0, 0};
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      st[0]++;
+      st[1] += (uint64_t)(uintptr_t)lua_topointer(L, -1) * 0x9E3779B97F4A7C15ull + st[0];
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushlstring(L, (const char *)st, sizeof st);
+}
+
+/* Push the name map, built again when package.loaded changed since. */
+static void push_names(lua_State *L) {
+  int fresh;
+  push_loaded_stamp(L);                             /* stamp */
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
+  fresh = lua_rawequal(L, -1, -2);
+  lua_pop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* stamp map */
+  if (!fresh || lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    build_names(L);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
+  }
+  lua_remove(L, -2);                                /* map */
 }
 
 /* ---- encoder --------------------------------------------------------------- */
@@ -272,12 +442,7 @@ static int seen_before(enc *e, int idx) {
 static int names_lookup(enc *e, int idx) {
   lua_State *L = e->L;
   if (!e->names) {
-    lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      build_names(L);
-      e->rebuilt = 1;
-    }
+    push_names(L);
     lua_replace(L, e->names = e->globals + 1);
   }
   lua_pushvalue(L, idx);
@@ -372,12 +537,12 @@ static int enc_function(enc *e, int idx) {
   lua_pop(L, 1);
   if (r != 0) return fail(e, "%s", "cannot dump function");
   len = e->b->len - start;
-  chk = code_check(e->b->data + start, (size_t)len);
-  memcpy(e->b->data + at, &len, 8);
-  memcpy(e->b->data + at + 8, &chk, 8);
   lua_pushvalue(L, idx);
   lua_getinfo(L, ">u", &ar);
   nups = ar.nups;
+  chk = code_check(e->b->data + start, (size_t)len, nups);
+  memcpy(e->b->data + at, &len, 8);
+  memcpy(e->b->data + at + 8, &chk, 8);
   if (!put_byte(e, nups)) return 0;
   for (i = 1; i <= nups; i++) {
     const char *name;
@@ -531,6 +696,17 @@ static int encode(lua_State *L, int idx, int n, const char *what, int indexed,
     }
   }
   lua_settop(L, top);
+  if (ok && e.nrefs > 0) {            /* the ticket goes first */
+    char tk[TICKET_LEN];
+    ok = pt_buf_reserve(out, TICKET_LEN) == 0 && ticket_make(tk) == 0;
+    if (ok) {
+      memmove(out->data + oldlen + TICKET_LEN, out->data + oldlen, out->len - oldlen);
+      memcpy(out->data + oldlen, tk, TICKET_LEN);
+      out->len += TICKET_LEN;
+    } else {
+      snprintf(err, errlen, "%s: %s", what, pt_shm_base ? pt_shm_full_msg() : "out of memory");
+    }
+  }
   if (!ok) {
     for (i = 0; i < e.nrefs; i++) xtypes[e.refs[i].type]->release(&e.refs[i].ref);
     out->len = oldlen;
@@ -597,52 +773,113 @@ static const char *get_str(rd *r, size_t *n) {
   return s;
 }
 
-/* ---- walker: skip a value, dropping the references at or after `from` ---- */
+/* ---- walker: check a buffer, or drop the references it holds -------------
+ *
+ * One pass over the values, as the decoder will read them: every tag,
+ * length, id and upvalue link is checked, and each object gets its id in
+ * the same order (kinds[id]: 0 a table, 1 + upvalue count a function), so
+ * that nothing the decoder then does can fail on damaged bytes.  With
+ * `from` set, each reference at or after it is released on the way (a
+ * buffer that will never be decoded; a damaged or cut one releases the
+ * whole references before the damage). */
 
-static int walk(rd *r, const char *from, int depth) {
-  int t = get_byte(r);
+typedef struct walker {
+  rd r;
+  const char *from;      /* release references at or after this; NULL: none */
+  pt_buf kinds;
+  int nrefs;             /* references met */
+  double num;            /* the last double read */
+} walker;
+
+#define K_TABLE 0
+
+static int new_id(walker *w, int kind) {
+  unsigned char k = (unsigned char)kind;
+  return pt_buf_add(&w->kinds, &k, 1) == 0;
+}
+
+/* The kind of object `id` names: K_TABLE, 1 + nups, or -1 if none yet. */
+static int id_kind(const walker *w, uint64_t id) {
+  if (id == 0 || id > w->kinds.len) return -1;
+  return (unsigned char)w->kinds.data[id - 1];
+}
+
+static int walk(walker *w, int depth);
+
+static int walk_table(walker *w, int depth) {
+  rd *r = &w->r;
+  int flags = get_byte(r);
+  if (flags < 0 || (flags & ~1) || !new_id(w, K_TABLE)) return 0;
+  for (;;) {
+    int kt;
+    if (r->p < r->end && *r->p == T_END) { r->p++; break; }
+    kt = walk(w, depth + 1);
+    if (!kt || kt == T_NIL || (kt == T_DOUBLE && w->num != w->num)) return 0;
+    if (!walk(w, depth + 1)) return 0;
+  }
+  if (flags & 1) {               /* a metatable: a table, or may be one */
+    int mt = walk(w, depth + 1);
+    if (mt != T_TABLE && mt != T_GLOBALS && mt != T_MODULE) return 0;
+  }
+  return T_TABLE;
+}
+
+static int walk_function(walker *w, int depth) {
+  rd *r = &w->r;
+  uint64_t len, chk, v;
+  const char *code;
+  int i, nups;
+  if (!get(r, &len, 8) || !get(r, &chk, 8) || len > (uint64_t)(r->end - r->p)) return 0;
+  code = r->p;
+  r->p += len;
+  if ((nups = get_byte(r)) < 0) return 0;
+  if (w->from == NULL && code_check(code, (size_t)len, nups) != chk) return 0;
+  if (!new_id(w, 1 + nups)) return 0;
+  for (i = 0; i < nups; i++) {
+    if (r->p < r->end && *r->p == T_JOIN) {
+      int k, idx;
+      r->p++;
+      if (!get_varint(r, &v) || (idx = get_byte(r)) < 1) return 0;
+#ifndef PT_HAVE_UPVALUEID
+      return 0;                  /* this Lua cannot join upvalues */
+#endif
+      k = id_kind(w, v);
+      if (k < 1 || idx > k - 1) return 0;
+    } else if (!walk(w, depth + 1)) {
+      return 0;
+    }
+  }
+  return T_FUNC;
+}
+
+/* Walk one value: its tag (T_TABLE for a reference to a table, T_FUNC for
+   one to a function), or 0 when the bytes are not a value. */
+static int walk(walker *w, int depth) {
+  rd *r = &w->r;
+  const char *at = r->p;
+  int t = get_byte(r), k;
   uint64_t v;
   size_t n;
-  if (t < 0 || depth > PT_CODEC_MAXDEPTH) return 0;
+  if (t < 0 || depth > PT_CODEC_MAXDEPTH + 1) return 0;
   switch (t) {
-    case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS: return 1;
-    case T_INT: case T_DOUBLE: { char x[8]; return get(r, x, 8); }
-    case T_STRING: case T_MODULE: return get_str(r, &n) != NULL;
-    case T_CFUNC: return get_str(r, &n) && get_str(r, &n);
-    case T_REF: return get_varint(r, &v);
-    case T_TABLE: {
-      int flags = get_byte(r);
-      if (flags < 0) return 0;
-      for (;;) {
-        if (r->p < r->end && *r->p == T_END) { r->p++; break; }
-        if (!walk(r, from, depth + 1) || !walk(r, from, depth + 1)) return 0;
-      }
-      return (flags & 1) ? walk(r, from, depth + 1) : 1;
-    }
-    case T_FUNC: {
-      uint64_t len, chk;
-      int i, nups;
-      if (!get(r, &len, 8) || !get(r, &chk, 8) || len > (uint64_t)(r->end - r->p))
-        return 0;
-      r->p += len;
-      if ((nups = get_byte(r)) < 0) return 0;
-      for (i = 0; i < nups; i++) {
-        if (r->p < r->end && *r->p == T_JOIN) {
-          r->p++;
-          if (!get_varint(r, &v) || get_byte(r) < 0) return 0;
-        } else if (!walk(r, from, depth + 1)) {
-          return 0;
-        }
-      }
-      return 1;
-    }
+    case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS: return t;
+    case T_INT: { char x[8]; return get(r, x, 8) ? t : 0; }
+    case T_DOUBLE: return get(r, &w->num, 8) ? t : 0;
+    case T_STRING: return get_str(r, &n) ? t : 0;
+    case T_MODULE: return get_str(r, &n) && n > 0 ? t : 0;
+    case T_CFUNC: return get_str(r, &n) && n > 0 && get_str(r, &n) ? t : 0;
+    case T_REF:
+      if (!get_varint(r, &v) || (k = id_kind(w, v)) < 0) return 0;
+      return k == K_TABLE ? T_TABLE : T_FUNC;
+    case T_TABLE: return walk_table(w, depth);
+    case T_FUNC: return walk_function(w, depth);
     case T_XREF: {
-      const char *at = r->p - 1;
       int type = get_byte(r);
       pt_ref ref;
       if (type < 0 || type >= NXTYPES || !get(r, &ref, sizeof ref)) return 0;
-      if (at >= from) xtypes[type]->release(&ref);
-      return 1;
+      w->nrefs++;
+      if (w->from && at >= w->from) xtypes[type]->release(&ref);
+      return t;
     }
     default:
       r->bad = 1;
@@ -650,11 +887,48 @@ static int walk(rd *r, const char *from, int depth) {
   }
 }
 
-void pt_discard(const char *data, size_t len) {
-  rd r;
-  r.p = data; r.end = data + len; r.bad = 0;
-  while (r.p < r.end && walk(&r, data, 0)) {}
+static void walker_init(walker *w, const char *data, size_t len, const char *from) {
+  memset(w, 0, sizeof *w);
+  w->r.p = data; w->r.end = data + len;
+  w->from = from;
+  pt_buf_init(&w->kinds);
 }
+
+/* Read the ticket at the start of a buffer, if there is one (1), moving
+   past it.  0: none; -1: a cut or damaged one. */
+static int read_ticket(rd *r, ticket *t) {
+  int kind;
+  if (r->p >= r->end || *r->p != T_TICKET) return 0;
+  if (r->end - r->p < TICKET_LEN) return -1;
+  kind = (unsigned char)r->p[1];
+  if (kind != TK_ARENA && kind != TK_LOCAL) return -1;
+  t->kind = kind;
+  memcpy(&t->where, r->p + 2, 8);
+  memcpy(&t->nonce, r->p + 10, 8);
+  r->p += TICKET_LEN;
+  return 1;
+}
+
+/* Walk values from w's position to the end: 1 when all are whole. */
+static int walk_all(walker *w) {
+  while (w->r.p < w->r.end)
+    if (!walk(w, 0)) return 0;
+  return 1;
+}
+
+/* Safe on any bytes, a cut message included: takes the ticket (nothing is
+   done when it was taken before) and releases every whole reference up
+   to the first damage, never reading out of bounds. */
+void pt_discard(const char *data, size_t len) {
+  walker w;
+  ticket t;
+  walker_init(&w, data, len, data);
+  if (read_ticket(&w.r, &t) == 1 && ticket_take(&t) != 1) return;
+  (void)walk_all(&w);
+  pt_buf_free(&w.kinds);
+}
+
+void pt_discard_partial(const char *data, size_t len) { pt_discard(data, len); }
 
 /* ---- decoder ------------------------------------------------------------- */
 
@@ -666,6 +940,7 @@ typedef struct dec {
   int depth;
   const char *err;   /* a message other than "corrupt message" */
   const char *errat; /* where the failing value started */
+  char errbuf[400];
 } dec;
 
 static int dec_value(dec *d);
@@ -681,35 +956,44 @@ static void dec_remember(dec *d) {
   lua_rawseti(L, d->objs, d->nextid++);
 }
 
+/* (Only bytes the walker let through get here: a module that is not a
+   table, a loader that refuses its bytecode.)  The references before the
+   current position were adopted, those from it on were not. */
 static int corrupt(dec *d) {
   d->r.bad = 1;
+  d->errat = d->r.p;
   return 0;
 }
 
+/* Push package.loaded[name], loading the module with require when it is
+   not loaded yet.  Raw lookups only: no metamethod of the receiver runs. */
 static int dec_module(dec *d, const char *name, size_t n) {
   lua_State *L = d->L;
-  lua_getglobal(L, "package");
+  int top;
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
   if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "loaded");
+    lua_pushlstring(L, name, n);
+    lua_rawget(L, -2);
     lua_remove(L, -2);
-    if (lua_istable(L, -1)) {
-      lua_pushlstring(L, name, n);
-      lua_rawget(L, -2);
-      lua_remove(L, -2);
-      if (!lua_isnil(L, -1)) return 1;
-    }
+    if (!lua_isnil(L, -1)) return 1;
   }
   lua_pop(L, 1);
-  lua_getglobal(L, "require");
+  top = lua_gettop(L);
+  pt_pushglobals(L);
+  lua_pushliteral(L, "require");
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
   lua_pushlstring(L, name, n);
   if (lua_pcall(L, 1, 1, 0) != 0) {
-    lua_pop(L, 1);
-    d->err = "a module named in the message cannot be loaded here";
+    snprintf(d->errbuf, sizeof d->errbuf,
+             "a module named in the message cannot be loaded here: '%.*s': %.300s",
+             (int)(n > 80 ? 80 : n), name, pt_tomessage(L, -1));
+    lua_settop(L, top);
+    d->err = d->errbuf;
     return 0;
   }
   return 1;
 }
-
 static int dec_table(dec *d) {
   lua_State *L = d->L;
   int flags = get_byte(&d->r), t;
@@ -741,7 +1025,7 @@ static int dec_function(dec *d) {
   if (!get(&d->r, &len, 8) || !get(&d->r, &chk, 8) ||
       len > (uint64_t)(d->r.end - d->r.p))
     return corrupt(d);
-  if (code_check(d->r.p, (size_t)len) != chk) return corrupt(d);
+  (void)chk;                          /* checked by the walker */
   if (pt_loadbuffer(L, d->r.p, (size_t)len, "=(procthread)") != 0) {
     lua_pop(L, 1);
     return corrupt(d);
@@ -781,7 +1065,12 @@ static int dec_value(dec *d) {
   lua_State *L = d->L;
   const char *at = d->r.p;
   int t, ok;
-  if (d->depth >= PT_CODEC_MAXDEPTH + 2 || !lua_checkstack(L, 8)) return corrupt(d);
+  if (d->depth >= PT_CODEC_MAXDEPTH + 2) return corrupt(d);
+  if (!lua_checkstack(L, 8)) {           /* the references from here on are released */
+    d->err = "too many values in message";
+    d->errat = at;
+    return 0;
+  }
   t = get_byte(&d->r);
   switch (t) {
     case T_NIL: lua_pushnil(L); return 1;
@@ -840,7 +1129,7 @@ static int dec_value(dec *d) {
       else if (!dec_module(d, m, mn)) { d->errat = at; return 0; }
       if (!lua_istable(L, -1)) return corrupt(d);
       lua_pushlstring(L, k, kn);
-      lua_gettable(L, -2);
+      lua_rawget(L, -2);
       lua_remove(L, -2);
       if (!lua_iscfunction(L, -1)) {
         d->err = "a C function named in the message does not exist here";
@@ -874,35 +1163,58 @@ static int dec_value(dec *d) {
   }
 }
 
+/* Release the references of data from `from` on (those not adopted). */
+static void release_from(const char *data, size_t len, const char *from) {
+  walker w;
+  walker_init(&w, data, len, from);
+  if (read_ticket(&w.r, &(ticket){0, 0, 0}) >= 0) (void)walk_all(&w);
+  pt_buf_free(&w.kinds);
+}
+
+/* Check the whole buffer before anything is made: "corrupt message" or
+   NULL; *has_ticket and *t say whether it holds a ticket. */
+static const char *check_message(const char *data, size_t len, int *has_ticket, ticket *t) {
+  walker w;
+  int ok;
+  walker_init(&w, data, len, NULL);
+  *has_ticket = read_ticket(&w.r, t);
+  ok = *has_ticket >= 0 && walk_all(&w) && (w.nrefs == 0 || *has_ticket == 1);
+  pt_buf_free(&w.kinds);
+  return ok ? NULL : "corrupt message";
+}
+
 int pt_decode(lua_State *L, const char *data, size_t len) {
   dec d;
-  int top = lua_gettop(L), n = 0;
+  ticket t;
+  int top = lua_gettop(L), n = 0, has_ticket;
+  const char *bad;
   pthread_once(&key_once, make_key);
+  luaL_checkstack(L, 4, "procthread codec");
+  bad = check_message(data, len, &has_ticket, &t);
+  if (!bad && has_ticket == 1) {
+    int r = ticket_take(&t);
+    if (r == 0) bad = "decode: this message was already decoded (or discarded)";
+    else if (r < 0 && t.kind == TK_ARENA)
+      bad = "decode: the message's shared memory is not mapped in this process";
+  }
+  if (bad) { lua_pushstring(L, bad); return -1; }
   memset(&d, 0, sizeof d);
   d.L = L;
-  d.r.p = data; d.r.end = data + len;
+  d.r.p = data + (has_ticket == 1 ? TICKET_LEN : 0); d.r.end = data + len;
   d.nextid = 1;
-  luaL_checkstack(L, 4, "procthread codec");
   lua_pushnil(L);                        /* slot for the objects by id */
   d.objs = lua_gettop(L);
   while (d.r.p < d.r.end) {
     d.errat = d.r.p;
     if (!dec_value(&d)) {
-      rd w;
       lua_settop(L, top);
       /* drop the references not adopted: the failing value on */
-      w.p = data; w.end = data + len; w.bad = 0;
-      while (w.p < w.end && walk(&w, d.err ? d.errat : data + len, 0)) {}
+      release_from(data, len, d.errat);
       if (d.err) lua_pushstring(L, d.err);
       else lua_pushliteral(L, "corrupt message");
       return -1;
     }
     n++;
-    if (!lua_checkstack(L, 4)) {
-      lua_settop(L, top);
-      lua_pushliteral(L, "too many values in message");
-      return -1;
-    }
   }
   lua_remove(L, d.objs);
   return n;
@@ -938,5 +1250,6 @@ void pt_open_codec(lua_State *L) {
                                  {NULL, NULL}};
   /* The key exists before any fork, so every process of the tree shares it. */
   pthread_once(&key_once, make_key);
+  pt_atfork_child(codec_after_fork);
   pt_setfuncs(L, fns);
 }

@@ -35,6 +35,22 @@ void pt_frame_put(unsigned char *out, int kind, int flags, uint32_t len,
   put32(out + 12, hdr_check(out));
 }
 
+/* The field checks of pt_frame_get that the first n bytes (n < 16) allow:
+   magic, kind, flags and the data length.  1: may still begin a header. */
+int pt_frame_prefix(const unsigned char *p, size_t n) {
+  size_t k = n < 4 ? n : 4;
+  if (memcmp(p, magic, k) != 0) return 0;
+  if (n > 4 && p[4] != PT_FRAME_DATA && p[4] != PT_FRAME_ABORT) return 0;
+  if (n > 5 && (p[4] == PT_FRAME_ABORT ? p[5] != 0 : (p[5] & ~3) != 0)) return 0;
+  if (n > 7) {
+    unsigned len = (unsigned)p[6] | (unsigned)p[7] << 8;
+    if (p[4] == PT_FRAME_ABORT ? len != 0 : len > PT_FRAME_MAXDATA) return 0;
+    if (p[4] == PT_FRAME_DATA && !(p[5] & PT_FRAME_LAST) && len != PT_FRAME_MAXDATA)
+      return 0;
+  }
+  return 1;
+}
+
 int pt_frame_get(const unsigned char *p, pt_frame_hdr *h) {
   if (memcmp(p, magic, 4) != 0 || get32(p + 12) != hdr_check(p)) return 0;
   h->kind = p[4];
@@ -76,7 +92,8 @@ int pt_frame_step(pt_frame_asm *a, const char *p, size_t n, size_t *used) {
   pt_frame_hdr h;
   const char *data = p + PT_FRAME_HDR;
   *used = 0;
-  if (n < PT_FRAME_HDR) return PT_FR_NEED;
+  if (n < PT_FRAME_HDR)
+    return pt_frame_prefix((const unsigned char *)p, n) ? PT_FR_NEED : PT_FR_CORRUPT;
   if (!pt_frame_get((const unsigned char *)p, &h)) return PT_FR_CORRUPT;
   if (n < PT_FRAME_HDR + (size_t)h.len) return PT_FR_NEED;
   if (h.kind == PT_FRAME_ABORT) {
@@ -128,8 +145,7 @@ size_t pt_frame_scan(const char *p, size_t n) {
   for (i = 1; i < n; i++) {
     const char *q;
     if (n - i < PT_FRAME_HDR) {             /* too short to tell: keep if a prefix */
-      size_t k = n - i < 4 ? n - i : 4;
-      if (memcmp(p + i, magic, k) == 0) return i;
+      if (pt_frame_prefix((const unsigned char *)p + i, n - i)) return i;
       continue;
     }
     q = memchr(p + i, 'P', n - i);

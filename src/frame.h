@@ -46,6 +46,10 @@ void pt_frame_put(unsigned char *out, int kind, int flags, uint32_t len,
 /* Parse and check the 16 bytes at p.  1 valid, 0 not a header. */
 int pt_frame_get(const unsigned char *p, pt_frame_hdr *h);
 
+/* Could the n < 16 bytes at p begin a valid header?  (Checks what n
+   bytes allow: a reader waits for more only while this holds.) */
+int pt_frame_prefix(const unsigned char *p, size_t n);
+
 /* Reassembly of messages from chunks, one reader at a time. */
 typedef struct pt_frame_asm {
   pt_buf msg;          /* the message being assembled */
@@ -70,7 +74,8 @@ void pt_frame_asm_reset(pt_frame_asm *a);   /* drop a partial message */
 void pt_frame_asm_free(pt_frame_asm *a);
 /* Look at the n bytes at p, which start at a chunk boundary.  *used is
    how many bytes were consumed (0 for NEED, CORRUPT, and for a LOST that
-   leaves a new first chunk to be read again). */
+   leaves a new first chunk to be read again).  Fewer than 16 bytes that
+   cannot begin a header are CORRUPT at once, never NEED. */
 int pt_frame_step(pt_frame_asm *a, const char *p, size_t n, size_t *used);
 /* Offset of the first valid header in p[0..n) at or after 1, or n when
    there is none that could start a header (a resync after garbage). */

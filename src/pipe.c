@@ -55,6 +55,9 @@ typedef struct pipe_shm {
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */
   int capacity;               /* the OS pipe's size in bytes */
+  uint64_t parked;            /* a reader that timed out mid-message keeps
+                                 the part it took (see park); its id, or 0
+                                 (under rlock) */
   char rbuf[RBUF_SIZE];
 } pipe_shm;
 
@@ -66,6 +69,12 @@ typedef struct pt_pipe {
   int rbusy, wbusy;           /* calls using rfd / wfd right now */
   int rclosing, wclosing;     /* close asked while busy: the last call closes */
   uint64_t id;
+  pid_t born;                 /* the process that made the pipe */
+  unsigned forks;             /* fork_count when it was made */
+  pt_buf park;                /* the part of a message a recv of this process
+                                 took before it timed out (under rlock) */
+  uint32_t park_total;        /* that message's length */
+  uint64_t park_id;           /* the id it was parked under */
   pipe_shm *shm;
   struct pt_pipe *prev, *next; /* the registry */
 } pt_pipe;
@@ -92,9 +101,36 @@ static void close_fd_now(int *fd) {
   if (*fd >= 0) { pt_close(*fd); *fd = -1; }
 }
 
+/* Forks this process made (pthread_atfork): a pipe made before one may
+   have a reader in the child. */
+static unsigned fork_count;
+static void count_fork(void) { __atomic_add_fetch(&fork_count, 1, __ATOMIC_RELAXED); }
+
+/* Does this process hold the only read end?  It made the pipe and has not
+   forked since (a pipe only reaches another process through fork). */
+static int sole_reader(const pt_pipe *p) {
+  return p->born == getpid() &&
+         p->forks == __atomic_load_n(&fork_count, __ATOMIC_RELAXED);
+}
+
+static void drain(pt_pipe *p, int fd);
+
+/* The read end is closing for good in this process (fd: taken out of p,
+   no call uses it): when nobody else can read the pipe, the messages left
+   in it are dropped with the references they hold.  Never under p->mu:
+   dropping a reference may take it. */
+static void finish_read_close(pt_pipe *p, int fd) {
+  if (fd < 0) return;
+  if (sole_reader(p)) drain(p, fd);
+  pt_close(fd);
+}
+
 static void pipe_destroy(pt_pipe *p) {
-  close_fd_now(&p->rfd);
+  int rfd = p->rfd;
+  p->rfd = -1;
+  finish_read_close(p, rfd);
   close_fd_now(&p->wfd);
+  pt_buf_free(&p->park);
   munmap(p->shm, sizeof *p->shm);
   pthread_mutex_destroy(&p->mu);
   free(p);
@@ -173,6 +209,14 @@ static int lock_robust(pthread_mutex_t *m, double deadline) {
 
 /* ---- using an end: close() waits for the calls in progress -------------- */
 
+/* Under p->mu: the read end is no longer used; if its close was asked,
+   take its fd out for finish_read_close.  Returns that fd or -1. */
+static int read_end_idle(pt_pipe *p) {
+  int fd = -1;
+  if (p->rbusy == 0 && p->rclosing) { fd = p->rfd; p->rfd = -1; p->rclosing = 0; }
+  return fd;
+}
+
 /* Start a call on the read (r=1) or write end; -1 when that end is closed. */
 static int end_begin(pt_pipe *p, int r) {
   int fd;
@@ -184,13 +228,16 @@ static int end_begin(pt_pipe *p, int r) {
 }
 
 static void end_done(pt_pipe *p, int r) {
+  int rfd = -1;
   pthread_mutex_lock(&p->mu);
   if (r) {
-    if (--p->rbusy == 0 && p->rclosing) { close_fd_now(&p->rfd); p->rclosing = 0; }
+    p->rbusy--;
+    rfd = read_end_idle(p);
   } else {
     if (--p->wbusy == 0 && p->wclosing) { close_fd_now(&p->wfd); p->wclosing = 0; }
   }
   pthread_mutex_unlock(&p->mu);
+  finish_read_close(p, rfd);
 }
 
 /* A send uses the write end, and the read end too when this process holds
@@ -209,20 +256,34 @@ static int send_begin(pt_pipe *p, int *reader) {
 }
 
 static void send_done(pt_pipe *p, int reader) {
-  pthread_mutex_lock(&p->mu);
-  if (reader && --p->rbusy == 0 && p->rclosing) { close_fd_now(&p->rfd); p->rclosing = 0; }
-  if (--p->wbusy == 0 && p->wclosing) { close_fd_now(&p->wfd); p->wclosing = 0; }
-  pthread_mutex_unlock(&p->mu);
+  if (reader) end_done(p, 1);
+  end_done(p, 0);
 }
 
+/* Close one end; while calls use it, the last of them closes it.  A
+   sender that keeps the read end busy (l_send) lets it go when it sees
+   rclosing, so that a close_read here wakes it as it would in another
+   process. */
 static void end_close(pt_pipe *p, int r) {
+  int rfd = -1;
   pthread_mutex_lock(&p->mu);
   if (r) {
-    if (p->rbusy) p->rclosing = p->rfd >= 0; else close_fd_now(&p->rfd);
+    if (p->rfd >= 0) p->rclosing = 1;
+    rfd = read_end_idle(p);
   } else {
     if (p->wbusy) p->wclosing = p->wfd >= 0; else close_fd_now(&p->wfd);
   }
   pthread_mutex_unlock(&p->mu);
+  finish_read_close(p, rfd);
+}
+
+/* Has a close of the read end been asked (a sender holding it busy)? */
+static int read_end_closing(pt_pipe *p) {
+  int c;
+  pthread_mutex_lock(&p->mu);
+  c = p->rclosing;
+  pthread_mutex_unlock(&p->mu);
+  return c;
 }
 
 /* ---- handles -------------------------------------------------------------- */
@@ -267,6 +328,9 @@ static int l_pipe(lua_State *L) {
   p->rfd = fds[0];
   p->wfd = fds[1];
   p->shm = s;
+  p->born = getpid();
+  p->forks = __atomic_load_n(&fork_count, __ATOMIC_RELAXED);
+  pt_buf_init(&p->park);
   pthread_mutex_lock(&reg_mu);
   p->id = (uint64_t)(uint32_t)getpid() << 32 | ++reg_counter;
   p->next = reg_head;
@@ -396,27 +460,83 @@ static void buf_give(tls_bufs *t, int recv, pt_buf *b) {
 
 enum { WR_OK = 0, WR_CLOSED = 1, WR_ERR = -1, WR_CANCEL = -2 };
 
+/* A send in progress: its pipe and write fd, whether it keeps the read
+   end of this process busy (then the pipe has a reader: no EPIPE, no
+   SIGPIPE), and else the SIGPIPE mask it set. */
+typedef struct sender {
+  pt_pipe *p;
+  int fd;
+  int reader;
+  int masked, blocked, was_pending;
+  sigset_t old;
+} sender;
+
+/* Block SIGPIPE in this thread for the writes (see the top of the file). */
+static void sigpipe_guard(sender *sd) {
+  sigset_t pipeset, pending;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipeset, &sd->old);
+  sd->masked = 1;
+  sd->blocked = sigismember(&sd->old, SIGPIPE);
+  /* blocked already (worker threads start with signals blocked): note
+     whether one is pending, which would not be ours to take */
+  sd->was_pending = 0;
+  if (sd->blocked && sigpending(&pending) == 0) sd->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static void sigpipe_unguard(sender *sd, int r) {
+  sigset_t pipeset;
+  if (!sd->masked) return;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  if (r == WR_CLOSED && !sd->was_pending) {
+    /* consume the SIGPIPE our write raised (thread-directed, pending now) */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {}
+  }
+  if (!sd->blocked) pthread_sigmask(SIG_SETMASK, &sd->old, NULL);
+  sd->masked = 0;
+}
+
+/* Wait for room.  A sender keeping the read end busy waits in slices: when
+   another thread asks to close that end, it lets it go (and the close
+   happens), guards against SIGPIPE and goes on as any other sender, which
+   the OS answers with EPIPE when no reader is left.  1 room, or WR_*. */
+static int wait_room(sender *sd) {
+  for (;;) {
+    int r = pt_wait_fd(sd->fd, POLLOUT, sd->reader ? LOCK_SLICE : -1);
+    if (r == -2) return WR_CANCEL;
+    if (r < 0) return WR_ERR;
+    if (r > 0) return 1;
+    if (sd->reader && read_end_closing(sd->p)) {
+      sd->reader = 0;
+      sigpipe_guard(sd);
+      end_done(sd->p, 1);
+    }
+  }
+}
+
 /* One chunk: one write() of at most PIPE_BUF bytes (atomic).  With a
-   cancellation context, wait for room first so the thread stays
-   cancellable; a blocking write would not be. */
-static int write_chunk(int fd, const char *chunk, size_t len) {
+   cancellation context, or while the read end is held, wait for room
+   first so the thread stays cancellable (and see wait_room); a blocking
+   write would not be. */
+static int write_chunk(sender *sd, const char *chunk, size_t len) {
   ssize_t n;
   pt_ctx *c = pt_self_ctx;
-  int waitable = c && c->cancel_fd >= 0;
+  int fd = sd->fd;
   for (;;) {
-    if (waitable) {
-      int r = pt_wait_fd(fd, POLLOUT, -1);
-      if (r == -2) return WR_CANCEL;
-      if (r < 0) return WR_ERR;
+    if ((c && c->cancel_fd >= 0) || sd->reader) {
+      int r = wait_room(sd);
+      if (r != 1) return r;
     }
     n = write(fd, chunk, len);
     if (n == (ssize_t)len) return WR_OK;
     if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {                          /* made non-blocking elsewhere */
-      int r = pt_wait_fd(fd, POLLOUT, -1);
-      if (r == -2) return WR_CANCEL;
-      if (r < 0) return WR_ERR;
+      int r = wait_room(sd);
+      if (r != 1) return r;
       continue;
     }
     if (errno == EPIPE) return WR_CLOSED;
@@ -492,7 +612,7 @@ static long write_batch(pipe_shm *s, int fd, char *buf, size_t len,
    header.  Each later chunk borrows the 16 bytes before its data (already
    written) for its header and gives them back, so every chunk is one
    contiguous write and the message stays intact for pt_discard. */
-static int write_message(pipe_shm *s, int fd, char *buf, size_t len,
+static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
                          int torn_before) {
   unsigned char hdr[PT_FRAME_HDR];
   unsigned char hdrs[BATCH_MAX][PT_FRAME_HDR];
@@ -501,11 +621,11 @@ static int write_message(pipe_shm *s, int fd, char *buf, size_t len,
   if (torn_before || s->wtorn) {
     pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
     s->wtorn = 1;
-    if ((r = write_chunk(fd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
+    if ((r = write_chunk(sd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
     s->wtorn = 0;
   }
   if (len > PT_FRAME_MAXDATA) {
-    long done = write_batch(s, fd, buf, len, hdrs);
+    long done = write_batch(s, sd->fd, buf, len, hdrs);
     if (done < 0) {
       if (errno == EPIPE) return WR_CLOSED;
       return WR_ERR;
@@ -520,7 +640,7 @@ static int write_message(pipe_shm *s, int fd, char *buf, size_t len,
     memcpy(hdr, at, PT_FRAME_HDR);        /* keep what it covers */
     pt_frame_put((unsigned char *)at, PT_FRAME_DATA, flags, (uint32_t)n,
                  off == 0 ? (uint32_t)len : (uint32_t)off);
-    r = write_chunk(fd, at, PT_FRAME_HDR + n);
+    r = write_chunk(sd, at, PT_FRAME_HDR + n);
     memcpy(at, hdr, PT_FRAME_HDR);
     if (r != WR_OK) {
       if (off > 0) s->wtorn = 1;     /* the next sender aborts this message */
@@ -536,8 +656,9 @@ static int l_send(lua_State *L) {
   pt_pipe *p = h->p;
   tls_bufs *t;
   pt_buf buf, *b = &buf;
+  sender sd;
   char err[640];
-  int fd, lk, r, saved = 0, reader;
+  int lk, r, saved = 0;
   size_t len;
   if (!p) return push_closed(L);
   t = tls_get();
@@ -555,8 +676,10 @@ static int l_send(lua_State *L) {
     return luaL_error(L, "message too large (%d bytes; the limit is %d MiB)",
                       (int)(len > 0x7fffffff ? 0x7fffffff : len), (int)(PT_MSG_MAX >> 20));
   }
-  fd = send_begin(p, &reader);
-  if (fd < 0) {
+  memset(&sd, 0, sizeof sd);
+  sd.p = p;
+  sd.fd = send_begin(p, &sd.reader);
+  if (sd.fd < 0) {
     pt_discard(b->data + PT_FRAME_HDR, len);
     buf_give(t, 0, b);
     return push_closed(L);
@@ -564,7 +687,7 @@ static int l_send(lua_State *L) {
   lk = lock_robust(&p->shm->wlock, -1);
   if (lk < 0) {
     saved = errno;
-    send_done(p, reader);
+    send_done(p, sd.reader);
     pt_discard(b->data + PT_FRAME_HDR, len);
     buf_give(t, 0, b);
     if (lk == LK_CANCEL) return pt_raise_cancelled(L);
@@ -572,30 +695,12 @@ static int l_send(lua_State *L) {
   }
   /* While this process holds the read end open (kept open by marking it
      busy), the pipe has a reader: no EPIPE, no SIGPIPE, no mask to set. */
-  if (reader) {
-    r = write_message(p->shm, fd, b->data, len, lk == LK_DIED);
-    saved = errno;
-  } else {
-    sigset_t pipeset, old, pending;
-    int blocked, was_pending = 0;
-    sigemptyset(&pipeset);
-    sigaddset(&pipeset, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipeset, &old);
-    blocked = sigismember(&old, SIGPIPE);
-    /* blocked already (worker threads start with signals blocked): note
-       whether one is pending, which would not be ours to take */
-    if (blocked && sigpending(&pending) == 0) was_pending = sigismember(&pending, SIGPIPE);
-    r = write_message(p->shm, fd, b->data, len, lk == LK_DIED);
-    saved = errno;
-    if (r == WR_CLOSED && !was_pending) {
-      /* consume the SIGPIPE our write raised (thread-directed, pending now) */
-      struct timespec zero = {0, 0};
-      while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {}
-    }
-    if (!blocked) pthread_sigmask(SIG_SETMASK, &old, NULL);
-  }
+  if (!sd.reader) sigpipe_guard(&sd);
+  r = write_message(p->shm, &sd, b->data, len, lk == LK_DIED);
+  saved = errno;
+  sigpipe_unguard(&sd, r);
   pthread_mutex_unlock(&p->shm->wlock);
-  send_done(p, reader);
+  send_done(p, sd.reader);
   if (r != WR_OK) {
     /* nobody will decode this message: drop the references it holds */
     pt_discard(b->data + PT_FRAME_HDR, len);
@@ -613,17 +718,21 @@ static int l_send(lua_State *L) {
 
 enum { R_MSG = 0, R_CLOSED, R_TIMEOUT, R_LOST, R_CORRUPT, R_CANCEL, R_ERR, R_NOMEM };
 
-/* Did the sender of the message being assembled die holding the write
-   lock?  Then the rest never comes. */
-static int writer_died(pipe_shm *s) {
-  int r = pthread_mutex_trylock(&s->wlock);
+/* Did the sender of the message being assembled stop for good: die
+   holding the write lock, or give up mid-message (cancelled, an error)
+   and let the lock go?  Then the rest never comes.  The next sender
+   writes an abort chunk first (wtorn), which the reader then skips. */
+static int writer_gone(pipe_shm *s) {
+  int r = pthread_mutex_trylock(&s->wlock), gone = 0;
   if (r == EOWNERDEAD) {
     pthread_mutex_consistent(&s->wlock);
-    pthread_mutex_unlock(&s->wlock);
-    return 1;
+    s->wtorn = 1;
+    gone = 1;
+  } else if (r == 0) {
+    gone = s->wtorn;
   }
-  if (r == 0) pthread_mutex_unlock(&s->wlock);
-  return 0;
+  if (r == 0 || r == EOWNERDEAD) pthread_mutex_unlock(&s->wlock);
+  return gone;
 }
 
 /* Read more bytes into the shared buffer (rlock held).  Returns >0 bytes
@@ -668,13 +777,15 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
   for (;;) {
     if (!spun) { spun = 1; if (spin_for_data(fd, deadline)) goto readnow; }
     if (a->active) {
-      /* mid-message: the rest follows at the sender's pace, whatever the
-         timeout; but a sender that died will send nothing more */
-      int r = pt_wait_fd(fd, POLLIN, STALL_CHECK);
+      /* mid-message: the rest follows at the sender's pace, within the
+         timeout; but a sender that died or gave up sends nothing more */
+      double left = deadline < 0 ? STALL_CHECK : deadline - pt_now();
+      int r = pt_wait_fd(fd, POLLIN, left < 0 ? 0 : left > STALL_CHECK ? STALL_CHECK : left);
       if (r == -2) return -R_CANCEL;
       if (r == -1) return -R_ERR;
       if (r == 0) {
-        if (writer_died(s)) return -R_LOST;
+        if (writer_gone(s)) return -R_LOST;
+        if (deadline >= 0 && pt_now() >= deadline) return -R_TIMEOUT;
         continue;
       }
     } else if (deadline >= 0 || waitable) {
@@ -693,33 +804,74 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
       int r = pt_wait_fd(fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
       if (r == -2) return -R_CANCEL;
       if (r == -1) return -R_ERR;
-      if (r == 0 && !a->active) return -R_TIMEOUT;
+      if (r == 0) return -R_TIMEOUT;
       continue;
     }
     return -R_ERR;
   }
 }
 
-/* Take one message out (rlock held).  On R_MSG, out holds it. */
-static int take_message(pipe_shm *s, int fd, double deadline, pt_buf *out) {
+/* A recv that times out (or is cancelled) mid-message parks the part it
+   took in its process, under an id the shared state records; the next
+   recv of this process goes on with it.  A reader of another process
+   finds an id that is not its own: that message is lost for it (its
+   other chunks are then skipped as one lost message), and the process
+   that parked it drops its part when it finds the id gone. */
+static uint64_t park_counter;
+
+static void park(pt_pipe *p, pt_frame_asm *a) {
+  uint64_t n = __atomic_add_fetch(&park_counter, 1, __ATOMIC_RELAXED);
+  pt_buf_free(&p->park);
+  p->park = a->msg;
+  p->park_total = a->total;
+  p->park_id = (uint64_t)(uint32_t)getpid() << 32 | (uint32_t)n;
+  p->shm->parked = p->park_id;
+  pt_buf_init(&a->msg);
+  a->active = 0;
+}
+
+/* Start assembling: with this process's parked part, if it is still the
+   one the pipe waits to complete (rlock held). */
+static void unpark(pt_pipe *p, pt_frame_asm *a) {
+  pipe_shm *s = p->shm;
+  if (s->parked && s->parked == p->park_id) {
+    pt_buf_free(&a->msg);
+    a->msg = p->park;
+    a->total = p->park_total;
+    a->active = 1;
+    pt_buf_init(&p->park);
+  } else if (p->park_id) {
+    pt_buf_free(&p->park);
+  }
+  s->parked = 0;
+  p->park_id = 0;
+}
+
+/* Take one message out (rlock held).  On R_MSG, out holds it.  may_park:
+   a timeout or cancellation mid-message parks the part taken. */
+static int take_message(pt_pipe *p, int fd, double deadline, pt_buf *out,
+                        int may_park) {
+  pipe_shm *s = p->shm;
   pt_frame_asm a;
   int result;
   pt_frame_asm_init(&a);
   a.msg = *out;                 /* assemble straight into out */
   a.msg.len = 0;
   a.orphan = s->orphan;         /* one "lost message" for all its chunks */
+  unpark(p, &a);
   if (s->rstart > s->rend || s->rend > RBUF_SIZE) s->rstart = s->rend = 0;
   for (;;) {
     size_t used = 0, avail = s->rend - s->rstart;
     long got;
     int st;
-    if (s->resync && avail >= PT_FRAME_HDR) {
+    if (s->resync && avail > 0) {
+      const unsigned char *at = (const unsigned char *)s->rbuf + s->rstart;
       pt_frame_hdr h;
-      if (!pt_frame_get((const unsigned char *)s->rbuf + s->rstart, &h)) {
+      if (avail >= PT_FRAME_HDR ? !pt_frame_get(at, &h) : !pt_frame_prefix(at, avail)) {
         s->rstart += (uint32_t)pt_frame_scan(s->rbuf + s->rstart, avail);
         continue;
       }
-      s->resync = 0;
+      if (avail >= PT_FRAME_HDR) s->resync = 0;
     }
     st = s->resync ? PT_FR_NEED : pt_frame_step(&a, s->rbuf + s->rstart, avail, &used);
     s->rstart += (uint32_t)used;
@@ -755,6 +907,8 @@ static int take_message(pipe_shm *s, int fd, double deadline, pt_buf *out) {
       break;
     }
     result = (int)-got;
+    if (a.active && may_park && (result == R_TIMEOUT || result == R_CANCEL))
+      park(p, &a);
     break;
   }
   if (result != R_MSG) a.msg.len = 0;
@@ -763,6 +917,24 @@ static int take_message(pipe_shm *s, int fd, double deadline, pt_buf *out) {
   s->orphan = a.active ? 0 : a.orphan;
   *out = a.msg;                 /* the caller owns the buffer */
   return result;
+}
+
+/* The read end closes and nobody else can read (finish_read_close): take
+   every whole message still in the pipe and drop the references it
+   holds, without waiting.  A part of a message is dropped as bytes: its
+   sender, still sending, drops the references itself when its write
+   fails. */
+static void drain(pt_pipe *p, int fd) {
+  pt_buf out;
+  int r;
+  if (lock_robust(&p->shm->rlock, pt_now()) < 0) return;
+  pt_buf_init(&out);
+  do {
+    r = take_message(p, fd, 0, &out, 0);
+    if (r == R_MSG) pt_discard(out.data ? out.data : "", out.len);
+  } while (r == R_MSG || r == R_LOST || r == R_CORRUPT);
+  pt_buf_free(&out);
+  pthread_mutex_unlock(&p->shm->rlock);
 }
 
 static int l_recv(lua_State *L) {
@@ -792,7 +964,7 @@ static int l_recv(lua_State *L) {
   }
   t = tls_get();
   out = buf_take(t, 1);
-  r = take_message(s, fd, deadline, &out);
+  r = take_message(p, fd, deadline, &out, 1);
   saved = errno;
   pthread_mutex_unlock(&s->rlock);
   end_done(p, 1);
@@ -967,6 +1139,9 @@ const pt_xtype pt_xtype_pipe = {PIPE_MT, pipe_encode, pipe_release, pipe_decode}
 
 /* ---- registration ------------------------------------------------------------- */
 
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void watch_forks(void) { (void)pthread_atfork(NULL, count_fork, NULL); }
+
 void pt_open_pipe(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", l_send}, {"recv", l_recv}, {"close", l_close},
@@ -974,6 +1149,7 @@ void pt_open_pipe(lua_State *L) {
     {"fds", l_fds}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"pipe", l_pipe}, {"select", l_select}, {NULL, NULL}};
   pt_atfork_child(pipe_after_fork);
+  pthread_once(&fork_once, watch_forks);
   if (luaL_newmetatable(L, PIPE_MT)) {
     lua_newtable(L);
     pt_setfuncs(L, methods);

@@ -117,8 +117,12 @@ int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
    pushed, or -1 with an error message pushed instead (nothing else). */
 int pt_decode(lua_State *L, const char *data, size_t len);
 /* Drop the references held by an encoded buffer that will never be
-   decoded. */
+   decoded.  Safe on any bytes and on a cut buffer (the start of a
+   message: every whole reference in it is released); does nothing for a
+   message decoded or discarded before (its ticket is taken). */
 void pt_discard(const char *data, size_t len);
+/* The same, named for a message known to be cut (a torn result). */
+void pt_discard_partial(const char *data, size_t len);
 
 /* ---- worker.c, thread.c, process.c ------------------------------------ */
 void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
