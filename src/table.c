@@ -1385,6 +1385,9 @@ static int l_configure(lua_State *L) {
         return luaL_error(L, "shm_size: the shared arena is already mapped (%f bytes); "
                              "configure it before first use",
                           (double)pt_shm_config_size());
+    } else if (k && strcmp(k, "cancel_signal") == 0) {
+      const char *why = pt_set_cancel_signal(lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1);
+      if (why) return luaL_error(L, "configure: %s", why);
     } else if (k) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'", k));
     } else {
