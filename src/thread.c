@@ -185,7 +185,11 @@ static void take_cancels(lua_State *L, pt_worker *w, int how) {
 static int run_job(lua_State *L, pt_worker *w) {
   int n, base, nres, ok, r;
   char err[640];
-  if (pt_cancel_requested()) return W_CANCELLED;    /* the job is discarded */
+  if (pt_cancel_requested()) {                /* cancelled before it began */
+    pt_discard(w->job.data, w->job.len);
+    pt_buf_free(&w->job);
+    return W_CANCELLED;
+  }
   lua_pushcfunction(L, msgh);
   base = lua_gettop(L);
   n = pt_decode(L, w->job.data, w->job.len);
