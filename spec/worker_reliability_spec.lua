@@ -335,6 +335,7 @@ describe("worker reliability", function()
     local function host(code)
       local pre = os.getenv("LD_PRELOAD")
       return fresh_under("", [[
+        io.stdout:setvbuf("no")           -- in order with the host's stderr line
         local pt = require "procthread"
         local RTMIN = tonumber(os.getenv("HOST_RTMIN"))
         local function busy() if jit then jit.off() end local x = 0 while true do x = x + 1 end end
