@@ -6,6 +6,7 @@ local H = require "helper"
 
 local KINDS = { "thread", "process" }
 local T = 10              -- generous join timeout: the machine is shared
+-- #notsan: see worker_spec.lua (ThreadSanitizer delays signal handlers).
 
 -- Like H.fresh, but the interpreter runs under `wrap` (a command that
 -- execs its arguments, e.g. perl setting a signal disposition first), with
@@ -342,7 +343,7 @@ describe("worker reliability", function()
       ]] .. code, ("LD_PRELOAD=%q"):format((pre and pre .. " " or "") .. so))
     end
 
-    it("never replaces a handler the host installed, and still cancels a busy loop", function()
+    it("never replaces a handler the host installed, and still cancels a busy loop #notsan", function()
       local status, out = host([[
         local w = pt.spawn_thread(busy)
         pt.sleep(0.05)
@@ -355,7 +356,7 @@ describe("worker reliability", function()
       assert.matches("join\tfalse\tcancelled\nhost handler\nalive\n", out, 1, true)
     end)
 
-    it("pt.configure{ cancel_signal = n } chooses it before first use", function()
+    it("pt.configure{ cancel_signal = n } chooses it before first use #notsan", function()
       local status, out = host([[
         print("host's", pcall(pt.configure, { cancel_signal = RTMIN + 6 }))
         print("not rt", pcall(pt.configure, { cancel_signal = 15 }))
