@@ -281,9 +281,9 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
     if (WIFSIGNALED(st)) w->signal = WTERMSIG(st);
   }
   complete = result_complete(w);
-  if (complete) memcpy(&len, w->result.data + 1, 8);
   if (complete) {
     int kind = w->result.data[0];
+    memcpy(&len, w->result.data + 1, 8);
     memmove(w->result.data, w->result.data + HDR, (size_t)len);
     w->result.len = (size_t)len;
     w->result_is_error = kind != 0;
@@ -385,7 +385,8 @@ static void reap_pass(void) {                 /* orphan_lock held */
   pt_worker **p = &orphans;
   while (*p) {
     pt_worker *w = *p;
-    if (drain(w) != 0 || try_reap(w) != 0) {
+    drain(w);                         /* what is lost on ENOMEM stays lost */
+    if (try_reap(w) != 0) {
       *p = w->next;
       pt_worker_unref(w);
     } else {

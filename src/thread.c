@@ -104,18 +104,23 @@ static pthread_cond_t live_cond;
 static pt_worker *live;
 static int running;
 
-static void forget_threads(void) {     /* a forked child: none came along */
-  pthread_mutex_init(&live_lock, NULL);
-  live = NULL;
-  running = 0;
-}
-
-static void init_live(void) {
+static void init_cond(void) {
   pthread_condattr_t a;
   pthread_condattr_init(&a);
   pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
   pthread_cond_init(&live_cond, &a);
   pthread_condattr_destroy(&a);
+}
+
+static void forget_threads(void) {     /* a forked child: none came along */
+  pthread_mutex_init(&live_lock, NULL);
+  init_cond();
+  live = NULL;
+  running = 0;
+}
+
+static void init_live(void) {
+  init_cond();
   pt_atfork_child(forget_threads);
 }
 
@@ -172,9 +177,8 @@ static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec
 static void take_cancels(lua_State *L, pt_worker *w, int how) {
   sigset_t one;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
-  if (!sig) return;
   sigemptyset(&one);
-  sigaddset(&one, sig);
+  if (sig) sigaddset(&one, sig);
   if (how == SIG_BLOCK) pthread_sigmask(SIG_BLOCK, &one, NULL);
   w->ctx.L = how == SIG_UNBLOCK ? L : NULL;
   if (how == SIG_UNBLOCK) pthread_sigmask(SIG_UNBLOCK, &one, NULL);
