@@ -6,7 +6,8 @@ local KINDS = { "thread", "process" }
 local T = 10              -- generous join timeout: the machine is shared
 -- #notsan: ThreadSanitizer changes the behaviour tested (it delays a
 -- signal's handler to the thread's next libc call, so a pure-Lua loop is
--- never hooked; it turns a SIGSEGV into exit code 66).
+-- never hooked; it turns a SIGSEGV into exit code 66), or cannot run it
+-- (as user nobody, who may not reach the checkout's lua-tsan).
 
 describe("workers", function()
   H.no_leaks()
@@ -345,7 +346,7 @@ describe("workers", function()
       assert.matches("nil|pthread_create: Resource temporarily unavailable|11", out, 1, true)
     end)
 
-    it("returns nil, 'fork: ...', errno when no process can be made", function()
+    it("returns nil, 'fork: ...', errno when no process can be made #notsan", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
         local w, err, errno = pt.spawn_process(function() end)

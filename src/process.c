@@ -33,9 +33,6 @@ static void reap_orphans(void);
 static void forget_parent(void) {
   if (my_result_fd >= 0) close(my_result_fd);
   my_result_fd = -1;
-  pthread_mutex_init(&orphan_lock, NULL);  /* the parent's children are not ours */
-  orphans = NULL;
-  reaper_running = 0;
 }
 
 static int write_all(int fd, const char *p, size_t n) {
@@ -211,9 +208,17 @@ int pt_process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
+  pt_thread_fork(0);        /* no list is caught half-changed by the fork */
+  pthread_mutex_lock(&orphan_lock);
   pid = fork();
+  e = errno;
+  if (pid == 0) {
+    orphans = NULL;         /* the parent's children are not ours */
+    reaper_running = 0;
+  }
+  pthread_mutex_unlock(&orphan_lock);
+  pt_thread_fork(pid == 0 ? 2 : 1);
   if (pid < 0) {
-    e = errno;
     close(fds[0]);
     close(fds[1]);
     return spawn_failed(L, w, "fork", e);

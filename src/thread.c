@@ -112,16 +112,22 @@ static void init_cond(void) {
   pthread_condattr_destroy(&a);
 }
 
-static void forget_threads(void) {     /* a forked child: none came along */
-  pthread_mutex_init(&live_lock, NULL);
-  init_cond();
-  live = NULL;
-  running = 0;
-}
+static void init_live(void) { init_cond(); }
 
-static void init_live(void) {
-  init_cond();
-  pt_atfork_child(forget_threads);
+/* spawn_process forks between these two: the list is never caught
+   half-changed, and the child (none of the threads came along) starts
+   with an empty one. */
+void pt_thread_fork(int stage) {
+  if (stage == 0) {
+    pthread_mutex_lock(&live_lock);
+    return;
+  }
+  if (stage == 2) {
+    live = NULL;
+    running = 0;
+    init_cond();               /* waiters of the parent are not here */
+  }
+  pthread_mutex_unlock(&live_lock);
 }
 
 static void unlink_live(pt_worker *w) {

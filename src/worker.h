@@ -52,6 +52,8 @@ void pt_thread_release(pt_worker *w);       /* handle collected */
 /* Cancel every thread worker of this process and wait up to timeout for
    their end; returns how many still run. */
 int pt_thread_stop_all(double timeout);
+/* Around fork(): 0 before, 1 after in the parent, 2 after in the child. */
+void pt_thread_fork(int stage);
 
 /* process.c */
 int pt_process_spawn(lua_State *L);                      /* pt.spawn_process */
