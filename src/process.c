@@ -24,6 +24,12 @@
 static pt_ctx process_ctx = {PT_PROCESS, NULL, -1, NULL, 0};
 static int my_result_fd = -1;        /* in a worker process: its write end */
 
+/* Collected handles of children that still ran (see pt_process_release). */
+static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
+static pt_worker *orphans;                 /* linked by next */
+static int reaper_running;
+static void reap_orphans(void);
+
 static void forget_parent(void) {
   if (my_result_fd >= 0) close(my_result_fd);
   my_result_fd = -1;
@@ -50,6 +56,15 @@ static void send_result(int kind, const char *p, size_t n) {
   if (write_all(my_result_fd, hdr, HDR) == 0) write_all(my_result_fd, p, n);
 }
 
+/* A worker process leaves: first its own thread workers are cancelled
+   and given a second to end, so that pt_child_exit may drop the
+   shared-memory counts this process holds (it keeps them, leaked, while
+   a thread still runs). */
+static void leave(int code) {
+  pt_thread_stop_all(1.0);
+  pt_child_exit(code);
+}
+
 /* os.exit inside a worker process: flush this process's own output and
    leave with the code, never running the parent's atexit handlers. */
 static int child_os_exit(lua_State *L) {
@@ -57,7 +72,7 @@ static int child_os_exit(lua_State *L) {
   if (lua_isnoneornil(L, 1)) code = 0;
   else if (lua_type(L, 1) == LUA_TBOOLEAN) code = lua_toboolean(L, 1) ? 0 : 1;
   else code = (int)luaL_checkinteger(L, 1);
-  pt_child_exit(code);
+  leave(code);
   return 0;
 }
 
@@ -66,11 +81,20 @@ static int child_os_exit(lua_State *L) {
    the child copies no page for it); msgh cuts them off the traceback. */
 static int parent_levels;
 
+/* How many levels the stack has.  lua_getstack walks the call chain, so
+   probing every level is quadratic: a stack overflow (some 200000 levels)
+   would never finish.  Double, then bisect, as luaL_traceback does. */
 static int count_levels(lua_State *L) {
   lua_Debug ar;
-  int n = 0;
-  while (lua_getstack(L, n, &ar)) n++;
-  return n;
+  int have = 0, lack = 1;                  /* levels < have exist; lack does not */
+  while (lua_getstack(L, lack, &ar)) { have = lack + 1; lack *= 2; }
+  if (!lua_getstack(L, 0, &ar)) return 0;
+  if (have == 0) have = 1;
+  while (have < lack) {
+    int m = have + (lack - have) / 2;
+    if (lua_getstack(L, m, &ar)) have = m + 1; else lack = m;
+  }
+  return have;
 }
 
 static int msgh(lua_State *L) {
@@ -97,6 +121,15 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
+/* cancel is SIGTERM: the child takes it whatever the parent does with it */
+static void take_sigterm(void) {
+  sigset_t term;
+  signal(SIGTERM, SIG_DFL);
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  pthread_sigmask(SIG_UNBLOCK, &term, NULL);
+}
+
 /* The child: stack is fn, args...  Never returns.  Every page it writes
    is a copy-on-write fault, so the happy path allocates nothing it can
    avoid: no traceback text up front, no encoder state for no results. */
@@ -112,6 +145,7 @@ static void child_main(lua_State *L, int wfd) {
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
   }
+  take_sigterm();
   pt_self_ctx = &process_ctx;
   parent_levels = count_levels(L);
   lua_getglobal(L, "os");
@@ -127,19 +161,19 @@ static void child_main(lua_State *L, int wfd) {
     const char *m = lua_tolstring(L, -1, &len);
     if (!m) m = "(error object is not a string)", len = strlen(m);
     send_result(1, m, len);
-    pt_child_exit(1);
+    leave(1);
   } else if (lua_gettop(L) == base) {
     send_result(0, "", 0);
-    pt_child_exit(0);
+    leave(0);
   } else {
     pt_buf b;
     pt_buf_init(&b);
     if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
       send_result(0, b.data ? b.data : "", b.len);
-      pt_child_exit(0);
+      leave(0);
     }
     send_result(1, err, strlen(err));
-    pt_child_exit(1);
+    leave(1);
   }
 }
 
@@ -158,6 +192,7 @@ int pt_process_spawn(lua_State *L) {
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
   w = pt_worker_new(PT_PROCESS);
@@ -173,9 +208,17 @@ int pt_process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
+  pt_thread_fork(0);        /* no list is caught half-changed by the fork */
+  pthread_mutex_lock(&orphan_lock);
   pid = fork();
+  e = errno;
+  if (pid == 0) {
+    orphans = NULL;         /* the parent's children are not ours */
+    reaper_running = 0;
+  }
+  pthread_mutex_unlock(&orphan_lock);
+  pt_thread_fork(pid == 0 ? 2 : 1);
   if (pid < 0) {
-    e = errno;
     close(fds[0]);
     close(fds[1]);
     return spawn_failed(L, w, "fork", e);
@@ -211,21 +254,41 @@ static int drain(pt_worker *w) {
 
 static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
 
-/* The child has ended (st, ru): settle the outcome. */
+static int result_complete(pt_worker *w) {
+  uint64_t len;
+  if (w->result.len < HDR) return 0;
+  memcpy(&len, w->result.data + 1, 8);
+  return len == w->result.len - HDR;
+}
+
+/* Why wait4 found no child: the kernel reaped it (SIGCHLD ignored, or
+   SA_NOCLDWAIT), or another part of the program did. */
+static const char *why_unknown(void) {
+  struct sigaction sa;
+  if (sigaction(SIGCHLD, NULL, &sa) == 0 &&
+      (sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT)))
+    return "exit status unknown: SIGCHLD is ignored, so the kernel reaped the process";
+  return "exit status unknown: the process was reaped by another part of the program";
+}
+
+/* The child has ended: settle the outcome from its exit status st and
+   rusage ru, or (ru NULL) from what it sent alone. */
 static void settle(pt_worker *w, int st, struct rusage *ru) {
   uint64_t len = 0;
   int complete;
   drain(w);
   w->t_end = pt_now();
-  w->cpu_user = tv(ru->ru_utime);
-  w->cpu_sys = tv(ru->ru_stime);
-  w->max_rss_kib = ru->ru_maxrss;
-  if (WIFEXITED(st)) w->exit_code = WEXITSTATUS(st);
-  if (WIFSIGNALED(st)) w->signal = WTERMSIG(st);
-  if (w->result.len >= HDR) memcpy(&len, w->result.data + 1, 8);
-  complete = w->result.len >= HDR && len == w->result.len - HDR;
+  if (ru) {
+    w->cpu_user = tv(ru->ru_utime);
+    w->cpu_sys = tv(ru->ru_stime);
+    w->max_rss_kib = ru->ru_maxrss;
+    if (WIFEXITED(st)) w->exit_code = WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) w->signal = WTERMSIG(st);
+  }
+  complete = result_complete(w);
   if (complete) {
     int kind = w->result.data[0];
+    memcpy(&len, w->result.data + 1, 8);
     memmove(w->result.data, w->result.data + HDR, (size_t)len);
     w->result.len = (size_t)len;
     w->result_is_error = kind != 0;
@@ -236,8 +299,11 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
     }
     w->result.len = 0;
     w->result_is_error = 1;
-    w->status = (w->cancel && w->signal == SIGTERM) ? W_CANCELLED : W_FAILED;
+    w->status = W_FAILED;
+    if (!ru) pt_buf_add(&w->result, why_unknown(), strlen(why_unknown()));
   }
+  /* cancelled while it ran (w_cancel): cancelled, however it ended */
+  if (w->cancel) w->status = W_CANCELLED;
   pt_close(w->result_fd);
   w->result_fd = -1;
   pt_close(w->done_fd);
@@ -252,23 +318,21 @@ static int try_reap(pt_worker *w) {
   struct rusage ru;
   pid_t r;
   do r = wait4(w->id, &st, WNOHANG, &ru); while (r < 0 && errno == EINTR);
+  if (r < 0 && errno == ECHILD) {          /* gone, and its status with it */
+    settle(w, 0, NULL);
+    return 1;
+  }
   if (r < 0) return -1;
   if (r == 0) return 0;
   settle(w, st, &ru);
   return 1;
 }
 
-static int result_complete(pt_worker *w) {
-  uint64_t len;
-  if (w->result.len < HDR) return 0;
-  memcpy(&len, w->result.data + 1, 8);
-  return len == w->result.len - HDR;
-}
-
 int pt_process_wait(pt_worker *w, double timeout) {
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
   int spun = 0;
   if (w->joined) return 1;
+  reap_orphans();
   for (;;) {
     int fds[2], n = 0, r;
     double left = deadline < 0 ? -1 : deadline - pt_now();
@@ -317,32 +381,80 @@ int pt_process_signal(pt_worker *w, int sig) {
   return kill(w->id, sig) == 0 ? 0 : errno;
 }
 
-/* A collected handle of a live child: a detached thread waits for it, so
-   no zombie is ever left behind. */
+/* A collected handle of a live child becomes an orphan: one reaper
+   thread waits for the orphans while there are any (it drains their
+   result pipes, so none blocks on a full pipe) and ends with the last.
+   When no thread can be started, the next spawn_process, join or
+   collected handle reaps them.  A finalizer never blocks. */
+static void reap_pass(void) {                 /* orphan_lock held */
+  pt_worker **p = &orphans;
+  while (*p) {
+    pt_worker *w = *p;
+    drain(w);                         /* what is lost on ENOMEM stays lost */
+    if (try_reap(w) != 0) {
+      *p = w->next;
+      pt_worker_unref(w);
+    } else {
+      p = &w->next;
+    }
+  }
+}
+
 static void *reaper(void *arg) {
-  pt_worker *w = (pt_worker *)arg;
-  pt_self_ctx = NULL;
-  while (pt_process_wait(w, -1) == -1 && errno == EINTR) {}
-  pt_worker_unref(w);
+  (void)arg;
+  pthread_mutex_lock(&orphan_lock);
+  for (;;) {
+    struct pollfd p[64];
+    int n = 0, ms = 100;
+    pt_worker *w;
+    reap_pass();
+    if (!orphans) break;
+    for (w = orphans; w && n < 63; w = w->next) {
+      p[n].fd = w->result_fd; p[n].events = POLLIN; p[n++].revents = 0;
+      if (w->done_fd < 0) ms = 10;             /* no pidfd: poll for its end */
+      else { p[n].fd = w->done_fd; p[n].events = POLLIN; p[n++].revents = 0; }
+    }
+    pthread_mutex_unlock(&orphan_lock);   /* only this thread reaps now */
+    poll(p, (nfds_t)n, ms);
+    pthread_mutex_lock(&orphan_lock);
+  }
+  reaper_running = 0;
+  pthread_mutex_unlock(&orphan_lock);
   return NULL;
 }
 
-void pt_process_release(pt_worker *w) {
+static int start_reaper(void) {
   pthread_t t;
   pthread_attr_t a;
   sigset_t all, old;
-  if (!w->joined && try_reap(w) == 0) {
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 64 * 1024);
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    if (pthread_create(&t, &a, reaper, w) == 0) w = NULL;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&a);
-    if (w) {                     /* no thread: wait here rather than leak */
-      while (pt_process_wait(w, -1) == -1 && errno == EINTR) {}
-    }
+  int ok;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&a, 64 * 1024);
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  ok = pthread_create(&t, &a, reaper, NULL) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&a);
+  return ok;
+}
+
+/* Reap what orphans have ended, unless the reaper thread does. */
+static void reap_orphans(void) {
+  pthread_mutex_lock(&orphan_lock);
+  if (!reaper_running) reap_pass();
+  pthread_mutex_unlock(&orphan_lock);
+}
+
+void pt_process_release(pt_worker *w) {
+  reap_orphans();
+  if (w->joined || try_reap(w) != 0) {
+    pt_worker_unref(w);
+    return;
   }
-  if (w) pt_worker_unref(w);
+  pthread_mutex_lock(&orphan_lock);
+  w->next = orphans;
+  orphans = w;
+  if (!reaper_running) reaper_running = start_reaper();
+  pthread_mutex_unlock(&orphan_lock);
 }

@@ -29,8 +29,9 @@ int pt_push_oserror(lua_State *L, const char *op, int err);
 int pt_raise_oserror(lua_State *L, const char *op, int err);
 
 double pt_now(void);                         /* monotonic seconds */
-/* Optional timeout argument at index i: nil or absent -> -1 (forever);
-   a number >= 0 otherwise; a negative or non-number raises. */
+/* Optional timeout argument at index i: nil, absent, math.huge or more
+   than 1e9 s -> -1 (forever); a number >= 0 otherwise; a negative, NaN or
+   non-number raises. */
 double pt_opttimeout(lua_State *L, int i);
 
 /* Who runs this code.  main: the first Lua state of a process (and every
@@ -55,6 +56,12 @@ int pt_wait_fd(int fd, short events, double timeout);
 int pt_wait_fds(const int *fds, int n, short events, double timeout);
 /* Raise the cancellation error (the string "cancelled"). */
 int pt_raise_cancelled(lua_State *L);
+/* thread.c: in a cancelled thread worker, set the hook that raises
+   "cancelled" at every instruction, on L and on the thread's own state. */
+void pt_cancel_arm(lua_State *L);
+/* thread.c: pt.configure{ cancel_signal = sig } (0: none, -1: not a
+   number); NULL ok, or why not. */
+const char *pt_set_cancel_signal(double sig);
 #define PT_CANCELLED_MSG "cancelled"
 
 /* The error object at idx as a string: itself, its __tostring, or

@@ -144,7 +144,7 @@ double pt_opttimeout(lua_State *L, int i) {
   if (lua_isnoneornil(L, i)) return -1;
   t = luaL_checknumber(L, i);
   if (!(t >= 0)) luaL_argerror(L, i, "timeout must be a number >= 0");
-  return t;
+  return t > 1e9 ? -1 : t;                      /* math.huge: for ever */
 }
 
 /* ---- cancellation ---------------------------------------------------------- */
@@ -153,10 +153,11 @@ __thread pt_ctx *pt_self_ctx;
 
 int pt_cancel_requested(void) {
   pt_ctx *c = pt_self_ctx;
-  return c && c->cancel && *c->cancel;
+  return c && c->cancel && __atomic_load_n(c->cancel, __ATOMIC_ACQUIRE);
 }
 
 int pt_raise_cancelled(lua_State *L) {
+  pt_cancel_arm(L);                 /* no pcall can swallow it from here on */
   lua_pushstring(L, PT_CANCELLED_MSG);
   return lua_error(L);
 }

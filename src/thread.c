@@ -23,32 +23,143 @@
    after it, so a pcall that swallows the error cannot keep the loop
    going.  A coroutine running at that moment has hooks of its own: it is
    stopped once it yields or returns, or at its next procthread call. */
-static int cancel_sig;
-static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
+static int cancel_sig;                 /* atomic: the signal taken, 0: none */
+static int wanted_sig = -1;            /* atomic: pt.configure's choice; -1: pick */
+static int sig_decided;                /* atomic: the choice above is final */
+static pthread_once_t sig_once = PTHREAD_ONCE_INIT, live_once = PTHREAD_ONCE_INIT;
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (pt_cancel_requested()) pt_raise_cancelled(L);
 }
 
+static void arm(lua_State *L) { lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1); }
+
+void pt_cancel_arm(lua_State *L) {
+  pt_ctx *c = pt_self_ctx;
+  if (!c || c->kind != PT_THREAD || !c->L || !pt_cancel_requested()) return;
+  arm(c->L);
+  if (L != c->L) arm(L);
+}
+
 static void on_cancel_signal(int sig) {
   pt_ctx *c = pt_self_ctx;
   int e = errno;
   (void)sig;
-  if (c && c->L && c->cancel && *c->cancel)
-    lua_sethook(c->L, cancel_hook, LUA_MASKCOUNT, 1);
+  if (c && c->L && pt_cancel_requested()) arm(c->L);
   errno = e;
 }
 
-static void install_cancel_signal(void) {
+/* A signal procthread may take: nobody installed a handler for it. */
+static int signal_free(int sig) {
+  struct sigaction old;
+  if (sigaction(sig, NULL, &old) != 0) return 0;
+  return !(old.sa_flags & SA_SIGINFO) && (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN);
+}
+
+static int take_signal(int sig) {
   struct sigaction sa;
-  int sig = SIGRTMIN + 6;
-  if (sig > SIGRTMAX) return;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_cancel_signal;
   sa.sa_flags = SA_RESTART;
   sigfillset(&sa.sa_mask);
-  if (sigaction(sig, &sa, NULL) == 0) cancel_sig = sig;
+  return signal_free(sig) && sigaction(sig, &sa, NULL) == 0;
+}
+
+/* The first spawn_thread picks the signal: pt.configure's, or the first
+   real-time signal from SIGRTMIN+6 up that has no handler.  A handler the
+   host installed is never replaced; without a signal, cancellation still
+   works at every blocking call (the flag and the eventfd). */
+static void install_cancel_signal(void) {
+  int sig, want = __atomic_load_n(&wanted_sig, __ATOMIC_ACQUIRE);
+  __atomic_store_n(&sig_decided, 1, __ATOMIC_RELEASE);
+  if (want >= 0) {
+    if (want > 0 && take_signal(want)) __atomic_store_n(&cancel_sig, want, __ATOMIC_RELEASE);
+    return;
+  }
+  for (sig = SIGRTMIN + 6; sig <= SIGRTMAX; sig++)
+    if (take_signal(sig)) { __atomic_store_n(&cancel_sig, sig, __ATOMIC_RELEASE); return; }
+}
+
+const char *pt_set_cancel_signal(double n) {
+  int sig = (n >= 0 && n <= SIGRTMAX) ? (int)n : -1;
+  if (sig != n || (sig != 0 && sig < SIGRTMIN))
+    return "cancel_signal must be a real-time signal number (SIGRTMIN to SIGRTMAX) or 0 for none";
+  if (__atomic_load_n(&sig_decided, __ATOMIC_ACQUIRE))
+    return sig == __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE) ? NULL
+           : "cancel_signal: threads have been started; configure it before first use";
+  if (sig && !signal_free(sig)) return "cancel_signal: the program has a handler on that signal";
+  __atomic_store_n(&wanted_sig, sig, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+/* ---- the running threads of this process ------------------------------- */
+
+/* Every thread worker of this process is on this list from its start to
+   its end; `running` counts down only once a thread has touched its last
+   shared object.  A worker process leaving stops them (pt_thread_stop_all)
+   before it drops its shared-memory counts. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_cond;
+static pt_worker *live;
+static int running;
+
+static void init_cond(void) {
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&live_cond, &a);
+  pthread_condattr_destroy(&a);
+}
+
+static void init_live(void) { init_cond(); }
+
+/* spawn_process forks between these two: the list is never caught
+   half-changed, and the child (none of the threads came along) starts
+   with an empty one. */
+void pt_thread_fork(int stage) {
+  if (stage == 0) {
+    pthread_mutex_lock(&live_lock);
+    return;
+  }
+  if (stage == 2) {
+    live = NULL;
+    running = 0;
+    init_cond();               /* waiters of the parent are not here */
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void unlink_live(pt_worker *w) {
+  pthread_mutex_lock(&live_lock);
+  if (w->prev) w->prev->next = w->next; else live = w->next;
+  if (w->next) w->next->prev = w->prev;
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void signal_thread(pt_worker *w) {
+  uint64_t one = 1;
+  int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
+  __atomic_store_n(&w->cancel, 1, __ATOMIC_SEQ_CST);
+  if (write(w->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
+  if (sig && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) pthread_kill(w->thread, sig);
+}
+
+int pt_thread_stop_all(double timeout) {
+  struct timespec ts;
+  double end;
+  pt_worker *w;
+  int left;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
+  ts.tv_sec = (time_t)end;
+  ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+  pthread_mutex_lock(&live_lock);
+  for (w = live; w; w = w->next) signal_thread(w);   /* on the list: not yet ended */
+  while (running > 0 && pthread_cond_timedwait(&live_cond, &live_lock, &ts) != ETIMEDOUT) {}
+  left = running;
+  pthread_mutex_unlock(&live_lock);
+  return left;
 }
 
 static int msgh(lua_State *L) {
@@ -67,10 +178,28 @@ static int set_error(pt_worker *w, const char *msg, size_t len) {
 
 static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
 
+/* While fn runs the cancellation signal may reach this thread; its
+   handler then arms the hook on L.  Asked already: arm it now. */
+static void take_cancels(lua_State *L, pt_worker *w, int how) {
+  sigset_t one;
+  int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
+  sigemptyset(&one);
+  if (sig) sigaddset(&one, sig);
+  if (how == SIG_BLOCK) pthread_sigmask(SIG_BLOCK, &one, NULL);
+  w->ctx.L = how == SIG_UNBLOCK ? L : NULL;
+  if (how == SIG_UNBLOCK) pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+  if (how == SIG_UNBLOCK && pt_cancel_requested()) arm(L);
+}
+
 /* Runs in the new state: stack holds the job's values, fn first. */
 static int run_job(lua_State *L, pt_worker *w) {
-  int n, base, nres, ok;
+  int n, base, nres, ok, r;
   char err[640];
+  if (pt_cancel_requested()) {                /* cancelled before it began */
+    pt_discard(w->job.data, w->job.len);
+    pt_buf_free(&w->job);
+    return W_CANCELLED;
+  }
   lua_pushcfunction(L, msgh);
   base = lua_gettop(L);
   n = pt_decode(L, w->job.data, w->job.len);
@@ -79,10 +208,12 @@ static int run_job(lua_State *L, pt_worker *w) {
     const char *m = n < 0 ? lua_tostring(L, -1) : "no function";
     return set_error(w, m, strlen(m)), W_FAILED;
   }
-  if (lua_pcall(L, n - 1, LUA_MULTRET, base) != 0) {
+  take_cancels(L, w, SIG_UNBLOCK);
+  r = lua_pcall(L, n - 1, LUA_MULTRET, base);
+  take_cancels(L, w, SIG_BLOCK);
+  if (r != 0) {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
-    if (w->cancel) return W_CANCELLED;
     if (!m) m = "(error object is not a string)", len = strlen(m);
     set_error(w, m, len);
     return W_FAILED;
@@ -128,22 +259,7 @@ static void *thread_main(void *arg) {
     lua_pushcfunction(L, luaopen_procthread_core);
     lua_setfield(L, -2, "procthread.core");
     lua_pop(L, 2);
-    if (cancel_sig) {                         /* only ours: see above */
-      sigset_t one;
-      sigemptyset(&one);
-      sigaddset(&one, cancel_sig);
-      w->ctx.L = L;
-      pthread_sigmask(SIG_UNBLOCK, &one, NULL);
-      if (w->cancel) lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
-    }
     status = run_job(L, w);
-    if (cancel_sig) {
-      sigset_t one;
-      sigemptyset(&one);
-      sigaddset(&one, cancel_sig);
-      pthread_sigmask(SIG_BLOCK, &one, NULL);
-      w->ctx.L = NULL;
-    }
     lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
     w->ctx.closing = 1;                       /* see pt_thread_release */
     lua_close(L);
@@ -154,15 +270,22 @@ static void *thread_main(void *arg) {
     w->max_rss_kib = ru.ru_maxrss;
   }
   w->t_end = pt_now();
-  w->status = status;
+  /* Cancelled before it ended: cancelled, whatever fn did with it (a
+     pcall may have swallowed the error; the results are discarded). */
+  w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
   /* Publish the end.  A plain joiner waits for the thread's exit; one that
      must stay cancellable polls an eventfd it made (see pt_thread_wait). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
+  unlink_live(w);
   pt_worker_unref(w);
   __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_lock(&live_lock);
+  running--;
+  pthread_cond_broadcast(&live_cond);
+  pthread_mutex_unlock(&live_lock);
   return NULL;
 }
 
@@ -195,12 +318,21 @@ int pt_thread_spawn(lua_State *L) {
   w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (w->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
+  pthread_once(&live_once, init_live);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_lock(&live_lock);               /* the thread unlinks itself after this */
   e = pthread_create(&w->thread, NULL, thread_main, w);
+  if (e == 0) {
+    w->next = live;
+    if (live) live->prev = w;
+    live = w;
+    running++;
+  }
+  pthread_mutex_unlock(&live_lock);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (e != 0) {
     __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
@@ -215,6 +347,15 @@ oserr_eventfd:
   pt_worker_unref(w);
   return pt_push_oserror(L, "eventfd", e);
 }
+
+/* ThreadSanitizer (gcc 12) does not intercept pthread_clockjoin_np: it
+   would take the joined thread for a live one.  Its build waits on the
+   eventfd instead, as a cancellable joiner does. */
+#if defined(__SANITIZE_THREAD__)
+#define CLOCKJOIN 0
+#else
+#define CLOCKJOIN 1
+#endif
 
 static void joined(pt_worker *w) {
   w->joined = 1;
@@ -232,7 +373,7 @@ int pt_thread_wait(pt_worker *w, double timeout) {
     return 1;
   }
   if (timeout == 0) return 0;
-  if (!pt_self_ctx || !pt_self_ctx->cancel) {
+  if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN)) {
     /* Nobody can cancel this joiner: wait for the thread's exit itself,
        one wake-up, as pthread_join alone would. */
     if (timeout < 0) {
@@ -269,12 +410,8 @@ int pt_thread_wait(pt_worker *w, double timeout) {
 }
 
 void pt_thread_cancel(pt_worker *w) {
-  uint64_t one = 1;
   if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  __atomic_store_n(&w->cancel, 1, __ATOMIC_SEQ_CST);
-  if (write(w->cancel_fd, &one, sizeof one) < 0) { /* flag is set anyway */ }
-  if (cancel_sig && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST))
-    pthread_kill(w->thread, cancel_sig);    /* not yet joined: the id is valid */
+  signal_thread(w);                         /* not yet joined: the id is valid */
 }
 
 void pt_thread_release(pt_worker *w) {

@@ -49,11 +49,24 @@ void pt_worker_push(lua_State *L, pt_worker *w) {
   lua_setmetatable(L, -2);
 }
 
-static pt_worker *check(lua_State *L) {
+/* The record of the handle at index 1 for method `op`.  A handle whose
+   __gc has run (a finalizer may still reach it at lua_close) raises. */
+static pt_worker *check(lua_State *L, const char *op) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   if (h->owner != getpid())
     luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
+  if (!h->w) luaL_error(L, "%s: worker handle has been released", op);
   return h->w;
+}
+
+/* The worker's id; a new thread publishes its own first thing. */
+static int worker_id(pt_worker *w) {
+  int id = __atomic_load_n(&w->id, __ATOMIC_ACQUIRE);
+  while (id == 0 && !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+    usleep(50);
+    id = __atomic_load_n(&w->id, __ATOMIC_ACQUIRE);
+  }
+  return id;
 }
 
 static int wait_for(pt_worker *w, double timeout) {
@@ -141,7 +154,7 @@ static void store_answer(lua_State *L, pt_worker *w) {
 }
 
 static int w_join(lua_State *L) {
-  pt_worker *w = check(L);
+  pt_worker *w = check(L, "join");
   double timeout = pt_opttimeout(L, 2);
   int r;
   lua_settop(L, 1);
@@ -164,86 +177,80 @@ static int w_join(lua_State *L) {
 
 static const char *const status_names[] = {"running", "succeeded", "failed", "cancelled"};
 
+/* The status of the worker of handle 1 (W_*), settling a finished one;
+   -1 with errno on an OS error.  Leaves the stack as it was. */
+static int current_status(lua_State *L, pt_worker *w) {
+  int top = lua_gettop(L);
+  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && wait_for(w, 0) == -1) return -1;
+  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return W_RUNNING;
+  get_answer(L);
+  if (lua_isnil(L, -1)) store_answer(L, w);     /* decoding may fail it */
+  lua_settop(L, top);
+  return w->status;
+}
+
 static int w_status(lua_State *L) {
-  pt_worker *w = check(L);
-  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
-    int r = wait_for(w, 0);
-    if (r == -1) return pt_push_oserror(L, "status", errno);
-  }
-  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
-    lua_settop(L, 1);
-    get_answer(L);
-    if (lua_isnil(L, -1)) store_answer(L, w);   /* decoding may fail it */
-    lua_pushstring(L, status_names[w->status]);
-  } else {
-    lua_pushstring(L, status_names[W_RUNNING]);
-  }
+  int st = current_status(L, check(L, "status"));
+  if (st < 0) return pt_push_oserror(L, "status", errno);
+  lua_pushstring(L, status_names[st]);
   return 1;
 }
 
 static int w_cancel(lua_State *L) {
-  pt_worker *w = check(L);
+  pt_worker *w = check(L, "cancel");
   if (w->kind == PT_THREAD) {
     pt_thread_cancel(w);
-  } else {
+  } else if (pt_process_wait(w, 0) == 0) {
+    /* still running: it ends "cancelled" however it ends (see settle) */
     int err;
-    if (!w->joined) {
-      w->cancel = 1;
-      err = pt_process_signal(w, SIGTERM);
-      if (err) return pt_push_oserror(L, "cancel", err);
-    }
+    w->cancel = 1;
+    err = pt_process_signal(w, SIGTERM);
+    if (err) return pt_push_oserror(L, "cancel", err);
   }
   lua_pushboolean(L, 1);
   return 1;
 }
 
+/* Constant: read by any thread, built by none. */
 static const struct { const char *name; int sig; } signals[] = {
-  {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"ILL", SIGILL},
-  {"TRAP", SIGTRAP}, {"ABRT", SIGABRT}, {"BUS", SIGBUS}, {"FPE", SIGFPE},
-  {"KILL", SIGKILL}, {"USR1", SIGUSR1}, {"SEGV", SIGSEGV}, {"USR2", SIGUSR2},
-  {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"TERM", SIGTERM}, {"CHLD", SIGCHLD},
-  {"CONT", SIGCONT}, {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
-  {"TTOU", SIGTTOU}, {"URG", SIGURG}, {"XCPU", SIGXCPU}, {"XFSZ", SIGXFSZ},
-  {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF}, {"WINCH", SIGWINCH},
-  {"IO", SIGIO}, {"PWR", SIGPWR}, {"SYS", SIGSYS}, {NULL, 0}};
+  {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGILL", SIGILL},
+  {"SIGTRAP", SIGTRAP}, {"SIGABRT", SIGABRT}, {"SIGBUS", SIGBUS}, {"SIGFPE", SIGFPE},
+  {"SIGKILL", SIGKILL}, {"SIGUSR1", SIGUSR1}, {"SIGSEGV", SIGSEGV}, {"SIGUSR2", SIGUSR2},
+  {"SIGPIPE", SIGPIPE}, {"SIGALRM", SIGALRM}, {"SIGTERM", SIGTERM}, {"SIGCHLD", SIGCHLD},
+  {"SIGCONT", SIGCONT}, {"SIGSTOP", SIGSTOP}, {"SIGTSTP", SIGTSTP}, {"SIGTTIN", SIGTTIN},
+  {"SIGTTOU", SIGTTOU}, {"SIGURG", SIGURG}, {"SIGXCPU", SIGXCPU}, {"SIGXFSZ", SIGXFSZ},
+  {"SIGVTALRM", SIGVTALRM}, {"SIGPROF", SIGPROF}, {"SIGWINCH", SIGWINCH},
+  {"SIGIO", SIGIO}, {"SIGPWR", SIGPWR}, {"SIGSYS", SIGSYS}, {NULL, 0}};
 
 const char *pt_signal_name(int sig) {
-  static char names[64][12];
-  static int ready;
   int i;
-  if (!ready) {
-    for (i = 0; signals[i].name; i++)
-      if (signals[i].sig < 64) snprintf(names[signals[i].sig], 12, "SIG%s", signals[i].name);
-    __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-  }
-  if (sig <= 0 || sig >= 64) return NULL;
-  if (!names[sig][0]) {
-    if (sig >= SIGRTMIN && sig <= SIGRTMAX) return "SIGRT";
-    return NULL;
-  }
-  return names[sig];
+  for (i = 0; signals[i].name; i++)
+    if (signals[i].sig == sig) return signals[i].name;
+  if (sig >= SIGRTMIN && sig <= SIGRTMAX) return "SIGRT";
+  return NULL;
 }
 
 static int check_signal(lua_State *L, int i) {
   int k;
   if (lua_isnoneornil(L, i)) return SIGTERM;
   if (lua_type(L, i) == LUA_TNUMBER) {
-    lua_Integer s = lua_tointeger(L, i);
-    if (s < 0 || s >= 65) luaL_argerror(L, i, "not a signal number");
+    lua_Number s = lua_tonumber(L, i);
+    if (!(s >= 0 && s < 65) || s != (lua_Number)(int)s)
+      luaL_argerror(L, i, "not a signal number (an integer from 0 to 64)");
     return (int)s;
   }
   if (lua_type(L, i) == LUA_TSTRING) {
     const char *s = lua_tostring(L, i);
     if (strncmp(s, "SIG", 3) == 0) s += 3;
     for (k = 0; signals[k].name; k++)
-      if (strcmp(s, signals[k].name) == 0) return signals[k].sig;
+      if (strcmp(s, signals[k].name + 3) == 0) return signals[k].sig;
     return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", lua_tostring(L, i)));
   }
   return luaL_argerror(L, i, "signal name or number expected");
 }
 
 static int w_kill(lua_State *L) {
-  pt_worker *w = check(L);
+  pt_worker *w = check(L, "kill");
   int sig = check_signal(L, 2), err;
   if (w->kind == PT_THREAD)
     return luaL_error(L, "kill: a thread cannot be sent a signal (a signal hits "
@@ -266,21 +273,19 @@ static void set_num(lua_State *L, const char *k, double v) {
 }
 
 static int w_info(lua_State *L) {
-  pt_worker *w = check(L);
-  int done;
+  pt_worker *w = check(L, "info");
+  int st;
   lua_settop(L, 1);
-  w_status(L);                                  /* settles a finished worker */
-  lua_replace(L, 2);                            /* 1: handle, 2: status */
-  lua_settop(L, 2);
-  done = __atomic_load_n(&w->done, __ATOMIC_ACQUIRE);
+  st = current_status(L, w);                    /* settles a finished worker */
+  if (st < 0) return pt_push_oserror(L, "info", errno);
   lua_newtable(L);
   lua_pushstring(L, w->kind == PT_THREAD ? "thread" : "process");
   lua_setfield(L, -2, "kind");
-  lua_getfield(L, 1, "id");
+  lua_pushinteger(L, worker_id(w));
   lua_setfield(L, -2, "id");
-  lua_pushvalue(L, 2);
+  lua_pushstring(L, status_names[st]);
   lua_setfield(L, -2, "status");
-  if (done) {
+  if (st != W_RUNNING) {
     if (w->exit_code >= 0) { lua_pushinteger(L, w->exit_code); lua_setfield(L, -2, "exit_code"); }
     if (w->signal > 0) {
       const char *name = pt_signal_name(w->signal);
@@ -317,12 +322,7 @@ static int w_index(lua_State *L) {
     return 1;
   }
   if (k && h->w && strcmp(k, "id") == 0) {
-    int id = __atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE);
-    while (id == 0 && !__atomic_load_n(&h->w->done, __ATOMIC_ACQUIRE)) {
-      usleep(50);                 /* a new thread publishes its id first thing */
-      id = __atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE);
-    }
-    lua_pushinteger(L, id);
+    lua_pushinteger(L, worker_id(h->w));
     return 1;
   }
   lua_getmetatable(L, 1);
@@ -337,14 +337,14 @@ static int w_tostring(lua_State *L) {
   if (!h->w) lua_pushliteral(L, "procthread.Worker (released)");
   else
     lua_pushfstring(L, "procthread.Worker (%s %d)",
-                    h->w->kind == PT_THREAD ? "thread" : "process",
-                    (int)__atomic_load_n(&h->w->id, __ATOMIC_ACQUIRE));
+                    h->w->kind == PT_THREAD ? "thread" : "process", worker_id(h->w));
   return 1;
 }
 
 static int l_spawn(lua_State *L) {
   static const char *const kinds[] = {"thread", "process", NULL};
   int k = luaL_checkoption(L, 1, NULL, kinds);
+  luaL_checktype(L, 2, LUA_TFUNCTION);        /* blamed as argument #2 */
   lua_remove(L, 1);
   return k == 0 ? pt_thread_spawn(L) : pt_process_spawn(L);
 }

@@ -15,10 +15,10 @@ enum { W_RUNNING = 0, W_SUCCEEDED, W_FAILED, W_CANCELLED };
 typedef struct pt_worker {
   int kind;                   /* PT_THREAD or PT_PROCESS */
   int refs;                   /* atomic */
-  volatile int id;            /* pid, or kernel thread id (0 until known) */
-  volatile int done;          /* atomic: 1 once the outcome below is final */
-  int status;                 /* W_* */
-  volatile int cancel;        /* cancellation asked */
+  int id;                     /* atomic: pid, or kernel thread id (0 until known) */
+  int done;                   /* atomic: 1 once the outcome below is final */
+  int status;                 /* W_*: read only after done is seen set */
+  int cancel;                 /* atomic (thread): cancellation asked */
   int done_fd;                /* thread: eventfd made by a cancellable joiner,
                                  or -1; process: pidfd or -1 */
   int cancel_fd;              /* thread: eventfd */
@@ -28,7 +28,8 @@ typedef struct pt_worker {
   int result_is_error;
   char *path, *cpath;         /* thread: package.path / cpath to use */
   pthread_t thread;
-  int joined;                 /* thread joined / process reaped */
+  int joined;                 /* thread joined / process reaped (owner only) */
+  struct pt_worker *prev, *next;  /* thread: the list of running threads */
   double t_start, t_end;
   double cpu_user, cpu_sys;
   long max_rss_kib;
@@ -48,6 +49,11 @@ int pt_thread_spawn(lua_State *L);                       /* pt.spawn_thread */
 int pt_thread_wait(pt_worker *w, double timeout);
 void pt_thread_cancel(pt_worker *w);
 void pt_thread_release(pt_worker *w);       /* handle collected */
+/* Cancel every thread worker of this process and wait up to timeout for
+   their end; returns how many still run. */
+int pt_thread_stop_all(double timeout);
+/* Around fork(): 0 before, 1 after in the parent, 2 after in the child. */
+void pt_thread_fork(int stage);
 
 /* process.c */
 int pt_process_spawn(lua_State *L);                      /* pt.spawn_process */

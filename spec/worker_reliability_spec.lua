@@ -1,0 +1,395 @@
+-- Workers under hostile conditions: misuse after __gc, stack overflows,
+-- odd signal setups (SIGCHLD or SIGTERM ignored, a host that owns the
+-- cancellation signal), no thread left to start, cancellation races.
+local pt = require "procthread"
+local H = require "helper"
+
+local KINDS = { "thread", "process" }
+local T = 10              -- generous join timeout: the machine is shared
+-- #notsan: see worker_spec.lua (ThreadSanitizer delays signal handlers;
+-- user nobody may not reach its interpreter).
+
+-- Like H.fresh, but the interpreter runs under `wrap` (a command that
+-- execs its arguments, e.g. perl setting a signal disposition first), with
+-- extra environment `env` ("NAME=value ...").  Returns status, output.
+local function fresh_under(wrap, code, env)
+  local tmp = os.tmpname()
+  local f = assert(io.open(tmp, "w")); f:write(code); f:close()
+  -- as H.fresh: no LeakSanitizer in the children of an ASan run
+  local asan = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0" or ""
+  local cmd = ("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s %s %s 2>&1; echo \"::status:$?\"")
+    :format(asan, env or "", package.path, package.cpath, wrap, H.interpreter(), tmp)
+  local p = io.popen(cmd)
+  local out = p:read("*a"); p:close()
+  os.remove(tmp)
+  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
+end
+
+local function perl(setup) return "perl -e '" .. setup .. "; exec @ARGV or die'" end
+
+-- The interpreter's own object with a finalizer, on every Lua.
+local FINALIZER = [[
+local function finalizer(fn)
+  if newproxy then local u = newproxy(true); getmetatable(u).__gc = fn; return u end
+  return setmetatable({}, { __gc = fn })
+end
+]]
+
+describe("worker reliability", function()
+  H.no_leaks()
+
+  describe("#1 a handle used after its __gc", function()
+    for _, kind in ipairs(KINDS) do
+      it(kind .. ": every method raises 'worker handle has been released', never crashes", function()
+        local status, out = H.fresh(FINALIZER .. ([[
+          local pt = require "procthread"
+          local box = {}
+          local function use()
+            local w = box.w
+            for _, m in ipairs { "join", "status", "cancel", "kill", "info" } do
+              local ok, err = pcall(w[m], w)
+              io.write(m, ": ", tostring(ok), " ", tostring(err), "\n")
+            end
+            io.write(tostring(w), "\n")
+          end
+          -- one finalizer made before the handle, one after: at lua_close
+          -- one of them runs after the handle's own __gc, on every Lua
+          box.before = finalizer(use)
+          box.w = pt.spawn(%q, function() return 1 end)
+          assert(box.w:join(10))
+          box.after = finalizer(use)
+        ]]):format(kind))
+        assert.are.equal(0, status, out)
+        for _, m in ipairs { "join", "status", "cancel", "kill", "info" } do
+          assert.matches(m .. ": false " .. m .. ": worker handle has been released", out, 1, true)
+        end
+        assert.matches("procthread.Worker (released)", out, 1, true)
+      end)
+    end
+  end)
+
+  describe("#2 a stack overflow", function()
+    local cases = {
+      { "Lua stack", function() local function f(n) return 1 + f(n + 1) end return f(1) end },
+      { "C stack (__index)", function()
+          local t = setmetatable({}, { __index = function(t, k) return t[k] end })
+          return t.x
+        end },
+    }
+    for _, kind in ipairs(KINDS) do
+      for _, c in ipairs(cases) do
+        it(kind .. ": " .. c[1] .. " overflow fails with a bounded traceback, at once", function()
+          local t0 = pt.now()
+          local w = pt.spawn(kind, c[2])
+          finally(function() if kind == "process" then w:kill("KILL") end w:join(T) end)
+          local ok, err = w:join(30)
+          local took = pt.now() - t0
+          assert.is_false(ok, tostring(err))
+          assert.matches("stack overflow", err)
+          assert.is_true(#err < 4000, "traceback of " .. #err .. " bytes")
+          assert.is_true(took < 15, "took " .. took .. " s")
+        end)
+      end
+    end
+  end)
+
+  describe("#3 with SIGCHLD ignored", function()
+    it("join answers what the child sent, and says when the exit status is gone", function()
+      local status, out = fresh_under(perl '$SIG{CHLD}="IGNORE"', [[
+        local pt = require "procthread"
+        local w = pt.spawn_process(function() return 1, "two" end)
+        print("results", w:join(10))
+        print("status", w:status(), type(w:info().status), w:info().status)
+        local e = pt.spawn_process(function() error("boom", 0) end)
+        print("error", e:join(10))
+        local x = pt.spawn_process(function() os.exit(3) end)
+        print("exit", x:join(10))
+        print("xstatus", x:status())
+        local c = pt.spawn_process(function() pt.sleep(30) end)
+        c:cancel()
+        print("cancel", c:join(10))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("results\ttrue\t1\ttwo\n", out, 1, true)
+      assert.matches("status\tsucceeded\tstring\tsucceeded\n", out, 1, true)
+      assert.matches("error\tfalse\tboom\n", out, 1, true)
+      assert.matches("exit\tfalse\texit status unknown: SIGCHLD is ignored, so the kernel reaped the process\n", out, 1, true)
+      assert.matches("xstatus\tfailed\n", out, 1, true)
+      assert.matches("cancel\tfalse\tcancelled\n", out, 1, true)
+    end)
+  end)
+
+  describe("#7 math.huge is for ever", function()
+    for _, kind in ipairs(KINDS) do
+      for _, t in ipairs { math.huge, 1e300, 2e9 } do
+        it(kind .. ": join(" .. tostring(t) .. ") waits for the end", function()
+          local w = pt.spawn(kind, function() pt.sleep(0.2) return "late" end)
+          assert.are.same({ true, "late" }, { w:join(t) })
+        end)
+      end
+    end
+    it("a NaN timeout raises", function()
+      local w = pt.spawn_thread(function() end)
+      assert.has_error(function() w:join(0 / 0) end)
+      w:join(T)
+    end)
+  end)
+
+  describe("#8 no thread can be started", function()
+    it("__gc of a running process handle returns at once; the child is reaped later #notsan", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local gate = assert(pt.pipe())
+        local w = pt.spawn_process(function() gate:recv(20) end)
+        -- take every task this user may still make
+        local fill = {}
+        while true do
+          local f = pt.spawn_process(function() pt.sleep(30) end)
+          if not f then break end
+          fill[#fill + 1] = f
+        end
+        local t = pt.spawn_thread(function() end)
+        io.write("thread: ", tostring(t), "\n")
+        local t0 = pt.now()
+        w = nil
+        collectgarbage(); collectgarbage()
+        io.write(("gc took %.1f s\n"):format(pt.now() - t0))
+        for _, f in ipairs(fill) do f:kill("KILL"); f:join(10) end
+        gate:send(1)                     -- the collected worker may end now
+        local kids
+        for _ = 1, 200 do
+          pt.spawn_process(function() end):join(10)   -- reaps the orphan
+          local p = io.open("/proc/self/task/" .. pt.self().id .. "/children")
+          kids = p:read("*a"); p:close()
+          if kids == "" then break end
+          pt.sleep(0.02)
+        end
+        io.write("children: [", kids, "]\n")
+      ]], "ulimit -u 12;", { nobody = true })
+      assert.are.equal(0, status, out)
+      assert.matches("thread: nil", out, 1, true)
+      assert.matches("gc took 0.0 s", out, 1, true)
+      assert.matches("children: []", out, 1, true)
+    end)
+  end)
+
+  describe("#10 a pcall that swallows the cancellation", function()
+    it("never lets a cancelled thread succeed (40 rounds, CPUs busy) #stress", function()
+      local load = {}
+      for i = 1, 2 do
+        load[i] = pt.spawn_thread(function()
+          local x = 0
+          while not pt.cancelled() do x = x + 1 end
+        end)
+      end
+      finally(function() for _, l in ipairs(load) do l:cancel(); l:join(T) end end)
+      local wrong = {}
+      for round = 1, 40 do
+        local ready = pt.pipe()
+        local w = pt.spawn_thread(function()
+          ready:send(true)
+          local swallowed = 0
+          for _ = 1, 2000 do
+            if not pcall(pt.sleep, 0.001) then swallowed = swallowed + 1 end
+          end
+          return swallowed
+        end)
+        assert.is_true(ready:recv(T))
+        w:cancel()
+        local ok, err = w:join(T)
+        if ok ~= false or err ~= "cancelled" or w:status() ~= "cancelled" then
+          wrong[#wrong + 1] = ("round %d: %s %s"):format(round, tostring(ok), tostring(err))
+        end
+        ready:close()
+      end
+      assert.are.same({}, wrong)
+    end)
+  end)
+
+  describe("#11 cancelled before it starts", function()
+    it("ends 'cancelled', never 'failed' (50 rounds)", function()
+      local wrong = {}
+      for round = 1, 50 do
+        local w = pt.spawn_thread(function() pt.sleep(10) return "slept" end)
+        w:cancel()
+        local ok, err = w:join(T)
+        if ok ~= false or err ~= "cancelled" or w:status() ~= "cancelled" then
+          wrong[#wrong + 1] = ("round %d: %s %s"):format(round, tostring(ok), tostring(err))
+        end
+      end
+      assert.are.same({}, wrong)
+    end)
+  end)
+
+  describe("#14 a process that leaves while its threads run", function()
+    for _, how in ipairs { "blocked in pt.sleep", "in a pure-Lua loop" } do
+      it("drops its shared-memory counts: thread " .. how, function()
+        local before = H.shm_live()
+        local w = pt.spawn_process(function(loop)
+          local t = pt.shared_table { x = 1 }
+          local th = pt.spawn_thread(function(t, loop)
+            if loop then
+              if jit then jit.off() end
+              while t.x do end
+            end
+            pt.sleep(30)
+          end, t, loop)
+          return "left"
+        end, how:match("loop") ~= nil)
+        assert.are.same({ true, "left" }, { w:join(T) })
+        assert.is_true(H.eventually(function() return H.shm_live() == before end),
+          "shm objects " .. before .. " -> " .. H.shm_live())
+      end)
+    end
+  end)
+
+  describe("#21 messages and answers", function()
+    it("pt.spawn('thread', 42) blames argument #2", function()
+      local ok, err = pcall(pt.spawn, "thread", 42)
+      assert.is_false(ok)
+      assert.matches("bad argument #2", err, 1, true)
+    end)
+
+    it("kill(9.5) raises: not an integer", function()
+      local w = pt.spawn_process(function() pt.sleep(30) end)
+      finally(function() w:kill("KILL"); w:join(T) end)
+      local ok, err = pcall(w.kill, w, 9.5)
+      assert.is_false(ok)
+      assert.matches("not a signal number", err, 1, true)
+      assert.has_error(function() w:kill(-1) end)
+      assert.has_error(function() w:kill(1e10) end)
+    end)
+
+    for _, kind in ipairs(KINDS) do
+      it(kind .. ": info() of a running worker says status = 'running'", function()
+        local w = pt.spawn(kind, function() pt.sleep(30) end)
+        finally(function() w:cancel(); w:join(T) end)
+        local i = w:info()
+        assert.are.equal("running", i.status)
+        assert.are.equal(w.id, i.id)
+        assert.is_number(i.wall)
+      end)
+    end
+
+    it("tostring of a new thread shows its id at once", function()
+      for _ = 1, 20 do
+        local w = pt.spawn_thread(function() end)
+        local s = tostring(w)
+        assert.not_matches("thread 0%)", s)
+        assert.matches("%(thread " .. w.id .. "%)", s)
+        w:join(T)
+      end
+    end)
+  end)
+
+  describe("#24 cancelling a process", function()
+    for _, setup in ipairs { '$SIG{TERM}="IGNORE"',
+                             'use POSIX; sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGTERM))' } do
+      it("ends it 'cancelled' when the parent runs with " .. setup, function()
+        local status, out = fresh_under(perl(setup), [[
+          local pt = require "procthread"
+          local w = pt.spawn_process(function() pt.sleep(5) return "slept" end)
+          pt.sleep(0.05)
+          print("cancel", w:cancel())
+          print("join", w:join(10))
+          print("status", w:status())
+        ]])
+        assert.are.equal(0, status, out)
+        assert.matches("cancel\ttrue\njoin\tfalse\tcancelled\nstatus\tcancelled\n", out, 1, true)
+      end)
+    end
+
+    it("a process that had ended before cancel keeps its answer", function()
+      local w = pt.spawn_process(function() return "done" end)
+      assert.is_true(H.eventually(function() return w:status() ~= "running" end))
+      assert.is_true(w:cancel())
+      assert.are.same({ true, "done" }, { w:join(T) })
+    end)
+  end)
+
+  describe("#25 the cancellation signal", function()
+    -- a host program that handles SIGRTMIN+6 itself (an LD_PRELOADed
+    -- constructor installs the handler before Lua starts)
+    local so
+    setup(function()
+      local src = os.tmpname() .. ".c"
+      so = os.tmpname() .. ".so"
+      local f = assert(io.open(src, "w"))
+      f:write([[
+        #include <signal.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include <unistd.h>
+        static void host(int sig) { (void)sig; write(2, "host handler\n", 13); }
+        __attribute__((constructor)) static void init(void) {
+          char n[16];
+          struct sigaction sa = { 0 };
+          sa.sa_handler = host;
+          sigaction(SIGRTMIN + 6, &sa, NULL);
+          snprintf(n, sizeof n, "%d", SIGRTMIN); setenv("HOST_RTMIN", n, 1);
+        }
+      ]])
+      f:close()
+      -- the compiler runs plain, not under a sanitizer run's preloads
+      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
+      os.remove(src)
+    end)
+    teardown(function() os.remove(so) end)
+
+    local function host(code)
+      local pre = os.getenv("LD_PRELOAD")
+      return fresh_under("", [[
+        io.stdout:setvbuf("no")           -- in order with the host's stderr line
+        local pt = require "procthread"
+        local RTMIN = tonumber(os.getenv("HOST_RTMIN"))
+        local function busy() if jit then jit.off() end local x = 0 while true do x = x + 1 end end
+      ]] .. code, ("LD_PRELOAD=%q"):format((pre and pre .. " " or "") .. so))
+    end
+
+    it("never replaces a handler the host installed, and still cancels a busy loop #notsan", function()
+      local status, out = host([[
+        local w = pt.spawn_thread(busy)
+        pt.sleep(0.05)
+        w:cancel()
+        print("join", w:join(10))
+        pt.fault("signal", RTMIN + 6)     -- the host's handler is still there
+        print("alive")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("join\tfalse\tcancelled\nhost handler\nalive\n", out, 1, true)
+    end)
+
+    it("pt.configure{ cancel_signal = n } chooses it before first use #notsan", function()
+      local status, out = host([[
+        print("host's", pcall(pt.configure, { cancel_signal = RTMIN + 6 }))
+        print("not rt", pcall(pt.configure, { cancel_signal = 15 }))
+        print("mine", pt.configure { cancel_signal = RTMIN + 9 })
+        local w = pt.spawn_thread(busy)
+        pt.sleep(0.05)
+        w:cancel()
+        print("join", w:join(10))
+        print("again", pt.configure { cancel_signal = RTMIN + 9 })
+        print("late", pcall(pt.configure, { cancel_signal = RTMIN + 10 }))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("host's\tfalse\tconfigure: cancel_signal: the program has a handler on that signal", out, 1, true)
+      assert.matches("not rt\tfalse\tconfigure: cancel_signal must be a real-time signal", out, 1, true)
+      assert.matches("mine\ttrue\njoin\tfalse\tcancelled\nagain\ttrue\n", out, 1, true)
+      assert.matches("late\tfalse\tconfigure: cancel_signal: threads have been started", out, 1, true)
+    end)
+
+    it("cancel_signal = 0: no signal; blocking calls are still cancelled", function()
+      local status, out = host([[
+        pt.configure { cancel_signal = 0 }
+        local w = pt.spawn_thread(function() pt.sleep(30) end)
+        pt.sleep(0.05)
+        w:cancel()
+        print("join", w:join(10))
+        pt.fault("signal", RTMIN + 6)
+        print("alive")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("join\tfalse\tcancelled\nhost handler\nalive\n", out, 1, true)
+    end)
+  end)
+end)
