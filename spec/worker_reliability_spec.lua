@@ -243,6 +243,33 @@ describe("worker reliability", function()
     end
   end)
 
+  describe("#16 a result cut by the death of its process", function()
+    it("releases the references of the parts that arrived whole", function()
+      local base = H.shm_live()
+      local t = pt.shared_table { x = 1 }
+      local flag = pt.shared_table { ready = 0 }
+      local w = pt.spawn_process(function()
+        flag.ready = 1
+        return t, string.rep("x", 4 * 1024 * 1024)  -- blocks on the full pipe
+      end)
+      local function blocked_in_write()
+        local f = io.open("/proc/" .. w.id .. "/wchan")
+        local s = f and f:read("*a") or ""; if f then f:close() end
+        return s:match("pipe_write") ~= nil
+      end
+      -- the table's reference goes first: once the child sleeps in a pipe
+      -- write, the reference is on our side of the full pipe
+      assert.is_true(H.eventually(function() return flag.ready == 1 and blocked_in_write() end, T))
+      assert.is_true(w:kill("KILL"))
+      local ok, err = w:join(T)
+      assert.is_false(ok)
+      assert.matches("killed by signal 9", err)
+      t, flag, w = nil, nil, nil
+      assert.is_true(H.eventually(function() collectgarbage() return H.shm_live() == base end),
+        "shm objects " .. base .. " -> " .. H.shm_live())
+    end)
+  end)
+
   describe("#21 messages and answers", function()
     it("pt.spawn('thread', 42) blames argument #2", function()
       local ok, err = pcall(pt.spawn, "thread", 42)

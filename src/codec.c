@@ -928,7 +928,6 @@ void pt_discard(const char *data, size_t len) {
   pt_buf_free(&w.kinds);
 }
 
-void pt_discard_partial(const char *data, size_t len) { pt_discard(data, len); }
 
 /* ---- decoder ------------------------------------------------------------- */
 

@@ -294,9 +294,10 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
     w->result_is_error = kind != 0;
     w->status = kind == 0 ? W_SUCCEEDED : W_FAILED;
   } else {
-    if (w->result.len >= HDR && w->result.data[0] == 0) {
-      /* a result that did not arrive whole: its references are lost */
-    }
+    /* results that did not arrive whole: release the references of the
+       parts that did (the discard walks a cut buffer safely) */
+    if (w->result.len > HDR && w->result.data[0] == 0)
+      pt_discard(w->result.data + HDR, w->result.len - HDR);
     w->result.len = 0;
     w->result_is_error = 1;
     w->status = W_FAILED;

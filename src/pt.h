@@ -128,8 +128,6 @@ int pt_decode(lua_State *L, const char *data, size_t len);
    message: every whole reference in it is released); does nothing for a
    message decoded or discarded before (its ticket is taken). */
 void pt_discard(const char *data, size_t len);
-/* The same, named for a message known to be cut (a torn result). */
-void pt_discard_partial(const char *data, size_t len);
 
 /* ---- worker.c, thread.c, process.c ------------------------------------ */
 void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
