@@ -33,14 +33,15 @@ Future.__index = Future
 
 local function pack(...) return { n = select("#", ...), ... } end
 
-local function argerr(fname, i, msg)
-  error(("%s: bad argument #%d (%s)"):format(fname, i, msg), 3)
+-- The error is the caller's: `level` counts from argerr's caller (1).
+local function argerr(fname, i, msg, level)
+  error(("%s: bad argument #%d (%s)"):format(fname, i, msg), 2 + (level or 1))
 end
 
 local function check_timeout(fname, i, t)
   if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
     argerr(fname, i, "timeout must be a number >= 0 or nil, got " ..
-      (type(t) == "number" and tostring(t) or type(t)))
+      (type(t) == "number" and tostring(t) or type(t)), 2)
   end
 end
 
