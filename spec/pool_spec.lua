@@ -12,6 +12,26 @@ local function range(n)
   return t
 end
 
+-- Live shared objects and open fds, after a full collection.  H.fds may
+-- count one fd too many while its own popen races; the least of a few
+-- readings is right.
+local function usage()
+  collectgarbage(); collectgarbage()
+  local fds = math.huge
+  for _ = 1, 3 do fds = math.min(fds, H.fds()) end
+  return { objects = pt.shm_stats().objects, fds = fds }
+end
+
+-- Wait (bounded: workers end asynchronously) until usage is back to `base`.
+local function assert_released(base)
+  local now
+  H.eventually(function()
+    now = usage()
+    return now.objects == base.objects and now.fds == base.fds
+  end, T)
+  assert.are.same(base, now)
+end
+
 describe("pools", function()
   H.no_leaks()
 
@@ -274,6 +294,118 @@ describe("pools", function()
       end)
     end)
   end
+
+  describe("pt.discard", function()
+    it("releases what an encoded string holds without decoding it", function()
+      local base = usage()
+      local s
+      do
+        local st, arr, p = pt.shared_table({ x = 1 }), pt.array(4, "shared"), pt.pipe()
+        s = pt.encode(st, { arr, { p } }, "plain", 1)
+      end
+      assert.are_not.same(base, usage())      -- the string holds them
+      assert.is_nil(pt.discard(s))
+      assert_released(base)
+      assert.is_nil(pt.discard(pt.encode()))
+      assert.has_error(function() pt.discard(42) end)
+      assert.has_error(function() pt.discard() end)
+    end)
+  end)
+
+  for _, kind in ipairs(KINDS) do
+    describe(kind .. " pool, what dropped tasks carry", function()
+      it("terminate releases the shared tables, arrays and pipes of queued tasks", function()
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        local busy = pool:submit(function() pt.sleep(20) end)
+        local fs = {}
+        do
+          local st, arr, p = pt.shared_table({ x = 1 }), pt.array(4, "shared"), pt.pipe()
+          for i = 1, 3 do fs[i] = pool:submit(function(a, b, c) return a, b, c end, st, arr, p) end
+        end
+        assert.are.equal("queued", fs[3]:status())
+        assert.is_true(pool:terminate())
+        assert.are.same({ false, "pool terminated" }, { busy:get() })
+        for i = 1, 3 do assert.are.same({ false, "pool terminated" }, { fs[i]:get() }) end
+        assert_released(base)
+      end)
+
+      it("a map that fails early releases what the chunks it drops carry", function()
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        do
+          local list = {}
+          for i = 1, 6 do list[i] = pt.shared_table({ i = i }) end
+          -- one worker: chunk 1 fails while chunks 2-6 wait in the queue
+          local ok, err = pcall(pool.map, pool, function(t)
+            if t.i == 1 then error("first") end
+            return t.i
+          end, list, 1)
+          assert.is_false(ok)
+          assert.matches("^pool:map: item 1 failed: .*first", err)
+          -- a chunk that cannot be encoded: the chunks before it never ran
+          list[#list + 1] = coroutine.create(function() end)
+          ok, err = pcall(pool.map, pool, function(t) return t end, list, 1)
+          assert.is_false(ok)
+          assert.matches("^pool:map: items 7%-7: .*cannot copy", err)
+        end
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
+      it("an answer that arrives after terminate is released", function()
+        local gate = pt.pipe()           -- before the pool: process workers hold it
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        local f
+        do
+          local st, arr = pt.shared_table({ x = 1 }), pt.array(4, "shared")
+          f = pool:submit(function(a, b) gate:recv(10); return a, b end, st, arr)
+        end
+        assert(gate:send("go"))
+        -- the answer waits in the result pipe, unread by the pool; the
+        -- worker then leaves by itself (its task stream ends), releasing
+        -- what it held, so only the answer holds the table and the array
+        assert.are.equal(pool.results, pt.select({ pool.results }, T))
+        do
+          local s = pool.slots[1]
+          s.tasks:close_write()
+          assert.is_true(H.eventually(function() return s.w:status() ~= "running" end, T))
+        end
+        assert.is_true(pool:terminate())
+        assert.are.same({ false, "pool terminated" }, { f:get() })
+        assert_released(base)
+        gate:close()
+      end)
+
+      it("a pool dropped without close releases what its queued tasks carry", function()
+        local base = usage()
+        do
+          local pool = pt.pool(kind, 1)
+          pool:submit(function() pt.sleep(0.2) end)
+          local st, arr = pt.shared_table({ x = 1 }), pt.array(4, "shared")
+          local f = pool:submit(function(a, b) return a, b end, st, arr)
+          assert.are.equal("queued", f:status())
+        end
+        assert_released(base)
+      end)
+    end)
+  end
+
+  describe("a thread pool terminated at once", function()
+    it("releases a task its worker never read", function()
+      local base = usage()
+      for _ = 1, 20 do                  -- each round is a race: several make it sure
+        local pool = pt.pool("thread", 1)
+        -- sent at once to the worker, which has most likely not begun to
+        -- read it; else its answer may be read, or arrive late
+        local f = pool:submit(function(t) return t end, pt.shared_table({ x = 1 }))
+        assert.is_true(pool:terminate())
+        assert.is_true(f:done())
+      end
+      assert_released(base)
+    end)
+  end)
 
   describe("a process worker that dies", function()
     it("fails the task it held with the reason, is replaced, and the others go on", function()

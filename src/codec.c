@@ -1244,9 +1244,19 @@ static int l_decode(lua_State *L) {
   return r;
 }
 
+/* pt.discard(s): release what an encoded string holds, without decoding. */
+static int l_discard(lua_State *L) {
+  size_t n;
+  const char *s;
+  luaL_checktype(L, 1, LUA_TSTRING);
+  s = lua_tolstring(L, 1, &n);
+  pt_discard(s, n);
+  return 0;
+}
+
 void pt_open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {{"encode", l_encode}, {"decode", l_decode},
-                                 {NULL, NULL}};
+                                 {"discard", l_discard}, {NULL, NULL}};
   /* The key exists before any fork, so every process of the tree shares it. */
   pthread_once(&key_once, make_key);
   pt_atfork_child(codec_after_fork);

@@ -33,14 +33,15 @@ Future.__index = Future
 
 local function pack(...) return { n = select("#", ...), ... } end
 
-local function argerr(fname, i, msg)
-  error(("%s: bad argument #%d (%s)"):format(fname, i, msg), 3)
+-- The error is the caller's: `level` counts from argerr's caller (1).
+local function argerr(fname, i, msg, level)
+  error(("%s: bad argument #%d (%s)"):format(fname, i, msg), 2 + (level or 1))
 end
 
 local function check_timeout(fname, i, t)
   if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
     argerr(fname, i, "timeout must be a number >= 0 or nil, got " ..
-      (type(t) == "number" and tostring(t) or type(t)))
+      (type(t) == "number" and tostring(t) or type(t)), 2)
   end
 end
 
@@ -186,9 +187,12 @@ local function start_worker(self, i)
   return true
 end
 
+-- A task that never reached a worker releases what its payload holds
+-- (shared objects, pipes): nobody will decode it.
 local function settle(task, ...)
   if task.answer then return end
   task.answer = pack(...)
+  if task.state == "queued" then task.pool.pt.discard(task.payload) end
   task.state = "done"
   task.payload = nil
   if task.pool.running[task.id] == task then task.pool.running[task.id] = nil end
@@ -197,7 +201,10 @@ end
 -- A finished task's answer from its worker.
 local function on_result(self, slot, id, ok, a, b)
   local task = self.running[id]
-  if not task then return end          -- already settled (terminated, or a map gave up)
+  if not task then                     -- already settled (terminated): a late answer
+    if ok then self.pt.discard(a) end
+    return
+  end
   local s = self.slots[task.slot]
   if s and s.task == task then
     s.task = nil
@@ -255,6 +262,17 @@ local function drain(self, wait)
   end
 end
 
+-- Close the task pipe of a worker that has ended.  A thread worker's pipe
+-- is this process's own: a task the thread never read is released here.
+local function close_tasks(self, tasks)
+  while self.kind == "thread" do
+    local ok, op, _, payload = pcall(tasks.recv, tasks, 0)
+    if not ok or op == nil then break end
+    if type(payload) == "string" then self.pt.discard(payload) end
+  end
+  pcall(tasks.close, tasks)
+end
+
 local function join_or_kill(w, timeout)
   local r = pack(w:join(timeout))
   if r[1] == nil and r[2] == "timeout" then
@@ -286,7 +304,7 @@ local function check_workers(self)
       elseif r[1] == true then why = "worker ended"
       else why = "worker ended" end
       self.slots[i] = nil
-      pcall(s.tasks.close, s.tasks)
+      close_tasks(self, s.tasks)
       self.deaths = self.deaths + 1
       if s.task then settle(s.task, false, "worker died: " .. why, 0) end
       if self.state ~= "closed" then
@@ -299,7 +317,7 @@ local function check_workers(self)
   for _, r in ipairs(self.retired) do
     local j = r.w:join(0)
     if j == nil and pt.now() - r.since > STOP_WAIT then j = join_or_kill(r.w, 0) end
-    if j == nil then keep[#keep + 1] = r else pcall(r.tasks.close, r.tasks) end
+    if j == nil then keep[#keep + 1] = r else close_tasks(self, r.tasks) end
   end
   self.retired = keep
 end
@@ -402,9 +420,10 @@ function P.new(pt, kind, n, opts)
   end
   -- a pool dropped without close(): end the workers' task streams so that
   -- they leave by themselves (the handles themselves reap or detach)
-  local slots = self.slots
+  local slots, queue = self.slots, self.queue
   local function finalize()
     for _, s in pairs(slots) do if s.tasks then pcall(s.tasks.close_write, s.tasks) end end
+    for _, task in pairs(queue) do settle(task, false, "pool collected", 0) end
   end
   if _VERSION == "Lua 5.1" and newproxy then
     local proxy = newproxy(true)
@@ -504,8 +523,9 @@ local function shutdown(self, timeout)
     local left = math.max(0, deadline - self.pt.now())
     local r = pack(join_or_kill(s.w, left))
     if r[1] == nil then clean = false end
-    pcall(s.tasks.close, s.tasks)
+    close_tasks(self, s.tasks)
   end
+  drain(self, 0)                       -- answers nobody waits for are released
   pcall(self.results.close, self.results)
   return clean
 end
