@@ -30,8 +30,9 @@ deps:
 build: $(addprefix build-,$(LUAS))
 
 $(addprefix build-,$(LUAS)): build-%:
-	@cmake -S . -B build/$* -DLUA_VERSION=$* >/dev/null
-	@cmake --build build/$* -- --no-print-directory -s
+	@cmake -S . -B build/$* -DLUA_VERSION=$* -DCMAKE_RULE_MESSAGES=OFF >/dev/null
+	@out=$$(cmake --build build/$* -- --no-print-directory -s 2>&1); rc=$$?; \
+	  printf '%s\n' "$$out" | grep -v -e '^\[ *[0-9]*%\] Built target' -e '^$$' || true; exit $$rc
 
 test: deps build
 	@sh spec/run $(LUAS)

@@ -341,6 +341,8 @@ local function run_kind(ctx, kind, client)
   collectgarbage()
 end
 
+E.NO_SOCKET = "LuaSocket is not installed (Debian: lua-socket)"
+
 function E.run(ctx)
   local p = ctx.params
   local okso = pcall(require, "socket")
@@ -348,8 +350,9 @@ function E.run(ctx)
   if client == "auto" then client = have_wrk() and "wrk" or "builtin" end
   ctx:set("client", client)
   if not okso then
+    ctx:set("missing", E.NO_SOCKET)
     for _, kind in ipairs(KINDS) do
-      ctx:fail(("rps/%s/before"):format(kind), { kind = kind }, "LuaSocket is not installed (Debian: lua-socket)", "/s")
+      ctx:fail(("rps/%s/before"):format(kind), { kind = kind }, E.NO_SOCKET, "/s")
     end
     return
   end
@@ -392,6 +395,8 @@ end
 function E.verdict(results)
   local P, T = side_of(results, "process"), side_of(results, "thread")
   local v = {}
+  local missing = results.data and results.data.missing
+  if missing then return { verdict = "not measured", condition = missing } end
   if not P.before or not T.before or P.before <= 0 or T.before <= 0 then
     return { verdict = "not measured",
              condition = ("a server served nothing before the crash (processes: %s, threads: %s)"):format(
@@ -484,27 +489,18 @@ function E.charts(results)
   local crash_t = (server.process and server.process.crash_time) or (server.thread and server.thread.crash_time)
     or ((p.phases_before or 1) * (p.phase_s or 1)) + (p.crash_delay or 0)
   local tp, lat = {}, {}
-  local ymax, lmin, lmax = 0, nil, nil
   for _, kind in ipairs(KINDS) do
     local a, b = {}, {}
     for _, r in ipairs(tl[kind] or {}) do
       a[#a + 1] = { x = r.t, y = r.rps }
-      if r.rps > ymax then ymax = r.rps end
-      if r.p99 then
-        b[#b + 1] = { x = r.t, y = r.p99 }
-        lmin = math.min(lmin or r.p99, r.p99); lmax = math.max(lmax or r.p99, r.p99)
-      end
+      if r.p99 then b[#b + 1] = { x = r.t, y = r.p99 } end
     end
-    tp[#tp + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = a }
+    -- a phase's throughput holds for the whole phase: steps, not slopes
+    tp[#tp + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = a, steps = true }
     lat[#lat + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = b }
   end
-  -- the crash, as a dashed vertical line
-  local function crash_line(lo, hi)
-    return { name = "the crash (SIGSEGV)", dash = true, no_markers = true, color = "#777777",
-             points = { { x = crash_t, y = lo }, { x = crash_t, y = hi } } }
-  end
-  if ymax > 0 then tp[#tp + 1] = crash_line(0, ymax) end
-  if lmin then lat[#lat + 1] = crash_line(lmin, lmax) end
+  -- the crash, as a dashed vertical line the height of the plot
+  local crash = { { x = crash_t, name = "the crash (SIGSEGV)" } }
   local span = ((p.phases_before or 1) + 1 + (p.phases_after or 1)) * (p.phase_s or 1)
   local note = ("crash at t = %s s"):format(fmt(crash_t, "s"):gsub(" s$", ""))
   return {
@@ -512,11 +508,11 @@ function E.charts(results)
       subtitle = ("successful responses per second, closed-loop load (%s), one point per %s s phase"):format(
         tostring(results.data and results.data.client), tostring(p.phase_s)),
       x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "throughput", unit = "/s" },
-      series = tp, note = note },
+      series = tp, markers = crash, note = note },
     { file = "backend-p99.svg", title = "HTTP server p99 latency, before and after a handler crashes",
       subtitle = "99th percentile of the successful requests of each phase (none once a server is down)",
       x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "p99 latency", unit = "s", log = true },
-      series = lat, note = note },
+      series = lat, markers = crash, note = note },
   }
 end
 
