@@ -7,7 +7,7 @@ LAB_LUA ?= 5.4
 BUSTED_FLAGS ?=
 DEBIAN_PACKAGES = lua5.1 lua5.2 lua5.3 lua5.4 luajit liblua5.1-0-dev liblua5.2-dev \
   liblua5.3-dev liblua5.4-dev libluajit-5.1-dev lua-busted cmake gcc make \
-  lua-socket wrk
+  lua-socket wrk lua-dkjson luarocks
 
 .PHONY: all deps build test lab bench clean $(addprefix build-,$(LUAS))
 
