@@ -185,6 +185,106 @@ describe("lab verdicts on synthetic data", function()
     assert.are.equal("not measured", (verdict_of("communication", results({ sizes = SIZES }, {}))))
   end)
 
+  -- The noise rule: `base` has a spread (p10 1 - 8 %, p90 1 + 8 %); the
+  -- other side is constant, its median margin x 1.06 either way, its p10
+  -- just above (1.02) or just below (0.98) margin x base's p90.
+  local BASE = { 0.9, 1.0, 1.1 }
+  local function scaled(t, k) local r = {} for i, x in ipairs(t) do r[i] = x * k end return r end
+  local function side(margin, above) local x = margin * 1.08 * (above and 1.02 or 0.98); return { x, x, x } end
+
+  it("the noise rule: overlapping spreads are within noise, on both sides of the margin", function()
+    local b = stats.summary(BASE)
+    assert.are.equal("above", stats.versus(stats.summary(side(1.2, true)), b, 1.2))
+    assert.are.equal("within noise", stats.versus(stats.summary(side(1.2, false)), b, 1.2))
+    assert.are.equal("below", stats.versus(stats.summary({ 1.0 }), b, 1.2))
+    assert.are.equal("within noise", stats.versus(stats.summary({ 1.05 }), b, 1.0))
+    assert.is_nil(stats.versus(stats.summary({}), b, 1.2))
+  end)
+
+  it("communication: a size whose spreads overlap is within noise, in no condition", function()
+    local function spread(above_at)
+      local s = {}
+      for i, size in ipairs(SIZES) do
+        s["rtt/table/thread/" .. size] = scaled(BASE, 1e-5)
+        s["rtt/pipe/process/" .. size] = scaled(side(1.2, above_at[i]), 1e-5)
+      end
+      return results({ sizes = SIZES }, s)
+    end
+    assert.are.equal("holds", (verdict_of("communication", spread({ true, true, true, true }))))
+    local v, cond = verdict_of("communication", spread({ true, true, true, false }))
+    assert.are.equal("holds", v)        -- no size outside the noise says otherwise
+    assert.matches("within noise at 1 MiB", cond)
+    v, cond = verdict_of("communication", spread({ false, false, false, false }))
+    assert.are.equal("not measured", v)
+    assert.matches("within noise at every size", cond)
+  end)
+
+  it("creation: a size whose spreads overlap is within noise, and no crossover comes from it", function()
+    local function spread(above_at, sizes)
+      local s = {}
+      for i, m in ipairs(sizes) do
+        s["spawn_join/thread/" .. m] = scaled(BASE, 1e-4)
+        s["spawn_join/process/" .. m] = above_at[i] == "below" and { 1e-4, 1e-4, 1e-4 }
+          or scaled(side(1.5, above_at[i]), 1e-4)
+      end
+      return results({ sizes_mib = sizes }, s)
+    end
+    assert.are.equal("holds", (verdict_of("creation", spread({ true, true, true }, { 0, 100, 200 }))))
+    local v, cond = verdict_of("creation", spread({ true, false, true }, { 0, 100, 200 }))
+    assert.are.equal("holds", v)
+    assert.matches("within noise at %+100 MiB", cond)
+    -- below at 0, within noise at 100, above at 200: the crossing lies
+    -- between the two sizes outside the noise
+    v, cond = verdict_of("creation", spread({ "below", false, true }, { 0, 100, 200 }))
+    assert.are.equal("conditional", v)
+    assert.matches("more than about %d+ MiB", cond)
+    assert.matches("r = [%d.]+ at %+0 MiB, [%d.]+ at %+200 MiB", cond)
+    assert.matches("within noise at %+100 MiB", cond)
+  end)
+
+  it("cpu: a scaling whose spreads overlap the mark is within noise: no verdict", function()
+    local function spread(above)
+      local s = { ["kernel/serial"] = { 1.0, 1.0 } }
+      for _, kind in ipairs({ "process", "thread" }) do
+        s["kernel/" .. kind .. "/1"] = side(1.5, kind == "process" or above)
+        s["kernel/" .. kind .. "/2"] = BASE
+        s["obtained/" .. kind .. "/2"] = { 1.9 }
+      end
+      return results({}, s, { cores = 2, workers = { 1, 2 } })
+    end
+    assert.are.equal("holds", (verdict_of("cpu", spread(true))))
+    local v, cond = verdict_of("cpu", spread(false))
+    assert.are.equal("not measured", v)
+    assert.matches("within noise: the scaling from 1 to 2 workers %(threads", cond)
+  end)
+
+  it("cpu: rows whose workers got too little CPU are marked starved and draw no conclusion", function()
+    local cpu_exp = require "procthread.lab.cpu"
+    local s = { ["kernel/serial"] = { 1.0 } }
+    for w = 1, 4 do
+      s["kernel/process/" .. w] = { 1 / math.min(w, 2) }
+      s["kernel/thread/" .. w] = { 1 / math.min(w, 2) }
+      s["obtained/process/" .. w] = { 0.95 * math.min(w, 2) }
+      s["obtained/thread/" .. w] = { 0.95 * math.min(w, 2) }
+    end
+    s["kernel/thread/3"] = { 3.0 }               -- 3 threads: got 0.41 cores
+    s["obtained/thread/3"] = { 0.41 }
+    local r = results({}, s, { cores = 2, workers = { 1, 2, 3, 4 } })
+    assert.is_true((cpu_exp.starved(r, "thread", 3, 2)))
+    assert.is_false((cpu_exp.starved(r, "thread", 4, 2)))
+    local v, _, full = verdict_of("cpu", r)
+    assert.are.equal("holds", v)
+    assert.matches("starved workers %(3 threads", full.reading)
+    local rows = cpu_exp.table(r).rows
+    assert.matches("%*%*starved%*%*", rows[4][3])           -- 3 workers, threads
+    assert.is_nil(rows[5][3]:find("starved", 1, true))
+    local chart = cpu_exp.charts(r)[1]
+    local hollow = 0
+    for _, se in ipairs(chart.series) do for _, p in ipairs(se.points) do if p.hollow then hollow = hollow + 1 end end end
+    assert.are.equal(1, hollow)
+    assert.matches('fill="#ffffff" stroke=', svg.chart(chart))
+  end)
+
   -- sp, st: scaling from 1 to 2 workers; got: cores of CPU time the
   -- threads obtained with 2 workers (processes: 1.9; false: not recorded)
   local function cpu(sp, st, cores, got)
@@ -380,10 +480,16 @@ describe("lab report", function()
 
   it("renders the stored results.json: claims table, sections, charts", function()
     local doc = assert(report.read(SPEC .. "/fixtures/results.json"))
-    local stored = {}
-    for _, e in ipairs(doc.experiments) do stored[e.name] = e.verdict.verdict end
     lab.reverdict(doc)
-    for _, e in ipairs(doc.experiments) do assert.are.equal(stored[e.name], e.verdict.verdict, e.name) end
+    local first = {}
+    for _, e in ipairs(doc.experiments) do first[e.name] = e.verdict.verdict .. ": " .. tostring(e.verdict.condition) end
+    lab.reverdict(doc)
+    for _, e in ipairs(doc.experiments) do
+      assert.are.equal(first[e.name], e.verdict.verdict .. ": " .. tostring(e.verdict.condition), e.name)
+    end
+    -- its creation run had two slow thread spawns at +32 MiB: the spreads
+    -- overlap there, so that size is within noise and in no condition
+    assert.matches("within noise at %+32 MiB", first.creation)
     local files = assert(report.render(doc, dir, { all = true }))
     local md = assert(read(dir .. "/REPORT.md"))
     -- the claims table comes first, one row per claim, backend included

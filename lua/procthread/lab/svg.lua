@@ -8,7 +8,8 @@
 --                  dash = bool, color = "#rrggbb", steps = bool }, ... },
 --     markers = { { x =, name = "..." } },     -- dashed vertical lines
 --     no_data = "...", no_data_reason = "..." }
--- lo/hi (optional) draw an error bar (the lab uses p10..p90).  A series
+-- lo/hi (optional) draw an error bar (the lab uses p10..p90); a point with
+-- hollow = true is drawn as an open circle (the lab: a starved row).  A series
 -- with steps = true holds each value up to the next point (a phase).
 -- Points with a missing or non-positive (log axis) value are skipped; a
 -- point that is not { x = number, y = number ... } raises, naming its
@@ -384,7 +385,9 @@ function M.chart(spec)
         add(('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="1.2"/>'):format(n2(x - 3), n2(a), n2(x + 3), n2(a), color))
         add(('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="1.2"/>'):format(n2(x - 3), n2(b), n2(x + 3), n2(b), color))
       end
-      if not s.no_markers then
+      if p.hollow then
+        add(('<circle cx="%s" cy="%s" r="4.5" fill="#ffffff" stroke="%s" stroke-width="2"/>'):format(n2(x), n2(y), color))
+      elseif not s.no_markers then
         add(('<circle cx="%s" cy="%s" r="3.5" fill="%s"/>'):format(n2(x), n2(y), color))
       end
     end
