@@ -50,7 +50,9 @@ local E = {
 E.rule = ("Each side serves the same closed-loop load in phases: before, one crash phase (a handler crashes with SIGSEGV " ..
   "early in it), after. rps = successful responses per second (median over the phases of a kind), lost = failed requests " ..
   "(socket errors and non-2xx) in the crash and after phases. A server serves on when rps after >= %g x rps before, and " ..
-  "went down when rps after <= %g x rps before. " ..
+  "went down when rps after <= %g x rps before, by the noise rule: the p10 – p90 of the phases after lie wholly above " ..
+  "(serves on) or wholly below (down) that factor times the p10 – p90 of the phases before; overlapping is within noise " ..
+  "(not measured). " ..
   "Holds: the process server served on and lost at most %d request (the one in flight), and the thread-pool server went down. " ..
   "Holds only if clients retry: the process server served on but lost more. Contradicted: the process server did not serve " ..
   "on, or the thread-pool server did not go down. Not measured: a side served nothing before the crash, or the crash did not happen."):format(
@@ -379,7 +381,7 @@ local function side_of(results, kind)
   local es = results.series[("errors/%s/after"):format(kind)]
   local esc = results.series[("errors/%s/crash"):format(kind)]
   local refused = (es and es.failed > 0) or (esc and esc.failed > 0)
-  return { before = b.median, after = a.median, p99_before = pb.median, p99_after = pa.median,
+  return { before = b.median, after = a.median, sb = b, sa = a, p99_before = pb.median, p99_after = pa.median,
            lost = lost, refused = refused }
 end
 E.side_of = side_of
@@ -415,8 +417,16 @@ function E.verdict(results)
   v.process = describe_side(P)
   v.thread = describe_side(T)
   local ratio = T.before / P.before
-  local serves_on = P.after >= E.SERVE_ON * P.before
-  local down = T.after <= E.DOWN * T.before
+  -- the noise rule: the phases' spreads decide, never medians alone
+  local on_state, down_state = stats.versus(P.sa, P.sb, E.SERVE_ON), stats.versus(T.sa, T.sb, E.DOWN)
+  if on_state == "within noise" or down_state == "within noise" then
+    v.verdict = "not measured"
+    v.condition = ("within noise: the phases after the crash overlap the mark (processes %s after against %s before, %g× mark; thread pool %s against %s, %g× mark)"):format(
+      fmt(P.after, "/s"), fmt(P.before, "/s"), E.SERVE_ON, fmt(T.after, "/s"), fmt(T.before, "/s"), E.DOWN)
+    return v
+  end
+  local serves_on = on_state == "above"
+  local down = down_state == "below"
   local lost = P.lost or 0
   if not serves_on then
     v.verdict = "contradicted"
