@@ -285,7 +285,7 @@ local function legend_width(spec)
   local longest = #(spec.note or "") * 0.85
   for _, s in ipairs(spec.series or {}) do longest = math.max(longest, #tostring(s.name or "series 10")) end
   for _, m in ipairs(spec.markers or {}) do longest = math.max(longest, #tostring(m.name or "")) end
-  return math.min(260, 70 + math.floor(longest * 7))
+  return math.min(360, 46 + math.floor(longest * 7) + 12)
 end
 
 local function header(o, spec)
