@@ -690,6 +690,61 @@ describe("lab command line", function()
     assert.is_table(doc.machine.loadavg_after)
   end)
 
+  -- a user's experiment whose run raises after recording a sample
+  local function raising(dir_)
+    local file = dir_ .. "/raises.lua"
+    local f = assert(io.open(file, "w"))
+    f:write([[
+      return { name = "raises", aspect = "raising", claim = { process = "a", thread = "b" },
+        run = function(ctx) ctx:add("x", {}, 1, "s"); error("the probe broke") end,
+        verdict = function() return { verdict = "holds", condition = "computed anyway" } end,
+        charts = function() return { { file = "raises.svg", title = "r", series = { { name = "x", points = { { x = 1, y = 1 }, { x = 2, y = 2 } } } } } } end }
+    ]])
+    f:close()
+    return file
+  end
+
+  it("reports a run that raised as not measured, with the reason, and exits 1", function()
+    local status, out = cli(("run %s --tiny --out %s"):format(raising(dir), dir))
+    assert.are.equal(1, status, out)
+    assert.matches("raises: run failed: [^\n]*the probe broke", out)
+    local md = assert(read(dir .. "/REPORT.md"))
+    assert.matches("| raising |[^\n]*not measured — run failed: [^\n]*the probe broke", md)
+    assert.is_nil(md:find("computed anyway", 1, true))
+    assert.matches(">no data: not measured — run failed: [^<]*the probe broke<", assert(read(dir .. "/raises.svg")))
+    -- rendering the saved results again keeps it not measured
+    local doc = assert(report.read(dir .. "/results.json"))
+    lab.reverdict(doc)
+    assert.are.equal("not measured", doc.experiments[1].verdict.verdict)
+  end)
+
+  it("shows only the claims that ran, unless --all asks for the full table", function()
+    local status, out = cli(("run %s/fixtures/my_experiment.lua --tiny --out %s"):format(SPEC, dir))
+    assert.are.equal(0, status, out)
+    local md = assert(read(dir .. "/REPORT.md"))
+    assert.is_nil(md:find("not run", 1, true))
+    assert.is_nil(md:find("| memory |", 1, true))
+    status, out = cli(("report %s/results.json --all --out %s/all"):format(dir, dir))
+    assert.are.equal(0, status, out)
+    md = assert(read(dir .. "/all/REPORT.md"))
+    assert.matches("| memory |[^\n]*not measured — not run", md)
+    assert.matches("| sleep overhead |", md, 1, true)
+  end)
+
+  it("says which Debian package to install when dkjson is missing", function()
+    local fake = dir .. "/nojson"
+    os.execute("mkdir " .. fake)
+    local f = assert(io.open(fake .. "/dkjson.lua", "w"))
+    f:write("error(\"module 'dkjson' not found\")\n"); f:close()
+    local cmd = ("PROCTHREAD_LUA=%s LUA_PATH=%s LUA_CPATH=%s %s/bin/procthread-lab run %s/fixtures/my_experiment.lua --tiny --out %s 2>&1; echo \"::status:$?\"")
+      :format(q(LUA), q(fake .. "/?.lua;" .. package.path), q(package.cpath), ROOT, SPEC, dir)
+    local p = io.popen(cmd)
+    local out = p:read("*a"); p:close()
+    assert.matches("::status:1", out, 1, true)
+    assert.matches("Debian: lua%-dkjson", out)
+    assert.is_nil(read(dir .. "/REPORT.md"))
+  end)
+
   it("rejects an unknown experiment with exit code 2", function()
     local status, out = cli("run no_such_experiment --out " .. dir)
     assert.are.equal(2, status, out)
