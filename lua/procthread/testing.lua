@@ -83,15 +83,16 @@ function M.snapshot()
   return { fds = M.fds(), threads = M.threads(), shm = M.shm_live() }
 end
 
-function M.check(before)
+-- before: a snapshot; name (optional): the test, for the message.
+function M.check(before, name)
   local ok = M.eventually(function()
     collectgarbage(); collectgarbage()
     return M.fds() == before.fds and #M.children() == 0
        and M.threads() == before.threads and M.shm_live() == before.shm
   end, 5)
   if not ok then
-    error(("leak after test: fds %d -> %d, threads %d -> %d, children {%s}, shm objects %d -> %d")
-      :format(before.fds, M.fds(), before.threads, M.threads(),
+    error(("leak after test%s: fds %d -> %d, threads %d -> %d, children {%s}, shm objects %d -> %d")
+      :format(name and (" '" .. name .. "'") or "", before.fds, M.fds(), before.threads, M.threads(),
               table.concat(M.children(), ","), before.shm, M.shm_live()), 0)
   end
 end
@@ -158,28 +159,52 @@ function M.interpreter()
   return exe
 end
 
--- busted reports a pending test whose body ended with
--- `return pending(...)` (a tail call) at "(tail call) @ -1": point such a
--- report at the test instead.
-local function fix_pending_traces(busted)
-  busted.subscribe({ "test", "end" }, function(element, _, status, trace)
-    if status == "pending" and type(trace) == "table" and element.trace
-       and (trace.currentline == -1 or trace.short_src == "(tail call)") then
-      trace.short_src, trace.currentline = element.trace.short_src, element.trace.currentline
+-- busted reports a test that ended with `return pending(...)` (a tail
+-- call) where the call no longer is: "(tail call) @ -1", or busted's own
+-- script.  The spec file's getTrace hook (busted asks it for every trace
+-- and builds the message's "file:line:" from it) points such a trace at
+-- the test's function instead.  Also keeps the running test's name for
+-- the leak message.
+local current, current_fn
+local function lost(info)
+  return info.currentline == -1 or info.short_src == "(tail call)"
+      or (info.what == "main" and info.short_src:match("busted$") ~= nil)
+end
+
+local function hook_file(busted, element)
+  local parent = busted.parent(element)
+  while parent and not parent.file do parent = busted.parent(parent) end
+  local run = parent and parent.file[1] and parent.file[1].run
+  if type(run) ~= "table" or run.procthread_hooked then return end
+  local orig = run.getTrace
+  run.getTrace = function(name, info)
+    if orig then info = orig(name, info) or info end
+    if type(current_fn) == "function" and lost(info) then
+      local d = debug.getinfo(current_fn, "S")
+      info.short_src, info.currentline = d.short_src, d.linedefined
     end
+    return info
+  end
+  run.procthread_hooked = true
+end
+
+local function watch_tests(busted)
+  busted.subscribe({ "test", "start" }, function(element)
+    current, current_fn = element.name, element.run
+    pcall(hook_file, busted, element)
     return nil, true
   end, { priority = 1 })
 end
 
 -- Install the leak check around every test of the calling describe block
 -- (or file): a snapshot before each test, M.check after it.
-local fixed = false
+local watching = false
 function M.no_leaks()
   local busted = require "busted"
-  if not fixed then fix_pending_traces(busted); fixed = true end
+  if not watching then watch_tests(busted); watching = true end
   local before
   busted.before_each(function() before = M.snapshot() end)
-  busted.after_each(function() M.check(before) end)
+  busted.after_each(function() M.check(before, current) end)
 end
 
 return M
