@@ -513,15 +513,18 @@ function E.charts(results)
   local crash = { { x = crash_t, name = "the crash (SIGSEGV)" } }
   local span = ((p.phases_before or 1) + 1 + (p.phases_after or 1)) * (p.phase_s or 1)
   local note = ("crash at t = %s s"):format(fmt(crash_t, "s"):gsub(" s$", ""))
+  -- ticks at the phase boundaries (the points sit in the middle of theirs)
+  local bounds = {}
+  for i = 0, math.floor(span / (p.phase_s or 1) + 0.5) do bounds[#bounds + 1] = i * (p.phase_s or 1) end
   return {
     { file = "backend-throughput.svg", title = "HTTP server throughput, before and after a handler crashes",
       subtitle = ("successful responses per second, closed-loop load (%s), one point per %s s phase"):format(
         tostring(results.data and results.data.client), tostring(p.phase_s)),
-      x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "throughput", unit = "/s" },
+      x = { label = "time into the load (s)", min = 0, max = span, ticks = bounds }, y = { label = "throughput", unit = "/s" },
       series = tp, markers = crash, note = note },
     { file = "backend-p99.svg", title = "HTTP server p99 latency, before and after a handler crashes",
       subtitle = "99th percentile of the successful requests of each phase (none once a server is down)",
-      x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "p99 latency", unit = "s", log = true },
+      x = { label = "time into the load (s)", min = 0, max = span, ticks = bounds }, y = { label = "p99 latency", unit = "s", log = true },
       series = lat, markers = crash, note = note },
   }
 end

@@ -15,7 +15,8 @@
 -- point that is not { x = number, y = number ... } raises, naming its
 -- series.  With no usable point (or spec.no_data set) the chart says
 -- "no data: <reason>" instead of drawing empty axes.
--- The x axis is ticked at the measured x values when there are at most 12.
+-- The x axis is ticked at the measured x values when there are at most 12
+-- (or at x.ticks = { ... } when given).
 local M = {}
 
 local W, H = 760, 440
@@ -204,16 +205,18 @@ local function axis(spec, values, headroom, at_data)
     ticks, lo, hi = ticks_linear(lo / f, hi / f)
     for i, t in ipairs(ticks) do ticks[i] = t * f end
     lo, hi = lo * f, hi * f
-    fmt_tick = function(v) return g(v / f) .. suffix end
+    fmt_tick = function(v) return v == 0 and "0" or g(v / f) .. suffix end
   end
-  local data = at_data and distinct(values, spec.log)
+  -- the ticks the spec names, else the measured values (8 B, 64 B ...
+  -- 1 MiB), inside the range; a linear axis then ends at the last one
+  local data = type(spec.ticks) == "table" and spec.ticks or at_data and distinct(values, spec.log)
   if data then
-    -- the measured values as ticks (8 B, 64 B ... 1 MiB), inside the range
+    if not spec.log and not spec.max and data[#data] > lo then hi = data[#data] end
     ticks = {}
     for _, v in ipairs(data) do if v >= lo and v <= hi then ticks[#ticks + 1] = v end end
     if not spec.log then
       local f, suffix = M.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
-      fmt_tick = function(v) return g(v / f) .. suffix end
+      fmt_tick = function(v) return v == 0 and "0" or g(v / f) .. suffix end
     end
   end
   return { lo = lo, hi = hi, ticks = ticks, log = spec.log, unit = spec.unit, label = spec.label, fmt = fmt_tick }
