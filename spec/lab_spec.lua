@@ -523,7 +523,7 @@ describe("lab experiments in tiny mode", function()
       -- few tiny samples' spreads overlap (the noise rule)
       if res.verdict.verdict == "not measured" then
         local c = res.verdict.condition
-        assert.is_truthy(c:match("the machine was busy") or c:match("within noise"), c)
+        assert.is_truthy(c:match("the machine was busy") or c:match("a busy machine") or c:match("within noise"), name .. ": " .. c)
       end
       assert.is_string(res.verdict.condition)
       -- what was recorded survives JSON and gives the same verdict again
