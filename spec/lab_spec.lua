@@ -591,6 +591,20 @@ describe("lab progress", function()
     assert.matches(("lab %d s, about %d s left"):format(2 * typ.memory, 2 * typ.cpu), out.text(), 1, true)
   end)
 
+  it("notes the CPU other work used during the run, not a stale load average", function()
+    local a = { machine = 100, own = 10 }
+    local b = { machine = 130, own = 20 }       -- 30 s of CPU, 10 of them ours, in 10 s
+    assert.are.equal(2, lab.other_cores(a, b, 10))
+    assert.are.equal(0, lab.other_cores(a, { machine = 105, own = 20 }, 10))   -- never below 0
+    assert.is_nil(lab.other_cores(nil, b, 10))
+    local note = report.load_note({ cores = 2, other_cores = 1.2, loadavg_before = { 0.1, 0.1, 0.1 } })
+    assert.matches("other work used 1.20 of the 2 cores on average while the lab ran", note, 1, true)
+    -- a high one-minute load average alone (left over from before) is no note
+    assert.is_nil(report.load_note({ cores = 2, other_cores = 0.1, loadavg_before = { 5, 5, 5 } }))
+    local t = lab.cpu_times()
+    assert.is_number(t.machine); assert.is_number(t.own)
+  end)
+
   it("prints verdicts in the report's words", function()
     assert.are.equal("holds only if messages are small", lab.verdict_text({ verdict = "conditional", condition = "messages are small" }))
     assert.are.equal("contradicted on this machine — x", lab.verdict_text({ verdict = "contradicted", condition = "x" }))

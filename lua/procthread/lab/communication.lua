@@ -320,7 +320,7 @@ local function ratios(results)
 end
 E.ratios = ratios
 
-local function ranges(pts, pred)
+local function ranges(pts, pred, sep)
   -- contiguous runs of sizes where pred holds, as text
   local out, start, prev = {}, nil, nil
   for i, q in ipairs(pts) do
@@ -337,7 +337,7 @@ local function ranges(pts, pred)
       start = nil
     end
   end
-  return table.concat(out, ", ")
+  return table.concat(out, sep or ", ")
 end
 
 function E.verdict(results)
@@ -367,7 +367,7 @@ function E.verdict(results)
     if q.slower == "above" then slower = slower + 1
     elseif q.slower == "within noise" then noisy[#noisy + 1] = q end
   end
-  local twice = ranges(pts, function(q) return q.twice == "above" end)
+  local twice = ranges(pts, function(q) return q.twice == "above" end, " or ")
   local noise = #noisy > 0 and ("; within noise at %s"):format(ranges(pts, function(q) return q.slower == "within noise" end)) or ""
   local rmin, rmax = math.huge, -math.huge
   for _, q in ipairs(pts) do rmin = math.min(rmin, q.r); rmax = math.max(rmax, q.r) end
@@ -385,7 +385,7 @@ function E.verdict(results)
   else
     v.verdict = "conditional"
     v.condition = ("messages are %s: there IPC is at least %g× slower outside the noise (ratios %.3g–%.3g× over all sizes)%s"):format(
-      ranges(pts, function(q) return q.slower == "above" end), E.SLOWER, rmin, rmax, extra)
+      ranges(pts, function(q) return q.slower == "above" end, " or "), E.SLOWER, rmin, rmax, extra)
   end
   -- mechanism or kind?  the same mechanism between processes against
   -- threads: sizes where one kind is 1.3x the other outside the noise

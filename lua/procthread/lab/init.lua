@@ -155,11 +155,11 @@ function M.progress(opts)
   return self
 end
 
--- Typical run time of each built-in experiment (seconds, on an idle
--- 2-core machine), for the estimate of the time left.
+-- Typical run time of each built-in experiment (seconds, measured on a
+-- 2-core machine; cpu as when idle), for the estimate of the time left.
 M.typical = {
-  full = { memory = 12, communication = 30, isolation = 8, creation = 20, failure = 12, cpu = 35, backend = 30 },
-  quick = { memory = 3, communication = 2, isolation = 3, creation = 1, failure = 3, cpu = 7, backend = 10 },
+  full = { memory = 9, communication = 19, isolation = 9, creation = 10, failure = 10, cpu = 40, backend = 25 },
+  quick = { memory = 3, communication = 1, isolation = 2.5, creation = 1, failure = 2.5, cpu = 5.5, backend = 5.5 },
 }
 
 -- The whole run: `names` in order, in `mode`; start() of each experiment
