@@ -7,7 +7,7 @@ LAB_LUA ?= 5.4
 BUSTED_FLAGS ?=
 DEBIAN_PACKAGES = lua5.1 lua5.2 lua5.3 lua5.4 luajit liblua5.1-0-dev liblua5.2-dev \
   liblua5.3-dev liblua5.4-dev libluajit-5.1-dev lua-busted cmake gcc make \
-  lua-socket wrk
+  lua-socket wrk lua-dkjson luarocks
 
 .PHONY: all deps build test lab bench clean $(addprefix build-,$(LUAS))
 
@@ -30,8 +30,9 @@ deps:
 build: $(addprefix build-,$(LUAS))
 
 $(addprefix build-,$(LUAS)): build-%:
-	@cmake -S . -B build/$* -DLUA_VERSION=$* >/dev/null
-	@cmake --build build/$* -- --no-print-directory -s
+	@cmake -S . -B build/$* -DLUA_VERSION=$* -DCMAKE_RULE_MESSAGES=OFF >/dev/null
+	@out=$$(cmake --build build/$* -- --no-print-directory -s 2>&1); rc=$$?; \
+	  printf '%s\n' "$$out" | grep -v -e '^\[ *[0-9]*%\] Built target' -e '^$$' || true; exit $$rc
 
 test: deps build
 	@sh spec/run $(LUAS)

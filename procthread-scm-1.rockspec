@@ -36,6 +36,7 @@ build = {
     },
     ["procthread"] = "lua/procthread/init.lua",
     ["procthread.pool"] = "lua/procthread/pool.lua",
+    ["procthread.testing"] = "lua/procthread/testing.lua",
     ["procthread.lab.backend"] = "lua/procthread/lab/backend.lua",
     ["procthread.lab.communication"] = "lua/procthread/lab/communication.lua",
     ["procthread.lab.cpu"] = "lua/procthread/lab/cpu.lua",
@@ -50,5 +51,7 @@ build = {
     ["procthread.lab.stats"] = "lua/procthread/lab/stats.lua",
     ["procthread.lab.svg"] = "lua/procthread/lab/svg.lua",
   },
-  install = { bin = { ["procthread-lab"] = "bin/procthread-lab" } },
+  -- a Lua script: luarocks wraps it in a launcher that runs the Lua the
+  -- rock was built for
+  install = { bin = { ["procthread-lab"] = "bin/procthread-lab.lua" } },
 }

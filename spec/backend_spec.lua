@@ -12,8 +12,9 @@ local E = assert(lab.load("backend"))
 local function results(t)
   local r = { params = { phases_before = 1, phases_after = 1, phase_s = 1, crash_delay = 0.2, connections = 2 },
               series = {}, data = { client = "wrk", server = {} } }
+  -- v: one phase's value, or a list of phases
   local function add(key, v, failed)
-    r.series[key] = { meta = {}, samples = v ~= nil and { v } or {}, failed = failed or 0, errors = {} }
+    r.series[key] = { meta = {}, samples = type(v) == "table" and v or v ~= nil and { v } or {}, failed = failed or 0, errors = {} }
   end
   for _, kind in ipairs({ "process", "thread" }) do
     local k = t[kind]
@@ -52,14 +53,48 @@ describe("backend experiment", function()
       local v = E.verdict(results { process = { before = 1000, after = at - 1, lost = 1 }, thread = { before = 1000, after = 0 } })
       assert.are.equal("contradicted", v.verdict)
       assert.matches("did not serve on", v.condition)
-      v = E.verdict(results { process = { before = 1000, after = at, lost = 1 }, thread = { before = 1000, after = 0 } })
+      v = E.verdict(results { process = { before = 1000, after = at + 1, lost = 1 }, thread = { before = 1000, after = 0 } })
       assert.are.equal("holds", v.verdict)
       local down = E.DOWN * 1000
       v = E.verdict(results { process = { before = 1000, after = 1000, lost = 0 }, thread = { before = 1000, after = down + 1 } })
       assert.are.equal("contradicted", v.verdict)
       assert.matches("kept serving", v.condition)
-      v = E.verdict(results { process = { before = 1000, after = 1000, lost = 0 }, thread = { before = 1000, after = down } })
+      v = E.verdict(results { process = { before = 1000, after = 1000, lost = 0 }, thread = { before = 1000, after = down - 1 } })
       assert.are.equal("holds", v.verdict)
+    end)
+
+    it("applies the noise rule: phases after that overlap the mark are within noise", function()
+      -- before 1000 /s in every phase; after: p10 440, p90 680 around the 500 mark
+      local v = E.verdict(results { process = { before = { 1000, 1000, 1000 }, after = { 400, 600, 700 }, lost = 1 },
+                                    thread = { before = 1000, after = 0 } })
+      assert.are.equal("not measured", v.verdict)
+      assert.matches("^within noise", v.condition)
+      -- the same median (600) with the phases wholly above the mark serves on
+      v = E.verdict(results { process = { before = { 1000, 1000, 1000 }, after = { 560, 600, 700 }, lost = 1 },
+                              thread = { before = 1000, after = 0 } })
+      assert.are.equal("holds", v.verdict)
+    end)
+
+    it("says LuaSocket is missing, in the claims table and in the charts", function()
+      local status, out = H.fresh([[
+        package.preload.socket = function() error("module 'socket' not found") end
+        local lab = require "procthread.lab"
+        local report = require "procthread.lab.report"
+        local exp = assert(lab.load("backend"))
+        local res = lab.run_experiment(exp, { mode = "tiny", progress = false })
+        local dir = os.tmpname(); os.remove(dir)
+        assert(os.execute("mkdir " .. dir))
+        assert(report.render({ mode = "tiny", machine = {}, experiments = { res } }, dir))
+        for _, f in ipairs({ "REPORT.md", "backend-throughput.svg", "backend-p99.svg" }) do
+          local h = assert(io.open(dir .. "/" .. f)); print("FILE " .. f .. " " .. h:read("*a"):gsub("\n", " ")); h:close()
+        end
+        os.execute("rm -rf " .. dir)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("FILE REPORT.md [^\n]*| backend |[^\n]*not measured — LuaSocket is not installed %(Debian: lua%-socket%)", out)
+      for _, f in ipairs({ "backend-throughput.svg", "backend-p99.svg" }) do
+        assert.matches("FILE " .. f:gsub("%%-", "%%%%-") .. " [^\n]*no data: not measured — LuaSocket is not installed %(Debian: lua%-socket%)", out)
+      end
     end)
 
     it("is not measured when a side served nothing or no handler crashed", function()

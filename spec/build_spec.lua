@@ -33,7 +33,38 @@ describe("procthread-scm-1.rockspec", function()
     end
   end)
 
-  it("installs the lab's command line", function()
-    assert.are.equal("bin/procthread-lab", spec.build.install.bin["procthread-lab"])
+  it("installs the lab's command line as a Lua script (luarocks wraps it for the rock's Lua)", function()
+    local bin = spec.build.install.bin["procthread-lab"]
+    assert.are.equal("bin/procthread-lab.lua", bin)
+    assert.is_truthy(loadfile(bin), bin .. " is not Lua: luarocks would not wrap it")
+  end)
+end)
+
+-- The rock as a user installs it: built offline (no network namespace when
+-- unshare allows) into a tree of its own, for Lua 5.1 only, with lua5.4
+-- first on PATH; its procthread-lab must run on 5.1.
+describe("the rock", function()
+  H.no_leaks()
+  local tree, out
+  before_each(function()
+    tree = lines("mktemp -d")[1]
+    out = tree .. "/report"
+  end)
+  after_each(function() os.execute("rm -rf '" .. tree .. "'") end)
+
+  it("builds offline, and its procthread-lab runs on the Lua the rock was built for", function()
+    local offline = os.execute("unshare -n true 2>/dev/null") and "unshare -n " or ""
+    if type(offline) ~= "string" then offline = "" end
+    local log = table.concat(lines(("%sluarocks --lua-version=5.1 make --tree=%s procthread-scm-1.rockspec 2>&1; echo status=$?")
+      :format(offline, tree)), "\n")
+    assert.matches("status=0", log)
+    local run = table.concat(lines(("mkdir %s/path && ln -s \"$(command -v lua5.4)\" %s/path/lua && "
+      .. "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 PATH=%s/path:$PATH "
+      .. "%s/bin/procthread-lab run spec/fixtures/my_experiment.lua --tiny --quiet --out %s 2>&1; echo status=$?")
+      :format(tree, tree, tree, tree, out)), "\n")
+    assert.matches("status=0", run)
+    local f = assert(io.open(out .. "/results.json"))
+    local results = f:read("*a"); f:close()
+    assert.matches('"lua": *"Lua 5%.1"', results)
   end)
 end)

@@ -50,7 +50,9 @@ local E = {
 E.rule = ("Each side serves the same closed-loop load in phases: before, one crash phase (a handler crashes with SIGSEGV " ..
   "early in it), after. rps = successful responses per second (median over the phases of a kind), lost = failed requests " ..
   "(socket errors and non-2xx) in the crash and after phases. A server serves on when rps after >= %g x rps before, and " ..
-  "went down when rps after <= %g x rps before. " ..
+  "went down when rps after <= %g x rps before, by the noise rule: the p10 – p90 of the phases after lie wholly above " ..
+  "(serves on) or wholly below (down) that factor times the p10 – p90 of the phases before; overlapping is within noise " ..
+  "(not measured). " ..
   "Holds: the process server served on and lost at most %d request (the one in flight), and the thread-pool server went down. " ..
   "Holds only if clients retry: the process server served on but lost more. Contradicted: the process server did not serve " ..
   "on, or the thread-pool server did not go down. Not measured: a side served nothing before the crash, or the crash did not happen."):format(
@@ -341,6 +343,8 @@ local function run_kind(ctx, kind, client)
   collectgarbage()
 end
 
+E.NO_SOCKET = "LuaSocket is not installed (Debian: lua-socket)"
+
 function E.run(ctx)
   local p = ctx.params
   local okso = pcall(require, "socket")
@@ -348,8 +352,9 @@ function E.run(ctx)
   if client == "auto" then client = have_wrk() and "wrk" or "builtin" end
   ctx:set("client", client)
   if not okso then
+    ctx:set("missing", E.NO_SOCKET)
     for _, kind in ipairs(KINDS) do
-      ctx:fail(("rps/%s/before"):format(kind), { kind = kind }, "LuaSocket is not installed (Debian: lua-socket)", "/s")
+      ctx:fail(("rps/%s/before"):format(kind), { kind = kind }, E.NO_SOCKET, "/s")
     end
     return
   end
@@ -376,7 +381,7 @@ local function side_of(results, kind)
   local es = results.series[("errors/%s/after"):format(kind)]
   local esc = results.series[("errors/%s/crash"):format(kind)]
   local refused = (es and es.failed > 0) or (esc and esc.failed > 0)
-  return { before = b.median, after = a.median, p99_before = pb.median, p99_after = pa.median,
+  return { before = b.median, after = a.median, sb = b, sa = a, p99_before = pb.median, p99_after = pa.median,
            lost = lost, refused = refused }
 end
 E.side_of = side_of
@@ -392,6 +397,8 @@ end
 function E.verdict(results)
   local P, T = side_of(results, "process"), side_of(results, "thread")
   local v = {}
+  local missing = results.data and results.data.missing
+  if missing then return { verdict = "not measured", condition = missing } end
   if not P.before or not T.before or P.before <= 0 or T.before <= 0 then
     return { verdict = "not measured",
              condition = ("a server served nothing before the crash (processes: %s, threads: %s)"):format(
@@ -410,8 +417,16 @@ function E.verdict(results)
   v.process = describe_side(P)
   v.thread = describe_side(T)
   local ratio = T.before / P.before
-  local serves_on = P.after >= E.SERVE_ON * P.before
-  local down = T.after <= E.DOWN * T.before
+  -- the noise rule: the phases' spreads decide, never medians alone
+  local on_state, down_state = stats.versus(P.sa, P.sb, E.SERVE_ON), stats.versus(T.sa, T.sb, E.DOWN)
+  if on_state == "within noise" or down_state == "within noise" then
+    v.verdict = "not measured"
+    v.condition = ("within noise: the phases after the crash overlap the mark (processes %s after against %s before, %g× mark; thread pool %s against %s, %g× mark)"):format(
+      fmt(P.after, "/s"), fmt(P.before, "/s"), E.SERVE_ON, fmt(T.after, "/s"), fmt(T.before, "/s"), E.DOWN)
+    return v
+  end
+  local serves_on = on_state == "above"
+  local down = down_state == "below"
   local lost = P.lost or 0
   if not serves_on then
     v.verdict = "contradicted"
@@ -484,39 +499,33 @@ function E.charts(results)
   local crash_t = (server.process and server.process.crash_time) or (server.thread and server.thread.crash_time)
     or ((p.phases_before or 1) * (p.phase_s or 1)) + (p.crash_delay or 0)
   local tp, lat = {}, {}
-  local ymax, lmin, lmax = 0, nil, nil
   for _, kind in ipairs(KINDS) do
     local a, b = {}, {}
     for _, r in ipairs(tl[kind] or {}) do
       a[#a + 1] = { x = r.t, y = r.rps }
-      if r.rps > ymax then ymax = r.rps end
-      if r.p99 then
-        b[#b + 1] = { x = r.t, y = r.p99 }
-        lmin = math.min(lmin or r.p99, r.p99); lmax = math.max(lmax or r.p99, r.p99)
-      end
+      if r.p99 then b[#b + 1] = { x = r.t, y = r.p99 } end
     end
-    tp[#tp + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = a }
+    -- a phase's throughput holds for the whole phase: steps, not slopes
+    tp[#tp + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = a, steps = true }
     lat[#lat + 1] = { name = kind == "thread" and "thread pool" or "pre-forked processes", points = b }
   end
-  -- the crash, as a dashed vertical line
-  local function crash_line(lo, hi)
-    return { name = "the crash (SIGSEGV)", dash = true, no_markers = true, color = "#777777",
-             points = { { x = crash_t, y = lo }, { x = crash_t, y = hi } } }
-  end
-  if ymax > 0 then tp[#tp + 1] = crash_line(0, ymax) end
-  if lmin then lat[#lat + 1] = crash_line(lmin, lmax) end
+  -- the crash, as a dashed vertical line the height of the plot
+  local crash = { { x = crash_t, name = "the crash (SIGSEGV)" } }
   local span = ((p.phases_before or 1) + 1 + (p.phases_after or 1)) * (p.phase_s or 1)
   local note = ("crash at t = %s s"):format(fmt(crash_t, "s"):gsub(" s$", ""))
+  -- ticks at the phase boundaries (the points sit in the middle of theirs)
+  local bounds = {}
+  for i = 0, math.floor(span / (p.phase_s or 1) + 0.5) do bounds[#bounds + 1] = i * (p.phase_s or 1) end
   return {
     { file = "backend-throughput.svg", title = "HTTP server throughput, before and after a handler crashes",
       subtitle = ("successful responses per second, closed-loop load (%s), one point per %s s phase"):format(
         tostring(results.data and results.data.client), tostring(p.phase_s)),
-      x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "throughput", unit = "/s" },
-      series = tp, note = note },
+      x = { label = "time into the load (s)", min = 0, max = span, ticks = bounds }, y = { label = "throughput", unit = "/s" },
+      series = tp, markers = crash, note = note },
     { file = "backend-p99.svg", title = "HTTP server p99 latency, before and after a handler crashes",
       subtitle = "99th percentile of the successful requests of each phase (none once a server is down)",
-      x = { label = "time into the load (s)", min = 0, max = span }, y = { label = "p99 latency", unit = "s", log = true },
-      series = lat, note = note },
+      x = { label = "time into the load (s)", min = 0, max = span, ticks = bounds }, y = { label = "p99 latency", unit = "s", log = true },
+      series = lat, markers = crash, note = note },
   }
 end
 

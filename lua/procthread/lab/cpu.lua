@@ -2,6 +2,7 @@
 -- split over 1..2x cores workers, threads versus processes.
 local lab = require "procthread.lab"
 local fmt = require("procthread.lab.svg").format
+local stats = require "procthread.lab.stats"
 
 local E = {
   name = "cpu",
@@ -23,9 +24,10 @@ local E = {
 }
 
 E.rule = ("With C cores and T(kind, w) the median time of the kernel split over w workers (first spawn to last join), " ..
-  "scale(kind) = T(kind, 1) / T(kind, C). A kind uses the cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores). " ..
-  "Holds: both kinds do; holds only for one kind: the other does not although its workers got their CPU time; " ..
-  "contradicted: neither does. Not measured: one core, or a kind fell short while its C workers got less than " ..
+  "scale(kind) = T(kind, 1) / T(kind, C). A kind uses the cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the " ..
+  "noise: the p10 – p90 of T(kind, 1) lies wholly above that factor times the p10 – p90 of T(kind, C); it does not when " ..
+  "wholly below. Holds: both kinds do; holds only for one kind: the other does not although its workers got their CPU time; " ..
+  "contradicted: neither does. Not measured: a kind's scaling is within noise, one core, or a kind fell short while its C workers got less than " ..
   "%g*C cores of CPU time, or its CPU time is unknown (user+sys of the workers / wall time: the machine was busy with other work). The speedup " ..
   "over the parent running the kernel alone, and the array fill, are reported beside it."):format(E.SHARE, E.OBTAINED)
 
@@ -176,11 +178,20 @@ local function speedup(results, what, kind, w)
 end
 E.speedup = speedup
 
-local function best(results, what, kind)
+-- Workers of `kind` at w starved: they got less than OBTAINED of the
+-- cores they could use (min(w, C)); the CPU time they got, in cores.
+local function starved(results, kind, w, C)
+  local got = lab.summary(results, ("obtained/%s/%d"):format(kind, w)).median
+  return got ~= nil and got < E.OBTAINED * math.min(w, C or w), got
+end
+E.starved = starved
+
+-- The best speedup over the worker counts whose workers were not starved.
+local function best(results, what, kind, C)
   local bw, bs
   for _, w in ipairs(results.data.workers or {}) do
     local s = speedup(results, what, kind, w)
-    if s and (not bs or s > bs) then bw, bs = w, s end
+    if s and not starved(results, kind, w, C) and (not bs or s > bs) then bw, bs = w, s end
   end
   return bw, bs
 end
@@ -193,15 +204,16 @@ function E.verdict(results)
   local base = lab.summary(results, "kernel/serial").median
   local m = {}
   for _, kind in ipairs({ "process", "thread" }) do
-    local one = lab.summary(results, ("kernel/%s/1"):format(kind)).median
-    local atc = lab.summary(results, ("kernel/%s/%d"):format(kind, C)).median
+    local s1 = lab.summary(results, ("kernel/%s/1"):format(kind))
+    local sc = lab.summary(results, ("kernel/%s/%d"):format(kind, C))
+    local one, atc = s1.median, sc.median
     local got = lab.summary(results, ("obtained/%s/%d"):format(kind, C)).median
-    local x = { got = got }
+    local x = { got = got, state = stats.versus(s1, sc, need) }
     if one and atc and atc > 0 then x.scale = one / atc end
     if base and atc and atc > 0 then x.net = base / atc end
     if base and one and one > 0 then x.single = base / one end
-    x.bw, x.bs = best(results, "kernel", kind)
-    local fw, fs = best(results, "fill", kind)
+    x.bw, x.bs = best(results, "kernel", kind, C)
+    local fw, fs = best(results, "fill", kind, C)
     m[kind] = x
     if x.scale then
       v[kind] = ("%.2f× from 1 to %d workers on %d cores%s; %.2f× the serial speed"):format(
@@ -221,13 +233,14 @@ function E.verdict(results)
       return v
     end
   end
-  local uses, starved = {}, {}
+  local uses, short, noisy = {}, {}, {}
   for _, kind in ipairs({ "process", "thread" }) do
     local x = m[kind]
-    uses[kind] = x.scale >= need
+    uses[kind] = x.state == "above"
     -- a kind that did not scale because the machine did not give its
     -- workers the cores (other load) says nothing about the claim
-    if not uses[kind] and (not x.got or x.got < E.OBTAINED * C) then starved[#starved + 1] = kind end
+    if not uses[kind] and (not x.got or x.got < E.OBTAINED * C) then short[#short + 1] = kind
+    elseif x.state == "within noise" then noisy[#noisy + 1] = kind end
   end
   local function overhead(kind)
     local x = m[kind]
@@ -237,11 +250,11 @@ function E.verdict(results)
     end
     return ""
   end
-  if #starved > 0 then
+  if #short > 0 then
     v.verdict = "not measured"
     local parts = {}
     local unknown = false
-    for _, kind in ipairs(starved) do
+    for _, kind in ipairs(short) do
       if m[kind].got then
         parts[#parts + 1] = ("%d %s got %.2f cores of CPU time"):format(C, P[kind], m[kind].got)
       else
@@ -251,10 +264,20 @@ function E.verdict(results)
     end
     v.condition = unknown
       and ("%s fell short of %.2f× and %s, so a busy machine cannot be ruled out"):format(
-        table.concat(starved, " and "), need, table.concat(parts, "; "))
+        table.concat(short, " and "), need, table.concat(parts, "; "))
       or ("the machine was busy: %s, under the %.2f that a fair test needs"):format(table.concat(parts, "; "), E.OBTAINED * C)
     v.reading = ("The workers could not be given the %d cores (%s), so the scaling measured here (processes %.2f×, threads %.2f×) reflects the other load on the machine, not the kinds of worker. Run the lab again on an idle machine."):format(
       C, table.concat(parts, "; "), m.process.scale, m.thread.scale)
+    return v
+  end
+  if #noisy > 0 then
+    local parts = {}
+    for _, kind in ipairs(noisy) do parts[#parts + 1] = ("%s %.2f×"):format(P[kind], m[kind].scale) end
+    v.verdict = "not measured"
+    v.condition = ("within noise: the scaling from 1 to %d workers (%s) is too close to %.2f× for the spread of the samples to tell"):format(
+      C, table.concat(parts, ", "), need)
+    v.reading = ("From 1 to %d workers on %d cores the kernel ran %.2f× faster with processes and %.2f× with threads, but the p10 – p90 of the timings overlap the %.2f× mark, so this run decides nothing; more samples or a quieter machine would."):format(
+      C, C, m.process.scale, m.thread.scale, need)
     return v
   end
   if uses.process and uses.thread then
@@ -275,7 +298,17 @@ function E.verdict(results)
     C, C, m.process.scale, m.thread.scale, m.process.net or 0, m.thread.net or 0,
     (m.thread.single and m.thread.single < 0.8)
       and ("A single thread worker ran the kernel at only %.2f× the parent's speed (a process worker at %.2f×): the cost is per thread, not a lack of parallelism."):format(m.thread.single, m.process.single or 0)
-      or ("More workers than cores brought no further gain (best at %d process and %d thread workers)."):format(m.process.bw or 0, m.thread.bw or 0))
+      or ("The best speedups were at %s process and %s thread workers."):format(tostring(m.process.bw or "?"), tostring(m.thread.bw or "?")))
+  local marked = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    for _, w in ipairs(results.data.workers or {}) do
+      if starved(results, kind, w, C) then marked[#marked + 1] = ("%d %s"):format(w, P[kind]) end
+    end
+  end
+  if #marked > 0 then
+    v.reading = v.reading .. (" The rows with starved workers (%s: they got less than %d %% of the cores they could use) are marked and say nothing about the kinds of worker."):format(
+      table.concat(marked, ", "), math.floor(E.OBTAINED * 100))
+  end
   return v
 end
 
@@ -288,14 +321,16 @@ function E.table(results)
   local function f(what, kind, w)
     local s, sum = speedup(results, what, kind, w)
     if not s then return "—" end
-    local got = what == "kernel" and lab.summary(results, ("obtained/%s/%d"):format(kind, w)).median
-    return ("%.2f× (%s%s)"):format(s, fmt(sum.median, "s"), got and (", got %.2f cores"):format(got) or "")
+    local hungry, got = starved(results, kind, w, C)
+    if what ~= "kernel" then got, hungry = nil, false end
+    return ("%.2f× (%s%s)%s"):format(s, fmt(sum.median, "s"), got and (", got %.2f cores"):format(got) or "",
+      hungry and " **starved**" or "")
   end
   for _, w in ipairs(results.data.workers or {}) do
     rows[#rows + 1] = { ("%d worker%s"):format(w, w > 1 and "s" or ""), f("kernel", "process", w), f("kernel", "thread", w),
                         f("fill", "process", w), f("fill", "thread", w) }
   end
-  return { caption = "Speedup over the serial run in the parent (median time; CPU time the workers got, in cores):",
+  return { caption = ("Speedup over the serial run in the parent (median time; CPU time the workers got, in cores; **starved**: less than %d %% of the cores they could use, so the row says nothing about the kind of worker):"):format(math.floor(E.OBTAINED * 100)),
            header = { "workers", "Lua kernel: processes", "Lua kernel: threads", "array fill: processes", "array fill: threads" },
            rows = rows }
 end
@@ -309,7 +344,7 @@ function E.charts(results)
       local pts = {}
       for _, w in ipairs(results.data.workers or {}) do
         local s = speedup(results, what, kind, w)
-        if s then pts[#pts + 1] = { x = w, y = s } end
+        if s then pts[#pts + 1] = { x = w, y = s, hollow = what == "kernel" and starved(results, kind, w, C) or nil } end
       end
       series[#series + 1] = { name = ("%s, %s"):format(what == "kernel" and "Lua kernel" or "array fill", kind == "process" and "processes" or "threads"),
                               points = pts, color = colors[kind], dash = what == "fill" }
@@ -325,6 +360,7 @@ function E.charts(results)
     x = { label = "workers", min = 0 },
     y = { label = "speedup over serial (×)", unit = "x", min = 0 },
     series = series,
+    note = ("hollow: starved (< %d %% of the cores)"):format(math.floor(E.OBTAINED * 100)),
   } }
 end
 

@@ -19,9 +19,10 @@ local E = {
 }
 
 E.rule = ("At each parent size m, r(m) = median process spawn+join / median thread spawn+join. " ..
-  "The process costs more at m when r(m) >= %g. Holds: at every size measured; contradicted: at none; " ..
-  "otherwise holds only above (or below) the parent size where r crosses %g, interpolated linearly " ..
-  "between the two measured sizes around the crossing."):format(E.FACTOR, E.FACTOR)
+  "The process costs more at m when r(m) >= %g and the noise rule agrees: the process's p10 – p90 lies wholly above %g x " ..
+  "the thread's (overlapping spreads are within noise: neither more nor less). Holds: more at every size measured; " ..
+  "contradicted: at none; otherwise holds only above (or below) the parent size where r crosses %g, interpolated linearly " ..
+  "between the two sizes outside the noise around the crossing."):format(E.FACTOR, E.FACTOR, E.FACTOR)
 
 local function noop() return 1 end
 
@@ -61,7 +62,7 @@ local function points(results)
     local sp = lab.summary(results, ("spawn_join/process/%d"):format(mib))
     local st = lab.summary(results, ("spawn_join/thread/%d"):format(mib))
     if sp.median and st.median and st.median > 0 then
-      pts[#pts + 1] = { mib = mib, p = sp, t = st, r = sp.median / st.median }
+      pts[#pts + 1] = { mib = mib, p = sp, t = st, r = sp.median / st.median, state = stats.versus(sp, st, E.FACTOR) }
     end
   end
   table.sort(pts, function(a, b) return a.mib < b.mib end)
@@ -76,25 +77,34 @@ function E.verdict(results)
   end
   local F = E.FACTOR
   local more, first, last = 0, pts[1], pts[#pts]
-  for _, q in ipairs(pts) do if q.r >= F then more = more + 1 end end
+  local clear, noisy = {}, {}     -- the sizes outside the noise; the others
+  for _, q in ipairs(pts) do
+    if q.state == "above" then more = more + 1 end
+    if q.state == "within noise" then noisy[#noisy + 1] = ("+%d MiB (%.2f×)"):format(q.mib, q.r)
+    else clear[#clear + 1] = q end
+  end
+  local noise = #noisy > 0 and ("; within noise at %s"):format(table.concat(noisy, ", ")) or ""
   local v = {}
   v.process = ("%s at +%d MiB, %s at +%d MiB"):format(fmt(first.p.median, "s"), first.mib, fmt(last.p.median, "s"), last.mib)
   v.thread = ("%s at +%d MiB, %s at +%d MiB"):format(fmt(first.t.median, "s"), first.mib, fmt(last.t.median, "s"), last.mib)
   local rmin, rmax = math.huge, -math.huge
   for _, q in ipairs(pts) do rmin = math.min(rmin, q.r); rmax = math.max(rmax, q.r) end
   local range = ("+%d to +%d MiB"):format(first.mib, last.mib)
-  if more == #pts then
+  if #clear == 0 then
+    v.verdict = "not measured"
+    v.condition = ("within noise at every parent size measured (%s; ratios %.2f–%.2f×)"):format(range, rmin, rmax)
+  elseif more == #clear then
     v.verdict = "holds"
-    v.condition = ("a process costs %.1f–%.1f× a thread at every parent size measured (%s)"):format(rmin, rmax, range)
+    v.condition = ("a process costs %.1f–%.1f× a thread at every parent size measured outside the noise (%s)%s"):format(rmin, rmax, range, noise)
   elseif more == 0 then
     v.verdict = "contradicted"
-    v.condition = ("a process costs only %.2f–%.2f× a thread (< %g×) at every parent size measured (%s)"):format(rmin, rmax, F, range)
+    v.condition = ("a process does not cost %g× a thread outside the noise at any parent size measured (%s; ratios %.2f–%.2f×)%s"):format(F, range, rmin, rmax, noise)
   else
     -- find the crossing(s)
     local parts = {}
-    for i = 2, #pts do
-      local a, b = pts[i - 1], pts[i]
-      if (a.r >= F) ~= (b.r >= F) then
+    for i = 2, #clear do
+      local a, b = clear[i - 1], clear[i]
+      if (a.state == "above") ~= (b.state == "above") then
         local x = stats.cross(a.mib, a.r, b.mib, b.r, F)
         parts[#parts + 1] = { up = b.r >= F, x = x, a = a, b = b }
       end
@@ -103,15 +113,16 @@ function E.verdict(results)
     if #parts == 1 then
       local c = parts[1]
       v.condition = ("the parent holds %s than about %.0f MiB: only there does a process cost %g× a thread or more (r = %.2f at +%d MiB, %.2f at +%d MiB)"):format(
-        c.up and "more" or "less", c.x, F, c.a.r, c.a.mib, c.b.r, c.b.mib)
+        c.up and "more" or "less", c.x, F, c.a.r, c.a.mib, c.b.r, c.b.mib) .. noise
     else
       local yes, no = {}, {}
       for _, q in ipairs(pts) do
         local t = ("+%d MiB (%.2f×)"):format(q.mib, q.r)
-        if q.r >= F then yes[#yes + 1] = t else no[#no + 1] = t end
+        if q.state == "above" then yes[#yes + 1] = t elseif q.state == "below" then no[#no + 1] = t end
       end
-      v.condition = ("the parent holds one of %s: there a process cost %g× a thread or more, not at %s (the ratio does not change monotonically with the parent's size here)"):format(
-        table.concat(yes, ", "), F, table.concat(no, ", "))
+      v.condition = ("the parent holds one of %s: there a process cost %g× a thread or more%s%s"):format(
+        table.concat(yes, ", "), F, #no > 0 and (", not at " .. table.concat(no, ", ") .. " (the ratio does not change monotonically with the parent's size here)") or "",
+        noise)
     end
   end
   local slope_p = (last.mib > first.mib) and (last.p.median - first.p.median) / (last.mib - first.mib) * 1024 or 0
@@ -119,7 +130,9 @@ function E.verdict(results)
   v.reading = ("Spawning and joining a process took %s with +%d MiB in the parent and %s with +%d MiB (%s per GiB), against %s and %s for a thread (%s per GiB). %s"):format(
     fmt(first.p.median, "s"), first.mib, fmt(last.p.median, "s"), last.mib, fmt(slope_p, "s"),
     fmt(first.t.median, "s"), fmt(last.t.median, "s"), fmt(slope_t, "s"),
-    v.verdict == "holds" and "Process creation is the expensive one at every size measured, and fork's cost grows with the memory it must map." or
+    v.verdict == "holds" and ("Process creation is the expensive one at every size measured%s."):format(
+      stats.versus(last.p, first.p, 1) == "above" and ", and fork's cost grows with the memory it must map"
+      or "; its cost did not grow with the parent's memory outside the noise") or
     v.verdict == "contradicted" and "On this machine a procthread thread, which builds a fresh Lua state, is not cheaper by a clear margin." or
     ("The difference depends on the parent: " .. v.condition .. "."))
   return v

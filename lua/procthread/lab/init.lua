@@ -90,6 +90,27 @@ local function loadavg()
 end
 M.loadavg = loadavg
 
+-- CPU time (seconds) used so far by the whole machine and by this process
+-- with its reaped children, from /proc (jiffies of 1/100 s); nil when
+-- /proc cannot say.
+function M.cpu_times()
+  local st = read_file("/proc/stat") or ""
+  local u, n, sy, _, _, irq, sirq, steal = st:match("^cpu%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)")
+  local me = (read_file("/proc/self/stat") or ""):match("%) (.*)")
+  if not u or not me then return nil end
+  local f, i = {}, 2     -- fields after the command name; utime is field 14
+  for x in me:gmatch("%S+") do i = i + 1; f[i] = tonumber(x) end
+  local busy = tonumber(u) + tonumber(n) + tonumber(sy) + tonumber(irq) + tonumber(sirq) + tonumber(steal)
+  return { machine = busy / 100, own = (f[14] + f[15] + f[16] + f[17]) / 100 }
+end
+
+-- Cores' worth of CPU that other work used between two cpu_times() over
+-- `elapsed` seconds (never below 0), or nil.
+function M.other_cores(a, b, elapsed)
+  if not (a and b and elapsed and elapsed > 0) then return nil end
+  return math.max(0, ((b.machine - a.machine) - (b.own - a.own)) / elapsed)
+end
+
 function M.machine(pt)
   local m = {}
   local cpuinfo = read_file("/proc/cpuinfo") or ""
@@ -134,6 +155,45 @@ function M.progress(opts)
   return self
 end
 
+-- Typical run time of each built-in experiment (seconds, measured on a
+-- 2-core machine; cpu as when idle), for the estimate of the time left.
+M.typical = {
+  full = { memory = 9, communication = 19, isolation = 9, creation = 10, failure = 10, cpu = 40, backend = 25 },
+  quick = { memory = 3, communication = 1, isolation = 2.5, creation = 1, failure = 2.5, cpu = 5.5, backend = 5.5 },
+}
+
+-- The whole run: `names` in order, in `mode`; start() of each experiment
+-- then updates the estimate of what is left.
+function Progress:plan(names, mode)
+  self.plan_names, self.plan_t0 = names, self.now()
+  self.typical = M.typical[mode] or M.typical.quick
+end
+
+local function duration(s)
+  if s >= 90 then return ("%d min %02d s"):format(math.floor(s / 60), math.floor(s % 60)) end
+  return ("%.0f s"):format(s)
+end
+
+-- "lab 1 min 05 s, about 40 s left" for the run as planned (with the
+-- current experiment finished when `finished`), or nil.  The typical
+-- times are scaled by how fast the finished experiments went.
+function Progress:eta(finished)
+  local names = self.plan_names
+  if not names or #names < 2 then return nil end
+  local t = self.now()
+  local spent, current = t - self.plan_t0, finished and 0 or t - (self.t0 or t)
+  local done_typ, cur_typ, rest_typ = 0, 0, 0
+  for i, n in ipairs(names) do
+    local typ = self.typical[n] or 5
+    if i < self.index or (i == self.index and finished) then done_typ = done_typ + typ
+    elseif i == self.index then cur_typ = typ
+    else rest_typ = rest_typ + typ end
+  end
+  local speed = done_typ > 0 and (spent - current) / done_typ or 1
+  local left = math.max(0, cur_typ * speed - current) + rest_typ * speed
+  return ("lab %s, about %s left"):format(duration(spent), duration(left))
+end
+
 function Progress:start(name, i, n)
   self.name, self.index, self.count = name, i, n
   self.t0 = self.now()
@@ -150,7 +210,9 @@ function Progress:update(what, i, n)
   local line = ("[%d/%d] %s: %s"):format(self.index or 1, self.count or 1, self.name or "?", what or "")
   if i and n then line = line .. (" %d/%d"):format(i, n) end
   line = line .. (" (%.1f s)"):format(elapsed)
-  if #line > 100 then line = line:sub(1, 97) .. "..." end
+  local eta = self:eta()
+  if #line > 100 - (eta and #eta + 3 or 0) then line = line:sub(1, 97 - (eta and #eta + 3 or 0)) .. "..." end
+  if eta then line = line .. " — " .. eta end
   self.out:write("\r\27[K" .. line)
   self.out:flush()
   self.drawn = true
@@ -160,8 +222,9 @@ function Progress:done(summary)
   if self.quiet then return end
   local elapsed = self.now() - (self.t0 or self.now())
   if self.tty and self.drawn then self.out:write("\r\27[K") end
-  self.out:write(("[%d/%d] %s: %s (%.1f s)\n"):format(self.index or 1, self.count or 1,
-    self.name or "?", summary or "done", elapsed))
+  local eta = self.index and self.index < (self.count or 1) and self:eta(true)
+  self.out:write(("[%d/%d] %s: %s (%.1f s%s)\n"):format(self.index or 1, self.count or 1,
+    self.name or "?", summary or "done", elapsed, eta and "; " .. eta or ""))
   self.out:flush()
 end
 
@@ -390,6 +453,19 @@ function M.verdict(exp, results)
   return v
 end
 
+-- The verdict in the report's words ("holds only if ..."); `bold` marks
+-- the verdict itself up in Markdown.
+local WORDS = { holds = "holds", conditional = "holds only if", contradicted = "contradicted on this machine" }
+function M.verdict_text(v, bold)
+  v = v or {}
+  local c = v.condition ~= "" and v.condition or nil
+  local w = WORDS[v.verdict]
+  if not w then return "not measured" .. (c and (" — " .. c) or "") end
+  if bold then w = "**" .. w .. "**" end
+  if v.verdict == "conditional" then return w .. " " .. (c or "(condition missing)") end
+  return w .. (c and (" — " .. c) or "")
+end
+
 -- ---- running ------------------------------------------------------------------
 
 -- Run one experiment.  Returns its result entry for results.json.
@@ -406,18 +482,28 @@ function M.run_experiment(exp, opts)
     pt = pt, params = res.params, mode = mode, results = res, workers = {},
     progress = opts.progress, join_timeout = opts.join_timeout or 30,
   }, Ctx)
-  local t0 = pt.now()
+  local t0, cpu0 = pt.now(), M.cpu_times()
   local ok, err = xpcall(function() return exp.run(ctx) end, debug.traceback)
   ctx:reap()
   res.elapsed = pt.now() - t0
+  res.other_cores = M.other_cores(cpu0, M.cpu_times(), res.elapsed)
   -- LuaJIT traces keep the objects they specialised on (a shared table a
   -- spin loop polled) alive until flushed: let each experiment free what
   -- it made before the next one starts
   if type(jit) == "table" and jit.flush then jit.flush() end
   collectgarbage(); collectgarbage()
   if not ok then res.error = tostring(err) end
-  res.verdict = M.verdict(exp, res)
+  res.verdict = M.verdict_of(exp, res)
   return res
+end
+
+-- The verdict of a result entry: "not measured" when its run raised
+-- (whatever samples it left), else what the experiment's rule says.
+function M.verdict_of(exp, res)
+  if res.error then
+    return { verdict = "not measured", condition = "run failed: " .. (res.error:match("[^\n]*")) }
+  end
+  return M.verdict(exp, res)
 end
 
 -- Run experiments.  opts: names (list; default all built-ins present),
@@ -446,19 +532,22 @@ function M.run(opts)
   local doc = { format = M.FORMAT, mode = opts.mode or "full", machine = M.machine(pt), experiments = {} }
   local progress = opts.progress
   if progress == nil then progress = M.progress() end
-  local t0 = pt.now()
+  local t0, cpu0 = pt.now(), M.cpu_times()
+  -- with no names, the claims table shows every claim (not run ones too)
+  doc.complete = not opts.names or #opts.names == 0 or nil
+  if progress and progress.plan then progress:plan(names, doc.mode) end
   for i, e in ipairs(exps) do
     if progress then progress:start(e.exp.name, i, #exps) end
     local res = M.run_experiment(e.exp, { pt = pt, mode = doc.mode, progress = progress or nil, source = e.source })
     doc.experiments[#doc.experiments + 1] = res
     if progress then
       local v = res.verdict
-      progress:done(v.verdict .. (v.condition and (": " .. v.condition) or "") ..
-        (res.error and (" [error: " .. res.error:match("[^\n]*") .. "]") or ""))
+      progress:done(M.verdict_text(v))
     end
   end
   doc.elapsed = pt.now() - t0
   doc.machine.loadavg_after = loadavg()
+  doc.machine.other_cores = M.other_cores(cpu0, M.cpu_times(), doc.elapsed)
   return doc
 end
 
@@ -469,7 +558,7 @@ function M.reverdict(doc)
   for _, res in ipairs(doc.experiments or {}) do
     local exp = M.load(res.source and M.is_file_name(res.source) and res.source or res.name)
     if exp then
-      res.verdict = M.verdict(exp, res)
+      res.verdict = M.verdict_of(exp, res)
     end
   end
   return doc

@@ -131,8 +131,11 @@ function E.verdict(results)
     v.verdict = "holds"
     v.condition = ("a buggy process corrupted no other observer (private%s), a buggy thread %.0f%% of them"):format(ps and " and shared arrays" or " array", 100 * tp)
   end
-  v.reading = ("The scribbles of a buggy thread were seen by %.0f%% of the other threads and the parent, those of a buggy process by %.0f%% — the others kept their own copy-on-write pages. %s"):format(
+  v.reading = ("The scribbles of a buggy thread were seen by %.0f%% of the other threads and the parent, those of a buggy process by %.0f%%%s. %s"):format(
     100 * tp, 100 * pp,
+    pp == 0 and " — the others kept their own copy-on-write pages"
+      or pp < 1 and " — some observers kept their own copy-on-write pages, others did not"
+      or " — no observer kept a copy of its own",
     ps and ("Memory a process shares on purpose is a different matter: %.0f%% of the observers of a shared array saw the damage."):format(100 * ps)
        or "The shared-array control was not measured.")
   return v

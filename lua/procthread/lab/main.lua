@@ -6,13 +6,14 @@
 --   procthread-lab compare A/results.json B/results.json
 --
 -- Exit codes: 0 done; 1 the lab could not finish (an error it did not
--- expect); 2 bad input (unknown experiment, unwritable --out, bad option).
+-- expect, a library it needs is missing, an experiment's run raised);
+-- 2 bad input (unknown experiment, unwritable --out, bad option).
 local M = {}
 
 local USAGE = [[
 usage: procthread-lab list
-       procthread-lab run [NAME | FILE.lua ...] [--quick] [--out DIR]
-       procthread-lab report RESULTS.json [--out DIR]
+       procthread-lab run [NAME | FILE.lua ...] [--quick] [--all] [--out DIR]
+       procthread-lab report RESULTS.json [--all] [--out DIR]
        procthread-lab compare A/results.json B/results.json
 
   run      runs the named experiments (all built-in ones when none is named)
@@ -21,6 +22,8 @@ usage: procthread-lab list
            user's experiment file.
   --quick  smaller parameters (the whole lab in under a minute)
   --tiny   smallest parameters (for the test suite)
+  --all    the claims table lists every claim, also those not run (the
+           default when no experiment is named)
   report   renders REPORT.md and the charts again from a saved results.json
            (verdicts recomputed with the current rules), into DIR
            (default: the folder of RESULTS.json)
@@ -56,11 +59,18 @@ function M.main(argv, io_out, io_err)
     return code
   end
   -- write the report of doc into dir; the exit code
+  -- 1 when an experiment's run raised (it is "not measured" in the report)
   local function render(doc, dir, opts_)
     local files, werr = require("procthread.lab.report").render(doc, dir, opts_)
     if not files then return fail(1, werr) end
     out:write(("wrote %s (%d files)\n"):format(dir .. "/REPORT.md", #files))
-    return 0
+    local code = 0
+    for _, res in ipairs(doc.experiments) do
+      if res.error then
+        code = fail(1, ("%s: run failed: %s"):format(res.name, (res.error:match("[^\n]*"))))
+      end
+    end
+    return code
   end
   argv = argv or {}
   local cmd = argv[1]
@@ -84,9 +94,15 @@ function M.main(argv, io_out, io_err)
       opts.out = argv[i]
     elseif a:match("^%-%-out=") then opts.out = a:sub(7)
     elseif a == "--quiet" then opts.quiet = true
+    elseif a == "--all" then opts.all = true
     elseif a:match("^%-") then return fail(2, ("unknown option '%s'\n%s"):format(a, USAGE))
     else names[#names + 1] = a end
     i = i + 1
+  end
+
+  if cmd == "run" or cmd == "report" or cmd == "compare" then
+    local missing = require("procthread.lab.json").missing()
+    if missing then return fail(1, missing) end
   end
 
   if cmd == "list" then
@@ -118,7 +134,7 @@ function M.main(argv, io_out, io_err)
     local progress = lab.progress({ quiet = opts.quiet, now = pt.now })
     local doc, rerr = lab.run({ names = names, mode = opts.mode, pt = pt, progress = progress })
     if not doc then return fail(2, rerr) end
-    return render(doc, dir)
+    return render(doc, dir, { all = opts.all })
 
   elseif cmd == "report" then
     if #names ~= 1 then return fail(2, "report needs one results.json\n" .. USAGE) end
@@ -130,7 +146,7 @@ function M.main(argv, io_out, io_err)
     if not okd then return fail(2, derr) end
     lab.reverdict(doc)
     -- results.json is only written when rendering somewhere else
-    return render(doc, dir, { json = opts.out ~= nil })
+    return render(doc, dir, { json = opts.out ~= nil, all = opts.all })
 
   elseif cmd == "compare" then
     if #names ~= 2 then return fail(2, "compare needs two results.json files\n" .. USAGE) end

@@ -1,6 +1,7 @@
 -- memory: what a worker's write reaches, and what an idle worker costs.
 local lab = require "procthread.lab"
 local fmt = require("procthread.lab.svg").format
+local stats = require "procthread.lab.stats"
 
 local E = {
   name = "memory",
@@ -8,8 +9,8 @@ local E = {
   aspect = "memory",
   claim = { process = "separate memory space", thread = "shared memory within the process" },
   params = {
-    full = { trials = 3, counts = { 1, 2, 4, 8, 16 }, mem_trials = 3, settle = 0.3 },
-    quick = { trials = 2, counts = { 1, 4, 8 }, mem_trials = 1, settle = 0.25 },
+    full = { trials = 3, counts = { 4, 8, 16, 32, 64 }, mem_trials = 3, settle = 0.3 },
+    quick = { trials = 2, counts = { 4, 16, 32 }, mem_trials = 2, settle = 0.25 },
     tiny = { trials = 1, counts = { 1, 2 }, mem_trials = 1, settle = 0.1 },
   },
   -- the targets that are not shared by construction
@@ -22,7 +23,9 @@ E.rule = "Each worker writes 1 into one target and returns what it reads back; t
   "Contradicted: a process write reached the parent through a target that is not explicitly shared " ..
   "(upvalue, global, private array), or no thread write did. Holds: thread writes reached the parent through all three. " ..
   "Otherwise holds only for the targets thread writes reached (listed). Memory per idle worker: " ..
-  "(PSS of the parent plus the workers' processes with N workers alive - PSS of the parent before) / N."
+  "the slope of the growth of PSS (the parent's plus the workers' processes') against N idle workers alive: the median " ..
+  "of the slopes between every two samples at different N (Theil-Sen), with the p10 – p90 of those slopes as its " ..
+  "spread; a slope below zero is noise and shown as 0."
 
 -- One run: a worker of `kind` writes into `target`; did the parent see it?
 -- Returns seen (boolean), or nil and an error.
@@ -137,15 +140,35 @@ local function reached(results, kind, target)
 end
 E.reached = reached
 
+-- The cost of one idle worker: the Theil-Sen slope of the PSS growth
+-- (KiB) against N alive, with the p10 - p90 of the pairwise slopes; nil
+-- without samples at two different N.
 local function idle_cost(results, kind)
-  -- median per-worker PSS at the largest N measured
-  local best
+  local pts, slopes = {}, {}
   for _, n in ipairs(results.params.counts or {}) do
-    local s = lab.summary(results, ("idle_pss/%s/%d"):format(kind, n))
-    if s.median then best = { n = n, kib = s.median } end
+    local s = results.series[("idle_pss/%s/%d"):format(kind, n)]
+    for _, each in ipairs(s and s.samples or {}) do pts[#pts + 1] = { n = n, total = each * n } end
   end
-  return best
+  for i = 1, #pts do
+    for j = i + 1, #pts do
+      local a, b = pts[i], pts[j]
+      if a.n ~= b.n then slopes[#slopes + 1] = (b.total - a.total) / (b.n - a.n) end
+    end
+  end
+  if #slopes == 0 then return nil end
+  local sm = stats.summary(slopes)
+  local lo, hi = pts[1].n, pts[1].n
+  for _, q in ipairs(pts) do lo, hi = math.min(lo, q.n), math.max(hi, q.n) end
+  return { kib = sm.median, p10 = sm.p10, p90 = sm.p90, from = lo, to = hi }
 end
+E.idle_cost = idle_cost
+
+-- "21.5 KiB (p10 – p90 18 – 25 KiB)"; never below zero
+local function cost_text(c)
+  local function z(x) return fmt(math.max(0, x), "KiB") end
+  return ("%s (p10 – p90 %s – %s)"):format(z(c.kib), z(c.p10), z(c.p90))
+end
+E.cost_text = cost_text
 
 function E.verdict(results)
   local v = {}
@@ -165,7 +188,7 @@ function E.verdict(results)
     local list = #seen[kind] > 0 and table.concat(seen[kind], ", ") or "none"
     v[kind] = ("parent saw %d of 3 private writes (%s); shared array: %s"):format(#seen[kind], list,
       sh == nil and "not measured" or sh == true and "seen" or sh == false and "not seen" or "inconsistent")
-    if cost then v[kind] = v[kind] .. ("; %s PSS per idle %s (%d alive)"):format(fmt(cost.kib, "KiB"), kind, cost.n) end
+    if cost then v[kind] = v[kind] .. ("; %s PSS per idle %s (slope over %d–%d alive)"):format(cost_text(cost), kind, cost.from, cost.to) end
   end
   -- the decision needs the private array on both sides at least
   if reached(results, "process", "private array") == nil or reached(results, "thread", "private array") == nil
@@ -175,7 +198,7 @@ function E.verdict(results)
     return v
   end
   local pc, tc = idle_cost(results, "process"), idle_cost(results, "thread")
-  local costs = (pc and tc) and (" An idle process cost %s of PSS and an idle thread %s."):format(fmt(pc.kib, "KiB"), fmt(tc.kib, "KiB")) or ""
+  local costs = (pc and tc) and (" An idle process cost %s of PSS and an idle thread %s."):format(cost_text(pc), cost_text(tc)) or ""
   if #seen.process > 0 then
     v.verdict = "contradicted"
     v.condition = "a process write reached the parent through: " .. table.concat(seen.process, ", ")
@@ -197,7 +220,9 @@ function E.verdict(results)
       table.concat(seen.thread, ", "), table.concat(notl, ", "))
   end
   if #missing > 0 then v.condition = v.condition .. " (not measured: " .. table.concat(missing, ", ") .. ")" end
-  v.reading = ("A forked process changed only its own copy of every target except the shared array, while a thread's writes reached the parent through %s.%s"):format(
+  local psh = reached(results, "process", "shared array")
+  v.reading = ("A forked process changed only its own copy of %s, while a thread's writes reached the parent through %s.%s"):format(
+    psh == true and "every target except the shared array" or "every target (its write to the shared array was not seen either)",
     #seen.thread > 0 and table.concat(seen.thread, ", ") or "no private target", costs)
   if #seen.process > 0 then
     v.reading = ("Process writes reached the parent through %s, which a separate memory space would not allow.%s"):format(table.concat(seen.process, ", "), costs)
@@ -231,7 +256,14 @@ function E.table(results)
     end
     rows2[#rows2 + 1] = r
   end
-  local t2 = { caption = "Memory per idle worker (growth of the total divided by the number alive):",
+  local slope = { "per worker (slope)" }
+  for _, kind in ipairs({ "process", "thread" }) do
+    local c = idle_cost(results, kind)
+    slope[#slope + 1] = c and cost_text(c) or "—"
+    slope[#slope + 1] = ""
+  end
+  rows2[#rows2 + 1] = slope
+  local t2 = { caption = "Memory per idle worker (growth of the total divided by the number alive; last row: the slope of the growth against N, which the claims table uses):",
                header = { "workers alive", "process: PSS each", "process: RSS each", "thread: PSS each", "thread: RSS each" },
                rows = rows2 }
   return { t1, t2 }
@@ -243,7 +275,10 @@ function E.charts(results)
     local pts = {}
     for _, n in ipairs(results.params.counts or {}) do
       local s = lab.summary(results, ("idle_pss/%s/%d"):format(kind, n))
-      if s.median then pts[#pts + 1] = { x = n, y = s.median * n, lo = s.min * n, hi = s.max * n } end
+      -- memory does not shrink below nothing: noise under zero is drawn at 0
+      if s.median then
+        pts[#pts + 1] = { x = n, y = math.max(0, s.median * n), lo = math.max(0, s.p10 * n), hi = math.max(0, s.p90 * n) }
+      end
     end
     series[#series + 1] = { name = kind .. "es" , points = pts }
   end
@@ -251,7 +286,7 @@ function E.charts(results)
   return { {
     file = "memory.svg",
     title = "Memory of idle workers",
-    subtitle = "growth of PSS (parent + worker processes) with N idle workers alive",
+    subtitle = "growth of PSS (parent + worker processes) with N idle workers alive; median, bars p10–p90",
     x = { label = "idle workers alive", min = 0 },
     y = { label = "PSS growth", unit = "KiB", min = 0 },
     series = series,

@@ -29,18 +29,7 @@ local function md_table(header, rows)
 end
 M.md_table = md_table
 
-function M.verdict_text(v)
-  if not v then return "not measured" end
-  local c = v.condition
-  if v.verdict == "holds" then
-    return "**holds**" .. (c and c ~= "" and (" — " .. c) or "")
-  elseif v.verdict == "conditional" then
-    return "**holds only if** " .. (c or "(condition missing)")
-  elseif v.verdict == "contradicted" then
-    return "**contradicted on this machine**" .. (c and c ~= "" and (" — " .. c) or "")
-  end
-  return "not measured" .. (c and c ~= "" and (" — " .. c) or "")
-end
+function M.verdict_text(v) return lab.verdict_text(v, true) end
 
 -- Experiments of the document, by name.
 local function by_name(doc)
@@ -55,7 +44,9 @@ local function load_exp(res)
   return exp
 end
 
-function M.claims_rows(doc)
+-- One row per experiment run; with `all` (or a run of the whole lab) also
+-- a row for each built-in claim that was not run.
+function M.claims_rows(doc, all)
   local rows, seen = {}, {}
   local have = by_name(doc)
   local function row(name, res)
@@ -71,8 +62,9 @@ function M.claims_rows(doc)
              ("process: %s; thread: %s"):format(claim.process or known.process or "?", claim.thread or known.thread or "?"),
              v.process or "—", v.thread or "—", M.verdict_text(v) }
   end
+  all = all or doc.complete
   for _, name in ipairs(lab.builtin) do
-    rows[#rows + 1] = row(name, have[name])
+    if all or have[name] then rows[#rows + 1] = row(name, have[name]) end
     seen[name] = true
   end
   for _, e in ipairs(doc.experiments or {}) do
@@ -87,7 +79,8 @@ local function machine_lines(m)
   return {
     ("- CPU: %s, %s cores; memory %s MiB"):format(m.cpu_model or "?", tostring(m.cores or "?"), tostring(m.mem_total_mib or "?")),
     ("- Kernel: %s; Lua: %s; procthread %s"):format(m.kernel or "?", m.lua or "?", tostring(m.procthread or "?")),
-    ("- Load average before: %s; after: %s"):format(la(m.loadavg_before), la(m.loadavg_after)),
+    ("- Load average before: %s; after: %s; CPU used by other work during the run: %s"):format(la(m.loadavg_before), la(m.loadavg_after),
+      type(m.other_cores) == "number" and ("%.2f cores"):format(m.other_cores) or "?"),
     ("- Date: %s"):format(m.date or "?"),
   }
 end
@@ -136,6 +129,16 @@ local function write_file(path, s)
   return true
 end
 
+-- The note on other work, from the CPU time other processes used while
+-- the lab ran (not the load average, which lags a minute behind); nil
+-- when they used less than a quarter of the cores.
+function M.load_note(m)
+  m = m or {}
+  local other, cores = m.other_cores, m.cores
+  if type(other) ~= "number" or type(cores) ~= "number" or other < 0.25 * cores then return nil end
+  return ("**Note:** other work used %.2f of the %d cores on average while the lab ran: it competed for the CPUs, which shows most in the timings that depend on scheduling (spin handoffs, wake-up after join, speedups)."):format(other, cores)
+end
+
 -- Render into directory `out`.  opts.json (default true) also writes
 -- results.json.  Returns the list of files written, or nil and a message.
 function M.render(doc, out, opts)
@@ -149,20 +152,14 @@ function M.render(doc, out, opts)
   add()
   add("## The claims")
   add()
-  add(md_table({ "aspect", "the claim", "measured: processes", "measured: threads", "verdict" }, M.claims_rows(doc)))
+  add(md_table({ "aspect", "the claim", "measured: processes", "measured: threads", "verdict" }, M.claims_rows(doc, opts.all)))
   add()
   add("## Machine")
   add()
   for _, l in ipairs(machine_lines(doc.machine)) do add(l) end
   add(("- Lab run time: %.1f s"):format(doc.elapsed or 0))
-  local m = doc.machine or {}
-  local busy = 0
-  for _, la in ipairs({ m.loadavg_before, m.loadavg_after }) do
-    if type(la) == "table" and type(la[1]) == "number" then busy = math.max(busy, la[1]) end
-  end
-  if m.cores and busy > 0.5 * m.cores then
-    add(("- **Note:** the 1-minute load average reached %.2f on %d cores while the lab ran: other work competed for the CPUs, which shows most in the timings that depend on scheduling (spin handoffs, wake-up after join, speedups)."):format(busy, m.cores))
-  end
+  local note = M.load_note(doc.machine)
+  if note then add("- " .. note) end
   add()
   -- sections in the order of the claims table, then the others as run
   local order, rank = {}, {}
@@ -206,8 +203,14 @@ function M.render(doc, out, opts)
     if exp and exp.charts then
       local ok, charts = pcall(exp.charts, res)
       if ok and type(charts) == "table" then
+        local v = res.verdict or {}
         for _, c in ipairs(charts) do
           local file = c.file or (res.name .. ".svg")
+          -- a failed run draws no data, whatever it left; any chart
+          -- without usable points says why
+          local why = v.verdict == "not measured" and "not measured — " .. (v.condition or "?") or nil
+          if res.error then c.no_data = why end
+          c.no_data_reason = c.no_data_reason or why
           local okc, text = pcall(svg.chart, c)
           if okc then
             local w, err = write_file(out .. "/" .. file, text)

@@ -49,6 +49,19 @@ function M.summary(xs, failed)
   return r
 end
 
+-- The noise rule: compare summary a with `margin` times summary b by their
+-- spreads (p10 – p90).  "above" when a's spread lies wholly above margin x
+-- b's, "below" when wholly below, "within noise" when they overlap (or a
+-- side has no sample: nil).  A condition is stated only from "above" and
+-- "below"; "within noise" is never a win.
+function M.versus(a, b, margin)
+  if not (a and b and a.p10 and b.p10) then return nil end
+  margin = margin or 1
+  if a.p10 > margin * b.p90 then return "above" end
+  if a.p90 < margin * b.p10 then return "below" end
+  return "within noise"
+end
+
 -- Linear interpolation: the x at which the line through (x1,y1), (x2,y2)
 -- reaches y.
 function M.cross(x1, y1, x2, y2, y)
