@@ -166,6 +166,20 @@ describe("arrays", function()
     assert.matches("held%s+true%s+kept%s+true", out)
   end)
 
+  -- the in-flight count of a private array lives in the arena: a process
+  -- that sent one and left must not leave it there
+  it("a private array sent by a process that has left: refused, and nothing stays in the arena", function()
+    local w = pt.spawn_process(function() local a = pt.array(3); a[1] = 1; return a end)
+    assert.are.same({ false, "private array cannot cross to another process" }, { w:join(T) })
+    local p = pt.pipe()
+    local w2 = pt.spawn_process(function() assert(p:send(pt.array(3))) return true end)
+    assert.is_true(join_ok(w2))                 -- gone before its message is met
+    local ok, err = pcall(p.recv, p, 10)
+    assert.is_false(ok)
+    assert.matches("private array cannot cross to another process", err)
+    p:close()
+  end)
+
   it("a private array in flight to a thread outlives the sender's handle", function()
     local p = pt.pipe()
     do

@@ -72,8 +72,12 @@ static void sarr_drop(pt_off off, uint64_t gen) {
    it under preg_mu, the arena cells' counts apart (atomic). */
 typedef struct pcell {
   uint64_t magic, pid, id;
-  uint64_t inflight;                          /* atomic */
+  uint64_t inflight;                          /* atomic: count | CELL_ORPHAN */
 } pcell;
+
+/* In inflight: the process that made the cell left with messages still in
+   flight; whoever drops the last of them frees the cell. */
+#define CELL_ORPHAN (1ULL << 63)
 
 typedef struct pblock {
   uint64_t id;
@@ -91,7 +95,29 @@ static uint64_t preg_zombies;                 /* listed blocks without handles *
 #define CELL(off) PT_SHM_PTR(pcell, off)
 
 static uint64_t inflight(const pblock *p) {
-  return p->cell ? __atomic_load_n(&CELL(p->cell)->inflight, __ATOMIC_ACQUIRE) : 0;
+  return p->cell ? __atomic_load_n(&CELL(p->cell)->inflight, __ATOMIC_ACQUIRE) & ~CELL_ORPHAN : 0;
+}
+
+static void cell_free(pt_off off) {
+  __atomic_store_n(&CELL(off)->magic, 0, __ATOMIC_RELAXED);
+  pt_shm_free(off);
+}
+
+/* A forked worker leaving: its blocks die with it, but the messages it
+   sent may still be met elsewhere.  A cell none holds goes now; the others
+   are left to the last message's dropper.  Of a concurrent last drop and
+   this, exactly one sees the count at 0 with the orphan bit set. */
+static void parr_exit_child(void) {
+  pblock *p;
+  pthread_mutex_lock(&preg_mu);
+  for (p = preg_head; p; p = p->next) {
+    if (!p->cell) continue;
+    if ((__atomic_fetch_or(&CELL(p->cell)->inflight, CELL_ORPHAN, __ATOMIC_ACQ_REL) &
+         ~CELL_ORPHAN) == 0)
+      cell_free(p->cell);
+    p->cell = 0;
+  }
+  pthread_mutex_unlock(&preg_mu);
 }
 
 static void preg_after_fork(void) {
@@ -114,10 +140,7 @@ static int parr_reap(pblock *p) {
   if (p->a.refs || inflight(p)) return 0;
   if (p->prev) p->prev->next = p->next; else preg_head = p->next;
   if (p->next) p->next->prev = p->prev;
-  if (p->cell) {
-    __atomic_store_n(&CELL(p->cell)->magic, 0, __ATOMIC_RELAXED);
-    pt_shm_free(p->cell);
-  }
+  if (p->cell) cell_free(p->cell);
   preg_zombies--;
   free(p);
   return 1;
@@ -433,13 +456,15 @@ static void x_release(const pt_ref *ref) {
   if (ref->b & REF_SHARED) {
     if (valid_shared(ref)) sarr_drop(ref->a, ref->b & ~REF_SHARED);
   } else if ((c = valid_cell(ref)) != NULL) {
-    int mine = c->pid == (uint64_t)getpid();
-    if (mine) pthread_mutex_lock(&preg_mu);
-    __atomic_sub_fetch(&c->inflight, 1, __ATOMIC_ACQ_REL);
-    if (mine) {
-      parr_sweep();
-      pthread_mutex_unlock(&preg_mu);
+    if (c->pid != (uint64_t)getpid()) {
+      if (__atomic_sub_fetch(&c->inflight, 1, __ATOMIC_ACQ_REL) == CELL_ORPHAN)
+        cell_free(ref->a);                    /* its maker is gone */
+      return;
     }
+    pthread_mutex_lock(&preg_mu);
+    __atomic_sub_fetch(&c->inflight, 1, __ATOMIC_ACQ_REL);
+    parr_sweep();
+    pthread_mutex_unlock(&preg_mu);
   }
 }
 
@@ -484,6 +509,7 @@ void pt_open_array(lua_State *L) {
     {NULL, NULL}};
   pt_shm_init_process();
   pt_atfork_child(preg_after_fork);
+  pt_on_child_exit(parr_exit_child);
   if (luaL_newmetatable(L, ANAME)) {
     pt_setfuncs(L, meta);
     lua_pushstring(L, ANAME);

@@ -206,7 +206,7 @@ static void tab_repair(stab *t) {
   t->tombs = tb;
 }
 
-static int tab_lock(stab *t) {
+static inline int tab_lock(stab *t) {
   int r = pt_shm_mutex_trylock_spin(&t->mu);
   if (r == 1) {
     tab_repair(t);
@@ -423,14 +423,18 @@ static pt_shm_handle *tohandle(lua_State *L, int i) {
 
 /* The live table of a handle: raises when it is released or when the
    table was freed under it (its generation is gone: never touch it). */
+__attribute__((cold, noinline)) static void raise_dead(lua_State *L, pt_off off, int i) {
+  if (!off) luaL_argerror(L, i, "shared table is released");
+  luaL_error(L, FREED_MSG);
+}
+
 static stab *handle_tab(lua_State *L, const pt_shm_handle *h, int i) {
   pt_off off = pt_shm_handle_off(h);
-  if (!off) luaL_argerror(L, i, "shared table is released");
-  if (!pt_shm_gen_ok(&TAB(off)->gen, h->gen)) luaL_error(L, FREED_MSG);
+  if (!off || !pt_shm_gen_ok(&TAB(off)->gen, h->gen)) raise_dead(L, off, i);
   return TAB(off);
 }
 
-static stab *checktab(lua_State *L, int i) {
+static inline stab *checktab(lua_State *L, int i) {
   pt_shm_handle *h = tohandle(L, i);
   if (!h) {
     const char *msg = lua_pushfstring(L, "shared table expected, got %s", luaL_typename(L, i));
@@ -800,7 +804,7 @@ static void reader_grow(lua_State *L, reader *r) {
 
 /* Under the lock, after reader_fits: copy the value of sl into v (strings
    into r's buffer; a table gets a count, adopted by reader_push). */
-static void reader_load(reader *r, const slot *sl, kv *v) {
+static inline void reader_load(reader *r, const slot *sl, kv *v) {
   uint32_t c = sl->ctl;
   v->t = (int)C_VT(c);
   v->bits = sl->val[C_WHICH(c)];
@@ -818,7 +822,7 @@ static void reader_load(reader *r, const slot *sl, kv *v) {
 
 /* Lock released: leave v (nil when v is NULL) as the only value above the
    entry top. */
-static void reader_push(lua_State *L, reader *r, const kv *v) {
+static inline void reader_push(lua_State *L, reader *r, const kv *v) {
   if (v && v->t == T_TAB) {
     adopt(r->blank, v->bits);
     lua_pushvalue(L, r->blank_idx);
