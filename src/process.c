@@ -154,7 +154,7 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
 }
 
 int pt_process_spawn(lua_State *L) {
-  int fds[2], e;
+  int fds[2], life[2], e;
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -173,7 +173,15 @@ int pt_process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
+  if (pt_lifeline_prefork(life) != 0) {
+    e = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return spawn_failed(L, w, "pipe", e);
+  }
   pid = fork();
+  if (pid == 0) pt_lifeline_child(life);
+  else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {
     e = errno;
     close(fds[0]);
@@ -244,6 +252,7 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   w->done_fd = -1;
   w->joined = 1;
   __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+  pt_lifecycle_remove(w);
 }
 
 /* Try to reap without blocking: 1 reaped, 0 still running, -1 error. */

@@ -157,6 +157,11 @@ int pt_cancel_requested(void) {
 }
 
 int pt_raise_cancelled(lua_State *L) {
+  if (pt_take_interrupt()) {               /* not cancelled: interrupted */
+    lua_pushnil(L);
+    lua_pushliteral(L, "interrupted");
+    return 2;
+  }
   lua_pushstring(L, PT_CANCELLED_MSG);
   return lua_error(L);
 }
@@ -183,6 +188,7 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
       p[i].fd = fds[i]; p[i].events = events; p[i].revents = 0;
     }
     p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
+    if (pt_interrupted()) return -2;       /* Ctrl-C: see pt_raise_cancelled */
     r = poll(p, (nfds_t)(n + 1), ms_left(deadline));
     if (r < 0) {
       if (errno == EINTR) continue;

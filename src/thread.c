@@ -161,6 +161,7 @@ static void *thread_main(void *arg) {
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
+  pt_lifecycle_remove(w);
   pt_worker_unref(w);
   __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   return NULL;
@@ -200,9 +201,11 @@ int pt_thread_spawn(lua_State *L) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pt_lifecycle_add(L, w);                      /* before it can end */
   e = pthread_create(&w->thread, NULL, thread_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (e != 0) {
+    pt_lifecycle_remove(w);
     __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
     w->refs = 1;
     pt_worker_unref(w);
@@ -232,7 +235,7 @@ int pt_thread_wait(pt_worker *w, double timeout) {
     return 1;
   }
   if (timeout == 0) return 0;
-  if (!pt_self_ctx || !pt_self_ctx->cancel) {
+  if ((!pt_self_ctx || !pt_self_ctx->cancel) && !pt_interrupt_watched()) {
     /* Nobody can cancel this joiner: wait for the thread's exit itself,
        one wake-up, as pthread_join alone would. */
     if (timeout < 0) {
@@ -284,6 +287,7 @@ void pt_thread_release(pt_worker *w) {
     pt_thread_cancel(w);
   if (!w->joined) {
     if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
+    else if (pt_lifecycle_adopt(w)) { pt_worker_unref(w); return; }   /* see lifecycle.c */
     else pthread_detach(w->thread);
     w->joined = 1;
   }

@@ -181,6 +181,7 @@ local function start_worker(self, i)
   -- the parent only writes a process worker's task pipe: with the read
   -- end closed here, a send to a dead worker says "closed" at once
   if self.kind == "process" then tasks:close_read() end
+  pt._daemon(w)                  -- at exit: stopped, never waited for
   self.slots[i] = { w = w, tasks = tasks, task = nil, count = 0 }
   self.started = self.started + 1
   return true
