@@ -239,6 +239,10 @@ local function drain(self, wait)
   local r = self.results
   while true do
     local m = pack(pcall(r.recv, r, got == 0 and wait or 0))
+    -- an interrupt (Ctrl-C: the interpreter's "interrupted!", raised here
+    -- on 5.4) is the caller's, never the pool's to swallow
+    if m[1] and m[2] == nil and m[3] == "interrupted" then error("interrupted", 2) end
+    if not m[1] and m[2] ~= "corrupt message" then error(m[2], 0) end
     if not m[1] then
       -- "corrupt message": the pipe skips to the next valid frame on the
       -- next recv; a dead writer is found by check_workers
