@@ -15,12 +15,14 @@
  *
  * Lifeline.  Each process worker gets a pipe: the parent keeps the write
  * end (close-on-exec, closed in every other worker process right after
- * its fork), the child the read end, watched by a small C thread that
- * only polls it.  The write end closes when the parent *process* dies,
- * however it dies (a thread that forked may end: the fd table is the
- * process's), and the watcher then SIGKILLs its process at once, busy or
- * idle.  One byte written down the pipe instead releases the child:
- * pt.detach.
+ * its fork) and both share the read end, which the child sets to signal
+ * it (O_ASYNC, F_SETOWN itself, F_SETSIG SIGKILL).  The write end closes
+ * when the parent *process* dies, however it dies (a thread that forked
+ * may end: the fd table is the process's); the kernel then sends the
+ * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
+ * parent-death signal of prctl would fire when the forking *thread*
+ * ends.)  pt.detach clears O_ASYNC on the shared read end first: the
+ * child is then left alone.
  *
  * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
  * hook that raises "interrupted!" at the next VM instruction; a wait that
@@ -114,6 +116,7 @@ typedef struct entry {
   pt_worker *w;
   const void *owner;      /* the main Lua state that spawned it, or NULL */
   int lifeline;           /* process: write end of its lifeline, or -1 */
+  int lifeline_r;         /* process: read end (shared with the child), or -1 */
   int released;           /* its handle was collected */
   int daemon;             /* a pool's worker: stopped, never waited for */
   int adopted;            /* thread: handle collected while it ran; it
@@ -141,6 +144,7 @@ static entry *find(pt_worker *w) {
 static pt_worker *take(entry *e) {
   pt_worker *w = e->w;
   pt_close(e->lifeline);
+  pt_close(e->lifeline_r);
   *e = reg[--reg_n];
   return w;
 }
@@ -150,7 +154,7 @@ static const void *owner_of(lua_State *L) {
   return (!c || c->kind == PT_MAIN) ? lua_topointer(L, LUA_REGISTRYINDEX) : NULL;
 }
 
-static void add(lua_State *L, pt_worker *w, int lifeline) {
+static void add(lua_State *L, pt_worker *w, int lifeline, int lifeline_r) {
   entry *e = NULL;
   pthread_mutex_lock(&reg_mu);
   if (reg_n == reg_cap) {
@@ -163,14 +167,19 @@ static void add(lua_State *L, pt_worker *w, int lifeline) {
     e->w = w;
     e->owner = owner_of(L);
     e->lifeline = lifeline;
+    e->lifeline_r = lifeline_r;
     e->released = e->daemon = e->adopted = e->handled = 0;
     __atomic_add_fetch(&w->refs, 1, __ATOMIC_ACQ_REL);
   }
   pthread_mutex_unlock(&reg_mu);
-  if (!e) pt_close(lifeline);      /* out of memory: the worker is not watched */
+  if (!e) {                        /* out of memory: the worker is not watched */
+    if (lifeline_r >= 0) fcntl(lifeline_r, F_SETFL, fcntl(lifeline_r, F_GETFL) & ~O_ASYNC);
+    pt_close(lifeline);
+    pt_close(lifeline_r);
+  }
 }
 
-void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1); }
+void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1, -1); }
 
 void pt_lifecycle_remove(pt_worker *w) {
   entry *e;
@@ -210,47 +219,12 @@ int pt_lifeline_prefork(int life[2]) {
   return 0;
 }
 
-static void *watch_parent(void *arg) {
-  struct pollfd p;
-  char c;
-  (void)arg;
-  p.fd = my_lifeline; p.events = POLLIN; p.revents = 0;
-  for (;;) {
-    ssize_t k;
-    if (poll(&p, 1, -1) < 0) continue;             /* EINTR: every signal is blocked */
-    do k = read(p.fd, &c, 1); while (k < 0 && errno == EINTR);
-    if (k == 1) return NULL;                       /* detached: the parent let go */
-    if (k == 0) kill(getpid(), SIGKILL);           /* the parent process is gone */
-  }
-}
-
-static void start_watcher(pid_t parent) {
-  pthread_t t;
-  pthread_attr_t a;
-  sigset_t all, old;
-  int e;
-  pthread_attr_init(&a);
-  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&a, 64 * 1024);
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  e = pthread_create(&t, &a, watch_parent, NULL);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  pthread_attr_destroy(&a);
-  if (e != 0) {
-    /* no thread: the kernel's parent-death signal, which fires when the
-       forking *thread* ends -- the best left */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-  }
-}
-
 /* In the new child, first thing: forget the parent's workers (and close
-   their lifelines: only the parent may hold them), watch our own. */
+   their lifelines: only the parent may hold them), arm our own. */
 void pt_lifeline_child(int life[2]) {
   int i;
   pthread_mutex_init(&reg_mu, NULL);
-  for (i = 0; i < reg_n; i++) pt_close(reg[i].lifeline);
+  for (i = 0; i < reg_n; i++) { pt_close(reg[i].lifeline); pt_close(reg[i].lifeline_r); }
   free(reg);
   reg = NULL;
   reg_n = reg_cap = 0;
@@ -260,14 +234,20 @@ void pt_lifeline_child(int life[2]) {
   main_thread = -1;
   intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   intr_pending = 0;
-  start_watcher(prefork_parent);
+  if (fcntl(life[0], F_SETOWN, getpid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
+      fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
+    prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
+  if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
 }
 
 void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
   pthread_mutex_unlock(&reg_mu);
-  pt_close(life[0]);
-  if (forked) add(L, w, life[1]);
-  else pt_close(life[1]);
+  if (forked) {
+    add(L, w, life[1], life[0]);
+  } else {
+    pt_close(life[0]);
+    pt_close(life[1]);
+  }
 }
 
 /* ---- pt.detach, the pool's mark, configure -------------------------------- */
@@ -275,22 +255,16 @@ void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
 static int l_detach(lua_State *L) {
   pt_worker *w = pt_worker_of(L, 1);
   entry *e;
-  int fd = -1;
   pt_worker *gone = NULL;
   if (w->kind == PT_THREAD)
     return luaL_error(L, "detach: a thread cannot outlive its process; join it or cancel it");
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) {
-    fd = e->lifeline;
-    e->lifeline = -1;
+    /* disarm before the write end can close (the file is the child's too) */
+    if (e->lifeline_r >= 0) fcntl(e->lifeline_r, F_SETFL, fcntl(e->lifeline_r, F_GETFL) & ~O_ASYNC);
     gone = take(e);
   }
   pthread_mutex_unlock(&reg_mu);
-  if (fd >= 0) {
-    ssize_t k;
-    do k = write(fd, "D", 1); while (k < 0 && errno == EINTR);
-    close(fd);
-  }
   if (gone) pt_worker_unref(gone);
   lua_pushboolean(L, 1);
   return 1;
