@@ -158,6 +158,32 @@ describe("lifecycle", function()
       assert.is_true(all_gone(pids, 5))
     end)
 
+    it("stops a thread whose handle was collected, well within exit_grace", function()
+      local status, out, took = fresh([[
+        pt.configure{ at_exit = "stop", exit_grace = 20 }
+        pt.spawn_thread(function() require("procthread").sleep(100) end)
+        collectgarbage(); collectgarbage()
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 10, "took " .. took)
+    end)
+
+    it("stops everything, itself aside, when a thread worker calls os.exit", function()
+      local status, out, took = fresh([[
+        local p = pt.spawn_process(function() require("procthread").sleep(100) end)
+        ready(p.id)
+        local t = pt.spawn_thread(function() os.exit(7) end)
+        pt.sleep(100)
+      ]])
+      local pid = out:match("ready %d+ (%d+)")
+      assert.is_truthy(pid, out)
+      assert.are.equal(7, status, out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 10, "took " .. took)
+      assert.is_true(all_gone({ pid }, 5))
+    end)
+
     it("gives a process that ignores SIGTERM exit_grace seconds, then kills it", function()
       local status, out, took = fresh([[
         pt.configure{ at_exit = "stop", exit_grace = 1.5 }

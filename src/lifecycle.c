@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define SENTINEL_MT "procthread.lifecycle"
@@ -52,6 +53,7 @@
 
 /* ---- Ctrl-C ---------------------------------------------------------------- */
 
+static pid_t opener;                     /* the process that set the handlers */
 static unsigned sigint_count;            /* atomic: SIGINTs seen */
 static struct sigaction chained;         /* the handler we run in front of */
 static __thread unsigned intr_seen;      /* sigint_count this thread acted on */
@@ -292,18 +294,31 @@ static int l_exit_policy(lua_State *L) {
 
 /* ---- at exit ------------------------------------------------------------------ */
 
+/* The handles of the main states are ours to use: at_exit runs on the
+   main thread (exit() called elsewhere, by a thread worker, may run while
+   the main state still uses them). */
+static int on_main;
+
 static int running(const entry *e) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
   /* a process nobody else reaps: reap it here (it then leaves the registry) */
-  if (w->kind == PT_PROCESS && e->owner && !e->released) pt_process_wait(w, 0);
-  return !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE);
+  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) pt_process_wait(w, 0);
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  if (w->kind == PT_PROCESS) {
+    /* someone else reaps it: look without reaping (an error: reaped) */
+    siginfo_t si;
+    si.si_pid = 0;
+    if (waitid(P_PID, (id_t)w->id, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid != 0)
+      return 0;
+  }
+  return 1;
 }
 
 static void signal_process(const entry *e, int sig) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  if (e->owner && !e->released) pt_process_signal(w, sig);
+  if (on_main && e->owner && !e->released) pt_process_signal(w, sig);
   else kill(w->id, sig);
 }
 
@@ -313,7 +328,7 @@ static void cancel_thread(entry *e) {
   entry *r;
   pthread_mutex_lock(&reg_mu);
   r = find(e->w);
-  if (r && (!r->released || r->adopted)) pt_thread_cancel(e->w);
+  if (r && ((on_main && !r->released) || r->adopted)) pt_thread_cancel(e->w);
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -392,6 +407,7 @@ static void at_exit(const void *owner, int all) {
   int n, i, waited = 0, stopped = 0, have_old;
   unsigned sig0 = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   int hard = policy == 1 || sig0 != 0 || (pt_self_ctx && pt_self_ctx->kind == PT_THREAD);
+  on_main = is_main_thread() && (!pt_self_ctx || pt_self_ctx->kind == PT_MAIN);
   set = snapshot(owner, all, &n);
   if (!set) return;
   /* a Ctrl-C during the wait stops the workers instead */
@@ -436,7 +452,6 @@ static void at_exit(const void *owner, int all) {
   }
 }
 
-static pid_t opener;                     /* the process that set the handlers */
 
 static void at_process_exit(void) {
   if (getpid() == opener) at_exit(NULL, 1);
@@ -460,6 +475,7 @@ static int sentinel_gc(lua_State *L) {
 void pt_lifecycle_arm(lua_State *L) {
   sentinel *s;
   if (!owner_of(L)) return;                  /* a thread worker's state */
+  if (getpid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
   lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
   s = (sentinel *)lua_touserdata(L, -1);
   if (s) s->armed = 0;
