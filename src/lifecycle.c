@@ -32,7 +32,9 @@
  * writes return EINTR too.  A blocking call of the main thread that sees
  * a new SIGINT gives up (pt_interrupted) and returns nil, "interrupted"
  * through the cancellation path (pt_raise_cancelled); the hook raises as
- * soon as control is back in Lua. */
+ * soon as control is back in Lua.  A SIGINT that lands between the check
+ * and the system call is not an EINTR: poll-based waits of the main
+ * thread therefore wake every 100 ms while SIGINT is watched (sys.c). */
 #include "worker.h"
 
 #include <errno.h>

@@ -657,7 +657,7 @@ static int spin_for_data(int fd, double deadline) {
 
 static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
   pt_ctx *c = pt_self_ctx;
-  int waitable = c && c->cancel_fd >= 0;
+  int waitable = (c && c->cancel_fd >= 0) || pt_interrupt_watched();   /* Ctrl-C */
   ssize_t n;
   int spun = 0;
   if (s->rstart == s->rend) s->rstart = s->rend = 0;

@@ -180,7 +180,7 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
   pt_ctx *c = pt_self_ctx;
   int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  int i, r;
+  int i, r, ms;
   if (n > 16) { errno = EINVAL; return -1; }
   for (;;) {
     if (pt_cancel_requested()) return -2;
@@ -189,7 +189,9 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
     }
     p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
     if (pt_interrupted()) return -2;       /* Ctrl-C: see pt_raise_cancelled */
-    r = poll(p, (nfds_t)(n + 1), ms_left(deadline));
+    ms = ms_left(deadline);
+    if (ms < 0 || ms > 100) ms = pt_interrupt_watched() ? 100 : ms;   /* a SIGINT just before poll */
+    r = poll(p, (nfds_t)(n + 1), ms);
     if (r < 0) {
       if (errno == EINTR) continue;
       return -1;
