@@ -22,6 +22,7 @@ build = {
         "src/codec.c",
         "src/core.c",
         "src/frame.c",
+        "src/lifecycle.c",
         "src/pipe.c",
         "src/process.c",
         "src/shm.c",

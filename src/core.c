@@ -23,6 +23,7 @@ int luaopen_procthread_core(lua_State *L) {
   pt_open_sys(L);
   pt_open_codec(L);
   pt_open_worker(L);
+  pt_open_lifecycle(L);
   pt_open_table(L);
   pt_open_array(L);
   pt_open_pipe(L);

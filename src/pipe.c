@@ -533,6 +533,7 @@ static int write_chunk(sender *sd, const char *chunk, size_t len) {
     n = write(fd, chunk, len);
     if (n == (ssize_t)len) return WR_OK;
     if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
+    if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {                          /* made non-blocking elsewhere */
       int r = wait_room(sd);
@@ -765,7 +766,7 @@ static int spin_for_data(int fd, double deadline) {
 
 static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
   pt_ctx *c = pt_self_ctx;
-  int waitable = c && c->cancel_fd >= 0;
+  int waitable = (c && c->cancel_fd >= 0) || pt_interrupt_watched();   /* Ctrl-C */
   ssize_t n;
   int spun = 0;
   if (s->rstart == s->rend) s->rstart = s->rend = 0;
@@ -799,6 +800,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
     n = read(fd, s->rbuf + s->rend, RBUF_SIZE - s->rend);
     if (n > 0) { s->rend += (uint32_t)n; return (long)n; }
     if (n == 0) return 0;
+    if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {                  /* made non-blocking elsewhere */
       int r = pt_wait_fd(fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
@@ -1041,7 +1043,7 @@ static int l_select(lua_State *L) {
       if (__atomic_load_n(&s->rend, __ATOMIC_ACQUIRE) !=
           __atomic_load_n(&s->rstart, __ATOMIC_ACQUIRE)) { ready = i + 1; break; }
     }
-    if (ready || pt_cancel_requested()) break;
+    if (ready || pt_cancel_requested() || pt_interrupted()) break;
     if (deadline < 0) ms = -1;
     else {
       double left = deadline - pt_now();
@@ -1069,7 +1071,7 @@ static int l_select(lua_State *L) {
     return 1;
   }
   if (ready < 0) return pt_push_oserror(L, "poll", i);
-  if (pt_cancel_requested()) return pt_raise_cancelled(L);
+  if (pt_cancel_requested() || pt_interrupt_pending()) return pt_raise_cancelled(L);
   lua_pushnil(L);
   lua_pushliteral(L, "timeout");
   return 2;

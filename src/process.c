@@ -188,7 +188,7 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
 }
 
 int pt_process_spawn(lua_State *L) {
-  int fds[2], e;
+  int fds[2], life[2], e;
   pid_t pid;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -208,6 +208,12 @@ int pt_process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
+  if (pt_lifeline_prefork(life) != 0) {
+    e = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return spawn_failed(L, w, "pipe", e);
+  }
   pt_thread_fork(0);        /* no list is caught half-changed by the fork */
   pthread_mutex_lock(&orphan_lock);
   pid = fork();
@@ -218,6 +224,8 @@ int pt_process_spawn(lua_State *L) {
   }
   pthread_mutex_unlock(&orphan_lock);
   pt_thread_fork(pid == 0 ? 2 : 1);
+  if (pid == 0) pt_lifeline_child(life);
+  else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {
     close(fds[0]);
     close(fds[1]);
@@ -311,6 +319,7 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   w->done_fd = -1;
   w->joined = 1;
   __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+  pt_lifecycle_remove(w);
 }
 
 /* Try to reap without blocking: 1 reaped, 0 still running, -1 error. */

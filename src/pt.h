@@ -151,4 +151,33 @@ void pt_open_pipe(lua_State *L);
    states, which get the module without a file search). */
 int luaopen_procthread_core(lua_State *L);
 
+/* ---- lifecycle.c: exit, parent death, Ctrl-C (DESIGN.md "Lifecycle") -- */
+struct pt_worker;
+void pt_open_lifecycle(lua_State *L);
+/* A SIGINT came that this thread (the process's main thread) has not yet
+   acted on: the blocking call gives up as if cancelled, and
+   pt_raise_cancelled then returns nil, "interrupted" instead of raising
+   (the interpreter's hook raises "interrupted!" back in Lua). */
+int pt_interrupted(void);
+int pt_interrupt_pending(void);
+int pt_take_interrupt(void);
+/* SIGINT is watched and this thread is the one it interrupts: its
+   blocking waits must be ones that return on EINTR. */
+int pt_interrupt_watched(void);
+/* The registry of workers not yet ended (each entry holds a reference). */
+void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
+void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */
+void pt_lifecycle_released(struct pt_worker *w);    /* its handle collected */
+/* A running thread whose handle is collected: the registry keeps it
+   joinable (so it can still be cancelled at exit) and the thread detaches
+   itself as it leaves.  0: not registered, detach it. */
+int pt_lifecycle_adopt(struct pt_worker *w);
+void pt_lifecycle_arm(lua_State *L);                /* a handle was made */
+/* A process worker's lifeline: prefork before fork() (0, or -1 errno);
+   then the child calls pt_lifeline_child first thing, the parent
+   pt_lifeline_parent (forked: 1 when fork succeeded). */
+int pt_lifeline_prefork(int life[2]);
+void pt_lifeline_child(int life[2]);
+void pt_lifeline_parent(lua_State *L, struct pt_worker *w, int life[2], int forked);
+
 #endif

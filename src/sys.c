@@ -157,6 +157,11 @@ int pt_cancel_requested(void) {
 }
 
 int pt_raise_cancelled(lua_State *L) {
+  if (pt_take_interrupt()) {               /* not cancelled: interrupted */
+    lua_pushnil(L);
+    lua_pushliteral(L, "interrupted");
+    return 2;
+  }
   pt_cancel_arm(L);                 /* no pcall can swallow it from here on */
   lua_pushstring(L, PT_CANCELLED_MSG);
   return lua_error(L);
@@ -176,7 +181,7 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
   pt_ctx *c = pt_self_ctx;
   int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  int i, r;
+  int i, r, ms;
   if (n > 16) { errno = EINVAL; return -1; }
   for (;;) {
     if (pt_cancel_requested()) return -2;
@@ -184,7 +189,10 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
       p[i].fd = fds[i]; p[i].events = events; p[i].revents = 0;
     }
     p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
-    r = poll(p, (nfds_t)(n + 1), ms_left(deadline));
+    if (pt_interrupted()) return -2;       /* Ctrl-C: see pt_raise_cancelled */
+    ms = ms_left(deadline);
+    if (ms < 0 || ms > 100) ms = pt_interrupt_watched() ? 100 : ms;   /* a SIGINT just before poll */
+    r = poll(p, (nfds_t)(n + 1), ms);
     if (r < 0) {
       if (errno == EINTR) continue;
       return -1;

@@ -280,6 +280,7 @@ static void *thread_main(void *arg) {
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   unlink_live(w);
+  pt_lifecycle_remove(w);
   pt_worker_unref(w);
   __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pthread_mutex_lock(&live_lock);
@@ -324,6 +325,7 @@ int pt_thread_spawn(lua_State *L) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pt_lifecycle_add(L, w);                      /* before it can end */
   pthread_mutex_lock(&live_lock);               /* the thread unlinks itself after this */
   e = pthread_create(&w->thread, NULL, thread_main, w);
   if (e == 0) {
@@ -335,6 +337,7 @@ int pt_thread_spawn(lua_State *L) {
   pthread_mutex_unlock(&live_lock);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (e != 0) {
+    pt_lifecycle_remove(w);
     __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
     w->refs = 1;
     pt_worker_unref(w);
@@ -373,7 +376,8 @@ int pt_thread_wait(pt_worker *w, double timeout) {
     return 1;
   }
   if (timeout == 0) return 0;
-  if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN)) {
+  if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN) &&
+      !pt_interrupt_watched()) {
     /* Nobody can cancel this joiner: wait for the thread's exit itself,
        one wake-up, as pthread_join alone would. */
     if (timeout < 0) {
@@ -421,6 +425,7 @@ void pt_thread_release(pt_worker *w) {
     pt_thread_cancel(w);
   if (!w->joined) {
     if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
+    else if (pt_lifecycle_adopt(w)) { pt_worker_unref(w); return; }   /* see lifecycle.c */
     else pthread_detach(w->thread);
     w->joined = 1;
   }

@@ -47,6 +47,13 @@ void pt_worker_push(lua_State *L, pt_worker *w) {
   h->owner = getpid();
   luaL_getmetatable(L, PT_WORKER_MT);
   lua_setmetatable(L, -2);
+  pt_lifecycle_arm(L);                  /* the at-exit sentinel stays newest */
+}
+
+pt_worker *pt_worker_of(lua_State *L, int i) {
+  handle *h = (handle *)luaL_checkudata(L, i, PT_WORKER_MT);
+  if (!h->w) luaL_argerror(L, i, "the worker handle was collected");
+  return h->w;
 }
 
 /* The record of the handle at index 1 for method `op`.  A handle whose
@@ -309,6 +316,7 @@ static int w_gc(lua_State *L) {
   pt_worker *w = h->w;
   if (!w || h->owner != getpid()) return 0;     /* a forked copy: not ours */
   h->w = NULL;
+  pt_lifecycle_released(w);
   if (w->kind == PT_THREAD) pt_thread_release(w);
   else pt_process_release(w);
   return 0;

@@ -41,6 +41,8 @@ pt_worker *pt_worker_new(int kind);
 void pt_worker_unref(pt_worker *w);
 /* Push a new handle for w (the handle takes one reference). */
 void pt_worker_push(lua_State *L, pt_worker *w);
+/* The record of the worker handle at index i (raises if it is not one). */
+pt_worker *pt_worker_of(lua_State *L, int i);
 
 /* thread.c */
 int pt_thread_spawn(lua_State *L);                       /* pt.spawn_thread */

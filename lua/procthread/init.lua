@@ -5,6 +5,28 @@ local core = require "procthread.core"
 
 local M = {}
 for k, v in pairs(core) do M[k] = v end
+M._exit_policy = nil
+
+-- pt.configure: at_exit and exit_grace are the lifecycle's (lifecycle.c);
+-- the other keys go to the core.  Everything is checked before anything
+-- is applied.
+function M.configure(opts)
+  if type(opts) ~= "table" then return core.configure(opts) end
+  local rest, mine = {}, false
+  for k, v in pairs(opts) do
+    if k == "at_exit" or k == "exit_grace" then mine = true else rest[k] = v end
+  end
+  local a, g = opts.at_exit, opts.exit_grace
+  if a ~= nil and a ~= "wait" and a ~= "stop" then
+    error("bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")", 2)
+  end
+  if g ~= nil and (type(g) ~= "number" or not (g >= 0)) then
+    error("bad argument #1 to 'configure' (exit_grace must be a number of seconds >= 0)", 2)
+  end
+  if next(rest) ~= nil or not mine then core.configure(rest) end
+  if mine then core._exit_policy(a, g) end
+  return true
+end
 
 -- pt.pool(kind, n [, opts]): see lua/procthread/pool.lua.
 function M.pool(kind, n, opts)

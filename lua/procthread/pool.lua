@@ -182,6 +182,7 @@ local function start_worker(self, i)
   -- the parent only writes a process worker's task pipe: with the read
   -- end closed here, a send to a dead worker says "closed" at once
   if self.kind == "process" then tasks:close_read() end
+  pt._daemon(w)                  -- at exit: stopped, never waited for
   self.slots[i] = { w = w, tasks = tasks, task = nil, count = 0 }
   self.started = self.started + 1
   return true
@@ -245,6 +246,10 @@ local function drain(self, wait)
   local r = self.results
   while true do
     local m = pack(pcall(r.recv, r, got == 0 and wait or 0))
+    -- an interrupt (Ctrl-C: the interpreter's "interrupted!", raised here
+    -- on 5.4) is the caller's, never the pool's to swallow
+    if m[1] and m[2] == nil and m[3] == "interrupted" then error("interrupted", 2) end
+    if not m[1] and m[2] ~= "corrupt message" then error(m[2], 0) end
     if not m[1] then
       -- "corrupt message": the pipe skips to the next valid frame on the
       -- next recv; a dead writer is found by check_workers

@@ -1,0 +1,358 @@
+-- Lifecycle (DESIGN.md "Lifecycle: exit, parent death, Ctrl-C"): what a
+-- program's end, its death and a Ctrl-C do to its workers.  Every case
+-- runs a real interpreter (the one running the specs).
+local pt = require "procthread"
+local H = require "helper"
+
+-- ---- helpers -------------------------------------------------------------
+
+local function tmpfile(text)
+  local name = os.tmpname()
+  local f = assert(io.open(name, "w")); f:write(text or ""); f:close()
+  return name
+end
+
+local function slurp(name)
+  local f = io.open(name)
+  if not f then return nil end
+  local s = f:read("*a"); f:close()
+  return s
+end
+
+-- A process that exists and is not a zombie.
+local function alive(pid)
+  local s = slurp("/proc/" .. pid .. "/stat")
+  return s ~= nil and s:match("^%d+ %b() (%a)") ~= "Z"
+end
+
+local function all_gone(pids, timeout)
+  return H.eventually(function()
+    for _, p in ipairs(pids) do if alive(p) then return false end end
+    return true
+  end, timeout)
+end
+
+local function kill(sig, pids)
+  if #pids > 0 then os.execute("kill -" .. sig .. " " .. table.concat(pids, " ") .. " 2>/dev/null") end
+end
+
+-- Under AddressSanitizer the scripts run without LeakSanitizer (as
+-- H.fresh does): its tracer fails on threads still leaving at exit.
+local ENV = ("%sLUA_PATH=%q LUA_CPATH=%q"):format(
+  os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0 " or "",
+  package.path, package.cpath)
+
+-- Every script starts with this: `pt`, `me` (its pid) and `ready(...)`,
+-- which prints "ready <me> <pids...>" once the scene is set.
+local PRELUDE = [[
+local pt = require "procthread"
+local f = io.open("/proc/self/stat"); local me = f:read("*l"):match("^(%d+)"); f:close()
+local function ready(...)
+  io.stdout:write(table.concat({ "ready", me, ... }, " "), "\n"); io.stdout:flush()
+end
+]]
+
+-- Start a script in the background (no child of ours: its shell has left).
+-- timeout(1) runs it with SIGINT at its default disposition, which a
+-- background job of sh would otherwise ignore.  Returns an object:
+-- ready() waits for the ready line and gives its pids; finish(t) waits
+-- for the end and gives status, output (nil on timeout).
+local function background(code)
+  local script = tmpfile(PRELUDE .. code)
+  local out = tmpfile()
+  local cmd = ("(%s timeout 60 %s %s >%s 2>&1; echo \"::status:$?\" >>%s) >/dev/null 2>&1 &")
+    :format(ENV, H.interpreter(), script, out, out)
+  os.execute(cmd)
+  local run = {}
+  function run.ready()
+    local line
+    assert(H.eventually(function()
+      line = (slurp(out) or ""):match("ready ([%d ]+)\n")
+      return line ~= nil
+    end, 20), "the script never got ready: " .. tostring(slurp(out)))
+    local pids = {}
+    for p in line:gmatch("%d+") do pids[#pids + 1] = p end
+    run.pid = table.remove(pids, 1)
+    return pids
+  end
+  function run.finish(t)
+    local s
+    local ok = H.eventually(function()
+      s = slurp(out) or ""
+      return s:match("::status:%d+") ~= nil
+    end, t)
+    if not ok then return nil, s end
+    return tonumber(s:match("::status:(%d+)")), (s:gsub("::status:%d+%s*$", ""))
+  end
+  function run.cleanup(pids)
+    if run.pid then kill("KILL", { run.pid }) end
+    kill("KILL", pids or {})
+    run.finish(10)
+    os.remove(script); os.remove(out)
+  end
+  return run
+end
+
+-- Run a script to its end: status, output, seconds taken.  Its output
+-- goes to a file (a worker left running must not hold our pipe open);
+-- `inner` is shell run just before the interpreter, inside timeout(1)
+-- (for example "trap '' TERM;", which timeout would otherwise undo).
+local function fresh(code, inner)
+  local script, out = tmpfile(PRELUDE .. code), tmpfile()
+  local t0 = pt.now()
+  local p = io.popen(("%s timeout 60 sh -c %q >%s 2>&1; echo $?")
+    :format(ENV, (inner or "") .. " exec " .. H.interpreter() .. " " .. script, out))
+  local status = tonumber(p:read("*a"):match("%d+")); p:close()
+  local took = pt.now() - t0
+  local text = slurp(out)
+  os.remove(script); os.remove(out)
+  return status, text, took
+end
+
+describe("lifecycle", function()
+  H.no_leaks()
+
+  -- ---- 26: at exit --------------------------------------------------------
+
+  describe("at exit", function()
+    local endings = {
+      ["the script returns"] = "",
+      ["the script errors"] = "error('the end')",
+      ["os.exit"] = "os.exit(0)",
+      ["os.exit(0, true) (5.2+: closes the state)"] = "os.exit(0, true)",
+    }
+    for name, ending in pairs(endings) do
+      it("waits for the workers never joined when " .. name, function()
+        local ft, fp = os.tmpname(), os.tmpname()
+        os.remove(ft); os.remove(fp)
+        local status, out = fresh(([[
+          local t = pt.spawn_thread(function(f)
+            require("procthread").sleep(0.3)
+            local h = io.open(f, "w"); h:write("thread"); h:close()
+          end, %q)
+          local p = pt.spawn_process(function(f)
+            require("procthread").sleep(0.3)
+            local h = io.open(f, "w"); h:write("process"); h:close()
+          end, %q)
+          %s
+        ]]):format(ft, fp, ending))
+        local wt, wp = slurp(ft), slurp(fp)
+        os.remove(ft); os.remove(fp)
+        assert.are.equal("thread", wt, out)
+        assert.are.equal("process", wp, out)
+        assert.matches("procthread: waited for 2 workers at exit", out, 1, true)
+        local _, lines = out:gsub("procthread: ", "")
+        assert.are.equal(1, lines, out)                  -- one line, once
+        assert.are.equal(ending == "" and 0 or ending:match("error") and 1 or 0, status)
+      end)
+    end
+
+    it("stops them with at_exit = \"stop\" and says so", function()
+      local status, out, took = fresh([[
+        pt.configure{ at_exit = "stop" }
+        local t = pt.spawn_thread(function() require("procthread").sleep(100) end)
+        local busy = pt.spawn_process(function() while true do end end)
+        local idle = pt.spawn_process(function() require("procthread").sleep(100) end)
+        ready(busy.id, idle.id)
+      ]])
+      local pids = {}
+      for p in (out:match("ready %d+ ([%d ]+)") or ""):gmatch("%d+") do pids[#pids + 1] = p end
+      local gone = all_gone(pids, 5)
+      kill("KILL", pids)                 -- never leave one behind, even failing
+      assert.are.equal(2, #pids, out)
+      assert.are.equal(0, status, out)
+      assert.matches("procthread: stopped 3 workers at exit", out, 1, true)
+      assert.is_true(took < 10, "took " .. took)
+      assert.is_true(gone)
+    end)
+
+    it("stops a thread whose handle was collected, well within exit_grace", function()
+      local status, out, took = fresh([[
+        pt.configure{ at_exit = "stop", exit_grace = 20 }
+        pt.spawn_thread(function() require("procthread").sleep(100) end)
+        collectgarbage(); collectgarbage()
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 10, "took " .. took)
+    end)
+
+    it("stops everything, itself aside, when a thread worker calls os.exit", function()
+      local status, out, took = fresh([[
+        local p = pt.spawn_process(function() require("procthread").sleep(100) end)
+        ready(p.id)
+        local t = pt.spawn_thread(function() os.exit(7) end)
+        pt.sleep(100)
+      ]])
+      local pid = out:match("ready %d+ (%d+)")
+      assert.is_truthy(pid, out)
+      local gone = all_gone({ pid }, 5)
+      kill("KILL", { pid })
+      assert.are.equal(7, status, out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 10, "took " .. took)
+      assert.is_true(gone)
+    end)
+
+    it("gives a process that ignores SIGTERM exit_grace seconds, then kills it", function()
+      local status, out, took = fresh([[
+        pt.configure{ at_exit = "stop", exit_grace = 1.5 }
+        local p = pt.spawn_process(function() require("procthread").sleep(100) end)
+        ready(p.id)
+      ]], "trap '' TERM;")
+      local pid = out:match("ready %d+ (%d+)")
+      assert.is_truthy(pid, out)
+      local gone = all_gone({ pid }, 5)
+      kill("KILL", { pid })
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took >= 1.4, "took " .. took)
+      assert.is_true(took < 15, "took " .. took)
+      assert.is_true(gone)
+      assert.are.equal(0, status)
+    end)
+
+    it("leaves a detached process running, says nothing of joined ones; a thread cannot be detached", function()
+      local status, out = fresh([[
+        local p = pt.spawn_process(function() require("procthread").sleep(60) end)
+        assert(pt.detach(p) == true)
+        local t = pt.spawn_thread(function() return 1 end)
+        local ok, err = pcall(pt.detach, t)
+        assert(not ok and err:match("detach: a thread cannot outlive its process"), err)
+        local q = pt.spawn_process(function() return 2 end)
+        assert(t:join() and q:join())        -- joined: nothing to say at exit
+        ready(p.id)
+      ]])
+      local pid = out:match("ready %d+ (%d+)")
+      assert.is_truthy(pid, out)
+      assert.are.equal(0, status, out)
+      assert.not_matches("procthread:", out)
+      pt.sleep(0.3)       -- its parent is gone: the lifeline would act now
+      local was_alive = alive(pid)
+      kill("KILL", { pid })
+      assert.is_true(was_alive)
+      assert.is_true(all_gone({ pid }, 5))
+    end)
+
+    it("refuses a bad at_exit or exit_grace, naming configure", function()
+      assert.has_error(function() pt.configure{ at_exit = "later" } end,
+        "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
+      assert.has_error(function() pt.configure{ exit_grace = -1 } end,
+        "bad argument #1 to 'configure' (exit_grace must be a number of seconds >= 0)")
+      assert.is_true(pt.configure{ at_exit = "wait", exit_grace = 1 })
+    end)
+  end)
+
+  -- ---- 27: parent death -----------------------------------------------------
+
+  describe("parent death", function()
+    it("a SIGKILLed parent's process workers, busy, idle and pooled, are gone within a second or two", function()
+      local run = background([[
+        local busy = pt.spawn_process(function() while true do end end)
+        local idle = pt.spawn_process(function() require("procthread").sleep(1000) end)
+        local pool = pt.pool("process", 2)
+        for i = 1, 2 do pool:submit(function() while true do end end) end
+        local ids = { busy.id, idle.id }
+        for _, id in ipairs(pool:workers()) do ids[#ids + 1] = id end
+        pt.sleep(0.2)                      -- the pool workers took their tasks
+        ready((table.unpack or unpack)(ids))
+        pt.sleep(1000)
+      ]])
+      local pids = run.ready()
+      assert.are.equal(4, #pids)
+      for _, p in ipairs(pids) do assert.is_true(alive(p), p) end
+      kill("KILL", { run.pid })
+      local t0 = pt.now()
+      local gone = all_gone(pids, 2)
+      local took = pt.now() - t0
+      run.cleanup(pids)
+      assert.is_true(gone, "still running after " .. took .. " s")
+    end)
+
+    it("a child forked from a thread worker survives that thread's end, not its process's", function()
+      local run = background([[
+        local t = pt.spawn_thread(function()
+          local p = require("procthread").spawn_process(function()
+            require("procthread").sleep(1000)
+          end)
+          return p.id
+        end)
+        local ok, pid = t:join()
+        assert(ok and t:status() == "succeeded")
+        pt.sleep(0.3)
+        ready(pid)
+        pt.sleep(1000)
+      ]])
+      local pids = run.ready()
+      local survived = alive(pids[1])
+      kill("KILL", { run.pid })
+      local gone = all_gone(pids, 2)
+      run.cleanup(pids)
+      assert.is_true(survived)
+      assert.is_true(gone)
+    end)
+  end)
+
+  -- ---- 28: Ctrl-C -------------------------------------------------------------
+
+  describe("one Ctrl-C", function()
+    local calls = {
+      { "sleep", "", "pt.sleep(100)" },
+      { "thread join", "local w = pt.spawn_thread(function() require('procthread').sleep(100) end)",
+        "w:join()" },
+      { "process join", "local w = pt.spawn_process(function() require('procthread').sleep(100) end); ids[#ids + 1] = w.id",
+        "w:join()" },
+      { "pipe recv", "local p = pt.pipe()", "p:recv()" },
+      { "pipe send on a full pipe", "local p = pt.pipe()", "p:send(string.rep('x', 1000000))" },
+      { "select", "local p, q = pt.pipe(), pt.pipe()", "pt.select({ p, q })" },
+      { "future:get", "local pool = pt.pool('process', 1); for _, id in ipairs(pool:workers()) do ids[#ids + 1] = id end; local f = pool:submit(function() require('procthread').sleep(100) end)",
+        "f:get()" },
+      { "pool:map", "local pool = pt.pool('process', 2); for _, id in ipairs(pool:workers()) do ids[#ids + 1] = id end",
+        "pool:map(function(x) require('procthread').sleep(100) end, { 1, 2, 3 })" },
+    }
+    for _, c in ipairs(calls) do
+      it("interrupts " .. c[1] .. " with the interpreter's traceback, and the workers are gone", function()
+        local run = background(([[
+          local ids = {}
+          %s
+          local busy = pt.spawn_process(function() while true do end end)
+          ids[#ids + 1] = busy.id
+          ready((table.unpack or unpack)(ids))
+          %s
+        ]]):format(c[2], c[3]))
+        local pids = run.ready()
+        pt.sleep(0.2)               -- into the blocking call
+        local sigign = (slurp("/proc/" .. run.pid .. "/status") or ""):match("SigIgn:%s*(%x+)")
+        assert.is_truthy(sigign)
+        assert.are.equal(0, tonumber(sigign:sub(-1), 16) % 4 >= 2 and 1 or 0, "SIGINT ignored")
+        local t0 = pt.now()
+        kill("INT", { run.pid })
+        local status, out = run.finish(8)
+        local took = pt.now() - t0
+        local gone = all_gone(pids, 3)
+        run.cleanup(pids)
+        assert.is_truthy(status, "still blocked " .. took .. " s after SIGINT: " .. tostring(out))
+        assert.matches("interrupted!", out, 1, true)
+        assert.matches("stack traceback:", out, 1, true)
+        assert.are_not.equal(0, status)
+        assert.is_true(took < 4, "took " .. took)
+        assert.is_true(gone, "workers left running")
+      end)
+    end
+
+    it("during the at-exit wait stops the workers instead", function()
+      local run = background([[
+        local p = pt.spawn_process(function() require("procthread").sleep(100) end)
+        ready(p.id)
+      ]])
+      local pids = run.ready()
+      pt.sleep(0.3)                 -- in the at-exit wait by now
+      kill("INT", { run.pid })
+      local status, out = run.finish(8)
+      local gone = all_gone(pids, 3)
+      run.cleanup(pids)
+      assert.is_truthy(status, "the at-exit wait was not interrupted: " .. tostring(out))
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(gone)
+    end)
+  end)
+end)

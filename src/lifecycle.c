@@ -1,0 +1,511 @@
+/* lifecycle.c - what happens to workers when their program ends: the
+ * at-exit registry (wait for or stop the workers never joined), the
+ * lifeline that ends a process worker whose parent process died, and
+ * Ctrl-C in blocking calls (DESIGN.md, "Lifecycle").
+ *
+ * Registry.  Every worker this process spawns is entered here (one
+ * reference) until it has ended: a thread removes itself when it leaves,
+ * a process when it is reaped.  When the program ends -- the main Lua
+ * state is closed (a sentinel userdata's __gc) or exit() runs without
+ * lua_close (atexit: os.exit on 5.1-5.3, LuaJIT, 5.4 without `close`) --
+ * the workers still running are waited for or stopped, and one stderr
+ * line says so.  The sentinel is made again at every spawn, so it is
+ * newer than every worker handle: lua_close runs finalizers newest first,
+ * so the handles are still alive when it runs.
+ *
+ * Lifeline.  Each process worker gets a pipe: the parent keeps the write
+ * end (close-on-exec, closed in every other worker process right after
+ * its fork) and both share the read end, which the child sets to signal
+ * it (O_ASYNC, F_SETOWN itself, F_SETSIG SIGKILL).  The write end closes
+ * when the parent *process* dies, however it dies (a thread that forked
+ * may end: the fd table is the process's); the kernel then sends the
+ * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
+ * parent-death signal of prctl would fire when the forking *thread*
+ * ends.)  pt.detach clears O_ASYNC on the shared read end first: the
+ * child is then left alone.
+ *
+ * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
+ * hook that raises "interrupted!" at the next VM instruction; a wait that
+ * retries poll() on EINTR never lets it run.  At the first luaopen we
+ * chain in front of that handler (it still runs, and still resets itself
+ * to SIG_DFL) to count SIGINTs, without SA_RESTART so blocking reads and
+ * writes return EINTR too.  A blocking call of the main thread that sees
+ * a new SIGINT gives up (pt_interrupted) and returns nil, "interrupted"
+ * through the cancellation path (pt_raise_cancelled); the hook raises as
+ * soon as control is back in Lua.  A SIGINT that lands between the check
+ * and the system call is not an EINTR: poll-based waits of the main
+ * thread therefore wake every 100 ms while SIGINT is watched (sys.c). */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SENTINEL_MT "procthread.lifecycle"
+#define SENTINEL_KEY "procthread.lifecycle.sentinel"
+
+/* ---- Ctrl-C ---------------------------------------------------------------- */
+
+static pid_t opener;                     /* the process that set the handlers */
+static unsigned sigint_count;            /* atomic: SIGINTs seen */
+static struct sigaction chained;         /* the handler we run in front of */
+static __thread unsigned intr_seen;      /* sigint_count this thread acted on */
+static __thread int intr_pending;        /* a wait gave up for a SIGINT */
+static __thread int main_thread = -1;    /* cached: this is the process's main thread */
+
+static void on_sigint(int sig) {
+  __atomic_add_fetch(&sigint_count, 1, __ATOMIC_SEQ_CST);
+  if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN)
+    chained.sa_handler(sig);
+}
+
+/* Run in front of the interpreter's SIGINT handler, if it has one. */
+static void chain_sigint(void) {
+  struct sigaction cur, sa;
+  if (sigaction(SIGINT, NULL, &cur) != 0) return;
+  if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN ||
+      cur.sa_handler == on_sigint || (cur.sa_flags & SA_SIGINFO))
+    return;
+  chained = cur;
+  sa = cur;
+  sa.sa_handler = on_sigint;
+  sa.sa_flags &= ~(SA_RESTART | SA_RESETHAND);
+  sigaction(SIGINT, &sa, NULL);
+}
+
+static int is_main_thread(void) {
+  if (main_thread < 0) main_thread = syscall(SYS_gettid) == getpid();
+  return main_thread;
+}
+
+/* Only the process's own thread is interrupted (not a thread worker, not
+   a helper thread such as a reaper). */
+static int interruptible(void) {
+  pt_ctx *c = pt_self_ctx;
+  return (!c || c->kind != PT_THREAD) && is_main_thread();
+}
+
+int pt_interrupted(void) {
+  unsigned n = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
+  if (n == intr_seen || !interruptible()) return 0;
+  intr_seen = n;
+  intr_pending = 1;
+  return 1;
+}
+
+int pt_interrupt_watched(void) {
+  return chained.sa_handler != NULL && interruptible();
+}
+
+int pt_interrupt_pending(void) { return intr_pending; }
+
+int pt_take_interrupt(void) {
+  int p = intr_pending;
+  intr_pending = 0;
+  return p;
+}
+
+/* ---- the registry ---------------------------------------------------------- */
+
+typedef struct entry {
+  pt_worker *w;
+  const void *owner;      /* the main Lua state that spawned it, or NULL */
+  int lifeline;           /* process: write end of its lifeline, or -1 */
+  int lifeline_r;         /* process: read end (shared with the child), or -1 */
+  int released;           /* its handle was collected */
+  int daemon;             /* a pool's worker: stopped, never waited for */
+  int adopted;            /* thread: handle collected while it ran; it
+                             detaches itself when it leaves the registry */
+  int handled;            /* an at-exit pass stopped it already */
+} entry;
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static entry *reg;
+static int reg_n, reg_cap;
+static int my_lifeline = -1;             /* in a worker process: its read end */
+
+static const char *const policy_names[] = {"wait", "stop", NULL};
+static int policy;                       /* 0 wait, 1 stop */
+static double exit_grace = 1.0;
+
+static entry *find(pt_worker *w) {
+  int i;
+  for (i = 0; i < reg_n; i++)
+    if (reg[i].w == w) return &reg[i];
+  return NULL;
+}
+
+/* Take e out (reg_mu held); returns what the caller must drop unlocked. */
+static pt_worker *take(entry *e) {
+  pt_worker *w = e->w;
+  pt_close(e->lifeline);
+  pt_close(e->lifeline_r);
+  *e = reg[--reg_n];
+  return w;
+}
+
+static const void *owner_of(lua_State *L) {
+  pt_ctx *c = pt_self_ctx;
+  return (!c || c->kind == PT_MAIN) ? lua_topointer(L, LUA_REGISTRYINDEX) : NULL;
+}
+
+static void add(lua_State *L, pt_worker *w, int lifeline, int lifeline_r) {
+  entry *e = NULL;
+  pthread_mutex_lock(&reg_mu);
+  if (reg_n == reg_cap) {
+    int cap = reg_cap ? 2 * reg_cap : 16;
+    entry *p = (entry *)realloc(reg, (size_t)cap * sizeof *p);
+    if (p) { reg = p; reg_cap = cap; }
+  }
+  if (reg_n < reg_cap) {
+    e = &reg[reg_n++];
+    e->w = w;
+    e->owner = owner_of(L);
+    e->lifeline = lifeline;
+    e->lifeline_r = lifeline_r;
+    e->released = e->daemon = e->adopted = e->handled = 0;
+    __atomic_add_fetch(&w->refs, 1, __ATOMIC_ACQ_REL);
+  }
+  pthread_mutex_unlock(&reg_mu);
+  if (!e) {                        /* out of memory: the worker is not watched */
+    if (lifeline_r >= 0) fcntl(lifeline_r, F_SETFL, fcntl(lifeline_r, F_GETFL) & ~O_ASYNC);
+    pt_close(lifeline);
+    pt_close(lifeline_r);
+  }
+}
+
+void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1, -1); }
+
+void pt_lifecycle_remove(pt_worker *w) {
+  entry *e;
+  pt_worker *gone = NULL;
+  pthread_mutex_lock(&reg_mu);
+  if ((e = find(w)) != NULL) {
+    if (e->adopted) pthread_detach(pthread_self());   /* the thread itself, leaving */
+    gone = take(e);
+  }
+  pthread_mutex_unlock(&reg_mu);
+  if (gone) pt_worker_unref(gone);
+}
+
+int pt_lifecycle_adopt(pt_worker *w) {
+  entry *e;
+  pthread_mutex_lock(&reg_mu);
+  if ((e = find(w)) != NULL) e->adopted = 1;
+  pthread_mutex_unlock(&reg_mu);
+  return e != NULL;
+}
+
+void pt_lifecycle_released(pt_worker *w) {
+  entry *e;
+  pthread_mutex_lock(&reg_mu);
+  if ((e = find(w)) != NULL) e->released = 1;
+  pthread_mutex_unlock(&reg_mu);
+}
+
+/* ---- the lifeline ---------------------------------------------------------- */
+
+static pid_t prefork_parent;
+
+int pt_lifeline_prefork(int life[2]) {
+  if (pipe2(life, O_CLOEXEC) != 0) return -1;
+  prefork_parent = getpid();
+  pthread_mutex_lock(&reg_mu);     /* the child must see the registry whole */
+  return 0;
+}
+
+/* In the new child, first thing: forget the parent's workers (and close
+   their lifelines: only the parent may hold them), arm our own. */
+void pt_lifeline_child(int life[2]) {
+  int i;
+  pthread_mutex_init(&reg_mu, NULL);
+  for (i = 0; i < reg_n; i++) { pt_close(reg[i].lifeline); pt_close(reg[i].lifeline_r); }
+  free(reg);
+  reg = NULL;
+  reg_n = reg_cap = 0;
+  pt_close(my_lifeline);
+  pt_close(life[1]);
+  my_lifeline = life[0];
+  main_thread = -1;
+  intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
+  intr_pending = 0;
+  if (fcntl(life[0], F_SETOWN, getpid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
+      fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
+    prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
+  if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
+}
+
+void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
+  pthread_mutex_unlock(&reg_mu);
+  if (forked) {
+    add(L, w, life[1], life[0]);
+  } else {
+    pt_close(life[0]);
+    pt_close(life[1]);
+  }
+}
+
+/* ---- pt.detach, the pool's mark, configure -------------------------------- */
+
+static int l_detach(lua_State *L) {
+  pt_worker *w = pt_worker_of(L, 1);
+  entry *e;
+  pt_worker *gone = NULL;
+  if (w->kind == PT_THREAD)
+    return luaL_error(L, "detach: a thread cannot outlive its process; join it or cancel it");
+  pthread_mutex_lock(&reg_mu);
+  if ((e = find(w)) != NULL) {
+    /* disarm before the write end can close (the file is the child's too) */
+    if (e->lifeline_r >= 0) fcntl(e->lifeline_r, F_SETFL, fcntl(e->lifeline_r, F_GETFL) & ~O_ASYNC);
+    gone = take(e);
+  }
+  pthread_mutex_unlock(&reg_mu);
+  if (gone) pt_worker_unref(gone);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_daemon(lua_State *L) {
+  pt_worker *w = pt_worker_of(L, 1);
+  entry *e;
+  pthread_mutex_lock(&reg_mu);
+  if ((e = find(w)) != NULL) e->daemon = 1;
+  pthread_mutex_unlock(&reg_mu);
+  return 0;
+}
+
+/* _exit_policy(at_exit or nil, exit_grace or nil): pt.configure's keys. */
+static int l_exit_policy(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) policy = luaL_checkoption(L, 1, NULL, policy_names);
+  if (!lua_isnoneornil(L, 2)) {
+    double g = luaL_checknumber(L, 2);
+    if (!(g >= 0)) return luaL_argerror(L, 2, "exit_grace must be a number of seconds >= 0");
+    exit_grace = g;
+  }
+  return 0;
+}
+
+/* ---- at exit ------------------------------------------------------------------ */
+
+/* The handles of the main states are ours to use: at_exit runs on the
+   main thread (exit() called elsewhere, by a thread worker, may run while
+   the main state still uses them). */
+static int on_main;
+
+static int running(const entry *e) {
+  pt_worker *w = e->w;
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  /* a process nobody else reaps: reap it here (it then leaves the registry) */
+  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) pt_process_wait(w, 0);
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  if (w->kind == PT_PROCESS) {
+    /* someone else reaps it: look without reaping (an error: reaped) */
+    siginfo_t si;
+    si.si_pid = 0;
+    if (waitid(P_PID, (id_t)w->id, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid != 0)
+      return 0;
+  }
+  return 1;
+}
+
+static void signal_process(const entry *e, int sig) {
+  pt_worker *w = e->w;
+  if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
+  if (on_main && e->owner && !e->released) pt_process_signal(w, sig);
+  else kill(w->id, sig);
+}
+
+/* Cancel a thread while it is certainly there: its handle is alive, or
+   it is still in the registry (it leaves it, and detaches, under reg_mu). */
+static void cancel_thread(entry *e) {
+  entry *r;
+  pthread_mutex_lock(&reg_mu);
+  r = find(e->w);
+  if (r && ((on_main && !r->released) || r->adopted)) pt_thread_cancel(e->w);
+  pthread_mutex_unlock(&reg_mu);
+}
+
+static void stop(entry *e, int hard) {
+  if (e->w->kind == PT_THREAD) {
+    if (!hard) cancel_thread(e);
+    return;                          /* the process's end ends it */
+  }
+  signal_process(e, hard ? SIGKILL : SIGTERM);
+  if (hard) { pt_close(e->lifeline); e->lifeline = -1; }
+}
+
+/* Poll until no worker of `set` runs (procs: no process), or `secs` pass
+   (<0: forever), or (interrupt) a SIGINT comes.  Returns how many run. */
+static int wait_all(entry *set, int n, double secs, int procs, int interrupt, unsigned *sig0) {
+  double end = secs < 0 ? -1 : pt_now() + secs;
+  for (;;) {
+    int i, left = 0;
+    for (i = 0; i < n; i++)
+      if ((!procs || set[i].w->kind == PT_PROCESS) && running(&set[i])) left++;
+    if (left == 0) return 0;
+    if (interrupt && __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST) != *sig0) return left;
+    if (end >= 0 && pt_now() >= end) return left;
+    poll(NULL, 0, 5);
+  }
+}
+
+static int count_running(entry *set, int n) {
+  int i, k = 0;
+  for (i = 0; i < n; i++) if (running(&set[i])) k++;
+  return k;
+}
+
+/* A copy of the entries of `owner` (NULL: all), each with a reference.
+   A thread of another thread worker is that worker's to end. */
+static entry *snapshot(const void *owner, int all, int *n) {
+  entry *set;
+  int i, k = 0;
+  pthread_mutex_lock(&reg_mu);
+  set = (entry *)calloc((size_t)(reg_n ? reg_n : 1), sizeof *set);
+  for (i = 0; set && i < reg_n; i++) {
+    entry *e = &reg[i];
+    if (!all && e->owner != owner && (e->owner || e->w->kind == PT_THREAD)) continue;
+    if (e->owner == NULL && e->w->kind == PT_THREAD) continue;
+    if (pt_self_ctx == &e->w->ctx || e->handled) continue;   /* exit() called by this thread */
+    e->handled = 1;
+    set[k] = *e;
+    set[k].lifeline = -1;
+    __atomic_add_fetch(&e->w->refs, 1, __ATOMIC_ACQ_REL);
+    k++;
+  }
+  pthread_mutex_unlock(&reg_mu);
+  *n = k;
+  return set;
+}
+
+/* Hand the kill phase the lifeline fds of what still runs. */
+static void cut_lifelines(entry *set, int n) {
+  int i;
+  pthread_mutex_lock(&reg_mu);
+  for (i = 0; i < n; i++) {
+    entry *e = set[i].w ? find(set[i].w) : NULL;
+    if (e) { set[i].lifeline = e->lifeline; e->lifeline = -1; }
+  }
+  pthread_mutex_unlock(&reg_mu);
+}
+
+static void on_exit_sigint(int sig) {
+  (void)sig;
+  __atomic_add_fetch(&sigint_count, 1, __ATOMIC_SEQ_CST);
+}
+
+static void at_exit(const void *owner, int all) {
+  struct sigaction old, sa;
+  entry *set;
+  int n, i, waited = 0, stopped = 0, have_old;
+  unsigned sig0 = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
+  int hard = policy == 1 || sig0 != 0 || (pt_self_ctx && pt_self_ctx->kind == PT_THREAD);
+  on_main = is_main_thread() && (!pt_self_ctx || pt_self_ctx->kind == PT_MAIN);
+  set = snapshot(owner, all, &n);
+  if (!set) return;
+  /* a Ctrl-C during the wait stops the workers instead */
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_exit_sigint;
+  sigemptyset(&sa.sa_mask);
+  have_old = sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler != SIG_IGN &&
+             sigaction(SIGINT, &sa, NULL) == 0;
+  if (!hard) {
+    for (i = 0; i < n; i++) {        /* pool workers are stopped, not waited for */
+      if (set[i].daemon && running(&set[i])) { stopped++; stop(&set[i], 0); }
+      if (!set[i].daemon && running(&set[i])) waited++;
+    }
+    if (waited && wait_all(set, n, -1, 0, 1, &sig0) > 0) hard = 1;
+    if (hard) waited = 0;
+  }
+  if (hard) {
+    stopped = count_running(set, n);
+    for (i = 0; i < n; i++) if (running(&set[i])) stop(&set[i], 0);
+  }
+  if (stopped && wait_all(set, n, exit_grace, 0, 0, &sig0) > 0) {
+    cut_lifelines(set, n);
+    for (i = 0; i < n; i++) if (running(&set[i])) stop(&set[i], 1);
+    wait_all(set, n, 1.0, 1, 0, &sig0);    /* reaped; a thread ends with us */
+  }
+  if (have_old) sigaction(SIGINT, &old, NULL);
+  for (i = 0; i < n; i++) {
+    pt_close(set[i].lifeline);
+    pt_worker_unref(set[i].w);
+  }
+  free(set);
+  if (waited || stopped) {
+    char line[160];
+    int k = 0;
+    k += snprintf(line + k, sizeof line - k, "procthread: ");
+    if (waited) k += snprintf(line + k, sizeof line - k, "waited for %d worker%s%s", waited,
+                              waited == 1 ? "" : "s", stopped ? ", " : "");
+    if (stopped) snprintf(line + k, sizeof line - k, "stopped %d worker%s", stopped,
+                          stopped == 1 ? "" : "s");
+    fprintf(stderr, "%s at exit\n", line);
+    fflush(stderr);
+  }
+}
+
+
+static void at_process_exit(void) {
+  if (getpid() == opener) at_exit(NULL, 1);
+}
+
+typedef struct sentinel {
+  int armed;
+  pid_t pid;
+} sentinel;
+
+static int sentinel_gc(lua_State *L) {
+  sentinel *s = (sentinel *)lua_touserdata(L, 1);
+  if (s->armed && s->pid == getpid()) {
+    s->armed = 0;
+    at_exit(lua_topointer(L, LUA_REGISTRYINDEX), 0);
+  }
+  return 0;
+}
+
+/* A new sentinel, newer than every handle so far; the old one retires. */
+void pt_lifecycle_arm(lua_State *L) {
+  sentinel *s;
+  if (!owner_of(L)) return;                  /* a thread worker's state */
+  if (getpid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
+  lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+  s = (sentinel *)lua_touserdata(L, -1);
+  if (s) s->armed = 0;
+  lua_pop(L, 1);
+  s = (sentinel *)pt_newuserdata(L, sizeof *s);
+  s->armed = 1;
+  s->pid = getpid();
+  if (luaL_newmetatable(L, SENTINEL_MT)) {
+    lua_pushcfunction(L, sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+}
+
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void install(void) {
+  opener = getpid();
+  atexit(at_process_exit);
+  chain_sigint();
+}
+
+void pt_open_lifecycle(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"detach", l_detach}, {"_daemon", l_daemon}, {"_exit_policy", l_exit_policy},
+    {NULL, NULL}};
+  pt_ctx *c = pt_self_ctx;
+  if (!c || c->kind == PT_MAIN) pthread_once(&exit_once, install);
+  pt_setfuncs(L, fns);
+}
