@@ -23,7 +23,12 @@ function M.configure(opts)
   if g ~= nil and (type(g) ~= "number" or not (g >= 0)) then
     error("bad argument #1 to 'configure' (exit_grace must be a number of seconds >= 0)", 2)
   end
-  if next(rest) ~= nil or not mine then core.configure(rest) end
+  if next(rest) ~= nil or not mine then
+    -- through pcall, so that the core's message carries the caller's
+    -- position, not this line's
+    local ok, err = pcall(core.configure, rest)
+    if not ok then error(err, 2) end
+  end
   if mine then core._exit_policy(a, g) end
   return true
 end

@@ -15,21 +15,20 @@ local pt = require "procthread"
 
 local M = {}
 
-local function count_dir(path)
-  local n = 0
-  local p = io.popen("ls -1 " .. path .. " 2>/dev/null")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n
-end
-
--- fds open in this process (the ls above opens a few of its own, equally
--- every time, so comparisons stay exact).
--- ls may run before io.popen has closed its own copy of the pipe's write
--- end: the lower of two listings is the true count.
+-- fds open in this process, counted without a subprocess (a listing by
+-- `ls` through io.popen races with popen's own pipe ends): probe every slot
+-- of the fd table.  The probe's own fd is not installed yet while its path
+-- is looked up, so it never counts itself.
 function M.fds()
-  local dir = "/proc/" .. M.pid() .. "/fd"
-  return math.min(count_dir(dir), count_dir(dir))
+  local f = assert(io.open("/proc/self/status"))
+  local size = tonumber(f:read("*a"):match("FDSize:%s*(%d+)")) or 1024
+  f:close()
+  local n = 0
+  for i = 0, size - 1 do
+    local h = io.open("/proc/self/fdinfo/" .. i)
+    if h then n = n + 1; h:close() end
+  end
+  return n
 end
 
 function M.pid()
