@@ -21,11 +21,9 @@ PT_HANDLE_XTYPE(pt_xtype_channel, channel_class, CHANNEL_MT);
 
 /* pt.channel([capacity]) -> ch */
 static int l_channel(lua_State *L) {
-  lua_Integer cap = luaL_optinteger(L, 1, DEFAULT_CAPACITY);
+  lua_Integer cap = pt_check_int(L, 1, DEFAULT_CAPACITY, 1, PT_QUEUE_MAXCAP,
+                                 "channel", "capacity");
   pt_off off;
-  if (cap < 1 || cap > (lua_Integer)PT_QUEUE_MAXCAP)
-    return luaL_argerror(L, 1, lua_pushfstring(L, "capacity must be an integer in 1..%d",
-                                               (int)PT_QUEUE_MAXCAP));
   if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
   off = pt_queue_new((uint32_t)cap);
   if (!off && errno == ENOMEM) {
@@ -54,8 +52,8 @@ static int put_step(void *arg, double deadline, const volatile int *cancel) {
 
 /* The values from index `first` on as one message, waiting up to the
    deadline for room. */
-static int put(lua_State *L, int first, double deadline) {
-  pt_handle *h = pt_handle_check(L, 1, &channel_class);
+static int put(lua_State *L, int first, double deadline, const char *fn) {
+  pt_handle *h = pt_handle_check(L, 1, &channel_class, fn);
   pt_buf own, *b = h->busy ? &own : &h->buf;
   char err[640];
   op o;
@@ -90,14 +88,14 @@ static int put(lua_State *L, int first, double deadline) {
 }
 
 /* ch:send(...) -> true | nil, "closed" */
-static int l_send(lua_State *L) { return put(L, 2, PT_FOREVER); }
+static int l_send(lua_State *L) { return put(L, 2, PT_FOREVER, "send"); }
 
 /* ch:offer(timeout, ...) -> true | nil, "timeout" | nil, "closed" */
 static int l_offer(lua_State *L) {
   double deadline;
-  pt_handle_check(L, 1, &channel_class);
-  deadline = pt_check_deadline(L, 2, 0);
-  return put(L, 3, deadline);
+  pt_handle_check(L, 1, &channel_class, "offer");
+  deadline = pt_check_deadline(L, 2, 0, "offer");
+  return put(L, 3, deadline, "offer");
 }
 
 /* ---- recv ------------------------------------------------------------------------ */
@@ -112,8 +110,8 @@ static int l_recv(lua_State *L) {
   op o;
   double deadline;
   int r, n;
-  o.q = PT_HOFF(L, 1, &channel_class);
-  deadline = pt_check_deadline(L, 2, 1);
+  o.q = PT_HOFF(L, 1, &channel_class, "recv");
+  deadline = pt_check_deadline(L, 2, 1, "recv");
   r = pt_wait_lua(L, get_step, &o, deadline);
   if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
   lua_settop(L, 1);
@@ -126,17 +124,17 @@ static int l_recv(lua_State *L) {
 /* ---- the rest --------------------------------------------------------------------- */
 
 static int l_close(lua_State *L) {
-  pt_queue_close(PT_HOFF(L, 1, &channel_class));
+  pt_queue_close(PT_HOFF(L, 1, &channel_class, "close"));
   return 0;
 }
 
 static int l_len(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)pt_queue_count(PT_HOFF(L, 1, &channel_class)));
+  lua_pushinteger(L, (lua_Integer)pt_queue_count(PT_HOFF(L, 1, &channel_class, "__len")));
   return 1;
 }
 
 static int l_capacity(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)pt_queue_capacity(PT_HOFF(L, 1, &channel_class)));
+  lua_pushinteger(L, (lua_Integer)pt_queue_capacity(PT_HOFF(L, 1, &channel_class, "capacity")));
   return 1;
 }
 

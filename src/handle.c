@@ -12,14 +12,30 @@ static pt_handle *tohandle(lua_State *L, int i, const pt_class *c) {
   return (pt_handle *)pt_testudata(L, i, c->tname);
 }
 
-pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c) {
+int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg) {
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", i, fn, msg);
+}
+
+pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *fn) {
   pt_handle *h = tohandle(L, i, c);
-  if (!h) {
-    const char *msg = lua_pushfstring(L, "%s expected, got %s", c->what, luaL_typename(L, i));
-    luaL_argerror(L, i, msg);
-  }
-  if (!h->h.off) luaL_argerror(L, i, lua_pushfstring(L, "%s is released", c->what));
+  if (!h)
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "%s expected, got %s", c->what,
+                                           luaL_typename(L, i)));
+  if (!h->h.off) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
   return h;
+}
+
+lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
+                         lua_Integer hi, const char *fn, const char *what) {
+  double d;
+  if (dflt >= lo && lua_isnoneornil(L, i)) return dflt;
+  d = lua_type(L, i) == LUA_TNUMBER ? (double)lua_tonumber(L, i) : -HUGE_VAL;
+  if (!(d >= (double)lo && d <= (double)hi && floor(d) == d))
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "%s must be an integer in %d..%d, got %s",
+                                           what, (int)lo, (int)hi,
+                                           lua_type(L, i) == LUA_TNUMBER
+                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
+  return (lua_Integer)d;
 }
 
 void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
@@ -137,10 +153,12 @@ int pt_push_status(lua_State *L, int status, const char *op, int err) {
   }
 }
 
-double pt_check_deadline(lua_State *L, int i, int optional) {
-  double t;
+double pt_check_deadline(lua_State *L, int i, int optional, const char *fn) {
+  double t = lua_type(L, i) == LUA_TNUMBER ? (double)lua_tonumber(L, i) : -1;
   if (optional && lua_isnoneornil(L, i)) return PT_FOREVER;
-  t = luaL_checknumber(L, i);
-  if (!(t >= 0)) luaL_argerror(L, i, "timeout must be a number >= 0");
+  if (!(t >= 0))
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "timeout must be a number >= 0 or math.huge, got %s",
+                                           lua_type(L, i) == LUA_TNUMBER
+                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
   return pt_deadline(t);
 }

@@ -30,9 +30,15 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn);
 /* Push a handle on off, adopting one count the caller holds. */
 void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
+/* Raise "bad argument #i to 'fn' (msg)": named even when called through
+   pcall or a local, where luaL_argerror says '?'. */
+int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg);
 /* The handle at i, or raise "<what> expected, got <type>". */
-pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c);
-#define PT_HOFF(L, i, c) (pt_handle_check(L, i, c)->h.off)
+pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *fn);
+#define PT_HOFF(L, i, c, fn) (pt_handle_check(L, i, c, fn)->h.off)
+/* An integer argument in lo..hi (absent or nil: dflt, unless dflt < lo). */
+lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
+                         lua_Integer hi, const char *fn, const char *what);
 
 /* The three codec functions of a class, and its pt_xtype. */
 const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c);
@@ -64,6 +70,6 @@ int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline);
 int pt_push_status(lua_State *L, int status, const char *op, int err);
 /* The timeout argument at i as a deadline: nil/absent and math.huge are
    forever; otherwise a number >= 0 (else raise). */
-double pt_check_deadline(lua_State *L, int i, int optional);
+double pt_check_deadline(lua_State *L, int i, int optional, const char *fn);
 
 #endif

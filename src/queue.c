@@ -138,6 +138,16 @@ static void get_slot(queue *q, pt_qmsg *m, uint64_t pos) {
   __atomic_store_n(&q->pos, POS(TAIL(pos), HEAD(pos) + 1), __ATOMIC_RELEASE);
 }
 
+/* Holding the lock: let it go and spin a little for pos to change (the
+   other side is often about to act), then take it again.  1: changed. */
+static int spin(queue *q, uint64_t pos) {
+  int changed;
+  pt_unlock(&q->mu);
+  changed = pt_spin_while(&q->pos, pos);
+  pt_lock(&q->mu, repair, q);
+  return changed;
+}
+
 int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *cancel) {
   queue *q = Q(off);
   int r;
@@ -152,6 +162,7 @@ int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (q->closed) { r = PT_CLOSED; break; }
     if (TAIL(pos) - HEAD(pos) < q->cap) { put_slot(q, m, pos); r = PT_OK; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
+    if (spin(q, pos)) continue;
     r = pt_cond_wait(&q->notfull, &q->mu, deadline, cancel, repair, q);
     if (r != PT_OK) break;
   }
@@ -169,6 +180,7 @@ int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (TAIL(pos) != HEAD(pos)) { get_slot(q, m, pos); r = PT_OK; break; }
     if (q->closed) { r = PT_CLOSED; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
+    if (spin(q, pos)) continue;
     r = pt_cond_wait(&q->notempty, &q->mu, deadline, cancel, repair, q);
     if (r != PT_OK) break;
   }

@@ -188,17 +188,9 @@ PT_HANDLE_XTYPE(pt_xtype_semaphore, sem_class, SEM_MT);
 PT_HANDLE_XTYPE(pt_xtype_event, evt_class, EVT_MT);
 PT_HANDLE_XTYPE(pt_xtype_barrier, bar_class, BAR_MT);
 
-#define OBJ(L, c) S(PT_HOFF(L, 1, c))
-
-/* An integer argument in lo..SYNC_MAX. */
-static uint32_t check_count(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
-                            const char *what) {
-  lua_Integer n = lua_isnoneornil(L, i) && dflt >= 0 ? dflt : luaL_checkinteger(L, i);
-  if (n < lo || n > SYNC_MAX)
-    luaL_argerror(L, i, lua_pushfstring(L, "%s must be an integer in %d..%d", what,
-                                        (int)lo, SYNC_MAX));
-  return (uint32_t)n;
-}
+#define OBJ(L, c, fn) S(PT_HOFF(L, 1, c, fn))
+#define COUNT(L, i, dflt, lo, fn, what) \
+  ((uint32_t)pt_check_int(L, i, dflt, lo, SYNC_MAX, fn, what))
 
 static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
                     uint64_t state) {
@@ -225,54 +217,54 @@ static int finish(lua_State *L, int r, const char *op) {
 }
 
 static int l_semaphore(lua_State *L) {
-  uint32_t n = check_count(L, 1, -1, 0, "initial value");
+  uint32_t n = COUNT(L, 1, -1, 0, "semaphore", "initial value");
   return push_new(L, &sem_class, SEM_MAGIC, 0, n);
 }
 
 static int l_acquire(lua_State *L) {
-  syncobj *o = OBJ(L, &sem_class);
-  double deadline = pt_check_deadline(L, 2, 1);
+  syncobj *o = OBJ(L, &sem_class, "acquire");
+  double deadline = pt_check_deadline(L, 2, 1, "acquire");
   return finish(L, pt_wait_lua(L, sem_acquire, o, deadline), "semaphore acquire");
 }
 
 static int l_release(lua_State *L) {
-  syncobj *o = OBJ(L, &sem_class);
-  uint32_t k = check_count(L, 2, 1, 1, "count");
+  syncobj *o = OBJ(L, &sem_class, "release");
+  uint32_t k = COUNT(L, 2, 1, 1, "release", "count");
   if (sem_release(o, k) != 0)
     return luaL_error(L, "release: the semaphore's value would pass %d", SYNC_MAX);
   return 0;
 }
 
 static int l_value(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)LOAD(OBJ(L, &sem_class)));
+  lua_pushinteger(L, (lua_Integer)LOAD(OBJ(L, &sem_class, "value")));
   return 1;
 }
 
 static int l_event(lua_State *L) { return push_new(L, &evt_class, EVT_MAGIC, 0, 0); }
 
 static int l_set(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class), 1);
+  sync_publish(OBJ(L, &evt_class, "set"), 1);
   return 0;
 }
 
 static int l_clear(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class), 0);
+  sync_publish(OBJ(L, &evt_class, "clear"), 0);
   return 0;
 }
 
 static int l_is_set(lua_State *L) {
-  lua_pushboolean(L, LOAD(OBJ(L, &evt_class)) != 0);
+  lua_pushboolean(L, LOAD(OBJ(L, &evt_class, "is_set")) != 0);
   return 1;
 }
 
 static int l_evt_wait(lua_State *L) {
-  syncobj *o = OBJ(L, &evt_class);
-  double deadline = pt_check_deadline(L, 2, 1);
+  syncobj *o = OBJ(L, &evt_class, "wait");
+  double deadline = pt_check_deadline(L, 2, 1, "wait");
   return finish(L, pt_wait_lua(L, evt_wait, o, deadline), "event wait");
 }
 
 static int l_barrier(lua_State *L) {
-  uint32_t n = check_count(L, 1, -1, 1, "parties");
+  uint32_t n = COUNT(L, 1, -1, 1, "barrier", "parties");
   return push_new(L, &bar_class, BAR_MAGIC, n, 0);
 }
 
@@ -280,9 +272,9 @@ static int l_bar_wait(lua_State *L) {
   arrival a;
   double deadline;
   int r;
-  a.o = OBJ(L, &bar_class);
+  a.o = OBJ(L, &bar_class, "wait");
   a.round = a.index = 0;
-  deadline = pt_check_deadline(L, 2, 1);
+  deadline = pt_check_deadline(L, 2, 1, "wait");
   r = pt_wait_lua(L, bar_wait, &a, deadline);
   if (r != PT_OK) return pt_push_status(L, r, "barrier wait", errno);
   lua_pushinteger(L, (lua_Integer)a.index);
@@ -290,7 +282,7 @@ static int l_bar_wait(lua_State *L) {
 }
 
 static int l_parties(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)OBJ(L, &bar_class)->n);
+  lua_pushinteger(L, (lua_Integer)OBJ(L, &bar_class, "parties")->n);
   return 1;
 }
 

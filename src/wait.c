@@ -39,6 +39,7 @@
 
 #define DAY 86400.0
 #define SLICE 0.05
+#define SPINS 400               /* pauses: a few microseconds */
 
 /* ---- the clock -------------------------------------------------------------- */
 
@@ -179,6 +180,23 @@ void pt_seq_bump_wake(uint32_t *word) {
   pt_futex_wake(word, -1);
 }
 
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+int pt_spin_while(const uint64_t *word, uint64_t v) {
+  int i;
+  for (i = 0; i < SPINS; i++) {
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
+    cpu_relax();
+  }
+  return 0;
+}
+
 /* ---- robust locks ----------------------------------------------------------- */
 
 int pt_lock_init(pthread_mutex_t *m) {
@@ -207,13 +225,11 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
 
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
-  for (i = 0; i < 2000; i++) {
+  for (i = 0; i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
     if (r == 0) return PT_OK;
     if (r != EBUSY) break;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    cpu_relax();
   }
   return pt_lock(m, repair, arg);
 }

@@ -65,6 +65,11 @@ void pt_futex_wake(const uint32_t *word, int n);
 /* Increment a sequence word and wake all its sleepers. */
 void pt_seq_bump_wake(uint32_t *word);
 
+/* Spin (a few microseconds, pausing the CPU) while *word == v: returns 1
+   as soon as it differs, 0 when the spin gives up.  Before a sleep, this
+   saves the sleep and the wake when the change is about to come. */
+int pt_spin_while(const uint64_t *word, uint64_t v);
+
 /* ---- robust process-shared locks --------------------------------------- */
 
 /* Initialise a robust, process-shared mutex: 0, or PT_ERR with errno. */
