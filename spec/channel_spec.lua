@@ -5,16 +5,7 @@ local H = require "helper"
 
 local T = 10   -- bound for joins and receives
 
--- A worker blocked in the kernel (state S): the handshake before a cancel.
-local function sleeping(w)
-  local path = w.kind == "thread" and ("/proc/self/task/" .. w.id .. "/stat")
-                                   or ("/proc/" .. w.id .. "/stat")
-  return H.eventually(function()
-    local f = io.open(path)
-    local s = f and f:read("*l"); if f then f:close() end
-    return s and s:match("^%d+ %b() (%a)") == "S"
-  end, T)
-end
+local sleeping = require "blocked"   -- a worker asleep in the kernel
 
 describe("channels", function()
   H.no_leaks()
