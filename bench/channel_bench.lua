@@ -37,7 +37,10 @@ end
 
 local floor = B.build .. "/bench/channel_floor"
 local me = B.env .. B.lua .. " bench/channel_bench.lua " .. B.build
-local function lua(args, pin) return B.run((pin and "taskset -c 0 " or "") .. me .. " " .. args, "msgs_per_s") end
+local function lua(args, pin)
+  return B.run(B.env .. (pin and "taskset -c 0 " or "") .. B.lua .. " bench/channel_bench.lua "
+               .. B.build .. " " .. args, "msgs_per_s")
+end
 local function C(args, pin) return B.run((pin and "taskset -c 0 " or "") .. floor .. " " .. args, "msgs_per_s") end
 local N, R = 200000, 5
 
