@@ -57,7 +57,7 @@
 #define TICKET_LEN 18
 
 static const pt_xtype *const xtypes[] = {&pt_xtype_table, &pt_xtype_array,
-                                         &pt_xtype_pipe};
+                                         &pt_xtype_pipe, &pt_xtype_channel, &pt_xtype_semaphore, &pt_xtype_event, &pt_xtype_barrier};
 #define NXTYPES ((int)(sizeof xtypes / sizeof xtypes[0]))
 
 /* ---- the bytecode check key: one per process tree ------------------------ */

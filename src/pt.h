@@ -109,6 +109,8 @@ typedef struct pt_xtype {
 
 /* Defined by table.c, array.c, pipe.c. */
 extern const pt_xtype pt_xtype_table, pt_xtype_array, pt_xtype_pipe;
+/* Defined by channel.c, sync.c. */
+extern const pt_xtype pt_xtype_channel, pt_xtype_semaphore, pt_xtype_event, pt_xtype_barrier;
 
 /* Encode the n values from stack index idx into out (appending).  On
    failure returns 0, leaves out as it was (every reference taken is
@@ -146,6 +148,8 @@ void pt_open_table(lua_State *L);
 int pt_push_shm_error(lua_State *L, int err);
 void pt_open_array(lua_State *L);
 void pt_open_pipe(lua_State *L);
+void pt_open_channel(lua_State *L);   /* channel.c */
+void pt_open_sync(lua_State *L);      /* sync.c */
 
 /* core.c: build the module table (used by luaopen and by new thread
    states, which get the module without a file search). */

@@ -1,0 +1,333 @@
+-- Channels: pt.channel, ch:send/offer/recv/close, #ch, ch:capacity().
+-- Bounds are generous: the machine is shared and noisy.
+local pt = require "procthread"
+local H = require "helper"
+
+local T = 10   -- bound for joins and receives
+
+local sleeping = require "blocked"   -- a worker asleep in the kernel
+
+describe("channels", function()
+  H.no_leaks()
+
+  describe("messages", function()
+    it("are bounded FIFOs of codec values, capacity 64 by default", function()
+      local ch = pt.channel()
+      assert.equal(64, ch:capacity())
+      assert.equal(0, #ch)
+      local st = pt.shared_table({ n = 1 })
+      assert.is_true(ch:send(1, "two", { three = 3 }, st))
+      assert.is_true(ch:send())
+      assert.equal(2, #ch)
+      local a, b, c, d = ch:recv()
+      assert.equal(1, a); assert.equal("two", b); assert.same({ three = 3 }, c)
+      assert.equal(st, d)                      -- the same shared table
+      assert.equal(0, select("#", ch:recv()))
+      assert.same({ nil, "timeout" }, { ch:recv(0) })
+    end)
+
+    it("carry channels by reference, to threads and processes", function()
+      local ch, back = pt.channel(), pt.channel()
+      for _, kind in ipairs({ "thread", "process" }) do
+        local w = pt.spawn(kind, function(c)
+          local reply = c:recv()
+          return reply:send("hello from " .. pt.self().kind)
+        end, ch)
+        ch:send(back)
+        assert.same({ "hello from " .. kind }, { back:recv(T) })
+        assert.is_true(w:join(T))
+      end
+    end)
+
+    it("carry big messages whole, inline and in blocks of their own", function()
+      local ch, back = pt.channel(4), pt.channel(4)
+      local sizes = { 0, 1, 40, 56, 57, 4096, 1024 * 1024 }
+      local w = pt.spawn_process(function(c, b)
+        while true do
+          local s = c:recv()
+          if not s then return true end
+          b:send(s)
+        end
+      end, ch, back)
+      for _, n in ipairs(sizes) do
+        local s = ("%08d"):format(n):rep(math.floor(n / 8) + 1):sub(1, n)
+        ch:send(s)
+        assert.equal(s, back:recv(T))
+      end
+      ch:send(false)
+      assert.is_true(w:join(T))
+    end)
+  end)
+
+  describe("bounds and timeouts", function()
+    it("offer(0) never blocks on a full channel; offer(t) waits t", function()
+      local ch = pt.channel(2)
+      assert.is_true(ch:offer(0, "a")); assert.is_true(ch:offer(0, "b"))
+      local t0 = pt.now()
+      for _ = 1, 100 do assert.same({ nil, "timeout" }, { ch:offer(0, "c") }) end
+      assert.is_true(pt.now() - t0 < 0.5)
+      t0 = pt.now()
+      assert.same({ nil, "timeout" }, { ch:offer(0.15, "c") })
+      assert.is_true(pt.now() - t0 >= 0.14)
+      assert.equal(2, #ch)
+      assert.equal("a", ch:recv()); assert.equal("b", ch:recv())
+    end)
+
+    it("send blocks while full and resumes when a receiver makes room", function()
+      local ch, done = pt.channel(1), pt.channel(1)
+      ch:send("first")
+      local w = pt.spawn_thread(function(c, d)
+        c:send("second")                       -- blocks: the channel is full
+        d:send("sent")
+        return true
+      end, ch, done)
+      assert.truthy(sleeping(w))
+      assert.same({ nil, "timeout" }, { done:recv(0) })
+      assert.equal("first", ch:recv(T))
+      assert.equal("sent", done:recv(T))
+      assert.equal("second", ch:recv(T))
+      assert.is_true(w:join(T))
+    end)
+
+    it("recv(timeout) times out; recv(math.huge) and offer(math.huge) wait for ever", function()
+      local ch = pt.channel(1)
+      local t0 = pt.now()
+      assert.same({ nil, "timeout" }, { ch:recv(0.1) })
+      assert.is_true(pt.now() - t0 >= 0.09)
+      local w = pt.spawn_thread(function(c)
+        local v = c:recv(math.huge)
+        return v, c:offer(math.huge, "back")
+      end, ch)
+      assert.truthy(sleeping(w))
+      ch:send("go")
+      assert.same({ true, "go", true }, { w:join(T) })
+      assert.equal("back", ch:recv(T))
+    end)
+  end)
+
+  describe("closing", function()
+    it("refuses sends, lets receivers drain, then says closed", function()
+      local ch = pt.channel()
+      ch:send(1); ch:send(2)
+      ch:close()
+      assert.same({ nil, "closed" }, { ch:send(3) })
+      assert.same({ nil, "closed" }, { ch:offer(0, 3) })
+      assert.equal(1, ch:recv()); assert.equal(2, ch:recv())
+      assert.same({ nil, "closed" }, { ch:recv() })
+      assert.same({ nil, "closed" }, { ch:recv(0) })
+      ch:close()                               -- again: nothing happens
+    end)
+
+    it("wakes a blocked receiver and a blocked sender", function()
+      local empty, full = pt.channel(1), pt.channel(1)
+      full:send("x")
+      local r = pt.spawn_thread(function(c) return c:recv() end, empty)
+      local s = pt.spawn_process(function(c) return c:send("y") end, full)
+      assert.truthy(sleeping(r)); assert.truthy(sleeping(s))
+      empty:close(); full:close()
+      assert.same({ true, nil, "closed" }, { r:join(T) })
+      assert.same({ true, nil, "closed" }, { s:join(T) })
+    end)
+
+    if _VERSION == "Lua 5.4" then
+      it("closes at the end of a <close> scope", function()
+        local ch = pt.channel()
+        assert(load([[local ch = ...; do local c <close> = ch end]]))(ch)
+        assert.same({ nil, "closed" }, { ch:send(1) })
+      end)
+    end
+  end)
+
+  describe("many senders and receivers", function()
+    it("2 threads + 2 processes each way: every message exactly once, FIFO per sender", function()
+      local ch = pt.channel(16)
+      local K = 2000
+      local senders, receivers = {}, {}
+      for i, kind in ipairs({ "thread", "thread", "process", "process" }) do
+        receivers[i] = pt.spawn(kind, function(c)
+          local got = {}
+          while true do
+            local who, seq = c:recv()
+            if not who then return table.concat(got, " ") end
+            got[#got + 1] = who .. ":" .. seq
+          end
+        end, ch)
+      end
+      for i, kind in ipairs({ "thread", "process", "thread", "process" }) do
+        senders[i] = pt.spawn(kind, function(c, who, n)
+          for s = 1, n do c:send(who, s) end
+          return true
+        end, ch, "s" .. i, K)
+      end
+      for _, w in ipairs(senders) do assert.is_true(w:join(60)) end
+      ch:close()
+      local seen, count = {}, 0
+      for _, w in ipairs(receivers) do
+        local ok, got = w:join(60)
+        assert.is_true(ok, got)
+        local last = {}
+        for who, seq in got:gmatch("(s%d):(%d+)") do
+          seq = tonumber(seq)
+          local key = who .. ":" .. seq
+          assert.is_nil(seen[key], "twice: " .. key)
+          seen[key] = true
+          count = count + 1
+          assert.is_true(seq > (last[who] or 0), "out of order: " .. key)
+          last[who] = seq
+        end
+      end
+      assert.equal(4 * K, count)
+    end)
+  end)
+
+  describe("waiting", function()
+    local cases = {
+      { "recv", function(c) return c:recv() end },
+      { "send on a full channel", function(c) c:send(1); return c:send(2) end },
+      { "offer(math.huge)", function(c) c:send(1); return c:offer(math.huge, 2) end },
+    }
+    for _, case in ipairs(cases) do
+      it("a thread blocked in " .. case[1] .. " is cancelled", function()
+        local ch = pt.channel(1)
+        local w = pt.spawn_thread(case[2], ch)
+        assert.truthy(sleeping(w))
+        w:cancel()
+        local ok, err = w:join(T)
+        assert.is_false(ok)
+        assert.matches("cancel", err)
+      end)
+    end
+
+    it("uses no CPU while blocked", function()
+      local ch = pt.channel()
+      local w = pt.spawn_thread(function(c) return c:recv() end, ch)
+      assert.truthy(sleeping(w))
+      pt.sleep(0.5)
+      ch:send("wake")
+      assert.same({ true, "wake" }, { w:join(T) })
+      local info = w:info()
+      assert.is_true(info.cpu_user + info.cpu_sys < 0.05,
+                     ("cpu %.3f s while blocked 0.5 s"):format(info.cpu_user + info.cpu_sys))
+    end)
+  end)
+
+  describe("mistakes raise, naming the function", function()
+    it("for capacities", function()
+      for _, bad in ipairs({ 0, -1, 2 ^ 40, 1.5 }) do
+        assert.has_error(function() pt.channel(bad) end)
+        local ok, err = pcall(pt.channel, bad)
+        assert.is_false(ok); assert.matches("channel", err)
+      end
+      assert.matches("channel", select(2, pcall(pt.channel, "x")))
+    end)
+
+    it("for timeouts and receivers", function()
+      local ch = pt.channel()
+      assert.matches("recv", select(2, pcall(ch.recv, ch, -1)))
+      assert.matches("recv", select(2, pcall(ch.recv, ch, "soon")))
+      assert.matches("offer", select(2, pcall(ch.offer, ch, -1, 1)))
+      assert.matches("offer", select(2, pcall(ch.offer, ch)))
+      assert.matches("channel expected", select(2, pcall(ch.send, {}, 1)))
+      assert.matches("channel expected", select(2, pcall(ch.recv, pt.shared_table())))
+    end)
+
+    it("for values the codec refuses, leaving the channel as it was", function()
+      local ch = pt.channel()
+      local st = pt.shared_table()
+      local ok, err = pcall(ch.send, ch, st, coroutine.create(function() end))
+      assert.is_false(ok); assert.matches("message%[2%]", err)
+      assert.equal(0, #ch)
+    end)
+  end)
+
+  describe("the arena", function()
+    it("a message too big for the arena fails cleanly before anything is written", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure{ shm_size = "4M" }
+        local ch = pt.channel(4)
+        local st = pt.shared_table({ 1 })
+        ch:send("small")
+        local before = pt.shm_stats().objects
+        local ok, err = pcall(ch.send, ch, st, ("x"):rep(8 * 1024 * 1024))
+        assert(not ok and err:match("shared memory exhausted"), err)
+        assert(#ch == 1 and pt.shm_stats().objects == before, "changed")
+        assert(ch:recv() == "small")
+        assert(ch:send(st) and ch:recv() == st)
+        assert(pt._shm_check())
+        print("ok")
+      ]])
+      assert.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+
+    it("a dropped channel frees its queued messages and what they reference", function()
+      local before = pt.shm_stats().objects
+      do
+        local ch = pt.channel()
+        ch:send(pt.shared_table({ 1 }), ("y"):rep(10000))
+        ch:send(pt.channel())
+      end
+      collectgarbage(); collectgarbage()
+      assert.equal(before, pt.shm_stats().objects)
+    end)
+  end)
+
+  describe("crashes #stress", function()
+    it("processes SIGKILLed while sending, receiving and waiting, hundreds of rounds", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local ch = pt.channel(8)
+        local st = pt.shared_table()
+        local seen = pt.shared_table()
+        local rounds, lost = 300, 0
+        local base = 0
+        math.randomseed(os.time())
+        for round = 1, rounds do
+          st.sent = base
+          local s = pt.spawn_process(function(c, t, from)
+            local i = from
+            while true do
+              i = i + 1
+              c:send(i, ("p"):rep(i % 3 == 0 and 3000 or 10))
+              t.sent = i
+            end
+          end, ch, st, base)
+          local r = pt.spawn_process(function(c, sn)
+            while true do
+              local i = c:recv()
+              pt.add(sn, i, 1)
+            end
+          end, ch, seen)
+          pt.sleep(math.random() * 0.004)
+          if math.random(2) == 1 then s:kill("KILL"); r:kill("KILL")
+          else r:kill("KILL"); s:kill("KILL") end
+          s:join(10); r:join(10)
+          while true do                       -- nobody blocks: drain it
+            local i = ch:recv(0)
+            if not i then break end
+            pt.add(seen, i, 1)
+          end
+          local sent = st.sent
+          local missing = 0
+          for i = base + 1, sent do
+            local n = seen[i] or 0
+            assert(n <= 1, "message " .. i .. " received twice")
+            if n == 0 then missing = missing + 1 end
+          end
+          assert(missing <= 1, "round " .. round .. ": " .. missing .. " messages lost")
+          lost = lost + missing
+          local extra = seen[sent + 1]        -- sent, killed before it noted so
+          assert(not extra or extra == 1)
+          base = sent + 1
+          local ok, bad = pt._shm_check()
+          assert(ok, bad)
+        end
+        assert(ch:send("still", "works") and ch:recv(1) == "still")
+        print("ok", lost)
+      ]])
+      assert.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+  end)
+end)

@@ -1,0 +1,158 @@
+/* channel.c - pt.channel: the Lua binding of the queue in the arena
+ * (queue.c).  Messages are encoded by the codec; shared objects inside
+ * them travel by reference, their counts held by the queued message. */
+#include "handle.h"
+#include "queue.h"
+#include "wait.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define CHANNEL_MT "procthread.Channel"
+#define KIND_CHANNEL 0x10
+#define DEFAULT_CAPACITY 64
+
+static void ch_drop(pt_off off) { pt_queue_decref(off, pt_discard); }
+
+static const pt_class channel_class = {CHANNEL_MT, "channel", KIND_CHANNEL,
+                                       pt_queue_valid, ch_drop};
+
+PT_HANDLE_XTYPE(pt_xtype_channel, channel_class, CHANNEL_MT);
+
+/* pt.channel([capacity]) -> ch */
+static int l_channel(lua_State *L) {
+  lua_Integer cap = pt_check_int(L, 1, DEFAULT_CAPACITY, 1, PT_QUEUE_MAXCAP,
+                                 "channel", "capacity");
+  pt_off off;
+  if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
+  off = pt_queue_new((uint32_t)cap);
+  if (!off && errno == ENOMEM) {
+    lua_gc(L, LUA_GCCOLLECT, 0);             /* garbage handles may hold space */
+    off = pt_queue_new((uint32_t)cap);
+  }
+  if (!off) {
+    if (errno == ENOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+    return pt_push_oserror(L, "channel", errno);
+  }
+  pt_handle_push(L, &channel_class, off);
+  return 1;
+}
+
+/* ---- send ----------------------------------------------------------------------- */
+
+typedef struct op {
+  pt_off q;
+  pt_qmsg m;
+} op;
+
+static int put_step(void *arg, double deadline, const volatile int *cancel) {
+  op *o = (op *)arg;
+  return pt_queue_put(o->q, &o->m, deadline, cancel);
+}
+
+/* The values from index `first` on as one message, waiting up to the
+   deadline for room. */
+static int put(lua_State *L, int first, double deadline, const char *fn) {
+  pt_handle *h = pt_handle_check(L, 1, &channel_class, fn);
+  pt_buf own, *b = h->busy ? &own : &h->buf;
+  char err[640];
+  op o;
+  int r, e;
+  pt_buf_init(&own);
+  b->len = 0;
+  if (b == &h->buf) h->busy = 1;
+  if (!pt_encode(L, first, lua_gettop(L) - first + 1, "message", b, err, sizeof err)) {
+    if (b == &h->buf) h->busy = 0;
+    pt_buf_free(&own);
+    return luaL_error(L, "%s", err);
+  }
+  o.q = h->h.off;
+  pt_qmsg_init(&o.m, b->data ? b->data : "", b->len);
+  r = pt_wait_lua(L, put_step, &o, deadline);
+  if (r == PT_NOMEM) {                        /* garbage handles may hold space */
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    r = pt_wait_lua(L, put_step, &o, deadline);
+  }
+  e = errno;
+  if (b == &h->buf) h->busy = 0;
+  if (r == PT_OK) {
+    pt_buf_free(&own);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  pt_qmsg_done(&o.m);                         /* nothing was queued */
+  pt_discard(b->data ? b->data : "", b->len);
+  pt_buf_free(&own);
+  if (r == PT_NOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+  return pt_push_status(L, r, "channel send", e);
+}
+
+/* ch:send(...) -> true | nil, "closed" */
+static int l_send(lua_State *L) { return put(L, 2, PT_FOREVER, "send"); }
+
+/* ch:offer(timeout, ...) -> true | nil, "timeout" | nil, "closed" */
+static int l_offer(lua_State *L) {
+  double deadline;
+  pt_handle_check(L, 1, &channel_class, "offer");
+  deadline = pt_check_deadline(L, 2, 0, "offer");
+  return put(L, 3, deadline, "offer");
+}
+
+/* ---- recv ------------------------------------------------------------------------ */
+
+static int get_step(void *arg, double deadline, const volatile int *cancel) {
+  op *o = (op *)arg;
+  return pt_queue_get(o->q, &o->m, deadline, cancel);
+}
+
+/* ch:recv([timeout]) -> values | nil, "timeout" | nil, "closed" */
+static int l_recv(lua_State *L) {
+  op o;
+  double deadline;
+  int r, n;
+  o.q = PT_HOFF(L, 1, &channel_class, "recv");
+  deadline = pt_check_deadline(L, 2, 1, "recv");
+  r = pt_wait_lua(L, get_step, &o, deadline);
+  if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
+  lua_settop(L, 1);
+  n = pt_decode(L, o.m.data, o.m.len);
+  pt_qmsg_done(&o.m);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+/* ---- the rest --------------------------------------------------------------------- */
+
+static int l_close(lua_State *L) {
+  pt_queue_close(PT_HOFF(L, 1, &channel_class, "close"));
+  return 0;
+}
+
+static int l_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)pt_queue_count(PT_HOFF(L, 1, &channel_class, "__len")));
+  return 1;
+}
+
+static int l_capacity(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)pt_queue_capacity(PT_HOFF(L, 1, &channel_class, "capacity")));
+  return 1;
+}
+
+/* __close (5.4): `local ch <close> = pt.channel()` closes it at scope end. */
+static int l_close_meta(lua_State *L) {
+  if (pt_testudata(L, 1, CHANNEL_MT)) l_close(L);
+  return 0;
+}
+
+void pt_open_channel(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
+    {"capacity", l_capacity}, {NULL, NULL}};
+  pt_class_open(L, &channel_class, methods, l_close_meta);
+  luaL_getmetatable(L, CHANNEL_MT);
+  lua_pushcfunction(L, l_len);
+  lua_setfield(L, -2, "__len");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_channel);
+  lua_setfield(L, -2, "channel");
+}

@@ -1,0 +1,164 @@
+/* handle.c - Lua handles on arena objects, and waiting from Lua (handle.h). */
+#include "handle.h"
+#include "wait.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- handles ---------------------------------------------------------------- */
+
+static pt_handle *tohandle(lua_State *L, int i, const pt_class *c) {
+  return (pt_handle *)pt_testudata(L, i, c->tname);
+}
+
+int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg) {
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", i, fn, msg);
+}
+
+pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *fn) {
+  pt_handle *h = tohandle(L, i, c);
+  if (!h)
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "%s expected, got %s", c->what,
+                                           luaL_typename(L, i)));
+  if (!h->h.off) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
+  return h;
+}
+
+lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
+                         lua_Integer hi, const char *fn, const char *what) {
+  double d;
+  if (dflt >= lo && lua_isnoneornil(L, i)) return dflt;
+  d = lua_type(L, i) == LUA_TNUMBER ? (double)lua_tonumber(L, i) : -HUGE_VAL;
+  if (!(d >= (double)lo && d <= (double)hi && floor(d) == d))
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "%s must be an integer in %d..%d, got %s",
+                                           what, (int)lo, (int)hi,
+                                           lua_type(L, i) == LUA_TNUMBER
+                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
+  return (lua_Integer)d;
+}
+
+void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
+  pt_handle *h = (pt_handle *)pt_newuserdata(L, sizeof(pt_handle));
+  memset(h, 0, sizeof *h);
+  pt_buf_init(&h->buf);
+  luaL_getmetatable(L, c->tname);
+  lua_setmetatable(L, -2);
+  pt_shm_track(&h->h, off, (int)c->kind, c->drop);
+}
+
+/* __gc: drop the count (once) and the buffer.  The class is found by the
+   upvalue set in pt_class_open. */
+static int h_gc(lua_State *L) {
+  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  pt_handle *h = tohandle(L, 1, c);
+  if (h) {
+    pt_shm_release(&h->h);
+    pt_buf_free(&h->buf);
+  }
+  return 0;
+}
+
+static int h_eq(lua_State *L) {
+  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  pt_handle *a = tohandle(L, 1, c), *b = tohandle(L, 2, c);
+  lua_pushboolean(L, a && b && a->h.off && a->h.off == b->h.off);
+  return 1;
+}
+
+static int h_tostring(lua_State *L) {
+  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  pt_handle *h = tohandle(L, 1, c);
+  if (h && h->h.off) lua_pushfstring(L, "%s: %p", c->tname, (void *)(uintptr_t)h->h.off);
+  else lua_pushfstring(L, "%s (released)", c->tname);
+  return 1;
+}
+
+static void set_meta(lua_State *L, const pt_class *c, const char *name, lua_CFunction f) {
+  lua_pushlightuserdata(L, (void *)c);
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, -2, name);
+}
+
+void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
+                   lua_CFunction closefn) {
+  if (luaL_newmetatable(L, c->tname)) {
+    set_meta(L, c, "__gc", h_gc);
+    set_meta(L, c, "__eq", h_eq);
+    set_meta(L, c, "__tostring", h_tostring);
+#if LUA_VERSION_NUM >= 504
+    if (closefn) lua_pushcfunction(L, closefn), lua_setfield(L, -2, "__close");
+    else set_meta(L, c, "__close", h_gc);
+#else
+    (void)closefn;
+#endif
+    lua_pushstring(L, c->tname);
+    lua_setfield(L, -2, "__name");
+    lua_newtable(L);
+    pt_setfuncs(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+/* ---- codec references ------------------------------------------------------- */
+
+const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c) {
+  pt_handle *h = tohandle(L, idx, c);
+  if (!h || !h->h.off) return "released handle";
+  pt_obj_incref(h->h.off);
+  ref->a = h->h.off;
+  ref->b = c->kind;
+  return NULL;
+}
+
+static int valid_ref(const pt_ref *ref, const pt_class *c) {
+  return ref->b == c->kind && c->valid(ref->a);
+}
+
+void pt_handle_release(const pt_ref *ref, const pt_class *c) {
+  if (valid_ref(ref, c)) c->drop(ref->a);
+}
+
+const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c) {
+  if (!valid_ref(ref, c)) return "corrupt message (bad reference)";
+  pt_handle_push(L, c, ref->a);
+  return NULL;
+}
+
+/* ---- waiting from Lua -------------------------------------------------------- */
+
+const volatile int *pt_cancel_flag(void) {
+  pt_ctx *c = pt_self_ctx;
+  return c ? c->cancel : NULL;
+}
+
+int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline) {
+  lua_Hook before = lua_gethook(L);
+  int mask = lua_gethookmask(L), r;
+  const volatile int *cancel = pt_cancel_flag();
+  do {
+    r = fn(arg, deadline, cancel);
+  } while (r == PT_INTR && lua_gethook(L) == before && lua_gethookmask(L) == mask);
+  return r;
+}
+
+int pt_push_status(lua_State *L, int status, const char *op, int err) {
+  switch (status) {
+    case PT_CANCELLED: return pt_raise_cancelled(L);
+    case PT_TIMEOUT: lua_pushnil(L); lua_pushliteral(L, "timeout"); return 2;
+    case PT_CLOSED: lua_pushnil(L); lua_pushliteral(L, "closed"); return 2;
+    case PT_INTR: lua_pushnil(L); lua_pushliteral(L, "interrupted"); return 2;
+    default: return pt_push_oserror(L, op, err);
+  }
+}
+
+double pt_check_deadline(lua_State *L, int i, int optional, const char *fn) {
+  double t = lua_type(L, i) == LUA_TNUMBER ? (double)lua_tonumber(L, i) : -1;
+  if (optional && lua_isnoneornil(L, i)) return PT_FOREVER;
+  if (!(t >= 0))
+    pt_arg_error(L, i, fn, lua_pushfstring(L, "timeout must be a number >= 0 or math.huge, got %s",
+                                           lua_type(L, i) == LUA_TNUMBER
+                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
+  return pt_deadline(t);
+}

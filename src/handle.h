@@ -1,0 +1,75 @@
+/* handle.h - Lua handles on the reference-counted arena objects of obj.h
+ * (channels, semaphores, events, barriers): one toolkit for their
+ * metatables, type checks (by metatable), lifetimes and codec references,
+ * and for waiting on them from Lua. */
+#ifndef PT_HANDLE_H
+#define PT_HANDLE_H
+
+#include "pt.h"
+#include "obj.h"
+
+typedef struct pt_class {
+  const char *tname;           /* metatable name: "procthread.Channel" */
+  const char *what;            /* in messages: "channel" */
+  uint64_t kind;               /* pt_ref.b of its references */
+  int (*valid)(pt_off off);    /* off holds an object of this class */
+  void (*drop)(pt_off off);    /* drop one count (the last destroys) */
+} pt_class;
+
+/* The userdata.  buf: an encoding buffer kept between sends (busy while
+   one is in use, so a finalizer that sends meanwhile gets its own). */
+typedef struct pt_handle {
+  pt_shm_handle h;
+  pt_buf buf;
+  int busy;
+} pt_handle;
+
+/* Create the class's metatable: `methods` in __index; __gc, __eq,
+   __tostring, __name; __close (5.4) is `closefn`, or __gc when NULL. */
+void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
+                   lua_CFunction closefn);
+/* Push a handle on off, adopting one count the caller holds. */
+void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
+/* Raise "bad argument #i to 'fn' (msg)": named even when called through
+   pcall or a local, where luaL_argerror says '?'. */
+int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg);
+/* The handle at i, or raise "<what> expected, got <type>". */
+pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *fn);
+#define PT_HOFF(L, i, c, fn) (pt_handle_check(L, i, c, fn)->h.off)
+/* An integer argument in lo..hi (absent or nil: dflt, unless dflt < lo). */
+lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
+                         lua_Integer hi, const char *fn, const char *what);
+
+/* The three codec functions of a class, and its pt_xtype. */
+const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c);
+void pt_handle_release(const pt_ref *ref, const pt_class *c);
+const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c);
+#define PT_HANDLE_XTYPE(var, cls, tname)                                        \
+  static const char *var##_enc(lua_State *L, int i, pt_ref *r) {               \
+    return pt_handle_encode(L, i, r, &cls);                                    \
+  }                                                                            \
+  static void var##_rel(const pt_ref *r) { pt_handle_release(r, &cls); }       \
+  static const char *var##_dec(lua_State *L, const pt_ref *r) {                \
+    return pt_handle_decode(L, r, &cls);                                       \
+  }                                                                            \
+  const pt_xtype var = {tname, var##_enc, var##_rel, var##_dec}
+
+/* ---- waiting from Lua --------------------------------------------------- */
+
+/* The cancel flag of the calling thread worker, or NULL. */
+const volatile int *pt_cancel_flag(void);
+/* A blocking step: a wait.h status. */
+typedef int (*pt_waitfn)(void *arg, double deadline, const volatile int *cancel);
+/* Run fn until it returns something other than PT_INTR, unless a signal
+   handler set a Lua hook meanwhile (lua.c does on Ctrl-C): then return
+   PT_INTR, and the hook fires as soon as the binding returns to Lua. */
+int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline);
+/* Finish a binding whose wait did not succeed: raise "cancelled", or
+   return nil, "timeout" / "closed" / "interrupted", or nil, "<op>:
+   <strerror>", errno (PT_ERR; errno saved by the caller in err). */
+int pt_push_status(lua_State *L, int status, const char *op, int err);
+/* The timeout argument at i as a deadline: nil/absent and math.huge are
+   forever; otherwise a number >= 0 (else raise). */
+double pt_check_deadline(lua_State *L, int i, int optional, const char *fn);
+
+#endif

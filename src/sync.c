@@ -1,0 +1,302 @@
+/* sync.c - pt.semaphore, pt.event, pt.barrier: small objects in the arena,
+ * across threads and processes, crossing to workers by reference.
+ *
+ * Each is one `syncobj`: the object header (obj.h), a robust lock, a
+ * condition variable (wait.h: woken before the publishing store, so a kill
+ * never strands a sleeper) and one 64-bit state word that every change
+ * publishes with a single store:
+ *   semaphore  the count of permits (taken lock-free when there is one)
+ *   event      0 or 1
+ *   barrier    round << 32 | parties arrived in this round
+ * The plain-C part (above "Lua side") touches no lua_State. */
+#include "handle.h"
+#include "wait.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define SEM_MAGIC 0x73656d31u               /* "sem1" */
+#define EVT_MAGIC 0x65767431u               /* "evt1" */
+#define BAR_MAGIC 0x62617231u               /* "bar1" */
+#define SYNC_MAX 0x7fffffff
+
+typedef struct syncobj {
+  pt_obj obj;
+  pthread_mutex_t mu;
+  pt_cond cond;
+  uint32_t n;                  /* barrier: parties per round */
+  uint32_t spare;
+  uint64_t state;
+} syncobj;
+
+#define S(off) PT_SHM_PTR(syncobj, off)
+#define LOAD(o) __atomic_load_n(&(o)->state, __ATOMIC_ACQUIRE)
+#define STORE(o, v) __atomic_store_n(&(o)->state, (v), __ATOMIC_RELEASE)
+
+static void repair(void *o) {
+  (void)o;                      /* one store per change: nothing half done */
+  pt_shm_note_recovery();
+}
+
+static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
+  pt_off off = pt_shm_alloc_aligned(sizeof(syncobj), 64);
+  syncobj *o;
+  if (!off) { errno = ENOMEM; return 0; }
+  o = S(off);
+  memset(o, 0, sizeof *o);
+  if (pt_lock_init(&o->mu) != PT_OK) {
+    int e = errno;
+    pt_shm_free_aligned(off);
+    errno = e;
+    return 0;
+  }
+  o->n = n;
+  o->state = state;
+  o->obj.refs = 1;
+  __atomic_store_n(&o->obj.magic, magic, __ATOMIC_RELEASE);
+  return off;
+}
+
+static void sync_drop(pt_off off) {
+  if (!pt_obj_decref(off)) return;
+  S(off)->obj.magic = 0;
+  pthread_mutex_destroy(&S(off)->mu);
+  pt_shm_free_aligned(off);
+}
+
+/* Holding nothing: wait until ready(o), which also takes what it found
+   (a permit), under the lock.  What is ready when the wait ends wins over
+   a timeout or a cancel. */
+static int sync_wait(syncobj *o, double deadline, const volatile int *cancel,
+                     int (*ready)(syncobj *)) {
+  int r = PT_OK, ok;
+  if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
+  while (!(ok = ready(o))) {
+    if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
+    r = pt_cond_wait(&o->cond, &o->mu, deadline, cancel, repair, o);
+  }
+  pt_unlock(&o->mu);
+  if (ok) return PT_OK;
+  return r == PT_OK ? PT_TIMEOUT : r;
+}
+
+/* Holding nothing: wake the sleepers, then publish state. */
+static void sync_publish(syncobj *o, uint64_t state) {
+  if (pt_lock(&o->mu, repair, o) == PT_ERR) return;
+  pt_cond_wake(&o->cond);
+  STORE(o, state);
+  pt_unlock(&o->mu);
+}
+
+/* ---- semaphore ----------------------------------------------------------------- */
+
+/* Take one permit if there is one, lock-free. */
+static int sem_try(syncobj *o) {
+  uint64_t v = LOAD(o);
+  while (v > 0)
+    if (__atomic_compare_exchange_n(&o->state, &v, v - 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return 1;
+  return 0;
+}
+
+
+static int sem_acquire(void *arg, double deadline, const volatile int *cancel) {
+  syncobj *o = (syncobj *)arg;
+  if (sem_try(o)) return PT_OK;
+  return sync_wait(o, deadline, cancel, sem_try);
+}
+
+/* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
+static int sem_release(syncobj *o, uint64_t k) {
+  int r = 0;
+  if (pt_lock(&o->mu, repair, o) == PT_ERR) return -1;
+  if (LOAD(o) + k > SYNC_MAX) r = -1;
+  else {
+    pt_cond_wake(&o->cond);
+    __atomic_add_fetch(&o->state, k, __ATOMIC_ACQ_REL);
+  }
+  pt_unlock(&o->mu);
+  return r;
+}
+
+/* ---- event ----------------------------------------------------------------------- */
+
+static int evt_ready(syncobj *o) { return LOAD(o) != 0; }
+
+static int evt_wait(void *arg, double deadline, const volatile int *cancel) {
+  syncobj *o = (syncobj *)arg;
+  if (evt_ready(o)) return PT_OK;
+  return sync_wait(o, deadline, cancel, evt_ready);
+}
+
+/* ---- barrier ------------------------------------------------------------------------ */
+
+#define ROUND(s) ((uint32_t)((s) >> 32))
+#define ARRIVED(s) ((uint32_t)(s))
+#define BSTATE(round, arrived) (((uint64_t)(round) << 32) | (uint64_t)(arrived))
+
+typedef struct arrival {
+  syncobj *o;
+  uint32_t round, index;       /* index 0: not arrived yet */
+} arrival;
+
+/* Arrive (once) and wait for the round to end.  A party that gives up
+   (timeout, cancel) withdraws its arrival while the round is still open. */
+static int bar_wait(void *arg, double deadline, const volatile int *cancel) {
+  arrival *a = (arrival *)arg;
+  syncobj *o = a->o;
+  int r = PT_OK;
+  if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
+  if (!a->index) {
+    uint64_t s = LOAD(o);
+    a->round = ROUND(s);
+    a->index = ARRIVED(s) + 1;
+    if (a->index == o->n) {              /* the last one: open the next round */
+      pt_cond_wake(&o->cond);
+      STORE(o, BSTATE(a->round + 1, 0));
+      pt_unlock(&o->mu);
+      return PT_OK;
+    }
+    STORE(o, BSTATE(a->round, a->index));
+  }
+  while (ROUND(LOAD(o)) == a->round) {
+    if (deadline >= 0 && pt_clock_now() >= deadline) { r = PT_TIMEOUT; break; }
+    r = pt_cond_wait(&o->cond, &o->mu, deadline, cancel, repair, o);
+    if (r != PT_OK) break;
+  }
+  if (ROUND(LOAD(o)) != a->round) r = PT_OK;
+  else if (r != PT_INTR) STORE(o, LOAD(o) - 1);   /* withdraw */
+  pt_unlock(&o->mu);
+  return r;
+}
+
+/* ---- Lua side ----------------------------------------------------------------------- */
+
+#define SEM_MT "procthread.Semaphore"
+#define EVT_MT "procthread.Event"
+#define BAR_MT "procthread.Barrier"
+
+static int sem_valid(pt_off off) { return pt_obj_valid(off, SEM_MAGIC, sizeof(syncobj)); }
+static int evt_valid(pt_off off) { return pt_obj_valid(off, EVT_MAGIC, sizeof(syncobj)); }
+static int bar_valid(pt_off off) { return pt_obj_valid(off, BAR_MAGIC, sizeof(syncobj)); }
+
+static const pt_class sem_class = {SEM_MT, "semaphore", 0x11, sem_valid, sync_drop};
+static const pt_class evt_class = {EVT_MT, "event", 0x12, evt_valid, sync_drop};
+static const pt_class bar_class = {BAR_MT, "barrier", 0x13, bar_valid, sync_drop};
+
+PT_HANDLE_XTYPE(pt_xtype_semaphore, sem_class, SEM_MT);
+PT_HANDLE_XTYPE(pt_xtype_event, evt_class, EVT_MT);
+PT_HANDLE_XTYPE(pt_xtype_barrier, bar_class, BAR_MT);
+
+#define OBJ(L, c, fn) S(PT_HOFF(L, 1, c, fn))
+#define COUNT(L, i, dflt, lo, fn, what) \
+  ((uint32_t)pt_check_int(L, i, dflt, lo, SYNC_MAX, fn, what))
+
+static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
+                    uint64_t state) {
+  pt_off off;
+  if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
+  off = sync_new(magic, n, state);
+  if (!off && errno == ENOMEM) {
+    lua_gc(L, LUA_GCCOLLECT, 0);             /* garbage handles may hold space */
+    off = sync_new(magic, n, state);
+  }
+  if (!off) {
+    if (errno == ENOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+    return pt_push_oserror(L, c->what, errno);
+  }
+  pt_handle_push(L, c, off);
+  return 1;
+}
+
+/* A wait from Lua: true, or the status pushed. */
+static int finish(lua_State *L, int r, const char *op) {
+  if (r != PT_OK) return pt_push_status(L, r, op, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_semaphore(lua_State *L) {
+  uint32_t n = COUNT(L, 1, -1, 0, "semaphore", "initial value");
+  return push_new(L, &sem_class, SEM_MAGIC, 0, n);
+}
+
+static int l_acquire(lua_State *L) {
+  syncobj *o = OBJ(L, &sem_class, "acquire");
+  double deadline = pt_check_deadline(L, 2, 1, "acquire");
+  return finish(L, pt_wait_lua(L, sem_acquire, o, deadline), "semaphore acquire");
+}
+
+static int l_release(lua_State *L) {
+  syncobj *o = OBJ(L, &sem_class, "release");
+  uint32_t k = COUNT(L, 2, 1, 1, "release", "count");
+  if (sem_release(o, k) != 0)
+    return luaL_error(L, "release: the semaphore's value would pass %d", SYNC_MAX);
+  return 0;
+}
+
+static int l_value(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)LOAD(OBJ(L, &sem_class, "value")));
+  return 1;
+}
+
+static int l_event(lua_State *L) { return push_new(L, &evt_class, EVT_MAGIC, 0, 0); }
+
+static int l_set(lua_State *L) {
+  sync_publish(OBJ(L, &evt_class, "set"), 1);
+  return 0;
+}
+
+static int l_clear(lua_State *L) {
+  sync_publish(OBJ(L, &evt_class, "clear"), 0);
+  return 0;
+}
+
+static int l_is_set(lua_State *L) {
+  lua_pushboolean(L, LOAD(OBJ(L, &evt_class, "is_set")) != 0);
+  return 1;
+}
+
+static int l_evt_wait(lua_State *L) {
+  syncobj *o = OBJ(L, &evt_class, "wait");
+  double deadline = pt_check_deadline(L, 2, 1, "wait");
+  return finish(L, pt_wait_lua(L, evt_wait, o, deadline), "event wait");
+}
+
+static int l_barrier(lua_State *L) {
+  uint32_t n = COUNT(L, 1, -1, 1, "barrier", "parties");
+  return push_new(L, &bar_class, BAR_MAGIC, n, 0);
+}
+
+static int l_bar_wait(lua_State *L) {
+  arrival a;
+  double deadline;
+  int r;
+  a.o = OBJ(L, &bar_class, "wait");
+  a.round = a.index = 0;
+  deadline = pt_check_deadline(L, 2, 1, "wait");
+  r = pt_wait_lua(L, bar_wait, &a, deadline);
+  if (r != PT_OK) return pt_push_status(L, r, "barrier wait", errno);
+  lua_pushinteger(L, (lua_Integer)a.index);
+  return 1;
+}
+
+static int l_parties(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)OBJ(L, &bar_class, "parties")->n);
+  return 1;
+}
+
+void pt_open_sync(lua_State *L) {
+  static const luaL_Reg sem[] = {
+    {"acquire", l_acquire}, {"release", l_release}, {"value", l_value}, {NULL, NULL}};
+  static const luaL_Reg evt[] = {
+    {"set", l_set}, {"clear", l_clear}, {"is_set", l_is_set}, {"wait", l_evt_wait},
+    {NULL, NULL}};
+  static const luaL_Reg bar[] = {{"wait", l_bar_wait}, {"parties", l_parties}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+    {"semaphore", l_semaphore}, {"event", l_event}, {"barrier", l_barrier}, {NULL, NULL}};
+  pt_class_open(L, &sem_class, sem, NULL);
+  pt_class_open(L, &evt_class, evt, NULL);
+  pt_class_open(L, &bar_class, bar, NULL);
+  pt_setfuncs(L, fns);
+}

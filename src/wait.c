@@ -1,0 +1,258 @@
+/* wait.c - the lock-and-wait module (see wait.h).  Plain C, no Lua.
+ *
+ * Which kernel call, and why:
+ *
+ *   no cancel flag   FUTEX_WAIT_BITSET, shared (no FUTEX_PRIVATE_FLAG:
+ *                    the word may be seen by other processes), with an
+ *                    absolute CLOCK_MONOTONIC deadline.  A timed futex wait
+ *                    interrupted by a handled signal returns EINTR even
+ *                    under SA_RESTART, so Ctrl-C reaches the caller (PT_INTR)
+ *                    on every Lua; "forever" is therefore a deadline a day
+ *                    away, renewed (one wake-up a day is not a poll).
+ *   a cancel flag    futex_waitv (Linux 5.16) over the word and the flag:
+ *                    the kernel checks both before it sleeps, so a cancel
+ *                    set after the caller looked still ends the wait.  The
+ *                    cancel signal (SA_RESTART) restarts the call, which then
+ *                    sees the flag.  Without futex_waitv (ENOSYS) the flag
+ *                    is looked at every 50 ms instead.
+ */
+#include "wait.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#ifndef FUTEX_32
+#define FUTEX_32 2
+#endif
+#ifndef FUTEX_PRIVATE_FLAG
+#define FUTEX_PRIVATE_FLAG 128
+#endif
+
+#define DAY 86400.0
+#define SLICE 0.05
+#define SPINS 400               /* pauses: a few microseconds */
+
+/* ---- the clock -------------------------------------------------------------- */
+
+double pt_clock_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double pt_deadline(double timeout) {
+  if (!(timeout >= 0) || timeout > 100 * 365 * DAY) return PT_FOREVER;
+  return pt_clock_now() + timeout;
+}
+
+static struct timespec to_timespec(double t) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)t;
+  ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+  if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+  return ts;
+}
+
+/* ---- futex waits ------------------------------------------------------------ */
+
+static int cancelled(const volatile int *cancel) {
+  return cancel && __atomic_load_n(cancel, __ATOMIC_ACQUIRE);
+}
+
+/* The deadline of one kernel sleep: the caller's, or at most `cap` away. */
+static double step_until(double deadline, double cap) {
+  double limit = pt_clock_now() + cap;
+  return (deadline < 0 || deadline > limit) ? limit : deadline;
+}
+
+/* errno of a futex call as a status; EAGAIN: the word had changed. */
+static int status_of(int err) {
+  switch (err) {
+    case EAGAIN: return PT_OK;
+    case ETIMEDOUT: return PT_TIMEOUT;
+    case EINTR: return PT_INTR;
+    default: errno = err; return PT_ERR;
+  }
+}
+
+/* One FUTEX_WAIT_BITSET sleep up to `until` (absolute, monotonic). */
+static int wait_bitset(const uint32_t *word, uint32_t expected, double until) {
+  struct timespec ts = to_timespec(until);
+  if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, &ts, NULL,
+              FUTEX_BITSET_MATCH_ANY) == 0)
+    return PT_OK;
+  return status_of(errno);
+}
+
+static int have_waitv = 1;      /* atomic: cleared once the kernel says ENOSYS */
+
+/* One futex_waitv sleep over the words and the cancel flag. */
+static int wait_vector(const uint32_t *const *words, const uint32_t *expected,
+                       int n, double deadline, const volatile int *cancel,
+                       int *which) {
+  struct futex_waitv v[PT_FUTEX_MAXV + 1];
+  struct timespec ts, *tsp = NULL;
+  int i, m = 0;
+  long r;
+  memset(v, 0, sizeof v);
+  for (i = 0; i < n; i++, m++) {
+    v[m].val = expected[i];
+    v[m].uaddr = (uint64_t)(uintptr_t)words[i];
+    v[m].flags = FUTEX_32;                       /* shared: no PRIVATE */
+  }
+  if (cancel) {
+    v[m].val = 0;
+    v[m].uaddr = (uint64_t)(uintptr_t)cancel;
+    v[m].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+    m++;
+  }
+  if (deadline >= 0) { ts = to_timespec(deadline); tsp = &ts; }
+  r = syscall(SYS_futex_waitv, v, (unsigned)m, 0, tsp, CLOCK_MONOTONIC);
+  if (r >= 0) {
+    if (which) *which = r < n ? (int)r : -1;
+    return cancelled(cancel) ? PT_CANCELLED : PT_OK;
+  }
+  if (errno == ENOSYS) {
+    __atomic_store_n(&have_waitv, 0, __ATOMIC_RELAXED);
+    return PT_ERR;
+  }
+  return cancelled(cancel) ? PT_CANCELLED : status_of(errno);
+}
+
+/* Any number of words without futex_waitv, or one word without a cancel
+   flag: sleep on words[0] in steps (a day; 50 ms when there is a cancel
+   flag or more than one word to watch), re-checking all in between. */
+static int wait_steps(const uint32_t *const *words, const uint32_t *expected,
+                      int n, double deadline, const volatile int *cancel,
+                      int *which) {
+  double cap = (cancel || n > 1) ? SLICE : DAY;
+  for (;;) {
+    int i, r;
+    if (cancelled(cancel)) return PT_CANCELLED;
+    for (i = 0; i < n; i++)
+      if (__atomic_load_n(words[i], __ATOMIC_ACQUIRE) != expected[i]) {
+        if (which) *which = i;
+        return PT_OK;
+      }
+    if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
+    r = wait_bitset(words[0], expected[0], step_until(deadline, cap));
+    if (r == PT_TIMEOUT && (deadline < 0 || pt_clock_now() < deadline)) continue;
+    if (r == PT_OK && which) *which = 0;
+    if (r == PT_OK || r == PT_INTR) return cancelled(cancel) ? PT_CANCELLED : r;
+    return r;
+  }
+}
+
+int pt_futex_waitv(const uint32_t *const *words, const uint32_t *expected,
+                   int n, double deadline, const volatile int *cancel,
+                   int *which) {
+  if (which) *which = -1;
+  if (n < 1 || n > PT_FUTEX_MAXV) { errno = EINVAL; return PT_ERR; }
+  if (cancelled(cancel)) return PT_CANCELLED;
+  if ((cancel || n > 1) && __atomic_load_n(&have_waitv, __ATOMIC_RELAXED)) {
+    int r = wait_vector(words, expected, n, deadline, cancel, which);
+    if (r != PT_ERR || __atomic_load_n(&have_waitv, __ATOMIC_RELAXED)) return r;
+  }
+  return wait_steps(words, expected, n, deadline, cancel, which);
+}
+
+int pt_futex_wait(const uint32_t *word, uint32_t expected, double deadline,
+                  const volatile int *cancel) {
+  return pt_futex_waitv(&word, &expected, 1, deadline, cancel, NULL);
+}
+
+void pt_futex_wake(const uint32_t *word, int n) {
+  syscall(SYS_futex, word, FUTEX_WAKE, n < 0 ? INT_MAX : n, NULL, NULL, 0);
+}
+
+void pt_seq_bump_wake(uint32_t *word) {
+  __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
+  pt_futex_wake(word, -1);
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+int pt_spin_while(const uint64_t *word, uint64_t v) {
+  int i;
+  for (i = 0; i < SPINS; i++) {
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
+    cpu_relax();
+  }
+  return 0;
+}
+
+/* ---- robust locks ----------------------------------------------------------- */
+
+int pt_lock_init(pthread_mutex_t *m) {
+  pthread_mutexattr_t a;
+  int r;
+  if ((r = pthread_mutexattr_init(&a)) != 0) { errno = r; return PT_ERR; }
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  r = pthread_mutex_init(m, &a);
+  pthread_mutexattr_destroy(&a);
+  if (r) { errno = r; return PT_ERR; }
+  return PT_OK;
+}
+
+int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
+  int r = pthread_mutex_lock(m);
+  if (r == 0) return PT_OK;
+  if (r == EOWNERDEAD) {
+    if (repair) repair(arg);
+    pthread_mutex_consistent(m);
+    return PT_OWNERDEAD;
+  }
+  errno = r;
+  return PT_ERR;
+}
+
+int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
+  int i, r;
+  for (i = 0; i < SPINS; i++) {
+    r = pthread_mutex_trylock(m);
+    if (r == 0) return PT_OK;
+    if (r != EBUSY) break;
+    cpu_relax();
+  }
+  return pt_lock(m, repair, arg);
+}
+
+void pt_unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+
+/* ---- condition variables ---------------------------------------------------- */
+
+void pt_cond_wake(pt_cond *c) {
+  if (!__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED)) return;
+  pt_seq_bump_wake(&c->seq);
+  __atomic_store_n(&c->sleeping, 0, __ATOMIC_RELAXED);   /* after the wake */
+}
+
+int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
+                 const volatile int *cancel, void (*repair)(void *), void *arg) {
+  uint32_t s;
+  int r, lk;
+  __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
+  s = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
+  pt_unlock(m);
+  r = pt_futex_wait(&c->seq, s, deadline, cancel);
+  lk = pt_lock_spin(m, repair, arg);
+  if (lk == PT_ERR) abort();     /* only ENOTRECOVERABLE, which pt_lock prevents */
+  return r;
+}

@@ -1,0 +1,110 @@
+/* wait.h - the lock-and-wait module: one monotonic clock, futex waits on
+ * shared memory, robust process-shared locks.  Plain C: no Lua header.
+ *
+ * Everything that blocks in procthread on shared memory (channels,
+ * semaphores, events, barriers; later pt.wait and pt.select) blocks here,
+ * on a 32-bit "sequence word" in the arena that every state change bumps:
+ *
+ *   waiter:  s = load(word); if (condition holds) return; wait(word, s)
+ *   changer: change state; store/increment(word); wake(word)
+ *
+ * The kernel sleeps only while the word still holds s, so a change made
+ * between the check and the sleep is never missed.  A waiter killed while
+ * it sleeps leaves nothing behind: the kernel drops its queue entry.
+ *
+ * A thread worker's wait is a cancellation point: the canceller sets the
+ * worker's cancel flag (a private int), then signals the thread.  The wait
+ * watches that flag as a second futex word (futex_waitv), so a cancel that
+ * lands between the caller's check and the sleep still ends the sleep (the
+ * kernel sees flag != 0, or the signal interrupts it).  */
+#ifndef PT_WAIT_H
+#define PT_WAIT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+/* The status vocabulary of waits and locks. */
+#define PT_OK 0            /* woken, or the word had changed already */
+#define PT_TIMEOUT 1       /* the deadline passed */
+#define PT_CANCELLED 2     /* this thread's cancel flag is set */
+#define PT_CLOSED 3        /* (channels) closed */
+#define PT_INTR 4          /* a signal arrived: check for Ctrl-C, retry */
+#define PT_OWNERDEAD 5     /* a lock was taken over from a dead owner */
+#define PT_ERR (-1)        /* an OS failure: errno says which */
+
+/* ---- the clock: one for every timeout ------------------------------------ */
+
+/* CLOCK_MONOTONIC in seconds. */
+double pt_clock_now(void);
+/* The deadline `timeout` seconds from now.  A negative timeout, infinity
+   (math.huge) or one beyond a century means forever: PT_FOREVER. */
+#define PT_FOREVER (-1.0)
+double pt_deadline(double timeout);
+
+/* ---- futex waits ------------------------------------------------------- */
+
+/* Sleep while *word == expected (word in MAP_SHARED memory, so waits and
+   wakes work across processes), until woken, the deadline passes, *cancel
+   (may be NULL) becomes nonzero, or a signal arrives.  Returns PT_OK (the
+   caller re-checks its condition: wake-ups may be spurious), PT_TIMEOUT,
+   PT_CANCELLED, PT_INTR or PT_ERR.  Uses no CPU while it sleeps. */
+int pt_futex_wait(const uint32_t *word, uint32_t expected, double deadline,
+                  const volatile int *cancel);
+
+/* Several words at once (pt.select): sleep while every words[i] equals
+   expected[i]; at most PT_FUTEX_MAXV.  *which is set to the index of the
+   word that woken the caller, or -1 when unknown. */
+#define PT_FUTEX_MAXV 64
+int pt_futex_waitv(const uint32_t *const *words, const uint32_t *expected,
+                   int n, double deadline, const volatile int *cancel,
+                   int *which);
+
+/* Wake up to n sleepers of word (n < 0: all). */
+void pt_futex_wake(const uint32_t *word, int n);
+
+/* Increment a sequence word and wake all its sleepers. */
+void pt_seq_bump_wake(uint32_t *word);
+
+/* Spin (a few microseconds, pausing the CPU) while *word == v: returns 1
+   as soon as it differs, 0 when the spin gives up.  Before a sleep, this
+   saves the sleep and the wake when the change is about to come. */
+int pt_spin_while(const uint64_t *word, uint64_t v);
+
+/* ---- robust process-shared locks --------------------------------------- */
+
+/* Initialise a robust, process-shared mutex: 0, or PT_ERR with errno. */
+int pt_lock_init(pthread_mutex_t *m);
+/* Lock m.  When its previous owner died holding it, repair(arg) runs
+   first (it must bring the guarded data back to a consistent state; may
+   be NULL) and the lock is marked consistent.  Returns PT_OK,
+   PT_OWNERDEAD (taken over and repaired), or PT_ERR (errno).  Use only
+   for locks held for short, bounded sections: it never waits for long. */
+int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+/* The same, trying for a while (a few microseconds) before it sleeps: for
+   a waiter just woken while its waker still holds the lock. */
+int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+void pt_unlock(pthread_mutex_t *m);
+
+/* ---- condition variables on shared memory ------------------------------
+ * A robust condition variable: a sequence word and a "someone sleeps" flag,
+ * both guarded by the object's robust lock.  The rule that makes it crash
+ * safe: a changer wakes the sleepers while it holds the lock and BEFORE its
+ * publishing store.  A woken sleeper then passes through the lock, so it
+ * either sees the change or, if the changer died first, takes the lock over
+ * (EOWNERDEAD) and sees the state as it was: nobody sleeps on a change that
+ * happened without a wake.  A sleeper killed while it sleeps leaves the
+ * flag set, which costs the next changer one needless wake, nothing more. */
+typedef struct pt_cond {
+  uint32_t seq;                 /* futex word: bumped by each wake */
+  uint32_t sleeping;            /* 1: someone may sleep on seq */
+} pt_cond;
+
+/* Holding m: wake every sleeper of c (before publishing the change). */
+void pt_cond_wake(pt_cond *c);
+/* Holding m: release m, sleep until woken (or deadline, cancel, signal),
+   take m again (repair as pt_lock; m is always held on return) and return pt_futex_wait's status.  The
+   caller re-checks its condition on PT_OK (wake-ups may be spurious). */
+int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
+                 const volatile int *cancel, void (*repair)(void *), void *arg);
+
+#endif
