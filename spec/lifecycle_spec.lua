@@ -194,12 +194,30 @@ describe("lifecycle", function()
       assert.is_true(gone)
     end)
 
+    -- a worker's SIGTERM starts at its default action (cancel must end
+    -- it): here the worker's own code ignores it, as a user's signal
+    -- library would, through a C module made for the test
     it("gives a process that ignores SIGTERM exit_grace seconds, then kills it", function()
-      local status, out, took = fresh([[
+      local dir = os.tmpname(); os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      local src = io.open(dir .. "/ignore_term.c", "w")
+      src:write("#include <signal.h>\nint luaopen_ignore_term(void *L);\n" ..
+                "int luaopen_ignore_term(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }\n")
+      src:close()
+      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s/ignore_term.so %s/ignore_term.c"):format(dir, dir)))
+      local status, out, took = fresh(([[
         pt.configure{ at_exit = "stop", exit_grace = 1.5 }
-        local p = pt.spawn_process(function() require("procthread").sleep(100) end)
+        package.cpath = %q .. "/?.so;" .. package.cpath
+        local flag = pt.shared_table { ignoring = false }
+        local p = pt.spawn_process(function()
+          require "ignore_term"
+          flag.ignoring = true
+          require("procthread").sleep(100)
+        end)
+        while not flag.ignoring do pt.sleep(0.001) end
         ready(p.id)
-      ]], "trap '' TERM;")
+      ]]):format(dir))
+      os.execute("rm -rf " .. dir)
       local pid = out:match("ready %d+ (%d+)")
       assert.is_truthy(pid, out)
       local gone = all_gone({ pid }, 5)

@@ -12,7 +12,10 @@
 #define KIND_CHANNEL 0x10
 #define DEFAULT_CAPACITY 64
 
-static void ch_drop(pt_off off) { pt_queue_decref(off, pt_discard); }
+static void ch_drop(pt_off off, uint64_t gen) {
+  (void)gen;
+  pt_queue_decref(off, pt_discard);
+}
 
 static const pt_class channel_class = {CHANNEL_MT, "channel", KIND_CHANNEL,
                                        pt_queue_valid, ch_drop};
@@ -66,7 +69,7 @@ static int put(lua_State *L, int first, double deadline, const char *fn) {
     pt_buf_free(&own);
     return luaL_error(L, "%s", err);
   }
-  o.q = h->h.off;
+  o.q = pt_shm_handle_off(&h->h);
   pt_qmsg_init(&o.m, b->data ? b->data : "", b->len);
   r = pt_wait_lua(L, put_step, &o, deadline);
   if (r == PT_NOMEM) {                        /* garbage handles may hold space */

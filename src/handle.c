@@ -21,7 +21,7 @@ pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *f
   if (!h)
     pt_arg_error(L, i, fn, lua_pushfstring(L, "%s expected, got %s", c->what,
                                            luaL_typename(L, i)));
-  if (!h->h.off) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
+  if (!pt_shm_handle_off(&h->h)) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
   return h;
 }
 
@@ -44,7 +44,7 @@ void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
   pt_buf_init(&h->buf);
   luaL_getmetatable(L, c->tname);
   lua_setmetatable(L, -2);
-  pt_shm_track(&h->h, off, (int)c->kind, c->drop);
+  pt_shm_track(&h->h, off, 0, (int)c->kind, c->drop);
 }
 
 /* __gc: drop the count (once) and the buffer.  The class is found by the
@@ -62,14 +62,14 @@ static int h_gc(lua_State *L) {
 static int h_eq(lua_State *L) {
   const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
   pt_handle *a = tohandle(L, 1, c), *b = tohandle(L, 2, c);
-  lua_pushboolean(L, a && b && a->h.off && a->h.off == b->h.off);
+  lua_pushboolean(L, a && b && pt_shm_handle_off(&a->h) && pt_shm_handle_off(&a->h) == pt_shm_handle_off(&b->h));
   return 1;
 }
 
 static int h_tostring(lua_State *L) {
   const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
   pt_handle *h = tohandle(L, 1, c);
-  if (h && h->h.off) lua_pushfstring(L, "%s: %p", c->tname, (void *)(uintptr_t)h->h.off);
+  if (h && pt_shm_handle_off(&h->h)) lua_pushfstring(L, "%s: %p", c->tname, (void *)(uintptr_t)pt_shm_handle_off(&h->h));
   else lua_pushfstring(L, "%s (released)", c->tname);
   return 1;
 }
@@ -105,9 +105,9 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
 
 const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c) {
   pt_handle *h = tohandle(L, idx, c);
-  if (!h || !h->h.off) return "released handle";
-  pt_obj_incref(h->h.off);
-  ref->a = h->h.off;
+  if (!h || !pt_shm_handle_off(&h->h)) return "released handle";
+  pt_obj_incref(pt_shm_handle_off(&h->h));
+  ref->a = pt_shm_handle_off(&h->h);
   ref->b = c->kind;
   return NULL;
 }
@@ -117,7 +117,7 @@ static int valid_ref(const pt_ref *ref, const pt_class *c) {
 }
 
 void pt_handle_release(const pt_ref *ref, const pt_class *c) {
-  if (valid_ref(ref, c)) c->drop(ref->a);
+  if (valid_ref(ref, c)) c->drop(ref->a, 0);
 }
 
 const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c) {

@@ -13,7 +13,9 @@ typedef struct pt_class {
   const char *what;            /* in messages: "channel" */
   uint64_t kind;               /* pt_ref.b of its references */
   int (*valid)(pt_off off);    /* off holds an object of this class */
-  void (*drop)(pt_off off);    /* drop one count (the last destroys) */
+  /* drop one count (the last destroys); these objects carry no
+     generation (their magic is checked instead): gen is unused */
+  void (*drop)(pt_off off, uint64_t gen);
 } pt_class;
 
 /* The userdata.  buf: an encoding buffer kept between sends (busy while
@@ -35,7 +37,7 @@ void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
 int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg);
 /* The handle at i, or raise "<what> expected, got <type>". */
 pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *fn);
-#define PT_HOFF(L, i, c, fn) (pt_handle_check(L, i, c, fn)->h.off)
+#define PT_HOFF(L, i, c, fn) pt_shm_handle_off(&pt_handle_check(L, i, c, fn)->h)
 /* An integer argument in lo..hi (absent or nil: dflt, unless dflt < lo). */
 lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
                          lua_Integer hi, const char *fn, const char *what);

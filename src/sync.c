@@ -57,7 +57,8 @@ static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
   return off;
 }
 
-static void sync_drop(pt_off off) {
+static void sync_drop(pt_off off, uint64_t gen) {
+  (void)gen;
   if (!pt_obj_decref(off)) return;
   S(off)->obj.magic = 0;
   pthread_mutex_destroy(&S(off)->mu);
