@@ -96,8 +96,21 @@ static inline void codec_stack_check(lua_State *L, int want, const char *file,
    the tree shares it) and register the ticket set's fork handler. */
 void pt_codec_ref_open(void);
 void pt_codec_key_init(void);           /* the key alone, once */
-/* The keyed check of n bytes of bytecode and an upvalue count. */
-uint64_t pt_codec_code_check(const char *p, size_t n, int nups);
+extern uint64_t pt_codec_key;           /* odd; set once by pt_codec_key_init */
+
+/* The keyed check of n bytes of bytecode and an upvalue count (inline:
+   the encoder and the walker run it over every function's bytes). */
+static inline uint64_t pt_codec_code_check(const char *p, size_t n, int nups) {
+  uint64_t h = 0xcbf29ce484222325ull ^ pt_codec_key;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    h ^= (unsigned char)p[i];
+    h *= 0x100000001b3ull;
+  }
+  h ^= (uint64_t)nups; h *= 0x100000001b3ull;
+  h ^= h >> 29; h *= pt_codec_key; h ^= h >> 32;
+  return h;
+}
 
 /* The registered type with index i, or NULL when there is none. */
 const pt_xtype *pt_codec_xtype(int i);

@@ -1,15 +1,17 @@
 /* codec_enc.c - the encoder: Lua values to bytes (see codec.h for the
  * format), and the name map it writes C functions and modules by.
  *
- * Stack layout while encoding (the slots encode() pushes above the
- * caller's values, read through enc's indexes):
+ * Stack layout while encoding: enc_run pushes three slots above the
+ * caller's top (the n values are at idx.., below them) and reaches them
+ * through enc's indexes; what a walk pushes sits above those:
  *
- *   L: ... v1 .. vn  seen  G  names   [the value being walked ...]
+ *   L: ... seen G names [k v ...]      (e.seen, e.globals, e.names)
  *
  * seen is nil until the first table or function, names nil until the
  * first lookup.  Every enc_* function leaves the stack as it found it,
- * on success and on failure, unless its comment says it pushes; the
- * "L:" comments show the top after a call whose effect is not obvious. */
+ * on success and on failure, unless its comment says it pushes (checked
+ * with STACK_CHECK in PT_DEBUG builds); the "L:" comments show the top
+ * after a call whose effect is not obvious. */
 #include "codec.h"
 #include "shm.h"
 
@@ -322,10 +324,10 @@ static int enc_table(enc *e, int idx) {
 
 static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   enc *e = (enc *)ud;
+  int r = pt_buf_add(e->b, p, n);
   (void)L;
-  if (pt_buf_add(e->b, p, n) == 0) return 0;
-  e->oom = 1;
-  return 1;
+  e->oom |= r;                                      /* -1: out of memory */
+  return r;
 }
 
 /* 'C' module key, from the name map. */
@@ -589,18 +591,18 @@ static int enc_run(lua_State *L, int idx, int n, const char *what, int fn,
   e.L = L; e.b = out; e.nextid = 1;
   e.pathpos = sizeof e.path - 1;
   luaL_checkstack(L, 12, "procthread codec");
-  lua_pushnil(L);                     /* L: ... v1 .. vn nil (seen, made on need) */
+  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
   e.seen = lua_gettop(L);
-  pt_pushglobals(L);                  /* L: ... v1 .. vn seen G */
+  pt_pushglobals(L);                  /* L: ... seen G */
   e.globals = lua_gettop(L);
-  lua_pushnil(L);                     /* L: ... v1 .. vn seen G nil (names, on need) */
+  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
   for (i = 0; i < n; i++) {
     if (!enc_value(&e, idx + i)) {
       enc_error(&e, i, what, fn, err, errlen);
       goto fail;
     }
   }
-  lua_settop(L, top);                 /* L: ... v1 .. vn */
+  lua_settop(L, top);                 /* L: ... (as the caller left it) */
   if (e.nrefs > 0 && (why = enc_ticket(out, oldlen)) != NULL) {
     snprintf(err, errlen, "%s: %s", what, why);
     goto fail;

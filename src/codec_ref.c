@@ -11,7 +11,7 @@
 
 /* ---- the key: one per process tree ------------------------------------- */
 
-static uint64_t code_key;
+uint64_t pt_codec_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 
 static void key_make(void) {
@@ -21,22 +21,10 @@ static void key_make(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     k = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
   }
-  code_key = k | 1;
+  pt_codec_key = k | 1;
 }
 
 void pt_codec_key_init(void) { pthread_once(&key_once, key_make); }
-
-uint64_t pt_codec_code_check(const char *p, size_t n, int nups) {
-  uint64_t h = 0xcbf29ce484222325ull ^ code_key;
-  size_t i;
-  for (i = 0; i < n; i++) {
-    h ^= (unsigned char)p[i];
-    h *= 0x100000001b3ull;
-  }
-  h ^= (uint64_t)nups; h *= 0x100000001b3ull;
-  h ^= h >> 29; h *= code_key; h ^= h >> 32;
-  return h;
-}
 
 /* ---- the types that cross by reference ------------------------------------
  * A small fixed table.  A type is named on the wire by its index, so the
@@ -86,7 +74,7 @@ static uint64_t ticket_counter;
 static uint64_t ticket_nonce(void) {
   uint64_t x = __atomic_add_fetch(&ticket_counter, 1, __ATOMIC_RELAXED) ^
                ((uint64_t)(uint32_t)getpid() << 40);
-  x ^= code_key;
+  x ^= pt_codec_key;
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
