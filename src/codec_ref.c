@@ -88,16 +88,16 @@ static pthread_mutex_t local_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t *local_set;
 static size_t local_cap, local_fill;
 
-static size_t local_slot(uint64_t n, size_t cap) { return (size_t)(n * 0x9E3779B97F4A7C15ull) & (cap - 1); }
+static size_t ticket_set_slot(uint64_t n, size_t cap) { return (size_t)(n * 0x9E3779B97F4A7C15ull) & (cap - 1); }
 
-static int local_grow(void) {
+static int ticket_set_grow(void) {
   size_t cap = local_cap ? local_cap * 2 : 64, i, j;
   uint64_t *t = calloc(cap, sizeof *t);
   if (!t) return -1;
   local_fill = 0;
   for (i = 0; i < local_cap; i++) {
     if (local_set[i] < 2) continue;
-    for (j = local_slot(local_set[i], cap); t[j]; j = (j + 1) & (cap - 1)) {}
+    for (j = ticket_set_slot(local_set[i], cap); t[j]; j = (j + 1) & (cap - 1)) {}
     t[j] = local_set[i];
     local_fill++;
   }
@@ -107,13 +107,13 @@ static int local_grow(void) {
   return 0;
 }
 
-static int local_add(uint64_t n) {
+static int ticket_set_add(uint64_t n) {
   size_t j;
   int r = 0;
   pthread_mutex_lock(&local_mu);
-  if ((local_fill + 1) * 2 > local_cap) r = local_grow();
+  if ((local_fill + 1) * 2 > local_cap) r = ticket_set_grow();
   if (r == 0) {
-    for (j = local_slot(n, local_cap); local_set[j] >= 2; j = (j + 1) & (local_cap - 1)) {}
+    for (j = ticket_set_slot(n, local_cap); local_set[j] >= 2; j = (j + 1) & (local_cap - 1)) {}
     if (local_set[j] == 0) local_fill++;
     local_set[j] = n;
   }
@@ -121,18 +121,18 @@ static int local_add(uint64_t n) {
   return r;
 }
 
-static int local_take(uint64_t n) {
+static int ticket_set_take(uint64_t n) {
   size_t j;
   int found = 0;
   pthread_mutex_lock(&local_mu);
   if (local_cap)
-    for (j = local_slot(n, local_cap); local_set[j]; j = (j + 1) & (local_cap - 1))
+    for (j = ticket_set_slot(n, local_cap); local_set[j]; j = (j + 1) & (local_cap - 1))
       if (local_set[j] == n) { local_set[j] = 1; found = 1; break; }
   pthread_mutex_unlock(&local_mu);
   return found;
 }
 
-static void local_after_fork(void) { pthread_mutex_init(&local_mu, NULL); }
+static void ticket_set_after_fork(void) { pthread_mutex_init(&local_mu, NULL); }
 
 static void ticket_put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
 
@@ -146,7 +146,7 @@ int pt_codec_ticket_make(char *out) {
     kind = TK_ARENA;
     where = off;
   } else {
-    if (local_add(nonce)) return -1;
+    if (ticket_set_add(nonce)) return -1;
     kind = TK_LOCAL;
     where = (uint64_t)(uint32_t)getpid();
   }
@@ -173,10 +173,10 @@ int pt_codec_ticket_take(const pt_ticket *t) {
     return 1;
   }
   if (t->where != (uint64_t)(uint32_t)getpid()) return -1;   /* no count here */
-  return local_take(t->nonce);
+  return ticket_set_take(t->nonce);
 }
 
 void pt_codec_ref_open(void) {
   pt_codec_key_init();
-  pt_atfork_child(local_after_fork);
+  pt_atfork_child(ticket_set_after_fork);
 }
