@@ -19,8 +19,13 @@ build = {
     ["procthread.core"] = {
       sources = {
         "src/array.c",
+        "src/buf.c",
         "src/channel.c",
         "src/codec.c",
+        "src/codec_check.c",
+        "src/codec_dec.c",
+        "src/codec_enc.c",
+        "src/codec_ref.c",
         "src/core.c",
         "src/frame.c",
         "src/handle.c",

@@ -17,8 +17,24 @@ static void pin_library(void) {
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
 }
 
+/* The types that cross by reference, made known to the codec once per
+   process.  The order is the wire format (a type travels as its index):
+   append new types at the end, never reorder. */
+static pthread_once_t xtypes_once = PTHREAD_ONCE_INIT;
+
+static void register_xtypes(void) {
+  (void)pt_codec_register(&pt_xtype_table);        /* 0 */
+  (void)pt_codec_register(&pt_xtype_array);        /* 1 */
+  (void)pt_codec_register(&pt_xtype_pipe);         /* 2 */
+  (void)pt_codec_register(&pt_xtype_channel);      /* 3 */
+  (void)pt_codec_register(&pt_xtype_semaphore);    /* 4 */
+  (void)pt_codec_register(&pt_xtype_event);        /* 5 */
+  (void)pt_codec_register(&pt_xtype_barrier);      /* 6 */
+}
+
 int luaopen_procthread_core(lua_State *L) {
   pthread_once(&pin_once, pin_library);
+  pthread_once(&xtypes_once, register_xtypes);
   lua_newtable(L);
   pt_open_sys(L);
   pt_open_codec(L);

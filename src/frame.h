@@ -23,7 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "pt.h"
+#include "buf.h"
 
 #define PT_FRAME_HDR 16
 #define PT_FRAME_CHUNK 4096                        /* PIPE_BUF on Linux */

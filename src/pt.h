@@ -7,21 +7,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "compat.h"
+#include "buf.h"        /* pt_buf: plain C, usable without this header */
 
 #define PT_VERSION "0.1.0"
 
-/* ---- sys.c: buffers, errors, clock, cancellation ---------------------- */
+/* The size of a buffer that receives an error message (err, errlen). */
+#ifndef PT_ERRLEN
+#define PT_ERRLEN 640
+#endif
 
-typedef struct pt_buf {
-  char *data;
-  size_t len, cap;
-} pt_buf;
-
-void pt_buf_init(pt_buf *b);
-int pt_buf_reserve(pt_buf *b, size_t extra);      /* 0 ok, -1 ENOMEM */
-int pt_buf_add(pt_buf *b, const void *p, size_t n);
-void pt_buf_free(pt_buf *b);
-void pt_copy(void *dst, const void *src, size_t n);   /* memcpy, see sys.c */
+/* ---- sys.c: errors, clock, cancellation ------------------------------- */
 
 /* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
 int pt_push_oserror(lua_State *L, const char *op, int err);
@@ -84,9 +79,10 @@ void pt_child_exit(int code);
 /* Thread workers of this process still running (atomic). */
 extern int pt_live_threads;
 
-/* ---- codec.c: values between Lua states --------------------------------
+/* ---- codec*.c: values between Lua states ------------------------------
  * One encoder, one decoder.  The byte format is self-describing; the
- * decoder checks every tag and length and never reads out of bounds.  */
+ * decoder checks every tag and length and never reads out of bounds
+ * (codec.h describes it and the codec's files).  */
 
 #define PT_CODEC_MAXDEPTH 200
 
@@ -111,6 +107,14 @@ typedef struct pt_xtype {
 extern const pt_xtype pt_xtype_table, pt_xtype_array, pt_xtype_pipe;
 /* Defined by channel.c, sync.c. */
 extern const pt_xtype pt_xtype_channel, pt_xtype_semaphore, pt_xtype_event, pt_xtype_barrier;
+
+/* Make a type known to the codec.  The wire format names a type by its
+   registration index, so every process registers the same types in the
+   same order before any value crosses: core.c does it, once per process.
+   Returns the index (the same again for a type registered before), or -1
+   when PT_CODEC_MAXTYPES are registered. */
+#define PT_CODEC_MAXTYPES 8
+int pt_codec_register(const pt_xtype *t);
 
 /* Encode the n values from stack index idx into out (appending).  On
    failure returns 0, leaves out as it was (every reference taken is

@@ -1,0 +1,301 @@
+/* codec_dec.c - the decoder: bytes the walker checked back into values
+ * (see codec.h for the format). */
+#include "codec.h"
+
+#include <stdio.h>
+
+#define DEC_ERRLEN 400   /* a module's load error, cut to 300 bytes, and its name */
+
+typedef struct dec {
+  lua_State *L;
+  rd r;
+  int objs;          /* stack index: { [id] = table or function } */
+  int nextid;
+  int depth;
+  const char *err;   /* a message other than "corrupt message" */
+  const char *errat; /* where the failing value started */
+  char errbuf[DEC_ERRLEN];
+} dec;
+
+static int dec_value(dec *d);
+
+/* Remember the object on top as the next id (the table is made lazily). */
+static void dec_remember(dec *d) {
+  lua_State *L = d->L;
+  if (lua_isnil(L, d->objs)) {
+    lua_newtable(L);
+    lua_replace(L, d->objs);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->objs, d->nextid++);
+}
+
+/* (Only bytes the walker let through get here: a module that is not a
+   table, a loader that refuses its bytecode.)  The references before the
+   current position were adopted, those from it on were not. */
+static int dec_corrupt(dec *d) {
+  d->r.bad = 1;
+  d->errat = d->r.p;
+  return 0;
+}
+
+/* Fail with message `err` for the value that started at `at`. */
+static int dec_fail(dec *d, const char *err, const char *at) {
+  d->err = err;
+  d->errat = at;
+  return 0;
+}
+
+/* Push package.loaded[name], loading the module with require when it is
+   not loaded yet.  Raw lookups only: no metamethod of the receiver runs.
+   On failure nothing is pushed and d->err says why. */
+static int dec_module(dec *d, const char *name, size_t n) {
+  lua_State *L = d->L;
+  int top;
+  STACK_OPEN(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");   /* L: ... loaded */
+  if (lua_istable(L, -1)) {
+    lua_pushlstring(L, name, n);
+    lua_rawget(L, -2);                             /* L: ... loaded mod */
+    lua_remove(L, -2);                             /* L: ... mod */
+    if (!lua_isnil(L, -1)) { STACK_CHECK(L, 1); return 1; }
+  }
+  lua_pop(L, 1);
+  top = lua_gettop(L);
+  pt_pushglobals(L);
+  lua_pushliteral(L, "require");
+  lua_rawget(L, -2);
+  lua_remove(L, -2);                               /* L: ... require */
+  lua_pushlstring(L, name, n);
+  if (lua_pcall(L, 1, 1, 0) != 0) {                /* L: ... err */
+    snprintf(d->errbuf, sizeof d->errbuf,
+             "a module named in the message cannot be loaded here: '%.*s': %.300s",
+             (int)(n > 80 ? 80 : n), name, pt_tomessage(L, -1));
+    lua_settop(L, top);
+    d->err = d->errbuf;
+    STACK_CHECK(L, 0);
+    return 0;
+  }
+  STACK_CHECK(L, 1);                               /* L: ... mod */
+  return 1;
+}
+
+static int dec_table(dec *d) {
+  lua_State *L = d->L;
+  int flags = rd_byte(&d->r), t;
+  if (flags < 0 || (flags & ~1)) return dec_corrupt(d);
+  lua_newtable(L);
+  t = lua_gettop(L);                               /* L: ... tbl */
+  dec_remember(d);
+  for (;;) {
+    if (d->r.p < d->r.end && *d->r.p == T_END) { d->r.p++; break; }
+    if (!dec_value(d)) return 0;                   /* L: ... tbl key */
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER &&
+                             lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      return dec_corrupt(d);                       /* nil or NaN key */
+    if (!dec_value(d)) return 0;                   /* L: ... tbl key val */
+    lua_rawset(L, t);                              /* L: ... tbl */
+  }
+  if (flags & 1) {
+    if (!dec_value(d)) return 0;                   /* L: ... tbl mt */
+    if (!lua_istable(L, -1)) return dec_corrupt(d);
+    lua_setmetatable(L, t);                        /* L: ... tbl */
+  }
+  return 1;
+}
+
+/* Upvalue i of the function at f shares the upvalue the message names
+   ('J' fid idx, the tag read already). */
+static int dec_join(dec *d, int f, int i) {
+#ifdef PT_HAVE_UPVALUEID
+  lua_State *L = d->L;
+  uint64_t fid;
+  int idx;
+  if (!rd_varint(&d->r, &fid) || fid == 0 || fid >= (uint64_t)d->nextid ||
+      (idx = rd_byte(&d->r)) < 1)
+    return dec_corrupt(d);
+  lua_rawgeti(L, d->objs, (int)fid);               /* L: ... f other */
+  if (!lua_isfunction(L, -1) || lua_iscfunction(L, -1) ||
+      !lua_getupvalue(L, -1, idx) || !lua_getupvalue(L, f, i))
+    return dec_corrupt(d);
+  lua_pop(L, 2);                                   /* L: ... f other */
+  lua_upvaluejoin(L, f, i, lua_gettop(L), idx);
+  lua_pop(L, 1);                                   /* L: ... f */
+  return 1;
+#else
+  (void)f; (void)i;
+  return dec_corrupt(d);
+#endif
+}
+
+static int dec_function(dec *d) {
+  lua_State *L = d->L;
+  uint64_t len, chk;
+  int nups, i, f;
+  if (!rd_get(&d->r, &len, 8) || !rd_get(&d->r, &chk, 8) ||
+      len > (uint64_t)(d->r.end - d->r.p))
+    return dec_corrupt(d);                         /* chk: the walker checked it */
+  if (pt_loadbuffer(L, d->r.p, (size_t)len, "=(procthread)") != 0) {
+    lua_pop(L, 1);
+    return dec_corrupt(d);
+  }
+  d->r.p += len;
+  f = lua_gettop(L);                               /* L: ... f */
+  dec_remember(d);
+  if ((nups = rd_byte(&d->r)) < 0) return dec_corrupt(d);
+  for (i = 1; i <= nups; i++) {
+    if (d->r.p < d->r.end && *d->r.p == T_JOIN) {
+      d->r.p++;
+      if (!dec_join(d, f, i)) return 0;
+      continue;
+    }
+    if (!dec_value(d)) return 0;                   /* L: ... f upv */
+    if (!lua_setupvalue(L, f, i)) return dec_corrupt(d);
+  }
+  return 1;
+}
+
+/* A C function by name: 'C' module key. */
+static int dec_cfunction(dec *d, const char *at) {
+  lua_State *L = d->L;
+  size_t mn, kn;
+  const char *m = rd_str(&d->r, &mn), *k = m ? rd_str(&d->r, &kn) : NULL;
+  if (!k) return 0;
+  if (mn == 2 && memcmp(m, "_G", 2) == 0) pt_pushglobals(L);
+  else if (!dec_module(d, m, mn)) { d->errat = at; return 0; }
+  if (!lua_istable(L, -1)) return dec_corrupt(d);  /* L: ... mod */
+  lua_pushlstring(L, k, kn);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);                               /* L: ... fn */
+  if (!lua_iscfunction(L, -1))
+    return dec_fail(d, "a C function named in the message does not exist here", at);
+  return 1;
+}
+
+/* An object of a registered type: 'X' type ref. */
+static int dec_xref(dec *d, const char *at) {
+  lua_State *L = d->L;
+  const pt_xtype *xt = pt_codec_xtype(rd_byte(&d->r));
+  pt_ref ref;
+  const char *err;
+  if (!xt || !rd_get(&d->r, &ref, sizeof ref)) return dec_corrupt(d);
+  luaL_getmetatable(L, xt->tname);                 /* L: ... mt|nil */
+  if (lua_isnil(L, -1)) {            /* a new thread state: load the module */
+    lua_pop(L, 1);
+    if (!dec_module(d, "procthread.core", 15)) { d->errat = at; return 0; }
+  }
+  lua_pop(L, 1);                                   /* L: ... */
+  err = xt->decode(L, &ref);         /* L: ... obj (when err is NULL) */
+  if (err) return dec_fail(d, err, at);  /* not adopted: released from here */
+  return 1;
+}
+
+static int dec_scalar_or_table(dec *d, int t, const char *at) {
+  lua_State *L = d->L;
+  int ok;
+  switch (t) {
+    case T_NIL: lua_pushnil(L); return 1;
+    case T_FALSE: lua_pushboolean(L, 0); return 1;
+    case T_TRUE: lua_pushboolean(L, 1); return 1;
+    case T_GLOBALS: pt_pushglobals(L); return 1;
+    case T_INT: {
+      int64_t v;
+      if (!rd_get(&d->r, &v, 8)) return 0;
+      lua_pushinteger(L, (lua_Integer)v);
+      return 1;
+    }
+    case T_DOUBLE: {
+      double v;
+      if (!rd_get(&d->r, &v, 8)) return 0;
+      lua_pushnumber(L, (lua_Number)v);
+      return 1;
+    }
+    case T_STRING: {
+      size_t n;
+      const char *s = rd_str(&d->r, &n);
+      if (!s) return 0;
+      lua_pushlstring(L, s, n);
+      return 1;
+    }
+    case T_REF: {
+      uint64_t id;
+      if (!rd_varint(&d->r, &id) || id == 0 || id >= (uint64_t)d->nextid)
+        return dec_corrupt(d);
+      lua_rawgeti(L, d->objs, (int)id);
+      return 1;
+    }
+    case T_TABLE:
+      d->depth++;
+      ok = dec_table(d);
+      d->depth--;
+      return ok;
+    case T_FUNC:
+      d->depth++;
+      ok = dec_function(d);
+      d->depth--;
+      return ok;
+    case T_MODULE: {
+      size_t n;
+      const char *s = rd_str(&d->r, &n);
+      if (!s) return 0;
+      if (n == 2 && memcmp(s, "_G", 2) == 0) { pt_pushglobals(L); return 1; }
+      if (!dec_module(d, s, n)) { d->errat = at; return 0; }
+      return 1;
+    }
+    case T_CFUNC: return dec_cfunction(d, at);
+    case T_XREF: return dec_xref(d, at);
+    default:
+      return dec_corrupt(d);
+  }
+}
+
+/* Decode one value and push it (1), or fail (0: the stack is left for
+   pt_decode to reset). */
+static int dec_value(dec *d) {
+  lua_State *L = d->L;
+  const char *at = d->r.p;
+  int ok;
+  STACK_OPEN(L);
+  if (d->depth >= PT_CODEC_MAXDEPTH + 2) return dec_corrupt(d);
+  if (!lua_checkstack(L, 8))           /* the references from here on are released */
+    return dec_fail(d, "too many values in message", at);
+  ok = dec_scalar_or_table(d, rd_byte(&d->r), at);
+  if (ok) STACK_CHECK(L, 1);
+  return ok;
+}
+
+int pt_decode(lua_State *L, const char *data, size_t len) {
+  dec d;
+  pt_ticket t;
+  int top = lua_gettop(L), n = 0, has_ticket;
+  const char *bad;
+  pt_codec_key_init();
+  luaL_checkstack(L, 4, "procthread codec");
+  bad = pt_codec_check_message(data, len, &has_ticket, &t);
+  if (!bad && has_ticket == 1) {
+    int r = pt_codec_ticket_take(&t);
+    if (r == 0) bad = "decode: this message was already decoded (or discarded)";
+    else if (r < 0 && t.kind == TK_ARENA)
+      bad = "decode: the message's shared memory is not mapped in this process";
+  }
+  if (bad) { lua_pushstring(L, bad); return -1; }
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.r.p = data + (has_ticket == 1 ? TICKET_LEN : 0); d.r.end = data + len;
+  d.nextid = 1;
+  lua_pushnil(L);                        /* L: ... nil (the objects by id, made lazily) */
+  d.objs = lua_gettop(L);
+  while (d.r.p < d.r.end) {
+    d.errat = d.r.p;
+    if (!dec_value(&d)) goto fail;       /* L: ... objs v1 .. vn */
+    n++;
+  }
+  lua_remove(L, d.objs);                 /* L: ... v1 .. vn */
+  return n;
+fail:
+  lua_settop(L, top);
+  /* drop the references not adopted: the failing value on */
+  pt_codec_release_from(data, len, d.errat);
+  lua_pushstring(L, d.err ? d.err : "corrupt message");
+  return -1;
+}

@@ -1,0 +1,628 @@
+/* codec_enc.c - the encoder: Lua values to bytes (see codec.h for the
+ * format), and the name map it writes C functions and modules by.
+ *
+ * Stack layout while encoding: enc_run pushes three slots above the
+ * caller's top (the n values are at idx.., below them) and reaches them
+ * through enc's indexes; what a walk pushes sits above those:
+ *
+ *   L: ... seen G names [k v ...]      (e.seen, e.globals, e.names)
+ *
+ * seen is nil until the first table or function, names nil until the
+ * first lookup.  Every enc_* function leaves the stack as it found it,
+ * on success and on failure, unless its comment says it pushes (checked
+ * with STACK_CHECK in PT_DEBUG builds); the "L:" comments show the top
+ * after a call whose effect is not obvious. */
+#include "codec.h"
+#include "shm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define ENC_MSGLEN 160    /* what went wrong with the value */
+#define ENC_PATHLEN 512   /* where in the value: ".a[3]<upvalue x>" */
+#define ENC_SEGLEN 96     /* one step of that path */
+
+/* ---- the name map: C functions and module tables by name ----------------- */
+
+/* registry["procthread.names"] = weak-keyed { [cfunction] = "mod\0key",
+   [moduletable] = "mod" }, built from package.loaded. */
+#define NAMES_KEY "procthread.names"
+
+/* Record module `mod` (its table at t) in the map: the table, and each C
+   function it holds that has no name yet. */
+static void names_add_module(lua_State *L, int map, const char *mod, size_t mlen, int t) {
+  STACK_OPEN(L);
+  lua_pushvalue(L, t);
+  lua_rawget(L, map);                               /* L: ... name|nil */
+  if (!lua_isnil(L, -1)) { lua_pop(L, 1); return; }  /* seen under a name */
+  lua_pop(L, 1);
+  lua_pushvalue(L, t);
+  lua_pushlstring(L, mod, mlen);
+  lua_rawset(L, map);                               /* map[tbl] = mod */
+  lua_pushnil(L);
+  while (lua_next(L, t)) {                          /* L: ... k v */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, -1);
+      lua_rawget(L, map);                           /* L: ... k v name|nil */
+      if (lua_isnil(L, -1)) {                       /* first name wins */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);                       /* L: ... k v v */
+        lua_pushlstring(L, mod, mlen);
+        lua_pushlstring(L, "\0", 1);
+        lua_pushvalue(L, -5);                       /* L: ... k v v mod "\0" k */
+        lua_concat(L, 3);                           /* L: ... k v v "mod\0k" */
+        lua_rawset(L, map);                         /* L: ... k v */
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);                                  /* L: ... k */
+  }
+  STACK_CHECK(L, 0);
+}
+
+/* Build the map and push it.  The standard libraries come first, so that a
+   C function one of them holds is named after it ("string.format"), never
+   after another module that keeps a copy of it and that the receiver may
+   not have. */
+static void names_build(lua_State *L) {
+  static const char *const std[] = {"_G", "string", "table", "math", "io", "os",
+                                    "coroutine", "debug", "package", "utf8",
+                                    "bit32", "bit", "jit", NULL};
+  int map, loaded, i;
+  STACK_OPEN(L);
+  lua_newtable(L);                                  /* L: ... map */
+  map = lua_gettop(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, map);
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");    /* L: ... map loaded */
+  loaded = lua_gettop(L);
+  if (lua_istable(L, loaded)) {
+    for (i = 0; std[i]; i++) {
+      lua_getfield(L, loaded, std[i]);              /* L: ... map loaded tbl */
+      if (lua_istable(L, -1))
+        names_add_module(L, map, std[i], strlen(std[i]), lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {                   /* L: ... map loaded mod tbl */
+      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
+        size_t mlen;
+        const char *mod = lua_tolstring(L, -2, &mlen);
+        names_add_module(L, map, mod, mlen, lua_gettop(L));
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);                                    /* L: ... map */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... map */
+  STACK_CHECK(L, 1);
+}
+
+/* Push a stamp of package.loaded: its entries and the objects they hold.
+   A module loaded (or replaced) since the map was built changes it. */
+static void names_push_stamp(lua_State *L) {
+  uint64_t st[2] = {0, 0};
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {                       /* L: ... loaded k v */
+      st[0]++;
+      st[1] += (uint64_t)(uintptr_t)lua_topointer(L, -1) * 0x9E3779B97F4A7C15ull + st[0];
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushlstring(L, (const char *)st, sizeof st);  /* L: ... stamp */
+}
+
+/* Push the name map, built again when package.loaded changed since. */
+static void names_push(lua_State *L) {
+  int fresh;
+  STACK_OPEN(L);
+  names_push_stamp(L);                              /* L: ... stamp */
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
+  fresh = lua_rawequal(L, -1, -2);
+  lua_pop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... stamp map|nil */
+  if (!fresh || lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    names_build(L);                                 /* L: ... stamp map */
+    lua_pushvalue(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
+  }
+  lua_remove(L, -2);                                /* L: ... map */
+  STACK_CHECK(L, 1);
+}
+
+/* ---- encoder --------------------------------------------------------------- */
+
+typedef struct enc_ref {        /* a reference taken, released on failure */
+  int type;
+  pt_ref ref;
+} enc_ref;
+
+typedef struct enc {
+  lua_State *L;
+  pt_buf *b;
+  int seen;          /* stack index: { [obj] = id, [upvalueid] = fid*256+i } */
+  int names;         /* stack index of the name map (0 until needed) */
+  int rebuilt;       /* the name map was rebuilt during this call */
+  int globals;       /* stack index of the sender's globals */
+  int nextid;
+  int depth;
+  int oom;           /* the dump writer could not grow the buffer */
+  enc_ref *refs;
+  int nrefs, caprefs;
+  char msg[ENC_MSGLEN];
+  char path[ENC_PATHLEN];  /* filled from the end while unwinding */
+  size_t pathpos;
+} enc;
+
+static void enc_prepend(enc *e, const char *seg) {
+  size_t n = strlen(seg);
+  if (n > e->pathpos) return;                       /* path too long: keep the tail */
+  e->pathpos -= n;
+  memcpy(e->path + e->pathpos, seg, n);
+}
+
+/* Prepend the key at k as a path step: .name, ["str"], [1], [true]. */
+static void enc_prepend_key(enc *e, int k) {
+  lua_State *L = e->L;
+  char seg[ENC_SEGLEN];
+  switch (lua_type(L, k)) {
+    case LUA_TSTRING: {
+      size_t n, i;
+      const char *s = lua_tolstring(L, k, &n);
+      int ident = n > 0 && n < 60 && !(s[0] >= '0' && s[0] <= '9');
+      for (i = 0; ident && i < n; i++)
+        ident = (s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') ||
+                 (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9'));
+      if (ident) snprintf(seg, sizeof seg, ".%s", s);
+      else snprintf(seg, sizeof seg, "[\"%.40s%s\"]", s, n > 40 ? "..." : "");
+      break;
+    }
+    case LUA_TNUMBER:
+      if (pt_isinteger(L, k))
+        snprintf(seg, sizeof seg, "[%lld]", (long long)lua_tointeger(L, k));
+      else
+        snprintf(seg, sizeof seg, "[%.14g]", (double)lua_tonumber(L, k));
+      break;
+    case LUA_TBOOLEAN:
+      snprintf(seg, sizeof seg, "[%s]", lua_toboolean(L, k) ? "true" : "false");
+      break;
+    default:
+      snprintf(seg, sizeof seg, "[%s key]", luaL_typename(L, k));
+  }
+  enc_prepend(e, seg);
+}
+
+static int enc_fail(enc *e, const char *fmt, const char *arg) {
+  snprintf(e->msg, sizeof e->msg, fmt, arg);
+  return 0;
+}
+
+/* Every allocation that fails ends here. */
+static int enc_oom(enc *e) { return enc_fail(e, "%s", CODEC_OOM); }
+
+static int enc_put(enc *e, const void *p, size_t n) {
+  if (pt_buf_add(e->b, p, n)) return enc_oom(e);
+  return 1;
+}
+
+static int enc_byte(enc *e, int c) {
+  unsigned char b = (unsigned char)c;
+  return enc_put(e, &b, 1);
+}
+
+static int enc_varint(enc *e, uint64_t v) {
+  unsigned char tmp[10];
+  int n = 0;
+  do {
+    tmp[n] = (unsigned char)(v & 0x7f);
+    v >>= 7;
+    if (v) tmp[n] |= 0x80;
+    n++;
+  } while (v);
+  return enc_put(e, tmp, (size_t)n);
+}
+
+static int enc_str(enc *e, const char *s, size_t n) {
+  return enc_varint(e, n) && enc_put(e, s, n);
+}
+
+static int enc_value(enc *e, int idx);
+
+/* If the object at idx was seen, write its reference and return 1 (-1
+   when that write failed); else give it the next id and return 0. */
+static int enc_seen(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->seen)) {          /* made on first need: most messages */
+    lua_newtable(L);                    /* hold no table and no function */
+    lua_replace(L, e->seen);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawget(L, e->seen);                           /* L: ... id|nil */
+  if (!lua_isnil(L, -1)) {
+    lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return enc_byte(e, T_REF) && enc_varint(e, (uint64_t)id) ? 1 : -1;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, e->nextid++);
+  lua_rawset(L, e->seen);                           /* seen[obj] = id */
+  return 0;
+}
+
+/* Push the name of the C function or module table at idx, or nil (0).
+   A C function missing from the map rebuilds it once per call. */
+static int enc_name(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (!e->names) {
+    names_push(L);                                  /* L: ... map */
+    lua_replace(L, e->names = e->globals + 1);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawget(L, e->names);                          /* L: ... name|nil */
+  if (lua_isnil(L, -1) && !e->rebuilt && lua_iscfunction(L, idx)) {
+    lua_pop(L, 1);
+    names_build(L);                                 /* L: ... map */
+    lua_replace(L, e->names);
+    e->rebuilt = 1;
+    lua_pushvalue(L, idx);
+    lua_rawget(L, e->names);                        /* L: ... name|nil */
+  }
+  return !lua_isnil(L, -1);                         /* the name stays pushed */
+}
+
+/* One pair of the table being walked: L: ... k v, with k at index k. */
+static int enc_pair(enc *e, int k) {
+  lua_State *L = e->L;
+  int kt = lua_type(L, k);
+  if (!enc_value(e, k)) {
+    if (kt == LUA_TTABLE || kt == LUA_TFUNCTION || kt == LUA_TUSERDATA ||
+        kt == LUA_TTHREAD || kt == LUA_TLIGHTUSERDATA)
+      enc_prepend(e, "(a key)");
+    return 0;
+  }
+  if (!enc_value(e, k + 1)) {
+    enc_prepend_key(e, k);
+    return 0;
+  }
+  return 1;
+}
+
+static int enc_table(enc *e, int idx) {
+  lua_State *L = e->L;
+  int r = enc_seen(e, idx);
+  int hasmeta;
+  if (r) return r > 0;
+  hasmeta = lua_getmetatable(L, idx);
+  if (hasmeta) lua_pop(L, 1);
+  if (!enc_byte(e, T_TABLE) || !enc_byte(e, hasmeta ? 1 : 0)) return 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {                        /* L: ... k v */
+    if (!enc_pair(e, lua_gettop(L) - 1)) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    lua_pop(L, 1);                                  /* L: ... k */
+  }
+  if (!enc_byte(e, T_END)) return 0;
+  if (hasmeta) {
+    lua_getmetatable(L, idx);                       /* L: ... mt */
+    r = enc_value(e, lua_gettop(L));
+    lua_pop(L, 1);
+    if (!r) { enc_prepend(e, "(metatable)"); return 0; }
+  }
+  return 1;
+}
+
+static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
+  enc *e = (enc *)ud;
+  int r = pt_buf_add(e->b, p, n);
+  (void)L;
+  e->oom |= r;                                      /* -1: out of memory */
+  return r;
+}
+
+/* 'C' module key, from the name map. */
+static int enc_cfunction(enc *e, int idx) {
+  lua_State *L = e->L;
+  size_t n, mlen;
+  const char *name;
+  int r;
+  if (!enc_name(e, idx)) {                          /* L: ... nil */
+    lua_pop(L, 1);
+    return enc_fail(e, "%s", "cannot copy a C function that is not in a loaded module");
+  }
+  name = lua_tolstring(L, -1, &n);                  /* L: ... "mod\0key" */
+  mlen = strlen(name);
+  if (mlen >= n) { lua_pop(L, 1); return enc_fail(e, "%s", "cannot copy this C function"); }
+  r = enc_byte(e, T_CFUNC) && enc_str(e, name, mlen) &&
+      enc_str(e, name + mlen + 1, n - mlen - 1);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* The bytecode of the function at idx, behind its length and check. */
+static int enc_bytecode(enc *e, int idx, int nups) {
+  lua_State *L = e->L;
+  size_t at, start;
+  uint64_t len, chk;
+  int r;
+  at = e->b->len;
+  if (pt_buf_reserve(e->b, 16)) return enc_oom(e);
+  e->b->len += 16;                                  /* length and check, below */
+  start = e->b->len;
+  lua_pushvalue(L, idx);
+  r = pt_dump(L, enc_dump_writer, e);
+  lua_pop(L, 1);
+  if (r != 0) return e->oom ? enc_oom(e) : enc_fail(e, "%s", "cannot dump function");
+  len = e->b->len - start;
+  chk = pt_codec_code_check(e->b->data + start, (size_t)len, nups);
+  memcpy(e->b->data + at, &len, 8);
+  memcpy(e->b->data + at + 8, &chk, 8);
+  return 1;
+}
+
+/* Upvalue i of the function at idx (function id fid): a join to an
+   upvalue written before (1 with *done set), or nothing written yet. */
+static int enc_join(enc *e, int idx, int fid, int i, int *done) {
+#ifdef PT_HAVE_UPVALUEID
+  lua_State *L = e->L;
+  void *uid = lua_upvalueid(L, idx, i);
+  lua_pushlightuserdata(L, uid);
+  lua_rawget(L, e->seen);                           /* L: ... fid*256+i|nil */
+  if (!lua_isnil(L, -1)) {                          /* shared upvalue */
+    lua_Integer v = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    *done = 1;
+    return enc_byte(e, T_JOIN) && enc_varint(e, (uint64_t)(v >> 8)) &&
+           enc_byte(e, (int)(v & 0xff));
+  }
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, uid);
+  lua_pushinteger(L, (lua_Integer)fid * 256 + i);
+  lua_rawset(L, e->seen);                           /* seen[uid] = fid*256+i */
+#else
+  (void)e; (void)idx; (void)fid; (void)i;
+#endif
+  *done = 0;
+  return 1;
+}
+
+/* Upvalue i of the function at idx: _ENV as the receiver's globals, else
+   its value. */
+static int enc_upvalue(enc *e, int idx, int i) {
+  lua_State *L = e->L;
+  const char *name = lua_getupvalue(L, idx, i);     /* L: ... upv */
+  int r;
+  if (name && strcmp(name, "_ENV") == 0) {          /* the receiver's globals */
+    lua_pop(L, 1);
+    return enc_byte(e, T_GLOBALS);
+  }
+  r = enc_value(e, lua_gettop(L));
+  lua_pop(L, 1);
+  if (!r) {
+    char seg[ENC_SEGLEN];
+    snprintf(seg, sizeof seg, "<upvalue %.60s>", name && *name ? name : "?");
+    enc_prepend(e, seg);
+  }
+  return r;
+}
+
+static int enc_function(enc *e, int idx) {
+  lua_State *L = e->L;
+  lua_Debug ar;
+  int r, i, nups, fid, done;
+  if (lua_iscfunction(L, idx)) return enc_cfunction(e, idx);
+  fid = e->nextid;
+  r = enc_seen(e, idx);
+  if (r) return r > 0;
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">u", &ar);                        /* pops the function */
+  nups = ar.nups;
+  if (!enc_byte(e, T_FUNC) || !enc_bytecode(e, idx, nups) || !enc_byte(e, nups))
+    return 0;
+  for (i = 1; i <= nups; i++) {
+    if (!enc_join(e, idx, fid, i, &done)) return 0;
+    if (!done && !enc_upvalue(e, idx, i)) return 0;
+  }
+  return 1;
+}
+
+/* Room for one more taken reference: made before the count is taken, so
+   that a count once taken is always recorded. */
+static int enc_refs_reserve(enc *e) {
+  int cap;
+  enc_ref *t;
+  if (e->nrefs < e->caprefs) return 1;
+  cap = e->caprefs ? e->caprefs * 2 : 8;
+  t = realloc(e->refs, (size_t)cap * sizeof *t);
+  if (!t) return 0;
+  e->refs = t; e->caprefs = cap;
+  return 1;
+}
+
+/* A userdata of registered type i (its metatable checked). */
+static int enc_xref(enc *e, int idx, int i, const pt_xtype *xt) {
+  pt_ref ref;
+  const char *err;
+  if (!enc_refs_reserve(e)) return enc_oom(e);
+  memset(&ref, 0, sizeof ref);
+  err = xt->encode(e->L, idx, &ref);
+  if (err) return enc_fail(e, "%s", err);
+  e->refs[e->nrefs].type = i;
+  e->refs[e->nrefs].ref = ref;
+  e->nrefs++;
+  return enc_byte(e, T_XREF) && enc_byte(e, i) && enc_put(e, &ref, sizeof ref);
+}
+
+static int enc_userdata(enc *e, int idx) {
+  lua_State *L = e->L;
+  int i, n = pt_codec_ntypes();
+  if (lua_getmetatable(L, idx)) {                   /* L: ... mt */
+    for (i = 0; i < n; i++) {
+      const pt_xtype *xt = pt_codec_xtype(i);
+      luaL_getmetatable(L, xt->tname);              /* L: ... mt tmt */
+      if (lua_rawequal(L, -1, -2)) {
+        lua_pop(L, 2);
+        return enc_xref(e, idx, i, xt);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  return enc_fail(e, "%s", "cannot copy userdata");
+}
+
+/* A table: the sender's globals, a module by name, or its contents. */
+static int enc_anytable(enc *e, int idx) {
+  lua_State *L = e->L;
+  int r;
+  if (lua_rawequal(L, idx, e->globals)) return enc_byte(e, T_GLOBALS);
+  if (enc_name(e, idx)) {                           /* L: ... name */
+    size_t n;
+    const char *name = lua_tolstring(L, -1, &n);
+    r = enc_byte(e, T_MODULE) && enc_str(e, name, n);
+    lua_pop(L, 1);
+    return r;
+  }
+  lua_pop(L, 1);
+  e->depth++;
+  r = enc_table(e, idx);
+  e->depth--;
+  return r;
+}
+
+static int enc_number(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (pt_isinteger(L, idx)) {
+    int64_t v = (int64_t)lua_tointeger(L, idx);
+    return enc_byte(e, T_INT) && enc_put(e, &v, 8);
+  } else {
+    double d = (double)lua_tonumber(L, idx);
+    return enc_byte(e, T_DOUBLE) && enc_put(e, &d, 8);
+  }
+}
+
+static int enc_any(enc *e, int idx) {
+  lua_State *L = e->L;
+  int r;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return enc_byte(e, T_NIL);
+    case LUA_TBOOLEAN: return enc_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+    case LUA_TNUMBER: return enc_number(e, idx);
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      return enc_byte(e, T_STRING) && enc_str(e, s, n);
+    }
+    case LUA_TTABLE: return enc_anytable(e, idx);
+    case LUA_TFUNCTION:
+      e->depth++;
+      r = enc_function(e, idx);
+      e->depth--;
+      return r;
+    case LUA_TUSERDATA: return enc_userdata(e, idx);
+    case LUA_TTHREAD: return enc_fail(e, "%s", "cannot copy a coroutine");
+    case LUA_TLIGHTUSERDATA: return enc_fail(e, "%s", "cannot copy light userdata");
+    default: return enc_fail(e, "cannot copy a %s", luaL_typename(L, idx));
+  }
+}
+
+/* Write the value at idx: 1, or 0 with e->msg set.  The stack is as it
+   was either way. */
+static int enc_value(enc *e, int idx) {
+  lua_State *L = e->L;
+  int r;
+  STACK_OPEN(L);
+  if (e->depth >= PT_CODEC_MAXDEPTH)
+    return enc_fail(e, "%s", "nesting too deep");
+  if (!lua_checkstack(L, 8)) return enc_fail(e, "%s", "Lua stack overflow");
+  r = enc_any(e, idx);
+  STACK_CHECK(L, 0);
+  return r;
+}
+
+/* The message for value i that failed: what[i], or fn / args[i] for a
+   call. */
+static void enc_error(enc *e, int i, const char *what, int fn, char *err,
+                      size_t errlen) {
+  char seg[32];
+  int k = fn ? i : i + 1;
+  if (fn) what = i == 0 ? "fn" : "args";
+  if (k > 0) {
+    snprintf(seg, sizeof seg, "[%d]", k);
+    enc_prepend(e, seg);
+  }
+  e->path[sizeof e->path - 1] = '\0';
+  snprintf(err, errlen, "%s%s: %s", what, e->path + e->pathpos, e->msg);
+}
+
+/* Put the ticket in front of the message written since oldlen: NULL, or
+   why not. */
+static const char *enc_ticket(pt_buf *out, size_t oldlen) {
+  char tk[TICKET_LEN];
+  if (pt_buf_reserve(out, TICKET_LEN)) return CODEC_OOM;
+  if (pt_codec_ticket_make(tk)) return pt_shm_base ? pt_shm_full_msg() : CODEC_OOM;
+  memmove(out->data + oldlen + TICKET_LEN, out->data + oldlen, out->len - oldlen);
+  memcpy(out->data + oldlen, tk, TICKET_LEN);
+  out->len += TICKET_LEN;
+  return NULL;
+}
+
+/* Encode n values from idx.  Value i is named what[i]; with fn set, value
+   1 is named "fn" and value i+1 args[i]. */
+static int enc_run(lua_State *L, int idx, int n, const char *what, int fn,
+                   pt_buf *out, char *err, size_t errlen) {
+  enc e;
+  size_t oldlen = out->len;
+  int top = lua_gettop(L), i;
+  const char *why;
+  pt_codec_key_init();
+  idx = pt_absindex(L, idx);
+  memset(&e, 0, sizeof e);
+  e.L = L; e.b = out; e.nextid = 1;
+  e.pathpos = sizeof e.path - 1;
+  luaL_checkstack(L, 12, "procthread codec");
+  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
+  e.seen = lua_gettop(L);
+  pt_pushglobals(L);                  /* L: ... seen G */
+  e.globals = lua_gettop(L);
+  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
+  for (i = 0; i < n; i++) {
+    if (!enc_value(&e, idx + i)) {
+      enc_error(&e, i, what, fn, err, errlen);
+      goto fail;
+    }
+  }
+  lua_settop(L, top);                 /* L: ... (as the caller left it) */
+  if (e.nrefs > 0 && (why = enc_ticket(out, oldlen)) != NULL) {
+    snprintf(err, errlen, "%s: %s", what, why);
+    goto fail;
+  }
+  free(e.refs);
+  return 1;
+fail:                                 /* undo: the counts taken, the bytes */
+  lua_settop(L, top);
+  for (i = 0; i < e.nrefs; i++) pt_codec_xtype(e.refs[i].type)->release(&e.refs[i].ref);
+  out->len = oldlen;
+  free(e.refs);
+  return 0;
+}
+
+int pt_encode(lua_State *L, int idx, int n, const char *what, pt_buf *out,
+              char *err, size_t errlen) {
+  return enc_run(L, idx, n, what, 0, out, err, errlen);
+}
+
+int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
+                   size_t errlen) {
+  return enc_run(L, idx, n, "args", 1, out, err, errlen);
+}
