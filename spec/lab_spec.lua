@@ -6,6 +6,7 @@ local lab = require "procthread.lab"
 local json = require "procthread.lab.json"
 local stats = require "procthread.lab.stats"
 local svg = require "procthread.lab.svg"
+local format = require "procthread.lab.format"
 local report = require "procthread.lab.report"
 
 -- once, at load: H.interpreter() leaves an io.popen handle to the
@@ -106,11 +107,11 @@ describe("lab svg", function()
   H.no_leaks()
 
   it("formats values with units", function()
-    assert.are.equal("1.5 ms", svg.format(0.0015, "s"))
-    assert.are.equal("250 µs", svg.format(0.00025, "s"))
-    assert.are.equal("1 MiB", svg.format(1048576, "B"))
-    assert.are.equal("2 GiB/s", svg.format(2 * 2 ^ 30, "B/s"))
-    assert.are.equal("3.2 M/s", svg.format(3.2e6, "/s"))
+    assert.are.equal("1.5 ms", format.value(0.0015, "s"))
+    assert.are.equal("250 µs", format.value(0.00025, "s"))
+    assert.are.equal("1 MiB", format.value(1048576, "B"))
+    assert.are.equal("2 GiB/s", format.value(2 * 2 ^ 30, "B/s"))
+    assert.are.equal("3.2 M/s", format.value(3.2e6, "/s"))
   end)
 
   it("draws a well-formed chart with axes, legend and escaped text", function()

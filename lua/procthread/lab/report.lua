@@ -2,9 +2,12 @@
 -- results document (what procthread.lab.run returned, or a results.json
 -- read back).
 local lab = require "procthread.lab"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
 local json = require "procthread.lab.json"
-local svg = require "procthread.lab.svg"
 local stats = require "procthread.lab.stats"
+local svg = require "procthread.lab.svg"
+local util = require "procthread.lab.util"
 
 local M = {}
 
@@ -50,7 +53,7 @@ function M.claims_rows(doc, all)
   local rows, seen = {}, {}
   local have = by_name(doc)
   local function row(name, res)
-    local known = lab.claims[name] or {}
+    local known = claims.by_name[name] or {}
     if not res then
       local present = lab.load(name)
       return { known.aspect or name, ("process: %s; thread: %s"):format(known.process or "?", known.thread or "?"),
@@ -63,7 +66,7 @@ function M.claims_rows(doc, all)
              v.process or "—", v.thread or "—", M.verdict_text(v) }
   end
   all = all or doc.complete
-  for _, name in ipairs(lab.builtin) do
+  for _, name in ipairs(claims.order) do
     if all or have[name] then rows[#rows + 1] = row(name, have[name]) end
     seen[name] = true
   end
@@ -114,7 +117,7 @@ local function generic_table(res)
   for _, k in ipairs(keys) do
     local s = res.series[k]
     local sm = stats.summary(s.samples, s.failed)
-    local f = function(v) return svg.format(v, s.unit) end
+    local f = function(v) return format.value(v, s.unit) end
     rows[#rows + 1] = { k, f(sm.median), f(sm.p10) .. " – " .. f(sm.p90), f(sm.min) .. " – " .. f(sm.max), sm.n, sm.failed }
   end
   return { header = { "series", "median", "p10 – p90", "min – max", "n", "failed" }, rows = rows }
@@ -163,7 +166,7 @@ function M.render(doc, out, opts)
   add()
   -- sections in the order of the claims table, then the others as run
   local order, rank = {}, {}
-  for i, n in ipairs(lab.builtin) do rank[n] = i end
+  for i, n in ipairs(claims.order) do rank[n] = i end
   for i, res in ipairs(doc.experiments or {}) do order[i] = { res = res, i = i } end
   table.sort(order, function(a, b)
     local ra, rb = rank[a.res.name] or (100 + a.i), rank[b.res.name] or (100 + b.i)
@@ -276,7 +279,7 @@ end
 
 -- Read a results.json back.
 function M.read(path)
-  local s = lab.read_file(path)
+  local s = util.read_file(path)
   if not s then return nil, "cannot read " .. path end
   local doc, err = json.decode(s)
   if not doc then return nil, path .. ": " .. err end
