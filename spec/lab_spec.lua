@@ -26,25 +26,12 @@ local function read(path)
   local s = f:read("*a"); f:close(); return s
 end
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("*l"); p:close()
-  return d
-end
-
-local function rmdir(d) os.execute("rm -rf '" .. d .. "'") end
+local tmpdir, rmdir, q = H.tmpdir, H.rmdir, H.shell_quote
 
 -- Run bin/procthread-lab with this Lua and this package path.
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
 local function cli(args)
-  local cmd = ("PROCTHREAD_LUA=%s PROCTHREAD_BUILD_DIR=/nonexistent LUA_PATH=%s LUA_CPATH=%s timeout 120 %s/bin/procthread-lab %s 2>&1; echo \"::status:$?\"")
-    :format(q(LUA), q(package.path), q(package.cpath), ROOT, args)
-  -- io.popen already runs the line through sh -c: no second shell, so
-  -- that $? is the lab's status (not expanded by an outer shell)
-  local p = io.popen(cmd)
-  local out = p:read("*a"); p:close()
-  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
+  return H.sh(("PROCTHREAD_LUA=%s PROCTHREAD_BUILD_DIR=/nonexistent LUA_PATH=%s LUA_CPATH=%s timeout 120 %s/bin/procthread-lab %s")
+    :format(q(LUA), q(package.path), q(package.cpath), ROOT, args))
 end
 
 -- A results table for one experiment from series of samples.
