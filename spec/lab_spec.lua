@@ -49,6 +49,34 @@ local function verdict_of(name, res)
   return v.verdict, v.condition or "", v
 end
 
+describe("lab modules", function()
+  H.no_leaks()
+
+  -- issue 10: experiments use the helpers, the harness uses both, and
+  -- nothing below the harness loads it back
+  it("load no harness: every helper and built-in experiment loads without procthread.lab", function()
+    local status, out = H.fresh([[
+      package.preload["procthread.lab"] = function() error("the harness was loaded", 2) end
+      for _, m in ipairs({ "util", "format", "stats", "json", "svg", "claims", "memory", "communication",
+                           "isolation", "creation", "failure", "cpu", "backend" }) do
+        require("procthread.lab." .. m)
+      end
+      print("loaded")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("loaded", out, 1, true)
+  end)
+
+  it("write each claim once: the experiments take theirs from procthread.lab.claims", function()
+    local claims = require "procthread.lab.claims"
+    for _, name in ipairs(claims.order) do
+      local exp = assert(lab.load(name))
+      assert.are.equal(claims.by_name[name], exp.claim, name)
+      assert.are.equal(claims.by_name[name].aspect, exp.aspect, name)
+    end
+  end)
+end)
+
 describe("lab json", function()
   H.no_leaks()
 

@@ -421,15 +421,15 @@ end
 function E.table(results)
   local sizes = results.params.sizes or {}
   local rows = {}
-  local function c(what, mech, kind, size, unit)
+  local function median_cell(what, mech, kind, size, unit)
     local s = util.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
     if not s.median then return s.failed > 0 and ("failed (%d)"):format(s.failed) or "—" end
     return fmt(s.median, unit)
   end
   for _, size in ipairs(sizes) do
     local ipc, shv = med(results, "rtt", "pipe", "process", size), med(results, "rtt", "table", "thread", size)
-    rows[#rows + 1] = { fmt(size, "B"), c("rtt", "pipe", "process", size, "s"), c("rtt", "pipe", "thread", size, "s"),
-      c("rtt", "table", "process", size, "s"), c("rtt", "table", "thread", size, "s"),
+    rows[#rows + 1] = { fmt(size, "B"), median_cell("rtt", "pipe", "process", size, "s"), median_cell("rtt", "pipe", "thread", size, "s"),
+      median_cell("rtt", "table", "process", size, "s"), median_cell("rtt", "table", "thread", size, "s"),
       (ipc and shv) and ("%.3g×"):format(ipc / shv) or "—" }
   end
   local t1 = { caption = "Round-trip latency (median):",
@@ -437,8 +437,8 @@ function E.table(results)
                rows = rows }
   local rows2 = {}
   for _, size in ipairs(sizes) do
-    rows2[#rows2 + 1] = { fmt(size, "B"), c("tput", "pipe", "process", size, "B/s"), c("tput", "pipe", "thread", size, "B/s"),
-      c("tput", "table", "process", size, "B/s"), c("tput", "table", "thread", size, "B/s") }
+    rows2[#rows2 + 1] = { fmt(size, "B"), median_cell("tput", "pipe", "process", size, "B/s"), median_cell("tput", "pipe", "thread", size, "B/s"),
+      median_cell("tput", "table", "process", size, "B/s"), median_cell("tput", "table", "thread", size, "B/s") }
   end
   local t2 = { caption = "Throughput, one way (median):",
                header = { "message", "pipe, processes", "pipe, threads", "shared table, processes", "shared table, threads" }, rows = rows2 }

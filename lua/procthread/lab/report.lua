@@ -11,23 +11,25 @@ local util = require "procthread.lab.util"
 
 local M = {}
 
-local function cell(s)
+-- A Markdown table cell: pipes escaped, on one line.
+local function md_cell(s)
   s = tostring(s == nil and "" or s)
   return (s:gsub("|", "\\|"):gsub("\n", " "))
 end
 
+-- A Markdown table row of the first n cells.
+local function md_row(cells, n)
+  local t = {}
+  for i = 1, n do t[i] = md_cell(cells[i]) end
+  return "| " .. table.concat(t, " | ") .. " |"
+end
+
 local function md_table(header, rows)
-  local o = {}
-  o[#o + 1] = "| " .. table.concat((function()
-    local t = {}; for i, h in ipairs(header) do t[i] = cell(h) end; return t end)(), " | ") .. " |"
+  local o = { md_row(header, #header) }
   local sep = {}
   for i = 1, #header do sep[i] = "---" end
   o[#o + 1] = "|" .. table.concat(sep, "|") .. "|"
-  for _, r in ipairs(rows) do
-    local t = {}
-    for i = 1, #header do t[i] = cell(r[i]) end
-    o[#o + 1] = "| " .. table.concat(t, " | ") .. " |"
-  end
+  for _, r in ipairs(rows) do o[#o + 1] = md_row(r, #header) end
   return table.concat(o, "\n")
 end
 M.md_table = md_table
@@ -186,14 +188,14 @@ function M.render(doc, out, opts)
     local rule = (exp and exp.rule) or res.rule
     if rule then add("**Rule:** " .. rule); add() end
     if res.error then
-      add("**The experiment stopped with an error:** `" .. cell((res.error:match("[^\n]*"))) .. "`")
+      add("**The experiment stopped with an error:** `" .. md_cell((res.error:match("[^\n]*"))) .. "`")
       add()
     end
     local tbl
     if exp and exp.table then
       local ok, t = pcall(exp.table, res)
       if ok and type(t) == "table" then tbl = t
-      else add("(table failed: " .. cell(t) .. ")"); add() end
+      else add("(table failed: " .. md_cell(t) .. ")"); add() end
     end
     tbl = tbl or generic_table(res)
     if tbl.header then tbl = { tbl } end
@@ -221,11 +223,11 @@ function M.render(doc, out, opts)
             written[#written + 1] = out .. "/" .. file
             add(("![%s](%s)"):format(c.title or file, file)); add()
           else
-            add("(chart failed: " .. cell(text) .. ")"); add()
+            add("(chart failed: " .. md_cell(text) .. ")"); add()
           end
         end
       elseif not ok then
-        add("(charts failed: " .. cell(charts) .. ")"); add()
+        add("(charts failed: " .. md_cell(charts) .. ")"); add()
       end
     end
     local v = res.verdict or {}

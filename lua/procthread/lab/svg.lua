@@ -34,8 +34,8 @@ M.escape = esc
 
 local function log10(v) return math.log(v) / math.log(10) end
 
--- Ticks for an axis: returns list of values, and the (possibly widened)
--- range lo, hi.
+-- A round step (1, 2, 2.5 or 5 times a power of ten) that cuts `span`
+-- into about `count` parts.
 local function nice_step(span, count)
   local raw = span / count
   local mag = 10 ^ math.floor(log10(raw))
@@ -46,6 +46,8 @@ local function nice_step(span, count)
   return step * mag
 end
 
+-- Ticks for a linear axis: the list of values, and the (widened) range
+-- lo, hi.
 local function ticks_linear(lo, hi)
   if hi <= lo then hi = lo + 1 end
   local step = nice_step(hi - lo, 6)
