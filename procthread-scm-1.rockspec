@@ -49,10 +49,12 @@ build = {
     ["procthread.pool"] = "lua/procthread/pool.lua",
     ["procthread.testing"] = "lua/procthread/testing.lua",
     ["procthread.lab.backend"] = "lua/procthread/lab/backend.lua",
+    ["procthread.lab.claims"] = "lua/procthread/lab/claims.lua",
     ["procthread.lab.communication"] = "lua/procthread/lab/communication.lua",
     ["procthread.lab.cpu"] = "lua/procthread/lab/cpu.lua",
     ["procthread.lab.creation"] = "lua/procthread/lab/creation.lua",
     ["procthread.lab.failure"] = "lua/procthread/lab/failure.lua",
+    ["procthread.lab.format"] = "lua/procthread/lab/format.lua",
     ["procthread.lab"] = "lua/procthread/lab/init.lua",
     ["procthread.lab.isolation"] = "lua/procthread/lab/isolation.lua",
     ["procthread.lab.json"] = "lua/procthread/lab/json.lua",
@@ -61,6 +63,7 @@ build = {
     ["procthread.lab.report"] = "lua/procthread/lab/report.lua",
     ["procthread.lab.stats"] = "lua/procthread/lab/stats.lua",
     ["procthread.lab.svg"] = "lua/procthread/lab/svg.lua",
+    ["procthread.lab.util"] = "lua/procthread/lab/util.lua",
   },
   -- a Lua script: luarocks wraps it in a launcher that runs the Lua the
   -- rock was built for

@@ -2,13 +2,7 @@
 local pt = require "procthread"
 local H = require "helper"
 
-local T = 20
-
-local function join_ok(w)
-  local r = { w:join(T) }
-  assert(r[1] == true, "worker failed: " .. tostring(r[2]))
-  return r[2], r[3]
-end
+local T, join_ok = H.T, H.join_ok
 
 describe("arrays", function()
   -- LuaJIT folds immutable upvalues into the traces it compiles, and a trace

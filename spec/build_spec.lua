@@ -47,10 +47,10 @@ describe("the rock", function()
   H.no_leaks()
   local tree, out
   before_each(function()
-    tree = lines("mktemp -d")[1]
+    tree = H.tmpdir()
     out = tree .. "/report"
   end)
-  after_each(function() os.execute("rm -rf '" .. tree .. "'") end)
+  after_each(function() H.rmdir(tree) end)
 
   it("builds offline, and its procthread-lab runs on the Lua the rock was built for", function()
     local offline = os.execute("unshare -n true 2>/dev/null") and "unshare -n " or ""

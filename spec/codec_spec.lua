@@ -2,7 +2,7 @@
 local pt = require "procthread"
 local H = require "helper"
 
-local T = 10
+local T = H.T
 local has_int = math.type ~= nil
 
 -- Send values to a new thread and back: two trips through the codec.
@@ -237,8 +237,7 @@ describe("codec", function()
         end
       end
       local s = table.concat(t)
-      local function pack(...) return { n = select("#", ...), ... } end
-      local r = pack(pcall(pt.decode, s))
+      local r = H.pack(pcall(pt.decode, s))
       local m = model(s)
       if m ~= nil then                         -- the model knows the answer
         told = told + 1

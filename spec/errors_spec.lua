@@ -18,7 +18,7 @@ local STYLES = {
   end,
 }
 
-local function pack(...) return { n = select("#", ...), ... } end
+local pack = H.pack
 
 -- Run fn(w, p) with a worker and a pipe to call methods on, then end them.
 local function with_handles(fn)

@@ -6,6 +6,7 @@ local lab = require "procthread.lab"
 local json = require "procthread.lab.json"
 local stats = require "procthread.lab.stats"
 local svg = require "procthread.lab.svg"
+local format = require "procthread.lab.format"
 local report = require "procthread.lab.report"
 
 -- once, at load: H.interpreter() leaves an io.popen handle to the
@@ -25,25 +26,12 @@ local function read(path)
   local s = f:read("*a"); f:close(); return s
 end
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("*l"); p:close()
-  return d
-end
-
-local function rmdir(d) os.execute("rm -rf '" .. d .. "'") end
+local tmpdir, rmdir, q = H.tmpdir, H.rmdir, H.shell_quote
 
 -- Run bin/procthread-lab with this Lua and this package path.
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
 local function cli(args)
-  local cmd = ("PROCTHREAD_LUA=%s PROCTHREAD_BUILD_DIR=/nonexistent LUA_PATH=%s LUA_CPATH=%s timeout 120 %s/bin/procthread-lab %s 2>&1; echo \"::status:$?\"")
-    :format(q(LUA), q(package.path), q(package.cpath), ROOT, args)
-  -- io.popen already runs the line through sh -c: no second shell, so
-  -- that $? is the lab's status (not expanded by an outer shell)
-  local p = io.popen(cmd)
-  local out = p:read("*a"); p:close()
-  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
+  return H.sh(("PROCTHREAD_LUA=%s PROCTHREAD_BUILD_DIR=/nonexistent LUA_PATH=%s LUA_CPATH=%s timeout 120 %s/bin/procthread-lab %s")
+    :format(q(LUA), q(package.path), q(package.cpath), ROOT, args))
 end
 
 -- A results table for one experiment from series of samples.
@@ -60,6 +48,34 @@ local function verdict_of(name, res)
   local v = lab.verdict(exp, res)
   return v.verdict, v.condition or "", v
 end
+
+describe("lab modules", function()
+  H.no_leaks()
+
+  -- issue 10: experiments use the helpers, the harness uses both, and
+  -- nothing below the harness loads it back
+  it("load no harness: every helper and built-in experiment loads without procthread.lab", function()
+    local status, out = H.fresh([[
+      package.preload["procthread.lab"] = function() error("the harness was loaded", 2) end
+      for _, m in ipairs({ "util", "format", "stats", "json", "svg", "claims", "memory", "communication",
+                           "isolation", "creation", "failure", "cpu", "backend" }) do
+        require("procthread.lab." .. m)
+      end
+      print("loaded")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("loaded", out, 1, true)
+  end)
+
+  it("write each claim once: the experiments take theirs from procthread.lab.claims", function()
+    local claims = require "procthread.lab.claims"
+    for _, name in ipairs(claims.order) do
+      local exp = assert(lab.load(name))
+      assert.are.equal(claims.by_name[name], exp.claim, name)
+      assert.are.equal(claims.by_name[name].aspect, exp.aspect, name)
+    end
+  end)
+end)
 
 describe("lab json", function()
   H.no_leaks()
@@ -106,11 +122,11 @@ describe("lab svg", function()
   H.no_leaks()
 
   it("formats values with units", function()
-    assert.are.equal("1.5 ms", svg.format(0.0015, "s"))
-    assert.are.equal("250 µs", svg.format(0.00025, "s"))
-    assert.are.equal("1 MiB", svg.format(1048576, "B"))
-    assert.are.equal("2 GiB/s", svg.format(2 * 2 ^ 30, "B/s"))
-    assert.are.equal("3.2 M/s", svg.format(3.2e6, "/s"))
+    assert.are.equal("1.5 ms", format.value(0.0015, "s"))
+    assert.are.equal("250 µs", format.value(0.00025, "s"))
+    assert.are.equal("1 MiB", format.value(1048576, "B"))
+    assert.are.equal("2 GiB/s", format.value(2 * 2 ^ 30, "B/s"))
+    assert.are.equal("3.2 M/s", format.value(3.2e6, "/s"))
   end)
 
   it("draws a well-formed chart with axes, legend and escaped text", function()

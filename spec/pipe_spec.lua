@@ -4,7 +4,7 @@
 local pt = require "procthread"
 local H = require "helper"
 
-local T = 10   -- generous bound for joins and receives
+local T = H.T
 
 -- Raw bytes into a pipe's write end, as another program would write them
 -- (Linux reopens a pipe through /proc like a FIFO).

@@ -4,7 +4,7 @@ local pt = require "procthread"
 local H = require "helper"
 
 local KINDS = { "thread", "process" }
-local T = 10              -- generous timeouts: the machine is shared and noisy
+local T = H.T
 
 local function range(n)
   local t = {}

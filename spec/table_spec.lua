@@ -2,7 +2,7 @@
 local pt = require "procthread"
 local H = require "helper"
 
-local T = 20                                  -- generous join timeout: shared machine
+local T, join_ok = H.T, H.join_ok
 local HAS_INT = math.type ~= nil              -- 5.3+: integer and float kept apart
 local HAS_PAIRS = _VERSION ~= "Lua 5.1"       -- __pairs: 5.2+ (not LuaJIT, not 5.1)
 if jit then HAS_PAIRS = false end
@@ -12,12 +12,6 @@ local function keys_of(st)
   for k in pt.pairs(st) do ks[#ks + 1] = tostring(k) end
   table.sort(ks)
   return table.concat(ks, ",")
-end
-
-local function join_ok(w)
-  local r = { w:join(T) }
-  assert(r[1] == true, "worker failed: " .. tostring(r[2]))
-  return unpack and unpack(r, 2) or table.unpack(r, 2)
 end
 
 describe("shared tables", function()

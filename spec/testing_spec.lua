@@ -9,13 +9,7 @@ local T = require "procthread.testing"
 local LUA = H.interpreter()
 collectgarbage(); collectgarbage()
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"::status:$?\"")
-  local out = p:read("*a"); p:close()
-  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
-end
+local q, sh = H.shell_quote, H.sh
 
 -- where this checkout keeps the Lua code and the C module of this Lua
 local init = assert(H.searchpath("procthread", package.path))
@@ -59,11 +53,12 @@ describe("procthread.testing", function()
 
   it("offers every helper the project's specs use", function()
     for _, name in ipairs({ "fds", "pid", "children", "threads", "shm_live", "eventually", "snapshot", "check",
-                            "fresh", "searchpath", "interpreter", "no_leaks" }) do
+                            "fresh", "sh", "searchpath", "interpreter", "no_leaks" }) do
       assert.is_function(T[name], name)
       assert.is_function(H[name], name)
     end
-    assert.are.equal(H, _G.H)
+    assert.are.equal(H, require "helper")
+    assert.is_nil(rawget(_G, "H"))  -- the helper sets no global: each spec requires it
     assert.are_not.equal(T, H)     -- the project's H is a copy: specs may add to it
   end)
 
@@ -78,7 +73,7 @@ describe("procthread.testing", function()
   end)
 
   it("works from a user's own spec with the README's .busted", function()
-    local dir = assert(io.popen("mktemp -d"):read("*l"))
+    local dir = assert(H.tmpdir())
     local f = assert(io.open(dir .. "/.busted", "w"))
     f:write(([[
 return {
@@ -97,7 +92,7 @@ return {
     -- the paths in .busted
     local status, out = sh(("cd %s && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_2 -u LUA_PATH_5_3 -u LUA_PATH_5_4 "
       .. "-u LUA_CPATH_5_2 -u LUA_CPATH_5_3 -u LUA_CPATH_5_4 timeout 120 busted -o utfTerminal"):format(q(dir)))
-    os.execute("rm -rf " .. q(dir))
+    H.rmdir(dir)
     out = out:gsub("\27%[[%d;]*m", "")
     assert.are.equal(1, status, out)
     assert.matches("3 successes / 0 failures / 1 error / 1 pending", out, 1, true)

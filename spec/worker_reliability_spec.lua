@@ -5,25 +5,11 @@ local pt = require "procthread"
 local H = require "helper"
 
 local KINDS = { "thread", "process" }
-local T = 10              -- generous join timeout: the machine is shared
+local T = H.T
 -- #notsan: see worker_spec.lua (ThreadSanitizer delays signal handlers;
 -- user nobody may not reach its interpreter).
 
--- Like H.fresh, but the interpreter runs under `wrap` (a command that
--- execs its arguments, e.g. perl setting a signal disposition first), with
--- extra environment `env` ("NAME=value ...").  Returns status, output.
-local function fresh_under(wrap, code, env)
-  local tmp = os.tmpname()
-  local f = assert(io.open(tmp, "w")); f:write(code); f:close()
-  -- as H.fresh: no LeakSanitizer in the children of an ASan run
-  local asan = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0" or ""
-  local cmd = ("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s %s %s 2>&1; echo \"::status:$?\"")
-    :format(asan, env or "", package.path, package.cpath, wrap, H.interpreter(), tmp)
-  local p = io.popen(cmd)
-  local out = p:read("*a"); p:close()
-  os.remove(tmp)
-  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
-end
+local fresh_under = H.fresh_under
 
 local function perl(setup) return "perl -e '" .. setup .. "; exec @ARGV or die'" end
 

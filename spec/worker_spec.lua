@@ -3,7 +3,7 @@ local pt = require "procthread"
 local H = require "helper"
 
 local KINDS = { "thread", "process" }
-local T = 10              -- generous join timeout: the machine is shared
+local T = H.T
 -- #notsan: ThreadSanitizer changes the behaviour tested (it delays a
 -- signal's handler to the thread's next libc call, so a pure-Lua loop is
 -- never hooked; it turns a SIGSEGV into exit code 66), or cannot run it

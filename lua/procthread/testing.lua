@@ -96,17 +96,29 @@ function M.check(before, name)
   end
 end
 
+-- Run the shell command line `cmd` (one shell: io.popen's own, so $? is
+-- the command's).  Returns its exit status, its stdout+stderr.
+function M.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"::status:$?\"")
+  local out = p:read("*a"); p:close()
+  return tonumber(out:match("::status:(%d+)%s*$")), (out:gsub("::status:%d+%s*$", ""))
+end
+
 -- Run a Lua snippet in a fresh interpreter (the one running the specs),
 -- so that a crash or a resource limit fails one test, not the run.
--- `prefix` is shell run before the interpreter (for example "ulimit -n 20;").
+-- `prefix` is shell run before the interpreter (for example "ulimit -n 20;",
+-- or "NAME=value" for its environment).
 -- opts.nobody = true runs it as user nobody (root ignores RLIMIT_NPROC),
--- with the prefix applied inside.
+-- with the prefix applied inside.  opts.wrap: a command that execs its
+-- arguments, put in front of the interpreter (e.g. perl setting a signal
+-- disposition first).
 -- Returns exit status, stdout+stderr.
 function M.fresh(code, prefix, opts)
   local lua = M.interpreter()
   local tmp = os.tmpname()
   local f = assert(io.open(tmp, "w")); f:write(code); f:close()
   local run = ("%s %s"):format(lua, tmp)
+  if opts and opts.wrap then run = opts.wrap .. " " .. run end
   local lpath, cpath, dir = package.path, package.cpath, nil
   if opts and opts.nobody then
     -- nobody may not read the checkout (CI clones anywhere): give it a copy
@@ -123,14 +135,11 @@ function M.fresh(code, prefix, opts)
   -- under AddressSanitizer, a child with tight resource limits cannot run
   -- LeakSanitizer; leaks are checked in the spec process itself
   local asan = os.getenv("ASAN_OPTIONS") and "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0" or ""
-  local cmd = ("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s 2>&1; echo \"::status:$?\"")
-    :format(prefix or "", asan, lpath, cpath, run)
-  local p = io.popen(cmd)                -- one shell: $? is the command's
-  local out = p:read("*a"); p:close()
+  local status, out = M.sh(("%s %s LUA_PATH=%q LUA_CPATH=%q timeout 60 %s")
+    :format(prefix or "", asan, lpath, cpath, run))
   os.remove(tmp)
   if dir then os.execute("rm -rf " .. dir) end
-  local status = tonumber(out:match("::status:(%d+)%s*$"))
-  return status, (out:gsub("::status:%d+%s*$", ""))
+  return status, out
 end
 
 -- package.searchpath for every Lua (5.1 has none)

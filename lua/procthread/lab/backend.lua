@@ -18,16 +18,17 @@
 -- next request any handler takes runs pt.fault("segv") after reading it:
 -- that is the request in flight), then `phases_after` phases.  wrk runs whole
 -- seconds and cannot split a run at the crash, hence the separate phases.
-local lab = require "procthread.lab"
-local svg = require "procthread.lab.svg"
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
 local stats = require "procthread.lab.stats"
-local fmt = svg.format
+local format = require "procthread.lab.format"
+local fmt, cell = format.value, format.cell
 
 local E = {
   name = "backend",
   title = "an HTTP server on a thread pool versus pre-forked worker processes, and a crash under load",
-  aspect = "backend",
-  claim = { process = "worker processes, isolated services", thread = "a thread pool handling requests in one server" },
+  aspect = claims.by_name.backend.aspect,
+  claim = claims.by_name.backend,
   params = {
     -- workers: pool size; connections: concurrent clients of the closed
     -- loop; work: iterations of the per-request CPU loop; client: "auto"
@@ -166,7 +167,7 @@ local function client_main(port, stop_at)
 end
 
 local function have_wrk()
-  return lab.execute("command -v wrk >/dev/null 2>&1")
+  return util.execute("command -v wrk >/dev/null 2>&1")
 end
 
 local function seconds(v, unit)
@@ -229,7 +230,7 @@ local function load_phase(ctx, port, client, on_crash)
   local lat = {}
   local failed
   for _, w in ipairs(ws) do
-    local a = lab.pack(ctx:join(w, p.phase_s + 30))
+    local a = util.pack(ctx:join(w, p.phase_s + 30))
     if a[1] == true then
       r.ok = r.ok + a[2]
       r.errors = r.errors + a[3]
@@ -327,7 +328,7 @@ local function run_kind(ctx, kind, client)
   -- stop the server (bounded), whatever happened above
   info.crashed = st.crash == 0 and info.crash_time ~= nil
   st.stop = 1
-  local a = lab.pack(ctx:join(server, 20))
+  local a = util.pack(ctx:join(server, 20))
   info.survived = a[1] == true
   if a[1] == true then
     info.restarts, info.deaths, info.reasons, info.clean_close = a[2], a[3], a[4], a[5]
@@ -372,10 +373,10 @@ local function sum(results, key)
 end
 
 local function side_of(results, kind)
-  local b = lab.summary(results, ("rps/%s/before"):format(kind))
-  local a = lab.summary(results, ("rps/%s/after"):format(kind))
-  local pb = lab.summary(results, ("p99/%s/before"):format(kind))
-  local pa = lab.summary(results, ("p99/%s/after"):format(kind))
+  local b = util.summary(results, ("rps/%s/before"):format(kind))
+  local a = util.summary(results, ("rps/%s/after"):format(kind))
+  local pb = util.summary(results, ("p99/%s/before"):format(kind))
+  local pa = util.summary(results, ("p99/%s/after"):format(kind))
   local lc, la = sum(results, ("errors/%s/crash"):format(kind)), sum(results, ("errors/%s/after"):format(kind))
   local lost = (lc or la) and ((lc or 0) + (la or 0)) or nil
   local es = results.series[("errors/%s/after"):format(kind)]
@@ -387,8 +388,8 @@ end
 E.side_of = side_of
 
 local function describe_side(s)
-  local t = ("%s, p99 %s before; %s after the crash"):format(fmt(s.before, "/s"), s.p99_before and fmt(s.p99_before, "s") or "—",
-    s.after and fmt(s.after, "/s") or "—")
+  local t = ("%s, p99 %s before; %s after the crash"):format(fmt(s.before, "/s"), cell(s.p99_before, "s"),
+    cell(s.after, "/s"))
   if s.lost then t = t .. (", %d failed"):format(s.lost) end
   if s.refused then t = t .. ", connections refused" end
   return t
@@ -446,8 +447,8 @@ function E.verdict(results)
       fmt(P.after, "/s"), fmt(P.before, "/s"), lost, E.IN_FLIGHT, fmt(T.after, "/s"))
   end
   v.reading = ("Before the crash the thread pool served %s with p99 %s and the pre-forked processes %s with p99 %s (thread/process %.2f×). After one handler's SIGSEGV the process server %s, and the thread-pool server %s."):format(
-    fmt(T.before, "/s"), T.p99_before and fmt(T.p99_before, "s") or "—", fmt(P.before, "/s"),
-    P.p99_before and fmt(P.p99_before, "s") or "—", ratio,
+    fmt(T.before, "/s"), cell(T.p99_before, "s"), fmt(P.before, "/s"),
+    cell(P.p99_before, "s"), ratio,
     serves_on and ("served on at " .. fmt(P.after, "/s") .. " with " .. lost .. " failed request" .. (lost == 1 and "" or "s"))
       or ("fell to " .. fmt(P.after, "/s")),
     down and ("went down with its whole process (" .. fmt(T.after, "/s") .. " after)") or ("kept serving at " .. fmt(T.after, "/s")))
@@ -459,15 +460,15 @@ function E.table(results)
   local server = (results.data and results.data.server) or {}
   for _, kind in ipairs(KINDS) do
     for _, side in ipairs({ "before", "crash", "after" }) do
-      local r = lab.summary(results, ("rps/%s/%s"):format(kind, side))
-      local p50 = lab.summary(results, ("p50/%s/%s"):format(kind, side))
-      local p99 = lab.summary(results, ("p99/%s/%s"):format(kind, side))
+      local r = util.summary(results, ("rps/%s/%s"):format(kind, side))
+      local p50 = util.summary(results, ("p50/%s/%s"):format(kind, side))
+      local p99 = util.summary(results, ("p99/%s/%s"):format(kind, side))
       local errs = sum(results, ("errors/%s/%s"):format(kind, side))
       local es = results.series[("errors/%s/%s"):format(kind, side)]
       local etext = errs and tostring(errs) or "—"
       if es and es.failed > 0 then etext = etext .. " (+ every connection refused in " .. es.failed .. " phase" .. (es.failed == 1 and "" or "s") .. ")" end
-      rows[#rows + 1] = { kind, side == "crash" and "the crash phase" or (side .. " the crash"), r.median and fmt(r.median, "/s") or "—",
-        p50.median and fmt(p50.median, "s") or "—", p99.median and fmt(p99.median, "s") or "—", etext }
+      rows[#rows + 1] = { kind, side == "crash" and "the crash phase" or (side .. " the crash"), cell(r.median, "/s"),
+        cell(p50.median, "s"), cell(p99.median, "s"), etext }
     end
   end
   local srows = {}

@@ -1,15 +1,17 @@
 -- communication: round-trip latency and throughput over message sizes for
 -- a shared-table handoff and a pipe, between threads and between
 -- processes; shared-counter increments per second.
-local lab = require "procthread.lab"
-local fmt = require("procthread.lab.svg").format
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
+local fmt = format.value
 local stats = require "procthread.lab.stats"
 
 local E = {
   name = "communication",
   title = "latency and throughput: shared table versus pipe",
-  aspect = "communication",
-  claim = { process = "IPC, slower and more complex", thread = "shared variables, fast and easy" },
+  aspect = claims.by_name.communication.aspect,
+  claim = claims.by_name.communication,
   params = {
     full = { sizes = { 8, 64, 512, 4096, 32768, 262144, 1048576 }, n_small = 200, n_big = 40, warmup = 20,
              tput_bytes = 32 * 1048576, tput_min = 64, tput_max = 20000, tput_n = 5, ring = 8,
@@ -215,7 +217,7 @@ local function pipe_channel(ctx, kind)
   end
   function c.stop()
     pcall(req.send, req, "stop")
-    local r = lab.pack(ctx:join(w, 10))
+    local r = util.pack(ctx:join(w, 10))
     req:close(); resp:close()
     return (table.unpack or unpack)(r, 1, r.n)
   end
@@ -249,7 +251,7 @@ function E.run(ctx)
           local count = math.max(p.tput_min, math.min(p.tput_max, math.floor(p.tput_bytes / size)))
           -- no more messages than about tput_s seconds' worth at the
           -- measured round trip (a stalling mechanism must not stall the lab)
-          local rtt = lab.summary(ctx.results, "rtt/" .. key).median
+          local rtt = util.summary(ctx.results, "rtt/" .. key).median
           if rtt and rtt > 0 then count = math.max(p.tput_min, math.min(count, math.floor(p.tput_s / rtt))) end
           ctx:sample("tput/" .. key, meta, { n = p.tput_n, warmup = 0, unit = "B/s", stop_after_failures = 2, budget = p.budget,
                                              label = ("%s, %s stream"):format(label, fmt(size, "B")) },
@@ -272,7 +274,7 @@ function E.run(ctx)
   ctx:set("counter_workers", W)
   for _, kind in ipairs({ "process", "thread" }) do
     ctx:sample("counter/" .. kind, { kind = kind, workers = W }, { n = p.counter_n, unit = "/s", stop_after_failures = 2,
-                                                                   label = ("shared counter, %d %s"):format(W, lab.plural(kind)) },
+                                                                   label = ("shared counter, %d %s"):format(W, util.plural(kind)) },
       function()
         local ok, st = pcall(pt.shared_table, { c = 0 })
         if not ok then return nil, "pt.shared_table: " .. tostring(st) end
@@ -298,7 +300,7 @@ end
 -- ---- verdict -------------------------------------------------------------------
 
 local function sum_of(results, what, mech, kind, size)
-  return lab.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
+  return util.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
 end
 
 local function med(results, what, mech, kind, size)
@@ -352,7 +354,7 @@ function E.verdict(results)
     return ("%s round trip %s (%s) to %s (%s)%s"):format(E.MECH_TEXT[mech], fmt(a, "s"), fmt(first, "B"), fmt(b, "s"), fmt(last, "B"),
       t and (", stream " .. fmt(t, "B/s")) or "")
   end
-  local cp, ct = lab.summary(results, "counter/process").median, lab.summary(results, "counter/thread").median
+  local cp, ct = util.summary(results, "counter/process").median, util.summary(results, "counter/thread").median
   v.process = side("pipe", "process")
   v.thread = side("table", "thread")
   if cp then v.process = (v.process and v.process .. "; " or "") .. "shared counter " .. fmt(cp, "/s") end
@@ -419,15 +421,15 @@ end
 function E.table(results)
   local sizes = results.params.sizes or {}
   local rows = {}
-  local function c(what, mech, kind, size, unit)
-    local s = lab.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
+  local function median_cell(what, mech, kind, size, unit)
+    local s = util.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
     if not s.median then return s.failed > 0 and ("failed (%d)"):format(s.failed) or "—" end
     return fmt(s.median, unit)
   end
   for _, size in ipairs(sizes) do
     local ipc, shv = med(results, "rtt", "pipe", "process", size), med(results, "rtt", "table", "thread", size)
-    rows[#rows + 1] = { fmt(size, "B"), c("rtt", "pipe", "process", size, "s"), c("rtt", "pipe", "thread", size, "s"),
-      c("rtt", "table", "process", size, "s"), c("rtt", "table", "thread", size, "s"),
+    rows[#rows + 1] = { fmt(size, "B"), median_cell("rtt", "pipe", "process", size, "s"), median_cell("rtt", "pipe", "thread", size, "s"),
+      median_cell("rtt", "table", "process", size, "s"), median_cell("rtt", "table", "thread", size, "s"),
       (ipc and shv) and ("%.3g×"):format(ipc / shv) or "—" }
   end
   local t1 = { caption = "Round-trip latency (median):",
@@ -435,16 +437,15 @@ function E.table(results)
                rows = rows }
   local rows2 = {}
   for _, size in ipairs(sizes) do
-    rows2[#rows2 + 1] = { fmt(size, "B"), c("tput", "pipe", "process", size, "B/s"), c("tput", "pipe", "thread", size, "B/s"),
-      c("tput", "table", "process", size, "B/s"), c("tput", "table", "thread", size, "B/s") }
+    rows2[#rows2 + 1] = { fmt(size, "B"), median_cell("tput", "pipe", "process", size, "B/s"), median_cell("tput", "pipe", "thread", size, "B/s"),
+      median_cell("tput", "table", "process", size, "B/s"), median_cell("tput", "table", "thread", size, "B/s") }
   end
   local t2 = { caption = "Throughput, one way (median):",
                header = { "message", "pipe, processes", "pipe, threads", "shared table, processes", "shared table, threads" }, rows = rows2 }
-  local cps, cts = lab.summary(results, "counter/process"), lab.summary(results, "counter/thread")
+  local cps, cts = util.summary(results, "counter/process"), util.summary(results, "counter/thread")
   local t3 = { caption = ("Shared counter, %s workers incrementing one key (median, p10 – p90):"):format(tostring(results.data.counter_workers or "?")),
                header = { "kind", "increments per second" },
-               rows = { { "processes", cps.median and (fmt(cps.median, "/s") .. " (" .. fmt(cps.p10, "/s") .. " – " .. fmt(cps.p90, "/s") .. ")") or "—" },
-                        { "threads", cts.median and (fmt(cts.median, "/s") .. " (" .. fmt(cts.p10, "/s") .. " – " .. fmt(cts.p90, "/s") .. ")") or "—" } } }
+               rows = { { "processes", format.spread(cps, "/s") }, { "threads", format.spread(cts, "/s") } } }
   return { t1, t2, t3 }
 end
 
@@ -456,7 +457,7 @@ function E.charts(results)
       for _, kind in ipairs({ "process", "thread" }) do
         local pts = {}
         for _, size in ipairs(results.params.sizes or {}) do
-          local s = lab.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
+          local s = util.summary(results, ("%s/%s/%s/%d"):format(what, mech, kind, size))
           if s.median then pts[#pts + 1] = { x = size, y = s.median, lo = s.p10, hi = s.p90 } end
         end
         out[#out + 1] = { name = ("%s, %s"):format(E.MECH_TEXT[mech], kind == "process" and "processes" or "threads"), points = pts,

@@ -1,14 +1,16 @@
 -- cpu: a CPU-bound pure-Lua kernel and a parallel fill of a shared array,
 -- split over 1..2x cores workers, threads versus processes.
-local lab = require "procthread.lab"
-local fmt = require("procthread.lab.svg").format
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
+local fmt, cell = format.value, format.cell
 local stats = require "procthread.lab.stats"
 
 local E = {
   name = "cpu",
   title = "speedup of CPU-bound work split over workers",
-  aspect = "CPU use",
-  claim = { process = "leverage multiple cores safely", thread = "parallelism inside one process" },
+  aspect = claims.by_name.cpu.aspect,
+  claim = claims.by_name.cpu,
   params = {
     -- target_s: the serial kernel run is calibrated to take about this long
     full = { target_s = 1.0, fill_n = 4000000, n = 5, warmup = 1 },
@@ -171,8 +173,8 @@ end
 
 -- speedup of `what` ("kernel" | "fill") for kind at w workers
 local function speedup(results, what, kind, w)
-  local base = lab.summary(results, what .. "/serial")
-  local s = lab.summary(results, ("%s/%s/%d"):format(what, kind, w))
+  local base = util.summary(results, what .. "/serial")
+  local s = util.summary(results, ("%s/%s/%d"):format(what, kind, w))
   if not base.median or not s.median or s.median <= 0 then return nil end
   return base.median / s.median, s
 end
@@ -181,7 +183,7 @@ E.speedup = speedup
 -- Workers of `kind` at w starved: they got less than OBTAINED of the
 -- cores they could use (min(w, C)); the CPU time they got, in cores.
 local function starved(results, kind, w, C)
-  local got = lab.summary(results, ("obtained/%s/%d"):format(kind, w)).median
+  local got = util.summary(results, ("obtained/%s/%d"):format(kind, w)).median
   return got ~= nil and got < E.OBTAINED * math.min(w, C or w), got
 end
 E.starved = starved
@@ -201,13 +203,13 @@ function E.verdict(results)
   if not C then return { verdict = "not measured", condition = "the experiment did not run" } end
   local v = {}
   local need = 1 + E.SHARE * (C - 1)
-  local base = lab.summary(results, "kernel/serial").median
+  local base = util.summary(results, "kernel/serial").median
   local m = {}
   for _, kind in ipairs({ "process", "thread" }) do
-    local s1 = lab.summary(results, ("kernel/%s/1"):format(kind))
-    local sc = lab.summary(results, ("kernel/%s/%d"):format(kind, C))
+    local s1 = util.summary(results, ("kernel/%s/1"):format(kind))
+    local sc = util.summary(results, ("kernel/%s/%d"):format(kind, C))
     local one, atc = s1.median, sc.median
-    local got = lab.summary(results, ("obtained/%s/%d"):format(kind, C)).median
+    local got = util.summary(results, ("obtained/%s/%d"):format(kind, C)).median
     local x = { got = got, state = stats.versus(s1, sc, need) }
     if one and atc and atc > 0 then x.scale = one / atc end
     if base and atc and atc > 0 then x.net = base / atc end
@@ -314,10 +316,10 @@ end
 
 function E.table(results)
   local C = results.data.cores or 1
-  local base = lab.summary(results, "kernel/serial")
-  local fbase = lab.summary(results, "fill/serial")
-  local rows = { { "serial, in the parent", base.median and fmt(base.median, "s") or "—", "(same)",
-                   fbase.median and fmt(fbase.median, "s") or "—", "(same)" } }
+  local base = util.summary(results, "kernel/serial")
+  local fbase = util.summary(results, "fill/serial")
+  local rows = { { "serial, in the parent", cell(base.median, "s"), "(same)",
+                   cell(fbase.median, "s"), "(same)" } }
   local function f(what, kind, w)
     local s, sum = speedup(results, what, kind, w)
     if not s then return "—" end

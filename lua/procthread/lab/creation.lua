@@ -1,14 +1,16 @@
 -- creation: spawn+join latency of a thread versus a process, as the
 -- parent's memory grows.
-local lab = require "procthread.lab"
-local fmt = require("procthread.lab.svg").format
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
+local fmt = format.value
 local stats = require "procthread.lab.stats"
 
 local E = {
   name = "creation",
   title = "spawn + join latency against the parent's memory",
-  aspect = "creation overhead",
-  claim = { process = "high", thread = "low" },
+  aspect = claims.by_name.creation.aspect,
+  claim = claims.by_name.creation,
   params = {
     full = { sizes_mib = { 0, 64, 256, 1024 }, n = 25, warmup = 3 },
     quick = { sizes_mib = { 0, 32, 128 }, n = 8, warmup = 2 },
@@ -59,8 +61,8 @@ end
 local function points(results)
   local pts = {}
   for _, mib in ipairs(results.params.sizes_mib or {}) do
-    local sp = lab.summary(results, ("spawn_join/process/%d"):format(mib))
-    local st = lab.summary(results, ("spawn_join/thread/%d"):format(mib))
+    local sp = util.summary(results, ("spawn_join/process/%d"):format(mib))
+    local st = util.summary(results, ("spawn_join/thread/%d"):format(mib))
     if sp.median and st.median and st.median > 0 then
       pts[#pts + 1] = { mib = mib, p = sp, t = st, r = sp.median / st.median, state = stats.versus(sp, st, E.FACTOR) }
     end
@@ -141,15 +143,11 @@ end
 function E.table(results)
   local rows = {}
   for _, mib in ipairs(results.params.sizes_mib or {}) do
-    local sp = lab.summary(results, ("spawn_join/process/%d"):format(mib))
-    local st = lab.summary(results, ("spawn_join/thread/%d"):format(mib))
+    local sp = util.summary(results, ("spawn_join/process/%d"):format(mib))
+    local st = util.summary(results, ("spawn_join/thread/%d"):format(mib))
     local rss = results.data["parent_rss_kib_" .. mib]
-    local function cellf(s)
-      if not s.median then return "—" end
-      return ("%s (%s – %s)"):format(fmt(s.median, "s"), fmt(s.p10, "s"), fmt(s.p90, "s"))
-    end
-    rows[#rows + 1] = { "+" .. mib .. " MiB", rss and fmt(rss, "KiB") or "?", cellf(sp), cellf(st),
-      (sp.median and st.median) and ("%.2f×"):format(sp.median / st.median) or "—",
+    rows[#rows + 1] = { "+" .. mib .. " MiB", rss and fmt(rss, "KiB") or "?", format.spread(sp, "s"), format.spread(st, "s"),
+      (sp.median and st.median) and format.ratio(sp.median / st.median) or "—",
       ("%d / %d"):format(sp.failed, st.failed) }
   end
   return { header = { "parent ballast", "parent RSS", "process: median (p10 – p90)", "thread: median (p10 – p90)",
@@ -161,7 +159,7 @@ function E.charts(results)
   for _, kind in ipairs({ "process", "thread" }) do
     local pts = {}
     for _, mib in ipairs(results.params.sizes_mib or {}) do
-      local s = lab.summary(results, ("spawn_join/%s/%d"):format(kind, mib))
+      local s = util.summary(results, ("spawn_join/%s/%d"):format(kind, mib))
       if s.median then pts[#pts + 1] = { x = mib, y = s.median, lo = s.p10, hi = s.p90 } end
     end
     series[#series + 1] = { name = kind, points = pts }

@@ -2,13 +2,14 @@
 -- SIGKILL).  Each group runs under a supervisor that is itself a
 -- sacrificial process, for both kinds (the same code): the lab survives a
 -- crash that takes a thread group down, and sees it happen.
-local lab = require "procthread.lab"
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
 
 local E = {
   name = "failure",
   title = "one of N workers fails; what happens to the others",
-  aspect = "failure impact",
-  claim = { process = "one crashing does not affect the others", thread = "one crashing takes the whole process down" },
+  aspect = claims.by_name.failure.aspect,
+  claim = claims.by_name.failure,
   params = {
     -- workers: group size (1 failing + siblings); work: seconds each sibling
     -- computes; fail_after: when the failing one fails
@@ -88,7 +89,7 @@ function E.run(ctx)
           if ok then done = pp end
         end
         io.stdout:flush(); io.stderr:flush()
-        local r = lab.pack(ctx:run_worker("process", p.work + p.fail_after + 30, supervise, kind, mode, p.workers, p.work, p.fail_after, done))
+        local r = util.pack(ctx:run_worker("process", p.work + p.fail_after + 30, supervise, kind, mode, p.workers, p.work, p.fail_after, done))
         local survived = r[1] == true
         local finished
         if done then

@@ -1,4 +1,12 @@
--- procthread.lab: the harness that runs experiments and keeps their samples.
+-- procthread.lab: the harness that loads experiments, runs them and keeps
+-- their samples, and computes their verdicts.
+--
+-- The lab's modules depend downward only: the helpers (util, format,
+-- stats, json, svg, claims) depend on no experiment and not on the harness;
+-- the experiments on the helpers; this harness on both; the report
+-- (report.lua) on the harness; the command line (main.lua) on all.
+-- This module also offers every function of procthread.lab.util (an
+-- experiment written against it, e.g. `lab.summary`, keeps working).
 --
 -- An experiment is a table (a module under procthread/lab/, or a user's file
 -- returning one):
@@ -6,7 +14,8 @@
 --   name     short name ("creation")
 --   title    one line for the report (optional)
 --   aspect   the claims-table row it answers ("creation overhead")
---   claim    { process = "high", thread = "low" }  (what the folklore says)
+--   claim    { process = "high", thread = "low" }  (what the folklore says;
+--            a built-in experiment takes both from procthread.lab.claims)
 --   rule     how verdict() decides, in words (shown in the report)
 --   params   { full = {...}, quick = {...}, tiny = {...} }  (tiny: specs)
 --   run(ctx) measures, recording everything through ctx (see Ctx below)
@@ -18,67 +27,20 @@
 --
 -- `results` is what run() recorded: { params, mode, series, data, machine }
 -- where series[key] = { meta, unit, samples = {...}, failed, errors }.
-local stats = require "procthread.lab.stats"
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
 
 local M = {}
+for name, fn in pairs(util) do M[name] = fn end
 
 M.VERSION = "1"
 M.FORMAT = "procthread-lab/1"
 
 local unpack = unpack or table.unpack
-
-function M.plural(kind) return kind == "process" and "processes" or kind .. "s" end
-local function pack(...) return { n = select("#", ...), ... } end
-M.pack = pack
-
--- The claims of the classic comparison, in report order.  A built-in
--- experiment that is not installed still gets its row ("not measured").
-M.builtin = { "memory", "communication", "isolation", "creation", "failure", "cpu", "backend" }
-M.claims = {
-  memory = { aspect = "memory", process = "separate memory space", thread = "shared memory within the process" },
-  communication = { aspect = "communication", process = "IPC, slower and more complex", thread = "shared variables, fast and easy" },
-  isolation = { aspect = "isolation", process = "fully isolated (safer)", thread = "not isolated: a bad write can corrupt the others' data" },
-  creation = { aspect = "creation overhead", process = "high", thread = "low" },
-  failure = { aspect = "failure impact", process = "one crashing does not affect the others", thread = "one crashing takes the whole process down" },
-  cpu = { aspect = "CPU use", process = "leverage multiple cores safely", thread = "parallelism inside one process" },
-  backend = { aspect = "backend", process = "worker processes, isolated services", thread = "a thread pool handling requests in one server" },
-}
+local pack, read_file, searchpath = util.pack, util.read_file, util.searchpath
 
 M.VERDICTS = { holds = true, conditional = true, contradicted = true, ["not measured"] = true }
-
--- ---- small OS helpers ------------------------------------------------------
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a"); f:close()
-  return s
-end
-M.read_file = read_file
-
-function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- os.execute's result differs between 5.1 (a number) and 5.2+ (true/nil).
-function M.execute(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0 end
-  return a == true and (c == nil or c == 0)
-end
-
-function M.is_tty(fd)
-  return M.execute("test -t " .. (fd or 2))
-end
-
-local function searchpath(name, path)
-  name = name:gsub("%.", "/")
-  for tmpl in path:gmatch("[^;]+") do
-    local f = tmpl:gsub("%?", name)
-    local h = io.open(f, "r")
-    if h then h:close(); return f end
-  end
-  return nil
-end
-M.searchpath = searchpath
 
 -- ---- machine facts ---------------------------------------------------------
 
@@ -144,7 +106,7 @@ function M.progress(opts)
   opts = opts or {}
   local self = setmetatable({}, Progress)
   self.out = opts.out or io.stderr
-  if opts.tty == nil then self.tty = M.is_tty(2) else self.tty = opts.tty end
+  if opts.tty == nil then self.tty = util.is_tty(2) else self.tty = opts.tty end
   self.quiet = opts.quiet
   self.now = opts.now
   if not self.now then
@@ -169,11 +131,6 @@ function Progress:plan(names, mode)
   self.typical = M.typical[mode] or M.typical.quick
 end
 
-local function duration(s)
-  if s >= 90 then return ("%d min %02d s"):format(math.floor(s / 60), math.floor(s % 60)) end
-  return ("%.0f s"):format(s)
-end
-
 -- "lab 1 min 05 s, about 40 s left" for the run as planned (with the
 -- current experiment finished when `finished`), or nil.  The typical
 -- times are scaled by how fast the finished experiments went.
@@ -191,7 +148,7 @@ function Progress:eta(finished)
   end
   local speed = done_typ > 0 and (spent - current) / done_typ or 1
   local left = math.max(0, cur_typ * speed - current) + rest_typ * speed
-  return ("lab %s, about %s left"):format(duration(spent), duration(left))
+  return ("lab %s, about %s left"):format(format.duration(spent), format.duration(left))
 end
 
 function Progress:start(name, i, n)
@@ -405,7 +362,7 @@ end
 -- Names of the built-in experiments present in this installation.
 function M.list()
   local names = {}
-  for _, n in ipairs(M.builtin) do
+  for _, n in ipairs(claims.order) do
     if searchpath("procthread.lab." .. n, package.path) or package.loaded["procthread.lab." .. n] then
       names[#names + 1] = n
     end
@@ -425,7 +382,7 @@ end
 
 local function claim_of(exp)
   local c = exp.claim
-  local known = M.claims[exp.name]
+  local known = claims.by_name[exp.name]
   if type(c) == "string" then return { process = c, thread = c } end
   if type(c) ~= "table" then c = {} end
   return { process = c.process or (known and known.process) or "?",
@@ -433,13 +390,6 @@ local function claim_of(exp)
 end
 
 -- ---- verdicts ------------------------------------------------------------------
-
--- Summary (median, p10, ...) of series `key` of a results table.
-function M.summary(results, key)
-  local s = results.series and results.series[key]
-  if not s then return stats.summary({}, 0) end
-  return stats.summary(s.samples, s.failed)
-end
 
 -- Compute the verdict of `exp` on `results`; never raises.
 function M.verdict(exp, results)
@@ -474,7 +424,7 @@ function M.run_experiment(exp, opts)
   local pt = opts.pt or require "procthread"
   local mode = opts.mode or "full"
   local res = {
-    name = exp.name, title = exp.title, aspect = exp.aspect or (M.claims[exp.name] or {}).aspect or exp.name,
+    name = exp.name, title = exp.title, aspect = exp.aspect or (claims.by_name[exp.name] or {}).aspect or exp.name,
     claim = claim_of(exp), rule = exp.rule, source = opts.source, mode = mode,
     params = M.params_for(exp, mode), series = {}, data = {},
   }

@@ -1,12 +1,13 @@
 -- isolation: a buggy worker scribbles over an array the others use; what
 -- do the other workers and the parent find corrupted?
-local lab = require "procthread.lab"
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
 
 local E = {
   name = "isolation",
   title = "a buggy worker scribbles over data the others use",
-  aspect = "isolation",
-  claim = { process = "fully isolated (safer)", thread = "not isolated: a bad write can corrupt the others' data" },
+  aspect = claims.by_name.isolation.aspect,
+  claim = claims.by_name.isolation,
   params = {
     -- n: array length; others: healthy workers; delay: when they look
     full = { n = 200000, others = 3, trials = 5, delay = 0.4 },
@@ -146,7 +147,7 @@ function E.table(results)
   for _, kind in ipairs({ "process", "thread" }) do
     for _, t in ipairs(E.TARGETS) do
       local f, a, b = frac(results, kind, t)
-      local pe = lab.summary(results, ("parent_elements/%s/%s"):format(kind, t))
+      local pe = util.summary(results, ("parent_elements/%s/%s"):format(kind, t))
       local s = results.series[("corrupted/%s/%s"):format(kind, t)]
       rows[#rows + 1] = { kind, t, f and ("%d / %d (%.0f%%)"):format(a, b, 100 * f) or "not measured",
         pe.median and ("%.0f of %.0f"):format(pe.median, results.params.n) or "—",

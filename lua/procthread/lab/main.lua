@@ -8,6 +8,9 @@
 -- Exit codes: 0 done; 1 the lab could not finish (an error it did not
 -- expect, a library it needs is missing, an experiment's run raised);
 -- 2 bad input (unknown experiment, unwritable --out, bad option).
+local claims = require "procthread.lab.claims"
+local util = require "procthread.lab.util"
+
 local M = {}
 
 local USAGE = [[
@@ -40,10 +43,10 @@ local function dirname(p)
 end
 
 -- Make DIR and check that a file can be written in it; else the message.
-local function prepare_out(lab, dir)
+local function prepare_out(dir)
   local function bad(why) return nil, ("cannot write to --out '%s': %s"):format(dir, tostring(why)) end
   if dir == "" then return bad("empty directory name") end
-  lab.execute("mkdir -p " .. lab.shell_quote(dir) .. " 2>/dev/null")
+  util.execute("mkdir -p " .. util.shell_quote(dir) .. " 2>/dev/null")
   local probe = dir .. "/.procthread-lab-probe"
   local f, err = io.open(probe, "w")
   if not f then return bad(err) end
@@ -106,9 +109,9 @@ function M.main(argv, io_out, io_err)
   end
 
   if cmd == "list" then
-    for _, name in ipairs(lab.builtin) do
+    for _, name in ipairs(claims.order) do
       local exp, e2 = lab.load(name)
-      local c = lab.claims[name]
+      local c = claims.by_name[name]
       local claim = c and ("%s — process: %s; thread: %s"):format(c.aspect, c.process, c.thread) or ""
       if exp then
         out:write(("%-14s %s\n%-14s claim: %s\n"):format(name, exp.title or "", "", claim))
@@ -127,7 +130,7 @@ function M.main(argv, io_out, io_err)
       local exp, e2 = lab.load(n)
       if not exp then return fail(2, e2) end
     end
-    local okd, derr = prepare_out(lab, dir)
+    local okd, derr = prepare_out(dir)
     if not okd then return fail(2, derr) end
     local okp, pt = pcall(require, "procthread")
     if not okp then return fail(1, "cannot load procthread: " .. tostring(pt)) end
@@ -142,7 +145,7 @@ function M.main(argv, io_out, io_err)
     local doc, rerr = report.read(names[1])
     if not doc then return fail(2, rerr) end
     local dir = opts.out or dirname(names[1])
-    local okd, derr = prepare_out(lab, dir)
+    local okd, derr = prepare_out(dir)
     if not okd then return fail(2, derr) end
     lab.reverdict(doc)
     -- results.json is only written when rendering somewhere else

@@ -1,13 +1,15 @@
 -- memory: what a worker's write reaches, and what an idle worker costs.
-local lab = require "procthread.lab"
-local fmt = require("procthread.lab.svg").format
+local util = require "procthread.lab.util"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
+local fmt, cell = format.value, format.cell
 local stats = require "procthread.lab.stats"
 
 local E = {
   name = "memory",
   title = "what a worker's write reaches; memory per idle worker",
-  aspect = "memory",
-  claim = { process = "separate memory space", thread = "shared memory within the process" },
+  aspect = claims.by_name.memory.aspect,
+  claim = claims.by_name.memory,
   params = {
     full = { trials = 3, counts = { 4, 8, 16, 32, 64 }, mem_trials = 3, settle = 0.3 },
     quick = { trials = 2, counts = { 4, 16, 32 }, mem_trials = 2, settle = 0.25 },
@@ -57,7 +59,7 @@ local function probe(ctx, kind, target)
 end
 
 local function read_pss(pid)
-  local s = lab.read_file("/proc/" .. tostring(pid) .. "/smaps_rollup")
+  local s = util.read_file("/proc/" .. tostring(pid) .. "/smaps_rollup")
   if not s then return nil end
   return tonumber(s:match("\nPss:%s*(%d+)") or s:match("^Pss:%s*(%d+)")), tonumber(s:match("\nRss:%s*(%d+)") or s:match("^Rss:%s*(%d+)"))
 end
@@ -86,7 +88,7 @@ function E.run(ctx)
   for _, kind in ipairs({ "process", "thread" }) do
     for _, n in ipairs(p.counts) do
       for t = 1, p.mem_trials do
-        ctx:update(("%d idle %s"):format(n, lab.plural(kind)), t, p.mem_trials)
+        ctx:update(("%d idle %s"):format(n, util.plural(kind)), t, p.mem_trials)
         collectgarbage(); collectgarbage()
         local okm, before = pcall(pt.memory)
         local ws, err = {}, nil
@@ -232,7 +234,7 @@ end
 
 function E.table(results)
   local rows = {}
-  local function cell(kind, t)
+  local function seen_cell(kind, t)
     local r = reached(results, kind, t)
     local s = results.series[("seen/%s/%s"):format(kind, t)]
     local n = s and #s.samples or 0
@@ -241,7 +243,7 @@ function E.table(results)
     return (r and "**seen**" or "not seen") .. (" (%d/%d)"):format(r and n or 0, n)
   end
   for _, t in ipairs(E.TARGETS) do
-    rows[#rows + 1] = { t, cell("process", t), cell("thread", t) }
+    rows[#rows + 1] = { t, seen_cell("process", t), seen_cell("thread", t) }
   end
   local t1 = { caption = "What the parent sees after a worker writes 1 into each target:",
                header = { "target", "process wrote", "thread wrote" }, rows = rows }
@@ -249,10 +251,10 @@ function E.table(results)
   for _, n in ipairs(results.params.counts or {}) do
     local r = { tostring(n) }
     for _, kind in ipairs({ "process", "thread" }) do
-      local s = lab.summary(results, ("idle_pss/%s/%d"):format(kind, n))
-      local q = lab.summary(results, ("idle_rss/%s/%d"):format(kind, n))
-      r[#r + 1] = s.median and fmt(s.median, "KiB") or "—"
-      r[#r + 1] = q.median and fmt(q.median, "KiB") or "—"
+      local s = util.summary(results, ("idle_pss/%s/%d"):format(kind, n))
+      local q = util.summary(results, ("idle_rss/%s/%d"):format(kind, n))
+      r[#r + 1] = cell(s.median, "KiB")
+      r[#r + 1] = cell(q.median, "KiB")
     end
     rows2[#rows2 + 1] = r
   end
@@ -274,7 +276,7 @@ function E.charts(results)
   for _, kind in ipairs({ "process", "thread" }) do
     local pts = {}
     for _, n in ipairs(results.params.counts or {}) do
-      local s = lab.summary(results, ("idle_pss/%s/%d"):format(kind, n))
+      local s = util.summary(results, ("idle_pss/%s/%d"):format(kind, n))
       -- memory does not shrink below nothing: noise under zero is drawn at 0
       if s.median then
         pts[#pts + 1] = { x = n, y = math.max(0, s.median * n), lo = math.max(0, s.p10 * n), hi = math.max(0, s.p90 * n) }

@@ -2,29 +2,34 @@
 -- results document (what procthread.lab.run returned, or a results.json
 -- read back).
 local lab = require "procthread.lab"
+local claims = require "procthread.lab.claims"
+local format = require "procthread.lab.format"
 local json = require "procthread.lab.json"
-local svg = require "procthread.lab.svg"
 local stats = require "procthread.lab.stats"
+local svg = require "procthread.lab.svg"
+local util = require "procthread.lab.util"
 
 local M = {}
 
-local function cell(s)
+-- A Markdown table cell: pipes escaped, on one line.
+local function md_cell(s)
   s = tostring(s == nil and "" or s)
   return (s:gsub("|", "\\|"):gsub("\n", " "))
 end
 
+-- A Markdown table row of the first n cells.
+local function md_row(cells, n)
+  local t = {}
+  for i = 1, n do t[i] = md_cell(cells[i]) end
+  return "| " .. table.concat(t, " | ") .. " |"
+end
+
 local function md_table(header, rows)
-  local o = {}
-  o[#o + 1] = "| " .. table.concat((function()
-    local t = {}; for i, h in ipairs(header) do t[i] = cell(h) end; return t end)(), " | ") .. " |"
+  local o = { md_row(header, #header) }
   local sep = {}
   for i = 1, #header do sep[i] = "---" end
   o[#o + 1] = "|" .. table.concat(sep, "|") .. "|"
-  for _, r in ipairs(rows) do
-    local t = {}
-    for i = 1, #header do t[i] = cell(r[i]) end
-    o[#o + 1] = "| " .. table.concat(t, " | ") .. " |"
-  end
+  for _, r in ipairs(rows) do o[#o + 1] = md_row(r, #header) end
   return table.concat(o, "\n")
 end
 M.md_table = md_table
@@ -50,7 +55,7 @@ function M.claims_rows(doc, all)
   local rows, seen = {}, {}
   local have = by_name(doc)
   local function row(name, res)
-    local known = lab.claims[name] or {}
+    local known = claims.by_name[name] or {}
     if not res then
       local present = lab.load(name)
       return { known.aspect or name, ("process: %s; thread: %s"):format(known.process or "?", known.thread or "?"),
@@ -63,7 +68,7 @@ function M.claims_rows(doc, all)
              v.process or "—", v.thread or "—", M.verdict_text(v) }
   end
   all = all or doc.complete
-  for _, name in ipairs(lab.builtin) do
+  for _, name in ipairs(claims.order) do
     if all or have[name] then rows[#rows + 1] = row(name, have[name]) end
     seen[name] = true
   end
@@ -114,7 +119,7 @@ local function generic_table(res)
   for _, k in ipairs(keys) do
     local s = res.series[k]
     local sm = stats.summary(s.samples, s.failed)
-    local f = function(v) return svg.format(v, s.unit) end
+    local f = function(v) return format.value(v, s.unit) end
     rows[#rows + 1] = { k, f(sm.median), f(sm.p10) .. " – " .. f(sm.p90), f(sm.min) .. " – " .. f(sm.max), sm.n, sm.failed }
   end
   return { header = { "series", "median", "p10 – p90", "min – max", "n", "failed" }, rows = rows }
@@ -163,7 +168,7 @@ function M.render(doc, out, opts)
   add()
   -- sections in the order of the claims table, then the others as run
   local order, rank = {}, {}
-  for i, n in ipairs(lab.builtin) do rank[n] = i end
+  for i, n in ipairs(claims.order) do rank[n] = i end
   for i, res in ipairs(doc.experiments or {}) do order[i] = { res = res, i = i } end
   table.sort(order, function(a, b)
     local ra, rb = rank[a.res.name] or (100 + a.i), rank[b.res.name] or (100 + b.i)
@@ -183,14 +188,14 @@ function M.render(doc, out, opts)
     local rule = (exp and exp.rule) or res.rule
     if rule then add("**Rule:** " .. rule); add() end
     if res.error then
-      add("**The experiment stopped with an error:** `" .. cell((res.error:match("[^\n]*"))) .. "`")
+      add("**The experiment stopped with an error:** `" .. md_cell((res.error:match("[^\n]*"))) .. "`")
       add()
     end
     local tbl
     if exp and exp.table then
       local ok, t = pcall(exp.table, res)
       if ok and type(t) == "table" then tbl = t
-      else add("(table failed: " .. cell(t) .. ")"); add() end
+      else add("(table failed: " .. md_cell(t) .. ")"); add() end
     end
     tbl = tbl or generic_table(res)
     if tbl.header then tbl = { tbl } end
@@ -218,11 +223,11 @@ function M.render(doc, out, opts)
             written[#written + 1] = out .. "/" .. file
             add(("![%s](%s)"):format(c.title or file, file)); add()
           else
-            add("(chart failed: " .. cell(text) .. ")"); add()
+            add("(chart failed: " .. md_cell(text) .. ")"); add()
           end
         end
       elseif not ok then
-        add("(charts failed: " .. cell(charts) .. ")"); add()
+        add("(charts failed: " .. md_cell(charts) .. ")"); add()
       end
     end
     local v = res.verdict or {}
@@ -276,7 +281,7 @@ end
 
 -- Read a results.json back.
 function M.read(path)
-  local s = lab.read_file(path)
+  local s = util.read_file(path)
   if not s then return nil, "cannot read " .. path end
   local doc, err = json.decode(s)
   if not doc then return nil, path .. ": " .. err end

@@ -17,6 +17,9 @@
 -- "no data: <reason>" instead of drawing empty axes.
 -- The x axis is ticked at the measured x values when there are at most 12
 -- (or at x.ticks = { ... } when given).
+local format = require "procthread.lab.format"
+local sig3, is_bytes = format.sig3, format.is_bytes
+
 local M = {}
 
 local W, H = 760, 440
@@ -29,79 +32,10 @@ local function esc(s)
 end
 M.escape = esc
 
-local function g(v)
-  local s = ("%.3g"):format(v)
-  if s:find("e") then s = ("%.0f"):format(v) end
-  return s
-end
-
--- Human form of a value in a unit: 0.00123 "s" -> "1.23 ms".
-function M.format(v, unit)
-  if v == nil then return "-" end
-  if v ~= v then return "nan" end
-  local a = math.abs(v)
-  if unit == "s" then
-    if a == 0 then return "0 s" end
-    if a >= 1 then return g(v) .. " s" end
-    if a >= 1e-3 then return g(v * 1e3) .. " ms" end
-    if a >= 1e-6 then return g(v * 1e6) .. " µs" end
-    return g(v * 1e9) .. " ns"
-  elseif unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB" then
-    local scale = ({ B = 1, ["B/s"] = 1, KiB = 1024, MiB = 1048576 })[unit]
-    local suffix = unit == "B/s" and "/s" or ""
-    local b = v * scale
-    local ab = math.abs(b)
-    if ab >= 1073741824 then return g(b / 1073741824) .. " GiB" .. suffix end
-    if ab >= 1048576 then return g(b / 1048576) .. " MiB" .. suffix end
-    if ab >= 1024 then return g(b / 1024) .. " KiB" .. suffix end
-    return g(b) .. " B" .. suffix
-  elseif unit == "/s" then
-    if a >= 1e9 then return g(v / 1e9) .. " G/s" end
-    if a >= 1e6 then return g(v / 1e6) .. " M/s" end
-    if a >= 1e3 then return g(v / 1e3) .. " k/s" end
-    return g(v) .. " /s"
-  elseif unit == "x" then
-    return g(v) .. "×"
-  elseif unit == "%" then
-    return g(v) .. " %"
-  elseif unit and unit ~= "" then
-    return g(v) .. " " .. unit
-  end
-  return g(v)
-end
-
 local function log10(v) return math.log(v) / math.log(10) end
 
--- The display unit for values up to `maxv` in `unit`: returns the factor
--- (value / factor is shown) and the suffix.
-function M.scale(unit, maxv)
-  maxv = maxv or 0
-  if unit == "s" then
-    if maxv >= 1 then return 1, " s" end
-    if maxv >= 1e-3 then return 1e-3, " ms" end
-    if maxv >= 1e-6 then return 1e-6, " µs" end
-    return 1e-9, " ns"
-  elseif unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB" then
-    local base = ({ B = 1, ["B/s"] = 1, KiB = 1024, MiB = 1048576 })[unit]
-    local per = unit == "B/s" and "/s" or ""
-    local b = maxv * base
-    if b >= 1073741824 then return 1073741824 / base, " GiB" .. per end
-    if b >= 1048576 then return 1048576 / base, " MiB" .. per end
-    if b >= 1024 then return 1024 / base, " KiB" .. per end
-    return 1 / base, " B" .. per
-  elseif unit == "/s" then
-    if maxv >= 1e9 then return 1e9, " G/s" end
-    if maxv >= 1e6 then return 1e6, " M/s" end
-    if maxv >= 1e3 then return 1e3, " k/s" end
-    return 1, " /s"
-  elseif unit == "x" then return 1, "×"
-  elseif unit == "%" then return 1, " %"
-  elseif unit and unit ~= "" then return 1, " " .. unit end
-  return 1, ""
-end
-
--- Ticks for an axis: returns list of values, and the (possibly widened)
--- range lo, hi.
+-- A round step (1, 2, 2.5 or 5 times a power of ten) that cuts `span`
+-- into about `count` parts.
 local function nice_step(span, count)
   local raw = span / count
   local mag = 10 ^ math.floor(log10(raw))
@@ -112,6 +46,8 @@ local function nice_step(span, count)
   return step * mag
 end
 
+-- Ticks for a linear axis: the list of values, and the (widened) range
+-- lo, hi.
 local function ticks_linear(lo, hi)
   if hi <= lo then hi = lo + 1 end
   local step = nice_step(hi - lo, 6)
@@ -147,10 +83,10 @@ local function ticks_log_fine(lo, hi)
 end
 
 local function ticks_log(lo, hi, unit)
-  if not (unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB") and hi / lo < 100 then
+  if not is_bytes(unit) and hi / lo < 100 then
     return ticks_log_fine(lo, hi)
   end
-  local base = (unit == "B" or unit == "B/s" or unit == "KiB" or unit == "MiB") and 2 or 10
+  local base = is_bytes(unit) and 2 or 10
   local lb = math.log(base)
   local a = math.floor(math.log(lo) / lb + 1e-9)
   local b = math.ceil(math.log(hi) / lb - 1e-9)
@@ -201,11 +137,11 @@ local function axis(spec, values, headroom, at_data)
     if spec.zero ~= false and lo > 0 then lo = 0 end
     if headroom and not spec.max then hi = hi + (hi - lo) * 0.04 end   -- a line along the top stays visible
     -- nice ticks in the display unit (0, 0.5, 1, 1.5 MiB; not 500 KiB, 1000 KiB)
-    local f, suffix = M.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
+    local f, suffix = format.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
     ticks, lo, hi = ticks_linear(lo / f, hi / f)
     for i, t in ipairs(ticks) do ticks[i] = t * f end
     lo, hi = lo * f, hi * f
-    fmt_tick = function(v) return v == 0 and "0" or g(v / f) .. suffix end
+    fmt_tick = function(v) return v == 0 and "0" or sig3(v / f) .. suffix end
   end
   -- the ticks the spec names, else the measured values (8 B, 64 B ...
   -- 1 MiB), inside the range; a linear axis then ends at the last one
@@ -215,8 +151,8 @@ local function axis(spec, values, headroom, at_data)
     ticks = {}
     for _, v in ipairs(data) do if v >= lo and v <= hi then ticks[#ticks + 1] = v end end
     if not spec.log then
-      local f, suffix = M.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
-      fmt_tick = function(v) return v == 0 and "0" or g(v / f) .. suffix end
+      local f, suffix = format.scale(spec.unit, math.max(math.abs(lo), math.abs(hi)))
+      fmt_tick = function(v) return v == 0 and "0" or sig3(v / f) .. suffix end
     end
   end
   return { lo = lo, hi = hi, ticks = ticks, log = spec.log, unit = spec.unit, label = spec.label, fmt = fmt_tick }
@@ -346,7 +282,7 @@ function M.chart(spec)
     local x = px(t)
     add(('<line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#e4e4e4"/>'):format(n2(x), y1, n2(x), y0))
     add(('<line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#333333"/>'):format(n2(x), y0, n2(x), y0 + 5))
-    local text = xa.fmt and xa.fmt(t) or M.format(t, xa.unit)
+    local text = xa.fmt and xa.fmt(t) or format.value(t, xa.unit)
     if not last_label or x - last_label >= 7 * #text then
       add(('<text x="%s" y="%d" text-anchor="middle">%s</text>'):format(n2(x), y0 + 18, esc(text)))
       last_label = x
@@ -356,7 +292,7 @@ function M.chart(spec)
     local y = py(t)
     add(('<line x1="%d" y1="%s" x2="%d" y2="%s" stroke="#e4e4e4"/>'):format(x0, n2(y), x1, n2(y)))
     add(('<line x1="%d" y1="%s" x2="%d" y2="%s" stroke="#333333"/>'):format(x0 - 5, n2(y), x0, n2(y)))
-    add(('<text x="%d" y="%s" text-anchor="end">%s</text>'):format(x0 - 8, n2(y + 4), esc(ya.fmt and ya.fmt(t) or M.format(t, ya.unit))))
+    add(('<text x="%d" y="%s" text-anchor="end">%s</text>'):format(x0 - 8, n2(y + 4), esc(ya.fmt and ya.fmt(t) or format.value(t, ya.unit))))
   end
   add('</g>')
   add(('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333333"/>'):format(x0, y1, x1 - x0, y0 - y1))
