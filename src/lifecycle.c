@@ -227,7 +227,7 @@ int pt_lifeline_prefork(int life[2]) {
    their lifelines: only the parent may hold them), arm our own. */
 void pt_lifeline_child(int life[2]) {
   int i;
-  pthread_mutex_init(&reg_mu, NULL);
+  pthread_mutex_unlock(&reg_mu);   /* held across the fork by this very thread */
   for (i = 0; i < reg_n; i++) { pt_close(reg[i].lifeline); pt_close(reg[i].lifeline_r); }
   free(reg);
   reg = NULL;

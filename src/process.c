@@ -208,14 +208,18 @@ int pt_process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
+  /* no list is caught half-changed by the fork.  Lock order: orphans,
+     then the lifecycle registry (the reaper settles under orphan_lock and
+     leaves the registry), then the thread list. */
+  pthread_mutex_lock(&orphan_lock);
   if (pt_lifeline_prefork(life) != 0) {
     e = errno;
+    pthread_mutex_unlock(&orphan_lock);
     close(fds[0]);
     close(fds[1]);
     return spawn_failed(L, w, "pipe", e);
   }
-  pt_thread_fork(0);        /* no list is caught half-changed by the fork */
-  pthread_mutex_lock(&orphan_lock);
+  pt_thread_fork(0);
   pid = fork();
   e = errno;
   if (pid == 0) {
