@@ -18,15 +18,20 @@ build = {
   modules = {
     ["procthread.core"] = {
       sources = {
+        "src/arena.c",
+        "src/arena_lua.c",
         "src/array.c",
         "src/codec.c",
         "src/core.c",
         "src/frame.c",
+        "src/htab.c",
+        "src/lock.c",
         "src/pipe.c",
         "src/process.c",
         "src/shm.c",
         "src/sys.c",
         "src/table.c",
+        "src/table_value.c",
         "src/thread.c",
         "src/worker.c",
       },

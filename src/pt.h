@@ -9,6 +9,7 @@
 #include "compat.h"
 
 #define PT_VERSION "0.1.0"
+#define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
 /* ---- sys.c: buffers, errors, clock, cancellation ---------------------- */
 
