@@ -40,80 +40,13 @@
 
 #define TAB_MAGIC 0x74616231u                /* "tab1" */
 
-enum { S_EMPTY, S_FULL, S_TOMB };
-
-#define C_STATE(c) ((c) & 3u)
-#define C_WHICH(c) (((c) >> 2) & 1u)
-#define C_VT(c) (((c) >> 3) & 15u)
-#define C_VLEN(c) (((c) >> 7) & 15u)
-#define C_KT(c) (((c) >> 11) & 15u)
-#define C_KLEN(c) (((c) >> 15) & 15u)
-#define MKCTL(st, w, vt, vl, kt, kl) \
-  ((uint32_t)(st) | ((uint32_t)(w) << 2) | ((uint32_t)(vt) << 3) | \
-   ((uint32_t)(vl) << 7) | ((uint32_t)(kt) << 11) | ((uint32_t)(kl) << 15))
-
-#define SOFF(w) ((w) & ~63ULL)
-#define SCAP(w) (1ULL << ((w) & 63))
-#define SLOTS(t) PT_SHM_PTR(pt_slot, SOFF((t)->slots))
-
-typedef struct lstr {
-  uint64_t len;
-  char data[8];
-} lstr;
-
 #define TAB(off) PT_HT(off)
-#define LSTR(off) PT_SHM_PTR(lstr, off)
-
-/* ---- hashing -------------------------------------------------------------- */
-
-static uint32_t mix(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return (uint32_t)h;
-}
-
-/* Up to 8 bytes as a zero-padded little-endian word, without a memcpy call
-   of variable length. */
-static uint64_t load_small(const char *s, size_t n) {
-  uint64_t w = 0;
-  size_t i;
-  if (n >= 4) {
-    uint32_t a, b;
-    memcpy(&a, s, 4);
-    memcpy(&b, s + n - 4, 4);
-    return (uint64_t)a | ((uint64_t)b << (8 * (n - 4)));
-  }
-  for (i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
-  return w;
-}
-
-static uint32_t hash_bytes(const char *s, size_t n) {
-  uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, w;
-  while (n > 8) {
-    memcpy(&w, s, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-    s += 8; n -= 8;
-  }
-  return mix(h ^ load_small(s, n));
-}
+#define LSTR(off) PT_HT_LSTR(off)
+#define SOFF(w) PT_HT_SOFF(w)
+#define SCAP(w) PT_HT_SCAP(w)
+#define SLOTS(t) PT_HT_SLOTS(t)
 
 /* ---- keys and values -------------------------------------------------------- */
-
-void pt_ht_string(pt_kv *v, const char *s, size_t len) {
-  v->s = s;
-  v->len = len;
-  v->bits = 0;
-  if (len <= 8) {
-    v->t = PT_V_SSTR;
-    v->bits = load_small(s, len);
-  } else {
-    v->t = PT_V_LSTR;
-  }
-}
 
 void pt_ht_number_key(pt_kv *k, double d) {
   if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && floor(d) == d) {
@@ -125,19 +58,9 @@ void pt_ht_number_key(pt_kv *k, double d) {
   }
 }
 
-void pt_ht_hash(pt_kv *k) {
-  switch (k->t) {
-    case PT_V_FALSE: k->hash = 0x5bd1e995u; break;
-    case PT_V_TRUE: k->hash = 0x1b873593u; break;
-    case PT_V_INT: k->hash = mix(k->bits); break;
-    case PT_V_FLT: k->hash = mix(k->bits ^ 0x6a09e667f3bcc909ULL); break;
-    default: k->hash = hash_bytes(k->s, k->len); break;
-  }
-}
-
 /* A long string's arena copy, or 0 when the arena is full. */
 static pt_off lstr_new(const char *s, size_t len) {
-  pt_off o = pt_shm_alloc(offsetof(lstr, data) + len + 1);
+  pt_off o = pt_shm_alloc(offsetof(pt_lstr, data) + len + 1);
   if (!o) return 0;
   LSTR(o)->len = len;
   memcpy(LSTR(o)->data, s, len);
@@ -176,11 +99,11 @@ static void tab_destroy(pt_off off) {
       for (i = 0; i < cap; i++) {
         pt_slot *sl = &a[i];
         uint32_t c = sl->ctl;
-        if (C_STATE(c) != S_FULL) continue;
-        if (C_KT(c) == PT_V_LSTR) pt_shm_free(sl->key);
-        if (C_VT(c) == PT_V_LSTR) pt_shm_free(sl->val[C_WHICH(c)]);
-        else if (C_VT(c) == PT_V_TAB) {
-          pt_off child = sl->val[C_WHICH(c)];
+        if (PT_HT_C_STATE(c) != PT_S_FULL) continue;
+        if (PT_HT_C_KT(c) == PT_V_LSTR) pt_shm_free(sl->key);
+        if (PT_HT_C_VT(c) == PT_V_LSTR) pt_shm_free(sl->val[PT_HT_C_WHICH(c)]);
+        else if (PT_HT_C_VT(c) == PT_V_TAB) {
+          pt_off child = sl->val[PT_HT_C_WHICH(c)];
           if (pt_shm_decref(&TAB(child)->refs)) {
             TAB(child)->count = next;
             next = child;
@@ -218,27 +141,21 @@ static void tab_repair(pt_stab *t) {
     pt_slot *a = SLOTS(t);
     uint64_t cap = SCAP(t->slots);
     for (i = 0; i < cap; i++) {
-      unsigned s = C_STATE(a[i].ctl);
-      if (s == S_FULL) n++;
-      else if (s == S_TOMB) tb++;
+      unsigned s = PT_HT_C_STATE(a[i].ctl);
+      if (s == PT_S_FULL) n++;
+      else if (s == PT_S_TOMB) tb++;
     }
   }
   t->count = n;
   t->tombs = tb;
 }
 
-int pt_ht_lock(pt_stab *t, int (*cancelled)(void)) {
-  int r = pt_lock_acquire_spin(&t->mu, cancelled);
-  if (r == 1) {
-    tab_repair(t);
-    pt_shm_note_recovery();
-    pt_lock_consistent(&t->mu);
-    r = 0;
-  }
-  return r;
+int pt_ht_recover(pt_stab *t) {
+  tab_repair(t);
+  pt_shm_note_recovery();
+  pt_lock_consistent(&t->mu);
+  return 0;
 }
-
-void pt_ht_unlock(pt_stab *t) { pt_lock_release(&t->mu); }
 
 pt_off pt_ht_new(void) {
   pt_off off = pt_shm_alloc_aligned(sizeof(pt_stab), 64);
@@ -263,64 +180,46 @@ fail:
 /* ---- lookup and change (caller holds the lock) -------------------------------- */
 
 static int key_eq(const pt_slot *sl, uint32_t c, const pt_kv *k) {
-  if (sl->hash != k->hash || C_KT(c) != (unsigned)k->t) return 0;
+  if (sl->hash != k->hash || PT_HT_C_KT(c) != (unsigned)k->t) return 0;
   switch (k->t) {
     case PT_V_FALSE: case PT_V_TRUE: return 1;
     case PT_V_INT: case PT_V_FLT: return sl->key == k->bits;
-    case PT_V_SSTR: return C_KLEN(c) == k->len && sl->key == k->bits;
+    case PT_V_SSTR: return PT_HT_C_KLEN(c) == k->len && sl->key == k->bits;
     case PT_V_LSTR: {
-      const lstr *ls = LSTR(sl->key);
+      const pt_lstr *ls = LSTR(sl->key);
       return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
     }
     default: return 0;
   }
 }
 
-/* Index of k's slot, or -1; *ins: where to insert it (-1: no room). */
-static long find(pt_stab *t, const pt_kv *k, long *ins) {
+pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
   uint64_t w = t->slots, mask, i, n, cap;
   long tomb = -1;
-  *ins = -1;
-  if (!w) return -1;
+  if (ins) *ins = -1;
+  if (!w) return NULL;
   a = PT_SHM_PTR(pt_slot, SOFF(w));
   cap = SCAP(w);
   mask = cap - 1;
   i = k->hash & mask;
   for (n = 0; n < cap; n++, i = (i + 1) & mask) {
     uint32_t c = a[i].ctl;
-    unsigned st = C_STATE(c);
-    if (st == S_EMPTY) {
-      *ins = tomb >= 0 ? tomb : (long)i;
-      return -1;
+    unsigned st = PT_HT_C_STATE(c);
+    if (st == PT_S_EMPTY) {
+      if (ins) *ins = tomb >= 0 ? tomb : (long)i;
+      return NULL;
     }
-    if (st == S_TOMB) {
+    if (st == PT_S_TOMB) {
       if (tomb < 0) tomb = (long)i;
       continue;
     }
-    if (key_eq(&a[i], c, k)) return (long)i;
+    if (key_eq(&a[i], c, k)) return &a[i];
   }
-  *ins = tomb;
-  return -1;
+  if (ins) *ins = tomb;
+  return NULL;
 }
 
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k) {
-  long ins, i = find(t, k, &ins);
-  return i >= 0 ? &SLOTS(t)[i] : NULL;
-}
-
-void pt_ht_slot_value(const pt_slot *sl, pt_kv *v) {
-  uint32_t c = sl->ctl;
-  v->t = (int)C_VT(c);
-  v->bits = sl->val[C_WHICH(c)];
-  v->len = C_VLEN(c);
-  v->s = NULL;
-  if (v->t == PT_V_LSTR) {
-    const lstr *ls = LSTR(v->bits);
-    v->len = (size_t)ls->len;
-    v->s = ls->data;
-  }
-}
 
 static int num_eq(int ta, uint64_t a, int tb, uint64_t b) {
   double d;
@@ -356,13 +255,12 @@ int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e) {
 
 static int present(pt_stab *t, int64_t n) {
   pt_kv k;
-  long ins;
   k.t = PT_V_INT;
   k.bits = (uint64_t)n;
   k.s = NULL;
   k.len = 0;
   pt_ht_hash(&k);
-  return find(t, &k, &ins) >= 0;
+  return pt_ht_find(t, &k, NULL) != NULL;
 }
 
 /* Found like Lua's own: double until absent, then bisect. */
@@ -398,7 +296,7 @@ static int rehash(pt_stab *t, uint64_t cap) {
     uint64_t ocap = SCAP(old);
     for (i = 0; i < ocap; i++) {
       uint64_t j;
-      if (C_STATE(a[i].ctl) != S_FULL) continue;
+      if (PT_HT_C_STATE(a[i].ctl) != PT_S_FULL) continue;
       for (j = a[i].hash & mask; na[j].ctl; j = (j + 1) & mask) {}
       na[j] = a[i];
     }
@@ -426,21 +324,13 @@ void pt_ht_garbage_drop(pt_garbage *g) {
   g->n = 0;
 }
 
-static unsigned vlen_of(const pt_kv *v) { return v->t == PT_V_SSTR ? (unsigned)v->len : 0; }
 
-void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
-  uint32_t c = sl->ctl;
-  unsigned w = !C_WHICH(c);
-  __atomic_store_n(&sl->val[w], v->bits, __ATOMIC_RELAXED);
-  __atomic_store_n(&sl->ctl, MKCTL(S_FULL, w, v->t, vlen_of(v), C_KT(c), C_KLEN(c)),
-                   __ATOMIC_RELEASE);          /* publish */
-}
 
 /* Delete the entry in sl (its key and value go to g). */
 static void remove_slot(pt_stab *t, pt_slot *sl, pt_garbage *g) {
   uint32_t c = sl->ctl;
-  if (C_KT(c) == PT_V_LSTR) garbage_add(g, PT_V_LSTR, sl->key);
-  __atomic_store_n(&sl->ctl, (c & ~3u) | S_TOMB, __ATOMIC_RELEASE);  /* publish */
+  if (PT_HT_C_KT(c) == PT_V_LSTR) garbage_add(g, PT_V_LSTR, sl->key);
+  __atomic_store_n(&sl->ctl, (c & ~3u) | PT_S_TOMB, __ATOMIC_RELEASE);  /* publish */
   t->count--;
   t->tombs++;
   if (SCAP(t->slots) > 64 && t->count * 8 < SCAP(t->slots))
@@ -454,18 +344,18 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   int was_tomb;
   if (!t->slots || (t->count + t->tombs + 1) * 4 > SCAP(t->slots) * 3) {
     if (rehash(t, cap_for(t->count + 1)) != 0) return -1;
-    find(t, k, &ins);
+    pt_ht_find(t, k, &ins);
   }
   if (ins < 0) return -1;                      /* cannot happen: load <= 3/4 */
   keybits = k->bits;
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
-  was_tomb = C_STATE(sl->ctl) == S_TOMB;
+  was_tomb = PT_HT_C_STATE(sl->ctl) == PT_S_TOMB;
   sl->hash = k->hash;
   sl->key = keybits;
   sl->val[0] = v->bits;
   __atomic_store_n(&sl->ctl,
-                   MKCTL(S_FULL, 0, v->t, vlen_of(v), k->t,
+                   PT_HT_MKCTL(PT_S_FULL, 0, v->t, pt_ht_vlen(v), k->t,
                          k->t == PT_V_SSTR ? (unsigned)k->len : 0),
                    __ATOMIC_RELEASE);          /* publish */
   t->count++;
@@ -474,12 +364,12 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
 }
 
 int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g) {
-  long ins, i = find(t, k, &ins);
+  long ins;
+  pt_slot *sl = pt_ht_find(t, k, &ins);
   g->n = 0;
-  if (i >= 0) {
-    pt_slot *sl = &SLOTS(t)[i];
+  if (sl) {
     uint32_t c = sl->ctl;
-    garbage_add(g, (int)C_VT(c), sl->val[C_WHICH(c)]);
+    garbage_add(g, (int)PT_HT_C_VT(c), sl->val[PT_HT_C_WHICH(c)]);
     if (v->t != PT_V_NIL) pt_ht_slot_set(sl, v);
     else remove_slot(t, sl, g);
     return 0;
@@ -501,9 +391,9 @@ static void dump_kv(pt_kv *x, char **strs) {
 /* Entry from a full slot (strings still in the arena). */
 static void entry_of(const pt_slot *sl, int values, pt_ht_entry *e) {
   uint32_t c = sl->ctl;
-  e->k.t = (int)C_KT(c);
+  e->k.t = (int)PT_HT_C_KT(c);
   e->k.bits = sl->key;
-  e->k.len = C_KLEN(c);
+  e->k.len = PT_HT_C_KLEN(c);
   e->k.hash = sl->hash;
   e->k.s = NULL;
   if (e->k.t == PT_V_LSTR) {
@@ -526,7 +416,7 @@ int pt_ht_dump_take(pt_stab *t, int values, pt_ht_dump *d) {
   cap = SCAP(t->slots);
   for (i = 0; i < cap; i++) {                /* the room the strings need */
     pt_ht_entry e;
-    if (C_STATE(a[i].ctl) != S_FULL) continue;
+    if (PT_HT_C_STATE(a[i].ctl) != PT_S_FULL) continue;
     entry_of(&a[i], values, &e);
     if (e.k.t == PT_V_LSTR) bytes += e.k.len;
     if (e.v.t == PT_V_LSTR) bytes += e.v.len;
@@ -536,7 +426,7 @@ int pt_ht_dump_take(pt_stab *t, int values, pt_ht_dump *d) {
   strs = (char *)(d->e + t->count);
   for (i = 0; i < cap && d->n < t->count; i++) {
     pt_ht_entry *e = &d->e[d->n];
-    if (C_STATE(a[i].ctl) != S_FULL) continue;
+    if (PT_HT_C_STATE(a[i].ctl) != PT_S_FULL) continue;
     entry_of(&a[i], values, e);
     dump_kv(&e->k, &strs);
     dump_kv(&e->v, &strs);

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "shm.h"
@@ -45,13 +46,93 @@ typedef struct pt_kv {
   uint32_t hash;
 } pt_kv;
 
+
+/* ---- inside a table (for htab.c, and inline for the binding's hot paths) */
+enum { PT_S_EMPTY, PT_S_FULL, PT_S_TOMB };
+
+#define PT_HT_C_STATE(c) ((c) & 3u)
+#define PT_HT_C_WHICH(c) (((c) >> 2) & 1u)
+#define PT_HT_C_VT(c) (((c) >> 3) & 15u)
+#define PT_HT_C_VLEN(c) (((c) >> 7) & 15u)
+#define PT_HT_C_KT(c) (((c) >> 11) & 15u)
+#define PT_HT_C_KLEN(c) (((c) >> 15) & 15u)
+#define PT_HT_MKCTL(st, w, vt, vl, kt, kl) \
+  ((uint32_t)(st) | ((uint32_t)(w) << 2) | ((uint32_t)(vt) << 3) | \
+   ((uint32_t)(vl) << 7) | ((uint32_t)(kt) << 11) | ((uint32_t)(kl) << 15))
+
+#define PT_HT_SOFF(w) ((w) & ~63ULL)
+#define PT_HT_SCAP(w) (1ULL << ((w) & 63))
+#define PT_HT_SLOTS(t) PT_SHM_PTR(pt_slot, PT_HT_SOFF((t)->slots))
+
+typedef struct pt_lstr {
+  uint64_t len;
+  char data[8];
+} pt_lstr;
+
+#define TAB(off) PT_HT(off)
+#define PT_HT_LSTR(off) PT_SHM_PTR(pt_lstr, off)
+
+
+static inline uint32_t pt_ht_mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return (uint32_t)h;
+}
+
+/* Up to 8 bytes as a zero-padded little-endian word, without a memcpy call
+   of variable length. */
+static inline uint64_t pt_ht_load_small(const char *s, size_t n) {
+  uint64_t w = 0;
+  size_t i;
+  if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + n - 4, 4);
+    return (uint64_t)a | ((uint64_t)b << (8 * (n - 4)));
+  }
+  for (i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
+  return w;
+}
+
+static inline uint32_t pt_ht_hash_bytes(const char *s, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, w;
+  while (n > 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    s += 8; n -= 8;
+  }
+  return pt_ht_mix(h ^ pt_ht_load_small(s, n));
+}
+
 /* ---- keys and values -------------------------------------------------- */
 /* A string as a kv (no arena memory taken: a long one is PT_V_LSTR with s). */
-void pt_ht_string(pt_kv *v, const char *s, size_t len);
+static inline void pt_ht_string(pt_kv *v, const char *s, size_t len) {
+  v->s = s;
+  v->len = len;
+  v->bits = 0;
+  if (len <= 8) {
+    v->t = PT_V_SSTR;
+    v->bits = pt_ht_load_small(s, len);
+  } else {
+    v->t = PT_V_LSTR;
+  }
+}
 /* A float key: an integral one is the integer key (as Lua's tables say). */
 void pt_ht_number_key(pt_kv *k, double d);
 /* Fill k->hash: the last step of making a key. */
-void pt_ht_hash(pt_kv *k);
+static inline void pt_ht_hash(pt_kv *k) {
+  switch (k->t) {
+    case PT_V_FALSE: k->hash = 0x5bd1e995u; break;
+    case PT_V_TRUE: k->hash = 0x1b873593u; break;
+    case PT_V_INT: k->hash = pt_ht_mix(k->bits); break;
+    case PT_V_FLT: k->hash = pt_ht_mix(k->bits ^ 0x6a09e667f3bcc909ULL); break;
+    default: k->hash = pt_ht_hash_bytes(k->s, k->len); break;
+  }
+}
 /* Take the arena memory a value needs (a long string's copy): 0 ok, -1 the
    arena is full. */
 int pt_ht_prepare(pt_kv *v);
@@ -82,8 +163,15 @@ int pt_ht_valid(pt_off off, uint64_t gen);
 /* The lock: 0 held (a dead owner's table repaired), -1 errno (ECANCELED
    when cancelled() said so while waiting; see pt_lock_acquire_spin).
    Recursive. */
-int pt_ht_lock(pt_stab *t, int (*cancelled)(void));
-void pt_ht_unlock(pt_stab *t);
+static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void));
+static inline void pt_ht_unlock(pt_stab *t) { pt_lock_release(&t->mu); }
+/* The lock was taken over from a dead owner: recount the table, make the
+   lock consistent; returns 0. */
+int pt_ht_recover(pt_stab *t);
+static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void)) {
+  int r = pt_lock_acquire_spin(&t->mu, cancelled);
+  return r == 1 ? pt_ht_recover(t) : r;
+}
 /* Start fetching the slot a key hashes to while the lock is being taken
    (a hint only: the slot array may change before the lock is ours, and a
    prefetch never faults). */
@@ -93,13 +181,32 @@ static inline void pt_ht_prefetch(pt_stab *t, uint32_t hash) {
 }
 
 /* ---- under the lock --------------------------------------------------- */
-/* k's slot, or NULL. */
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k);
+/* k's slot, or NULL; then *ins (when ins is not NULL): the index of the
+   slot to insert it into, -1 when there is no room. */
+pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins);
 /* The value in a slot (a long string's s points into the arena; a table
    gets no count). */
-void pt_ht_slot_value(const pt_slot *sl, pt_kv *v);
-/* Replace the value of a slot by a prepared number (pt.add). */
-void pt_ht_slot_set(pt_slot *sl, const pt_kv *v);
+static inline void pt_ht_slot_value(const pt_slot *sl, pt_kv *v) {
+  uint32_t c = sl->ctl;
+  v->t = (int)PT_HT_C_VT(c);
+  v->bits = sl->val[PT_HT_C_WHICH(c)];
+  v->len = PT_HT_C_VLEN(c);
+  v->s = NULL;
+  if (v->t == PT_V_LSTR) {
+    const pt_lstr *ls = PT_HT_LSTR(v->bits);
+    v->len = (size_t)ls->len;
+    v->s = ls->data;
+  }
+}
+/* Replace the value of a slot by a prepared value. */
+static inline unsigned pt_ht_vlen(const pt_kv *v) { return v->t == PT_V_SSTR ? (unsigned)v->len : 0; }
+static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
+  uint32_t c = sl->ctl;
+  unsigned w = !PT_HT_C_WHICH(c);
+  __atomic_store_n(&sl->val[w], v->bits, __ATOMIC_RELAXED);
+  __atomic_store_n(&sl->ctl, PT_HT_MKCTL(PT_S_FULL, w, v->t, pt_ht_vlen(v), PT_HT_C_KT(c), PT_HT_C_KLEN(c)),
+                   __ATOMIC_RELEASE);          /* publish */
+}
 /* Is the value in sl (absence when NULL) equal to e, as == says? */
 int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
 /* A border of the table (as # says). */

@@ -161,13 +161,13 @@ static int add_impl(lua_State *L, int may_collect) {
   pt_stab *t = pt_st_check(L, 1);
   pt_kv k, n, v;
   pt_slot *sl;
-  pt_st_tokv(L, 2, &k, PT_AS_KEY, 0, NULL);
+  pt_st_tokey(L, 2, &k);
   if (lua_type(L, 3) != LUA_TNUMBER)
     return luaL_argerror(L, 3, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 3)));
-  pt_st_tokv(L, 3, &n, PT_AS_EXPECTED, 0, NULL);   /* a number: nothing to take */
+  pt_st_tonumber(L, 3, &n);
   pt_ht_prefetch(t, k.hash);
   if (pt_st_lock(t) != 0) return pt_st_lock_error(L);
-  if ((sl = pt_ht_find(t, &k)) != NULL) {
+  if ((sl = pt_ht_find(t, &k, NULL)) != NULL) {
     pt_kv cur;
     double d;
     memcpy(&d, &n.bits, 8);
@@ -205,16 +205,16 @@ static int cas_impl(lua_State *L, int may_collect) {
   pt_st_reader r;
   luaL_checkany(L, 3);
   lua_settop(L, 4);
-  pt_st_tokv(L, 2, &k, PT_AS_KEY, 0, NULL);
-  pt_st_tokv(L, 3, &e, PT_AS_EXPECTED, 0, NULL);
+  pt_st_tokey(L, 2, &k);
+  pt_st_toexpected(L, 3, &e);
   pt_st_reader_init(L, &r);                                 /* L: st k e new */
   for (;;) {
     pt_slot *sl;
     pt_kv cur;
     int visited = 0;
-    pt_st_tokv(L, 4, &v, PT_AS_VALUE, 0, &visited);
+    pt_st_tovalue(L, 4, &v, 0, &visited);
     if (pt_st_lock(t) != 0) { pt_ht_unprepare(&v); return pt_st_lock_error(L); }
-    sl = pt_ht_find(t, &k);
+    sl = pt_ht_find(t, &k, NULL);
     if (pt_ht_slot_equals(sl, &e)) {
       pt_garbage g;
       int rs = pt_ht_store(t, &k, &v, &g);
@@ -274,7 +274,7 @@ static int st_locked(lua_State *L) {
 static int st_index(lua_State *L) {
   pt_stab *t = pt_st_check(L, 1);
   pt_kv k;
-  pt_st_tokv(L, 2, &k, PT_AS_KEY, 0, NULL);
+  pt_st_tokey(L, 2, &k);
   pt_st_get(L, t, &k);
   return 1;
 }
@@ -283,8 +283,8 @@ static int st_newindex(lua_State *L) {
   pt_stab *t = pt_st_check(L, 1);
   pt_kv k, v;
   int visited = 0;
-  pt_st_tokv(L, 2, &k, PT_AS_KEY, 0, NULL);
-  pt_st_tokv(L, 3, &v, PT_AS_VALUE, 0, &visited);
+  pt_st_tokey(L, 2, &k);
+  pt_st_tovalue(L, 3, &v, 0, &visited);
   pt_st_store(L, t, &k, &v);
   pt_st_release_visited(L, visited, NULL);
   return 0;

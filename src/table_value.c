@@ -4,36 +4,17 @@
 #include "table_value.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- handles ------------------------------------------------------------------ */
 
-pt_shm_handle *pt_st_tohandle(lua_State *L, int i) {
-  pt_shm_handle *h = lua_touserdata(L, i);
-  if (h && pt_rawlen(L, i) == sizeof(pt_shm_handle) && h->magic == PT_HANDLE_MAGIC &&
-      h->kind == PT_KIND_TABLE)
-    return h;
-  return NULL;
-}
-
-__attribute__((cold, noinline)) static void raise_dead(lua_State *L, pt_off off, int i) {
+void pt_st_raise_bad(lua_State *L, int i, pt_off off, int is_handle) {
+  if (!is_handle)
+    luaL_argerror(L, i, lua_pushfstring(L, "shared table expected, got %s", luaL_typename(L, i)));
   if (!off) luaL_argerror(L, i, "shared table is released");
   luaL_error(L, PT_ST_FREED_MSG);
-}
-
-pt_stab *pt_st_handle_tab(lua_State *L, const pt_shm_handle *h, int i) {
-  pt_off off = pt_shm_handle_off(h);
-  if (!off || !pt_ht_live(off, h->gen)) raise_dead(L, off, i);
-  return PT_HT(off);
-}
-
-pt_stab *pt_st_check(lua_State *L, int i) {
-  pt_shm_handle *h = pt_st_tohandle(L, i);
-  if (!h) {
-    const char *msg = lua_pushfstring(L, "shared table expected, got %s", luaL_typename(L, i));
-    luaL_argerror(L, i, msg);
-  }
-  return pt_st_handle_tab(L, h, i);
+  abort();                                   /* not reached: luaL_error raises */
 }
 
 pt_shm_handle *pt_st_push_blank(lua_State *L) {
@@ -69,8 +50,6 @@ int pt_st_raise_full(lua_State *L) {
   return luaL_error(L, "%s", pt_shm_full_msg());
 }
 
-int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_cancel_requested); }
-
 int pt_st_raise_lock(lua_State *L) {
   if (errno == ECANCELED) return pt_raise_cancelled(L);
   return pt_raise_oserror(L, "shared table lock", errno);
@@ -103,7 +82,7 @@ static void tokv_number(lua_State *L, int i, pt_kv *v, int as) {
 }
 
 /* A shared table as a value: a count taken (AS_VALUE) or not. */
-static int tokv_table(lua_State *L, int i, pt_kv *v, int as) {
+__attribute__((noinline)) static int tokv_table(lua_State *L, int i, pt_kv *v, int as) {
   pt_shm_handle *h = pt_st_tohandle(L, i);
   pt_stab *t;
   if (!h) return 0;
@@ -119,7 +98,7 @@ static int tokv_table(lua_State *L, int i, pt_kv *v, int as) {
 }
 
 /* A plain table as a value: copied into a new shared table. */
-static void tokv_copy(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
+__attribute__((noinline)) static void tokv_copy(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
   pt_off o;
   i = pt_absindex(L, i);
   if (!*visited) {
@@ -132,6 +111,13 @@ static void tokv_copy(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
   v->bits = o;
 }
 
+/* A long string as a value: its arena copy. */
+__attribute__((noinline)) static void tokv_prepare(lua_State *L, pt_kv *v) {
+  if (pt_ht_prepare(v) == 0) return;
+  pt_st_collect(L);
+  if (pt_ht_prepare(v) != 0) pt_st_raise_full(L);
+}
+
 __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) {
   if (as == PT_AS_KEY)
     luaL_error(L, "invalid key: %s (shared table keys are strings, numbers and booleans)",
@@ -141,7 +127,10 @@ __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) 
                                       luaL_typename(L, i)));
 }
 
-void pt_st_tokv(lua_State *L, int i, pt_kv *v, int as, int depth, int *visited) {
+/* The one conversion; `as` is a constant in each of the three below, so
+   the compiler makes each its own function. */
+static inline __attribute__((always_inline)) void tokv(lua_State *L, int i, pt_kv *v, int as,
+                                                       int depth, int *visited) {
   v->t = PT_V_NIL;
   v->s = NULL;
   v->len = 0;
@@ -160,10 +149,7 @@ void pt_st_tokv(lua_State *L, int i, pt_kv *v, int as, int depth, int *visited) 
       size_t len;
       const char *s = lua_tolstring(L, i, &len);
       pt_ht_string(v, s, len);
-      if (as == PT_AS_VALUE && pt_ht_prepare(v) != 0) {
-        pt_st_collect(L);
-        if (pt_ht_prepare(v) != 0) pt_st_raise_full(L);
-      }
+      if (as == PT_AS_VALUE && v->t == PT_V_LSTR) tokv_prepare(L, v);
       goto done;
     }
     case LUA_TUSERDATA:
@@ -178,6 +164,20 @@ void pt_st_tokv(lua_State *L, int i, pt_kv *v, int as, int depth, int *visited) 
   bad_kv(L, i, as);
 done:
   if (as == PT_AS_KEY) pt_ht_hash(v);
+}
+
+void pt_st_tokey(lua_State *L, int i, pt_kv *k) { tokv(L, i, k, PT_AS_KEY, 0, NULL); }
+
+void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
+  tokv(L, i, v, PT_AS_VALUE, depth, visited);
+}
+
+void pt_st_toexpected(lua_State *L, int i, pt_kv *e) { tokv(L, i, e, PT_AS_EXPECTED, 0, NULL); }
+
+void pt_st_tonumber(lua_State *L, int i, pt_kv *n) {
+  n->s = NULL;
+  n->len = 0;
+  tokv_number(L, i, n, PT_AS_VALUE);
 }
 
 void pt_st_push_kv(lua_State *L, const pt_kv *v) {
@@ -266,8 +266,8 @@ pt_off pt_st_copy_plain(lua_State *L, int idx, int depth, int visited) {
   while (lua_next(L, idx)) {                                /* L: ... h k v */
     pt_kv k, v;
     int vis = visited;
-    pt_st_tokv(L, -2, &k, PT_AS_KEY, 0, NULL);
-    pt_st_tokv(L, -1, &v, PT_AS_VALUE, depth, &vis);        /* may push a handle */
+    pt_st_tokey(L, -2, &k);
+    pt_st_tovalue(L, -1, &v, depth, &vis);       /* may push a handle */
     pt_st_store(L, t, &k, &v);
     lua_settop(L, top + 1);                                 /* L: ... h k */
   }
@@ -293,29 +293,6 @@ void pt_st_release_visited(lua_State *L, int visited, const pt_shm_handle *keep)
 
 /* ---- reading ---------------------------------------------------------------------- */
 
-void pt_st_reader_init(lua_State *L, pt_st_reader *r) {
-  r->base = lua_gettop(L);
-  r->blank = NULL;
-  r->blank_idx = 0;
-  r->buf = r->small;
-  r->bufsz = sizeof r->small;
-  r->need_tab = 0;
-  r->need_len = 0;
-}
-
-int pt_st_reader_load(pt_st_reader *r, const pt_slot *sl, pt_kv *v) {
-  pt_ht_slot_value(sl, v);
-  if (v->t == PT_V_TAB) {
-    if (!r->blank) { r->need_tab = 1; return 0; }
-    pt_ht_incref(v->bits);
-  } else if (v->t == PT_V_LSTR) {
-    if (v->len > r->bufsz) { r->need_len = v->len; return 0; }
-    memcpy(r->buf, v->s, v->len);
-    v->s = r->buf;
-  }
-  return 1;
-}
-
 void pt_st_reader_grow(lua_State *L, pt_st_reader *r) {
   if (r->need_tab && !r->blank) {
     r->blank = pt_st_push_blank(L);
@@ -327,21 +304,6 @@ void pt_st_reader_grow(lua_State *L, pt_st_reader *r) {
   }
 }
 
-void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv *v) {
-  if (v && v->t == PT_V_TAB) {
-    pt_st_adopt(r->blank, v->bits);
-    lua_pushvalue(L, r->blank_idx);
-  } else if (v) {
-    pt_st_push_kv(L, v);
-  } else {
-    lua_pushnil(L);
-  }
-  if (lua_gettop(L) > r->base + 1) {
-    lua_replace(L, r->base + 1);
-    lua_settop(L, r->base + 1);
-  }
-}
-
 void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
   pt_st_reader r;
   pt_st_reader_init(L, &r);
@@ -350,7 +312,7 @@ void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
     pt_kv v;
     pt_ht_prefetch(t, k->hash);
     if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
-    if (!(sl = pt_ht_find(t, k))) {
+    if (!(sl = pt_ht_find(t, k, NULL))) {
       pt_ht_unlock(t);
       pt_st_reader_push(L, &r, NULL);
       return;

@@ -13,12 +13,29 @@
 
 /* ---- handles ---------------------------------------------------------- */
 /* The shared table handle at i, or NULL when it is none. */
-pt_shm_handle *pt_st_tohandle(lua_State *L, int i);
+static inline pt_shm_handle *pt_st_tohandle(lua_State *L, int i) {
+  pt_shm_handle *h = lua_touserdata(L, i);
+  if (h && pt_rawlen(L, i) == sizeof(pt_shm_handle) && h->magic == PT_HANDLE_MAGIC &&
+      h->kind == PT_KIND_TABLE)
+    return h;
+  return NULL;
+}
+/* Raise: the argument i is no shared table; its handle (off) is released;
+   its table has been freed. */
+__attribute__((cold, noreturn)) void pt_st_raise_bad(lua_State *L, int i, pt_off off, int is_handle);
 /* The live table of a handle: raises when it is released or when the
    table was freed under it (its generation is gone: never touch it). */
-pt_stab *pt_st_handle_tab(lua_State *L, const pt_shm_handle *h, int i);
+static inline pt_stab *pt_st_handle_tab(lua_State *L, const pt_shm_handle *h, int i) {
+  pt_off off = pt_shm_handle_off(h);
+  if (!off || !pt_ht_live(off, h->gen)) pt_st_raise_bad(L, i, off, 1);
+  return PT_HT(off);
+}
 /* The live table at i; raises when it is none. */
-pt_stab *pt_st_check(lua_State *L, int i);
+static inline pt_stab *pt_st_check(lua_State *L, int i) {
+  pt_shm_handle *h = pt_st_tohandle(L, i);
+  if (!h) pt_st_raise_bad(L, i, 0, 0);
+  return pt_st_handle_tab(L, h, i);
+}
 /* A handle that holds nothing yet (so that creating it, which may raise,
    happens before a count is taken). */
 pt_shm_handle *pt_st_push_blank(lua_State *L);
@@ -35,7 +52,7 @@ pt_off pt_st_push_new(lua_State *L);
 void pt_st_collect(lua_State *L);
 int pt_st_raise_full(lua_State *L);
 /* The table's lock, with cancellation asked while waiting (0, or -1 errno). */
-int pt_st_lock(pt_stab *t);
+static inline int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_cancel_requested); }
 /* A lock failure (errno): a cancellation raises "cancelled"; anything else
    raises "shared table lock: <strerror>" (metamethods, which cannot return
    an error) or returns nil, that, errno (pt_st_lock_error). */
@@ -43,15 +60,19 @@ int pt_st_raise_lock(lua_State *L);
 int pt_st_lock_error(lua_State *L);
 
 /* ---- values ------------------------------------------------------------ */
-/* What the Lua value becomes: a key (hashed), a value to store (prepared:
-   what it needs in the arena is taken, a plain table is copied into a new
-   shared table whose handle is left on the stack), or a value to compare
-   with (nothing is taken). */
+/* The Lua value at i as a key (hashed), as a value to store (prepared:
+   what it needs in the arena is taken, and a plain table is copied into a
+   new shared table whose handle is left on the stack; depth and *visited
+   serve that copy, visited: 0 or the stack index of its visited table), or
+   as a value to compare with (nothing is taken).  One conversion (tokv in
+   table_value.c) serves the three.  Raises on a value that cannot be one;
+   nothing is taken then. */
 enum { PT_AS_KEY, PT_AS_VALUE, PT_AS_EXPECTED };
-/* The Lua value at i as a kv.  Raises on a value that cannot be one;
-   nothing is taken then.  depth and *visited serve the copy of a plain
-   table (visited: 0, or the stack index of the copy's visited table). */
-void pt_st_tokv(lua_State *L, int i, pt_kv *v, int as, int depth, int *visited);
+void pt_st_tokey(lua_State *L, int i, pt_kv *k);
+void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited);
+void pt_st_toexpected(lua_State *L, int i, pt_kv *e);
+/* The number at i (its type checked by the caller) as a value. */
+void pt_st_tonumber(lua_State *L, int i, pt_kv *n);
 /* Push a key or a value that is no table. */
 void pt_st_push_kv(lua_State *L, const pt_kv *v);
 /* A printable name for a key, for error messages (pushed on the stack). */
@@ -83,15 +104,50 @@ typedef struct pt_st_reader {
   size_t need_len;
 } pt_st_reader;
 
-void pt_st_reader_init(lua_State *L, pt_st_reader *r);
+static inline void pt_st_reader_init(lua_State *L, pt_st_reader *r) {
+  r->base = lua_gettop(L);
+  r->blank = NULL;
+  r->blank_idx = 0;
+  r->buf = r->small;
+  r->bufsz = sizeof r->small;
+  r->need_tab = 0;
+  r->need_len = 0;
+}
+
 /* Under the lock: read the value in sl into v (strings into r's buffer; a
    table gets a count, adopted by pt_st_reader_push).  0 when it does not
    fit: release the lock, pt_st_reader_grow, and read again. */
-int pt_st_reader_load(pt_st_reader *r, const pt_slot *sl, pt_kv *v);
+static inline int pt_st_reader_load(pt_st_reader *r, const pt_slot *sl, pt_kv *v) {
+  pt_ht_slot_value(sl, v);
+  if (v->t == PT_V_TAB) {
+    if (!r->blank) { r->need_tab = 1; return 0; }
+    pt_ht_incref(v->bits);
+  } else if (v->t == PT_V_LSTR) {
+    if (v->len > r->bufsz) { r->need_len = v->len; return 0; }
+    memcpy(r->buf, v->s, v->len);
+    v->s = r->buf;
+  }
+  return 1;
+}
+
 void pt_st_reader_grow(lua_State *L, pt_st_reader *r);
 /* Lock released: leave v (nil when v is NULL) as the only value above the
    entry top. */
-void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv *v);
+static inline void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv *v) {
+  if (v && v->t == PT_V_TAB) {
+    pt_st_adopt(r->blank, v->bits);
+    lua_pushvalue(L, r->blank_idx);
+  } else if (v) {
+    pt_st_push_kv(L, v);
+  } else {
+    lua_pushnil(L);
+  }
+  if (lua_gettop(L) > r->base + 1) {
+    lua_replace(L, r->base + 1);
+    lua_settop(L, r->base + 1);
+  }
+}
+
 /* Push t[k] (nil when absent); raises on a lock failure. */
 void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k);
 
