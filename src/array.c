@@ -203,7 +203,7 @@ static ahandle *checkarray(lua_State *L, int i) {
   return a;
 }
 
-static ahandle *push_blank(lua_State *L) {
+static ahandle *arr_push_blank(lua_State *L) {
   ahandle *a = pt_newuserdata(L, sizeof(ahandle));
   memset(a, 0, sizeof *a);
   a->h.magic = PT_HANDLE_MAGIC;
@@ -229,7 +229,7 @@ static void adopt_private(ahandle *a, ablock *b) {
   a->data = b->d;
 }
 
-static void release(ahandle *a) {
+static void arr_drop_handle(ahandle *a) {
   a->data = NULL;
   if (a->shared) {
     pt_shm_release(&a->h);
@@ -244,7 +244,7 @@ static void release(ahandle *a) {
 static int arr_release(lua_State *L, int idx) {
   ahandle *a = toarray(L, idx);
   if (!a) return 0;
-  release(a);
+  arr_drop_handle(a);
   return 1;
 }
 
@@ -324,7 +324,7 @@ static int arr_len(lua_State *L) {
 
 static int arr_gc(lua_State *L) {
   ahandle *a = toarray(L, 1);
-  if (a) release(a);
+  if (a) arr_drop_handle(a);
   return 0;
 }
 
@@ -361,7 +361,7 @@ static int arr_new(lua_State *L) {
   n = (uint64_t)nn;
   if (n > PT_SHM_MAX_SIZE / sizeof(double))
     return luaL_argerror(L, 1, "size too large");
-  a = push_blank(L);
+  a = arr_push_blank(L);
   if (shared) {
     pt_off off;
     ablock *b;
@@ -474,13 +474,13 @@ static const char *arr_decode(lua_State *L, const pt_ref *ref) {
   if (ref->b & REF_SHARED) {
     if (!valid_shared(ref))
       return "corrupt message (bad shared array reference, or the array has been freed)";
-    a = push_blank(L);
+    a = arr_push_blank(L);
     adopt_shared(a, ref->a);
     return NULL;
   }
   if (!(c = valid_cell(ref))) return "corrupt message (bad private array reference)";
   if (c->pid != (uint64_t)getpid()) return "private array cannot cross to another process";
-  a = push_blank(L);                          /* may raise: before anything is taken */
+  a = arr_push_blank(L);                          /* may raise: before anything is taken */
   pthread_mutex_lock(&preg_mu);
   p = parr_find(ref->b);
   if (p && p->cell == ref->a) {
@@ -510,12 +510,7 @@ void pt_open_array(lua_State *L) {
   pt_atfork_child(preg_after_fork);
   pt_on_child_exit(parr_exit_child);
   pt_shm_register_kind(PT_KIND_ARRAY, &arr_kind);
-  if (luaL_newmetatable(L, ANAME)) {
-    pt_setfuncs(L, meta);
-    lua_pushstring(L, ANAME);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
+  pt_shm_newmeta(L, ANAME, meta);
   lua_pushcfunction(L, arr_new);
   lua_setfield(L, -2, "array");
 }

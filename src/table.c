@@ -414,12 +414,7 @@ void pt_open_table(lua_State *L) {
     {NULL, NULL}};
   pt_open_arena(L);
   pt_shm_register_kind(PT_KIND_TABLE, &st_kind);
-  if (luaL_newmetatable(L, PT_ST_TNAME)) {
-    pt_setfuncs(L, meta);
-    lua_pushstring(L, PT_ST_TNAME);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
+  pt_shm_newmeta(L, PT_ST_TNAME, meta);
   if (luaL_newmetatable(L, DUMPNAME)) {
     lua_pushcfunction(L, st_dump_gc);
     lua_setfield(L, -2, "__gc");
