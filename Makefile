@@ -35,6 +35,7 @@ $(addprefix build-,$(LUAS)): build-%:
 	  printf '%s\n' "$$out" | grep -v -e '^\[ *[0-9]*%\] Built target' -e '^$$' || true; exit $$rc
 
 test: deps build
+	@build/$(firstword $(LUAS))/arena_test
 	@sh spec/run $(LUAS)
 
 lab: deps build-$(LAB_LUA)

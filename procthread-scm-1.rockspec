@@ -18,6 +18,8 @@ build = {
   modules = {
     ["procthread.core"] = {
       sources = {
+        "src/arena.c",
+        "src/arena_lua.c",
         "src/array.c",
         "src/buf.c",
         "src/channel.c",
@@ -29,7 +31,9 @@ build = {
         "src/core.c",
         "src/frame.c",
         "src/handle.c",
+        "src/htab.c",
         "src/lifecycle.c",
+        "src/lock.c",
         "src/pipe.c",
         "src/process.c",
         "src/queue.c",
@@ -37,6 +41,7 @@ build = {
         "src/sync.c",
         "src/sys.c",
         "src/table.c",
+        "src/table_value.c",
         "src/thread.c",
         "src/wait.c",
         "src/worker.c",

@@ -7,8 +7,7 @@
  * Elements are read and written with single aligned 8-byte accesses, so a
  * reader never sees a torn number.  Both kinds share the metatable
  * "procthread.Array". */
-#include "pt.h"
-#include "shm.h"
+#include "arena_lua.h"
 
 #include <errno.h>
 #include <math.h>
@@ -20,10 +19,10 @@
 #include <unistd.h>
 
 #define ANAME "procthread.Array"
-#define KIND_SARRAY 2
 #define SARR_MAGIC 0x61727231u                /* "arr1" */
 #define CELL_MAGIC 0x7074666c69676874ULL      /* "ptflight" */
 #define REF_SHARED (1ULL << 63)               /* in pt_ref.b: a shared array */
+#define NUMLEN 32                             /* a formatted count */
 
 /* The block, in the arena (shared) or from malloc (private). */
 typedef struct ablock {
@@ -158,7 +157,7 @@ static void parr_sweep(void) {
 static ablock *parr_new(uint64_t n) {
   pblock *p = calloc(1, offsetof(pblock, a) + BLOCK_SIZE(n));
   if (!p) return NULL;
-  p->a.kind = KIND_SARRAY;
+  p->a.kind = PT_KIND_ARRAY;
   p->a.refs = 1;
   p->a.n = n;
   pthread_mutex_lock(&preg_mu);
@@ -184,7 +183,7 @@ static void parr_drop(ablock *b) {
 static ahandle *toarray(lua_State *L, int i) {
   ahandle *a = lua_touserdata(L, i);
   if (a && pt_rawlen(L, i) == sizeof(ahandle) && a->h.magic == PT_HANDLE_MAGIC &&
-      a->h.kind == KIND_SARRAY)
+      a->h.kind == PT_KIND_ARRAY)
     return a;
   return NULL;
 }
@@ -204,11 +203,11 @@ static ahandle *checkarray(lua_State *L, int i) {
   return a;
 }
 
-static ahandle *push_blank(lua_State *L) {
+static ahandle *arr_push_blank(lua_State *L) {
   ahandle *a = pt_newuserdata(L, sizeof(ahandle));
   memset(a, 0, sizeof *a);
   a->h.magic = PT_HANDLE_MAGIC;
-  a->h.kind = KIND_SARRAY;
+  a->h.kind = PT_KIND_ARRAY;
   luaL_getmetatable(L, ANAME);
   lua_setmetatable(L, -2);
   return a;
@@ -219,7 +218,7 @@ static void adopt_shared(ahandle *a, pt_off off) {
   a->shared = 1;
   a->n = b->n;
   a->data = b->d;
-  pt_shm_track(&a->h, off, __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE), KIND_SARRAY, sarr_drop);
+  pt_shm_track(&a->h, off, __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE), PT_KIND_ARRAY, sarr_drop);
 }
 
 static void adopt_private(ahandle *a, ablock *b) {
@@ -230,7 +229,7 @@ static void adopt_private(ahandle *a, ablock *b) {
   a->data = b->d;
 }
 
-static void release(ahandle *a) {
+static void arr_drop_handle(ahandle *a) {
   a->data = NULL;
   if (a->shared) {
     pt_shm_release(&a->h);
@@ -241,14 +240,15 @@ static void release(ahandle *a) {
   }
 }
 
-int pt_array_release(lua_State *L, int idx) {
+/* For pt.release and pt._shm_release (arena_lua.c). */
+static int arr_release(lua_State *L, int idx) {
   ahandle *a = toarray(L, idx);
   if (!a) return 0;
-  release(a);
+  arr_drop_handle(a);
   return 1;
 }
 
-int pt_array_drop_count(lua_State *L, int idx) {
+static int arr_drop_count(lua_State *L, int idx) {
   ahandle *a = toarray(L, idx);
   if (!a || !a->shared) return 0;
   checkarray(L, idx);
@@ -256,10 +256,12 @@ int pt_array_drop_count(lua_State *L, int idx) {
   return 1;
 }
 
+static const pt_shm_kind arr_kind = {arr_release, arr_drop_count};
+
 /* The index at 2 as given (tostring: an integer or a float), and the
    range, in full. */
 static void out_of_range(lua_State *L, const ahandle *a) {
-  char n[32];
+  char n[NUMLEN];
   snprintf(n, sizeof n, "%llu", (unsigned long long)a->n);
   lua_pushvalue(L, 2);
   luaL_error(L, "array index %s out of range (1..%s)", lua_tostring(L, -1), n);
@@ -294,7 +296,7 @@ static uint64_t checkindex(lua_State *L, ahandle *a) {
   return (uint64_t)i - 1;
 }
 
-static int l_index(lua_State *L) {
+static int arr_index(lua_State *L) {
   ahandle *a = checkarray(L, 1);
   uint64_t i = checkindex(L, a);
   double v;
@@ -303,7 +305,7 @@ static int l_index(lua_State *L) {
   return 1;
 }
 
-static int l_newindex(lua_State *L) {
+static int arr_newindex(lua_State *L) {
   ahandle *a = checkarray(L, 1);
   uint64_t i = checkindex(L, a);
   double v;
@@ -314,27 +316,27 @@ static int l_newindex(lua_State *L) {
   return 0;
 }
 
-static int l_len(lua_State *L) {
+static int arr_len(lua_State *L) {
   ahandle *a = checkarray(L, 1);
   lua_pushinteger(L, (lua_Integer)a->n);
   return 1;
 }
 
-static int l_gc(lua_State *L) {
+static int arr_gc(lua_State *L) {
   ahandle *a = toarray(L, 1);
-  if (a) release(a);
+  if (a) arr_drop_handle(a);
   return 0;
 }
 
-static int l_eq(lua_State *L) {
+static int arr_eq(lua_State *L) {
   ahandle *a = toarray(L, 1), *b = toarray(L, 2);
   lua_pushboolean(L, a && b && a->data && a->data == b->data && a->h.gen == b->h.gen);
   return 1;
 }
 
-static int l_tostring(lua_State *L) {
+static int arr_tostring(lua_State *L) {
   ahandle *a = toarray(L, 1);
-  char n[32];
+  char n[NUMLEN];
   if (a && a->data && a->shared && !shared_live(a)) {
     lua_pushstring(L, ANAME " (freed)");
   } else if (a && a->data) {
@@ -348,7 +350,7 @@ static int l_tostring(lua_State *L) {
 }
 
 /* pt.array(n [, "private" | "shared"]) -> array | nil, err, errno */
-static int l_array(lua_State *L) {
+static int arr_new(lua_State *L) {
   static const char *const kinds[] = {"private", "shared", NULL};
   lua_Number nn = luaL_checknumber(L, 1);
   int shared = luaL_checkoption(L, 2, "private", kinds);
@@ -357,9 +359,9 @@ static int l_array(lua_State *L) {
   if (!(nn >= 0 && nn <= 9007199254740992.0) || (lua_Number)(uint64_t)nn != nn)
     return luaL_argerror(L, 1, "size must be an integer >= 0");
   n = (uint64_t)nn;
-  if (n > (((uint64_t)1 << 46) / sizeof(double)))
+  if (n > PT_SHM_MAX_SIZE / sizeof(double))
     return luaL_argerror(L, 1, "size too large");
-  a = push_blank(L);
+  a = arr_push_blank(L);
   if (shared) {
     pt_off off;
     ablock *b;
@@ -371,7 +373,7 @@ static int l_array(lua_State *L) {
     }
     if (!off) return luaL_error(L, "%s", pt_shm_full_msg());
     b = PT_SHM_PTR(ablock, off);
-    b->kind = KIND_SARRAY;
+    b->kind = PT_KIND_ARRAY;
     b->refs = 1;
     b->n = n;
     memset(b->d, 0, (size_t)n * sizeof(double));
@@ -405,7 +407,7 @@ static pt_off parr_cell(pblock *p) {
   return p->cell;
 }
 
-static const char *x_encode(lua_State *L, int idx, pt_ref *ref) {
+static const char *arr_encode(lua_State *L, int idx, pt_ref *ref) {
   ahandle *a = toarray(L, idx);
   const char *err = NULL;
   if (!a) return "not an array";
@@ -432,10 +434,7 @@ static const char *x_encode(lua_State *L, int idx, pt_ref *ref) {
 }
 
 /* The arena object a reference names, checked: 0 when it is none. */
-static int valid_at(const pt_ref *ref, size_t size) {
-  return pt_shm_mapped() && ref->a >= 64 && ref->a % 16 == 0 &&
-         ref->a <= pt_shm_config_size() - size;
-}
+static int valid_at(const pt_ref *ref, size_t size) { return pt_shm_plausible(ref->a, size); }
 
 static int valid_shared(const pt_ref *ref) {
   ablock *b;
@@ -451,7 +450,7 @@ static pcell *valid_cell(const pt_ref *ref) {
   return __atomic_load_n(&c->magic, __ATOMIC_RELAXED) == CELL_MAGIC && c->id == ref->b ? c : NULL;
 }
 
-static void x_release(const pt_ref *ref) {
+static void arr_ref_release(const pt_ref *ref) {
   pcell *c;
   if (ref->b & REF_SHARED) {
     if (valid_shared(ref)) sarr_drop(ref->a, ref->b & ~REF_SHARED);
@@ -468,20 +467,20 @@ static void x_release(const pt_ref *ref) {
   }
 }
 
-static const char *x_decode(lua_State *L, const pt_ref *ref) {
+static const char *arr_decode(lua_State *L, const pt_ref *ref) {
   ahandle *a;
   pcell *c;
   pblock *p;
   if (ref->b & REF_SHARED) {
     if (!valid_shared(ref))
       return "corrupt message (bad shared array reference, or the array has been freed)";
-    a = push_blank(L);
+    a = arr_push_blank(L);
     adopt_shared(a, ref->a);
     return NULL;
   }
   if (!(c = valid_cell(ref))) return "corrupt message (bad private array reference)";
   if (c->pid != (uint64_t)getpid()) return "private array cannot cross to another process";
-  a = push_blank(L);                          /* may raise: before anything is taken */
+  a = arr_push_blank(L);                          /* may raise: before anything is taken */
   pthread_mutex_lock(&preg_mu);
   p = parr_find(ref->b);
   if (p && p->cell == ref->a) {
@@ -497,25 +496,21 @@ static const char *x_decode(lua_State *L, const pt_ref *ref) {
   return NULL;
 }
 
-const pt_xtype pt_xtype_array = {ANAME, x_encode, x_release, x_decode};
+const pt_xtype pt_xtype_array = {ANAME, arr_encode, arr_ref_release, arr_decode};
 
 void pt_open_array(lua_State *L) {
   static const luaL_Reg meta[] = {
-    {"__index", l_index}, {"__newindex", l_newindex}, {"__len", l_len},
-    {"__gc", l_gc}, {"__eq", l_eq}, {"__tostring", l_tostring},
+    {"__index", arr_index}, {"__newindex", arr_newindex}, {"__len", arr_len},
+    {"__gc", arr_gc}, {"__eq", arr_eq}, {"__tostring", arr_tostring},
 #if LUA_VERSION_NUM >= 504
-    {"__close", l_gc},
+    {"__close", arr_gc},
 #endif
     {NULL, NULL}};
   pt_shm_init_process();
   pt_atfork_child(preg_after_fork);
   pt_on_child_exit(parr_exit_child);
-  if (luaL_newmetatable(L, ANAME)) {
-    pt_setfuncs(L, meta);
-    lua_pushstring(L, ANAME);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
-  lua_pushcfunction(L, l_array);
+  pt_shm_register_kind(PT_KIND_ARRAY, &arr_kind);
+  pt_shm_newmeta(L, ANAME, meta);
+  lua_pushcfunction(L, arr_new);
   lua_setfield(L, -2, "array");
 }

@@ -10,6 +10,7 @@
 #include "buf.h"        /* pt_buf: plain C, usable without this header */
 
 #define PT_VERSION "0.1.0"
+#define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
 /* The size of a buffer that receives an error message (err, errlen). */
 #ifndef PT_ERRLEN

@@ -62,7 +62,7 @@ pt_off pt_queue_new(uint32_t cap) {
   if (!off) { errno = ENOMEM; return 0; }
   q = Q(off);
   memset(q, 0, sizeof *q);
-  if (pt_lock_init(&q->mu) != PT_OK) {
+  if (pt_lock_init(&q->mu, 0) != 0) {
     int e = errno;
     pt_shm_free_aligned(off);
     errno = e;

@@ -44,7 +44,7 @@ static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
   if (!off) { errno = ENOMEM; return 0; }
   o = S(off);
   memset(o, 0, sizeof *o);
-  if (pt_lock_init(&o->mu) != PT_OK) {
+  if (pt_lock_init(&o->mu, 0) != 0) {
     int e = errno;
     pt_shm_free_aligned(off);
     errno = e;

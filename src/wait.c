@@ -199,27 +199,15 @@ int pt_spin_while(const uint64_t *word, uint64_t v) {
 
 /* ---- robust locks ----------------------------------------------------------- */
 
-int pt_lock_init(pthread_mutex_t *m) {
-  pthread_mutexattr_t a;
-  int r;
-  if ((r = pthread_mutexattr_init(&a)) != 0) { errno = r; return PT_ERR; }
-  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-  r = pthread_mutex_init(m, &a);
-  pthread_mutexattr_destroy(&a);
-  if (r) { errno = r; return PT_ERR; }
-  return PT_OK;
-}
-
+/* Over lock.c's robust mutexes: a dead owner's lock is repaired here. */
 int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
-  int r = pthread_mutex_lock(m);
+  int r = pt_lock_acquire(m);
   if (r == 0) return PT_OK;
-  if (r == EOWNERDEAD) {
+  if (r == 1) {
     if (repair) repair(arg);
-    pthread_mutex_consistent(m);
+    pt_lock_consistent(m);
     return PT_OWNERDEAD;
   }
-  errno = r;
   return PT_ERR;
 }
 
@@ -234,7 +222,7 @@ int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   return pt_lock(m, repair, arg);
 }
 
-void pt_unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+void pt_unlock(pthread_mutex_t *m) { pt_lock_release(m); }
 
 /* ---- condition variables ---------------------------------------------------- */
 

@@ -23,6 +23,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "lock.h"
+
 /* The status vocabulary of waits and locks. */
 #define PT_OK 0            /* woken, or the word had changed already */
 #define PT_TIMEOUT 1       /* the deadline passed */
@@ -72,8 +74,8 @@ int pt_spin_while(const uint64_t *word, uint64_t v);
 
 /* ---- robust process-shared locks --------------------------------------- */
 
-/* Initialise a robust, process-shared mutex: 0, or PT_ERR with errno. */
-int pt_lock_init(pthread_mutex_t *m);
+/* Robust process-shared mutexes are lock.h's (pt_lock_init(m, 0)); these
+   take them with the repair of a dead owner's state. */
 /* Lock m.  When its previous owner died holding it, repair(arg) runs
    first (it must bring the guarded data back to a consistent state; may
    be NULL) and the lock is marked consistent.  Returns PT_OK,

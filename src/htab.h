@@ -1,0 +1,245 @@
+/* htab.h - the shared hash table (plain C, no Lua): a hash table that
+ * lives in the shared arena, its keys and values, its lock, and dumps
+ * (copies of its entries).  The Lua binding is table.c.  See htab.c for
+ * the layout and the crash-consistency protocol. */
+#ifndef PT_HTAB_H
+#define PT_HTAB_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "shm.h"
+
+/* Types of keys and values. */
+enum { PT_V_NIL, PT_V_FALSE, PT_V_TRUE, PT_V_INT, PT_V_FLT, PT_V_SSTR, PT_V_LSTR, PT_V_TAB };
+
+typedef struct pt_slot {
+  uint32_t ctl, hash;
+  uint64_t key;
+  uint64_t val[2];
+} pt_slot;
+
+/* The first cache line holds all an ordinary operation touches besides
+   its slot: the lock, the slot array word and the counts. */
+typedef struct pt_stab {
+  pthread_mutex_t mu;
+  uint64_t slots;         /* offset of slot 0 (64-aligned) | log2(capacity) */
+  uint64_t count, tombs;
+  uint32_t magic, kind;
+  uint64_t refs;
+  uint64_t gen;           /* see pt_shm_new_gen; 0 once destroyed */
+} pt_stab;
+
+#define PT_HT(off) PT_SHM_PTR(pt_stab, off)
+
+/* A key or value on the C side.  bits: the integer, the double's bits, the
+   inline string bytes (strings up to 8 bytes), or an arena offset (long
+   string, table).  s, len: a string's bytes (len also for a short one). */
+typedef struct pt_kv {
+  int t;
+  uint64_t bits;
+  const char *s;
+  size_t len;
+  uint32_t hash;
+} pt_kv;
+
+
+/* ---- inside a table (for htab.c, and inline for the binding's hot paths) */
+enum { PT_S_EMPTY, PT_S_FULL, PT_S_TOMB };
+
+#define PT_HT_C_STATE(c) ((c) & 3u)
+#define PT_HT_C_WHICH(c) (((c) >> 2) & 1u)
+#define PT_HT_C_VT(c) (((c) >> 3) & 15u)
+#define PT_HT_C_VLEN(c) (((c) >> 7) & 15u)
+#define PT_HT_C_KT(c) (((c) >> 11) & 15u)
+#define PT_HT_C_KLEN(c) (((c) >> 15) & 15u)
+#define PT_HT_MKCTL(st, w, vt, vl, kt, kl) \
+  ((uint32_t)(st) | ((uint32_t)(w) << 2) | ((uint32_t)(vt) << 3) | \
+   ((uint32_t)(vl) << 7) | ((uint32_t)(kt) << 11) | ((uint32_t)(kl) << 15))
+
+#define PT_HT_SOFF(w) ((w) & ~63ULL)
+#define PT_HT_SCAP(w) (1ULL << ((w) & 63))
+#define PT_HT_SLOTS(t) PT_SHM_PTR(pt_slot, PT_HT_SOFF((t)->slots))
+
+typedef struct pt_lstr {
+  uint64_t len;
+  char data[8];
+} pt_lstr;
+
+#define TAB(off) PT_HT(off)
+#define PT_HT_LSTR(off) PT_SHM_PTR(pt_lstr, off)
+
+
+static inline uint32_t pt_ht_mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return (uint32_t)h;
+}
+
+/* Up to 8 bytes as a zero-padded little-endian word, without a memcpy call
+   of variable length. */
+static inline uint64_t pt_ht_load_small(const char *s, size_t n) {
+  uint64_t w = 0;
+  size_t i;
+  if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + n - 4, 4);
+    return (uint64_t)a | ((uint64_t)b << (8 * (n - 4)));
+  }
+  for (i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
+  return w;
+}
+
+static inline uint32_t pt_ht_hash_bytes(const char *s, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, w;
+  while (n > 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    s += 8; n -= 8;
+  }
+  return pt_ht_mix(h ^ pt_ht_load_small(s, n));
+}
+
+/* ---- keys and values -------------------------------------------------- */
+/* A string as a kv (no arena memory taken: a long one is PT_V_LSTR with s). */
+static inline void pt_ht_string(pt_kv *v, const char *s, size_t len) {
+  v->s = s;
+  v->len = len;
+  v->bits = 0;
+  if (len <= 8) {
+    v->t = PT_V_SSTR;
+    v->bits = pt_ht_load_small(s, len);
+  } else {
+    v->t = PT_V_LSTR;
+  }
+}
+/* A float key: an integral one is the integer key (as Lua's tables say). */
+void pt_ht_number_key(pt_kv *k, double d);
+/* Fill k->hash: the last step of making a key. */
+static inline void pt_ht_hash(pt_kv *k) {
+  switch (k->t) {
+    case PT_V_FALSE: k->hash = 0x5bd1e995u; break;
+    case PT_V_TRUE: k->hash = 0x1b873593u; break;
+    case PT_V_INT: k->hash = pt_ht_mix(k->bits); break;
+    case PT_V_FLT: k->hash = pt_ht_mix(k->bits ^ 0x6a09e667f3bcc909ULL); break;
+    default: k->hash = pt_ht_hash_bytes(k->s, k->len); break;
+  }
+}
+/* Take the arena memory a value needs (a long string's copy): 0 ok, -1 the
+   arena is full. */
+int pt_ht_prepare(pt_kv *v);
+/* Drop what a prepared value holds (long string, a count on a table). */
+void pt_ht_unprepare(pt_kv *v);
+
+/* ---- tables ----------------------------------------------------------- */
+/* A new empty table with one count, or 0 (errno: ENOMEM when the arena is
+   full, else the mutex error). */
+pt_off pt_ht_new(void);
+static inline void pt_ht_incref(pt_off off) { pt_shm_incref(&PT_HT(off)->refs); }
+void pt_ht_decref(pt_off off);
+/* A handle's drop (pt_shm_track): one count, only while gen holds. */
+void pt_ht_drop(pt_off off, uint64_t gen);
+static inline int pt_ht_live(pt_off off, uint64_t gen) {
+  return pt_shm_gen_ok(&PT_HT(off)->gen, gen);
+}
+static inline uint64_t pt_ht_gen(pt_off off) {
+  return __atomic_load_n(&PT_HT(off)->gen, __ATOMIC_ACQUIRE);
+}
+static inline pt_off pt_ht_off(const pt_stab *t) {
+  return (pt_off)((const char *)t - PT_SHM_PTR(char, 0));
+}
+/* Does a reference read from a message name a live table of generation
+   gen? */
+int pt_ht_valid(pt_off off, uint64_t gen);
+
+/* The lock: 0 held (a dead owner's table repaired), -1 errno (ECANCELED
+   when cancelled() said so while waiting; see pt_lock_acquire_spin).
+   Recursive. */
+static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void));
+static inline void pt_ht_unlock(pt_stab *t) { pt_lock_release(&t->mu); }
+/* The lock was taken over from a dead owner: recount the table, make the
+   lock consistent; returns 0. */
+int pt_ht_recover(pt_stab *t);
+static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void)) {
+  int r = pt_lock_acquire_spin(&t->mu, cancelled);
+  return r == 1 ? pt_ht_recover(t) : r;
+}
+/* Start fetching the slot a key hashes to while the lock is being taken
+   (a hint only: the slot array may change before the lock is ours, and a
+   prefetch never faults). */
+static inline void pt_ht_prefetch(pt_stab *t, uint32_t hash) {
+  uint64_t w = __atomic_load_n(&t->slots, __ATOMIC_RELAXED);
+  if (w) __builtin_prefetch(PT_SHM_PTR(pt_slot, w & ~63ULL) + (hash & ((1ULL << (w & 63)) - 1)), 1);
+}
+
+/* ---- under the lock --------------------------------------------------- */
+/* k's slot, or NULL; then *ins (when ins is not NULL): the index of the
+   slot to insert it into, -1 when there is no room. */
+pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins);
+/* The value in a slot (a long string's s points into the arena; a table
+   gets no count). */
+static inline void pt_ht_slot_value(const pt_slot *sl, pt_kv *v) {
+  uint32_t c = sl->ctl;
+  v->t = (int)PT_HT_C_VT(c);
+  v->bits = sl->val[PT_HT_C_WHICH(c)];
+  v->len = PT_HT_C_VLEN(c);
+  v->s = NULL;
+  if (v->t == PT_V_LSTR) {
+    const pt_lstr *ls = PT_HT_LSTR(v->bits);
+    v->len = (size_t)ls->len;
+    v->s = ls->data;
+  }
+}
+/* Replace the value of a slot by a prepared value. */
+static inline unsigned pt_ht_vlen(const pt_kv *v) { return v->t == PT_V_SSTR ? (unsigned)v->len : 0; }
+static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
+  uint32_t c = sl->ctl;
+  unsigned w = !PT_HT_C_WHICH(c);
+  __atomic_store_n(&sl->val[w], v->bits, __ATOMIC_RELAXED);
+  __atomic_store_n(&sl->ctl, PT_HT_MKCTL(PT_S_FULL, w, v->t, pt_ht_vlen(v), PT_HT_C_KT(c), PT_HT_C_KLEN(c)),
+                   __ATOMIC_RELEASE);          /* publish */
+}
+/* Is the value in sl (absence when NULL) equal to e, as == says? */
+int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
+/* A border of the table (as # says). */
+int64_t pt_ht_border(pt_stab *t);
+
+/* Things a change made unreachable, dropped once the lock is released. */
+typedef struct pt_garbage {
+  int n;
+  int t[3];
+  uint64_t bits[3];
+} pt_garbage;
+/* Store prepared value v (PT_V_NIL deletes) under k.  On success the table
+   owns v; what it replaced goes to g (g->n = 0 first).  0 ok, -1 the
+   arena is full (the table is unchanged, v still the caller's). */
+int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g);
+/* Lock released: drop what g holds. */
+void pt_ht_garbage_drop(pt_garbage *g);
+
+/* ---- dumps: a copy of a table's entries ------------------------------- */
+typedef struct pt_ht_entry {
+  pt_kv k, v;
+} pt_ht_entry;
+
+typedef struct pt_ht_dump {
+  size_t n, pos;
+  pt_ht_entry *e;            /* one block: entries, then their long strings */
+  pid_t pid;                 /* the process holding the table counts */
+} pt_ht_dump;
+
+/* Under t's lock: copy its keys, and values too when `values` (a table
+   value gets a count).  0 ok, -1 out of memory (d is empty then). */
+int pt_ht_dump_take(pt_stab *t, int values, pt_ht_dump *d);
+/* Drop what the dump holds; it is empty afterwards.  Safe twice. */
+void pt_ht_dump_clear(pt_ht_dump *d);
+
+#endif

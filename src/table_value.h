@@ -1,0 +1,154 @@
+/* table_value.h - shared tables seen from Lua, below their functions
+ * (table.c): handles, Lua values to and from the table's keys and values,
+ * and the reader that fetches a value under the lock without calling Lua. */
+#ifndef PT_TABLE_VALUE_H
+#define PT_TABLE_VALUE_H
+
+#include "pt.h"
+#include "htab.h"
+
+#define PT_ST_TNAME "procthread.SharedTable"
+#define PT_ST_FREED_MSG "shared table has been freed (a count on it was dropped " \
+  "too often; its memory may hold something else now)"
+
+/* ---- handles ---------------------------------------------------------- */
+/* The shared table handle at i, or NULL when it is none. */
+static inline pt_shm_handle *pt_st_tohandle(lua_State *L, int i) {
+  pt_shm_handle *h = lua_touserdata(L, i);
+  if (h && pt_rawlen(L, i) == sizeof(pt_shm_handle) && h->magic == PT_HANDLE_MAGIC &&
+      h->kind == PT_KIND_TABLE)
+    return h;
+  return NULL;
+}
+/* Raise: the argument i is no shared table; its handle (off) is released;
+   its table has been freed. */
+__attribute__((cold, noreturn)) void pt_st_raise_bad(lua_State *L, int i, pt_off off, int is_handle);
+/* The live table of a handle: raises when it is released or when the
+   table was freed under it (its generation is gone: never touch it). */
+static inline pt_stab *pt_st_handle_tab(lua_State *L, const pt_shm_handle *h, int i) {
+  pt_off off = pt_shm_handle_off(h);
+  if (!off || !pt_ht_live(off, h->gen)) pt_st_raise_bad(L, i, off, 1);
+  return PT_HT(off);
+}
+/* The live table at i; raises when it is none. */
+static inline pt_stab *pt_st_check(lua_State *L, int i) {
+  pt_shm_handle *h = pt_st_tohandle(L, i);
+  if (!h) pt_st_raise_bad(L, i, 0, 0);
+  return pt_st_handle_tab(L, h, i);
+}
+/* A handle that holds nothing yet (so that creating it, which may raise,
+   happens before a count is taken). */
+pt_shm_handle *pt_st_push_blank(lua_State *L);
+/* h takes over a count already held on the table at off. */
+void pt_st_adopt(pt_shm_handle *h, pt_off off);
+/* A new table's handle pushed, or 0 with errno (ENOMEM: the arena is full
+   even after a collection, so that garbage handles freed what they held). */
+pt_off pt_st_push_new(lua_State *L);
+
+/* ---- errors ------------------------------------------------------------ */
+/* Before saying the arena is full: handles that are garbage but not yet
+   collected may hold the space needed (the collector cannot see arena
+   bytes), so collect this state once and let the caller try again. */
+void pt_st_collect(lua_State *L);
+int pt_st_raise_full(lua_State *L);
+/* The table's lock, with cancellation asked while waiting (0, or -1 errno). */
+static inline int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_cancel_requested); }
+/* A lock failure (errno): a cancellation raises "cancelled"; anything else
+   raises "shared table lock: <strerror>" (metamethods, which cannot return
+   an error) or returns nil, that, errno (pt_st_lock_error). */
+int pt_st_raise_lock(lua_State *L);
+int pt_st_lock_error(lua_State *L);
+
+/* ---- values ------------------------------------------------------------ */
+/* The Lua value at i as a key (hashed), as a value to store (prepared:
+   what it needs in the arena is taken, and a plain table is copied into a
+   new shared table whose handle is left on the stack; depth and *visited
+   serve that copy, visited: 0 or the stack index of its visited table), or
+   as a value to compare with (nothing is taken).  One conversion (tokv in
+   table_value.c) serves the three.  Raises on a value that cannot be one;
+   nothing is taken then. */
+enum { PT_AS_KEY, PT_AS_VALUE, PT_AS_EXPECTED };
+void pt_st_tokey(lua_State *L, int i, pt_kv *k);
+void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited);
+void pt_st_toexpected(lua_State *L, int i, pt_kv *e);
+/* The number at i (its type checked by the caller) as a value. */
+void pt_st_tonumber(lua_State *L, int i, pt_kv *n);
+/* Push a key or a value that is no table. */
+void pt_st_push_kv(lua_State *L, const pt_kv *v);
+/* A printable name for a key, for error messages (pushed on the stack). */
+const char *pt_st_key_name(lua_State *L, const pt_kv *k);
+/* t[k] = prepared v; raises when the arena is full (v is then dropped). */
+void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v);
+/* Copy the plain table at idx into a new shared table, whose handle is
+   pushed; returns its offset. */
+pt_off pt_st_copy_plain(lua_State *L, int idx, int depth, int visited);
+/* Once a copy is stored, drop the counts of the handles made while
+   copying (see table_value.c); keep: a handle to leave alone, or NULL. */
+void pt_st_release_visited(lua_State *L, int visited, const pt_shm_handle *keep);
+
+/* ---- reading ----------------------------------------------------------- */
+/* Reading a value must not call Lua while the lock is held (an error would
+   leave it held), so the room a value needs is made beforehand: a stack
+   buffer for short strings, a Lua userdata for long ones, a blank handle
+   for a table.  When the value found does not fit, the reader releases the
+   lock, makes room (which may raise: nothing is held then) and reads
+   again. */
+typedef struct pt_st_reader {
+  int base;                                  /* stack top on entry */
+  pt_shm_handle *blank;
+  int blank_idx;                             /* its stack index */
+  char small[256];
+  char *buf;
+  size_t bufsz;
+  int need_tab;
+  size_t need_len;
+} pt_st_reader;
+
+static inline void pt_st_reader_init(lua_State *L, pt_st_reader *r) {
+  r->base = lua_gettop(L);
+  r->blank = NULL;
+  r->blank_idx = 0;
+  r->buf = r->small;
+  r->bufsz = sizeof r->small;
+  r->need_tab = 0;
+  r->need_len = 0;
+}
+
+/* Under the lock: read the value in sl into v (strings into r's buffer; a
+   table gets a count, adopted by pt_st_reader_push).  0 when it does not
+   fit: release the lock, pt_st_reader_grow, and read again. */
+static inline int pt_st_reader_load(pt_st_reader *r, const pt_slot *sl, pt_kv *v) {
+  pt_ht_slot_value(sl, v);
+  if (v->t == PT_V_TAB) {
+    if (!r->blank) { r->need_tab = 1; return 0; }
+    pt_ht_incref(v->bits);
+  } else if (v->t == PT_V_LSTR) {
+    if (v->len > r->bufsz) { r->need_len = v->len; return 0; }
+    memcpy(r->buf, v->s, v->len);
+    v->s = r->buf;
+  }
+  return 1;
+}
+
+void pt_st_reader_grow(lua_State *L, pt_st_reader *r);
+/* Lock released: leave v (nil when v is NULL) as the only value above the
+   entry top. */
+static inline void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv *v) {
+  if (v && v->t == PT_V_TAB) {
+    pt_st_adopt(r->blank, v->bits);
+    lua_pushvalue(L, r->blank_idx);
+  } else if (v) {
+    pt_st_push_kv(L, v);
+  } else {
+    lua_pushnil(L);
+  }
+  if (lua_gettop(L) > r->base + 1) {
+    lua_replace(L, r->base + 1);
+    lua_settop(L, r->base + 1);
+  }
+}
+
+/* Push t[k] (nil when absent); raises on a lock failure. */
+void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k);
+
+#endif
