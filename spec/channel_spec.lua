@@ -198,6 +198,33 @@ describe("channels", function()
       end)
     end
 
+    it("loses no wake-up: ping-pong through two channels of capacity 1", function()
+      -- a receiver whose spin gave up as the sender put slept without
+      -- looking again, the message beside it (one run in a few hung)
+      for _, kind in ipairs({ "thread", "process" }) do
+        local a, b = pt.channel(1), pt.channel(1)
+        local n = 20000
+        local w = pt.spawn(kind, function(x, y, k)
+          for _ = 1, k do
+            local v = x:recv(10)
+            if not v then return false, "lost at " .. _ end
+            y:send(v)
+          end
+          return true
+        end, a, b, n)
+        for i = 1, n do
+          a:send(i)
+          local v = b:recv(T)
+          if v ~= i then
+            a:close()
+            w:join(T)
+            error(("%s: round %d of %d got %s"):format(kind, i, n, tostring(v)))
+          end
+        end
+        assert.is_true(w:join(T))
+      end
+    end)
+
     it("uses no CPU while blocked", function()
       local ch = pt.channel()
       local w = pt.spawn_thread(function(c) return c:recv() end, ch)

@@ -138,19 +138,28 @@ static void get_slot(queue *q, pt_qmsg *m, uint64_t pos) {
   __atomic_store_n(&q->pos, POS(TAIL(pos), HEAD(pos) + 1), __ATOMIC_RELEASE);
 }
 
-/* Holding the lock: let it go and spin a little for pos to change (the
-   other side is often about to act), then take it again.  1: changed. */
-static int spin(queue *q, uint64_t pos) {
-  int changed;
-  pt_unlock(&q->mu);
-  changed = pt_spin_while(&q->pos, pos);
-  pt_lock(&q->mu, repair, q);
-  return changed;
+/* Holding the lock, the queue as at pos: wait for a change of pos.  The
+   first call of a put or get spins a little with the lock let go (the other
+   side is often about to act) and returns PT_OK for the caller to look
+   again: a change made meanwhile may have seen nobody asleep and woken
+   nobody.  Later calls sleep on c. */
+static int await(queue *q, pt_cond *c, uint64_t pos, int *spun, double deadline,
+                 const volatile int *cancel) {
+  if (!*spun) {
+    *spun = 1;
+    if (pt_spin_useful()) {
+      pt_unlock(&q->mu);
+      pt_spin_while(&q->pos, pos);
+      pt_lock(&q->mu, repair, q);
+      return PT_OK;
+    }
+  }
+  return pt_cond_wait(c, &q->mu, deadline, cancel, repair, q);
 }
 
 int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *cancel) {
   queue *q = Q(off);
-  int r;
+  int r, spun = 0;
   if (m->len > PT_QUEUE_INLINE && !m->block) {  /* fill it before locking */
     m->block = pt_shm_alloc(m->len);
     if (!m->block) return PT_NOMEM;
@@ -162,9 +171,7 @@ int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (q->closed) { r = PT_CLOSED; break; }
     if (TAIL(pos) - HEAD(pos) < q->cap) { put_slot(q, m, pos); r = PT_OK; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
-    if (spin(q, pos)) continue;
-    r = pt_cond_wait(&q->notfull, &q->mu, deadline, cancel, repair, q);
-    if (r != PT_OK) break;
+    if ((r = await(q, &q->notfull, pos, &spun, deadline, cancel)) != PT_OK) break;
   }
   pt_unlock(&q->mu);
   return r;
@@ -172,7 +179,7 @@ int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
 
 int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const volatile int *cancel) {
   queue *q = Q(off);
-  int r;
+  int r, spun = 0;
   m->block = 0;
   if (pt_lock(&q->mu, repair, q) == PT_ERR) return PT_ERR;
   for (;;) {
@@ -180,9 +187,7 @@ int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (TAIL(pos) != HEAD(pos)) { get_slot(q, m, pos); r = PT_OK; break; }
     if (q->closed) { r = PT_CLOSED; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
-    if (spin(q, pos)) continue;
-    r = pt_cond_wait(&q->notempty, &q->mu, deadline, cancel, repair, q);
-    if (r != PT_OK) break;
+    if ((r = await(q, &q->notempty, pos, &spun, deadline, cancel)) != PT_OK) break;
   }
   pt_unlock(&q->mu);
   return r;

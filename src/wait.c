@@ -19,6 +19,7 @@
 #include "wait.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -39,7 +40,9 @@
 
 #define DAY 86400.0
 #define SLICE 0.05
-#define SPINS 400               /* pauses: a few microseconds */
+#define SPINS 400               /* lock tries before a sleep */
+#define SPIN_NS 20000           /* the longest spin before a sleep */
+#define SPIN_STEP 32
 
 /* ---- the clock -------------------------------------------------------------- */
 
@@ -188,13 +191,32 @@ static void cpu_relax(void) {
 #endif
 }
 
+/* 1 when this process may run on more than one CPU.  Asked once: a spin
+   on one CPU only delays the side it waits for. */
+int pt_spin_useful(void) {
+  static int cpus;              /* atomic: 0 until asked */
+  int n = __atomic_load_n(&cpus, __ATOMIC_RELAXED);
+  if (!n) {
+    cpu_set_t set;
+    n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    __atomic_store_n(&cpus, n > 0 ? n : 1, __ATOMIC_RELAXED);
+  }
+  return n > 1;
+}
+
+/* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
+   cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
 int pt_spin_while(const uint64_t *word, uint64_t v) {
+  double until = 0;
   int i;
-  for (i = 0; i < SPINS; i++) {
+  if (!pt_spin_useful()) return __atomic_load_n(word, __ATOMIC_ACQUIRE) != v;
+  for (i = 1;; i++) {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
     cpu_relax();
+    if (i % SPIN_STEP) continue;
+    if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
+    else if (pt_clock_now() >= until) return 0;
   }
-  return 0;
 }
 
 /* ---- robust locks ----------------------------------------------------------- */
@@ -225,7 +247,7 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
 
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
-  for (i = 0; i < SPINS; i++) {
+  for (i = 0; pt_spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
     if (r == 0) return PT_OK;
     if (r != EBUSY) break;
