@@ -41,7 +41,9 @@
 #define DAY 86400.0
 #define SLICE 0.05
 #define SPINS 400               /* lock tries before a sleep */
-#define SPIN_NS 20000           /* the longest spin before a sleep */
+#define SPIN_NS 10000           /* the longest spin before a sleep: about a
+                                   futex sleep and wake-up (a spin of what
+                                   blocking costs is never worse than 2x) */
 #define SPIN_STEP 32
 
 /* ---- the clock -------------------------------------------------------------- */

@@ -65,7 +65,7 @@ void pt_futex_wake(const uint32_t *word, int n);
 /* Increment a sequence word and wake all its sleepers. */
 void pt_seq_bump_wake(uint32_t *word);
 
-/* Spin (at most 20 microseconds, pausing the CPU) while *word == v:
+/* Spin (at most 10 microseconds, pausing the CPU) while *word == v:
    returns 1 as soon as it differs, 0 when the spin gives up.  Before a
    sleep, this saves the sleep and the wake when the change is about to
    come.  No spin at all when the process may use only one CPU
