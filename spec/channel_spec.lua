@@ -356,5 +356,47 @@ describe("channels", function()
       assert.equal(0, status, out)
       assert.matches("ok", out)
     end)
+
+    it("a thread blocked in recv or send outlives peers SIGKILLed at random moments", function()
+      -- a peer killed after its publishing store and before its wake would
+      -- leave the survivor asleep beside a change: #ch would stay put
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local a, b = pt.channel(2), pt.channel(2)
+        local r = pt.spawn_thread(function(c)
+          while c:recv() do end
+          return select(2, c:recv())
+        end, a)
+        local s = pt.spawn_thread(function(c)
+          while c:send(1) do end
+          return select(2, c:send(1))
+        end, b)
+        local function settles(ch, n)
+          local t0 = pt.now()
+          while #ch ~= n do
+            if pt.now() - t0 > 10 then return false end
+            pt.sleep(0.001)
+          end
+          return true
+        end
+        math.randomseed(os.time())
+        for round = 1, 200 do
+          local p = pt.spawn_process(function(x, y)
+            while true do x:send(1); y:recv() end
+          end, a, b)
+          pt.sleep(math.random() * 0.003)
+          p:kill("KILL"); p:join(10)
+          assert(settles(a, 0), "round " .. round .. ": the receiver sleeps beside " .. #a)
+          assert(settles(b, 2), "round " .. round .. ": the sender sleeps beside room")
+          local ok, bad = pt._shm_check()
+          assert(ok, bad)
+        end
+        a:close(); b:close()
+        assert(select(2, r:join(10)) == "closed" and select(2, s:join(10)) == "closed")
+        print("ok")
+      ]])
+      assert.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
   end)
 end)

@@ -235,8 +235,9 @@ int pt_lock_init(pthread_mutex_t *m) {
   return PT_OK;
 }
 
-int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
-  int r = pthread_mutex_lock(m);
+/* The status of a lock or trylock that returned r.  EOWNERDEAD: this
+   thread holds m now, inconsistent: repair it and mark it consistent. */
+static int locked(pthread_mutex_t *m, int r, void (*repair)(void *), void *arg) {
   if (r == 0) return PT_OK;
   if (r == EOWNERDEAD) {
     if (repair) repair(arg);
@@ -247,12 +248,17 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   return PT_ERR;
 }
 
+int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
+  return locked(m, pthread_mutex_lock(m), repair, arg);
+}
+
+/* A trylock that says EOWNERDEAD has taken the lock over: locking again
+   would wait for ever on this thread's own lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
   for (i = 0; pt_spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
-    if (r == 0) return PT_OK;
-    if (r != EBUSY) break;
+    if (r != EBUSY) return locked(m, r, repair, arg);
     cpu_relax();
   }
   return pt_lock(m, repair, arg);
