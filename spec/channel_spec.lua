@@ -256,6 +256,12 @@ describe("channels", function()
       assert.matches("offer", select(2, pcall(ch.offer, ch)))
       assert.matches("channel expected", select(2, pcall(ch.send, {}, 1)))
       assert.matches("channel expected", select(2, pcall(ch.recv, pt.shared_table())))
+      -- handles of another class and foreign userdata (methods compare
+      -- metatables by the address they carry)
+      local sem = pt.semaphore(1)
+      assert.matches("channel expected", select(2, pcall(ch.recv, sem)))
+      assert.matches("channel expected", select(2, pcall(ch.send, io.stdout, 1)))
+      assert.matches("semaphore expected", select(2, pcall(sem.acquire, ch)))
     end)
 
     it("for values the codec refuses, leaving the channel as it was", function()
