@@ -11,23 +11,33 @@ package.path = "bench/?.lua;" .. package.path
 local B = require "benchlib"
 local mode = arg[2]
 
+-- Each child run times only the messages: the worker says it is ready
+-- (and, streaming, when it has received them all) through a channel.
 if mode == "--stream" then           -- [build] --stream kind mech size n
   local pt = require "procthread"
   local kind, mech, size, n = arg[3], arg[4], tonumber(arg[5]), tonumber(arg[6])
   local c = mech == "channel" and pt.channel(64) or pt.pipe()
+  local ack = pt.channel(1)
   local msg = ("x"):rep(size)
+  local w = pt.spawn(kind, function(ch, a, k)
+    a:send("ready")
+    for _ = 1, k do ch:recv() end
+    return a:send("done")
+  end, c, ack, n)
+  assert(ack:recv(60) == "ready")
   local t0 = pt.now()
-  local w = pt.spawn(kind, function(ch, k) for _ = 1, k do ch:recv() end return true end, c, n)
   for _ = 1, n do c:send(msg) end
-  assert(w:join(60))
+  assert(ack:recv(60) == "done")
   print(("msgs_per_s %.0f"):format(n / (pt.now() - t0)))
+  assert(w:join(60))
   if c.close then c:close() end
   return
 elseif mode == "--pingpong" then     -- [build] --pingpong kind n
   local pt = require "procthread"
   local kind, n = arg[3], tonumber(arg[4])
   local a, b = pt.channel(1), pt.channel(1)
-  local w = pt.spawn(kind, function(x, y, k) for _ = 1, k do y:send(x:recv()) end return true end, a, b, n)
+  local w = pt.spawn(kind, function(x, y, k) for _ = 0, k do y:send(x:recv()) end return true end, a, b, n)
+  a:send(0); b:recv()                -- the worker runs
   local t0 = pt.now()
   for _ = 1, n do a:send(1); b:recv() end
   print(("rtt_us %.3f"):format((pt.now() - t0) / n * 1e6))
@@ -36,12 +46,14 @@ elseif mode == "--pingpong" then     -- [build] --pingpong kind n
 end
 
 local floor = B.build .. "/bench/channel_floor"
-local me = B.env .. B.lua .. " bench/channel_bench.lua " .. B.build
+-- Every run is bounded: a hang shows as a failed run, not a stuck bench.
+local T = "timeout 120 "
+local me = B.env .. T .. B.lua .. " bench/channel_bench.lua " .. B.build
 local function lua(args, pin)
-  return B.run(B.env .. (pin and "taskset -c 0 " or "") .. B.lua .. " bench/channel_bench.lua "
+  return B.run(B.env .. T .. (pin and "taskset -c 0 " or "") .. B.lua .. " bench/channel_bench.lua "
                .. B.build .. " " .. args, "msgs_per_s")
 end
-local function C(args, pin) return B.run((pin and "taskset -c 0 " or "") .. floor .. " " .. args, "msgs_per_s") end
+local function C(args, pin) return B.run(T .. (pin and "taskset -c 0 " or "") .. floor .. " " .. args, "msgs_per_s") end
 local N, R = 200000, 5
 
 -- Medians of R alternating rounds of f1 and f2.
@@ -71,9 +83,9 @@ row("process->process 4 KiB, channel vs pipe", function() return lua("--stream p
     function() return lua("--stream process pipe 4096 " .. N) end, "1", true)
 for _, kind in ipairs({ "thread", "process" }) do
   local a, b = alternate(function() return B.run(me .. " --pingpong " .. kind .. " 50000", "rtt_us") end,
-                         function() return B.run(floor .. " pingpong 200000", "rtt_us") end)
+                         function() return B.run(T .. floor .. " pingpong 200000", "rtt_us") end)
   rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f  target <= 1.3"):format(
-    "ping-pong " .. kind .. "s, 2 channels vs C futex", a, b, a / b)
+    "ping-pong " .. kind .. " to " .. kind .. ", 2 channels vs C futex", a, b, a / b)
 end
 print(("%-44s %12s %12s"):format("measure (msg/s unless said)", "procthread", "floor"))
 for _, r in ipairs(rows) do print(r) end

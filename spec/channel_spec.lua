@@ -198,6 +198,33 @@ describe("channels", function()
       end)
     end
 
+    it("loses no wake-up: ping-pong through two channels of capacity 1", function()
+      -- a receiver whose spin gave up as the sender put slept without
+      -- looking again, the message beside it (one run in a few hung)
+      for _, kind in ipairs({ "thread", "process" }) do
+        local a, b = pt.channel(1), pt.channel(1)
+        local n = 20000
+        local w = pt.spawn(kind, function(x, y, k)
+          for _ = 1, k do
+            local v = x:recv(10)
+            if not v then return false, "lost at " .. _ end
+            y:send(v)
+          end
+          return true
+        end, a, b, n)
+        for i = 1, n do
+          a:send(i)
+          local v = b:recv(T)
+          if v ~= i then
+            a:close()
+            w:join(T)
+            error(("%s: round %d of %d got %s"):format(kind, i, n, tostring(v)))
+          end
+        end
+        assert.is_true(w:join(T))
+      end
+    end)
+
     it("uses no CPU while blocked", function()
       local ch = pt.channel()
       local w = pt.spawn_thread(function(c) return c:recv() end, ch)
@@ -229,6 +256,12 @@ describe("channels", function()
       assert.matches("offer", select(2, pcall(ch.offer, ch)))
       assert.matches("channel expected", select(2, pcall(ch.send, {}, 1)))
       assert.matches("channel expected", select(2, pcall(ch.recv, pt.shared_table())))
+      -- handles of another class and foreign userdata (methods compare
+      -- metatables by the address they carry)
+      local sem = pt.semaphore(1)
+      assert.matches("channel expected", select(2, pcall(ch.recv, sem)))
+      assert.matches("channel expected", select(2, pcall(ch.send, io.stdout, 1)))
+      assert.matches("semaphore expected", select(2, pcall(sem.acquire, ch)))
     end)
 
     it("for values the codec refuses, leaving the channel as it was", function()
@@ -325,6 +358,48 @@ describe("channels", function()
         end
         assert(ch:send("still", "works") and ch:recv(1) == "still")
         print("ok", lost)
+      ]])
+      assert.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+
+    it("a thread blocked in recv or send outlives peers SIGKILLed at random moments", function()
+      -- a peer killed after its publishing store and before its wake would
+      -- leave the survivor asleep beside a change: #ch would stay put
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local a, b = pt.channel(2), pt.channel(2)
+        local r = pt.spawn_thread(function(c)
+          while c:recv() do end
+          return select(2, c:recv())
+        end, a)
+        local s = pt.spawn_thread(function(c)
+          while c:send(1) do end
+          return select(2, c:send(1))
+        end, b)
+        local function settles(ch, n)
+          local t0 = pt.now()
+          while #ch ~= n do
+            if pt.now() - t0 > 10 then return false end
+            pt.sleep(0.001)
+          end
+          return true
+        end
+        math.randomseed(os.time())
+        for round = 1, 200 do
+          local p = pt.spawn_process(function(x, y)
+            while true do x:send(1); y:recv() end
+          end, a, b)
+          pt.sleep(math.random() * 0.003)
+          p:kill("KILL"); p:join(10)
+          assert(settles(a, 0), "round " .. round .. ": the receiver sleeps beside " .. #a)
+          assert(settles(b, 2), "round " .. round .. ": the sender sleeps beside room")
+          local ok, bad = pt._shm_check()
+          assert(ok, bad)
+        end
+        a:close(); b:close()
+        assert(select(2, r:join(10)) == "closed" and select(2, s:join(10)) == "closed")
+        print("ok")
       ]])
       assert.equal(0, status, out)
       assert.matches("ok", out)

@@ -117,7 +117,6 @@ static int l_recv(lua_State *L) {
   deadline = pt_check_deadline(L, 2, 1, "recv");
   r = pt_wait_lua(L, get_step, &o, deadline);
   if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
-  lua_settop(L, 1);
   n = pt_decode(L, o.m.data, o.m.len);
   pt_qmsg_done(&o.m);
   if (n < 0) return lua_error(L);

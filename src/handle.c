@@ -8,8 +8,19 @@
 
 /* ---- handles ---------------------------------------------------------------- */
 
+/* The handle of class c at i, or NULL.  The methods of c carry the
+   address of its metatable (which the registry keeps) and c as upvalues
+   1 and 2 (pt_class_open): they compare addresses without the registry's
+   lookup by name. */
 static pt_handle *tohandle(lua_State *L, int i, const pt_class *c) {
-  return (pt_handle *)pt_testudata(L, i, c->tname);
+  void *p;
+  const void *mt;
+  if (lua_touserdata(L, lua_upvalueindex(2)) != (void *)c)
+    return (pt_handle *)pt_testudata(L, i, c->tname);
+  if (!(p = lua_touserdata(L, i)) || !lua_getmetatable(L, i)) return NULL;
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return mt == lua_touserdata(L, lua_upvalueindex(1)) ? (pt_handle *)p : NULL;
 }
 
 int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg) {
@@ -95,7 +106,12 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
     lua_pushstring(L, c->tname);
     lua_setfield(L, -2, "__name");
     lua_newtable(L);
-    pt_setfuncs(L, methods);
+    for (; methods->name; methods++) {
+      lua_pushlightuserdata(L, (void *)lua_topointer(L, -2));
+      lua_pushlightuserdata(L, (void *)c);
+      lua_pushcclosure(L, methods->func, 2);
+      lua_setfield(L, -2, methods->name);
+    }
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);

@@ -19,6 +19,7 @@
 #include "wait.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -39,7 +40,11 @@
 
 #define DAY 86400.0
 #define SLICE 0.05
-#define SPINS 400               /* pauses: a few microseconds */
+#define SPINS 400               /* lock tries before a sleep */
+#define SPIN_NS 10000           /* the longest spin before a sleep: about a
+                                   futex sleep and wake-up (a spin of what
+                                   blocking costs is never worse than 2x) */
+#define SPIN_STEP 32
 
 /* ---- the clock -------------------------------------------------------------- */
 
@@ -188,35 +193,61 @@ static void cpu_relax(void) {
 #endif
 }
 
+/* 1 when this process may run on more than one CPU.  Asked once: a spin
+   on one CPU only delays the side it waits for. */
+int pt_spin_useful(void) {
+  static int cpus;              /* atomic: 0 until asked */
+  int n = __atomic_load_n(&cpus, __ATOMIC_RELAXED);
+  if (!n) {
+    cpu_set_t set;
+    n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    __atomic_store_n(&cpus, n > 0 ? n : 1, __ATOMIC_RELAXED);
+  }
+  return n > 1;
+}
+
+/* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
+   cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
 int pt_spin_while(const uint64_t *word, uint64_t v) {
+  double until = 0;
   int i;
-  for (i = 0; i < SPINS; i++) {
+  if (!pt_spin_useful()) return __atomic_load_n(word, __ATOMIC_ACQUIRE) != v;
+  for (i = 1;; i++) {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
     cpu_relax();
+    if (i % SPIN_STEP) continue;
+    if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
+    else if (pt_clock_now() >= until) return 0;
   }
-  return 0;
 }
 
 /* ---- robust locks ----------------------------------------------------------- */
 
-/* Over lock.c's robust mutexes: a dead owner's lock is repaired here. */
-int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
-  int r = pt_lock_acquire(m);
+/* Robust mutexes are lock.c's (pt_lock_init); these take them.  The status
+   of a lock or trylock that returned r: EOWNERDEAD means this thread holds
+   m now, inconsistent: repair it and mark it consistent. */
+static int locked(pthread_mutex_t *m, int r, void (*repair)(void *), void *arg) {
   if (r == 0) return PT_OK;
-  if (r == 1) {
+  if (r == EOWNERDEAD) {
     if (repair) repair(arg);
     pt_lock_consistent(m);
     return PT_OWNERDEAD;
   }
+  errno = r;
   return PT_ERR;
 }
 
+int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
+  return locked(m, pthread_mutex_lock(m), repair, arg);
+}
+
+/* A trylock that says EOWNERDEAD has taken the lock over: locking again
+   would wait for ever on this thread's own lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
-  for (i = 0; i < SPINS; i++) {
+  for (i = 0; pt_spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
-    if (r == 0) return PT_OK;
-    if (r != EBUSY) break;
+    if (r != EBUSY) return locked(m, r, repair, arg);
     cpu_relax();
   }
   return pt_lock(m, repair, arg);

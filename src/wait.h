@@ -67,10 +67,13 @@ void pt_futex_wake(const uint32_t *word, int n);
 /* Increment a sequence word and wake all its sleepers. */
 void pt_seq_bump_wake(uint32_t *word);
 
-/* Spin (a few microseconds, pausing the CPU) while *word == v: returns 1
-   as soon as it differs, 0 when the spin gives up.  Before a sleep, this
-   saves the sleep and the wake when the change is about to come. */
+/* Spin (at most 10 microseconds, pausing the CPU) while *word == v:
+   returns 1 as soon as it differs, 0 when the spin gives up.  Before a
+   sleep, this saves the sleep and the wake when the change is about to
+   come.  No spin at all when the process may use only one CPU
+   (pt_spin_useful() == 0: the side it waits for cannot run meanwhile). */
 int pt_spin_while(const uint64_t *word, uint64_t v);
+int pt_spin_useful(void);
 
 /* ---- robust process-shared locks --------------------------------------- */
 
@@ -82,8 +85,8 @@ int pt_spin_while(const uint64_t *word, uint64_t v);
    PT_OWNERDEAD (taken over and repaired), or PT_ERR (errno).  Use only
    for locks held for short, bounded sections: it never waits for long. */
 int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
-/* The same, trying for a while (a few microseconds) before it sleeps: for
-   a waiter just woken while its waker still holds the lock. */
+/* The same, trying for a while (a few microseconds; not on one CPU) before
+   it sleeps: for a waiter just woken while its waker still holds the lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
 void pt_unlock(pthread_mutex_t *m);
 
