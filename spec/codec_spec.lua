@@ -326,25 +326,89 @@ describe("codec", function()
     assert.is_true(rawequal(m, t.mod))
   end)
 
+  -- package.preload[name] that sets flags[name] when it runs; undone after
+  local function trap(flags, name, mod)
+    package.preload[name] = function() flags[name] = true; return mod or {} end
+    finally(function() package.preload[name] = nil; package.loaded[name] = nil end)
+  end
+
+  -- package.loaded[name] = mod for the test
+  local function loaded(name, mod)
+    package.loaded[name] = mod
+    finally(function() package.loaded[name] = nil end)
+    return mod
+  end
+
+  -- s with its only occurrence of `from` replaced by `to` (plain text)
+  local function rename(s, from, to)
+    local i = assert(s:find(from, 1, true), "name not in the message")
+    assert.is_nil(s:find(from, i + 1, true))
+    return s:sub(1, i - 1) .. to .. s:sub(i + #from)
+  end
+
   it("refuses damaged bytes before loading any module, and looks names up raw", function()
-    local loaded = false
-    package.preload.codec_spec_trap = function() loaded = true; return {} end
-    finally(function() package.preload.codec_spec_trap = nil; package.loaded.codec_spec_trap = nil end)
-    local name = "codec_spec_trap"
-    local msg = "M" .. string.char(#name) .. name
-    for _, bad in ipairs({ msg .. "\255", msg .. "s\9x", msg .. "T\0", "T\0" .. msg }) do
+    local flags = {}
+    local s = pt.encode(loaded("codec_spec_trap", {}))
+    package.loaded.codec_spec_trap = nil
+    trap(flags, "codec_spec_trap")
+    for _, bad in ipairs({ s .. "\255", s .. "s\9x", s .. "T\0", "T\0" .. s, s:sub(1, -2) }) do
       local ok, err = pcall(pt.decode, bad)
       assert.is_false(ok); assert.matches("corrupt message", err)
-      assert.is_false(loaded, ("%q loaded the module"):format(bad))
+      assert.is_nil(flags.codec_spec_trap, ("%q loaded the module"):format(bad))
     end
+    assert.is_table(pt.decode(s))                 -- whole, it loads the module
+    assert.is_true(flags.codec_spec_trap)
     -- a C function looked up in a module never runs its metamethods
     local ran = false
-    package.loaded.codec_spec_meta = setmetatable({}, { __index = function() ran = true; return print end })
-    finally(function() package.loaded.codec_spec_meta = nil end)
-    local cmsg = "C" .. string.char(15) .. "codec_spec_meta" .. string.char(4) .. "nope"
+    local m = loaded("codec_spec_meta", { nope = string.gmatch("", "") })
+    local cmsg = pt.encode(m.nope)
+    m.nope = nil
+    setmetatable(m, { __index = function() ran = true; return print end })
     local ok, err = pcall(pt.decode, cmsg)
     assert.is_false(ok); assert.matches("C function named in the message does not exist", err)
     assert.is_false(ran)
+  end)
+
+  -- issue 9 item 19: names carry a keyed check, as bytecode does
+  it("refuses a module or C function name renamed in place (same length) before anything runs", function()
+    local flags = {}
+    trap(flags, "codec_spec_mb")
+    trap(flags, "codec_spec_cb", { fa = print })
+    local m = loaded("codec_spec_ma", {})
+    local c = loaded("codec_spec_ca", { fa = string.gmatch("", "") })
+    local sm, sc, su = pt.encode(m), pt.encode(c.fa), pt.encode(string.upper)
+    for _, bad in ipairs({ rename(sm, "codec_spec_ma", "codec_spec_mb"),
+                           rename(sc, "codec_spec_ca", "codec_spec_cb"),
+                           rename(su, "upper", "lower") }) do
+      local ok, err = pcall(pt.decode, bad)
+      assert.is_false(ok, ("%q decoded"):format(bad))
+      assert.are.equal("corrupt message", err)
+    end
+    assert.is_nil(flags.codec_spec_mb); assert.is_nil(flags.codec_spec_cb)
+    -- the check itself, flipped
+    local flipped = sm:sub(1, -2) .. string.char((sm:byte(-1) + 1) % 256)
+    assert.are.equal("corrupt message", select(2, pcall(pt.decode, flipped)))
+    -- unaltered, each names what was sent
+    assert.is_true(rawequal(m, pt.decode(sm)))
+    assert.is_true(rawequal(c.fa, pt.decode(sc)))
+    assert.is_true(rawequal(string.upper, pt.decode(su)))
+  end)
+
+  it("refuses a reference with an altered byte, and the message still decodes after", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local s = pt.encode(pt.shared_table({ x = 1 }))
+    -- the ticket (18 bytes), 'X', the type, the 16-byte reference, its check
+    assert.are.equal("X", s:sub(19, 19)); assert.are.equal(44, #s)
+    for i = 20, 44 do
+      local bad = s:sub(1, i - 1) .. string.char((s:byte(i) + 1) % 256) .. s:sub(i + 1)
+      local ok, err = pcall(pt.decode, bad)
+      assert.is_false(ok, "byte " .. i .. " altered still decoded")
+      assert.are.equal("corrupt message", err)
+    end
+    assert.are.equal(1, pt.decode(s).x)
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
   end)
 
   it("names the module and require's reason when a module cannot be loaded", function()
@@ -357,8 +421,30 @@ describe("codec", function()
     assert.matches("module 'codec_spec_gone' not found", err, 1, true)
   end)
 
-  it("checks its arguments", function()
+  it("checks its arguments: decode and discard take a string, never a number", function()
     assert.has_error(function() pt.decode() end)
     assert.has_error(function() pt.decode({}) end)
+    for _, f in ipairs({ "decode", "discard" }) do
+      assert.are.equal("bad argument #1 to '" .. f .. "' (string expected, got number)",
+        select(2, pcall(pt[f], 1)))
+    end
+  end)
+
+  it("discard raises 'corrupt message' on bytes that are not a message, releasing nothing", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local s = pt.encode(pt.shared_table({ x = 1 }), "tail")
+    for _, bad in ipairs({ "garbage", s:sub(1, -2), s .. "\255", "\255" }) do
+      local ok, err = pcall(pt.discard, bad)
+      assert.is_false(ok, ("%q was discarded"):format(bad))
+      assert.are.equal("corrupt message", err)
+    end
+    collectgarbage(); collectgarbage()
+    assert.is_true(pt.shm_stats().objects > base)        -- the message still holds it
+    assert.is_nil(pt.discard(s))
+    assert.is_nil(pt.discard(s))                          -- discarded before: a no-op
+    assert.is_nil(pt.discard(""))                         -- no values: nothing to do
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
   end)
 end)

@@ -16,9 +16,15 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+/* The message argument: a string (a number is not converted). */
+static const char *message_arg(lua_State *L, size_t *n) {
+  luaL_checktype(L, 1, LUA_TSTRING);
+  return lua_tolstring(L, 1, n);
+}
+
 static int l_decode(lua_State *L) {
   size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
+  const char *s = message_arg(L, &n);
   int r;
   lua_settop(L, 1);
   r = pt_decode(L, s, n);
@@ -26,12 +32,20 @@ static int l_decode(lua_State *L) {
   return r;
 }
 
-/* pt.discard(s): release what an encoded string holds, without decoding. */
+/* pt.discard(s): release what an encoded string holds, without decoding.
+   Bytes that are not a whole message raise as decode does (nothing is
+   released: a damaged reference could name another object); a message
+   discarded or decoded before is a no-op. */
 static int l_discard(lua_State *L) {
   size_t n;
-  const char *s;
-  luaL_checktype(L, 1, LUA_TSTRING);
-  s = lua_tolstring(L, 1, &n);
+  const char *s = message_arg(L, &n), *bad;
+  int has_ticket;
+  pt_ticket t;
+  bad = pt_codec_check_message(s, n, &has_ticket, &t);
+  if (bad) {
+    lua_pushstring(L, bad);
+    return lua_error(L);
+  }
   pt_discard(s, n);
   return 0;
 }

@@ -23,19 +23,23 @@
  *   'F' u64 length, u64 check, bytecode, u8 nups, upvalue slots
  *       (an upvalue slot is a value, or 'J' varint fid, u8 idx: shared
  *       with upvalue idx of function fid)
- *   'C' string module, string key   (a C function by name)
- *   'M' string module                (a table of package.loaded)
- *   'X' u8 type, 16-byte reference   (a registered type: shared table,
- *       array, pipe; the type is its registration index, see
+ *   'C' string module, string key, u64 check   (a C function by name)
+ *   'M' string module, u64 check                (a table of package.loaded)
+ *   'X' u8 type, 16-byte reference, u64 check   (a registered type: shared
+ *       table, array, pipe; the type is its registration index, see
  *       pt_codec_register)
  *   'K' u8 kind, u64 where, u64 nonce (the ticket: first, and only in a
  *       message holding references; see codec_ref.c)
  *
  * Tables and functions get ids in the order they are first met, on both
  * sides, which preserves shared parts and cycles.  The decoder checks
- * every tag and length and never reads past the end; bytecode is only
- * loaded when its keyed check matches, so random bytes never reach the
- * Lua loader (the check covers the upvalue count too).  Nesting is
+ * every tag and length and never reads past the end.  Everything that
+ * makes the decoder run or load something carries a check keyed by the
+ * process tree's key (a FNV-1a over the bytes, started from the key, mixed
+ * with it at the end): bytecode and its upvalue count (so random bytes
+ * never reach the Lua loader), a module's name (require), a C function's
+ * module and key, a reference (it adopts a count).  So damaged bytes never
+ * name another module or object than the sender's, even at the same length.  Nesting is
  * bounded (PT_CODEC_MAXDEPTH).  The decoder checks the whole buffer
  * (structure, tags, lengths, ids, the ticket) before it makes anything
  * or loads any module, and looks names up with raw accesses only. */
@@ -98,18 +102,56 @@ void pt_codec_ref_open(void);
 void pt_codec_key_init(void);           /* the key alone, once */
 extern uint64_t pt_codec_key;           /* odd; set once by pt_codec_key_init */
 
-/* The keyed check of n bytes of bytecode and an upvalue count (inline:
-   the encoder and the walker run it over every function's bytes). */
-static inline uint64_t pt_codec_code_check(const char *p, size_t n, int nups) {
-  uint64_t h = 0xcbf29ce484222325ull ^ pt_codec_key;
+/* The keyed check: FNV-1a over the bytes, started from the key and a tag
+   (which part of the format it covers), then mixed with the key.  Inline:
+   the encoder and the walker run it over every function's bytes. */
+static inline uint64_t pt_codec_ck_bytes(uint64_t h, const void *p, size_t n) {
+  const unsigned char *s = (const unsigned char *)p;
   size_t i;
   for (i = 0; i < n; i++) {
-    h ^= (unsigned char)p[i];
+    h ^= s[i];
     h *= 0x100000001b3ull;
   }
-  h ^= (uint64_t)nups; h *= 0x100000001b3ull;
+  return h;
+}
+
+static inline uint64_t pt_codec_ck_byte(uint64_t h, int c) {
+  unsigned char b = (unsigned char)c;
+  return pt_codec_ck_bytes(h, &b, 1);
+}
+
+static inline uint64_t pt_codec_ck_start(int tag) {
+  return pt_codec_ck_byte(0xcbf29ce484222325ull ^ pt_codec_key, tag);
+}
+
+/* Length, then bytes: the parts of a check over two names cannot shift. */
+static inline uint64_t pt_codec_ck_str(uint64_t h, const char *p, size_t n) {
+  uint64_t len = n;
+  return pt_codec_ck_bytes(pt_codec_ck_bytes(h, &len, 8), p, n);
+}
+
+static inline uint64_t pt_codec_ck_end(uint64_t h) {
   h ^= h >> 29; h *= pt_codec_key; h ^= h >> 32;
   return h;
+}
+
+/* The check of n bytes of bytecode and an upvalue count. */
+static inline uint64_t pt_codec_code_check(const char *p, size_t n, int nups) {
+  uint64_t h = pt_codec_ck_bytes(pt_codec_ck_start(T_FUNC), p, n);
+  return pt_codec_ck_end(pt_codec_ck_byte(h, nups));
+}
+
+/* The check of a name: 'M' module (k NULL), or 'C' module and key. */
+static inline uint64_t pt_codec_name_check(const char *m, size_t mn, const char *k,
+                                           size_t kn) {
+  uint64_t h = pt_codec_ck_str(pt_codec_ck_start(k ? T_CFUNC : T_MODULE), m, mn);
+  return pt_codec_ck_end(k ? pt_codec_ck_str(h, k, kn) : h);
+}
+
+/* The check of a reference: its type index and its 16 bytes. */
+static inline uint64_t pt_codec_ref_check(int type, const pt_ref *ref) {
+  uint64_t h = pt_codec_ck_byte(pt_codec_ck_start(T_XREF), type);
+  return pt_codec_ck_end(pt_codec_ck_bytes(h, ref, sizeof *ref));
 }
 
 /* The registered type with index i, or NULL when there is none. */

@@ -2,7 +2,8 @@
  * holds (see codec.h for the format).
  *
  * One pass over the values, as the decoder will read them: every tag,
- * length, id and upvalue link is checked, and each object gets its id in
+ * length, id and upvalue link is checked, every keyed check (bytecode,
+ * names, references) compared, and each object gets its id in
  * the same order (kinds[id]: 0 a table, 1 + upvalue count a function), so
  * that nothing the decoder then does can fail on damaged bytes.  With
  * `from` set, each reference at or after it is released on the way (a
@@ -83,10 +84,29 @@ static int walk_function(walker *w, int depth) {
   return T_FUNC;
 }
 
+/* Read a u64 check: 1 when it is `want`. */
+static int walk_check(walker *w, uint64_t want) {
+  uint64_t chk;
+  return rd_get(&w->r, &chk, 8) && chk == want;
+}
+
+/* 'M' module check, or 'C' module key check: a name someone else spelt
+   (even at the same length) does not match. */
+static int walk_name(walker *w, int t) {
+  size_t mn, kn = 0;
+  const char *m = rd_str(&w->r, &mn), *k = NULL;
+  if (!m || mn == 0 || (t == T_CFUNC && !(k = rd_str(&w->r, &kn)))) return 0;
+  return walk_check(w, pt_codec_name_check(m, mn, k, kn)) ? t : 0;
+}
+
+/* A reference is released (discard) only when its check matches too. */
 static int walk_xref(walker *w, const char *at) {
-  const pt_xtype *xt = pt_codec_xtype(rd_byte(&w->r));
+  int i = rd_byte(&w->r);
+  const pt_xtype *xt = pt_codec_xtype(i);
   pt_ref ref;
-  if (!xt || !rd_get(&w->r, &ref, sizeof ref)) return 0;
+  if (!xt || !rd_get(&w->r, &ref, sizeof ref) ||
+      !walk_check(w, pt_codec_ref_check(i, &ref)))
+    return 0;
   w->nrefs++;
   if (w->from && at >= w->from) xt->release(&ref);
   return T_XREF;
@@ -106,8 +126,7 @@ static int walk(walker *w, int depth) {
     case T_INT: { char x[8]; return rd_get(r, x, 8) ? t : 0; }
     case T_DOUBLE: return rd_get(r, &w->num, 8) ? t : 0;
     case T_STRING: return rd_str(r, &n) ? t : 0;
-    case T_MODULE: return rd_str(r, &n) && n > 0 ? t : 0;
-    case T_CFUNC: return rd_str(r, &n) && n > 0 && rd_str(r, &n) ? t : 0;
+    case T_MODULE: case T_CFUNC: return walk_name(w, t);
     case T_REF:
       if (!rd_varint(r, &v) || (k = walk_id_kind(w, v)) < 0) return 0;
       return k == K_TABLE ? T_TABLE : T_FUNC;

@@ -46,6 +46,12 @@ static int dec_fail(dec *d, const char *err, const char *at) {
   return 0;
 }
 
+/* Step over a u64 check (the walker compared it): 1, or 0 at the end. */
+static int dec_skip_check(dec *d) {
+  uint64_t chk;
+  return rd_get(&d->r, &chk, 8);
+}
+
 /* Push package.loaded[name], loading the module with require when it is
    not loaded yet.  Raw lookups only: no metamethod of the receiver runs.
    On failure nothing is pushed and d->err says why. */
@@ -160,7 +166,7 @@ static int dec_cfunction(dec *d, const char *at) {
   lua_State *L = d->L;
   size_t mn, kn;
   const char *m = rd_str(&d->r, &mn), *k = m ? rd_str(&d->r, &kn) : NULL;
-  if (!k) return 0;
+  if (!k || !dec_skip_check(d)) return 0;
   if (mn == 2 && memcmp(m, "_G", 2) == 0) pt_pushglobals(L);
   else if (!dec_module(d, m, mn)) { d->errat = at; return 0; }
   if (!lua_istable(L, -1)) return dec_corrupt(d);  /* L: ... mod */
@@ -178,7 +184,8 @@ static int dec_xref(dec *d, const char *at) {
   const pt_xtype *xt = pt_codec_xtype(rd_byte(&d->r));
   pt_ref ref;
   const char *err;
-  if (!xt || !rd_get(&d->r, &ref, sizeof ref)) return dec_corrupt(d);
+  if (!xt || !rd_get(&d->r, &ref, sizeof ref) || !dec_skip_check(d))
+    return dec_corrupt(d);
   luaL_getmetatable(L, xt->tname);                 /* L: ... mt|nil */
   if (lua_isnil(L, -1)) {            /* a new thread state: load the module */
     lua_pop(L, 1);
@@ -237,7 +244,7 @@ static int dec_scalar_or_table(dec *d, int t, const char *at) {
     case T_MODULE: {
       size_t n;
       const char *s = rd_str(&d->r, &n);
-      if (!s) return 0;
+      if (!s || !dec_skip_check(d)) return 0;
       if (n == 2 && memcmp(s, "_G", 2) == 0) { pt_pushglobals(L); return 1; }
       if (!dec_module(d, s, n)) { d->errat = at; return 0; }
       return 1;

@@ -234,6 +234,8 @@ static int enc_str(enc *e, const char *s, size_t n) {
   return enc_varint(e, n) && enc_put(e, s, n);
 }
 
+static int enc_u64(enc *e, uint64_t v) { return enc_put(e, &v, 8); }
+
 static int enc_value(enc *e, int idx);
 
 /* If the object at idx was seen, write its reference and return 1 (-1
@@ -344,7 +346,8 @@ static int enc_cfunction(enc *e, int idx) {
   mlen = strlen(name);
   if (mlen >= n) { lua_pop(L, 1); return enc_fail(e, "%s", "cannot copy this C function"); }
   r = enc_byte(e, T_CFUNC) && enc_str(e, name, mlen) &&
-      enc_str(e, name + mlen + 1, n - mlen - 1);
+      enc_str(e, name + mlen + 1, n - mlen - 1) &&
+      enc_u64(e, pt_codec_name_check(name, mlen, name + mlen + 1, n - mlen - 1));
   lua_pop(L, 1);
   return r;
 }
@@ -460,7 +463,8 @@ static int enc_xref(enc *e, int idx, int i, const pt_xtype *xt) {
   e->refs[e->nrefs].type = i;
   e->refs[e->nrefs].ref = ref;
   e->nrefs++;
-  return enc_byte(e, T_XREF) && enc_byte(e, i) && enc_put(e, &ref, sizeof ref);
+  return enc_byte(e, T_XREF) && enc_byte(e, i) && enc_put(e, &ref, sizeof ref) &&
+         enc_u64(e, pt_codec_ref_check(i, &ref));
 }
 
 static int enc_userdata(enc *e, int idx) {
@@ -489,7 +493,8 @@ static int enc_anytable(enc *e, int idx) {
   if (enc_name(e, idx)) {                           /* L: ... name */
     size_t n;
     const char *name = lua_tolstring(L, -1, &n);
-    r = enc_byte(e, T_MODULE) && enc_str(e, name, n);
+    r = enc_byte(e, T_MODULE) && enc_str(e, name, n) &&
+        enc_u64(e, pt_codec_name_check(name, n, NULL, 0));
     lua_pop(L, 1);
     return r;
   }
