@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -256,6 +257,23 @@ void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
 
 /* ---- pt.detach, the pool's mark, configure -------------------------------- */
 
+/* Clear O_ASYNC on a lifeline's read end.  The child arms it right after
+   the fork (owner, signal, then O_ASYNC, on the file it shares with us): a
+   detach that came first would be undone, so wait (briefly: the child does
+   it first thing) until it is armed, or the child is gone. */
+static int still_running(pid_t child) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  return waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
+}
+
+static void disarm(int fd, pid_t child) {
+  double end = pt_now() + 1.0;
+  while (!(fcntl(fd, F_GETFL) & O_ASYNC) && pt_now() < end && still_running(child))
+    sched_yield();
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
+}
+
 static int l_detach(lua_State *L) {
   pt_worker *w = pt_worker_of(L, 1);
   entry *e;
@@ -265,7 +283,7 @@ static int l_detach(lua_State *L) {
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) {
     /* disarm before the write end can close (the file is the child's too) */
-    if (e->lifeline_r >= 0) fcntl(e->lifeline_r, F_SETFL, fcntl(e->lifeline_r, F_GETFL) & ~O_ASYNC);
+    if (e->lifeline_r >= 0) disarm(e->lifeline_r, w->id);
     gone = take(e);
   }
   pthread_mutex_unlock(&reg_mu);
