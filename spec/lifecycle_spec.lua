@@ -357,6 +357,35 @@ describe("lifecycle", function()
       end)
     end
 
+    -- a shared-table lock wait: another worker holds pt.locked on st
+    for _, holder in ipairs { "thread", "process" } do
+      for _, stmt in ipairs { "st.x = 1", "local y = st.x", "pt.locked(st, function() end)", "pt.add(st, 'n', 1)" } do
+        it("interrupts a shared-table lock wait (" .. stmt .. ", a " .. holder .. " holds the lock)", function()
+          local run = background(([[
+            local st, go = pt.shared_table {}, pt.event()
+            local w = pt.spawn(%q, function() pt.locked(st, function() go:set(); pt.sleep(100) end) end)
+            go:wait(20)
+            ready(%s)
+            %s
+          ]]):format(holder, holder == "process" and "w.id" or "", stmt))
+          local pids = run.ready()
+          pt.sleep(0.2)               -- into the lock wait
+          local t0 = pt.now()
+          kill("INT", { run.pid })
+          local status, out = run.finish(8)
+          local took = pt.now() - t0
+          local gone = all_gone(pids, 3)
+          run.cleanup(pids)
+          assert.is_truthy(status, "still blocked " .. took .. " s after SIGINT: " .. tostring(out))
+          assert.matches("interrupted!", out, 1, true)
+          assert.matches("stack traceback:", out, 1, true)
+          assert.are_not.equal(0, status)
+          assert.is_true(took < 4, "took " .. took)
+          assert.is_true(gone, "workers left running")
+        end)
+      end
+    end
+
     it("during the at-exit wait stops the workers instead", function()
       local run = background([[
         local p = pt.spawn_process(function() require("procthread").sleep(100) end)

@@ -405,4 +405,69 @@ describe("worker reliability", function()
       assert.matches("join\tfalse\tcancelled\nhost handler\nalive\n", out, 1, true)
     end)
   end)
+
+  describe("#26 a thread short of memory", function()
+    -- Threads hold their Lua states until the gate opens; they are started
+    -- until no stack can be mapped, so the last ones find little memory
+    -- left.  Where exactly memory runs out varies: two limits, and the
+    -- failures of both count.  (LuaJIT's own allocator gets its memory in
+    -- one piece: there a state is made whole or not at all.)
+    local CODE = [[
+      local pt = require "procthread"
+      local gate, ws = pt.event(), {}
+      for _ = 1, 60 do
+        local w = pt.spawn_thread(function(g) g:wait(20) end, gate)
+        if not w then break end
+        ws[#ws + 1] = w
+      end
+      gate:set()
+      local short = 0
+      for _, w in ipairs(ws) do
+        local ok, err = w:join(20)
+        if ok == false and tostring(err):match("not enough memory") then short = short + 1
+        elseif ok ~= true and err ~= "failed" then io.write("odd: ", tostring(ok), " ", tostring(err), "\n") end
+      end
+      io.write("short ", short, "\n")
+      ws = nil; collectgarbage(); collectgarbage()
+      io.write("after: ", tostring(select(2, pt.spawn_thread(function() return 42 end):join(20))), "\n")
+    ]]
+    it("fails with 'not enough memory'; the process does not abort #notsan", function()
+      for _, limit in ipairs { 100000, 200000, 300000 } do
+        local status, out = H.fresh(CODE, "ulimit -v " .. limit .. ";")
+        assert.not_matches("PANIC", out, 1, true)
+        -- glibc itself aborts a thread that finds no memory for a loaded
+        -- module's thread-local data: not procthread's to catch
+        if not out:match("cannot allocate memory for thread%-local data") then
+          assert.are.equal(0, status, out)
+          assert.matches("after: 42\n", out, 1, true)
+        end
+      end
+    end)
+  end)
+
+  describe("#27 a join when the fd table is full", function()
+    it("waits for a running thread without a new fd", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local gate, ws = pt.event(), {}
+        while #ws < 100 do                 -- each takes an fd: fill the table
+          local w = pt.spawn_thread(function(g) g:wait(20); return 1 end, gate)
+          if not w then break end
+          ws[#ws + 1] = w
+        end
+        io.write("started ", #ws > 4 and "many" or #ws, "\n")
+        io.write("running: ", tostring(ws[1]:join(0.05)), "\n")
+        gate:set()
+        local bad = 0
+        for i, w in ipairs(ws) do
+          local ok, r, e = w:join(i % 2 == 0 and math.huge or 20)
+          if ok ~= true or r ~= 1 then bad = bad + 1; io.write("join ", i, " ", tostring(r), " ", tostring(e), "\n") end
+        end
+        io.write("bad joins ", bad, "\n")
+      ]], "ulimit -n 24;")
+      assert.are.equal(0, status, out)
+      assert.matches("started many\nrunning: nil\n", out, 1, true)
+      assert.matches("bad joins 0\n", out, 1, true)
+    end)
+  end)
 end)

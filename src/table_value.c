@@ -50,7 +50,16 @@ int pt_st_raise_full(lua_State *L) {
   return luaL_error(L, "%s", pt_shm_full_msg());
 }
 
+int pt_st_stop_waiting(void) { return pt_cancel_requested() || pt_interrupted(); }
+
 int pt_st_raise_lock(lua_State *L) {
+  if (errno == ECANCELED && pt_take_interrupt()) {
+    /* A metamethod cannot return nil, "interrupted" for the interpreter's
+       Ctrl-C hook to raise back in Lua: raise what that hook would, taking
+       it off first as it does (left on, it fires in the message handler). */
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+    return luaL_error(L, "interrupted!");
+  }
   if (errno == ECANCELED) return pt_raise_cancelled(L);
   return pt_raise_oserror(L, "shared table lock", errno);
 }

@@ -51,9 +51,13 @@ pt_off pt_st_push_new(lua_State *L);
    bytes), so collect this state once and let the caller try again. */
 void pt_st_collect(lua_State *L);
 int pt_st_raise_full(lua_State *L);
-/* The table's lock, with cancellation asked while waiting (0, or -1 errno). */
-static inline int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_cancel_requested); }
-/* A lock failure (errno): a cancellation raises "cancelled"; anything else
+/* The table's lock, with cancellation and (the main thread) Ctrl-C asked
+   while waiting (0, or -1 errno ECANCELED: pt_st_stop_waiting said so). */
+int pt_st_stop_waiting(void);
+static inline int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_st_stop_waiting); }
+/* A lock failure (errno): a cancellation raises "cancelled" (a Ctrl-C:
+   pt_st_raise_lock raises "interrupted", pt_st_lock_error returns nil,
+   "interrupted" and the interpreter's hook raises back in Lua); anything else
    raises "shared table lock: <strerror>" (metamethods, which cannot return
    an error) or returns nil, that, errno (pt_st_lock_error). */
 int pt_st_raise_lock(lua_State *L);

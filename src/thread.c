@@ -1,11 +1,13 @@
 /* thread.c - spawn_thread: fn and its arguments are encoded here, and run
  * on a new pthread in a fresh Lua state; the results come back encoded. */
 #include "worker.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <time.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -236,34 +238,81 @@ static void setpath(lua_State *L, const char *field, const char *value) {
   lua_pop(L, 1);
 }
 
+/* The worker's life in its new state, run protected (start_protected):
+   a memory error while the state is set up or the job decoded fails the
+   worker instead of aborting the process. */
+typedef struct start_arg {
+  pt_worker *w;
+  int status;                 /* W_*: run_job's outcome */
+  int ready;                  /* the state was set up */
+} start_arg;
+
+static int start(lua_State *L) {
+  start_arg *a = (start_arg *)lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  luaL_openlibs(L);
+  setpath(L, "path", a->w->path);
+  setpath(L, "cpath", a->w->cpath);
+  lua_getglobal(L, "package");              /* loaded on first use, no file search */
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_procthread_core);
+  lua_setfield(L, -2, "procthread.core");
+  lua_pop(L, 2);
+  a->ready = 1;
+  a->status = run_job(L, a->w);
+  return 0;
+}
+
+static int start_protected(lua_State *L, start_arg *a) {
+#if LUA_VERSION_NUM >= 502
+  lua_pushcfunction(L, start);              /* a light C function: no allocation */
+  lua_pushlightuserdata(L, a);
+  return lua_pcall(L, 1, 0, 0);
+#else
+  return lua_cpcall(L, start, a);
+#endif
+}
+
+/* The state could not be made or set up: the worker fails with why. */
+static int failed_start(pt_worker *w, const char *why) {
+  char msg[200];
+  int n = snprintf(msg, sizeof msg, "cannot create a Lua state: %s", why ? why : "not enough memory");
+  set_error(w, msg, n < (int)sizeof msg ? (size_t)n : sizeof msg - 1);
+  return W_FAILED;
+}
+
+static int run_state(pt_worker *w) {
+  start_arg a;
+  lua_State *L = luaL_newstate();
+  if (!L) return failed_start(w, NULL);
+  a.w = w;
+  a.status = W_FAILED;
+  a.ready = 0;
+  if (start_protected(L, &a) != 0) {
+    size_t len;
+    const char *m = lua_tolstring(L, -1, &len);
+    if (!a.ready) failed_start(w, m);
+    else if (m) set_error(w, m, len);
+    else set_error(w, "(error object is not a string)", 30);
+    a.status = W_FAILED;
+  }
+  lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
+  w->ctx.closing = 1;                       /* see pt_thread_release */
+  lua_close(L);
+  return a.status;
+}
+
 static void *thread_main(void *arg) {
   pt_worker *w = (pt_worker *)arg;
-  lua_State *L;
   struct rusage ru;
-  int status = W_FAILED, fd;
+  int status, fd;
   uint64_t one = 1;
   __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
   w->ctx.kind = PT_THREAD;
   w->ctx.cancel = &w->cancel;
   w->ctx.cancel_fd = w->cancel_fd;
   pt_self_ctx = &w->ctx;
-  L = luaL_newstate();
-  if (!L) {
-    set_error(w, "cannot create a Lua state: not enough memory", 44);
-  } else {
-    luaL_openlibs(L);
-    setpath(L, "path", w->path);
-    setpath(L, "cpath", w->cpath);
-    lua_getglobal(L, "package");              /* loaded on first use, no file search */
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_procthread_core);
-    lua_setfield(L, -2, "procthread.core");
-    lua_pop(L, 2);
-    status = run_job(L, w);
-    lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
-    w->ctx.closing = 1;                       /* see pt_thread_release */
-    lua_close(L);
-  }
+  status = run_state(w);
   if (getrusage(RUSAGE_THREAD, &ru) == 0) {
     w->cpu_user = tv(ru.ru_utime);
     w->cpu_sys = tv(ru.ru_stime);
@@ -275,8 +324,9 @@ static void *thread_main(void *arg) {
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
   /* Publish the end.  A plain joiner waits for the thread's exit; one that
-     must stay cancellable polls an eventfd it made (see pt_thread_wait). */
+     must stay cancellable sleeps on w->done (see pt_thread_wait). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   unlink_live(w);
@@ -352,8 +402,8 @@ oserr_eventfd:
 }
 
 /* ThreadSanitizer (gcc 12) does not intercept pthread_clockjoin_np: it
-   would take the joined thread for a live one.  Its build waits on the
-   eventfd instead, as a cancellable joiner does. */
+   would take the joined thread for a live one.  Its build waits on
+   w->done instead, as a cancellable joiner does. */
 #if defined(__SANITIZE_THREAD__)
 #define CLOCKJOIN 0
 #else
@@ -365,6 +415,29 @@ static void joined(pt_worker *w) {
   pt_close(w->done_fd);            /* the thread is gone: nobody uses them now */
   pt_close(w->cancel_fd);
   w->done_fd = w->cancel_fd = -1;
+}
+
+/* A cancellable joiner (a thread worker, or the main thread while Ctrl-C
+   is watched) sleeps on w->done, the futex word thread_main sets and wakes
+   at its end, beside its own cancel flag: no fd is needed, so a full fd
+   table cannot fail a join.  While SIGINT is watched it sleeps 100 ms at
+   most: a SIGINT just before the sleep is no EINTR (see sys.c).  1 done,
+   0 timeout, -2 cancelled or interrupted, -1 error (errno). */
+static int wait_done(pt_worker *w, double timeout) {
+  const volatile int *cancel = pt_self_ctx ? pt_self_ctx->cancel : NULL;
+  double deadline = pt_deadline(timeout), until;
+  for (;;) {
+    int r;
+    if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 1;
+    if (pt_cancel_requested() || pt_interrupted()) return -2;
+    until = deadline;
+    if (pt_interrupt_watched() && (until < 0 || until > pt_clock_now() + 0.1))
+      until = pt_clock_now() + 0.1;
+    r = pt_futex_wait((const uint32_t *)&w->done, 0, until, cancel);
+    if (r == PT_CANCELLED) return -2;
+    if (r == PT_ERR) return -1;
+    if (r == PT_TIMEOUT && until == deadline) return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
+  }
 }
 
 int pt_thread_wait(pt_worker *w, double timeout) {
@@ -396,19 +469,9 @@ int pt_thread_wait(pt_worker *w, double timeout) {
     joined(w);
     return 1;
   }
-  /* A cancellable joiner (a thread worker): poll an eventfd the thread
-     writes at its end, next to our own cancellation fd.  The seq_cst store
-     of the fd and the thread's seq_cst store of w->done pair up: one of the
-     two sides always sees the other. */
-  if (w->done_fd < 0) {
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0) return -1;
-    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
-  }
-  r = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) ? 1 : pt_wait_fd(w->done_fd, POLLIN, timeout);
+  r = wait_done(w, timeout);
   if (r <= 0) return r;
-  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 0;
-  pthread_join(w->thread, NULL);
+  pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
   joined(w);
   return 1;
 }
