@@ -33,6 +33,9 @@ pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *f
     pt_arg_error(L, i, fn, lua_pushfstring(L, "%s expected, got %s", c->what,
                                            luaL_typename(L, i)));
   if (!pt_shm_handle_off(&h->h)) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
+  if (!pt_obj_live(pt_shm_handle_off(&h->h), h->h.gen))
+    luaL_error(L, "%s: %s has been freed (a count on it was dropped too often; its "
+               "memory may hold something else now)", fn, c->what);
   return h;
 }
 
@@ -55,7 +58,7 @@ void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
   pt_buf_init(&h->buf);
   luaL_getmetatable(L, c->tname);
   lua_setmetatable(L, -2);
-  pt_shm_track(&h->h, off, 0, (int)c->kind, c->drop);
+  pt_shm_track(&h->h, off, pt_obj_gen(off), (int)c->kind, c->drop);
 }
 
 /* __gc: drop the count (once) and the buffer.  The class is found by the
@@ -119,21 +122,26 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
 
 /* ---- codec references ------------------------------------------------------- */
 
+/* A reference: a = the offset, b = the generation << 8 | the class's kind
+   (generations count objects made, far below 2^56). */
+#define REF_GEN(ref) ((ref)->b >> 8)
+
 const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c) {
   pt_handle *h = tohandle(L, idx, c);
-  if (!h || !pt_shm_handle_off(&h->h)) return "released handle";
-  pt_obj_incref(pt_shm_handle_off(&h->h));
-  ref->a = pt_shm_handle_off(&h->h);
-  ref->b = c->kind;
+  pt_off off = h ? pt_shm_handle_off(&h->h) : 0;
+  if (!off) return "released handle";
+  if (!pt_obj_take(off, h->h.gen)) return "freed handle";
+  ref->a = off;
+  ref->b = h->h.gen << 8 | c->kind;
   return NULL;
 }
 
 static int valid_ref(const pt_ref *ref, const pt_class *c) {
-  return ref->b == c->kind && c->valid(ref->a);
+  return (ref->b & 0xff) == c->kind && c->valid(ref->a) && pt_obj_live(ref->a, REF_GEN(ref));
 }
 
 void pt_handle_release(const pt_ref *ref, const pt_class *c) {
-  if (valid_ref(ref, c)) c->drop(ref->a, 0);
+  if (valid_ref(ref, c)) c->drop(ref->a, REF_GEN(ref));
 }
 
 const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c) {
