@@ -1,5 +1,6 @@
 /* handle.c - Lua handles on arena objects, and waiting from Lua (handle.h). */
 #include "handle.h"
+#include "arena_lua.h"
 #include "wait.h"
 
 #include <errno.h>
@@ -73,6 +74,33 @@ static int h_gc(lua_State *L) {
   return 0;
 }
 
+/* The class of the handle at idx, whatever its class, or NULL: its
+   metatable's __gc is h_gc, whose upvalue names the class. */
+static const pt_class *class_of(lua_State *L, int idx) {
+  const pt_class *c = NULL;
+  if (!lua_touserdata(L, idx) || !lua_getmetatable(L, idx)) return NULL;
+  lua_getfield(L, -1, "__gc");
+  if (lua_tocfunction(L, -1) == h_gc && lua_getupvalue(L, -1, 1)) {
+    c = (const pt_class *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return c;
+}
+
+/* pt._shm_release (arena_lua.h): one count dropped, the handle left as it
+   is; pt.release takes none of these handles. */
+static int obj_drop_count(lua_State *L, int idx) {
+  const pt_class *c = class_of(L, idx);
+  pt_handle *h;
+  if (!c) return 0;
+  h = pt_handle_check(L, idx, c, "_shm_release");
+  c->drop(pt_shm_handle_off(&h->h), h->h.gen);
+  return 1;
+}
+static int obj_release(lua_State *L, int idx) { (void)L; (void)idx; return 0; }
+static const pt_shm_kind obj_kind = {obj_release, obj_drop_count};
+
 static int h_eq(lua_State *L) {
   const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
   pt_handle *a = tohandle(L, 1, c), *b = tohandle(L, 2, c);
@@ -118,6 +146,7 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+  pt_shm_register_kind(PT_KIND_OBJ, &obj_kind);
 }
 
 /* ---- codec references ------------------------------------------------------- */
@@ -130,7 +159,7 @@ const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class 
   pt_handle *h = tohandle(L, idx, c);
   pt_off off = h ? pt_shm_handle_off(&h->h) : 0;
   if (!off) return "released handle";
-  if (!pt_obj_take(off, h->h.gen)) return "freed handle";
+  if (!pt_obj_take(off, h->h.gen)) return "handle has been freed";
   ref->a = off;
   ref->b = h->h.gen << 8 | c->kind;
   return NULL;

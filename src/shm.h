@@ -12,7 +12,9 @@
 #include "lock.h"
 
 /* The kinds of arena object a handle may hold. */
-enum { PT_KIND_TABLE = 1, PT_KIND_ARRAY = 2, PT_NKINDS = 3 };
+enum { PT_KIND_TABLE = 1, PT_KIND_ARRAY = 2, PT_KIND_OBJ = 3, PT_NKINDS = 4 };
+/* (PT_KIND_OBJ: the handles of obj.h's objects, as pt._shm_release sees
+   them; those handles are tracked with their class's kind, 0x10 on.) */
 
 /* Every live handle of this process is on a process-local list so that a
    forked worker can drop its counts before _exit, and a fork can take the
