@@ -306,6 +306,87 @@ describe("channels", function()
     end)
   end)
 
+  describe("lifetime across fork", function()
+    it("a forked child holds its own count on a channel: a new channel never gets its messages", function()
+      local go = pt.event()
+      local function start()
+        local ch = pt.channel(4)                    -- only the child uses it
+        return pt.spawn_process(function()
+          assert(go:wait(T))
+          ch:send("from the child")
+          return ch:recv(0)
+        end)
+      end
+      local w = start()
+      collectgarbage(); collectgarbage()          -- the parent's handle goes
+      local innocent = pt.channel(4)              -- would reuse a freed block
+      innocent:send("innocent")
+      go:set()
+      assert.are.same({ true, "from the child" }, { w:join(T) })
+      assert.are.equal(1, #innocent)
+      assert.are.same({ "innocent" }, { innocent:recv(0) })
+    end)
+
+    it("an event only a forked child uses outlives the parent's handle (fresh interpreter)", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local go = pt.semaphore(0)
+        local function start()
+          local ev = pt.event()
+          return pt.spawn_process(function() assert(go:acquire(20)); ev:set(); return ev:is_set() end)
+        end
+        local w = start()
+        collectgarbage(); collectgarbage()
+        local ch = pt.channel(4); ch:send("x")
+        go:release()
+        print("child", w:join(20))
+        print("ch", #ch, ch:recv(0))
+        print("again", ch:recv(0))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("child%s+true%s+true", out)
+      assert.matches("ch%s+1%s+x", out)
+      assert.matches("again%s+nil%s+timeout", out)
+    end)
+
+    -- a handle whose object was freed under it (a count dropped too often,
+    -- here by pt._shm_release) raises on every use and never touches the
+    -- memory, which new objects of the same kind have taken
+    for _, case in ipairs {
+      { "channel", function() return pt.channel(4) end,
+        function(h) return #h end, function(h) return h:send(1) end,
+        function(h) return h:recv(0) end, function(h) return h:close() end },
+      { "event", pt.event, function(h) return h:set() end,
+        function(h) return h:wait(0) end },
+      { "semaphore", function() return pt.semaphore(1) end,
+        function(h) return h:release() end, function(h) return h:acquire(0) end },
+      { "barrier", function() return pt.barrier(2) end,
+        function(h) return h:wait(0) end },
+    } do
+      it("a handle to a freed " .. case[1] .. " raises on every use", function()
+        local h = case[2]()
+        pt._shm_release(h)                        -- its only count: freed under h
+        local others = {}
+        for i = 1, 8 do others[i] = pt.channel(4); others[i]:send(i) end
+        for i = 3, #case do
+          local ok, err = pcall(case[i], h)
+          assert.is_false(ok)
+          assert.matches(case[1] .. " has been freed", err)
+        end
+        local ok, err = pcall(pt.encode, h)
+        assert.is_false(ok)
+        assert.matches("has been freed", err)
+        h = nil
+        collectgarbage(); collectgarbage()        -- dropping h drops nothing
+        for i = 1, 8 do
+          assert.are.equal(1, #others[i])
+          assert.are.equal(i, others[i]:recv(0))
+        end
+        assert.is_true(pt._shm_check())
+      end)
+    end
+  end)
+
   describe("crashes #stress", function()
     it("processes SIGKILLed while sending, receiving and waiting, hundreds of rounds", function()
       local status, out = H.fresh([[

@@ -487,6 +487,48 @@ describe("shared tables", function()
       assert.are.equal(base, pt.shm_stats().objects)
     end)
 
+    it("a forked child holds its own count: the parent's handle collected, the table lives on", function()
+      local go = pt.event()
+      local base = pt.shm_stats().objects
+      local function start()
+        local st = pt.shared_table { n = 0 }
+        return pt.spawn_process(function()
+          assert(go:wait(H.T))
+          for _ = 1, 1000 do pt.add(st, "n", 1) end
+          return st.n
+        end)
+      end
+      local w = start()
+      collectgarbage(); collectgarbage()          -- the parent's only handle goes
+      go:set()
+      assert.are.equal(1000, join_ok(w))
+      collectgarbage(); collectgarbage()
+      assert.are.equal(base, pt.shm_stats().objects)   -- the child dropped its count
+    end)
+
+    it("a process forked by a thread worker keeps the thread's table after the thread ends", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local res, go = pt.channel(2), pt.event()
+        local t = pt.spawn_thread(function(res, go)
+          local pt = require "procthread"
+          local st = pt.shared_table { n = 0 }      -- made in the thread
+          local w = pt.spawn_process(function()
+            assert(go:wait(20))                     -- the thread has ended by now
+            res:send(pcall(pt.add, st, "n", 1))
+          end)
+          pt.detach(w)
+          return true
+        end, res, go)
+        print("thread", t:join(20))
+        go:set()
+        print("grandchild", res:recv(20))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("thread%s+true%s+true", out)
+      assert.matches("grandchild%s+true%s+1", out)
+    end)
+
     it("a SIGKILLed process leaks at most the handles it held; the rest works", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

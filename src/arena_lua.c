@@ -15,13 +15,8 @@ int pt_push_shm_error(lua_State *L, int err) {
   return 3;
 }
 
-static void shm_after_fork(void) {
-  pt_shm_after_fork_child();
-  pt_shm_handles_after_fork();
-}
-
 void pt_shm_init_process(void) {
-  pt_atfork_child(shm_after_fork);
+  pt_atfork_child(pt_shm_after_fork_child);
   pt_on_child_exit(pt_shm_handles_exit_child);
 }
 

@@ -56,6 +56,14 @@ static void sarr_drop(pt_off off, uint64_t gen) {
   pt_shm_free(off);
 }
 
+/* pt_shm_fork's count for a child, only while gen holds. */
+static int sarr_take(pt_off off, uint64_t gen) {
+  ablock *b = PT_SHM_PTR(ablock, off);
+  if (!pt_shm_gen_ok(&b->gen, gen)) return 0;
+  pt_shm_incref(&b->refs);
+  return 1;
+}
+
 /* Private blocks of this process, in a registry: a reference in a message
    names a block by id, and only a live block of this process is ever
    adopted, so a forged or stale reference is an error, never a pointer.
@@ -510,6 +518,7 @@ void pt_open_array(lua_State *L) {
   pt_atfork_child(preg_after_fork);
   pt_on_child_exit(parr_exit_child);
   pt_shm_register_kind(PT_KIND_ARRAY, &arr_kind);
+  pt_shm_set_take(PT_KIND_ARRAY, sarr_take);
   pt_shm_newmeta(L, ANAME, meta);
   lua_pushcfunction(L, arr_new);
   lua_setfield(L, -2, "array");

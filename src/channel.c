@@ -12,10 +12,7 @@
 #define KIND_CHANNEL 0x10
 #define DEFAULT_CAPACITY 64
 
-static void ch_drop(pt_off off, uint64_t gen) {
-  (void)gen;
-  pt_queue_decref(off, pt_discard);
-}
+static void ch_drop(pt_off off, uint64_t gen) { pt_queue_decref(off, gen, pt_discard); }
 
 static const pt_class channel_class = {CHANNEL_MT, "channel", KIND_CHANNEL,
                                        pt_queue_valid, ch_drop};

@@ -1,5 +1,6 @@
 /* handle.c - Lua handles on arena objects, and waiting from Lua (handle.h). */
 #include "handle.h"
+#include "arena_lua.h"
 #include "wait.h"
 
 #include <errno.h>
@@ -33,6 +34,9 @@ pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *f
     pt_arg_error(L, i, fn, lua_pushfstring(L, "%s expected, got %s", c->what,
                                            luaL_typename(L, i)));
   if (!pt_shm_handle_off(&h->h)) pt_arg_error(L, i, fn, lua_pushfstring(L, "%s is released", c->what));
+  if (!pt_obj_live(pt_shm_handle_off(&h->h), h->h.gen))
+    luaL_error(L, "%s: %s has been freed (a count on it was dropped too often; its "
+               "memory may hold something else now)", fn, c->what);
   return h;
 }
 
@@ -55,7 +59,7 @@ void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
   pt_buf_init(&h->buf);
   luaL_getmetatable(L, c->tname);
   lua_setmetatable(L, -2);
-  pt_shm_track(&h->h, off, 0, (int)c->kind, c->drop);
+  pt_shm_track(&h->h, off, pt_obj_gen(off), (int)c->kind, c->drop);
 }
 
 /* __gc: drop the count (once) and the buffer.  The class is found by the
@@ -69,6 +73,33 @@ static int h_gc(lua_State *L) {
   }
   return 0;
 }
+
+/* The class of the handle at idx, whatever its class, or NULL: its
+   metatable's __gc is h_gc, whose upvalue names the class. */
+static const pt_class *class_of(lua_State *L, int idx) {
+  const pt_class *c = NULL;
+  if (!lua_touserdata(L, idx) || !lua_getmetatable(L, idx)) return NULL;
+  lua_getfield(L, -1, "__gc");
+  if (lua_tocfunction(L, -1) == h_gc && lua_getupvalue(L, -1, 1)) {
+    c = (const pt_class *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return c;
+}
+
+/* pt._shm_release (arena_lua.h): one count dropped, the handle left as it
+   is; pt.release takes none of these handles. */
+static int obj_drop_count(lua_State *L, int idx) {
+  const pt_class *c = class_of(L, idx);
+  pt_handle *h;
+  if (!c) return 0;
+  h = pt_handle_check(L, idx, c, "_shm_release");
+  c->drop(pt_shm_handle_off(&h->h), h->h.gen);
+  return 1;
+}
+static int obj_release(lua_State *L, int idx) { (void)L; (void)idx; return 0; }
+static const pt_shm_kind obj_kind = {obj_release, obj_drop_count};
 
 static int h_eq(lua_State *L) {
   const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
@@ -115,25 +146,31 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+  pt_shm_register_kind(PT_KIND_OBJ, &obj_kind);
 }
 
 /* ---- codec references ------------------------------------------------------- */
 
+/* A reference: a = the offset, b = the generation << 8 | the class's kind
+   (generations count objects made, far below 2^56). */
+#define REF_GEN(ref) ((ref)->b >> 8)
+
 const char *pt_handle_encode(lua_State *L, int idx, pt_ref *ref, const pt_class *c) {
   pt_handle *h = tohandle(L, idx, c);
-  if (!h || !pt_shm_handle_off(&h->h)) return "released handle";
-  pt_obj_incref(pt_shm_handle_off(&h->h));
-  ref->a = pt_shm_handle_off(&h->h);
-  ref->b = c->kind;
+  pt_off off = h ? pt_shm_handle_off(&h->h) : 0;
+  if (!off) return "released handle";
+  if (!pt_obj_take(off, h->h.gen)) return "handle has been freed";
+  ref->a = off;
+  ref->b = h->h.gen << 8 | c->kind;
   return NULL;
 }
 
 static int valid_ref(const pt_ref *ref, const pt_class *c) {
-  return ref->b == c->kind && c->valid(ref->a);
+  return (ref->b & 0xff) == c->kind && c->valid(ref->a) && pt_obj_live(ref->a, REF_GEN(ref));
 }
 
 void pt_handle_release(const pt_ref *ref, const pt_class *c) {
-  if (valid_ref(ref, c)) c->drop(ref->a, 0);
+  if (valid_ref(ref, c)) c->drop(ref->a, REF_GEN(ref));
 }
 
 const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c) {

@@ -13,8 +13,8 @@ typedef struct pt_class {
   const char *what;            /* in messages: "channel" */
   uint64_t kind;               /* pt_ref.b of its references */
   int (*valid)(pt_off off);    /* off holds an object of this class */
-  /* drop one count (the last destroys); these objects carry no
-     generation (their magic is checked instead): gen is unused */
+  /* drop one count (the last destroys), only while the object is of
+     generation gen (obj.h) */
   void (*drop)(pt_off off, uint64_t gen);
 } pt_class;
 

@@ -220,7 +220,7 @@ int pt_process_spawn(lua_State *L) {
     return spawn_failed(L, w, "pipe", e);
   }
   pt_thread_fork(0);
-  pid = fork();
+  pid = pt_shm_fork();
   e = errno;
   if (pid == 0) {
     orphans = NULL;         /* the parent's children are not ours */

@@ -85,8 +85,7 @@ pt_off pt_queue_new(uint32_t cap) {
     return 0;
   }
   q->cap = cap;
-  q->obj.refs = 1;
-  __atomic_store_n(&q->obj.magic, QUEUE_MAGIC, __ATOMIC_RELEASE);
+  pt_obj_publish(off, QUEUE_MAGIC);
   return off;
 }
 
@@ -96,16 +95,15 @@ static const char *slot_data(qslot *s) {
   return s->len > PT_QUEUE_INLINE ? PT_SHM_PTR(char, s->u.block) : s->u.inl;
 }
 
-void pt_queue_decref(pt_off off, void (*discard)(const char *, size_t)) {
+void pt_queue_decref(pt_off off, uint64_t gen, void (*discard)(const char *, size_t)) {
   queue *q = Q(off);
   uint64_t i;
-  if (!pt_obj_decref(off)) return;
+  if (!pt_obj_drop(off, gen)) return;
   for (i = q->get.index; i != q->put.index; i++) {          /* nobody else can see it now */
     qslot *s = &q->slots[i % q->cap];
     discard(slot_data(s), (size_t)s->len);
     if (s->len > PT_QUEUE_INLINE) pt_shm_free(s->u.block);
   }
-  q->obj.magic = 0;
   pthread_mutex_destroy(&q->put.mu);
   pthread_mutex_destroy(&q->get.mu);
   pt_shm_free_aligned(off);

@@ -32,9 +32,10 @@ pt_off pt_queue_new(uint32_t cap);
 /* 1 when off looks like a queue (for references that come in messages).
    Counts are taken with pt_obj_incref (obj.h). */
 int pt_queue_valid(pt_off off);
-/* Drop a reference; the last one discards the messages still queued
-   (discard(data, len) drops what they reference) and frees the queue. */
-void pt_queue_decref(pt_off q, void (*discard)(const char *, size_t));
+/* Drop a reference, only while the queue is of generation gen (obj.h);
+   the last one discards the messages still queued (discard(data, len)
+   drops what they reference) and frees the queue. */
+void pt_queue_decref(pt_off q, uint64_t gen, void (*discard)(const char *, size_t));
 
 /* Put the len bytes at data at the tail, waiting while the queue is full
    until the deadline (wait.h; 0 timeout: a deadline already past).

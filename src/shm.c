@@ -1,11 +1,17 @@
 /* shm.c - handles: the counts this process's Lua userdata hold on arena
  * objects (plain C, no Lua).
  *
- * Each handle is on a process-local list, so that a forked worker leaving
- * through pt_child_exit (it never closes its Lua state) can drop the
- * counts its own handles hold, and a child forgets the parent's. */
+ * Each handle is on a process-local list (one for all the Lua states of
+ * the process: the main one and every thread worker's), so that a forked
+ * worker leaving through pt_child_exit (it never closes its Lua state) can
+ * drop the counts its handles hold, and so that a fork (pt_shm_fork) can
+ * take, for the child, a count of its own on every object an inherited
+ * handle names.  A handle's pid is the process whose count it holds. */
 #include "shm.h"
+#include "htab.h"
+#include "obj.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -13,14 +19,37 @@
 
 static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
 static pt_shm_handle *handles;
+static pid_t handles_pid;        /* the process the list belongs to; mu */
 
-void pt_shm_handles_after_fork(void) {
-  /* The parent's handles stay in this copy of its heap, but they hold the
-     parent's counts, not ours: forget them.  A thread of the parent may
-     have held the lock at the fork: only the forking thread came along,
-     so it starts unlocked here. */
-  pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-  handles_mu = fresh;
+/* ---- taking a count for a child --------------------------------------------------- */
+
+static int table_take(pt_off off, uint64_t gen) {
+  if (!pt_ht_live(off, gen)) return 0;
+  pt_ht_incref(off);
+  return 1;
+}
+
+/* By kind: tables are built in (htab.c is plain C as this file is),
+   arrays register theirs; every other kind is an arena object of obj.h. */
+static int (*takes[PT_NKINDS])(pt_off, uint64_t) = {NULL, table_take, NULL};
+
+void pt_shm_set_take(int kind, int (*take)(pt_off, uint64_t)) {
+  __atomic_store_n(&takes[kind], take, __ATOMIC_RELEASE);
+}
+
+static void take_count(const pt_shm_handle *h, pt_off off) {
+  int (*take)(pt_off, uint64_t) =
+    h->kind < PT_NKINDS ? __atomic_load_n(&takes[h->kind], __ATOMIC_ACQUIRE) : pt_obj_take;
+  if (take) take(off, h->gen);
+}
+
+/* Holding the lock, in the process the list belongs to: a list of another
+   one (this process was forked by other means than pt_shm_fork) names
+   handles that hold none of our counts: forget it. */
+static void own_list(void) {
+  pid_t me = getpid();
+  if (handles_pid == me) return;
+  handles_pid = me;
   handles = NULL;
 }
 
@@ -28,41 +57,80 @@ void pt_shm_track(pt_shm_handle *h, pt_off off, uint64_t gen, int kind,
                   void (*drop)(pt_off, uint64_t)) {
   h->magic = PT_HANDLE_MAGIC;
   h->gen = gen;
-  __atomic_store_n(&h->off, off, __ATOMIC_RELAXED);
   h->pid = getpid();
   h->kind = kind;
   h->drop = drop;
   h->prev = NULL;
   pthread_mutex_lock(&handles_mu);
+  own_list();
+  __atomic_store_n(&h->off, off, __ATOMIC_RELAXED);
   h->next = handles;
   if (handles) handles->prev = h;
   handles = h;
   pthread_mutex_unlock(&handles_mu);
 }
 
-/* Taking the offset is one atomic exchange: of a release racing with
-   pt_shm_handles_exit_child, only one drops the count. */
+/* Taking the offset is one atomic exchange, under the lock: a handle is
+   on the list with an offset exactly while it holds a count, whatever
+   pt_shm_fork and pt_shm_handles_exit_child meet. */
 void pt_shm_release(pt_shm_handle *h) {
-  pt_off off = __atomic_exchange_n(&h->off, 0, __ATOMIC_ACQ_REL);
-  if (!off) return;
-  if (h->pid != getpid()) return;            /* inherited through fork */
+  pt_off off;
+  if (h->pid != getpid()) {      /* a copy made by a fork not of ours: no count */
+    __atomic_store_n(&h->off, 0, __ATOMIC_RELAXED);
+    return;
+  }
   pthread_mutex_lock(&handles_mu);
-  if (h->prev) h->prev->next = h->next;
-  else if (handles == h) handles = h->next;
-  if (h->next) h->next->prev = h->prev;
-  h->prev = h->next = NULL;
+  off = __atomic_exchange_n(&h->off, 0, __ATOMIC_ACQ_REL);
+  if (off) {
+    if (h->prev) h->prev->next = h->next;
+    else if (handles == h) handles = h->next;
+    if (h->next) h->next->prev = h->prev;
+    h->prev = h->next = NULL;
+  }
   pthread_mutex_unlock(&handles_mu);
-  h->drop(off, h->gen);
+  if (off) h->drop(off, h->gen);
 }
 
-/* A forked worker leaving through pt_child_exit drops the counts its own
-   handles hold (it never closes its Lua state). */
+/* Fork.  Before it, under the lock (no handle comes or goes meanwhile),
+   the parent takes one count for the child on the object of every live
+   handle: the child's copies then hold counts of their own, which exist
+   before the parent could drop its own.  The child adopts them (their pid
+   becomes its own); if the fork fails, the parent gives them back. */
+pid_t pt_shm_fork(void) {
+  pt_shm_handle *h;
+  pid_t pid;
+  int e;
+  pthread_mutex_lock(&handles_mu);
+  own_list();
+  for (h = handles; h; h = h->next)
+    if (pt_shm_handle_off(h)) take_count(h, pt_shm_handle_off(h));
+  pid = fork();
+  e = errno;
+  if (pid == 0) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    handles_pid = getpid();
+    for (h = handles; h; h = h->next) h->pid = handles_pid;
+    handles_mu = fresh;          /* its owner, the parent's thread, is not here */
+    return 0;
+  }
+  if (pid < 0)
+    for (h = handles; h; h = h->next)
+      if (pt_shm_handle_off(h)) h->drop(pt_shm_handle_off(h), h->gen);
+  pthread_mutex_unlock(&handles_mu);
+  errno = e;
+  return pid;
+}
+
+/* A forked worker leaving through pt_child_exit drops the counts its
+   handles hold, its own and those it inherited (it never closes its Lua
+   state). */
 void pt_shm_handles_exit_child(void) {
   pt_shm_handle *h, *next;
   pid_t me = getpid();
   /* the whole walk under the lock: a thread releasing one of these at the
      same time waits, then finds it off the list */
   pthread_mutex_lock(&handles_mu);
+  own_list();
   h = handles;
   handles = NULL;
   for (; h; h = next) {

@@ -12,11 +12,14 @@
 #include "lock.h"
 
 /* The kinds of arena object a handle may hold. */
-enum { PT_KIND_TABLE = 1, PT_KIND_ARRAY = 2, PT_NKINDS = 3 };
+enum { PT_KIND_TABLE = 1, PT_KIND_ARRAY = 2, PT_KIND_OBJ = 3, PT_NKINDS = 4 };
+/* (PT_KIND_OBJ: the handles of obj.h's objects, as pt._shm_release sees
+   them; those handles are tracked with their class's kind, 0x10 on.) */
 
-/* Every live handle created by this process is on a process-local list so
-   that a forked worker can drop its counts before _exit.  A handle
-   inherited through fork (pid differs) never drops a count. */
+/* Every live handle of this process is on a process-local list so that a
+   forked worker can drop its counts before _exit, and a fork can take the
+   child's own (pt_shm_fork).  pid: the process whose count the handle
+   holds; a copy made by a fork other than pt_shm_fork never drops one. */
 #define PT_HANDLE_MAGIC 0x70746861ULL   /* "ptha" */
 typedef struct pt_shm_handle {
   uint64_t magic;
@@ -36,9 +39,18 @@ static inline pt_off pt_shm_handle_off(const pt_shm_handle *h) {
 }
 /* Drop the count held by h (if this process took it) and untrack it. */
 void pt_shm_release(pt_shm_handle *h);
-/* In a new child right after fork: forget the parent's handles. */
-void pt_shm_handles_after_fork(void);
-/* A forked worker leaving: drop the counts its own handles hold. */
+/* fork(2), with counts: before it, one count is taken for the child on the
+   object of every live handle of this process (all its Lua states'), so
+   that the child's inherited handles hold counts of their own, taken
+   before the parent could drop its; the child drops them as it drops its
+   own (pt_shm_handles_exit_child, or when it collects the handle).  A
+   failed fork gives them back.  Returns what fork returns, errno kept. */
+pid_t pt_shm_fork(void);
+/* How a kind of handle (below PT_NKINDS) takes one more count on its
+   object for pt_shm_fork, only while gen holds (1 taken, 0 freed).
+   Tables' is built in; any kind from PT_NKINDS on is an obj.h object. */
+void pt_shm_set_take(int kind, int (*take)(pt_off off, uint64_t gen));
+/* A forked worker leaving: drop the counts its handles hold. */
 void pt_shm_handles_exit_child(void);
 
 #endif

@@ -52,15 +52,12 @@ static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
   }
   o->n = n;
   o->state = state;
-  o->obj.refs = 1;
-  __atomic_store_n(&o->obj.magic, magic, __ATOMIC_RELEASE);
+  pt_obj_publish(off, magic);
   return off;
 }
 
 static void sync_drop(pt_off off, uint64_t gen) {
-  (void)gen;
-  if (!pt_obj_decref(off)) return;
-  S(off)->obj.magic = 0;
+  if (!pt_obj_drop(off, gen)) return;
   pthread_mutex_destroy(&S(off)->mu);
   pt_shm_free_aligned(off);
 }
