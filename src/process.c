@@ -220,7 +220,7 @@ int pt_process_spawn(lua_State *L) {
     return spawn_failed(L, w, "pipe", e);
   }
   pt_thread_fork(0);
-  pid = pt_shm_fork();
+  pid = pt_shm_fork(&w->held);
   e = errno;
   if (pid == 0) {
     orphans = NULL;         /* the parent's children are not ours */
@@ -322,6 +322,7 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   pt_close(w->done_fd);
   w->done_fd = -1;
   w->joined = 1;
+  pt_shm_counts_drop(&w->held);    /* what it inherited: it has ended */
   __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
   pt_lifecycle_remove(w);
 }

@@ -4,8 +4,8 @@
  * Each handle is on a process-local list (one for all the Lua states of
  * the process: the main one and every thread worker's), so that a forked
  * worker leaving through pt_child_exit (it never closes its Lua state) can
- * drop the counts its handles hold, and so that a fork (pt_shm_fork) can
- * take, for the child, a count of its own on every object an inherited
+
+
  * handle names.  A handle's pid is the process whose count it holds. */
 #include "shm.h"
 #include "htab.h"
@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 /* ---- handles ------------------------------------------------------------------ */
@@ -37,10 +38,11 @@ void pt_shm_set_take(int kind, int (*take)(pt_off, uint64_t)) {
   __atomic_store_n(&takes[kind], take, __ATOMIC_RELEASE);
 }
 
-static void take_count(const pt_shm_handle *h, pt_off off) {
+/* 1: a count was taken (the object lives) */
+static int take_count(const pt_shm_handle *h, pt_off off) {
   int (*take)(pt_off, uint64_t) =
     h->kind < PT_NKINDS ? __atomic_load_n(&takes[h->kind], __ATOMIC_ACQUIRE) : pt_obj_take;
-  if (take) take(off, h->gen);
+  return take ? take(off, h->gen) : 0;
 }
 
 /* Holding the lock, in the process the list belongs to: a list of another
@@ -93,37 +95,62 @@ void pt_shm_release(pt_shm_handle *h) {
 
 /* Fork.  Before it, under the lock (no handle comes or goes meanwhile),
    the parent takes one count for the child on the object of every live
-   handle: the child's copies then hold counts of their own, which exist
-   before the parent could drop its own.  The child adopts them (their pid
-   becomes its own); if the fork fails, the parent gives them back. */
-pid_t pt_shm_fork(void) {
+   handle, and keeps them in `held`: they exist before the parent could
+   drop its own, and they are the parent's to give back once the child has
+   ended (pt_shm_counts_drop, when it is reaped), however it ended: a child
+   killed by a signal leaks none of them.  The child's inherited handles
+   hold no count of their own (their pid stays the parent's): the child
+   never drops one.  A failed fork gives them back at once. */
+pid_t pt_shm_fork(pt_shm_counts *held) {
   pt_shm_handle *h;
   pid_t pid;
+  size_t n = 0;
   int e;
+  held->n = 0;
+  held->v = NULL;
   pthread_mutex_lock(&handles_mu);
   own_list();
-  for (h = handles; h; h = h->next)
-    if (pt_shm_handle_off(h)) take_count(h, pt_shm_handle_off(h));
+  for (h = handles; h; h = h->next) n++;
+  if (n && !(held->v = malloc(n * sizeof *held->v))) {
+    pthread_mutex_unlock(&handles_mu);
+    errno = ENOMEM;
+    return -1;
+  }
+  for (h = handles; h; h = h->next) {
+    pt_off off = pt_shm_handle_off(h);
+    if (off && take_count(h, off)) {
+      held->v[held->n].off = off;
+      held->v[held->n].gen = h->gen;
+      held->v[held->n].drop = h->drop;
+      held->n++;
+    }
+  }
   pid = fork();
   e = errno;
   if (pid == 0) {
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    free(held->v);               /* the parent's record, not ours */
+    held->v = NULL;
+    held->n = 0;
     handles_pid = getpid();
-    for (h = handles; h; h = h->next) h->pid = handles_pid;
+    handles = NULL;              /* the inherited ones hold the parent's counts */
     handles_mu = fresh;          /* its owner, the parent's thread, is not here */
     return 0;
   }
-  if (pid < 0)
-    for (h = handles; h; h = h->next)
-      if (pt_shm_handle_off(h)) h->drop(pt_shm_handle_off(h), h->gen);
   pthread_mutex_unlock(&handles_mu);
+  if (pid < 0) pt_shm_counts_drop(held);
   errno = e;
   return pid;
 }
 
-/* A forked worker leaving through pt_child_exit drops the counts its
-   handles hold, its own and those it inherited (it never closes its Lua
-   state). */
+void pt_shm_counts_drop(pt_shm_counts *held) {
+  size_t i;
+  for (i = 0; i < held->n; i++) held->v[i].drop(held->v[i].off, held->v[i].gen);
+  free(held->v);
+  held->v = NULL;
+  held->n = 0;
+}
+
 void pt_shm_handles_exit_child(void) {
   pt_shm_handle *h, *next;
   pid_t me = getpid();

@@ -39,13 +39,20 @@ static inline pt_off pt_shm_handle_off(const pt_shm_handle *h) {
 }
 /* Drop the count held by h (if this process took it) and untrack it. */
 void pt_shm_release(pt_shm_handle *h);
-/* fork(2), with counts: before it, one count is taken for the child on the
-   object of every live handle of this process (all its Lua states'), so
-   that the child's inherited handles hold counts of their own, taken
-   before the parent could drop its; the child drops them as it drops its
-   own (pt_shm_handles_exit_child, or when it collects the handle).  A
-   failed fork gives them back.  Returns what fork returns, errno kept. */
-pid_t pt_shm_fork(void);
+/* Counts a parent holds for a child (see pt_shm_fork). */
+typedef struct pt_shm_counts {
+  size_t n;
+  struct { pt_off off; uint64_t gen; void (*drop)(pt_off, uint64_t); } *v;
+} pt_shm_counts;
+/* fork(2), with counts: before it, one count is taken on the object of
+   every live handle of this process (all its Lua states'), held for the
+   child in *held, so that what the child inherited outlives the parent's
+   own handles; the parent gives them back with pt_shm_counts_drop once the
+   child has ended, whatever ended it.  The child's inherited handles hold
+   no count (it never drops one).  A failed fork gives them back.  Returns
+   what fork returns, errno kept (ENOMEM: no fork was tried). */
+pid_t pt_shm_fork(pt_shm_counts *held);
+void pt_shm_counts_drop(pt_shm_counts *held);
 /* How a kind of handle (below PT_NKINDS) takes one more count on its
    object for pt_shm_fork, only while gen holds (1 taken, 0 freed).
    Tables' is built in; any kind from PT_NKINDS on is an obj.h object. */

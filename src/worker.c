@@ -29,6 +29,7 @@ pt_worker *pt_worker_new(int kind) {
 
 void pt_worker_unref(pt_worker *w) {
   if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  free(w->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
   pt_close(w->done_fd);
   pt_close(w->cancel_fd);
   pt_close(w->result_fd);

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include "pt.h"
+#include "shm.h"
 
 #define PT_WORKER_MT "procthread.Worker"
 
@@ -35,6 +36,8 @@ typedef struct pt_worker {
   long max_rss_kib;
   int exit_code, signal;      /* process: -1 when not applicable */
   pt_ctx ctx;                 /* thread: its own identity */
+  pt_shm_counts held;         /* process: counts held for it (shm.h), given
+                                 back when it has ended */
 } pt_worker;
 
 pt_worker *pt_worker_new(int kind);
