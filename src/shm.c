@@ -4,9 +4,10 @@
  * Each handle is on a process-local list (one for all the Lua states of
  * the process: the main one and every thread worker's), so that a forked
  * worker leaving through pt_child_exit (it never closes its Lua state) can
-
-
- * handle names.  A handle's pid is the process whose count it holds. */
+ * drop the counts its handles hold, and so that a fork (pt_shm_fork) can
+ * take counts on every object an inherited handle names, held by the
+ * parent for the child until it is reaped.  A handle's pid is the process
+ * whose count it holds. */
 #include "shm.h"
 #include "htab.h"
 #include "obj.h"
