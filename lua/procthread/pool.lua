@@ -111,16 +111,17 @@ local function worker_main(c)
       local out, at, count = {}, 0, 0
       local ok, err = xpcall(function()
         local t = { pt.decode(payload) }
-        local fn = t[1]
+        local fn, base = t[1], 2
         count = t[2]
-        for k = 1, count do at = k; out[k] = (fn(t[k + 2])) end
+        if count < 0 then t, base, count = t[3], 0, -count end
+        for k = 1, count do at = k; out[k] = (fn(t[k + base])) end
       end, handler)
-      if ok then reply(seq, true, out, count) else reply(seq, false, err, at) end
+      if ok then reply(seq, true, out, count) else reply(seq, false, err, at, out) end
     end
   end
   local function loop()
     if c.init then
-      local ok, err = xpcall(function() c.init(unpack(c.initargs, 1, c.initargs.n)) end, handler)
+      local ok, err = xpcall(function() apply(pt.decode(c.init)) end, handler)
       if not ok then
         answers:send("initfail", wid, err)
         if room then room:set() end
@@ -230,8 +231,13 @@ local function start_worker(self, i)
   self.next_wid = self.next_wid + 1
   local wid = self.next_wid
   local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
-              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks,
-              init = self.init, initargs = self.initargs }
+              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks }
+  if self.init then
+    -- encoded for each worker: each decodes (and so owns) its own copy
+    local ok, enc = pcall(pt.encode, self.init, unpack(self.initargs, 1, self.initargs.n))
+    if not ok then return nil, "initializer: " .. tostring(enc) end
+    c.init = enc
+  end
   local wt
   if self.kind == "process" then
     local err
@@ -245,6 +251,7 @@ local function start_worker(self, i)
   local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, c)
   if not ok or not w then
     if c.life then c.life:close() end
+    if c.init then pt.discard(c.init) end
     return nil, tostring(ok and werr or w)
   end
   pt._daemon(w)                  -- at exit: stopped, never waited for
@@ -643,7 +650,14 @@ local function start_job(fname, self, fn, list, chunk, ready)
   local encode = self.pt.encode
   for first = 1, count, chunk do
     local last = math.min(count, first + chunk - 1)
-    local ok, payload = pcall(encode, fn, last - first + 1, unpack(list, first, last))
+    local ok, payload
+    if last - first < 1000 then
+      ok, payload = pcall(encode, fn, last - first + 1, unpack(list, first, last))
+    else                          -- too many values for the stack: a table (count < 0)
+      local items = {}
+      for i = first, last do items[i - first + 1] = list[i] end
+      ok, payload = pcall(encode, fn, first - last - 1, items)
+    end
     if not ok then
       for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
       error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
@@ -701,18 +715,18 @@ end
 local function job_iter(fname, self, job, pick)
   local t, i = nil, 0
   local closer = setmetatable({}, { __close = function() abandon(self, job) end })
+  -- a failed chunk yields its items before the one that failed, then raises
+  local function last(a) return a[1] and a[3] or math.max(0, (a[3] or 1) - 1) end
   local function step()
-    while not t or i >= t.answer[3] do
+    while not t or i >= last(t.answer) do
+      if t and not t.answer[1] then abandon(self, job); error(chunk_error(fname, t), 0) end
       t, i = pick(job), 0
       if t == false then return nil end
-      if t then
-        if not t.answer[1] then abandon(self, job); error(chunk_error(fname, t), 2) end
-      else
-        drain(self, FOREVER)
-      end
+      if not t then drain(self, FOREVER) end
     end
     i = i + 1
-    return t.first + i - 1, t.answer[2][i]
+    local a = t.answer
+    return t.first + i - 1, (a[1] and a[2] or a[4])[i]
   end
   return step, nil, nil, closer
 end
@@ -916,8 +930,19 @@ end
 local function is_future(x) return getmetatable(x) == Future end
 P.is_future = is_future
 
+local function check_list(fname, list, timeout)
+  if type(list) ~= "table" then
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 3)
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
+      :format(fname, tostring(timeout)), 3)
+  end
+end
+
 function P.select(core_select, list, timeout)
-  local pt = P.pt
+  check_list("select", list, timeout)
+  local pt = P.pt or require "procthread"
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   while true do
     local pools, others, bells = {}, {}, {}
@@ -953,7 +978,8 @@ function P.select(core_select, list, timeout)
 end
 
 function P.as_completed(core_select, list, timeout)
-  local pt = P.pt
+  check_list("as_completed", list, timeout)
+  local pt = P.pt or require "procthread"
   local left = {}
   for i = 1, #list do left[i] = list[i] end
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
