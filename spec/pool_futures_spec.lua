@@ -279,6 +279,16 @@ describe("pools (futures)", function()
         assert.are.same({ nil, "timeout" }, { pt.select({ pool.bell }, 0) })
         assert.is_true(pool:close(T))
       end)
+
+      it("pool:fd() asked after an answer landed is readable at once", function()
+        local pool = pt.pool(kind, 1)
+        local f = pool:submit(function() return 1 end)
+        assert.is_true(H.eventually(function() return #pool.answers > 0 end, T))   -- internal
+        pool:fd()
+        assert.are.equal(pool.bell, pt.select({ pool.bell }, 0))
+        assert.is_true(f:done())
+        assert.is_true(pool:close(T))
+      end)
     end)
   end
 

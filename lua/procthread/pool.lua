@@ -839,8 +839,11 @@ function Pool:fd()
   check_pool("pool:fd", self)
   if self.closed_up then return nil, "closed" end
   if not self.bell_on then
+    -- workers ring from now on; answers that landed before are announced by
+    -- one ring of ours (pt.add takes a lock, after the flag's store)
     self.bell_on = true
     self.flags[1] = 1
+    if self.pt.add(self.claims, "rung", 1) == 1 then self.bell:send(true) end
   end
   return (self.bell:fds())
 end
@@ -956,35 +959,43 @@ function P.select(core_select, list, timeout)
   check_list("select", list, timeout)
   local pt = P.pt or require "procthread"
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
+  local pools, waits, bells = {}, {}, {}
+  for i = 1, #list do
+    local x = list[i]
+    if not is_future(x) then
+      waits[#waits + 1] = x
+    elseif not pools[x.pool] then
+      pools[x.pool] = true
+      pools[#pools + 1] = x.pool
+    end
+  end
+  local mixed = #waits > 0 or #pools > 1
+  if mixed then
+    -- the bells ring from now on: an answer that lands after the futures
+    -- were looked at below rings the bell the select sleeps on
+    for _, pool in ipairs(pools) do
+      if not pool.closed_up then
+        local b = waitable(pool)
+        bells[b] = true
+        waits[#waits + 1] = b
+      end
+    end
+  end
   while true do
-    local pools, others, bells = {}, {}, {}
     for i = 1, #list do
       local x = list[i]
-      if is_future(x) then
-        if x:done() then return x end
-        local pool = x.pool
-        if not pools[pool] and not pool.closed_up then
-          pools[pool] = true
-          pools[#pools + 1] = pool
-        end
-      else
-        others[#others + 1] = x
-      end
+      if is_future(x) and x:done() then return x end
     end
     local left = deadline and math.max(0, deadline - pt.now()) or FOREVER
     if deadline and left <= 0 then return nil, "timeout" end
-    if #others == 0 and #pools == 1 then
+    if not mixed then
+      if #pools == 0 then return nil, "timeout" end      -- nothing can become ready
       check_owner("select", pools[1])
-      if not drain(pools[1], left) and deadline then return nil, "timeout" end
-    elseif #others == 0 and #pools == 0 then
-      return nil, "timeout"     -- nothing can become ready
+      drain(pools[1], left)
     else
-      for _, pool in ipairs(pools) do bells[#bells + 1] = waitable(pool); others[#others + 1] = bells[#bells] end
-      local r, err = core_select(others, left)
+      local r, err = core_select(waits, left)
       if r == nil then return nil, err end
-      local bell = false
-      for _, b in ipairs(bells) do if b == r then bell = true end end
-      if not bell then return r end
+      if not bells[r] then return r end
     end
   end
 end
