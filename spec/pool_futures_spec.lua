@@ -414,6 +414,30 @@ describe("pools (futures)", function()
       p:close()
     end)
 
+    it("a task taken from the channel but not yet claimed runs on the replacement", function()
+      -- the pool's claims table is held (internal fields), so the worker
+      -- that takes the task waits inside its claim; it is killed there
+      local pool = pt.pool("process", 1)
+      local pid = pool:workers()[1]
+      local f
+      pt.locked(pool.claims, function()
+        f = pool:submit(function() return pt.self().id end)
+        assert.is_true(H.eventually(function() return #pool.tasks == 0 end, T))
+        os.execute("kill -KILL " .. pid)
+        assert.is_true(H.eventually(function()
+          local fh = io.open("/proc/" .. pid .. "/stat")
+          local st = fh and fh:read("*l")
+          if fh then fh:close() end
+          return st == nil or st:match("^%d+ %b() ([ZX])") ~= nil
+        end, T))
+      end)
+      local ok, id = f:get(T)
+      assert.is_true(ok)
+      assert.are_not.equal(pid, id)
+      assert.are.equal(1, pool:stats().deaths)
+      assert.is_true(pool:close(T))
+    end)
+
     it("a get waiting for ever wakes when its worker is killed (no timer)", function()
       local p = pt.pipe()
       local pool = pt.pool("process", 1)
