@@ -33,6 +33,28 @@ function M.configure(opts)
   return true
 end
 
+-- pt.select and pt.as_completed: futures of pools (ready once answered)
+-- besides what the core waits on (pipes, and what the C select takes);
+-- a list without futures goes to the core as it is.
+local function has_future(list)
+  local P = package.loaded["procthread.pool"]
+  if not P or type(list) ~= "table" then return nil end
+  for i = 1, #list do
+    if P.is_future(list[i]) then return P end
+  end
+end
+
+function M.select(list, timeout)
+  local P = has_future(list)
+  if not P then return core.select(list, timeout) end
+  return P.select(core.select, list, timeout)
+end
+
+function M.as_completed(list, timeout)
+  if not has_future(list) and core.as_completed then return core.as_completed(list, timeout) end
+  return require("procthread.pool").as_completed(core.select, list, timeout)
+end
+
 -- pt.pool(kind, n [, opts]): see lua/procthread/pool.lua.
 function M.pool(kind, n, opts)
   return require("procthread.pool").new(M, kind, n, opts)

@@ -6,25 +6,44 @@
 --   print(pool:map(function(x) return x * x end, { 1, 2, 3 })[3])  --> 9
 --   pool:close()
 --
--- How it works.  Each worker (a thread or a forked process, started once and
--- reused) runs `worker_main`: it reads tasks from a task pipe of its own and
--- writes answers on a result pipe the whole pool shares.  A task is the
--- function and its arguments encoded by the codec (pt.encode), for both
--- kinds.  The pool has no thread of its own in the caller: it makes progress
--- whenever it is called (submit, future:get/done, map, close), handing
--- queued tasks to idle workers, reading answers, and looking at its workers
--- every SLICE seconds so that a worker that died is noticed, its task failed
--- ("worker died: killed by signal 9 (SIGKILL)") and the worker replaced.
--- A worker holds one task at a time, so the pool always knows which task a
--- dead worker had, and a task that never reached a worker is never lost.
+-- How it works.  A task is its function and arguments encoded by the codec
+-- (pt.encode) when it is submitted.  The pool pushes it on one task
+-- channel; the workers (threads, or processes forked once and reused) take
+-- tasks from it themselves and push their answers on one answer channel,
+-- which the caller reads whenever it calls the pool: a future's `get`
+-- sleeps in the answer channel's `recv` and wakes when an answer lands.
+-- Tasks beyond the task channel's room wait in a list of the caller's
+-- (or, with `queue`, `submit` waits for room: backpressure).
+--
+-- Claims.  A worker that takes a task first claims it in a shared table
+-- (pt.cas(claims, seq, nil, wid)) and runs it only if that succeeds; the
+-- caller cancels a task (future:cancel) or takes it back (below) by the
+-- same cas.  Exactly one side wins, so a task either runs or is released
+-- (its payload discarded by the caller, who keeps a copy), never both.
+--
+-- Ends of workers.  Every end of a worker is reported once on the answer
+-- channel, after everything that worker sent: a thread worker reports its
+-- own end as its last act (it ends only by leaving its loop: max_tasks, a
+-- closed task channel); a process worker cannot (SIGKILL), so it holds
+-- the write end of a "life" pipe that nothing else holds, and a watcher
+-- thread of the pool, sleeping in pt.select over those pipes, sees the
+-- end of the pipe when the process ends, however it ends, and reports it.
+-- The caller then joins the worker: a clean return is a retirement, any
+-- other end a death, which fails the task the worker had claimed.  A task
+-- the dead worker had taken from the channel but not yet claimed cannot be
+-- seen there, but the channel is FIFO: every task pushed before the ones
+-- still in it (#tasks) has been taken, so such a task is found (taken,
+-- unanswered, unclaimed), taken back by cas and pushed again.  No wait
+-- anywhere has a timer slice: answers and ends wake the caller.
 --
 -- Documented in docs/api.md (Pools).
 local unpack = unpack or table.unpack
+local move = table.move
 
 local P = {}
 
-local SLICE = 0.02        -- seconds between looks at the workers while waiting
 local STOP_WAIT = 5       -- seconds a stopping worker gets before it is killed
+local FOREVER = math.huge
 
 local Pool = {}
 Pool.__index = Pool
@@ -49,25 +68,16 @@ end
 -- process.  It may capture nothing from this module: everything it needs
 -- comes in as arguments or is required inside.
 
-local function worker_main(kind, tasks, results, slot, ppid, close_list)
+local function worker_main(c)
   local pt = require "procthread"
   local unpack = unpack or table.unpack
-  local function pack(...) return { n = select("#", ...), ... } end
-  if kind == "process" then
-    -- ends this process does not use: keeping them open would hide the end
-    -- of a stream from their real owners
-    for i = 1, #close_list do pcall(close_list[i].close, close_list[i]) end
-    tasks:close_write()
-    results:close_read()
-  end
-  -- a process worker whose parent is gone (it died without closing the
-  -- pool) leaves by itself
-  local function orphaned()
-    local f = io.open("/proc/self/stat")
-    if not f then return false end
-    local s = f:read("*l"); f:close()
-    local pp = s and tonumber(s:match(".*%)%s+%S+%s+(%d+)"))
-    return pp ~= nil and pp ~= ppid
+  local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
+  local wid, max_tasks = c.wid, c.max_tasks
+  if c.life then
+    -- this process holds the write end of its life pipe (its end is the
+    -- watcher's news) and nothing else of the pool's that it does not use
+    c.life:close_read()
+    for i = 1, #c.close do pcall(c.close[i].close, c.close[i]) end
   end
   local function handler(e)
     if type(e) ~= "string" then
@@ -84,71 +94,113 @@ local function worker_main(kind, tasks, results, slot, ppid, close_list)
     end
     return tb
   end
-  local function reply(id, ok, a, b)
-    local sent, err = pcall(results.send, results, slot, id, ok, a, b)
-    if not sent then
-      results:send(slot, id, false, "results: " .. tostring(err))
+  local function reply(seq, ok, ...)
+    local sent, err = pcall(answers.send, answers, seq, ok, ...)
+    if not sent then answers:send(seq, false, "results: " .. tostring(err), 0) end
+  end
+  local function ring()
+    if flags[1] ~= 0 and pt.add(claims, "rung", 1) == 1 then bell:send(true) end
+  end
+  local function apply(fn, ...) return fn(...) end
+  local function finish(seq, ok, ...)
+    if ok then reply(seq, true, ...) else reply(seq, false, (...)) end
+  end
+  local function run(op, seq, payload)
+    if op == "call" then
+      finish(seq, xpcall(function() return apply(pt.decode(payload)) end, handler))
+    else                                    -- a chunk of a map: one xpcall for all its items
+      local out, at, count = {}, 0, 0
+      local ok, err = xpcall(function()
+        local t = { pt.decode(payload) }
+        local fn, base = t[1], 2
+        count = t[2]
+        if count < 0 then t, base, count = t[3], 0, -count end
+        for k = 1, count do at = k; out[k] = (fn(t[k + base])) end
+      end, handler)
+      -- the results as values (the codec copies a list of values about 5x
+      -- faster than a table); as a table past what the stack holds
+      if not ok then reply(seq, false, err, at, out)
+      elseif count <= 1000 then reply(seq, true, count, unpack(out, 1, count))
+      else reply(seq, true, -count, out) end
     end
   end
-  local done = 0
-  while true do
-    local op, id, payload
-    if kind == "process" then
-      op, id, payload = tasks:recv(1)
-      if op == nil and id == "timeout" then
-        if orphaned() then break end
-        op = "idle"
+  local function loop()
+    if c.init then
+      local ok, err = xpcall(function() apply(pt.decode(c.init)) end, handler)
+      if not ok then
+        answers:send("initfail", wid, err)
+        if room then room:set() end
+        return "initfail"
+      end
+    end
+    local done = 0
+    while not max_tasks or done < max_tasks do
+      local op, seq, payload = tasks:recv()          -- a cancellation point
+      if op == nil then break end                    -- closed: the pool stops
+      if room then room:set() end                    -- a submit waiting for room may go on
+      if pt.cas(claims, seq, nil, wid) then
+        run(op, seq, payload)
+        claims[seq] = nil
+        ring()
+        done = done + 1
+      else
+        claims[seq] = nil        -- cancelled or taken back: the caller released it
+      end
+    end
+  end
+  local ok, why = pcall(loop)
+  if not c.life and why ~= "initfail" then
+    -- a thread reports its own end (a process's is seen by the watcher)
+    answers:send("ended", wid, not ok and tostring(why) or nil)
+    if room then room:set() end
+  end
+  if not ok then error(why, 0) end
+  return true
+end
+
+-- The watcher of a process pool: a thread that sleeps in pt.select over the
+-- life pipes of the workers (and its control pipe) and reports each end.
+-- It holds counted references to the pool's shared objects (`keep`): told
+-- to stop, it stays until the last process it watches has ended, so that
+-- a pool dropped without close never frees a channel under a process
+-- still using it (a forked worker's inherited handles hold no counts).
+local function watcher_main(ctl, answers, room, keep)
+  local pt = require "procthread"
+  local list, who, stopping = { ctl }, {}, false
+  while #list > 0 do
+    local p = pt.select(list)
+    if p == ctl then
+      local cmd, wid, life = ctl:recv(0)
+      if cmd == "watch" then
+        list[#list + 1] = life
+        who[life] = wid
+      elseif cmd ~= nil or wid == "closed" then  -- "stop", or the pool is gone
+        stopping = true
+        table.remove(list, 1)
+        ctl:close()
       end
     else
-      op, id, payload = tasks:recv()       -- a cancellation point
-    end
-    if op == nil or op == "stop" then break end
-    if op == "call" then
-      local r = pack(xpcall(function()
-        local t = pack(pt.decode(payload))
-        return t[1](unpack(t, 2, t.n))
-      end, handler))
-      if pt.cancelled() then break end
-      if r[1] then
-        local ok, enc = pcall(pt.encode, unpack(r, 2, r.n))
-        if ok then reply(id, true, enc) else reply(id, false, "results: " .. tostring(enc)) end
-      else
-        reply(id, false, r[2])
+      for i = 1, #list do
+        if list[i] == p then table.remove(list, i); break end
       end
-      done = done + 1
-    elseif op == "map" then
-      local out, failed_at, ferr = {}, nil, nil
-      local ok, e = xpcall(function()
-        local fn, items, count = pt.decode(payload)
-        for i = 1, count do
-          local r = pack(xpcall(function() return fn(items[i]) end, handler))
-          if not r[1] then failed_at, ferr = i, r[2]; return end
-          out[i] = r[2]
-        end
-      end, handler)
-      if pt.cancelled() then break end
-      if not ok then reply(id, false, e, 0)
-      elseif failed_at then reply(id, false, ferr, failed_at)
-      else
-        local eok, enc = pcall(pt.encode, out)
-        if eok then reply(id, true, enc) else reply(id, false, "results: " .. tostring(enc), 0) end
-      end
-      done = done + 1
+      p:close()
+      if stopping then answers:offer(0, "ended", who[p]) else answers:send("ended", who[p]) end
+      who[p] = nil
+      if room then room:set() end
     end
   end
-  return done
+  keep = nil
+  return true
 end
 
 -- ---- the pool ------------------------------------------------------------
 
 local function is_pool(p) return getmetatable(p) == Pool end
 
--- The pid of this process (pt.self().id is a thread id inside a thread).
-local function getpid()
-  local f = io.open("/proc/self/stat")
-  if not f then return nil end
-  local s = f:read("*l"); f:close()
-  return s and tonumber(s:match("^(%d+)"))
+local function check_owner(fname, self)
+  if self.pt.self().id ~= self.owner then
+    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
+  end
 end
 
 local function check_pool(fname, self)
@@ -156,128 +208,278 @@ local function check_pool(fname, self)
     error(("%s: bad self (a pool expected, got %s; call it as pool:%s(...))")
       :format(fname, type(self), fname:match("[%.:](%w+)$") or "method"), 3)
   end
-  if self.pt.self().id ~= self.owner then
-    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
-  end
+  check_owner(fname, self)
 end
 
--- Start the worker of slot i (a fresh task pipe each time).
+local WATCH = 1000        -- life pipes per watcher (pt.select takes 1024 pipes)
+
+-- The watcher of slot i (process pools), started on first use.
+local function watcher_for(self, i)
+  local k = math.floor((i - 1) / WATCH) + 1
+  local wt = self.watchers[k]
+  if wt then return wt end
+  local pt = self.pt
+  local ctl, err = pt.pipe()
+  if not ctl then return nil, err end
+  local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell }
+  local ok, w, werr = pcall(pt.spawn_thread, watcher_main, ctl, self.answers, self.room, keep)
+  if not ok or not w then ctl:close(); return nil, tostring(ok and werr or w) end
+  pt._daemon(w)
+  wt = { w = w, ctl = ctl }
+  self.watchers[k] = wt
+  return wt
+end
+
+-- Start the worker of slot i.
 local function start_worker(self, i)
   local pt = self.pt
-  local tasks, perr = pt.pipe()
-  if not tasks then return nil, perr end
-  local close_list = {}
-  if self.kind == "process" then
-    for j, s in pairs(self.slots) do
-      if j ~= i and s.tasks then close_list[#close_list + 1] = s.tasks end
-    end
-    for _, r in ipairs(self.retired) do close_list[#close_list + 1] = r.tasks end
+  self.next_wid = self.next_wid + 1
+  local wid = self.next_wid
+  local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
+              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks }
+  if self.init then
+    -- encoded for each worker: each decodes (and so owns) its own copy
+    local ok, enc = pcall(pt.encode, self.init, unpack(self.initargs, 1, self.initargs.n))
+    if not ok then return nil, "initializer: " .. tostring(enc) end
+    c.init = enc
   end
-  local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, self.kind, tasks, self.results,
-    i, self.pid, close_list)
+  local wt
+  if self.kind == "process" then
+    local err
+    wt, err = watcher_for(self, i)
+    if not wt then return nil, err end
+    c.life, err = pt.pipe()
+    if not c.life then return nil, err end
+    c.close = {}
+    for _, x in pairs(self.watchers) do c.close[#c.close + 1] = x.ctl end
+  end
+  local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, c)
   if not ok or not w then
-    tasks:close()
+    if c.life then c.life:close() end
+    if c.init then pt.discard(c.init) end
     return nil, tostring(ok and werr or w)
   end
-  -- the parent only writes a process worker's task pipe: with the read
-  -- end closed here, a send to a dead worker says "closed" at once
-  if self.kind == "process" then tasks:close_read() end
   pt._daemon(w)                  -- at exit: stopped, never waited for
-  self.slots[i] = { w = w, tasks = tasks, task = nil, count = 0 }
+  if c.life then
+    c.life:close_write()         -- the child's end alone: it closes when the child ends
+    wt.ctl:send("watch", wid, c.life)   -- the watcher holds the read end now
+  end
+  self.slots[i] = { w = w, wid = wid }
+  self.byid[wid] = i
   self.started = self.started + 1
   return true
 end
 
--- A task that never reached a worker releases what its payload holds
--- (shared objects, pipes): nobody will decode it.
-local function settle(task, ...)
+-- A task's answer.  A task that never ran releases what its payload holds
+-- (shared objects, pipes): nobody else will decode or discard it.
+local function settle(self, task, never_ran, ...)
   if task.answer then return end
   task.answer = pack(...)
-  if task.state == "queued" then task.pool.pt.discard(task.payload) end
-  task.state = "done"
+  if never_ran and task.payload then self.pt.discard(task.payload) end
   task.payload = nil
-  if task.pool.running[task.id] == task then task.pool.running[task.id] = nil end
+  if task.seq then
+    if self.inflight[task.seq] == task then self.ninflight = self.ninflight - 1 end
+    self.inflight[task.seq] = nil
+  end
+  if task.job and task.job.ready then task.job.ready(task) end
 end
 
--- A finished task's answer from its worker.
-local function on_result(self, slot, id, ok, a, b)
-  local task = self.running[id]
-  if not task then                     -- already settled (terminated): a late answer
-    if ok then self.pt.discard(a) end
+-- Fail a task that has not started (queued here or in the channel).
+local function drop(self, task, ...)
+  settle(self, task, true, false, ...)
+end
+
+local refill
+
+-- Push task on the task channel (a new claim number each time).
+local function push(self, task)
+  local seq = self.seq + 1
+  local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  if not ok then drop(self, task, "pool: " .. tostring(sent)); return true end
+  if not sent then return false end
+  self.seq = seq
+  task.seq = seq
+  self.inflight[seq] = task
+  self.ninflight = self.ninflight + 1
+  return true
+end
+
+local function fail_all(self, never_ran_only, ...)
+  while self.qhead <= self.qtail do
+    local task = self.queue[self.qhead]
+    self.queue[self.qhead] = nil
+    self.qhead = self.qhead + 1
+    drop(self, task, ...)
+  end
+  for seq, task in pairs(self.inflight) do
+    local v = self.claims[seq]
+    if v == nil or type(v) == "string" then drop(self, task, ...)
+    elseif not never_ran_only then settle(self, task, false, false, ...) end
+  end
+end
+
+local terminate_workers, close_up
+
+-- A worker ended (its end reported on the answer channel).
+local function on_end(self, wid, why)
+  local i = self.byid[wid]
+  local r = self.retired[wid]
+  if r then                                   -- a retired worker: reap it
+    self.retired[wid] = nil
+    r.w:join(FOREVER)
     return
   end
-  local s = self.slots[task.slot]
-  if s and s.task == task then
-    s.task = nil
-    s.count = s.count + 1
-  end
-  local pt = self.pt
-  if task.op == "call" then
-    if ok then
-      local r = pack(pcall(pt.decode, a))
-      if r[1] then settle(task, true, unpack(r, 2, r.n))
-      else settle(task, false, "results: " .. tostring(r[2])) end
-    else
-      settle(task, false, a)
+  if not i then return end
+  local s = self.slots[i]
+  self.byid[wid] = nil
+  self.slots[i] = nil
+  local res = pack(s.w:join(FOREVER))
+  if res[1] ~= true or why then
+    -- a death: the task it had claimed fails; tasks it had taken from the
+    -- channel without claiming them are taken back and pushed again
+    self.deaths = self.deaths + 1
+    why = "worker died: " .. tostring(why or res[2] or "worker ended")
+    local claims = self.claims
+    local taken = self.seq - #self.tasks
+    local back = {}
+    for seq, task in pairs(self.inflight) do
+      local v = claims[seq]
+      if v == wid then
+        settle(self, task, false, false, why)
+      elseif v == nil and seq <= taken and self.pt.cas(claims, seq, nil, "lost") then
+        back[#back + 1] = task
+      end
     end
-  else                                  -- a chunk of a map
-    if ok then
-      local dok, t = pcall(pt.decode, a)
-      if dok then settle(task, true, t) else settle(task, false, "results: " .. tostring(t), 0) end
-    else
-      settle(task, false, a, b)
+    table.sort(back, function(a, b) return a.seq < b.seq end)
+    for k = #back, 1, -1 do
+      local task = back[k]
+      self.inflight[task.seq] = nil
+      self.ninflight = self.ninflight - 1
+      task.seq = nil
+      self.qhead = self.qhead - 1
+      self.queue[self.qhead] = task
     end
   end
-  self.completed = self.completed + 1
-  -- max_tasks: retire the worker (it is idle now) and start another
-  if s and s.task == nil and self.max_tasks and s.count >= self.max_tasks and self.state ~= "closed" then
-    pcall(s.tasks.send, s.tasks, "stop")
-    self.retired[#self.retired + 1] = { w = s.w, tasks = s.tasks, since = pt.now() }
-    self.slots[task.slot] = nil
-    local started, err = start_worker(self, task.slot)
-    if not started then self.spawn_error = err end
+  if self.state ~= "closed" then
+    local ok, err = start_worker(self, i)
+    if not ok then self.spawn_error = err end
   end
 end
 
--- Read every answer already in the result pipe (wait up to `wait` for the
--- first).  Returns the number read.
+-- One message from the answer channel.
+local function on_message(self, seq, ok, a, ...)
+  if type(seq) == "number" then
+    local task = self.inflight[seq]
+    if not task then return end                 -- settled already: a late answer, dropped
+    self.completed = self.completed + 1
+    if task.op == "map" and ok then
+      -- a chunk's results: count, values... (or -count, table)
+      if a < 0 then settle(self, task, false, true, (...), -a)
+      else settle(self, task, false, true, { ... }, a) end
+    else
+      settle(self, task, false, ok, a, ...)
+    end
+  elseif seq == "ended" then
+    on_end(self, ok, a)
+  elseif seq == "initfail" then
+    self.broken = "initializer failed: " .. tostring(a)
+    local i = self.byid[ok]
+    if i then
+      self.byid[ok] = nil
+      self.slots[i].w:join(FOREVER)
+      self.slots[i] = nil
+    end
+    fail_all(self, false, "pool: " .. self.broken)
+    terminate_workers(self)
+    close_up(self)
+  end
+end
+
+-- The bell (pool:fd()): emptied before the answers are read, so that an
+-- answer left unread always has its byte in the pipe.
+local function clear_bell(self)
+  local b = self.bell
+  while b:recv(0) ~= nil do end
+  self.claims.rung = 0
+end
+
+-- Read the answers waiting; with `wait` (seconds), wait up to that long for
+-- the first.  Then refill the task channel.  Returns false on a timeout.
 local function drain(self, wait)
-  local got = 0
-  local r = self.results
-  while true do
-    local m = pack(pcall(r.recv, r, got == 0 and wait or 0))
-    -- an interrupt (Ctrl-C: the interpreter's "interrupted!", raised here
-    -- on 5.4) is the caller's, never the pool's to swallow
-    if m[1] and m[2] == nil and m[3] == "interrupted" then error("interrupted", 2) end
-    if not m[1] and m[2] ~= "corrupt message" then error(m[2], 0) end
-    if not m[1] then
-      -- "corrupt message": the pipe skips to the next valid frame on the
-      -- next recv; a dead writer is found by check_workers
-      self.last_error = tostring(m[2])
-      return got
-    end
-    if m[2] == nil then
-      if m[3] == "timeout" or m[3] == "closed" then return got end
-      -- "lost message" (a writer died mid-message): the dead worker is
-      -- found by check_workers; go on with the next message
+  if self.closed_up then return true end
+  if self.bell_on then clear_bell(self) end
+  local a = self.answers
+  local got = true
+  if #a > 0 then
+    repeat on_message(self, a:recv(0)) until #a == 0 or self.closed_up
+  elseif wait then
+    local r = pack(a:recv(wait))
+    if r[1] == nil then
+      if r[2] ~= "timeout" and r[2] ~= "closed" then error(r[2], 0) end
+      got = false
     else
-      got = got + 1
-      on_result(self, m[2], m[3], m[4], m[5], m[6])
+      on_message(self, unpack(r, 1, r.n))
+      while not self.closed_up and #a > 0 do on_message(self, a:recv(0)) end
     end
   end
+  refill(self)
+  return got
 end
 
--- Close the task pipe of a worker that has ended.  A thread worker's pipe
--- is this process's own: a task the thread never read is released here.
-local function close_tasks(self, tasks)
-  while self.kind == "thread" do
-    local ok, op, _, payload = pcall(tasks.recv, tasks, 0)
-    if not ok or op == nil then break end
-    if type(payload) == "string" then self.pt.discard(payload) end
+-- Move tasks from the caller's list to the channel while it has room (and
+-- the answers not yet read, with the tasks in flight, stay within what the
+-- answer channel holds: a worker never waits to send one).
+function refill(self)
+  if self.closed_up then return end
+  local live = next(self.slots) ~= nil
+  if not live and self.state ~= "closed" then
+    for i = 1, self.n do
+      if not self.slots[i] then
+        local ok, err = start_worker(self, i)
+        if not ok then self.spawn_error = err end
+      end
+    end
+    live = next(self.slots) ~= nil
   end
-  pcall(tasks.close, tasks)
+  if not live and (self.qhead <= self.qtail or next(self.inflight)) then
+    -- no worker can be started: fail what waits rather than wait forever
+    fail_all(self, true, "pool: cannot start a worker: " .. tostring(self.spawn_error))
+    return
+  end
+  while self.qhead <= self.qtail and self.ninflight < self.limit do
+    local task = self.queue[self.qhead]
+    if not task.answer and not push(self, task) then return end
+    self.queue[self.qhead] = nil
+    self.qhead = self.qhead + 1
+  end
 end
 
+local OPTS = { max_tasks = true, initializer = true, initargs = true, queue = true }
+
+local function check_opts(fname, opts)
+  if opts ~= nil and type(opts) ~= "table" then argerr(fname, 3, "options table expected, got " .. type(opts), 2) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not OPTS[k] then argerr(fname, 3, ("unknown option %q"):format(tostring(k)), 2) end
+  end
+  local function int(name, v)
+    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v) or v > 1048576) then
+      argerr(fname, 3, ("opts.%s must be an integer >= 1, got %s"):format(name, tostring(v)), 3)
+    end
+  end
+  int("max_tasks", opts.max_tasks)
+  int("queue", opts.queue)
+  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
+    argerr(fname, 3, "opts.initializer must be a function, got " .. type(opts.initializer), 2)
+  end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
+    argerr(fname, 3, "opts.initargs must be a table, got " .. type(opts.initargs), 2)
+  end
+  return opts
+end
+
+-- Stop and join every worker and watcher; the handles of a pool stopped for
+-- good are dropped.  `now`: kill (process) or cancel (thread) first.
 local function join_or_kill(w, timeout)
   local r = pack(w:join(timeout))
   if r[1] == nil and r[2] == "timeout" then
@@ -287,111 +489,53 @@ local function join_or_kill(w, timeout)
   return unpack(r, 1, r.n)
 end
 
--- Look at every worker: one that ended fails the task it held, with the
--- reason, and is replaced.  Retired workers that ended are reaped.
-local function check_workers(self)
-  local pt = self.pt
-  self.last_check = pt.now()
-  local dead
-  for i, s in pairs(self.slots) do
-    if s.w:status() ~= "running" then
-      dead = dead or {}
-      dead[#dead + 1] = i
-    end
-  end
-  if dead then
-    drain(self, 0)                 -- what a dead worker sent before it died counts
-    for _, i in ipairs(dead) do
-      local s = self.slots[i]
-      local r = pack(s.w:join(0))
-      local why
-      if r[1] == false then why = tostring(r[2])
-      elseif r[1] == true then why = "worker ended"
-      else why = "worker ended" end
-      self.slots[i] = nil
-      close_tasks(self, s.tasks)
-      self.deaths = self.deaths + 1
-      if s.task then settle(s.task, false, "worker died: " .. why, 0) end
-      if self.state ~= "closed" then
-        local ok, err = start_worker(self, i)
-        if not ok then self.spawn_error = err end
-      end
-    end
-  end
-  local keep = {}
-  for _, r in ipairs(self.retired) do
-    local j = r.w:join(0)
-    if j == nil and pt.now() - r.since > STOP_WAIT then j = join_or_kill(r.w, 0) end
-    if j == nil then keep[#keep + 1] = r else close_tasks(self, r.tasks) end
-  end
-  self.retired = keep
-end
-
--- Refill empty slots (a replacement that could not start before) and hand
--- queued tasks to idle workers.
-local function dispatch(self)
-  local live = 0
+local function stop_all(self, now, timeout)
+  local ws = {}
   for i = 1, self.n do
-    if not self.slots[i] and self.state ~= "closed" then
-      local ok, err = start_worker(self, i)
-      if not ok then self.spawn_error = err end
-    end
-    if self.slots[i] then live = live + 1 end
-  end
-  if live == 0 and self.qhead <= self.qtail then
-    -- no worker can be started: fail what waits rather than wait forever
-    while self.qhead <= self.qtail do
-      local task = self.queue[self.qhead]
-      self.queue[self.qhead] = nil
-      self.qhead = self.qhead + 1
-      settle(task, false, "pool: cannot start a worker: " .. tostring(self.spawn_error), 0)
-    end
-    return
-  end
-  for i = 1, self.n do
-    if self.qhead > self.qtail then return end
     local s = self.slots[i]
-    if s and not s.task then
-      local task = self.queue[self.qhead]
-      self.queue[self.qhead] = nil
-      self.qhead = self.qhead + 1
-      if not task.answer then          -- a cancelled map chunk is skipped
-        local ok, sent, err = pcall(s.tasks.send, s.tasks, task.op, task.id, task.payload)
-        if ok and sent then
-          s.task = task
-          task.slot = i
-          task.state = "running"
-          self.running[task.id] = task
-        elseif ok then
-          -- "closed": the worker is gone and never saw the task; put it back
-          self.qhead = self.qhead - 1
-          self.queue[self.qhead] = task
-          check_workers(self)
-          if not self.slots[i] or self.slots[i] == s then return end
-        else
-          settle(task, false, "pool: " .. tostring(sent), 0)
-        end
-      end
+    if s then ws[#ws + 1] = s.w end
+    self.slots[i] = nil
+  end
+  for _, r in pairs(self.retired) do ws[#ws + 1] = r.w end
+  self.retired, self.byid = {}, {}
+  pcall(self.tasks.close, self.tasks)           -- workers leave when it is drained
+  if now then
+    for _, w in ipairs(ws) do
+      if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
     end
   end
+  local deadline = self.pt.now() + timeout
+  for _, w in ipairs(ws) do join_or_kill(w, math.max(0, deadline - self.pt.now())) end
+  pcall(self.answers.close, self.answers)       -- nobody reads the ends reported now
+  for _, wt in pairs(self.watchers) do
+    pcall(wt.ctl.send, wt.ctl, "stop")
+    join_or_kill(wt.w, STOP_WAIT)
+    pcall(wt.ctl.close, wt.ctl)
+  end
+  self.watchers = {}
 end
 
--- One round of progress: hand out tasks, wait up to `wait` seconds for an
--- answer, look at the workers when it is time.
-local function step(self, wait)
-  dispatch(self)
-  local busy = next(self.running) ~= nil
-  if busy then
-    drain(self, math.min(wait, SLICE))
-  elseif wait > 0 then
-    self.pt.sleep(math.min(wait, SLICE))
-  end
-  if self.pt.now() - self.last_check >= SLICE then check_workers(self) end
-  dispatch(self)
+function terminate_workers(self)
+  self.state = "closed"
+  stop_all(self, true, 0)
+end
+
+-- After the last worker: nothing more will be answered.
+function close_up(self)
+  fail_all(self, false, "pool terminated")
+  pcall(self.answers.close, self.answers)
+  pcall(self.bell.close, self.bell)
+  self.closed_up = true
+  -- the shared objects go now, not when the pool is collected
+  self.pt.release(self.claims)
+  self.pt.release(self.flags)
+  for k in pairs(self.fields) do self.fields[k] = nil end
+  self.tasks, self.answers, self.claims, self.flags, self.bell, self.room = nil, nil, nil, nil, nil, nil
 end
 
 function P.new(pt, kind, n, opts)
   local fname = "procthread.pool"
+  P.pt = pt
   if kind ~= "thread" and kind ~= "process" then
     argerr(fname, 1, "kind must be \"thread\" or \"process\", got " ..
       (type(kind) == "string" and ("%q"):format(kind) or type(kind)))
@@ -399,22 +543,21 @@ function P.new(pt, kind, n, opts)
   if type(n) ~= "number" or n ~= n or n < 1 or n ~= math.floor(n) or n > 1024 then
     argerr(fname, 2, "n must be an integer from 1 to 1024, got " .. (type(n) == "number" and tostring(n) or type(n)))
   end
-  if opts ~= nil and type(opts) ~= "table" then argerr(fname, 3, "options table expected, got " .. type(opts)) end
-  opts = opts or {}
-  local mt = opts.max_tasks
-  if mt ~= nil and (type(mt) ~= "number" or mt < 1 or mt ~= math.floor(mt)) then
-    argerr(fname, 3, "opts.max_tasks must be an integer >= 1, got " .. tostring(mt))
-  end
-  for k in pairs(opts) do
-    if k ~= "max_tasks" then argerr(fname, 3, ("unknown option %q"):format(tostring(k))) end
-  end
-  local results, err = pt.pipe()
-  if not results then error(fname .. ": " .. tostring(err), 2) end
+  opts = check_opts(fname, opts)
+  local cap = opts.queue or math.max(16, 2 * n)
+  local limit = cap + n
+  local bell, err = pt.pipe()
+  if not bell then error(fname .. ": " .. tostring(err), 2) end
+  local initargs = opts.initargs and pack(unpack(opts.initargs, 1, table.maxn and table.maxn(opts.initargs) or #opts.initargs))
   local self = setmetatable({
-    pt = pt, kind = kind, n = n, max_tasks = mt, owner = pt.self().id, pid = getpid(),
-    results = results, slots = {}, retired = {}, running = {},
-    queue = {}, qhead = 1, qtail = 0, next_id = 0, state = "open",
-    started = 0, completed = 0, deaths = 0, last_check = pt.now(),
+    pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt.self().id,
+    init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
+    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + n + 8)),
+    claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
+    room = opts.queue and pt.event() or nil, bounded = opts.queue ~= nil,
+    limit = limit, slots = {}, byid = {}, retired = {}, watchers = {}, inflight = {}, ninflight = 0,
+    queue = {}, qhead = 1, qtail = 0, next_id = 0, next_wid = 0, seq = 0, state = "open",
+    started = 0, completed = 0, deaths = 0,
   }, Pool)
   for i = 1, n do
     local ok, e = start_worker(self, i)
@@ -423,12 +566,22 @@ function P.new(pt, kind, n, opts)
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 2)
     end
   end
-  -- a pool dropped without close(): end the workers' task streams so that
-  -- they leave by themselves (the handles themselves reap or detach)
-  local slots, queue = self.slots, self.queue
+  -- a pool dropped without close(): what waits is released, the channel
+  -- closed, so that the workers (and the watcher) leave by themselves
+  local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
+  self.fields = fields
   local function finalize()
-    for _, s in pairs(slots) do if s.tasks then pcall(s.tasks.close_write, s.tasks) end end
-    for _, task in pairs(queue) do settle(task, false, "pool collected", 0) end
+    local tasks, claims, queue, inflight, watchers = fields[1], fields[2], fields[3], fields[4], fields[5]
+    if not tasks then return end          -- closed already
+    for _, task in pairs(queue) do
+      if type(task) == "table" and task.payload and not task.answer then pcall(pt.discard, task.payload) end
+    end
+    for seq, task in pairs(inflight) do
+      local ok, won = pcall(pt.cas, claims, seq, nil, "dropped")
+      if ok and won and task.payload then pcall(pt.discard, task.payload) end
+    end
+    pcall(tasks.close, tasks)
+    for _, wt in pairs(watchers) do pcall(wt.ctl.send, wt.ctl, "stop") end
   end
   if _VERSION == "Lua 5.1" and newproxy then
     local proxy = newproxy(true)
@@ -440,99 +593,185 @@ function P.new(pt, kind, n, opts)
   return self
 end
 
-local function enqueue(self, op, payload)
+local function new_task(self, op, payload)
   self.next_id = self.next_id + 1
-  local task = setmetatable({ pool = self, id = self.next_id, op = op, payload = payload, state = "queued" }, Future)
-  self.qtail = self.qtail + 1
-  self.queue[self.qtail] = task
-  return task
+  return setmetatable({ pool = self, id = self.next_id, op = op, payload = payload }, Future)
+end
+
+-- Queue a task: pushed at once when the channel has room; else kept here,
+-- or, for a pool with `queue`, waited for.
+local function enqueue(self, task)
+  drain(self)
+  if self.closed_up then return drop(self, task, "pool: " .. tostring(self.broken or "terminated")) end
+  if self.qhead > self.qtail and self.ninflight < self.limit and push(self, task) then return end
+  if not self.bounded then
+    self.qtail = self.qtail + 1
+    self.queue[self.qtail] = task
+    return
+  end
+  while not task.answer do
+    self.room:clear()
+    drain(self)
+    if self.closed_up or self.state ~= "open" then
+      drop(self, task, "pool terminated")
+    elseif self.ninflight < self.limit and push(self, task) then
+      return
+    else
+      self.room:wait()
+    end
+  end
+end
+
+local function check_open(fname, self)
+  if self.broken then error(fname .. ": the pool is broken: " .. self.broken, 3) end
+  if self.state ~= "open" then error(fname .. ": the pool is closed", 3) end
 end
 
 function Pool:submit(fn, ...)
   check_pool("pool:submit", self)
-  if self.state ~= "open" then error("pool:submit: the pool is closed", 2) end
+  check_open("pool:submit", self)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   local ok, payload = pcall(self.pt.encode, fn, ...)
   if not ok then error("pool:submit: " .. tostring(payload), 2) end
-  local task = enqueue(self, "call", payload)
-  dispatch(self)
-  drain(self, 0)
+  local task = new_task(self, "call", payload)
+  enqueue(self, task)
   return task
 end
 
--- map: the list goes out in chunks (a few per worker), each one task.
-function Pool:map(fn, list, chunk)
-  check_pool("pool:map", self)
-  if self.state ~= "open" then error("pool:map: the pool is closed", 2) end
-  if type(fn) ~= "function" then argerr("pool:map", 1, "function expected, got " .. type(fn)) end
-  if type(list) ~= "table" then argerr("pool:map", 2, "table expected, got " .. type(list)) end
-  local count = #list
+-- ---- map, imap, imap_unordered: the list goes out in chunks (a few per
+-- worker), each one task.
+
+local function check_map(fname, self, fn, list, chunk)
+  check_pool(fname, self)
+  check_open(fname, self)
+  if type(fn) ~= "function" then argerr(fname, 1, "function expected, got " .. type(fn), 2) end
+  if type(list) ~= "table" then argerr(fname, 2, "table expected, got " .. type(list), 2) end
   if chunk ~= nil and (type(chunk) ~= "number" or chunk < 1 or chunk ~= math.floor(chunk)) then
-    argerr("pool:map", 3, "chunk size must be an integer >= 1, got " .. tostring(chunk))
+    argerr(fname, 3, "chunk size must be an integer >= 1, got " .. tostring(chunk), 2)
   end
+end
+
+-- The chunks of a job, encoded all first (a value the codec refuses raises
+-- before any chunk is queued), then queued.  job.ready(task) is called as
+-- each chunk is settled.
+local function start_job(fname, self, fn, list, chunk, ready)
+  local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
-  local futures = {}
+  local job = { chunks = {}, ready = ready, count = count }
+  local encode = self.pt.encode
   for first = 1, count, chunk do
     local last = math.min(count, first + chunk - 1)
-    local items = {}
-    for i = first, last do items[i - first + 1] = list[i] end
-    local ok, payload = pcall(self.pt.encode, fn, items, last - first + 1)
+    local ok, payload
+    if last - first < 1000 then
+      ok, payload = pcall(encode, fn, last - first + 1, unpack(list, first, last))
+    else                          -- too many values for the stack: a table (count < 0)
+      local items = {}
+      for i = first, last do items[i - first + 1] = list[i] end
+      ok, payload = pcall(encode, fn, first - last - 1, items)
+    end
     if not ok then
-      for _, f in ipairs(futures) do settle(f.task, false, "cancelled", 0) end
-      error(("pool:map: items %d-%d: %s"):format(first, last, tostring(payload)), 2)
+      for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
+      error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
     end
-    futures[#futures + 1] = { first = first, task = enqueue(self, "map", payload) }
+    local t = new_task(self, "map", payload)
+    t.first, t.job, t.k = first, job, #job.chunks + 1
+    job.chunks[t.k] = t
   end
-  dispatch(self)
+  for _, t in ipairs(job.chunks) do enqueue(self, t) end
+  return job
+end
+
+-- Give up the chunks of a job that have not started.
+local function abandon(self, job)
+  for _, t in ipairs(job.chunks) do
+    if not t.answer then
+      if not t.seq then drop(self, t, "cancelled")
+      elseif self.pt.cas(self.claims, t.seq, nil, "cancelled") then drop(self, t, "cancelled") end
+    end
+  end
+end
+
+local function chunk_error(fname, t)
+  local a = t.answer
+  local at = (a[3] and a[3] > 0) and (t.first + a[3] - 1) or t.first
+  return ("%s: item %d failed: %s"):format(fname, at, tostring(a[2]))
+end
+
+-- Wait until task has an answer.
+local function await(self, task)
+  while not task.answer do drain(self, FOREVER) end
+end
+
+function Pool:map(fn, list, chunk)
+  check_map("pool:map", self, fn, list, chunk)
+  local job = start_job("pool:map", self, fn, list, chunk)
   local out = {}
-  for k, f in ipairs(futures) do
-    local task = f.task
-    while not task.answer do step(self, 1) end
-    local a = task.answer
+  for _, t in ipairs(job.chunks) do
+    await(self, t)
+    local a = t.answer
     if not a[1] then
-      -- the lowest failing index: every earlier chunk has succeeded; give
-      -- up the chunks not yet started
-      for j = k + 1, #futures do
-        local t = futures[j].task
-        if t.state == "queued" then settle(t, false, "cancelled", 0) end
-      end
-      local at = (a[3] and a[3] > 0) and (f.first + a[3] - 1) or f.first
-      error(("pool:map: item %d failed: %s"):format(at, tostring(a[2])), 0)
+      -- the lowest failing index: every earlier chunk has succeeded
+      abandon(self, job)
+      error(chunk_error("pool:map", t), 0)
     end
-    local t = a[2]
-    for i = 1, chunk do
-      local v = t[i]
-      if v ~= nil then out[f.first + i - 1] = v end
-    end
+    local r, base = a[2], t.first - 1
+    if move then move(r, 1, a[3], base + 1, out)
+    else for i = 1, a[3] do out[base + i] = r[i] end end
   end
   return out
 end
 
--- Stop the workers (each gets "stop"; join with `timeout`, then kill),
--- close the pipes.
-local function shutdown(self, timeout)
-  local ws = {}
-  for i = 1, self.n do
-    local s = self.slots[i]
-    if s then
-      pcall(s.tasks.send, s.tasks, "stop")
-      ws[#ws + 1] = s
+-- An iterator over a job's results; `pick(job)` gives the next settled
+-- chunk to yield from (or nil: wait).  On 5.4 the fourth value closes it
+-- (a `break` out of the loop gives up the chunks not started).
+local function job_iter(fname, self, job, pick)
+  local t, i = nil, 0
+  local closer = setmetatable({}, { __close = function() abandon(self, job) end })
+  -- a failed chunk yields its items before the one that failed, then raises
+  local function last(a) return a[1] and a[3] or math.max(0, (a[3] or 1) - 1) end
+  local function step()
+    while not t or i >= last(t.answer) do
+      if t and not t.answer[1] then abandon(self, job); error(chunk_error(fname, t), 0) end
+      t, i = pick(job), 0
+      if t == false then return nil end
+      if not t then drain(self, FOREVER) end
     end
-    self.slots[i] = nil
+    i = i + 1
+    local a = t.answer
+    return t.first + i - 1, (a[1] and a[2] or a[4])[i]
   end
-  for _, r in ipairs(self.retired) do ws[#ws + 1] = r end
-  self.retired = {}
-  local clean = true
-  local deadline = self.pt.now() + timeout
-  for _, s in ipairs(ws) do
-    local left = math.max(0, deadline - self.pt.now())
-    local r = pack(join_or_kill(s.w, left))
-    if r[1] == nil then clean = false end
-    close_tasks(self, s.tasks)
-  end
-  drain(self, 0)                       -- answers nobody waits for are released
-  pcall(self.results.close, self.results)
-  return clean
+  return step, nil, nil, closer
+end
+
+function Pool:imap(fn, list, chunk)
+  check_map("pool:imap", self, fn, list, chunk)
+  local job = start_job("pool:imap", self, fn, list, chunk)
+  local k = 0
+  return job_iter("pool:imap", self, job, function(j)
+    local t = j.chunks[k + 1]
+    if not t then return false end
+    if not t.answer then return nil end
+    k = k + 1
+    return t
+  end)
+end
+
+function Pool:imap_unordered(fn, list, chunk)
+  check_map("pool:imap_unordered", self, fn, list, chunk)
+  local done, head, tail, left = {}, 1, 0, nil
+  local job = start_job("pool:imap_unordered", self, fn, list, chunk, function(t)
+    tail = tail + 1
+    done[tail] = t
+  end)
+  left = #job.chunks
+  return job_iter("pool:imap_unordered", self, job, function()
+    if left == 0 then return false end
+    local t = done[head]
+    if not t then return nil end
+    done[head] = nil
+    head, left = head + 1, left - 1
+    return t
+  end)
 end
 
 function Pool:close(timeout)
@@ -542,50 +781,42 @@ function Pool:close(timeout)
   self.state = "closing"
   local pt = self.pt
   local deadline = timeout and pt.now() + timeout
-  while self.qhead <= self.qtail or next(self.running) ~= nil do
-    if deadline and pt.now() >= deadline then
+  while self.qhead <= self.qtail or next(self.inflight) ~= nil do
+    local left = deadline and deadline - pt.now() or FOREVER
+    if left <= 0 then
       self:terminate()
       return nil, "timeout"
     end
-    step(self, deadline and math.max(0, deadline - pt.now()) or 1)
+    drain(self, left)
   end
   self.state = "closed"
-  shutdown(self, STOP_WAIT)
+  stop_all(self, false, STOP_WAIT)
+  drain(self)
+  close_up(self)
   return true
 end
 
 function Pool:terminate()
   check_pool("pool:terminate", self)
-  if self.state == "closed" and not next(self.slots) then return true end
-  self.state = "closed"
-  while self.qhead <= self.qtail do
-    local task = self.queue[self.qhead]
-    self.queue[self.qhead] = nil
-    self.qhead = self.qhead + 1
-    settle(task, false, "pool terminated", 0)
-  end
-  for _, task in pairs(self.running) do settle(task, false, "pool terminated", 0) end
-  self.running = {}
-  for i = 1, self.n do
-    local s = self.slots[i]
-    if s then
-      if s.w.kind == "process" then pcall(s.w.kill, s.w, "KILL") else pcall(s.w.cancel, s.w) end
-    end
-  end
-  shutdown(self, 0)
+  if self.closed_up then return true end
+  terminate_workers(self)
+  close_up(self)
   return true
 end
+
+Pool.__close = function(self) if is_pool(self) and self.pt.self().id == self.owner then self:close() end end
 
 -- pool:stats(): what the pool has done so far.
 function Pool:stats()
   check_pool("pool:stats", self)
-  local busy, live = 0, 0
-  for _, s in pairs(self.slots) do
-    live = live + 1
-    if s.task then busy = busy + 1 end
+  drain(self)
+  local live, busy = 0, 0
+  for _ in pairs(self.slots) do live = live + 1 end
+  for seq in pairs(self.inflight) do
+    if type(self.claims[seq]) == "number" then busy = busy + 1 end
   end
   return { kind = self.kind, size = self.n, live = live, busy = busy,
-           queued = self.qtail - self.qhead + 1, started = self.started,
+           queued = self.qtail - self.qhead + 1 + self.ninflight - busy, started = self.started,
            completed = self.completed, deaths = self.deaths, state = self.state }
 end
 
@@ -600,6 +831,23 @@ function Pool:workers()
   return ids
 end
 
+-- pool:fd(): a file descriptor that is readable while answers wait to be
+-- read (by done, get, select...).  From the first call on, every answer
+-- costs a worker one more shared-table add, and a pipe write when the
+-- pipe was empty.
+function Pool:fd()
+  check_pool("pool:fd", self)
+  if self.closed_up then return nil, "closed" end
+  if not self.bell_on then
+    -- workers ring from now on; answers that landed before are announced by
+    -- one ring of ours (pt.add takes a lock, after the flag's store)
+    self.bell_on = true
+    self.flags[1] = 1
+    if self.pt.add(self.claims, "rung", 1) == 1 then self.bell:send(true) end
+  end
+  return (self.bell:fds())
+end
+
 Pool.__tostring = function(self)
   return ("procthread.Pool (%s, %d workers, %s)"):format(self.kind, self.n, self.state)
 end
@@ -612,47 +860,161 @@ local function check_future(fname, self)
   end
 end
 
-function Future:get(timeout)
-  check_future("future:get", self)
-  check_timeout("future:get", 1, timeout)
-  local pool = self.pool
-  if not self.answer then
-    check_pool("future:get", pool)
-    local pt = pool.pt
-    local deadline = timeout and pt.now() + timeout
-    while not self.answer do
-      local left = deadline and deadline - pt.now() or 1
-      if left <= 0 then
-        step(pool, 0)
-        if not self.answer then return nil, "timeout" end
-      else
-        step(pool, left)
-      end
-    end
-  end
+local function answer(self)
   local a = self.answer
   if a[1] then return unpack(a, 1, a.n) end
   return false, a[2]
 end
 
+function Future:get(timeout)
+  if self.answer then return answer(self) end
+  check_future("future:get", self)
+  check_timeout("future:get", 1, timeout)
+  local pool = self.pool
+  check_owner("future:get", pool)
+  if timeout == nil or timeout == FOREVER then
+    while not self.answer do drain(pool, FOREVER) end
+  else
+    local pt = pool.pt
+    local deadline = pt.now() + timeout
+    drain(pool)
+    while not self.answer do
+      local left = deadline - pt.now()
+      if left <= 0 then return nil, "timeout" end
+      drain(pool, left)
+    end
+  end
+  return answer(self)
+end
+
 function Future:done()
   check_future("future:done", self)
   if not self.answer and is_pool(self.pool) and self.pool.pt.self().id == self.pool.owner then
-    step(self.pool, 0)
+    drain(self.pool)
   end
   return self.answer ~= nil
 end
 
--- "queued", "running", "succeeded", "failed"
+-- future:cancel() -> true if the task had not started (it then answers
+-- false, "cancelled"); false once it runs or has an answer.
+function Future:cancel()
+  check_future("future:cancel", self)
+  local pool = self.pool
+  if self.answer then return self.answer.cancelled == true end
+  check_owner("future:cancel", pool)
+  drain(pool)
+  if self.answer then return false end
+  if self.seq and not pool.pt.cas(pool.claims, self.seq, nil, "cancelled") then return false end
+  if self.seq then
+    -- won the claim: the worker may still have run it and cleared its
+    -- claim just before; its answer is then in the channel already
+    drain(pool)
+    if self.answer then return false end
+  end
+  drop(pool, self, "cancelled")
+  self.answer.cancelled = true
+  return true
+end
+
+-- "queued", "running", "succeeded", "failed", "cancelled"
 function Future:status()
   check_future("future:status", self)
   self:done()
-  if self.answer then return self.answer[1] and "succeeded" or "failed" end
-  return self.state
+  local a = self.answer
+  if a then return a.cancelled and "cancelled" or (a[1] and "succeeded" or "failed") end
+  if self.seq and type(self.pool.claims[self.seq]) == "number" then return "running" end
+  return "queued"
 end
 
 Future.__tostring = function(self)
-  return ("procthread.Future (task %d, %s)"):format(self.id, self.answer and (self.answer[1] and "succeeded" or "failed") or self.state)
+  local a = self.answer
+  return ("procthread.Future (task %d, %s)"):format(self.id,
+    a and (a.cancelled and "cancelled" or a[1] and "succeeded" or "failed") or "pending")
+end
+
+-- ---- waiting for many: pt.select and pt.as_completed with futures -------
+
+-- Waiting on the pools of futures: the pool's bell pipe, so that pt.select
+-- (pipes today) can sleep on pools, pipes and the rest together.  When the
+-- C select takes channels, `waitable` may return pool.answers instead.
+local function waitable(pool)
+  pool:fd()
+  return pool.bell
+end
+
+local function is_future(x) return getmetatable(x) == Future end
+P.is_future = is_future
+
+local function check_list(fname, list, timeout)
+  if type(list) ~= "table" then
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 3)
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
+      :format(fname, tostring(timeout)), 3)
+  end
+end
+
+function P.select(core_select, list, timeout)
+  check_list("select", list, timeout)
+  local pt = P.pt or require "procthread"
+  local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
+  local pools, waits, bells = {}, {}, {}
+  for i = 1, #list do
+    local x = list[i]
+    if not is_future(x) then
+      waits[#waits + 1] = x
+    elseif not pools[x.pool] then
+      pools[x.pool] = true
+      pools[#pools + 1] = x.pool
+    end
+  end
+  local mixed = #waits > 0 or #pools > 1
+  if mixed then
+    -- the bells ring from now on: an answer that lands after the futures
+    -- were looked at below rings the bell the select sleeps on
+    for _, pool in ipairs(pools) do
+      if not pool.closed_up then
+        local b = waitable(pool)
+        bells[b] = true
+        waits[#waits + 1] = b
+      end
+    end
+  end
+  while true do
+    for i = 1, #list do
+      local x = list[i]
+      if is_future(x) and x:done() then return x end
+    end
+    local left = deadline and math.max(0, deadline - pt.now()) or FOREVER
+    if deadline and left <= 0 then return nil, "timeout" end
+    if not mixed then
+      if #pools == 0 then return nil, "timeout" end      -- nothing can become ready
+      check_owner("select", pools[1])
+      drain(pools[1], left)
+    else
+      local r, err = core_select(waits, left)
+      if r == nil then return nil, err end
+      if not bells[r] then return r end
+    end
+  end
+end
+
+function P.as_completed(core_select, list, timeout)
+  check_list("as_completed", list, timeout)
+  local pt = P.pt or require "procthread"
+  local left = {}
+  for i = 1, #list do left[i] = list[i] end
+  local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
+  return function()
+    if #left == 0 then return nil end
+    local r, err = P.select(core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
+    if r == nil then return nil, err end
+    for i = 1, #left do
+      if left[i] == r then table.remove(left, i); break end
+    end
+    return r
+  end
 end
 
 P.Pool, P.Future = Pool, Future

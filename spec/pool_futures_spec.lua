@@ -1,0 +1,517 @@
+-- Pools, what concurrent.futures users reach for: initializer, queue
+-- (backpressure), future:cancel, imap, imap_unordered, <close>, pool:fd,
+-- futures in pt.select / pt.as_completed; workers killed at the max_tasks
+-- boundary; a busy pool whose owner is killed.
+local pt = require "procthread"
+local H = require "helper"
+
+local KINDS = { "thread", "process" }
+local T = 10              -- generous timeouts: the machine is shared and noisy
+
+local function range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+local function usage()
+  collectgarbage(); collectgarbage()
+  local fds = math.huge
+  for _ = 1, 3 do fds = math.min(fds, H.fds()) end
+  return { objects = pt.shm_stats().objects, fds = fds }
+end
+
+local function assert_released(base)
+  local now
+  H.eventually(function()
+    now = usage()
+    return now.objects == base.objects and now.fds == base.fds
+  end, T)
+  assert.are.same(base, now)
+end
+
+-- A thread that sets `ev` after `delay` seconds and records when.
+local function set_later(ev, st, delay)
+  return pt.spawn_thread(function()
+    pt.sleep(delay)
+    st.opened = pt.now()
+    ev:set()
+  end)
+end
+
+describe("pools (futures)", function()
+  -- LuaJIT: a trace keeps the constants it folded (shared objects captured
+  -- by a hot closure) alive until it is flushed: flush before the leak check
+  after_each(function() if jit then jit.flush() end end)
+  H.no_leaks()
+
+  for _, kind in ipairs(KINDS) do
+    describe(kind .. " pool", function()
+      it("runs the initializer once in each new worker, with initargs, before its tasks", function()
+        local st = pt.shared_table({ inits = 0 })
+        local pool = pt.pool(kind, 2, {
+          initializer = function(s, tag) pt.add(s, "inits", 1); WORKER_TAG = tag end,
+          initargs = { st, "ready" },
+          max_tasks = 3,
+        })
+        for _ = 1, 9 do
+          assert.are.same({ true, "ready" }, { pool:submit(function() return WORKER_TAG end):get(T) })
+        end
+        -- 9 tasks, 3 per worker: the replacements ran it too
+        assert.is_true(pool:close(T))
+        assert.is_true(st.inits >= 3, "initializer ran " .. st.inits .. " times")
+        assert.are.equal(pool:stats().started, st.inits)
+        st = nil
+      end)
+
+      it("an initializer that fails breaks the pool: every future fails, submit raises", function()
+        local pool = pt.pool(kind, 1, { initializer = function() error("no config") end })
+        local ok, err = pool:submit(function() return 1 end):get(T)
+        assert.is_false(ok)
+        assert.matches("^pool: initializer failed: .*no config", err)
+        local ok2, err2 = pcall(pool.submit, pool, function() end)
+        assert.is_false(ok2)
+        assert.matches("pool:submit: the pool is broken: initializer failed: .*no config", err2)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("queue bounds the tasks waiting: submit blocks until a worker takes one", function()
+        local gate, st = pt.event(), pt.shared_table()
+        local pool = pt.pool(kind, 1, { queue = 2 })
+        local fs = { pool:submit(function() return gate:wait(T) end) }
+        -- the worker holds one; two wait in the channel
+        assert.is_true(H.eventually(function() return pool:stats().busy == 1 end, T))
+        fs[2] = pool:submit(function() return 2 end)
+        fs[3] = pool:submit(function() return 3 end)
+        local opener = set_later(gate, st, 0.3)
+        fs[4] = pool:submit(function() return 4 end)   -- blocks: the channel is full
+        local returned = pt.now()
+        assert.is_not_nil(st.opened, "submit returned before the gate opened")
+        assert.is_true(returned >= st.opened)
+        assert.is_true(pool:stats().queued <= 2)
+        for i = 2, 4 do assert.are.same({ true, i }, { fs[i]:get(T) }) end
+        assert.is_true(opener:join(T))
+        assert.is_true(pool:close(T))
+        st = nil
+      end)
+
+      it("cancel: true for a task not started (it answers false, \"cancelled\"), false once it runs", function()
+        local base = usage()
+        local gate = pt.event()
+        local pool = pt.pool(kind, 1)
+        local busy = pool:submit(function() return gate:wait(T) end)
+        assert.is_true(H.eventually(function() return busy:status() == "running" end, T))
+        local queued
+        do
+          local st = pt.shared_table({ x = 1 })
+          queued = pool:submit(function(t) return t.x end, st)
+        end
+        assert.are.equal("queued", queued:status())
+        assert.is_true(queued:cancel())
+        assert.are.same({ false, "cancelled" }, { queued:get(0) })
+        assert.are.equal("cancelled", queued:status())
+        assert.is_true(queued:cancel())                -- again: the same answer
+        assert.is_false(busy:cancel())                 -- running
+        gate:set()
+        assert.are.same({ true, true }, { busy:get(T) })
+        assert.is_false(busy:cancel())                 -- answered
+        -- the worker then meets the cancelled task and skips it
+        assert.are.same({ true, 5 }, { pool:submit(function() return 5 end):get(T) })
+        assert.is_true(pool:close(T))
+        gate = nil
+        assert_released(base)
+      end)
+
+      it("cancel releases what the task carries at once, while it still waits in the channel", function()
+        local gate = pt.event()
+        local pool = pt.pool(kind, 1)
+        local busy = pool:submit(function() return gate:wait(T) end)
+        assert.is_true(H.eventually(function() return busy:status() == "running" end, T))
+        local function carried()
+          return pt.shared_table({ x = 1 }), pt.array(2, "shared")
+        end
+        -- what the table and the array take in the arena
+        local cost = (function()
+          local before = usage().objects
+          local st, arr = carried()
+          local n = usage().objects - before
+          pt.release(st); pt.release(arr)
+          return n
+        end)()
+        local plain = pool:submit(function(a, b) return a, b end, 1, 2)
+        -- made in a function of its own: no register of ours keeps them
+        local f = (function() return pool:submit(function(a, b) return a, b end, carried()) end)()
+        local with = usage().objects
+        assert.is_true(f:cancel())
+        -- before any worker has seen it (its message waits in the channel)
+        assert.are.equal(with - cost, usage().objects)
+        gate:set()
+        assert.is_true((busy:get(T)))
+        assert.are.same({ true, 1, 2 }, { plain:get(T) })
+        assert.is_true(pool:close(T))
+        gate = nil
+      end)
+
+      it("imap yields index, result in order; imap_unordered in the order they finish", function()
+        local pool = pt.pool(kind, 2)
+        local got = {}
+        for i, r in pool:imap(function(x) if x % 3 == 0 then return nil end return x * 10 end, range(50), 7) do
+          got[#got + 1] = { i, r }
+        end
+        assert.are.equal(50, #got)
+        for i = 1, 50 do
+          assert.are.equal(i, got[i][1])
+          if i % 3 == 0 then assert.is_nil(got[i][2]) else assert.are.equal(i * 10, got[i][2]) end
+        end
+        -- item 1 waits until item 2 has finished: 2 comes first
+        local two = pt.event()
+        local order = {}
+        for i, r in pool:imap_unordered(function(x)
+          if x == 1 then two:wait(10) end
+          return x
+        end, { 1, 2 }, 1) do
+          order[#order + 1] = i
+          assert.are.equal(i, r)
+          two:set()                          -- 1 finishes only after 2 was yielded
+        end
+        assert.are.same({ 2, 1 }, order)
+        local seen = {}
+        for i, r in pool:imap_unordered(function(x) return -x end, range(30), 4) do
+          assert.is_nil(seen[i])
+          seen[i] = r
+        end
+        for i = 1, 30 do assert.are.equal(-i, seen[i]) end
+        assert.are.same({}, { pool:imap(print, {})() })
+        assert.is_true(pool:close(T))
+        two = nil
+      end)
+
+      it("imap raises the failing item's index when the loop reaches it", function()
+        local pool = pt.pool(kind, 2)
+        local seen = 0
+        local ok, err = pcall(function()
+          for i in pool:imap(function(x) if x == 8 then error("bad " .. x) end return x end, range(20), 3) do
+            seen = i
+          end
+        end)
+        assert.is_false(ok)
+        assert.matches("^pool:imap: item 8 failed: .*bad 8", err)
+        assert.are.equal(7, seen)
+        ok, err = pcall(function()
+          for _ in pool:imap_unordered(function(x) if x == 8 then error("bad " .. x) end return x end, range(20), 3) do end
+        end)
+        assert.is_false(ok)
+        assert.matches("^pool:imap_unordered: item 8 failed: .*bad 8", err)
+        assert.are.same({ 1, 2 }, pool:map(function(x) return x end, { 1, 2 }))
+        assert.is_true(pool:close(T))
+      end)
+
+      it("map over more than the stack holds in one chunk", function()
+        local pool = pt.pool(kind, 1)
+        local r = pool:map(function(x) return x + 1 end, range(5000), 5000)
+        assert.are.equal(5000, #r)
+        assert.are.equal(5001, r[5000])
+        assert.is_true(pool:close(T))
+      end)
+
+      it("pt.select takes futures (with pipes); pt.as_completed yields them as they finish", function()
+        local pool = pt.pool(kind, 2)
+        local first = pt.event()
+        local slow = pool:submit(function() first:wait(10); return "slow" end)
+        local fast = pool:submit(function() return "fast" end)
+        assert.are.equal(fast, pt.select({ slow, fast }, T))
+        first:set()
+        assert.are.same({ true, "slow" }, { slow:get(T) })
+        -- a pipe with a message wins over futures that cannot finish yet
+        local p = pt.pipe()
+        local gate = pt.event()
+        local f = pool:submit(function() return gate:wait(T) end)
+        p:send("hi")
+        assert.are.equal(p, pt.select({ f, p }, T))
+        assert.are.equal("hi", p:recv(0))
+        assert.are.same({ nil, "timeout" }, { pt.select({ f, p }, 0.05) })
+        gate:set()
+        assert.are.equal(f, pt.select({ p, f }, T))
+        -- as_completed: in the order they finish
+        first:clear()
+        local a = pool:submit(function() first:wait(10); return "a" end)
+        local b = pool:submit(function() return "b" end)
+        local order = {}
+        for fut in pt.as_completed({ a, b }, T) do
+          order[#order + 1] = select(2, fut:get())
+          first:set()                        -- a finishes only after b was yielded
+        end
+        assert.are.same({ "b", "a" }, order)
+        -- a timeout ends the iteration: nil, "timeout"
+        gate:clear()
+        local g = pool:submit(function() return gate:wait(T) end)
+        local it = pt.as_completed({ g }, 0.05)
+        assert.are.same({ nil, "timeout" }, { it() })
+        gate:set()
+        assert.is_true((g:get(T)))
+        assert.is_true(pool:close(T))
+        p:close()
+        first, gate = nil, nil
+      end)
+
+      it("pt.select over futures of two pools", function()
+        local p1, p2 = pt.pool(kind, 1), pt.pool(kind, 1)
+        local gate = pt.event()
+        local f1 = p1:submit(function() return gate:wait(T) end)
+        local f2 = p2:submit(function() return 2 end)
+        assert.are.equal(f2, pt.select({ f1, f2 }, T))
+        gate:set()
+        assert.are.equal(f1, pt.select({ f1 }, T))
+        assert.is_true(p1:close(T))
+        assert.is_true(p2:close(T))
+        gate = nil
+      end)
+
+      it("pool:fd() is readable while answers wait, and done() then sees them", function()
+        local pool = pt.pool(kind, 1)
+        local fd = pool:fd()
+        assert.are.equal("number", type(fd))
+        assert.are.equal(fd, (pool.bell:fds()))          -- internal: the bell pipe
+        local f = pool:submit(function() return 1 end)
+        -- readable once the answer has landed (pt.select on the pipe: internal)
+        assert.are.equal(pool.bell, pt.select({ pool.bell }, T))
+        assert.is_true(f:done())
+        assert.are.same({ nil, "timeout" }, { pt.select({ pool.bell }, 0) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("pool:fd() asked after an answer landed is readable at once", function()
+        local pool = pt.pool(kind, 1)
+        local f = pool:submit(function() return 1 end)
+        assert.is_true(H.eventually(function() return #pool.answers > 0 end, T))   -- internal
+        pool:fd()
+        assert.are.equal(pool.bell, pt.select({ pool.bell }, 0))
+        assert.is_true(f:done())
+        assert.is_true(pool:close(T))
+      end)
+    end)
+  end
+
+  describe("pool:fd() in an event loop (luv)", function()
+    it("wakes a luv poll when an answer lands", function()
+      -- looked for, not loaded: luv's loop would hold fds in this process
+      if not H.searchpath("luv", package.cpath) then pending("luv is not installed"); return end
+      local status, out = H.fresh([[
+        local pt, uv = require "procthread", require "luv"
+        for _, kind in ipairs({ "thread", "process" }) do
+          local pool = pt.pool(kind, 1)
+          local f = pool:submit(function() pt.sleep(0.05); return 42 end)
+          local poll = uv.new_poll(pool:fd())
+          local got
+          poll:start("r", function()
+            if f:done() then got = select(2, f:get()); poll:stop(); poll:close() end
+          end)
+          local timer = uv.new_timer()
+          timer:start(10000, 0, function() poll:stop(); timer:close() end)
+          while got == nil and uv.run("once") do end
+          if not timer:is_closing() then timer:close() end
+          uv.run("nowait")
+          print(kind, got)
+          pool:close(10)
+        end
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("thread%s+42", out)
+      assert.matches("process%s+42", out)
+    end)
+  end)
+
+  describe("<close> (5.4)", function()
+    it("closes the pool at the end of its scope", function()
+      if _VERSION ~= "Lua 5.4" then pending("to-be-closed variables are 5.4"); return end
+      local run = assert(load([[
+        local pt = ...
+        local kept
+        do
+          local pool <close> = pt.pool("thread", 1)
+          kept = pool
+          assert(pool:submit(function() return 1 end):get(10))
+        end
+        return kept:stats().state
+      ]]))
+      assert.are.equal("closed", run(pt))
+    end)
+
+    it("a loop left by break gives up the chunks of imap not started", function()
+      if _VERSION ~= "Lua 5.4" then pending("to-be-closed variables are 5.4"); return end
+      local base = usage()
+      local pool = pt.pool("thread", 1)
+      local run = assert(load([[
+        local pool, list = ...
+        for i in pool:imap(function(t) return t.i end, list, 1) do
+          if i == 1 then break end
+        end
+      ]]))
+      do
+        local list = {}
+        for i = 1, 20 do list[i] = pt.shared_table({ i = i }) end
+        run(pool, list)
+      end
+      local cancelled = 0
+      -- the chunks not started were settled "cancelled" (and released)
+      assert.is_true(pool:close(T))
+      assert_released(base)
+    end)
+  end)
+
+  describe("many tasks one at a time", function()
+    -- a worker asleep in the task channel's recv must wake for every task
+    -- (a wake-up lost in the channel's spin-then-sleep left a task queued
+    -- with both workers asleep: src/queue.c, spin() must look at the queue
+    -- again once it holds the lock)
+    for _, kind in ipairs(KINDS) do
+      it(kind .. ": none is left waiting", function()
+        local pool = pt.pool(kind, 2)
+        local f = function(x) return x + 1 end
+        for i = 1, 50000 do
+          local ok, v = pool:submit(f, i):get(T)
+          if ok ~= true then error(("task %d: %s %s"):format(i, tostring(ok), tostring(v))) end
+        end
+        assert.is_true(pool:close(T))
+      end)
+    end
+  end)
+
+  describe("a process worker killed at the max_tasks boundary", function()
+    it("during its last task: that task fails, one replacement serves the rest", function()
+      local pool = pt.pool("process", 1, { max_tasks = 2 })
+      local first = pool:workers()[1]
+      assert.are.same({ true, first }, { pool:submit(function() return pt.self().id end):get(T) })
+      assert.are.same({ false, "worker died: killed by signal 9 (SIGKILL)" },
+        { pool:submit(function() pt.fault("signal", 9) end):get(T) })
+      -- one task on the replacement (a second would retire it too)
+      local ok, id = pool:submit(function() return pt.self().id end):get(T)
+      assert.is_true(ok)
+      assert.are_not.equal(first, id)
+      local s = pool:stats()
+      assert.are.equal(1, s.deaths)
+      assert.are.equal(2, s.started)
+      assert.are.equal(1, s.live)
+      assert.is_true(pool:close(T))
+    end)
+
+    it("right after its last answer, before it leaves: every task answers, one replacement", function()
+      local p = pt.pipe()
+      for _ = 1, 5 do
+        local pool = pt.pool("process", 1, { max_tasks = 1 })
+        local f = pool:submit(function() p:send(pt.self().id); return "done" end)
+        local pid = assert(p:recv(T))
+        assert.are.same({ true, "done" }, { f:get(T) })
+        os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+        local fs = {}
+        for i = 1, 3 do fs[i] = pool:submit(function(x) return x end, i) end
+        for i = 1, 3 do assert.are.same({ true, i }, { fs[i]:get(T) }) end
+        assert.is_true(pool:stats().deaths <= 1)
+        local started = pool:stats().started
+        assert.is_true(started >= 4 and started <= 5, "started " .. started)
+        assert.is_true(pool:close(T))
+      end
+      p:close()
+    end)
+
+    it("a task taken from the channel but not yet claimed runs on the replacement", function()
+      -- the pool's claims table is held (internal fields), so the worker
+      -- that takes the task waits inside its claim; it is killed there
+      local pool = pt.pool("process", 1)
+      local pid = pool:workers()[1]
+      local f
+      pt.locked(pool.claims, function()
+        f = pool:submit(function() return pt.self().id end)
+        assert.is_true(H.eventually(function() return #pool.tasks == 0 end, T))
+        os.execute("kill -KILL " .. pid)
+        assert.is_true(H.eventually(function()
+          local fh = io.open("/proc/" .. pid .. "/stat")
+          local st = fh and fh:read("*l")
+          if fh then fh:close() end
+          return st == nil or st:match("^%d+ %b() ([ZX])") ~= nil
+        end, T))
+      end)
+      local ok, id = f:get(T)
+      assert.is_true(ok)
+      assert.are_not.equal(pid, id)
+      assert.are.equal(1, pool:stats().deaths)
+      assert.is_true(pool:close(T))
+    end)
+
+    it("a get waiting for ever wakes when its worker is killed (no timer)", function()
+      local p = pt.pipe()
+      local pool = pt.pool("process", 1)
+      local f = pool:submit(function() p:send(pt.self().id); pt.sleep(60) end)
+      local pid = assert(p:recv(T))
+      local killer = pt.spawn_thread(function() pt.sleep(0.1); os.execute("kill -KILL " .. pid) end)
+      local t0 = pt.now()
+      assert.are.same({ false, "worker died: killed by signal 9 (SIGKILL)" }, { f:get() })
+      assert.is_true(pt.now() - t0 < 5)
+      assert.is_true(killer:join(T))
+      assert.is_true(pool:close(T))
+      p:close()
+    end)
+  end)
+
+  describe("a process pool whose owner is killed while its workers are busy", function()
+    it("its workers leave within a second or so", function()
+      local src, outf = os.tmpname(), os.tmpname()
+      local f = assert(io.open(src, "w"))
+      f:write([[
+        local pt = require "procthread"
+        local pool = pt.pool("process", 2)
+        local started = pt.shared_table({ n = 0 })
+        pool:submit(function() pt.add(started, "n", 1); pt.sleep(60) end)
+        pool:submit(function() pt.add(started, "n", 1); while true do end end)
+        local t0 = pt.now()
+        while started.n < 2 and pt.now() - t0 < 10 do pt.sleep(0.01) end
+        print("PIDS " .. table.concat(pool:workers(), " "))
+        io.stdout:flush()
+        pt.fault("signal", 9)
+      ]])
+      f:close()
+      os.execute(("LUA_PATH=%q LUA_CPATH=%q timeout 30 %s %s > %s 2>&1 < /dev/null"):format(
+        package.path, package.cpath, H.interpreter(), src, outf))
+      local t0 = pt.now()
+      f = assert(io.open(outf)); local out = f:read("*a"); f:close()
+      os.remove(src); os.remove(outf)
+      local pids = {}
+      for pid in assert(out:match("PIDS ([%d ]+)"), out):gmatch("%d+") do pids[#pids + 1] = pid end
+      assert.are.equal(2, #pids)
+      local function gone(pid)
+        local fh = io.open("/proc/" .. pid .. "/stat")
+        if not fh then return true end
+        local st = fh:read("*l"); fh:close()
+        return st == nil or st:match("^%d+ %b() ([ZX])") ~= nil
+      end
+      local ok = H.eventually(function() return gone(pids[1]) and gone(pids[2]) end, 5)
+      if not ok then for _, pid in ipairs(pids) do os.execute("kill -KILL " .. pid .. " 2>/dev/null") end end
+      assert.is_true(ok, "busy pool workers outlived their killed owner")
+      assert.is_true(pt.now() - t0 < 3)
+    end)
+  end)
+
+  describe("bad arguments", function()
+    it("the new options, cancel, imap and select check theirs", function()
+      assert.has_error(function() pt.pool("thread", 1, { queue = 0 }) end,
+        "procthread.pool: bad argument #3 (opts.queue must be an integer >= 1, got 0)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = 5 }) end,
+        "procthread.pool: bad argument #3 (opts.initializer must be a function, got number)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = 5 }) end,
+        "procthread.pool: bad argument #3 (opts.initargs must be a table, got number)")
+      local pool = pt.pool("thread", 1)
+      assert.has_error(function() pool:imap(print, "x") end,
+        "pool:imap: bad argument #2 (table expected, got string)")
+      assert.has_error(function() pool:imap_unordered(print, {}, 0) end,
+        "pool:imap_unordered: bad argument #3 (chunk size must be an integer >= 1, got 0)")
+      local f = pool:submit(function() return 1 end)
+      assert.has_error(function() f.cancel(5) end, "future:cancel: bad self (a future expected, got number)")
+      assert.has_error(function() pt.select({ f }, -1) end,
+        "bad argument #2 to 'select' (timeout must be a number >= 0 or math.huge, got -1)")
+      assert.has_error(function() pt.as_completed(5) end,
+        "bad argument #1 to 'as_completed' (table expected, got number)")
+      assert.is_true((f:get(T)))
+      assert.is_true(pool:close(T))
+    end)
+  end)
+end)
