@@ -45,5 +45,27 @@ function H.fresh_under(wrap, code, env)
   return T.fresh(code, env, { wrap = wrap ~= "" and wrap or nil })
 end
 
+function H.range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+-- Live shared objects and open fds, after a full collection.
+function H.usage()
+  collectgarbage(); collectgarbage()
+  return { objects = require("procthread").shm_stats().objects, fds = H.fds() }
+end
+
+-- Wait (bounded: workers end asynchronously) until usage is back to `base`.
+function H.assert_released(base)
+  local now
+  H.eventually(function()
+    now = H.usage()
+    return now.objects == base.objects and now.fds == base.fds
+  end, H.T)
+  require("luassert").are.same(base, now)
+end
+
 package.loaded["helper"] = H
 return H

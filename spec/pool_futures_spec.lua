@@ -8,27 +8,7 @@ local H = require "helper"
 local KINDS = { "thread", "process" }
 local T = 10              -- generous timeouts: the machine is shared and noisy
 
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
-
-local function usage()
-  collectgarbage(); collectgarbage()
-  local fds = math.huge
-  for _ = 1, 3 do fds = math.min(fds, H.fds()) end
-  return { objects = pt.shm_stats().objects, fds = fds }
-end
-
-local function assert_released(base)
-  local now
-  H.eventually(function()
-    now = usage()
-    return now.objects == base.objects and now.fds == base.fds
-  end, T)
-  assert.are.same(base, now)
-end
+local range, usage, assert_released = H.range, H.usage, H.assert_released
 
 -- A thread that sets `ev` after `delay` seconds and records when.
 local function set_later(ev, st, delay)

@@ -6,31 +6,7 @@ local H = require "helper"
 local KINDS = { "thread", "process" }
 local T = H.T
 
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
-
--- Live shared objects and open fds, after a full collection.  H.fds may
--- count one fd too many while its own popen races; the least of a few
--- readings is right.
-local function usage()
-  collectgarbage(); collectgarbage()
-  local fds = math.huge
-  for _ = 1, 3 do fds = math.min(fds, H.fds()) end
-  return { objects = pt.shm_stats().objects, fds = fds }
-end
-
--- Wait (bounded: workers end asynchronously) until usage is back to `base`.
-local function assert_released(base)
-  local now
-  H.eventually(function()
-    now = usage()
-    return now.objects == base.objects and now.fds == base.fds
-  end, T)
-  assert.are.same(base, now)
-end
+local range, usage, assert_released = H.range, H.usage, H.assert_released
 
 describe("pools", function()
   H.no_leaks()
