@@ -203,3 +203,18 @@ uint32_t pt_queue_count(pt_off off) {
 }
 
 uint32_t pt_queue_capacity(pt_off off) { return Q(off)->cap; }
+
+int pt_queue_watch(pt_off off, const uint32_t **word, uint32_t *value) {
+  queue *q = Q(off);
+  int ready;
+  if (pt_queue_count(off) || __atomic_load_n(&q->closed, __ATOMIC_ACQUIRE)) return 1;
+  if (pt_lock(&q->mu, repair, q) == PT_ERR) return 1;   /* the get will say why */
+  ready = TAIL(q->pos) != HEAD(q->pos) || q->closed;
+  if (!ready) {                 /* as pt_cond_wait does, without the sleep */
+    __atomic_store_n(&q->notempty.sleeping, 1, __ATOMIC_RELAXED);
+    *value = __atomic_load_n(&q->notempty.seq, __ATOMIC_RELAXED);
+    *word = &q->notempty.seq;
+  }
+  pt_unlock(&q->mu);
+  return ready;
+}

@@ -1,6 +1,7 @@
 /* thread.c - spawn_thread: fn and its arguments are encoded here, and run
  * on a new pthread in a fresh Lua state; the results come back encoded. */
 #include "worker.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <time.h>
@@ -275,8 +276,10 @@ static void *thread_main(void *arg) {
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
   /* Publish the end.  A plain joiner waits for the thread's exit; one that
-     must stay cancellable polls an eventfd it made (see pt_thread_wait). */
+     must stay cancellable polls an eventfd it made (see pt_thread_wait);
+     pt.select sleeps on the done word itself (a futex). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   unlink_live(w);
@@ -397,20 +400,25 @@ int pt_thread_wait(pt_worker *w, double timeout) {
     return 1;
   }
   /* A cancellable joiner (a thread worker): poll an eventfd the thread
-     writes at its end, next to our own cancellation fd.  The seq_cst store
-     of the fd and the thread's seq_cst store of w->done pair up: one of the
-     two sides always sees the other. */
-  if (w->done_fd < 0) {
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0) return -1;
-    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
-  }
+     writes at its end, next to our own cancellation fd. */
+  if (pt_thread_done_fd(w) < 0) return -1;
   r = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) ? 1 : pt_wait_fd(w->done_fd, POLLIN, timeout);
   if (r <= 0) return r;
   if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 0;
   pthread_join(w->thread, NULL);
   joined(w);
   return 1;
+}
+
+/* The seq_cst store of the fd and the thread's seq_cst store of w->done
+   pair up: one of the two sides always sees the other. */
+int pt_thread_done_fd(pt_worker *w) {
+  if (w->done_fd < 0) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return -1;
+    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+  }
+  return w->done_fd;
 }
 
 void pt_thread_cancel(pt_worker *w) {
