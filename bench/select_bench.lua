@@ -10,6 +10,7 @@
 -- path).  Round trip in microseconds, the median of the rounds.
 package.path = "bench/?.lua;" .. package.path
 local pt = require "procthread"
+io.stdout:setvbuf("line")
 
 local function pingpong(kind, how, n)
   local a, b, p = pt.channel(1), pt.channel(1), pt.pipe()
@@ -23,7 +24,7 @@ local function pingpong(kind, how, n)
     return true
   end, a, b, p, n, how)
   local t0 = pt.now()
-  for _ = 1, n do a:send(1); b:recv() end
+  for i = 1, n do a:send(1); assert(b:recv(10), "lost wake-up at " .. i .. " (" .. how .. ")") end
   local rtt = (pt.now() - t0) / n * 1e6
   assert(w:join(60))
   p:close()
@@ -60,7 +61,7 @@ for _, kind in ipairs({ "thread", "process" }) do
   local r = { recv = {}, select = {}, mixed = {} }
   for _ = 1, 5 do
     for _, how in ipairs({ "recv", "select", "mixed" }) do
-      table.insert(r[how], pingpong(kind, how, kind == "thread" and 20000 or 5000))
+      table.insert(r[how], pingpong(kind, how, how == "mixed" and 2000 or kind == "thread" and 20000 or 5000))
     end
   end
   local rr, rs, rm = median(r.recv), median(r.select), median(r.mixed)

@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -43,7 +44,8 @@
 #define FUTEX_ITEMS (PT_FUTEX_MAXV - 2)   /* leaves room for the interrupt and stop words */
 #define NO_PIDFD_SLICE 0.01
 #define STACK_ITEMS 16
-#define SPINS 400                /* pauses: a few microseconds */
+#define SPIN_SECONDS 10e-6       /* about a futex sleep and wake-up */
+#define SPIN_STEP 32
 
 enum { K_PIPE, K_CHANNEL, K_THREAD, K_PROCESS };
 
@@ -276,7 +278,7 @@ static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *re
   return r == -2 ? PT_CANCELLED : PT_ERR;
 }
 
-/* Before the first sleep, look at the futex objects for a few microseconds
+/* Before the first sleep, look at the futex objects for up to 10 us
    (loads only: nothing is armed yet), as a channel's recv does: the other
    side is often about to act, and a sleep and a wake-up cost more.  1: one
    of them may be ready now. */
@@ -288,19 +290,42 @@ static void cpu_relax(void) {
 #endif
 }
 
-static int spin(sel *s) {
-  int k, i;
-  if (s->nfd > 0) return 0;              /* the fds would need system calls */
-  for (k = 0; k < SPINS; k++) {
-    for (i = 0; i < s->n; i++) {
-      item *x = &s->it[i];
-      if (x->kind == K_CHANNEL ? pt_queue_count(x->q) != 0
-                               : __atomic_load_n(&x->w->done, __ATOMIC_ACQUIRE) != 0)
-        return 1;
-    }
-    cpu_relax();
+/* 1 when this process may run on more than one CPU (else the other side
+   cannot act while we spin). */
+static int many_cpus(void) {
+  static int n;                               /* 0: not asked yet */
+  int k = __atomic_load_n(&n, __ATOMIC_RELAXED);
+  if (!k) {
+    cpu_set_t set;
+    k = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    __atomic_store_n(&n, k, __ATOMIC_RELAXED);
+  }
+  return k > 1;
+}
+
+static int any_ready(sel *s) {
+  int i;
+  for (i = 0; i < s->n; i++) {
+    item *x = &s->it[i];
+    if (x->kind == K_CHANNEL ? pt_queue_count(x->q) != 0
+                             : __atomic_load_n(&x->w->done, __ATOMIC_ACQUIRE) != 0)
+      return 1;
   }
   return 0;
+}
+
+/* Up to SPIN_SECONDS by the clock, looked at every SPIN_STEP pauses. */
+static int spin(sel *s) {
+  double until = 0;
+  int k;
+  if (s->nfd > 0 || !many_cpus()) return 0;  /* fds would need system calls */
+  for (k = 1;; k++) {
+    if (any_ready(s)) return 1;
+    cpu_relax();
+    if (k % SPIN_STEP) continue;
+    if (!until) until = pt_now() + SPIN_SECONDS;
+    else if (pt_now() >= until) return 0;
+  }
 }
 
 /* Wait for the first ready item: PT_OK (*ready: its index), PT_TIMEOUT,
