@@ -139,7 +139,8 @@ static void watch_pipes(lua_State *L, sel *s, const char *fn) {
     item *x = &s->it[i];
     if (x->kind != K_PIPE) continue;
     if ((x->fd = pt_pipe_watch(x->pipe)) < 0) {
-      while (i-- > 0) if (s->it[i].kind == K_PIPE) pt_pipe_unwatch(s->it[i].pipe);
+      int k = i;
+      while (k-- > 0) if (s->it[k].kind == K_PIPE) pt_pipe_unwatch(s->it[k].pipe);
       bad(L, fn, i + 1, "is a pipe whose read end is closed");
     }
   }
