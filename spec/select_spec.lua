@@ -11,7 +11,7 @@ local sleeping = require "blocked"   -- a worker asleep in the kernel
 -- the baseline the leak checks compare with.
 local has_luv, uv = pcall(require, "luv")
 
--- A worker that waits for a go on channel `go` (so the test decides when
+-- A worker that waits for a go on `go` (a pipe, so the test decides when
 -- it ends), then returns v.
 local function on_go(kind, go, v)
   return pt.spawn(kind, function(c, x) c:recv(); return x end, go, v)
@@ -44,7 +44,7 @@ describe("pt.select", function()
 
   describe("over any mix", function()
     it("returns the ready object itself and its index, or nil, 'timeout'", function()
-      local p, ch, go = pt.pipe(), pt.channel(), pt.channel()
+      local p, ch, go = pt.pipe(), pt.channel(), pt.pipe()
       local th, pr = on_go("thread", go, "t"), on_go("process", go, "p")
       local set = { p, ch, th, pr }
       assert.same({ nil, "timeout" }, { pt.select(set, 0.05) })
@@ -103,7 +103,7 @@ describe("pt.select", function()
     end)
 
     it("takes many objects: more thread workers than one futex_waitv watches", function()
-      local go, ws = pt.channel(100), {}
+      local go, ws = pt.pipe(), {}
       for i = 1, 70 do ws[i] = on_go("thread", go, i) end
       assert.same({ nil, "timeout" }, { pt.select(ws, 0.05) })
       go:send(1)
@@ -210,7 +210,7 @@ describe("pt.as_completed", function()
   H.no_leaks()
 
   it("yields workers in the order they finish, then nil", function()
-    local go1, go2, go3 = pt.channel(), pt.channel(), pt.channel()
+    local go1, go2, go3 = pt.pipe(), pt.pipe(), pt.pipe()
     local a, b, c = on_go("thread", go1, 1), on_go("process", go2, 2), on_go("thread", go3, 3)
     local next_done = pt.as_completed({ a, b, c }, T)
     go2:send(1)
@@ -225,7 +225,7 @@ describe("pt.as_completed", function()
   end)
 
   it("works in a for loop, and says 'timeout' once its timeout has passed", function()
-    local go = pt.channel(4)
+    local go = pt.pipe()
     local ws = { on_go("thread", go, 1), on_go("thread", go, 2) }
     local seen = 0
     go:send(1); go:send(1)
@@ -258,7 +258,7 @@ describe("w:fd()", function()
   it("drives a luv loop: a worker's fd and a pipe's fd, and no CPU spent waiting", function()
     if not has_luv then pending("no luv for this Lua (Debian ships lua-luv for 5.1-5.4 only)") return end
     local p = pt.pipe()
-    local go = pt.channel(2)
+    local go = pt.pipe()
     local th = on_go("thread", go, "thread")
     local pr = pt.spawn_process(function(q) require("procthread").sleep(0.3); q:send("pipe"); return "process" end, p)
     local got = {}
