@@ -37,6 +37,7 @@ build = {
         "src/pipe.c",
         "src/process.c",
         "src/queue.c",
+        "src/select.c",
         "src/shm.c",
         "src/sync.c",
         "src/sys.c",

@@ -322,6 +322,8 @@ describe("lifecycle", function()
       { "pipe recv", "local p = pt.pipe()", "p:recv()" },
       { "pipe send on a full pipe", "local p = pt.pipe()", "p:send(string.rep('x', 1000000))" },
       { "select", "local p, q = pt.pipe(), pt.pipe()", "pt.select({ p, q })" },
+      { "select on a channel", "local ch = pt.channel()", "pt.select({ ch })" },
+      { "select on a channel and a pipe", "local ch, p = pt.channel(), pt.pipe()", "pt.select({ ch, p })" },
       { "future:get", "local pool = pt.pool('process', 1); for _, id in ipairs(pool:workers()) do ids[#ids + 1] = id end; local f = pool:submit(function() require('procthread').sleep(100) end)",
         "f:get()" },
       { "pool:map", "local pool = pt.pool('process', 2); for _, id in ipairs(pool:workers()) do ids[#ids + 1] = id end",

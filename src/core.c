@@ -43,6 +43,7 @@ int luaopen_procthread_core(lua_State *L) {
   pt_open_table(L);
   pt_open_array(L);
   pt_open_pipe(L);
+  pt_open_select(L);
   pt_open_channel(L);
   pt_open_sync(L);
   return 1;

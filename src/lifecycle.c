@@ -33,8 +33,12 @@
  * a new SIGINT gives up (pt_interrupted) and returns nil, "interrupted"
  * through the cancellation path (pt_raise_cancelled); the hook raises as
  * soon as control is back in Lua.  A SIGINT that lands between the check
- * and the system call is not an EINTR: poll-based waits of the main
- * thread therefore wake every 100 ms while SIGINT is watched (sys.c). */
+ * and the system call is not an EINTR; the waits close that race
+ * instead of waking on a timer: a poll-based wait blocks SIGINT, checks
+ * the count, and lets ppoll unblock it atomically (sys.c); a futex-based
+ * wait watches the count itself as one more futex word, which the
+ * handler bumps and wakes (pt_interrupt_word): a SIGINT after the check
+ * changes the word, so the kernel does not sleep. */
 #include "worker.h"
 
 #include <errno.h>
@@ -46,6 +50,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -57,14 +63,23 @@
 /* ---- Ctrl-C ---------------------------------------------------------------- */
 
 static pid_t opener;                     /* the process that set the handlers */
-static unsigned sigint_count;            /* atomic: SIGINTs seen */
+static uint32_t sigint_count;            /* atomic: SIGINTs seen; a futex word */
 static struct sigaction chained;         /* the handler we run in front of */
-static __thread unsigned intr_seen;      /* sigint_count this thread acted on */
+static __thread uint32_t intr_seen;      /* sigint_count this thread acted on */
 static __thread int intr_pending;        /* a wait gave up for a SIGINT */
 static __thread int main_thread = -1;    /* cached: this is the process's main thread */
 
-static void on_sigint(int sig) {
+/* Count, and wake the futex waits that watch the count (a raw syscall:
+   async-signal-safe).  Shared, not private: wait.c's waits are. */
+static void count_sigint(void) {
+  int e = errno;
   __atomic_add_fetch(&sigint_count, 1, __ATOMIC_SEQ_CST);
+  syscall(SYS_futex, &sigint_count, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  errno = e;
+}
+
+static void on_sigint(int sig) {
+  count_sigint();
   if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN)
     chained.sa_handler(sig);
 }
@@ -105,6 +120,12 @@ int pt_interrupted(void) {
 
 int pt_interrupt_watched(void) {
   return chained.sa_handler != NULL && interruptible();
+}
+
+const uint32_t *pt_interrupt_word(uint32_t *expected) {
+  if (!pt_interrupt_watched()) return NULL;
+  *expected = intr_seen;
+  return &sigint_count;
 }
 
 int pt_interrupt_pending(void) { return intr_pending; }
@@ -363,7 +384,7 @@ static void stop(entry *e, int hard) {
 
 /* Poll until no worker of `set` runs (procs: no process), or `secs` pass
    (<0: forever), or (interrupt) a SIGINT comes.  Returns how many run. */
-static int wait_all(entry *set, int n, double secs, int procs, int interrupt, unsigned *sig0) {
+static int wait_all(entry *set, int n, double secs, int procs, int interrupt, uint32_t *sig0) {
   double end = secs < 0 ? -1 : pt_now() + secs;
   for (;;) {
     int i, left = 0;
@@ -418,14 +439,14 @@ static void cut_lifelines(entry *set, int n) {
 
 static void on_exit_sigint(int sig) {
   (void)sig;
-  __atomic_add_fetch(&sigint_count, 1, __ATOMIC_SEQ_CST);
+  count_sigint();
 }
 
 static void at_exit(const void *owner, int all) {
   struct sigaction old, sa;
   entry *set;
   int n, i, waited = 0, stopped = 0, have_old;
-  unsigned sig0 = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
+  uint32_t sig0 = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   int hard = policy == 1 || sig0 != 0 || (pt_self_ctx && pt_self_ctx->kind == PT_THREAD);
   on_main = is_main_thread() && (!pt_self_ctx || pt_self_ctx->kind == PT_MAIN);
   set = snapshot(owner, all, &n);

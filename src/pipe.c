@@ -1,4 +1,4 @@
-/* pipe.c - message pipes: pt.pipe(), p:send/recv/close..., pt.select.
+/* pipe.c - message pipes: pt.pipe(), p:send/recv/close... (pt.select: select.c).
  *
  * A pipe is an OS pipe plus a small shared mapping (MAP_SHARED, inherited
  * by forked children) that holds two robust process-shared locks and the
@@ -25,6 +25,7 @@
  * consumes the one its EPIPE raised; the disposition is never changed. */
 #include "pt.h"
 #include "frame.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +35,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -42,9 +44,8 @@
 
 #define PIPE_MT "procthread.Pipe"
 #define RBUF_SIZE (64 * 1024)
-#define LOCK_SLICE 0.05        /* seconds between cancellation checks */
+#define CLOSE_SLICE 0.05       /* without an eventfd (EMFILE): see wait_room */
 #define STALL_CHECK 0.1        /* mid-message wait before checking the writer */
-#define SELECT_MAX 1024
 
 typedef struct pipe_shm {
   pthread_mutex_t wlock;      /* held by a sender for a whole message */
@@ -68,6 +69,9 @@ typedef struct pt_pipe {
   int rfd, wfd;               /* -1 once closed in this process */
   int rbusy, wbusy;           /* calls using rfd / wfd right now */
   int rclosing, wclosing;     /* close asked while busy: the last call closes */
+  int close_ev;               /* eventfd written when rclosing is set (a
+                                 sender holding the read end waits on it),
+                                 made on first need, or -1 */
   uint64_t id;
   pid_t born;                 /* the process that made the pipe */
   unsigned forks;             /* fork_count when it was made */
@@ -130,6 +134,7 @@ static void pipe_destroy(pt_pipe *p) {
   p->rfd = -1;
   finish_read_close(p, rfd);
   close_fd_now(&p->wfd);
+  close_fd_now(&p->close_ev);
   pt_buf_free(&p->park);
   munmap(p->shm, sizeof *p->shm);
   pthread_mutex_destroy(&p->mu);
@@ -179,31 +184,27 @@ static int init_robust(pthread_mutex_t *m) {
 
 enum { LK_OK = 0, LK_DIED = 1, LK_ERR = -1, LK_CANCEL = -2, LK_TIMEOUT = -3 };
 
-/* Take m before deadline (<0: none), in slices so that a thread can be
-   cancelled while it waits.  LK_DIED: taken, and the previous holder died
-   with it (now consistent again). */
+/* Take m before deadline (<0: none), staying cancellable and (main
+   thread) interruptible while it waits: a futex wait on the lock's word
+   next to the cancel flag and the interrupt word (wait.c), no timer.
+   LK_DIED: taken, and the previous holder died with it (now consistent
+   again).  LK_CANCEL: cancelled, or interrupted (pt_raise_cancelled). */
 static int lock_robust(pthread_mutex_t *m, double deadline) {
-  for (;;) {
-    struct timespec ts;
-    double slice = LOCK_SLICE, now;
-    int r = pthread_mutex_trylock(m);
-    if (r == 0) return LK_OK;
-    if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return LK_DIED; }
-    if (r != EBUSY) { errno = r; return LK_ERR; }
-    if (pt_cancel_requested()) return LK_CANCEL;
-    now = pt_now();
-    if (deadline >= 0) {
-      if (now >= deadline) return LK_TIMEOUT;
-      if (deadline - now < slice) slice = deadline - now;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)slice;
-    ts.tv_nsec += (long)((slice - (double)(time_t)slice) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-    r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-    if (r == 0) return LK_OK;
-    if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return LK_DIED; }
-    if (r != ETIMEDOUT && r != EINTR) { errno = r; return LK_ERR; }
+  pt_ctx *c = pt_self_ctx;
+  uint32_t iv = 0;
+  const uint32_t *iw;
+  int r = pthread_mutex_trylock(m);
+  if (r == 0) return LK_OK;                  /* the common case: no wait */
+  if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return LK_DIED; }
+  if (pt_interrupted()) return LK_CANCEL;
+  iw = pt_interrupt_word(&iv);
+  switch (pt_lock_wait(m, deadline, c ? c->cancel : NULL, iw, iv)) {
+    case PT_OK: return LK_OK;
+    case PT_OWNERDEAD: return LK_DIED;
+    case PT_TIMEOUT: return LK_TIMEOUT;
+    case PT_CANCELLED: return LK_CANCEL;
+    case PT_INTR: pt_interrupted(); return LK_CANCEL;
+    default: return LK_ERR;
   }
 }
 
@@ -213,7 +214,10 @@ static int lock_robust(pthread_mutex_t *m, double deadline) {
    take its fd out for finish_read_close.  Returns that fd or -1. */
 static int read_end_idle(pt_pipe *p) {
   int fd = -1;
-  if (p->rbusy == 0 && p->rclosing) { fd = p->rfd; p->rfd = -1; p->rclosing = 0; }
+  if (p->rbusy == 0 && p->rclosing) {
+    fd = p->rfd; p->rfd = -1; p->rclosing = 0;
+    close_fd_now(&p->close_ev);       /* no sender holds the read end now */
+  }
   return fd;
 }
 
@@ -269,6 +273,10 @@ static void end_close(pt_pipe *p, int r) {
   pthread_mutex_lock(&p->mu);
   if (r) {
     if (p->rfd >= 0) p->rclosing = 1;
+    if (p->rclosing && p->close_ev >= 0) {        /* wake a sender holding it */
+      uint64_t one = 1;
+      if (write(p->close_ev, &one, sizeof one) < 0) { /* it is readable already */ }
+    }
     rfd = read_end_idle(p);
   } else {
     if (p->wbusy) p->wclosing = p->wfd >= 0; else close_fd_now(&p->wfd);
@@ -277,13 +285,16 @@ static void end_close(pt_pipe *p, int r) {
   finish_read_close(p, rfd);
 }
 
-/* Has a close of the read end been asked (a sender holding it busy)? */
-static int read_end_closing(pt_pipe *p) {
-  int c;
+/* For a sender holding the read end busy: -2 when a close of it has been
+   asked, else the eventfd end_close writes when one is (made here on
+   first need), or -1 when none can be made. */
+static int close_event(pt_pipe *p) {
+  int fd;
   pthread_mutex_lock(&p->mu);
-  c = p->rclosing;
+  if (!p->rclosing && p->close_ev < 0) p->close_ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  fd = p->rclosing ? -2 : p->close_ev;
   pthread_mutex_unlock(&p->mu);
-  return c;
+  return fd;
 }
 
 /* ---- handles -------------------------------------------------------------- */
@@ -327,6 +338,7 @@ static int l_pipe(lua_State *L) {
   p->refs = 1;
   p->rfd = fds[0];
   p->wfd = fds[1];
+  p->close_ev = -1;
   p->shm = s;
   p->born = getpid();
   p->forks = __atomic_load_n(&fork_count, __ATOMIC_RELAXED);
@@ -499,21 +511,27 @@ static void sigpipe_unguard(sender *sd, int r) {
   sd->masked = 0;
 }
 
-/* Wait for room.  A sender keeping the read end busy waits in slices: when
-   another thread asks to close that end, it lets it go (and the close
-   happens), guards against SIGPIPE and goes on as any other sender, which
-   the OS answers with EPIPE when no reader is left.  1 room, or WR_*. */
+/* Wait for room.  A sender keeping the read end busy also waits for a
+   close of that end asked by another thread (an eventfd end_close writes):
+   it lets the end go (and the close happens), guards against SIGPIPE and
+   goes on as any other sender, which the OS answers with EPIPE when no
+   reader is left.  1 room, or WR_*. */
 static int wait_room(sender *sd) {
   for (;;) {
-    int r = pt_wait_fd(sd->fd, POLLOUT, sd->reader ? LOCK_SLICE : -1);
-    if (r == -2) return WR_CANCEL;
-    if (r < 0) return WR_ERR;
-    if (r > 0) return 1;
-    if (sd->reader && read_end_closing(sd->p)) {
+    struct pollfd p[3];
+    int n = 0, ev = -1, r;
+    p[n].fd = sd->fd; p[n++].events = POLLOUT;
+    if (sd->reader && (ev = close_event(sd->p)) >= 0) { p[n].fd = ev; p[n++].events = POLLIN; }
+    if (ev == -2) {
       sd->reader = 0;
       sigpipe_guard(sd);
       end_done(sd->p, 1);
+      continue;
     }
+    r = pt_poll_wait(p, n, sd->reader && ev < 0 ? pt_now() + CLOSE_SLICE : -1);
+    if (r == -2) return WR_CANCEL;
+    if (r == -1) return WR_ERR;
+    if (r == 0) return 1;
   }
 }
 
@@ -995,86 +1013,21 @@ static int l_recv(lua_State *L) {
   return n;
 }
 
-/* ---- select ------------------------------------------------------------------ */
+/* ---- for pt.select (select.c) ---------------------------------------------- */
 
-static int l_select(lua_State *L) {
-  double timeout, deadline;
-  int n, i, cfd, ready = 0;
-  struct pollfd stackfds[17], *pfd = stackfds;
-  pt_pipe *ps[17], **pp = ps;
-  pt_ctx *c = pt_self_ctx;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  timeout = pt_opttimeout(L, 2);
-  n = (int)pt_rawlen(L, 1);
-  if (n > SELECT_MAX) return luaL_argerror(L, 1, "too many pipes");
-  for (i = 1; i <= n; i++) {
-    handle *h;
-    lua_rawgeti(L, 1, i);
-    h = (handle *)pt_testudata(L, -1, PIPE_MT);
-    lua_pop(L, 1);
-    if (!h) return luaL_error(L, "bad argument #1 to 'select' (pipes[%d] is not a pipe)", i);
-    if (!h->p) return luaL_error(L, "bad argument #1 to 'select' (pipes[%d] is closed)", i);
-  }
-  if (n > 16) {
-    pfd = (struct pollfd *)lua_newuserdata(L, (size_t)(n + 1) * sizeof *pfd);
-    pp = (pt_pipe **)lua_newuserdata(L, (size_t)n * sizeof *pp);
-  }
-  for (i = 0; i < n; i++) {
-    handle *h;
-    lua_rawgeti(L, 1, i + 1);
-    h = (handle *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    pp[i] = h->p;
-    pfd[i].fd = end_begin(h->p, 1);
-    if (pfd[i].fd < 0) {
-      int bad = i + 1;
-      while (i-- > 0) end_done(pp[i], 1);
-      return luaL_error(L, "bad argument #1 to 'select' (pipes[%d]: read end is closed)", bad);
-    }
-    pfd[i].events = POLLIN;
-  }
-  cfd = c && c->cancel_fd >= 0 ? c->cancel_fd : -1;
-  pfd[n].fd = cfd; pfd[n].events = POLLIN;
-  deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  for (;;) {
-    int r, ms;
-    for (i = 0; i < n; i++) {               /* bytes already read ahead */
-      pipe_shm *s = pp[i]->shm;
-      if (__atomic_load_n(&s->rend, __ATOMIC_ACQUIRE) !=
-          __atomic_load_n(&s->rstart, __ATOMIC_ACQUIRE)) { ready = i + 1; break; }
-    }
-    if (ready || pt_cancel_requested() || pt_interrupted()) break;
-    if (deadline < 0) ms = -1;
-    else {
-      double left = deadline - pt_now();
-      ms = left <= 0 ? 0 : left > 86400 ? 86400000 : (int)(left * 1000.0 + 0.999);
-    }
-    for (i = 0; i <= n; i++) pfd[i].revents = 0;
-    r = poll(pfd, (nfds_t)(n + 1), ms);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ready = -1;
-      break;
-    }
-    for (i = 0; i < n; i++)
-      if (pfd[i].revents) { ready = i + 1; break; }
-    if (ready || (cfd >= 0 && pfd[n].revents)) break;
-    if (r == 0 && deadline >= 0 && pt_now() >= deadline) break;
-  }
-  i = errno;
-  {
-    int k;
-    for (k = 0; k < n; k++) end_done(pp[k], 1);
-  }
-  if (ready > 0) {
-    lua_rawgeti(L, 1, ready);
-    return 1;
-  }
-  if (ready < 0) return pt_push_oserror(L, "poll", i);
-  if (pt_cancel_requested() || pt_interrupt_pending()) return pt_raise_cancelled(L);
-  lua_pushnil(L);
-  lua_pushliteral(L, "timeout");
-  return 2;
+int pt_pipe_get(lua_State *L, int idx, void **pipe) {
+  handle *h = (handle *)pt_testudata(L, idx, PIPE_MT);
+  *pipe = h ? h->p : NULL;
+  return h != NULL;
+}
+
+int pt_pipe_watch(void *pipe) { return end_begin((pt_pipe *)pipe, 1); }
+
+void pt_pipe_unwatch(void *pipe) { end_done((pt_pipe *)pipe, 1); }
+
+int pt_pipe_buffered(void *pipe) {
+  pipe_shm *s = ((pt_pipe *)pipe)->shm;
+  return __atomic_load_n(&s->rend, __ATOMIC_ACQUIRE) != __atomic_load_n(&s->rstart, __ATOMIC_ACQUIRE);
 }
 
 /* ---- crossing the codec: by reference ---------------------------------------- */
@@ -1149,7 +1102,7 @@ void pt_open_pipe(lua_State *L) {
     {"send", l_send}, {"recv", l_recv}, {"close", l_close},
     {"close_write", l_close_write}, {"close_read", l_close_read},
     {"fds", l_fds}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"pipe", l_pipe}, {"select", l_select}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"pipe", l_pipe}, {NULL, NULL}};
   pt_atfork_child(pipe_after_fork);
   pthread_once(&fork_once, watch_forks);
   if (luaL_newmetatable(L, PIPE_MT)) {

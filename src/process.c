@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -385,6 +386,56 @@ int pt_process_wait(pt_worker *w, double timeout) {
       }
     }
   }
+}
+
+/* The results are in, or every write end of the result pipe is closed:
+   the pipe has nothing more to say (it would stay readable). */
+static int pipe_done(pt_worker *w) {
+  struct pollfd p;
+  if (result_complete(w)) return 1;
+  p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN);
+}
+
+int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice) {
+  int r;
+  *n = 0;
+  *slice = 0;
+  if (w->joined) return 1;
+  if (drain(w) != 0) return -1;
+  if ((r = try_reap(w)) != 0) return r;
+  if (!pipe_done(w)) fds[(*n)++] = w->result_fd;
+  if (w->done_fd >= 0) fds[(*n)++] = w->done_fd;
+  else *slice = 1;                              /* no pidfd: look again soon */
+  return 0;
+}
+
+/* Watch a dup of fd (kept in *aux) from the epoll ep. */
+static int watch_dup(int ep, int fd, int *aux) {
+  struct epoll_event ev;
+  if (fd < 0) return 0;
+  *aux = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (*aux < 0) return -1;
+  memset(&ev, 0, sizeof ev);
+  ev.events = EPOLLIN;
+  return epoll_ctl(ep, EPOLL_CTL_ADD, *aux, &ev);
+}
+
+/* The dups stay open with the record, so the epoll keeps watching them
+   after a join closed the originals: it stays readable. */
+int pt_process_fd(pt_worker *w) {
+  int ep = epoll_create1(EPOLL_CLOEXEC), e;
+  if (ep < 0) return -1;
+  if (watch_dup(ep, w->result_fd, &w->user_aux[0]) == 0 &&
+      watch_dup(ep, w->done_fd, &w->user_aux[1]) == 0)
+    return ep;
+  e = errno;
+  pt_close(ep);
+  pt_close(w->user_aux[0]);
+  pt_close(w->user_aux[1]);
+  w->user_aux[0] = w->user_aux[1] = -1;
+  errno = e;
+  return -1;
 }
 
 int pt_process_signal(pt_worker *w, int sig) {

@@ -47,6 +47,14 @@ int pt_cancel_requested(void);
    pass (<0: forever).  Returns 1 ready, 0 timeout, -1 OS error (errno set),
    -2 this thread was cancelled.  Retries on EINTR. */
 int pt_wait_fd(int fd, short events, double timeout);
+/* Wait until one of p[0..n) is ready (the caller sets fd and events), or
+   the deadline passes (absolute, pt_now(); < 0: forever).  p has room for
+   n + 1 entries: the last is this thread's cancel eventfd.  Returns the
+   index of the first ready entry, -3 timeout, -1 OS error (errno), -2
+   cancelled or (main thread) interrupted: see pt_raise_cancelled.  No
+   timer: a Ctrl-C that lands just before the sleep still ends it. */
+struct pollfd;
+int pt_poll_wait(struct pollfd *p, int n, double deadline);
 /* Like pt_wait_fd over many fds: returns index of first ready fd, -3 for
    timeout, -1 error, -2 cancelled. */
 int pt_wait_fds(const int *fds, int n, short events, double timeout);
@@ -153,6 +161,15 @@ void pt_open_table(lua_State *L);
 int pt_push_shm_error(lua_State *L, int err);
 void pt_open_array(lua_State *L);
 void pt_open_pipe(lua_State *L);
+/* pipe.c, for pt.select: is the value at idx a pipe handle (*pipe: its
+   pipe, NULL once closed)?  watch: start watching its read end (the fd,
+   or -1 when closed), unwatch when done; buffered: a message is read
+   ahead already. */
+int pt_pipe_get(lua_State *L, int idx, void **pipe);
+int pt_pipe_watch(void *pipe);
+void pt_pipe_unwatch(void *pipe);
+int pt_pipe_buffered(void *pipe);
+void pt_open_select(lua_State *L);    /* select.c */
 void pt_open_channel(lua_State *L);   /* channel.c */
 void pt_open_sync(lua_State *L);      /* sync.c */
 
@@ -173,6 +190,11 @@ int pt_take_interrupt(void);
 /* SIGINT is watched and this thread is the one it interrupts: its
    blocking waits must be ones that return on EINTR. */
 int pt_interrupt_watched(void);
+/* For a futex wait of a thread pt_interrupt_watched says yes to: the word
+   the SIGINT handler bumps and wakes, and (*expected) the value it holds
+   while no SIGINT is new to this thread.  Check pt_interrupted() first,
+   then sleep while the word equals *expected.  NULL: not watched. */
+const uint32_t *pt_interrupt_word(uint32_t *expected);
 /* The registry of workers not yet ended (each entry holds a reference). */
 void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */

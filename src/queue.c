@@ -237,3 +237,20 @@ uint32_t pt_queue_count(pt_off off) {
 }
 
 uint32_t pt_queue_capacity(pt_off off) { return Q(off)->cap; }
+
+/* Receivers sleep on the put end (put_slot and close wake its waiters
+   before publishing): so does a watcher, under the put end's lock. */
+int pt_queue_watch(pt_off off, const uint32_t **word, uint32_t *value) {
+  queue *q = Q(off);
+  int ready;
+  if (pt_queue_count(off) || LOAD(q->closed)) return 1;
+  if (pt_lock(&q->put.mu, repair, q) == PT_ERR) return 1;   /* the get will say why */
+  ready = LOAD(q->put.index) != LOAD(q->get.index) || LOAD(q->closed);
+  if (!ready) {                 /* as pt_cond_wait does, without the sleep */
+    __atomic_store_n(&q->put.waiters.sleeping, 1, __ATOMIC_RELAXED);
+    *value = __atomic_load_n(&q->put.waiters.seq, __ATOMIC_RELAXED);
+    *word = &q->put.waiters.seq;
+  }
+  pt_unlock(&q->put.mu);
+  return ready;
+}

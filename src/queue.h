@@ -55,6 +55,10 @@ void pt_qmsg_done(pt_qmsg *m);
 /* Close: every waiter wakes; put fails from now on; get drains. */
 void pt_queue_close(pt_off q);
 uint32_t pt_queue_count(pt_off q);
+/* (pt.select) 1 when a get would not wait (a message, or closed).  Else
+   0, and a put or a close wakes a sleeper of *word while it holds *value
+   (the queue's not-empty condition, marked as slept on). */
+int pt_queue_watch(pt_off q, const uint32_t **word, uint32_t *value);
 uint32_t pt_queue_capacity(pt_off q);
 
 #endif

@@ -324,7 +324,8 @@ static void *thread_main(void *arg) {
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
   /* Publish the end.  A plain joiner waits for the thread's exit; one that
-     must stay cancellable sleeps on w->done (see pt_thread_wait). */
+     must stay cancellable, and pt.select, sleep on w->done (a futex; see
+     pt_thread_wait); w:fd() is an eventfd written here. */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
@@ -474,6 +475,17 @@ int pt_thread_wait(pt_worker *w, double timeout) {
   pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
   joined(w);
   return 1;
+}
+
+/* The seq_cst store of the fd and the thread's seq_cst store of w->done
+   pair up: one of the two sides always sees the other. */
+int pt_thread_done_fd(pt_worker *w) {
+  if (w->done_fd < 0) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return -1;
+    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+  }
+  return w->done_fd;
 }
 
 void pt_thread_cancel(pt_worker *w) {

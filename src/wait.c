@@ -275,3 +275,71 @@ int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
   if (lk == PT_ERR) abort();     /* only ENOTRECOVERABLE, which pt_lock prevents */
   return r;
 }
+
+/* ---- robust locks held for long (added for pipes by the select work) -------
+ * A pipe's message locks are held for a whole message, which may wait on a
+ * full pipe: their waiters must stay cancellable and interruptible.  glibc's
+ * robust mutex word follows the kernel's robust-futex protocol (owner tid,
+ * FUTEX_WAITERS, FUTEX_OWNER_DIED): a waiter sets FUTEX_WAITERS and sleeps
+ * on the word; the unlocker that sees the bit wakes one sleeper; the kernel,
+ * when the owner dies, marks the word FUTEX_OWNER_DIED and wakes one too.
+ * So the wait is a futex_waitv over that word, the cancel flag and the
+ * interrupt word.  The lock is taken only by pthread_mutex_trylock; a waiter
+ * that slept sets FUTEX_WAITERS again once it holds the lock (others may
+ * sleep still), as glibc's own lock does. */
+#if defined(__GLIBC__)
+int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel,
+                 const uint32_t *intr, uint32_t intr_expected) {
+  uint32_t *word = (uint32_t *)&m->__data.__lock;
+  int slept = 0;
+  for (;;) {
+    const uint32_t *words[2];
+    uint32_t expected[2], v;
+    int r = pthread_mutex_trylock(m), st;
+    if (r == 0 || r == EOWNERDEAD) {
+      if (slept) __atomic_fetch_or(word, FUTEX_WAITERS, __ATOMIC_RELAXED);
+      if (r == 0) return PT_OK;
+      pthread_mutex_consistent(m);
+      return PT_OWNERDEAD;
+    }
+    if (r != EBUSY) { errno = r; return PT_ERR; }
+    if (cancelled(cancel)) return PT_CANCELLED;
+    if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
+    v = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    if (v == 0 || (v & FUTEX_OWNER_DIED)) continue;      /* free, or its owner died */
+    if (!(v & FUTEX_WAITERS)) {
+      if (!__atomic_compare_exchange_n(word, &v, v | FUTEX_WAITERS, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        continue;
+      v |= FUTEX_WAITERS;
+    }
+    words[0] = word; expected[0] = v;
+    words[1] = intr; expected[1] = intr_expected;
+    st = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+    slept = 1;
+    if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again */
+    if (st == PT_INTR && !(intr && __atomic_load_n(intr, __ATOMIC_ACQUIRE) != intr_expected))
+      continue;                                          /* not a Ctrl-C */
+    return st;
+  }
+}
+#else
+int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel,
+                 const uint32_t *intr, uint32_t intr_expected) {
+  for (;;) {                     /* no known lock word: 50 ms slices */
+    struct timespec ts;
+    int r = pthread_mutex_trylock(m);
+    if (r == 0) return PT_OK;
+    if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return PT_OWNERDEAD; }
+    if (r != EBUSY) { errno = r; return PT_ERR; }
+    if (cancelled(cancel)) return PT_CANCELLED;
+    if (intr && __atomic_load_n(intr, __ATOMIC_ACQUIRE) != intr_expected) return PT_INTR;
+    if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
+    ts = to_timespec(step_until(deadline, SLICE));
+    r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    if (r == 0) return PT_OK;
+    if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return PT_OWNERDEAD; }
+    if (r != ETIMEDOUT && r != EINTR) { errno = r; return PT_ERR; }
+  }
+}
+#endif

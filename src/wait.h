@@ -112,4 +112,13 @@ void pt_cond_wake(pt_cond *c);
 int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
                  const volatile int *cancel, void (*repair)(void *), void *arg);
 
+/* ---- robust locks held for long (pipes; see wait.c) ----------------------
+   Take m (a robust mutex of pt_lock_init or the like) until the deadline,
+   staying a cancellation point (cancel) and, when intr is given (lifecycle's
+   pt_interrupt_word), interruptible: no timer.  PT_OK, PT_OWNERDEAD (taken
+   over; the caller repairs), PT_TIMEOUT, PT_CANCELLED, PT_INTR (the
+   interrupt word moved), PT_ERR. */
+int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel,
+                 const uint32_t *intr, uint32_t intr_expected);
+
 #endif

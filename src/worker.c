@@ -3,7 +3,9 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,7 +22,8 @@ pt_worker *pt_worker_new(int kind) {
   if (!w) return NULL;
   w->kind = kind;
   w->refs = 1;
-  w->done_fd = w->cancel_fd = w->result_fd = -1;
+  w->done_fd = w->cancel_fd = w->result_fd = w->user_fd = -1;
+  w->user_aux[0] = w->user_aux[1] = -1;
   w->exit_code = w->signal = -1;
   pt_buf_init(&w->job);
   pt_buf_init(&w->result);
@@ -33,6 +36,9 @@ void pt_worker_unref(pt_worker *w) {
   pt_close(w->done_fd);
   pt_close(w->cancel_fd);
   pt_close(w->result_fd);
+  pt_close(w->user_fd);
+  pt_close(w->user_aux[0]);
+  pt_close(w->user_aux[1]);
   pt_discard(w->job.data, w->job.len);
   pt_buf_free(&w->job);
   if (!w->result_is_error) pt_discard(w->result.data, w->result.len);
@@ -55,6 +61,12 @@ pt_worker *pt_worker_of(lua_State *L, int i) {
   handle *h = (handle *)luaL_checkudata(L, i, PT_WORKER_MT);
   if (!h->w) luaL_argerror(L, i, "the worker handle was collected");
   return h->w;
+}
+
+int pt_worker_get(lua_State *L, int i, pt_worker **w) {
+  handle *h = (handle *)pt_testudata(L, i, PT_WORKER_MT);
+  *w = h && h->owner == getpid() ? h->w : NULL;
+  return h != NULL;
 }
 
 /* The record of the handle at index 1 for method `op`.  A handle whose
@@ -201,6 +213,34 @@ static int w_status(lua_State *L) {
   int st = current_status(L, check(L, "status"));
   if (st < 0) return pt_push_oserror(L, "status", errno);
   lua_pushstring(L, status_names[st]);
+  return 1;
+}
+
+/* An fd that is readable already: a worker that has ended. */
+static int readable_fd(void) { return eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+static int thread_fd(pt_worker *w) {
+  uint64_t one = 1;
+  int fd = pt_thread_done_fd(w);
+  if (fd < 0) return -1;
+  fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  /* it ended before the thread could see the eventfd: say so ourselves */
+  if (fd >= 0 && __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) &&
+      write(fd, &one, sizeof one) < 0) { /* readable already */ }
+  return fd;
+}
+
+/* w:fd() -> an fd that becomes readable once the worker has finished.  The
+   worker owns it: the same fd every call, closed when the handle is
+   collected (stop watching it before letting the handle go). */
+static int w_fd(lua_State *L) {
+  pt_worker *w = check(L, "fd");
+  if (w->user_fd < 0) {
+    if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) w->user_fd = readable_fd();
+    else w->user_fd = w->kind == PT_THREAD ? thread_fd(w) : pt_process_fd(w);
+    if (w->user_fd < 0) return pt_push_oserror(L, "fd", errno);
+  }
+  lua_pushinteger(L, w->user_fd);
   return 1;
 }
 
@@ -361,7 +401,7 @@ static int l_spawn(lua_State *L) {
 void pt_open_worker(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
-    {"kill", w_kill}, {"info", w_info}, {NULL, NULL}};
+    {"kill", w_kill}, {"info", w_info}, {"fd", w_fd}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
     {"spawn", l_spawn}, {"spawn_thread", pt_thread_spawn},
     {"spawn_process", pt_process_spawn}, {NULL, NULL}};

@@ -23,6 +23,9 @@ typedef struct pt_worker {
   int done_fd;                /* thread: eventfd made by a cancellable joiner,
                                  or -1; process: pidfd or -1 */
   int cancel_fd;              /* thread: eventfd */
+  int user_fd;                /* w:fd(): readable once done, or -1; closed
+                                 with the record */
+  int user_aux[2];            /* process: the fds user_fd (an epoll) watches */
   int result_fd;              /* process: read end of the result pipe */
   pt_buf job;                 /* thread: encoded fn and args */
   pt_buf result;              /* encoded results, or the error message */
@@ -47,7 +50,15 @@ void pt_worker_push(lua_State *L, pt_worker *w);
 /* The record of the worker handle at index i (raises if it is not one). */
 pt_worker *pt_worker_of(lua_State *L, int i);
 
+/* The record of the worker handle at index i for pt.select: 0 when it is
+   not a worker handle; else 1, *w NULL when the handle was collected or
+   belongs to another process. */
+int pt_worker_get(lua_State *L, int i, pt_worker **w);
+
 /* thread.c */
+/* The eventfd the thread writes at its end (made on first call), or -1
+   (errno).  After the call, look at w->done once more before sleeping. */
+int pt_thread_done_fd(pt_worker *w);
 int pt_thread_spawn(lua_State *L);                       /* pt.spawn_thread */
 /* Wait for the thread's end up to timeout: 1 done, 0 timeout, -2 the
    caller was cancelled, -1 error (errno). */
@@ -63,6 +74,14 @@ void pt_thread_fork(int stage);
 /* process.c */
 int pt_process_spawn(lua_State *L);                      /* pt.spawn_process */
 int pt_process_wait(pt_worker *w, double timeout);
+/* For pt.select: read what results came, reap if it ended.  1 ended, -1
+   error (errno); 0 running: sleep until one of fds[0..*n) is readable,
+   then call again (*n may be 0: no pidfd, and the results are in; then
+   *slice is set and the caller looks again after a short while). */
+int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice);
+/* w:fd() of a process: an fd readable once its results are waiting or it
+   has ended (an epoll over dups of the result pipe and the pidfd). */
+int pt_process_fd(pt_worker *w);
 int pt_process_signal(pt_worker *w, int sig);            /* 0 or errno */
 void pt_process_release(pt_worker *w);      /* handle collected */
 
