@@ -129,13 +129,12 @@ pid_t pt_shm_fork(pt_shm_counts *held) {
   pid = fork();
   e = errno;
   if (pid == 0) {
-    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     free(held->v);               /* the parent's record, not ours */
     held->v = NULL;
     held->n = 0;
     handles_pid = getpid();
     handles = NULL;              /* the inherited ones hold the parent's counts */
-    handles_mu = fresh;          /* its owner, the parent's thread, is not here */
+    pthread_mutex_unlock(&handles_mu);   /* held across the fork by this very thread */
     return 0;
   }
   pthread_mutex_unlock(&handles_mu);
