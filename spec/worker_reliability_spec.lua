@@ -431,7 +431,7 @@ describe("worker reliability", function()
       ws = nil; collectgarbage(); collectgarbage()
       io.write("after: ", tostring(select(2, pt.spawn_thread(function() return 42 end):join(20))), "\n")
     ]]
-    it("fails with 'not enough memory'; the process does not abort #notsan", function()
+    it("fails with 'not enough memory'; the process does not abort #notsan #rlimit", function()
       for _, limit in ipairs { 100000, 200000, 300000 } do
         local status, out = H.fresh(CODE, "ulimit -v " .. limit .. ";")
         assert.not_matches("PANIC", out, 1, true)
