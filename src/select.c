@@ -33,7 +33,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -279,31 +278,6 @@ static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *re
   return r == -2 ? PT_CANCELLED : PT_ERR;
 }
 
-/* Before the first sleep, look at the futex objects for up to 10 us
-   (loads only: nothing is armed yet), as a channel's recv does: the other
-   side is often about to act, and a sleep and a wake-up cost more.  1: one
-   of them may be ready now. */
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-/* 1 when this process may run on more than one CPU (else the other side
-   cannot act while we spin). */
-static int many_cpus(void) {
-  static int n;                               /* 0: not asked yet */
-  int k = __atomic_load_n(&n, __ATOMIC_RELAXED);
-  if (!k) {
-    cpu_set_t set;
-    k = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    __atomic_store_n(&n, k, __ATOMIC_RELAXED);
-  }
-  return k > 1;
-}
-
 static int any_ready(sel *s) {
   int i;
   for (i = 0; i < s->n; i++) {
@@ -315,14 +289,18 @@ static int any_ready(sel *s) {
   return 0;
 }
 
+/* Before the first sleep, look at the futex objects for up to 10 us
+   (loads only: nothing is armed yet), as a channel's recv does: the other
+   side is often about to act, and a sleep and a wake-up cost more.  1: one
+   of them may be ready now. */
 /* Up to SPIN_SECONDS by the clock, looked at every SPIN_STEP pauses. */
 static int spin(sel *s) {
   double until = 0;
   int k;
-  if (s->nfd > 0 || !many_cpus()) return 0;  /* fds would need system calls */
+  if (s->nfd > 0 || !pt_spin_useful()) return 0;  /* fds would need system calls */
   for (k = 1;; k++) {
     if (any_ready(s)) return 1;
-    cpu_relax();
+    pt_cpu_relax();
     if (k % SPIN_STEP) continue;
     if (!until) until = pt_now() + SPIN_SECONDS;
     else if (pt_now() >= until) return 0;

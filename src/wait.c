@@ -185,7 +185,7 @@ void pt_seq_bump_wake(uint32_t *word) {
   pt_futex_wake(word, -1);
 }
 
-static void cpu_relax(void) {
+void pt_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
@@ -214,7 +214,7 @@ int pt_spin_while(const uint64_t *word, uint64_t v) {
   if (!pt_spin_useful()) return __atomic_load_n(word, __ATOMIC_ACQUIRE) != v;
   for (i = 1;; i++) {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
-    cpu_relax();
+    pt_cpu_relax();
     if (i % SPIN_STEP) continue;
     if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
     else if (pt_clock_now() >= until) return 0;
@@ -248,7 +248,7 @@ int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   for (i = 0; pt_spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
     if (r != EBUSY) return locked(m, r, repair, arg);
-    cpu_relax();
+    pt_cpu_relax();
   }
   return pt_lock(m, repair, arg);
 }

@@ -74,6 +74,8 @@ void pt_seq_bump_wake(uint32_t *word);
    (pt_spin_useful() == 0: the side it waits for cannot run meanwhile). */
 int pt_spin_while(const uint64_t *word, uint64_t v);
 int pt_spin_useful(void);
+/* One pause of a spin loop (the CPU's pause/yield hint). */
+void pt_cpu_relax(void);
 
 /* ---- robust process-shared locks --------------------------------------- */
 
