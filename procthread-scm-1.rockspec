@@ -29,6 +29,7 @@ build = {
         "src/codec_enc.c",
         "src/codec_ref.c",
         "src/core.c",
+        "src/floor.c",
         "src/frame.c",
         "src/handle.c",
         "src/htab.c",

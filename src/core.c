@@ -46,5 +46,6 @@ int luaopen_procthread_core(lua_State *L) {
   pt_open_select(L);
   pt_open_channel(L);
   pt_open_sync(L);
+  pt_open_floor(L);
   return 1;
 }

@@ -172,6 +172,7 @@ int pt_pipe_buffered(void *pipe);
 void pt_open_select(lua_State *L);    /* select.c */
 void pt_open_channel(lua_State *L);   /* channel.c */
 void pt_open_sync(lua_State *L);      /* sync.c */
+void pt_open_floor(lua_State *L);     /* floor.c: the lab's C floors */
 
 /* core.c: build the module table (used by luaopen and by new thread
    states, which get the module without a file search). */
