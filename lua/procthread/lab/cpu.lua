@@ -29,7 +29,7 @@ E.rule = ("With C cores and T(kind, w) the median time of the kernel split over 
   "scale(kind) = T(kind, 1) / T(kind, C). A kind uses the cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the " ..
   "noise: the p10 – p90 of T(kind, 1) lies wholly above that factor times the p10 – p90 of T(kind, C); it does not when " ..
   "wholly below. Holds: both kinds do; holds only for one kind: the other does not although its workers got their CPU time; " ..
-  "contradicted: neither does. Not measured: a kind's scaling is within noise, one core, or a kind fell short while its C workers got less than " ..
+  "contradicted: neither does. Within noise: a kind's scaling is within noise (measured, but the spreads overlap the mark). Not measured: one core, or a kind fell short while its C workers got less than " ..
   "%g*C cores of CPU time, or its CPU time is unknown (user+sys of the workers / wall time: the machine was busy with other work). The speedup " ..
   "over the parent running the kernel alone, and the array fill, are reported beside it."):format(E.SHARE, E.OBTAINED)
 
@@ -275,8 +275,8 @@ function E.verdict(results)
   if #noisy > 0 then
     local parts = {}
     for _, kind in ipairs(noisy) do parts[#parts + 1] = ("%s %.2f×"):format(P[kind], m[kind].scale) end
-    v.verdict = "not measured"
-    v.condition = ("within noise: the scaling from 1 to %d workers (%s) is too close to %.2f× for the spread of the samples to tell"):format(
+    v.verdict = "within noise"
+    v.condition = ("the scaling from 1 to %d workers (%s) is too close to %.2f× for the spread of the samples to tell"):format(
       C, table.concat(parts, ", "), need)
     v.reading = ("From 1 to %d workers on %d cores the kernel ran %.2f× faster with processes and %.2f× with threads, but the p10 – p90 of the timings overlap the %.2f× mark, so this run decides nothing; more samples or a quieter machine would."):format(
       C, C, m.process.scale, m.thread.scale, need)

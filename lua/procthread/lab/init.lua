@@ -20,7 +20,7 @@
 --   params   { full = {...}, quick = {...}, tiny = {...} }  (tiny: specs)
 --   run(ctx) measures, recording everything through ctx (see Ctx below)
 --   verdict(results) -> { verdict = "holds" | "conditional" | "contradicted"
---                         | "not measured", condition = "...",
+--                         | "within noise" | "not measured", condition = "...",
 --                         process = "...", thread = "...", reading = "..." }
 --   table(results)   -> { header = {...}, rows = {{...}, ...} } (optional)
 --   charts(results)  -> list of chart specs for procthread.lab.svg (optional)
@@ -40,7 +40,10 @@ M.FORMAT = "procthread-lab/1"
 local unpack = unpack or table.unpack
 local pack, read_file, searchpath = util.pack, util.read_file, util.searchpath
 
-M.VERDICTS = { holds = true, conditional = true, contradicted = true, ["not measured"] = true }
+-- "within noise": measured, but the spreads overlap where the claim is
+-- decided (a verdict of its own; "not measured" is for what could not be
+-- measured)
+M.VERDICTS = { holds = true, conditional = true, contradicted = true, ["within noise"] = true, ["not measured"] = true }
 
 -- ---- machine facts ---------------------------------------------------------
 
@@ -405,7 +408,8 @@ end
 
 -- The verdict in the report's words ("holds only if ..."); `bold` marks
 -- the verdict itself up in Markdown.
-local WORDS = { holds = "holds", conditional = "holds only if", contradicted = "contradicted on this machine" }
+local WORDS = { holds = "holds", conditional = "holds only if", contradicted = "contradicted on this machine",
+                ["within noise"] = "within noise" }
 function M.verdict_text(v, bold)
   v = v or {}
   local c = v.condition ~= "" and v.condition or nil
