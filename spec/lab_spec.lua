@@ -251,32 +251,7 @@ describe("lab verdicts on synthetic data", function()
     assert.are.equal("not measured", (verdict_of("creation", results({ sizes_mib = { 0 } }, {}))))
   end)
 
-  local SIZES = { 8, 512, 32768, 1048576 }
-  local function comm(r, counter)
-    local s = {}
-    for i, size in ipairs(SIZES) do
-      s["rtt/table/thread/" .. size] = { 1e-5, 1e-5 }
-      s["rtt/pipe/process/" .. size] = { 1e-5 * r[i], 1e-5 * r[i] }
-    end
-    if counter then s["counter/process"] = { 1e6 }; s["counter/thread"] = { 2e6 } end
-    return results({ sizes = SIZES }, s)
-  end
-
-  it("communication: flips at 1.2x and finds the 2x size", function()
-    local v, cond = verdict_of("communication", comm({ 1.21, 1.5, 2.1, 3 }, true))
-    assert.are.equal("holds", v)
-    assert.matches("2× the shared table or more for 32 KiB and above", cond)
-    assert.are.equal("contradicted", (verdict_of("communication", comm({ 1.19, 1.0, 0.8, 1.1 }))))
-    v, cond = verdict_of("communication", comm({ 3, 2.5, 1.1, 1.0 }))
-    assert.are.equal("conditional", v)
-    assert.matches("messages are up to 512 B", cond)
-    assert.matches("2× the shared table or more for up to 512 B", cond)
-    v, cond = verdict_of("communication", comm({ 1.0, 1.1, 1.3, 1.9 }))
-    assert.are.equal("conditional", v)
-    assert.matches("32 KiB and above", cond)
-    assert.matches("never takes 2", cond)
-    assert.are.equal("not measured", (verdict_of("communication", results({ sizes = SIZES }, {}))))
-  end)
+  -- communication: spec/lab_communication_spec.lua
 
   -- The noise rule: `base` has a spread (p10 1 - 8 %, p90 1 + 8 %); the
   -- other side is constant, its median margin x 1.06 either way, its p10
@@ -292,24 +267,6 @@ describe("lab verdicts on synthetic data", function()
     assert.are.equal("below", stats.versus(stats.summary({ 1.0 }), b, 1.2))
     assert.are.equal("within noise", stats.versus(stats.summary({ 1.05 }), b, 1.0))
     assert.is_nil(stats.versus(stats.summary({}), b, 1.2))
-  end)
-
-  it("communication: a size whose spreads overlap is within noise, in no condition", function()
-    local function spread(above_at)
-      local s = {}
-      for i, size in ipairs(SIZES) do
-        s["rtt/table/thread/" .. size] = scaled(BASE, 1e-5)
-        s["rtt/pipe/process/" .. size] = scaled(side(1.2, above_at[i]), 1e-5)
-      end
-      return results({ sizes = SIZES }, s)
-    end
-    assert.are.equal("holds", (verdict_of("communication", spread({ true, true, true, true }))))
-    local v, cond = verdict_of("communication", spread({ true, true, true, false }))
-    assert.are.equal("holds", v)        -- no size outside the noise says otherwise
-    assert.matches("within noise at 1 MiB", cond)
-    v, cond = verdict_of("communication", spread({ false, false, false, false }))
-    assert.are.equal("not measured", v)
-    assert.matches("within noise at every size", cond)
   end)
 
   it("creation: a size whose spreads overlap is within noise, and no crossover comes from it", function()

@@ -8,21 +8,24 @@
  *   pt._floor_shm(size, count, kind)    memcpy into MAP_SHARED memory and a
  *       futex wake; the partner's futex wait and memcpy out, then the same
  *       way back: seconds per round trip.
+ *   (Both after one untimed round trip, which faults the buffers' pages in.)
  *
  * kind is "thread" (the partner is a pthread) or "process" (a forked child
  * that only copies and waits, and leaves with _exit).  A waiter spins at
- * most 10 us before it sleeps, and a writer wakes only a sleeping reader,
- * as procthread's own waits do (wait.c): the floor is what a careful C
- * program pays.  Nothing here hangs: a waiter sleeps in slices and checks
+ * most 20 us before it sleeps, yielding the CPU at each look (as pipe.c's
+ * reader does; not on one CPU), and a writer wakes only a sleeping reader
+ * (as wait.c does): the floor is what a careful C program pays.  Nothing here hangs: a waiter sleeps in slices and checks
  * that its partner lives; a child whose parent died leaves.  OS failures
  * return nil, "<op>: <strerror>", errno. */
 #include "pt.h"
 #include "wait.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -31,7 +34,7 @@
 #define MAX_SIZE ((lua_Integer)1 << 30)
 #define MAX_COUNT ((lua_Integer)1 << 30)
 #define SLICE 0.1               /* a sleep's length before a liveness check */
-#define SPIN_S 10e-6
+#define SPIN_S 20e-6            /* the longest spin before a sleep (pipe.c's) */
 
 typedef struct side {           /* one direction of the shm floor */
   uint32_t seq;                 /* futex word: bumped by each message */
@@ -57,9 +60,32 @@ typedef struct run {
 
 /* ---- the two mechanisms ----------------------------------------------------- */
 
+/* Before a sleep: spin (not on one CPU) at most SPIN_S until ready(arg),
+   yielding the CPU at each look, as procthread's pipe reader does: a
+   partner that waits for a CPU then runs at once. */
+static void spin(int (*ready)(const void *), const void *arg) {
+  double until = pt_clock_now() + SPIN_S;
+  if (!pt_spin_useful()) return;
+  while (!ready(arg) && pt_clock_now() < until) sched_yield();
+}
+
+static int has_data(const void *fd) {
+  int avail = 0;
+  return ioctl(*(const int *)fd, FIONREAD, &avail) != 0 || avail > 0;
+}
+
+typedef struct word_seen { const uint32_t *word; uint32_t seen; } word_seen;
+
+static int word_moved(const void *arg) {
+  const word_seen *w = arg;
+  return __atomic_load_n(w->word, __ATOMIC_ACQUIRE) != w->seen;
+}
+
 static int full_io(int fd, char *p, size_t n, int writing) {
   while (n > 0) {
-    ssize_t k = writing ? write(fd, p, n) : read(fd, p, n);
+    ssize_t k;
+    if (!writing) spin(has_data, &fd);
+    k = writing ? write(fd, p, n) : read(fd, p, n);
     if (k == 0) { errno = EPIPE; return -1; }
     if (k < 0) { if (errno == EINTR) continue; return -1; }
     p += k;
@@ -84,12 +110,10 @@ static int partner_alive(run *r, int parent_side) {
 /* Wait until s->seq leaves `seen`: 0, or -1 with errno when the partner
    died (ESRCH) or the wait failed. */
 static int await(run *r, side *s, uint32_t seen, int parent_side) {
-  double until = pt_clock_now() + SPIN_S;
-  int k = 0;
-  while (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == seen) {
-    pt_cpu_relax();
-    if (++k % 32 == 0 && (!pt_spin_useful() || pt_clock_now() >= until)) break;
-  }
+  word_seen w;
+  w.word = &s->seq;
+  w.seen = seen;
+  spin(word_moved, &w);
   while (__atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) == seen) {
     int e;
     __atomic_store_n(&s->sleeping, 1, __ATOMIC_SEQ_CST);
@@ -249,7 +273,8 @@ static int floor_run(lua_State *L, int shm, const char *fname) {
   sigemptyset(&pipeset);
   sigaddset(&pipeset, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipeset, &old);   /* a dead reader: EPIPE, no signal */
-  t = round_trips(&r, count);
+  t = round_trips(&r, 1);        /* untimed: the pages of every buffer faulted in */
+  if (t >= 0) t = round_trips(&r, count);
   e = errno;
   stop_partner(&r);
   if (!sigismember(&old, SIGPIPE)) {

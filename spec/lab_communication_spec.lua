@@ -1,0 +1,176 @@
+-- spec/lab_communication_spec.lua: the communication experiment's verdict
+-- on synthetic data (the noise rule on both sides of the margin, the
+-- grouping of sizes, what decides the cost), its tables and charts.
+local H = require "helper"
+local lab = require "procthread.lab"
+local E = require "procthread.lab.communication"
+
+local SIZES = { 8, 64, 512, 4096, 32768, 262144, 1048576 }
+local SMALL = { [8] = true, [64] = true, [512] = true, [4096] = true }
+
+-- `base` has a spread: p10 1 - 8 %, p90 1 + 8 %.  slower(m, true) is m x
+-- base with its p10 just above m x base's p90 (the noise rule says
+-- slower); slower(m, false) just below it (within noise).
+local BASE = { 0.9, 1.0, 1.1 }
+local function scaled(t, k) local r = {} for i, x in ipairs(t) do r[i] = x * k end return r end
+local function slower(margin, outside)
+  local x = margin * 1.08 * (outside and 1.02 or 0.98)
+  return { x, x, x }
+end
+
+-- Results where series rtt/mech/kind/size has the samples f(mech, kind, size)
+-- (times 10 µs); f returning nil leaves the series out.
+local function results(f, sizes)
+  local r = { params = { sizes = sizes or SIZES }, series = {}, data = {} }
+  for _, mech in ipairs({ "channel", "table", "pipe" }) do
+    for _, kind in ipairs({ "process", "thread" }) do
+      for _, size in ipairs(sizes or SIZES) do
+        local xs = f(mech, kind, size)
+        if xs then r.series[("rtt/%s/%s/%d"):format(mech, kind, size)] = { samples = scaled(xs, 1e-5), failed = 0, errors = {} } end
+      end
+    end
+  end
+  return r
+end
+
+local function verdict(f, sizes)
+  local v = lab.verdict(E, results(f, sizes))
+  return v.verdict, v.condition, v
+end
+
+-- The pipe is `pipe(size)` x the others; every kind costs the same.
+local function mechanism(pipe)
+  return function(mech, _, size)
+    if mech == "pipe" then return pipe(size) end
+    return BASE
+  end
+end
+
+local MECH_DECIDES = "processes talk over a pipe: the mechanism decides the cost, not the kind of worker " ..
+  "(the same mechanism is not slower between processes than between threads outside the noise)"
+
+describe("lab communication verdict", function()
+  H.no_leaks()
+
+  -- base x k, its p10 just above (or below) 1.2 x base's p90: with a
+  -- spread of its own, so that processes against threads overlap too
+  local function spread_slower(outside) return scaled(BASE, 1.2 * 1.08 / 0.92 * (outside and 1.02 or 0.98)) end
+
+  it("a pipe slower than a channel by the margin outside the noise, processes as fast as threads: the mechanism decides", function()
+    local v, cond = verdict(mechanism(function() return spread_slower(true) end))
+    assert.are.equal("conditional", v)
+    assert.are.equal(MECH_DECIDES, cond)
+    assert.are.equal("holds only if " .. MECH_DECIDES, lab.verdict_text({ verdict = v, condition = cond }))
+  end)
+
+  it("a pipe whose spread overlaps the margin is within noise, never slower", function()
+    -- spreads so wide (p10 0.84, p90 1.16) that processes against threads
+    -- overlap at 1.2x too
+    local WIDE = { 0.8, 1.0, 1.2 }
+    local function wide(outside)
+      return function(mech) return scaled(WIDE, mech == "pipe" and 1.2 * 1.16 / 0.84 * (outside and 1.02 or 0.98) or 1) end
+    end
+    assert.are.equal("conditional", (verdict(wide(true))))
+    local v, cond = verdict(wide(false))
+    assert.are.equal("within noise", v)
+    assert.matches("spreads overlap", cond)
+  end)
+
+  it("a pipe no slower than a channel outside the noise, nor processes than threads: contradicted", function()
+    local v = verdict(function() return { 1.0, 1.0, 1.0 } end)
+    assert.are.equal("contradicted", v)
+  end)
+
+  it("processes slower than threads with every mechanism, a pipe as fast as a channel: the kind decides", function()
+    local v, cond = verdict(function(_, kind) return kind == "process" and slower(1.2, true) or BASE end)
+    assert.are.equal("conditional", v)
+    assert.are.equal("the workers are processes: the kind of worker decides the cost, not the mechanism (a pipe costs what a channel does)", cond)
+  end)
+
+  it("both slower: holds, and says that both decide", function()
+    local v, cond = verdict(function(mech, kind)
+      local k = (kind == "process" and 2 or 1) * (mech == "pipe" and 2 or 1)
+      return scaled(BASE, k)
+    end)
+    assert.are.equal("holds", v)
+    assert.are.equal("both decide: a pipe is slower than a channel, and the same mechanism is slower between processes than between threads", cond)
+  end)
+
+  it("states a condition per group of sizes, never per size", function()
+    local v, cond = verdict(mechanism(function(size) return SMALL[size] and slower(1.2, true) or { 1.0, 1.0, 1.0 } end))
+    assert.are.equal("conditional", v)
+    assert.matches("^processes talk over a pipe and messages are up to 4 KiB: the mechanism decides", cond)
+    v, cond = verdict(mechanism(function(size) return SMALL[size] and BASE or slower(1.2, true) end))
+    assert.are.equal("conditional", v)
+    assert.matches("^processes talk over a pipe and messages are above 4 KiB: the mechanism decides", cond)
+  end)
+
+  it("one size that flips does not change the verdict or the condition (a strict majority of a group decides)", function()
+    local _, all = verdict(mechanism(function() return slower(1.2, true) end))
+    for _, flip in ipairs(SIZES) do
+      local v, cond = verdict(mechanism(function(size) return slower(1.2, size ~= flip) end))
+      assert.are.equal("conditional", v)
+      assert.are.equal(all, cond, "size " .. flip .. " within noise")
+    end
+    -- half of a group within noise: no majority, the group is within noise
+    local v, cond = verdict(mechanism(function(size) return slower(1.2, size ~= 8 and size ~= 64) end))
+    assert.are.equal("conditional", v)
+    assert.matches("^processes talk over a pipe and messages are above 4 KiB:", cond)
+  end)
+
+  it("a group's state: a strict majority outside the noise, on both sides", function()
+    assert.are.equal("slower", E.group_state({ "above", "above", "within noise" }))
+    assert.are.equal("within noise", E.group_state({ "above", "above", "within noise", "below" }))
+    assert.are.equal("not slower", E.group_state({ "below", "below", "above" }))
+    assert.are.equal("within noise", E.group_state({ "below", "within noise" }))
+    assert.is_nil(E.group_state({}))
+  end)
+
+  it("the same verdict and the same condition whatever the ratios outside the noise (no number in the condition)", function()
+    local conds = {}
+    for _, k in ipairs({ 1.5, 3, 40 }) do
+      local v, cond = verdict(mechanism(function() return scaled(BASE, k) end))
+      assert.are.equal("conditional", v)
+      conds[#conds + 1] = cond
+    end
+    assert.are.equal(conds[1], conds[2])
+    assert.are.equal(conds[1], conds[3])
+    assert.is_nil(conds[1]:match("%d"))
+  end)
+
+  it("decides without the shared-table handoff when it was not measured", function()
+    local v, cond = verdict(function(mech, kind, size)
+      if mech == "table" then return nil end
+      return mechanism(function() return slower(1.2, true) end)(mech, kind, size)
+    end)
+    assert.are.equal("conditional", v)
+    assert.are.equal(MECH_DECIDES, cond)
+  end)
+
+  it("is not measured with no pipe and channel pair", function()
+    assert.are.equal("not measured", (verdict(function(mech) return mech == "table" and BASE or nil end)))
+    assert.are.equal("not measured", (verdict(function() return BASE end, {})))
+  end)
+
+  it("reports the measured figures and the C floors beside the verdict", function()
+    local r = results(mechanism(function() return scaled(BASE, 5) end))
+    for _, size in ipairs(SIZES) do
+      for _, f in ipairs({ "shm", "pipe" }) do
+        for _, kind in ipairs({ "process", "thread" }) do
+          r.series[("floor/%s/%s/%d"):format(f, kind, size)] = { samples = { 2e-6, 2e-6 }, failed = 0, errors = {} }
+        end
+      end
+    end
+    local v = lab.verdict(E, r)
+    assert.matches("^pipe 50 µs %(8 B%) – 50 µs %(1 MiB%), C floor 2 µs – 2 µs", v.process)
+    assert.matches("^channel 10 µs %(8 B%)", v.thread)
+    assert.matches("a channel between threads took 5–5× the memcpy %+ futex floor", v.reading)
+    assert.matches("Mechanism %(a pipe against a channel, the same kind of worker%): messages up to 4 KiB: slower; messages above 4 KiB: slower", v.reading)
+    local tables = E.table(r)
+    assert.are.equal(4, #tables)
+    assert.are.equal("C: memcpy + futex, processes", tables[2].header[2])
+    assert.are.equal("2 µs", tables[2].rows[1][2])
+    local charts = E.charts(r)
+    assert.are.equal(10, #charts[1].series)        -- 6 mechanisms x kinds, 4 floors
+  end)
+end)
