@@ -123,7 +123,7 @@ end
 -- Typical run time of each built-in experiment (seconds, measured on a
 -- 2-core machine; cpu as when idle), for the estimate of the time left.
 M.typical = {
-  full = { memory = 9, communication = 19, isolation = 9, creation = 10, failure = 10, cpu = 40, backend = 25 },
+  full = { memory = 9, communication = 8, isolation = 9, creation = 10, failure = 10, cpu = 40, backend = 25 },
   quick = { memory = 3, communication = 1, isolation = 2.5, creation = 1, failure = 2.5, cpu = 5.5, backend = 5.5 },
 }
 
