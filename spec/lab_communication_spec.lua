@@ -8,13 +8,15 @@ local E = require "procthread.lab.communication"
 local SIZES = { 8, 64, 512, 4096, 32768, 262144, 1048576 }
 local SMALL = { [8] = true, [64] = true, [512] = true, [4096] = true }
 
--- `base` has a spread: p10 1 - 8 %, p90 1 + 8 %.  slower(m, true) is m x
--- base with its p10 just above m x base's p90 (the noise rule says
--- slower); slower(m, false) just below it (within noise).
+-- The verdict compares medians by their confidence intervals (for three
+-- samples: min to max).  `base` has one: 0.9 to 1.1.  slower(m, true) is
+-- m x base with its interval just above m x base's (the noise rule says
+-- slower); slower(m, false) just below that (within noise).
 local BASE = { 0.9, 1.0, 1.1 }
+local M = E.MARGIN
 local function scaled(t, k) local r = {} for i, x in ipairs(t) do r[i] = x * k end return r end
 local function slower(margin, outside)
-  local x = margin * 1.08 * (outside and 1.02 or 0.98)
+  local x = margin * 1.1 * (outside and 1.02 or 0.98)
   return { x, x, x }
 end
 
@@ -52,9 +54,11 @@ local MECH_DECIDES = "processes talk over a pipe: the mechanism decides the cost
 describe("lab communication verdict", function()
   H.no_leaks()
 
-  -- base x k, its p10 just above (or below) 1.2 x base's p90: with a
-  -- spread of its own, so that processes against threads overlap too
-  local function spread_slower(outside) return scaled(BASE, 1.2 * 1.08 / 0.92 * (outside and 1.02 or 0.98)) end
+  -- base x k, its interval just above (or below) the margin x base's: with a
+  -- spread of its own
+  local function spread_slower(outside) return scaled(BASE, M * 1.1 / 0.9 * (outside and 1.02 or 0.98)) end
+
+  it("uses a margin of 1.5x", function() assert.are.equal(1.5, M) end)
 
   it("a pipe slower than a channel by the margin outside the noise, processes as fast as threads: the mechanism decides", function()
     local v, cond = verdict(mechanism(function() return spread_slower(true) end))
@@ -64,11 +68,11 @@ describe("lab communication verdict", function()
   end)
 
   it("a pipe whose spread overlaps the margin is within noise, never slower", function()
-    -- spreads so wide (p10 0.84, p90 1.16) that processes against threads
-    -- overlap at 1.2x too
-    local WIDE = { 0.8, 1.0, 1.2 }
+    -- intervals so wide (0.7 to 1.3) that processes against threads
+    -- overlap at the margin too
+    local WIDE = { 0.7, 1.0, 1.3 }
     local function wide(outside)
-      return function(mech) return scaled(WIDE, mech == "pipe" and 1.2 * 1.16 / 0.84 * (outside and 1.02 or 0.98) or 1) end
+      return function(mech) return scaled(WIDE, mech == "pipe" and M * 1.3 / 0.7 * (outside and 1.02 or 0.98) or 1) end
     end
     assert.are.equal("conditional", (verdict(wide(true))))
     local v, cond = verdict(wide(false))
@@ -82,7 +86,7 @@ describe("lab communication verdict", function()
   end)
 
   it("processes slower than threads with every mechanism, a pipe as fast as a channel: the kind decides", function()
-    local v, cond = verdict(function(_, kind) return kind == "process" and slower(1.2, true) or BASE end)
+    local v, cond = verdict(function(_, kind) return kind == "process" and slower(M, true) or BASE end)
     assert.are.equal("conditional", v)
     assert.are.equal("the workers are processes: the kind of worker decides the cost, not the mechanism (a pipe costs what a channel does)", cond)
   end)
@@ -97,23 +101,23 @@ describe("lab communication verdict", function()
   end)
 
   it("states a condition per group of sizes, never per size", function()
-    local v, cond = verdict(mechanism(function(size) return SMALL[size] and slower(1.2, true) or { 1.0, 1.0, 1.0 } end))
+    local v, cond = verdict(mechanism(function(size) return SMALL[size] and slower(M, true) or { 1.0, 1.0, 1.0 } end))
     assert.are.equal("conditional", v)
     assert.matches("^processes talk over a pipe and messages are up to 4 KiB: the mechanism decides", cond)
-    v, cond = verdict(mechanism(function(size) return SMALL[size] and BASE or slower(1.2, true) end))
+    v, cond = verdict(mechanism(function(size) return SMALL[size] and BASE or slower(M, true) end))
     assert.are.equal("conditional", v)
     assert.matches("^processes talk over a pipe and messages are above 4 KiB: the mechanism decides", cond)
   end)
 
   it("one size that flips does not change the verdict or the condition (a strict majority of a group decides)", function()
-    local _, all = verdict(mechanism(function() return slower(1.2, true) end))
+    local _, all = verdict(mechanism(function() return slower(M, true) end))
     for _, flip in ipairs(SIZES) do
-      local v, cond = verdict(mechanism(function(size) return slower(1.2, size ~= flip) end))
+      local v, cond = verdict(mechanism(function(size) return slower(M, size ~= flip) end))
       assert.are.equal("conditional", v)
       assert.are.equal(all, cond, "size " .. flip .. " within noise")
     end
     -- half of a group within noise: no majority, the group is within noise
-    local v, cond = verdict(mechanism(function(size) return slower(1.2, size ~= 8 and size ~= 64) end))
+    local v, cond = verdict(mechanism(function(size) return slower(M, size ~= 8 and size ~= 64) end))
     assert.are.equal("conditional", v)
     assert.matches("^processes talk over a pipe and messages are above 4 KiB:", cond)
   end)
@@ -128,7 +132,7 @@ describe("lab communication verdict", function()
 
   it("the same verdict and the same condition whatever the ratios outside the noise (no number in the condition)", function()
     local conds = {}
-    for _, k in ipairs({ 1.5, 3, 40 }) do
+    for _, k in ipairs({ 2, 3, 40 }) do
       local v, cond = verdict(mechanism(function() return scaled(BASE, k) end))
       assert.are.equal("conditional", v)
       conds[#conds + 1] = cond
@@ -141,7 +145,7 @@ describe("lab communication verdict", function()
   it("decides without the shared-table handoff when it was not measured", function()
     local v, cond = verdict(function(mech, kind, size)
       if mech == "table" then return nil end
-      return mechanism(function() return slower(1.2, true) end)(mech, kind, size)
+      return mechanism(function() return slower(M, true) end)(mech, kind, size)
     end)
     assert.are.equal("conditional", v)
     assert.are.equal(MECH_DECIDES, cond)

@@ -116,6 +116,34 @@ describe("lab stats", function()
     assert.is_nil(stats.summary({}).median)
     assert.are.equal(50, stats.cross(0, 1, 100, 2, 1.5))
   end)
+
+  it("gives the median's 95 % confidence interval by order statistics", function()
+    local xs = {}
+    for i = 32, 1, -1 do xs[#xs + 1] = i end
+    local s = stats.summary(xs)
+    assert.are.equal(10, s.ci_lo); assert.are.equal(23, s.ci_hi)     -- the binomial table's ranks for n = 32
+    s = stats.summary({ 3, 1, 2 })
+    assert.are.equal(1, s.ci_lo); assert.are.equal(3, s.ci_hi)       -- a handful: all of it
+    assert.is_nil(stats.summary({}).ci_lo)
+  end)
+
+  it("applies the noise rule to medians by their confidence intervals, on both sides of the margin", function()
+    -- two modes: p10 - p90 overlap whatever the medians, the intervals do not
+    local fast, slow = {}, {}
+    for i = 1, 32 do
+      fast[i] = (i % 5 == 0) and 50 or 1 + i / 100
+      slow[i] = (i % 5 == 0) and 50 or 6 + i / 100
+    end
+    local f, s = stats.summary(fast), stats.summary(slow)
+    assert.are.equal("within noise", stats.versus(s, f, 1.5))
+    assert.are.equal("above", stats.versus_median(s, f, 1.5))
+    assert.are.equal("below", stats.versus_median(f, s, 1.5))
+    local near = stats.summary({ 1.5 * f.ci_hi * 0.99, 1.5 * f.ci_hi * 1.5, 1.5 * f.ci_hi * 1.6 })
+    assert.are.equal("within noise", stats.versus_median(near, f, 1.5))
+    near = stats.summary({ 1.5 * f.ci_hi * 1.01, 1.5 * f.ci_hi * 1.5, 1.5 * f.ci_hi * 1.6 })
+    assert.are.equal("above", stats.versus_median(near, f, 1.5))
+    assert.is_nil(stats.versus_median(stats.summary({}), f, 1.5))
+  end)
 end)
 
 describe("lab svg", function()

@@ -35,20 +35,21 @@ local E = {
   -- sizes up to SMALL bytes are "small messages", the others "large":
   -- a condition is stated per group, never per size
   SMALL = 4096,
-  MARGIN = 1.2,   -- "slower" needs this ratio outside the noise
+  MARGIN = 1.5,   -- "slower": at least this ratio of the medians, outside the noise
 }
 E.GROUPS = { { name = "small", text = "messages up to " .. fmt(E.SMALL, "B"), cond = "messages are up to " .. fmt(E.SMALL, "B") },
              { name = "large", text = "messages above " .. fmt(E.SMALL, "B"), cond = "messages are above " .. fmt(E.SMALL, "B") } }
 
 E.rule = ("Round trip: the parent hands a message of s bytes to an echo worker and waits for it back; a sample is the mean " ..
-  "round trip of a batch; median and p10 – p90 over samples taken in rounds (every size, each mechanism in turn). Two effects are tested with the noise rule at %gx (a's p10 – p90 " ..
-  "wholly above %g x b's: slower; wholly below: not slower; overlapping: within noise): the mechanism (a pipe against a " ..
-  "channel, the same kind of worker) and the kind of worker (processes against threads, the same mechanism: channel, " ..
-  "shared table, pipe). Sizes are grouped into messages up to %s and above; an effect holds in a group when a strict " ..
-  "majority of its comparisons say slower, is absent when a strict majority say not slower, else within noise. " ..
-  "Holds: both effects hold (in some group); holds only if: one of them does, which then decides the cost; contradicted: " ..
-  "neither holds and one is absent; within noise: neither holds nor is absent. The C floors (a pipe write and read; " ..
-  "memcpy into shared memory and a futex wake) are reported beside, not judged."):format(E.MARGIN, E.MARGIN, fmt(E.SMALL, "B"))
+  "round trip of a batch; median over samples taken in rounds (every size, each mechanism in turn). Two effects are " ..
+  "tested with the noise rule at %gx on the medians' 95%% confidence intervals (a's interval wholly above %g x b's: " ..
+  "slower; wholly below: not slower; overlapping: within noise): the mechanism (a pipe against a channel, the same kind " ..
+  "of worker) and the kind of worker (processes against threads, the same mechanism: channel, shared table, pipe). " ..
+  "Sizes are grouped into messages up to %s and above; an effect is slower in a group when a strict majority of its " ..
+  "comparisons say slower, not slower when a strict majority say not slower, else within noise. Holds: both effects are " ..
+  "slower (in some group); holds only if: one of them is, which then decides the cost; contradicted: neither is and one " ..
+  "is not slower; within noise: neither is slower nor not slower. The C floors (a pipe write and read; memcpy into " ..
+  "shared memory and a futex wake) are reported beside, not judged."):format(E.MARGIN, E.MARGIN, fmt(E.SMALL, "B"))
 
 local function group_of(size) return size <= E.SMALL and "small" or "large" end
 E.group_of = group_of
@@ -368,7 +369,7 @@ local function compare(results, pairs_at)
   local by = { small = {}, large = {} }
   for _, size in ipairs(results.params.sizes or {}) do
     for _, ab in ipairs(pairs_at(size)) do
-      local s = stats.versus(ab[1], ab[2], E.MARGIN)
+      local s = stats.versus_median(ab[1], ab[2], E.MARGIN)
       if s then table.insert(by[group_of(size)], s) end
     end
   end
@@ -579,9 +580,9 @@ function E.charts(results)
         local s = util.summary(results, key_of(what, c.what, c.kind, size))
         if s.median then pts[#pts + 1] = { x = size, y = s.median, lo = s.p10, hi = s.p90 } end
       end
-      out[#out + 1] = { name = c.text, points = pts, color = color_of(c), dash = c.kind == "process" }
+      if #pts > 0 then out[#out + 1] = { name = c.text, points = pts, color = color_of(c), dash = c.kind == "process" } end
     end
-    return out
+    return out     -- none at all: the chart says "no data"
   end
   local lat = series("rtt", COLUMNS, function(c) return colors[c.what] end)
   for _, s in ipairs(series("floor", FLOOR_COLUMNS, function(c) return c.what == "shm" and colors.shm or colors.floorpipe end)) do

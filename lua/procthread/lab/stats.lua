@@ -33,7 +33,21 @@ function M.mean(xs)
   return s / n
 end
 
--- Summary of samples: n, failed, median, min, max, p10, p90, mean.
+-- A distribution-free 95 % confidence interval of the median of an
+-- already sorted list: the order statistics at ranks n/2 -+ 0.98 sqrt(n)
+-- (the binomial's normal approximation), clamped to the list; the whole
+-- list for a handful of samples.
+function M.median_ci_sorted(s)
+  local n = #s
+  if n == 0 then return nil end
+  local d = 0.98 * math.sqrt(n)
+  local j = math.max(1, math.floor(n / 2 - d))
+  local k = math.min(n, math.ceil(n / 2 + 1 + d))
+  return s[j], s[k]
+end
+
+-- Summary of samples: n, failed, median, min, max, p10, p90, mean, and
+-- ci_lo, ci_hi (the median's 95 % confidence interval).
 -- `failed` is copied from the argument (the count of samples that did not
 -- produce a number).
 function M.summary(xs, failed)
@@ -45,6 +59,7 @@ function M.summary(xs, failed)
     r.p10 = M.quantile_sorted(s, 0.1)
     r.p90 = M.quantile_sorted(s, 0.9)
     r.mean = M.mean(s)
+    r.ci_lo, r.ci_hi = M.median_ci_sorted(s)
   end
   return r
 end
@@ -54,13 +69,21 @@ end
 -- b's, "below" when wholly below, "within noise" when they overlap (or a
 -- side has no sample: nil).  A condition is stated only from "above" and
 -- "below"; "within noise" is never a win.
-function M.versus(a, b, margin)
-  if not (a and b and a.p10 and b.p10) then return nil end
+local function versus_by(a, b, margin, lo, hi)
+  if not (a and b and a[lo] and b[lo]) then return nil end
   margin = margin or 1
-  if a.p10 > margin * b.p90 then return "above" end
-  if a.p90 < margin * b.p10 then return "below" end
+  if a[lo] > margin * b[hi] then return "above" end
+  if a[hi] < margin * b[lo] then return "below" end
   return "within noise"
 end
+
+function M.versus(a, b, margin) return versus_by(a, b, margin, "p10", "p90") end
+
+-- The same rule on the medians' confidence intervals (ci_lo – ci_hi):
+-- whether the medians differ by the margin, where the samples themselves
+-- fall into two modes (a wait that spins or sleeps) whose p10 – p90 would
+-- overlap whatever the medians.
+function M.versus_median(a, b, margin) return versus_by(a, b, margin, "ci_lo", "ci_hi") end
 
 -- Linear interpolation: the x at which the line through (x1,y1), (x2,y2)
 -- reaches y.
