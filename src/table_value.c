@@ -73,6 +73,7 @@ int pt_st_lock_slow(pt_stab *t, int r) {
       default: return -1;
     }
   }
+  if (r == 0) return 0;
   if (r == EOWNERDEAD) return pt_ht_recover(t);
   errno = r;
   return -1;
