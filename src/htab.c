@@ -367,6 +367,7 @@ int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g) {
   long ins;
   pt_slot *sl = pt_ht_find(t, k, &ins);
   g->n = 0;
+  if (sl || v->t != PT_V_NIL) pt_ht_changing(t);
   if (sl) {
     uint32_t c = sl->ctl;
     garbage_add(g, (int)PT_HT_C_VT(c), sl->val[PT_HT_C_WHICH(c)]);

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include "shm.h"
+#include "wait.h"
 
 /* Types of keys and values. */
 enum { PT_V_NIL, PT_V_FALSE, PT_V_TRUE, PT_V_INT, PT_V_FLT, PT_V_SSTR, PT_V_LSTR, PT_V_TAB };
@@ -31,6 +32,7 @@ typedef struct pt_stab {
   uint32_t magic, kind;
   uint64_t refs;
   uint64_t gen;           /* see pt_shm_new_gen; 0 once destroyed */
+  pt_cond waiters;        /* pt.wait's sleepers; guarded by mu */
 } pt_stab;
 
 #define PT_HT(off) PT_SHM_PTR(pt_stab, off)
@@ -160,8 +162,9 @@ static inline pt_off pt_ht_off(const pt_stab *t) {
    gen? */
 int pt_ht_valid(pt_off off, uint64_t gen);
 
-/* The lock: 0 held (a dead owner's table repaired), -1 errno (ECANCELED
-   when cancelled() said so while waiting; see pt_lock_acquire_spin).
+/* The lock, for plain C users (test/arena_test.c; the binding waits
+   cancellably with pt_st_lock): 0 held (a dead owner's table repaired), -1
+   errno (ECANCELED when cancelled() said so; see pt_lock_acquire_spin).
    Recursive. */
 static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void));
 static inline void pt_ht_unlock(pt_stab *t) { pt_lock_release(&t->mu); }
@@ -207,6 +210,9 @@ static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
   __atomic_store_n(&sl->ctl, PT_HT_MKCTL(PT_S_FULL, w, v->t, pt_ht_vlen(v), PT_HT_C_KT(c), PT_HT_C_KLEN(c)),
                    __ATOMIC_RELEASE);          /* publish */
 }
+/* Under the lock, before a change's publishing store: wake pt.wait's
+   sleepers (one relaxed load when there are none; see pt_cond). */
+static inline void pt_ht_changing(pt_stab *t) { pt_cond_wake(&t->waiters); }
 /* Is the value in sl (absence when NULL) equal to e, as == says? */
 int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
 /* A border of the table (as # says). */

@@ -1,5 +1,5 @@
 /* table.c - shared tables from Lua: pt.shared_table, the metamethods,
- * pt.pairs, pt.snapshot, pt.add, pt.cas, pt.locked, and the crossing of a
+ * pt.pairs, pt.snapshot, pt.add, pt.cas, pt.locked, pt.wait, and the crossing of a
  * table between states (codec).
  *
  * The table itself (layout, crash safety) is htab.c, plain C; handles and
@@ -16,6 +16,7 @@
  */
 #include "table_value.h"
 #include "arena_lua.h"
+#include "handle.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -178,6 +179,7 @@ static int add_impl(lua_State *L, int may_collect) {
       return luaL_error(L, "pt.add: the value at key %s is a %s, not a number",
                         pt_st_key_name(L, &k), vnames[cur.t]);
     }
+    pt_ht_changing(t);
     pt_ht_slot_set(sl, &v);
     pt_ht_unlock(t);
   } else {
@@ -267,6 +269,51 @@ static int st_locked(lua_State *L) {
   pt_ht_decref(off);
   if (r != 0) return lua_error(L);
   return lua_gettop(L) - n;
+}
+
+/* ---- pt.wait ------------------------------------------------------------------------ */
+
+static void st_repair(void *t) { pt_ht_recover(t); }
+
+/* Holding t's lock (any number of times): sleep until t[k] is no longer
+   equal to e.  Every change wakes t->waiters under the lock before it
+   publishes (pt_ht_changing), and the sleep begins only once the value was
+   seen under the lock, so no change is missed.  What the value says when a
+   sleep ends wins over a timeout or a cancel.  PT_OK, PT_TIMEOUT,
+   PT_CANCELLED (cancelled, or Ctrl-C: pt_raise_cancelled tells), PT_ERR. */
+static int wait_change(pt_stab *t, const pt_kv *k, const pt_kv *e, double deadline) {
+  const volatile int *cancel = pt_cancel_flag();
+  int r = PT_OK;
+  while (pt_ht_slot_equals(pt_ht_find(t, k, NULL), e)) {
+    const uint32_t *iw;
+    uint32_t iv = 0;
+    if (r != PT_OK) return r;
+    if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
+    if (pt_interrupted()) return PT_CANCELLED;
+    iw = pt_interrupt_word(&iv);
+    r = pt_cond_wait_all(&t->waiters, &t->mu, deadline, cancel, iw, iv, st_repair, t);
+    if (r == PT_INTR) r = PT_OK;             /* a signal: pt_interrupted() tells */
+  }
+  return PT_OK;
+}
+
+/* pt.wait(st, k, value [, timeout]) -> true | nil, "timeout" |
+   nil, "interrupted"; raises "cancelled". */
+static int st_wait(lua_State *L) {
+  pt_stab *t = pt_st_check(L, 1);
+  pt_kv k, e;
+  double deadline;
+  int r, err;
+  pt_st_tokey(L, 2, &k);
+  luaL_checkany(L, 3);
+  pt_st_toexpected(L, 3, &e);
+  deadline = pt_check_deadline(L, 4, 1, "wait");
+  if (pt_st_lock(t) != 0) return pt_st_lock_error(L);
+  r = wait_change(t, &k, &e, deadline);
+  err = errno;
+  pt_ht_unlock(t);
+  if (r == PT_OK) { lua_pushboolean(L, 1); return 1; }
+  return pt_push_status(L, r, "pt.wait", err);
 }
 
 /* ---- the metamethods -------------------------------------------------------------- */
@@ -411,6 +458,7 @@ void pt_open_table(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"shared_table", st_new}, {"add", st_add}, {"cas", st_cas},
     {"locked", st_locked}, {"snapshot", st_snapshot}, {"pairs", st_pt_pairs},
+    {"wait", st_wait},
     {NULL, NULL}};
   pt_open_arena(L);
   pt_shm_register_kind(PT_KIND_TABLE, &st_kind);

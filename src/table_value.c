@@ -52,6 +52,33 @@ int pt_st_raise_full(lua_State *L) {
 
 int pt_st_stop_waiting(void) { return pt_cancel_requested() || pt_interrupted(); }
 
+#define LOCK_SPINS 200      /* tries before a sleep: sections last tens of ns */
+
+int pt_st_lock_slow(pt_stab *t, int r) {
+  const uint32_t *iw;
+  uint32_t iv = 0;
+  int i;
+  for (i = 0; r == EBUSY && i < LOCK_SPINS && pt_spin_useful(); i++) {
+    pt_cpu_relax();
+    r = pthread_mutex_trylock(&t->mu);
+  }
+  if (r == EBUSY) {
+    if (pt_st_stop_waiting()) { errno = ECANCELED; return -1; }
+    iw = pt_interrupt_word(&iv);
+    switch (pt_lock_wait(&t->mu, PT_FOREVER, pt_self_ctx ? pt_self_ctx->cancel : NULL, iw, iv)) {
+      case PT_OK: return 0;
+      case PT_OWNERDEAD: return pt_ht_recover(t);
+      case PT_CANCELLED: errno = ECANCELED; return -1;
+      case PT_INTR: pt_interrupted(); errno = ECANCELED; return -1;
+      default: return -1;
+    }
+  }
+  if (r == 0) return 0;
+  if (r == EOWNERDEAD) return pt_ht_recover(t);
+  errno = r;
+  return -1;
+}
+
 int pt_st_raise_lock(lua_State *L) {
   if (errno == ECANCELED && pt_take_interrupt()) {
     /* A metamethod cannot return nil, "interrupted" for the interpreter's

@@ -54,7 +54,14 @@ int pt_st_raise_full(lua_State *L);
 /* The table's lock, with cancellation and (the main thread) Ctrl-C asked
    while waiting (0, or -1 errno ECANCELED: pt_st_stop_waiting said so). */
 int pt_st_stop_waiting(void);
-static inline int pt_st_lock(pt_stab *t) { return pt_ht_lock(t, pt_st_stop_waiting); }
+/* The wait for a busy lock: a futex wait on the lock word beside the
+   cancel flag and the interrupt word (pt_lock_wait), no timer.  r: what
+   the first trylock said. */
+int pt_st_lock_slow(pt_stab *t, int r);
+static inline int pt_st_lock(pt_stab *t) {
+  int r = pthread_mutex_trylock(&t->mu);   /* also takes it again when ours */
+  return r == 0 ? 0 : pt_st_lock_slow(t, r);
+}
 /* A lock failure (errno): a cancellation raises "cancelled" (a Ctrl-C:
    pt_st_raise_lock raises "interrupted", pt_st_lock_error returns nil,
    "interrupted" and the interpreter's hook raises back in Lua); anything else

@@ -276,6 +276,36 @@ int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
   return r;
 }
 
+/* A robust mutex says EPERM to an unlock by a thread that does not own it
+   (POSIX requires the owner check for robust and recursive mutexes), so
+   unlocking until EPERM counts the depth without glibc's private fields.
+   Once the last unlock frees m another thread may own it: its unlock by us
+   fails the owner check too and leaves it alone. */
+static int unlock_all(pthread_mutex_t *m) {
+  int n = 0;
+  while (pthread_mutex_unlock(m) == 0) n++;
+  return n;
+}
+
+int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
+                     const volatile int *cancel, const uint32_t *intr,
+                     uint32_t intr_expected, void (*repair)(void *), void *arg) {
+  const uint32_t *words[2];
+  uint32_t expected[2];
+  int r, depth;
+  __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
+  words[0] = &c->seq;
+  expected[0] = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
+  words[1] = intr;
+  expected[1] = intr_expected;
+  depth = unlock_all(m);
+  r = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+  if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait */
+  while (--depth > 0)
+    if (pthread_mutex_lock(m) != 0) abort();   /* ours already: a count */
+  return r;
+}
+
 /* ---- robust locks held for long (added for pipes by the select work) -------
  * A pipe's message locks are held for a whole message, which may wait on a
  * full pipe: their waiters must stay cancellable and interruptible.  glibc's

@@ -114,6 +114,17 @@ void pt_cond_wake(pt_cond *c);
 int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
                  const volatile int *cancel, void (*repair)(void *), void *arg);
 
+/* pt_cond_wait for a recursive lock m that this thread holds any number of
+   times (pt.wait inside nested pt.locked): m is released entirely while it
+   sleeps, and held as many times as before on return (repair as pt_lock).
+   Also watches intr (may be NULL: lifecycle's pt_interrupt_word, which
+   holds intr_expected while no Ctrl-C is new).  Returns pt_futex_waitv's
+   status; PT_INTR: a signal or the interrupt word moved (ask the
+   lifecycle).  The caller re-checks its condition on PT_OK. */
+int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
+                     const volatile int *cancel, const uint32_t *intr,
+                     uint32_t intr_expected, void (*repair)(void *), void *arg);
+
 /* ---- robust locks held for long (pipes; see wait.c) ----------------------
    Take m (a robust mutex of pt_lock_init or the like) until the deadline,
    staying a cancellation point (cancel) and, when intr is given (lifecycle's

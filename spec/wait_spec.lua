@@ -1,0 +1,353 @@
+-- pt.wait(st, key, value [, timeout]): waiting on shared memory, and the
+-- shared-table lock waits it shares its machinery with.
+-- Bounds are generous: the machine is shared and noisy.
+local pt = require "procthread"
+local H = require "helper"
+
+local T = 10   -- bound for joins and waits
+
+local sleeping = require "blocked"   -- a worker asleep in the kernel
+
+-- CPU seconds a finished worker used.
+local function cpu(w)
+  local info = w:info()
+  return info.cpu_user + info.cpu_sys
+end
+
+-- Voluntary context switches of a worker so far (each sleep that ended is one).
+local function switches(w)
+  local path = w.kind == "thread" and ("/proc/self/task/" .. w.id .. "/status")
+                                   or ("/proc/" .. w.id .. "/status")
+  local f = assert(io.open(path))
+  local s = f:read("*a"); f:close()
+  return tonumber(s:match("voluntary_ctxt_switches:%s*(%d+)"))
+end
+
+-- Every kind of write, each a function(st) that changes st.k from 1.
+local writes = {
+  { "assignment", function(st) st.k = 2 end },
+  { "deletion", function(st) st.k = nil end },
+  { "a string value", function(st) st.k = ("long string "):rep(4) end },
+  { "a plain table copied in", function(st) st.k = { 1, 2 } end },
+  { "pt.add", function(st) pt.add(st, "k", 1) end },
+  { "pt.cas", function(st) assert(pt.cas(st, "k", 1, 3)) end },
+  { "a write inside pt.locked", function(st) pt.locked(st, function(s) s.k = 4 end) end },
+}
+
+describe("pt.wait", function()
+  H.no_leaks()
+
+  describe("returns at once", function()
+    it("when the value already differs", function()
+      local st = pt.shared_table({ n = 1, s = "abc", b = true, long = ("x"):rep(100) })
+      local t0 = pt.now()
+      assert.is_true(pt.wait(st, "n", 2))
+      assert.is_true(pt.wait(st, "n", "1"))
+      assert.is_true(pt.wait(st, "n", nil))
+      assert.is_true(pt.wait(st, "s", "abd"))
+      assert.is_true(pt.wait(st, "b", false))
+      assert.is_true(pt.wait(st, "long", ("x"):rep(99)))
+      assert.is_true(pt.wait(st, "absent", 0))
+      assert.is_true(pt.wait(st, "n", 0 / 0))         -- NaN equals nothing
+      assert.is_true(pt.wait(st, "n", pt.shared_table()))
+      assert.is_true(pt.wait(st, "n", 2, math.huge))
+      assert.is_true(pt.now() - t0 < 1)
+    end)
+
+    it("not while it is equal, as == says (1 == 1.0, strings by content, tables by identity)", function()
+      local inner = pt.shared_table()
+      local st = pt.shared_table({ n = 1, f = 2.5, s = "abc", b = false, long = ("x"):rep(100) })
+      st.t = inner
+      assert.same({ nil, "timeout" }, { pt.wait(st, "n", 1, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "n", 1.0, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "f", 2.5, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "s", "ab" .. "c", 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "b", false, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "long", ("x"):rep(100), 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "absent", nil, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "t", inner, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "t", st.t, 0) })
+    end)
+  end)
+
+  describe("timeouts", function()
+    it("0 never blocks, a small one passes, math.huge waits for the writer", function()
+      local st = pt.shared_table({ k = 1 })
+      local t0 = pt.now()
+      assert.same({ nil, "timeout" }, { pt.wait(st, "k", 1, 0) })
+      assert.is_true(pt.now() - t0 < 0.5)
+      t0 = pt.now()
+      assert.same({ nil, "timeout" }, { pt.wait(st, "k", 1, 0.2) })
+      local took = pt.now() - t0
+      assert.is_true(took >= 0.19 and took < 5, "took " .. took)
+      local w = pt.spawn_thread(function(s) return pt.wait(s, "k", 1, math.huge) end, st)
+      assert.truthy(sleeping(w))
+      st.k = 2
+      assert.same({ true, true }, { w:join(T) })
+    end)
+  end)
+
+  describe("is woken by every kind of write", function()
+    for _, kind in ipairs({ "thread", "process" }) do
+      for _, wr in ipairs(writes) do
+        it("(" .. wr[1] .. ", a " .. kind .. " waits)", function()
+          local st = pt.shared_table({ k = 1 })
+          local w = pt.spawn(kind, function(s)
+            local t0 = pt.now()
+            local ok, err = pt.wait(s, "k", 1, 10)
+            return ok, err, pt.now() - t0
+          end, st)
+          assert.truthy(sleeping(w))
+          st.other = 1                 -- a change elsewhere wakes it, but it waits on
+          assert.truthy(sleeping(w))
+          wr[2](st)
+          local ok, woke, err, took = w:join(T)
+          assert.is_true(ok)
+          assert.is_true(woke, tostring(err) .. " after " .. tostring(took))
+          assert.is_true(took < 5)
+        end)
+      end
+    end
+
+    it("and wakes every waiter, threads and processes together", function()
+      local st = pt.shared_table({ k = 0 })
+      local ws = {}
+      for i = 1, 4 do
+        ws[i] = pt.spawn(i % 2 == 0 and "thread" or "process",
+                         function(s) return pt.wait(s, "k", 0, 10) end, st)
+      end
+      for i = 1, 4 do assert.truthy(sleeping(ws[i])) end
+      st.k = 1
+      for i = 1, 4 do assert.same({ true, true }, { ws[i]:join(T) }) end
+    end)
+
+    it("using no CPU while it waits", function()
+      local st = pt.shared_table({ k = 1 })
+      local w = pt.spawn_thread(function(s) return pt.wait(s, "k", 1) end, st)
+      assert.truthy(sleeping(w))
+      pt.sleep(0.5)
+      local before = switches(w)
+      pt.sleep(0.5)
+      local after = switches(w)
+      st.k = 2
+      assert.same({ true, true }, { w:join(T) })
+      assert.is_true(after - before <= 1, (after - before) .. " wake-ups in 0.5 s")
+      assert.is_true(cpu(w) < 0.05, ("cpu %.3f s while blocked 1 s"):format(cpu(w)))
+    end)
+  end)
+
+  describe("inside pt.locked on the same table", function()
+    for _, kind in ipairs({ "thread", "process" }) do
+      it("is a condition variable: producer and consumer, many rounds, no lost wake-up (" .. kind .. ")", function()
+        local st = pt.shared_table({ slot = 0 })
+        local N = 2000
+        local t0 = pt.now()
+        local w = pt.spawn(kind, function(s, n)
+          for i = 1, n do
+            pt.locked(s, function()
+              while s.slot ~= 0 do assert(pt.wait(s, "slot", s.slot, 10), "lost wake-up") end
+              s.slot = i
+            end)
+          end
+          return true
+        end, st, N)
+        local sum = 0
+        for _ = 1, N do
+          pt.locked(st, function()
+            while st.slot == 0 do assert(pt.wait(st, "slot", 0, 10), "lost wake-up") end
+            sum = sum + st.slot
+            st.slot = 0
+          end)
+        end
+        assert.same({ true, true }, { w:join(T) })
+        assert.equal(N * (N + 1) / 2, sum)
+        assert.is_true(pt.now() - t0 < 30)
+      end)
+    end
+
+    it("releases the lock while it sleeps, even held twice, and holds it as deep again", function()
+      local st = pt.shared_table({ k = 1 })
+      local go = pt.event()
+      local w = pt.spawn_thread(function(s, e)
+        e:wait(10)
+        s.k = 2                      -- needs the lock the waiter holds twice
+        return true
+      end, st, go)
+      local blocked, still, v
+      pt.locked(st, function()
+        pt.locked(st, function()
+          go:set()
+          assert.is_true(pt.wait(st, "k", 1, T))
+        end)
+        -- held once more: a writer must wait for it
+        v = pt.spawn_thread(function(s) s.k = 3; return true end, st)
+        blocked = sleeping(v)
+        still = st.k
+      end)
+      assert.truthy(blocked)
+      assert.equal(2, still)
+      assert.same({ true, true }, { w:join(T) })
+      assert.same({ true, true }, { v:join(T) })
+      assert.equal(3, st.k)
+    end)
+
+    it("times out holding the lock again", function()
+      local st = pt.shared_table({ k = 1 })
+      local r = pt.locked(st, function()
+        local ok, err = pt.wait(st, "k", 1, 0.1)
+        st.k = 5                     -- still ours
+        return err
+      end)
+      assert.equal("timeout", r)
+      local w = pt.spawn_thread(function(s) s.k = 6; return true end, st)
+      assert.same({ true, true }, { w:join(T) })
+      assert.equal(6, st.k)
+    end)
+  end)
+
+  describe("stops", function()
+    it("when its thread is cancelled, using no CPU meanwhile", function()
+      local st = pt.shared_table({ k = 1 })
+      local w = pt.spawn_thread(function(s) return pt.wait(s, "k", 1) end, st)
+      assert.truthy(sleeping(w))
+      pt.sleep(0.3)
+      w:cancel()
+      local ok, err = w:join(T)
+      assert.is_false(ok)
+      assert.matches("cancel", err)
+      assert.is_true(cpu(w) < 0.05)
+      st.k = 2                       -- nobody sleeps: no harm
+    end)
+
+    it("when its thread is cancelled inside pt.locked, releasing the lock", function()
+      local st = pt.shared_table({ k = 1 })
+      local w = pt.spawn_thread(function(s)
+        return pt.locked(s, function() return pt.wait(s, "k", 1) end)
+      end, st)
+      assert.truthy(sleeping(w))
+      w:cancel()
+      local ok, err = w:join(T)
+      assert.is_false(ok)
+      assert.matches("cancel", err)
+      local v = pt.spawn_thread(function(s) s.k = 2; return true end, st)
+      assert.same({ true, true }, { v:join(T) })
+    end)
+
+    it("on Ctrl-C in the main thread, with the interpreter's error", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local f = io.open("/proc/self/stat"); local me = f:read("*l"):match("^%d+"); f:close()
+        local st = pt.shared_table({ k = 1 })
+        local w = pt.spawn_process(function()
+          assert(pt.wait(st, "armed", nil, 20))
+          -- the main thread is about to sleep in pt.wait: wait until it does
+          for _ = 1, 2000 do
+            local g = io.open("/proc/" .. me .. "/stat")
+            local s = g:read("*l"); g:close()
+            if s:match("^%d+ %b() (%a)") == "S" then break end
+            pt.sleep(0.005)
+          end
+          os.execute("kill -INT " .. me)
+        end)
+        local t0
+        local ok, err = pcall(function()
+          st.armed = true
+          t0 = pt.now()
+          return pt.wait(st, "k", 1)
+        end)
+        io.stdout:write("took ", pt.now() - t0, " ", tostring(err), "\n")
+        w:join(10)
+      ]])
+      assert.matches("interrupted!", out, 1, true)
+      local took = tonumber(out:match("took ([%d.e-]+)"))
+      assert.is_truthy(took, out)
+      assert.is_true(took < 10, out)
+      assert.truthy(status ~= nil)
+    end)
+  end)
+
+  describe("crashes #stress", function()
+    it("a waiter SIGKILLed, asleep or holding the lock, leaves nothing that blocks the others", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st = pt.shared_table({ k = 0 })
+        math.randomseed(os.time())
+        for round = 1, 100 do
+          local w = pt.spawn_process(function(s)
+            while true do
+              pt.locked(s, function() pt.wait(s, "k", s.k, 0.001) end)
+              pt.wait(s, "k", s.k, 0.001)
+            end
+          end, st)
+          pt.sleep(math.random() * 0.003)
+          w:kill("KILL"); w:join(10)
+          -- a fresh waiter is woken by a fresh writer
+          local v = st.k
+          local t = pt.spawn_thread(function(s, x) return pt.wait(s, "k", x, 5) end, st, v)
+          pt.add(st, "k", 1)
+          assert(select(2, t:join(10)), "a waiter was not woken after a kill")
+          assert(pt.locked(st, function() return true end), "lock left held")
+          local ok, bad = pt._shm_check()
+          assert(ok, bad)
+        end
+        print("ok")
+      ]])
+      assert.equal(0, status, out)
+      assert.matches("ok", out)
+    end)
+  end)
+
+  describe("mistakes raise, naming the function", function()
+    it("for tables, keys, values and timeouts", function()
+      local st = pt.shared_table({ k = 1 })
+      assert.matches("wait", select(2, pcall(pt.wait, {}, "k", 1)))
+      assert.matches("shared table expected", select(2, pcall(pt.wait, 1, "k", 1)))
+      assert.matches("invalid key", select(2, pcall(pt.wait, st, nil, 1)))
+      assert.matches("invalid key", select(2, pcall(pt.wait, st, 0 / 0, 1)))
+      assert.matches("wait", select(2, pcall(pt.wait, st, "k")))
+      assert.matches("wait", select(2, pcall(pt.wait, st, "k", print)))
+      assert.matches("wait", select(2, pcall(pt.wait, st, "k", {})))
+      for _, bad in ipairs({ -1, 0 / 0, "soon", true, -math.huge }) do
+        local ok, err = pcall(pt.wait, st, "k", 1, bad)
+        assert.is_false(ok)
+        assert.matches("wait", err)
+      end
+    end)
+  end)
+end)
+
+describe("shared-table lock waits", function()
+  H.no_leaks()
+
+  for _, kind in ipairs({ "thread", "process" }) do
+    it("sleep without a timer while pt.locked is held 0.5 s (a " .. kind .. " waits)", function()
+      local st = pt.shared_table({ k = 1 })
+      local w
+      pt.locked(st, function()
+        w = pt.spawn(kind, function(s) s.k = 2; return true end, st)
+        assert.truthy(sleeping(w))
+        local before = switches(w)
+        pt.sleep(0.5)
+        local after = switches(w)
+        assert.is_true(after - before <= 1, (after - before) .. " wake-ups in 0.5 s")
+      end)
+      assert.same({ true, true }, { w:join(T) })
+      assert.equal(2, st.k)
+      if kind == "thread" then assert.is_true(cpu(w) < 0.05) end
+    end)
+  end
+
+  it("are a cancellation point", function()
+    local st = pt.shared_table({ k = 1 })
+    local w
+    local ok, err = pt.locked(st, function()
+      w = pt.spawn_thread(function(s) s.k = 2; return true end, st)
+      assert.truthy(sleeping(w))
+      w:cancel()
+      return w:join(T)
+    end)
+    assert.is_false(ok)
+    assert.matches("cancel", err)
+    assert.equal(1, st.k)
+  end)
+end)
