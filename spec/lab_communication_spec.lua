@@ -184,3 +184,25 @@ describe("lab communication verdict", function()
     assert.are.equal(10, #charts[1].series)        -- 6 mechanisms x kinds, 4 floors
   end)
 end)
+
+describe("lab communication run", function()
+  H.no_leaks()
+
+  it("measures channels, pt.wait handoffs, pipes and the C floors, and never sleeps to wait", function()
+    local real = require "procthread"
+    local fake = setmetatable({ sleep = function() error("the parent slept to wait", 2) end }, { __index = real })
+    local res = lab.run_experiment(E, { mode = "tiny", progress = false, pt = fake })
+    assert.is_nil(res.error)
+    for _, mech in ipairs({ "rtt/channel", "rtt/table", "rtt/pipe", "tput/table", "floor/shm", "floor/pipe" }) do
+      for _, kind in ipairs({ "process", "thread" }) do
+        for _, size in ipairs(res.params.sizes) do
+          local key = ("%s/%s/%d"):format(mech, kind, size)
+          local s = res.series[key]
+          assert.is_table(s, key)
+          assert.are.equal(0, s.failed, key .. ": " .. tostring(s.errors[1] and s.errors[1].message))
+          assert.is_true(#s.samples > 0, key)
+        end
+      end
+    end
+  end)
+end)

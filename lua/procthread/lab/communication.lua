@@ -178,9 +178,12 @@ local function table_link(ctx, kind)
     if not r then c.broken = "link given up after a lost answer"; return nil, ("wait %s: %s"):format(key, tostring(err)) end
     return true
   end
+  -- every write wakes the table's waiters: write st.op only when it changes
+  local last_op
   local function order(op)
     seq = seq + 1
-    st.op = op; st.seq = seq
+    if op ~= last_op then st.op = op; last_op = op end
+    st.seq = seq
     return seq
   end
   function c.rtt(payload)
