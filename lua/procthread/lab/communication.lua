@@ -45,8 +45,8 @@ E.rule = ("Round trip: the parent hands a message of s bytes to an echo worker a
   "tested with the noise rule at %gx on the medians' 95%% confidence intervals (a's interval wholly above %g x b's: " ..
   "slower; wholly below: not slower; overlapping: within noise): the mechanism (a pipe against a channel, the same kind " ..
   "of worker) and the kind of worker (processes against threads, the same mechanism: channel, shared table, pipe). " ..
-  "Sizes are grouped into messages up to %s and above; an effect is slower in a group when a strict majority of its " ..
-  "comparisons say slower, not slower when a strict majority say not slower, else within noise. Holds: both effects are " ..
+  "Sizes are grouped into messages up to %s and above; an effect is slower in a group when at least half of its " ..
+  "comparisons say slower and none says not slower, not slower the other way round, else within noise. Holds: both effects are " ..
   "slower (in some group); holds only if: one of them is, which then decides the cost; contradicted: neither is, and the " ..
   "pipe is not slower (in some group); within noise: neither is slower, and the pipe against the channel is within noise. The C floors (a pipe write and read; memcpy into " ..
   "shared memory and a futex wake) are reported beside, not judged."):format(E.MARGIN, E.MARGIN, fmt(E.SMALL, "B"))
@@ -379,17 +379,19 @@ local function compare(results, pairs_at)
   return by
 end
 
--- A group's state from its comparisons: "slower" (a strict majority says
--- above), "not slower" (a strict majority says below), "within noise"
--- otherwise, nil when nothing was compared.
+-- A group's state from its comparisons: "slower" when at least half of
+-- them say above and none says below, "not slower" the other way round,
+-- "within noise" otherwise; nil when nothing was compared.  One size
+-- (a comparison per kind or mechanism) that falls into the noise does not
+-- change it; one that says the opposite outside the noise does.
 local function group_state(states)
   if #states == 0 then return nil end
   local above, below = 0, 0
   for _, s in ipairs(states) do
     if s == "above" then above = above + 1 elseif s == "below" then below = below + 1 end
   end
-  if 2 * above > #states then return "slower" end
-  if 2 * below > #states then return "not slower" end
+  if 2 * above >= #states and below == 0 then return "slower" end
+  if 2 * below >= #states and above == 0 then return "not slower" end
   return "within noise"
 end
 E.group_state = group_state
