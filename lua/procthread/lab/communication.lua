@@ -366,14 +366,32 @@ end
 
 local function rtt_of(results, mech, kind, size) return util.summary(results, key_of("rtt", mech, kind, size)) end
 
--- The comparisons of one effect, per group: { small = { states... }, ... }
--- pairs(size) -> list of { a, b } summaries (a: the side the claim calls slower).
-local function compare(results, pairs_at)
+-- The comparisons each effect counts at every size: a (the side the claim
+-- calls slower) against b, as { mech, kind } pairs.
+E.COMPARISONS = {}
+for _, kind in ipairs(E.KINDS) do
+  E.COMPARISONS[#E.COMPARISONS + 1] = { effect = "mechanism", a = { "pipe", kind }, b = { "channel", kind },
+                                        text = ("pipe / channel, %s"):format(kind_text(kind)) }
+end
+for _, mech in ipairs(E.MECHS) do
+  E.COMPARISONS[#E.COMPARISONS + 1] = { effect = "kind", a = { mech, "process" }, b = { mech, "thread" },
+                                        text = ("processes / threads, %s"):format(E.MECH_TEXT[mech]) }
+end
+
+-- The noise rule on comparison c at size: state ("above", "below",
+-- "within noise"; nil: a side missing) and the ratio of the medians.
+local function judge(results, c, size)
+  local a, b = rtt_of(results, c.a[1], c.a[2], size), rtt_of(results, c.b[1], c.b[2], size)
+  return stats.versus_median(a, b, E.MARGIN), a.median and b.median and b.median > 0 and a.median / b.median
+end
+
+-- The states of one effect's comparisons, per group: { small = {...}, large = {...} }
+local function compare(results, effect)
   local by = { small = {}, large = {} }
   for _, size in ipairs(results.params.sizes or {}) do
-    for _, ab in ipairs(pairs_at(size)) do
-      local s = stats.versus_median(ab[1], ab[2], E.MARGIN)
-      if s then table.insert(by[group_of(size)], s) end
+    for _, c in ipairs(E.COMPARISONS) do
+      local st = c.effect == effect and judge(results, c, size)
+      if st then table.insert(by[group_of(size)], st) end
     end
   end
   return by
@@ -395,28 +413,6 @@ local function group_state(states)
   return "within noise"
 end
 E.group_state = group_state
-
--- The mechanism: a pipe against a channel, between the same kind of worker.
-local function mechanism(results)
-  return compare(results, function(size)
-    local out = {}
-    for _, kind in ipairs(E.KINDS) do
-      out[#out + 1] = { rtt_of(results, "pipe", kind, size), rtt_of(results, "channel", kind, size) }
-    end
-    return out
-  end)
-end
-
--- The kind of worker: processes against threads, the same mechanism.
-local function kind_effect(results)
-  return compare(results, function(size)
-    local out = {}
-    for _, mech in ipairs(E.MECHS) do
-      out[#out + 1] = { rtt_of(results, mech, "process", size), rtt_of(results, mech, "thread", size) }
-    end
-    return out
-  end)
-end
 
 -- { small = state, large = state } of an effect, and the groups where it is `state`
 local function states_of(by)
@@ -495,7 +491,7 @@ function E.verdict(results)
   local cp, ct = util.summary(results, "counter/process").median, util.summary(results, "counter/thread").median
   if cp then v.process = (v.process and v.process .. "; " or "") .. "shared counter " .. fmt(cp, "/s") end
   if ct then v.thread = (v.thread and v.thread .. "; " or "") .. "shared counter " .. fmt(ct, "/s") end
-  local M, K = states_of(mechanism(results)), states_of(kind_effect(results))
+  local M, K = states_of(compare(results, "mechanism")), states_of(compare(results, "kind"))
   if not (M.small or M.large) then
     v.verdict = "not measured"
     v.condition = "no size measured with both a pipe and a channel between the same kind of worker"
@@ -563,10 +559,30 @@ local function size_table(results, caption, what, cols, unit)
   return { caption = caption, header = header, rows = rows }
 end
 
+local WORD = { above = "slower", below = "not slower", ["within noise"] = "within noise" }
+
+-- What the verdict counts: each comparison at each size, its ratio of
+-- medians and the noise rule's word.
+local function comparison_table(results)
+  local header, rows = { "message" }, {}
+  for _, c in ipairs(E.COMPARISONS) do header[#header + 1] = c.text end
+  for _, size in ipairs(results.params.sizes or {}) do
+    local row = { fmt(size, "B") }
+    for _, c in ipairs(E.COMPARISONS) do
+      local st, r = judge(results, c, size)
+      row[#row + 1] = st and ("%.2f×, %s"):format(r, WORD[st]) or "—"
+    end
+    rows[#rows + 1] = row
+  end
+  return { caption = ("The comparisons the verdict counts (ratio of the medians; noise rule at %g× on their 95 %% intervals):"):format(E.MARGIN),
+           header = header, rows = rows }
+end
+
 function E.table(results)
   local cps, cts = util.summary(results, "counter/process"), util.summary(results, "counter/thread")
   return {
     size_table(results, "Round-trip latency (median):", "rtt", COLUMNS, "s"),
+    comparison_table(results),
     size_table(results, "C floors, round trip (median of batch means):", "floor", FLOOR_COLUMNS, "s"),
     size_table(results, "Throughput, one way (median):", "tput", COLUMNS, "B/s"),
     { caption = ("Shared counter, %s workers incrementing one key (median, p10 – p90):"):format(tostring(results.data.counter_workers or "?")),
