@@ -251,10 +251,9 @@ local function rtt_round(ctx, links, size, round)
     for _, kind in ipairs(E.KINDS) do
       local l = links[mech .. "/" .. kind]
       local key, meta = key_of("rtt", mech, kind, size), { mech = mech, kind = kind, size = size }
-      if l.skip then -- luacheck: ignore 542
-      elseif l.err then
+      if l.err then
         if round == 1 then ctx:fail(key, meta, l.err, "s") end
-      else
+      elseif not l.skip then
         ctx:sample(key, meta, { n = n, warmup = round == 1 and p.warmup or 0, unit = "s", stop_after_failures = 3, budget = p.budget,
                                 label = ("%s between %s, %s round trip"):format(E.MECH_TEXT[mech], kind_text(kind), fmt(size, "B")) },
           function()
