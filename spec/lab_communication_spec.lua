@@ -215,17 +215,4 @@ describe("lab communication run", function()
       end
     end
   end)
-
-  it("on a build without pt.wait skips the shared-table handoff, saying why, and fails nothing", function()
-    local real = require "procthread"
-    local fake = setmetatable({ wait = false }, { __index = real })
-    local res = lab.run_experiment(E, { mode = "tiny", progress = false, pt = fake })
-    assert.is_nil(res.error)
-    assert.matches("pt.wait is not in this build", res.data.skipped.table)
-    for key, s in pairs(res.series) do
-      assert.is_nil(key:match("/table/"), key)
-      assert.are.equal(0, s.failed, key)
-    end
-    assert.is_true(lab.VERDICTS[res.verdict.verdict])
-  end)
 end)

@@ -166,7 +166,6 @@ end
 -- Through a shared table, both sides blocking in pt.wait.
 local function table_link(ctx, kind)
   local pt = ctx.pt
-  if not pt.wait then return nil, "pt.wait is not in this build of procthread" end
   local ok, st = pcall(pt.shared_table, { seq = 0, ack = 0, head = 0, tail = 0 })
   if not ok then return nil, "pt.shared_table: " .. tostring(st) end
   local okw, w = pcall(ctx.spawn, ctx, kind, table_worker, st, 60)
@@ -253,7 +252,7 @@ local function rtt_round(ctx, links, size, round)
       local key, meta = key_of("rtt", mech, kind, size), { mech = mech, kind = kind, size = size }
       if l.err then
         if round == 1 then ctx:fail(key, meta, l.err, "s") end
-      elseif not l.skip then
+      else
         ctx:sample(key, meta, { n = n, warmup = round == 1 and p.warmup or 0, unit = "s", stop_after_failures = 3, budget = p.budget,
                                 label = ("%s between %s, %s round trip"):format(E.MECH_TEXT[mech], kind_text(kind), fmt(size, "B")) },
           function()
@@ -281,7 +280,6 @@ end
 local function stream(ctx, l, mech, kind, size)
   local p, now = ctx.params, ctx.pt.now
   local key, meta = key_of("tput", mech, kind, size), { mech = mech, kind = kind, size = size }
-  if l.skip then return end
   if l.err then ctx:fail(key, meta, l.err, "B/s"); return end
   local payload = string.rep("x", size)
   local count = math.max(p.tput_min, math.min(p.tput_max, math.floor(p.tput_bytes / size)))
@@ -335,10 +333,6 @@ function E.run(ctx)
       local l, err = open_link(ctx, mech, kind)
       links[mech .. "/" .. kind] = l or { err = err }
     end
-  end
-  if not ctx.pt.wait then   -- an older build: nothing to measure there, nothing failed
-    ctx:set("skipped", { table = links["table/thread"].err })
-    links["table/process"], links["table/thread"] = { skip = true }, { skip = true }
   end
   -- every size in every round: a burst of other load falls on all alike
   for round = 1, ctx.params.rounds do
