@@ -320,6 +320,17 @@ describe("lab verdicts on synthetic data", function()
     assert.matches("within noise at %+100 MiB", cond)
   end)
 
+  it("creation: every size within noise is the verdict 'within noise', not 'not measured'", function()
+    local s = {}
+    for _, m in ipairs({ 0, 100 }) do
+      s["spawn_join/thread/" .. m] = scaled(BASE, 1e-4)
+      s["spawn_join/process/" .. m] = scaled(side(1.5, false), 1e-4)
+    end
+    local v, cond = verdict_of("creation", results({ sizes_mib = { 0, 100 } }, s))
+    assert.are.equal("within noise", v)
+    assert.matches("^at every parent size measured", cond)
+  end)
+
   it("cpu: a scaling whose spreads overlap the mark is the verdict 'within noise', not 'not measured'", function()
     local function spread(above)
       local s = { ["kernel/serial"] = { 1.0, 1.0 } }

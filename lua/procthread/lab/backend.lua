@@ -421,8 +421,8 @@ function E.verdict(results)
   -- the noise rule: the phases' spreads decide, never medians alone
   local on_state, down_state = stats.versus(P.sa, P.sb, E.SERVE_ON), stats.versus(T.sa, T.sb, E.DOWN)
   if on_state == "within noise" or down_state == "within noise" then
-    v.verdict = "not measured"
-    v.condition = ("within noise: the phases after the crash overlap the mark (processes %s after against %s before, %g× mark; thread pool %s against %s, %g× mark)"):format(
+    v.verdict = "within noise"
+    v.condition = ("the phases after the crash overlap the mark (processes %s after against %s before, %g× mark; thread pool %s against %s, %g× mark)"):format(
       fmt(P.after, "/s"), fmt(P.before, "/s"), E.SERVE_ON, fmt(T.after, "/s"), fmt(T.before, "/s"), E.DOWN)
     return v
   end

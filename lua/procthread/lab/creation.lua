@@ -93,8 +93,8 @@ function E.verdict(results)
   for _, q in ipairs(pts) do rmin = math.min(rmin, q.r); rmax = math.max(rmax, q.r) end
   local range = ("+%d to +%d MiB"):format(first.mib, last.mib)
   if #clear == 0 then
-    v.verdict = "not measured"
-    v.condition = ("within noise at every parent size measured (%s; ratios %.2f–%.2f×)"):format(range, rmin, rmax)
+    v.verdict = "within noise"
+    v.condition = ("at every parent size measured (%s; ratios %.2f–%.2f×)"):format(range, rmin, rmax)
   elseif more == #clear then
     v.verdict = "holds"
     v.condition = ("a process costs %.1f–%.1f× a thread at every parent size measured outside the noise (%s)%s"):format(rmin, rmax, range, noise)
