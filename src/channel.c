@@ -149,8 +149,7 @@ void pt_open_channel(lua_State *L) {
     {"capacity", l_capacity}, {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
-  lua_pushcfunction(L, l_len);
-  lua_setfield(L, -2, "__len");
+  pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */
   lua_pop(L, 1);
   lua_pushcfunction(L, l_channel);
   lua_setfield(L, -2, "channel");

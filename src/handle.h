@@ -30,6 +30,10 @@ typedef struct pt_handle {
    __tostring, __name; __close (5.4) is `closefn`, or __gc when NULL. */
 void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn);
+/* Set t.name (t: the table on top) to f with the upvalues of c's methods,
+   which tell its handles fast (mt: the index of c's metatable). */
+void pt_class_method(lua_State *L, int mt, const pt_class *c, const char *name,
+                     lua_CFunction f);
 /* Push a handle on off, adopting one count the caller holds. */
 void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
 /* Raise "bad argument #i to 'fn' (msg)": named even when called through
