@@ -198,7 +198,7 @@ end
 local function is_pool(p) return getmetatable(p) == Pool end
 
 local function check_owner(fname, self)
-  if self.pt.self().id ~= self.owner then
+  if self.pt._self_id() ~= self.owner then
     error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
   end
 end
@@ -550,7 +550,7 @@ function P.new(pt, kind, n, opts)
   if not bell then error(fname .. ": " .. tostring(err), 2) end
   local initargs = opts.initargs and pack(unpack(opts.initargs, 1, table.maxn and table.maxn(opts.initargs) or #opts.initargs))
   local self = setmetatable({
-    pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt.self().id,
+    pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
     tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + n + 8)),
     claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
@@ -804,7 +804,7 @@ function Pool:terminate()
   return true
 end
 
-Pool.__close = function(self) if is_pool(self) and self.pt.self().id == self.owner then self:close() end end
+Pool.__close = function(self) if is_pool(self) and self.pt._self_id() == self.owner then self:close() end end
 
 -- pool:stats(): what the pool has done so far.
 function Pool:stats()
@@ -889,7 +889,7 @@ end
 
 function Future:done()
   check_future("future:done", self)
-  if not self.answer and is_pool(self.pool) and self.pool.pt.self().id == self.pool.owner then
+  if not self.answer and is_pool(self.pool) and self.pool.pt._self_id() == self.pool.owner then
     drain(self.pool)
   end
   return self.answer ~= nil
