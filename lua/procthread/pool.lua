@@ -366,9 +366,21 @@ local function on_end(self, wid, why)
   end
 end
 
--- One message from the answer channel.
+-- An answer that does not decode here (a private array or a pipe of the
+-- worker's process in the results): its task fails with the reason.
+local function on_undecodable(self, err, seq)
+  local task = type(seq) == "number" and self.inflight[seq]
+  if not task then return end
+  self.completed = self.completed + 1
+  settle(self, task, false, false, "results: " .. tostring(err))
+end
+
+-- One message from the answer channel (nil, "undecodable", err, seq: one
+-- that did not decode).
 local function on_message(self, seq, ok, a, ...)
-  if type(seq) == "number" then
+  if seq == nil then
+    on_undecodable(self, a, ...)
+  elseif type(seq) == "number" then
     local task = self.inflight[seq]
     if not task then return end                 -- settled already: a late answer, dropped
     self.completed = self.completed + 1
@@ -411,15 +423,15 @@ local function drain(self, wait)
   local a = self.answers
   local got = true
   if #a > 0 then
-    repeat on_message(self, a:recv(0)) until #a == 0 or self.closed_up
+    repeat on_message(self, a:_recv(0)) until #a == 0 or self.closed_up
   elseif wait then
-    local r = pack(a:recv(wait))
-    if r[1] == nil then
+    local r = pack(a:_recv(wait))
+    if r[1] == nil and r[2] ~= "undecodable" then
       if r[2] ~= "timeout" and r[2] ~= "closed" then error(r[2], 0) end
       got = false
     else
       on_message(self, unpack(r, 1, r.n))
-      while not self.closed_up and #a > 0 do on_message(self, a:recv(0)) end
+      while not self.closed_up and #a > 0 do on_message(self, a:_recv(0)) end
     end
   end
   refill(self)
