@@ -390,6 +390,26 @@ describe("pools", function()
         end
         assert_released(base)
       end)
+
+      it("a pool collected while a task runs releases that task's answer", function()
+        -- the answer (a new shared table, and the one the task was given)
+        -- lands in the answer channel after nothing reads it any more
+        local base = usage()
+        local go, running = pt.event(), pt.event()
+        do
+          local pool = pt.pool(kind, 1)
+          pool:submit(function(g, r, t)
+            r:set()
+            g:wait()
+            return pt.shared_table({ y = 2 }), t
+          end, go, running, pt.shared_table({ x = 1 }))
+          assert.is_true(running:wait(T))
+        end
+        collectgarbage(); collectgarbage()
+        go:set()
+        go, running = nil, nil
+        assert_released(base)
+      end)
     end)
   end
 
