@@ -45,9 +45,9 @@ typedef struct op {
   pt_qmsg m;
 } op;
 
-static int put_step(void *arg, double deadline, const volatile int *cancel) {
+static int put_step(void *arg, double deadline, const pt_wake *w) {
   op *o = (op *)arg;
-  return pt_queue_put(o->q, &o->m, deadline, cancel);
+  return pt_queue_put(o->q, &o->m, deadline, w);
 }
 
 /* The values from index `first` on as one message, waiting up to the
@@ -100,9 +100,9 @@ static int l_offer(lua_State *L) {
 
 /* ---- recv ------------------------------------------------------------------------ */
 
-static int get_step(void *arg, double deadline, const volatile int *cancel) {
+static int get_step(void *arg, double deadline, const pt_wake *w) {
   op *o = (op *)arg;
-  return pt_queue_get(o->q, &o->m, deadline, cancel);
+  return pt_queue_get(o->q, &o->m, deadline, w);
 }
 
 /* The oldest message's values.  A message that does not decode raises,

@@ -193,11 +193,16 @@ const volatile int *pt_cancel_flag(void) {
 int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline) {
   lua_Hook before = lua_gethook(L);
   int mask = lua_gethookmask(L), r;
-  const volatile int *cancel = pt_cancel_flag();
-  do {
-    r = fn(arg, deadline, cancel);
-  } while (r == PT_INTR && lua_gethook(L) == before && lua_gethookmask(L) == mask);
-  return r;
+  pt_wake w;
+  w.cancel = pt_cancel_flag();
+  for (;;) {
+    if (pt_interrupted()) return PT_CANCELLED;         /* "interrupted" */
+    w.intr = pt_interrupt_word(&w.intr_expected);
+    r = fn(arg, deadline, &w);
+    if (r != PT_INTR) return r;
+    if (pt_interrupted()) return PT_CANCELLED;
+    if (lua_gethook(L) != before || lua_gethookmask(L) != mask) return PT_INTR;
+  }
 }
 
 int pt_push_status(lua_State *L, int status, const char *op, int err) {
