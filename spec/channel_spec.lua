@@ -294,6 +294,31 @@ describe("channels", function()
       assert.matches("ok", out)
     end)
 
+    it("a message that does not decode here releases what it holds; _recv says which it was", function()
+      -- a process's private array cannot cross: recv raises, _recv (the
+      -- pools') returns the values before it; the shared tables travelling
+      -- with it (behind the array, and in a long message) are released
+      local before = pt.shm_stats().objects
+      local ch = pt.channel()
+      local st = pt.shared_table({ 1 })
+      local w = pt.spawn_process(function(c, t)
+        local pt = require "procthread"
+        local a = pt.array(1)
+        c:send(1, a, t, ("z"):rep(200))
+        c:send(2, t, a)
+        return true
+      end, ch, st)
+      assert.is_true(H.join_ok(w, T))
+      local ok, err = pcall(ch.recv, ch, T)
+      assert.is_false(ok)
+      assert.matches("private array cannot cross to another process", err)
+      assert.same({ nil, "undecodable", "private array cannot cross to another process", 2, st },
+        { ch:_recv(T) })
+      ch, st, w = nil, nil, nil
+      collectgarbage(); collectgarbage()
+      assert.equal(before, pt.shm_stats().objects)
+    end)
+
     it("a dropped channel frees its queued messages and what they reference", function()
       local before = pt.shm_stats().objects
       do

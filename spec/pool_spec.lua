@@ -145,6 +145,28 @@ describe("pools", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("fails a task whose results do not decode here, and goes on", function()
+        -- a private array of a process worker cannot cross back: the answer
+        -- fails its task (it raised from get and left the task unanswered,
+        -- so that close timed out); a thread pool's answer decodes
+        local base = H.usage()
+        local pool = pt.pool(kind, 1)
+        local fs = {}
+        for i = 1, 10 do fs[i] = pool:submit(function() return pt.array(2), "after" end) end
+        local ok1, a1 = fs[1]:get(T)
+        if kind == "process" then
+          assert.are.same({ false, "results: private array cannot cross to another process" }, { ok1, a1 })
+        else
+          assert.is_true(ok1); assert.are.equal(2, #a1)
+        end
+        for i = 2, 10 do assert.are.equal(ok1, (fs[i]:get(T))) end
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.are.equal(11, pool:stats().completed)
+        assert.is_true(pool:close(T))
+        ok1, a1, fs = nil, nil, nil
+        assert_released(base)
+      end)
+
       it("times out get like join, then answers, and answers again the same", function()
         local pool = pt.pool(kind, 1)
         local f = pool:submit(function() pt.sleep(0.3) return { x = 1 } end)
@@ -366,6 +388,26 @@ describe("pools", function()
           local f = pool:submit(function(a, b) return a, b end, st, arr)
           assert.are.equal("queued", f:status())
         end
+        assert_released(base)
+      end)
+
+      it("a pool collected while a task runs releases that task's answer", function()
+        -- the answer (a new shared table, and the one the task was given)
+        -- lands in the answer channel after nothing reads it any more
+        local base = usage()
+        local go, running = pt.event(), pt.event()
+        do
+          local pool = pt.pool(kind, 1)
+          pool:submit(function(g, r, t)
+            r:set()
+            g:wait()
+            return pt.shared_table({ y = 2 }), t
+          end, go, running, pt.shared_table({ x = 1 }))
+          assert.is_true(running:wait(T))
+        end
+        collectgarbage(); collectgarbage()
+        go:set()
+        go, running = nil, nil
         assert_released(base)
       end)
     end)

@@ -45,9 +45,9 @@ typedef struct op {
   pt_qmsg m;
 } op;
 
-static int put_step(void *arg, double deadline, const volatile int *cancel) {
+static int put_step(void *arg, double deadline, const pt_wake *w) {
   op *o = (op *)arg;
-  return pt_queue_put(o->q, &o->m, deadline, cancel);
+  return pt_queue_put(o->q, &o->m, deadline, w);
 }
 
 /* The values from index `first` on as one message, waiting up to the
@@ -100,25 +100,40 @@ static int l_offer(lua_State *L) {
 
 /* ---- recv ------------------------------------------------------------------------ */
 
-static int get_step(void *arg, double deadline, const volatile int *cancel) {
+static int get_step(void *arg, double deadline, const pt_wake *w) {
   op *o = (op *)arg;
-  return pt_queue_get(o->q, &o->m, deadline, cancel);
+  return pt_queue_get(o->q, &o->m, deadline, w);
+}
+
+/* The oldest message's values.  A message that does not decode raises,
+   or (head) returns nil, "undecodable", the error, then the values that
+   decoded whole before the failure (pools: the task it answers). */
+static int recv(lua_State *L, int head, const char *fn) {
+  op o;
+  double deadline;
+  int r, n, whole;
+  o.q = PT_HOFF(L, 1, &channel_class, fn);
+  deadline = pt_check_deadline(L, 2, 1, fn);
+  r = pt_wait_lua(L, get_step, &o, deadline);
+  if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
+  n = head ? pt_decode_head(L, o.m.data, o.m.len, &whole) : pt_decode(L, o.m.data, o.m.len);
+  pt_qmsg_done(&o.m);
+  if (n >= 0) return n;
+  if (!head) return lua_error(L);
+  lua_pushnil(L);                              /* L: ... v1..vk err nil */
+  lua_insert(L, -2 - whole);
+  lua_pushliteral(L, "undecodable");
+  lua_insert(L, -2 - whole);                   /* L: ... nil "undecodable" v1..vk err */
+  lua_insert(L, -1 - whole);                   /* L: ... nil "undecodable" err v1..vk */
+  return whole + 3;
 }
 
 /* ch:recv([timeout]) -> values | nil, "timeout" | nil, "closed" */
-static int l_recv(lua_State *L) {
-  op o;
-  double deadline;
-  int r, n;
-  o.q = PT_HOFF(L, 1, &channel_class, "recv");
-  deadline = pt_check_deadline(L, 2, 1, "recv");
-  r = pt_wait_lua(L, get_step, &o, deadline);
-  if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
-  n = pt_decode(L, o.m.data, o.m.len);
-  pt_qmsg_done(&o.m);
-  if (n < 0) return lua_error(L);
-  return n;
-}
+static int l_recv(lua_State *L) { return recv(L, 0, "recv"); }
+
+/* ch:_recv([timeout]) (internal, pools): recv, but an undecodable message
+   gives nil, "undecodable", err, and the values before the failure. */
+static int l_recv_head(lua_State *L) { return recv(L, 1, "_recv"); }
 
 /* ---- the rest --------------------------------------------------------------------- */
 
@@ -146,11 +161,10 @@ static int l_close_meta(lua_State *L) {
 void pt_open_channel(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
-    {"capacity", l_capacity}, {NULL, NULL}};
+    {"capacity", l_capacity}, {"_recv", l_recv_head}, {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
-  lua_pushcfunction(L, l_len);
-  lua_setfield(L, -2, "__len");
+  pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */
   lua_pop(L, 1);
   lua_pushcfunction(L, l_channel);
   lua_setfield(L, -2, "channel");

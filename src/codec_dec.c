@@ -271,7 +271,8 @@ static int dec_value(dec *d) {
   return ok;
 }
 
-int pt_decode(lua_State *L, const char *data, size_t len) {
+/* pt_decode, and pt_decode_head when whole is not NULL. */
+static int decode(lua_State *L, const char *data, size_t len, int *whole) {
   dec d;
   pt_ticket t;
   int top = lua_gettop(L), n = 0, has_ticket;
@@ -300,9 +301,22 @@ int pt_decode(lua_State *L, const char *data, size_t len) {
   lua_remove(L, d.objs);                 /* L: ... v1 .. vn */
   return n;
 fail:
-  lua_settop(L, top);
+  if (whole) {                           /* keep the values decoded whole */
+    lua_settop(L, d.objs + n);
+    lua_remove(L, d.objs);
+    *whole = n;
+  } else {
+    lua_settop(L, top);
+  }
   /* drop the references not adopted: the failing value on */
   pt_codec_release_from(data, len, d.errat);
   lua_pushstring(L, d.err ? d.err : "corrupt message");
   return -1;
+}
+
+int pt_decode(lua_State *L, const char *data, size_t len) { return decode(L, data, len, NULL); }
+
+int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole) {
+  *whole = 0;
+  return decode(L, data, len, whole);
 }

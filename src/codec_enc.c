@@ -27,6 +27,7 @@
 /* registry["procthread.names"] = weak-keyed { [cfunction] = "mod\0key",
    [moduletable] = "mod" }, built from package.loaded. */
 #define NAMES_KEY "procthread.names"
+#define DUMPS_KEY "procthread.dumps"
 
 /* Record module `mod` (its table at t) in the map: the table, and each C
    function it holds that has no name yet. */
@@ -352,24 +353,59 @@ static int enc_cfunction(enc *e, int idx) {
   return r;
 }
 
+/* Push the registry's cache of dumped functions: { [fn] = the bytes
+   enc_bytecode writes for it }, weak keys.  A function sent again (a pool's
+   task function, each submit) is copied from there, not dumped again: the
+   bytes of a function never change (its upvalues are written apart). */
+static void enc_push_dumps(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, DUMPS_KEY);
+  if (!lua_isnil(L, -1)) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, DUMPS_KEY);
+}
+
 /* The bytecode of the function at idx, behind its length and check. */
 static int enc_bytecode(enc *e, int idx, int nups) {
   lua_State *L = e->L;
-  size_t at, start;
+  size_t at, start, n;
+  const char *cached;
   uint64_t len, chk;
   int r;
+  enc_push_dumps(L);                                /* L: ... dumps */
+  lua_pushvalue(L, idx);
+  lua_rawget(L, -2);                                /* L: ... dumps bytes|nil */
+  cached = lua_tolstring(L, -1, &n);
+  r = cached ? pt_buf_add(e->b, cached, n) : 0;
+  lua_pop(L, 1);
+  if (cached) {
+    lua_pop(L, 1);
+    return r == 0 ? 1 : enc_oom(e);
+  }
   at = e->b->len;
-  if (pt_buf_reserve(e->b, 16)) return enc_oom(e);
+  if (pt_buf_reserve(e->b, 16)) { lua_pop(L, 1); return enc_oom(e); }
   e->b->len += 16;                                  /* length and check, below */
   start = e->b->len;
   lua_pushvalue(L, idx);
   r = pt_dump(L, enc_dump_writer, e);
   lua_pop(L, 1);
-  if (r != 0) return e->oom ? enc_oom(e) : enc_fail(e, "%s", "cannot dump function");
+  if (r != 0) {
+    lua_pop(L, 1);
+    return e->oom ? enc_oom(e) : enc_fail(e, "%s", "cannot dump function");
+  }
   len = e->b->len - start;
   chk = pt_codec_code_check(e->b->data + start, (size_t)len, nups);
   memcpy(e->b->data + at, &len, 8);
   memcpy(e->b->data + at + 8, &chk, 8);
+  lua_pushvalue(L, idx);
+  lua_pushlstring(L, e->b->data + at, e->b->len - at);
+  lua_rawset(L, -3);                                /* dumps[fn] = the bytes */
+  lua_pop(L, 1);
   return 1;
 }
 

@@ -122,6 +122,15 @@ static void set_meta(lua_State *L, const pt_class *c, const char *name, lua_CFun
   lua_setfield(L, -2, name);
 }
 
+void pt_class_method(lua_State *L, int mt, const pt_class *c, const char *name,
+                     lua_CFunction f) {
+  mt = pt_absindex(L, mt);
+  lua_pushlightuserdata(L, (void *)lua_topointer(L, mt));
+  lua_pushlightuserdata(L, (void *)c);
+  lua_pushcclosure(L, f, 2);
+  lua_setfield(L, -2, name);
+}
+
 void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn) {
   if (luaL_newmetatable(L, c->tname)) {
@@ -137,12 +146,7 @@ void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
     lua_pushstring(L, c->tname);
     lua_setfield(L, -2, "__name");
     lua_newtable(L);
-    for (; methods->name; methods++) {
-      lua_pushlightuserdata(L, (void *)lua_topointer(L, -2));
-      lua_pushlightuserdata(L, (void *)c);
-      lua_pushcclosure(L, methods->func, 2);
-      lua_setfield(L, -2, methods->name);
-    }
+    for (; methods->name; methods++) pt_class_method(L, -2, c, methods->name, methods->func);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
@@ -189,11 +193,16 @@ const volatile int *pt_cancel_flag(void) {
 int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline) {
   lua_Hook before = lua_gethook(L);
   int mask = lua_gethookmask(L), r;
-  const volatile int *cancel = pt_cancel_flag();
-  do {
-    r = fn(arg, deadline, cancel);
-  } while (r == PT_INTR && lua_gethook(L) == before && lua_gethookmask(L) == mask);
-  return r;
+  pt_wake w;
+  w.cancel = pt_cancel_flag();
+  for (;;) {
+    if (pt_interrupted()) return PT_CANCELLED;         /* "interrupted" */
+    w.intr = pt_interrupt_word(&w.intr_expected);
+    r = fn(arg, deadline, &w);
+    if (r != PT_INTR) return r;
+    if (pt_interrupted()) return PT_CANCELLED;
+    if (lua_gethook(L) != before || lua_gethookmask(L) != mask) return PT_INTR;
+  }
 }
 
 int pt_push_status(lua_State *L, int status, const char *op, int err) {

@@ -7,6 +7,7 @@
 
 #include "pt.h"
 #include "obj.h"
+#include "wait.h"
 
 typedef struct pt_class {
   const char *tname;           /* metatable name: "procthread.Channel" */
@@ -30,6 +31,10 @@ typedef struct pt_handle {
    __tostring, __name; __close (5.4) is `closefn`, or __gc when NULL. */
 void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn);
+/* Set t.name (t: the table on top) to f with the upvalues of c's methods,
+   which tell its handles fast (mt: the index of c's metatable). */
+void pt_class_method(lua_State *L, int mt, const pt_class *c, const char *name,
+                     lua_CFunction f);
 /* Push a handle on off, adopting one count the caller holds. */
 void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
 /* Raise "bad argument #i to 'fn' (msg)": named even when called through
@@ -61,10 +66,14 @@ const char *pt_handle_decode(lua_State *L, const pt_ref *ref, const pt_class *c)
 /* The cancel flag of the calling thread worker, or NULL. */
 const volatile int *pt_cancel_flag(void);
 /* A blocking step: a wait.h status. */
-typedef int (*pt_waitfn)(void *arg, double deadline, const volatile int *cancel);
-/* Run fn until it returns something other than PT_INTR, unless a signal
-   handler set a Lua hook meanwhile (lua.c does on Ctrl-C): then return
-   PT_INTR, and the hook fires as soon as the binding returns to Lua. */
+typedef int (*pt_waitfn)(void *arg, double deadline, const pt_wake *w);
+/* Run fn until it returns something other than PT_INTR, w naming this
+   thread's cancel flag and, in the main thread, the interrupt word.  A
+   Ctrl-C (a SIGINT this thread has not acted on, before the call or while
+   it sleeps) ends it with PT_CANCELLED, which pt_push_status answers
+   nil, "interrupted"; so does a signal handler that set a Lua hook
+   meanwhile (PT_INTR).  The hook fires as soon as the binding returns to
+   Lua. */
 int pt_wait_lua(lua_State *L, pt_waitfn fn, void *arg, double deadline);
 /* Finish a binding whose wait did not succeed: raise "cancelled", or
    return nil, "timeout" / "closed" / "interrupted", or nil, "<op>:

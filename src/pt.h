@@ -138,6 +138,9 @@ int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
 /* Decode every value of a buffer and push them.  Returns how many were
    pushed, or -1 with an error message pushed instead (nothing else). */
 int pt_decode(lua_State *L, const char *data, size_t len);
+/* The same, but a failure keeps the values decoded whole before it:
+   they stay pushed, below the message, and *whole says how many. */
+int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole);
 /* Drop the references held by an encoded buffer that will never be
    decoded.  Safe on any bytes and on a cut buffer (the start of a
    message: every whole reference in it is released); does nothing for a

@@ -165,7 +165,7 @@ static int can_move(qend *me, qend *other, uint64_t bias) {
    a put or get spins a little with nothing held (the other side is often
    about to act); later calls sleep on the other end, under its lock. */
 static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
-                 const volatile int *cancel) {
+                 const pt_wake *w) {
   uint64_t seen = me->seen;
   int r = PT_OK;
   pt_unlock(&me->mu);
@@ -173,7 +173,7 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
   else if (pt_lock(&other->mu, repair, q) == PT_ERR) r = PT_ERR;
   else {
     if (LOAD(other->index) == seen && !LOAD(q->closed))
-      r = pt_cond_wait(&other->waiters, &other->mu, deadline, cancel, repair, q);
+      r = pt_cond_wait_on(&other->waiters, &other->mu, deadline, w, repair, q);
     pt_unlock(&other->mu);
   }
   *spun = 1;
@@ -181,7 +181,7 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
   return r;
 }
 
-int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *cancel) {
+int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const pt_wake *w) {
   queue *q = Q(off);
   int r, spun = 0;
   if (m->len > PT_QUEUE_INLINE && !m->block) {  /* fill it before locking */
@@ -194,13 +194,13 @@ int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (LOAD(q->closed)) { r = PT_CLOSED; break; }
     if (can_move(&q->put, &q->get, q->cap)) { put_slot(q, m); r = PT_OK; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
-    if ((r = await(q, &q->put, &q->get, &spun, deadline, cancel)) != PT_OK) break;
+    if ((r = await(q, &q->put, &q->get, &spun, deadline, w)) != PT_OK) break;
   }
   pt_unlock(&q->put.mu);
   return r;
 }
 
-int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const volatile int *cancel) {
+int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const pt_wake *w) {
   queue *q = Q(off);
   int r, spun = 0;
   m->block = 0;
@@ -210,7 +210,7 @@ int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const volatile int *ca
     if (can_move(&q->get, &q->put, 0)) { get_slot(q, m); r = PT_OK; break; }
     if (closed) { r = PT_CLOSED; break; }
     if (expired(deadline)) { r = PT_TIMEOUT; break; }
-    if ((r = await(q, &q->get, &q->put, &spun, deadline, cancel)) != PT_OK) break;
+    if ((r = await(q, &q->get, &q->put, &spun, deadline, w)) != PT_OK) break;
   }
   pt_unlock(&q->get.mu);
   return r;

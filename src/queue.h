@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "shm.h"
+#include "wait.h"
 
 #define PT_QUEUE_INLINE 56
 #define PT_QUEUE_MAXCAP (1u << 20)
@@ -38,17 +39,18 @@ int pt_queue_valid(pt_off off);
 void pt_queue_decref(pt_off q, uint64_t gen, void (*discard)(const char *, size_t));
 
 /* Put the len bytes at data at the tail, waiting while the queue is full
-   until the deadline (wait.h; 0 timeout: a deadline already past).
+   until the deadline (wait.h; 0 timeout: a deadline already past), or
+   what w names (wait.h: cancel flag, interrupt word).
    m holds the message between calls: pt_qmsg_init it first; a retry after
    PT_INTR reuses it.  PT_OK (the queue owns the bytes now), PT_TIMEOUT,
    PT_CLOSED, PT_CANCELLED, PT_INTR, PT_NOMEM (nothing was written),
    PT_ERR.  Unless PT_OK, call pt_qmsg_done(m) when giving up. */
 void pt_qmsg_init(pt_qmsg *m, const char *data, size_t len);
-int pt_queue_put(pt_off q, pt_qmsg *m, double deadline, const volatile int *cancel);
+int pt_queue_put(pt_off q, pt_qmsg *m, double deadline, const pt_wake *w);
 /* Take the oldest message into m, waiting while the queue is empty.
    PT_OK (read m->data, m->len, then pt_qmsg_done), PT_TIMEOUT,
    PT_CLOSED (closed and drained), PT_CANCELLED, PT_INTR, PT_ERR. */
-int pt_queue_get(pt_off q, pt_qmsg *m, double deadline, const volatile int *cancel);
+int pt_queue_get(pt_off q, pt_qmsg *m, double deadline, const pt_wake *w);
 /* Free the block a message still holds. */
 void pt_qmsg_done(pt_qmsg *m);
 

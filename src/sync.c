@@ -65,13 +65,13 @@ static void sync_drop(pt_off off, uint64_t gen) {
 /* Holding nothing: wait until ready(o), which also takes what it found
    (a permit), under the lock.  What is ready when the wait ends wins over
    a timeout or a cancel. */
-static int sync_wait(syncobj *o, double deadline, const volatile int *cancel,
+static int sync_wait(syncobj *o, double deadline, const pt_wake *w,
                      int (*ready)(syncobj *)) {
   int r = PT_OK, ok;
   if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
   while (!(ok = ready(o))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
-    r = pt_cond_wait(&o->cond, &o->mu, deadline, cancel, repair, o);
+    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, repair, o);
   }
   pt_unlock(&o->mu);
   if (ok) return PT_OK;
@@ -98,10 +98,10 @@ static int sem_try(syncobj *o) {
 }
 
 
-static int sem_acquire(void *arg, double deadline, const volatile int *cancel) {
+static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
   syncobj *o = (syncobj *)arg;
   if (sem_try(o)) return PT_OK;
-  return sync_wait(o, deadline, cancel, sem_try);
+  return sync_wait(o, deadline, w, sem_try);
 }
 
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
@@ -121,10 +121,10 @@ static int sem_release(syncobj *o, uint64_t k) {
 
 static int evt_ready(syncobj *o) { return LOAD(o) != 0; }
 
-static int evt_wait(void *arg, double deadline, const volatile int *cancel) {
+static int evt_wait(void *arg, double deadline, const pt_wake *w) {
   syncobj *o = (syncobj *)arg;
   if (evt_ready(o)) return PT_OK;
-  return sync_wait(o, deadline, cancel, evt_ready);
+  return sync_wait(o, deadline, w, evt_ready);
 }
 
 /* ---- barrier ------------------------------------------------------------------------ */
@@ -138,9 +138,9 @@ typedef struct arrival {
   uint32_t round, index;       /* index 0: not arrived yet */
 } arrival;
 
-/* Arrive (once) and wait for the round to end.  A party that gives up
-   (timeout, cancel) withdraws its arrival while the round is still open. */
-static int bar_wait(void *arg, double deadline, const volatile int *cancel) {
+/* Arrive (once) and wait for the round to end.  A retry (after PT_INTR)
+   waits on as the same party; one that gives up leaves (bar_leave). */
+static int bar_wait(void *arg, double deadline, const pt_wake *w) {
   arrival *a = (arrival *)arg;
   syncobj *o = a->o;
   int r = PT_OK;
@@ -159,11 +159,22 @@ static int bar_wait(void *arg, double deadline, const volatile int *cancel) {
   }
   while (ROUND(LOAD(o)) == a->round) {
     if (deadline >= 0 && pt_clock_now() >= deadline) { r = PT_TIMEOUT; break; }
-    r = pt_cond_wait(&o->cond, &o->mu, deadline, cancel, repair, o);
+    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, repair, o);
     if (r != PT_OK) break;
   }
   if (ROUND(LOAD(o)) != a->round) r = PT_OK;
-  else if (r != PT_INTR) STORE(o, LOAD(o) - 1);   /* withdraw */
+  pt_unlock(&o->mu);
+  return r;
+}
+
+/* A party that arrived gives up (timeout, cancel, Ctrl-C, an error):
+   it withdraws its arrival while the round is still open; PT_OK when the
+   round ended meanwhile (it passed), else r. */
+static int bar_leave(arrival *a, int r) {
+  syncobj *o = a->o;
+  if (!a->index || pt_lock(&o->mu, repair, o) == PT_ERR) return r;
+  if (ROUND(LOAD(o)) != a->round) r = PT_OK;
+  else STORE(o, LOAD(o) - 1);
   pt_unlock(&o->mu);
   return r;
 }
@@ -269,12 +280,14 @@ static int l_barrier(lua_State *L) {
 static int l_bar_wait(lua_State *L) {
   arrival a;
   double deadline;
-  int r;
+  int r, e;
   a.o = OBJ(L, &bar_class, "wait");
   a.round = a.index = 0;
   deadline = pt_check_deadline(L, 2, 1, "wait");
   r = pt_wait_lua(L, bar_wait, &a, deadline);
-  if (r != PT_OK) return pt_push_status(L, r, "barrier wait", errno);
+  e = errno;
+  if (r != PT_OK) r = bar_leave(&a, r);
+  if (r != PT_OK) return pt_push_status(L, r, "barrier wait", e);
   lua_pushinteger(L, (lua_Integer)a.index);
   return 1;
 }

@@ -269,16 +269,44 @@ static int l_memory(lua_State *L) {
   return 1;
 }
 
+/* pt.self().id of the calling thread, cached: a system call at a thread's
+   first call and after a fork only (fork_gen counts the forks of this
+   process's line, every fork: pthread_atfork). */
+static unsigned fork_gen;
+static __thread unsigned id_gen;               /* fork_gen + 1 when id_cache holds */
+static __thread lua_Integer id_cache;
+
+static void count_fork(void) { fork_gen++; }
+static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, count_fork); }
+
+static lua_Integer self_id(int kind) {
+  if (id_gen != fork_gen + 1) {
+    id_cache = kind == PT_THREAD ? (lua_Integer)syscall(SYS_gettid) : (lua_Integer)getpid();
+    id_gen = fork_gen + 1;
+  }
+  return id_cache;
+}
+
+static int self_kind(void) {
+  pt_ctx *c = pt_self_ctx;
+  return c ? c->kind : PT_MAIN;
+}
+
 static int l_self(lua_State *L) {
   static const char *const names[] = {"main", "thread", "process"};
-  pt_ctx *c = pt_self_ctx;
-  int kind = c ? c->kind : PT_MAIN;
+  int kind = self_kind();
   lua_createtable(L, 0, 2);
   lua_pushstring(L, names[kind]);
   lua_setfield(L, -2, "kind");
-  if (kind == PT_THREAD) lua_pushinteger(L, (lua_Integer)syscall(SYS_gettid));
-  else lua_pushinteger(L, (lua_Integer)getpid());
+  lua_pushinteger(L, self_id(kind));
   lua_setfield(L, -2, "id");
+  return 1;
+}
+
+/* pt._self_id() -> pt.self().id without the table (pools check their
+   owner at every call with it). */
+static int l_self_id(lua_State *L) {
+  lua_pushinteger(L, self_id(self_kind()));
   return 1;
 }
 
@@ -310,7 +338,10 @@ void pt_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"now", l_now}, {"sleep", l_sleep}, {"cpu_count", l_cpu_count},
     {"rusage", l_rusage}, {"memory", l_memory}, {"self", l_self},
-    {"cancelled", l_cancelled}, {"fault", l_fault}, {NULL, NULL}};
+    {"cancelled", l_cancelled}, {"fault", l_fault}, {"_self_id", l_self_id},
+    {NULL, NULL}};
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, watch_forks);
   pt_setfuncs(L, fns);
   lua_pushstring(L, PT_VERSION);
   lua_setfield(L, -2, "version");

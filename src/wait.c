@@ -265,12 +265,36 @@ void pt_cond_wake(pt_cond *c) {
 
 int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
                  const volatile int *cancel, void (*repair)(void *), void *arg) {
+  pt_wake w;
+  w.cancel = cancel;
+  w.intr = NULL;
+  w.intr_expected = 0;
+  return pt_cond_wait_on(c, m, deadline, &w, repair, arg);
+}
+
+/* The sleep of pt_cond_wait_on: seq and, when given, the interrupt word. */
+static int cond_sleep(pt_cond *c, uint32_t s, double deadline, const pt_wake *w) {
+  const uint32_t *words[2];
+  uint32_t expected[2];
+  int r;
+  words[0] = &c->seq; expected[0] = s;
+  if (!w || !w->intr) return pt_futex_wait(&c->seq, s, deadline, w ? w->cancel : NULL);
+  words[1] = w->intr; expected[1] = w->intr_expected;
+  r = pt_futex_waitv(words, expected, 2, deadline, w->cancel, NULL);
+  if ((r == PT_OK || r == PT_INTR) &&
+      __atomic_load_n(w->intr, __ATOMIC_ACQUIRE) != w->intr_expected)
+    return PT_INTR;
+  return r;
+}
+
+int pt_cond_wait_on(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
+                    void (*repair)(void *), void *arg) {
   uint32_t s;
   int r, lk;
   __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
   s = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   pt_unlock(m);
-  r = pt_futex_wait(&c->seq, s, deadline, cancel);
+  r = cond_sleep(c, s, deadline, w);
   lk = pt_lock_spin(m, repair, arg);
   if (lk == PT_ERR) abort();     /* only ENOTRECOVERABLE, which pt_lock prevents */
   return r;

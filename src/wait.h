@@ -106,6 +106,17 @@ typedef struct pt_cond {
   uint32_t sleeping;            /* 1: someone may sleep on seq */
 } pt_cond;
 
+/* What ends a wait besides its condition and deadline: the calling
+   thread's cancel flag (NULL: none), and the interrupt word (lifecycle's
+   pt_interrupt_word; NULL: none) once it no longer holds intr_expected.
+   The kernel watches both with the wait's own word, so a cancel or a
+   Ctrl-C that comes after the caller looked still ends the sleep. */
+typedef struct pt_wake {
+  const volatile int *cancel;
+  const uint32_t *intr;
+  uint32_t intr_expected;
+} pt_wake;
+
 /* Holding m: wake every sleeper of c (before publishing the change). */
 void pt_cond_wake(pt_cond *c);
 /* Holding m: release m, sleep until woken (or deadline, cancel, signal),
@@ -113,6 +124,10 @@ void pt_cond_wake(pt_cond *c);
    caller re-checks its condition on PT_OK (wake-ups may be spurious). */
 int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
                  const volatile int *cancel, void (*repair)(void *), void *arg);
+/* The same, ended by what w names too: PT_INTR once its interrupt word
+   moved (w NULL: nothing more). */
+int pt_cond_wait_on(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
+                    void (*repair)(void *), void *arg);
 
 /* pt_cond_wait for a recursive lock m that this thread holds any number of
    times (pt.wait inside nested pt.locked): m is released entirely while it

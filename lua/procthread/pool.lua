@@ -198,7 +198,7 @@ end
 local function is_pool(p) return getmetatable(p) == Pool end
 
 local function check_owner(fname, self)
-  if self.pt.self().id ~= self.owner then
+  if self.pt._self_id() ~= self.owner then
     error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
   end
 end
@@ -366,9 +366,21 @@ local function on_end(self, wid, why)
   end
 end
 
--- One message from the answer channel.
+-- An answer that does not decode here (a private array or a pipe of the
+-- worker's process in the results): its task fails with the reason.
+local function on_undecodable(self, err, seq)
+  local task = type(seq) == "number" and self.inflight[seq]
+  if not task then return end
+  self.completed = self.completed + 1
+  settle(self, task, false, false, "results: " .. tostring(err))
+end
+
+-- One message from the answer channel (nil, "undecodable", err, seq: one
+-- that did not decode).
 local function on_message(self, seq, ok, a, ...)
-  if type(seq) == "number" then
+  if seq == nil then
+    on_undecodable(self, a, ...)
+  elseif type(seq) == "number" then
     local task = self.inflight[seq]
     if not task then return end                 -- settled already: a late answer, dropped
     self.completed = self.completed + 1
@@ -411,15 +423,15 @@ local function drain(self, wait)
   local a = self.answers
   local got = true
   if #a > 0 then
-    repeat on_message(self, a:recv(0)) until #a == 0 or self.closed_up
+    repeat on_message(self, a:_recv(0)) until #a == 0 or self.closed_up
   elseif wait then
-    local r = pack(a:recv(wait))
-    if r[1] == nil then
+    local r = pack(a:_recv(wait))
+    if r[1] == nil and r[2] ~= "undecodable" then
       if r[2] ~= "timeout" and r[2] ~= "closed" then error(r[2], 0) end
       got = false
     else
       on_message(self, unpack(r, 1, r.n))
-      while not self.closed_up and #a > 0 do on_message(self, a:recv(0)) end
+      while not self.closed_up and #a > 0 do on_message(self, a:_recv(0)) end
     end
   end
   refill(self)
@@ -550,7 +562,7 @@ function P.new(pt, kind, n, opts)
   if not bell then error(fname .. ": " .. tostring(err), 2) end
   local initargs = opts.initargs and pack(unpack(opts.initargs, 1, table.maxn and table.maxn(opts.initargs) or #opts.initargs))
   local self = setmetatable({
-    pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt.self().id,
+    pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
     tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + n + 8)),
     claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
@@ -804,7 +816,7 @@ function Pool:terminate()
   return true
 end
 
-Pool.__close = function(self) if is_pool(self) and self.pt.self().id == self.owner then self:close() end end
+Pool.__close = function(self) if is_pool(self) and self.pt._self_id() == self.owner then self:close() end end
 
 -- pool:stats(): what the pool has done so far.
 function Pool:stats()
@@ -889,7 +901,7 @@ end
 
 function Future:done()
   check_future("future:done", self)
-  if not self.answer and is_pool(self.pool) and self.pool.pt.self().id == self.pool.owner then
+  if not self.answer and is_pool(self.pool) and self.pool.pt._self_id() == self.pool.owner then
     drain(self.pool)
   end
   return self.answer ~= nil
