@@ -207,19 +207,24 @@ int pt_spin_useful(void) {
 }
 
 /* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
-   cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
-int pt_spin_while(const uint64_t *word, uint64_t v) {
+   cycles, by CPU model), looking at the clock every SPIN_STEP pauses; the
+   word is 64 bits (wide) or 32. */
+static int spin_while(const void *word, uint64_t v, int wide) {
   double until = 0;
   int i;
-  if (!pt_spin_useful()) return __atomic_load_n(word, __ATOMIC_ACQUIRE) != v;
-  for (i = 1;; i++) {
-    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
+  for (i = 0;; i++) {
+    uint64_t now = wide ? __atomic_load_n((const uint64_t *)word, __ATOMIC_ACQUIRE)
+                        : __atomic_load_n((const uint32_t *)word, __ATOMIC_ACQUIRE);
+    if (now != v) return 1;
+    if (!pt_spin_useful()) return 0;
     pt_cpu_relax();
-    if (i % SPIN_STEP) continue;
+    if (!i || i % SPIN_STEP) continue;
     if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
     else if (pt_clock_now() >= until) return 0;
   }
 }
+
+int pt_spin_while(const uint64_t *word, uint64_t v) { return spin_while(word, v, 1); }
 
 /* ---- robust locks ----------------------------------------------------------- */
 
@@ -299,7 +304,10 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
   words[1] = intr;
   expected[1] = intr_expected;
   depth = unlock_all(m);
-  r = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+  /* the change is often about to come: a spin saves the sleep and the
+     wake-up (the waker still calls FUTEX_WAKE: sleeping is set) */
+  r = spin_while(&c->seq, expected[0], 0) ? PT_OK
+      : pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
   if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait */
   while (--depth > 0)
     if (pthread_mutex_lock(m) != 0) abort();   /* ours already: a count */
