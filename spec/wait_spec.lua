@@ -117,8 +117,10 @@ describe("pt.wait", function()
                          function(s) return pt.wait(s, "k", 0, 10) end, st)
       end
       for i = 1, 4 do assert.truthy(sleeping(ws[i])) end
+      local t0 = pt.now()
       st.k = 1
       for i = 1, 4 do assert.same({ true, true }, { ws[i]:join(T) }) end
+      assert.is_true(pt.now() - t0 < 5)          -- woken, not ended by their timeouts
     end)
 
     it("using no CPU while it waits", function()

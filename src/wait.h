@@ -103,8 +103,10 @@ void pt_unlock(pthread_mutex_t *m);
  * flag set, which costs the next changer one needless wake, nothing more. */
 typedef struct pt_cond {
   uint32_t seq;                 /* futex word: bumped by each wake */
-  uint32_t sleeping;            /* 1: someone may sleep on seq */
+  uint32_t sleeping;            /* 1: someone may sleep on seq;
+                                   PT_COND_SPINNING: only spin on it */
 } pt_cond;
+#define PT_COND_SPINNING 2u
 
 /* Holding m: wake every sleeper of c (before publishing the change). */
 void pt_cond_wake(pt_cond *c);
