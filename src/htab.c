@@ -309,9 +309,10 @@ static int rehash(pt_stab *t, uint64_t cap) {
 }
 
 /* A table grows when more than 4/5 of its slots are used (tombstones
-   count).  With 3/4, 200k keys took 512k slots (16 MiB): every access
-   missed the TLB as well as the cache, and ran at half the speed it does
-   in 256k slots (8 MiB).  The price: at 4/5 a lookup of an absent key
+   count).  With 3/4, 200k keys took 512k slots (16 MiB) and ran at half
+   the speed they do in 256k (8 MiB): an access is a cache miss, and a
+   smaller array misses less and less far (TLB).  The same for 100k keys
+   (8 MiB against 4).  The price: at 4/5 a lookup of an absent key
    probes about 13 slots (linear probing, just before a growth; 8.5 at
    3/4), in adjacent cache lines of 2 slots each. */
 #define LOAD_NUM 4
