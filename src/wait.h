@@ -2,7 +2,7 @@
  * shared memory, robust process-shared locks.  Plain C: no Lua header.
  *
  * Everything that blocks in procthread on shared memory (channels,
- * semaphores, events, barriers; later pt.wait and pt.select) blocks here,
+ * semaphores, events, barriers, pt.wait; later pt.select) blocks here,
  * on a 32-bit "sequence word" in the arena that every state change bumps:
  *
  *   waiter:  s = load(word); if (condition holds) return; wait(word, s)
