@@ -18,6 +18,27 @@
 -- get+set at least 5 million operations per second.
 local mode = arg[1]
 
+-- 200k keys (issue 12): `t[k] = v` and `t[k]` over keys 1..200000, in
+-- order or scrambled, PASSES passes, in a shared table or a plain one.
+if mode == "--keys" then             -- --keys set|get pt|lua seq|rand [nkeys]
+  local what, where, K, PASSES = arg[2], arg[3], tonumber(arg[5]) or 200000, 10
+  local pt = require "procthread"
+  local t = where == "pt" and pt.shared_table() or {}
+  local order = {}
+  for i = 1, K do order[i] = arg[4] == "seq" and i or (i * 7919) % K + 1 end  -- 7919: prime
+  for i = 1, K do t[i] = i end
+  local t0 = pt.now()
+  if what == "set" then
+    for p = 1, PASSES do for i = 1, K do t[order[i]] = p end end
+  else
+    local x
+    for _ = 1, PASSES do for i = 1, K do x = t[order[i]] end end
+    assert(x)
+  end
+  print(("ops_per_sec %.0f"):format(K * PASSES / (pt.now() - t0)))
+  os.exit(0)
+end
+
 if mode == "--add" or mode == "--getset" then
   local pt = require "procthread"
   local n = tonumber(arg[2])
@@ -77,3 +98,16 @@ print(("%-40s %14.0f %14.0f %8.3f  (target >= 0.15)"):format(
   "pt.add, 2 processes (ops/s)", med(pts), med(floors), med(ratios)))
 print(("%-40s %14.0f %14s %8s  (target >= 5000000)"):format(
   "get+set, 1 worker (ops/s)", gs_pt, "-", "-"))
+-- 200k keys, one worker, beside plain Lua (issue 12: >= 8 M ops/s each)
+for _, order in ipairs({ "seq", "rand" }) do
+  for _, what in ipairs({ "set", "get" }) do
+    local p, l = {}, {}
+    for i = 1, 5 do
+      p[i] = run(env .. lua .. " " .. self .. " --keys " .. what .. " pt " .. order, "ops_per_sec")
+      l[i] = run(env .. lua .. " " .. self .. " --keys " .. what .. " lua " .. order, "ops_per_sec")
+    end
+    print(("%-40s %14.0f %14.0f %8.3f  (target >= 8000000; the floor: plain Lua)"):format(
+      ("%s, 200k keys %s (ops/s)"):format(what, order == "seq" and "in order" or "scrambled"),
+      med(p), med(l), med(p) / med(l)))
+  end
+end

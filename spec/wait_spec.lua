@@ -117,8 +117,10 @@ describe("pt.wait", function()
                          function(s) return pt.wait(s, "k", 0, 10) end, st)
       end
       for i = 1, 4 do assert.truthy(sleeping(ws[i])) end
+      local t0 = pt.now()
       st.k = 1
       for i = 1, 4 do assert.same({ true, true }, { ws[i]:join(T) }) end
+      assert.is_true(pt.now() - t0 < 5)          -- woken, not ended by their timeouts
     end)
 
     it("using no CPU while it waits", function()
@@ -234,6 +236,7 @@ describe("pt.wait", function()
     end)
 
     it("on Ctrl-C in the main thread, with the interpreter's error", function()
+      local t0 = pt.now()
       local status, out = H.fresh([[
         local pt = require "procthread"
         local f = io.open("/proc/self/stat"); local me = f:read("*l"):match("^%d+"); f:close()
@@ -249,20 +252,16 @@ describe("pt.wait", function()
           end
           os.execute("kill -INT " .. me)
         end)
-        local t0
-        local ok, err = pcall(function()
-          st.armed = true
-          t0 = pt.now()
-          return pt.wait(st, "k", 1)
-        end)
-        io.stdout:write("took ", pt.now() - t0, " ", tostring(err), "\n")
-        w:join(10)
+        st.armed = true
+        print(pt.wait(st, "k", 1))         -- forever, but for the Ctrl-C
+        print("not interrupted")
       ]])
+      local took = pt.now() - t0
       assert.matches("interrupted!", out, 1, true)
-      local took = tonumber(out:match("took ([%d.e-]+)"))
-      assert.is_truthy(took, out)
-      assert.is_true(took < 10, out)
-      assert.truthy(status ~= nil)
+      assert.matches("stack traceback", out, 1, true)
+      assert.not_matches("not interrupted", out, 1, true)
+      assert.are_not.equal(0, status)
+      assert.is_true(took < 30, "took " .. took)
     end)
   end)
 
@@ -322,16 +321,18 @@ describe("shared-table lock waits", function()
   for _, kind in ipairs({ "thread", "process" }) do
     it("sleep without a timer while pt.locked is held 0.5 s (a " .. kind .. " waits)", function()
       local st = pt.shared_table({ k = 1 })
-      local w
-      pt.locked(st, function()
-        w = pt.spawn(kind, function(s) s.k = 2; return true end, st)
-        assert.truthy(sleeping(w))
-        local before = switches(w)
+      -- (what the locked function makes it returns: a closure holding
+      -- them as upvalues may be kept alive by a LuaJIT trace)
+      local w, asleep, woke = pt.locked(st, function(s)
+        local v = pt.spawn(kind, function(x) x.k = 2; return true end, s)
+        local a = sleeping(v)
+        local before = switches(v)
         pt.sleep(0.5)
-        local after = switches(w)
-        assert.is_true(after - before <= 1, (after - before) .. " wake-ups in 0.5 s")
+        return v, a, switches(v) - before
       end)
       assert.same({ true, true }, { w:join(T) })
+      assert.truthy(asleep)
+      assert.is_true(woke <= 1, woke .. " wake-ups in 0.5 s")
       assert.equal(2, st.k)
       if kind == "thread" then assert.is_true(cpu(w) < 0.05) end
     end)
@@ -339,9 +340,8 @@ describe("shared-table lock waits", function()
 
   it("are a cancellation point", function()
     local st = pt.shared_table({ k = 1 })
-    local w
-    local ok, err = pt.locked(st, function()
-      w = pt.spawn_thread(function(s) s.k = 2; return true end, st)
+    local ok, err = pt.locked(st, function(s)
+      local w = pt.spawn_thread(function(x) x.k = 2; return true end, s)
       assert.truthy(sleeping(w))
       w:cancel()
       return w:join(T)

@@ -207,19 +207,25 @@ int pt_spin_useful(void) {
 }
 
 /* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
-   cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
-int pt_spin_while(const uint64_t *word, uint64_t v) {
+   cycles, by CPU model), looking at the clock every SPIN_STEP pauses,
+   while *word == v (until_equal: while *word != v); the word is 64 bits
+   (wide) or 32.  1 when the spin saw what it waited for. */
+static int spin(const void *word, uint64_t v, int wide, int until_equal) {
   double until = 0;
   int i;
-  if (!pt_spin_useful()) return __atomic_load_n(word, __ATOMIC_ACQUIRE) != v;
-  for (i = 1;; i++) {
-    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != v) return 1;
+  for (i = 0;; i++) {
+    uint64_t now = wide ? __atomic_load_n((const uint64_t *)word, __ATOMIC_ACQUIRE)
+                        : __atomic_load_n((const uint32_t *)word, __ATOMIC_ACQUIRE);
+    if ((now == v) == until_equal) return 1;
+    if (!pt_spin_useful()) return 0;
     pt_cpu_relax();
-    if (i % SPIN_STEP) continue;
+    if (!i || i % SPIN_STEP) continue;
     if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
     else if (pt_clock_now() >= until) return 0;
   }
 }
+
+int pt_spin_while(const uint64_t *word, uint64_t v) { return spin(word, v, 1, 0); }
 
 /* ---- robust locks ----------------------------------------------------------- */
 
@@ -257,9 +263,18 @@ void pt_unlock(pthread_mutex_t *m) { pt_lock_release(m); }
 
 /* ---- condition variables ---------------------------------------------------- */
 
+/* sleeping == PT_COND_SPINNING: the only waiters spin on seq (they store
+   1 before they sleep, then look at seq: one of the two sides sees the
+   other's store), so the bump alone may do. */
 void pt_cond_wake(pt_cond *c) {
-  if (!__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED)) return;
-  pt_seq_bump_wake(&c->seq);
+  uint32_t s = __atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
+  if (!s) return;
+  if (s != PT_COND_SPINNING) pt_seq_bump_wake(&c->seq);
+  else {
+    __atomic_add_fetch(&c->seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->sleeping, __ATOMIC_SEQ_CST) != PT_COND_SPINNING)
+      pt_futex_wake(&c->seq, -1);
+  }
   __atomic_store_n(&c->sleeping, 0, __ATOMIC_RELAXED);   /* after the wake */
 }
 
@@ -317,13 +332,25 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
   const uint32_t *words[2];
   uint32_t expected[2];
   int r, depth;
-  __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
+  int spinning = pt_spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
+  /* the change is often about to come: a spin saves the sleep and both
+     sides' system calls (only spinners: the waker just bumps seq) */
+  __atomic_store_n(&c->sleeping, spinning ? PT_COND_SPINNING : 1, __ATOMIC_RELAXED);
   words[0] = &c->seq;
   expected[0] = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   words[1] = intr;
   expected[1] = intr_expected;
   depth = unlock_all(m);
-  r = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+  if (spinning && spin(&c->seq, expected[0], 0, 0)) r = PT_OK;
+  else {
+    if (spinning) __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);   /* then seq */
+    r = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+  }
+#if defined(__GLIBC__)
+  /* woken by a changer that still holds m: let it go by reading (a
+     trylock's write would slow it down), then take m */
+  spin(&m->__data.__lock, 0, 0, 1);
+#endif
   if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait */
   while (--depth > 0)
     if (pthread_mutex_lock(m) != 0) abort();   /* ours already: a count */

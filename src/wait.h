@@ -2,7 +2,7 @@
  * shared memory, robust process-shared locks.  Plain C: no Lua header.
  *
  * Everything that blocks in procthread on shared memory (channels,
- * semaphores, events, barriers; later pt.wait and pt.select) blocks here,
+ * semaphores, events, barriers, pt.wait; later pt.select) blocks here,
  * on a 32-bit "sequence word" in the arena that every state change bumps:
  *
  *   waiter:  s = load(word); if (condition holds) return; wait(word, s)
@@ -103,8 +103,10 @@ void pt_unlock(pthread_mutex_t *m);
  * flag set, which costs the next changer one needless wake, nothing more. */
 typedef struct pt_cond {
   uint32_t seq;                 /* futex word: bumped by each wake */
-  uint32_t sleeping;            /* 1: someone may sleep on seq */
+  uint32_t sleeping;            /* 1: someone may sleep on seq;
+                                   PT_COND_SPINNING: only spin on it */
 } pt_cond;
+#define PT_COND_SPINNING 2u
 
 /* What ends a wait besides its condition and deadline: the calling
    thread's cancel flag (NULL: none), and the interrupt word (lifecycle's
