@@ -276,7 +276,7 @@ void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
   }
 }
 
-/* ---- pt.detach, the pool's mark, configure -------------------------------- */
+/* ---- pt.detach, the pool's mark (worker.c), configure ---------------------- */
 
 /* Clear O_ASYNC on a lifeline's read end.  The child arms it right after
    the fork (owner, signal, then O_ASYNC, on the file it shares with us): a
@@ -295,12 +295,9 @@ static void disarm(int fd, pid_t child) {
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
 }
 
-static int l_detach(lua_State *L) {
-  pt_worker *w = pt_worker_of(L, 1);
+void pt_lifecycle_detach(pt_worker *w) {
   entry *e;
   pt_worker *gone = NULL;
-  if (w->kind == PT_THREAD)
-    return luaL_error(L, "detach: a thread cannot outlive its process; join it or cancel it");
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) {
     /* disarm before the write end can close (the file is the child's too) */
@@ -309,17 +306,13 @@ static int l_detach(lua_State *L) {
   }
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);
-  lua_pushboolean(L, 1);
-  return 1;
 }
 
-static int l_daemon(lua_State *L) {
-  pt_worker *w = pt_worker_of(L, 1);
+void pt_lifecycle_daemon(pt_worker *w) {
   entry *e;
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) e->daemon = 1;
   pthread_mutex_unlock(&reg_mu);
-  return 0;
 }
 
 /* _exit_policy(at_exit or nil, exit_grace or nil): pt.configure's keys. */
@@ -344,7 +337,7 @@ static int running(const entry *e) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
   /* a process nobody else reaps: reap it here (it then leaves the registry) */
-  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) pt_process_wait(w, 0);
+  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) w->ops->wait(w, 0);
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
   if (w->kind == PT_PROCESS) {
     /* someone else reaps it: look without reaping (an error: reaped) */
@@ -359,7 +352,7 @@ static int running(const entry *e) {
 static void signal_process(const entry *e, int sig) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  if (on_main && e->owner && !e->released) pt_process_signal(w, sig);
+  if (on_main && e->owner && !e->released) w->ops->signal(w, sig);
   else kill(w->id, sig);
 }
 
@@ -369,7 +362,7 @@ static void cancel_thread(entry *e) {
   entry *r;
   pthread_mutex_lock(&reg_mu);
   r = find(e->w);
-  if (r && ((on_main && !r->released) || r->adopted)) pt_thread_cancel(e->w);
+  if (r && ((on_main && !r->released) || r->adopted)) e->w->ops->cancel(e->w);
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -414,7 +407,7 @@ static entry *snapshot(const void *owner, int all, int *n) {
     entry *e = &reg[i];
     if (!all && e->owner != owner && (e->owner || e->w->kind == PT_THREAD)) continue;
     if (e->owner == NULL && e->w->kind == PT_THREAD) continue;
-    if (pt_self_ctx == &e->w->ctx || e->handled) continue;   /* exit() called by this thread */
+    if ((pt_self_ctx && pt_self_ctx == e->w->self) || e->handled) continue;   /* exit() called by this thread */
     e->handled = 1;
     set[k] = *e;
     set[k].lifeline = -1;
@@ -542,8 +535,7 @@ static void install(void) {
 
 void pt_open_lifecycle(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"detach", l_detach}, {"_daemon", l_daemon}, {"_exit_policy", l_exit_policy},
-    {NULL, NULL}};
+    {"_exit_policy", l_exit_policy}, {NULL, NULL}};
   pt_ctx *c = pt_self_ctx;
   if (!c || c->kind == PT_MAIN) pthread_once(&exit_once, install);
   pt_setfuncs(L, fns);

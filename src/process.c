@@ -1,6 +1,8 @@
-/* process.c - spawn_process: fork(); the child runs fn on its copy-on-write
- * copy of the caller's Lua state, writes its results down a pipe and
- * leaves with _exit.  The parent waits on the pipe and a pidfd. */
+/* process.c - the process kind of worker (pt_process_ops): spawn_process
+ * forks; the child runs fn on its copy-on-write copy of the caller's Lua
+ * state, writes its results down a pipe and leaves with _exit.  The parent
+ * waits on the pipe and a pidfd, signals, and reaps; a collected handle of
+ * a child still running goes to the reaper thread. */
 #include "worker.h"
 #include "shm.h"
 
@@ -23,11 +25,24 @@
 #define HDR 9
 
 static pt_ctx process_ctx = {PT_PROCESS, NULL, -1, NULL, 0};
+
+/* A process worker's record: the common part, then the process's own. */
+typedef struct process_worker {
+  pt_worker w;
+  int pidfd;                  /* or -1: then its end is polled for */
+  int result_fd;              /* read end of the result pipe, or -1 */
+  int user_aux[2];            /* the fds w:fd() (an epoll) watches, or -1 */
+  pt_shm_counts held;         /* counts held for it (shm.h), given back
+                                 when it has ended */
+  struct process_worker *next;   /* the orphans */
+} process_worker;
+
+static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
 static int my_result_fd = -1;        /* in a worker process: its write end */
 
-/* Collected handles of children that still ran (see pt_process_release). */
+/* Collected handles of children that still ran (see process_release). */
 static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
-static pt_worker *orphans;                 /* linked by next */
+static process_worker *orphans;            /* linked by next */
 static int reaper_running;
 static void reap_orphans(void);
 
@@ -136,7 +151,7 @@ static void take_sigterm(void) {
    avoid: no traceback text up front, no encoder state for no results. */
 static void child_main(lua_State *L, int wfd) {
   int n = lua_gettop(L), base = 1;
-  char err[640];
+  char err[PT_ERRLEN];
   pt_after_fork_child();
   my_result_fd = wfd;
   if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
@@ -188,16 +203,19 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
   return pt_push_oserror(L, op, e);
 }
 
-int pt_process_spawn(lua_State *L) {
+static int process_spawn(lua_State *L) {
   int fds[2], life[2], e;
   pid_t pid;
+  process_worker *p;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
-  w = pt_worker_new(PT_PROCESS);
-  if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
+  if (!p) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  w = &p->w;
+  p->pidfd = p->result_fd = p->user_aux[0] = p->user_aux[1] = -1;
   /* the handle exists before the fork: the parent then writes less of the
      memory it shares copy-on-write with the child while the child runs */
   pt_worker_push(L, w);
@@ -221,7 +239,7 @@ int pt_process_spawn(lua_State *L) {
     return spawn_failed(L, w, "pipe", e);
   }
   pt_thread_fork(0);
-  pid = pt_shm_fork(&w->held);
+  pid = pt_shm_fork(&pw(w)->held);
   e = errno;
   if (pid == 0) {
     orphans = NULL;         /* the parent's children are not ours */
@@ -243,9 +261,9 @@ int pt_process_spawn(lua_State *L) {
   }
   close(fds[1]);
   w->id = pid;
-  w->result_fd = fds[0];
+  pw(w)->result_fd = fds[0];
   fcntl(fds[0], F_SETFL, O_NONBLOCK);
-  w->done_fd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
+  pw(w)->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
   pt_worker_unref(w);              /* the handle's reference remains */
   lua_settop(L, 1);
   return 1;
@@ -256,7 +274,7 @@ static int drain(pt_worker *w) {
   for (;;) {
     ssize_t k;
     if (pt_buf_reserve(&w->result, 65536)) { errno = ENOMEM; return -1; }
-    k = read(w->result_fd, w->result.data + w->result.len, 65536);
+    k = read(pw(w)->result_fd, w->result.data + w->result.len, 65536);
     if (k > 0) { w->result.len += (size_t)k; continue; }
     if (k == 0) return 0;
     if (errno == EINTR) continue;
@@ -318,12 +336,12 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   }
   /* cancelled while it ran (w_cancel): cancelled, however it ended */
   if (w->cancel) w->status = W_CANCELLED;
-  pt_close(w->result_fd);
-  w->result_fd = -1;
-  pt_close(w->done_fd);
-  w->done_fd = -1;
+  pt_close(pw(w)->result_fd);
+  pw(w)->result_fd = -1;
+  pt_close(pw(w)->pidfd);
+  pw(w)->pidfd = -1;
   w->joined = 1;
-  pt_shm_counts_drop(&w->held);    /* what it inherited: it has ended */
+  pt_shm_counts_drop(&pw(w)->held);    /* what it inherited: it has ended */
   __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
   pt_lifecycle_remove(w);
 }
@@ -344,7 +362,7 @@ static int try_reap(pt_worker *w) {
   return 1;
 }
 
-int pt_process_wait(pt_worker *w, double timeout) {
+static int process_wait(pt_worker *w, double timeout) {
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
   int spun = 0;
   if (w->joined) return 1;
@@ -366,19 +384,19 @@ int pt_process_wait(pt_worker *w, double timeout) {
         if ((r = try_reap(w)) != 0) return r;
       }
     }
-    fds[n++] = w->result_fd;
-    if (w->done_fd >= 0) fds[n++] = w->done_fd;
+    fds[n++] = pw(w)->result_fd;
+    if (pw(w)->pidfd >= 0) fds[n++] = pw(w)->pidfd;
     else if (left < 0 || left > 0.01) left = 0.01;   /* no pidfd: poll */
     r = pt_wait_fds(fds, n, POLLIN, left);
     if (r == -1 || r == -2) return r;
     if (r == 0) {
       /* the pipe is readable: data, or end of file while the child lives on */
       struct pollfd p;
-      p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
+      p.fd = pw(w)->result_fd; p.events = POLLIN; p.revents = 0;
       if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
         /* every write end closed: wait on the pidfd alone */
-        if (w->done_fd >= 0) {
-          r = pt_wait_fd(w->done_fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
+        if (pw(w)->pidfd >= 0) {
+          r = pt_wait_fd(pw(w)->pidfd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
           if (r < 0) return r;
         } else {
           usleep(1000);
@@ -393,7 +411,7 @@ int pt_process_wait(pt_worker *w, double timeout) {
 static int pipe_done(pt_worker *w) {
   struct pollfd p;
   if (result_complete(w)) return 1;
-  p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
+  p.fd = pw(w)->result_fd; p.events = POLLIN; p.revents = 0;
   return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN);
 }
 
@@ -404,8 +422,8 @@ int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice) {
   if (w->joined) return 1;
   if (drain(w) != 0) return -1;
   if ((r = try_reap(w)) != 0) return r;
-  if (!pipe_done(w)) fds[(*n)++] = w->result_fd;
-  if (w->done_fd >= 0) fds[(*n)++] = w->done_fd;
+  if (!pipe_done(w)) fds[(*n)++] = pw(w)->result_fd;
+  if (pw(w)->pidfd >= 0) fds[(*n)++] = pw(w)->pidfd;
   else *slice = 1;                              /* no pidfd: look again soon */
   return 0;
 }
@@ -423,25 +441,25 @@ static int watch_dup(int ep, int fd, int *aux) {
 
 /* The dups stay open with the record, so the epoll keeps watching them
    after a join closed the originals: it stays readable. */
-int pt_process_fd(pt_worker *w) {
+static int process_fd(pt_worker *w) {
   int ep = epoll_create1(EPOLL_CLOEXEC), e;
   if (ep < 0) return -1;
-  if (watch_dup(ep, w->result_fd, &w->user_aux[0]) == 0 &&
-      watch_dup(ep, w->done_fd, &w->user_aux[1]) == 0)
+  if (watch_dup(ep, pw(w)->result_fd, &pw(w)->user_aux[0]) == 0 &&
+      watch_dup(ep, pw(w)->pidfd, &pw(w)->user_aux[1]) == 0)
     return ep;
   e = errno;
   pt_close(ep);
-  pt_close(w->user_aux[0]);
-  pt_close(w->user_aux[1]);
-  w->user_aux[0] = w->user_aux[1] = -1;
+  pt_close(pw(w)->user_aux[0]);
+  pt_close(pw(w)->user_aux[1]);
+  pw(w)->user_aux[0] = pw(w)->user_aux[1] = -1;
   errno = e;
   return -1;
 }
 
-int pt_process_signal(pt_worker *w, int sig) {
+static int process_signal(pt_worker *w, int sig) {
   if (w->joined) return ESRCH;
-  if (w->done_fd >= 0) {
-    if (syscall(SYS_pidfd_send_signal, w->done_fd, sig, NULL, 0) == 0) return 0;
+  if (pw(w)->pidfd >= 0) {
+    if (syscall(SYS_pidfd_send_signal, pw(w)->pidfd, sig, NULL, 0) == 0) return 0;
     if (errno != ENOSYS) return errno;
   }
   return kill(w->id, sig) == 0 ? 0 : errno;
@@ -453,15 +471,15 @@ int pt_process_signal(pt_worker *w, int sig) {
    When no thread can be started, the next spawn_process, join or
    collected handle reaps them.  A finalizer never blocks. */
 static void reap_pass(void) {                 /* orphan_lock held */
-  pt_worker **p = &orphans;
+  process_worker **p = &orphans;
   while (*p) {
-    pt_worker *w = *p;
-    drain(w);                         /* what is lost on ENOMEM stays lost */
-    if (try_reap(w) != 0) {
-      *p = w->next;
-      pt_worker_unref(w);
+    process_worker *o = *p;
+    drain(&o->w);                     /* what is lost on ENOMEM stays lost */
+    if (try_reap(&o->w) != 0) {
+      *p = o->next;
+      pt_worker_unref(&o->w);
     } else {
-      p = &w->next;
+      p = &o->next;
     }
   }
 }
@@ -472,13 +490,13 @@ static void *reaper(void *arg) {
   for (;;) {
     struct pollfd p[64];
     int n = 0, ms = 100;
-    pt_worker *w;
+    process_worker *w;
     reap_pass();
     if (!orphans) break;
     for (w = orphans; w && n < 63; w = w->next) {
       p[n].fd = w->result_fd; p[n].events = POLLIN; p[n++].revents = 0;
-      if (w->done_fd < 0) ms = 10;             /* no pidfd: poll for its end */
-      else { p[n].fd = w->done_fd; p[n].events = POLLIN; p[n++].revents = 0; }
+      if (w->pidfd < 0) ms = 10;             /* no pidfd: poll for its end */
+      else { p[n].fd = w->pidfd; p[n].events = POLLIN; p[n++].revents = 0; }
     }
     pthread_mutex_unlock(&orphan_lock);   /* only this thread reaps now */
     poll(p, (nfds_t)n, ms);
@@ -512,15 +530,37 @@ static void reap_orphans(void) {
   pthread_mutex_unlock(&orphan_lock);
 }
 
-void pt_process_release(pt_worker *w) {
+static void process_release(pt_worker *w) {
   reap_orphans();
   if (w->joined || try_reap(w) != 0) {
     pt_worker_unref(w);
     return;
   }
   pthread_mutex_lock(&orphan_lock);
-  w->next = orphans;
-  orphans = w;
+  pw(w)->next = orphans;
+  orphans = pw(w);
   if (!reaper_running) reaper_running = start_reaper();
   pthread_mutex_unlock(&orphan_lock);
 }
+
+/* Still running: SIGTERM, and it ends "cancelled" however it ends (see
+   settle). */
+static int process_cancel(pt_worker *w) {
+  if (process_wait(w, 0) != 0) return 0;
+  w->cancel = 1;
+  return process_signal(w, SIGTERM);
+}
+
+static void process_destroy(pt_worker *w) {
+  process_worker *p = pw(w);
+  free(p->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
+  pt_close(p->pidfd);
+  pt_close(p->result_fd);
+  pt_close(p->user_aux[0]);
+  pt_close(p->user_aux[1]);
+  pt_worker_free(w);
+}
+
+const pt_worker_ops pt_process_ops = {
+  "process", process_spawn, process_wait, process_cancel, process_signal, NULL, NULL,
+  process_fd, process_release, process_destroy};

@@ -12,11 +12,6 @@
 #define PT_VERSION "0.1.0"
 #define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
-/* The size of a buffer that receives an error message (err, errlen). */
-#ifndef PT_ERRLEN
-#define PT_ERRLEN 640
-#endif
-
 /* ---- sys.c: errors, clock, cancellation ------------------------------- */
 
 /* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
@@ -144,7 +139,7 @@ int pt_decode(lua_State *L, const char *data, size_t len);
    message decoded or discarded before (its ticket is taken). */
 void pt_discard(const char *data, size_t len);
 
-/* ---- worker.c, thread.c, process.c ------------------------------------ */
+/* ---- worker.c, thread.c, process.c (worker.h) -------------------------- */
 void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
 
 /* ---- sys.c: Lua functions ---------------------------------------------- */
@@ -203,6 +198,10 @@ void pt_lifecycle_released(struct pt_worker *w);    /* its handle collected */
    joinable (so it can still be cancelled at exit) and the thread detaches
    itself as it leaves.  0: not registered, detach it. */
 int pt_lifecycle_adopt(struct pt_worker *w);
+/* pt.detach: the worker leaves the registry (a process: its lifeline
+   is disarmed first, so it may outlive us); pt._daemon: marks a pool's. */
+void pt_lifecycle_detach(struct pt_worker *w);
+void pt_lifecycle_daemon(struct pt_worker *w);
 void pt_lifecycle_arm(lua_State *L);                /* a handle was made */
 /* A process worker's lifeline: prefork before fork() (0, or -1 errno);
    then the child calls pt_lifeline_child first thing, the parent

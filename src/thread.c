@@ -1,9 +1,12 @@
-/* thread.c - spawn_thread: fn and its arguments are encoded here, and run
- * on a new pthread in a fresh Lua state; the results come back encoded. */
+/* thread.c - the thread kind of worker (pt_thread_ops): spawn_thread
+ * encodes fn and its arguments, a new pthread runs them in a fresh Lua
+ * state, the results come back encoded; join, cancel (the cancellation
+ * signal and hook), fd and release of a thread worker. */
 #include "worker.h"
 #include "wait.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <time.h>
 #include <poll.h>
 #include <signal.h>
@@ -29,6 +32,21 @@ static int cancel_sig;                 /* atomic: the signal taken, 0: none */
 static int wanted_sig = -1;            /* atomic: pt.configure's choice; -1: pick */
 static int sig_decided;                /* atomic: the choice above is final */
 static pthread_once_t sig_once = PTHREAD_ONCE_INIT, live_once = PTHREAD_ONCE_INIT;
+
+/* A thread worker's record: the common part, then the thread's own. */
+typedef struct thread_worker {
+  pt_worker w;
+  int done_fd;                /* eventfd made by a cancellable joiner or
+                                 pt.select, written at the end; or -1 */
+  int cancel_fd;              /* eventfd written on cancel */
+  pt_buf job;                 /* encoded fn and args */
+  char *path, *cpath;         /* package.path / cpath to use */
+  pthread_t thread;
+  pt_ctx ctx;                 /* its own identity */
+  struct thread_worker *prev, *next;  /* the list of running threads */
+} thread_worker;
+
+static thread_worker *tw(pt_worker *w) { return (thread_worker *)w; }
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
@@ -103,7 +121,7 @@ const char *pt_set_cancel_signal(double n) {
    before it drops its shared-memory counts. */
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t live_cond;
-static pt_worker *live;
+static thread_worker *live;
 static int running;
 
 static void init_cond(void) {
@@ -132,25 +150,25 @@ void pt_thread_fork(int stage) {
   pthread_mutex_unlock(&live_lock);
 }
 
-static void unlink_live(pt_worker *w) {
+static void unlink_live(thread_worker *w) {
   pthread_mutex_lock(&live_lock);
   if (w->prev) w->prev->next = w->next; else live = w->next;
   if (w->next) w->next->prev = w->prev;
   pthread_mutex_unlock(&live_lock);
 }
 
-static void signal_thread(pt_worker *w) {
+static void signal_thread(thread_worker *t) {
   uint64_t one = 1;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
-  __atomic_store_n(&w->cancel, 1, __ATOMIC_SEQ_CST);
-  if (write(w->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
-  if (sig && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) pthread_kill(w->thread, sig);
+  __atomic_store_n(&t->w.cancel, 1, __ATOMIC_SEQ_CST);
+  if (write(t->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
+  if (sig && !__atomic_load_n(&t->w.done, __ATOMIC_SEQ_CST)) pthread_kill(t->thread, sig);
 }
 
 int pt_thread_stop_all(double timeout) {
   struct timespec ts;
   double end;
-  pt_worker *w;
+  thread_worker *w;
   int left;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
@@ -172,7 +190,7 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-static int set_error(pt_worker *w, const char *msg, size_t len) {
+static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOMEM */
   w->result.len = 0;
   w->result_is_error = 1;
   return pt_buf_add(&w->result, msg, len);
@@ -182,7 +200,7 @@ static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec
 
 /* While fn runs the cancellation signal may reach this thread; its
    handler then arms the hook on L.  Asked already: arm it now. */
-static void take_cancels(lua_State *L, pt_worker *w, int how) {
+static void take_cancels(lua_State *L, thread_worker *w, int how) {
   sigset_t one;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
   sigemptyset(&one);
@@ -194,25 +212,26 @@ static void take_cancels(lua_State *L, pt_worker *w, int how) {
 }
 
 /* Runs in the new state: stack holds the job's values, fn first. */
-static int run_job(lua_State *L, pt_worker *w) {
+static int run_job(lua_State *L, thread_worker *t) {
+  pt_worker *w = &t->w;
   int n, base, nres, ok, r;
-  char err[640];
+  char err[PT_ERRLEN];
   if (pt_cancel_requested()) {                /* cancelled before it began */
-    pt_discard(w->job.data, w->job.len);
-    pt_buf_free(&w->job);
+    pt_discard(t->job.data, t->job.len);
+    pt_buf_free(&t->job);
     return W_CANCELLED;
   }
   lua_pushcfunction(L, msgh);
   base = lua_gettop(L);
-  n = pt_decode(L, w->job.data, w->job.len);
-  pt_buf_free(&w->job);                       /* references adopted or dropped */
+  n = pt_decode(L, t->job.data, t->job.len);
+  pt_buf_free(&t->job);                       /* references adopted or dropped */
   if (n < 1) {
     const char *m = n < 0 ? lua_tostring(L, -1) : "no function";
     return set_error(w, m, strlen(m)), W_FAILED;
   }
-  take_cancels(L, w, SIG_UNBLOCK);
+  take_cancels(L, t, SIG_UNBLOCK);
   r = lua_pcall(L, n - 1, LUA_MULTRET, base);
-  take_cancels(L, w, SIG_BLOCK);
+  take_cancels(L, t, SIG_BLOCK);
   if (r != 0) {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
@@ -242,7 +261,7 @@ static void setpath(lua_State *L, const char *field, const char *value) {
    a memory error while the state is set up or the job decoded fails the
    worker instead of aborting the process. */
 typedef struct start_arg {
-  pt_worker *w;
+  thread_worker *w;
   int status;                 /* W_*: run_job's outcome */
   int ready;                  /* the state was set up */
 } start_arg;
@@ -281,11 +300,12 @@ static int failed_start(pt_worker *w, const char *why) {
   return W_FAILED;
 }
 
-static int run_state(pt_worker *w) {
+static int run_state(thread_worker *t) {
+  pt_worker *w = &t->w;
   start_arg a;
   lua_State *L = luaL_newstate();
   if (!L) return failed_start(w, NULL);
-  a.w = w;
+  a.w = t;
   a.status = W_FAILED;
   a.ready = 0;
   if (start_protected(L, &a) != 0) {
@@ -297,22 +317,23 @@ static int run_state(pt_worker *w) {
     a.status = W_FAILED;
   }
   lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
-  w->ctx.closing = 1;                       /* see pt_thread_release */
+  t->ctx.closing = 1;                       /* see thread_release */
   lua_close(L);
   return a.status;
 }
 
 static void *thread_main(void *arg) {
-  pt_worker *w = (pt_worker *)arg;
+  thread_worker *t = (thread_worker *)arg;
+  pt_worker *w = &t->w;
   struct rusage ru;
   int status, fd;
   uint64_t one = 1;
   __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
-  w->ctx.kind = PT_THREAD;
-  w->ctx.cancel = &w->cancel;
-  w->ctx.cancel_fd = w->cancel_fd;
-  pt_self_ctx = &w->ctx;
-  status = run_state(w);
+  t->ctx.kind = PT_THREAD;
+  t->ctx.cancel = &w->cancel;
+  t->ctx.cancel_fd = t->cancel_fd;
+  pt_self_ctx = &t->ctx;
+  status = run_state(t);
   if (getrusage(RUSAGE_THREAD, &ru) == 0) {
     w->cpu_user = tv(ru.ru_utime);
     w->cpu_sys = tv(ru.ru_stime);
@@ -325,12 +346,12 @@ static void *thread_main(void *arg) {
   pt_self_ctx = NULL;
   /* Publish the end.  A plain joiner waits for the thread's exit; one that
      must stay cancellable, and pt.select, sleep on w->done (a futex; see
-     pt_thread_wait); w:fd() is an eventfd written here. */
+     thread_wait); w:fd() is an eventfd written here. */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   pt_futex_wake((const uint32_t *)&w->done, -1);
-  fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
+  fd = __atomic_load_n(&t->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
-  unlink_live(w);
+  unlink_live(t);
   pt_lifecycle_remove(w);
   pt_worker_unref(w);
   __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
@@ -353,22 +374,27 @@ static char *dup_field(lua_State *L, const char *field) {
   return s;
 }
 
-int pt_thread_spawn(lua_State *L) {
-  char err[640];
+static int thread_spawn(lua_State *L) {
+  char err[PT_ERRLEN];
+  thread_worker *t;
   pt_worker *w;
   sigset_t all, old;
   int e, n = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  w = pt_worker_new(PT_THREAD);
-  if (!w) return pt_push_oserror(L, "spawn_thread", ENOMEM);
-  if (!pt_encode_call(L, 1, n, &w->job, err, sizeof err)) {
+  t = (thread_worker *)pt_worker_new(&pt_thread_ops, PT_THREAD, sizeof *t);
+  if (!t) return pt_push_oserror(L, "spawn_thread", ENOMEM);
+  w = &t->w;
+  w->self = &t->ctx;
+  t->done_fd = t->cancel_fd = -1;
+  pt_buf_init(&t->job);
+  if (!pt_encode_call(L, 1, n, &t->job, err, sizeof err)) {
     pt_worker_unref(w);
     return luaL_error(L, "spawn_thread: %s", err);
   }
-  w->path = dup_field(L, "path");
-  w->cpath = dup_field(L, "cpath");
-  w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->cancel_fd < 0) goto oserr_eventfd;
+  t->path = dup_field(L, "path");
+  t->cpath = dup_field(L, "cpath");
+  t->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (t->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
   pthread_once(&live_once, init_live);
   w->refs = 2;                                  /* the handle and the thread */
@@ -378,11 +404,11 @@ int pt_thread_spawn(lua_State *L) {
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pt_lifecycle_add(L, w);                      /* before it can end */
   pthread_mutex_lock(&live_lock);               /* the thread unlinks itself after this */
-  e = pthread_create(&w->thread, NULL, thread_main, w);
+  e = pthread_create(&t->thread, NULL, thread_main, t);
   if (e == 0) {
-    w->next = live;
-    if (live) live->prev = w;
-    live = w;
+    t->next = live;
+    if (live) live->prev = t;
+    live = t;
     running++;
   }
   pthread_mutex_unlock(&live_lock);
@@ -411,18 +437,18 @@ oserr_eventfd:
 #define CLOCKJOIN 1
 #endif
 
-static void joined(pt_worker *w) {
-  w->joined = 1;
-  pt_close(w->done_fd);            /* the thread is gone: nobody uses them now */
-  pt_close(w->cancel_fd);
-  w->done_fd = w->cancel_fd = -1;
+static void joined(thread_worker *t) {
+  t->w.joined = 1;
+  pt_close(t->done_fd);            /* the thread is gone: nobody uses them now */
+  pt_close(t->cancel_fd);
+  t->done_fd = t->cancel_fd = -1;
 }
 
 /* A cancellable joiner (a thread worker, or the main thread while Ctrl-C
    is watched) sleeps on w->done, the futex word thread_main sets and wakes
    at its end, beside its own cancel flag: no fd is needed, so a full fd
    table cannot fail a join.  While SIGINT is watched it sleeps 100 ms at
-   most: a SIGINT just before the sleep is no EINTR (see sys.c).  1 done,
+   most: a SIGINT just before the sleep is no EINTR (see cancel.c).  1 done,
    0 timeout, -2 cancelled or interrupted, -1 error (errno). */
 static int wait_done(pt_worker *w, double timeout) {
   const volatile int *cancel = pt_self_ctx ? pt_self_ctx->cancel : NULL;
@@ -441,68 +467,105 @@ static int wait_done(pt_worker *w, double timeout) {
   }
 }
 
-int pt_thread_wait(pt_worker *w, double timeout) {
+/* Nobody can cancel this joiner: wait for the thread's exit itself, one
+   wake-up, as pthread_join alone would.  1, 0 timeout, -1 error. */
+static int join_exit(thread_worker *t, double timeout) {
+  int r;
+  if (timeout < 0) {
+    r = pthread_join(t->thread, NULL);
+  } else {
+    struct timespec ts;
+    double end;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
+    ts.tv_sec = (time_t)end;
+    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    r = pthread_clockjoin_np(t->thread, NULL, CLOCK_MONOTONIC, &ts);
+    if (r == ETIMEDOUT) return 0;
+  }
+  if (r != 0) { errno = r; return -1; }
+  joined(t);
+  return 1;
+}
+
+static int thread_wait(pt_worker *w, double timeout) {
+  thread_worker *t = tw(w);
   int r;
   if (w->joined) return 1;
   if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
-    pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
-    joined(w);
+    pthread_join(t->thread, NULL);             /* it is leaving: a short wait */
+    joined(t);
     return 1;
   }
   if (timeout == 0) return 0;
   if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN) &&
-      !pt_interrupt_watched()) {
-    /* Nobody can cancel this joiner: wait for the thread's exit itself,
-       one wake-up, as pthread_join alone would. */
-    if (timeout < 0) {
-      r = pthread_join(w->thread, NULL);
-    } else {
-      struct timespec ts;
-      double end;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
-      ts.tv_sec = (time_t)end;
-      ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-      r = pthread_clockjoin_np(w->thread, NULL, CLOCK_MONOTONIC, &ts);
-      if (r == ETIMEDOUT) return 0;
-    }
-    if (r != 0) { errno = r; return -1; }
-    joined(w);
-    return 1;
-  }
+      !pt_interrupt_watched())
+    return join_exit(t, timeout);
   r = wait_done(w, timeout);
   if (r <= 0) return r;
-  pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
-  joined(w);
+  pthread_join(t->thread, NULL);             /* it is leaving: a short wait */
+  joined(t);
   return 1;
 }
 
 /* The seq_cst store of the fd and the thread's seq_cst store of w->done
    pair up: one of the two sides always sees the other. */
 int pt_thread_done_fd(pt_worker *w) {
-  if (w->done_fd < 0) {
+  thread_worker *t = tw(w);
+  if (t->done_fd < 0) {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0) return -1;
-    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&t->done_fd, fd, __ATOMIC_SEQ_CST);
   }
-  return w->done_fd;
+  return t->done_fd;
 }
 
-void pt_thread_cancel(pt_worker *w) {
-  if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  signal_thread(w);                         /* not yet joined: the id is valid */
+/* w:fd(): a dup of the end eventfd, which the handle owns. */
+static int thread_fd(pt_worker *w) {
+  uint64_t one = 1;
+  int fd = pt_thread_done_fd(w);
+  if (fd < 0) return -1;
+  fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  /* it ended before the thread could see the eventfd: say so ourselves */
+  if (fd >= 0 && __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) &&
+      write(fd, &one, sizeof one) < 0) { /* readable already */ }
+  return fd;
 }
 
-void pt_thread_release(pt_worker *w) {
+static int thread_cancel(pt_worker *w) {
+  if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  signal_thread(tw(w));                     /* not yet joined: the id is valid */
+  return 0;
+}
+
+static void thread_release(pt_worker *w) {
+  thread_worker *t = tw(w);
   /* A thread worker that ends without joining a thread it started leaves
      no one who could ever join it: cancel it rather than let it run on. */
   if (!w->joined && pt_self_ctx && pt_self_ctx->kind == PT_THREAD && pt_self_ctx->closing)
-    pt_thread_cancel(w);
+    thread_cancel(w);
   if (!w->joined) {
-    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
+    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(t->thread, NULL);
     else if (pt_lifecycle_adopt(w)) { pt_worker_unref(w); return; }   /* see lifecycle.c */
-    else pthread_detach(w->thread);
+    else pthread_detach(t->thread);
     w->joined = 1;
   }
   pt_worker_unref(w);
 }
+
+static void thread_destroy(pt_worker *w) {
+  thread_worker *t = tw(w);
+  pt_close(t->done_fd);
+  pt_close(t->cancel_fd);
+  pt_discard(t->job.data, t->job.len);
+  pt_buf_free(&t->job);
+  free(t->path);
+  free(t->cpath);
+  pt_worker_free(w);
+}
+
+const pt_worker_ops pt_thread_ops = {
+  "thread", thread_spawn, thread_wait, thread_cancel, NULL,
+  "a thread cannot be sent a signal (a signal hits the whole process); use w:cancel()",
+  "a thread cannot outlive its process; join it or cancel it",
+  thread_fd, thread_release, thread_destroy};

@@ -1,9 +1,9 @@
 /* worker.c - the worker handle: one interface over threads and processes
- * (join, status, cancel, kill, info), and pt.spawn. */
+ * (join, status, cancel, kill, info, fd), pt.spawn, pt.detach.  It knows
+ * the kinds only through their ops (worker.h), registered by core.c. */
 #include "worker.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <stdlib.h>
@@ -12,39 +12,39 @@
 
 #define ANSWERS_KEY "procthread.answers"
 
+#define MAX_KINDS 4
+static const pt_worker_ops *kinds[MAX_KINDS + 1];   /* NULL-ended */
+static const char *kind_names[MAX_KINDS + 1];
+
+void pt_worker_register(const pt_worker_ops *ops) {
+  int i;
+  for (i = 0; i < MAX_KINDS && kinds[i] && kinds[i] != ops; i++) {}
+  if (i == MAX_KINDS || kinds[i]) return;
+  kind_names[i] = ops->name;
+  kinds[i] = ops;
+}
+
 typedef struct handle {
   pt_worker *w;
   pid_t owner;               /* the process that made the handle */
 } handle;
 
-pt_worker *pt_worker_new(int kind) {
-  pt_worker *w = calloc(1, sizeof *w);
+pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
+  pt_worker *w = (pt_worker *)calloc(1, size);
   if (!w) return NULL;
+  w->ops = ops;
   w->kind = kind;
   w->refs = 1;
-  w->done_fd = w->cancel_fd = w->result_fd = w->user_fd = -1;
-  w->user_aux[0] = w->user_aux[1] = -1;
+  w->user_fd = -1;
   w->exit_code = w->signal = -1;
-  pt_buf_init(&w->job);
   pt_buf_init(&w->result);
   return w;
 }
 
-void pt_worker_unref(pt_worker *w) {
-  if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
-  free(w->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
-  pt_close(w->done_fd);
-  pt_close(w->cancel_fd);
-  pt_close(w->result_fd);
+void pt_worker_free(pt_worker *w) {
   pt_close(w->user_fd);
-  pt_close(w->user_aux[0]);
-  pt_close(w->user_aux[1]);
-  pt_discard(w->job.data, w->job.len);
-  pt_buf_free(&w->job);
   if (!w->result_is_error) pt_discard(w->result.data, w->result.len);
   pt_buf_free(&w->result);
-  free(w->path);
-  free(w->cpath);
   free(w);
 }
 
@@ -89,10 +89,9 @@ static int worker_id(pt_worker *w) {
   return id;
 }
 
-static int wait_for(pt_worker *w, double timeout) {
-  return w->kind == PT_THREAD ? pt_thread_wait(w, timeout)
-                              : pt_process_wait(w, timeout);
-}
+static const char *signal_name(int sig);         /* "SIGSEGV", or NULL */
+
+static int wait_for(pt_worker *w, double timeout) { return w->ops->wait(w, timeout); }
 
 /* ---- the answer: true, results... | false, err ------------------------ */
 
@@ -104,7 +103,7 @@ static void push_errstring(lua_State *L, pt_worker *w) {
   } else if (w->result_is_error && w->result.len) {
     lua_pushlstring(L, w->result.data, w->result.len);
   } else if (w->signal > 0) {
-    name = pt_signal_name(w->signal);
+    name = signal_name(w->signal);
     snprintf(msg, sizeof msg, "killed by signal %d (%s)", w->signal, name ? name : "?");
     lua_pushstring(L, msg);
   } else if (w->exit_code >= 0) {
@@ -219,17 +218,6 @@ static int w_status(lua_State *L) {
 /* An fd that is readable already: a worker that has ended. */
 static int readable_fd(void) { return eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK); }
 
-static int thread_fd(pt_worker *w) {
-  uint64_t one = 1;
-  int fd = pt_thread_done_fd(w);
-  if (fd < 0) return -1;
-  fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  /* it ended before the thread could see the eventfd: say so ourselves */
-  if (fd >= 0 && __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) &&
-      write(fd, &one, sizeof one) < 0) { /* readable already */ }
-  return fd;
-}
-
 /* w:fd() -> an fd that becomes readable once the worker has finished.  The
    worker owns it: the same fd every call, closed when the handle is
    collected (stop watching it before letting the handle go). */
@@ -237,7 +225,7 @@ static int w_fd(lua_State *L) {
   pt_worker *w = check(L, "fd");
   if (w->user_fd < 0) {
     if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) w->user_fd = readable_fd();
-    else w->user_fd = w->kind == PT_THREAD ? thread_fd(w) : pt_process_fd(w);
+    else w->user_fd = w->ops->fd(w);
     if (w->user_fd < 0) return pt_push_oserror(L, "fd", errno);
   }
   lua_pushinteger(L, w->user_fd);
@@ -246,15 +234,8 @@ static int w_fd(lua_State *L) {
 
 static int w_cancel(lua_State *L) {
   pt_worker *w = check(L, "cancel");
-  if (w->kind == PT_THREAD) {
-    pt_thread_cancel(w);
-  } else if (pt_process_wait(w, 0) == 0) {
-    /* still running: it ends "cancelled" however it ends (see settle) */
-    int err;
-    w->cancel = 1;
-    err = pt_process_signal(w, SIGTERM);
-    if (err) return pt_push_oserror(L, "cancel", err);
-  }
+  int err = w->ops->cancel(w);
+  if (err) return pt_push_oserror(L, "cancel", err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -270,7 +251,7 @@ static const struct { const char *name; int sig; } signals[] = {
   {"SIGVTALRM", SIGVTALRM}, {"SIGPROF", SIGPROF}, {"SIGWINCH", SIGWINCH},
   {"SIGIO", SIGIO}, {"SIGPWR", SIGPWR}, {"SIGSYS", SIGSYS}, {NULL, 0}};
 
-const char *pt_signal_name(int sig) {
+static const char *signal_name(int sig) {
   int i;
   for (i = 0; signals[i].name; i++)
     if (signals[i].sig == sig) return signals[i].name;
@@ -300,16 +281,14 @@ static int check_signal(lua_State *L, int i) {
 static int w_kill(lua_State *L) {
   pt_worker *w = check(L, "kill");
   int sig = check_signal(L, 2), err;
-  if (w->kind == PT_THREAD)
-    return luaL_error(L, "kill: a thread cannot be sent a signal (a signal hits "
-                         "the whole process); use w:cancel()");
+  if (!w->ops->signal) return luaL_error(L, "kill: %s", w->ops->no_signal);
   if (w->joined) {
     lua_pushnil(L);
     lua_pushliteral(L, "kill: the process has already ended");
     lua_pushinteger(L, ESRCH);
     return 3;
   }
-  err = pt_process_signal(w, sig);
+  err = w->ops->signal(w, sig);
   if (err) return pt_push_oserror(L, "kill", err);
   lua_pushboolean(L, 1);
   return 1;
@@ -327,7 +306,7 @@ static int w_info(lua_State *L) {
   st = current_status(L, w);                    /* settles a finished worker */
   if (st < 0) return pt_push_oserror(L, "info", errno);
   lua_newtable(L);
-  lua_pushstring(L, w->kind == PT_THREAD ? "thread" : "process");
+  lua_pushstring(L, w->ops->name);
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, worker_id(w));
   lua_setfield(L, -2, "id");
@@ -336,7 +315,7 @@ static int w_info(lua_State *L) {
   if (st != W_RUNNING) {
     if (w->exit_code >= 0) { lua_pushinteger(L, w->exit_code); lua_setfield(L, -2, "exit_code"); }
     if (w->signal > 0) {
-      const char *name = pt_signal_name(w->signal);
+      const char *name = signal_name(w->signal);
       lua_pushinteger(L, w->signal);
       lua_setfield(L, -2, "signal");
       if (name) { lua_pushstring(L, name); lua_setfield(L, -2, "signal_name"); }
@@ -358,8 +337,7 @@ static int w_gc(lua_State *L) {
   if (!w || h->owner != getpid()) return 0;     /* a forked copy: not ours */
   h->w = NULL;
   pt_lifecycle_released(w);
-  if (w->kind == PT_THREAD) pt_thread_release(w);
-  else pt_process_release(w);
+  w->ops->release(w);
   return 0;
 }
 
@@ -367,7 +345,7 @@ static int w_index(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   const char *k = lua_tostring(L, 2);
   if (k && h->w && strcmp(k, "kind") == 0) {
-    lua_pushstring(L, h->w->kind == PT_THREAD ? "thread" : "process");
+    lua_pushstring(L, h->w->ops->name);
     return 1;
   }
   if (k && h->w && strcmp(k, "id") == 0) {
@@ -385,17 +363,30 @@ static int w_tostring(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   if (!h->w) lua_pushliteral(L, "procthread.Worker (released)");
   else
-    lua_pushfstring(L, "procthread.Worker (%s %d)",
-                    h->w->kind == PT_THREAD ? "thread" : "process", worker_id(h->w));
+    lua_pushfstring(L, "procthread.Worker (%s %d)", h->w->ops->name, worker_id(h->w));
   return 1;
 }
 
 static int l_spawn(lua_State *L) {
-  static const char *const kinds[] = {"thread", "process", NULL};
-  int k = luaL_checkoption(L, 1, NULL, kinds);
+  int k = luaL_checkoption(L, 1, NULL, kind_names);
   luaL_checktype(L, 2, LUA_TFUNCTION);        /* blamed as argument #2 */
   lua_remove(L, 1);
-  return k == 0 ? pt_thread_spawn(L) : pt_process_spawn(L);
+  return kinds[k]->spawn(L);
+}
+
+/* pt.detach(w): the worker may outlive this program (lifecycle.c). */
+static int l_detach(lua_State *L) {
+  pt_worker *w = pt_worker_of(L, 1);
+  if (w->ops->no_detach) return luaL_error(L, "detach: %s", w->ops->no_detach);
+  pt_lifecycle_detach(w);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pt._daemon(w): a pool's worker, stopped at exit, never waited for. */
+static int l_daemon(lua_State *L) {
+  pt_lifecycle_daemon(pt_worker_of(L, 1));
+  return 0;
 }
 
 void pt_open_worker(lua_State *L) {
@@ -403,8 +394,8 @@ void pt_open_worker(lua_State *L) {
     {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
     {"kill", w_kill}, {"info", w_info}, {"fd", w_fd}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
-    {"spawn", l_spawn}, {"spawn_thread", pt_thread_spawn},
-    {"spawn_process", pt_process_spawn}, {NULL, NULL}};
+    {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon}, {NULL, NULL}};
+  int k;
   if (luaL_newmetatable(L, PT_WORKER_MT)) {
     lua_pushcfunction(L, w_index);
     lua_setfield(L, -2, "__index");
@@ -430,4 +421,9 @@ void pt_open_worker(lua_State *L) {
   }
   lua_pop(L, 1);
   pt_setfuncs(L, fns);
+  for (k = 0; kinds[k]; k++) {                 /* spawn_thread, spawn_process */
+    lua_pushfstring(L, "spawn_%s", kinds[k]->name);
+    lua_pushcfunction(L, kinds[k]->spawn);
+    lua_settable(L, -3);
+  }
 }
