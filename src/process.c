@@ -77,7 +77,7 @@ static void send_result(int kind, const char *p, size_t n) {
    shared-memory counts this process holds (it keeps them, leaked, while
    a thread still runs). */
 static void leave(int code) {
-  pt_thread_stop_all(1.0);
+  pt_lifecycle_stop_threads(1.0);
   pt_child_exit(code);
 }
 
@@ -229,7 +229,7 @@ static int process_spawn(lua_State *L) {
   w->t_start = pt_now();
   /* no list is caught half-changed by the fork.  Lock order: orphans,
      then the lifecycle registry (the reaper settles under orphan_lock and
-     leaves the registry), then the thread list. */
+     leaves the registry). */
   pthread_mutex_lock(&orphan_lock);
   if (pt_lifeline_prefork(life) != 0) {
     e = errno;
@@ -238,7 +238,6 @@ static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "pipe", e);
   }
-  pt_thread_fork(0);
   pid = pt_shm_fork(&pw(w)->held);
   e = errno;
   if (pid == 0) {
@@ -246,7 +245,6 @@ static int process_spawn(lua_State *L) {
     reaper_running = 0;
   }
   pthread_mutex_unlock(&orphan_lock);
-  pt_thread_fork(pid == 0 ? 2 : 1);
   if (pid == 0) pt_lifeline_child(life);
   else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {

@@ -31,7 +31,7 @@
 static int cancel_sig;                 /* atomic: the signal taken, 0: none */
 static int wanted_sig = -1;            /* atomic: pt.configure's choice; -1: pick */
 static int sig_decided;                /* atomic: the choice above is final */
-static pthread_once_t sig_once = PTHREAD_ONCE_INIT, live_once = PTHREAD_ONCE_INIT;
+static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
 
 /* A thread worker's record: the common part, then the thread's own. */
 typedef struct thread_worker {
@@ -43,7 +43,6 @@ typedef struct thread_worker {
   char *path, *cpath;         /* package.path / cpath to use */
   pthread_t thread;
   pt_ctx ctx;                 /* its own identity */
-  struct thread_worker *prev, *next;  /* the list of running threads */
 } thread_worker;
 
 static thread_worker *tw(pt_worker *w) { return (thread_worker *)w; }
@@ -113,73 +112,15 @@ const char *pt_set_cancel_signal(double n) {
   return NULL;
 }
 
-/* ---- the running threads of this process ------------------------------- */
-
-/* Every thread worker of this process is on this list from its start to
-   its end; `running` counts down only once a thread has touched its last
-   shared object.  A worker process leaving stops them (pt_thread_stop_all)
-   before it drops its shared-memory counts. */
-static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t live_cond;
-static thread_worker *live;
-static int running;
-
-static void init_cond(void) {
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(&live_cond, &a);
-  pthread_condattr_destroy(&a);
-}
-
-static void init_live(void) { init_cond(); }
-
-/* spawn_process forks between these two: the list is never caught
-   half-changed, and the child (none of the threads came along) starts
-   with an empty one. */
-void pt_thread_fork(int stage) {
-  if (stage == 0) {
-    pthread_mutex_lock(&live_lock);
-    return;
-  }
-  if (stage == 2) {
-    live = NULL;
-    running = 0;
-    init_cond();               /* waiters of the parent are not here */
-  }
-  pthread_mutex_unlock(&live_lock);
-}
-
-static void unlink_live(thread_worker *w) {
-  pthread_mutex_lock(&live_lock);
-  if (w->prev) w->prev->next = w->next; else live = w->next;
-  if (w->next) w->next->prev = w->prev;
-  pthread_mutex_unlock(&live_lock);
-}
-
 static void signal_thread(thread_worker *t) {
   uint64_t one = 1;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
   __atomic_store_n(&t->w.cancel, 1, __ATOMIC_SEQ_CST);
   if (write(t->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
-  if (sig && !__atomic_load_n(&t->w.done, __ATOMIC_SEQ_CST)) pthread_kill(t->thread, sig);
-}
-
-int pt_thread_stop_all(double timeout) {
-  struct timespec ts;
-  double end;
-  thread_worker *w;
-  int left;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
-  ts.tv_sec = (time_t)end;
-  ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-  pthread_mutex_lock(&live_lock);
-  for (w = live; w; w = w->next) signal_thread(w);   /* on the list: not yet ended */
-  while (running > 0 && pthread_cond_timedwait(&live_cond, &live_lock, &ts) != ETIMEDOUT) {}
-  left = running;
-  pthread_mutex_unlock(&live_lock);
-  return left;
+  /* id 0: it has not started, and it looks at the flag before any Lua */
+  if (sig && __atomic_load_n(&t->w.id, __ATOMIC_SEQ_CST) &&
+      !__atomic_load_n(&t->w.done, __ATOMIC_SEQ_CST))
+    pthread_kill(t->thread, sig);
 }
 
 static int msgh(lua_State *L) {
@@ -322,13 +263,20 @@ static int run_state(thread_worker *t) {
   return a.status;
 }
 
+/* The last thing a thread worker does, and what a failed start undoes:
+   the count a leaving worker process waits on (pt_lifecycle_stop_threads). */
+static void left(void) {
+  __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&pt_live_threads, -1);
+}
+
 static void *thread_main(void *arg) {
   thread_worker *t = (thread_worker *)arg;
   pt_worker *w = &t->w;
   struct rusage ru;
   int status, fd;
   uint64_t one = 1;
-  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
   t->ctx.kind = PT_THREAD;
   t->ctx.cancel = &w->cancel;
   t->ctx.cancel_fd = t->cancel_fd;
@@ -351,14 +299,9 @@ static void *thread_main(void *arg) {
   pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&t->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
-  unlink_live(t);
   pt_lifecycle_remove(w);
   pt_worker_unref(w);
-  __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
-  pthread_mutex_lock(&live_lock);
-  running--;
-  pthread_cond_broadcast(&live_cond);
-  pthread_mutex_unlock(&live_lock);
+  left();
   return NULL;
 }
 
@@ -396,26 +339,17 @@ static int thread_spawn(lua_State *L) {
   t->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (t->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
-  pthread_once(&live_once, init_live);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pt_lifecycle_add(L, w);                      /* before it can end */
-  pthread_mutex_lock(&live_lock);               /* the thread unlinks itself after this */
   e = pthread_create(&t->thread, NULL, thread_main, t);
-  if (e == 0) {
-    t->next = live;
-    if (live) live->prev = t;
-    live = t;
-    running++;
-  }
-  pthread_mutex_unlock(&live_lock);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (e != 0) {
     pt_lifecycle_remove(w);
-    __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+    left();
     w->refs = 1;
     pt_worker_unref(w);
     return pt_push_oserror(L, "pthread_create", e);

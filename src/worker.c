@@ -35,7 +35,7 @@ pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
   w->ops = ops;
   w->kind = kind;
   w->refs = 1;
-  w->user_fd = -1;
+  w->user_fd = w->lifeline = w->lifeline_r = -1;
   w->exit_code = w->signal = -1;
   pt_buf_init(&w->result);
   return w;

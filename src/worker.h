@@ -58,6 +58,16 @@ struct pt_worker {
   long max_rss_kib;
   int exit_code, signal;      /* process: -1 when not applicable */
   const pt_ctx *self;         /* thread: its own identity; else NULL */
+  /* lifecycle.c's registry (under its lock): listed from spawn to end */
+  struct pt_worker *prev, *next;
+  int listed;
+  const void *owner;          /* the main Lua state that spawned it, or NULL */
+  int lifeline, lifeline_r;   /* process: its lifeline's ends, or -1 */
+  int released;               /* its handle was collected */
+  int daemon;                 /* a pool's worker: stopped, never waited for */
+  int adopted;                /* thread: handle collected while it ran; it
+                                 detaches itself when it leaves */
+  int handled;                /* an at-exit pass stopped it already */
 };
 
 /* worker.c */
@@ -88,12 +98,6 @@ extern const pt_worker_ops pt_thread_ops;
 /* The eventfd the thread writes at its end (made on first call), or -1
    (errno).  After the call, look at w->done once more before sleeping. */
 int pt_thread_done_fd(pt_worker *w);
-
-/* Cancel every thread worker of this process and wait up to timeout for
-   their end; returns how many still run. */
-int pt_thread_stop_all(double timeout);
-/* Around fork(): 0 before, 1 after in the parent, 2 after in the child. */
-void pt_thread_fork(int stage);
 
 /* process.c */
 extern const pt_worker_ops pt_process_ops;
