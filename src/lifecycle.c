@@ -36,7 +36,7 @@
  * soon as control is back in Lua.  A SIGINT that lands between the check
  * and the system call is not an EINTR; the waits close that race
  * instead of waking on a timer: a poll-based wait blocks SIGINT, checks
- * the count, and lets ppoll unblock it atomically (sys.c); a futex-based
+ * the count, and lets ppoll unblock it atomically (cancel.c); a futex-based
  * wait watches the count itself as one more futex word, which the
  * handler bumps and wakes (pt_interrupt_word): a SIGINT after the check
  * changes the word, so the kernel does not sleep. */

@@ -12,7 +12,7 @@
 #define PT_VERSION "0.1.0"
 #define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
-/* ---- sys.c: errors, clock, cancellation ------------------------------- */
+/* ---- sys.c: errors, clock; cancel.c: cancellation, blocking waits ---- */
 
 /* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
 int pt_push_oserror(lua_State *L, const char *op, int err);
@@ -68,6 +68,7 @@ const char *pt_set_cancel_signal(double sig);
 const char *pt_tomessage(lua_State *L, int idx);
 /* Close fd, keeping errno. */
 void pt_close(int fd);
+/* ---- fork.c: a fork's child, a worker process's exit ------------------ */
 /* Called in a new child right after fork(), before any Lua runs there:
    every concern forgets what belongs to the parent.  */
 void pt_after_fork_child(void);
