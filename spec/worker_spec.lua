@@ -33,6 +33,19 @@ describe("workers", function()
         assert.are.equal(1, t1.x)
       end)
 
+      it("keeps its answer with the handle: its user value on 5.4, else a weak table", function()
+        local w = pt.spawn(kind, function() return 7 end)
+        assert.are.same({ true, 7 }, { w:join(T) })
+        local answers = debug.getregistry()["procthread.answers"]
+        if _VERSION == "Lua 5.4" then
+          assert.is_nil(answers)
+          local a = debug.getuservalue(w, 1)
+          assert.are.same({ n = 2, true, 7 }, a)
+        else
+          assert.are.same({ n = 2, true, 7 }, answers[w])
+        end
+      end)
+
       it("reports a Lua error with its traceback, and status failed", function()
         local w = pt.spawn(kind, function() error("boom") end)
         local ok, err = w:join(T)

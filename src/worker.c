@@ -10,7 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Where a handle's answer is cached: its user value on 5.4, else a weak
+   registry table keyed by the handle. */
+#if LUA_VERSION_NUM < 504
 #define ANSWERS_KEY "procthread.answers"
+#endif
 
 #define MAX_KINDS 4
 static const pt_worker_ops *kinds[MAX_KINDS + 1];   /* NULL-ended */
@@ -148,10 +152,14 @@ static void push_answer(lua_State *L, pt_worker *w) {
 
 /* Push the cached answer of handle at index 1, or nil. */
 static void get_answer(lua_State *L) {
+#if LUA_VERSION_NUM >= 504
+  lua_getiuservalue(L, 1, 1);
+#else
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   lua_pushvalue(L, 1);
   lua_rawget(L, -2);
   lua_remove(L, -2);
+#endif
 }
 
 static int unpack_answer(lua_State *L, int t) {
@@ -165,11 +173,16 @@ static int unpack_answer(lua_State *L, int t) {
 }
 
 static void store_answer(lua_State *L, pt_worker *w) {
+#if LUA_VERSION_NUM >= 504
+  push_answer(L, w);
+  lua_setiuservalue(L, 1, 1);
+#else
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   lua_pushvalue(L, 1);
   push_answer(L, w);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+#endif
 }
 
 static int w_join(lua_State *L) {
@@ -410,6 +423,7 @@ void pt_open_worker(lua_State *L) {
     lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
+#if LUA_VERSION_NUM < 504
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   if (lua_isnil(L, -1)) {
     lua_newtable(L);                             /* answers, weak keys */
@@ -420,6 +434,7 @@ void pt_open_worker(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   }
   lua_pop(L, 1);
+#endif
   pt_setfuncs(L, fns);
   for (k = 0; kinds[k]; k++) {                 /* spawn_thread, spawn_process */
     lua_pushfstring(L, "spawn_%s", kinds[k]->name);
