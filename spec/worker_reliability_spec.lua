@@ -472,4 +472,65 @@ describe("worker reliability", function()
       assert.matches("bad joins 0\n", out, 1, true)
     end)
   end)
+
+  describe("issue 12: joins sleep on events, never spin or slice", function()
+    it("a process join makes no sched_yield and about two wait4 per spawn (strace)", function()
+      if not os.execute("strace -o /dev/null true >/dev/null 2>&1") then
+        return pending("strace cannot run here")
+      end
+      local log = os.tmpname()
+      local status, out = fresh_under("strace -f -qq -c -e trace=wait4,sched_yield -o " .. log, [[
+        local pt = require "procthread"
+        for _ = 1, 50 do assert(pt.spawn_process(function() return 1 end):join(30)) end
+      ]])
+      local f = assert(io.open(log)); local st = f:read("*a"); f:close(); os.remove(log)
+      assert.are.equal(0, status, out)
+      local function calls(name)
+        for line in st:gmatch("[^\n]+") do
+          local n = line:match("%s(%d+)%s+%d*%s*" .. name .. "$")
+          if n then return tonumber(n) end
+        end
+        return 0
+      end
+      assert.are.equal(0, calls("sched_yield"), st)
+      assert.is_true(calls("wait4") <= 50 * 2 + 5, st)
+    end)
+
+    -- ASan's allocator and shadow memory fault in pages of their own.
+    it("a process spawn + join writes few pages of the parent (minor faults) #noasan", function()
+      -- a small interpreter, its collector stopped: the pages counted
+      -- are the ones procthread writes, not the marking of a big heap
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local f, t = function() end, {}
+        for _ = 1, 10 do assert(pt.spawn_process(f):join(30)) end
+        collectgarbage("stop")
+        for i = 1, 41 do
+          local a = pt.rusage().minflt
+          assert(pt.spawn_process(f):join(30))
+          t[i] = pt.rusage().minflt - a
+        end
+        table.sort(t)
+        io.write("median ", t[21], "\n")
+      ]])
+      assert.are.equal(0, status, out)
+      local n = tonumber(out:match("median (%d+)"))
+      -- the C floor's fork + waitpid: 8; a 64 KiB read buffer per join
+      -- made it about 30
+      assert.is_true(n ~= nil and n <= 20, out)
+    end)
+
+    it("the main thread's thread join, Ctrl-C watched, wakes once, not every 100 ms", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w = pt.spawn_thread(function() require("procthread").sleep(1) end)
+        local r0 = pt.rusage("thread").nvcsw
+        assert(w:join(30))
+        io.write("wake-ups ", pt.rusage("thread").nvcsw - r0, "\n")
+      ]])
+      assert.are.equal(0, status, out)
+      local n = tonumber(out:match("wake%-ups (%d+)"))
+      assert.is_true(n ~= nil and n <= 3, out)       -- 100 ms slices: about 11
+    end)
+  end)
 end)

@@ -4,8 +4,26 @@
  * count of running thread workers (none come along into a child). */
 #include "pt.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
+
+/* getpid() is a system call each time (glibc keeps no cache): the
+   worker handles ask it at every method.  Cached, and set anew in the
+   child of every fork() (pthread_atfork: ours and the host's alike). */
+static pid_t my_pid;                       /* atomic; 0: not yet known */
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void set_pid(void) { __atomic_store_n(&my_pid, getpid(), __ATOMIC_RELAXED); }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, set_pid); }
+
+pid_t pt_pid(void) {
+  pid_t p = __atomic_load_n(&my_pid, __ATOMIC_RELAXED);
+  if (p) return p;
+  pthread_once(&pid_once, watch_forks);   /* before the first fork that counts */
+  set_pid();
+  return getpid();
+}
 
 /* Lock-free, so that a fork taken while another thread registers can
    never leave the child with a held lock. */

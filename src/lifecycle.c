@@ -101,7 +101,7 @@ static void chain_sigint(void) {
 }
 
 static int is_main_thread(void) {
-  if (main_thread < 0) main_thread = syscall(SYS_gettid) == getpid();
+  if (main_thread < 0) main_thread = syscall(SYS_gettid) == pt_pid();
   return main_thread;
 }
 
@@ -229,9 +229,12 @@ void pt_lifecycle_released(pt_worker *w) {
    then wait for the count each thread takes down once it has touched
    its last shared object. */
 int pt_lifecycle_stop_threads(double timeout) {
-  double deadline = pt_deadline(timeout);
+  double deadline;
   pt_worker *w;
   int n;
+  /* none: a leaving process writes (and copies) no page for this */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) return 0;
+  deadline = pt_deadline(timeout);
   pthread_mutex_lock(&reg_mu);
   for (w = reg; w; w = w->next)
     if (w->kind == PT_THREAD) w->ops->cancel(w);
@@ -249,7 +252,7 @@ static pid_t prefork_parent;
 
 int pt_lifeline_prefork(int life[2]) {
   if (pipe2(life, O_CLOEXEC) != 0) return -1;
-  prefork_parent = getpid();
+  prefork_parent = pt_pid();
   pthread_mutex_lock(&reg_mu);     /* the child must see the registry whole */
   return 0;
 }
@@ -267,7 +270,7 @@ void pt_lifeline_child(int life[2]) {
   main_thread = -1;
   intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   intr_pending = 0;
-  if (fcntl(life[0], F_SETOWN, getpid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
+  if (fcntl(life[0], F_SETOWN, pt_pid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
       fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
   if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
@@ -498,7 +501,7 @@ static void at_exit(const void *owner, int all) {
 
 
 static void at_process_exit(void) {
-  if (getpid() == opener) at_exit(NULL, 1);
+  if (pt_pid() == opener) at_exit(NULL, 1);
 }
 
 typedef struct sentinel {
@@ -508,7 +511,7 @@ typedef struct sentinel {
 
 static int sentinel_gc(lua_State *L) {
   sentinel *s = (sentinel *)lua_touserdata(L, 1);
-  if (s->armed && s->pid == getpid()) {
+  if (s->armed && s->pid == pt_pid()) {
     s->armed = 0;
     at_exit(lua_topointer(L, LUA_REGISTRYINDEX), 0);
   }
@@ -519,14 +522,14 @@ static int sentinel_gc(lua_State *L) {
 void pt_lifecycle_arm(lua_State *L) {
   sentinel *s;
   if (!owner_of(L)) return;                  /* a thread worker's state */
-  if (getpid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
+  if (pt_pid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
   lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
   s = (sentinel *)lua_touserdata(L, -1);
   if (s) s->armed = 0;
   lua_pop(L, 1);
   s = (sentinel *)pt_newuserdata(L, sizeof *s);
   s->armed = 1;
-  s->pid = getpid();
+  s->pid = pt_pid();
   if (luaL_newmetatable(L, SENTINEL_MT)) {
     lua_pushcfunction(L, sentinel_gc);
     lua_setfield(L, -2, "__gc");
@@ -538,7 +541,7 @@ void pt_lifecycle_arm(lua_State *L) {
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
 static void install(void) {
-  opener = getpid();
+  opener = pt_pid();
   atexit(at_process_exit);
   chain_sigint();
 }

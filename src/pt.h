@@ -69,6 +69,8 @@ const char *pt_tomessage(lua_State *L, int idx);
 /* Close fd, keeping errno. */
 void pt_close(int fd);
 /* ---- fork.c: a fork's child, a worker process's exit ------------------ */
+/* This process's id, without a system call (kept right across fork()). */
+pid_t pt_pid(void);
 /* Called in a new child right after fork(), before any Lua runs there:
    every concern forgets what belongs to the parent.  */
 void pt_after_fork_child(void);

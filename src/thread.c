@@ -380,24 +380,27 @@ static void joined(thread_worker *t) {
 
 /* A cancellable joiner (a thread worker, or the main thread while Ctrl-C
    is watched) sleeps on w->done, the futex word thread_main sets and wakes
-   at its end, beside its own cancel flag: no fd is needed, so a full fd
-   table cannot fail a join.  While SIGINT is watched it sleeps 100 ms at
-   most: a SIGINT just before the sleep is no EINTR (see cancel.c).  1 done,
-   0 timeout, -2 cancelled or interrupted, -1 error (errno). */
+   at its end, beside its own cancel flag and (Ctrl-C watched) the SIGINT
+   count, which the handler bumps and wakes: no fd is needed, so a full fd
+   table cannot fail a join, and no timer either (a SIGINT just before the
+   sleep changes the count, so the kernel does not sleep).  1 done, 0
+   timeout, -2 cancelled or interrupted, -1 error (errno). */
 static int wait_done(pt_worker *w, double timeout) {
   const volatile int *cancel = pt_self_ctx ? pt_self_ctx->cancel : NULL;
-  double deadline = pt_deadline(timeout), until;
+  double deadline = pt_deadline(timeout);
   for (;;) {
-    int r;
+    const uint32_t *words[2];
+    uint32_t vals[2];
+    int n = 1, r;
     if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 1;
     if (pt_cancel_requested() || pt_interrupted()) return -2;
-    until = deadline;
-    if (pt_interrupt_watched() && (until < 0 || until > pt_clock_now() + 0.1))
-      until = pt_clock_now() + 0.1;
-    r = pt_futex_wait((const uint32_t *)&w->done, 0, until, cancel);
+    words[0] = (const uint32_t *)&w->done;
+    vals[0] = 0;
+    if ((words[1] = pt_interrupt_word(&vals[1])) != NULL) n = 2;
+    r = pt_futex_waitv(words, vals, n, deadline, cancel, NULL);
     if (r == PT_CANCELLED) return -2;
     if (r == PT_ERR) return -1;
-    if (r == PT_TIMEOUT && until == deadline) return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
+    if (r == PT_TIMEOUT) return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
   }
 }
 

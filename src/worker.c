@@ -55,7 +55,7 @@ void pt_worker_free(pt_worker *w) {
 void pt_worker_push(lua_State *L, pt_worker *w) {
   handle *h = (handle *)pt_newuserdata(L, sizeof *h);
   h->w = w;
-  h->owner = getpid();
+  h->owner = pt_pid();
   luaL_getmetatable(L, PT_WORKER_MT);
   lua_setmetatable(L, -2);
   pt_lifecycle_arm(L);                  /* the at-exit sentinel stays newest */
@@ -69,7 +69,7 @@ pt_worker *pt_worker_of(lua_State *L, int i) {
 
 int pt_worker_get(lua_State *L, int i, pt_worker **w) {
   handle *h = (handle *)pt_testudata(L, i, PT_WORKER_MT);
-  *w = h && h->owner == getpid() ? h->w : NULL;
+  *w = h && h->owner == pt_pid() ? h->w : NULL;
   return h != NULL;
 }
 
@@ -77,7 +77,7 @@ int pt_worker_get(lua_State *L, int i, pt_worker **w) {
    __gc has run (a finalizer may still reach it at lua_close) raises. */
 static pt_worker *check(lua_State *L, const char *op) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
-  if (h->owner != getpid())
+  if (h->owner != pt_pid())
     luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
   if (!h->w) luaL_error(L, "%s: worker handle has been released", op);
   return h->w;
@@ -347,7 +347,7 @@ static int w_info(lua_State *L) {
 static int w_gc(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   pt_worker *w = h->w;
-  if (!w || h->owner != getpid()) return 0;     /* a forked copy: not ours */
+  if (!w || h->owner != pt_pid()) return 0;     /* a forked copy: not ours */
   h->w = NULL;
   pt_lifecycle_released(w);
   w->ops->release(w);
