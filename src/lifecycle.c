@@ -201,10 +201,7 @@ void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1, -1); }
 void pt_lifecycle_remove(pt_worker *w) {
   pt_worker *e, *gone = NULL;
   pthread_mutex_lock(&reg_mu);
-  if ((e = find(w)) != NULL) {
-    if (e->adopted) pthread_detach(pthread_self());   /* the thread itself, leaving */
-    gone = take(e);
-  }
+  if ((e = find(w)) != NULL) gone = take(e);
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);
 }
@@ -366,7 +363,7 @@ static void signal_process(const entry *e, int sig) {
 }
 
 /* Cancel a thread while it is certainly there: its handle is alive, or
-   it is still in the registry (it leaves it, and detaches, under reg_mu). */
+   it is still in the registry (it leaves it under reg_mu). */
 static void cancel_thread(entry *e) {
   pt_worker *r;
   pthread_mutex_lock(&reg_mu);

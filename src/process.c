@@ -595,4 +595,4 @@ static void process_destroy(pt_worker *w) {
 
 const pt_worker_ops pt_process_ops = {
   "process", process_spawn, process_wait, process_cancel, process_signal, NULL, NULL,
-  process_fd, process_release, process_destroy};
+  process_fd, process_release, process_destroy, NULL};

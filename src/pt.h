@@ -198,8 +198,8 @@ void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */
 void pt_lifecycle_released(struct pt_worker *w);    /* its handle collected */
 /* A running thread whose handle is collected: the registry keeps it
-   joinable (so it can still be cancelled at exit) and the thread detaches
-   itself as it leaves.  0: not registered, detach it. */
+   (so it can still be cancelled at exit) until it leaves.  0: not
+   registered (it has left). */
 int pt_lifecycle_adopt(struct pt_worker *w);
 /* pt.detach: the worker leaves the registry (a process: its lifeline
    is disarmed first, so it may outlive us); pt._daemon: marks a pool's. */

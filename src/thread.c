@@ -41,7 +41,8 @@ typedef struct thread_worker {
   int cancel_fd;              /* eventfd written on cancel */
   pt_buf job;                 /* encoded fn and args */
   char *path, *cpath;         /* package.path / cpath to use */
-  pthread_t thread;
+  pthread_t thread;           /* the OS thread running it, while `on` */
+  int on;                     /* idle_mu: it runs on that thread now */
   pt_ctx ctx;                 /* its own identity */
 } thread_worker;
 
@@ -112,15 +113,53 @@ const char *pt_set_cancel_signal(double n) {
   return NULL;
 }
 
+/* ---- OS threads kept for reuse ------------------------------------------
+   A thread that has run a worker stays, idle, for the next spawn (at most
+   IDLE_MAX of them; one idle for IDLE_SECS leaves).  While idle it makes
+   the Lua state the next worker starts in: fresh, never run (a worker
+   never sees another's globals), so a spawn does not wait for it.  Idle
+   threads hold no worker, fd or shared object; pt._spare_threads() counts
+   them, so leak checks leave them out.  A forked child has none. */
+#define IDLE_MAX 4
+#define IDLE_SECS 5.0
+
+typedef struct osthread {
+  thread_worker *job;         /* the worker to run (set before go) */
+  uint32_t go;                /* futex word: a job was handed over */
+  lua_State *ready;           /* a fresh state for the next job, or NULL */
+  int prepared;               /* atomic: ready is made (or could not be) */
+  struct osthread *next;      /* the idle list (idle_mu) */
+} osthread;
+
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static osthread *idle;
+static int idle_n, spare;     /* idle_mu: on the list; alive and not running a worker */
+
+static void forget_idle(void) {            /* a new child: none came along */
+  pthread_mutex_init(&idle_mu, NULL);
+  idle = NULL;
+  idle_n = spare = 0;
+}
+
+static int thread_spare(void) {
+  int n;
+  pthread_mutex_lock(&idle_mu);
+  n = spare;
+  pthread_mutex_unlock(&idle_mu);
+  return n;
+}
+
 static void signal_thread(thread_worker *t) {
   uint64_t one = 1;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
   __atomic_store_n(&t->w.cancel, 1, __ATOMIC_SEQ_CST);
   if (write(t->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
-  /* id 0: it has not started, and it looks at the flag before any Lua */
-  if (sig && __atomic_load_n(&t->w.id, __ATOMIC_SEQ_CST) &&
-      !__atomic_load_n(&t->w.done, __ATOMIC_SEQ_CST))
-    pthread_kill(t->thread, sig);
+  if (!sig) return;
+  /* not running yet: it looks at the flag before any Lua; no longer: the
+     OS thread may run another worker, or be gone */
+  pthread_mutex_lock(&idle_mu);
+  if (t->on) pthread_kill(t->thread, sig);
+  pthread_mutex_unlock(&idle_mu);
 }
 
 static int msgh(lua_State *L) {
@@ -202,7 +241,8 @@ static void setpath(lua_State *L, const char *field, const char *value) {
    a memory error while the state is set up or the job decoded fails the
    worker instead of aborting the process. */
 typedef struct start_arg {
-  thread_worker *w;
+  thread_worker *w;           /* NULL: only give the state its libraries */
+  int fresh;                  /* it has them already (made while idle) */
   int status;                 /* W_*: run_job's outcome */
   int ready;                  /* the state was set up */
 } start_arg;
@@ -210,14 +250,17 @@ typedef struct start_arg {
 static int start(lua_State *L) {
   start_arg *a = (start_arg *)lua_touserdata(L, 1);
   lua_settop(L, 0);
-  luaL_openlibs(L);
+  if (!a->fresh) {
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");            /* loaded on first use, no file search */
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_procthread_core);
+    lua_setfield(L, -2, "procthread.core");
+    lua_pop(L, 2);
+  }
+  if (!a->w) return 0;
   setpath(L, "path", a->w->path);
   setpath(L, "cpath", a->w->cpath);
-  lua_getglobal(L, "package");              /* loaded on first use, no file search */
-  lua_getfield(L, -1, "preload");
-  lua_pushcfunction(L, luaopen_procthread_core);
-  lua_setfield(L, -2, "procthread.core");
-  lua_pop(L, 2);
   a->ready = 1;
   a->status = run_job(L, a->w);
   return 0;
@@ -241,10 +284,23 @@ static int failed_start(pt_worker *w, const char *why) {
   return W_FAILED;
 }
 
-static int run_state(thread_worker *t) {
+/* A state with its libraries, for the next worker; NULL: no memory. */
+static lua_State *ready_state(void) {
+  start_arg a = {NULL, 0, W_FAILED, 0};
+  lua_State *L = luaL_newstate();
+  if (L && start_protected(L, &a) != 0) {
+    lua_close(L);
+    L = NULL;
+  }
+  return L;
+}
+
+/* Run the worker in L (made while idle) or in a new state. */
+static int run_state(thread_worker *t, lua_State *L) {
   pt_worker *w = &t->w;
   start_arg a;
-  lua_State *L = luaL_newstate();
+  a.fresh = L != NULL;
+  if (!L) L = luaL_newstate();
   if (!L) return failed_start(w, NULL);
   a.w = t;
   a.status = W_FAILED;
@@ -270,21 +326,31 @@ static void left(void) {
   pt_futex_wake((const uint32_t *)&pt_live_threads, -1);
 }
 
-static void *thread_main(void *arg) {
-  thread_worker *t = (thread_worker *)arg;
+static void set_on(thread_worker *t, int on) {
+  pthread_mutex_lock(&idle_mu);
+  t->thread = pthread_self();
+  t->on = on;
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* One worker on this OS thread; cpu times are the thread's since it
+   began. */
+static void run_worker(thread_worker *t, lua_State *L) {
   pt_worker *w = &t->w;
-  struct rusage ru;
-  int status, fd;
+  struct rusage r0, ru;
+  int status, fd, have0;
   uint64_t one = 1;
   __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+  set_on(t, 1);
+  have0 = getrusage(RUSAGE_THREAD, &r0) == 0;
   t->ctx.kind = PT_THREAD;
   t->ctx.cancel = &w->cancel;
   t->ctx.cancel_fd = t->cancel_fd;
   pt_self_ctx = &t->ctx;
-  status = run_state(t);
-  if (getrusage(RUSAGE_THREAD, &ru) == 0) {
-    w->cpu_user = tv(ru.ru_utime);
-    w->cpu_sys = tv(ru.ru_stime);
+  status = run_state(t, L);
+  if (have0 && getrusage(RUSAGE_THREAD, &ru) == 0) {
+    w->cpu_user = tv(ru.ru_utime) - tv(r0.ru_utime);
+    w->cpu_sys = tv(ru.ru_stime) - tv(r0.ru_stime);
     w->max_rss_kib = ru.ru_maxrss;
   }
   w->t_end = pt_now();
@@ -292,17 +358,107 @@ static void *thread_main(void *arg) {
      pcall may have swallowed the error; the results are discarded). */
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
-  /* Publish the end.  A plain joiner waits for the thread's exit; one that
-     must stay cancellable, and pt.select, sleep on w->done (a futex; see
-     thread_wait); w:fd() is an eventfd written here. */
+  set_on(t, 0);
+  /* Publish the end: w->done 1, the outcome is final (joiners and
+     pt.select sleep on the word; w:fd() is an eventfd written here); it
+     leaves the registry (a cancel at exit no longer reaches it); then 2,
+     this thread is done with the record's fds (a joiner closes them). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&t->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   pt_lifecycle_remove(w);
+  __atomic_store_n(&w->done, 2, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&w->done, -1);
   pt_worker_unref(w);
   left();
+}
+
+/* Take o off the idle list if it is still there (idle_mu held). */
+static int unlist(osthread *o) {
+  osthread **p;
+  for (p = &idle; *p; p = &(*p)->next)
+    if (*p == o) { *p = o->next; idle_n--; return 1; }
+  return 0;
+}
+
+/* Stay for the next job: 1 with o->job set, 0 leave (the list is full,
+   or nobody came for IDLE_SECS). */
+static int next_job(osthread *o) {
+  double deadline = pt_deadline(IDLE_SECS);
+  __atomic_store_n(&o->go, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&o->prepared, o->ready != NULL, __ATOMIC_RELEASE);
+  pthread_mutex_lock(&idle_mu);
+  if (idle_n >= IDLE_MAX) { spare--; pthread_mutex_unlock(&idle_mu); return 0; }
+  o->next = idle;
+  idle = o;
+  idle_n++;
+  pthread_mutex_unlock(&idle_mu);
+  if (!o->ready) o->ready = ready_state();     /* off the next spawn's path */
+  __atomic_store_n(&o->prepared, 1, __ATOMIC_RELEASE);
+  for (;;) {
+    int r = pt_futex_wait(&o->go, 0, deadline, NULL);
+    if (__atomic_load_n(&o->go, __ATOMIC_ACQUIRE)) return 1;
+    if (r == PT_TIMEOUT) {
+      int gone;
+      pthread_mutex_lock(&idle_mu);
+      gone = unlist(o);                        /* else a spawn took it: go comes */
+      if (gone) spare--;
+      pthread_mutex_unlock(&idle_mu);
+      if (gone) return 0;
+      deadline = PT_FOREVER;
+    }
+  }
+}
+
+static void *os_main(void *arg) {
+  osthread *o = (osthread *)arg;
+  do {
+    lua_State *L = o->ready;
+    o->ready = NULL;
+    run_worker(o->job, L);
+    pthread_mutex_lock(&idle_mu);
+    spare++;
+    pthread_mutex_unlock(&idle_mu);
+  } while (next_job(o));
+  if (o->ready) lua_close(o->ready);
+  free(o);
   return NULL;
+}
+
+/* Hand t to an idle OS thread, or start one: 0, or an errno. */
+static int start_on_thread(thread_worker *t) {
+  pthread_attr_t a;
+  pthread_t th;
+  sigset_t all, old;
+  osthread *o;
+  int e;
+  pthread_mutex_lock(&idle_mu);
+  for (o = idle; o && !__atomic_load_n(&o->prepared, __ATOMIC_ACQUIRE); o = o->next) {}
+  if (!o) o = idle;             /* one whose state is made first: it starts at once */
+  if (o) {
+    unlist(o);
+    spare--;
+    o->job = t;
+  }
+  pthread_mutex_unlock(&idle_mu);
+  if (o) {
+    __atomic_store_n(&o->go, 1, __ATOMIC_RELEASE);
+    pt_futex_wake(&o->go, 1);
+    return 0;
+  }
+  o = (osthread *)calloc(1, sizeof *o);
+  if (!o) return ENOMEM;
+  o->job = t;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
+  e = pthread_create(&th, &a, os_main, o);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&a);
+  if (e) free(o);
+  return e;
 }
 
 static char *dup_field(lua_State *L, const char *field) {
@@ -321,7 +477,6 @@ static int thread_spawn(lua_State *L) {
   char err[PT_ERRLEN];
   thread_worker *t;
   pt_worker *w;
-  sigset_t all, old;
   int e, n = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   t = (thread_worker *)pt_worker_new(&pt_thread_ops, PT_THREAD, sizeof *t);
@@ -339,14 +494,12 @@ static int thread_spawn(lua_State *L) {
   t->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (t->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
+  pt_atfork_child(forget_idle);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pt_lifecycle_add(L, w);                      /* before it can end */
-  e = pthread_create(&t->thread, NULL, thread_main, t);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  e = start_on_thread(t);
   if (e != 0) {
     pt_lifecycle_remove(w);
     left();
@@ -362,25 +515,20 @@ oserr_eventfd:
   return pt_push_oserror(L, "eventfd", e);
 }
 
-/* ThreadSanitizer (gcc 12) does not intercept pthread_clockjoin_np: it
-   would take the joined thread for a live one.  Its build waits on
-   w->done instead, as a cancellable joiner does. */
-#if defined(__SANITIZE_THREAD__)
-#define CLOCKJOIN 0
-#else
-#define CLOCKJOIN 1
-#endif
-
+/* The thread is done with the record's fds (done 2; see run_worker): a
+   short wait once done is 1. */
 static void joined(thread_worker *t) {
+  uint32_t d;
+  while ((d = __atomic_load_n((uint32_t *)&t->w.done, __ATOMIC_SEQ_CST)) == 1)
+    pt_futex_wait((const uint32_t *)&t->w.done, d, PT_FOREVER, NULL);
   t->w.joined = 1;
-  pt_close(t->done_fd);            /* the thread is gone: nobody uses them now */
+  pt_close(t->done_fd);            /* nobody uses them now */
   pt_close(t->cancel_fd);
   t->done_fd = t->cancel_fd = -1;
 }
 
-/* A cancellable joiner (a thread worker, or the main thread while Ctrl-C
-   is watched) sleeps on w->done, the futex word thread_main sets and wakes
-   at its end, beside its own cancel flag and (Ctrl-C watched) the SIGINT
+/* A joiner sleeps on w->done, the futex word run_worker sets and wakes
+   at the worker's end, beside its own cancel flag and (Ctrl-C watched) the SIGINT
    count, which the handler bumps and wakes: no fd is needed, so a full fd
    table cannot fail a join, and no timer either (a SIGINT just before the
    sleep changes the count, so the kernel does not sleep).  1 done, 0
@@ -404,44 +552,14 @@ static int wait_done(pt_worker *w, double timeout) {
   }
 }
 
-/* Nobody can cancel this joiner: wait for the thread's exit itself, one
-   wake-up, as pthread_join alone would.  1, 0 timeout, -1 error. */
-static int join_exit(thread_worker *t, double timeout) {
-  int r;
-  if (timeout < 0) {
-    r = pthread_join(t->thread, NULL);
-  } else {
-    struct timespec ts;
-    double end;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
-    ts.tv_sec = (time_t)end;
-    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-    r = pthread_clockjoin_np(t->thread, NULL, CLOCK_MONOTONIC, &ts);
-    if (r == ETIMEDOUT) return 0;
-  }
-  if (r != 0) { errno = r; return -1; }
-  joined(t);
-  return 1;
-}
-
 static int thread_wait(pt_worker *w, double timeout) {
-  thread_worker *t = tw(w);
   int r;
   if (w->joined) return 1;
-  if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
-    pthread_join(t->thread, NULL);             /* it is leaving: a short wait */
-    joined(t);
-    return 1;
+  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+    if (timeout == 0) return 0;
+    if ((r = wait_done(w, timeout)) <= 0) return r;
   }
-  if (timeout == 0) return 0;
-  if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN) &&
-      !pt_interrupt_watched())
-    return join_exit(t, timeout);
-  r = wait_done(w, timeout);
-  if (r <= 0) return r;
-  pthread_join(t->thread, NULL);             /* it is leaving: a short wait */
-  joined(t);
+  joined(tw(w));
   return 1;
 }
 
@@ -476,17 +594,13 @@ static int thread_cancel(pt_worker *w) {
 }
 
 static void thread_release(pt_worker *w) {
-  thread_worker *t = tw(w);
   /* A thread worker that ends without joining a thread it started leaves
      no one who could ever join it: cancel it rather than let it run on. */
   if (!w->joined && pt_self_ctx && pt_self_ctx->kind == PT_THREAD && pt_self_ctx->closing)
     thread_cancel(w);
-  if (!w->joined) {
-    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(t->thread, NULL);
-    else if (pt_lifecycle_adopt(w)) { pt_worker_unref(w); return; }   /* see lifecycle.c */
-    else pthread_detach(t->thread);
-    w->joined = 1;
-  }
+  /* still running: the registry keeps it cancellable at exit (so it is
+     not marked joined: a cancel must still reach it) */
+  if (!w->joined && !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pt_lifecycle_adopt(w);
   pt_worker_unref(w);
 }
 
@@ -505,4 +619,4 @@ const pt_worker_ops pt_thread_ops = {
   "thread", thread_spawn, thread_wait, thread_cancel, NULL,
   "a thread cannot be sent a signal (a signal hits the whole process); use w:cancel()",
   "a thread cannot outlive its process; join it or cancel it",
-  thread_fd, thread_release, thread_destroy};
+  thread_fd, thread_release, thread_destroy, thread_spare};

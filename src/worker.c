@@ -396,6 +396,16 @@ static int l_detach(lua_State *L) {
   return 1;
 }
 
+/* pt._spare_threads(): OS threads kept idle for the next spawns (no
+   worker, fd or shared object of theirs): leak checks leave them out. */
+static int l_spare(lua_State *L) {
+  int k, n = 0;
+  for (k = 0; kinds[k]; k++)
+    if (kinds[k]->spare) n += kinds[k]->spare();
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 /* pt._daemon(w): a pool's worker, stopped at exit, never waited for. */
 static int l_daemon(lua_State *L) {
   pt_lifecycle_daemon(pt_worker_of(L, 1));
@@ -407,7 +417,8 @@ void pt_open_worker(lua_State *L) {
     {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
     {"kill", w_kill}, {"info", w_info}, {"fd", w_fd}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
-    {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon}, {NULL, NULL}};
+    {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon},
+    {"_spare_threads", l_spare}, {NULL, NULL}};
   int k;
   if (luaL_newmetatable(L, PT_WORKER_MT)) {
     lua_pushcfunction(L, w_index);

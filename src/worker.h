@@ -36,6 +36,7 @@ typedef struct pt_worker_ops {
   int (*fd)(pt_worker *w);                /* w:fd(), not yet ended; -1 errno */
   void (*release)(pt_worker *w);          /* the handle was collected */
   void (*destroy)(pt_worker *w);          /* the last reference went */
+  int (*spare)(void);                     /* OS threads kept idle, or NULL */
 } pt_worker_ops;
 
 /* A record lives outside any Lua heap, shared by its handle, the registry
@@ -65,8 +66,8 @@ struct pt_worker {
   int lifeline, lifeline_r;   /* process: its lifeline's ends, or -1 */
   int released;               /* its handle was collected */
   int daemon;                 /* a pool's worker: stopped, never waited for */
-  int adopted;                /* thread: handle collected while it ran; it
-                                 detaches itself when it leaves */
+  int adopted;                /* thread: handle collected while it ran (a
+                                 cancel at exit still reaches it) */
   int handled;                /* an at-exit pass stopped it already */
 };
 
