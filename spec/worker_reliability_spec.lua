@@ -497,8 +497,8 @@ describe("worker reliability", function()
       assert.is_true(calls("wait4") <= 50 * 2 + 5, st)
     end)
 
-    -- ASan's allocator and shadow memory fault in pages of their own.
-    it("a process spawn + join writes few pages of the parent (minor faults) #noasan", function()
+    -- The sanitizers' allocators and shadow memory fault in pages of their own.
+    it("a process spawn + join writes few pages of the parent (minor faults) #noasan #notsan", function()
       -- a small interpreter, its collector stopped: the pages counted
       -- are the ones procthread writes, not the marking of a big heap
       local status, out = H.fresh([[
