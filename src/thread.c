@@ -180,12 +180,17 @@ static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec
 
 /* While fn runs the cancellation signal may reach this thread; its
    handler then arms the hook on L.  Asked already: arm it now. */
+/* After fn every signal is blocked again, as the OS thread began: the next
+   worker it runs starts the same, whatever fn's C code did to the mask. */
 static void take_cancels(lua_State *L, thread_worker *w, int how) {
   sigset_t one;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
   sigemptyset(&one);
   if (sig) sigaddset(&one, sig);
-  if (how == SIG_BLOCK) pthread_sigmask(SIG_BLOCK, &one, NULL);
+  if (how == SIG_BLOCK) {
+    sigfillset(&one);
+    pthread_sigmask(SIG_SETMASK, &one, NULL);
+  }
   w->ctx.L = how == SIG_UNBLOCK ? L : NULL;
   if (how == SIG_UNBLOCK) pthread_sigmask(SIG_UNBLOCK, &one, NULL);
   if (how == SIG_UNBLOCK && pt_cancel_requested()) arm(L);
