@@ -135,11 +135,18 @@ static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static osthread *idle;
 static int idle_n, spare;     /* idle_mu: on the list; alive and not running a worker */
 
-static void forget_idle(void) {            /* a new child: none came along */
-  pthread_mutex_init(&idle_mu, NULL);
+/* Around every fork() (pthread_atfork: procthread's and any other
+   library's): the list is never caught half-changed, and a new child,
+   which none of the threads came along into, starts with none. */
+static void lock_idle(void) { pthread_mutex_lock(&idle_mu); }
+static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
+static void forget_idle(void) {
   idle = NULL;
   idle_n = spare = 0;
+  pthread_mutex_unlock(&idle_mu);
 }
+static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
 static int thread_spare(void) {
   int n;
@@ -499,7 +506,7 @@ static int thread_spawn(lua_State *L) {
   t->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (t->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
-  pt_atfork_child(forget_idle);
+  pthread_once(&fork_once, watch_forks);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
