@@ -273,7 +273,12 @@ describe("pools", function()
         local pool = pt.pool(kind, 1, { max_tasks = 2 })
         local ids, order = {}, {}
         for i = 1, 6 do
-          local ok, id = pool:submit(function() return pt.self().id end):get(T)
+          -- a global of the worker's own state names it (a thread's id is
+          -- its OS thread's, which a later worker may run on)
+          local ok, id = pool:submit(function()
+            worker_name = worker_name or pt.self().id .. "@" .. pt.now()
+            return worker_name
+          end):get(T)
           assert.is_true(ok)
           if not ids[id] then ids[id] = true; order[#order + 1] = id end
         end

@@ -472,4 +472,104 @@ describe("worker reliability", function()
       assert.matches("bad joins 0\n", out, 1, true)
     end)
   end)
+
+  describe("issue 12: joins sleep on events, never spin or slice", function()
+    it("a process join makes no sched_yield and about two wait4 per spawn (strace)", function()
+      if not os.execute("strace -o /dev/null true >/dev/null 2>&1") then
+        return pending("strace cannot run here")
+      end
+      local log = os.tmpname()
+      local status, out = fresh_under("strace -f -qq -c -e trace=wait4,sched_yield -o " .. log, [[
+        local pt = require "procthread"
+        for _ = 1, 50 do assert(pt.spawn_process(function() return 1 end):join(30)) end
+      ]])
+      local f = assert(io.open(log)); local st = f:read("*a"); f:close(); os.remove(log)
+      assert.are.equal(0, status, out)
+      local function calls(name)          -- % time, seconds, usecs/call, calls, [errors,] name
+        for line in st:gmatch("[^\n]+") do
+          local f = {}
+          for x in line:gmatch("%S+") do f[#f + 1] = x end
+          if f[#f] == name then return tonumber(f[4]) end
+        end
+        return 0
+      end
+      assert.are.equal(0, calls("sched_yield"), st)
+      assert.is_true(calls("wait4") <= 50 * 2 + 5, st)
+    end)
+
+    -- The sanitizers' allocators and shadow memory fault in pages of their own.
+    it("a process spawn + join writes few pages of the parent (minor faults) #noasan #notsan", function()
+      -- a small interpreter, its collector stopped: the pages counted
+      -- are the ones procthread writes, not the marking of a big heap
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local f, t = function() end, {}
+        for _ = 1, 10 do assert(pt.spawn_process(f):join(30)) end
+        collectgarbage("stop")
+        for i = 1, 41 do
+          local a = pt.rusage().minflt
+          assert(pt.spawn_process(f):join(30))
+          t[i] = pt.rusage().minflt - a
+        end
+        table.sort(t)
+        io.write("median ", t[21], "\n")
+      ]])
+      assert.are.equal(0, status, out)
+      local n = tonumber(out:match("median (%d+)"))
+      -- the C floor's fork + waitpid: 8; a 64 KiB read buffer per join
+      -- made it about 30
+      assert.is_true(n ~= nil and n <= 20, out)
+    end)
+
+    -- fork and waitpid for Lua without Lua's headers (the push function
+    -- takes a 64-bit integer on every Lua of x86-64 and arm64)
+    it("a child forked by another library spawns threads: it has no idle one", function()
+      local src, so = os.tmpname() .. ".c", os.tmpname() .. ".so"
+      local f = assert(io.open(src, "w"))
+      f:write([[
+        #include <sys/wait.h>
+        #include <unistd.h>
+        typedef struct lua_State lua_State;
+        extern void lua_pushinteger(lua_State *L, long long n);
+        int l_fork(lua_State *L) { lua_pushinteger(L, fork()); return 1; }
+        int l_wait(lua_State *L) {
+          int st = 0;
+          waitpid(-1, &st, 0);
+          lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+          return 1;
+        }
+      ]])
+      f:close()
+      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
+      os.remove(src)
+      local status, out = H.fresh(([[
+        local pt = require "procthread"
+        local fork, wait = package.loadlib(%q, "l_fork"), package.loadlib(%q, "l_wait")
+        assert(pt.spawn_thread(function() end):join(10))
+        while pt._spare_threads() == 0 do pt.sleep(0.01) end     -- one idle
+        io.stdout:flush()
+        if fork() == 0 then
+          local ok, v = pt.spawn_thread(function() return 7 end):join(5)
+          os.exit(ok == true and v == 7 and 0 or 3)
+        end
+        io.write("child exit ", wait(), "\n")
+      ]]):format(so, so))
+      os.remove(so)
+      assert.are.equal(0, status, out)
+      assert.matches("child exit 0\n", out, 1, true)
+    end)
+
+    it("the main thread's thread join, Ctrl-C watched, wakes once, not every 100 ms", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w = pt.spawn_thread(function() require("procthread").sleep(1) end)
+        local r0 = pt.rusage("thread").nvcsw
+        assert(w:join(30))
+        io.write("wake-ups ", pt.rusage("thread").nvcsw - r0, "\n")
+      ]])
+      assert.are.equal(0, status, out)
+      local n = tonumber(out:match("wake%-ups (%d+)"))
+      assert.is_true(n ~= nil and n <= 3, out)       -- 100 ms slices: about 11
+    end)
+  end)
 end)

@@ -33,6 +33,19 @@ describe("workers", function()
         assert.are.equal(1, t1.x)
       end)
 
+      it("keeps its answer with the handle: its user value on 5.4, else a weak table", function()
+        local w = pt.spawn(kind, function() return 7 end)
+        assert.are.same({ true, 7 }, { w:join(T) })
+        local answers = debug.getregistry()["procthread.answers"]
+        if _VERSION == "Lua 5.4" then
+          assert.is_nil(answers)
+          local a = debug.getuservalue(w, 1)
+          assert.are.same({ n = 2, true, 7 }, a)
+        else
+          assert.are.same({ n = 2, true, 7 }, answers[w])
+        end
+      end)
+
       it("reports a Lua error with its traceback, and status failed", function()
         local w = pt.spawn(kind, function() error("boom") end)
         local ok, err = w:join(T)
@@ -252,6 +265,77 @@ describe("workers", function()
       local ok, v = w:join(T)
       assert.is_true(ok == true and v == true or (ok == false and v == "cancelled"))
       assert.is_false(pt.cancelled())
+    end)
+  end)
+
+  -- issue 12: a few idle OS threads are kept for the next spawns; each
+  -- worker still gets a fresh Lua state
+  describe("thread reuse", function()
+    local function threads_in(status)
+      return tonumber(status:match("Threads:%s*(%d+)"))
+    end
+    local function my_status()
+      local f = assert(io.open("/proc/self/status")); local s = f:read("*a"); f:close(); return s
+    end
+
+    it("keeps at most 4 idle OS threads, which run the next workers", function()
+      local ws = {}
+      for i = 1, 6 do ws[i] = pt.spawn_thread(function(g) g:wait(20) end, pt.event()) end
+      local ids = {}
+      for _, w in ipairs(ws) do ids[w.id] = true; w:cancel(); w:join(T) end
+      assert.is_true(H.eventually(function() return pt._spare_threads() == 4 end, T), pt._spare_threads())
+      local again = pt.spawn_thread(function() end)
+      assert(again:join(T))
+      assert.is_true(ids[again.id], "not run on one of the idle threads")
+    end)
+
+    it("gives every worker a fresh state: no globals, no changed library, of another", function()
+      assert(pt.spawn_thread(function()
+        leaked_global = 1; string.leaked = 2; package.loaded.leaked = 3
+        getmetatable("").__index.upper = nil
+      end):join(T))
+      for _ = 1, 5 do
+        local ok, a, b, c, d = pt.spawn_thread(function()
+          return leaked_global, string.leaked, package.loaded.leaked, ("x"):upper()
+        end):join(T)
+        assert.are.same({ true, nil, nil, nil, "X" }, { ok, a, b, c, d })
+      end
+    end)
+
+    it("cancels and refuses kill on a reused thread as on a new one #notsan", function()
+      assert(pt.spawn_thread(function() end):join(T))      -- one idle now
+      local w = pt.spawn_thread(function() if jit then jit.off() end while true do end end)
+      assert.is_nil(w:join(0.05))
+      assert.has_error(function() w:kill() end)
+      w:cancel()
+      assert.are.same({ false, "cancelled" }, { w:join(T) })
+      local v = pt.spawn_thread(function() return pt.cancelled() end)
+      assert.are.same({ true, false }, { v:join(T) })      -- the next one starts clean
+    end)
+
+    it("a child forked while idle threads exist has none, and can spawn its own", function()
+      assert(pt.spawn_thread(function() end):join(T))
+      assert.is_true(H.eventually(function() return pt._spare_threads() >= 1 end, T))
+      local ok, spare, n, r = pt.spawn_process(function()
+        local spare, st = pt._spare_threads(), my_status()
+        local r = select(2, pt.spawn_thread(function() return 5 end):join(10))
+        return spare, threads_in(st), r
+      end):join(T)
+      assert.are.same({ true, 0, 1, 5 }, { ok, spare, n, r })
+    end)
+
+    it("lets the program end at once, and at_exit = 'stop' still stops a running thread", function()
+      local t0 = pt.now()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        for _ = 1, 3 do assert(pt.spawn_thread(function() end):join(10)) end
+        pt.configure{ at_exit = "stop", exit_grace = 20 }
+        pt.spawn_thread(function() require("procthread").sleep(100) end)
+        collectgarbage(); collectgarbage()
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(pt.now() - t0 < 10, "took " .. (pt.now() - t0))
     end)
   end)
 

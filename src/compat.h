@@ -23,9 +23,39 @@
   (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
 #define pt_pushglobals(L)      lua_pushvalue(L, LUA_GLOBALSINDEX)
 #define pt_loadbuffer(L, b, s, n) luaL_loadbuffer(L, b, s, n)
-void pt_setfuncs(lua_State *L, const luaL_Reg *l);
-void *pt_testudata(lua_State *L, int i, const char *tname);
-void pt_traceback(lua_State *L, lua_State *L1, const char *msg, int level);
+
+static inline void pt_setfuncs(lua_State *L, const luaL_Reg *l) {
+  for (; l->name; l++) {
+    lua_pushcfunction(L, l->func);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+static inline void *pt_testudata(lua_State *L, int i, const char *tname) {
+  void *p = lua_touserdata(L, i);
+  if (p == NULL || !lua_getmetatable(L, i)) return NULL;
+  luaL_getmetatable(L, tname);
+  if (!lua_rawequal(L, -1, -2)) p = NULL;
+  lua_pop(L, 2);
+  return p;
+}
+
+/* luaL_traceback through debug.traceback (5.1 has no C one); L1 is L. */
+static inline void pt_traceback(lua_State *L, lua_State *L1, const char *msg, int level) {
+  (void)L1;
+  lua_getglobal(L, "debug");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1)) {
+      lua_pushstring(L, msg);
+      lua_pushinteger(L, level + 1);
+      if (lua_pcall(L, 2, 1, 0) == 0) return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushstring(L, msg);
+}
 #endif
 
 #if LUA_VERSION_NUM >= 502 || defined(LUAJIT_VERSION) || defined(PT_LUAJIT)

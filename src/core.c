@@ -1,5 +1,6 @@
 /* core.c - the module entry: builds the procthread.core table. */
 #include "pt.h"
+#include "worker.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -30,6 +31,8 @@ static void register_xtypes(void) {
   (void)pt_codec_register(&pt_xtype_semaphore);    /* 4 */
   (void)pt_codec_register(&pt_xtype_event);        /* 5 */
   (void)pt_codec_register(&pt_xtype_barrier);      /* 6 */
+  pt_worker_register(&pt_thread_ops);              /* pt.spawn's kinds */
+  pt_worker_register(&pt_process_ops);
 }
 
 int luaopen_procthread_core(lua_State *L) {

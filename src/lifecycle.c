@@ -5,7 +5,8 @@
  *
  * Registry.  Every worker this process spawns is entered here (one
  * reference) until it has ended: a thread removes itself when it leaves,
- * a process when it is reaped.  When the program ends -- the main Lua
+ * a process when it is reaped.  The same list serves a worker process
+ * that leaves: it stops its running threads first (stop_threads).  When the program ends -- the main Lua
  * state is closed (a sentinel userdata's __gc) or exit() runs without
  * lua_close (atexit: os.exit on 5.1-5.3, LuaJIT, 5.4 without `close`) --
  * the workers still running are waited for or stopped, and one stderr
@@ -35,11 +36,12 @@
  * soon as control is back in Lua.  A SIGINT that lands between the check
  * and the system call is not an EINTR; the waits close that race
  * instead of waking on a timer: a poll-based wait blocks SIGINT, checks
- * the count, and lets ppoll unblock it atomically (sys.c); a futex-based
+ * the count, and lets ppoll unblock it atomically (cancel.c); a futex-based
  * wait watches the count itself as one more futex word, which the
  * handler bumps and wakes (pt_interrupt_word): a SIGINT after the check
  * changes the word, so the kernel does not sleep. */
 #include "worker.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -99,7 +101,7 @@ static void chain_sigint(void) {
 }
 
 static int is_main_thread(void) {
-  if (main_thread < 0) main_thread = syscall(SYS_gettid) == getpid();
+  if (main_thread < 0) main_thread = syscall(SYS_gettid) == pt_pid();
   return main_thread;
 }
 
@@ -138,40 +140,39 @@ int pt_take_interrupt(void) {
 
 /* ---- the registry ---------------------------------------------------------- */
 
+/* The registry is a list through the records themselves (worker.h), so
+   entering never fails; reg_mu guards it and the records' registry
+   fields.  It is also the list of this process's running threads that a
+   leaving worker process stops (pt_lifecycle_stop_threads). */
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pt_worker *reg;
+static int my_lifeline = -1;             /* in a worker process: its read end */
+
+/* What at exit works on: a registered worker as it was when the pass
+   began, with a reference. */
 typedef struct entry {
   pt_worker *w;
-  const void *owner;      /* the main Lua state that spawned it, or NULL */
-  int lifeline;           /* process: write end of its lifeline, or -1 */
-  int lifeline_r;         /* process: read end (shared with the child), or -1 */
-  int released;           /* its handle was collected */
-  int daemon;             /* a pool's worker: stopped, never waited for */
-  int adopted;            /* thread: handle collected while it ran; it
-                             detaches itself when it leaves the registry */
-  int handled;            /* an at-exit pass stopped it already */
+  const void *owner;
+  int released, daemon;
+  int lifeline;           /* process: handed over to the kill phase, or -1 */
 } entry;
-
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static entry *reg;
-static int reg_n, reg_cap;
-static int my_lifeline = -1;             /* in a worker process: its read end */
 
 static const char *const policy_names[] = {"wait", "stop", NULL};
 static int policy;                       /* 0 wait, 1 stop */
 static double exit_grace = 1.0;
 
-static entry *find(pt_worker *w) {
-  int i;
-  for (i = 0; i < reg_n; i++)
-    if (reg[i].w == w) return &reg[i];
-  return NULL;
-}
+/* w if it is registered (reg_mu held), else NULL. */
+static pt_worker *find(pt_worker *w) { return w->listed ? w : NULL; }
 
-/* Take e out (reg_mu held); returns what the caller must drop unlocked. */
-static pt_worker *take(entry *e) {
-  pt_worker *w = e->w;
-  pt_close(e->lifeline);
-  pt_close(e->lifeline_r);
-  *e = reg[--reg_n];
+/* Take w out (reg_mu held); returns what the caller must drop unlocked. */
+static pt_worker *take(pt_worker *w) {
+  pt_close(w->lifeline);
+  pt_close(w->lifeline_r);
+  w->lifeline = w->lifeline_r = -1;
+  if (w->prev) w->prev->next = w->next; else reg = w->next;
+  if (w->next) w->next->prev = w->prev;
+  w->prev = w->next = NULL;
+  w->listed = 0;
   return w;
 }
 
@@ -181,46 +182,32 @@ static const void *owner_of(lua_State *L) {
 }
 
 static void add(lua_State *L, pt_worker *w, int lifeline, int lifeline_r) {
-  entry *e = NULL;
   pthread_mutex_lock(&reg_mu);
-  if (reg_n == reg_cap) {
-    int cap = reg_cap ? 2 * reg_cap : 16;
-    entry *p = (entry *)realloc(reg, (size_t)cap * sizeof *p);
-    if (p) { reg = p; reg_cap = cap; }
-  }
-  if (reg_n < reg_cap) {
-    e = &reg[reg_n++];
-    e->w = w;
-    e->owner = owner_of(L);
-    e->lifeline = lifeline;
-    e->lifeline_r = lifeline_r;
-    e->released = e->daemon = e->adopted = e->handled = 0;
-    __atomic_add_fetch(&w->refs, 1, __ATOMIC_ACQ_REL);
-  }
+  w->owner = owner_of(L);
+  w->lifeline = lifeline;
+  w->lifeline_r = lifeline_r;
+  w->released = w->daemon = w->adopted = w->handled = 0;
+  w->listed = 1;
+  w->prev = NULL;
+  w->next = reg;
+  if (reg) reg->prev = w;
+  reg = w;
+  pt_worker_ref(w);
   pthread_mutex_unlock(&reg_mu);
-  if (!e) {                        /* out of memory: the worker is not watched */
-    if (lifeline_r >= 0) fcntl(lifeline_r, F_SETFL, fcntl(lifeline_r, F_GETFL) & ~O_ASYNC);
-    pt_close(lifeline);
-    pt_close(lifeline_r);
-  }
 }
 
 void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1, -1); }
 
 void pt_lifecycle_remove(pt_worker *w) {
-  entry *e;
-  pt_worker *gone = NULL;
+  pt_worker *e, *gone = NULL;
   pthread_mutex_lock(&reg_mu);
-  if ((e = find(w)) != NULL) {
-    if (e->adopted) pthread_detach(pthread_self());   /* the thread itself, leaving */
-    gone = take(e);
-  }
+  if ((e = find(w)) != NULL) gone = take(e);
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);
 }
 
 int pt_lifecycle_adopt(pt_worker *w) {
-  entry *e;
+  pt_worker *e;
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) e->adopted = 1;
   pthread_mutex_unlock(&reg_mu);
@@ -228,10 +215,32 @@ int pt_lifecycle_adopt(pt_worker *w) {
 }
 
 void pt_lifecycle_released(pt_worker *w) {
-  entry *e;
+  pt_worker *e;
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) e->released = 1;
   pthread_mutex_unlock(&reg_mu);
+}
+
+/* Every running thread worker of this process is registered (it leaves
+   the registry as it ends, its handle collected or not): cancel each,
+   then wait for the count each thread takes down once it has touched
+   its last shared object. */
+int pt_lifecycle_stop_threads(double timeout) {
+  double deadline;
+  pt_worker *w;
+  int n;
+  /* none: a leaving process writes (and copies) no page for this */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) return 0;
+  deadline = pt_deadline(timeout);
+  pthread_mutex_lock(&reg_mu);
+  for (w = reg; w; w = w->next)
+    if (w->kind == PT_THREAD) w->ops->cancel(w);
+  pthread_mutex_unlock(&reg_mu);
+  while ((n = __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST)) > 0) {
+    int r = pt_futex_wait((const uint32_t *)&pt_live_threads, (uint32_t)n, deadline, NULL);
+    if (r == PT_TIMEOUT || r == PT_ERR) break;
+  }
+  return __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST);
 }
 
 /* ---- the lifeline ---------------------------------------------------------- */
@@ -240,7 +249,7 @@ static pid_t prefork_parent;
 
 int pt_lifeline_prefork(int life[2]) {
   if (pipe2(life, O_CLOEXEC) != 0) return -1;
-  prefork_parent = getpid();
+  prefork_parent = pt_pid();
   pthread_mutex_lock(&reg_mu);     /* the child must see the registry whole */
   return 0;
 }
@@ -248,19 +257,17 @@ int pt_lifeline_prefork(int life[2]) {
 /* In the new child, first thing: forget the parent's workers (and close
    their lifelines: only the parent may hold them), arm our own. */
 void pt_lifeline_child(int life[2]) {
-  int i;
+  pt_worker *w;
   pthread_mutex_unlock(&reg_mu);   /* held across the fork by this very thread */
-  for (i = 0; i < reg_n; i++) { pt_close(reg[i].lifeline); pt_close(reg[i].lifeline_r); }
-  free(reg);
-  reg = NULL;
-  reg_n = reg_cap = 0;
+  for (w = reg; w; w = w->next) { pt_close(w->lifeline); pt_close(w->lifeline_r); }
+  reg = NULL;                      /* the records are the parent's: left alone */
   pt_close(my_lifeline);
   pt_close(life[1]);
   my_lifeline = life[0];
   main_thread = -1;
   intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   intr_pending = 0;
-  if (fcntl(life[0], F_SETOWN, getpid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
+  if (fcntl(life[0], F_SETOWN, pt_pid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
       fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
   if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
@@ -276,7 +283,7 @@ void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
   }
 }
 
-/* ---- pt.detach, the pool's mark, configure -------------------------------- */
+/* ---- pt.detach, the pool's mark (worker.c), configure ---------------------- */
 
 /* Clear O_ASYNC on a lifeline's read end.  The child arms it right after
    the fork (owner, signal, then O_ASYNC, on the file it shares with us): a
@@ -295,12 +302,8 @@ static void disarm(int fd, pid_t child) {
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
 }
 
-static int l_detach(lua_State *L) {
-  pt_worker *w = pt_worker_of(L, 1);
-  entry *e;
-  pt_worker *gone = NULL;
-  if (w->kind == PT_THREAD)
-    return luaL_error(L, "detach: a thread cannot outlive its process; join it or cancel it");
+void pt_lifecycle_detach(pt_worker *w) {
+  pt_worker *e, *gone = NULL;
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) {
     /* disarm before the write end can close (the file is the child's too) */
@@ -309,17 +312,13 @@ static int l_detach(lua_State *L) {
   }
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);
-  lua_pushboolean(L, 1);
-  return 1;
 }
 
-static int l_daemon(lua_State *L) {
-  pt_worker *w = pt_worker_of(L, 1);
-  entry *e;
+void pt_lifecycle_daemon(pt_worker *w) {
+  pt_worker *e;
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) e->daemon = 1;
   pthread_mutex_unlock(&reg_mu);
-  return 0;
 }
 
 /* _exit_policy(at_exit or nil, exit_grace or nil): pt.configure's keys. */
@@ -344,7 +343,7 @@ static int running(const entry *e) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
   /* a process nobody else reaps: reap it here (it then leaves the registry) */
-  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) pt_process_wait(w, 0);
+  if (w->kind == PT_PROCESS && on_main && e->owner && !e->released) w->ops->wait(w, 0);
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
   if (w->kind == PT_PROCESS) {
     /* someone else reaps it: look without reaping (an error: reaped) */
@@ -359,17 +358,17 @@ static int running(const entry *e) {
 static void signal_process(const entry *e, int sig) {
   pt_worker *w = e->w;
   if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  if (on_main && e->owner && !e->released) pt_process_signal(w, sig);
+  if (on_main && e->owner && !e->released) w->ops->signal(w, sig);
   else kill(w->id, sig);
 }
 
 /* Cancel a thread while it is certainly there: its handle is alive, or
-   it is still in the registry (it leaves it, and detaches, under reg_mu). */
+   it is still in the registry (it leaves it under reg_mu). */
 static void cancel_thread(entry *e) {
-  entry *r;
+  pt_worker *r;
   pthread_mutex_lock(&reg_mu);
   r = find(e->w);
-  if (r && ((on_main && !r->released) || r->adopted)) pt_thread_cancel(e->w);
+  if (r && ((on_main && !r->released) || r->adopted)) e->w->ops->cancel(e->w);
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -407,18 +406,22 @@ static int count_running(entry *set, int n) {
    A thread of another thread worker is that worker's to end. */
 static entry *snapshot(const void *owner, int all, int *n) {
   entry *set;
-  int i, k = 0;
+  pt_worker *w;
+  int k = 0;
   pthread_mutex_lock(&reg_mu);
-  set = (entry *)calloc((size_t)(reg_n ? reg_n : 1), sizeof *set);
-  for (i = 0; set && i < reg_n; i++) {
-    entry *e = &reg[i];
-    if (!all && e->owner != owner && (e->owner || e->w->kind == PT_THREAD)) continue;
-    if (e->owner == NULL && e->w->kind == PT_THREAD) continue;
-    if (pt_self_ctx == &e->w->ctx || e->handled) continue;   /* exit() called by this thread */
-    e->handled = 1;
-    set[k] = *e;
+  for (w = reg; w; w = w->next) k++;
+  set = (entry *)calloc((size_t)(k ? k : 1), sizeof *set);
+  for (w = reg, k = 0; set && w; w = w->next) {
+    if (!all && w->owner != owner && (w->owner || w->kind == PT_THREAD)) continue;
+    if (w->owner == NULL && w->kind == PT_THREAD) continue;
+    if ((pt_self_ctx && pt_self_ctx == w->self) || w->handled) continue;   /* exit() called by this thread */
+    w->handled = 1;
+    set[k].w = w;
+    set[k].owner = w->owner;
+    set[k].released = w->released;
+    set[k].daemon = w->daemon;
     set[k].lifeline = -1;
-    __atomic_add_fetch(&e->w->refs, 1, __ATOMIC_ACQ_REL);
+    pt_worker_ref(w);
     k++;
   }
   pthread_mutex_unlock(&reg_mu);
@@ -431,7 +434,7 @@ static void cut_lifelines(entry *set, int n) {
   int i;
   pthread_mutex_lock(&reg_mu);
   for (i = 0; i < n; i++) {
-    entry *e = set[i].w ? find(set[i].w) : NULL;
+    pt_worker *e = set[i].w ? find(set[i].w) : NULL;
     if (e) { set[i].lifeline = e->lifeline; e->lifeline = -1; }
   }
   pthread_mutex_unlock(&reg_mu);
@@ -495,7 +498,7 @@ static void at_exit(const void *owner, int all) {
 
 
 static void at_process_exit(void) {
-  if (getpid() == opener) at_exit(NULL, 1);
+  if (pt_pid() == opener) at_exit(NULL, 1);
 }
 
 typedef struct sentinel {
@@ -505,7 +508,7 @@ typedef struct sentinel {
 
 static int sentinel_gc(lua_State *L) {
   sentinel *s = (sentinel *)lua_touserdata(L, 1);
-  if (s->armed && s->pid == getpid()) {
+  if (s->armed && s->pid == pt_pid()) {
     s->armed = 0;
     at_exit(lua_topointer(L, LUA_REGISTRYINDEX), 0);
   }
@@ -516,14 +519,14 @@ static int sentinel_gc(lua_State *L) {
 void pt_lifecycle_arm(lua_State *L) {
   sentinel *s;
   if (!owner_of(L)) return;                  /* a thread worker's state */
-  if (getpid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
+  if (pt_pid() == opener) chain_sigint();   /* again: a REPL line sets its handler anew */
   lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
   s = (sentinel *)lua_touserdata(L, -1);
   if (s) s->armed = 0;
   lua_pop(L, 1);
   s = (sentinel *)pt_newuserdata(L, sizeof *s);
   s->armed = 1;
-  s->pid = getpid();
+  s->pid = pt_pid();
   if (luaL_newmetatable(L, SENTINEL_MT)) {
     lua_pushcfunction(L, sentinel_gc);
     lua_setfield(L, -2, "__gc");
@@ -535,15 +538,14 @@ void pt_lifecycle_arm(lua_State *L) {
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
 static void install(void) {
-  opener = getpid();
+  opener = pt_pid();
   atexit(at_process_exit);
   chain_sigint();
 }
 
 void pt_open_lifecycle(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"detach", l_detach}, {"_daemon", l_daemon}, {"_exit_policy", l_exit_policy},
-    {NULL, NULL}};
+    {"_exit_policy", l_exit_policy}, {NULL, NULL}};
   pt_ctx *c = pt_self_ctx;
   if (!c || c->kind == PT_MAIN) pthread_once(&exit_once, install);
   pt_setfuncs(L, fns);

@@ -1,18 +1,20 @@
-/* process.c - spawn_process: fork(); the child runs fn on its copy-on-write
- * copy of the caller's Lua state, writes its results down a pipe and
- * leaves with _exit.  The parent waits on the pipe and a pidfd. */
+/* process.c - the process kind of worker (pt_process_ops): spawn_process
+ * forks; the child runs fn on its copy-on-write copy of the caller's Lua
+ * state, writes its results down a pipe and leaves with _exit.  The parent
+ * waits on the pipe and a pidfd, signals, and reaps; a collected handle of
+ * a child still running goes to the reaper thread. */
 #include "worker.h"
 #include "shm.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -23,25 +25,49 @@
 #define HDR 9
 
 static pt_ctx process_ctx = {PT_PROCESS, NULL, -1, NULL, 0};
-static int my_result_fd = -1;        /* in a worker process: its write end */
 
-/* Collected handles of children that still ran (see pt_process_release). */
+/* A process worker's record: the common part, then the process's own. */
+typedef struct process_worker {
+  pt_worker w;
+  int pidfd;                  /* or -1: then its end is polled for */
+  int result_fd;              /* read end of the result pipe, or -1 */
+  int drain_fd;               /* eventfd the child rings when its results
+                                 do not fit the pipe (it waits for room) */
+  int user_aux[2];            /* the fds w:fd() (an epoll) watches, or -1 */
+  pt_shm_counts held;         /* counts held for it (shm.h), given back
+                                 when it has ended */
+  struct process_worker *next;   /* the orphans */
+} process_worker;
+
+static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
+static int my_result_fd = -1;        /* in a worker process: its write end */
+static int my_drain_fd = -1;         /* and its parent's drain_fd */
+
+/* Collected handles of children that still ran (see process_release). */
 static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
-static pt_worker *orphans;                 /* linked by next */
+static process_worker *orphans;            /* linked by next */
 static int reaper_running;
 static void reap_orphans(void);
 
 static void forget_parent(void) {
-  if (my_result_fd >= 0) close(my_result_fd);
-  my_result_fd = -1;
+  pt_close(my_result_fd);
+  pt_close(my_drain_fd);
+  my_result_fd = my_drain_fd = -1;
 }
 
+/* The write end starts non-blocking: results that fit the pipe never
+   wake the parent before the child's end (it sleeps on the pidfd alone).
+   When the pipe is full, ring the parent's drain_fd and go on blocking. */
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t k = write(fd, p, n);
     if (k < 0) {
+      uint64_t one = 1;
       if (errno == EINTR) continue;
-      return -1;
+      if (errno != EAGAIN || write(my_drain_fd, &one, sizeof one) < 0 ||
+          fcntl(fd, F_SETFL, 0) != 0)
+        return -1;
+      continue;
     }
     p += k;
     n -= (size_t)k;
@@ -62,7 +88,7 @@ static void send_result(int kind, const char *p, size_t n) {
    shared-memory counts this process holds (it keeps them, leaked, while
    a thread still runs). */
 static void leave(int code) {
-  pt_thread_stop_all(1.0);
+  pt_lifecycle_stop_threads(1.0);
   pt_child_exit(code);
 }
 
@@ -131,14 +157,16 @@ static void take_sigterm(void) {
   pthread_sigmask(SIG_UNBLOCK, &term, NULL);
 }
 
-/* The child: stack is fn, args...  Never returns.  Every page it writes
-   is a copy-on-write fault, so the happy path allocates nothing it can
-   avoid: no traceback text up front, no encoder state for no results. */
-static void child_main(lua_State *L, int wfd) {
-  int n = lua_gettop(L), base = 1;
-  char err[640];
+/* The child: stack is the handle, fn, args...  Never returns.  Every page
+   it writes is a copy-on-write fault, so the happy path allocates nothing
+   it can avoid: no traceback text up front, no encoder state for no
+   results, no stack rotation. */
+static void child_main(lua_State *L, int wfd, int drain_fd) {
+  int n = lua_gettop(L) - 1, base = 1;     /* fn and its arguments */
+  char err[PT_ERRLEN];
   pt_after_fork_child();
   my_result_fd = wfd;
+  my_drain_fd = drain_fd;
   if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
     /* forked from a thread worker, which runs with every signal blocked
        but one: a process takes signals as a process does */
@@ -156,7 +184,7 @@ static void child_main(lua_State *L, int wfd) {
   }
   lua_pop(L, 1);
   lua_pushcfunction(L, msgh);
-  lua_insert(L, 1);
+  lua_replace(L, 1);                       /* over the handle: no stack rotation */
   if (lua_pcall(L, n - 1, LUA_MULTRET, 1) != 0) {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
@@ -188,30 +216,40 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
   return pt_push_oserror(L, op, e);
 }
 
-int pt_process_spawn(lua_State *L) {
+static int process_spawn(lua_State *L) {
   int fds[2], life[2], e;
   pid_t pid;
+  process_worker *p;
   pt_worker *w;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
-  w = pt_worker_new(PT_PROCESS);
-  if (!w) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
+  if (!p) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  w = &p->w;
+  p->pidfd = p->result_fd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
   /* the handle exists before the fork: the parent then writes less of the
      memory it shares copy-on-write with the child while the child runs */
   pt_worker_push(L, w);
   lua_insert(L, 1);
   w->refs = 2;
-  if (pipe2(fds, O_CLOEXEC) != 0) {
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {   /* both ends: see write_all */
     e = errno;
     return spawn_failed(L, w, "pipe", e);
+  }
+  p->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (p->drain_fd < 0) {
+    e = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return spawn_failed(L, w, "eventfd", e);
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_now();
   /* no list is caught half-changed by the fork.  Lock order: orphans,
      then the lifecycle registry (the reaper settles under orphan_lock and
-     leaves the registry), then the thread list. */
+     leaves the registry). */
   pthread_mutex_lock(&orphan_lock);
   if (pt_lifeline_prefork(life) != 0) {
     e = errno;
@@ -220,15 +258,13 @@ int pt_process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "pipe", e);
   }
-  pt_thread_fork(0);
-  pid = pt_shm_fork(&w->held);
+  pid = pt_shm_fork(&pw(w)->held);
   e = errno;
   if (pid == 0) {
     orphans = NULL;         /* the parent's children are not ours */
     reaper_running = 0;
   }
   pthread_mutex_unlock(&orphan_lock);
-  pt_thread_fork(pid == 0 ? 2 : 1);
   if (pid == 0) pt_lifeline_child(life);
   else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {
@@ -238,14 +274,12 @@ int pt_process_spawn(lua_State *L) {
   }
   if (pid == 0) {
     close(fds[0]);
-    lua_remove(L, 1);              /* the handle: fn and args stay */
-    child_main(L, fds[1]);
+    child_main(L, fds[1], p->drain_fd);
   }
   close(fds[1]);
   w->id = pid;
-  w->result_fd = fds[0];
-  fcntl(fds[0], F_SETFL, O_NONBLOCK);
-  w->done_fd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
+  pw(w)->result_fd = fds[0];
+  pw(w)->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
   pt_worker_unref(w);              /* the handle's reference remains */
   lua_settop(L, 1);
   return 1;
@@ -253,11 +287,23 @@ int pt_process_spawn(lua_State *L) {
 
 /* Read what the pipe holds now.  0 ok (maybe more later), -1 error. */
 static int drain(pt_worker *w) {
+  pt_buf *b = &w->result;
   for (;;) {
     ssize_t k;
-    if (pt_buf_reserve(&w->result, 65536)) { errno = ENOMEM; return -1; }
-    k = read(w->result_fd, w->result.data + w->result.len, 65536);
-    if (k > 0) { w->result.len += (size_t)k; continue; }
+    size_t room;
+    /* room that grows with what comes: the parent writes (and faults in,
+       copy-on-write) no more pages than the results need */
+    if (b->len == b->cap && pt_buf_reserve(b, b->cap ? b->cap : 256)) {
+      errno = ENOMEM;
+      return -1;
+    }
+    room = b->cap - b->len;
+    k = read(pw(w)->result_fd, b->data + b->len, room);
+    if (k > 0) {
+      b->len += (size_t)k;
+      if ((size_t)k < room) return 0;          /* a pipe reads short only when empty */
+      continue;
+    }
     if (k == 0) return 0;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return 0;
@@ -318,12 +364,13 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   }
   /* cancelled while it ran (w_cancel): cancelled, however it ended */
   if (w->cancel) w->status = W_CANCELLED;
-  pt_close(w->result_fd);
-  w->result_fd = -1;
-  pt_close(w->done_fd);
-  w->done_fd = -1;
+  pt_close(pw(w)->result_fd);
+  pw(w)->result_fd = -1;
+  pt_close(pw(w)->pidfd);
+  pt_close(pw(w)->drain_fd);
+  pw(w)->pidfd = pw(w)->drain_fd = -1;
   w->joined = 1;
-  pt_shm_counts_drop(&w->held);    /* what it inherited: it has ended */
+  pt_shm_counts_drop(&pw(w)->held);    /* what it inherited: it has ended */
   __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
   pt_lifecycle_remove(w);
 }
@@ -344,70 +391,72 @@ static int try_reap(pt_worker *w) {
   return 1;
 }
 
-int pt_process_wait(pt_worker *w, double timeout) {
-  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  int spun = 0;
-  if (w->joined) return 1;
-  reap_orphans();
-  for (;;) {
-    int fds[2], n = 0, r;
-    double left = deadline < 0 ? -1 : deadline - pt_now();
-    if (drain(w) != 0) return -1;
-    r = try_reap(w);
-    if (r != 0) return r;
-    if (deadline >= 0 && left <= 0) return 0;
-    if (!spun && result_complete(w)) {
-      /* The results are in: the child is on its way out.  A few yields
-         cost less than going to sleep and being woken a second time. */
-      int i;
-      spun = 1;
-      for (i = 0; i < 200 && (deadline < 0 || pt_now() < deadline); i++) {
-        sched_yield();
-        if ((r = try_reap(w)) != 0) return r;
-      }
-    }
-    fds[n++] = w->result_fd;
-    if (w->done_fd >= 0) fds[n++] = w->done_fd;
-    else if (left < 0 || left > 0.01) left = 0.01;   /* no pidfd: poll */
-    r = pt_wait_fds(fds, n, POLLIN, left);
-    if (r == -1 || r == -2) return r;
-    if (r == 0) {
-      /* the pipe is readable: data, or end of file while the child lives on */
-      struct pollfd p;
-      p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
-      if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
-        /* every write end closed: wait on the pidfd alone */
-        if (w->done_fd >= 0) {
-          r = pt_wait_fd(w->done_fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
-          if (r < 0) return r;
-        } else {
-          usleep(1000);
-        }
-      }
-    }
-  }
-}
-
 /* The results are in, or every write end of the result pipe is closed:
    the pipe has nothing more to say (it would stay readable). */
 static int pipe_done(pt_worker *w) {
   struct pollfd p;
   if (result_complete(w)) return 1;
-  p.fd = w->result_fd; p.events = POLLIN; p.revents = 0;
+  p.fd = pw(w)->result_fd; p.events = POLLIN; p.revents = 0;
   return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN);
 }
 
-int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice) {
+/* One look: read what results came; reap (one wait4) when `reap` says
+   it may have ended.  1 ended, -1 error (errno); 0 running: sleep until
+   one of fds[0..*n) is readable (the pipe while it has more to say, the
+   pidfd), or (*slice: no pidfd) a short while, then look again. */
+static int look(pt_worker *w, int reap, int fds[2], int *n, int *slice) {
+  process_worker *p = pw(w);
   int r;
   *n = 0;
   *slice = 0;
   if (w->joined) return 1;
   if (drain(w) != 0) return -1;
-  if ((r = try_reap(w)) != 0) return r;
-  if (!pipe_done(w)) fds[(*n)++] = w->result_fd;
-  if (w->done_fd >= 0) fds[(*n)++] = w->done_fd;
-  else *slice = 1;                              /* no pidfd: look again soon */
+  if (reap && (r = try_reap(w)) != 0) return r;
+  if (!pipe_done(w)) fds[(*n)++] = p->result_fd;
+  if (p->pidfd >= 0) fds[(*n)++] = p->pidfd;
+  else *slice = 1;
   return 0;
+}
+
+/* No spinning, one sleep: results that fit the pipe wait there, so the
+   join sleeps on the pidfd alone (and drain_fd, which the child rings when
+   its results do not fit) and reaps with one wait4 when the pidfd says
+   the child has ended; then settle reads the results.  Results too big
+   for the pipe, or no pidfd: sleep on the pipe too, reading as they come
+   (look).  A pidfd that says ended while wait4 does not yet (a tracer is
+   told first) is looked at again every millisecond, not spun on. */
+static int process_wait(pt_worker *w, double timeout) {
+  process_worker *p = pw(w);
+  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  int reap = timeout == 0 || p->pidfd < 0, fits = p->pidfd >= 0, ended = 0;
+  if (w->joined) return 1;
+  reap_orphans();
+  for (;;) {
+    int fds[2], n = 0, slice = 0, r;
+    double left;
+    if (fits) {
+      if ((reap || ended) && (r = try_reap(w)) != 0) return r;
+    } else if ((r = look(w, reap || ended, fds, &n, &slice)) != 0) {
+      return r;
+    }
+    left = deadline < 0 ? -1 : deadline - pt_now();
+    if (deadline >= 0 && left <= 0) return 0;
+    if (fits) {
+      fds[n++] = p->pidfd;
+      fds[n++] = p->drain_fd;
+    }
+    if (ended) n = 0;         /* ended, not yet reapable: a tracer (strace) is told first */
+    if ((slice || ended) && (left < 0 || left > (n ? 0.01 : 0.001))) left = n ? 0.01 : 0.001;
+    r = pt_wait_fds(fds, n, POLLIN, left);
+    if (r == -1 || r == -2) return r;
+    if (r >= 0 && fds[r] == p->drain_fd) fits = 0;
+    ended = ended || (r >= 0 && fds[r] == p->pidfd);
+    reap = slice;
+  }
+}
+
+int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice) {
+  return look(w, 1, fds, n, slice);
 }
 
 /* Watch a dup of fd (kept in *aux) from the epoll ep. */
@@ -423,25 +472,25 @@ static int watch_dup(int ep, int fd, int *aux) {
 
 /* The dups stay open with the record, so the epoll keeps watching them
    after a join closed the originals: it stays readable. */
-int pt_process_fd(pt_worker *w) {
+static int process_fd(pt_worker *w) {
   int ep = epoll_create1(EPOLL_CLOEXEC), e;
   if (ep < 0) return -1;
-  if (watch_dup(ep, w->result_fd, &w->user_aux[0]) == 0 &&
-      watch_dup(ep, w->done_fd, &w->user_aux[1]) == 0)
+  if (watch_dup(ep, pw(w)->result_fd, &pw(w)->user_aux[0]) == 0 &&
+      watch_dup(ep, pw(w)->pidfd, &pw(w)->user_aux[1]) == 0)
     return ep;
   e = errno;
   pt_close(ep);
-  pt_close(w->user_aux[0]);
-  pt_close(w->user_aux[1]);
-  w->user_aux[0] = w->user_aux[1] = -1;
+  pt_close(pw(w)->user_aux[0]);
+  pt_close(pw(w)->user_aux[1]);
+  pw(w)->user_aux[0] = pw(w)->user_aux[1] = -1;
   errno = e;
   return -1;
 }
 
-int pt_process_signal(pt_worker *w, int sig) {
+static int process_signal(pt_worker *w, int sig) {
   if (w->joined) return ESRCH;
-  if (w->done_fd >= 0) {
-    if (syscall(SYS_pidfd_send_signal, w->done_fd, sig, NULL, 0) == 0) return 0;
+  if (pw(w)->pidfd >= 0) {
+    if (syscall(SYS_pidfd_send_signal, pw(w)->pidfd, sig, NULL, 0) == 0) return 0;
     if (errno != ENOSYS) return errno;
   }
   return kill(w->id, sig) == 0 ? 0 : errno;
@@ -453,15 +502,15 @@ int pt_process_signal(pt_worker *w, int sig) {
    When no thread can be started, the next spawn_process, join or
    collected handle reaps them.  A finalizer never blocks. */
 static void reap_pass(void) {                 /* orphan_lock held */
-  pt_worker **p = &orphans;
+  process_worker **p = &orphans;
   while (*p) {
-    pt_worker *w = *p;
-    drain(w);                         /* what is lost on ENOMEM stays lost */
-    if (try_reap(w) != 0) {
-      *p = w->next;
-      pt_worker_unref(w);
+    process_worker *o = *p;
+    drain(&o->w);                     /* what is lost on ENOMEM stays lost */
+    if (try_reap(&o->w) != 0) {
+      *p = o->next;
+      pt_worker_unref(&o->w);
     } else {
-      p = &w->next;
+      p = &o->next;
     }
   }
 }
@@ -472,13 +521,13 @@ static void *reaper(void *arg) {
   for (;;) {
     struct pollfd p[64];
     int n = 0, ms = 100;
-    pt_worker *w;
+    process_worker *w;
     reap_pass();
     if (!orphans) break;
     for (w = orphans; w && n < 63; w = w->next) {
       p[n].fd = w->result_fd; p[n].events = POLLIN; p[n++].revents = 0;
-      if (w->done_fd < 0) ms = 10;             /* no pidfd: poll for its end */
-      else { p[n].fd = w->done_fd; p[n].events = POLLIN; p[n++].revents = 0; }
+      if (w->pidfd < 0) ms = 10;             /* no pidfd: poll for its end */
+      else { p[n].fd = w->pidfd; p[n].events = POLLIN; p[n++].revents = 0; }
     }
     pthread_mutex_unlock(&orphan_lock);   /* only this thread reaps now */
     poll(p, (nfds_t)n, ms);
@@ -512,15 +561,38 @@ static void reap_orphans(void) {
   pthread_mutex_unlock(&orphan_lock);
 }
 
-void pt_process_release(pt_worker *w) {
+static void process_release(pt_worker *w) {
   reap_orphans();
   if (w->joined || try_reap(w) != 0) {
     pt_worker_unref(w);
     return;
   }
   pthread_mutex_lock(&orphan_lock);
-  w->next = orphans;
-  orphans = w;
+  pw(w)->next = orphans;
+  orphans = pw(w);
   if (!reaper_running) reaper_running = start_reaper();
   pthread_mutex_unlock(&orphan_lock);
 }
+
+/* Still running: SIGTERM, and it ends "cancelled" however it ends (see
+   settle). */
+static int process_cancel(pt_worker *w) {
+  if (process_wait(w, 0) != 0) return 0;
+  w->cancel = 1;
+  return process_signal(w, SIGTERM);
+}
+
+static void process_destroy(pt_worker *w) {
+  process_worker *p = pw(w);
+  free(p->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
+  pt_close(p->pidfd);
+  pt_close(p->result_fd);
+  pt_close(p->drain_fd);
+  pt_close(p->user_aux[0]);
+  pt_close(p->user_aux[1]);
+  pt_worker_free(w);
+}
+
+const pt_worker_ops pt_process_ops = {
+  "process", process_spawn, process_wait, process_cancel, process_signal, NULL, NULL,
+  process_fd, process_release, process_destroy, NULL};

@@ -12,12 +12,7 @@
 #define PT_VERSION "0.1.0"
 #define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
-/* The size of a buffer that receives an error message (err, errlen). */
-#ifndef PT_ERRLEN
-#define PT_ERRLEN 640
-#endif
-
-/* ---- sys.c: errors, clock, cancellation ------------------------------- */
+/* ---- sys.c: errors, clock; cancel.c: cancellation, blocking waits ---- */
 
 /* Push nil, "<op>: <strerror(err)>", err; return 3.  Save errno first. */
 int pt_push_oserror(lua_State *L, const char *op, int err);
@@ -73,6 +68,9 @@ const char *pt_set_cancel_signal(double sig);
 const char *pt_tomessage(lua_State *L, int idx);
 /* Close fd, keeping errno. */
 void pt_close(int fd);
+/* ---- fork.c: a fork's child, a worker process's exit ------------------ */
+/* This process's id, without a system call (kept right across fork()). */
+pid_t pt_pid(void);
 /* Called in a new child right after fork(), before any Lua runs there:
    every concern forgets what belongs to the parent.  */
 void pt_after_fork_child(void);
@@ -147,7 +145,7 @@ int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole);
    message decoded or discarded before (its ticket is taken). */
 void pt_discard(const char *data, size_t len);
 
-/* ---- worker.c, thread.c, process.c ------------------------------------ */
+/* ---- worker.c, thread.c, process.c (worker.h) -------------------------- */
 void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
 
 /* ---- sys.c: Lua functions ---------------------------------------------- */
@@ -204,9 +202,13 @@ void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */
 void pt_lifecycle_released(struct pt_worker *w);    /* its handle collected */
 /* A running thread whose handle is collected: the registry keeps it
-   joinable (so it can still be cancelled at exit) and the thread detaches
-   itself as it leaves.  0: not registered, detach it. */
+   (so it can still be cancelled at exit) until it leaves.  0: not
+   registered (it has left). */
 int pt_lifecycle_adopt(struct pt_worker *w);
+/* pt.detach: the worker leaves the registry (a process: its lifeline
+   is disarmed first, so it may outlive us); pt._daemon: marks a pool's. */
+void pt_lifecycle_detach(struct pt_worker *w);
+void pt_lifecycle_daemon(struct pt_worker *w);
 void pt_lifecycle_arm(lua_State *L);                /* a handle was made */
 /* A process worker's lifeline: prefork before fork() (0, or -1 errno);
    then the child calls pt_lifeline_child first thing, the parent

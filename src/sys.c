@@ -1,11 +1,11 @@
-/* sys.c - buffers, OS errors, the clock, cancellation points, and the
- * small utilities of the public API (now, sleep, cpu_count, rusage,
- * memory, self, cancelled). */
+/* sys.c - OS errors (the one helper that pushes nil, msg, errno), the
+ * clock and timeout arguments, and the small utilities of the public API
+ * (now, sleep, cpu_count, rusage, memory, self, cancelled, fault).
+ * Blocking waits and cancellation points are cancel.c's; what a fork and
+ * a worker process's exit need, fork.c's; the Lua 5.1 shims, compat.h's. */
 #include "pt.h"
 
 #include <errno.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,54 +42,6 @@ void pt_close(int fd) {
   errno = e;
 }
 
-/* ---- fork bookkeeping ----------------------------------------------------- */
-
-/* Lock-free, so that a fork taken while another thread registers can
-   never leave the child with a held lock. */
-static void (*volatile atfork_fns[16])(void);
-static void (*volatile exit_fns[16])(void);
-
-static void add_fn(void (*volatile *fns)(void), void (*fn)(void)) {
-  int i;
-  for (i = 0; i < 16; i++) {
-    void (*cur)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
-    if (cur == fn) return;
-    if (cur == NULL) {
-      void (*expected)(void) = NULL;
-      if (__atomic_compare_exchange_n(&fns[i], &expected, fn, 0,
-                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return;
-      if (expected == fn) return;
-    }
-  }
-}
-
-static void run_fns(void (*volatile *fns)(void)) {
-  int i;
-  for (i = 0; i < 16; i++) {
-    void (*fn)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
-    if (!fn) break;
-    fn();
-  }
-}
-
-int pt_live_threads;
-
-void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
-void pt_after_fork_child(void) {
-  __atomic_store_n(&pt_live_threads, 0, __ATOMIC_SEQ_CST);   /* none came along */
-  run_fns(atfork_fns);
-}
-void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
-void pt_child_exit(int code) {
-  /* Thread workers of this process that still run may use what the exit
-     functions release (shared-memory references): then leak, never free
-     under a running thread. */
-  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) run_fns(exit_fns);
-  fflush(NULL);
-  _exit(code);
-}
-
 /* ---- clock and timeouts --------------------------------------------------- */
 
 double pt_now(void) {
@@ -104,83 +56,6 @@ double pt_opttimeout(lua_State *L, int i) {
   t = luaL_checknumber(L, i);
   if (!(t >= 0)) luaL_argerror(L, i, "timeout must be a number >= 0");
   return t > 1e9 ? -1 : t;                      /* math.huge: for ever */
-}
-
-/* ---- cancellation ---------------------------------------------------------- */
-
-__thread pt_ctx *pt_self_ctx;
-
-int pt_cancel_requested(void) {
-  pt_ctx *c = pt_self_ctx;
-  return c && c->cancel && __atomic_load_n(c->cancel, __ATOMIC_ACQUIRE);
-}
-
-int pt_raise_cancelled(lua_State *L) {
-  if (pt_take_interrupt()) {               /* not cancelled: interrupted */
-    lua_pushnil(L);
-    lua_pushliteral(L, "interrupted");
-    return 2;
-  }
-  pt_cancel_arm(L);                 /* no pcall can swallow it from here on */
-  lua_pushstring(L, PT_CANCELLED_MSG);
-  return lua_error(L);
-}
-
-/* SIGINT stays blocked from the check of the count to the sleep, and
-   ppoll unblocks it atomically (the mask it had before: a host that
-   blocks SIGINT keeps it blocked), so a Ctrl-C that comes after the check
-   still ends the sleep: no timer. */
-int pt_poll_wait(struct pollfd *p, int n, double deadline) {
-  pt_ctx *c = pt_self_ctx;
-  int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
-  int watched = pt_interrupt_watched();
-  sigset_t intr, old;
-  sigemptyset(&intr);
-  sigaddset(&intr, SIGINT);
-  for (;;) {
-    struct timespec ts, *tsp = NULL;
-    int i, r, e;
-    if (pt_cancel_requested()) return -2;
-    for (i = 0; i < n; i++) p[i].revents = 0;
-    p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
-    if (watched) pthread_sigmask(SIG_BLOCK, &intr, &old);
-    if (pt_interrupted()) {              /* Ctrl-C: see pt_raise_cancelled */
-      if (watched) pthread_sigmask(SIG_SETMASK, &old, NULL);
-      return -2;
-    }
-    if (deadline >= 0) {
-      double left = deadline - pt_now();
-      if (left < 0) left = 0;
-      ts.tv_sec = (time_t)left;
-      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
-      tsp = &ts;
-    }
-    r = ppoll(p, (nfds_t)(n + 1), tsp, watched ? &old : NULL);
-    e = errno;
-    if (watched) pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r < 0) {
-      if (e == EINTR) continue;
-      errno = e;
-      return -1;
-    }
-    for (i = 0; i < n; i++)
-      if (p[i].revents) return i;          /* ready, hung up or error: let the caller see */
-    if (p[n].revents || pt_cancel_requested()) return -2;
-    if (r == 0 && deadline >= 0 && pt_now() >= deadline) return -3;
-  }
-}
-
-int pt_wait_fds(const int *fds, int n, short events, double timeout) {
-  struct pollfd p[17];
-  int i;
-  if (n > 16) { errno = EINVAL; return -1; }
-  for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = events; }
-  return pt_poll_wait(p, n, timeout < 0 ? -1 : pt_now() + timeout);
-}
-
-int pt_wait_fd(int fd, short events, double timeout) {
-  int r = pt_wait_fds(&fd, 1, events, timeout);
-  return r == 0 ? 1 : r == -3 ? 0 : r;
 }
 
 /* ---- Lua functions ----------------------------------------------------------- */
@@ -346,38 +221,3 @@ void pt_open_sys(lua_State *L) {
   lua_pushstring(L, PT_VERSION);
   lua_setfield(L, -2, "version");
 }
-
-/* ---- compat shims for Lua 5.1 ---------------------------------------------- */
-#if LUA_VERSION_NUM < 502
-void pt_setfuncs(lua_State *L, const luaL_Reg *l) {
-  for (; l->name; l++) {
-    lua_pushcfunction(L, l->func);
-    lua_setfield(L, -2, l->name);
-  }
-}
-
-void *pt_testudata(lua_State *L, int i, const char *tname) {
-  void *p = lua_touserdata(L, i);
-  if (p == NULL || !lua_getmetatable(L, i)) return NULL;
-  luaL_getmetatable(L, tname);
-  if (!lua_rawequal(L, -1, -2)) p = NULL;
-  lua_pop(L, 2);
-  return p;
-}
-
-void pt_traceback(lua_State *L, lua_State *L1, const char *msg, int level) {
-  (void)L1;
-  lua_getglobal(L, "debug");
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "traceback");
-    lua_remove(L, -2);
-    if (lua_isfunction(L, -1)) {
-      lua_pushstring(L, msg);
-      lua_pushinteger(L, level + 1);
-      if (lua_pcall(L, 2, 1, 0) == 0) return;
-    }
-  }
-  lua_pop(L, 1);
-  lua_pushstring(L, msg);
-}
-#endif

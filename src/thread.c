@@ -1,9 +1,12 @@
-/* thread.c - spawn_thread: fn and its arguments are encoded here, and run
- * on a new pthread in a fresh Lua state; the results come back encoded. */
+/* thread.c - the thread kind of worker (pt_thread_ops): spawn_thread
+ * encodes fn and its arguments, a new pthread runs them in a fresh Lua
+ * state, the results come back encoded; join, cancel (the cancellation
+ * signal and hook), fd and release of a thread worker. */
 #include "worker.h"
 #include "wait.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <time.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,7 +31,22 @@
 static int cancel_sig;                 /* atomic: the signal taken, 0: none */
 static int wanted_sig = -1;            /* atomic: pt.configure's choice; -1: pick */
 static int sig_decided;                /* atomic: the choice above is final */
-static pthread_once_t sig_once = PTHREAD_ONCE_INIT, live_once = PTHREAD_ONCE_INIT;
+static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
+
+/* A thread worker's record: the common part, then the thread's own. */
+typedef struct thread_worker {
+  pt_worker w;
+  int done_fd;                /* eventfd made by a cancellable joiner or
+                                 pt.select, written at the end; or -1 */
+  int cancel_fd;              /* eventfd written on cancel */
+  pt_buf job;                 /* encoded fn and args */
+  char *path, *cpath;         /* package.path / cpath to use */
+  pthread_t thread;           /* the OS thread running it, while `on` */
+  int on;                     /* idle_mu: it runs on that thread now */
+  pt_ctx ctx;                 /* its own identity */
+} thread_worker;
+
+static thread_worker *tw(pt_worker *w) { return (thread_worker *)w; }
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
@@ -95,73 +113,60 @@ const char *pt_set_cancel_signal(double n) {
   return NULL;
 }
 
-/* ---- the running threads of this process ------------------------------- */
+/* ---- OS threads kept for reuse ------------------------------------------
+   A thread that has run a worker stays, idle, for the next spawn (at most
+   IDLE_MAX of them; one idle for IDLE_SECS leaves).  While idle it makes
+   the Lua state the next worker starts in: fresh, never run (a worker
+   never sees another's globals), so a spawn does not wait for it.  Idle
+   threads hold no worker, fd or shared object; pt._spare_threads() counts
+   them, so leak checks leave them out.  A forked child has none. */
+#define IDLE_MAX 4
+#define IDLE_SECS 5.0
 
-/* Every thread worker of this process is on this list from its start to
-   its end; `running` counts down only once a thread has touched its last
-   shared object.  A worker process leaving stops them (pt_thread_stop_all)
-   before it drops its shared-memory counts. */
-static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t live_cond;
-static pt_worker *live;
-static int running;
+typedef struct osthread {
+  thread_worker *job;         /* the worker to run (set before go) */
+  uint32_t go;                /* futex word: a job was handed over */
+  lua_State *ready;           /* a fresh state for the next job, or NULL */
+  int prepared;               /* atomic: ready is made (or could not be) */
+  struct osthread *next;      /* the idle list (idle_mu) */
+} osthread;
 
-static void init_cond(void) {
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(&live_cond, &a);
-  pthread_condattr_destroy(&a);
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static osthread *idle;
+static int idle_n, spare;     /* idle_mu: on the list; alive and not running a worker */
+
+/* Around every fork() (pthread_atfork: procthread's and any other
+   library's): the list is never caught half-changed, and a new child,
+   which none of the threads came along into, starts with none. */
+static void lock_idle(void) { pthread_mutex_lock(&idle_mu); }
+static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
+static void forget_idle(void) {
+  idle = NULL;
+  idle_n = spare = 0;
+  pthread_mutex_unlock(&idle_mu);
+}
+static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static int thread_spare(void) {
+  int n;
+  pthread_mutex_lock(&idle_mu);
+  n = spare;
+  pthread_mutex_unlock(&idle_mu);
+  return n;
 }
 
-static void init_live(void) { init_cond(); }
-
-/* spawn_process forks between these two: the list is never caught
-   half-changed, and the child (none of the threads came along) starts
-   with an empty one. */
-void pt_thread_fork(int stage) {
-  if (stage == 0) {
-    pthread_mutex_lock(&live_lock);
-    return;
-  }
-  if (stage == 2) {
-    live = NULL;
-    running = 0;
-    init_cond();               /* waiters of the parent are not here */
-  }
-  pthread_mutex_unlock(&live_lock);
-}
-
-static void unlink_live(pt_worker *w) {
-  pthread_mutex_lock(&live_lock);
-  if (w->prev) w->prev->next = w->next; else live = w->next;
-  if (w->next) w->next->prev = w->prev;
-  pthread_mutex_unlock(&live_lock);
-}
-
-static void signal_thread(pt_worker *w) {
+static void signal_thread(thread_worker *t) {
   uint64_t one = 1;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
-  __atomic_store_n(&w->cancel, 1, __ATOMIC_SEQ_CST);
-  if (write(w->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
-  if (sig && !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) pthread_kill(w->thread, sig);
-}
-
-int pt_thread_stop_all(double timeout) {
-  struct timespec ts;
-  double end;
-  pt_worker *w;
-  int left;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
-  ts.tv_sec = (time_t)end;
-  ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-  pthread_mutex_lock(&live_lock);
-  for (w = live; w; w = w->next) signal_thread(w);   /* on the list: not yet ended */
-  while (running > 0 && pthread_cond_timedwait(&live_cond, &live_lock, &ts) != ETIMEDOUT) {}
-  left = running;
-  pthread_mutex_unlock(&live_lock);
-  return left;
+  __atomic_store_n(&t->w.cancel, 1, __ATOMIC_SEQ_CST);
+  if (write(t->cancel_fd, &one, sizeof one) < 0) { /* the flag is set anyway */ }
+  if (!sig) return;
+  /* not running yet: it looks at the flag before any Lua; no longer: the
+     OS thread may run another worker, or be gone */
+  pthread_mutex_lock(&idle_mu);
+  if (t->on) pthread_kill(t->thread, sig);
+  pthread_mutex_unlock(&idle_mu);
 }
 
 static int msgh(lua_State *L) {
@@ -172,7 +177,7 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-static int set_error(pt_worker *w, const char *msg, size_t len) {
+static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOMEM */
   w->result.len = 0;
   w->result_is_error = 1;
   return pt_buf_add(&w->result, msg, len);
@@ -182,37 +187,43 @@ static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec
 
 /* While fn runs the cancellation signal may reach this thread; its
    handler then arms the hook on L.  Asked already: arm it now. */
-static void take_cancels(lua_State *L, pt_worker *w, int how) {
+/* After fn every signal is blocked again, as the OS thread began: the next
+   worker it runs starts the same, whatever fn's C code did to the mask. */
+static void take_cancels(lua_State *L, thread_worker *w, int how) {
   sigset_t one;
   int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
   sigemptyset(&one);
   if (sig) sigaddset(&one, sig);
-  if (how == SIG_BLOCK) pthread_sigmask(SIG_BLOCK, &one, NULL);
+  if (how == SIG_BLOCK) {
+    sigfillset(&one);
+    pthread_sigmask(SIG_SETMASK, &one, NULL);
+  }
   w->ctx.L = how == SIG_UNBLOCK ? L : NULL;
   if (how == SIG_UNBLOCK) pthread_sigmask(SIG_UNBLOCK, &one, NULL);
   if (how == SIG_UNBLOCK && pt_cancel_requested()) arm(L);
 }
 
 /* Runs in the new state: stack holds the job's values, fn first. */
-static int run_job(lua_State *L, pt_worker *w) {
+static int run_job(lua_State *L, thread_worker *t) {
+  pt_worker *w = &t->w;
   int n, base, nres, ok, r;
-  char err[640];
+  char err[PT_ERRLEN];
   if (pt_cancel_requested()) {                /* cancelled before it began */
-    pt_discard(w->job.data, w->job.len);
-    pt_buf_free(&w->job);
+    pt_discard(t->job.data, t->job.len);
+    pt_buf_free(&t->job);
     return W_CANCELLED;
   }
   lua_pushcfunction(L, msgh);
   base = lua_gettop(L);
-  n = pt_decode(L, w->job.data, w->job.len);
-  pt_buf_free(&w->job);                       /* references adopted or dropped */
+  n = pt_decode(L, t->job.data, t->job.len);
+  pt_buf_free(&t->job);                       /* references adopted or dropped */
   if (n < 1) {
     const char *m = n < 0 ? lua_tostring(L, -1) : "no function";
     return set_error(w, m, strlen(m)), W_FAILED;
   }
-  take_cancels(L, w, SIG_UNBLOCK);
+  take_cancels(L, t, SIG_UNBLOCK);
   r = lua_pcall(L, n - 1, LUA_MULTRET, base);
-  take_cancels(L, w, SIG_BLOCK);
+  take_cancels(L, t, SIG_BLOCK);
   if (r != 0) {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
@@ -242,7 +253,8 @@ static void setpath(lua_State *L, const char *field, const char *value) {
    a memory error while the state is set up or the job decoded fails the
    worker instead of aborting the process. */
 typedef struct start_arg {
-  pt_worker *w;
+  thread_worker *w;           /* NULL: only give the state its libraries */
+  int fresh;                  /* it has them already (made while idle) */
   int status;                 /* W_*: run_job's outcome */
   int ready;                  /* the state was set up */
 } start_arg;
@@ -250,14 +262,17 @@ typedef struct start_arg {
 static int start(lua_State *L) {
   start_arg *a = (start_arg *)lua_touserdata(L, 1);
   lua_settop(L, 0);
-  luaL_openlibs(L);
+  if (!a->fresh) {
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");            /* loaded on first use, no file search */
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_procthread_core);
+    lua_setfield(L, -2, "procthread.core");
+    lua_pop(L, 2);
+  }
+  if (!a->w) return 0;
   setpath(L, "path", a->w->path);
   setpath(L, "cpath", a->w->cpath);
-  lua_getglobal(L, "package");              /* loaded on first use, no file search */
-  lua_getfield(L, -1, "preload");
-  lua_pushcfunction(L, luaopen_procthread_core);
-  lua_setfield(L, -2, "procthread.core");
-  lua_pop(L, 2);
   a->ready = 1;
   a->status = run_job(L, a->w);
   return 0;
@@ -281,11 +296,25 @@ static int failed_start(pt_worker *w, const char *why) {
   return W_FAILED;
 }
 
-static int run_state(pt_worker *w) {
-  start_arg a;
+/* A state with its libraries, for the next worker; NULL: no memory. */
+static lua_State *ready_state(void) {
+  start_arg a = {NULL, 0, W_FAILED, 0};
   lua_State *L = luaL_newstate();
+  if (L && start_protected(L, &a) != 0) {
+    lua_close(L);
+    L = NULL;
+  }
+  return L;
+}
+
+/* Run the worker in L (made while idle) or in a new state. */
+static int run_state(thread_worker *t, lua_State *L) {
+  pt_worker *w = &t->w;
+  start_arg a;
+  a.fresh = L != NULL;
+  if (!L) L = luaL_newstate();
   if (!L) return failed_start(w, NULL);
-  a.w = w;
+  a.w = t;
   a.status = W_FAILED;
   a.ready = 0;
   if (start_protected(L, &a) != 0) {
@@ -297,25 +326,43 @@ static int run_state(pt_worker *w) {
     a.status = W_FAILED;
   }
   lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
-  w->ctx.closing = 1;                       /* see pt_thread_release */
+  t->ctx.closing = 1;                       /* see thread_release */
   lua_close(L);
   return a.status;
 }
 
-static void *thread_main(void *arg) {
-  pt_worker *w = (pt_worker *)arg;
-  struct rusage ru;
-  int status, fd;
+/* The last thing a thread worker does, and what a failed start undoes:
+   the count a leaving worker process waits on (pt_lifecycle_stop_threads). */
+static void left(void) {
+  __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&pt_live_threads, -1);
+}
+
+static void set_on(thread_worker *t, int on) {
+  pthread_mutex_lock(&idle_mu);
+  t->thread = pthread_self();
+  t->on = on;
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* One worker on this OS thread; cpu times are the thread's since it
+   began. */
+static void run_worker(thread_worker *t, lua_State *L) {
+  pt_worker *w = &t->w;
+  struct rusage r0, ru;
+  int status, fd, have0;
   uint64_t one = 1;
-  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
-  w->ctx.kind = PT_THREAD;
-  w->ctx.cancel = &w->cancel;
-  w->ctx.cancel_fd = w->cancel_fd;
-  pt_self_ctx = &w->ctx;
-  status = run_state(w);
-  if (getrusage(RUSAGE_THREAD, &ru) == 0) {
-    w->cpu_user = tv(ru.ru_utime);
-    w->cpu_sys = tv(ru.ru_stime);
+  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+  set_on(t, 1);
+  have0 = getrusage(RUSAGE_THREAD, &r0) == 0;
+  t->ctx.kind = PT_THREAD;
+  t->ctx.cancel = &w->cancel;
+  t->ctx.cancel_fd = t->cancel_fd;
+  pt_self_ctx = &t->ctx;
+  status = run_state(t, L);
+  if (have0 && getrusage(RUSAGE_THREAD, &ru) == 0) {
+    w->cpu_user = tv(ru.ru_utime) - tv(r0.ru_utime);
+    w->cpu_sys = tv(ru.ru_stime) - tv(r0.ru_stime);
     w->max_rss_kib = ru.ru_maxrss;
   }
   w->t_end = pt_now();
@@ -323,22 +370,107 @@ static void *thread_main(void *arg) {
      pcall may have swallowed the error; the results are discarded). */
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
-  /* Publish the end.  A plain joiner waits for the thread's exit; one that
-     must stay cancellable, and pt.select, sleep on w->done (a futex; see
-     pt_thread_wait); w:fd() is an eventfd written here. */
+  set_on(t, 0);
+  /* Publish the end: w->done 1, the outcome is final (joiners and
+     pt.select sleep on the word; w:fd() is an eventfd written here); it
+     leaves the registry (a cancel at exit no longer reaches it); then 2,
+     this thread is done with the record's fds (a joiner closes them). */
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   pt_futex_wake((const uint32_t *)&w->done, -1);
-  fd = __atomic_load_n(&w->done_fd, __ATOMIC_SEQ_CST);
+  fd = __atomic_load_n(&t->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
-  unlink_live(w);
   pt_lifecycle_remove(w);
+  __atomic_store_n(&w->done, 2, __ATOMIC_SEQ_CST);
+  pt_futex_wake((const uint32_t *)&w->done, -1);
   pt_worker_unref(w);
-  __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
-  pthread_mutex_lock(&live_lock);
-  running--;
-  pthread_cond_broadcast(&live_cond);
-  pthread_mutex_unlock(&live_lock);
+  left();
+}
+
+/* Take o off the idle list if it is still there (idle_mu held). */
+static int unlist(osthread *o) {
+  osthread **p;
+  for (p = &idle; *p; p = &(*p)->next)
+    if (*p == o) { *p = o->next; idle_n--; return 1; }
+  return 0;
+}
+
+/* Stay for the next job: 1 with o->job set, 0 leave (the list is full,
+   or nobody came for IDLE_SECS). */
+static int next_job(osthread *o) {
+  double deadline = pt_deadline(IDLE_SECS);
+  __atomic_store_n(&o->go, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&o->prepared, o->ready != NULL, __ATOMIC_RELEASE);
+  pthread_mutex_lock(&idle_mu);
+  if (idle_n >= IDLE_MAX) { spare--; pthread_mutex_unlock(&idle_mu); return 0; }
+  o->next = idle;
+  idle = o;
+  idle_n++;
+  pthread_mutex_unlock(&idle_mu);
+  if (!o->ready) o->ready = ready_state();     /* off the next spawn's path */
+  __atomic_store_n(&o->prepared, 1, __ATOMIC_RELEASE);
+  for (;;) {
+    int r = pt_futex_wait(&o->go, 0, deadline, NULL);
+    if (__atomic_load_n(&o->go, __ATOMIC_ACQUIRE)) return 1;
+    if (r == PT_TIMEOUT) {
+      int gone;
+      pthread_mutex_lock(&idle_mu);
+      gone = unlist(o);                        /* else a spawn took it: go comes */
+      if (gone) spare--;
+      pthread_mutex_unlock(&idle_mu);
+      if (gone) return 0;
+      deadline = PT_FOREVER;
+    }
+  }
+}
+
+static void *os_main(void *arg) {
+  osthread *o = (osthread *)arg;
+  do {
+    lua_State *L = o->ready;
+    o->ready = NULL;
+    run_worker(o->job, L);
+    pthread_mutex_lock(&idle_mu);
+    spare++;
+    pthread_mutex_unlock(&idle_mu);
+  } while (next_job(o));
+  if (o->ready) lua_close(o->ready);
+  free(o);
   return NULL;
+}
+
+/* Hand t to an idle OS thread, or start one: 0, or an errno. */
+static int start_on_thread(thread_worker *t) {
+  pthread_attr_t a;
+  pthread_t th;
+  sigset_t all, old;
+  osthread *o;
+  int e;
+  pthread_mutex_lock(&idle_mu);
+  for (o = idle; o && !__atomic_load_n(&o->prepared, __ATOMIC_ACQUIRE); o = o->next) {}
+  if (!o) o = idle;             /* one whose state is made first: it starts at once */
+  if (o) {
+    unlist(o);
+    spare--;
+    o->job = t;
+  }
+  pthread_mutex_unlock(&idle_mu);
+  if (o) {
+    __atomic_store_n(&o->go, 1, __ATOMIC_RELEASE);
+    pt_futex_wake(&o->go, 1);
+    return 0;
+  }
+  o = (osthread *)calloc(1, sizeof *o);
+  if (!o) return ENOMEM;
+  o->job = t;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
+  e = pthread_create(&th, &a, os_main, o);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&a);
+  if (e) free(o);
+  return e;
 }
 
 static char *dup_field(lua_State *L, const char *field) {
@@ -353,43 +485,36 @@ static char *dup_field(lua_State *L, const char *field) {
   return s;
 }
 
-int pt_thread_spawn(lua_State *L) {
-  char err[640];
+static int thread_spawn(lua_State *L) {
+  char err[PT_ERRLEN];
+  thread_worker *t;
   pt_worker *w;
-  sigset_t all, old;
   int e, n = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  w = pt_worker_new(PT_THREAD);
-  if (!w) return pt_push_oserror(L, "spawn_thread", ENOMEM);
-  if (!pt_encode_call(L, 1, n, &w->job, err, sizeof err)) {
+  t = (thread_worker *)pt_worker_new(&pt_thread_ops, PT_THREAD, sizeof *t);
+  if (!t) return pt_push_oserror(L, "spawn_thread", ENOMEM);
+  w = &t->w;
+  w->self = &t->ctx;
+  t->done_fd = t->cancel_fd = -1;
+  pt_buf_init(&t->job);
+  if (!pt_encode_call(L, 1, n, &t->job, err, sizeof err)) {
     pt_worker_unref(w);
     return luaL_error(L, "spawn_thread: %s", err);
   }
-  w->path = dup_field(L, "path");
-  w->cpath = dup_field(L, "cpath");
-  w->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->cancel_fd < 0) goto oserr_eventfd;
+  t->path = dup_field(L, "path");
+  t->cpath = dup_field(L, "cpath");
+  t->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (t->cancel_fd < 0) goto oserr_eventfd;
   pthread_once(&sig_once, install_cancel_signal);
-  pthread_once(&live_once, init_live);
+  pthread_once(&fork_once, watch_forks);
   w->refs = 2;                                  /* the handle and the thread */
   w->t_start = pt_now();
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);    /* the thread must not take our signals */
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pt_lifecycle_add(L, w);                      /* before it can end */
-  pthread_mutex_lock(&live_lock);               /* the thread unlinks itself after this */
-  e = pthread_create(&w->thread, NULL, thread_main, w);
-  if (e == 0) {
-    w->next = live;
-    if (live) live->prev = w;
-    live = w;
-    running++;
-  }
-  pthread_mutex_unlock(&live_lock);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  e = start_on_thread(t);
   if (e != 0) {
     pt_lifecycle_remove(w);
-    __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
+    left();
     w->refs = 1;
     pt_worker_unref(w);
     return pt_push_oserror(L, "pthread_create", e);
@@ -402,107 +527,108 @@ oserr_eventfd:
   return pt_push_oserror(L, "eventfd", e);
 }
 
-/* ThreadSanitizer (gcc 12) does not intercept pthread_clockjoin_np: it
-   would take the joined thread for a live one.  Its build waits on
-   w->done instead, as a cancellable joiner does. */
-#if defined(__SANITIZE_THREAD__)
-#define CLOCKJOIN 0
-#else
-#define CLOCKJOIN 1
-#endif
-
-static void joined(pt_worker *w) {
-  w->joined = 1;
-  pt_close(w->done_fd);            /* the thread is gone: nobody uses them now */
-  pt_close(w->cancel_fd);
-  w->done_fd = w->cancel_fd = -1;
+/* The thread is done with the record's fds (done 2; see run_worker): a
+   short wait once done is 1. */
+static void joined(thread_worker *t) {
+  uint32_t d;
+  while ((d = __atomic_load_n((uint32_t *)&t->w.done, __ATOMIC_SEQ_CST)) == 1)
+    pt_futex_wait((const uint32_t *)&t->w.done, d, PT_FOREVER, NULL);
+  t->w.joined = 1;
+  pt_close(t->done_fd);            /* nobody uses them now */
+  pt_close(t->cancel_fd);
+  t->done_fd = t->cancel_fd = -1;
 }
 
-/* A cancellable joiner (a thread worker, or the main thread while Ctrl-C
-   is watched) sleeps on w->done, the futex word thread_main sets and wakes
-   at its end, beside its own cancel flag: no fd is needed, so a full fd
-   table cannot fail a join.  While SIGINT is watched it sleeps 100 ms at
-   most: a SIGINT just before the sleep is no EINTR (see sys.c).  1 done,
-   0 timeout, -2 cancelled or interrupted, -1 error (errno). */
+/* A joiner sleeps on w->done, the futex word run_worker sets and wakes
+   at the worker's end, beside its own cancel flag and (Ctrl-C watched) the SIGINT
+   count, which the handler bumps and wakes: no fd is needed, so a full fd
+   table cannot fail a join, and no timer either (a SIGINT just before the
+   sleep changes the count, so the kernel does not sleep).  1 done, 0
+   timeout, -2 cancelled or interrupted, -1 error (errno). */
 static int wait_done(pt_worker *w, double timeout) {
   const volatile int *cancel = pt_self_ctx ? pt_self_ctx->cancel : NULL;
-  double deadline = pt_deadline(timeout), until;
+  double deadline = pt_deadline(timeout);
   for (;;) {
-    int r;
+    const uint32_t *words[2];
+    uint32_t vals[2];
+    int n = 1, r;
     if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) return 1;
     if (pt_cancel_requested() || pt_interrupted()) return -2;
-    until = deadline;
-    if (pt_interrupt_watched() && (until < 0 || until > pt_clock_now() + 0.1))
-      until = pt_clock_now() + 0.1;
-    r = pt_futex_wait((const uint32_t *)&w->done, 0, until, cancel);
+    words[0] = (const uint32_t *)&w->done;
+    vals[0] = 0;
+    if ((words[1] = pt_interrupt_word(&vals[1])) != NULL) n = 2;
+    r = pt_futex_waitv(words, vals, n, deadline, cancel, NULL);
     if (r == PT_CANCELLED) return -2;
     if (r == PT_ERR) return -1;
-    if (r == PT_TIMEOUT && until == deadline) return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
+    if (r == PT_TIMEOUT) return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
   }
 }
 
-int pt_thread_wait(pt_worker *w, double timeout) {
+static int thread_wait(pt_worker *w, double timeout) {
   int r;
   if (w->joined) return 1;
-  if (__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
-    pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
-    joined(w);
-    return 1;
+  if (!__atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) {
+    if (timeout == 0) return 0;
+    if ((r = wait_done(w, timeout)) <= 0) return r;
   }
-  if (timeout == 0) return 0;
-  if ((!pt_self_ctx || !pt_self_ctx->cancel) && (timeout < 0 || CLOCKJOIN) &&
-      !pt_interrupt_watched()) {
-    /* Nobody can cancel this joiner: wait for the thread's exit itself,
-       one wake-up, as pthread_join alone would. */
-    if (timeout < 0) {
-      r = pthread_join(w->thread, NULL);
-    } else {
-      struct timespec ts;
-      double end;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      end = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
-      ts.tv_sec = (time_t)end;
-      ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-      r = pthread_clockjoin_np(w->thread, NULL, CLOCK_MONOTONIC, &ts);
-      if (r == ETIMEDOUT) return 0;
-    }
-    if (r != 0) { errno = r; return -1; }
-    joined(w);
-    return 1;
-  }
-  r = wait_done(w, timeout);
-  if (r <= 0) return r;
-  pthread_join(w->thread, NULL);             /* it is leaving: a short wait */
-  joined(w);
+  joined(tw(w));
   return 1;
 }
 
 /* The seq_cst store of the fd and the thread's seq_cst store of w->done
    pair up: one of the two sides always sees the other. */
 int pt_thread_done_fd(pt_worker *w) {
-  if (w->done_fd < 0) {
+  thread_worker *t = tw(w);
+  if (t->done_fd < 0) {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0) return -1;
-    __atomic_store_n(&w->done_fd, fd, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&t->done_fd, fd, __ATOMIC_SEQ_CST);
   }
-  return w->done_fd;
+  return t->done_fd;
 }
 
-void pt_thread_cancel(pt_worker *w) {
-  if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return;
-  signal_thread(w);                         /* not yet joined: the id is valid */
+/* w:fd(): a dup of the end eventfd, which the handle owns. */
+static int thread_fd(pt_worker *w) {
+  uint64_t one = 1;
+  int fd = pt_thread_done_fd(w);
+  if (fd < 0) return -1;
+  fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  /* it ended before the thread could see the eventfd: say so ourselves */
+  if (fd >= 0 && __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) &&
+      write(fd, &one, sizeof one) < 0) { /* readable already */ }
+  return fd;
 }
 
-void pt_thread_release(pt_worker *w) {
+static int thread_cancel(pt_worker *w) {
+  if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return 0;
+  signal_thread(tw(w));                     /* not yet joined: the id is valid */
+  return 0;
+}
+
+static void thread_release(pt_worker *w) {
   /* A thread worker that ends without joining a thread it started leaves
      no one who could ever join it: cancel it rather than let it run on. */
   if (!w->joined && pt_self_ctx && pt_self_ctx->kind == PT_THREAD && pt_self_ctx->closing)
-    pt_thread_cancel(w);
-  if (!w->joined) {
-    if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pthread_join(w->thread, NULL);
-    else if (pt_lifecycle_adopt(w)) { pt_worker_unref(w); return; }   /* see lifecycle.c */
-    else pthread_detach(w->thread);
-    w->joined = 1;
-  }
+    thread_cancel(w);
+  /* still running: the registry keeps it cancellable at exit (so it is
+     not marked joined: a cancel must still reach it) */
+  if (!w->joined && !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) pt_lifecycle_adopt(w);
   pt_worker_unref(w);
 }
+
+static void thread_destroy(pt_worker *w) {
+  thread_worker *t = tw(w);
+  pt_close(t->done_fd);
+  pt_close(t->cancel_fd);
+  pt_discard(t->job.data, t->job.len);
+  pt_buf_free(&t->job);
+  free(t->path);
+  free(t->cpath);
+  pt_worker_free(w);
+}
+
+const pt_worker_ops pt_thread_ops = {
+  "thread", thread_spawn, thread_wait, thread_cancel, NULL,
+  "a thread cannot be sent a signal (a signal hits the whole process); use w:cancel()",
+  "a thread cannot outlive its process; join it or cancel it",
+  thread_fd, thread_release, thread_destroy, thread_spare};

@@ -1,57 +1,61 @@
 /* worker.c - the worker handle: one interface over threads and processes
- * (join, status, cancel, kill, info), and pt.spawn. */
+ * (join, status, cancel, kill, info, fd), pt.spawn, pt.detach.  It knows
+ * the kinds only through their ops (worker.h), registered by core.c. */
 #include "worker.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* Where a handle's answer is cached: its user value on 5.4, else a weak
+   registry table keyed by the handle. */
+#if LUA_VERSION_NUM < 504
 #define ANSWERS_KEY "procthread.answers"
+#endif
+
+#define MAX_KINDS 4
+static const pt_worker_ops *kinds[MAX_KINDS + 1];   /* NULL-ended */
+static const char *kind_names[MAX_KINDS + 1];
+
+void pt_worker_register(const pt_worker_ops *ops) {
+  int i;
+  for (i = 0; i < MAX_KINDS && kinds[i] && kinds[i] != ops; i++) {}
+  if (i == MAX_KINDS || kinds[i]) return;
+  kind_names[i] = ops->name;
+  kinds[i] = ops;
+}
 
 typedef struct handle {
   pt_worker *w;
   pid_t owner;               /* the process that made the handle */
 } handle;
 
-pt_worker *pt_worker_new(int kind) {
-  pt_worker *w = calloc(1, sizeof *w);
+pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
+  pt_worker *w = (pt_worker *)calloc(1, size);
   if (!w) return NULL;
+  w->ops = ops;
   w->kind = kind;
   w->refs = 1;
-  w->done_fd = w->cancel_fd = w->result_fd = w->user_fd = -1;
-  w->user_aux[0] = w->user_aux[1] = -1;
+  w->user_fd = w->lifeline = w->lifeline_r = -1;
   w->exit_code = w->signal = -1;
-  pt_buf_init(&w->job);
   pt_buf_init(&w->result);
   return w;
 }
 
-void pt_worker_unref(pt_worker *w) {
-  if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
-  free(w->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
-  pt_close(w->done_fd);
-  pt_close(w->cancel_fd);
-  pt_close(w->result_fd);
+void pt_worker_free(pt_worker *w) {
   pt_close(w->user_fd);
-  pt_close(w->user_aux[0]);
-  pt_close(w->user_aux[1]);
-  pt_discard(w->job.data, w->job.len);
-  pt_buf_free(&w->job);
   if (!w->result_is_error) pt_discard(w->result.data, w->result.len);
   pt_buf_free(&w->result);
-  free(w->path);
-  free(w->cpath);
   free(w);
 }
 
 void pt_worker_push(lua_State *L, pt_worker *w) {
   handle *h = (handle *)pt_newuserdata(L, sizeof *h);
   h->w = w;
-  h->owner = getpid();
+  h->owner = pt_pid();
   luaL_getmetatable(L, PT_WORKER_MT);
   lua_setmetatable(L, -2);
   pt_lifecycle_arm(L);                  /* the at-exit sentinel stays newest */
@@ -65,7 +69,7 @@ pt_worker *pt_worker_of(lua_State *L, int i) {
 
 int pt_worker_get(lua_State *L, int i, pt_worker **w) {
   handle *h = (handle *)pt_testudata(L, i, PT_WORKER_MT);
-  *w = h && h->owner == getpid() ? h->w : NULL;
+  *w = h && h->owner == pt_pid() ? h->w : NULL;
   return h != NULL;
 }
 
@@ -73,7 +77,7 @@ int pt_worker_get(lua_State *L, int i, pt_worker **w) {
    __gc has run (a finalizer may still reach it at lua_close) raises. */
 static pt_worker *check(lua_State *L, const char *op) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
-  if (h->owner != getpid())
+  if (h->owner != pt_pid())
     luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
   if (!h->w) luaL_error(L, "%s: worker handle has been released", op);
   return h->w;
@@ -89,10 +93,9 @@ static int worker_id(pt_worker *w) {
   return id;
 }
 
-static int wait_for(pt_worker *w, double timeout) {
-  return w->kind == PT_THREAD ? pt_thread_wait(w, timeout)
-                              : pt_process_wait(w, timeout);
-}
+static const char *signal_name(int sig);         /* "SIGSEGV", or NULL */
+
+static int wait_for(pt_worker *w, double timeout) { return w->ops->wait(w, timeout); }
 
 /* ---- the answer: true, results... | false, err ------------------------ */
 
@@ -104,7 +107,7 @@ static void push_errstring(lua_State *L, pt_worker *w) {
   } else if (w->result_is_error && w->result.len) {
     lua_pushlstring(L, w->result.data, w->result.len);
   } else if (w->signal > 0) {
-    name = pt_signal_name(w->signal);
+    name = signal_name(w->signal);
     snprintf(msg, sizeof msg, "killed by signal %d (%s)", w->signal, name ? name : "?");
     lua_pushstring(L, msg);
   } else if (w->exit_code >= 0) {
@@ -149,10 +152,14 @@ static void push_answer(lua_State *L, pt_worker *w) {
 
 /* Push the cached answer of handle at index 1, or nil. */
 static void get_answer(lua_State *L) {
+#if LUA_VERSION_NUM >= 504
+  lua_getiuservalue(L, 1, 1);
+#else
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   lua_pushvalue(L, 1);
   lua_rawget(L, -2);
   lua_remove(L, -2);
+#endif
 }
 
 static int unpack_answer(lua_State *L, int t) {
@@ -166,11 +173,16 @@ static int unpack_answer(lua_State *L, int t) {
 }
 
 static void store_answer(lua_State *L, pt_worker *w) {
+#if LUA_VERSION_NUM >= 504
+  push_answer(L, w);
+  lua_setiuservalue(L, 1, 1);
+#else
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   lua_pushvalue(L, 1);
   push_answer(L, w);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+#endif
 }
 
 static int w_join(lua_State *L) {
@@ -219,17 +231,6 @@ static int w_status(lua_State *L) {
 /* An fd that is readable already: a worker that has ended. */
 static int readable_fd(void) { return eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK); }
 
-static int thread_fd(pt_worker *w) {
-  uint64_t one = 1;
-  int fd = pt_thread_done_fd(w);
-  if (fd < 0) return -1;
-  fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  /* it ended before the thread could see the eventfd: say so ourselves */
-  if (fd >= 0 && __atomic_load_n(&w->done, __ATOMIC_SEQ_CST) &&
-      write(fd, &one, sizeof one) < 0) { /* readable already */ }
-  return fd;
-}
-
 /* w:fd() -> an fd that becomes readable once the worker has finished.  The
    worker owns it: the same fd every call, closed when the handle is
    collected (stop watching it before letting the handle go). */
@@ -237,7 +238,7 @@ static int w_fd(lua_State *L) {
   pt_worker *w = check(L, "fd");
   if (w->user_fd < 0) {
     if (w->joined || __atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) w->user_fd = readable_fd();
-    else w->user_fd = w->kind == PT_THREAD ? thread_fd(w) : pt_process_fd(w);
+    else w->user_fd = w->ops->fd(w);
     if (w->user_fd < 0) return pt_push_oserror(L, "fd", errno);
   }
   lua_pushinteger(L, w->user_fd);
@@ -246,15 +247,8 @@ static int w_fd(lua_State *L) {
 
 static int w_cancel(lua_State *L) {
   pt_worker *w = check(L, "cancel");
-  if (w->kind == PT_THREAD) {
-    pt_thread_cancel(w);
-  } else if (pt_process_wait(w, 0) == 0) {
-    /* still running: it ends "cancelled" however it ends (see settle) */
-    int err;
-    w->cancel = 1;
-    err = pt_process_signal(w, SIGTERM);
-    if (err) return pt_push_oserror(L, "cancel", err);
-  }
+  int err = w->ops->cancel(w);
+  if (err) return pt_push_oserror(L, "cancel", err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -270,7 +264,7 @@ static const struct { const char *name; int sig; } signals[] = {
   {"SIGVTALRM", SIGVTALRM}, {"SIGPROF", SIGPROF}, {"SIGWINCH", SIGWINCH},
   {"SIGIO", SIGIO}, {"SIGPWR", SIGPWR}, {"SIGSYS", SIGSYS}, {NULL, 0}};
 
-const char *pt_signal_name(int sig) {
+static const char *signal_name(int sig) {
   int i;
   for (i = 0; signals[i].name; i++)
     if (signals[i].sig == sig) return signals[i].name;
@@ -300,16 +294,14 @@ static int check_signal(lua_State *L, int i) {
 static int w_kill(lua_State *L) {
   pt_worker *w = check(L, "kill");
   int sig = check_signal(L, 2), err;
-  if (w->kind == PT_THREAD)
-    return luaL_error(L, "kill: a thread cannot be sent a signal (a signal hits "
-                         "the whole process); use w:cancel()");
+  if (!w->ops->signal) return luaL_error(L, "kill: %s", w->ops->no_signal);
   if (w->joined) {
     lua_pushnil(L);
     lua_pushliteral(L, "kill: the process has already ended");
     lua_pushinteger(L, ESRCH);
     return 3;
   }
-  err = pt_process_signal(w, sig);
+  err = w->ops->signal(w, sig);
   if (err) return pt_push_oserror(L, "kill", err);
   lua_pushboolean(L, 1);
   return 1;
@@ -327,7 +319,7 @@ static int w_info(lua_State *L) {
   st = current_status(L, w);                    /* settles a finished worker */
   if (st < 0) return pt_push_oserror(L, "info", errno);
   lua_newtable(L);
-  lua_pushstring(L, w->kind == PT_THREAD ? "thread" : "process");
+  lua_pushstring(L, w->ops->name);
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, worker_id(w));
   lua_setfield(L, -2, "id");
@@ -336,7 +328,7 @@ static int w_info(lua_State *L) {
   if (st != W_RUNNING) {
     if (w->exit_code >= 0) { lua_pushinteger(L, w->exit_code); lua_setfield(L, -2, "exit_code"); }
     if (w->signal > 0) {
-      const char *name = pt_signal_name(w->signal);
+      const char *name = signal_name(w->signal);
       lua_pushinteger(L, w->signal);
       lua_setfield(L, -2, "signal");
       if (name) { lua_pushstring(L, name); lua_setfield(L, -2, "signal_name"); }
@@ -355,11 +347,10 @@ static int w_info(lua_State *L) {
 static int w_gc(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   pt_worker *w = h->w;
-  if (!w || h->owner != getpid()) return 0;     /* a forked copy: not ours */
+  if (!w || h->owner != pt_pid()) return 0;     /* a forked copy: not ours */
   h->w = NULL;
   pt_lifecycle_released(w);
-  if (w->kind == PT_THREAD) pt_thread_release(w);
-  else pt_process_release(w);
+  w->ops->release(w);
   return 0;
 }
 
@@ -367,7 +358,7 @@ static int w_index(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   const char *k = lua_tostring(L, 2);
   if (k && h->w && strcmp(k, "kind") == 0) {
-    lua_pushstring(L, h->w->kind == PT_THREAD ? "thread" : "process");
+    lua_pushstring(L, h->w->ops->name);
     return 1;
   }
   if (k && h->w && strcmp(k, "id") == 0) {
@@ -385,17 +376,40 @@ static int w_tostring(lua_State *L) {
   handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
   if (!h->w) lua_pushliteral(L, "procthread.Worker (released)");
   else
-    lua_pushfstring(L, "procthread.Worker (%s %d)",
-                    h->w->kind == PT_THREAD ? "thread" : "process", worker_id(h->w));
+    lua_pushfstring(L, "procthread.Worker (%s %d)", h->w->ops->name, worker_id(h->w));
   return 1;
 }
 
 static int l_spawn(lua_State *L) {
-  static const char *const kinds[] = {"thread", "process", NULL};
-  int k = luaL_checkoption(L, 1, NULL, kinds);
+  int k = luaL_checkoption(L, 1, NULL, kind_names);
   luaL_checktype(L, 2, LUA_TFUNCTION);        /* blamed as argument #2 */
   lua_remove(L, 1);
-  return k == 0 ? pt_thread_spawn(L) : pt_process_spawn(L);
+  return kinds[k]->spawn(L);
+}
+
+/* pt.detach(w): the worker may outlive this program (lifecycle.c). */
+static int l_detach(lua_State *L) {
+  pt_worker *w = pt_worker_of(L, 1);
+  if (w->ops->no_detach) return luaL_error(L, "detach: %s", w->ops->no_detach);
+  pt_lifecycle_detach(w);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pt._spare_threads(): OS threads kept idle for the next spawns (no
+   worker, fd or shared object of theirs): leak checks leave them out. */
+static int l_spare(lua_State *L) {
+  int k, n = 0;
+  for (k = 0; kinds[k]; k++)
+    if (kinds[k]->spare) n += kinds[k]->spare();
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* pt._daemon(w): a pool's worker, stopped at exit, never waited for. */
+static int l_daemon(lua_State *L) {
+  pt_lifecycle_daemon(pt_worker_of(L, 1));
+  return 0;
 }
 
 void pt_open_worker(lua_State *L) {
@@ -403,8 +417,9 @@ void pt_open_worker(lua_State *L) {
     {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
     {"kill", w_kill}, {"info", w_info}, {"fd", w_fd}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
-    {"spawn", l_spawn}, {"spawn_thread", pt_thread_spawn},
-    {"spawn_process", pt_process_spawn}, {NULL, NULL}};
+    {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon},
+    {"_spare_threads", l_spare}, {NULL, NULL}};
+  int k;
   if (luaL_newmetatable(L, PT_WORKER_MT)) {
     lua_pushcfunction(L, w_index);
     lua_setfield(L, -2, "__index");
@@ -419,6 +434,7 @@ void pt_open_worker(lua_State *L) {
     lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
+#if LUA_VERSION_NUM < 504
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   if (lua_isnil(L, -1)) {
     lua_newtable(L);                             /* answers, weak keys */
@@ -429,5 +445,11 @@ void pt_open_worker(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
   }
   lua_pop(L, 1);
+#endif
   pt_setfuncs(L, fns);
+  for (k = 0; kinds[k]; k++) {                 /* spawn_thread, spawn_process */
+    lua_pushfstring(L, "spawn_%s", kinds[k]->name);
+    lua_pushcfunction(L, kinds[k]->spawn);
+    lua_settable(L, -3);
+  }
 }

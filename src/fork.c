@@ -1,0 +1,72 @@
+/* fork.c - what a fork and a worker process's exit need: the functions
+ * every concern registers to forget the parent's state in a new child,
+ * the ones that give back what a leaving worker process holds, and the
+ * count of running thread workers (none come along into a child). */
+#include "pt.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+/* getpid() is a system call each time (glibc keeps no cache): the
+   worker handles ask it at every method.  Cached, and set anew in the
+   child of every fork() (pthread_atfork: ours and the host's alike). */
+static pid_t my_pid;                       /* atomic; 0: not yet known */
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void set_pid(void) { __atomic_store_n(&my_pid, getpid(), __ATOMIC_RELAXED); }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, set_pid); }
+
+pid_t pt_pid(void) {
+  pid_t p = __atomic_load_n(&my_pid, __ATOMIC_RELAXED);
+  if (p) return p;
+  pthread_once(&pid_once, watch_forks);   /* before the first fork that counts */
+  set_pid();
+  return getpid();
+}
+
+/* Lock-free, so that a fork taken while another thread registers can
+   never leave the child with a held lock. */
+static void (*volatile atfork_fns[16])(void);
+static void (*volatile exit_fns[16])(void);
+
+static void add_fn(void (*volatile *fns)(void), void (*fn)(void)) {
+  int i;
+  for (i = 0; i < 16; i++) {
+    void (*cur)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
+    if (cur == fn) return;
+    if (cur == NULL) {
+      void (*expected)(void) = NULL;
+      if (__atomic_compare_exchange_n(&fns[i], &expected, fn, 0,
+                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+      if (expected == fn) return;
+    }
+  }
+}
+
+static void run_fns(void (*volatile *fns)(void)) {
+  int i;
+  for (i = 0; i < 16; i++) {
+    void (*fn)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
+    if (!fn) break;
+    fn();
+  }
+}
+
+int pt_live_threads;
+
+void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
+void pt_after_fork_child(void) {
+  __atomic_store_n(&pt_live_threads, 0, __ATOMIC_SEQ_CST);   /* none came along */
+  run_fns(atfork_fns);
+}
+void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
+void pt_child_exit(int code) {
+  /* Thread workers of this process that still run may use what the exit
+     functions release (shared-memory references): then leak, never free
+     under a running thread. */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) run_fns(exit_fns);
+  fflush(NULL);
+  _exit(code);
+}
