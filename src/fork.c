@@ -10,12 +10,16 @@
 
 /* getpid() is a system call each time (glibc keeps no cache): the
    worker handles ask it at every method.  Cached, and set anew in the
-   child of every fork() (pthread_atfork: ours and the host's alike). */
+   child of every fork() (pthread_atfork: ours and the host's alike), which
+   also counts the forks of this process's line (caches of a thread's id
+   compare it). */
 static pid_t my_pid;                       /* atomic; 0: not yet known */
+static unsigned fork_gen;                  /* atomic */
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
 static void set_pid(void) { __atomic_store_n(&my_pid, getpid(), __ATOMIC_RELAXED); }
-static void watch_forks(void) { pthread_atfork(NULL, NULL, set_pid); }
+static void forked(void) { set_pid(); __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED); }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, forked); }
 
 pid_t pt_pid(void) {
   pid_t p = __atomic_load_n(&my_pid, __ATOMIC_RELAXED);
@@ -23,6 +27,11 @@ pid_t pt_pid(void) {
   pthread_once(&pid_once, watch_forks);   /* before the first fork that counts */
   set_pid();
   return getpid();
+}
+
+unsigned pt_fork_generation(void) {
+  pthread_once(&pid_once, watch_forks);
+  return __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 }
 
 /* Lock-free, so that a fork taken while another thread registers can

@@ -71,6 +71,8 @@ void pt_close(int fd);
 /* ---- fork.c: a fork's child, a worker process's exit ------------------ */
 /* This process's id, without a system call (kept right across fork()). */
 pid_t pt_pid(void);
+/* How many forks this process's line has seen (pthread_atfork). */
+unsigned pt_fork_generation(void);
 /* Called in a new child right after fork(), before any Lua runs there:
    every concern forgets what belongs to the parent.  */
 void pt_after_fork_child(void);

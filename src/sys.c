@@ -145,19 +145,15 @@ static int l_memory(lua_State *L) {
 }
 
 /* pt.self().id of the calling thread, cached: a system call at a thread's
-   first call and after a fork only (fork_gen counts the forks of this
-   process's line, every fork: pthread_atfork). */
-static unsigned fork_gen;
-static __thread unsigned id_gen;               /* fork_gen + 1 when id_cache holds */
+   first call and after a fork only (pt_fork_generation). */
+static __thread unsigned id_gen;               /* generation + 1 when id_cache holds */
 static __thread lua_Integer id_cache;
 
-static void count_fork(void) { fork_gen++; }
-static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, count_fork); }
-
 static lua_Integer self_id(int kind) {
-  if (id_gen != fork_gen + 1) {
-    id_cache = kind == PT_THREAD ? (lua_Integer)syscall(SYS_gettid) : (lua_Integer)getpid();
-    id_gen = fork_gen + 1;
+  unsigned g = pt_fork_generation() + 1;
+  if (id_gen != g) {
+    id_cache = kind == PT_THREAD ? (lua_Integer)syscall(SYS_gettid) : (lua_Integer)pt_pid();
+    id_gen = g;
   }
   return id_cache;
 }
@@ -215,8 +211,6 @@ void pt_open_sys(lua_State *L) {
     {"rusage", l_rusage}, {"memory", l_memory}, {"self", l_self},
     {"cancelled", l_cancelled}, {"fault", l_fault}, {"_self_id", l_self_id},
     {NULL, NULL}};
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, watch_forks);
   pt_setfuncs(L, fns);
   lua_pushstring(L, PT_VERSION);
   lua_setfield(L, -2, "version");
