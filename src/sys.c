@@ -71,8 +71,9 @@ static int l_sleep(lua_State *L) {
   if (!(s >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
   r = pt_wait_fds(NULL, 0, 0, s);
   if (r == -2) return pt_raise_cancelled(L);
-  if (r == -1) return pt_raise_oserror(L, "poll", errno);
-  return 0;
+  if (r == -1) return pt_push_oserror(L, "sleep: poll", errno);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 static int l_cpu_count(lua_State *L) {
