@@ -1,0 +1,262 @@
+/* pipe_read.c - a pipe's shared locks, and taking messages out of it: the
+ * reader's side of the frame state machine (frame.c), the read-ahead
+ * buffer in shared memory, parking a part taken before a timeout, and
+ * draining a pipe nobody can read any more.  See pipe.h. */
+#include "pipe.h"
+#include "wait.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define STALL_CHECK 0.1        /* mid-message wait before checking the writer */
+
+/* ---- robust shared locks ------------------------------------------------- */
+
+/* Take m before deadline (<0: none), staying cancellable and (main
+   thread) interruptible while it waits: a futex wait on the lock's word
+   next to the cancel flag and the interrupt word (wait.c), no timer.
+   LK_DIED: taken, and the previous holder died with it (now consistent
+   again).  LK_CANCEL: cancelled, or interrupted (pt_raise_cancelled). */
+int pt_pipe_lock(pthread_mutex_t *m, double deadline) {
+  pt_ctx *c = pt_self_ctx;
+  uint32_t iv = 0;
+  const uint32_t *iw;
+  int r = pthread_mutex_trylock(m);
+  if (r == 0) return LK_OK;                  /* the common case: no wait */
+  if (r == EOWNERDEAD) { pthread_mutex_consistent(m); return LK_DIED; }
+  if (pt_interrupted()) return LK_CANCEL;
+  iw = pt_interrupt_word(&iv);
+  switch (pt_lock_wait(m, deadline, c ? c->cancel : NULL, iw, iv)) {
+    case PT_OK: return LK_OK;
+    case PT_OWNERDEAD: return LK_DIED;
+    case PT_TIMEOUT: return LK_TIMEOUT;
+    case PT_CANCELLED: return LK_CANCEL;
+    case PT_INTR: pt_interrupted(); return LK_CANCEL;
+    default: return LK_ERR;
+  }
+}
+
+/* Did the sender of the message being assembled stop for good: die
+   holding the write lock, or give up mid-message (cancelled, an error)
+   and let the lock go?  Then the rest never comes.  The next sender
+   writes an abort chunk first (wtorn), which the reader then skips. */
+static int writer_gone(pipe_shm *s) {
+  int r = pthread_mutex_trylock(&s->wlock), gone = 0;
+  if (r == EOWNERDEAD) {
+    pthread_mutex_consistent(&s->wlock);
+    s->wtorn = 1;
+    gone = 1;
+  } else if (r == 0) {
+    gone = s->wtorn;
+  }
+  if (r == 0 || r == EOWNERDEAD) pthread_mutex_unlock(&s->wlock);
+  return gone;
+}
+
+/* Read more bytes into the shared buffer (rlock held).  Returns >0 bytes
+   read, 0 end of stream, or -R_TIMEOUT / -R_CANCEL / -R_ERR / -R_LOST. */
+/* Before sleeping on an empty pipe, look again for a few microseconds,
+   yielding the CPU to any other task: a sender that is running
+   on another CPU then hands its message over without a sleep and a
+   wakeup on each side, which cost more than the message itself.  Not on
+   one CPU, where only a sleep lets the sender run.  1 data, 0 empty. */
+#define SPIN_SECONDS 20e-6
+static __thread int spin_cpus;       /* CPUs this thread may run on; 0: not known */
+
+static int spin_for_data(int fd, double deadline) {
+  double until;
+  if (!spin_cpus) {
+    cpu_set_t set;
+    spin_cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    if (spin_cpus < 1) spin_cpus = 1;
+  }
+  if (spin_cpus < 2) return 0;       /* one CPU: the sender cannot run meanwhile */
+  until = pt_now() + SPIN_SECONDS;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  do {
+    int avail = 0;
+    if (ioctl(fd, FIONREAD, &avail) != 0 || avail > 0) return 1;
+    sched_yield();
+  } while (pt_now() < until);
+  return 0;
+}
+
+static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
+  pt_ctx *c = pt_self_ctx;
+  int waitable = (c && c->cancel_fd >= 0) || pt_interrupt_watched();   /* Ctrl-C */
+  ssize_t n;
+  int spun = 0;
+  if (s->rstart == s->rend) s->rstart = s->rend = 0;
+  else if (s->rend > PT_PIPE_RBUF - PT_FRAME_CHUNK) {        /* compact */
+    memmove(s->rbuf, s->rbuf + s->rstart, s->rend - s->rstart);
+    s->rend -= s->rstart;
+    s->rstart = 0;
+  }
+  for (;;) {
+    if (!spun) { spun = 1; if (spin_for_data(fd, deadline)) goto readnow; }
+    if (a->active) {
+      /* mid-message: the rest follows at the sender's pace, within the
+         timeout; but a sender that died or gave up sends nothing more */
+      double left = deadline < 0 ? STALL_CHECK : deadline - pt_now();
+      int r = pt_wait_fd(fd, POLLIN, left < 0 ? 0 : left > STALL_CHECK ? STALL_CHECK : left);
+      if (r == -2) return -R_CANCEL;
+      if (r == -1) return -R_ERR;
+      if (r == 0) {
+        if (writer_gone(s)) return -R_LOST;
+        if (deadline >= 0 && pt_now() >= deadline) return -R_TIMEOUT;
+        continue;
+      }
+    } else if (deadline >= 0 || waitable) {
+      double left = deadline < 0 ? -1 : deadline - pt_now();
+      int r = pt_wait_fd(fd, POLLIN, left < 0 && deadline >= 0 ? 0 : left);
+      if (r == -2) return -R_CANCEL;
+      if (r == -1) return -R_ERR;
+      if (r == 0) return -R_TIMEOUT;
+    }
+  readnow:
+    n = read(fd, s->rbuf + s->rend, PT_PIPE_RBUF - s->rend);
+    if (n > 0) { s->rend += (uint32_t)n; return (long)n; }
+    if (n == 0) return 0;
+    if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {                  /* made non-blocking elsewhere */
+      int r = pt_wait_fd(fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
+      if (r == -2) return -R_CANCEL;
+      if (r == -1) return -R_ERR;
+      if (r == 0) return -R_TIMEOUT;
+      continue;
+    }
+    return -R_ERR;
+  }
+}
+
+/* A recv that times out (or is cancelled) mid-message parks the part it
+   took in its process, under an id the shared state records; the next
+   recv of this process goes on with it.  A reader of another process
+   finds an id that is not its own: that message is lost for it (its
+   other chunks are then skipped as one lost message), and the process
+   that parked it drops its part when it finds the id gone. */
+static uint64_t park_counter;
+
+static void park(pt_pipe *p, pt_frame_asm *a) {
+  uint64_t n = __atomic_add_fetch(&park_counter, 1, __ATOMIC_RELAXED);
+  pt_buf_free(&p->park);
+  p->park = a->msg;
+  p->park_total = a->total;
+  p->park_id = (uint64_t)(uint32_t)getpid() << 32 | (uint32_t)n;
+  p->shm->parked = p->park_id;
+  pt_buf_init(&a->msg);
+  a->active = 0;
+}
+
+/* Start assembling: with this process's parked part, if it is still the
+   one the pipe waits to complete (rlock held). */
+static void unpark(pt_pipe *p, pt_frame_asm *a) {
+  pipe_shm *s = p->shm;
+  if (s->parked && s->parked == p->park_id) {
+    pt_buf_free(&a->msg);
+    a->msg = p->park;
+    a->total = p->park_total;
+    a->active = 1;
+    pt_buf_init(&p->park);
+  } else if (p->park_id) {
+    pt_buf_free(&p->park);
+  }
+  s->parked = 0;
+  p->park_id = 0;
+}
+
+/* Take one message out (rlock held).  On R_MSG, out holds it.  may_park:
+   a timeout or cancellation mid-message parks the part taken. */
+int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
+                 int may_park) {
+  pipe_shm *s = p->shm;
+  pt_frame_asm a;
+  int result;
+  pt_frame_asm_init(&a);
+  a.msg = *out;                 /* assemble straight into out */
+  a.msg.len = 0;
+  a.orphan = s->orphan;         /* one "lost message" for all its chunks */
+  unpark(p, &a);
+  if (s->rstart > s->rend || s->rend > PT_PIPE_RBUF) s->rstart = s->rend = 0;
+  for (;;) {
+    size_t used = 0, avail = s->rend - s->rstart;
+    long got;
+    int st;
+    if (s->resync && avail > 0) {
+      const unsigned char *at = (const unsigned char *)s->rbuf + s->rstart;
+      pt_frame_hdr h;
+      if (avail >= PT_FRAME_HDR ? !pt_frame_get(at, &h) : !pt_frame_prefix(at, avail)) {
+        s->rstart += (uint32_t)pt_frame_scan(s->rbuf + s->rstart, avail);
+        continue;
+      }
+      if (avail >= PT_FRAME_HDR) s->resync = 0;
+    }
+    st = s->resync ? PT_FR_NEED : pt_frame_step(&a, s->rbuf + s->rstart, avail, &used);
+    s->rstart += (uint32_t)used;
+    if (st == PT_FR_MORE) continue;
+    if (st == PT_FR_MSG) {
+      result = R_MSG;
+      if (a.out != a.msg.data) {            /* one chunk: still in the shared buffer */
+        a.msg.len = 0;
+        if (pt_buf_add(&a.msg, a.out, a.outlen)) result = R_NOMEM;
+      }
+      break;
+    }
+    if (st == PT_FR_LOST) { result = R_LOST; break; }
+    if (st == PT_FR_NOMEM) { result = R_NOMEM; break; }
+    if (st == PT_FR_CORRUPT) {
+      /* say so now; later calls skip to the next valid header */
+      s->resync = 1;
+      s->rstart++;
+      result = R_CORRUPT;
+      break;
+    }
+    got = fill(s, fd, &a, deadline);
+    if (got > 0) continue;
+    if (got == 0) {                         /* end of stream */
+      if (a.active) result = R_LOST;
+      else if (s->rend > s->rstart && !s->resync) {
+        s->rstart = s->rend;                /* a partial chunk: not a frame */
+        result = R_CORRUPT;
+      } else {
+        s->rstart = s->rend = 0;
+        result = R_CLOSED;
+      }
+      break;
+    }
+    result = (int)-got;
+    if (a.active && may_park && (result == R_TIMEOUT || result == R_CANCEL))
+      park(p, &a);
+    break;
+  }
+  if (result != R_MSG) a.msg.len = 0;
+  /* a message left half read (cancelled, out of memory): its other chunks
+     are skipped by whoever reads next, and reported lost once */
+  s->orphan = a.active ? 0 : a.orphan;
+  *out = a.msg;                 /* the caller owns the buffer */
+  return result;
+}
+
+/* The read end closes and nobody else can read (pt_pipe_finish_read_close): take
+   every whole message still in the pipe and drop the references it
+   holds, without waiting.  A part of a message is dropped as bytes: its
+   sender, still sending, drops the references itself when its write
+   fails. */
+void pt_pipe_drain(pt_pipe *p, int fd) {
+  pt_buf out;
+  int r;
+  if (pt_pipe_lock(&p->shm->rlock, pt_now()) < 0) return;
+  pt_buf_init(&out);
+  do {
+    r = pt_pipe_take(p, fd, 0, &out, 0);
+    if (r == R_MSG) pt_discard(out.data ? out.data : "", out.len);
+  } while (r == R_MSG || r == R_LOST || r == R_CORRUPT);
+  pt_buf_free(&out);
+  pthread_mutex_unlock(&p->shm->rlock);
+}

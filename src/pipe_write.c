@@ -1,0 +1,240 @@
+/* pipe_write.c - sending a message into a pipe: chunks of at most
+ * PIPE_BUF bytes (frame.h), several in one writev when the pipe has room,
+ * waiting for room as a cancellation point, an abort chunk after a sender
+ * that stopped mid-message.  See pipe.h.
+ *
+ * SIGPIPE: the sender blocks it in its own thread around its writes and
+ * consumes the one its EPIPE raised; the disposition is never changed. */
+#include "pipe.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CLOSE_SLICE 0.05       /* without an eventfd (EMFILE): see wait_room */
+
+
+/* A send in progress: its pipe and write fd, whether it keeps the read
+   end of this process busy (then the pipe has a reader: no EPIPE, no
+   SIGPIPE), and else the SIGPIPE mask it set. */
+typedef struct sender {
+  pt_pipe *p;
+  int fd;
+  int reader;
+  int masked, blocked, was_pending;
+  sigset_t old;
+} sender;
+
+/* Block SIGPIPE in this thread for the writes (see the top of the file). */
+static void sigpipe_guard(sender *sd) {
+  sigset_t pipeset, pending;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipeset, &sd->old);
+  sd->masked = 1;
+  sd->blocked = sigismember(&sd->old, SIGPIPE);
+  /* blocked already (worker threads start with signals blocked): note
+     whether one is pending, which would not be ours to take */
+  sd->was_pending = 0;
+  if (sd->blocked && sigpending(&pending) == 0) sd->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static void sigpipe_unguard(sender *sd, int r) {
+  sigset_t pipeset;
+  if (!sd->masked) return;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  if (r == WR_CLOSED && !sd->was_pending) {
+    /* consume the SIGPIPE our write raised (thread-directed, pending now) */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {}
+  }
+  if (!sd->blocked) pthread_sigmask(SIG_SETMASK, &sd->old, NULL);
+  sd->masked = 0;
+}
+
+/* Wait for room.  A sender keeping the read end busy also waits for a
+   close of that end asked by another thread (an eventfd pt_pipe_end_close writes):
+   it lets the end go (and the close happens), guards against SIGPIPE and
+   goes on as any other sender, which the OS answers with EPIPE when no
+   reader is left.  1 room, or WR_*. */
+static int wait_room(sender *sd) {
+  for (;;) {
+    struct pollfd p[3];
+    int n = 0, ev = -1, r;
+    p[n].fd = sd->fd; p[n++].events = POLLOUT;
+    if (sd->reader && (ev = pt_pipe_close_event(sd->p)) >= 0) { p[n].fd = ev; p[n++].events = POLLIN; }
+    if (ev == -2) {
+      sd->reader = 0;
+      sigpipe_guard(sd);
+      pt_pipe_end_done(sd->p, 1);
+      continue;
+    }
+    r = pt_poll_wait(p, n, sd->reader && ev < 0 ? pt_now() + CLOSE_SLICE : -1);
+    if (r == -2) return WR_CANCEL;
+    if (r == -1) return WR_ERR;
+    if (r == 0) return 1;
+  }
+}
+
+/* One chunk: one write() of at most PIPE_BUF bytes (atomic).  With a
+   cancellation context, or while the read end is held, wait for room
+   first so the thread stays cancellable (and see wait_room); a blocking
+   write would not be. */
+static int write_chunk(sender *sd, const char *chunk, size_t len) {
+  ssize_t n;
+  pt_ctx *c = pt_self_ctx;
+  int fd = sd->fd;
+  for (;;) {
+    if ((c && c->cancel_fd >= 0) || sd->reader) {
+      int r = wait_room(sd);
+      if (r != 1) return r;
+    }
+    n = write(fd, chunk, len);
+    if (n == (ssize_t)len) return WR_OK;
+    if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
+    if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {                          /* made non-blocking elsewhere */
+      int r = wait_room(sd);
+      if (r != 1) return r;
+      continue;
+    }
+    if (errno == EPIPE) return WR_CLOSED;
+    return WR_ERR;
+  }
+}
+
+/* Several chunks in one writev, when the pipe is nearly empty and they
+   fill at most half of it: the write cannot block, so it cannot be cut by a kill
+   mid-chunk, and the reader is woken once instead of once a chunk.  (A
+   short count can only come from an error we live through: the rest is
+   then written chunk by chunk below, still under the lock.)  Returns the
+   bytes of the message written, or -1. */
+#define BATCH_MAX 8
+static long write_batch(pipe_shm *s, int fd, char *buf, size_t len,
+                        unsigned char (*hdrs)[PT_FRAME_HDR]) {
+  struct iovec iov[2 * BATCH_MAX];
+  size_t off = 0, total = 0, room;
+  int n = 0, k = 0, avail = 0;
+  ssize_t w;
+  if (s->capacity < 4 * PT_FRAME_CHUNK || ioctl(fd, FIONREAD, &avail) != 0 || avail < 0 ||
+      (size_t)avail > (size_t)s->capacity / 8)
+    return 0;
+  /* What the pipe holds may sit in up to twice as many page slots as its
+     bytes need (a short write after a full page takes a slot of its own);
+     counted so, it and the batch stay within half the pipe, so the write
+     still cannot block. */
+  room = (size_t)s->capacity / 2 - 2 * (size_t)avail;
+  while (off < len && k < BATCH_MAX && total + PT_FRAME_CHUNK <= room) {
+    size_t c = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
+    int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + c == len ? PT_FRAME_LAST : 0);
+    pt_frame_put(hdrs[k], PT_FRAME_DATA, flags, (uint32_t)c,
+                 off == 0 ? (uint32_t)len : (uint32_t)off);
+    iov[n].iov_base = hdrs[k]; iov[n++].iov_len = PT_FRAME_HDR;
+    iov[n].iov_base = buf + PT_FRAME_HDR + off; iov[n++].iov_len = c;
+    off += c; total += PT_FRAME_HDR + c; k++;
+  }
+  if (k < 2) return 0;                        /* one chunk: the plain path */
+  do w = writev(fd, iov, n); while (w < 0 && errno == EINTR);
+  if (w < 0) return errno == EAGAIN ? 0 : -1;
+  if ((size_t)w == total) return (long)off;
+  /* cut short: back up to the start of the chunk it stopped in, and finish
+     that chunk from the byte it stopped at */
+  {
+    size_t done = (size_t)w, at = 0, moff = 0;
+    int i;
+    for (i = 0; i < k; i++) {
+      size_t c = iov[2 * i + 1].iov_len, whole = PT_FRAME_HDR + c;
+      if (done < at + whole) {
+        size_t in = done - at;                /* bytes of this chunk written */
+        while (in < whole) {
+          const char *src = in < PT_FRAME_HDR ? (const char *)hdrs[i] + in
+                                              : buf + PT_FRAME_HDR + moff + (in - PT_FRAME_HDR);
+          size_t want = in < PT_FRAME_HDR ? PT_FRAME_HDR - in : whole - in;
+          ssize_t r = write(fd, src, want);
+          if (r < 0) { if (errno == EINTR) continue; return -1; }
+          in += (size_t)r;
+        }
+        return (long)(moff + c);
+      }
+      at += whole;
+      moff += c;
+    }
+    return (long)off;
+  }
+}
+
+/* The message is buf[16 .. 16+len): buf[0..16) is room for the first
+   header.  Each later chunk borrows the 16 bytes before its data (already
+   written) for its header and gives them back, so every chunk is one
+   contiguous write and the message stays intact for pt_discard. */
+static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
+                         int torn_before) {
+  unsigned char hdr[PT_FRAME_HDR];
+  unsigned char hdrs[BATCH_MAX][PT_FRAME_HDR];
+  size_t off = 0;
+  int r;
+  if (torn_before || s->wtorn) {
+    pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
+    s->wtorn = 1;
+    if ((r = write_chunk(sd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
+    s->wtorn = 0;
+  }
+  if (len > PT_FRAME_MAXDATA) {
+    long done = write_batch(s, sd->fd, buf, len, hdrs);
+    if (done < 0) {
+      if (errno == EPIPE) return WR_CLOSED;
+      return WR_ERR;
+    }
+    off = (size_t)done;
+    if (off == len) return WR_OK;
+  }
+  do {
+    size_t n = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
+    int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + n == len ? PT_FRAME_LAST : 0);
+    char *at = buf + off;                 /* the header goes here */
+    memcpy(hdr, at, PT_FRAME_HDR);        /* keep what it covers */
+    pt_frame_put((unsigned char *)at, PT_FRAME_DATA, flags, (uint32_t)n,
+                 off == 0 ? (uint32_t)len : (uint32_t)off);
+    r = write_chunk(sd, at, PT_FRAME_HDR + n);
+    memcpy(at, hdr, PT_FRAME_HDR);
+    if (r != WR_OK) {
+      if (off > 0) s->wtorn = 1;     /* the next sender aborts this message */
+      return r;
+    }
+    off += n;
+  } while (off < len);
+  return WR_OK;
+}
+
+int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
+  sender sd;
+  int lk, r, saved;
+  memset(&sd, 0, sizeof sd);
+  sd.p = p;
+  sd.fd = pt_pipe_send_begin(p, &sd.reader);
+  if (sd.fd < 0) return WR_CLOSED;
+  lk = pt_pipe_lock(&p->shm->wlock, -1);
+  if (lk < 0) {
+    saved = errno;
+    pt_pipe_send_done(p, sd.reader);
+    errno = saved;
+    return lk == LK_CANCEL ? WR_CANCEL : WR_LOCK;
+  }
+  /* While this process holds the read end open (kept open by marking it
+     busy), the pipe has a reader: no EPIPE, no SIGPIPE, no mask to set. */
+  if (!sd.reader) sigpipe_guard(&sd);
+  r = write_message(p->shm, &sd, buf, len, lk == LK_DIED);
+  saved = errno;
+  sigpipe_unguard(&sd, r);
+  pthread_mutex_unlock(&p->shm->wlock);
+  pt_pipe_send_done(p, sd.reader);
+  errno = saved;
+  return r;
+}
