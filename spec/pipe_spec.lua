@@ -688,6 +688,70 @@ describe("pipes", function()
     end)
   end)
 
+  -- A reader waiting mid-message once looked at the writer every 100 ms
+  -- (STALL_CHECK); now it sleeps until bytes come, the sender gives up
+  -- (an abort chunk wakes it) or dies (a pidfd of the write lock's holder
+  -- wakes it).  Counted as select_spec's "no timer slices" counts: the
+  -- waiting thread's voluntary context switches (6 or more in 0.6 s
+  -- before, 1 or 2 now).
+  it("a reader waiting mid-message sleeps with no timer, and hears of the sender's death at once", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      local function state(path)
+        local f = io.open(path); local s = f and f:read("*l"); if f then f:close() end
+        return s and s:match("^%d+ %b() (%a)")
+      end
+      local function until_state(path, want)     -- a handshake, bounded
+        for _ = 1, 1000 do
+          if state(path) == want then return end
+          pt.sleep(0.01)
+        end
+        error(path .. " never " .. want)
+      end
+      local function switches(tid)
+        local f = assert(io.open("/proc/self/task/" .. tid .. "/status"))
+        local s = f:read("*a"); f:close()
+        return tonumber(s:match("\nvoluntary_ctxt_switches:%s*(%d+)"))
+      end
+      local p, ready = pt.pipe(), pt.pipe()
+      local victim = pt.spawn_process(function()
+        ready:send("go")
+        p:send(("v"):rep(1024 * 1024))          -- blocks mid-message: the pipe is full
+      end)
+      assert(ready:recv(10) == "go")
+      assert(pt.select({ p }, 10) == p)         -- its first chunks are in
+      assert(victim:kill("SIGSTOP"))            -- alive, holding the write lock, silent
+      until_state("/proc/" .. victim.id .. "/stat", "T")
+      local r0 = pt.rusage("thread")
+      local a, b = p:recv(0.6)                  -- reads what is there, then waits
+      local r1 = pt.rusage("thread")
+      assert(a == nil and b == "timeout", tostring(a) .. " " .. tostring(b))
+      local wakes = r1.nvcsw - r0.nvcsw
+      local cpu = (r1.utime + r1.stime) - (r0.utime + r0.stime)
+      if wakes > 3 then print(("recv woke %d times"):format(wakes)) end
+      if cpu > 0.1 then print(("recv used %.3f s CPU"):format(cpu)) end
+      -- a thread goes on with the part taken, waiting for ever
+      local rd = pt.spawn_thread(function(q) return q:recv(math.huge) end, p)
+      until_state("/proc/self/task/" .. rd.id .. "/stat", "S")
+      local s0 = switches(rd.id)
+      pt.sleep(0.6)
+      local n = switches(rd.id) - s0
+      if n > 2 then print(("recv for ever woke %d times"):format(n)) end
+      local t0 = pt.now()
+      assert(victim:kill("SIGKILL"))
+      local ok, m, why = rd:join(10)
+      local dt = pt.now() - t0
+      assert(ok and m == nil and why == "lost message", tostring(m) .. " " .. tostring(why))
+      if dt > 2 then print(("lost message after %.2f s"):format(dt)) end
+      victim:join(10)
+      assert(p:send("after") and p:recv(5) == "after")
+      p:close(); ready:close()
+      print("done")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.are.equal("done\n", out)
+  end)
+
   describe("concurrent senders", function()
     local function sender(kind, p, who, count, seed)
       return pt.spawn(kind, function()

@@ -44,7 +44,10 @@ typedef struct pipe_shm {
   pthread_mutex_t wlock;      /* held by a sender for a whole message */
   pthread_mutex_t rlock;      /* held by a receiver for a whole message */
   uint32_t rstart, rend;      /* unread bytes of rbuf (under rlock) */
-  int wtorn;                  /* a sender stopped mid-message (under wlock) */
+  int wtorn;                  /* a sender stopped mid-message (written under
+                                 wlock, read by a reader waiting mid-message) */
+  uint32_t wseq;              /* takings of wlock (under wlock) */
+  uint64_t wholder;           /* wlock's holder: wseq << 32 | pid, 0 free */
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */

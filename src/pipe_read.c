@@ -11,9 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
-#define STALL_CHECK 0.1        /* mid-message wait before checking the writer */
+#define STALL_CHECK 0.1        /* no pidfd (see stall_watch): look this often */
 
 /* ---- robust shared locks ------------------------------------------------- */
 
@@ -42,24 +43,78 @@ int pt_pipe_lock(pthread_mutex_t *m, double deadline) {
 }
 
 /* Did the sender of the message being assembled stop for good: die
-   holding the write lock, or give up mid-message (cancelled, an error)
-   and let the lock go?  Then the rest never comes.  The next sender
-   writes an abort chunk first (wtorn), which the reader then skips. */
+   holding the write lock, or give up mid-message (cancelled, an error)?
+   Then the rest never comes.  A sender that gives up sets wtorn before it
+   lets the lock go (read here while it still holds it: see give_up in
+   pipe_write.c); the next sender writes an abort chunk first, which the
+   reader then skips.  Called with the pipe found empty, so the message
+   being assembled is the latest one. */
 static int writer_gone(pipe_shm *s) {
-  int r = pthread_mutex_trylock(&s->wlock), gone = 0;
+  int r = pthread_mutex_trylock(&s->wlock), gone;
   if (r == EOWNERDEAD) {
     pthread_mutex_consistent(&s->wlock);
-    s->wtorn = 1;
+    __atomic_store_n(&s->wtorn, 1, __ATOMIC_SEQ_CST);
     gone = 1;
-  } else if (r == 0) {
-    gone = s->wtorn;
+  } else {
+    gone = __atomic_load_n(&s->wtorn, __ATOMIC_SEQ_CST);
   }
   if (r == 0 || r == EOWNERDEAD) pthread_mutex_unlock(&s->wlock);
   return gone;
 }
 
-/* Read more bytes into the shared buffer (rlock held).  Returns >0 bytes
-   read, 0 end of stream, or -R_TIMEOUT / -R_CANCEL / -R_ERR / -R_LOST. */
+/* While a reader waits mid-message, a pidfd of the process holding the
+   write lock (wholder, set by every sender that takes it) wakes its poll
+   when that process ends, so that a sender killed mid-message is noticed
+   at once, with no timer.  No pidfd for a sender of this process (it
+   cannot die alone), none for a holder that ended already (writer_gone
+   tells), and a look every STALL_CHECK only when none can be made
+   (Linux < 5.3, no fd left). */
+typedef struct stall_watch {
+  uint64_t holder;            /* the wholder the pidfd is for, or 0 */
+  int pidfd;                  /* -1: none */
+  int slice;                  /* no pidfd could be made: look again soon */
+} stall_watch;
+
+static void watch_holder(pipe_shm *s, stall_watch *w) {
+  uint64_t h = __atomic_load_n(&s->wholder, __ATOMIC_ACQUIRE);
+  pid_t pid = (pid_t)(uint32_t)h;
+  if (h == w->holder) return;
+  if (w->pidfd >= 0) { pt_close(w->pidfd); w->pidfd = -1; }
+  w->holder = h;
+  w->slice = 0;
+  if (h == 0 || pid == getpid()) return;
+  w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (w->pidfd < 0 && errno != ESRCH) w->slice = 1;
+}
+
+/* Mid-message, the pipe read dry: sleep until more bytes come, the sender
+   gives up or dies, or the deadline.  1: bytes to read; or -R_LOST,
+   -R_TIMEOUT, -R_CANCEL, -R_ERR. */
+static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
+  for (;;) {
+    struct pollfd p[3];       /* room for pt_poll_wait's cancel fd */
+    int n = 1, r, gone;
+    double until = deadline;
+    watch_holder(s, w);
+    gone = writer_gone(s);
+    p[0].fd = fd; p[0].events = POLLIN;
+    if (w->pidfd >= 0) { p[1].fd = w->pidfd; p[1].events = POLLIN; n = 2; }
+    if (gone) {
+      until = pt_now();       /* only what the pipe holds already */
+    } else if (w->slice) {
+      double next = pt_now() + STALL_CHECK;
+      if (until < 0 || next < until) until = next;
+    }
+    r = pt_poll_wait(p, n, until);
+    if (r == 0) return 1;
+    if (r == 1) { pt_close(w->pidfd); w->pidfd = -1; continue; }   /* it ended */
+    if (r == -2) return -R_CANCEL;
+    if (r == -1) return -R_ERR;
+    if (gone) return -R_LOST;
+    if (deadline >= 0 && pt_now() >= deadline) return writer_gone(s) ? -R_LOST : -R_TIMEOUT;
+  }
+}
+
 /* Before sleeping on an empty pipe, look again for a few microseconds,
    yielding the CPU to any other task: a sender that is running
    on another CPU then hands its message over without a sleep and a
@@ -86,7 +141,10 @@ static int spin_for_data(int fd, double deadline) {
   return 0;
 }
 
-static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
+/* Read more bytes into the shared buffer (rlock held).  Returns >0 bytes
+   read, 0 end of stream, or -R_TIMEOUT / -R_CANCEL / -R_ERR / -R_LOST. */
+static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
+                 stall_watch *w) {
   pt_ctx *c = pt_self_ctx;
   int waitable = (c && c->cancel_fd >= 0) || pt_interrupt_watched();   /* Ctrl-C */
   ssize_t n;
@@ -102,15 +160,8 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline) {
     if (a->active) {
       /* mid-message: the rest follows at the sender's pace, within the
          timeout; but a sender that died or gave up sends nothing more */
-      double left = deadline < 0 ? STALL_CHECK : deadline - pt_now();
-      int r = pt_wait_fd(fd, POLLIN, left < 0 ? 0 : left > STALL_CHECK ? STALL_CHECK : left);
-      if (r == -2) return -R_CANCEL;
-      if (r == -1) return -R_ERR;
-      if (r == 0) {
-        if (writer_gone(s)) return -R_LOST;
-        if (deadline >= 0 && pt_now() >= deadline) return -R_TIMEOUT;
-        continue;
-      }
+      int r = stall_wait(s, fd, deadline, w);
+      if (r < 0) return r;
     } else if (deadline >= 0 || waitable) {
       double left = deadline < 0 ? -1 : deadline - pt_now();
       int r = pt_wait_fd(fd, POLLIN, left < 0 && deadline >= 0 ? 0 : left);
@@ -177,6 +228,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
                  int may_park) {
   pipe_shm *s = p->shm;
   pt_frame_asm a;
+  stall_watch w = {0, -1, 0};
   int result;
   pt_frame_asm_init(&a);
   a.msg = *out;                 /* assemble straight into out */
@@ -217,7 +269,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
       result = R_CORRUPT;
       break;
     }
-    got = fill(s, fd, &a, deadline);
+    got = fill(s, fd, &a, deadline, &w);
     if (got > 0) continue;
     if (got == 0) {                         /* end of stream */
       if (a.active) result = R_LOST;
@@ -240,6 +292,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
      are skipped by whoever reads next, and reported lost once */
   s->orphan = a.active ? 0 : a.orphan;
   *out = a.msg;                 /* the caller owns the buffer */
+  if (w.pidfd >= 0) pt_close(w.pidfd);
   return result;
 }
 

@@ -8,6 +8,7 @@
 #include "pipe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -27,6 +28,7 @@ typedef struct sender {
   int fd;
   int reader;
   int masked, blocked, was_pending;
+  int epipe;                  /* a write got EPIPE (raising SIGPIPE) */
   sigset_t old;
 } sender;
 
@@ -49,7 +51,7 @@ static void sigpipe_unguard(sender *sd, int r) {
   if (!sd->masked) return;
   sigemptyset(&pipeset);
   sigaddset(&pipeset, SIGPIPE);
-  if (r == WR_CLOSED && !sd->was_pending) {
+  if ((r == WR_CLOSED || sd->epipe) && !sd->was_pending) {
     /* consume the SIGPIPE our write raised (thread-directed, pending now) */
     struct timespec zero = {0, 0};
     while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {}
@@ -82,6 +84,47 @@ static int wait_room(sender *sd) {
   }
 }
 
+/* Write without waiting for room: all of buf or nothing (EAGAIN) when
+   n <= PIPE_BUF.  RWF_NOWAIT where the kernel takes it on a pipe, else
+   O_NONBLOCK for this write (the write end's flags are the writers'
+   alone, and they are held off by the write lock).  n, or -1 errno. */
+static int nowait_flag = RWF_NOWAIT;  /* 0 once the kernel refused it */
+
+static ssize_t write_nowait(int fd, const void *buf, size_t n) {
+  struct iovec v;
+  ssize_t w;
+  int fl, e;
+  v.iov_base = (void *)buf;
+  v.iov_len = n;
+  if (__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
+    do w = pwritev2(fd, &v, 1, -1, RWF_NOWAIT); while (w < 0 && errno == EINTR);
+    if (w >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return w;
+    __atomic_store_n(&nowait_flag, 0, __ATOMIC_RELAXED);
+  }
+  if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+  do w = write(fd, buf, n); while (w < 0 && errno == EINTR);
+  e = errno;
+  (void)fcntl(fd, F_SETFL, fl);
+  errno = e;
+  return w;
+}
+
+static void set_torn(pipe_shm *s, int v) { __atomic_store_n(&s->wtorn, v, __ATOMIC_SEQ_CST); }
+
+/* A sender that stops mid-message (cancelled, interrupted, an error) has
+   set wtorn, which a reader waiting mid-message reads when it next looks
+   (pipe_read.c).  A reader already asleep found the pipe empty, and only
+   this sender wrote since: an abort chunk written now, without waiting,
+   fits and wakes it (no timer).  When it does not fit, the pipe is full,
+   so no reader sleeps: the one that empties it reads wtorn after.  Once
+   the abort chunk is in the pipe, wtorn is cleared. */
+static void give_up(pipe_shm *s, sender *sd) {
+  unsigned char hdr[PT_FRAME_HDR];
+  pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
+  if (write_nowait(sd->fd, hdr, sizeof hdr) == (ssize_t)sizeof hdr) set_torn(s, 0);
+  else if (errno == EPIPE) sd->epipe = 1;
+}
+
 /* One chunk: one write() of at most PIPE_BUF bytes (atomic).  With a
    cancellation context, or while the read end is held, wait for room
    first so the thread stays cancellable (and see wait_room); a blocking
@@ -105,7 +148,7 @@ static int write_chunk(sender *sd, const char *chunk, size_t len) {
       if (r != 1) return r;
       continue;
     }
-    if (errno == EPIPE) return WR_CLOSED;
+    if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
     return WR_ERR;
   }
 }
@@ -182,14 +225,14 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
   int r;
   if (torn_before || s->wtorn) {
     pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
-    s->wtorn = 1;
+    set_torn(s, 1);
     if ((r = write_chunk(sd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
-    s->wtorn = 0;
+    set_torn(s, 0);
   }
   if (len > PT_FRAME_MAXDATA) {
     long done = write_batch(s, sd->fd, buf, len, hdrs);
     if (done < 0) {
-      if (errno == EPIPE) return WR_CLOSED;
+      if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
       return WR_ERR;
     }
     off = (size_t)done;
@@ -205,7 +248,7 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
     r = write_chunk(sd, at, PT_FRAME_HDR + n);
     memcpy(at, hdr, PT_FRAME_HDR);
     if (r != WR_OK) {
-      if (off > 0) s->wtorn = 1;     /* the next sender aborts this message */
+      if (off > 0) set_torn(s, 1);   /* the next sender aborts this message */
       return r;
     }
     off += n;
@@ -214,6 +257,7 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
 }
 
 int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
+  pipe_shm *s;
   sender sd;
   int lk, r, saved;
   memset(&sd, 0, sizeof sd);
@@ -230,10 +274,15 @@ int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
   /* While this process holds the read end open (kept open by marking it
      busy), the pipe has a reader: no EPIPE, no SIGPIPE, no mask to set. */
   if (!sd.reader) sigpipe_guard(&sd);
-  r = write_message(p->shm, &sd, buf, len, lk == LK_DIED);
+  s = p->shm;
+  s->wseq++;
+  __atomic_store_n(&s->wholder, (uint64_t)s->wseq << 32 | (uint32_t)getpid(), __ATOMIC_RELEASE);
+  r = write_message(s, &sd, buf, len, lk == LK_DIED);
   saved = errno;
+  if (r != WR_OK && r != WR_CLOSED && s->wtorn) give_up(s, &sd);
   sigpipe_unguard(&sd, r);
-  pthread_mutex_unlock(&p->shm->wlock);
+  __atomic_store_n(&s->wholder, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&s->wlock);
   pt_pipe_send_done(p, sd.reader);
   errno = saved;
   return r;
