@@ -48,6 +48,13 @@ typedef struct pipe_shm {
                                  wlock, read by a reader waiting mid-message) */
   uint32_t wseq;              /* takings of wlock (under wlock) */
   uint64_t wholder;           /* wlock's holder: wseq << 32 | pid, 0 free */
+  /* Byte counts, so that neither side needs a system call to know what
+     the pipe holds: writers add to wbytes before a write (under wlock)
+     and to wdone after it, readers to rbytes after a read (under rlock).
+     wbytes - rbytes is then at least what the pipe holds (a kill between
+     a count and its syscall only makes it larger), and wdone != rbytes
+     when a reader may find bytes (it checks without waiting). */
+  uint64_t wbytes, wdone, rbytes;
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */

@@ -7,10 +7,10 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -115,30 +115,54 @@ static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
   }
 }
 
-/* Before sleeping on an empty pipe, look again for a few microseconds,
-   yielding the CPU to any other task: a sender that is running
-   on another CPU then hands its message over without a sleep and a
-   wakeup on each side, which cost more than the message itself.  Not on
-   one CPU, where only a sleep lets the sender run.  1 data, 0 empty. */
-#define SPIN_SECONDS 20e-6
-static __thread int spin_cpus;       /* CPUs this thread may run on; 0: not known */
-
-static int spin_for_data(int fd, double deadline) {
-  double until;
-  if (!spin_cpus) {
-    cpu_set_t set;
-    spin_cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    if (spin_cpus < 1) spin_cpus = 1;
+/* Before sleeping on an empty pipe, when the sender may be running on
+   another CPU: watch the count of bytes written for a few microseconds
+   (pt_spin_while: no system call), so that a message about to come is
+   taken without a sleep and a wakeup on each side, which cost more than
+   the message itself.  Not on one CPU, where only a sleep lets the sender
+   run.  1: there may be bytes (read them without waiting), 0: sleep. */
+static int spin_for_data(pipe_shm *s, double deadline) {
+  uint64_t r = __atomic_load_n(&s->rbytes, __ATOMIC_RELAXED), w;
+  int spins = 2;              /* a writer counts after its write: wdone may
+                                 trail rbytes for a moment */
+  while ((int64_t)((w = __atomic_load_n(&s->wdone, __ATOMIC_ACQUIRE)) - r) <= 0) {
+    if (spins-- == 0 || !pt_spin_useful() || (deadline >= 0 && deadline <= pt_now()) ||
+        !pt_spin_while(&s->wdone, w))
+      return 0;
   }
-  if (spin_cpus < 2) return 0;       /* one CPU: the sender cannot run meanwhile */
-  until = pt_now() + SPIN_SECONDS;
-  if (deadline >= 0 && deadline < until) until = deadline;
-  do {
-    int avail = 0;
-    if (ioctl(fd, FIONREAD, &avail) != 0 || avail > 0) return 1;
-    sched_yield();
-  } while (pt_now() < until);
-  return 0;
+  return 1;
+}
+
+/* Read what is there without waiting: RWF_NOWAIT, or FIONREAD first
+   where the kernel refuses RWF_NOWAIT on a pipe.  EAGAIN: nothing. */
+static int nowait_flag = RWF_NOWAIT;  /* 0 once the kernel refused it */
+
+static ssize_t read_nowait(int fd, const struct iovec *v) {
+  int avail = 0;
+  if (__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
+    ssize_t n = preadv2(fd, v, 1, -1, RWF_NOWAIT);
+    if (n >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return n;
+    __atomic_store_n(&nowait_flag, 0, __ATOMIC_RELAXED);
+  }
+  if (ioctl(fd, FIONREAD, &avail) != 0) return -1;
+  if (avail > 0) return readv(fd, v, 1);
+  errno = EAGAIN;
+  return -1;
+}
+
+/* Read into the shared buffer, counted in rbytes (see pipe.h), without
+   waiting when nowait.  >0 bytes, 0 end of stream, -1 errno. */
+static ssize_t take_bytes(pipe_shm *s, int fd, int nowait) {
+  struct iovec v;
+  ssize_t n;
+  v.iov_base = s->rbuf + s->rend;
+  v.iov_len = PT_PIPE_RBUF - s->rend;
+  n = nowait ? read_nowait(fd, &v) : readv(fd, &v, 1);
+  if (n > 0) {
+    s->rend += (uint32_t)n;
+    __atomic_add_fetch(&s->rbytes, (uint64_t)n, __ATOMIC_RELEASE);
+  }
+  return n;
 }
 
 /* Read more bytes into the shared buffer (rlock held).  Returns >0 bytes
@@ -150,13 +174,20 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
   ssize_t n;
   int spun = 0;
   if (s->rstart == s->rend) s->rstart = s->rend = 0;
-  else if (s->rend > PT_PIPE_RBUF - PT_FRAME_CHUNK) {        /* compact */
+  else if (s->rend > PT_PIPE_RBUF - 2 * PT_FRAME_CHUNK) {    /* compact: room for a chunk */
     memmove(s->rbuf, s->rbuf + s->rstart, s->rend - s->rstart);
     s->rend -= s->rstart;
     s->rstart = 0;
   }
   for (;;) {
-    if (!spun) { spun = 1; if (spin_for_data(fd, deadline)) goto readnow; }
+    if (!spun) {
+      spun = 1;
+      if (spin_for_data(s, deadline)) {
+        n = take_bytes(s, fd, 1);
+        if (n >= 0) return (long)n;
+        if (errno != EAGAIN && errno != EINTR) return -R_ERR;
+      }
+    }
     if (a->active) {
       /* mid-message: the rest follows at the sender's pace, within the
          timeout; but a sender that died or gave up sends nothing more */
@@ -169,10 +200,8 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
       if (r == -1) return -R_ERR;
       if (r == 0) return -R_TIMEOUT;
     }
-  readnow:
-    n = read(fd, s->rbuf + s->rend, PT_PIPE_RBUF - s->rend);
-    if (n > 0) { s->rend += (uint32_t)n; return (long)n; }
-    if (n == 0) return 0;
+    n = take_bytes(s, fd, 0);
+    if (n >= 0) return (long)n;
     if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {                  /* made non-blocking elsewhere */

@@ -1,7 +1,9 @@
-/* pipe_write.c - sending a message into a pipe: chunks of at most
+/* pipe_write.c - sending a message into a pipe: one chunk for a message
+ * of up to two pages when the pipe has room for it, else chunks of at most
  * PIPE_BUF bytes (frame.h), several in one writev when the pipe has room,
- * waiting for room as a cancellation point, an abort chunk after a sender
- * that stopped mid-message.  See pipe.h.
+ * waiting for room as a cancellation point (only when the byte counts say
+ * the write might block), an abort chunk after a sender that stopped
+ * mid-message.  See pipe.h.
  *
  * SIGPIPE: the sender blocks it in its own thread around its writes and
  * consumes the one its EPIPE raised; the disposition is never changed. */
@@ -12,7 +14,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,29 +85,62 @@ static int wait_room(sender *sd) {
   }
 }
 
-/* Write without waiting for room: all of buf or nothing (EAGAIN) when
-   n <= PIPE_BUF.  RWF_NOWAIT where the kernel takes it on a pipe, else
-   O_NONBLOCK for this write (the write end's flags are the writers'
-   alone, and they are held off by the write lock).  n, or -1 errno. */
+/* Write without waiting for room: all of it or nothing (EAGAIN) when
+   it is at most PIPE_BUF bytes.  RWF_NOWAIT where the kernel takes it on a
+   pipe, else O_NONBLOCK for this write (the write end's flags are the
+   writers' alone, and the write lock holds the others off). */
 static int nowait_flag = RWF_NOWAIT;  /* 0 once the kernel refused it */
 
-static ssize_t write_nowait(int fd, const void *buf, size_t n) {
-  struct iovec v;
+static ssize_t writev_nowait(int fd, const struct iovec *v, int n) {
   ssize_t w;
   int fl, e;
-  v.iov_base = (void *)buf;
-  v.iov_len = n;
   if (__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
-    do w = pwritev2(fd, &v, 1, -1, RWF_NOWAIT); while (w < 0 && errno == EINTR);
+    w = pwritev2(fd, v, n, -1, RWF_NOWAIT);
     if (w >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return w;
     __atomic_store_n(&nowait_flag, 0, __ATOMIC_RELAXED);
   }
   if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
-  do w = write(fd, buf, n); while (w < 0 && errno == EINTR);
+  w = writev(fd, v, n);
   e = errno;
   (void)fcntl(fd, F_SETFL, fl);
   errno = e;
   return w;
+}
+
+/* Every write of a sender: writev of total bytes (without waiting when
+   nowait), counted in wbytes before and wdone after (see pipe.h).  The
+   bytes written, or -1 errno. */
+static ssize_t put(sender *sd, const struct iovec *v, int n, size_t total, int nowait) {
+  pipe_shm *s = sd->p->shm;
+  ssize_t w;
+  s->wbytes += total;
+  w = nowait ? writev_nowait(sd->fd, v, n) : writev(sd->fd, v, n);
+  s->wbytes -= total - (w > 0 ? (size_t)w : 0);
+  if (w > 0) __atomic_add_fetch(&s->wdone, (uint64_t)w, __ATOMIC_RELEASE);
+  return w;
+}
+
+static ssize_t put1(sender *sd, const void *buf, size_t n, int nowait) {
+  struct iovec v;
+  v.iov_base = (void *)buf;
+  v.iov_len = n;
+  return put(sd, &v, 1, n, nowait);
+}
+
+/* At most how many bytes the pipe holds: wbytes - rbytes (see pipe.h),
+   or UINT64_MAX when bytes were read around the counts. */
+static uint64_t in_pipe(pipe_shm *s) {
+  uint64_t in = s->wbytes - __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE);
+  return in > (uint64_t)s->capacity ? UINT64_MAX : in;
+}
+
+/* Can n more bytes go in without blocking?  What the pipe holds sits in
+   at most 2 page slots per page of bytes plus 2 (a short write after a
+   full page takes a slot of its own; the head page may be partly read);
+   n bytes take a slot per page plus one. */
+static int fits(pipe_shm *s, size_t n) {
+  uint64_t in = in_pipe(s), pg = PT_FRAME_CHUNK, slots = (uint64_t)s->capacity / pg;
+  return in != UINT64_MAX && 2 * ((in + pg - 1) / pg) + 2 + (n + pg - 1) / pg + 1 <= slots;
 }
 
 static void set_torn(pipe_shm *s, int v) { __atomic_store_n(&s->wtorn, v, __ATOMIC_SEQ_CST); }
@@ -121,24 +155,25 @@ static void set_torn(pipe_shm *s, int v) { __atomic_store_n(&s->wtorn, v, __ATOM
 static void give_up(pipe_shm *s, sender *sd) {
   unsigned char hdr[PT_FRAME_HDR];
   pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
-  if (write_nowait(sd->fd, hdr, sizeof hdr) == (ssize_t)sizeof hdr) set_torn(s, 0);
+  if (put1(sd, hdr, sizeof hdr, 1) == (ssize_t)sizeof hdr) set_torn(s, 0);
   else if (errno == EPIPE) sd->epipe = 1;
 }
 
 /* One chunk: one write() of at most PIPE_BUF bytes (atomic).  With a
-   cancellation context, or while the read end is held, wait for room
-   first so the thread stays cancellable (and see wait_room); a blocking
-   write would not be. */
+   cancellation context, or while the read end is held, a write that might
+   block waits for room first so the thread stays cancellable (and see
+   wait_room): a blocking write would not be.  One the counts say fits
+   is just written. */
 static int write_chunk(sender *sd, const char *chunk, size_t len) {
   ssize_t n;
   pt_ctx *c = pt_self_ctx;
-  int fd = sd->fd;
+  int careful = (c && c->cancel_fd >= 0) || sd->reader;
   for (;;) {
-    if ((c && c->cancel_fd >= 0) || sd->reader) {
+    if (careful && !fits(sd->p->shm, len)) {
       int r = wait_room(sd);
       if (r != 1) return r;
     }
-    n = write(fd, chunk, len);
+    n = put1(sd, chunk, len, 0);
     if (n == (ssize_t)len) return WR_OK;
     if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
     if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
@@ -153,27 +188,39 @@ static int write_chunk(sender *sd, const char *chunk, size_t len) {
   }
 }
 
+/* The rest of a write the OS cut short (the counts were wrong: bytes
+   written around the framing), written out before anything else. */
+static int put_rest(sender *sd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = put1(sd, p, n, 0);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
 /* Several chunks in one writev, when the pipe is nearly empty and they
-   fill at most half of it: the write cannot block, so it cannot be cut by a kill
-   mid-chunk, and the reader is woken once instead of once a chunk.  (A
-   short count can only come from an error we live through: the rest is
-   then written chunk by chunk below, still under the lock.)  Returns the
-   bytes of the message written, or -1. */
+   fill at most half of it: the write cannot block, so it cannot be cut by
+   a kill mid-chunk, and the reader is woken once instead of once a chunk.
+   (A short count can only come from bytes written around the framing: the
+   chunk it stopped in is finished, and the rest written chunk by chunk
+   below, still under the lock.)  Returns the bytes of the message
+   written, or -1. */
 #define BATCH_MAX 8
-static long write_batch(pipe_shm *s, int fd, char *buf, size_t len,
+static long write_batch(sender *sd, char *buf, size_t len,
                         unsigned char (*hdrs)[PT_FRAME_HDR]) {
+  pipe_shm *s = sd->p->shm;
   struct iovec iov[2 * BATCH_MAX];
-  size_t off = 0, total = 0, room;
-  int n = 0, k = 0, avail = 0;
+  size_t off = 0, total = 0, room, done, at = 0;
+  uint64_t in = in_pipe(s);
+  int n = 0, k = 0, i;
   ssize_t w;
-  if (s->capacity < 4 * PT_FRAME_CHUNK || ioctl(fd, FIONREAD, &avail) != 0 || avail < 0 ||
-      (size_t)avail > (size_t)s->capacity / 8)
-    return 0;
-  /* What the pipe holds may sit in up to twice as many page slots as its
-     bytes need (a short write after a full page takes a slot of its own);
-     counted so, it and the batch stay within half the pipe, so the write
-     still cannot block. */
-  room = (size_t)s->capacity / 2 - 2 * (size_t)avail;
+  if (s->capacity < 4 * PT_FRAME_CHUNK || in > (uint64_t)s->capacity / 8) return 0;
+  /* counted as fits() counts, the pipe's bytes and the batch stay within
+     half the pipe, so the write still cannot block */
+  room = (size_t)s->capacity / 2 - 2 * (size_t)in;
   while (off < len && k < BATCH_MAX && total + PT_FRAME_CHUNK <= room) {
     size_t c = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
     int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + c == len ? PT_FRAME_LAST : 0);
@@ -184,33 +231,44 @@ static long write_batch(pipe_shm *s, int fd, char *buf, size_t len,
     off += c; total += PT_FRAME_HDR + c; k++;
   }
   if (k < 2) return 0;                        /* one chunk: the plain path */
-  do w = writev(fd, iov, n); while (w < 0 && errno == EINTR);
+  do w = put(sd, iov, n, total, 0); while (w < 0 && errno == EINTR);
   if (w < 0) return errno == EAGAIN ? 0 : -1;
   if ((size_t)w == total) return (long)off;
-  /* cut short: back up to the start of the chunk it stopped in, and finish
-     that chunk from the byte it stopped at */
-  {
-    size_t done = (size_t)w, at = 0, moff = 0;
-    int i;
-    for (i = 0; i < k; i++) {
-      size_t c = iov[2 * i + 1].iov_len, whole = PT_FRAME_HDR + c;
-      if (done < at + whole) {
-        size_t in = done - at;                /* bytes of this chunk written */
-        while (in < whole) {
-          const char *src = in < PT_FRAME_HDR ? (const char *)hdrs[i] + in
-                                              : buf + PT_FRAME_HDR + moff + (in - PT_FRAME_HDR);
-          size_t want = in < PT_FRAME_HDR ? PT_FRAME_HDR - in : whole - in;
-          ssize_t r = write(fd, src, want);
-          if (r < 0) { if (errno == EINTR) continue; return -1; }
-          in += (size_t)r;
-        }
-        return (long)(moff + c);
-      }
-      at += whole;
-      moff += c;
+  /* cut short: finish the chunk it stopped in, from the byte it stopped at */
+  for (done = (size_t)w, off = 0, i = 0; i < k; i++) {
+    size_t c = iov[2 * i + 1].iov_len, whole = PT_FRAME_HDR + c;
+    if (done < at + whole) {
+      size_t got = done - at, hgot = got < PT_FRAME_HDR ? got : PT_FRAME_HDR;
+      if (put_rest(sd, (const char *)hdrs[i] + hgot, PT_FRAME_HDR - hgot) ||
+          put_rest(sd, buf + PT_FRAME_HDR + off + (got - hgot), c - (got - hgot)))
+        return -1;
+      return (long)(off + c);
     }
-    return (long)off;
+    at += whole;
+    off += c;
   }
+  return (long)off;
+}
+
+/* A message of up to two pages as one chunk in one write, when the counts
+   say it fits: then the write cannot block, so no kill can cut it and no
+   cancellation needs a wait first.  WR_*, or 1 when it does not fit (it
+   then goes as chunks of at most PIPE_BUF). */
+static int write_whole(sender *sd, char *buf, size_t len) {
+  size_t total = PT_FRAME_HDR + len;
+  ssize_t w;
+  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX || !fits(sd->p->shm, total)) return 1;
+  pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
+               (uint32_t)len, (uint32_t)len);
+  while ((w = put1(sd, buf, total, 0)) < 0) {
+    if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 1;                  /* made non-blocking elsewhere */
+    if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
+    return WR_ERR;
+  }
+  if ((size_t)w < total && put_rest(sd, buf + w, total - (size_t)w)) return WR_ERR;
+  return WR_OK;
 }
 
 /* The message is buf[16 .. 16+len): buf[0..16) is room for the first
@@ -229,8 +287,9 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
     if ((r = write_chunk(sd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
     set_torn(s, 0);
   }
+  if ((r = write_whole(sd, buf, len)) != 1) return r;
   if (len > PT_FRAME_MAXDATA) {
-    long done = write_batch(s, sd->fd, buf, len, hdrs);
+    long done = write_batch(sd, buf, len, hdrs);
     if (done < 0) {
       if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
       return WR_ERR;
