@@ -106,6 +106,7 @@ void pt_pipe_drain(pt_pipe *p, int fd);
 
 void pt_pipe_close_fd(int *fd);           /* close it unless -1; set -1 */
 unsigned pt_pipe_forks(void);             /* forks this process made */
+pid_t pt_pipe_pid(void);                  /* getpid(), without a system call */
 /* The read end closes for good in this process (fd taken out of p). */
 void pt_pipe_finish_read_close(pt_pipe *p, int fd);
 /* Start a call on the read (r=1) or write end; -1 when that end is closed. */

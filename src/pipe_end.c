@@ -18,6 +18,17 @@ static void count_fork(void) { __atomic_add_fetch(&fork_count, 1, __ATOMIC_RELAX
 
 unsigned pt_pipe_forks(void) { return __atomic_load_n(&fork_count, __ATOMIC_RELAXED); }
 
+/* getpid() is a system call (glibc keeps no copy): kept here, forgotten
+   in a new child (watch_forks). */
+static pid_t own_pid;
+static void forget_pid(void) { own_pid = 0; }
+
+pid_t pt_pipe_pid(void) {
+  pid_t p = __atomic_load_n(&own_pid, __ATOMIC_RELAXED);
+  if (!p) __atomic_store_n(&own_pid, p = getpid(), __ATOMIC_RELAXED);
+  return p;
+}
+
 /* Does this process hold the only read end?  It made the pipe and has not
    forked since (a pipe only reaches another process through fork). */
 static int sole_reader(const pt_pipe *p) {
@@ -124,5 +135,5 @@ int pt_pipe_close_event(pt_pipe *p) {
 }
 
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-static void watch_forks(void) { (void)pthread_atfork(NULL, count_fork, NULL); }
+static void watch_forks(void) { (void)pthread_atfork(NULL, count_fork, forget_pid); }
 void pt_pipe_watch_forks(void) { pthread_once(&fork_once, watch_forks); }

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -115,22 +116,32 @@ static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
   }
 }
 
-/* Before sleeping on an empty pipe, when the sender may be running on
-   another CPU: watch the count of bytes written for a few microseconds
-   (pt_spin_while: no system call), so that a message about to come is
-   taken without a sleep and a wakeup on each side, which cost more than
-   the message itself.  Not on one CPU, where only a sleep lets the sender
-   run.  1: there may be bytes (read them without waiting), 0: sleep. */
+/* Before sleeping on an empty pipe, look again for a few microseconds,
+   yielding the CPU to any other task (the sender, when it shares this
+   CPU): a sender that is running hands its message over without a sleep
+   and a wakeup on each side, which cost more than the message itself.
+   The look is at the count of bytes written (no system call; a writer
+   counts after its write, so wdone may trail rbytes for a moment).  Not
+   on one CPU, where only a sleep lets the sender run.  1: there may be
+   bytes (read them without waiting), 0: sleep. */
+#define SPIN_SECONDS 20e-6
+
+static int written(pipe_shm *s) {
+  return (int64_t)(__atomic_load_n(&s->wdone, __ATOMIC_ACQUIRE) -
+                   __atomic_load_n(&s->rbytes, __ATOMIC_RELAXED)) > 0;
+}
+
 static int spin_for_data(pipe_shm *s, double deadline) {
-  uint64_t r = __atomic_load_n(&s->rbytes, __ATOMIC_RELAXED), w;
-  int spins = 2;              /* a writer counts after its write: wdone may
-                                 trail rbytes for a moment */
-  while ((int64_t)((w = __atomic_load_n(&s->wdone, __ATOMIC_ACQUIRE)) - r) <= 0) {
-    if (spins-- == 0 || !pt_spin_useful() || (deadline >= 0 && deadline <= pt_now()) ||
-        !pt_spin_while(&s->wdone, w))
-      return 0;
-  }
-  return 1;
+  double until;
+  if (written(s)) return 1;
+  if (!pt_spin_useful()) return 0;
+  until = pt_now() + SPIN_SECONDS;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  do {
+    sched_yield();
+    if (written(s)) return 1;
+  } while (pt_now() < until);
+  return 0;
 }
 
 /* Read what is there without waiting: RWF_NOWAIT, or FIONREAD first

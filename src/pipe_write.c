@@ -163,22 +163,25 @@ static void give_up(pipe_shm *s, sender *sd) {
    cancellation context, or while the read end is held, a write that might
    block waits for room first so the thread stays cancellable (and see
    wait_room): a blocking write would not be.  One the counts say fits
-   is just written. */
+   is just written; one they do not is tried without waiting first (the
+   counts err on the safe side), where the kernel can (RWF_NOWAIT). */
 static int write_chunk(sender *sd, const char *chunk, size_t len) {
   ssize_t n;
   pt_ctx *c = pt_self_ctx;
   int careful = (c && c->cancel_fd >= 0) || sd->reader;
   for (;;) {
-    if (careful && !fits(sd->p->shm, len)) {
-      int r = wait_room(sd);
+    int nowait = careful && !fits(sd->p->shm, len);
+    if (nowait && !__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
+      int r = wait_room(sd);                        /* no RWF_NOWAIT: poll first */
       if (r != 1) return r;
+      nowait = 0;
     }
-    n = put1(sd, chunk, len, 0);
+    n = put1(sd, chunk, len, nowait);
     if (n == (ssize_t)len) return WR_OK;
     if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
     if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
     if (errno == EINTR) continue;
-    if (errno == EAGAIN) {                          /* made non-blocking elsewhere */
+    if (errno == EAGAIN) {                  /* full, or made non-blocking elsewhere */
       int r = wait_room(sd);
       if (r != 1) return r;
       continue;
@@ -335,7 +338,7 @@ int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
   if (!sd.reader) sigpipe_guard(&sd);
   s = p->shm;
   s->wseq++;
-  __atomic_store_n(&s->wholder, (uint64_t)s->wseq << 32 | (uint32_t)getpid(), __ATOMIC_RELEASE);
+  __atomic_store_n(&s->wholder, (uint64_t)s->wseq << 32 | (uint32_t)pt_pipe_pid(), __ATOMIC_RELEASE);
   r = write_message(s, &sd, buf, len, lk == LK_DIED);
   saved = errno;
   if (r != WR_OK && r != WR_CLOSED && s->wtorn) give_up(s, &sd);
