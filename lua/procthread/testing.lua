@@ -52,10 +52,13 @@ function M.children()
   return kids
 end
 
+-- Threads of this process, less pt.select's helper (one per process,
+-- made by the first wait on channels next to fds, then kept: select.c).
 function M.threads()
   local f = assert(io.open("/proc/self/status"))
   local s = f:read("*a"); f:close()
-  return tonumber(s:match("Threads:%s*(%d+)"))
+  local kept = pt._helper_threads and pt._helper_threads() or 0
+  return tonumber(s:match("Threads:%s*(%d+)")) - kept
 end
 
 function M.shm_live()
