@@ -230,13 +230,15 @@ static void *helper_main(void *arg) {
   uint64_t one = 1;
   for (;;) {
     sleep_on(&h->go, seen);
-    g = __atomic_load_n(&h->go, __ATOMIC_ACQUIRE);          /* odd: a round */
-    h->words[h->n] = &h->go;
-    h->vals[h->n] = g;
-    while (pt_futex_waitv(h->words, h->vals, h->n + 1, PT_FOREVER, NULL, NULL) == PT_INTR) {}
-    if (__atomic_load_n(&h->go, __ATOMIC_ACQUIRE) == g &&
-        write(h->ev, &one, sizeof one) < 0) { /* readable already */ }
-    sleep_on(&h->go, g);
+    g = __atomic_load_n(&h->go, __ATOMIC_ACQUIRE);
+    if (g & 1) {                                  /* a round (else over already) */
+      h->words[h->n] = &h->go;
+      h->vals[h->n] = g;
+      while (pt_futex_waitv(h->words, h->vals, h->n + 1, PT_FOREVER, NULL, NULL) == PT_INTR) {}
+      if (__atomic_load_n(&h->go, __ATOMIC_ACQUIRE) == g &&
+          write(h->ev, &one, sizeof one) < 0) { /* readable already */ }
+      sleep_on(&h->go, g);
+    }
     seen = __atomic_load_n(&h->go, __ATOMIC_ACQUIRE);
     __atomic_store_n(&h->done, seen, __ATOMIC_RELEASE);
     pt_futex_wake(&h->done, 1);
