@@ -7,12 +7,17 @@
 -- and prints, for each measure, procthread, the floor and their ratio:
 --   ping-pong: 8-byte messages between two processes over two pipes, both
 --              ends pinned to one CPU (taskset -c 0); round trip in us
---   stream:    a child sends 4 KiB messages to its parent; MB/s of payload,
---              once with 4096-byte strings (two chunks each: 4096 bytes plus
---              the frame header and codec tag do not fit one PIPE_BUF write)
---              and once with the largest string whose frame is one 4 KiB
---              write (what the floor writes).
--- Targets (issue 4): ping-pong within 1.5x the floor, stream at least 0.6x.
+--   stream:    a child process sends 4 KiB messages to its parent; MB/s of
+--              payload, once with 4096-byte strings (one frame and one
+--              write each when the pipe has room: 4099 encoded bytes go as
+--              one chunk of up to two pages) and once with the largest
+--              string whose frame is one PIPE_BUF write (4077 bytes).  Each
+--              round runs the floor and both right after one another, and
+--              the ratio is taken within the round (the machine is shared:
+--              rounds apart differ more than the runs of one round); the
+--              median round is printed.
+-- Targets: ping-pong within 1.5x the floor (issue 4); stream at least
+-- 0.65x the floor, luaposix's figure (issue 12).
 local mode = arg[1]
 
 if mode == "--pingpong" or mode == "--stream" then
@@ -76,14 +81,24 @@ local pp_floor = median(function() return run("taskset -c 0 " .. floor .. " ping
 local pp_pt = median(function()
   return run(env .. "taskset -c 0 " .. lua .. " " .. self .. " --pingpong " .. N, "rtt_us") end, 3)
 local MIB = 256
-local st_floor = median(function() return run(floor .. " stream " .. MIB, "mbps") end, 3)
-local st_pt = median(function()
-  return run(env .. lua .. " " .. self .. " --stream " .. MIB .. " 4096", "mbps") end, 3)
--- one 4 KiB write per message: 16-byte frame header, 3 bytes of codec tag
-local st_pt1 = median(function()
-  return run(env .. lua .. " " .. self .. " --stream " .. MIB .. " 4077", "mbps") end, 3)
+local ROUNDS = 5
+local rounds = {}
+for r = 1, ROUNDS do
+  local f = run(floor .. " stream " .. MIB, "mbps")
+  local a = run(env .. lua .. " " .. self .. " --stream " .. MIB .. " 4096", "mbps")
+  -- one 4 KiB write per message: 16-byte frame header, 3 bytes of codec tag
+  local b = run(env .. lua .. " " .. self .. " --stream " .. MIB .. " 4077", "mbps")
+  rounds[r] = { f = f, a = a, b = b }
+end
+local function med(key)
+  local t = {}
+  for r = 1, ROUNDS do t[r] = rounds[r][key] end
+  table.sort(t)
+  return t[math.floor((ROUNDS + 1) / 2)]
+end
+for _, x in ipairs(rounds) do x.ra, x.rb = x.a / x.f, x.b / x.f end
 
 print(("%-44s %12s %12s %8s"):format("measure (" .. lua .. ")", "procthread", "C floor", "ratio"))
 print(("%-44s %12.2f %12.2f %8.2f  (target <= 1.5)"):format("ping-pong round trip, 1 CPU (us)", pp_pt, pp_floor, pp_pt / pp_floor))
-print(("%-44s %12.0f %12.0f %8.2f  (target >= 0.6)"):format("stream 4096-byte messages (MB/s)", st_pt, st_floor, st_pt / st_floor))
-print(("%-44s %12.0f %12.0f %8.2f  (target >= 0.6)"):format("stream 4077-byte messages, 4 KiB writes (MB/s)", st_pt1, st_floor, st_pt1 / st_floor))
+print(("%-44s %12.0f %12.0f %8.2f  (target >= 0.65, luaposix)"):format("stream 4096-byte messages (MB/s)", med("a"), med("f"), med("ra")))
+print(("%-44s %12.0f %12.0f %8.2f  (target >= 0.65, luaposix)"):format("stream 4077-byte messages (MB/s)", med("b"), med("f"), med("rb")))

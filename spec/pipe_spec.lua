@@ -77,6 +77,29 @@ describe("pipes", function()
       p:close()
     end)
 
+    -- issue 12: a 4096-byte string encodes to 4099 bytes, more than one
+    -- PIPE_BUF chunk holds; it went as two frames.  Now one frame (one
+    -- write) when the pipe has room for it all.
+    it("sends a 4096-byte string as one frame when the pipe has room", function()
+      local p = pt.pipe()
+      local s = ("f"):rep(4096)
+      assert.is_true(p:send(s))
+      assert.is_true(p:send(s))
+      p:close_write()
+      local f = assert(io.open("/proc/self/fd/" .. (p:fds()), "rb"))
+      local bytes = f:read("*a"); f:close(); p:close()
+      local one = #bytes / 2
+      assert.are.equal(bytes:sub(1, one), bytes:sub(one + 1))
+      assert.is_true(one < 4096 + 32, one)
+      assert.are.equal("PTM1", bytes:sub(1, 4))
+      assert.are.equal(3, bytes:byte(6))           -- first and last chunk
+      assert.is_nil(bytes:sub(1, one):find("PTM1", 2, true))   -- no second header
+      local q = pt.pipe()
+      assert.is_true(q:send(s, 1))
+      assert.are.same({ s, 1 }, { q:recv(T) })
+      q:close()
+    end)
+
     it("refuses a value the codec cannot carry, and sends nothing", function()
       local p = pt.pipe()
       assert.has_error(function() p:send(1, { conn = io.stdout }) end,
@@ -235,9 +258,10 @@ describe("pipes", function()
 
     it("reports a message lost when the stream ends mid-message", function()
       local p = pt.pipe()
-      -- a frame header promising a 2-chunk message, then the end
+      -- a frame header promising a 3-chunk message, then the end (a
+      -- message of up to two pages may go as one chunk: this one is over)
       local q = pt.pipe()
-      q:send(("m"):rep(5000))
+      q:send(("m"):rep(9000))
       local r = q:fds()
       local f = assert(io.open("/proc/self/fd/" .. r, "rb"))
       local first = f:read(4096)          -- exactly the first chunk
@@ -686,6 +710,70 @@ describe("pipes", function()
       assert.are.equal("still works", p:recv(T))
       p:close(); ready:close()
     end)
+  end)
+
+  -- A reader waiting mid-message once looked at the writer every 100 ms
+  -- (STALL_CHECK); now it sleeps until bytes come, the sender gives up
+  -- (an abort chunk wakes it) or dies (a pidfd of the write lock's holder
+  -- wakes it).  Counted as select_spec's "no timer slices" counts: the
+  -- waiting thread's voluntary context switches (6 or more in 0.6 s
+  -- before, 1 or 2 now).
+  it("a reader waiting mid-message sleeps with no timer, and hears of the sender's death at once", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      local function state(path)
+        local f = io.open(path); local s = f and f:read("*l"); if f then f:close() end
+        return s and s:match("^%d+ %b() (%a)")
+      end
+      local function until_state(path, want)     -- a handshake, bounded
+        for _ = 1, 1000 do
+          if state(path) == want then return end
+          pt.sleep(0.01)
+        end
+        error(path .. " never " .. want)
+      end
+      local function switches(tid)
+        local f = assert(io.open("/proc/self/task/" .. tid .. "/status"))
+        local s = f:read("*a"); f:close()
+        return tonumber(s:match("\nvoluntary_ctxt_switches:%s*(%d+)"))
+      end
+      local p, ready = pt.pipe(), pt.pipe()
+      local victim = pt.spawn_process(function()
+        ready:send("go")
+        p:send(("v"):rep(1024 * 1024))          -- blocks mid-message: the pipe is full
+      end)
+      assert(ready:recv(10) == "go")
+      assert(pt.select({ p }, 10) == p)         -- its first chunks are in
+      assert(victim:kill("SIGSTOP"))            -- alive, holding the write lock, silent
+      until_state("/proc/" .. victim.id .. "/stat", "T")
+      local r0 = pt.rusage("thread")
+      local a, b = p:recv(0.6)                  -- reads what is there, then waits
+      local r1 = pt.rusage("thread")
+      assert(a == nil and b == "timeout", tostring(a) .. " " .. tostring(b))
+      local wakes = r1.nvcsw - r0.nvcsw
+      local cpu = (r1.utime + r1.stime) - (r0.utime + r0.stime)
+      if wakes > 3 then print(("recv woke %d times"):format(wakes)) end
+      if cpu > 0.1 then print(("recv used %.3f s CPU"):format(cpu)) end
+      -- a thread goes on with the part taken, waiting for ever
+      local rd = pt.spawn_thread(function(q) return q:recv(math.huge) end, p)
+      until_state("/proc/self/task/" .. rd.id .. "/stat", "S")
+      local s0 = switches(rd.id)
+      pt.sleep(0.6)
+      local n = switches(rd.id) - s0
+      if n > 2 then print(("recv for ever woke %d times"):format(n)) end
+      local t0 = pt.now()
+      assert(victim:kill("SIGKILL"))
+      local ok, m, why = rd:join(10)
+      local dt = pt.now() - t0
+      assert(ok and m == nil and why == "lost message", tostring(m) .. " " .. tostring(why))
+      if dt > 2 then print(("lost message after %.2f s"):format(dt)) end
+      victim:join(10)
+      assert(p:send("after") and p:recv(5) == "after")
+      p:close(); ready:close()
+      print("done")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.are.equal("done\n", out)
   end)
 
   describe("concurrent senders", function()

@@ -35,6 +35,12 @@ void pt_frame_put(unsigned char *out, int kind, int flags, uint32_t len,
   put32(out + 12, hdr_check(out));
 }
 
+/* The most data a chunk with these flags may carry: a whole message in
+   one chunk may be larger than the others (see frame.h). */
+static unsigned data_max(int flags) {
+  return flags == (PT_FRAME_FIRST | PT_FRAME_LAST) ? PT_FRAME_ONEMAX : PT_FRAME_MAXDATA;
+}
+
 /* The field checks of pt_frame_get that the first n bytes (n < 16) allow:
    magic, kind, flags and the data length.  1: may still begin a header. */
 int pt_frame_prefix(const unsigned char *p, size_t n) {
@@ -44,7 +50,7 @@ int pt_frame_prefix(const unsigned char *p, size_t n) {
   if (n > 5 && (p[4] == PT_FRAME_ABORT ? p[5] != 0 : (p[5] & ~3) != 0)) return 0;
   if (n > 7) {
     unsigned len = (unsigned)p[6] | (unsigned)p[7] << 8;
-    if (p[4] == PT_FRAME_ABORT ? len != 0 : len > PT_FRAME_MAXDATA) return 0;
+    if (p[4] == PT_FRAME_ABORT ? len != 0 : len > data_max(p[5])) return 0;
     if (p[4] == PT_FRAME_DATA && !(p[5] & PT_FRAME_LAST) && len != PT_FRAME_MAXDATA)
       return 0;
   }
@@ -59,7 +65,7 @@ int pt_frame_get(const unsigned char *p, pt_frame_hdr *h) {
   h->total = get32(p + 8);
   if (h->kind == PT_FRAME_ABORT)
     return h->flags == 0 && h->len == 0 && h->total == 0;
-  if (h->kind != PT_FRAME_DATA || (h->flags & ~3) || h->len > PT_FRAME_MAXDATA)
+  if (h->kind != PT_FRAME_DATA || (h->flags & ~3) || h->len > data_max(h->flags))
     return 0;
   if (!(h->flags & PT_FRAME_LAST) && h->len != PT_FRAME_MAXDATA) return 0;
   if (h->flags & PT_FRAME_FIRST) {          /* total: the message length */

@@ -13,7 +13,11 @@
  *   8  u32  first chunk: the message length; later chunks: their offset
  *  12  u32  check of bytes 0..11
  *
- * (little endian).  Writers hold a lock for a whole message, so the chunks
+ * (little endian).  One exception to the size: a message whose frame fits
+ * two pages (PT_FRAME_ONEMAX data bytes) may travel as one chunk, first and
+ * last, of more than PIPE_BUF bytes, when the writer knows the pipe has
+ * room for it all (then the write does not block, so it cannot be cut).
+ * Writers hold a lock for a whole message, so the chunks
  * of one message are contiguous; a writer that dies mid-message leaves a
  * message without its last chunk, which the reader notices (an abort
  * chunk, a new first chunk, or the end of the stream) and reports as lost.
@@ -28,6 +32,7 @@
 #define PT_FRAME_HDR 16
 #define PT_FRAME_CHUNK 4096                        /* PIPE_BUF on Linux */
 #define PT_FRAME_MAXDATA (PT_FRAME_CHUNK - PT_FRAME_HDR)
+#define PT_FRAME_ONEMAX (2 * PT_FRAME_CHUNK - PT_FRAME_HDR) /* a one-chunk message */
 #define PT_MSG_MAX (64u * 1024u * 1024u)           /* encoded bytes */
 
 #define PT_FRAME_DATA 1

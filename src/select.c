@@ -193,49 +193,121 @@ static int look(sel *s, int i, int *nw, int *np, int *slice) {
   }
 }
 
-/* ---- the helper thread: channels next to fds -------------------------------- */
+/* ---- the helper thread: channels next to fds --------------------------------
+   One per process, made by the first wait that needs it and kept (a thread
+   start and join per wait cost 0.1-0.2 ms).  A round: the wait hands it
+   the channels' words and its eventfd and makes go odd; the helper sleeps
+   in futex_waitv over those words and go, writes the eventfd when a
+   channel word moves, and once the wait makes go even again it says so in
+   done, and sleeps on go until the next round.  A wait while another
+   thread's wait has the helper makes one of its own for that one round.
+   A forked child has no helper thread (fork_child): its first such wait
+   makes one.  At exit it stays asleep (the library stays mapped: core.c);
+   the leak checks count it apart (pt._helper_threads). */
 
 typedef struct helper {
   const uint32_t *words[PT_FUTEX_MAXV];
   uint32_t vals[PT_FUTEX_MAXV];
   int n, ev;
-  uint32_t stop;              /* futex word: set and woken to end the wait */
+  int once;                   /* one round, then the thread ends */
+  uint32_t go;                /* futex: odd while a round runs */
+  uint32_t done;              /* futex: the go of the round it left */
   pthread_t t;
 } helper;
 
-static void *helper_main(void *arg) {
-  helper *h = (helper *)arg;
-  uint64_t one = 1;
-  h->words[h->n] = &h->stop;
-  h->vals[h->n] = 0;
-  while (pt_futex_waitv(h->words, h->vals, h->n + 1, PT_FOREVER, NULL, NULL) == PT_INTR) {}
-  if (write(h->ev, &one, sizeof one) < 0) { /* readable already */ }
-  return NULL;
+static helper kept;           /* the persistent helper */
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;  /* held for a round */
+static int kept_up;           /* its thread runs (atomic) */
+
+/* Sleep while *w == v (a private word; signals are blocked here). */
+static void sleep_on(uint32_t *w, uint32_t v) {
+  while (__atomic_load_n(w, __ATOMIC_ACQUIRE) == v) pt_futex_wait(w, v, PT_FOREVER, NULL);
 }
 
-static int helper_start(helper *h, sel *s, int nw) {
+static void *helper_main(void *arg) {
+  helper *h = (helper *)arg;
+  uint32_t seen = 0, g;
+  uint64_t one = 1;
+  for (;;) {
+    sleep_on(&h->go, seen);
+    g = __atomic_load_n(&h->go, __ATOMIC_ACQUIRE);
+    if (g & 1) {                                  /* a round (else over already) */
+      h->words[h->n] = &h->go;
+      h->vals[h->n] = g;
+      while (pt_futex_waitv(h->words, h->vals, h->n + 1, PT_FOREVER, NULL, NULL) == PT_INTR) {}
+      if (__atomic_load_n(&h->go, __ATOMIC_ACQUIRE) == g &&
+          write(h->ev, &one, sizeof one) < 0) { /* readable already */ }
+      sleep_on(&h->go, g);
+    }
+    seen = __atomic_load_n(&h->go, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&h->done, seen, __ATOMIC_RELEASE);
+    pt_futex_wake(&h->done, 1);
+    if (h->once) return NULL;
+  }
+}
+
+static int helper_spawn(helper *h) {
   sigset_t all, old;
-  uint64_t v;
   int e;
-  if (s->ev < 0 && (s->ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) return -1;
-  while (read(s->ev, &v, sizeof v) > 0) {}     /* from the last round */
-  memcpy(h->words, s->words, (size_t)nw * sizeof *h->words);
-  memcpy(h->vals, s->vals, (size_t)nw * sizeof *h->vals);
-  h->n = nw;
-  h->ev = s->ev;
-  h->stop = 0;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);    /* no signal of ours goes there */
   e = pthread_create(&h->t, NULL, helper_main, h);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (e) { errno = e; return -1; }
-  return 0;
+  if (e) errno = e;
+  return e ? -1 : 0;
 }
 
+/* The helper for this wait: the kept one, or own for one round.  NULL:
+   none could be made (errno). */
+static helper *helper_take(helper *own) {
+  if (pthread_mutex_trylock(&kept_mu) == 0) {
+    if (__atomic_load_n(&kept_up, __ATOMIC_ACQUIRE) || helper_spawn(&kept) == 0) {
+      __atomic_store_n(&kept_up, 1, __ATOMIC_RELEASE);
+      return &kept;
+    }
+    pthread_mutex_unlock(&kept_mu);
+    return NULL;
+  }
+  memset(own, 0, sizeof *own);
+  own->once = 1;
+  return helper_spawn(own) == 0 ? own : NULL;
+}
+
+static helper *helper_start(helper *own, sel *s, int nw) {
+  uint64_t v;
+  helper *h;
+  if (s->ev < 0 && (s->ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) return NULL;
+  while (read(s->ev, &v, sizeof v) > 0) {}     /* from the last round */
+  if ((h = helper_take(own)) == NULL) return NULL;
+  memcpy(h->words, s->words, (size_t)nw * sizeof *h->words);
+  memcpy(h->vals, s->vals, (size_t)nw * sizeof *h->vals);
+  h->n = nw;
+  h->ev = s->ev;
+  __atomic_add_fetch(&h->go, 1, __ATOMIC_RELEASE);      /* odd: go */
+  pt_futex_wake(&h->go, 1);
+  return h;
+}
+
+/* End the round; return once the helper has left it. */
 static void helper_stop(helper *h) {
-  __atomic_store_n(&h->stop, 1, __ATOMIC_SEQ_CST);
-  pt_futex_wake(&h->stop, 1);
-  pthread_join(h->t, NULL);
+  uint32_t g = __atomic_add_fetch(&h->go, 1, __ATOMIC_RELEASE), d;
+  pt_futex_wake(&h->go, 1);
+  while ((d = __atomic_load_n(&h->done, __ATOMIC_ACQUIRE)) != g) pt_futex_wait(&h->done, d, PT_FOREVER, NULL);
+  if (h->once) pthread_join(h->t, NULL);
+  else pthread_mutex_unlock(&kept_mu);
+}
+
+/* In a new child: the helper thread is gone (kept_mu may have been held
+   by a wait of another thread of the parent). */
+static void fork_child(void) {
+  pthread_mutex_init(&kept_mu, NULL);
+  memset(&kept, 0, sizeof kept);
+  kept_up = 0;
+}
+
+static int l_helper_threads(lua_State *L) {
+  lua_pushinteger(L, __atomic_load_n(&kept_up, __ATOMIC_ACQUIRE) ? 1 : 0);
+  return 1;
 }
 
 /* ---- the wait ------------------------------------------------------------------ */
@@ -255,18 +327,18 @@ static int sleep_words(sel *s, int nw, double deadline) {
 /* Sleep on fds (and the channels' words through a helper).  PT_OK with
    *ready >= 0: that item; PT_OK else: look again. */
 static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *ready) {
-  helper h;
+  helper own, *h = NULL;
   double until = deadline;
   int r;
   if (nw > 0) {
-    if (helper_start(&h, s, nw) != 0) return PT_ERR;
+    if ((h = helper_start(&own, s, nw)) == NULL) return PT_ERR;
     add_fd(s, &np, s->ev, -1);
   }
   if (slice && (until < 0 || until > pt_now() + NO_PIDFD_SLICE)) until = pt_now() + NO_PIDFD_SLICE;
   r = pt_poll_wait(s->p, np, until);
-  if (nw > 0) {
+  if (h) {
     int e = errno;
-    helper_stop(&h);
+    helper_stop(h);
     errno = e;
   }
   if (r >= 0) {
@@ -401,6 +473,8 @@ static int l_as_completed(lua_State *L) {
 
 void pt_open_select(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"select", l_select}, {"as_completed", l_as_completed}, {NULL, NULL}};
+    {"select", l_select}, {"as_completed", l_as_completed},
+    {"_helper_threads", l_helper_threads}, {NULL, NULL}};
+  pt_atfork_child(fork_child);
   pt_setfuncs(L, fns);
 }

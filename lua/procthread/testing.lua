@@ -52,13 +52,15 @@ function M.children()
   return kids
 end
 
--- OS threads of this process, less the idle ones procthread keeps for
--- the next spawn_thread (at most 4; they hold no worker, fd or shared
--- object): a thread that still runs a worker is counted.
+-- OS threads of this process, less the ones procthread keeps on purpose:
+-- the idle threads kept for the next spawn_thread (at most 4) and
+-- pt.select's helper (one per process, made by the first wait on channels
+-- next to fds). They hold no worker, fd or shared object; a thread that
+-- still runs a worker is counted.
 function M.threads()
   local f = assert(io.open("/proc/self/status"))
   local s = f:read("*a"); f:close()
-  return tonumber(s:match("Threads:%s*(%d+)")) - (pt._spare_threads and pt._spare_threads() or 0)
+  return tonumber(s:match("Threads:%s*(%d+)")) - pt._spare_threads() - pt._helper_threads()
 end
 
 function M.shm_live()

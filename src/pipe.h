@@ -1,0 +1,134 @@
+/* pipe.h - the insides of a message pipe, shared by its files (not an API).
+ *
+ * A pipe is an OS pipe plus a small shared mapping (MAP_SHARED, inherited
+ * by forked children) that holds two robust process-shared locks and the
+ * read-ahead buffer:
+ *
+ *  - the write lock is held for a whole message, so the chunks of
+ *    concurrent senders (threads and processes) never interleave.  Every
+ *    chunk is one write() of at most PIPE_BUF bytes, which the OS makes
+ *    atomic, so a sender killed mid-message leaves whole chunks only: the
+ *    next locker gets EOWNERDEAD and writes an abort chunk, and the reader
+ *    drops the torn message and says "lost message".
+ *  - the read lock is held while a reader takes one message out of the
+ *    shared buffer (reading more from the OS pipe as needed), so readers in
+ *    several threads and processes each get whole messages.
+ *
+ * In each process, a pipe is one malloc'd pt_pipe shared by the threads
+ * (reference counted: Lua handles plus references in flight inside encoded
+ * messages), listed in a per-process registry by a unique id so that a
+ * pipe can cross the codec.  A forked child inherits the registry and the
+ * handles by copy-on-write, without counts: a handle only drops its count
+ * in the process that made it.
+ *
+ * The files, each using only those above it in this list:
+ *   pipe_read.c   the shared locks; taking messages out (the reader's
+ *                 frame state machine, read-ahead, parking, draining)
+ *   pipe_end.c    an end in use: close() waits for the calls using it
+ *   pipe_write.c  sending a message (chunks, batches, SIGPIPE, room)
+ *   pipe.c        the registry, handles, the Lua binding, the codec's
+ *                 by-reference crossing, pt.select's hooks */
+#ifndef PT_PIPE_H
+#define PT_PIPE_H
+
+#include "pt.h"
+#include "frame.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define PT_PIPE_RBUF (64 * 1024)
+
+typedef struct pipe_shm {
+  pthread_mutex_t wlock;      /* held by a sender for a whole message */
+  pthread_mutex_t rlock;      /* held by a receiver for a whole message */
+  uint32_t rstart, rend;      /* unread bytes of rbuf (under rlock) */
+  int wtorn;                  /* a sender stopped mid-message (written under
+                                 wlock, read by a reader waiting mid-message) */
+  uint32_t wseq;              /* takings of wlock (under wlock) */
+  uint64_t wholder;           /* wlock's holder: wseq << 32 | pid, 0 free */
+  /* Byte counts, so that neither side needs a system call to know what
+     the pipe holds: writers add to wbytes before a write (under wlock)
+     and to wdone after it, readers to rbytes after a read (under rlock).
+     wbytes - rbytes is then at least what the pipe holds (a kill between
+     a count and its syscall only makes it larger), and wdone != rbytes
+     when a reader may find bytes (it checks without waiting). */
+  uint64_t wbytes, wdone, rbytes;
+  int resync;                 /* skip to the next valid header (under rlock) */
+  int orphan;                 /* the rest of a message a reader left is being
+                                 skipped and was reported lost */
+  int capacity;               /* the OS pipe's size in bytes */
+  uint64_t parked;            /* a reader that timed out mid-message keeps
+                                 the part it took (see park); its id, or 0
+                                 (under rlock) */
+  char rbuf[PT_PIPE_RBUF];
+} pipe_shm;
+
+typedef struct pt_pipe {
+  pthread_mutex_t mu;         /* the fields below */
+  long refs;                  /* handles + in-flight references */
+  long inflight;              /* references held by encoded messages */
+  int rfd, wfd;               /* -1 once closed in this process */
+  int rbusy, wbusy;           /* calls using rfd / wfd right now */
+  int rclosing, wclosing;     /* close asked while busy: the last call closes */
+  int close_ev;               /* eventfd written when rclosing is set (a
+                                 sender holding the read end waits on it),
+                                 made on first need, or -1 */
+  uint64_t id;
+  pid_t born;                 /* the process that made the pipe */
+  unsigned forks;             /* fork count when it was made */
+  pt_buf park;                /* the part of a message a recv of this process
+                                 took before it timed out (under rlock) */
+  uint32_t park_total;        /* that message's length */
+  uint64_t park_id;           /* the id it was parked under */
+  pipe_shm *shm;
+  struct pt_pipe *prev, *next; /* the registry */
+} pt_pipe;
+
+/* ---- pipe_read.c ---------------------------------------------------------- */
+
+enum { LK_OK = 0, LK_DIED = 1, LK_ERR = -1, LK_CANCEL = -2, LK_TIMEOUT = -3 };
+/* Take a shared lock of the pipe before deadline (< 0: none), staying
+   cancellable and (main thread) interruptible: LK_*. */
+int pt_pipe_lock(pthread_mutex_t *m, double deadline);
+
+enum { R_MSG = 0, R_CLOSED, R_TIMEOUT, R_LOST, R_CORRUPT, R_CANCEL, R_ERR, R_NOMEM };
+/* Take one message out of the read fd (rlock held).  On R_MSG, out holds
+   it.  may_park: a timeout or cancellation mid-message parks the part
+   taken, for the next recv of this process. */
+int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park);
+/* Drop every whole message left in the pipe, with the references it
+   holds, without waiting (the last reader closes). */
+void pt_pipe_drain(pt_pipe *p, int fd);
+
+/* ---- pipe_end.c ----------------------------------------------------------- */
+
+void pt_pipe_close_fd(int *fd);           /* close it unless -1; set -1 */
+unsigned pt_pipe_forks(void);             /* forks this process made */
+pid_t pt_pipe_pid(void);                  /* getpid(), without a system call */
+/* The read end closes for good in this process (fd taken out of p). */
+void pt_pipe_finish_read_close(pt_pipe *p, int fd);
+/* Start a call on the read (r=1) or write end; -1 when that end is closed. */
+int pt_pipe_end_begin(pt_pipe *p, int r);
+void pt_pipe_end_done(pt_pipe *p, int r);
+/* A send: the write end, and the read end too (*reader = 1) when this
+   process holds it open. */
+int pt_pipe_send_begin(pt_pipe *p, int *reader);
+void pt_pipe_send_done(pt_pipe *p, int reader);
+void pt_pipe_end_close(pt_pipe *p, int r);
+/* For a sender holding the read end busy: -2 when a close of it has been
+   asked, else the eventfd pt_pipe_end_close writes, or -1. */
+int pt_pipe_close_event(pt_pipe *p);
+void pt_pipe_watch_forks(void);           /* once, at registration */
+
+/* ---- pipe_write.c --------------------------------------------------------- */
+
+enum { WR_OK = 0, WR_CLOSED = 1, WR_ERR = -1, WR_CANCEL = -2, WR_LOCK = -3 };
+/* Send the message buf[16 .. 16+len) (buf[0..16) is room for a header):
+   WR_OK, WR_CLOSED (no reader, or the write end closed), WR_CANCEL
+   (cancelled or interrupted), WR_ERR or WR_LOCK (the write lock failed;
+   errno says why). */
+int pt_pipe_write(pt_pipe *p, char *buf, size_t len);
+
+#endif

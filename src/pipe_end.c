@@ -1,0 +1,139 @@
+/* pipe_end.c - using a pipe's ends: a call marks the end it uses busy, and
+ * close() of a busy end leaves the closing to the last call using it.
+ * The read end's last close drains what nobody can read any more.  See
+ * pipe.h. */
+#include "pipe.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+void pt_pipe_close_fd(int *fd) {
+  if (*fd >= 0) { pt_close(*fd); *fd = -1; }
+}
+
+/* Forks this process made (pthread_atfork): a pipe made before one may
+   have a reader in the child. */
+static unsigned fork_count;
+static void count_fork(void) { __atomic_add_fetch(&fork_count, 1, __ATOMIC_RELAXED); }
+
+unsigned pt_pipe_forks(void) { return __atomic_load_n(&fork_count, __ATOMIC_RELAXED); }
+
+/* getpid() is a system call (glibc keeps no copy): kept here, forgotten
+   in a new child (watch_forks). */
+static pid_t own_pid;
+static void forget_pid(void) { own_pid = 0; }
+
+pid_t pt_pipe_pid(void) {
+  pid_t p = __atomic_load_n(&own_pid, __ATOMIC_RELAXED);
+  if (!p) __atomic_store_n(&own_pid, p = getpid(), __ATOMIC_RELAXED);
+  return p;
+}
+
+/* Does this process hold the only read end?  It made the pipe and has not
+   forked since (a pipe only reaches another process through fork). */
+static int sole_reader(const pt_pipe *p) {
+  return p->born == getpid() && p->forks == pt_pipe_forks();
+}
+
+/* The read end is closing for good in this process (fd: taken out of p,
+   no call uses it): when nobody else can read the pipe, the messages left
+   in it are dropped with the references they hold.  Never under p->mu:
+   dropping a reference may take it. */
+void pt_pipe_finish_read_close(pt_pipe *p, int fd) {
+  if (fd < 0) return;
+  if (sole_reader(p)) pt_pipe_drain(p, fd);
+  pt_close(fd);
+}
+
+/* ---- using an end: close() waits for the calls in progress -------------- */
+
+/* Under p->mu: the read end is no longer used; if its close was asked,
+   take its fd out for pt_pipe_finish_read_close.  Returns that fd or -1. */
+static int read_end_idle(pt_pipe *p) {
+  int fd = -1;
+  if (p->rbusy == 0 && p->rclosing) {
+    fd = p->rfd; p->rfd = -1; p->rclosing = 0;
+    pt_pipe_close_fd(&p->close_ev);       /* no sender holds the read end now */
+  }
+  return fd;
+}
+
+/* Start a call on the read (r=1) or write end; -1 when that end is closed. */
+int pt_pipe_end_begin(pt_pipe *p, int r) {
+  int fd;
+  pthread_mutex_lock(&p->mu);
+  fd = r ? (p->rclosing ? -1 : p->rfd) : (p->wclosing ? -1 : p->wfd);
+  if (fd >= 0) { if (r) p->rbusy++; else p->wbusy++; }
+  pthread_mutex_unlock(&p->mu);
+  return fd;
+}
+
+void pt_pipe_end_done(pt_pipe *p, int r) {
+  int rfd = -1;
+  pthread_mutex_lock(&p->mu);
+  if (r) {
+    p->rbusy--;
+    rfd = read_end_idle(p);
+  } else {
+    if (--p->wbusy == 0 && p->wclosing) { pt_pipe_close_fd(&p->wfd); p->wclosing = 0; }
+  }
+  pthread_mutex_unlock(&p->mu);
+  pt_pipe_finish_read_close(p, rfd);
+}
+
+/* A send uses the write end, and the read end too when this process holds
+   it (see pipe_write.c): both under one lock.  *reader: 1 when it does. */
+int pt_pipe_send_begin(pt_pipe *p, int *reader) {
+  int fd;
+  pthread_mutex_lock(&p->mu);
+  fd = p->wclosing ? -1 : p->wfd;
+  *reader = 0;
+  if (fd >= 0) {
+    p->wbusy++;
+    if (p->rfd >= 0 && !p->rclosing) { p->rbusy++; *reader = 1; }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return fd;
+}
+
+void pt_pipe_send_done(pt_pipe *p, int reader) {
+  if (reader) pt_pipe_end_done(p, 1);
+  pt_pipe_end_done(p, 0);
+}
+
+/* Close one end; while calls use it, the last of them closes it.  A
+   sender that keeps the read end busy (pipe_write.c) lets it go when it sees
+   rclosing, so that a close_read here wakes it as it would in another
+   process. */
+void pt_pipe_end_close(pt_pipe *p, int r) {
+  int rfd = -1;
+  pthread_mutex_lock(&p->mu);
+  if (r) {
+    if (p->rfd >= 0) p->rclosing = 1;
+    if (p->rclosing && p->close_ev >= 0) {        /* wake a sender holding it */
+      uint64_t one = 1;
+      if (write(p->close_ev, &one, sizeof one) < 0) { /* it is readable already */ }
+    }
+    rfd = read_end_idle(p);
+  } else {
+    if (p->wbusy) p->wclosing = p->wfd >= 0; else pt_pipe_close_fd(&p->wfd);
+  }
+  pthread_mutex_unlock(&p->mu);
+  pt_pipe_finish_read_close(p, rfd);
+}
+
+/* For a sender holding the read end busy: -2 when a close of it has been
+   asked, else the eventfd pt_pipe_end_close writes when one is (made here on
+   first need), or -1 when none can be made. */
+int pt_pipe_close_event(pt_pipe *p) {
+  int fd;
+  pthread_mutex_lock(&p->mu);
+  if (!p->rclosing && p->close_ev < 0) p->close_ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  fd = p->rclosing ? -2 : p->close_ev;
+  pthread_mutex_unlock(&p->mu);
+  return fd;
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void watch_forks(void) { (void)pthread_atfork(NULL, count_fork, forget_pid); }
+void pt_pipe_watch_forks(void) { pthread_once(&fork_once, watch_forks); }

@@ -1,0 +1,351 @@
+/* pipe_write.c - sending a message into a pipe: one chunk for a message
+ * of up to two pages when the pipe has room for it, else chunks of at most
+ * PIPE_BUF bytes (frame.h), several in one writev when the pipe has room,
+ * waiting for room as a cancellation point (only when the byte counts say
+ * the write might block), an abort chunk after a sender that stopped
+ * mid-message.  See pipe.h.
+ *
+ * SIGPIPE: the sender blocks it in its own thread around its writes and
+ * consumes the one its EPIPE raised; the disposition is never changed. */
+#include "pipe.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CLOSE_SLICE 0.05       /* without an eventfd (EMFILE): see wait_room */
+
+
+/* A send in progress: its pipe and write fd, whether it keeps the read
+   end of this process busy (then the pipe has a reader: no EPIPE, no
+   SIGPIPE), and else the SIGPIPE mask it set. */
+typedef struct sender {
+  pt_pipe *p;
+  int fd;
+  int reader;
+  int masked, blocked, was_pending;
+  int epipe;                  /* a write got EPIPE (raising SIGPIPE) */
+  sigset_t old;
+} sender;
+
+/* Block SIGPIPE in this thread for the writes (see the top of the file). */
+static void sigpipe_guard(sender *sd) {
+  sigset_t pipeset, pending;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipeset, &sd->old);
+  sd->masked = 1;
+  sd->blocked = sigismember(&sd->old, SIGPIPE);
+  /* blocked already (worker threads start with signals blocked): note
+     whether one is pending, which would not be ours to take */
+  sd->was_pending = 0;
+  if (sd->blocked && sigpending(&pending) == 0) sd->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static void sigpipe_unguard(sender *sd, int r) {
+  sigset_t pipeset;
+  if (!sd->masked) return;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  if ((r == WR_CLOSED || sd->epipe) && !sd->was_pending) {
+    /* consume the SIGPIPE our write raised (thread-directed, pending now) */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {}
+  }
+  if (!sd->blocked) pthread_sigmask(SIG_SETMASK, &sd->old, NULL);
+  sd->masked = 0;
+}
+
+/* Wait for room.  A sender keeping the read end busy also waits for a
+   close of that end asked by another thread (an eventfd pt_pipe_end_close writes):
+   it lets the end go (and the close happens), guards against SIGPIPE and
+   goes on as any other sender, which the OS answers with EPIPE when no
+   reader is left.  1 room, or WR_*. */
+static int wait_room(sender *sd) {
+  for (;;) {
+    struct pollfd p[3];
+    int n = 0, ev = -1, r;
+    p[n].fd = sd->fd; p[n++].events = POLLOUT;
+    if (sd->reader && (ev = pt_pipe_close_event(sd->p)) >= 0) { p[n].fd = ev; p[n++].events = POLLIN; }
+    if (ev == -2) {
+      sd->reader = 0;
+      sigpipe_guard(sd);
+      pt_pipe_end_done(sd->p, 1);
+      continue;
+    }
+    r = pt_poll_wait(p, n, sd->reader && ev < 0 ? pt_now() + CLOSE_SLICE : -1);
+    if (r == -2) return WR_CANCEL;
+    if (r == -1) return WR_ERR;
+    if (r == 0) return 1;
+  }
+}
+
+/* Write without waiting for room: all of it or nothing (EAGAIN) when
+   it is at most PIPE_BUF bytes.  RWF_NOWAIT where the kernel takes it on a
+   pipe, else O_NONBLOCK for this write (the write end's flags are the
+   writers' alone, and the write lock holds the others off). */
+static int nowait_flag = RWF_NOWAIT;  /* 0 once the kernel refused it */
+
+static ssize_t writev_nowait(int fd, const struct iovec *v, int n) {
+  ssize_t w;
+  int fl, e;
+  if (__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
+    w = pwritev2(fd, v, n, -1, RWF_NOWAIT);
+    if (w >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return w;
+    __atomic_store_n(&nowait_flag, 0, __ATOMIC_RELAXED);
+  }
+  if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+  w = writev(fd, v, n);
+  e = errno;
+  (void)fcntl(fd, F_SETFL, fl);
+  errno = e;
+  return w;
+}
+
+/* Every write of a sender: writev of total bytes (without waiting when
+   nowait), counted in wbytes before and wdone after (see pipe.h).  The
+   bytes written, or -1 errno. */
+static ssize_t put(sender *sd, const struct iovec *v, int n, size_t total, int nowait) {
+  pipe_shm *s = sd->p->shm;
+  ssize_t w;
+  s->wbytes += total;
+  w = nowait ? writev_nowait(sd->fd, v, n) : writev(sd->fd, v, n);
+  s->wbytes -= total - (w > 0 ? (size_t)w : 0);
+  if (w > 0) __atomic_add_fetch(&s->wdone, (uint64_t)w, __ATOMIC_RELEASE);
+  return w;
+}
+
+static ssize_t put1(sender *sd, const void *buf, size_t n, int nowait) {
+  struct iovec v;
+  v.iov_base = (void *)buf;
+  v.iov_len = n;
+  return put(sd, &v, 1, n, nowait);
+}
+
+/* At most how many bytes the pipe holds: wbytes - rbytes (see pipe.h),
+   or UINT64_MAX when bytes were read around the counts. */
+static uint64_t in_pipe(pipe_shm *s) {
+  uint64_t in = s->wbytes - __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE);
+  return in > (uint64_t)s->capacity ? UINT64_MAX : in;
+}
+
+/* Can n more bytes go in without blocking?  What the pipe holds sits in
+   at most 2 page slots per page of bytes plus 2 (a short write after a
+   full page takes a slot of its own; the head page may be partly read);
+   n bytes take a slot per page plus one. */
+static int fits(pipe_shm *s, size_t n) {
+  uint64_t in = in_pipe(s), pg = PT_FRAME_CHUNK, slots = (uint64_t)s->capacity / pg;
+  return in != UINT64_MAX && 2 * ((in + pg - 1) / pg) + 2 + (n + pg - 1) / pg + 1 <= slots;
+}
+
+static void set_torn(pipe_shm *s, int v) { __atomic_store_n(&s->wtorn, v, __ATOMIC_SEQ_CST); }
+
+/* A sender that stops mid-message (cancelled, interrupted, an error) has
+   set wtorn, which a reader waiting mid-message reads when it next looks
+   (pipe_read.c).  A reader already asleep found the pipe empty, and only
+   this sender wrote since: an abort chunk written now, without waiting,
+   fits and wakes it (no timer).  When it does not fit, the pipe is full,
+   so no reader sleeps: the one that empties it reads wtorn after.  Once
+   the abort chunk is in the pipe, wtorn is cleared. */
+static void give_up(pipe_shm *s, sender *sd) {
+  unsigned char hdr[PT_FRAME_HDR];
+  pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
+  if (put1(sd, hdr, sizeof hdr, 1) == (ssize_t)sizeof hdr) set_torn(s, 0);
+  else if (errno == EPIPE) sd->epipe = 1;
+}
+
+/* One chunk: one write() of at most PIPE_BUF bytes (atomic).  With a
+   cancellation context, or while the read end is held, a write that might
+   block waits for room first so the thread stays cancellable (and see
+   wait_room): a blocking write would not be.  One the counts say fits
+   is just written; one they do not is tried without waiting first (the
+   counts err on the safe side), where the kernel can (RWF_NOWAIT). */
+static int write_chunk(sender *sd, const char *chunk, size_t len) {
+  ssize_t n;
+  pt_ctx *c = pt_self_ctx;
+  int careful = (c && c->cancel_fd >= 0) || sd->reader;
+  for (;;) {
+    int nowait = careful && !fits(sd->p->shm, len);
+    if (nowait && !__atomic_load_n(&nowait_flag, __ATOMIC_RELAXED)) {
+      int r = wait_room(sd);                        /* no RWF_NOWAIT: poll first */
+      if (r != 1) return r;
+      nowait = 0;
+    }
+    n = put1(sd, chunk, len, nowait);
+    if (n == (ssize_t)len) return WR_OK;
+    if (n >= 0) { errno = EIO; return WR_ERR; }     /* cannot happen: atomic */
+    if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {                  /* full, or made non-blocking elsewhere */
+      int r = wait_room(sd);
+      if (r != 1) return r;
+      continue;
+    }
+    if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
+    return WR_ERR;
+  }
+}
+
+/* The rest of a write the OS cut short (the counts were wrong: bytes
+   written around the framing), written out before anything else. */
+static int put_rest(sender *sd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = put1(sd, p, n, 0);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Several chunks in one writev, when the pipe is nearly empty and they
+   fill at most half of it: the write cannot block, so it cannot be cut by
+   a kill mid-chunk, and the reader is woken once instead of once a chunk.
+   (A short count can only come from bytes written around the framing: the
+   chunk it stopped in is finished, and the rest written chunk by chunk
+   below, still under the lock.)  Returns the bytes of the message
+   written, or -1. */
+#define BATCH_MAX 8
+static long write_batch(sender *sd, char *buf, size_t len,
+                        unsigned char (*hdrs)[PT_FRAME_HDR]) {
+  pipe_shm *s = sd->p->shm;
+  struct iovec iov[2 * BATCH_MAX];
+  size_t off = 0, total = 0, room, done, at = 0;
+  uint64_t in = in_pipe(s);
+  int n = 0, k = 0, i;
+  ssize_t w;
+  if (s->capacity < 4 * PT_FRAME_CHUNK || in > (uint64_t)s->capacity / 8) return 0;
+  /* counted as fits() counts, the pipe's bytes and the batch stay within
+     half the pipe, so the write still cannot block */
+  room = (size_t)s->capacity / 2 - 2 * (size_t)in;
+  while (off < len && k < BATCH_MAX && total + PT_FRAME_CHUNK <= room) {
+    size_t c = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
+    int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + c == len ? PT_FRAME_LAST : 0);
+    pt_frame_put(hdrs[k], PT_FRAME_DATA, flags, (uint32_t)c,
+                 off == 0 ? (uint32_t)len : (uint32_t)off);
+    iov[n].iov_base = hdrs[k]; iov[n++].iov_len = PT_FRAME_HDR;
+    iov[n].iov_base = buf + PT_FRAME_HDR + off; iov[n++].iov_len = c;
+    off += c; total += PT_FRAME_HDR + c; k++;
+  }
+  if (k < 2) return 0;                        /* one chunk: the plain path */
+  do w = put(sd, iov, n, total, 0); while (w < 0 && errno == EINTR);
+  if (w < 0) return errno == EAGAIN ? 0 : -1;
+  if ((size_t)w == total) return (long)off;
+  /* cut short: finish the chunk it stopped in, from the byte it stopped at */
+  for (done = (size_t)w, off = 0, i = 0; i < k; i++) {
+    size_t c = iov[2 * i + 1].iov_len, whole = PT_FRAME_HDR + c;
+    if (done < at + whole) {
+      size_t got = done - at, hgot = got < PT_FRAME_HDR ? got : PT_FRAME_HDR;
+      if (put_rest(sd, (const char *)hdrs[i] + hgot, PT_FRAME_HDR - hgot) ||
+          put_rest(sd, buf + PT_FRAME_HDR + off + (got - hgot), c - (got - hgot)))
+        return -1;
+      return (long)(off + c);
+    }
+    at += whole;
+    off += c;
+  }
+  return (long)off;
+}
+
+/* A message of up to two pages as one chunk in one write, when the counts
+   say it fits: then the write cannot block, so no kill can cut it and no
+   cancellation needs a wait first.  WR_*, or 1 when it does not fit (it
+   then goes as chunks of at most PIPE_BUF). */
+static int write_whole(sender *sd, char *buf, size_t len) {
+  size_t total = PT_FRAME_HDR + len;
+  ssize_t w;
+  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX || !fits(sd->p->shm, total)) return 1;
+  pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
+               (uint32_t)len, (uint32_t)len);
+  while ((w = put1(sd, buf, total, 0)) < 0) {
+    if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 1;                  /* made non-blocking elsewhere */
+    if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
+    return WR_ERR;
+  }
+  if ((size_t)w < total && put_rest(sd, buf + w, total - (size_t)w)) return WR_ERR;
+  return WR_OK;
+}
+
+/* The message is buf[16 .. 16+len): buf[0..16) is room for the first
+   header.  Each later chunk borrows the 16 bytes before its data (already
+   written) for its header and gives them back, so every chunk is one
+   contiguous write and the message stays intact for pt_discard. */
+static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
+                         int torn_before) {
+  unsigned char hdr[PT_FRAME_HDR];
+  unsigned char hdrs[BATCH_MAX][PT_FRAME_HDR];
+  size_t off = 0;
+  int r;
+  if (torn_before || s->wtorn) {
+    pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
+    set_torn(s, 1);
+    if ((r = write_chunk(sd, (const char *)hdr, PT_FRAME_HDR)) != WR_OK) return r;
+    set_torn(s, 0);
+  }
+  if ((r = write_whole(sd, buf, len)) != 1) return r;
+  if (len > PT_FRAME_MAXDATA) {
+    long done = write_batch(sd, buf, len, hdrs);
+    if (done < 0) {
+      if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
+      return WR_ERR;
+    }
+    off = (size_t)done;
+    if (off == len) return WR_OK;
+  }
+  do {
+    size_t n = len - off > PT_FRAME_MAXDATA ? PT_FRAME_MAXDATA : len - off;
+    int flags = (off == 0 ? PT_FRAME_FIRST : 0) | (off + n == len ? PT_FRAME_LAST : 0);
+    char *at = buf + off;                 /* the header goes here */
+    memcpy(hdr, at, PT_FRAME_HDR);        /* keep what it covers */
+    pt_frame_put((unsigned char *)at, PT_FRAME_DATA, flags, (uint32_t)n,
+                 off == 0 ? (uint32_t)len : (uint32_t)off);
+    r = write_chunk(sd, at, PT_FRAME_HDR + n);
+    memcpy(at, hdr, PT_FRAME_HDR);
+    if (r != WR_OK) {
+      if (off > 0) set_torn(s, 1);   /* the next sender aborts this message */
+      return r;
+    }
+    off += n;
+  } while (off < len);
+  return WR_OK;
+}
+
+int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
+  pipe_shm *s;
+  sender sd;
+  int lk, r, saved;
+  memset(&sd, 0, sizeof sd);
+  sd.p = p;
+  sd.fd = pt_pipe_send_begin(p, &sd.reader);
+  if (sd.fd < 0) return WR_CLOSED;
+  lk = pt_pipe_lock(&p->shm->wlock, -1);
+  if (lk < 0) {
+    saved = errno;
+    pt_pipe_send_done(p, sd.reader);
+    errno = saved;
+    return lk == LK_CANCEL ? WR_CANCEL : WR_LOCK;
+  }
+  /* While this process holds the read end open (kept open by marking it
+     busy), the pipe has a reader: no EPIPE, no SIGPIPE, no mask to set. */
+  if (!sd.reader) sigpipe_guard(&sd);
+  s = p->shm;
+  s->wseq++;
+  __atomic_store_n(&s->wholder, (uint64_t)s->wseq << 32 | (uint32_t)pt_pipe_pid(), __ATOMIC_RELEASE);
+  r = write_message(s, &sd, buf, len, lk == LK_DIED);
+  saved = errno;
+  if (r != WR_OK && r != WR_CLOSED && s->wtorn) give_up(s, &sd);
+  sigpipe_unguard(&sd, r);
+  __atomic_store_n(&s->wholder, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&s->wlock);
+  pt_pipe_send_done(p, sd.reader);
+  errno = saved;
+  return r;
+}
