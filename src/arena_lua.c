@@ -138,15 +138,6 @@ static int shm_check(lua_State *L) {
   return 2;
 }
 
-void pt_shm_newmeta(lua_State *L, const char *tname, const luaL_Reg *meta) {
-  if (luaL_newmetatable(L, tname)) {
-    pt_setfuncs(L, meta);
-    lua_pushstring(L, tname);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
-}
-
 void pt_open_arena(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"configure", l_configure}, {"shm_stats", shm_stats}, {"_shm_check", shm_check},

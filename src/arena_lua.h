@@ -23,10 +23,6 @@ typedef struct pt_shm_kind {
 } pt_shm_kind;
 void pt_shm_register_kind(int kind, const pt_shm_kind *k);
 
-/* Make the metatable of a kind of handle (once per state): the metamethods
-   in meta and __name. */
-void pt_shm_newmeta(lua_State *L, const char *tname, const luaL_Reg *meta);
-
 /* Add the arena's functions to the module table at -1 (and init). */
 void pt_open_arena(lua_State *L);
 

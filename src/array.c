@@ -8,6 +8,7 @@
  * reader never sees a torn number.  Both kinds share the metatable
  * "procthread.Array". */
 #include "arena_lua.h"
+#include "handle.h"
 
 #include <errno.h>
 #include <math.h>
@@ -188,12 +189,11 @@ static void parr_drop(ablock *b) {
   pthread_mutex_unlock(&preg_mu);
 }
 
+/* The array at i, or NULL: the toolkit's check by metatable (handle.h),
+   keyed by the arrays' codec type; fast from the metamethods. */
+#define ARR_KEY ((const void *)&pt_xtype_array)
 static ahandle *toarray(lua_State *L, int i) {
-  ahandle *a = lua_touserdata(L, i);
-  if (a && pt_rawlen(L, i) == sizeof(ahandle) && a->h.magic == PT_HANDLE_MAGIC &&
-      a->h.kind == PT_KIND_ARRAY)
-    return a;
-  return NULL;
+  return (ahandle *)pt_udata_test(L, i, ARR_KEY, ANAME);
 }
 
 #define FREED_MSG "shared array has been freed (a count on it was dropped " \
@@ -214,8 +214,6 @@ static ahandle *checkarray(lua_State *L, int i) {
 static ahandle *arr_push_blank(lua_State *L) {
   ahandle *a = pt_newuserdata(L, sizeof(ahandle));
   memset(a, 0, sizeof *a);
-  a->h.magic = PT_HANDLE_MAGIC;
-  a->h.kind = PT_KIND_ARRAY;
   luaL_getmetatable(L, ANAME);
   lua_setmetatable(L, -2);
   return a;
@@ -329,6 +327,8 @@ static int arr_len(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)a->n);
   return 1;
 }
+
+static int arr_live(const void *p) { return ((const ahandle *)p)->data != NULL; }
 
 static int arr_gc(lua_State *L) {
   ahandle *a = toarray(L, 1);
@@ -519,7 +519,7 @@ void pt_open_array(lua_State *L) {
   pt_on_child_exit(parr_exit_child);
   pt_shm_register_kind(PT_KIND_ARRAY, &arr_kind);
   pt_shm_set_take(PT_KIND_ARRAY, sarr_take);
-  pt_shm_newmeta(L, ANAME, meta);
+  pt_meta_open(L, ANAME, ARR_KEY, arr_live, meta, NULL);
   lua_pushcfunction(L, arr_new);
   lua_setfield(L, -2, "array");
 }

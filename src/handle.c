@@ -9,19 +9,85 @@
 
 /* ---- handles ---------------------------------------------------------------- */
 
-/* The handle of class c at i, or NULL.  The methods of c carry the
-   address of its metatable (which the registry keeps) and c as upvalues
-   1 and 2 (pt_class_open): they compare addresses without the registry's
-   lookup by name. */
+/* The handle of class c at i, or NULL. */
 static pt_handle *tohandle(lua_State *L, int i, const pt_class *c) {
-  void *p;
-  const void *mt;
-  if (lua_touserdata(L, lua_upvalueindex(2)) != (void *)c)
-    return (pt_handle *)pt_testudata(L, i, c->tname);
-  if (!(p = lua_touserdata(L, i)) || !lua_getmetatable(L, i)) return NULL;
-  mt = lua_topointer(L, -1);
+  return (pt_handle *)pt_udata_test(L, i, c, c->tname);
+}
+
+void *pt_udata_test_mt(lua_State *L, int i, void *p) {
+  pt_seen *s;
+  int ours;
+  if (!p || !lua_getmetatable(L, i)) return NULL;
+  ours = lua_rawequal(L, -1, lua_upvalueindex(1));
   lua_pop(L, 1);
-  return mt == lua_touserdata(L, lua_upvalueindex(1)) ? (pt_handle *)p : NULL;
+  if (!ours) return NULL;
+  s = (pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  if (s && s->live(p)) s->last = p;
+  return p;
+}
+
+/* Every kind's __gc: forget the userdata, then the kind's own. */
+static int udata_gc(lua_State *L) {
+  pt_seen *s = (pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  if (s->last == lua_touserdata(L, 1)) s->last = NULL;
+  return s->gc(L);
+}
+
+/* The kind's pt_seen, pushed: kept in its metatable at mt[key], made when
+   absent. */
+static pt_seen *push_seen(lua_State *L, int mt, const void *key) {
+  pt_seen *s;
+  lua_pushlightuserdata(L, (void *)key);
+  lua_rawget(L, mt);
+  if ((s = (pt_seen *)lua_touserdata(L, -1)) != NULL) return s;
+  lua_pop(L, 1);
+  s = (pt_seen *)pt_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  lua_pushlightuserdata(L, (void *)key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, mt);
+  return s;
+}
+
+void pt_class_method(lua_State *L, int mt, const void *key, const char *name,
+                     lua_CFunction f) {
+  pt_seen *s;
+  mt = pt_absindex(L, mt);
+  lua_pushvalue(L, mt);
+  lua_pushlightuserdata(L, (void *)key);
+  s = push_seen(L, mt, key);                               /* L: ... t mt key seen */
+  if (strcmp(name, "__gc") == 0) {
+    s->gc = f;
+    f = udata_gc;
+  }
+  lua_pushcclosure(L, f, 3);
+  lua_setfield(L, -2, name);
+}
+
+void pt_class_methods(lua_State *L, const char *tname, const void *key, int t,
+                      const luaL_Reg *fns) {
+  t = pt_absindex(L, t);
+  luaL_getmetatable(L, tname);
+  lua_pushvalue(L, t);                                     /* L: ... mt t */
+  for (; fns->name; fns++) pt_class_method(L, -2, key, fns->name, fns->func);
+  lua_pop(L, 2);
+}
+
+void pt_meta_open(lua_State *L, const char *tname, const void *key, int (*live)(const void *),
+                  const luaL_Reg *meta, const luaL_Reg *methods) {
+  if (luaL_newmetatable(L, tname)) {
+    push_seen(L, lua_gettop(L), key)->live = live;
+    lua_pop(L, 1);
+    pt_class_methods(L, tname, key, -1, meta);
+    lua_pushstring(L, tname);
+    lua_setfield(L, -2, "__name");
+    if (methods) {
+      lua_newtable(L);
+      pt_class_methods(L, tname, key, -1, methods);
+      lua_setfield(L, -2, "__index");
+    }
+  }
+  lua_pop(L, 1);
 }
 
 int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg) {
@@ -62,10 +128,14 @@ void pt_handle_push(lua_State *L, const pt_class *c, pt_off off) {
   pt_shm_track(&h->h, off, pt_obj_gen(off), (int)c->kind, c->drop);
 }
 
-/* __gc: drop the count (once) and the buffer.  The class is found by the
-   upvalue set in pt_class_open. */
+/* The class of a metamethod made by pt_class_open: its key (upvalue 2). */
+#define UPCLASS(L) ((const pt_class *)lua_touserdata(L, lua_upvalueindex(2)))
+
+static int h_live(const void *p) { return pt_shm_handle_off(&((const pt_handle *)p)->h) != 0; }
+
+/* __gc: drop the count (once) and the buffer. */
 static int h_gc(lua_State *L) {
-  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  const pt_class *c = UPCLASS(L);
   pt_handle *h = tohandle(L, 1, c);
   if (h) {
     pt_shm_release(&h->h);
@@ -79,10 +149,12 @@ static int h_gc(lua_State *L) {
 static const pt_class *class_of(lua_State *L, int idx) {
   const pt_class *c = NULL;
   if (!lua_touserdata(L, idx) || !lua_getmetatable(L, idx)) return NULL;
-  lua_getfield(L, -1, "__gc");
-  if (lua_tocfunction(L, -1) == h_gc && lua_getupvalue(L, -1, 1)) {
-    c = (const pt_class *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
+  lua_getfield(L, -1, "__gc");                              /* L: mt gc */
+  if (lua_tocfunction(L, -1) == udata_gc && lua_getupvalue(L, -1, 3)) {
+    const pt_seen *s = (const pt_seen *)lua_touserdata(L, -1);
+    lua_getupvalue(L, -2, 2);                               /* L: mt gc seen key */
+    if (s && s->gc == h_gc) c = (const pt_class *)lua_touserdata(L, -1);
+    lua_pop(L, 2);
   }
   lua_pop(L, 2);
   return c;
@@ -102,54 +174,30 @@ static int obj_release(lua_State *L, int idx) { (void)L; (void)idx; return 0; }
 static const pt_shm_kind obj_kind = {obj_release, obj_drop_count};
 
 static int h_eq(lua_State *L) {
-  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  const pt_class *c = UPCLASS(L);
   pt_handle *a = tohandle(L, 1, c), *b = tohandle(L, 2, c);
   lua_pushboolean(L, a && b && pt_shm_handle_off(&a->h) && pt_shm_handle_off(&a->h) == pt_shm_handle_off(&b->h));
   return 1;
 }
 
 static int h_tostring(lua_State *L) {
-  const pt_class *c = (const pt_class *)lua_touserdata(L, lua_upvalueindex(1));
+  const pt_class *c = UPCLASS(L);
   pt_handle *h = tohandle(L, 1, c);
   if (h && pt_shm_handle_off(&h->h)) lua_pushfstring(L, "%s: %p", c->tname, (void *)(uintptr_t)pt_shm_handle_off(&h->h));
   else lua_pushfstring(L, "%s (released)", c->tname);
   return 1;
 }
 
-static void set_meta(lua_State *L, const pt_class *c, const char *name, lua_CFunction f) {
-  lua_pushlightuserdata(L, (void *)c);
-  lua_pushcclosure(L, f, 1);
-  lua_setfield(L, -2, name);
-}
-
-void pt_class_method(lua_State *L, int mt, const pt_class *c, const char *name,
-                     lua_CFunction f) {
-  mt = pt_absindex(L, mt);
-  lua_pushlightuserdata(L, (void *)lua_topointer(L, mt));
-  lua_pushlightuserdata(L, (void *)c);
-  lua_pushcclosure(L, f, 2);
-  lua_setfield(L, -2, name);
-}
-
 void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn) {
-  if (luaL_newmetatable(L, c->tname)) {
-    set_meta(L, c, "__gc", h_gc);
-    set_meta(L, c, "__eq", h_eq);
-    set_meta(L, c, "__tostring", h_tostring);
+  const luaL_Reg meta[] = {
+    {"__gc", h_gc}, {"__eq", h_eq}, {"__tostring", h_tostring},
 #if LUA_VERSION_NUM >= 504
-    if (closefn) lua_pushcfunction(L, closefn), lua_setfield(L, -2, "__close");
-    else set_meta(L, c, "__close", h_gc);
-#else
-    (void)closefn;
+    {"__close", closefn ? closefn : h_gc},
 #endif
-    lua_pushstring(L, c->tname);
-    lua_setfield(L, -2, "__name");
-    lua_newtable(L);
-    for (; methods->name; methods++) pt_class_method(L, -2, c, methods->name, methods->func);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+    {NULL, NULL}};
+  (void)closefn;
+  pt_meta_open(L, c->tname, c, h_live, meta, methods);
   pt_shm_register_kind(PT_KIND_OBJ, &obj_kind);
 }
 

@@ -27,14 +27,53 @@ typedef struct pt_handle {
   int busy;
 } pt_handle;
 
+/* ---- the toolkit, for every kind of handle ------------------------------ */
+/* A kind of userdata is named by its metatable (tname) and a key: any
+   address that stands for the kind (its pt_class, or its pt_xtype).  The
+   functions made by pt_meta_open and pt_class_method carry the kind's
+   metatable, the key and the kind's pt_seen as upvalues 1, 2 and 3, so
+   that pt_udata_test, called from them, need not look the metatable up by
+   name (it does when called from elsewhere), and mostly need not compare
+   it either: it remembers the last userdata whose metatable it compared,
+   if the kind's `live` says it is not yet released, and the kind's __gc
+   (the toolkit's, around the kind's own, which releases) forgets it, so a
+   remembered address is always a live userdata of the kind, never memory
+   reused by another.  (Trusting the metatable -- as luaL_checkudata does
+   -- is trusting that only debug.setmetatable could change it.) */
+typedef struct pt_seen {
+  void *last;                       /* a live userdata of the kind, or NULL */
+  lua_CFunction gc;                 /* the kind's own __gc */
+  int (*live)(const void *p);       /* p (of the kind) is not released */
+} pt_seen;
+/* The userdata at i (p: lua_touserdata's answer) if its metatable is the
+   kind's (upvalue 1), else NULL. */
+void *pt_udata_test_mt(lua_State *L, int i, void *p);
+static inline void *pt_udata_test(lua_State *L, int i, const void *key, const char *tname) {
+  void *p;
+  const pt_seen *s;
+  if (lua_touserdata(L, lua_upvalueindex(2)) != key) return pt_testudata(L, i, tname);
+  p = lua_touserdata(L, i);
+  s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  return p && s && p == s->last ? p : pt_udata_test_mt(L, i, p);
+}
+/* Create tname's metatable (once per state): meta's functions (which must
+   hold a __gc), __name, and `methods` (unless NULL) in __index, each with
+   the upvalues above; live as above. */
+void pt_meta_open(lua_State *L, const char *tname, const void *key, int (*live)(const void *),
+                  const luaL_Reg *meta, const luaL_Reg *methods);
+/* Set t.name (t: the table on top) to f with the upvalues of key's
+   functions (mt: the index of the kind's metatable, made by pt_meta_open). */
+void pt_class_method(lua_State *L, int mt, const void *key, const char *name,
+                     lua_CFunction f);
+/* The same for each of fns, into the table at t. */
+void pt_class_methods(lua_State *L, const char *tname, const void *key, int t,
+                      const luaL_Reg *fns);
+
+/* ---- handles on obj.h objects --------------------------------------------- */
 /* Create the class's metatable: `methods` in __index; __gc, __eq,
    __tostring, __name; __close (5.4) is `closefn`, or __gc when NULL. */
 void pt_class_open(lua_State *L, const pt_class *c, const luaL_Reg *methods,
                    lua_CFunction closefn);
-/* Set t.name (t: the table on top) to f with the upvalues of c's methods,
-   which tell its handles fast (mt: the index of c's metatable). */
-void pt_class_method(lua_State *L, int mt, const pt_class *c, const char *name,
-                     lua_CFunction f);
 /* Push a handle on off, adopting one count the caller holds. */
 void pt_handle_push(lua_State *L, const pt_class *c, pt_off off);
 /* Raise "bad argument #i to 'fn' (msg)": named even when called through

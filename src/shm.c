@@ -58,7 +58,6 @@ static void own_list(void) {
 
 void pt_shm_track(pt_shm_handle *h, pt_off off, uint64_t gen, int kind,
                   void (*drop)(pt_off, uint64_t)) {
-  h->magic = PT_HANDLE_MAGIC;
   h->gen = gen;
   h->pid = getpid();
   h->kind = kind;

@@ -20,9 +20,7 @@ enum { PT_KIND_TABLE = 1, PT_KIND_ARRAY = 2, PT_KIND_OBJ = 3, PT_NKINDS = 4 };
    forked worker can drop its counts before _exit, and a fork can take the
    child's own (pt_shm_fork).  pid: the process whose count the handle
    holds; a copy made by a fork other than pt_shm_fork never drops one. */
-#define PT_HANDLE_MAGIC 0x70746861ULL   /* "ptha" */
 typedef struct pt_shm_handle {
-  uint64_t magic;
   pt_off off;                          /* 0: released (atomic) */
   uint64_t gen;                        /* the object's generation */
   pid_t pid;                           /* the process that took the count */

@@ -27,9 +27,17 @@
 
 /* ---- dumps: a copy of a table's entries, in a userdata ----------------------------- */
 
+static const char dump_key;                  /* the toolkit's key for dumps */
+
+static int dump_live(const void *p) { (void)p; return 0; }   /* never remembered */
+
+static pt_ht_dump *todump(lua_State *L, int i) {
+  return (pt_ht_dump *)pt_udata_test(L, i, &dump_key, DUMPNAME);
+}
+
 static int st_dump_gc(lua_State *L) {
-  pt_ht_dump *d = luaL_checkudata(L, 1, DUMPNAME);
-  pt_ht_dump_clear(d);
+  pt_ht_dump *d = todump(L, 1);
+  if (d) pt_ht_dump_clear(d);
   return 0;
 }
 
@@ -64,7 +72,7 @@ static int st_pairs_iter(lua_State *L) {
   lua_rawgeti(L, 1, 1);
   lua_rawgeti(L, 1, 2);                                     /* L: state h dump */
   h = pt_st_tohandle(L, 2);
-  d = pt_testudata(L, 3, DUMPNAME);
+  d = todump(L, 3);
   if (!h || !d) return luaL_argerror(L, 1, "not a shared table iteration");
   if (!pt_shm_handle_off(h)) return luaL_error(L, "shared table is released");
   while (d->pos < d->n) {
@@ -81,7 +89,10 @@ static int st_pairs_iter(lua_State *L) {
 static int st_pairs(lua_State *L) {
   pt_stab *t = pt_st_check(L, 1);
   lua_settop(L, 1);
-  lua_pushcfunction(L, st_pairs_iter);
+  lua_pushvalue(L, lua_upvalueindex(1));     /* the iterator's check fast too: */
+  lua_pushvalue(L, lua_upvalueindex(2));     /* st_pairs's upvalues (handle.h) */
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_pushcclosure(L, st_pairs_iter, 3);
   lua_createtable(L, 2, 0);                                 /* L: st iter state */
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
@@ -347,6 +358,8 @@ static int st_len(lua_State *L) {
   return 1;
 }
 
+static int st_live(const void *p) { return pt_shm_handle_off(p) != 0; }
+
 static int st_gc(lua_State *L) {
   pt_shm_handle *h = pt_st_tohandle(L, 1);
   if (h) pt_shm_release(h);
@@ -460,13 +473,10 @@ void pt_open_table(lua_State *L) {
     {"locked", st_locked}, {"snapshot", st_snapshot}, {"pairs", st_pt_pairs},
     {"wait", st_wait},
     {NULL, NULL}};
+  static const luaL_Reg dump_meta[] = {{"__gc", st_dump_gc}, {NULL, NULL}};
   pt_open_arena(L);
   pt_shm_register_kind(PT_KIND_TABLE, &st_kind);
-  pt_shm_newmeta(L, PT_ST_TNAME, meta);
-  if (luaL_newmetatable(L, DUMPNAME)) {
-    lua_pushcfunction(L, st_dump_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
-  pt_setfuncs(L, fns);
+  pt_meta_open(L, PT_ST_TNAME, PT_ST_KEY, st_live, meta, NULL);
+  pt_meta_open(L, DUMPNAME, &dump_key, dump_live, dump_meta, NULL);
+  pt_class_methods(L, PT_ST_TNAME, PT_ST_KEY, -1, fns);   /* their checks are fast */
 }

@@ -20,8 +20,6 @@ void pt_st_raise_bad(lua_State *L, int i, pt_off off, int is_handle) {
 pt_shm_handle *pt_st_push_blank(lua_State *L) {
   pt_shm_handle *h = pt_newuserdata(L, sizeof(pt_shm_handle));
   memset(h, 0, sizeof *h);
-  h->magic = PT_HANDLE_MAGIC;
-  h->kind = PT_KIND_TABLE;
   luaL_getmetatable(L, PT_ST_TNAME);
   lua_setmetatable(L, -2);
   return h;

@@ -6,19 +6,19 @@
 
 #include "pt.h"
 #include "htab.h"
+#include "handle.h"
 
 #define PT_ST_TNAME "procthread.SharedTable"
 #define PT_ST_FREED_MSG "shared table has been freed (a count on it was dropped " \
   "too often; its memory may hold something else now)"
 
 /* ---- handles ---------------------------------------------------------- */
-/* The shared table handle at i, or NULL when it is none. */
+/* The shared table handle at i, or NULL when it is none: the toolkit's
+   check by metatable (handle.h), whose key for tables is their codec type;
+   fast from the functions pt_open_table made. */
+#define PT_ST_KEY ((const void *)&pt_xtype_table)
 static inline pt_shm_handle *pt_st_tohandle(lua_State *L, int i) {
-  pt_shm_handle *h = lua_touserdata(L, i);
-  if (h && pt_rawlen(L, i) == sizeof(pt_shm_handle) && h->magic == PT_HANDLE_MAGIC &&
-      h->kind == PT_KIND_TABLE)
-    return h;
-  return NULL;
+  return (pt_shm_handle *)pt_udata_test(L, i, PT_ST_KEY, PT_ST_TNAME);
 }
 /* Raise: the argument i is no shared table; its handle (off) is released;
    its table has been freed. */
