@@ -173,7 +173,7 @@ static int add_impl(lua_State *L, int may_collect) {
   pt_stab *t = pt_st_check(L, 1);
   pt_kv k, n, v;
   pt_slot *sl;
-  pt_st_tokey(L, 2, &k);
+  pt_st_argkey(L, 2, &k);
   if (lua_type(L, 3) != LUA_TNUMBER)
     return luaL_argerror(L, 3, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 3)));
   pt_st_tonumber(L, 3, &n);
@@ -218,7 +218,7 @@ static int cas_impl(lua_State *L, int may_collect) {
   pt_st_reader r;
   luaL_checkany(L, 3);
   lua_settop(L, 4);
-  pt_st_tokey(L, 2, &k);
+  pt_st_argkey(L, 2, &k);
   pt_st_toexpected(L, 3, &e);
   pt_st_reader_init(L, &r);                                 /* L: st k e new */
   for (;;) {
@@ -315,7 +315,7 @@ static int st_wait(lua_State *L) {
   pt_kv k, e;
   double deadline;
   int r, err;
-  pt_st_tokey(L, 2, &k);
+  pt_st_argkey(L, 2, &k);
   luaL_checkany(L, 3);
   pt_st_toexpected(L, 3, &e);
   deadline = pt_check_deadline(L, 4, 1, "wait");

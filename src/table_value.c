@@ -202,6 +202,16 @@ done:
 
 void pt_st_tokey(lua_State *L, int i, pt_kv *k) { tokv(L, i, k, PT_AS_KEY, 0, NULL); }
 
+void pt_st_argkey(lua_State *L, int i, pt_kv *k) {
+  int t = lua_type(L, i);
+  if (t == LUA_TNUMBER && lua_tonumber(L, i) != lua_tonumber(L, i))
+    luaL_argerror(L, i, "invalid key: NaN");
+  if (t != LUA_TNUMBER && t != LUA_TSTRING && t != LUA_TBOOLEAN)
+    luaL_argerror(L, i, lua_pushfstring(L, "invalid key: %s (shared table keys are strings, "
+                                           "numbers and booleans)", luaL_typename(L, i)));
+  pt_st_tokey(L, i, k);
+}
+
 void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
   tokv(L, i, v, PT_AS_VALUE, depth, visited);
 }

@@ -80,6 +80,9 @@ int pt_st_lock_error(lua_State *L);
    nothing is taken then. */
 enum { PT_AS_KEY, PT_AS_VALUE, PT_AS_EXPECTED };
 void pt_st_tokey(lua_State *L, int i, pt_kv *k);
+/* The same for a function's argument i: a bad key is a bad argument
+   (the message names the function). */
+void pt_st_argkey(lua_State *L, int i, pt_kv *k);
 void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited);
 void pt_st_toexpected(lua_State *L, int i, pt_kv *e);
 /* The number at i (its type checked by the caller) as a value. */
