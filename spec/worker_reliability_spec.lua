@@ -474,6 +474,23 @@ describe("worker reliability", function()
   end)
 
   describe("issue 12: joins sleep on events, never spin or slice", function()
+    -- found by review: a join(0) never read results bigger than the pipe,
+    -- so polling never ended and at_exit = "wait" waited for ever
+    it("join(0) polling and the exit both finish a process whose results exceed the pipe", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local w = pt.spawn_process(function() return string.rep("r", 300000) end)
+        local t0, ok, v = pt.now()
+        repeat ok, v = w:join(0); pt.sleep(0.001) until ok ~= nil or pt.now() - t0 > 10
+        print("polled", ok, ok and #v, w:status())
+        pt.spawn_process(function() return string.rep("s", 300000) end)
+        print("left")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("polled%s+true%s+300000%s+succeeded", out)
+      assert.matches("left", out)
+    end)
+
     it("a process join makes no sched_yield and about two wait4 per spawn (strace)", function()
       if not os.execute("strace -o /dev/null true >/dev/null 2>&1") then
         return pending("strace cannot run here")

@@ -34,6 +34,7 @@ typedef struct process_worker {
   int drain_fd;               /* eventfd the child rings when its results
                                  do not fit the pipe (it waits for room) */
   int user_aux[2];            /* the fds w:fd() (an epoll) watches, or -1 */
+  int spilled;                /* drain_fd rang: results are read as they come */
   pt_shm_counts held;         /* counts held for it (shm.h), given back
                                  when it has ended */
   struct process_worker *next;   /* the orphans */
@@ -425,15 +426,25 @@ static int look(pt_worker *w, int reap, int fds[2], int *n, int *slice) {
    for the pipe, or no pidfd: sleep on the pipe too, reading as they come
    (look).  A pidfd that says ended while wait4 does not yet (a tracer is
    told first) is looked at again every millisecond, not spun on. */
+/* Has the child said its results do not fit the pipe (then they must be
+   read for it to end)?  Remembered: every later wait reads as it goes. */
+static int spilled(process_worker *p) {
+  uint64_t v;
+  if (!p->spilled && p->drain_fd >= 0 && read(p->drain_fd, &v, sizeof v) == (ssize_t)sizeof v)
+    p->spilled = 1;
+  return p->spilled;
+}
+
 static int process_wait(pt_worker *w, double timeout) {
   process_worker *p = pw(w);
   double deadline = timeout < 0 ? -1 : pt_now() + timeout;
-  int reap = timeout == 0 || p->pidfd < 0, fits = p->pidfd >= 0, ended = 0;
+  int reap = timeout == 0 || p->pidfd < 0, ended = 0, fits;
   if (w->joined) return 1;
   reap_orphans();
   for (;;) {
     int fds[2], n = 0, slice = 0, r;
     double left;
+    fits = p->pidfd >= 0 && !spilled(p);
     if (fits) {
       if ((reap || ended) && (r = try_reap(w)) != 0) return r;
     } else if ((r = look(w, reap || ended, fds, &n, &slice)) != 0) {
@@ -449,7 +460,6 @@ static int process_wait(pt_worker *w, double timeout) {
     if ((slice || ended) && (left < 0 || left > (n ? 0.01 : 0.001))) left = n ? 0.01 : 0.001;
     r = pt_wait_fds(fds, n, POLLIN, left);
     if (r == -1 || r == -2) return r;
-    if (r >= 0 && fds[r] == p->drain_fd) fits = 0;
     ended = ended || (r >= 0 && fds[r] == p->pidfd);
     reap = slice;
   }
