@@ -68,4 +68,30 @@ function H.assert_released(base)
 end
 
 package.loaded["helper"] = H
+-- A C library, built here, whose l_fork is a bare fork() (procthread's own
+-- fork path is not taken: the host's kind) and l_wait a waitpid(-1) that
+-- answers the exit code (128 + signal when killed).  Its path; the caller
+-- removes it.
+function H.foreign_fork_lib()
+  local src, so = os.tmpname() .. ".c", os.tmpname() .. ".so"
+  local f = assert(io.open(src, "w"))
+  f:write([[
+    #include <sys/wait.h>
+    #include <unistd.h>
+    typedef struct lua_State lua_State;
+    extern void lua_pushinteger(lua_State *L, long long n);
+    int l_fork(lua_State *L) { lua_pushinteger(L, fork()); return 1; }
+    int l_wait(lua_State *L) {
+      int st = 0;
+      waitpid(-1, &st, 0);
+      lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+      return 1;
+    }
+  ]])
+  f:close()
+  assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
+  os.remove(src)
+  return so
+end
+
 return H

@@ -541,24 +541,7 @@ describe("worker reliability", function()
     -- fork and waitpid for Lua without Lua's headers (the push function
     -- takes a 64-bit integer on every Lua of x86-64 and arm64)
     it("a child forked by another library spawns threads: it has no idle one", function()
-      local src, so = os.tmpname() .. ".c", os.tmpname() .. ".so"
-      local f = assert(io.open(src, "w"))
-      f:write([[
-        #include <sys/wait.h>
-        #include <unistd.h>
-        typedef struct lua_State lua_State;
-        extern void lua_pushinteger(lua_State *L, long long n);
-        int l_fork(lua_State *L) { lua_pushinteger(L, fork()); return 1; }
-        int l_wait(lua_State *L) {
-          int st = 0;
-          waitpid(-1, &st, 0);
-          lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-          return 1;
-        }
-      ]])
-      f:close()
-      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
-      os.remove(src)
+      local so = H.foreign_fork_lib()
       local status, out = H.fresh(([[
         local pt = require "procthread"
         local fork, wait = package.loadlib(%q, "l_fork"), package.loadlib(%q, "l_wait")

@@ -201,7 +201,7 @@ static int look(sel *s, int i, int *nw, int *np, int *slice) {
    channel word moves, and once the wait makes go even again it says so in
    done, and sleeps on go until the next round.  A wait while another
    thread's wait has the helper makes one of its own for that one round.
-   A forked child has no helper thread (fork_child): its first such wait
+   A forked child has no helper thread (fork_child, on every fork): its first such wait
    makes one.  At exit it stays asleep (the library stays mapped: core.c);
    the leak checks count it apart (pt._helper_threads). */
 
@@ -297,13 +297,16 @@ static void helper_stop(helper *h) {
   else pthread_mutex_unlock(&kept_mu);
 }
 
-/* In a new child: the helper thread is gone (kept_mu may have been held
-   by a wait of another thread of the parent). */
+/* In a new child of any fork (pthread_atfork: procthread's and the
+   host's alike): the helper thread is gone (kept_mu may have been held by
+   a wait of another thread of the parent). */
 static void fork_child(void) {
   pthread_mutex_init(&kept_mu, NULL);
   memset(&kept, 0, sizeof kept);
   kept_up = 0;
 }
+
+static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, fork_child); }
 
 static int l_helper_threads(lua_State *L) {
   lua_pushinteger(L, __atomic_load_n(&kept_up, __ATOMIC_ACQUIRE) ? 1 : 0);
@@ -475,6 +478,7 @@ void pt_open_select(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"select", l_select}, {"as_completed", l_as_completed},
     {"_helper_threads", l_helper_threads}, {NULL, NULL}};
-  pt_atfork_child(fork_child);
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, watch_forks);
   pt_setfuncs(L, fns);
 }
