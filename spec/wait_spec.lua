@@ -207,6 +207,60 @@ describe("pt.wait", function()
     end)
   end)
 
+  -- found by review: the waits for the table's lock, before the sleep and
+  -- after it, ignored the timeout and the cancel
+  describe("while another holds the table's lock", function()
+    -- a thread that takes st's lock, sets st.k = v (unless nil), says so
+    -- on a channel (not through st: that needs the lock), and keeps the
+    -- lock for `hold` seconds
+    local function holder(st, v, hold)
+      local ch = pt.channel(1)
+      local w = pt.spawn_thread(function(s, v, hold, c)
+        local pt = require "procthread"
+        pt.locked(s, function()
+          if v ~= nil then s.k = v end
+          c:send("held")
+          pt.sleep(hold)
+        end)
+        return true
+      end, st, v, hold, ch)
+      assert.equal("held", ch:recv(T))
+      return w
+    end
+
+    it("keeps its timeout, from its first wait for the lock", function()
+      local st = pt.shared_table({ k = 1 })
+      local w = holder(st, nil, 3)
+      local t0 = pt.now()
+      assert.same({ nil, "timeout" }, { pt.wait(st, "k", 1, 0) })
+      assert.same({ nil, "timeout" }, { pt.wait(st, "k", 1, 0.3) })
+      assert.is_true(pt.now() - t0 < 2, pt.now() - t0)
+      assert.same({ true, true }, { w:join(T) })
+    end)
+
+    it("keeps its timeout and its cancel while it takes the lock back", function()
+      local st = pt.shared_table({ k = 1 })
+      local waiter = pt.spawn_thread(function(s) return pt.wait(s, "k", 1, 0.5) end, st)
+      assert.truthy(sleeping(waiter))
+      local w = holder(st, 2, 3)            -- wakes the waiter, keeps the lock
+      local t0 = pt.now()
+      assert.same({ true, nil, "timeout" }, { waiter:join(T) })
+      assert.is_true(pt.now() - t0 < 2.5, pt.now() - t0)
+      assert.same({ true, true }, { w:join(T) })
+      st.k = 1
+      waiter = pt.spawn_thread(function(s) return pt.wait(s, "k", 1) end, st)
+      assert.truthy(sleeping(waiter))
+      w = holder(st, 2, 3)
+      t0 = pt.now()
+      waiter:cancel()
+      local ok, err = waiter:join(T)
+      assert.is_false(ok)
+      assert.matches("cancel", err)
+      assert.is_true(pt.now() - t0 < 2.5, pt.now() - t0)
+      assert.same({ true, true }, { w:join(T) })
+    end)
+  end)
+
   describe("stops", function()
     it("when its thread is cancelled, using no CPU meanwhile", function()
       local st = pt.shared_table({ k = 1 })

@@ -286,15 +286,24 @@ static int st_locked(lua_State *L) {
 
 static void st_repair(void *t) { pt_ht_recover(t); }
 
+/* The status of a failed pt_st_lock_until (errno). */
+static int lock_status(void) {
+  return errno == ETIMEDOUT ? PT_TIMEOUT : errno == ECANCELED ? PT_CANCELLED : PT_ERR;
+}
+
 /* Holding t's lock (any number of times): sleep until t[k] is no longer
    equal to e.  Every change wakes t->waiters under the lock before it
    publishes (pt_ht_changing), and the sleep begins only once the value was
    seen under the lock, so no change is missed.  What the value says when a
-   sleep ends wins over a timeout or a cancel.  PT_OK, PT_TIMEOUT,
-   PT_CANCELLED (cancelled, or Ctrl-C: pt_raise_cancelled tells), PT_ERR. */
-static int wait_change(pt_stab *t, const pt_kv *k, const pt_kv *e, double deadline) {
+   sleep ends wins over a timeout or a cancel.  Inside pt.locked the lock
+   is taken back whatever ends the wait (the caller's fn relies on it, as
+   with pthread_cond_wait); held once (pt.wait's own), taking it back keeps
+   the deadline, the cancel and Ctrl-C, and *held says whether it is held
+   on return.  PT_OK, PT_TIMEOUT, PT_CANCELLED (cancelled, or Ctrl-C:
+   pt_raise_cancelled tells), PT_ERR. */
+static int wait_change(pt_stab *t, const pt_kv *k, const pt_kv *e, double deadline, int *held) {
   const volatile int *cancel = pt_cancel_flag();
-  int r = PT_OK;
+  int r = PT_OK, depth;
   while (pt_ht_slot_equals(pt_ht_find(t, k, NULL), e)) {
     const uint32_t *iw;
     uint32_t iv = 0;
@@ -302,27 +311,35 @@ static int wait_change(pt_stab *t, const pt_kv *k, const pt_kv *e, double deadli
     if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
     if (pt_interrupted()) return PT_CANCELLED;
     iw = pt_interrupt_word(&iv);
-    r = pt_cond_wait_all(&t->waiters, &t->mu, deadline, cancel, iw, iv, st_repair, t);
+    r = pt_cond_wait_all(&t->waiters, &t->mu, deadline, cancel, iw, iv, &depth);
     if (r == PT_INTR) r = PT_OK;             /* a signal: pt_interrupted() tells */
+    if (depth > 1) pt_cond_relock(&t->mu, depth, st_repair, t);
+    else if (pt_st_lock_until(t, deadline) != 0) { *held = 0; return lock_status(); }
   }
   return PT_OK;
 }
 
 /* pt.wait(st, k, value [, timeout]) -> true | nil, "timeout" |
-   nil, "interrupted"; raises "cancelled". */
+   nil, "interrupted"; raises "cancelled".  The timeout covers the waits
+   for the table's lock too. */
 static int st_wait(lua_State *L) {
   pt_stab *t = pt_st_check(L, 1);
   pt_kv k, e;
   double deadline;
-  int r, err;
+  int r, err, held = 1;
   pt_st_argkey(L, 2, &k);
   luaL_checkany(L, 3);
   pt_st_toexpected(L, 3, &e);
   deadline = pt_check_deadline(L, 4, 1, "wait");
-  if (pt_st_lock(t) != 0) return pt_st_lock_error(L);
-  r = wait_change(t, &k, &e, deadline);
+  if (pt_st_lock_until(t, deadline) != 0) {
+    if (errno != ETIMEDOUT) return pt_st_lock_error(L);
+    r = PT_TIMEOUT;
+    held = 0;
+  } else {
+    r = wait_change(t, &k, &e, deadline, &held);
+  }
   err = errno;
-  pt_ht_unlock(t);
+  if (held) pt_ht_unlock(t);
   if (r == PT_OK) { lua_pushboolean(L, 1); return 1; }
   return pt_push_status(L, r, "pt.wait", err);
 }

@@ -52,7 +52,7 @@ int pt_st_stop_waiting(void) { return pt_cancel_requested() || pt_interrupted();
 
 #define LOCK_SPINS 200      /* tries before a sleep: sections last tens of ns */
 
-int pt_st_lock_slow(pt_stab *t, int r) {
+int pt_st_lock_slow(pt_stab *t, int r, double deadline) {
   const uint32_t *iw;
   uint32_t iv = 0;
   int i;
@@ -63,9 +63,10 @@ int pt_st_lock_slow(pt_stab *t, int r) {
   if (r == EBUSY) {
     if (pt_st_stop_waiting()) { errno = ECANCELED; return -1; }
     iw = pt_interrupt_word(&iv);
-    switch (pt_lock_wait(&t->mu, PT_FOREVER, pt_self_ctx ? pt_self_ctx->cancel : NULL, iw, iv)) {
+    switch (pt_lock_wait(&t->mu, deadline, pt_self_ctx ? pt_self_ctx->cancel : NULL, iw, iv)) {
       case PT_OK: return 0;
       case PT_OWNERDEAD: return pt_ht_recover(t);
+      case PT_TIMEOUT: errno = ETIMEDOUT; return -1;
       case PT_CANCELLED: errno = ECANCELED; return -1;
       case PT_INTR: pt_interrupted(); errno = ECANCELED; return -1;
       default: return -1;

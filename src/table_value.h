@@ -56,12 +56,14 @@ int pt_st_raise_full(lua_State *L);
 int pt_st_stop_waiting(void);
 /* The wait for a busy lock: a futex wait on the lock word beside the
    cancel flag and the interrupt word (pt_lock_wait), no timer.  r: what
-   the first trylock said. */
-int pt_st_lock_slow(pt_stab *t, int r);
-static inline int pt_st_lock(pt_stab *t) {
+   the first trylock said; past the deadline (PT_FOREVER: none), -1 errno
+   ETIMEDOUT. */
+int pt_st_lock_slow(pt_stab *t, int r, double deadline);
+static inline int pt_st_lock_until(pt_stab *t, double deadline) {
   int r = pthread_mutex_trylock(&t->mu);   /* also takes it again when ours */
-  return r == 0 ? 0 : pt_st_lock_slow(t, r);
+  return r == 0 ? 0 : pt_st_lock_slow(t, r, deadline);
 }
+static inline int pt_st_lock(pt_stab *t) { return pt_st_lock_until(t, PT_FOREVER); }
 /* A lock failure (errno): a cancellation raises "cancelled" (a Ctrl-C:
    pt_st_raise_lock raises "interrupted", pt_st_lock_error returns nil,
    "interrupted" and the interpreter's hook raises back in Lua); anything else

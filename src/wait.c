@@ -328,10 +328,10 @@ static int unlock_all(pthread_mutex_t *m) {
 
 int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
                      const volatile int *cancel, const uint32_t *intr,
-                     uint32_t intr_expected, void (*repair)(void *), void *arg) {
+                     uint32_t intr_expected, int *depth) {
   const uint32_t *words[2];
   uint32_t expected[2];
-  int r, depth;
+  int r;
   int spinning = pt_spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
   /* the change is often about to come: a spin saves the sleep and both
      sides' system calls (only spinners: the waker just bumps seq) */
@@ -340,7 +340,7 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
   expected[0] = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   words[1] = intr;
   expected[1] = intr_expected;
-  depth = unlock_all(m);
+  *depth = unlock_all(m);
   if (spinning && spin(&c->seq, expected[0], 0, 0)) r = PT_OK;
   else {
     if (spinning) __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);   /* then seq */
@@ -351,10 +351,13 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
      trylock's write would slow it down), then take m */
   spin(&m->__data.__lock, 0, 0, 1);
 #endif
+  return r;
+}
+
+void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void *arg) {
   if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait */
   while (--depth > 0)
     if (pthread_mutex_lock(m) != 0) abort();   /* ours already: a count */
-  return r;
 }
 
 /* ---- robust locks held for long (added for pipes by the select work) -------

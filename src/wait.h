@@ -132,15 +132,20 @@ int pt_cond_wait_on(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wa
                     void (*repair)(void *), void *arg);
 
 /* pt_cond_wait for a recursive lock m that this thread holds any number of
-   times (pt.wait inside nested pt.locked): m is released entirely while it
-   sleeps, and held as many times as before on return (repair as pt_lock).
-   Also watches intr (may be NULL: lifecycle's pt_interrupt_word, which
-   holds intr_expected while no Ctrl-C is new).  Returns pt_futex_waitv's
-   status; PT_INTR: a signal or the interrupt word moved (ask the
-   lifecycle).  The caller re-checks its condition on PT_OK. */
+   times (pt.wait inside nested pt.locked): m is released entirely (*depth:
+   how many times it was held) while it sleeps, and NOT held on return: the
+   caller takes it back, by pt_cond_relock or by a wait of its own that
+   may give up (when *depth is 1, nobody else relies on it).  Also watches
+   intr (may be NULL: lifecycle's pt_interrupt_word, which holds
+   intr_expected while no Ctrl-C is new).  Returns pt_futex_waitv's status;
+   PT_INTR: a signal or the interrupt word moved (ask the lifecycle).  The
+   caller re-checks its condition on PT_OK. */
 int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
                      const volatile int *cancel, const uint32_t *intr,
-                     uint32_t intr_expected, void (*repair)(void *), void *arg);
+                     uint32_t intr_expected, int *depth);
+/* Take m back depth times, whatever comes (as pthread_cond_wait does after
+   a cancel); repair as pt_lock. */
+void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void *arg);
 
 /* ---- robust locks held for long (pipes; see wait.c) ----------------------
    Take m (a robust mutex of pt_lock_init or the like) until the deadline,
