@@ -55,7 +55,7 @@ static int put_step(void *arg, double deadline, const pt_wake *w) {
 static int put(lua_State *L, int first, double deadline, const char *fn) {
   pt_handle *h = pt_handle_check(L, 1, &channel_class, fn);
   pt_buf own, *b = h->busy ? &own : &h->buf;
-  char err[640];
+  char err[PT_ERRLEN];
   op o;
   int r, e;
   pt_buf_init(&own);

@@ -251,7 +251,7 @@ static int l_send(lua_State *L) {
   pt_pipe *p = h->p;
   tls_bufs *t;
   pt_buf buf, *b = &buf;
-  char err[640];
+  char err[PT_ERRLEN];
   int r, saved;
   size_t len;
   if (!p) return push_closed(L);
