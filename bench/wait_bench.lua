@@ -7,6 +7,8 @@
 -- side writes its key, then pt.wait's for the other's to move), thread to
 -- thread and process to process, beside two threads / processes passing a
 -- turn through two futex words.  Target (issue 11): within 1.5x the floor.
+-- The same ping-pong through two semaphores (acquire/release), beside the
+-- same floor.
 -- A write with no waiter must cost nothing measurable: pt.add and
 -- `st.x = i` rates of this build, and, when BEFORE names the build folder
 -- of a procthread without pt.wait (e.g. the parent commit's), of that build
@@ -35,6 +37,19 @@ if mode == "--pingpong" then         -- [build] --pingpong kind n
     st.a = i
     wait(st, "b", i - 1)
   end
+  print(("rtt_us %.3f"):format((pt.now() - t0) / n * 1e6))
+  assert(w:join(60))
+  return
+elseif mode == "--sem" then          -- [build] --sem kind n: two semaphores
+  local pt = require "procthread"
+  local kind, n = arg[3], tonumber(arg[4])
+  local a, b = pt.semaphore(0), pt.semaphore(0)
+  local w = pt.spawn(kind, function(x, y, k)
+    for _ = 1, k do x:acquire(); y:release() end
+    return true
+  end, a, b, n)
+  local t0 = pt.now()
+  for _ = 1, n do a:release(); b:acquire() end
   print(("rtt_us %.3f"):format((pt.now() - t0) / n * 1e6))
   assert(w:join(60))
   return
@@ -74,6 +89,10 @@ for _, kind in ipairs({ "thread", "process" }) do
                          function() return B.run(T .. floor .. " pingpong " .. kind .. " 200000", "rtt_us") end)
   rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f  target <= 1.5"):format(
     "pt.wait ping-pong " .. kind .. "->" .. kind .. " vs C futex", a, b, a / b)
+  a, b = alternate(function() return B.run(me(B.build, "--sem " .. kind .. " 50000"), "rtt_us") end,
+                   function() return B.run(T .. floor .. " pingpong " .. kind .. " 200000", "rtt_us") end)
+  rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f"):format(
+    "semaphore ping-pong " .. kind .. " vs C futex", a, b, a / b)
 end
 local before = arg[2]
 for _, what in ipairs({ "add", "set" }) do

@@ -98,9 +98,17 @@ static int sem_try(syncobj *o) {
 }
 
 
+/* Before a sleep: spin (wait.h: at most 10 us, only with more than one
+   CPU) while the state says "not ready" (0, for semaphores and events),
+   then look; a release or set that is about to come then costs neither
+   side a system call. */
+static int spin_ready(syncobj *o, int (*ready)(syncobj *)) {
+  return pt_spin_while(&o->state, 0) && ready(o);
+}
+
 static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
   syncobj *o = (syncobj *)arg;
-  if (sem_try(o)) return PT_OK;
+  if (sem_try(o) || spin_ready(o, sem_try)) return PT_OK;
   return sync_wait(o, deadline, w, sem_try);
 }
 
@@ -123,7 +131,7 @@ static int evt_ready(syncobj *o) { return LOAD(o) != 0; }
 
 static int evt_wait(void *arg, double deadline, const pt_wake *w) {
   syncobj *o = (syncobj *)arg;
-  if (evt_ready(o)) return PT_OK;
+  if (evt_ready(o) || spin_ready(o, evt_ready)) return PT_OK;
   return sync_wait(o, deadline, w, evt_ready);
 }
 
