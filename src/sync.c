@@ -63,11 +63,14 @@ static void sync_drop(pt_off off, uint64_t gen) {
 }
 
 /* Holding nothing: wait until ready(o), which also takes what it found
-   (a permit), under the lock.  What is ready when the wait ends wins over
-   a timeout or a cancel. */
+   (a permit).  First a spin (pt_spin_until: a release or set that is
+   about to come then costs neither side a system call), then under the
+   lock.  What is ready when the wait ends wins over a timeout or a
+   cancel. */
 static int sync_wait(syncobj *o, double deadline, const pt_wake *w,
-                     int (*ready)(syncobj *)) {
+                     int (*ready)(void *)) {
   int r = PT_OK, ok;
+  if (pt_spin_until(ready, o)) return PT_OK;
   if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
   while (!(ok = ready(o))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
@@ -89,7 +92,8 @@ static void sync_publish(syncobj *o, uint64_t state) {
 /* ---- semaphore ----------------------------------------------------------------- */
 
 /* Take one permit if there is one, lock-free. */
-static int sem_try(syncobj *o) {
+static int sem_try(void *arg) {
+  syncobj *o = (syncobj *)arg;
   uint64_t v = LOAD(o);
   while (v > 0)
     if (__atomic_compare_exchange_n(&o->state, &v, v - 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
@@ -97,19 +101,8 @@ static int sem_try(syncobj *o) {
   return 0;
 }
 
-
-/* Before a sleep: spin (wait.h: at most 10 us, only with more than one
-   CPU) while the state says "not ready" (0, for semaphores and events),
-   then look; a release or set that is about to come then costs neither
-   side a system call. */
-static int spin_ready(syncobj *o, int (*ready)(syncobj *)) {
-  return pt_spin_while(&o->state, 0) && ready(o);
-}
-
 static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
-  syncobj *o = (syncobj *)arg;
-  if (sem_try(o) || spin_ready(o, sem_try)) return PT_OK;
-  return sync_wait(o, deadline, w, sem_try);
+  return sync_wait((syncobj *)arg, deadline, w, sem_try);
 }
 
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
@@ -127,12 +120,10 @@ static int sem_release(syncobj *o, uint64_t k) {
 
 /* ---- event ----------------------------------------------------------------------- */
 
-static int evt_ready(syncobj *o) { return LOAD(o) != 0; }
+static int evt_ready(void *o) { return LOAD((syncobj *)o) != 0; }
 
 static int evt_wait(void *arg, double deadline, const pt_wake *w) {
-  syncobj *o = (syncobj *)arg;
-  if (evt_ready(o) || spin_ready(o, evt_ready)) return PT_OK;
-  return sync_wait(o, deadline, w, evt_ready);
+  return sync_wait((syncobj *)arg, deadline, w, evt_ready);
 }
 
 /* ---- barrier ------------------------------------------------------------------------ */
