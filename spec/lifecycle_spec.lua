@@ -36,6 +36,14 @@ local function kill(sig, pids)
   if #pids > 0 then os.execute("kill -" .. sig .. " " .. table.concat(pids, " ") .. " 2>/dev/null") end
 end
 
+-- Whether the pids are gone within timeout; then (never leave one behind,
+-- even failing) they are killed.
+local function gone_then_kill(pids, timeout)
+  local gone = all_gone(pids, timeout)
+  kill("KILL", pids)
+  return gone
+end
+
 -- Under AddressSanitizer the scripts run without LeakSanitizer (as
 -- H.fresh does): its tracer fails on threads still leaving at exit.
 local ENV = ("%sLUA_PATH=%q LUA_CPATH=%q"):format(
@@ -157,8 +165,7 @@ describe("lifecycle", function()
       ]])
       local pids = {}
       for p in (out:match("ready %d+ ([%d ]+)") or ""):gmatch("%d+") do pids[#pids + 1] = p end
-      local gone = all_gone(pids, 5)
-      kill("KILL", pids)                 -- never leave one behind, even failing
+      local gone = gone_then_kill(pids, 5)
       assert.are.equal(2, #pids, out)
       assert.are.equal(0, status, out)
       assert.matches("procthread: stopped 3 workers at exit", out, 1, true)
@@ -186,8 +193,7 @@ describe("lifecycle", function()
       ]])
       local pid = out:match("ready %d+ (%d+)")
       assert.is_truthy(pid, out)
-      local gone = all_gone({ pid }, 5)
-      kill("KILL", { pid })
+      local gone = gone_then_kill({ pid }, 5)
       assert.are.equal(7, status, out)
       assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
       assert.is_true(took < 10, "took " .. took)
@@ -215,8 +221,7 @@ describe("lifecycle", function()
       os.remove(so)
       local pid = out:match("ready %d+ (%d+)")
       assert.is_truthy(pid, out)
-      local gone = all_gone({ pid }, 5)
-      kill("KILL", { pid })
+      local gone = gone_then_kill({ pid }, 5)
       assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
       assert.is_true(took >= 1.4, "took " .. took)
       assert.is_true(took < 15, "took " .. took)

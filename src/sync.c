@@ -63,14 +63,14 @@ static void sync_drop(pt_off off, uint64_t gen) {
 }
 
 /* Holding nothing: wait until ready(o), which also takes what it found
-   (a permit).  First a spin (pt_spin_until: a release or set that is
-   about to come then costs neither side a system call), then under the
-   lock.  What is ready when the wait ends wins over a timeout or a
-   cancel. */
-static int sync_wait(syncobj *o, double deadline, const pt_wake *w,
-                     int (*ready)(void *)) {
+   (a permit).  First a look (inlined: the common case), then a spin
+   (pt_spin_until: a release or set that is about to come then costs
+   neither side a system call), then under the lock.  What is ready when
+   the wait ends wins over a timeout or a cancel. */
+static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
+                            int (*ready)(void *)) {
   int r = PT_OK, ok;
-  if (pt_spin_until(ready, o)) return PT_OK;
+  if (ready(o) || pt_spin_until(ready, o)) return PT_OK;
   if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
   while (!(ok = ready(o))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
@@ -217,8 +217,13 @@ static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
   return 1;
 }
 
-/* A wait from Lua: true, or the status pushed. */
-static int finish(lua_State *L, int r, const char *op) {
+/* obj:<name>([timeout]) for a semaphore or an event: true, or the status
+   pushed (op names the operation in an OS error). */
+static int wait_lua(lua_State *L, const pt_class *c, pt_waitfn step, const char *name,
+                    const char *op) {
+  syncobj *o = OBJ(L, c, name);
+  double deadline = pt_check_deadline(L, 2, 1, name);
+  int r = pt_wait_lua(L, step, o, deadline);
   if (r != PT_OK) return pt_push_status(L, r, op, errno);
   lua_pushboolean(L, 1);
   return 1;
@@ -230,9 +235,7 @@ static int l_semaphore(lua_State *L) {
 }
 
 static int l_acquire(lua_State *L) {
-  syncobj *o = OBJ(L, &sem_class, "acquire");
-  double deadline = pt_check_deadline(L, 2, 1, "acquire");
-  return finish(L, pt_wait_lua(L, sem_acquire, o, deadline), "semaphore acquire");
+  return wait_lua(L, &sem_class, sem_acquire, "acquire", "semaphore acquire");
 }
 
 static int l_release(lua_State *L) {
@@ -266,9 +269,7 @@ static int l_is_set(lua_State *L) {
 }
 
 static int l_evt_wait(lua_State *L) {
-  syncobj *o = OBJ(L, &evt_class, "wait");
-  double deadline = pt_check_deadline(L, 2, 1, "wait");
-  return finish(L, pt_wait_lua(L, evt_wait, o, deadline), "event wait");
+  return wait_lua(L, &evt_class, evt_wait, "wait", "event wait");
 }
 
 static int l_barrier(lua_State *L) {

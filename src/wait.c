@@ -228,48 +228,46 @@ int pt_spin_useful(void) {
 
 /* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
    cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
-int pt_spin_until(int (*ready)(void *), void *arg) {
+static __attribute__((noinline)) int spin(int (*ready)(void *), void *arg) {
   double until = 0;
   int i;
-  for (i = 0;; i++) {
-    if (ready(arg)) return 1;
-    if (!pt_spin_useful()) return 0;
+  for (i = 1;; i++) {
     pt_cpu_relax();
-    if (!i || i % SPIN_STEP) continue;
+    if (ready(arg)) return 1;
+    if (i % SPIN_STEP) continue;
     if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
     else if (pt_clock_now() >= until) return 0;
   }
 }
 
-/* What the word spins of this file wait for. */
+/* The first look costs a call: often what the caller waits for is there. */
+int pt_spin_until(int (*ready)(void *), void *arg) {
+  return ready(arg) || (pt_spin_useful() && spin(ready, arg));
+}
+
+/* A word spin: until the word (64 bits wide, or 32) no longer holds v. */
 typedef struct watch {
   const void *word;
   uint64_t v;
+  int wide;
 } watch;
 
-static int moved64(void *a) {
+static int moved(void *a) {
   const watch *w = (const watch *)a;
-  return __atomic_load_n((const uint64_t *)w->word, __ATOMIC_ACQUIRE) != w->v;
+  uint64_t now = w->wide ? __atomic_load_n((const uint64_t *)w->word, __ATOMIC_ACQUIRE)
+                         : __atomic_load_n((const uint32_t *)w->word, __ATOMIC_ACQUIRE);
+  return now != w->v;
 }
 
-static int moved32(void *a) {
-  const watch *w = (const watch *)a;
-  return __atomic_load_n((const uint32_t *)w->word, __ATOMIC_ACQUIRE) != (uint32_t)w->v;
-}
-
-static int spin_while32(const uint32_t *word, uint32_t v) {
+static int spin_while(const void *word, uint64_t v, int wide) {
   watch w;
   w.word = word;
   w.v = v;
-  return pt_spin_until(moved32, &w);
+  w.wide = wide;
+  return pt_spin_until(moved, &w);
 }
 
-int pt_spin_while(const uint64_t *word, uint64_t v) {
-  watch w;
-  w.word = word;
-  w.v = v;
-  return pt_spin_until(moved64, &w);
-}
+int pt_spin_while(const uint64_t *word, uint64_t v) { return spin_while(word, v, 1); }
 
 /* ---- robust locks ----------------------------------------------------------- */
 
@@ -364,7 +362,7 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_w
   __atomic_store_n(&c->sleeping, spinning ? PT_COND_SPINNING : 1, __ATOMIC_RELAXED);
   s = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   *depth = unlock_all(m);
-  if (spinning && spin_while32(&c->seq, s)) r = PT_OK;
+  if (spinning && spin_while(&c->seq, s, 0)) r = PT_OK;
   else {
     if (spinning) __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);   /* then seq */
     r = pt_futex_wait_on(&seq, &s, 1, deadline, w);
