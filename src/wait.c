@@ -184,11 +184,13 @@ int pt_futex_wait_on(const uint32_t *const *words, const uint32_t *expected, int
                      double deadline, const pt_wake *w) {
   const uint32_t *ws[PT_FUTEX_MAXV];
   uint32_t vs[PT_FUTEX_MAXV];
-  int r;
+  int i, r;
   if (!w || !w->intr) return pt_futex_waitv(words, expected, n, deadline, w ? w->cancel : NULL, NULL);
   if (n < 1 || n >= PT_FUTEX_MAXV) { errno = EINVAL; return PT_ERR; }
-  memcpy(ws, words, (size_t)n * sizeof *ws);
-  memcpy(vs, expected, (size_t)n * sizeof *vs);
+  for (i = 0; i < n; i++) {          /* mostly one: no memcpy call */
+    ws[i] = words[i];
+    vs[i] = expected[i];
+  }
   ws[n] = w->intr;
   vs[n] = w->intr_expected;
   r = pt_futex_waitv(ws, vs, n + 1, deadline, w->cancel, NULL);
@@ -214,8 +216,10 @@ void pt_cpu_relax(void) {
 }
 
 /* 1 when this process may run on more than one CPU.  Asked once: a spin
-   on one CPU only delays the side it waits for. */
-int pt_spin_useful(void) {
+   on one CPU only delays the side it waits for.  (The static functions
+   here are what this file calls: a call of an exported one goes through
+   the PLT.) */
+static int spin_useful(void) {
   static int cpus;              /* atomic: 0 until asked */
   int n = __atomic_load_n(&cpus, __ATOMIC_RELAXED);
   if (!n) {
@@ -225,6 +229,8 @@ int pt_spin_useful(void) {
   }
   return n > 1;
 }
+
+int pt_spin_useful(void) { return spin_useful(); }
 
 /* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
    cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
@@ -241,9 +247,11 @@ static __attribute__((noinline)) int spin(int (*ready)(void *), void *arg) {
 }
 
 /* The first look costs a call: often what the caller waits for is there. */
-int pt_spin_until(int (*ready)(void *), void *arg) {
-  return ready(arg) || (pt_spin_useful() && spin(ready, arg));
+static inline int spin_until(int (*ready)(void *), void *arg) {
+  return ready(arg) || (spin_useful() && spin(ready, arg));
 }
+
+int pt_spin_until(int (*ready)(void *), void *arg) { return spin_until(ready, arg); }
 
 /* A word spin: until the word (64 bits wide, or 32) no longer holds v. */
 typedef struct watch {
@@ -264,7 +272,7 @@ static int spin_while(const void *word, uint64_t v, int wide) {
   w.word = word;
   w.v = v;
   w.wide = wide;
-  return pt_spin_until(moved, &w);
+  return spin_until(moved, &w);
 }
 
 int pt_spin_while(const uint64_t *word, uint64_t v) { return spin_while(word, v, 1); }
@@ -293,7 +301,7 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
    would wait for ever on this thread's own lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
-  for (i = 0; pt_spin_useful() && i < SPINS; i++) {
+  for (i = 0; spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
     if (r != EBUSY) return locked(m, r, repair, arg);
     pt_cpu_relax();
@@ -356,7 +364,7 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_w
   const uint32_t *seq = &c->seq;
   uint32_t s;
   int r;
-  int spinning = pt_spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
+  int spinning = spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
   /* the change is often about to come: a spin saves the sleep and both
      sides' system calls (only spinners: the waker just bumps seq) */
   __atomic_store_n(&c->sleeping, spinning ? PT_COND_SPINNING : 1, __ATOMIC_RELAXED);
@@ -370,7 +378,7 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_w
 #if defined(__GLIBC__)
   /* woken by a changer that still holds m: let it go by reading (a
      trylock's write would slow it down), then take m */
-  pt_spin_until(lock_free, m);
+  spin_until(lock_free, m);
 #endif
   return r;
 }
