@@ -2,6 +2,11 @@
 -- (bench/channel_floor.c) and procthread's own pipe, in alternating rounds.
 --
 --   lua5.4 bench/channel_bench.lua [build/5.4]
+--   PT_BENCH_OLD=/tmp/old/build/5.4 lua5.4 bench/channel_bench.lua
+--
+-- With PT_BENCH_OLD (another build folder: an older tree) each row
+-- measures that build in the same rounds too.  Rows are printed as they
+-- are measured.
 --
 -- Targets (issue 11): thread to thread, small messages >= 1/6 of a C
 -- mutex/condvar queue (also pinned to one CPU), 4 KiB >= 1/3; process to
@@ -48,44 +53,43 @@ end
 local floor = B.build .. "/bench/channel_floor"
 -- Every run is bounded: a hang shows as a failed run, not a stuck bench.
 local T = "timeout 120 "
-local me = B.env .. T .. B.lua .. " bench/channel_bench.lua " .. B.build
-local function lua(args, pin)
-  return B.run(B.env .. T .. (pin and "taskset -c 0 " or "") .. B.lua .. " bench/channel_bench.lua "
-               .. B.build .. " " .. args, "msgs_per_s")
+local function pin(on) return on and "taskset -c 0 " or "" end
+-- A run of this script's child mode under the build folder `build`.
+local function me(build, args, key, pinned)
+  return B.run(B.env_of(build) .. T .. pin(pinned) .. B.lua .. " bench/channel_bench.lua " .. build
+               .. " " .. args, key)
 end
-local function C(args, pin) return B.run(T .. (pin and "taskset -c 0 " or "") .. floor .. " " .. args, "msgs_per_s") end
-local N, R = 200000, 5
+local function C(args, key, pinned) return B.run(T .. pin(pinned) .. floor .. " " .. args, key) end
+local N, PP = 200000, 50000        -- messages streamed; round trips of a ping-pong
 
--- Medians of R alternating rounds of f1 and f2.
-local function alternate(f1, f2)
-  local a, b = {}, {}
-  for i = 1, R do a[i] = f1(); b[i] = f2() end
-  table.sort(a); table.sort(b)
-  return a[math.floor((R + 1) / 2)], b[math.floor((R + 1) / 2)]
+-- A row: procthread's figure (args, under this build and, with
+-- PT_BENCH_OLD, the older one) beside the floor's (f2), in alternating
+-- rounds; ratios are medians of the rounds' ratios.
+local function row(name, args, key, pinned, f2, fmt, target)
+  local function lua(build) return function() return me(build, args, key, pinned) end end
+  local fs = { lua(B.build), f2 }
+  if B.old then fs[3] = lua(B.old) end
+  local med, ratio = B.alternate(fs)
+  local line = (fmt .. "  ratio %6.3f  target %s"):format(name, med[1], med[2], ratio[2], target)
+  if B.old then line = line .. ("   before %.6g, ratio to it %.3f"):format(med[3], ratio[3]) end
+  B.say("%s", line)
 end
+local RATE = "%-44s %12.0f %12.0f"
 
-local rows = {}
-local function row(name, f1, f2, target, higher)
-  local a, b = alternate(f1, f2)
-  local ratio = a / b
-  rows[#rows + 1] = ("%-44s %12.0f %12.0f  ratio %6.3f  target %s %s"):format(
-    name, a, b, ratio, higher and ">=" or "<=", target)
+B.say("%-44s %12s %12s", "measure (msg/s unless said)", "procthread", "floor")
+row("thread->thread 8 B, channel vs C queue", "--stream thread channel 8 " .. N, "msgs_per_s", false,
+    function() return C("queue " .. N * 10 .. " 8", "msgs_per_s") end, RATE, ">= 0.167")
+row("  pinned to one CPU", "--stream thread channel 8 " .. N, "msgs_per_s", true,
+    function() return C("queue " .. N * 10 .. " 8", "msgs_per_s", true) end, RATE, ">= 0.167")
+row("thread->thread 4 KiB, channel vs C queue", "--stream thread channel 4096 " .. N, "msgs_per_s", false,
+    function() return C("queue " .. N * 2 .. " 4096", "msgs_per_s") end, RATE, ">= 0.333")
+for _, size in ipairs({ 8, 4096 }) do
+  row(("process->process %s, channel vs pipe"):format(size == 8 and "8 B" or "4 KiB"),
+      ("--stream process channel %d %d"):format(size, N), "msgs_per_s", false,
+      function() return me(B.build, ("--stream process pipe %d %d"):format(size, N), "msgs_per_s") end,
+      RATE, size == 8 and ">= 2" or ">= 1")
 end
-row("thread->thread 8 B, channel vs C queue", function() return lua("--stream thread channel 8 " .. N) end,
-    function() return C("queue " .. N * 10 .. " 8") end, "0.167", true)
-row("  pinned to one CPU", function() return lua("--stream thread channel 8 " .. N, true) end,
-    function() return C("queue " .. N * 10 .. " 8", true) end, "0.167", true)
-row("thread->thread 4 KiB, channel vs C queue", function() return lua("--stream thread channel 4096 " .. N) end,
-    function() return C("queue " .. N * 2 .. " 4096") end, "0.333", true)
-row("process->process 8 B, channel vs pipe", function() return lua("--stream process channel 8 " .. N) end,
-    function() return lua("--stream process pipe 8 " .. N) end, "2", true)
-row("process->process 4 KiB, channel vs pipe", function() return lua("--stream process channel 4096 " .. N) end,
-    function() return lua("--stream process pipe 4096 " .. N) end, "1", true)
 for _, kind in ipairs({ "thread", "process" }) do
-  local a, b = alternate(function() return B.run(me .. " --pingpong " .. kind .. " 50000", "rtt_us") end,
-                         function() return B.run(T .. floor .. " pingpong 200000", "rtt_us") end)
-  rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f  target <= 1.3"):format(
-    "ping-pong " .. kind .. " to " .. kind .. ", 2 channels vs C futex", a, b, a / b)
+  row("ping-pong " .. kind .. " to " .. kind .. ", 2 channels vs C futex", "--pingpong " .. kind .. " " .. PP,
+      "rtt_us", false, function() return C("pingpong " .. PP, "rtt_us") end, "%-44s %10.2fus %10.2fus", "<= 1.3")
 end
-print(("%-44s %12s %12s"):format("measure (msg/s unless said)", "procthread", "floor"))
-for _, r in ipairs(rows) do print(r) end

@@ -2,6 +2,7 @@
 -- (bench/wait_floor.c), in alternating rounds.
 --
 --   lua5.4 bench/wait_bench.lua [build/5.4 [BEFORE]]
+--   PT_BENCH_OLD=/tmp/old/build/5.4 lua5.4 bench/wait_bench.lua
 --
 -- Wake-up latency: a ping-pong through two keys of a shared table (each
 -- side writes its key, then pt.wait's for the other's to move), thread to
@@ -10,10 +11,12 @@
 -- The same ping-pong through two semaphores (acquire/release), beside the
 -- same floor.
 -- A write with no waiter must cost nothing measurable: pt.add and
--- `st.x = i` rates of this build, and, when BEFORE names the build folder
--- of a procthread without pt.wait (e.g. the parent commit's), of that build
--- too, alternating; the ratio is the median of 9 pairs' ratios.  Target:
--- ratio >= 0.97 (noise).
+-- `st.x = i` rates of this build, and, when BEFORE (or PT_BENCH_OLD)
+-- names the build folder of another procthread (e.g. one without pt.wait,
+-- or the parent commit's), of that build too, alternating; the ratio is
+-- the median of 9 rounds' ratios.  Target: ratio >= 0.97 (noise).  With
+-- BEFORE, the ping-pong rows measure that build in the same rounds too.
+-- Rows are printed as they are measured (the whole bench takes minutes).
 package.path = "bench/?.lua;" .. package.path
 local B = require "benchlib"
 local mode = arg[2]
@@ -69,50 +72,42 @@ elseif mode == "--writes" then       -- [build] --writes add|set n
 end
 
 local floor = B.build .. "/bench/wait_floor"
-local T = "timeout 120 "
+local T = "timeout 120 "              -- every run is bounded: a hang is a failed run
 local function me(build, args)
-  local env = ("LUA_CPATH=%q LUA_PATH=%q "):format(build .. "/?.so;;", "lua/?.lua;lua/?/init.lua;;")
-  return env .. T .. B.lua .. " bench/wait_bench.lua " .. build .. " " .. args
+  return B.env_of(build) .. T .. B.lua .. " bench/wait_bench.lua " .. build .. " " .. args
 end
-local R = 5
+local N = 50000                       -- round trips per run, for procthread and the floor
+local before = arg[2] or B.old
 
-local function alternate(f1, f2)
-  local a, b = {}, {}
-  for i = 1, R do a[i] = f1(); b[i] = f2() end
-  table.sort(a); table.sort(b)
-  return a[math.floor((R + 1) / 2)], b[math.floor((R + 1) / 2)]
+-- A ping-pong row: this build (and the older one) beside the floor, in
+-- alternating rounds; ratios are medians of the rounds' ratios.
+local function pingpong(name, mode, kind, target)
+  local function lua(build)
+    return function() return B.run(me(build, ("%s %s %d"):format(mode, kind, N)), "rtt_us") end
+  end
+  local fs = { lua(B.build), function() return B.run(("%s%s pingpong %s %d"):format(T, floor, kind, N), "rtt_us") end }
+  if before then fs[3] = lua(before) end
+  local med, ratio = B.alternate(fs)
+  local line = ("%-44s %10.2fus %10.2fus  ratio %6.3f%s"):format(name, med[1], med[2], ratio[2],
+    target and "  target <= " .. target or "")
+  if before then line = line .. ("   before %.2fus, ratio to it %.3f"):format(med[3], ratio[3]) end
+  B.say("%s", line)
 end
 
-local rows = {}
+B.say("%-44s %12s %12s", "measure", "procthread", "floor")
 for _, kind in ipairs({ "thread", "process" }) do
-  local a, b = alternate(function() return B.run(me(B.build, "--pingpong " .. kind .. " 50000"), "rtt_us") end,
-                         function() return B.run(T .. floor .. " pingpong " .. kind .. " 200000", "rtt_us") end)
-  rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f  target <= 1.5"):format(
-    "pt.wait ping-pong " .. kind .. "->" .. kind .. " vs C futex", a, b, a / b)
-  a, b = alternate(function() return B.run(me(B.build, "--sem " .. kind .. " 50000"), "rtt_us") end,
-                   function() return B.run(T .. floor .. " pingpong " .. kind .. " 200000", "rtt_us") end)
-  rows[#rows + 1] = ("%-44s %10.2fus %10.2fus  ratio %6.3f"):format(
-    "semaphore ping-pong " .. kind .. " vs C futex", a, b, a / b)
+  pingpong("pt.wait ping-pong " .. kind .. "->" .. kind .. " vs C futex", "--pingpong", kind, "1.5")
+  pingpong("semaphore ping-pong " .. kind .. " vs C futex", "--sem", kind)
 end
-local before = arg[2]
 for _, what in ipairs({ "add", "set" }) do
   local cmd = "--writes " .. what .. " 3000000"
-  if before then                     -- the median of 9 pairs' ratios: the noise is large
-    local a, b, q = {}, {}, {}
-    for i = 1, 9 do
-      a[i] = B.run(me(B.build, cmd), "ops_per_s")
-      b[i] = B.run(me(before, cmd), "ops_per_s")
-      q[i] = a[i] / b[i]
-    end
-    local function med(t) table.sort(t); return t[5] end
-    rows[#rows + 1] = ("%-44s %10.2fM  %10.2fM   ratio %6.3f  target >= 0.97"):format(
-      (what == "add" and "pt.add" or "st.c = i") .. ", no waiter, vs before pt.wait",
-      med(a) / 1e6, med(b) / 1e6, med(q))
+  local name = what == "add" and "pt.add" or "st.c = i"
+  local function rate(build) return function() return B.run(me(build, cmd), "ops_per_s") end end
+  if before then                     -- the median of 9 rounds' ratios: the noise is large
+    local med, ratio = B.alternate({ rate(B.build), rate(before) }, 9)
+    B.say("%-44s %10.2fM  %10.2fM   ratio %6.3f  target >= 0.97", name .. ", no waiter, vs before",
+          med[1] / 1e6, med[2] / 1e6, ratio[2])
   else
-    rows[#rows + 1] = ("%-44s %10.2fM  (no BEFORE build given)"):format(
-      (what == "add" and "pt.add" or "st.c = i") .. ", no waiter", B.median(function()
-        return B.run(me(B.build, cmd), "ops_per_s") end, R) / 1e6)
+    B.say("%-44s %10.2fM  (no BEFORE build given)", name .. ", no waiter", B.median(rate(B.build), 5) / 1e6)
   end
 end
-print(("%-44s %12s %12s"):format("measure", "procthread", "floor"))
-for _, r in ipairs(rows) do print(r) end

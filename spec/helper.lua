@@ -67,15 +67,29 @@ function H.assert_released(base)
   require("luassert").are.same(base, now)
 end
 
-package.loaded["helper"] = H
+-- Compile the C source text `source` with cc and `flags` (after the
+-- source: "-shared -fPIC" for a Lua module, or more sources and -l...).
+-- No LD_PRELOAD (a sanitizer's runtime would be loaded into cc).  The
+-- output's path; the caller removes it.
+function H.cc(source, flags)
+  local out = os.tmpname()
+  local src = out .. ".c"
+  local f = assert(io.open(src, "w"))
+  f:write(source)
+  f:close()
+  local ok = os.execute(("env -u LD_PRELOAD cc -std=gnu11 -o %s %s %s"):format(out, src, flags))
+  os.remove(src)
+  assert(ok == true or ok == 0, "cc failed: " .. flags)
+  return out
+end
+
 -- A C library, built here, whose l_fork is a bare fork() (procthread's own
 -- fork path is not taken: the host's kind) and l_wait a waitpid(-1) that
--- answers the exit code (128 + signal when killed).  Its path; the caller
--- removes it.
+-- answers the exit code (128 + signal when killed); fork and waitpid for
+-- Lua without Lua's headers (the push function takes a 64-bit integer on
+-- every Lua of x86-64 and arm64).  Its path; the caller removes it.
 function H.foreign_fork_lib()
-  local src, so = os.tmpname() .. ".c", os.tmpname() .. ".so"
-  local f = assert(io.open(src, "w"))
-  f:write([[
+  return H.cc([[
     #include <sys/wait.h>
     #include <unistd.h>
     typedef struct lua_State lua_State;
@@ -87,11 +101,31 @@ function H.foreign_fork_lib()
       lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
       return 1;
     }
-  ]])
-  f:close()
-  assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
-  os.remove(src)
-  return so
+  ]], "-shared -fPIC")
 end
 
+-- In a fresh interpreter: run `setup` (Lua; procthread is `pt`), then fork
+-- bare (H.foreign_fork_lib: not procthread's fork) and run `child` in the
+-- child, a function body whose truthy return is success.  Raises unless
+-- the child succeeded.
+function H.in_bare_fork(setup, child)
+  local so = H.foreign_fork_lib()
+  local status, out = T.fresh(([[
+    local pt = require "procthread"
+    local fork, wait = package.loadlib(%q, "l_fork"), package.loadlib(%q, "l_wait")
+    %s
+    io.stdout:flush()
+    if fork() == 0 then
+      local ok = (function() %s end)()
+      os.exit(ok and 0 or 3)
+    end
+    io.write("child exit ", wait(), "\n")
+  ]]):format(so, so, setup, child))
+  os.remove(so)
+  local assert = require "luassert"
+  assert.are.equal(0, status, out)
+  assert.matches("child exit 0\n", out, 1, true)
+end
+
+package.loaded["helper"] = H
 return H

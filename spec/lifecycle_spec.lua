@@ -36,6 +36,14 @@ local function kill(sig, pids)
   if #pids > 0 then os.execute("kill -" .. sig .. " " .. table.concat(pids, " ") .. " 2>/dev/null") end
 end
 
+-- Whether the pids are gone within timeout; then (never leave one behind,
+-- even failing) they are killed.
+local function gone_then_kill(pids, timeout)
+  local gone = all_gone(pids, timeout)
+  kill("KILL", pids)
+  return gone
+end
+
 -- Under AddressSanitizer the scripts run without LeakSanitizer (as
 -- H.fresh does): its tracer fails on threads still leaving at exit.
 local ENV = ("%sLUA_PATH=%q LUA_CPATH=%q"):format(
@@ -157,8 +165,7 @@ describe("lifecycle", function()
       ]])
       local pids = {}
       for p in (out:match("ready %d+ ([%d ]+)") or ""):gmatch("%d+") do pids[#pids + 1] = p end
-      local gone = all_gone(pids, 5)
-      kill("KILL", pids)                 -- never leave one behind, even failing
+      local gone = gone_then_kill(pids, 5)
       assert.are.equal(2, #pids, out)
       assert.are.equal(0, status, out)
       assert.matches("procthread: stopped 3 workers at exit", out, 1, true)
@@ -186,8 +193,7 @@ describe("lifecycle", function()
       ]])
       local pid = out:match("ready %d+ (%d+)")
       assert.is_truthy(pid, out)
-      local gone = all_gone({ pid }, 5)
-      kill("KILL", { pid })
+      local gone = gone_then_kill({ pid }, 5)
       assert.are.equal(7, status, out)
       assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
       assert.is_true(took < 10, "took " .. took)
@@ -198,30 +204,24 @@ describe("lifecycle", function()
     -- it): here the worker's own code ignores it, as a user's signal
     -- library would, through a C module made for the test
     it("gives a process that ignores SIGTERM exit_grace seconds, then kills it", function()
-      local dir = os.tmpname(); os.remove(dir)
-      assert(os.execute("mkdir -p " .. dir))
-      local src = io.open(dir .. "/ignore_term.c", "w")
-      src:write("#include <signal.h>\nint luaopen_ignore_term(void *L);\n" ..
-                "int luaopen_ignore_term(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }\n")
-      src:close()
-      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s/ignore_term.so %s/ignore_term.c"):format(dir, dir)))
+      local so = H.cc("#include <signal.h>\nint luaopen_ignore_term(void *L);\n" ..
+                      "int luaopen_ignore_term(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }\n",
+                      "-shared -fPIC")
       local status, out, took = fresh(([[
         pt.configure{ at_exit = "stop", exit_grace = 1.5 }
-        package.cpath = %q .. "/?.so;" .. package.cpath
         local flag = pt.shared_table { ignoring = false }
         local p = pt.spawn_process(function()
-          require "ignore_term"
+          assert(package.loadlib(%q, "luaopen_ignore_term"))()
           flag.ignoring = true
           require("procthread").sleep(100)
         end)
         while not flag.ignoring do pt.sleep(0.001) end
         ready(p.id)
-      ]]):format(dir))
-      os.execute("rm -rf " .. dir)
+      ]]):format(so))
+      os.remove(so)
       local pid = out:match("ready %d+ (%d+)")
       assert.is_truthy(pid, out)
-      local gone = all_gone({ pid }, 5)
-      kill("KILL", { pid })
+      local gone = gone_then_kill({ pid }, 5)
       assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
       assert.is_true(took >= 1.4, "took " .. took)
       assert.is_true(took < 15, "took " .. took)
@@ -313,6 +313,33 @@ describe("lifecycle", function()
   -- ---- 28: Ctrl-C -------------------------------------------------------------
 
   describe("one Ctrl-C", function()
+    -- Run `script` in the background; once it is ready and (0.2 s later)
+    -- blocked in the call it ends with, one SIGINT must end it with the
+    -- interpreter's traceback, and its workers (the pids it said) be gone.
+    local function interrupts(name, script)
+      it("interrupts " .. name, function()
+        local run = background(script)
+        local pids = run.ready()
+        pt.sleep(0.2)               -- into the blocking call
+        local sigign = (slurp("/proc/" .. run.pid .. "/status") or ""):match("SigIgn:%s*(%x+)")
+        assert.is_truthy(sigign)
+        assert.are.equal(0, tonumber(sigign:sub(-1), 16) % 4 >= 2 and 1 or 0, "SIGINT ignored")
+        local t0 = pt.now()
+        kill("INT", { run.pid })
+        local status, out = run.finish(8)
+        local took = pt.now() - t0
+        local gone = all_gone(pids, 3)
+        run.cleanup(pids)
+        assert.is_truthy(status, "still blocked " .. took .. " s after SIGINT: " .. tostring(out))
+        assert.matches("interrupted!", out, 1, true)
+        assert.matches("stack traceback:", out, 1, true)
+        assert.are_not.equal(0, status)
+        assert.is_true(took < 4, "took " .. took)
+        assert.is_true(gone, "workers left running")
+      end)
+    end
+
+    -- a blocking call: { name, setup, call }, next to a busy process worker
     local calls = {
       { "sleep", "", "pt.sleep(100)" },
       { "thread join", "local w = pt.spawn_thread(function() require('procthread').sleep(100) end)",
@@ -335,61 +362,26 @@ describe("lifecycle", function()
         "pool:map(function(x) require('procthread').sleep(100) end, { 1, 2, 3 })" },
     }
     for _, c in ipairs(calls) do
-      it("interrupts " .. c[1] .. " with the interpreter's traceback, and the workers are gone", function()
-        local run = background(([[
-          local ids = {}
-          %s
-          local busy = pt.spawn_process(function() while true do end end)
-          ids[#ids + 1] = busy.id
-          ready((table.unpack or unpack)(ids))
-          %s
-        ]]):format(c[2], c[3]))
-        local pids = run.ready()
-        pt.sleep(0.2)               -- into the blocking call
-        local sigign = (slurp("/proc/" .. run.pid .. "/status") or ""):match("SigIgn:%s*(%x+)")
-        assert.is_truthy(sigign)
-        assert.are.equal(0, tonumber(sigign:sub(-1), 16) % 4 >= 2 and 1 or 0, "SIGINT ignored")
-        local t0 = pt.now()
-        kill("INT", { run.pid })
-        local status, out = run.finish(8)
-        local took = pt.now() - t0
-        local gone = all_gone(pids, 3)
-        run.cleanup(pids)
-        assert.is_truthy(status, "still blocked " .. took .. " s after SIGINT: " .. tostring(out))
-        assert.matches("interrupted!", out, 1, true)
-        assert.matches("stack traceback:", out, 1, true)
-        assert.are_not.equal(0, status)
-        assert.is_true(took < 4, "took " .. took)
-        assert.is_true(gone, "workers left running")
-      end)
+      interrupts(c[1] .. " with the interpreter's traceback, and the workers are gone", ([[
+        local ids = {}
+        %s
+        local busy = pt.spawn_process(function() while true do end end)
+        ids[#ids + 1] = busy.id
+        ready((table.unpack or unpack)(ids))
+        %s
+      ]]):format(c[2], c[3]))
     end
 
     -- a shared-table lock wait: another worker holds pt.locked on st
     for _, holder in ipairs { "thread", "process" } do
       for _, stmt in ipairs { "st.x = 1", "local y = st.x", "pt.locked(st, function() end)", "pt.add(st, 'n', 1)" } do
-        it("interrupts a shared-table lock wait (" .. stmt .. ", a " .. holder .. " holds the lock)", function()
-          local run = background(([[
-            local st, go = pt.shared_table {}, pt.event()
-            local w = pt.spawn(%q, function() pt.locked(st, function() go:set(); pt.sleep(100) end) end)
-            go:wait(20)
-            ready(%s)
-            %s
-          ]]):format(holder, holder == "process" and "w.id" or "", stmt))
-          local pids = run.ready()
-          pt.sleep(0.2)               -- into the lock wait
-          local t0 = pt.now()
-          kill("INT", { run.pid })
-          local status, out = run.finish(8)
-          local took = pt.now() - t0
-          local gone = all_gone(pids, 3)
-          run.cleanup(pids)
-          assert.is_truthy(status, "still blocked " .. took .. " s after SIGINT: " .. tostring(out))
-          assert.matches("interrupted!", out, 1, true)
-          assert.matches("stack traceback:", out, 1, true)
-          assert.are_not.equal(0, status)
-          assert.is_true(took < 4, "took " .. took)
-          assert.is_true(gone, "workers left running")
-        end)
+        interrupts("a shared-table lock wait (" .. stmt .. ", a " .. holder .. " holds the lock)", ([[
+          local st, go = pt.shared_table {}, pt.event()
+          local w = pt.spawn(%q, function() pt.locked(st, function() go:set(); pt.sleep(100) end) end)
+          go:wait(20)
+          ready(%s)
+          %s
+        ]]):format(holder, holder == "process" and "w.id" or "", stmt))
       end
     end
 

@@ -392,6 +392,35 @@ describe("shared-table lock waits", function()
     end)
   end
 
+  -- found while folding the waits: a SIGINT between the caller's look at
+  -- the interrupt word and the sleep made the kernel's wait return at
+  -- once, again and again, and the lock wait spun until its deadline (or
+  -- the holder's unlock) instead of ending.  The race made certain, in C:
+  -- the word has moved before pt_lock_wait is called, on a lock it holds.
+  it("end at a Ctrl-C that came just before their sleep (pt_lock_wait)", function()
+    local prog = H.cc([[
+      #include "wait.h"
+      #include <stdio.h>
+      int main(void) {
+        static pthread_mutex_t m;
+        uint32_t intr = 1;                   /* the caller saw 0 */
+        double t0;
+        int r;
+        if (pt_lock_init(&m, 0) != 0 || pt_lock(&m, NULL, NULL) != PT_OK) return 2;
+        t0 = pt_clock_now();
+        r = pt_lock_wait(&m, pt_deadline(3), NULL, &intr, 0);
+        printf("status %d took %.2f\n", r, pt_clock_now() - t0);
+        return 0;
+      }
+    ]], "-D_GNU_SOURCE -Isrc src/wait.c src/lock.c -lpthread")
+    local p = io.popen("env -u LD_PRELOAD " .. prog)
+    local out = p:read("*a"); p:close()
+    os.remove(prog)
+    local status, took = out:match("status (%d+) took ([%d.]+)")
+    assert.equal("4", status, out)                  -- PT_INTR, not PT_TIMEOUT (1)
+    assert.is_true(tonumber(took) < 1, out)
+  end)
+
   it("are a cancellation point", function()
     local st = pt.shared_table({ k = 1 })
     local ok, err = pt.locked(st, function(s)

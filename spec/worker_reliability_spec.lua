@@ -325,10 +325,7 @@ describe("worker reliability", function()
     -- constructor installs the handler before Lua starts)
     local so
     setup(function()
-      local src = os.tmpname() .. ".c"
-      so = os.tmpname() .. ".so"
-      local f = assert(io.open(src, "w"))
-      f:write([[
+      so = H.cc([[
         #include <signal.h>
         #include <stdio.h>
         #include <stdlib.h>
@@ -341,11 +338,7 @@ describe("worker reliability", function()
           sigaction(SIGRTMIN + 6, &sa, NULL);
           snprintf(n, sizeof n, "%d", SIGRTMIN); setenv("HOST_RTMIN", n, 1);
         }
-      ]])
-      f:close()
-      -- the compiler runs plain, not under a sanitizer run's preloads
-      assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
-      os.remove(src)
+      ]], "-shared -fPIC")
     end)
     teardown(function() os.remove(so) end)
 
@@ -538,25 +531,14 @@ describe("worker reliability", function()
       assert.is_true(n ~= nil and n <= 20, out)
     end)
 
-    -- fork and waitpid for Lua without Lua's headers (the push function
-    -- takes a 64-bit integer on every Lua of x86-64 and arm64)
     it("a child forked by another library spawns threads: it has no idle one", function()
-      local so = H.foreign_fork_lib()
-      local status, out = H.fresh(([[
-        local pt = require "procthread"
-        local fork, wait = package.loadlib(%q, "l_fork"), package.loadlib(%q, "l_wait")
+      H.in_bare_fork([[
         assert(pt.spawn_thread(function() end):join(10))
         while pt._spare_threads() == 0 do pt.sleep(0.01) end     -- one idle
-        io.stdout:flush()
-        if fork() == 0 then
-          local ok, v = pt.spawn_thread(function() return 7 end):join(5)
-          os.exit(ok == true and v == 7 and 0 or 3)
-        end
-        io.write("child exit ", wait(), "\n")
-      ]]):format(so, so))
-      os.remove(so)
-      assert.are.equal(0, status, out)
-      assert.matches("child exit 0\n", out, 1, true)
+      ]], [[
+        local ok, v = pt.spawn_thread(function() return 7 end):join(5)
+        return ok == true and v == 7
+      ]])
     end)
 
     it("the main thread's thread join, Ctrl-C watched, wakes once, not every 100 ms", function()

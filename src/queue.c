@@ -177,7 +177,7 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
     pt_unlock(&other->mu);
   }
   *spun = 1;
-  if (pt_lock(&me->mu, repair, q) == PT_ERR) abort();   /* see pt_cond_wait */
+  if (pt_lock(&me->mu, repair, q) == PT_ERR) abort();   /* see pt_cond_wait_on */
   return r;
 }
 
@@ -246,7 +246,7 @@ int pt_queue_watch(pt_off off, const uint32_t **word, uint32_t *value) {
   if (pt_queue_count(off) || LOAD(q->closed)) return 1;
   if (pt_lock(&q->put.mu, repair, q) == PT_ERR) return 1;   /* the get will say why */
   ready = LOAD(q->put.index) != LOAD(q->get.index) || LOAD(q->closed);
-  if (!ready) {                 /* as pt_cond_wait does, without the sleep */
+  if (!ready) {                 /* as pt_cond_wait_on does, without the sleep */
     __atomic_store_n(&q->put.waiters.sleeping, 1, __ATOMIC_RELAXED);
     *value = __atomic_load_n(&q->put.waiters.seq, __ATOMIC_RELAXED);
     *word = &q->put.waiters.seq;

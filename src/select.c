@@ -43,8 +43,6 @@
 #define FUTEX_ITEMS (PT_FUTEX_MAXV - 2)   /* leaves room for the interrupt and stop words */
 #define NO_PIDFD_SLICE 0.01
 #define STACK_ITEMS 16
-#define SPIN_SECONDS 10e-6       /* about a futex sleep and wake-up */
-#define SPIN_STEP 32
 
 enum { K_PIPE, K_CHANNEL, K_THREAD, K_PROCESS };
 
@@ -317,12 +315,13 @@ static int l_helper_threads(lua_State *L) {
 
 /* Sleep on futex words alone.  PT_OK: look again. */
 static int sleep_words(sel *s, int nw, double deadline) {
-  uint32_t iv = 0;
-  const uint32_t *iw;
+  pt_wake w;
   int r;
   if (pt_interrupted()) return PT_CANCELLED;       /* Ctrl-C: pt_raise_cancelled says so */
-  if ((iw = pt_interrupt_word(&iv)) != NULL) { s->words[nw] = iw; s->vals[nw++] = iv; }
-  r = pt_futex_waitv(s->words, s->vals, nw, deadline, pt_cancel_flag(), NULL);
+  w.cancel = pt_cancel_flag();
+  w.intr_expected = 0;
+  w.intr = pt_interrupt_word(&w.intr_expected);
+  r = pt_futex_wait_on(s->words, s->vals, nw, deadline, &w);
   if (r == PT_INTR) return pt_interrupted() ? PT_CANCELLED : PT_OK;
   return r;
 }
@@ -353,7 +352,9 @@ static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *re
   return r == -2 ? PT_CANCELLED : PT_ERR;
 }
 
-static int any_ready(sel *s) {
+/* 1 when a futex object may be ready now (loads only: nothing armed). */
+static int any_ready(void *arg) {
+  sel *s = (sel *)arg;
   int i;
   for (i = 0; i < s->n; i++) {
     item *x = &s->it[i];
@@ -364,24 +365,6 @@ static int any_ready(sel *s) {
   return 0;
 }
 
-/* Before the first sleep, look at the futex objects for up to 10 us
-   (loads only: nothing is armed yet), as a channel's recv does: the other
-   side is often about to act, and a sleep and a wake-up cost more.  1: one
-   of them may be ready now. */
-/* Up to SPIN_SECONDS by the clock, looked at every SPIN_STEP pauses. */
-static int spin(sel *s) {
-  double until = 0;
-  int k;
-  if (s->nfd > 0 || !pt_spin_useful()) return 0;  /* fds would need system calls */
-  for (k = 1;; k++) {
-    if (any_ready(s)) return 1;
-    pt_cpu_relax();
-    if (k % SPIN_STEP) continue;
-    if (!until) until = pt_now() + SPIN_SECONDS;
-    else if (pt_now() >= until) return 0;
-  }
-}
-
 /* Wait for the first ready item: PT_OK (*ready: its index), PT_TIMEOUT,
    PT_CANCELLED (or interrupted: pt_raise_cancelled tells), PT_ERR. */
 static int run(sel *s, double deadline, int *ready) {
@@ -389,7 +372,10 @@ static int run(sel *s, double deadline, int *ready) {
   for (;;) {
     int i, nw = 0, np = 0, slice = 0, r;
     *ready = -1;
-    if (!spun++ && (deadline < 0 || deadline > pt_now())) spin(s);   /* before arming */
+    /* before the first sleep, the spin of every wait (pt_spin_until), as
+       a channel's recv does; not with fds (they would need system calls) */
+    if (!spun++ && s->nfd == 0 && (deadline < 0 || deadline > pt_now()))
+      pt_spin_until(any_ready, s);
     for (i = 0; i < s->n; i++) {
       r = look(s, i, &nw, &np, &slice);
       if (r < 0) return PT_ERR;

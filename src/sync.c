@@ -63,11 +63,14 @@ static void sync_drop(pt_off off, uint64_t gen) {
 }
 
 /* Holding nothing: wait until ready(o), which also takes what it found
-   (a permit), under the lock.  What is ready when the wait ends wins over
-   a timeout or a cancel. */
-static int sync_wait(syncobj *o, double deadline, const pt_wake *w,
-                     int (*ready)(syncobj *)) {
+   (a permit).  First a look (inlined: the common case), then a spin
+   (pt_spin_until: a release or set that is about to come then costs
+   neither side a system call), then under the lock.  What is ready when
+   the wait ends wins over a timeout or a cancel. */
+static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
+                            int (*ready)(void *)) {
   int r = PT_OK, ok;
+  if (ready(o) || pt_spin_until(ready, o)) return PT_OK;
   if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
   while (!(ok = ready(o))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
@@ -89,7 +92,8 @@ static void sync_publish(syncobj *o, uint64_t state) {
 /* ---- semaphore ----------------------------------------------------------------- */
 
 /* Take one permit if there is one, lock-free. */
-static int sem_try(syncobj *o) {
+static int sem_try(void *arg) {
+  syncobj *o = (syncobj *)arg;
   uint64_t v = LOAD(o);
   while (v > 0)
     if (__atomic_compare_exchange_n(&o->state, &v, v - 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
@@ -97,19 +101,8 @@ static int sem_try(syncobj *o) {
   return 0;
 }
 
-
-/* Before a sleep: spin (wait.h: at most 10 us, only with more than one
-   CPU) while the state says "not ready" (0, for semaphores and events),
-   then look; a release or set that is about to come then costs neither
-   side a system call. */
-static int spin_ready(syncobj *o, int (*ready)(syncobj *)) {
-  return pt_spin_while(&o->state, 0) && ready(o);
-}
-
 static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
-  syncobj *o = (syncobj *)arg;
-  if (sem_try(o) || spin_ready(o, sem_try)) return PT_OK;
-  return sync_wait(o, deadline, w, sem_try);
+  return sync_wait((syncobj *)arg, deadline, w, sem_try);
 }
 
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
@@ -127,12 +120,10 @@ static int sem_release(syncobj *o, uint64_t k) {
 
 /* ---- event ----------------------------------------------------------------------- */
 
-static int evt_ready(syncobj *o) { return LOAD(o) != 0; }
+static int evt_ready(void *o) { return LOAD((syncobj *)o) != 0; }
 
 static int evt_wait(void *arg, double deadline, const pt_wake *w) {
-  syncobj *o = (syncobj *)arg;
-  if (evt_ready(o) || spin_ready(o, evt_ready)) return PT_OK;
-  return sync_wait(o, deadline, w, evt_ready);
+  return sync_wait((syncobj *)arg, deadline, w, evt_ready);
 }
 
 /* ---- barrier ------------------------------------------------------------------------ */
@@ -226,8 +217,13 @@ static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
   return 1;
 }
 
-/* A wait from Lua: true, or the status pushed. */
-static int finish(lua_State *L, int r, const char *op) {
+/* obj:<name>([timeout]) for a semaphore or an event: true, or the status
+   pushed (op names the operation in an OS error). */
+static int wait_lua(lua_State *L, const pt_class *c, pt_waitfn step, const char *name,
+                    const char *op) {
+  syncobj *o = OBJ(L, c, name);
+  double deadline = pt_check_deadline(L, 2, 1, name);
+  int r = pt_wait_lua(L, step, o, deadline);
   if (r != PT_OK) return pt_push_status(L, r, op, errno);
   lua_pushboolean(L, 1);
   return 1;
@@ -239,9 +235,7 @@ static int l_semaphore(lua_State *L) {
 }
 
 static int l_acquire(lua_State *L) {
-  syncobj *o = OBJ(L, &sem_class, "acquire");
-  double deadline = pt_check_deadline(L, 2, 1, "acquire");
-  return finish(L, pt_wait_lua(L, sem_acquire, o, deadline), "semaphore acquire");
+  return wait_lua(L, &sem_class, sem_acquire, "acquire", "semaphore acquire");
 }
 
 static int l_release(lua_State *L) {
@@ -275,9 +269,7 @@ static int l_is_set(lua_State *L) {
 }
 
 static int l_evt_wait(lua_State *L) {
-  syncobj *o = OBJ(L, &evt_class, "wait");
-  double deadline = pt_check_deadline(L, 2, 1, "wait");
-  return finish(L, pt_wait_lua(L, evt_wait, o, deadline), "event wait");
+  return wait_lua(L, &evt_class, evt_wait, "wait", "event wait");
 }
 
 static int l_barrier(lua_State *L) {

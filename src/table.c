@@ -302,16 +302,16 @@ static int lock_status(void) {
    on return.  PT_OK, PT_TIMEOUT, PT_CANCELLED (cancelled, or Ctrl-C:
    pt_raise_cancelled tells), PT_ERR. */
 static int wait_change(pt_stab *t, const pt_kv *k, const pt_kv *e, double deadline, int *held) {
-  const volatile int *cancel = pt_cancel_flag();
+  pt_wake w;
   int r = PT_OK, depth;
+  w.cancel = pt_cancel_flag();
+  w.intr_expected = 0;
   while (pt_ht_slot_equals(pt_ht_find(t, k, NULL), e)) {
-    const uint32_t *iw;
-    uint32_t iv = 0;
     if (r != PT_OK) return r;
     if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
     if (pt_interrupted()) return PT_CANCELLED;
-    iw = pt_interrupt_word(&iv);
-    r = pt_cond_wait_all(&t->waiters, &t->mu, deadline, cancel, iw, iv, &depth);
+    w.intr = pt_interrupt_word(&w.intr_expected);
+    r = pt_cond_wait_all(&t->waiters, &t->mu, deadline, &w, &depth);
     if (r == PT_INTR) r = PT_OK;             /* a signal: pt_interrupted() tells */
     if (depth > 1) pt_cond_relock(&t->mu, depth, st_repair, t);
     else if (pt_st_lock_until(t, deadline) != 0) { *held = 0; return lock_status(); }

@@ -176,6 +176,28 @@ int pt_futex_wait(const uint32_t *word, uint32_t expected, double deadline,
   return pt_futex_waitv(&word, &expected, 1, deadline, cancel, NULL);
 }
 
+static int interrupt_moved(const pt_wake *w) {
+  return w && w->intr && __atomic_load_n(w->intr, __ATOMIC_ACQUIRE) != w->intr_expected;
+}
+
+int pt_futex_wait_on(const uint32_t *const *words, const uint32_t *expected, int n,
+                     double deadline, const pt_wake *w) {
+  const uint32_t *ws[PT_FUTEX_MAXV];
+  uint32_t vs[PT_FUTEX_MAXV];
+  int i, r;
+  if (!w || !w->intr) return pt_futex_waitv(words, expected, n, deadline, w ? w->cancel : NULL, NULL);
+  if (n < 1 || n >= PT_FUTEX_MAXV) { errno = EINVAL; return PT_ERR; }
+  for (i = 0; i < n; i++) {          /* mostly one: no memcpy call */
+    ws[i] = words[i];
+    vs[i] = expected[i];
+  }
+  ws[n] = w->intr;
+  vs[n] = w->intr_expected;
+  r = pt_futex_waitv(ws, vs, n + 1, deadline, w->cancel, NULL);
+  if ((r == PT_OK || r == PT_INTR) && interrupt_moved(w)) return PT_INTR;
+  return r;
+}
+
 void pt_futex_wake(const uint32_t *word, int n) {
   syscall(SYS_futex, word, FUTEX_WAKE, n < 0 ? INT_MAX : n, NULL, NULL, 0);
 }
@@ -194,8 +216,10 @@ void pt_cpu_relax(void) {
 }
 
 /* 1 when this process may run on more than one CPU.  Asked once: a spin
-   on one CPU only delays the side it waits for. */
-int pt_spin_useful(void) {
+   on one CPU only delays the side it waits for.  (The static functions
+   here are what this file calls: a call of an exported one goes through
+   the PLT.) */
+static int spin_useful(void) {
   static int cpus;              /* atomic: 0 until asked */
   int n = __atomic_load_n(&cpus, __ATOMIC_RELAXED);
   if (!n) {
@@ -206,26 +230,52 @@ int pt_spin_useful(void) {
   return n > 1;
 }
 
+int pt_spin_useful(void) { return spin_useful(); }
+
 /* Spin up to SPIN_NS by the clock (a pause costs from a few to a hundred
-   cycles, by CPU model), looking at the clock every SPIN_STEP pauses,
-   while *word == v (until_equal: while *word != v); the word is 64 bits
-   (wide) or 32.  1 when the spin saw what it waited for. */
-static int spin(const void *word, uint64_t v, int wide, int until_equal) {
+   cycles, by CPU model), looking at the clock every SPIN_STEP pauses. */
+static __attribute__((noinline)) int spin(int (*ready)(void *), void *arg) {
   double until = 0;
   int i;
-  for (i = 0;; i++) {
-    uint64_t now = wide ? __atomic_load_n((const uint64_t *)word, __ATOMIC_ACQUIRE)
-                        : __atomic_load_n((const uint32_t *)word, __ATOMIC_ACQUIRE);
-    if ((now == v) == until_equal) return 1;
-    if (!pt_spin_useful()) return 0;
+  for (i = 1;; i++) {
     pt_cpu_relax();
-    if (!i || i % SPIN_STEP) continue;
+    if (ready(arg)) return 1;
+    if (i % SPIN_STEP) continue;
     if (!until) until = pt_clock_now() + SPIN_NS * 1e-9;
     else if (pt_clock_now() >= until) return 0;
   }
 }
 
-int pt_spin_while(const uint64_t *word, uint64_t v) { return spin(word, v, 1, 0); }
+/* The first look costs a call: often what the caller waits for is there. */
+static inline int spin_until(int (*ready)(void *), void *arg) {
+  return ready(arg) || (spin_useful() && spin(ready, arg));
+}
+
+int pt_spin_until(int (*ready)(void *), void *arg) { return spin_until(ready, arg); }
+
+/* A word spin: until the word (64 bits wide, or 32) no longer holds v. */
+typedef struct watch {
+  const void *word;
+  uint64_t v;
+  int wide;
+} watch;
+
+static int moved(void *a) {
+  const watch *w = (const watch *)a;
+  uint64_t now = w->wide ? __atomic_load_n((const uint64_t *)w->word, __ATOMIC_ACQUIRE)
+                         : __atomic_load_n((const uint32_t *)w->word, __ATOMIC_ACQUIRE);
+  return now != w->v;
+}
+
+static int spin_while(const void *word, uint64_t v, int wide) {
+  watch w;
+  w.word = word;
+  w.v = v;
+  w.wide = wide;
+  return spin_until(moved, &w);
+}
+
+int pt_spin_while(const uint64_t *word, uint64_t v) { return spin_while(word, v, 1); }
 
 /* ---- robust locks ----------------------------------------------------------- */
 
@@ -251,7 +301,7 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
    would wait for ever on this thread's own lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   int i, r;
-  for (i = 0; pt_spin_useful() && i < SPINS; i++) {
+  for (i = 0; spin_useful() && i < SPINS; i++) {
     r = pthread_mutex_trylock(m);
     if (r != EBUSY) return locked(m, r, repair, arg);
     pt_cpu_relax();
@@ -278,38 +328,15 @@ void pt_cond_wake(pt_cond *c) {
   __atomic_store_n(&c->sleeping, 0, __ATOMIC_RELAXED);   /* after the wake */
 }
 
-int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
-                 const volatile int *cancel, void (*repair)(void *), void *arg) {
-  pt_wake w;
-  w.cancel = cancel;
-  w.intr = NULL;
-  w.intr_expected = 0;
-  return pt_cond_wait_on(c, m, deadline, &w, repair, arg);
-}
-
-/* The sleep of pt_cond_wait_on: seq and, when given, the interrupt word. */
-static int cond_sleep(pt_cond *c, uint32_t s, double deadline, const pt_wake *w) {
-  const uint32_t *words[2];
-  uint32_t expected[2];
-  int r;
-  words[0] = &c->seq; expected[0] = s;
-  if (!w || !w->intr) return pt_futex_wait(&c->seq, s, deadline, w ? w->cancel : NULL);
-  words[1] = w->intr; expected[1] = w->intr_expected;
-  r = pt_futex_waitv(words, expected, 2, deadline, w->cancel, NULL);
-  if ((r == PT_OK || r == PT_INTR) &&
-      __atomic_load_n(w->intr, __ATOMIC_ACQUIRE) != w->intr_expected)
-    return PT_INTR;
-  return r;
-}
-
 int pt_cond_wait_on(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
                     void (*repair)(void *), void *arg) {
+  const uint32_t *seq = &c->seq;
   uint32_t s;
   int r, lk;
   __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
   s = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   pt_unlock(m);
-  r = cond_sleep(c, s, deadline, w);
+  r = pt_futex_wait_on(&seq, &s, 1, deadline, w);
   lk = pt_lock_spin(m, repair, arg);
   if (lk == PT_ERR) abort();     /* only ENOTRECOVERABLE, which pt_lock prevents */
   return r;
@@ -326,36 +353,38 @@ static int unlock_all(pthread_mutex_t *m) {
   return n;
 }
 
-int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
-                     const volatile int *cancel, const uint32_t *intr,
-                     uint32_t intr_expected, int *depth) {
-  const uint32_t *words[2];
-  uint32_t expected[2];
+#if defined(__GLIBC__)
+static int lock_free(void *m) {
+  return __atomic_load_n(&((pthread_mutex_t *)m)->__data.__lock, __ATOMIC_ACQUIRE) == 0;
+}
+#endif
+
+int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
+                     int *depth) {
+  const uint32_t *seq = &c->seq;
+  uint32_t s;
   int r;
-  int spinning = pt_spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
+  int spinning = spin_useful() && !__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED);
   /* the change is often about to come: a spin saves the sleep and both
      sides' system calls (only spinners: the waker just bumps seq) */
   __atomic_store_n(&c->sleeping, spinning ? PT_COND_SPINNING : 1, __ATOMIC_RELAXED);
-  words[0] = &c->seq;
-  expected[0] = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
-  words[1] = intr;
-  expected[1] = intr_expected;
+  s = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
   *depth = unlock_all(m);
-  if (spinning && spin(&c->seq, expected[0], 0, 0)) r = PT_OK;
+  if (spinning && spin_while(&c->seq, s, 0)) r = PT_OK;
   else {
     if (spinning) __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);   /* then seq */
-    r = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+    r = pt_futex_wait_on(&seq, &s, 1, deadline, w);
   }
 #if defined(__GLIBC__)
   /* woken by a changer that still holds m: let it go by reading (a
      trylock's write would slow it down), then take m */
-  spin(&m->__data.__lock, 0, 0, 1);
+  spin_until(lock_free, m);
 #endif
   return r;
 }
 
 void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void *arg) {
-  if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait */
+  if (pt_lock_spin(m, repair, arg) == PT_ERR) abort();     /* as pt_cond_wait_on */
   while (--depth > 0)
     if (pthread_mutex_lock(m) != 0) abort();   /* ours already: a count */
 }
@@ -375,10 +404,14 @@ void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void 
 int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel,
                  const uint32_t *intr, uint32_t intr_expected) {
   uint32_t *word = (uint32_t *)&m->__data.__lock;
+  const uint32_t *watched = word;
+  pt_wake w;
   int slept = 0;
+  w.cancel = cancel;
+  w.intr = intr;
+  w.intr_expected = intr_expected;
   for (;;) {
-    const uint32_t *words[2];
-    uint32_t expected[2], v;
+    uint32_t v;
     int r = pthread_mutex_trylock(m), st;
     if (r == 0 || r == EOWNERDEAD) {
       if (slept) __atomic_fetch_or(word, FUTEX_WAITERS, __ATOMIC_RELAXED);
@@ -397,13 +430,10 @@ int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel
         continue;
       v |= FUTEX_WAITERS;
     }
-    words[0] = word; expected[0] = v;
-    words[1] = intr; expected[1] = intr_expected;
-    st = pt_futex_waitv(words, expected, intr ? 2 : 1, deadline, cancel, NULL);
+    st = pt_futex_wait_on(&watched, &v, 1, deadline, &w);
     slept = 1;
     if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again */
-    if (st == PT_INTR && !(intr && __atomic_load_n(intr, __ATOMIC_ACQUIRE) != intr_expected))
-      continue;                                          /* not a Ctrl-C */
+    if (st == PT_INTR && !interrupt_moved(&w)) continue; /* not a Ctrl-C */
     return st;
   }
 }

@@ -61,17 +61,39 @@ int pt_futex_waitv(const uint32_t *const *words, const uint32_t *expected,
                    int n, double deadline, const volatile int *cancel,
                    int *which);
 
+/* ---- what ends a wait besides its words ---------------------------------
+   The calling thread's cancel flag (NULL: none), and the interrupt word
+   (lifecycle's pt_interrupt_word; NULL: none) once it no longer holds
+   intr_expected.  The kernel watches both with the wait's own words, so a
+   cancel or a Ctrl-C that comes after the caller looked still ends the
+   sleep. */
+typedef struct pt_wake {
+  const volatile int *cancel;
+  const uint32_t *intr;
+  uint32_t intr_expected;
+} pt_wake;
+
+/* pt_futex_waitv over words[0..n-1] (n < PT_FUTEX_MAXV) and what w names
+   (NULL: nothing more).  PT_INTR also when w's interrupt word moved (a
+   Ctrl-C): every futex sleep that watches one goes through here. */
+int pt_futex_wait_on(const uint32_t *const *words, const uint32_t *expected, int n,
+                     double deadline, const pt_wake *w);
+
 /* Wake up to n sleepers of word (n < 0: all). */
 void pt_futex_wake(const uint32_t *word, int n);
 
 /* Increment a sequence word and wake all its sleepers. */
 void pt_seq_bump_wake(uint32_t *word);
 
-/* Spin (at most 10 microseconds, pausing the CPU) while *word == v:
-   returns 1 as soon as it differs, 0 when the spin gives up.  Before a
-   sleep, this saves the sleep and the wake when the change is about to
-   come.  No spin at all when the process may use only one CPU
-   (pt_spin_useful() == 0: the side it waits for cannot run meanwhile). */
+/* The spin before a sleep, for every wait that has one: spin (at most 10
+   microseconds by the clock, pausing the CPU) until ready(arg) says 1:
+   returns 1 then, 0 when the spin gives up.  ready is asked first, once
+   even when the process may use only one CPU (pt_spin_useful() == 0),
+   where there is no spin at all: the side it waits for cannot run
+   meanwhile.  When the change is about to come, this saves the sleep and
+   the wake (both sides' system calls). */
+int pt_spin_until(int (*ready)(void *arg), void *arg);
+/* pt_spin_until for "the 64-bit *word no longer holds v". */
 int pt_spin_while(const uint64_t *word, uint64_t v);
 int pt_spin_useful(void);
 /* One pause of a spin loop (the CPU's pause/yield hint). */
@@ -108,41 +130,27 @@ typedef struct pt_cond {
 } pt_cond;
 #define PT_COND_SPINNING 2u
 
-/* What ends a wait besides its condition and deadline: the calling
-   thread's cancel flag (NULL: none), and the interrupt word (lifecycle's
-   pt_interrupt_word; NULL: none) once it no longer holds intr_expected.
-   The kernel watches both with the wait's own word, so a cancel or a
-   Ctrl-C that comes after the caller looked still ends the sleep. */
-typedef struct pt_wake {
-  const volatile int *cancel;
-  const uint32_t *intr;
-  uint32_t intr_expected;
-} pt_wake;
-
 /* Holding m: wake every sleeper of c (before publishing the change). */
 void pt_cond_wake(pt_cond *c);
-/* Holding m: release m, sleep until woken (or deadline, cancel, signal),
-   take m again (repair as pt_lock; m is always held on return) and return pt_futex_wait's status.  The
+/* Holding m: release m, sleep until woken, the deadline passes, or what w
+   names (NULL: nothing) ends it, take m again (repair as pt_lock; m is
+   always held on return) and return pt_futex_wait_on's status.  The
    caller re-checks its condition on PT_OK (wake-ups may be spurious). */
-int pt_cond_wait(pt_cond *c, pthread_mutex_t *m, double deadline,
-                 const volatile int *cancel, void (*repair)(void *), void *arg);
-/* The same, ended by what w names too: PT_INTR once its interrupt word
-   moved (w NULL: nothing more). */
 int pt_cond_wait_on(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
                     void (*repair)(void *), void *arg);
 
-/* pt_cond_wait for a recursive lock m that this thread holds any number of
+/* pt_cond_wait_on for a recursive lock m that this thread holds any number of
    times (pt.wait inside nested pt.locked): m is released entirely (*depth:
    how many times it was held) while it sleeps, and NOT held on return: the
    caller takes it back, by pt_cond_relock or by a wait of its own that
-   may give up (when *depth is 1, nobody else relies on it).  Also watches
-   intr (may be NULL: lifecycle's pt_interrupt_word, which holds
-   intr_expected while no Ctrl-C is new).  Returns pt_futex_waitv's status;
-   PT_INTR: a signal or the interrupt word moved (ask the lifecycle).  The
-   caller re-checks its condition on PT_OK. */
-int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline,
-                     const volatile int *cancel, const uint32_t *intr,
-                     uint32_t intr_expected, int *depth);
+   may give up (when *depth is 1, nobody else relies on it).  Before the
+   sleep it spins (pt_spin_until) on c's word, marked PT_COND_SPINNING so
+   that the waker only bumps it.  Ended by what w names too (NULL:
+   nothing).  Returns pt_futex_wait_on's status; PT_INTR: a signal or the
+   interrupt word moved (ask the lifecycle).  The caller re-checks its
+   condition on PT_OK. */
+int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
+                     int *depth);
 /* Take m back depth times, whatever comes (as pthread_cond_wait does after
    a cancel); repair as pt_lock. */
 void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void *arg);
