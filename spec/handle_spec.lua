@@ -16,6 +16,28 @@ local function not_remembered(x, f, expected)
   assert.matches(expected, err, 1, true)
 end
 
+-- x, finalized in the same cycle as a table that keeps it (5.2+: __gc on
+-- tables; 5.1 and LuaJIT: a proxy's __gc), after `use(x)`: x resurrected.
+local function resurrected(new, use)
+  local saved
+  do
+    local x = new()
+    use(x)                                   -- remembered by the toolkit
+    local keeper = { x = x }
+    local function keep(t) saved = t.x end
+    if newproxy then
+      local p = newproxy(true)
+      getmetatable(p).__gc = function() keep(keeper) end
+      keeper.p = p
+    else
+      setmetatable(keeper, { __gc = keep })
+    end
+  end
+  collectgarbage(); collectgarbage()
+  assert(saved, "not resurrected")
+  return saved
+end
+
 describe("handle toolkit", function()
   after_each(function() if jit then jit.flush() end end)
   H.no_leaks()
@@ -46,24 +68,7 @@ describe("handle toolkit", function()
     end)
 
     it(what .. ": finalized, then resurrected by another finalizer: released, never reused", function()
-      local saved
-      do
-        local x = new()
-        local _ = x[1]                       -- remembered
-        -- a table finalized in the same cycle keeps x alive (5.2+: __gc on
-        -- tables; 5.1 and LuaJIT: a proxy's __gc)
-        local keeper = { x = x }
-        local function keep(t) saved = t.x end
-        if newproxy then
-          local p = newproxy(true)
-          getmetatable(p).__gc = function() keep(keeper) end
-          keeper.p = p
-        else
-          setmetatable(keeper, { __gc = keep })
-        end
-      end
-      collectgarbage(); collectgarbage()
-      assert.is_not_nil(saved)
+      local saved = resurrected(new, function(x) local _ = x[1] end)
       local ok, err = pcall(function() return saved[1] end)
       assert.is_false(ok)
       assert.matches("released", err)
@@ -124,28 +129,6 @@ local function plain_userdata()
   local t = { io.stdout }
   if newproxy then t[2] = newproxy(false) end
   return t
-end
-
--- x, finalized in the same cycle as a table that keeps it (5.2+: __gc on
--- tables; 5.1 and LuaJIT: a proxy's __gc), after `use(x)`: x resurrected.
-local function resurrected(new, use)
-  local saved
-  do
-    local x = new()
-    use(x)                                   -- remembered by the toolkit
-    local keeper = { x = x }
-    local function keep(t) saved = t.x end
-    if newproxy then
-      local p = newproxy(true)
-      getmetatable(p).__gc = function() keep(keeper) end
-      keeper.p = p
-    else
-      setmetatable(keeper, { __gc = keep })
-    end
-  end
-  collectgarbage(); collectgarbage()
-  assert(saved, "not resurrected")
-  return saved
 end
 
 -- Collect until the only reference, box[1], is freed (a resurrected
