@@ -145,7 +145,7 @@ fail2:
 /* The handle's release, serving close and __close (ends: both ends are
    closed in this process first) and __gc (the pipe's count only): safe to
    call again.  The count is dropped only in the process that holds it. */
-static int release(lua_State *L, int ends) {
+static int handle_release(lua_State *L, int ends) {
   handle *h = check_handle(L, 1);
   pt_pipe *p = h->p;
   if (!p) return 0;
@@ -158,9 +158,9 @@ static int release(lua_State *L, int ends) {
   return 0;
 }
 
-static int l_close(lua_State *L) { return release(L, 1); }
+static int l_close(lua_State *L) { return handle_release(L, 1); }
 
-static int l_gc(lua_State *L) { return release(L, 0); }
+static int l_gc(lua_State *L) { return handle_release(L, 0); }
 
 static int l_close_read(lua_State *L) {
   handle *h = check_handle(L, 1);
