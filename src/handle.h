@@ -37,9 +37,9 @@ typedef struct pt_handle {
    name (it does when called from elsewhere), and mostly need not compare
    it either: it remembers the last userdata whose metatable it compared,
    if the kind's `live` says it is not yet released, and the kind's __gc
-   (the toolkit's, around the kind's own, which releases) forgets it, so a
-   remembered address is always a live userdata of the kind, never memory
-   reused by another.  (Trusting the metatable -- as luaL_checkudata does
+   (the toolkit's, around the kind's own, which releases) forgets it once
+   the kind's own has run, so a remembered address is always a live
+   userdata of the kind, never memory reused by another.  (Trusting the metatable -- as luaL_checkudata does
    -- is trusting that only debug.setmetatable could change it.) */
 typedef struct pt_seen {
   void *last;                       /* a live userdata of the kind, or NULL */
