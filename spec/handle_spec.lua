@@ -1,7 +1,42 @@
 -- The handle toolkit (src/handle.h): the check by metatable, and the last
--- checked userdata it remembers, for shared tables, arrays and channels.
+-- checked userdata it remembers, for shared tables, arrays and channels,
+-- then for pipes and workers.
 local pt = require "procthread"
 local H = require "helper"
+
+-- x, released, is not remembered by the toolkit: with its metatable taken
+-- away (debug.setmetatable; left so), f, a function of its kind, refuses
+-- it, where the toolkit's fast path would take a remembered userdata
+-- unchecked.  (Remembered after its release, its memory would be taken for
+-- the kind's once freed and reused.)
+local function not_remembered(x, f, expected)
+  debug.setmetatable(x, nil)
+  local ok, err = pcall(f, x, 1)
+  assert.is_false(ok)
+  assert.matches(expected, err, 1, true)
+end
+
+-- x, finalized in the same cycle as a table that keeps it (5.2+: __gc on
+-- tables; 5.1 and LuaJIT: a proxy's __gc), after `use(x)`: x resurrected.
+local function resurrected(new, use)
+  local saved
+  do
+    local x = new()
+    use(x)                                   -- remembered by the toolkit
+    local keeper = { x = x }
+    local function keep(t) saved = t.x end
+    if newproxy then
+      local p = newproxy(true)
+      getmetatable(p).__gc = function() keep(keeper) end
+      keeper.p = p
+    else
+      setmetatable(keeper, { __gc = keep })
+    end
+  end
+  collectgarbage(); collectgarbage()
+  assert(saved, "not resurrected")
+  return saved
+end
 
 describe("handle toolkit", function()
   after_each(function() if jit then jit.flush() end end)
@@ -33,27 +68,11 @@ describe("handle toolkit", function()
     end)
 
     it(what .. ": finalized, then resurrected by another finalizer: released, never reused", function()
-      local saved
-      do
-        local x = new()
-        local _ = x[1]                       -- remembered
-        -- a table finalized in the same cycle keeps x alive (5.2+: __gc on
-        -- tables; 5.1 and LuaJIT: a proxy's __gc)
-        local keeper = { x = x }
-        local function keep(t) saved = t.x end
-        if newproxy then
-          local p = newproxy(true)
-          getmetatable(p).__gc = function() keep(keeper) end
-          keeper.p = p
-        else
-          setmetatable(keeper, { __gc = keep })
-        end
-      end
-      collectgarbage(); collectgarbage()
-      assert.is_not_nil(saved)
+      local saved = resurrected(new, function(x) local _ = x[1] end)
       local ok, err = pcall(function() return saved[1] end)
       assert.is_false(ok)
       assert.matches("released", err)
+      not_remembered(saved, getmetatable(saved)[mm], expected)
       saved = nil
       collectgarbage(); collectgarbage()
       -- new userdata may take its memory now: each is what it was made as
@@ -66,4 +85,192 @@ describe("handle toolkit", function()
       collectgarbage()
     end)
   end
+end)
+
+-- Pipes and workers: every function of their metatables, by name.
+local function functions_of(x)
+  local mt, fns = getmetatable(x), {}
+  local methods = type(mt.__index) == "table" and mt.__index or mt.methods
+  for _, t in ipairs { mt, methods } do
+    for k, v in pairs(t) do
+      if type(v) == "function" then fns[#fns + 1] = { k, v } end
+    end
+  end
+  table.sort(fns, function(a, b) return a[1] < b[1] end)
+  return fns
+end
+
+local function joined_thread()
+  local w = pt.spawn_thread(function() return 1 end)
+  assert(w:join(H.T))
+  return w
+end
+
+-- n userdata of a handle's size (a pipe's and a worker's are the same, 16
+-- bytes and one user value on 5.4) of the other kind than `what`, made
+-- without keeping an fd or a thread: they may take the memory of a handle
+-- of `what` freed before.
+local function probes(what, n)
+  local t = {}
+  for i = 1, n do
+    if what == "worker" then
+      t[i] = pt.pipe()
+      t[i]:close()
+    else
+      t[i] = pt.spawn_thread(function() end)
+      assert(t[i]:join(H.T))
+    end
+  end
+  return t
+end
+
+-- A userdata no procthread kind made (5.1 and LuaJIT: a bare one too).
+local function plain_userdata()
+  local t = { io.stdout }
+  if newproxy then t[2] = newproxy(false) end
+  return t
+end
+
+-- Collect until the only reference, box[1], is freed (a resurrected
+-- userdata may take more than one cycle).
+local function collect(box)
+  local weak = setmetatable({ box[1] }, { __mode = "v" })
+  box[1] = nil
+  for _ = 1, 10 do
+    collectgarbage()
+    if weak[1] == nil then return end
+  end
+  error("not collected")
+end
+
+describe("handle toolkit: pipes and workers", function()
+  after_each(function() if jit then jit.flush() end end)
+  H.no_leaks()
+
+  -- what, tname, new, use, and a function that neither crashes nor
+  -- hangs when given another userdata as its own, but answers
+  local kinds = {
+    { "pipe", "procthread.Pipe", function() return pt.pipe() end,
+      function(p) assert(p:send(1)); assert.are.equal(1, p:recv(H.T)) end, "__tostring" },
+    { "worker", "procthread.Worker", joined_thread,
+      function(w) assert.are.equal("succeeded", w:status()) end, "status" },
+  }
+
+  -- f, a function of what's, called on userdata that may hold the freed
+  -- memory of one of its handles, raises "<tname> expected" for each.
+  local function never_reused(f, what, tname)
+    for _, u in ipairs(probes(what, 200)) do
+      local ok, err = pcall(f, u)
+      assert.is_false(ok)
+      assert.matches(tname .. " expected", err, 1, true)
+    end
+  end
+
+  for _, k in ipairs(kinds) do
+    local what, tname, new, use, safe = k[1], k[2], k[3], k[4], k[5]
+
+    it(what .. ": each method and metamethod called on another kind raises naming itself, after a use", function()
+      local x, other = new(), (what == "pipe" and joined_thread or pt.pipe)()
+      local st, ch = pt.shared_table(), pt.channel()
+      local foreign = { { other, getmetatable(other).__name }, { {}, "table" },
+                        { st, "procthread.SharedTable" }, { ch, "procthread.Channel" },
+                        { 42, "number" } }
+      for _, u in ipairs(plain_userdata()) do
+        foreign[#foreign + 1] = { u, getmetatable(u) and getmetatable(u).__name or "userdata" }
+      end
+      use(x)
+      local fns = functions_of(x)
+      assert.is_true(#fns >= 8)
+      for _, f in ipairs(fns) do
+        for _, u in ipairs(foreign) do
+          local ok, err = pcall(f[2], u[1], 1)
+          assert.is_false(ok)
+          assert.are.equal(("bad argument #1 to '%s' (%s expected, got %s)"):format(f[1], tname, u[2]), err)
+        end
+      end
+      use(x)                                 -- still itself
+      if what == "pipe" then x:close() else other:close() end
+      pt.release(st)
+      ch:close()
+    end)
+
+    it(what .. ": finalized, then resurrected by another finalizer: released, never reused", function()
+      local saved = resurrected(new, use)
+      if what == "pipe" then
+        assert.are.same({ nil, "closed" }, { saved:send(1) })
+        assert.are.equal("procthread.Pipe (closed)", tostring(saved))
+        saved:close()                        -- and again: nothing to do
+      else
+        local ok, err = pcall(saved.join, saved)
+        assert.is_false(ok)
+        assert.matches("join: worker handle has been released", err, 1, true)
+        assert.are.equal("procthread.Worker (released)", tostring(saved))
+      end
+      local f = getmetatable(saved)[safe] or getmetatable(saved).methods[safe]
+      not_remembered(saved, f, tname .. " expected")
+      local box = { saved }
+      saved = nil
+      collect(box)
+      never_reused(f, what, tname)
+    end)
+  end
+  it("pipe: close, close_read, close_write, __close and __gc, in any order and again, are fine", function()
+    for _, order in ipairs { { "close", "close" }, { "__gc", "close", "__close", "__gc" },
+                             { "close_read", "__close", "close_write", "close" },
+                             { "__close", "__gc", "close" } } do
+      local p = pt.pipe()
+      local mt = getmetatable(p)
+      for _, name in ipairs(order) do
+        local f = mt[name] or mt.__index[name]
+        assert.are.equal(0, select("#", f(p)))
+      end
+      assert.are.same({ nil, "closed" }, { p:send(1) })
+      assert.are.same({ nil, "closed" }, { p:recv(0) })
+      assert.are.same({}, { p:fds() } )
+    end
+  end)
+
+  it("worker: __gc twice is fine; the handle is released after the first", function()
+    local w = joined_thread()
+    local gc = getmetatable(w).__gc
+    gc(w); gc(w)
+    local ok, err = pcall(w.status, w)
+    assert.is_false(ok)
+    assert.matches("status: worker handle has been released", err, 1, true)
+    assert.are.equal("procthread.Worker (released)", tostring(w))
+  end)
+
+  it("worker: a forked copy resurrected after its __gc is released there, never reused", function()
+    -- in a process worker, the parent's handle is a copy that is not its
+    -- own: its __gc forgets it all the same, so that the toolkit never
+    -- keeps its address
+    local box = { w = joined_thread() }
+    local p = pt.spawn_process(function()
+      local saved = resurrected(function() local w = box.w; box.w = nil; return w end,
+                                function(w) pcall(w.status, w) end)
+      local ok, err = pcall(saved.status, saved)
+      assert(not ok and err:find("belongs to another process", 1, true), err)
+      local status = getmetatable(saved).methods.status
+      not_remembered(saved, status, "procthread.Worker expected")
+      local box1 = { saved }
+      saved = nil
+      collect(box1)
+      never_reused(status, "worker", "procthread.Worker")
+      return "none reused"
+    end)
+    assert.are.same({ true, "none reused" }, { p:join(H.T) })
+    assert.are.equal("succeeded", box.w:status())
+  end)
+
+  it("pipe: <close> (5.4) closes it at the end of the scope, and on an error", function()
+    if _VERSION ~= "Lua 5.4" then return pending("<close> needs 5.4") end
+    local p, q = pt.pipe(), pt.pipe()
+    assert(load([[local p = ...; do local c <close> = p end]]))(p)
+    assert.are.same({ nil, "closed" }, { p:send(1) })
+    assert(load([[local p = ...; do local c <close> = p end]]))(p)   -- again: fine
+    local ok, err = pcall(assert(load([[local q = ...; local c <close> = q; error("boom") ]])), q)
+    assert.is_false(ok)
+    assert.matches("boom", err)
+    assert.are.same({ nil, "closed" }, { q:recv(0) })
+  end)
 end)

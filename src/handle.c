@@ -26,11 +26,15 @@ void *pt_udata_test_mt(lua_State *L, int i, void *p) {
   return p;
 }
 
-/* Every kind's __gc: forget the userdata, then the kind's own. */
+/* Every kind's __gc: the kind's own, then forget the userdata (after: the
+   kind's own checks it, which remembers it while it is not yet released;
+   a __gc that raises does so on a userdata of another kind, never
+   remembered). */
 static int udata_gc(lua_State *L) {
   pt_seen *s = (pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  int n = s->gc(L);
   if (s->last == lua_touserdata(L, 1)) s->last = NULL;
-  return s->gc(L);
+  return n;
 }
 
 /* The kind's pt_seen, pushed: kept in its metatable at mt[key], made when

@@ -1,7 +1,8 @@
-/* handle.h - Lua handles on the reference-counted arena objects of obj.h
- * (channels, semaphores, events, barriers): one toolkit for their
- * metatables, type checks (by metatable), lifetimes and codec references,
- * and for waiting on them from Lua. */
+/* handle.h - the toolkit every kind of Lua handle is made with (shared
+ * tables, arrays, pipes, workers, channels, semaphores, events, barriers):
+ * metatables, type checks by metatable; then handles on the
+ * reference-counted arena objects of obj.h (channels, semaphores, events,
+ * barriers): their lifetimes and codec references; and waiting from Lua. */
 #ifndef PT_HANDLE_H
 #define PT_HANDLE_H
 
@@ -36,9 +37,9 @@ typedef struct pt_handle {
    name (it does when called from elsewhere), and mostly need not compare
    it either: it remembers the last userdata whose metatable it compared,
    if the kind's `live` says it is not yet released, and the kind's __gc
-   (the toolkit's, around the kind's own, which releases) forgets it, so a
-   remembered address is always a live userdata of the kind, never memory
-   reused by another.  (Trusting the metatable -- as luaL_checkudata does
+   (the toolkit's, around the kind's own, which releases) forgets it once
+   the kind's own has run, so a remembered address is always a live
+   userdata of the kind, never memory reused by another.  (Trusting the metatable -- as luaL_checkudata does
    -- is trusting that only debug.setmetatable could change it.) */
 typedef struct pt_seen {
   void *last;                       /* a live userdata of the kind, or NULL */
@@ -55,6 +56,13 @@ static inline void *pt_udata_test(lua_State *L, int i, const void *key, const ch
   p = lua_touserdata(L, i);
   s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
   return p && s && p == s->last ? p : pt_udata_test_mt(L, i, p);
+}
+/* The same, or raise "bad argument #i to 'fn' (<tname> expected, got
+   <type>)" as luaL_checkudata words it. */
+static inline void *pt_udata_check(lua_State *L, int i, const void *key, const char *tname) {
+  void *p = pt_udata_test(L, i, key, tname);
+  if (!p) pt_typeerror(L, i, tname);
+  return p;
 }
 /* Create tname's metatable (once per state): meta's functions (which must
    hold a __gc), __name, and `methods` (unless NULL) in __index, each with

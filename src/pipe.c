@@ -4,6 +4,7 @@
  * binding, the codec's by-reference crossing and pt.select's hooks; the
  * pipe itself and its other files are described in pipe.h. */
 #include "pipe.h"
+#include "handle.h"
 #include "wait.h"
 
 #include <errno.h>
@@ -77,6 +78,12 @@ static void pipe_after_fork(void) {
 
 /* ---- handles -------------------------------------------------------------- */
 
+/* The toolkit's key for pipes (handle.h): their codec type. */
+#define PIPE_KEY ((const void *)&pt_xtype_pipe)
+
+/* Not yet released (closed or collected). */
+static int handle_live(const void *v) { return ((const handle *)v)->p != NULL; }
+
 static handle *push_handle(lua_State *L, pt_pipe *p) {
   handle *h = (handle *)pt_newuserdata(L, sizeof *h);
   h->p = p;
@@ -86,16 +93,14 @@ static handle *push_handle(lua_State *L, pt_pipe *p) {
   return h;
 }
 
-static handle *check_handle(lua_State *L, int i) {
-  return (handle *)luaL_checkudata(L, i, PIPE_MT);
+/* The pipe handle at i, or NULL (test) / raise (check); fast from the
+   pipe's methods and metamethods. */
+static handle *test_handle(lua_State *L, int i) {
+  return (handle *)pt_udata_test(L, i, PIPE_KEY, PIPE_MT);
 }
 
-/* Forget a handle's pipe; its count only if the count is ours. */
-static void handle_drop(handle *h) {
-  pt_pipe *p = h->p;
-  if (!p) return;
-  h->p = NULL;
-  if (h->pid == getpid()) pipe_unref(p);
+static handle *check_handle(lua_State *L, int i) {
+  return (handle *)pt_udata_check(L, i, PIPE_KEY, PIPE_MT);
 }
 
 static int l_pipe(lua_State *L) {
@@ -137,22 +142,25 @@ fail2:
   return pt_push_oserror(L, op, err);
 }
 
-/* close, __gc, __close: safe to call twice. */
-static int l_close(lua_State *L) {
+/* The handle's release, serving close and __close (ends: both ends are
+   closed in this process first) and __gc (the pipe's count only): safe to
+   call again.  The count is dropped only in the process that holds it. */
+static int handle_release(lua_State *L, int ends) {
   handle *h = check_handle(L, 1);
-  if (h->p) {
-    pt_pipe_end_close(h->p, 1);
-    pt_pipe_end_close(h->p, 0);
-    handle_drop(h);
+  pt_pipe *p = h->p;
+  if (!p) return 0;
+  if (ends) {
+    pt_pipe_end_close(p, 1);
+    pt_pipe_end_close(p, 0);
   }
+  h->p = NULL;
+  if (h->pid == getpid()) pipe_unref(p);
   return 0;
 }
 
-static int l_gc(lua_State *L) {
-  handle *h = check_handle(L, 1);
-  handle_drop(h);
-  return 0;
-}
+static int l_close(lua_State *L) { return handle_release(L, 1); }
+
+static int l_gc(lua_State *L) { return handle_release(L, 0); }
 
 static int l_close_read(lua_State *L) {
   handle *h = check_handle(L, 1);
@@ -344,7 +352,7 @@ static int l_recv(lua_State *L) {
 /* ---- for pt.select (select.c) ---------------------------------------------- */
 
 int pt_pipe_get(lua_State *L, int idx, void **pipe) {
-  handle *h = (handle *)pt_testudata(L, idx, PIPE_MT);
+  handle *h = test_handle(L, idx);
   *pipe = h ? h->p : NULL;
   return h != NULL;
 }
@@ -361,7 +369,7 @@ int pt_pipe_buffered(void *pipe) {
 /* ---- crossing the codec: by reference ---------------------------------------- */
 
 static const char *pipe_encode(lua_State *L, int idx, pt_ref *ref) {
-  handle *h = (handle *)pt_testudata(L, idx, PIPE_MT);
+  handle *h = test_handle(L, idx);
   pt_pipe *p = h ? h->p : NULL;
   if (!p) return "cannot send a closed pipe";
   pthread_mutex_lock(&p->mu);
@@ -427,22 +435,12 @@ void pt_open_pipe(lua_State *L) {
     {"send", l_send}, {"recv", l_recv}, {"close", l_close},
     {"close_write", l_close_write}, {"close_read", l_close_read},
     {"fds", l_fds}, {NULL, NULL}};
+  /* __close on every Lua, as before (only 5.4 calls it) */
+  static const luaL_Reg meta[] = {
+    {"__gc", l_gc}, {"__close", l_close}, {"__tostring", l_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"pipe", l_pipe}, {NULL, NULL}};
   pt_atfork_child(pipe_after_fork);
   pt_pipe_watch_forks();
-  if (luaL_newmetatable(L, PIPE_MT)) {
-    lua_newtable(L);
-    pt_setfuncs(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, PIPE_MT);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
+  pt_meta_open(L, PIPE_MT, PIPE_KEY, handle_live, meta, methods);
   pt_setfuncs(L, fns);
 }

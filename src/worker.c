@@ -2,6 +2,7 @@
  * (join, status, cancel, kill, info, fd), pt.spawn, pt.detach.  It knows
  * the kinds only through their ops (worker.h), registered by core.c. */
 #include "worker.h"
+#include "handle.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -29,9 +30,26 @@ void pt_worker_register(const pt_worker_ops *ops) {
 }
 
 typedef struct handle {
-  pt_worker *w;
+  pt_worker *w;              /* NULL once its __gc ran */
   pid_t owner;               /* the process that made the handle */
 } handle;
+
+/* The toolkit's key for worker handles (handle.h). */
+static const char worker_key;
+#define WORKER_KEY ((const void *)&worker_key)
+
+/* Not yet released (its __gc has not run). */
+static int handle_live(const void *v) { return ((const handle *)v)->w != NULL; }
+
+/* The worker handle at i, or NULL (test) / raise (check); fast from the
+   handle's methods and metamethods. */
+static handle *test_handle(lua_State *L, int i) {
+  return (handle *)pt_udata_test(L, i, WORKER_KEY, PT_WORKER_MT);
+}
+
+static handle *check_handle(lua_State *L, int i) {
+  return (handle *)pt_udata_check(L, i, WORKER_KEY, PT_WORKER_MT);
+}
 
 pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
   pt_worker *w = (pt_worker *)calloc(1, size);
@@ -62,13 +80,13 @@ void pt_worker_push(lua_State *L, pt_worker *w) {
 }
 
 pt_worker *pt_worker_of(lua_State *L, int i) {
-  handle *h = (handle *)luaL_checkudata(L, i, PT_WORKER_MT);
+  handle *h = check_handle(L, i);
   if (!h->w) luaL_argerror(L, i, "the worker handle was collected");
   return h->w;
 }
 
 int pt_worker_get(lua_State *L, int i, pt_worker **w) {
-  handle *h = (handle *)pt_testudata(L, i, PT_WORKER_MT);
+  handle *h = test_handle(L, i);
   *w = h && h->owner == pt_pid() ? h->w : NULL;
   return h != NULL;
 }
@@ -76,7 +94,7 @@ int pt_worker_get(lua_State *L, int i, pt_worker **w) {
 /* The record of the handle at index 1 for method `op`.  A handle whose
    __gc has run (a finalizer may still reach it at lua_close) raises. */
 static pt_worker *check(lua_State *L, const char *op) {
-  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  handle *h = check_handle(L, 1);
   if (h->owner != pt_pid())
     luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
   if (!h->w) luaL_error(L, "%s: worker handle has been released", op);
@@ -344,18 +362,21 @@ static int w_info(lua_State *L) {
   return 1;
 }
 
+/* __gc, the handle's release: safe to call again.  A forked copy's record
+   is not ours: it is only forgotten (and the handle, released, is never
+   remembered by the toolkit again). */
 static int w_gc(lua_State *L) {
-  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  handle *h = check_handle(L, 1);
   pt_worker *w = h->w;
-  if (!w || h->owner != pt_pid()) return 0;     /* a forked copy: not ours */
   h->w = NULL;
+  if (!w || h->owner != pt_pid()) return 0;
   pt_lifecycle_released(w);
   w->ops->release(w);
   return 0;
 }
 
 static int w_index(lua_State *L) {
-  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  handle *h = check_handle(L, 1);
   const char *k = lua_tostring(L, 2);
   if (k && h->w && strcmp(k, "kind") == 0) {
     lua_pushstring(L, h->w->ops->name);
@@ -365,15 +386,14 @@ static int w_index(lua_State *L) {
     lua_pushinteger(L, worker_id(h->w));
     return 1;
   }
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
+  lua_getfield(L, lua_upvalueindex(1), "methods");   /* the metatable's */
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   return 1;
 }
 
 static int w_tostring(lua_State *L) {
-  handle *h = (handle *)luaL_checkudata(L, 1, PT_WORKER_MT);
+  handle *h = check_handle(L, 1);
   if (!h->w) lua_pushliteral(L, "procthread.Worker (released)");
   else
     lua_pushfstring(L, "procthread.Worker (%s %d)", h->w->ops->name, worker_id(h->w));
@@ -416,23 +436,17 @@ void pt_open_worker(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"join", w_join}, {"status", w_status}, {"cancel", w_cancel},
     {"kill", w_kill}, {"info", w_info}, {"fd", w_fd}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__index", w_index}, {"__gc", w_gc}, {"__tostring", w_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
     {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon},
     {"_spare_threads", l_spare}, {NULL, NULL}};
   int k;
-  if (luaL_newmetatable(L, PT_WORKER_MT)) {
-    lua_pushcfunction(L, w_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, w_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, w_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_newtable(L);
-    pt_setfuncs(L, methods);
-    lua_setfield(L, -2, "methods");
-    lua_pushliteral(L, "procthread.Worker");
-    lua_setfield(L, -2, "__name");
-  }
+  pt_meta_open(L, PT_WORKER_MT, WORKER_KEY, handle_live, meta, NULL);
+  luaL_getmetatable(L, PT_WORKER_MT);
+  lua_newtable(L);
+  pt_class_methods(L, PT_WORKER_MT, WORKER_KEY, -1, methods);
+  lua_setfield(L, -2, "methods");             /* for __index (w_index) */
   lua_pop(L, 1);
 #if LUA_VERSION_NUM < 504
   lua_getfield(L, LUA_REGISTRYINDEX, ANSWERS_KEY);
