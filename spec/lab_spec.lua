@@ -482,6 +482,11 @@ describe("lab verdicts on synthetic data", function()
     assert.is_nil(why({ t = 0.7, cpu = 1 / 0.76 }, 2))
     -- and for 1 worker against the serial run of the same round
     assert.are.equal("throughput", why({ t = 1.4, cpu = 1 / 0.74 }, 1))
+    -- the 1-worker rate is the median of the fair ones only: with 3 of 5
+    -- doing half the work per CPU-second, it is still 1, not 0.5
+    local cfg = { ["kernel/thread/1"] = concat(rep(2, 1), rep(3, starved("throughput", 2, 1, 2))),
+                  ["kernel/thread/2"] = { { t = 0.7, cpu = 1 / 0.7 } } }
+    assert.are.equal("throughput", cpu_exp.analyse(cpu_results(cfg)).thread[2].all[1].starved)
   end)
 
   it("cpu: starved samples are shown in the tables and drawn hollow, apart from the medians", function()
