@@ -330,11 +330,15 @@ local REASON_TEXT = {
   ["cpu unknown"] = "because their CPU time is not known",
 }
 
--- "3 by steal (...), 1 by CPU time (...)" for counts by reason.
-local function reasons_text(by)
+local REASON_SHORT = { steal = "by steal", cpu = "by CPU time", throughput = "by work per CPU-second",
+                       ["cpu unknown"] = "CPU time unknown" }
+
+-- "3 by steal (...), 1 by CPU time (...)" for counts by reason (short:
+-- without the thresholds).
+local function reasons_text(by, short)
   local parts = {}
   for _, r in ipairs(REASONS) do
-    if (by[r] or 0) > 0 then parts[#parts + 1] = ("%d %s"):format(by[r], REASON_TEXT[r]) end
+    if (by[r] or 0) > 0 then parts[#parts + 1] = ("%d %s"):format(by[r], (short and REASON_SHORT or REASON_TEXT)[r]) end
   end
   return table.concat(parts, ", ")
 end
@@ -435,7 +439,7 @@ function E.verdict(results)
     local _, _, by = verdict_samples(a, C)
     v.verdict = "not measured"
     v.condition = ("too few samples that were not starved (%d needed): %s left; starved %s"):format(
-      enough, table.concat(short, ", "), reasons_text(by))
+      enough, table.concat(short, ", "), reasons_text(by, true))
     v.reading = ("The machine did not give the workers the %d cores often enough for a fair test, so what is left says nothing about the kinds of worker. %s. Run the lab again on an idle machine."):format(
       C, excluded)
     return v
@@ -507,7 +511,7 @@ function E.table(results)
                         fill_cell("process", w), fill_cell("thread", w) }
     for _, kind in ipairs({ "process", "thread" }) do
       local c = a[kind][w]
-      given[#given + 1] = { workers_text(w, kind), ("%d of %d"):format(c.starved, c.n), c.starved > 0 and reasons_text(c.by) or "—",
+      given[#given + 1] = { workers_text(w, kind), ("%d of %d"):format(c.starved, c.n), c.starved > 0 and reasons_text(c.by, true) or "—",
         c.obtained and ("%.2f of %d"):format(c.obtained, math.min(w, C)) or "?", c.rate and ("%.2f×"):format(c.rate) or "?",
         ("%s (at most %s)"):format(pct(c.steal), pct(c.max_steal)) }
     end
@@ -536,8 +540,11 @@ function E.charts(results)
       local c = a[kind][w]
       local s = speedup_of(base, c)
       if s then pts[#pts + 1] = { x = w, y = s, lo = base / c.t.p90, hi = base / c.t.p10 } end
+      -- beside the median, processes to the left and threads to the right
       for _, x in ipairs(c.all) do
-        if x.starved and base and x.t > 0 then lost[#lost + 1] = { x = w, y = base / x.t, hollow = true } end
+        if x.starved and base and x.t > 0 then
+          lost[#lost + 1] = { x = w + (kind == "process" and -0.08 or 0.08), y = base / x.t, hollow = true }
+        end
       end
     end
     series[#series + 1] = { name = "Lua kernel, " .. P[kind], points = pts, color = colors[kind] }
@@ -555,16 +562,17 @@ function E.charts(results)
   end
   for _, s in ipairs(hungry) do series[#series + 1] = s end
   local ideal = {}
-  for _, w in ipairs(results.data.workers or {}) do ideal[#ideal + 1] = { x = w, y = math.min(w, C) } end
+  local top
+  for _, w in ipairs(results.data.workers or {}) do ideal[#ideal + 1] = { x = w, y = math.min(w, C) }; top = w end
   series[#series + 1] = { name = ("ideal (%d cores)"):format(C), points = ideal, color = "#999999", dash = true, no_markers = true }
   return { {
     file = "cpu.svg",
     title = "Speedup against worker count",
     subtitle = ("serial time / time split over w workers (spawn to last join); %d cores"):format(C),
-    x = { label = "workers", min = 0 },
+    x = { label = "workers", min = 0, max = (top or 1) + 0.3, ticks = results.data.workers },
     y = { label = "speedup over serial (×)", unit = "x", min = 0 },
     series = series,
-    note = "kernel: median and p10 – p90 of the samples that were not starved; open circles: the starved samples, each on its own",
+    note = "kernel: median, p10 – p90 of the fair samples; open: starved",
   } }
 end
 
