@@ -425,12 +425,11 @@ function E.verdict(results)
     x.net, x.single = speedup_of(base, atc), speedup_of(base, one)
     x.bw, x.bs = best(results, a, "kernel", kind)
     m[kind] = x
-    if x.scale then
-      v[kind] = ("%.2f× from 1 to %d workers on %d cores (%d of %d samples starved)%s"):format(
-        x.scale, C, C, x.starved, x.n, x.net and ("; %.2f× the serial speed"):format(x.net) or "")
-      local fw, fs = best(results, a, "fill", kind)
-      if fs then v[kind] = v[kind] .. ("; array fill best %.2f× at %d"):format(fs, fw) end
-    end
+    v[kind] = x.scale and ("%.2f× from 1 to %d workers on %d cores (%d of %d samples starved)"):format(x.scale, C, C, x.starved, x.n)
+      or ("scaling not measured: %d of %d samples of 1 and %d workers starved"):format(x.starved, x.n, C)
+    if x.net then v[kind] = v[kind] .. ("; %.2f× the serial speed"):format(x.net) end
+    local fw, fs = best(results, a, "fill", kind)
+    if fs then v[kind] = v[kind] .. ("; array fill best %.2f× at %d"):format(fs, fw) end
   end
   local excluded = excluded_text(a, C)
   local enough = (results.params or {}).min_kept or E.MIN_KEPT
