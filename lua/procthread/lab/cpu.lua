@@ -412,6 +412,9 @@ function E.verdict(results)
   local C = results.data.cores
   if not C then return not_measured("the experiment did not run") end
   if C < 2 then return not_measured("one core: nothing to run in parallel") end
+  if not results.data.samples then
+    return not_measured("the samples hold no record of the CPU time and steal they got (results of an older lab): run it again")
+  end
   local a = E.analyse(results)
   for _, kind in ipairs({ "process", "thread" }) do
     if not (a[kind][1] and a[kind][C] and a[kind][1].n > 0 and a[kind][C].n > 0) then
