@@ -12,26 +12,47 @@ local E = {
   aspect = claims.by_name.cpu.aspect,
   claim = claims.by_name.cpu,
   params = {
-    -- target_s: the serial kernel run is calibrated to take about this long
-    full = { target_s = 1.0, fill_n = 4000000, n = 5, warmup = 1 },
-    quick = { target_s = 0.15, fill_n = 500000, n = 3, warmup = 1, sparse = true },
-    tiny = { target_s = 0.02, fill_n = 20000, n = 1, warmup = 0, max_workers = 2 },
+    -- target_s: the serial kernel run is calibrated to take about this
+    -- long; rounds: samples per configuration, taken in rounds over all of
+    -- them; min_kept: the fewest samples that were not starved a
+    -- configuration the verdict rests on needs
+    full = { target_s = 0.35, fill_n = 1500000, rounds = 12, warmup = 1, min_kept = 5 },
+    quick = { target_s = 0.15, fill_n = 500000, rounds = 4, warmup = 1, min_kept = 3, sparse = true },
+    tiny = { target_s = 0.02, fill_n = 20000, rounds = 2, warmup = 0, min_kept = 1, max_workers = 2 },
   },
   -- a kind "uses the cores" when its speedup with C workers on C cores
   -- reaches 1 + SHARE * (C - 1): at least half of every extra core
   SHARE = 0.5,
-  -- below this share of the cores' CPU time the workers were starved by
-  -- other load, and the test is not fair
+  -- A sample is starved (the machine did not give its workers what a fair
+  -- test needs; it is shown, and left out of the verdict) when steal took
+  -- more than STEAL of the time of the cores it used, or its workers got
+  -- less than OBTAINED of those cores in CPU time, or their work per
+  -- CPU-second fell below THROUGHPUT times the 1-worker rate (two vCPUs
+  -- that are SMT siblings, or a host that runs something else on the
+  -- sibling, give the CPU time but not the work).
+  -- Too little CPU time starves a sample only when other work took it: when
+  -- at least IDLE of the CPU time the workers missed sat idle, they did not
+  -- want it (a kind that cannot use the cores), and the sample counts.
+  STEAL = 0.1,
   OBTAINED = 0.75,
+  IDLE = 0.5,
+  THROUGHPUT = 0.75,
+  MIN_KEPT = 5,
 }
 
-E.rule = ("With C cores and T(kind, w) the median time of the kernel split over w workers (first spawn to last join), " ..
-  "scale(kind) = T(kind, 1) / T(kind, C). A kind uses the cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the " ..
-  "noise: the p10 – p90 of T(kind, 1) lies wholly above that factor times the p10 – p90 of T(kind, C); it does not when " ..
-  "wholly below. Holds: both kinds do; holds only for one kind: the other does not although its workers got their CPU time; " ..
-  "contradicted: neither does. Within noise: a kind's scaling is within noise (measured, but the spreads overlap the mark). Not measured: one core, or a kind fell short while its C workers got less than " ..
-  "%g*C cores of CPU time, or its CPU time is unknown (user+sys of the workers / wall time: the machine was busy with other work). The speedup " ..
-  "over the parent running the kernel alone, and the array fill, are reported beside it."):format(E.SHARE, E.OBTAINED)
+E.rule = ("The samples are taken in rounds, each over every configuration (serial, 1 .. 2C workers of both kinds) in turn, " ..
+  "the order reversed every other round. With C cores and T(kind, w) the time of the kernel split over w workers (first " ..
+  "spawn to last join), a sample is starved when steal took more than %g %% of the time of the cores it used (min(w, C)), " ..
+  "or its workers' CPU time (user+sys) over T was less than %g*min(w, C) cores while other work kept the machine busy " ..
+  "(idle cores do not starve a sample: workers that leave them idle cannot use them), or their work per CPU-second was below %gx " ..
+  "the median rate of the fair 1-worker samples of that kind (for 1 worker: below %gx the rate of the serial run; all rates " ..
+  "against the serial run of the same round); starved " ..
+  "samples are shown and left out. scale(kind) = T(kind, 1) / T(kind, C) over the samples that are left. A kind uses the " ..
+  "cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the noise: the p10 – p90 of T(kind, 1) lies wholly above " ..
+  "that factor times the p10 – p90 of T(kind, C); it does not when wholly below. Holds: both kinds do; holds only for one " ..
+  "kind: the other does not; contradicted: neither does. Within noise: a kind's spreads overlap the mark. Not measured: " ..
+  "one core, or fewer than min_kept samples of 1 or of C workers of a kind are left. The speedup over the parent running " ..
+  "the kernel alone, and the array fill, are reported beside it."):format(100 * E.STEAL, E.OBTAINED, E.THROUGHPUT, E.THROUGHPUT, E.SHARE)
 
 -- the kernel: integer-valued arithmetic, so partial sums add up exactly
 local function kernel(a, b)
@@ -42,7 +63,7 @@ local function kernel(a, b)
   return x
 end
 
-local function fill_worker(arr, a, b)
+local function fill_worker(a, b, arr)
   for i = a, b do arr[i] = i * 0.5 end
   return b - a + 1
 end
@@ -69,20 +90,72 @@ local function split(total, w, k)
   return a, b
 end
 
+local P = { process = "processes", thread = "threads" }
+local function workers_text(w, kind)
+  return ("%d %s"):format(w, w == 1 and kind or P[kind])
+end
+
+-- fn(a, b, arg) split over w workers of `kind` (1 .. total in slices):
+-- true, the sum of what they returned, their CPU time (user + sys, nil
+-- when a worker cannot say) | nil, reason.
+local function over(ctx, kind, w, total, fn, arg)
+  local ws = {}
+  for k = 1, w do
+    local a, b = split(total, w, k)
+    local ok, wk = pcall(ctx.spawn, ctx, kind, fn, a, b, arg)
+    if not ok then return nil, "spawn: " .. tostring(wk) end
+    ws[k] = wk
+  end
+  local sum, cpu = 0, 0
+  for k = 1, w do
+    local ok, r = ctx:join(ws[k], 60)
+    if ok ~= true then return nil, r end
+    sum = sum + r
+    local oki, inf = pcall(ws[k].info, ws[k])
+    cpu = cpu and oki and type(inf) == "table" and inf.cpu_user and cpu + inf.cpu_user + (inf.cpu_sys or 0) or nil
+  end
+  return true, sum, cpu
+end
+
+-- One sample of configuration c in round r (r < 1: a warm-up, not
+-- recorded): its time in series c.key, and for the kernel, beside it in
+-- data.samples[c.key], what the machine gave it: the CPU time its workers
+-- got, the steal over it and the busy time of the whole machine
+-- (seconds, all CPUs), with the round and when it started (`at`, seconds
+-- into the experiment).
+local function take(ctx, c, r, rounds, started)
+  local rec, m0, m1
+  local label = r >= 1 and ("%s, round %d of %d"):format(c.label, r, rounds) or c.label .. ", warm-up"
+  ctx:sample(c.key, c.meta, { n = r >= 1 and 1 or 0, warmup = r >= 1 and 0 or 1, unit = "s", label = label }, function()
+    m0 = util.machine_cpu()
+    local t0 = ctx.pt.now()
+    local ok, err, cpu = c.run()
+    local t1 = ctx.pt.now()
+    m1 = util.machine_cpu()
+    if not ok then return nil, err end
+    rec = { round = r, at = t0 - started, t = t1 - t0, cpu = cpu }
+    return rec.t
+  end)
+  if rec and r >= 1 and c.record then
+    if m0 and m1 then rec.steal, rec.busy = m1.steal - m0.steal, m1.busy - m0.busy end
+    local all = ctx.results.data.samples
+    all[c.key] = all[c.key] or {}
+    table.insert(all[c.key], rec)
+  end
+end
+
 function E.run(ctx)
   local pt, p = ctx.pt, ctx.params
   local cores = pt.cpu_count()
   ctx:set("cores", cores)
-  -- calibrate the kernel so the serial run takes about target_s
+  -- calibrate the kernel so the serial run takes about target_s: grow it
+  -- to a quarter of that, then scale by the fastest of three runs (one
+  -- run that the machine stalled would make every sample too short)
   local iters = 100000
-  while true do
-    local t0 = pt.now(); kernel(1, iters); local dt = pt.now() - t0
-    if dt >= p.target_s / 4 or iters >= 2e9 then
-      iters = math.max(1000, math.floor(iters * p.target_s / math.max(dt, 1e-6)))
-      break
-    end
-    iters = iters * 4
-  end
+  local function run_time() local t0 = pt.now(); kernel(1, iters); return pt.now() - t0 end
+  while run_time() < p.target_s / 4 and iters < 2e9 do iters = iters * 4 end
+  local dt = math.min(run_time(), run_time(), run_time())
+  iters = math.max(1000, math.floor(iters * p.target_s / math.max(dt, 1e-6)))
   ctx:set("kernel_iters", iters)
   local expect = kernel(1, iters)
   local counts = worker_counts(cores, p.max_workers)
@@ -95,36 +168,27 @@ function E.run(ctx)
     counts = list
   end
   ctx:set("workers", counts)
+  ctx:set("samples", {})
 
-  ctx:time("kernel/serial", { kind = "serial" }, { n = p.n, warmup = p.warmup, label = "kernel, serial" }, function()
-    return kernel(1, iters) == expect or nil, "wrong result"
-  end)
+  -- the configurations, in the order of a round: serial, then each worker
+  -- count with both kinds side by side; the kernel, then the fill
+  local list = {}
+  local function add(key, meta, label, run, record)
+    list[#list + 1] = { key = key, meta = meta, label = label, run = run, record = record }
+  end
+  add("kernel/serial", { kind = "serial" }, "kernel, serial", function()
+    local c0 = os.clock()
+    if kernel(1, iters) ~= expect then return nil, "wrong result" end
+    return true, nil, os.clock() - c0
+  end, true)
   for _, w in ipairs(counts) do
     for _, kind in ipairs({ "process", "thread" }) do
-      ctx:time(("kernel/%s/%d"):format(kind, w), { kind = kind, workers = w },
-        { n = p.n, warmup = p.warmup, label = ("kernel, %d %s%s"):format(w, kind, w > 1 and (kind == "process" and "es" or "s") or ""), stop_after_failures = 2 },
-        function()
-          local ws = {}
-          local t_start = pt.now()
-          for k = 1, w do
-            local a, b = split(iters, w, k)
-            local ok, wk = pcall(ctx.spawn, ctx, kind, kernel, a, b)
-            if not ok then return nil, "spawn: " .. tostring(wk) end
-            ws[k] = wk
-          end
-          local sum, cpu = 0, 0
-          for k = 1, w do
-            local ok, r = ctx:join(ws[k], 60)
-            if ok ~= true then return nil, r end
-            sum = sum + r
-            local oki, inf = pcall(ws[k].info, ws[k])
-            if oki and type(inf) == "table" and inf.cpu_user then cpu = cpu + inf.cpu_user + (inf.cpu_sys or 0) end
-          end
-          if sum ~= expect then return nil, "wrong sum" end
-          -- how many cores' worth of CPU time the workers obtained
-          if cpu > 0 then ctx:add(("obtained/%s/%d"):format(kind, w), { kind = kind, workers = w }, cpu / (pt.now() - t_start), "cores") end
-          return true
-        end)
+      add(("kernel/%s/%d"):format(kind, w), { kind = kind, workers = w }, "kernel, " .. workers_text(w, kind), function()
+        local ok, sum, cpu = over(ctx, kind, w, iters, kernel)
+        if not ok then return nil, sum end
+        if sum ~= expect then return nil, "wrong sum" end
+        return true, nil, cpu
+      end, true)
     end
   end
 
@@ -135,234 +199,385 @@ function E.run(ctx)
     for _, kind in ipairs({ "serial", "process", "thread" }) do
       ctx:fail("fill/" .. kind .. (kind ~= "serial" and "/1" or ""), { kind = kind }, "pt.array(n, 'shared'): " .. tostring(arr))
     end
-    return
-  end
-  local function check()
+  else
+    -- every sample clears a sparse set of elements, fills, and checks them
     local step = math.max(1, math.floor(n / 1000))
-    for i = 1, n, step do if arr[i] ~= i * 0.5 then return false end end
-    return arr[n] == n * 0.5
-  end
-  local function clear() for i = 1, n, math.max(1, math.floor(n / 1000)) do arr[i] = 0 end; arr[n] = 0 end
-  ctx:time("fill/serial", { kind = "serial" }, { n = p.n, warmup = p.warmup, label = "fill, serial" }, function()
-    clear()
-    fill_worker(arr, 1, n)
-    return check() or nil, "array not filled"
-  end)
-  for _, w in ipairs(counts) do
-    for _, kind in ipairs({ "process", "thread" }) do
-      ctx:time(("fill/%s/%d"):format(kind, w), { kind = kind, workers = w },
-        { n = p.n, warmup = p.warmup, label = ("fill, %d %s"):format(w, kind), stop_after_failures = 2 },
-        function()
+    local function clear() for i = 1, n, step do arr[i] = 0 end; arr[n] = 0 end
+    local function filled()
+      for i = 1, n, step do if arr[i] ~= i * 0.5 then return nil, "array not filled" end end
+      if arr[n] ~= n * 0.5 then return nil, "array not filled" end
+      return true
+    end
+    add("fill/serial", { kind = "serial" }, "fill, serial", function()
+      clear()
+      fill_worker(1, n, arr)
+      return filled()
+    end)
+    for _, w in ipairs(counts) do
+      for _, kind in ipairs({ "process", "thread" }) do
+        add(("fill/%s/%d"):format(kind, w), { kind = kind, workers = w }, "fill, " .. workers_text(w, kind), function()
           clear()
-          local ws = {}
-          for k = 1, w do
-            local a, b = split(n, w, k)
-            local ok, wk = pcall(ctx.spawn, ctx, kind, fill_worker, arr, a, b)
-            if not ok then return nil, "spawn: " .. tostring(wk) end
-            ws[k] = wk
-          end
-          for k = 1, w do
-            local ok, r = ctx:join(ws[k], 60)
-            if ok ~= true then return nil, r end
-          end
-          return check() or nil, "array not filled"
+          local ok, err = over(ctx, kind, w, n, fill_worker, arr)
+          if not ok then return nil, err end
+          return filled()
         end)
+      end
     end
   end
+
+  -- a configuration that failed twice and never gave a sample is dropped
+  local rounds, started = p.rounds or p.n or 1, pt.now()
+  ctx:rounds(list, rounds, p.warmup, function(c, r)
+    local s = ctx.results.series[c.key]
+    if not (s and s.failed >= 2 and #s.samples == 0) then take(ctx, c, r, rounds, started) end
+  end)
 end
 
--- speedup of `what` ("kernel" | "fill") for kind at w workers
-local function speedup(results, what, kind, w)
-  local base = util.summary(results, what .. "/serial")
-  local s = util.summary(results, ("%s/%s/%d"):format(what, kind, w))
-  if not base.median or not s.median or s.median <= 0 then return nil end
-  return base.median / s.median, s
-end
-E.speedup = speedup
+-- ---- what the machine gave each sample -----------------------------------------
 
--- Workers of `kind` at w starved: they got less than OBTAINED of the
--- cores they could use (min(w, C)); the CPU time they got, in cores.
-local function starved(results, kind, w, C)
-  local got = util.summary(results, ("obtained/%s/%d"):format(kind, w)).median
-  return got ~= nil and got < E.OBTAINED * math.min(w, C or w), got
+local function times(list)
+  local t = {}
+  for _, x in ipairs(list) do if not x.starved then t[#t + 1] = x.t end end
+  return t
 end
-E.starved = starved
 
--- The best speedup over the worker counts whose workers were not starved.
-local function best(results, what, kind, C)
+local function field(list, name)
+  local t = {}
+  for _, x in ipairs(list) do t[#t + 1] = x[name] end
+  return t
+end
+
+-- The kernel's samples of one configuration, each with what the machine
+-- gave it: obtained (cores of CPU time: CPU time / T), rate (its work per
+-- CPU-second against the serial run's of the same round: serial CPU time
+-- / its CPU time), steal (share of the time of the `use` = min(w, C)
+-- cores it used) and idle (cores' worth of the C that nothing used).
+local function annotate(recs, use, C, serial_cpu, serial_median)
+  local list = {}
+  for _, s in ipairs(recs or {}) do
+    local x = { t = s.t, round = s.round, cpu = s.cpu }
+    if s.cpu and s.t > 0 then x.obtained = s.cpu / s.t end
+    local base = serial_cpu[s.round] or serial_median
+    if s.cpu and s.cpu > 0 and base then x.rate = base / s.cpu end
+    if s.steal and s.t > 0 then x.steal = s.steal / (s.t * use) end
+    if s.busy and s.t > 0 then x.idle = math.max(0, C - s.busy / s.t) end
+    list[#list + 1] = x
+  end
+  return list
+end
+
+-- Why a sample is starved (nil: it is not): "cpu unknown", "steal", "cpu"
+-- (too little CPU time, which other work took: workers that leave the
+-- cores idle cannot use them, and that counts against their kind),
+-- "throughput" (too little work per CPU-second against ref, the 1-worker
+-- rate; nil for the serial run).
+local function starved_by(x, use, ref)
+  if not x.obtained then return "cpu unknown" end
+  if x.steal and x.steal > E.STEAL then return "steal" end
+  if x.obtained < E.OBTAINED * use and not (x.idle and x.idle >= E.IDLE * (use - x.obtained)) then return "cpu" end
+  if ref and x.rate and x.rate < E.THROUGHPUT * ref then return "throughput" end
+  return nil
+end
+
+-- A configuration: its samples, the summary of the times of those that
+-- were not starved (t), and the count of starved ones by reason.
+local function config(list, use, ref)
+  local c = { all = list, n = #list, starved = 0, by = {} }
+  for _, x in ipairs(list) do
+    x.starved = starved_by(x, use, ref)
+    if x.starved then c.starved = c.starved + 1; c.by[x.starved] = (c.by[x.starved] or 0) + 1 end
+  end
+  c.t = stats.summary(times(list))
+  c.obtained = stats.median(field(list, "obtained"))
+  c.rate = stats.median(field(list, "rate"))
+  c.steal = stats.median(field(list, "steal"))
+  c.max_steal = stats.quantile(field(list, "steal"), 1)
+  return c
+end
+
+-- Every kernel sample of a results table, judged: a.serial, and
+-- a[kind][w] (see config).  Each sample's rate is measured against the
+-- serial run of its own round (the median serial run when that one is
+-- missing): a 1-worker sample is held against that rate itself (1), a
+-- sample of more workers against the median rate of the 1-worker samples
+-- of its kind that were not starved.
+function E.analyse(results)
+  local data = results.data or {}
+  local C = data.cores or 1
+  local recs = data.samples or {}
+  local serial_cpu, cpus = {}, {}
+  for _, s in ipairs(recs["kernel/serial"] or {}) do
+    if s.cpu then serial_cpu[s.round] = s.cpu; cpus[#cpus + 1] = s.cpu end
+  end
+  local med = stats.median(cpus)
+  local a = { C = C, serial = config(annotate(recs["kernel/serial"], 1, C, serial_cpu, med), 1) }
+  for _, kind in ipairs({ "process", "thread" }) do
+    local one = config(annotate(recs[("kernel/%s/1"):format(kind)], 1, C, serial_cpu, med), 1, 1)
+    local rates = {}
+    for _, x in ipairs(one.all) do if not x.starved then rates[#rates + 1] = x.rate end end
+    local ref = stats.median(rates) or 1
+    a[kind] = {}
+    for _, w in ipairs(data.workers or {}) do
+      a[kind][w] = w == 1 and one
+        or config(annotate(recs[("kernel/%s/%d"):format(kind, w)], math.min(w, C), C, serial_cpu, med), math.min(w, C), ref)
+    end
+  end
+  return a
+end
+
+local REASONS = { "steal", "cpu", "throughput", "cpu unknown" }
+local REASON_TEXT = {
+  steal = ("by steal (over %d %% of the cores' time)"):format(100 * E.STEAL),
+  cpu = ("by CPU time (under %g of the cores they could use, taken by other work)"):format(E.OBTAINED),
+  throughput = ("by work per CPU-second (under %g× that of 1 worker, or of the serial run for 1 worker)"):format(E.THROUGHPUT),
+  ["cpu unknown"] = "because their CPU time is not known",
+}
+
+local REASON_SHORT = { steal = "by steal", cpu = "by CPU time", throughput = "by work per CPU-second",
+                       ["cpu unknown"] = "CPU time unknown" }
+
+-- "3 by steal (...), 1 by CPU time (...)" for counts by reason (short:
+-- without the thresholds).
+local function reasons_text(by, short)
+  local parts = {}
+  for _, r in ipairs(REASONS) do
+    if (by[r] or 0) > 0 then parts[#parts + 1] = ("%d %s"):format(by[r], (short and REASON_SHORT or REASON_TEXT)[r]) end
+  end
+  return table.concat(parts, ", ")
+end
+
+-- The speedup of the median of c's kept times over the serial median.
+local function speedup_of(base, c)
+  if not (base and c and c.t.median and c.t.median > 0) then return nil end
+  return base / c.t.median
+end
+
+-- Speedup of the fill for kind at w: serial median / median time.
+local function fill_speedup(results, kind, w)
+  local base = util.summary(results, "fill/serial").median
+  local s = util.summary(results, ("fill/%s/%d"):format(kind, w))
+  if not base or not s.median or s.median <= 0 then return nil end
+  return base / s.median, s
+end
+
+-- The best speedup of `what` ("kernel" | "fill") over the worker counts.
+local function best(results, a, what, kind)
   local bw, bs
   for _, w in ipairs(results.data.workers or {}) do
-    local s = speedup(results, what, kind, w)
-    if s and not starved(results, kind, w, C) and (not bs or s > bs) then bw, bs = w, s end
+    local s = what == "kernel" and speedup_of(a.serial.t.median, a[kind][w]) or what == "fill" and fill_speedup(results, kind, w)
+    if s and (not bs or s > bs) then bw, bs = w, s end
   end
   return bw, bs
 end
 
+-- The samples of 1 and C workers of both kinds (what the verdict rests
+-- on): how many, how many were starved, and why (counts by reason).
+local function verdict_samples(a, C)
+  local n, k, by = 0, 0, {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    for _, w in ipairs({ 1, C }) do
+      local c = a[kind][w]
+      n, k = n + c.n, k + c.starved
+      for r, m in pairs(c.by) do by[r] = (by[r] or 0) + m end
+    end
+  end
+  return n, k, by
+end
+
+-- What the verdict left out, in a sentence.
+local function excluded_text(a, C)
+  local n, k, by = verdict_samples(a, C)
+  if k == 0 then return ("None of the %d samples of 1 and %d workers was starved"):format(n, C) end
+  return ("Of the %d samples of 1 and %d workers, the verdict left out %d as starved: %s"):format(n, C, k, reasons_text(by))
+end
+
+-- The configurations the verdict needs that have fewer than `enough`
+-- samples left: "2 threads 3 of 12".
+local function too_few(a, C, enough)
+  local parts = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    for _, w in ipairs({ 1, C }) do
+      local c = a[kind][w]
+      if c.t.n < enough then parts[#parts + 1] = ("%s %d of %d"):format(workers_text(w, kind), c.t.n, c.n) end
+    end
+  end
+  return parts
+end
+
+local function not_measured(condition, reading)
+  return { verdict = "not measured", condition = condition, reading = reading }
+end
+
 function E.verdict(results)
   local C = results.data.cores
-  if not C then return { verdict = "not measured", condition = "the experiment did not run" } end
-  local v = {}
-  local need = 1 + E.SHARE * (C - 1)
-  local base = util.summary(results, "kernel/serial").median
-  local m = {}
+  if not C then return not_measured("the experiment did not run") end
+  if C < 2 then return not_measured("one core: nothing to run in parallel") end
+  if not results.data.samples then
+    return not_measured("the samples hold no record of the CPU time and steal they got (results of an older lab): run it again")
+  end
+  local a = E.analyse(results)
   for _, kind in ipairs({ "process", "thread" }) do
-    local s1 = util.summary(results, ("kernel/%s/1"):format(kind))
-    local sc = util.summary(results, ("kernel/%s/%d"):format(kind, C))
-    local one, atc = s1.median, sc.median
-    local got = util.summary(results, ("obtained/%s/%d"):format(kind, C)).median
-    local x = { got = got, state = stats.versus(s1, sc, need) }
-    if one and atc and atc > 0 then x.scale = one / atc end
-    if base and atc and atc > 0 then x.net = base / atc end
-    if base and one and one > 0 then x.single = base / one end
-    x.bw, x.bs = best(results, "kernel", kind, C)
-    local fw, fs = best(results, "fill", kind, C)
-    m[kind] = x
-    if x.scale then
-      v[kind] = ("%.2f× from 1 to %d workers on %d cores%s; %.2f× the serial speed"):format(
-        x.scale, C, C, got and (" (they got %.2f cores of CPU time)"):format(got) or "", x.net or 0)
-      if fs then v[kind] = v[kind] .. ("; array fill best %.2f× at %d"):format(fs, fw) end
+    if not (a[kind][1] and a[kind][C] and a[kind][1].n > 0 and a[kind][C].n > 0) then
+      return not_measured(("the kernel was not measured with 1 and %d %s"):format(C, P[kind]))
     end
   end
-  local P = { process = "processes", thread = "threads" }
-  if C < 2 then
-    v.verdict = "not measured"; v.condition = "one core: nothing to run in parallel"
+  local need = 1 + E.SHARE * (C - 1)
+  local base = a.serial.t.median
+  local m, v = {}, {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    local one, atc = a[kind][1], a[kind][C]
+    local x = { state = stats.versus(one.t, atc.t, need), starved = one.starved + atc.starved, n = one.n + atc.n }
+    if one.t.median and atc.t.median and atc.t.median > 0 then x.scale = one.t.median / atc.t.median end
+    x.net, x.single = speedup_of(base, atc), speedup_of(base, one)
+    x.bw, x.bs = best(results, a, "kernel", kind)
+    m[kind] = x
+    v[kind] = x.scale and ("%.2f× from 1 to %d workers on %d cores (%d of %d samples starved)"):format(x.scale, C, C, x.starved, x.n)
+      or ("scaling not measured: %d of %d samples of 1 and %d workers starved"):format(x.starved, x.n, C)
+    if x.net then v[kind] = v[kind] .. ("; %.2f× the serial speed"):format(x.net) end
+    local fw, fs = best(results, a, "fill", kind)
+    if fs then v[kind] = v[kind] .. ("; array fill best %.2f× at %d"):format(fs, fw) end
+  end
+  local excluded = excluded_text(a, C)
+  local enough = (results.params or {}).min_kept or E.MIN_KEPT
+  local short = too_few(a, C, enough)
+  if #short > 0 then
+    local _, _, by = verdict_samples(a, C)
+    v.verdict = "not measured"
+    v.condition = ("too few samples that were not starved (%d needed): %s left; starved %s"):format(
+      enough, table.concat(short, ", "), reasons_text(by, true))
+    v.reading = ("The machine did not give the workers the %d cores often enough for a fair test, so what is left says nothing about the kinds of worker. %s. Run the lab again on an idle machine."):format(
+      C, excluded)
     return v
   end
+  local noisy, uses = {}, {}
   for _, kind in ipairs({ "process", "thread" }) do
-    if not m[kind].scale then
-      v.verdict = "not measured"
-      v.condition = ("the kernel was not measured with 1 and %d %s"):format(C, P[kind])
-      return v
-    end
+    uses[kind] = m[kind].state == "above"
+    if m[kind].state == "within noise" then noisy[#noisy + 1] = P[kind] end
   end
-  local uses, short, noisy = {}, {}, {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    local x = m[kind]
-    uses[kind] = x.state == "above"
-    -- a kind that did not scale because the machine did not give its
-    -- workers the cores (other load) says nothing about the claim
-    if not uses[kind] and (not x.got or x.got < E.OBTAINED * C) then short[#short + 1] = kind
-    elseif x.state == "within noise" then noisy[#noisy + 1] = kind end
+  -- the condition holds no measured number: the same machine gives the
+  -- same words from run to run (the figures are in the cells and the reading)
+  if #noisy > 0 then
+    v.verdict = "within noise"
+    v.condition = ("the scaling of %s from 1 to %d workers is too close to %.2f× for the spread of the samples to tell"):format(
+      table.concat(noisy, " and "), C, need)
+  elseif uses.process and uses.thread then
+    v.verdict = "holds"
+    v.condition = ("both kinds run Lua on the %d cores at once: from 1 to %d workers each scales beyond %.2f× outside the noise"):format(C, C, need)
+  elseif uses.process or uses.thread then
+    local good, bad = uses.process and "process" or "thread", uses.process and "thread" or "process"
+    v.verdict = "conditional"
+    v.condition = ("the workers are %s: %s fall short of %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(
+      P[good], P[bad], need, C, C)
+  else
+    v.verdict = "contradicted"
+    v.condition = ("neither kind scales %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(need, C, C)
   end
   local function overhead(kind)
     local x = m[kind]
     if x.single and x.single < 0.8 then
-      return (" (but one %s runs the kernel at %.2f× the parent's speed, so %d of them reach only %.2f× the serial speed)"):format(
-        kind, x.single, C, x.net)
+      return (" One %s ran the kernel at %.2f× the parent's speed, so %d of them reached only %.2f× the serial speed: the cost is per %s, not a lack of parallelism."):format(
+        kind, x.single, C, x.net or 0, kind)
     end
     return ""
   end
-  if #short > 0 then
-    v.verdict = "not measured"
-    local parts = {}
-    local unknown = false
-    for _, kind in ipairs(short) do
-      if m[kind].got then
-        parts[#parts + 1] = ("%d %s got %.2f cores of CPU time"):format(C, P[kind], m[kind].got)
-      else
-        unknown = true
-        parts[#parts + 1] = ("the CPU time of the %s was not recorded"):format(P[kind])
-      end
-    end
-    v.condition = unknown
-      and ("%s fell short of %.2f× and %s, so a busy machine cannot be ruled out"):format(
-        table.concat(short, " and "), need, table.concat(parts, "; "))
-      or ("the machine was busy: %s, under the %.2f that a fair test needs"):format(table.concat(parts, "; "), E.OBTAINED * C)
-    v.reading = ("The workers could not be given the %d cores (%s), so the scaling measured here (processes %.2f×, threads %.2f×) reflects the other load on the machine, not the kinds of worker. Run the lab again on an idle machine."):format(
-      C, table.concat(parts, "; "), m.process.scale, m.thread.scale)
-    return v
-  end
-  if #noisy > 0 then
-    local parts = {}
-    for _, kind in ipairs(noisy) do parts[#parts + 1] = ("%s %.2f×"):format(P[kind], m[kind].scale) end
-    v.verdict = "within noise"
-    v.condition = ("the scaling from 1 to %d workers (%s) is too close to %.2f× for the spread of the samples to tell"):format(
-      C, table.concat(parts, ", "), need)
-    v.reading = ("From 1 to %d workers on %d cores the kernel ran %.2f× faster with processes and %.2f× with threads, but the p10 – p90 of the timings overlap the %.2f× mark, so this run decides nothing; more samples or a quieter machine would."):format(
-      C, C, m.process.scale, m.thread.scale, need)
-    return v
-  end
-  if uses.process and uses.thread then
-    v.verdict = "holds"
-    v.condition = ("both kinds run Lua on the %d cores at once: %.2f× (processes) and %.2f× (threads) from 1 to %d workers%s%s"):format(
-      C, m.process.scale, m.thread.scale, C, overhead("process"), overhead("thread"))
-  elseif uses.process or uses.thread then
-    local good, bad = uses.process and "process" or "thread", uses.process and "thread" or "process"
-    v.verdict = "conditional"
-    v.condition = ("the workers are %s: %s scaled only %.2f× from 1 to %d workers on %d cores although they got %.2f cores of CPU time (%.2f× counts as using the cores)"):format(
-      P[good], P[bad], m[bad].scale, C, C, m[bad].got or 0, need)
-  else
-    v.verdict = "contradicted"
-    v.condition = ("neither kind scaled %.2f× from 1 to %d workers on %d cores (processes %.2f×, threads %.2f×) although they got the CPU time"):format(
-      need, C, C, m.process.scale, m.thread.scale)
-  end
-  v.reading = ("From 1 to %d workers on %d cores the pure-Lua kernel ran %.2f× faster with processes and %.2f× with threads; against the parent running it alone that is %.2f× and %.2f×. %s"):format(
-    C, C, m.process.scale, m.thread.scale, m.process.net or 0, m.thread.net or 0,
-    (m.thread.single and m.thread.single < 0.8)
-      and ("A single thread worker ran the kernel at only %.2f× the parent's speed (a process worker at %.2f×): the cost is per thread, not a lack of parallelism."):format(m.thread.single, m.process.single or 0)
-      or ("The best speedups were at %s process and %s thread workers."):format(tostring(m.process.bw or "?"), tostring(m.thread.bw or "?")))
-  local marked = {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    for _, w in ipairs(results.data.workers or {}) do
-      if starved(results, kind, w, C) then marked[#marked + 1] = ("%d %s"):format(w, P[kind]) end
-    end
-  end
-  if #marked > 0 then
-    v.reading = v.reading .. (" The rows with starved workers (%s: they got less than %d %% of the cores they could use) are marked and say nothing about the kinds of worker."):format(
-      table.concat(marked, ", "), math.floor(E.OBTAINED * 100))
-  end
+  v.reading = ("From 1 to %d workers on %d cores the pure-Lua kernel ran %.2f× faster with processes and %.2f× with threads (medians of the samples that were not starved); against the parent running it alone that is %.2f× and %.2f×.%s%s The best speedups were at %s process and %s thread workers. %s."):format(
+    C, C, m.process.scale or 0, m.thread.scale or 0, m.process.net or 0, m.thread.net or 0, overhead("process"), overhead("thread"),
+    tostring(m.process.bw or "?"), tostring(m.thread.bw or "?"), excluded)
   return v
 end
 
+-- ---- table and chart ---------------------------------------------------------------
+
+local function pct(x) return x and ("%.0f %%"):format(100 * x) or "?" end
+
 function E.table(results)
-  local C = results.data.cores or 1
-  local base = util.summary(results, "kernel/serial")
+  local a = E.analyse(results)
+  local C = a.C
+  local base = a.serial.t
   local fbase = util.summary(results, "fill/serial")
-  local rows = { { "serial, in the parent", cell(base.median, "s"), "(same)",
+  local function starved_cell(c)
+    return c.starved > 0 and (" **%d of %d starved**"):format(c.starved, c.n) or ""
+  end
+  local rows = { { "serial, in the parent", cell(base.median, "s") .. starved_cell(a.serial), "(same)",
                    cell(fbase.median, "s"), "(same)" } }
-  local function f(what, kind, w)
-    local s, sum = speedup(results, what, kind, w)
-    if not s then return "—" end
-    local hungry, got = starved(results, kind, w, C)
-    if what ~= "kernel" then got, hungry = nil, false end
-    return ("%.2f× (%s%s)%s"):format(s, fmt(sum.median, "s"), got and (", got %.2f cores"):format(got) or "",
-      hungry and " **starved**" or "")
+  local function kernel_cell(kind, w)
+    local c = a[kind][w]
+    local s = speedup_of(base.median, c)
+    if not s then return c.n > 0 and ("—%s"):format(starved_cell(c)) or "—" end
+    return ("%.2f× (%s)%s"):format(s, fmt(c.t.median, "s"), starved_cell(c))
   end
+  local function fill_cell(kind, w)
+    local s, sum = fill_speedup(results, kind, w)
+    return s and ("%.2f× (%s)"):format(s, fmt(sum.median, "s")) or "—"
+  end
+  local given = {}
   for _, w in ipairs(results.data.workers or {}) do
-    rows[#rows + 1] = { ("%d worker%s"):format(w, w > 1 and "s" or ""), f("kernel", "process", w), f("kernel", "thread", w),
-                        f("fill", "process", w), f("fill", "thread", w) }
+    rows[#rows + 1] = { ("%d worker%s"):format(w, w > 1 and "s" or ""), kernel_cell("process", w), kernel_cell("thread", w),
+                        fill_cell("process", w), fill_cell("thread", w) }
+    for _, kind in ipairs({ "process", "thread" }) do
+      local c = a[kind][w]
+      given[#given + 1] = { workers_text(w, kind), ("%d of %d"):format(c.starved, c.n), c.starved > 0 and reasons_text(c.by, true) or "—",
+        c.obtained and ("%.2f of %d"):format(c.obtained, math.min(w, C)) or "?", c.rate and ("%.2f×"):format(c.rate) or "?",
+        ("%s (at most %s)"):format(pct(c.steal), pct(c.max_steal)) }
+    end
   end
-  return { caption = ("Speedup over the serial run in the parent (median time; CPU time the workers got, in cores; **starved**: less than %d %% of the cores they could use, so the row says nothing about the kind of worker):"):format(math.floor(E.OBTAINED * 100)),
-           header = { "workers", "Lua kernel: processes", "Lua kernel: threads", "array fill: processes", "array fill: threads" },
-           rows = rows }
+  return {
+    { caption = "Speedup over the serial run in the parent (median time of the samples that were not starved; **starved**: the machine did not give those samples' workers what a fair test needs, see below; they are left out):",
+      header = { "workers", "Lua kernel: processes", "Lua kernel: threads", "array fill: processes", "array fill: threads" },
+      rows = rows },
+    { caption = ("What the machine gave the kernel's samples (medians over all samples): cores of CPU time the workers got (user + sys over the time), their work per CPU-second against the serial run of the same round, and the steal over the sample as a share of the time of the cores it used. A sample is starved when steal took over %d %%, or the workers got under %g of the cores they could use, or their work per CPU-second fell under %g× the rate of 1 worker (for 1 worker: of the serial run):"):format(
+        100 * E.STEAL, E.OBTAINED, E.THROUGHPUT),
+      header = { "workers", "starved", "why", "cores got", "work per CPU-second", "steal" },
+      rows = given },
+  }
 end
 
 function E.charts(results)
+  local a = E.analyse(results)
+  local C = a.C
+  local base = a.serial.t.median
   local series = {}
-  local C = results.data.cores or 1
   local colors = { process = "#1f77b4", thread = "#d62728" }
-  for _, what in ipairs({ "kernel", "fill" }) do
-    for _, kind in ipairs({ "process", "thread" }) do
-      local pts = {}
-      for _, w in ipairs(results.data.workers or {}) do
-        local s = speedup(results, what, kind, w)
-        if s then pts[#pts + 1] = { x = w, y = s, hollow = what == "kernel" and starved(results, kind, w, C) or nil } end
+  local hungry = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    local pts, lost = {}, {}
+    for _, w in ipairs(results.data.workers or {}) do
+      local c = a[kind][w]
+      local s = speedup_of(base, c)
+      if s then pts[#pts + 1] = { x = w, y = s, lo = base / c.t.p90, hi = base / c.t.p10 } end
+      -- beside the median, processes to the left and threads to the right
+      for _, x in ipairs(c.all) do
+        if x.starved and base and x.t > 0 then
+          lost[#lost + 1] = { x = w + (kind == "process" and -0.08 or 0.08), y = base / x.t, hollow = true }
+        end
       end
-      series[#series + 1] = { name = ("%s, %s"):format(what == "kernel" and "Lua kernel" or "array fill", kind == "process" and "processes" or "threads"),
-                              points = pts, color = colors[kind], dash = what == "fill" }
+    end
+    series[#series + 1] = { name = "Lua kernel, " .. P[kind], points = pts, color = colors[kind] }
+    if #lost > 0 then
+      hungry[#hungry + 1] = { name = "starved samples, " .. P[kind], points = lost, color = colors[kind], line = false }
     end
   end
+  for _, kind in ipairs({ "process", "thread" }) do
+    local pts = {}
+    for _, w in ipairs(results.data.workers or {}) do
+      local s = fill_speedup(results, kind, w)
+      if s then pts[#pts + 1] = { x = w, y = s } end
+    end
+    series[#series + 1] = { name = "array fill, " .. P[kind], points = pts, color = colors[kind], dash = true }
+  end
+  for _, s in ipairs(hungry) do series[#series + 1] = s end
   local ideal = {}
-  for _, w in ipairs(results.data.workers or {}) do ideal[#ideal + 1] = { x = w, y = math.min(w, C) } end
+  local top
+  for _, w in ipairs(results.data.workers or {}) do ideal[#ideal + 1] = { x = w, y = math.min(w, C) }; top = w end
   series[#series + 1] = { name = ("ideal (%d cores)"):format(C), points = ideal, color = "#999999", dash = true, no_markers = true }
   return { {
     file = "cpu.svg",
     title = "Speedup against worker count",
     subtitle = ("serial time / time split over w workers (spawn to last join); %d cores"):format(C),
-    x = { label = "workers", min = 0 },
+    x = { label = "workers", min = 0, max = (top or 1) + 0.3, ticks = results.data.workers },
     y = { label = "speedup over serial (×)", unit = "x", min = 0 },
     series = series,
-    note = ("hollow: starved (< %d %% of the cores)"):format(math.floor(E.OBTAINED * 100)),
+    note = "kernel: median, p10 – p90 of the fair samples; open: starved",
   } }
 end
 

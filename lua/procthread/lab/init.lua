@@ -59,14 +59,12 @@ M.loadavg = loadavg
 -- with its reaped children, from /proc (jiffies of 1/100 s); nil when
 -- /proc cannot say.
 function M.cpu_times()
-  local st = read_file("/proc/stat") or ""
-  local u, n, sy, _, _, irq, sirq, steal = st:match("^cpu%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)")
+  local all = util.machine_cpu()
   local me = (read_file("/proc/self/stat") or ""):match("%) (.*)")
-  if not u or not me then return nil end
+  if not all or not me then return nil end
   local f, i = {}, 2     -- fields after the command name; utime is field 14
   for x in me:gmatch("%S+") do i = i + 1; f[i] = tonumber(x) end
-  local busy = tonumber(u) + tonumber(n) + tonumber(sy) + tonumber(irq) + tonumber(sirq) + tonumber(steal)
-  return { machine = busy / 100, own = (f[14] + f[15] + f[16] + f[17]) / 100 }
+  return { machine = all.busy, own = (f[14] + f[15] + f[16] + f[17]) / 100 }
 end
 
 -- Cores' worth of CPU that other work used between two cpu_times() over
@@ -276,6 +274,18 @@ function Ctx:time(key, meta, opts, fn)
     if not ok then return nil, err or "failed" end
     return t1 - t0
   end)
+end
+
+-- Take samples in rounds: `warmup` rounds, then `rounds` more, each
+-- calling each(item, round) for every item of `list` in turn, in the
+-- opposite order every other round, so that a slow period of the machine
+-- falls on every item alike instead of on the ones measured during it.
+-- round < 1 is a warm-up round (each() should not record it).
+function Ctx:rounds(list, rounds, warmup, each)
+  local n = #list
+  for r = 1 - (warmup or 0), rounds do
+    for i = 1, n do each(list[r % 2 == 1 and i or n + 1 - i], r) end
+  end
 end
 
 function Ctx:update(what, i, n)

@@ -5,12 +5,13 @@
 --     x = { label = "...", unit = "B" | "s" | "MiB" | ..., log = bool, min, max },
 --     y = { ... same ... },
 --     series = { { name = "...", points = { {x=, y=, lo=, hi=}, ... },
---                  dash = bool, color = "#rrggbb", steps = bool }, ... },
+--                  dash = bool, color = "#rrggbb", steps = bool, line = false }, ... },
 --     markers = { { x =, name = "..." } },     -- dashed vertical lines
 --     no_data = "...", no_data_reason = "..." }
 -- lo/hi (optional) draw an error bar (the lab uses p10..p90); a point with
 -- hollow = true is drawn as an open circle (the lab: a starved row).  A series
--- with steps = true holds each value up to the next point (a phase).
+-- with steps = true holds each value up to the next point (a phase); one
+-- with line = false draws its points only (its legend: an open circle).
 -- Points with a missing or non-positive (log axis) value are skipped; a
 -- point that is not { x = number, y = number ... } raises, naming its
 -- series.  With no usable point (or spec.no_data set) the chart says
@@ -303,8 +304,12 @@ function M.chart(spec)
   add(('<text transform="translate(18,%s) rotate(-90)" font-size="13" text-anchor="middle">%s</text>'):format(n2((y0 + y1) / 2), esc(yl)))
   -- series
   local ly = y1 + 8
-  local function legend(name, color, dash)
-    add(('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'):format(x1 + 14, ly + 6, x1 + 40, ly + 6, color, dash))
+  local function legend(name, color, dash, points_only)
+    if points_only then
+      add(('<circle cx="%d" cy="%d" r="4.5" fill="#ffffff" stroke="%s" stroke-width="2"/>'):format(x1 + 27, ly + 6, color))
+    else
+      add(('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>'):format(x1 + 14, ly + 6, x1 + 40, ly + 6, color, dash))
+    end
     add(('<text x="%d" y="%d" font-size="12">%s</text>'):format(x1 + 46, ly + 10, esc(name)))
     ly = ly + 20
   end
@@ -312,7 +317,7 @@ function M.chart(spec)
     local color = s.color or palette[(i - 1) % #palette + 1]
     local dash = s.dash and ' stroke-dasharray="6,4"' or ""
     local pts = series[i]
-    if #pts > 1 or (s.steps and #pts > 0) then
+    if s.line ~= false and (#pts > 1 or (s.steps and #pts > 0)) then
       add(('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>'):format(color, dash,
         table.concat(line_coords(pts, s.steps, px, py), " ")))
     end
@@ -330,7 +335,7 @@ function M.chart(spec)
         add(('<circle cx="%s" cy="%s" r="3.5" fill="%s"/>'):format(n2(x), n2(y), color))
       end
     end
-    legend(s.name or ("series " .. i), color, dash)
+    legend(s.name or ("series " .. i), color, dash, s.line == false)
   end
   -- markers: dashed vertical lines from the bottom of the plot to its top
   for _, m in ipairs(spec.markers or {}) do

@@ -31,6 +31,18 @@ function M.read_file(path)
   return s
 end
 
+-- The machine's CPU time so far, from the "cpu" line of /proc/stat (in
+-- USER_HZ ticks of 1/100 s), in seconds summed over the CPUs: busy (user,
+-- nice, system, irq, softirq, steal) and steal (the time the hypervisor
+-- ran something else while a vCPU of this machine wanted to run); nil
+-- when /proc cannot say.
+function M.machine_cpu()
+  local f = {}
+  for x in ((M.read_file("/proc/stat") or ""):match("^cpu +([^\n]*)") or ""):gmatch("%d+") do f[#f + 1] = tonumber(x) end
+  if #f < 8 then return nil end
+  return { busy = (f[1] + f[2] + f[3] + f[6] + f[7] + f[8]) / 100, steal = f[8] / 100 }
+end
+
 function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 -- os.execute's result differs between 5.1 (a number) and 5.2+ (true/nil).
