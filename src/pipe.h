@@ -55,10 +55,18 @@ typedef struct pipe_shm {
      a count and its syscall only makes it larger), and wdone != rbytes
      when a reader may find bytes (it checks without waiting). */
   uint64_t wbytes, wdone, rbytes;
+  uint32_t rseq;              /* futex word: readers bump it after a read
+                                 while wsleep is set */
+  uint32_t wsleep;            /* a sender waits for room for a whole frame
+                                 (set and cleared under wlock) */
+  uint64_t wstale;            /* 1 + rbytes when such a wait last timed
+                                 out (0: never): none again until a reader
+                                 reads (under wlock) */
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */
-  int capacity;               /* the OS pipe's size in bytes */
+  int capacity;               /* the OS pipe's size in bytes (under wlock) */
+  int grown;                  /* a sender tried to enlarge it (under wlock) */
   uint64_t parked;            /* a reader that timed out mid-message keeps
                                  the part it took (see park); its id, or 0
                                  (under rlock) */

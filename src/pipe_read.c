@@ -171,7 +171,11 @@ static ssize_t take_bytes(pipe_shm *s, int fd, int nowait) {
   n = nowait ? read_nowait(fd, &v) : readv(fd, &v, 1);
   if (n > 0) {
     s->rend += (uint32_t)n;
-    __atomic_add_fetch(&s->rbytes, (uint64_t)n, __ATOMIC_RELEASE);
+    /* a sender waiting for room for a whole frame (pipe_write.c's
+       wait_fit) sets wsleep, then looks at rbytes: one of the two sees
+       the other's store */
+    __atomic_add_fetch(&s->rbytes, (uint64_t)n, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->wsleep, __ATOMIC_SEQ_CST)) pt_seq_bump_wake(&s->rseq);
   }
   return n;
 }
