@@ -148,12 +148,20 @@ local function rounds(n, base, cols)
   return out
 end
 
+-- PT_BENCH_OLD=<build folder of another tree>: its figures in the same rounds
+local old = os.getenv("PT_BENCH_OLD")
+local oenv = old and ("LUA_CPATH=%q LUA_PATH=%q "):format(old .. "/?.so;;", "lua/?.lua;lua/?/init.lua;;")
 local N = 20000
-local pp = rounds(3, "f", {
+local pcols = {
   { key = "f", run = function() return run("taskset -c 0 " .. floor .. " pingpong " .. N, "rtt_us") end },
   { key = "p", run = function()
       return run(env .. "taskset -c 0 " .. lua .. " " .. self .. " --pingpong " .. N, "rtt_us") end },
-})
+}
+if old then
+  pcols[3] = { key = "o", run = function()
+    return run(oenv .. "taskset -c 0 " .. lua .. " " .. self .. " --pingpong " .. N, "rtt_us") end }
+end
+local pp = rounds(3, "f", pcols)
 local MIB = 256
 local plua = posix_lua()
 local cols = {
@@ -166,16 +174,27 @@ if plua then
   cols[#cols + 1] = { key = "x", run = function()
     return run(plua .. " " .. self .. " --posix-stream " .. MIB .. " 4096", "mbps") end }
 end
+if old then
+  cols[#cols + 1] = { key = "oa", run = function() return run(oenv .. lua .. " " .. self .. " --stream " .. MIB .. " 4096", "mbps") end }
+  cols[#cols + 1] = { key = "ob", run = function() return run(oenv .. lua .. " " .. self .. " --stream " .. MIB .. " 4077", "mbps") end }
+end
 local st = rounds(5, "f", cols)
 
 print(("%-44s %12s %12s %8s"):format("measure (" .. lua .. ")", "figure", "C floor", "ratio"))
 print(("%-44s %12.2f %12.2f %8.2f  (target <= 1.5)"):format("ping-pong round trip, 1 CPU (us)",
   pp.p.fig, pp.f.fig, pp.p.ratio))
+if old then
+  print(("%-44s %12.2f %12.2f %8.2f"):format("  the same, " .. old, pp.o.fig, pp.f.fig, pp.o.ratio))
+end
 local function row(name, k)
   print(("%-44s %12.0f %12.0f %8.2f  (target >= 0.65, luaposix)"):format(name, st[k].fig, st.f.fig, st[k].ratio))
 end
 row("stream 4096-byte messages (MB/s)", "a")
 row("stream 4077-byte messages (MB/s)", "b")
+if old then
+  row("  the same, " .. old .. ", 4096-byte", "oa")
+  row("  the same, " .. old .. ", 4077-byte", "ob")
+end
 if plua then
   print(("%-44s %12.0f %12.0f %8.2f  (the peer)"):format("luaposix " .. plua .. ", 4096-byte strings (MB/s)",
     st.x.fig, st.f.fig, st.x.ratio))
