@@ -14,6 +14,30 @@ local function raw_write(p, bytes)
   f:write(bytes); f:close()
 end
 
+-- A function that answers whether fd is readable now (poll with a 0
+-- timeout), from a C library built here with the fd in it (no argument
+-- to read: lua_tointeger is a macro on 5.2+).
+local function poll_probe(fd)
+  local src, so = os.tmpname() .. ".c", os.tmpname() .. ".so"
+  local f = assert(io.open(src, "w"))
+  f:write(([[
+    #include <poll.h>
+    typedef struct lua_State lua_State;
+    extern void lua_pushboolean(lua_State *L, int b);
+    int l_readable(lua_State *L) {
+      struct pollfd p = { %d, POLLIN, 0 };
+      lua_pushboolean(L, poll(&p, 1, 0) == 1 && (p.revents & POLLIN));
+      return 1;
+    }
+  ]]):format(fd))
+  f:close()
+  assert(os.execute(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s"):format(so, src)))
+  os.remove(src)
+  local fn = assert(package.loadlib(so, "l_readable"))
+  os.remove(so)
+  return fn
+end
+
 -- The payload of message `seq` of sender `who`: content that shows any
 -- mix-up of senders or messages, and its checksum.
 local function payload(who, seq, size)
@@ -594,6 +618,31 @@ describe("pipes", function()
       assert.are.equal("late", a:recv(T))
       assert.is_true((c:join(T)))
       a:close(); b:close()
+    end)
+
+    -- issue 12: recv reads ahead (up to 64 KiB into the pipe's shared
+    -- buffer); a poll loop watching the read fd would sleep on messages
+    -- read ahead.  Once the fds are asked for, reads take no byte past
+    -- the frame they complete.
+    it("once its fds are asked for, the read fd is readable while a message waits", function()
+      local p = pt.pipe()
+      local readable = poll_probe((p:fds()))
+      for i = 1, 3 do p:send(i) end
+      assert.are.equal(1, p:recv(T))
+      assert.is_true(readable())                 -- 2 and 3 wait
+      assert.are.equal(2, p:recv(T))
+      assert.is_true(readable())
+      assert.are.equal(3, p:recv(T))
+      assert.is_false(readable())
+      p:send(("a"):rep(10000)); p:send(("b"):rep(4096)); p:send("c")
+      assert.are.equal(10000, #p:recv(T))       -- several chunks
+      assert.is_true(readable())
+      assert.are.equal(4096, #p:recv(T))        -- one chunk of more than a page
+      assert.is_true(readable())
+      assert.are.equal("c", p:recv(T))
+      assert.is_false(readable())
+      assert.are.same({ nil, "timeout" }, { p:recv(0) })
+      p:close()
     end)
 
     it("times out, and an empty set just waits", function()

@@ -67,6 +67,10 @@ typedef struct pipe_shm {
                                  skipped and was reported lost */
   int capacity;               /* the OS pipe's size in bytes (under wlock) */
   int grown;                  /* a sender tried to enlarge it (under wlock) */
+  int exact;                  /* p:fds() was asked, in some process: reads
+                                 take no byte past the frame they complete,
+                                 so the read fd is readable while a message
+                                 waits (for poll loops) */
   uint64_t parked;            /* a reader that timed out mid-message keeps
                                  the part it took (see park); its id, or 0
                                  (under rlock) */
@@ -109,6 +113,9 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park)
 /* Drop every whole message left in the pipe, with the references it
    holds, without waiting (the last reader closes). */
 void pt_pipe_drain(pt_pipe *p, int fd);
+/* From now on, in every process, read no byte past the frame being
+   completed (p:fds(): see pipe_shm.exact). */
+void pt_pipe_exact(pt_pipe *p);
 
 /* ---- pipe_end.c ----------------------------------------------------------- */
 
