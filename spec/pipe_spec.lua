@@ -360,6 +360,26 @@ describe("pipes", function()
       end)
     end
 
+    -- issue 12: recv reads ahead into the pipe's buffer, which lives in
+    -- memory shared with forked children: a child forked after the parent
+    -- read ahead takes what the parent has not, none twice, none lost
+    it("a reader forked after the parent read ahead takes the rest, none twice", function()
+      local p, go = pt.pipe(), pt.pipe()
+      for i = 1, 6 do p:send(i) end
+      assert.are.equal(1, p:recv(T))           -- 2..6 are read ahead now
+      local c = pt.spawn_process(function()
+        go:recv(10)
+        return p:recv(10), p:recv(10)
+      end)
+      assert.are.equal(2, p:recv(T))
+      go:send("go")
+      assert.are.same({ true, 3, 4 }, { c:join(T) })
+      assert.are.equal(5, p:recv(T))
+      assert.are.equal(6, p:recv(T))
+      assert.are.same({ nil, "timeout" }, { p:recv(0) })
+      p:close(); go:close()
+    end)
+
     it("messages left unread stay for a reader in a forked child", function()
       local p, go = pt.pipe(), pt.pipe()
       local t = pt.shared_table({ x = 42 })
