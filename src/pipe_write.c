@@ -340,6 +340,7 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
   size_t off = 0;
   int r;
   grow(s, sd, len);
+  if (torn_before) __atomic_store_n(&s->wsleep, 0, __ATOMIC_RELAXED);  /* its wait_fit's */
   if (torn_before || s->wtorn) {
     pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
     set_torn(s, 1);
