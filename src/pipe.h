@@ -62,6 +62,7 @@ typedef struct pipe_shm {
   uint64_t wstale;            /* 1 + rbytes when such a wait last timed
                                  out (0: never): none again until a reader
                                  reads (under wlock) */
+  int wnofit;                 /* such waits are off for this pipe (wlock) */
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */

@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -261,17 +262,40 @@ static long write_batch(sender *sd, char *buf, size_t len,
    that stops reading, or is gone, costs one slice, and no sender waits
    again before a reader has read (wstale): meanwhile messages go as
    chunks, which wait for room, or learn that no reader is left, the usual
-   way.  1 (the caller looks again), WR_CANCEL or WR_ERR. */
+   way.  Readers that read in a slice and still leave no room, or counts
+   that are too large for good (a sender killed between a count and its
+   write, bytes read around the framing) turn the wait off for the pipe
+   (wnofit: see fit_timed_out).  1 (the caller looks again), WR_CANCEL or WR_ERR. */
 #define FIT_SLICE 0.005
+/* A wait for room timed out.  Readers read in it and still left no room:
+   they are slower than this sender.  None read, and the pipe holds far
+   less than the counts say (more than a read in flight can explain): the
+   counts are off for good, and a reader may be waiting for this very
+   message.  Either way, no more such waits on this pipe.  Else the reader
+   is away: none before it reads again. */
+static void fit_timed_out(sender *sd, uint64_t read0) {
+  pipe_shm *s = sd->p->shm;
+  int held = 0;
+  if (__atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE) != read0 ||
+      (ioctl(sd->fd, FIONREAD, &held) == 0 && in_pipe(s) > (uint64_t)held + PT_PIPE_RBUF))
+    s->wnofit = 1;
+  else
+    s->wstale = read0 + 1;
+}
+
+static int fit_worth_waiting(pipe_shm *s, size_t n, uint64_t read0) {
+  uint64_t pg = PT_FRAME_CHUNK;
+  return in_pipe(s) != UINT64_MAX && 2 + (n + pg - 1) / pg + 1 <= (uint64_t)s->capacity / pg &&
+         read0 + 1 != s->wstale && !s->wnofit;
+}
+
 static int wait_fit(sender *sd, size_t n) {
   pipe_shm *s = sd->p->shm;
   pt_ctx *c = pt_self_ctx;
-  uint64_t pg = PT_FRAME_CHUNK, read0 = __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE);
+  uint64_t read0 = __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE);
   double until;
   int r = PT_OK;
-  if (in_pipe(s) == UINT64_MAX || 2 + (n + pg - 1) / pg + 1 > (uint64_t)s->capacity / pg ||
-      read0 + 1 == s->wstale)
-    return 1;
+  if (!fit_worth_waiting(s, n, read0)) return 1;
   if (pt_interrupted()) return WR_CANCEL;
   until = pt_now() + FIT_SLICE;
   while (r == PT_OK) {
@@ -287,7 +311,7 @@ static int wait_fit(sender *sd, size_t n) {
     if (r == PT_INTR) r = pt_interrupted() ? PT_CANCELLED : PT_OK;
   }
   __atomic_store_n(&s->wsleep, 0, __ATOMIC_RELAXED);
-  if (r == PT_TIMEOUT && __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE) == read0) s->wstale = read0 + 1;
+  if (r == PT_TIMEOUT) fit_timed_out(sd, read0);
   return r == PT_CANCELLED ? WR_CANCEL : r == PT_ERR ? WR_ERR : 1;
 }
 
