@@ -255,19 +255,9 @@ static long write_batch(sender *sd, char *buf, size_t len,
   return (long)off;
 }
 
-/* The counts say a frame of n bytes does not fit now, though it would fit
-   the empty pipe: wait for readers to take bytes out (they bump rseq while
-   wsleep is set: see take_bytes in pipe_read.c) for at most FIT_SLICE,
-   as a cancellation point and (main thread) interruptible.  A reader
-   that stops reading, or is gone, costs one slice, and no sender waits
-   again before a reader has read (wstale): meanwhile messages go as
-   chunks, which wait for room, or learn that no reader is left, the usual
-   way.  Readers that read in a slice and still leave no room, or counts
-   that are too large for good (a sender killed between a count and its
-   write, bytes read around the framing) turn the wait off for the pipe
-   (wnofit: see fit_timed_out).  1 (the caller looks again), WR_CANCEL or WR_ERR. */
 #define FIT_SLICE 0.005
-/* A wait for room timed out.  Readers read in it and still left no room:
+
+/* A wait for room (wait_fit, below) timed out.  Readers read in it and still left no room:
    they are slower than this sender.  None read, and the pipe holds far
    less than the counts say (more than a read in flight can explain): the
    counts are off for good, and a reader may be waiting for this very
@@ -283,12 +273,26 @@ static void fit_timed_out(sender *sd, uint64_t read0) {
     s->wstale = read0 + 1;
 }
 
+/* Is such a wait worth it: counts that make sense, a frame that fits the
+   empty pipe, and no timeout that said no (read0: rbytes now). */
 static int fit_worth_waiting(pipe_shm *s, size_t n, uint64_t read0) {
   uint64_t pg = PT_FRAME_CHUNK;
   return in_pipe(s) != UINT64_MAX && 2 + (n + pg - 1) / pg + 1 <= (uint64_t)s->capacity / pg &&
          read0 + 1 != s->wstale && !s->wnofit;
 }
 
+/* The counts say a frame of n bytes does not fit now, though it would fit
+   the empty pipe: wait for readers to take bytes out (they bump rseq while
+   wsleep is set: see take_bytes in pipe_read.c) for at most FIT_SLICE,
+   as a cancellation point and (main thread) interruptible.  A reader
+   that stops reading, or is gone, costs one slice, and no sender waits
+   again before a reader has read (wstale): meanwhile messages go as
+   chunks, which wait for room, or learn that no reader is left, the usual
+   way.  Readers that read in a slice and still leave no room, or counts
+   that are too large for good (a sender killed between a count and its
+   write, bytes read around the framing) turn the wait off for the pipe
+   (wnofit: see fit_timed_out).  1 (the caller looks again), WR_CANCEL
+   or WR_ERR. */
 static int wait_fit(sender *sd, size_t n) {
   pipe_shm *s = sd->p->shm;
   pt_ctx *c = pt_self_ctx;
@@ -303,6 +307,7 @@ static int wait_fit(sender *sd, size_t n) {
     uint32_t expected[2], iv = 0;
     int k = 1;
     __atomic_store_n(&s->wsleep, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);      /* before fits() reads rbytes */
     expected[0] = __atomic_load_n(&s->rseq, __ATOMIC_SEQ_CST);
     if (fits(s, n)) break;
     words[0] = &s->rseq;
