@@ -569,6 +569,10 @@ describe("pipes", function()
           for _ = 1, 1000 do p:send(s) end
         end },
       { "select", 0.1, function(p) return pt.select({ p }) end },
+      { "send of 4096-byte strings (frames of two pages) on a full pipe", 0.2, function(p)
+          local s = ("c"):rep(4096)
+          for _ = 1, 1000 do p:send(s) end
+        end },
     }
     for _, c in ipairs(cases) do
       it("a thread blocked in " .. c[1] .. " is cancelled", function()
