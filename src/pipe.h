@@ -11,8 +11,13 @@
  *    next locker gets EOWNERDEAD and writes an abort chunk, and the reader
  *    drops the torn message and says "lost message".
  *  - the read lock is held while a reader takes one message out of the
- *    shared buffer (reading more from the OS pipe as needed), so readers in
+ *    shared buffer (reading more from the OS pipe as needed, up to 64 KiB
+ *    at a time; only to the end of the frame once p:fds() was asked, so
+ *    that a poll of the read fd sees every message), so readers in
  *    several threads and processes each get whole messages.
+ *  - a sender that finds the pipe too full grows it (256 KiB), and one
+ *    whose frame of two pages does not fit waits a little for a reader to
+ *    make room (rseq, wsleep) rather than cut it into chunks.
  *
  * In each process, a pipe is one malloc'd pt_pipe shared by the threads
  * (reference counted: Lua handles plus references in flight inside encoded
