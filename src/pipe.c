@@ -178,6 +178,7 @@ static int l_fds(lua_State *L) {
   handle *h = check_handle(L, 1);
   int r = -1, w = -1;
   if (h->p) {
+    pt_pipe_exact(h->p);        /* the read fd is polled: no read-ahead */
     pthread_mutex_lock(&h->p->mu);
     if (!h->p->rclosing) r = h->p->rfd;
     if (!h->p->wclosing) w = h->p->wfd;

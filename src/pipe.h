@@ -11,8 +11,13 @@
  *    next locker gets EOWNERDEAD and writes an abort chunk, and the reader
  *    drops the torn message and says "lost message".
  *  - the read lock is held while a reader takes one message out of the
- *    shared buffer (reading more from the OS pipe as needed), so readers in
+ *    shared buffer (reading more from the OS pipe as needed, up to 64 KiB
+ *    at a time; only to the end of the frame once p:fds() was asked, so
+ *    that a poll of the read fd sees every message), so readers in
  *    several threads and processes each get whole messages.
+ *  - a sender that finds the pipe too full grows it (256 KiB), and one
+ *    whose frame of two pages does not fit waits a little for a reader to
+ *    make room (rseq, wsleep) rather than cut it into chunks.
  *
  * In each process, a pipe is one malloc'd pt_pipe shared by the threads
  * (reference counted: Lua handles plus references in flight inside encoded
@@ -55,10 +60,23 @@ typedef struct pipe_shm {
      a count and its syscall only makes it larger), and wdone != rbytes
      when a reader may find bytes (it checks without waiting). */
   uint64_t wbytes, wdone, rbytes;
+  uint32_t rseq;              /* futex word: readers bump it after a read
+                                 while wsleep is set */
+  uint32_t wsleep;            /* a sender waits for room for a whole frame
+                                 (set and cleared under wlock) */
+  uint64_t wstale;            /* 1 + rbytes when such a wait last timed
+                                 out (0: never): none again until a reader
+                                 reads (under wlock) */
+  int wnofit;                 /* such waits are off for this pipe (wlock) */
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */
-  int capacity;               /* the OS pipe's size in bytes */
+  int capacity;               /* the OS pipe's size in bytes (under wlock) */
+  int grown;                  /* a sender tried to enlarge it (under wlock) */
+  int exact;                  /* p:fds() was asked, in some process: reads
+                                 take no byte past the frame they complete,
+                                 so the read fd is readable while a message
+                                 waits (for poll loops) */
   uint64_t parked;            /* a reader that timed out mid-message keeps
                                  the part it took (see park); its id, or 0
                                  (under rlock) */
@@ -101,6 +119,9 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park)
 /* Drop every whole message left in the pipe, with the references it
    holds, without waiting (the last reader closes). */
 void pt_pipe_drain(pt_pipe *p, int fd);
+/* From now on, in every process, read no byte past the frame being
+   completed (p:fds(): see pipe_shm.exact). */
+void pt_pipe_exact(pt_pipe *p);
 
 /* ---- pipe_end.c ----------------------------------------------------------- */
 

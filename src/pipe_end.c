@@ -68,18 +68,21 @@ int pt_pipe_end_begin(pt_pipe *p, int r) {
   return fd;
 }
 
-void pt_pipe_end_done(pt_pipe *p, int r) {
+/* End a call on the read end (r), the write end (w), or both (a send
+   that kept the read end busy): one lock for both. */
+static void ends_done(pt_pipe *p, int r, int w) {
   int rfd = -1;
   pthread_mutex_lock(&p->mu);
   if (r) {
     p->rbusy--;
     rfd = read_end_idle(p);
-  } else {
-    if (--p->wbusy == 0 && p->wclosing) { pt_pipe_close_fd(&p->wfd); p->wclosing = 0; }
   }
+  if (w && --p->wbusy == 0 && p->wclosing) { pt_pipe_close_fd(&p->wfd); p->wclosing = 0; }
   pthread_mutex_unlock(&p->mu);
   pt_pipe_finish_read_close(p, rfd);
 }
+
+void pt_pipe_end_done(pt_pipe *p, int r) { ends_done(p, r, !r); }
 
 /* A send uses the write end, and the read end too when this process holds
    it (see pipe_write.c): both under one lock.  *reader: 1 when it does. */
@@ -96,10 +99,7 @@ int pt_pipe_send_begin(pt_pipe *p, int *reader) {
   return fd;
 }
 
-void pt_pipe_send_done(pt_pipe *p, int reader) {
-  if (reader) pt_pipe_end_done(p, 1);
-  pt_pipe_end_done(p, 0);
-}
+void pt_pipe_send_done(pt_pipe *p, int reader) { ends_done(p, reader, 1); }
 
 /* Close one end; while calls use it, the last of them closes it.  A
    sender that keeps the read end busy (pipe_write.c) lets it go when it sees

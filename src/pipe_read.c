@@ -161,17 +161,37 @@ static ssize_t read_nowait(int fd, const struct iovec *v) {
   return -1;
 }
 
+/* How many bytes a read may take: as many as the buffer holds, or, once
+   the pipe reads exactly (pipe_shm.exact), only the rest of the chunk
+   header at rstart, then the rest of its chunk. */
+static size_t read_size(pipe_shm *s) {
+  size_t room = PT_PIPE_RBUF - s->rend, avail = s->rend - s->rstart, want = PT_FRAME_HDR;
+  pt_frame_hdr h;
+  if (!__atomic_load_n(&s->exact, __ATOMIC_RELAXED)) return room;
+  if (avail < PT_FRAME_HDR) want = PT_FRAME_HDR - avail;
+  else if (pt_frame_get((const unsigned char *)s->rbuf + s->rstart, &h) &&
+           PT_FRAME_HDR + h.len > avail)
+    want = PT_FRAME_HDR + h.len - avail;
+  return want < room ? want : room;
+}
+
+void pt_pipe_exact(pt_pipe *p) { __atomic_store_n(&p->shm->exact, 1, __ATOMIC_RELAXED); }
+
 /* Read into the shared buffer, counted in rbytes (see pipe.h), without
    waiting when nowait.  >0 bytes, 0 end of stream, -1 errno. */
 static ssize_t take_bytes(pipe_shm *s, int fd, int nowait) {
   struct iovec v;
   ssize_t n;
   v.iov_base = s->rbuf + s->rend;
-  v.iov_len = PT_PIPE_RBUF - s->rend;
+  v.iov_len = read_size(s);
   n = nowait ? read_nowait(fd, &v) : readv(fd, &v, 1);
   if (n > 0) {
     s->rend += (uint32_t)n;
-    __atomic_add_fetch(&s->rbytes, (uint64_t)n, __ATOMIC_RELEASE);
+    /* a sender waiting for room for a whole frame (pipe_write.c's
+       wait_fit) sets wsleep, then looks at rbytes: one of the two sees
+       the other's store */
+    __atomic_add_fetch(&s->rbytes, (uint64_t)n, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->wsleep, __ATOMIC_SEQ_CST)) pt_seq_bump_wake(&s->rseq);
   }
   return n;
 }

@@ -8,12 +8,14 @@
  * SIGPIPE: the sender blocks it in its own thread around its writes and
  * consumes the one its EPIPE raised; the disposition is never changed. */
 #include "pipe.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -253,14 +255,83 @@ static long write_batch(sender *sd, char *buf, size_t len,
   return (long)off;
 }
 
+#define FIT_SLICE 0.005
+
+/* A wait for room (wait_fit, below) timed out.  Readers read in it and still left no room:
+   they are slower than this sender.  None read, and the pipe holds far
+   less than the counts say (more than a read in flight can explain): the
+   counts are off for good, and a reader may be waiting for this very
+   message.  Either way, no more such waits on this pipe.  Else the reader
+   is away: none before it reads again. */
+static void fit_timed_out(sender *sd, uint64_t read0) {
+  pipe_shm *s = sd->p->shm;
+  int held = 0;
+  if (__atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE) != read0 ||
+      (ioctl(sd->fd, FIONREAD, &held) == 0 && in_pipe(s) > (uint64_t)held + PT_PIPE_RBUF))
+    s->wnofit = 1;
+  else
+    s->wstale = read0 + 1;
+}
+
+/* Is such a wait worth it: counts that make sense, a frame that fits the
+   empty pipe, and no timeout that said no (read0: rbytes now). */
+static int fit_worth_waiting(pipe_shm *s, size_t n, uint64_t read0) {
+  uint64_t pg = PT_FRAME_CHUNK;
+  return in_pipe(s) != UINT64_MAX && 2 + (n + pg - 1) / pg + 1 <= (uint64_t)s->capacity / pg &&
+         read0 + 1 != s->wstale && !s->wnofit;
+}
+
+/* The counts say a frame of n bytes does not fit now, though it would fit
+   the empty pipe: wait for readers to take bytes out (they bump rseq while
+   wsleep is set: see take_bytes in pipe_read.c) for at most FIT_SLICE,
+   as a cancellation point and (main thread) interruptible.  A reader
+   that stops reading, or is gone, costs one slice, and no sender waits
+   again before a reader has read (wstale): meanwhile messages go as
+   chunks, which wait for room, or learn that no reader is left, the usual
+   way.  Readers that read in a slice and still leave no room, or counts
+   that are too large for good (a sender killed between a count and its
+   write, bytes read around the framing) turn the wait off for the pipe
+   (wnofit: see fit_timed_out).  1 (the caller looks again), WR_CANCEL
+   or WR_ERR. */
+static int wait_fit(sender *sd, size_t n) {
+  pipe_shm *s = sd->p->shm;
+  pt_ctx *c = pt_self_ctx;
+  uint64_t read0 = __atomic_load_n(&s->rbytes, __ATOMIC_ACQUIRE);
+  double until;
+  int r = PT_OK;
+  if (!fit_worth_waiting(s, n, read0)) return 1;
+  if (pt_interrupted()) return WR_CANCEL;
+  until = pt_now() + FIT_SLICE;
+  while (r == PT_OK) {
+    const uint32_t *words[2];
+    uint32_t expected[2], iv = 0;
+    int k = 1;
+    __atomic_store_n(&s->wsleep, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);      /* before fits() reads rbytes */
+    expected[0] = __atomic_load_n(&s->rseq, __ATOMIC_SEQ_CST);
+    if (fits(s, n)) break;
+    words[0] = &s->rseq;
+    if ((words[1] = pt_interrupt_word(&iv)) != NULL) { expected[1] = iv; k = 2; }
+    r = pt_futex_waitv(words, expected, k, until, c ? c->cancel : NULL, NULL);
+    if (r == PT_INTR) r = pt_interrupted() ? PT_CANCELLED : PT_OK;
+  }
+  __atomic_store_n(&s->wsleep, 0, __ATOMIC_RELAXED);
+  if (r == PT_TIMEOUT) fit_timed_out(sd, read0);
+  return r == PT_CANCELLED ? WR_CANCEL : r == PT_ERR ? WR_ERR : 1;
+}
+
 /* A message of up to two pages as one chunk in one write, when the counts
-   say it fits: then the write cannot block, so no kill can cut it and no
-   cancellation needs a wait first.  WR_*, or 1 when it does not fit (it
-   then goes as chunks of at most PIPE_BUF). */
+   say it fits (waiting a little for room: wait_fit): then the write cannot
+   block, so no kill can cut it and no cancellation needs a wait first.
+   WR_*, or 1 when it does not fit (it then goes as chunks of at most
+   PIPE_BUF). */
 static int write_whole(sender *sd, char *buf, size_t len) {
   size_t total = PT_FRAME_HDR + len;
   ssize_t w;
-  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX || !fits(sd->p->shm, total)) return 1;
+  int r;
+  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 1;
+  if (!fits(sd->p->shm, total) && (r = wait_fit(sd, total)) != 1) return r;
+  if (!fits(sd->p->shm, total)) return 1;
   pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
                (uint32_t)len, (uint32_t)len);
   while ((w = put1(sd, buf, total, 0)) < 0) {
@@ -274,6 +345,19 @@ static int write_whole(sender *sd, char *buf, size_t len) {
   return WR_OK;
 }
 
+/* A pipe that a sender first finds too full for its message grows, once,
+   to GROW_TO bytes (F_SETPIPE_SZ; as the system allows, else it stays):
+   only pipes that carry a stream pay for the bigger buffer, which then
+   takes a whole frame far more often, and wakes each side less often. */
+#define GROW_TO (256 * 1024)
+static void grow(pipe_shm *s, sender *sd, size_t len) {
+  int r;
+  if (s->grown || fits(s, PT_FRAME_HDR + len)) return;
+  s->grown = 1;
+  r = fcntl(sd->fd, F_SETPIPE_SZ, GROW_TO);
+  if (r > s->capacity) s->capacity = r;
+}
+
 /* The message is buf[16 .. 16+len): buf[0..16) is room for the first
    header.  Each later chunk borrows the 16 bytes before its data (already
    written) for its header and gives them back, so every chunk is one
@@ -284,6 +368,8 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
   unsigned char hdrs[BATCH_MAX][PT_FRAME_HDR];
   size_t off = 0;
   int r;
+  grow(s, sd, len);
+  if (torn_before) __atomic_store_n(&s->wsleep, 0, __ATOMIC_RELAXED);  /* its wait_fit's */
   if (torn_before || s->wtorn) {
     pt_frame_put(hdr, PT_FRAME_ABORT, 0, 0, 0);
     set_torn(s, 1);
