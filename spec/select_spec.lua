@@ -386,8 +386,9 @@ describe("no timer slices", function()
       n.sleep = wakes(function() pt.sleep(0.6) end)
       local p = pt.pipe()
       n.recv = wakes(function() assert(select(2, p:recv(0.6)) == "timeout") end)
-      local s = ("x"):rep(4000)
-      for _ = 1, 16 do p:send(s) end              -- full: the next send waits
+      -- larger than the pipe even once it has grown (256 KiB): the send
+      -- writes what fits, then waits for room until the reader comes
+      local s = ("x"):rep(400 * 1024)
       local rd = pt.spawn_thread(function(q) require("procthread").sleep(0.6); return q:recv(10) end, p)
       n.room = wakes(function() p:send(s) end)
       assert(rd:join(10))
