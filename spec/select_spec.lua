@@ -387,11 +387,27 @@ describe("no timer slices", function()
       local p = pt.pipe()
       n.recv = wakes(function() assert(select(2, p:recv(0.6)) == "timeout") end)
       -- larger than the pipe even once it has grown (256 KiB): the send
-      -- writes what fits, then waits for room until the reader comes
-      local s = ("x"):rep(400 * 1024)
-      local rd = pt.spawn_thread(function(q) require("procthread").sleep(0.6); return q:recv(10) end, p)
-      n.room = wakes(function() p:send(s) end)
-      assert(rd:join(10))
+      -- writes what fits, then waits for room until the reader comes.  The
+      -- reader counts the main thread's wake-ups (its tid is the pid) while
+      -- it waits, not those as the reader drains the pipe
+      local function switches()
+        local f = assert(io.open("/proc/self/stat"))
+        local pid = f:read("*l"):match("^(%d+)"); f:close()
+        f = assert(io.open("/proc/self/task/" .. pid .. "/status"))
+        local st = f:read("*a"); f:close()
+        return tonumber(st:match("voluntary_ctxt_switches:%s*(%d+)"))
+      end
+      local rd = pt.spawn_thread(function(q, switches)
+        local pt = require("procthread")
+        pt.sleep(0.1)
+        local a = switches()
+        pt.sleep(0.5)
+        local b = switches()
+        assert(q:recv(10))
+        return b - a
+      end, p, switches)
+      p:send(("x"):rep(400 * 1024))
+      n.room = select(2, assert(rd:join(10)))
       local q = pt.pipe()
       local big = pt.spawn_thread(function(q) return q:send(("m"):rep(1024 * 1024)) end, q)
       asleep(big)                                 -- blocked, holding the write lock
