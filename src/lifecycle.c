@@ -267,8 +267,10 @@ void pt_lifeline_child(int life[2]) {
   main_thread = -1;
   intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   intr_pending = 0;
+  /* the read end's status flags are known: pipe2 set none (O_CLOEXEC is
+     the fd's), so no F_GETFL */
   if (fcntl(life[0], F_SETOWN, pt_pid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
-      fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
+      fcntl(life[0], F_SETFL, O_ASYNC) != 0)
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
   if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
 }
