@@ -10,6 +10,7 @@
 #include <time.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,12 +297,74 @@ static int failed_start(pt_worker *w, const char *why) {
   return W_FAILED;
 }
 
+/* ---- a worker state's first memory ----------------------------------------
+   The standard libraries are some 300 small blocks that live as long as
+   the state.  A new state takes them from one block of its own, cut in
+   order (a bump allocator), and every later block from malloc: opening
+   the libraries costs a fifth fewer instructions and closing the state
+   half (their frees cost nothing; callgrind, 5.4).  A block of the first
+   memory that Lua frees or grows is left unused there.  The state is made
+   by luaL_newstate (its panic and warning functions), whose allocator is
+   realloc and free, so the blocks it made before the switch are malloc's.
+   LuaJIT has its own allocator: there the state is luaL_newstate's. */
+#define FIRST_MEM (64 * 1024)
+
+typedef struct first_mem {
+  size_t top;                 /* bytes of data[] handed out */
+  max_align_t data[FIRST_MEM / sizeof(max_align_t)];
+} first_mem;
+
+static int in_first(const first_mem *m, const void *p) {
+  const char *c = (const char *)p, *base = (const char *)m->data;
+  return c >= base && c < base + sizeof m->data;
+}
+
+static void *first_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+  first_mem *m = (first_mem *)ud;
+  size_t need = (nsize + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+  void *q;
+  if (p && !in_first(m, p)) {
+    if (nsize) return realloc(p, nsize);
+    free(p);
+    return NULL;
+  }
+  if (nsize == 0) return NULL;                 /* a first-memory block: left */
+  if (p && nsize <= osize) return p;
+  if (need <= sizeof m->data - m->top) {
+    q = (char *)m->data + m->top;
+    m->top += need;
+  } else if ((q = malloc(nsize)) == NULL) {
+    return NULL;                               /* p stays as it was */
+  }
+  if (p) memcpy(q, p, osize);
+  return q;
+}
+
+static lua_State *new_state(void) {
+  lua_State *L = luaL_newstate();
+#ifndef PT_LUAJIT
+  first_mem *m = L ? (first_mem *)malloc(sizeof *m) : NULL;
+  if (m) {
+    m->top = 0;
+    lua_setallocf(L, first_alloc, m);
+  }
+#endif
+  return L;
+}
+
+static void close_state(lua_State *L) {
+  void *ud = NULL;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  lua_close(L);
+  if (f == first_alloc) free(ud);
+}
+
 /* A state with its libraries, for the next worker; NULL: no memory. */
 static lua_State *ready_state(void) {
   start_arg a = {NULL, 0, W_FAILED, 0};
-  lua_State *L = luaL_newstate();
+  lua_State *L = new_state();
   if (L && start_protected(L, &a) != 0) {
-    lua_close(L);
+    close_state(L);
     L = NULL;
   }
   return L;
@@ -312,7 +375,7 @@ static int run_state(thread_worker *t, lua_State *L) {
   pt_worker *w = &t->w;
   start_arg a;
   a.fresh = L != NULL;
-  if (!L) L = luaL_newstate();
+  if (!L) L = new_state();
   if (!L) return failed_start(w, NULL);
   a.w = t;
   a.status = W_FAILED;
@@ -327,7 +390,7 @@ static int run_state(thread_worker *t, lua_State *L) {
   }
   lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
   t->ctx.closing = 1;                       /* see thread_release */
-  lua_close(L);
+  close_state(L);
   return a.status;
 }
 
@@ -433,7 +496,7 @@ static void *os_main(void *arg) {
     spare++;
     pthread_mutex_unlock(&idle_mu);
   } while (next_job(o));
-  if (o->ready) lua_close(o->ready);
+  if (o->ready) close_state(o->ready);
   free(o);
   return NULL;
 }
