@@ -120,9 +120,15 @@ const char *pt_set_cancel_signal(double n) {
    the Lua state the next worker starts in: fresh, never run (a worker
    never sees another's globals), so a spawn does not wait for it.  Idle
    threads hold no worker, fd or shared object; pt._spare_threads() counts
-   them, so leak checks leave them out.  A forked child has none. */
+   them, so leak checks leave them out.  A forked child has none.
+   A spawn that finds no idle thread with its state made starts a second
+   OS thread rather than wait for the one still making it (at most
+   EAGER_MAX live, as each costs every fork of the process a little: its
+   stack and malloc arena are copied too): spawn after spawn, one thread
+   then makes its state while the other runs a worker, on another CPU. */
 #define IDLE_MAX 4
 #define IDLE_SECS 5.0
+#define EAGER_MAX 2
 
 typedef struct osthread {
   thread_worker *job;         /* the worker to run (set before go) */
@@ -135,6 +141,7 @@ typedef struct osthread {
 static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static osthread *idle;
 static int idle_n, spare;     /* idle_mu: on the list; alive and not running a worker */
+static int live;              /* idle_mu: OS threads alive (started, not yet left) */
 
 /* Around every fork() (pthread_atfork: procthread's and any other
    library's): the list is never caught half-changed, and a new child,
@@ -143,7 +150,7 @@ static void lock_idle(void) { pthread_mutex_lock(&idle_mu); }
 static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
 static void forget_idle(void) {
   idle = NULL;
-  idle_n = spare = 0;
+  idle_n = spare = live = 0;
   pthread_mutex_unlock(&idle_mu);
 }
 static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
@@ -486,6 +493,12 @@ static int next_job(osthread *o) {
   }
 }
 
+static void thread_gone(void) {
+  pthread_mutex_lock(&idle_mu);
+  live--;
+  pthread_mutex_unlock(&idle_mu);
+}
+
 static void *os_main(void *arg) {
   osthread *o = (osthread *)arg;
   do {
@@ -498,7 +511,21 @@ static void *os_main(void *arg) {
   } while (next_job(o));
   if (o->ready) close_state(o->ready);
   free(o);
+  thread_gone();
   return NULL;
+}
+
+/* The idle thread to hand a job to (idle_mu held): one whose state is
+   made (it starts at once); else, when EAGER_MAX threads live already,
+   the one idle longest (the furthest in making its state); else NULL:
+   start another. */
+static osthread *pick_idle(void) {
+  osthread *o, *last = NULL;
+  for (o = idle; o; o = o->next) {
+    if (__atomic_load_n(&o->prepared, __ATOMIC_ACQUIRE)) return o;
+    last = o;
+  }
+  return live >= EAGER_MAX ? last : NULL;
 }
 
 /* Hand t to an idle OS thread, or start one: 0, or an errno. */
@@ -509,12 +536,12 @@ static int start_on_thread(thread_worker *t) {
   osthread *o;
   int e;
   pthread_mutex_lock(&idle_mu);
-  for (o = idle; o && !__atomic_load_n(&o->prepared, __ATOMIC_ACQUIRE); o = o->next) {}
-  if (!o) o = idle;             /* one whose state is made first: it starts at once */
-  if (o) {
+  if ((o = pick_idle()) != NULL) {
     unlist(o);
     spare--;
     o->job = t;
+  } else {
+    live++;                     /* the thread started below */
   }
   pthread_mutex_unlock(&idle_mu);
   if (o) {
@@ -523,7 +550,10 @@ static int start_on_thread(thread_worker *t) {
     return 0;
   }
   o = (osthread *)calloc(1, sizeof *o);
-  if (!o) return ENOMEM;
+  if (!o) {
+    thread_gone();
+    return ENOMEM;
+  }
   o->job = t;
   pthread_attr_init(&a);
   pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -532,7 +562,10 @@ static int start_on_thread(thread_worker *t) {
   e = pthread_create(&th, &a, os_main, o);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&a);
-  if (e) free(o);
+  if (e) {
+    free(o);
+    thread_gone();
+  }
   return e;
 }
 
