@@ -236,10 +236,12 @@ int pt_lifecycle_stop_threads(double timeout) {
   for (w = reg; w; w = w->next)
     if (w->kind == PT_THREAD) w->ops->cancel(w);
   pthread_mutex_unlock(&reg_mu);
+  __atomic_add_fetch(&pt_live_waiters, 1, __ATOMIC_SEQ_CST);   /* before the count is read */
   while ((n = __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST)) > 0) {
     int r = pt_futex_wait((const uint32_t *)&pt_live_threads, (uint32_t)n, deadline, NULL);
     if (r == PT_TIMEOUT || r == PT_ERR) break;
   }
+  __atomic_sub_fetch(&pt_live_waiters, 1, __ATOMIC_SEQ_CST);
   return __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST);
 }
 

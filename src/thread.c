@@ -44,6 +44,7 @@ typedef struct thread_worker {
   char *path, *cpath;         /* package.path / cpath to use */
   pthread_t thread;           /* the OS thread running it, while `on` */
   int on;                     /* idle_mu: it runs on that thread now */
+  int end_waited;             /* atomic: a joiner waits for done 2 */
   pt_ctx ctx;                 /* its own identity */
 } thread_worker;
 
@@ -136,6 +137,9 @@ typedef struct osthread {
   lua_State *ready;           /* a fresh state for the next job, or NULL */
   int prepared;               /* atomic: ready is made (or could not be) */
   struct osthread *next;      /* the idle list (idle_mu) */
+  int tid;                    /* its kernel thread id */
+  struct rusage r0;           /* its times once ready for the next job */
+  int have0;                  /* r0 was read */
 } osthread;
 
 static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -193,21 +197,24 @@ static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOME
 
 static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
 
+/* An OS thread of workers blocks every signal but the cancellation
+   signal, for its whole life (it began with all blocked): the handler
+   does nothing unless the worker it runs has L set and was asked to stop.
+   After fn the mask is set again, so the next worker starts the same,
+   whatever fn's C code did to it. */
+static void worker_mask(void) {
+  sigset_t m;
+  int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
+  sigfillset(&m);
+  if (sig) sigdelset(&m, sig);
+  pthread_sigmask(SIG_SETMASK, &m, NULL);
+}
+
 /* While fn runs the cancellation signal may reach this thread; its
    handler then arms the hook on L.  Asked already: arm it now. */
-/* After fn every signal is blocked again, as the OS thread began: the next
-   worker it runs starts the same, whatever fn's C code did to the mask. */
 static void take_cancels(lua_State *L, thread_worker *w, int how) {
-  sigset_t one;
-  int sig = __atomic_load_n(&cancel_sig, __ATOMIC_ACQUIRE);
-  sigemptyset(&one);
-  if (sig) sigaddset(&one, sig);
-  if (how == SIG_BLOCK) {
-    sigfillset(&one);
-    pthread_sigmask(SIG_SETMASK, &one, NULL);
-  }
+  if (how == SIG_BLOCK) worker_mask();
   w->ctx.L = how == SIG_UNBLOCK ? L : NULL;
-  if (how == SIG_UNBLOCK) pthread_sigmask(SIG_UNBLOCK, &one, NULL);
   if (how == SIG_UNBLOCK && pt_cancel_requested()) arm(L);
 }
 
@@ -405,7 +412,8 @@ static int run_state(thread_worker *t, lua_State *L) {
    the count a leaving worker process waits on (pt_lifecycle_stop_threads). */
 static void left(void) {
   __atomic_sub_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
-  pt_futex_wake((const uint32_t *)&pt_live_threads, -1);
+  if (__atomic_load_n(&pt_live_waiters, __ATOMIC_SEQ_CST))
+    pt_futex_wake((const uint32_t *)&pt_live_threads, -1);
 }
 
 static void set_on(thread_worker *t, int on) {
@@ -415,24 +423,24 @@ static void set_on(thread_worker *t, int on) {
   pthread_mutex_unlock(&idle_mu);
 }
 
-/* One worker on this OS thread; cpu times are the thread's since it
-   began. */
-static void run_worker(thread_worker *t, lua_State *L) {
+/* One worker on the OS thread o; cpu times are the thread's since o->r0,
+   read once the thread was ready for a job (not on the spawn's path: a
+   thread waiting for one uses no cpu). */
+static void run_worker(thread_worker *t, lua_State *L, const osthread *o) {
   pt_worker *w = &t->w;
-  struct rusage r0, ru;
-  int status, fd, have0;
+  struct rusage ru;
+  int status, fd;
   uint64_t one = 1;
-  __atomic_store_n(&w->id, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+  __atomic_store_n(&w->id, o->tid, __ATOMIC_SEQ_CST);
   set_on(t, 1);
-  have0 = getrusage(RUSAGE_THREAD, &r0) == 0;
   t->ctx.kind = PT_THREAD;
   t->ctx.cancel = &w->cancel;
   t->ctx.cancel_fd = t->cancel_fd;
   pt_self_ctx = &t->ctx;
   status = run_state(t, L);
-  if (have0 && getrusage(RUSAGE_THREAD, &ru) == 0) {
-    w->cpu_user = tv(ru.ru_utime) - tv(r0.ru_utime);
-    w->cpu_sys = tv(ru.ru_stime) - tv(r0.ru_stime);
+  if (o->have0 && getrusage(RUSAGE_THREAD, &ru) == 0) {
+    w->cpu_user = tv(ru.ru_utime) - tv(o->r0.ru_utime);
+    w->cpu_sys = tv(ru.ru_stime) - tv(o->r0.ru_stime);
     w->max_rss_kib = ru.ru_maxrss;
   }
   w->t_end = pt_now();
@@ -451,7 +459,8 @@ static void run_worker(thread_worker *t, lua_State *L) {
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
   pt_lifecycle_remove(w);
   __atomic_store_n(&w->done, 2, __ATOMIC_SEQ_CST);
-  pt_futex_wake((const uint32_t *)&w->done, -1);
+  if (__atomic_load_n(&t->end_waited, __ATOMIC_SEQ_CST))   /* see joined */
+    pt_futex_wake((const uint32_t *)&w->done, -1);
   pt_worker_unref(w);
   left();
 }
@@ -477,6 +486,7 @@ static int next_job(osthread *o) {
   idle_n++;
   pthread_mutex_unlock(&idle_mu);
   if (!o->ready) o->ready = ready_state();     /* off the next spawn's path */
+  o->have0 = getrusage(RUSAGE_THREAD, &o->r0) == 0;
   __atomic_store_n(&o->prepared, 1, __ATOMIC_RELEASE);
   for (;;) {
     int r = pt_futex_wait(&o->go, 0, deadline, NULL);
@@ -501,10 +511,13 @@ static void thread_gone(void) {
 
 static void *os_main(void *arg) {
   osthread *o = (osthread *)arg;
+  o->tid = (int)syscall(SYS_gettid);
+  worker_mask();
+  o->have0 = getrusage(RUSAGE_THREAD, &o->r0) == 0;
   do {
     lua_State *L = o->ready;
     o->ready = NULL;
-    run_worker(o->job, L);
+    run_worker(o->job, L, o);
     pthread_mutex_lock(&idle_mu);
     spare++;
     pthread_mutex_unlock(&idle_mu);
@@ -624,9 +637,12 @@ oserr_eventfd:
 }
 
 /* The thread is done with the record's fds (done 2; see run_worker): a
-   short wait once done is 1. */
+   short wait once done is 1.  The thread wakes the word at 2 only when a
+   joiner said it waits (end_waited, set before it looks at done; both
+   seq_cst: the thread sees the flag, or the joiner sees 2). */
 static void joined(thread_worker *t) {
   uint32_t d;
+  __atomic_store_n(&t->end_waited, 1, __ATOMIC_SEQ_CST);
   while ((d = __atomic_load_n((uint32_t *)&t->w.done, __ATOMIC_SEQ_CST)) == 1)
     pt_futex_wait((const uint32_t *)&t->w.done, d, PT_FOREVER, NULL);
   t->w.joined = 1;
