@@ -10,6 +10,7 @@
  *                                       of the parent, of the child
  *   require("worker_floor").minflt() -> minor faults of this process and
  *                                       of its children so far
+ *   require("worker_floor").threaded() -> one pthread started and joined
  * the same fork + _exit + waitpid done in C from inside the calling Lua
  * process: a fork of that interpreter (its page tables and mappings,
  * bigger than the tiny program's) with nothing of Lua run around it. */
@@ -89,6 +90,21 @@ static int l_fork(lua_State *L) {
   return 3;
 }
 
+static void *nothing(void *arg) { return arg; }
+
+/* threaded() -> true: one pthread started and joined.  A process that has
+   ever had a second thread forks dearer for the rest of its life (a C
+   program: 111 -> 150 us here); the C floor program and procthread's
+   bench process have had threads before they fork, so a peer measured
+   beside them is given one too. */
+static int l_threaded(lua_State *L) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, nothing, NULL) != 0) return luaL_error(L, "pthread_create failed");
+  pthread_join(t, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* minflt() -> the minor faults so far of this process, of its children
    (for a peer that has no getrusage of its own) */
 static int l_minflt(lua_State *L) {
@@ -106,6 +122,8 @@ int luaopen_worker_floor(lua_State *L) {
   lua_setfield(L, -2, "fork");
   lua_pushcfunction(L, l_minflt);
   lua_setfield(L, -2, "minflt");
+  lua_pushcfunction(L, l_threaded);
+  lua_setfield(L, -2, "threaded");
   return 1;
 }
 #else
