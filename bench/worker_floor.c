@@ -117,13 +117,14 @@ static int l_minflt(lua_State *L) {
 }
 
 int luaopen_worker_floor(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"fork", l_fork}, {"minflt", l_minflt}, {"threaded", l_threaded}, {NULL, NULL}};
+  const luaL_Reg *f;
   lua_newtable(L);
-  lua_pushcfunction(L, l_fork);
-  lua_setfield(L, -2, "fork");
-  lua_pushcfunction(L, l_minflt);
-  lua_setfield(L, -2, "minflt");
-  lua_pushcfunction(L, l_threaded);
-  lua_setfield(L, -2, "threaded");
+  for (f = fns; f->name; f++) {             /* luaL_setfuncs is not in 5.1 */
+    lua_pushcfunction(L, f->func);
+    lua_setfield(L, -2, f->name);
+  }
   return 1;
 }
 #else
