@@ -335,7 +335,9 @@ static int in_first(const first_mem *m, const void *p) {
 
 static void *first_alloc(void *ud, void *p, size_t osize, size_t nsize) {
   first_mem *m = (first_mem *)ud;
-  size_t need = (nsize + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+  size_t need = nsize < sizeof m->data                  /* rounded up, no overflow */
+                ? (nsize + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1)
+                : sizeof m->data + 1;
   void *q;
   if (p && !in_first(m, p)) {
     if (nsize) return realloc(p, nsize);
