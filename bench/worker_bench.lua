@@ -11,10 +11,11 @@
 --     pthread_create + join of a fresh Lua state; fork + _exit + waitpid;
 --   * procthread (this build; with PT_BENCH_OLD another build folder, an
 --     older tree, too, its order against this one swapped every round),
---     and inside the same Lua process, in alternating chunks, the fork
---     floor in C (build/<v>/bench/worker_floor.so): fork + _exit +
---     waitpid of that very interpreter, whose page tables and mappings
---     are bigger than the tiny program's -- what no library can avoid;
+--     and inside the same Lua process, in alternating chunks, the floors
+--     in C (build/<v>/bench/worker_floor.so): the same thread floor as
+--     the program's, and fork + _exit + waitpid of that very interpreter,
+--     whose page tables and mappings are bigger than the tiny program's
+--     -- what no library can avoid;
 --   * luaposix: unistd.fork, _exit, wait.wait from Lua, under this Lua
 --     when it has posix, else the first of lua5.3, lua5.2, lua5.1, luajit
 --     that has (and that Lua's fork floor when its build folder has one).
@@ -58,20 +59,38 @@ local function timed(spawn_join, now, rusage, k)
   return (median(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k
 end
 
--- n process spawns of `mine` (spawn_join, now, rusage) and n forks of the
--- C floor f, in chunks whose order alternates: both see the same load.
-local function alternate(mine, f, n, print_as)
-  local us, ps, cs, fu, fp, fc = {}, {}, {}, {}, {}, {}
-  for c = 1, math.max(1, math.floor(n / CHUNK)) do
-    local function a() us[#us + 1], ps[#ps + 1], cs[#cs + 1] = timed(mine[1], mine[2], mine[3], CHUNK) end
-    local function b()
-      if f then fu[#fu + 1], fp[#fp + 1], fc[#fc + 1] = f.fork(CHUNK) end
-    end
-    if c % 2 == 1 then a(); b() else b(); a() end
+-- n spawns of `mine` (spawn_join, now, rusage, pause) and n of the C
+-- floor floor(k) (nil: none), in chunks whose order alternates: both see
+-- the same load.  Before each chunk an untimed pause(): what the chunk
+-- before left running (procthread's idle threads making their next
+-- states) ends first and does not slow the next.  The medians of the
+-- chunks: mine's {us, parent faults, child faults}, the floor's values
+-- likewise (or nil).
+local function alternate(mine, floor, n)
+  local a, b = { {}, {}, {} }, { {}, {}, {} }
+  local function add(t, ...)
+    local v = { ... }
+    for i = 1, 3 do if v[i] then t[i][#t[i] + 1] = v[i] end end
   end
-  local out = ("%s_us %.2f minflt %.1f childflt %.1f"):format(print_as, (median(us)), (median(ps)), (median(cs)))
+  local function run_mine() mine[4](); add(a, timed(mine[1], mine[2], mine[3], CHUNK)) end
+  local function run_floor() if floor then mine[4](); add(b, floor(CHUNK)) end end
+  for c = 1, math.max(1, math.floor(n / CHUNK)) do
+    if c % 2 == 1 then run_mine(); run_floor() else run_floor(); run_mine() end
+  end
+  local function medians(t)
+    local m = {}
+    for i = 1, 3 do if #t[i] > 0 then m[i] = (median(t[i])) end end
+    return m
+  end
+  return medians(a), floor and medians(b) or nil
+end
+
+-- "<name>_us x minflt y childflt z", and the floor's as "<fname>_us ..."
+local function report(name, fname, m, f)
+  local out = ("%s_us %.2f minflt %.1f childflt %.1f"):format(name, m[1], m[2], m[3])
   if f then
-    out = out .. (" lfloor_us %.2f lfloorflt %.1f lfloorchild %.1f"):format((median(fu)), (median(fp)), (median(fc)))
+    out = out .. (" %s_us %.2f"):format(fname, f[1])
+    if f[2] then out = out .. (" %sflt %.1f %schild %.1f"):format(fname, f[2], fname, f[3]) end
   end
   return out
 end
@@ -84,11 +103,14 @@ if mode == "--measure" then
   local function spawner(kind)
     return function() assert(pt.spawn(kind, f):join(10)) end
   end
+  local floor = fork_floor()
+  local function pause() pt.sleep(0.005) end
   timed(spawner("thread"), pt.now, rusage, 50)                  -- warm-up
   timed(spawner("process"), pt.now, rusage, 50)
-  local th = timed(spawner("thread"), pt.now, rusage, n)
-  print(("thread_us %.2f"):format(th))
-  print(alternate({ spawner("process"), pt.now, rusage }, fork_floor(), n, "process"))
+  print(report("thread", "lthread", alternate({ spawner("thread"), pt.now, rusage, pause },
+    floor and floor.thread, n)))
+  print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage, pause },
+    floor and floor.fork, n)))
   os.exit(0)
 end
 
@@ -111,8 +133,10 @@ if mode == "--posix" then
     if pid == 0 then unistd._exit(0) end
     assert(wait.wait(pid))
   end
+  local function pause() ptime.nanosleep({ tv_sec = 0, tv_nsec = 5000000 }) end
   timed(spawn_join, now, rusage, 50)                              -- warm-up
-  local out = alternate({ spawn_join, now, rusage }, floor, n, "posix")
+  local out = report("posix", "lfloor", alternate({ spawn_join, now, rusage, pause },
+    floor and floor.fork, n))
   print(floor and out or out:gsub(" minflt.*", "") .. " single_threaded 1")
   os.exit(0)
 end
@@ -202,6 +226,13 @@ print(("%-34s %-11s %9s %9s   %s"):format("kind (floor)", "build", "floor us", "
 for _, r in ipairs(runs) do
   row("thread (C program: fresh Lua state)", r.name, column("floor", "thread_us"),
     column(r.name, "thread_us"), ratios(r.name, "thread_us", "floor", "thread_us"), "<= 0.80")
+end
+for _, r in ipairs(runs) do
+  local q = ratios(r.name, "thread_us", nil, "lthread_us")
+  if q then
+    row("thread (C, same Lua: fresh state)", r.name, column(r.name, "lthread_us"),
+      column(r.name, "thread_us"), q, "<= 0.80")
+  end
 end
 for _, r in ipairs(runs) do
   row("process (C program: fork, _exit)", r.name, column("floor", "process_us"),

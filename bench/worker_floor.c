@@ -10,6 +10,8 @@
  *                                       of the parent, of the child
  *   require("worker_floor").minflt() -> minor faults of this process and
  *                                       of its children so far
+ *   require("worker_floor").thread(n) -> median us of n thread floors (as
+ *                                       the program's, inside this process)
  *   require("worker_floor").threaded() -> one pthread started and joined
  * the same fork + _exit + waitpid done in C from inside the calling Lua
  * process: a fork of that interpreter (its page tables and mappings,
@@ -31,7 +33,6 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-#ifndef PT_FLOOR_MODULE
 static void *run(void *arg) {
   lua_State *L = luaL_newstate();
   (void)arg;
@@ -39,7 +40,6 @@ static void *run(void *arg) {
   lua_close(L);
   return NULL;
 }
-#endif
 
 static int cmp(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -49,6 +49,20 @@ static int cmp(const void *a, const void *b) {
 static double median(double *v, int n) {
   qsort(v, (size_t)n, sizeof *v, cmp);
   return v[n / 2];
+}
+
+/* n threads, each opening a fresh Lua state and closing it, each joined:
+   fills t[0..n) with the seconds of each; 0, or -1 when one failed. */
+static int threads(double *t, int n) {
+  int i;
+  for (i = 0; i < n; i++) {
+    pthread_t th;
+    double t0 = now();
+    if (pthread_create(&th, NULL, run, NULL) != 0) return -1;
+    pthread_join(th, NULL);
+    t[i] = now() - t0;
+  }
+  return 0;
 }
 
 /* n forks of this process, each child leaving at once: fills t[0..n)
@@ -90,6 +104,16 @@ static int l_fork(lua_State *L) {
   return 3;
 }
 
+static int l_thread(lua_State *L) {
+  int n = (int)luaL_checkinteger(L, 1);
+  double *t;
+  luaL_argcheck(L, n > 0 && n <= 1000000, 1, "count out of range");
+  t = (double *)lua_newuserdata(L, sizeof(double) * (size_t)n);
+  if (threads(t, n) != 0) return luaL_error(L, "pthread_create failed");
+  lua_pushnumber(L, median(t, n) * 1e6);
+  return 1;
+}
+
 static void *nothing(void *arg) { return arg; }
 
 /* threaded() -> true: one pthread started and joined.  A process that has
@@ -118,7 +142,8 @@ static int l_minflt(lua_State *L) {
 
 int luaopen_worker_floor(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"fork", l_fork}, {"minflt", l_minflt}, {"threaded", l_threaded}, {NULL, NULL}};
+    {"fork", l_fork}, {"thread", l_thread}, {"minflt", l_minflt}, {"threaded", l_threaded},
+    {NULL, NULL}};
   const luaL_Reg *f;
   lua_newtable(L);
   for (f = fns; f->name; f++) {             /* luaL_setfuncs is not in 5.1 */
@@ -129,21 +154,10 @@ int luaopen_worker_floor(lua_State *L) {
 }
 #else
 int main(int argc, char **argv) {
-  int n = argc > 1 ? atoi(argv[1]) : 2000, i;
+  int n = argc > 1 ? atoi(argv[1]) : 2000;
   double *t = malloc(sizeof(double) * (size_t)n);
   double flt, child;
-  for (i = 0; i < n / 10; i++) {            /* warm-up */
-    pthread_t th;
-    pthread_create(&th, NULL, run, NULL);
-    pthread_join(th, NULL);
-  }
-  for (i = 0; i < n; i++) {
-    pthread_t th;
-    double t0 = now();
-    if (pthread_create(&th, NULL, run, NULL) != 0) return 1;
-    pthread_join(th, NULL);
-    t[i] = now() - t0;
-  }
+  if (threads(t, n / 10 + 1) != 0 || threads(t, n) != 0) return 1;   /* warm-up, then measured */
   printf("thread_us %.2f\n", median(t, n) * 1e6);
   if ((flt = forks(t, n, &child)) < 0) return 1;
   printf("process_us %.2f\n", median(t, n) * 1e6);
