@@ -64,6 +64,7 @@ static void run_fns(void (*volatile *fns)(void)) {
 }
 
 int pt_live_threads;
+int pt_live_waiters;
 
 void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
 void pt_after_fork_child(void) {

@@ -236,10 +236,12 @@ int pt_lifecycle_stop_threads(double timeout) {
   for (w = reg; w; w = w->next)
     if (w->kind == PT_THREAD) w->ops->cancel(w);
   pthread_mutex_unlock(&reg_mu);
+  __atomic_add_fetch(&pt_live_waiters, 1, __ATOMIC_SEQ_CST);   /* before the count is read */
   while ((n = __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST)) > 0) {
     int r = pt_futex_wait((const uint32_t *)&pt_live_threads, (uint32_t)n, deadline, NULL);
     if (r == PT_TIMEOUT || r == PT_ERR) break;
   }
+  __atomic_sub_fetch(&pt_live_waiters, 1, __ATOMIC_SEQ_CST);
   return __atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST);
 }
 
@@ -267,8 +269,10 @@ void pt_lifeline_child(int life[2]) {
   main_thread = -1;
   intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   intr_pending = 0;
+  /* the read end's status flags are known: pipe2 set none (O_CLOEXEC is
+     the fd's), so no F_GETFL */
   if (fcntl(life[0], F_SETOWN, pt_pid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
-      fcntl(life[0], F_SETFL, fcntl(life[0], F_GETFL) | O_ASYNC) != 0)
+      fcntl(life[0], F_SETFL, O_ASYNC) != 0)
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
   if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
 }

@@ -273,10 +273,9 @@ static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "fork", e);
   }
-  if (pid == 0) {
-    close(fds[0]);
-    child_main(L, fds[1], p->drain_fd);
-  }
+  /* the child keeps the read end: closing it would cost a system call,
+     and a reader more changes nothing for the writer */
+  if (pid == 0) child_main(L, fds[1], p->drain_fd);
   close(fds[1]);
   w->id = pid;
   pw(w)->result_fd = fds[0];
@@ -427,7 +426,10 @@ static int look(pt_worker *w, int reap, int fds[2], int *n, int *slice) {
    (look).  A pidfd that says ended while wait4 does not yet (a tracer is
    told first) is looked at again every millisecond, not spun on. */
 /* Has the child said its results do not fit the pipe (then they must be
-   read for it to end)?  Remembered: every later wait reads as it goes. */
+   read for it to end)?  Remembered: every later wait reads as it goes.
+   A wait that sleeps learns it from the sleep (drain_fd readable) and
+   reads nothing before it; one that ends without sleeping (a timeout,
+   join(0)) looks here, so polling alone still lets such a child end. */
 static int spilled(process_worker *p) {
   uint64_t v;
   if (!p->spilled && p->drain_fd >= 0 && read(p->drain_fd, &v, sizeof v) == (ssize_t)sizeof v)
@@ -444,14 +446,17 @@ static int process_wait(pt_worker *w, double timeout) {
   for (;;) {
     int fds[2], n = 0, slice = 0, r;
     double left;
-    fits = p->pidfd >= 0 && !spilled(p);
+    fits = p->pidfd >= 0 && !p->spilled;
     if (fits) {
       if ((reap || ended) && (r = try_reap(w)) != 0) return r;
     } else if ((r = look(w, reap || ended, fds, &n, &slice)) != 0) {
       return r;
     }
     left = deadline < 0 ? -1 : deadline - pt_now();
-    if (deadline >= 0 && left <= 0) return 0;
+    if (deadline >= 0 && left <= 0) {
+      if (fits && spilled(p)) continue;       /* read what it has sent, once */
+      return 0;
+    }
     if (fits) {
       fds[n++] = p->pidfd;
       fds[n++] = p->drain_fd;
@@ -460,6 +465,7 @@ static int process_wait(pt_worker *w, double timeout) {
     if ((slice || ended) && (left < 0 || left > (n ? 0.01 : 0.001))) left = n ? 0.01 : 0.001;
     r = pt_wait_fds(fds, n, POLLIN, left);
     if (r == -1 || r == -2) return r;
+    if (fits && r >= 0 && fds[r] == p->drain_fd) p->spilled = 1;
     ended = ended || (r >= 0 && fds[r] == p->pidfd);
     reap = slice;
   }

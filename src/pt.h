@@ -87,6 +87,9 @@ void pt_on_child_exit(void (*fn)(void));
 void pt_child_exit(int code);
 /* Thread workers of this process still running (atomic). */
 extern int pt_live_threads;
+/* Waits for pt_live_threads to fall (atomic): a leaving thread wakes the
+   word only when there are some (seq_cst both sides). */
+extern int pt_live_waiters;
 
 /* ---- codec*.c: values between Lua states ------------------------------
  * One encoder, one decoder.  The byte format is self-describing; the

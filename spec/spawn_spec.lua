@@ -1,0 +1,98 @@
+-- Spawning at speed (issue 12): the mechanisms that make a spawn + join
+-- cheap, each checked where it could break.
+local pt = require "procthread"
+local H = require "helper"
+
+describe("spawn", function()
+  H.no_leaks()
+
+  describe("process join", function()
+    -- A sleeping join learns from its sleep (the drain eventfd readable)
+    -- that the results do not fit the pipe, and reads nothing before it.
+    -- If it missed that, it would sleep on an fd that stays readable and
+    -- never read the pipe: the child would wait for room until the timeout.
+    for _, timeout in ipairs { 10, math.huge } do
+      it("a sleeping join (" .. tostring(timeout) .. ") reads results bigger than the pipe", function()
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          for i = 1, 3 do
+            local w = pt.spawn_process(function(n) return ("r"):rep(n), n end, 2^20 + i)
+            local ok, v, n = w:join(%s)
+            print(ok, v and #v, n)
+          end
+        ]]):format(timeout == math.huge and "math.huge" or timeout))
+        assert.are.equal(0, status, out)
+        for i = 1, 3 do
+          assert.matches(("true%%s+%d%%s+%d"):format(2^20 + i, 2^20 + i), out)
+        end
+      end)
+    end
+  end)
+
+  describe("thread spawn", function()
+    -- One thread makes its state while the other runs a worker: a spawn
+    -- starts a second OS thread rather than wait, never a third.  (One
+    -- more may come when both are still finishing their last worker, on
+    -- a loaded machine; a spawn that always started one makes ~200.)
+    it("spawn after spawn runs on two OS threads, a few more at worst", function()
+      local ids, n = {}, 0
+      for _ = 1, 200 do
+        local w = pt.spawn_thread(function() end)
+        assert(w:join(H.T))
+        if not ids[w.id] then ids[w.id] = true; n = n + 1 end
+      end
+      assert.is_true(n >= 1 and n <= 6, n .. " OS threads")
+      assert.is_true(pt._spare_threads() <= 4, pt._spare_threads())
+    end)
+
+    -- a new state's first memory is one block cut in order: blocks that
+    -- grow out of it are copied, frees of its blocks are skipped
+    it("a worker whose memory grows out of its state's first block keeps its values", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        for _ = 1, 5 do
+          local ok, a, b, c = pt.spawn_thread(function()
+            local t, parts = {}, {}
+            for i = 1, 30000 do t[i] = i end
+            for i = 1, 2000 do parts[i] = ("%05d"):format(i) end
+            local s = table.concat(parts)
+            collectgarbage(); collectgarbage()
+            local sum = 0
+            for i = 1, #t do sum = sum + t[i] end
+            return sum, #s, s:sub(-5) .. ("x"):rep(100000):sub(1, 3)
+          end):join(20)
+          print(ok, a, b, c)
+        end
+      ]])
+      assert.are.equal(0, status, out)
+      local _, k = out:gsub("true%s+450015000%s+10000%s+02000xxx", "")
+      assert.are.equal(5, k, out)
+    end)
+
+    -- the thread wakes a joiner waiting for it to be done with the
+    -- record's fds only when one said it waits: none may sleep for ever
+    it("a thousand spawns and joins in a row never leave a joiner asleep", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local f = function() end
+        for _ = 1, 1000 do assert(pt.spawn_thread(f):join(20)) end
+        print("done")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("done", out)
+    end)
+
+    -- a leaving worker process cancels its threads and waits for them on
+    -- a word that the last one wakes: it does not sit out the whole second
+    it("a worker process leaves soon after its running threads end", function()
+      local t0 = pt.now()
+      local ok, v = pt.spawn_process(function()
+        for _ = 1, 3 do pt.spawn_thread(function() pt.sleep(30) end) end
+        return 7
+      end):join(H.T)
+      local took = pt.now() - t0
+      assert.are.same({ true, 7 }, { ok, v })
+      assert.is_true(took < 0.8, took)
+    end)
+  end)
+end)
