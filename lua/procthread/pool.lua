@@ -109,19 +109,24 @@ local function worker_main(c)
     if op == "call" then
       finish(seq, xpcall(function() return apply(pt.decode(payload)) end, handler))
     else                                    -- a chunk of a map: one xpcall for all its items
-      local out, at, count = {}, 0, 0
+      local t, at, count = nil, 0, 0
       local ok, err = xpcall(function()
-        local t = { pt.decode(payload) }
+        t = { pt.decode(payload) }
         local fn, base = t[1], 2
         count = t[2]
         if count < 0 then t, base, count = t[3], 0, -count end
-        for k = 1, count do at = k; out[k] = (fn(t[k + base])) end
+        -- each result over its own item's slot or one before it (the table
+        -- is sized already: no growth), read before it is written
+        for k = 1, count do at = k; t[k] = (fn(t[k + base])) end
       end, handler)
       -- the results as values (the codec copies a list of values about 5x
       -- faster than a table); as a table past what the stack holds
-      if not ok then reply(seq, false, err, at, out)
-      elseif count <= 1000 then reply(seq, true, count, unpack(out, 1, count))
-      else reply(seq, true, -count, out) end
+      if not ok then
+        local done = {}                   -- the results before the failing item
+        for k = 1, at - 1 do done[k] = t[k] end
+        reply(seq, false, err, at, done)
+      elseif count <= 1000 then reply(seq, true, count, unpack(t, 1, count))
+      else reply(seq, true, -count, t) end
     end
   end
   local function loop()
@@ -415,6 +420,17 @@ local function clear_bell(self)
   self.claims.rung = 0
 end
 
+-- The first answer of a wait (passed on as it came: a chunk's results are
+-- a thousand values), or false on a timeout.
+local function on_wait(self, seq, why, ...)
+  if seq == nil and why ~= "undecodable" then
+    if why ~= "timeout" and why ~= "closed" then error(why, 0) end
+    return false
+  end
+  on_message(self, seq, why, ...)
+  return true
+end
+
 -- Read the answers waiting; with `wait` (seconds), wait up to that long for
 -- the first.  Then refill the task channel.  Returns false on a timeout.
 local function drain(self, wait)
@@ -422,18 +438,8 @@ local function drain(self, wait)
   if self.bell_on then clear_bell(self) end
   local a = self.answers
   local got = true
-  if #a > 0 then
-    repeat on_message(self, a:_recv(0)) until #a == 0 or self.closed_up
-  elseif wait then
-    local r = pack(a:_recv(wait))
-    if r[1] == nil and r[2] ~= "undecodable" then
-      if r[2] ~= "timeout" and r[2] ~= "closed" then error(r[2], 0) end
-      got = false
-    else
-      on_message(self, unpack(r, 1, r.n))
-      while not self.closed_up and #a > 0 do on_message(self, a:_recv(0)) end
-    end
-  end
+  if #a == 0 and wait then got = on_wait(self, a:_recv(wait)) end
+  while got and not self.closed_up and #a > 0 do on_message(self, a:_recv(0)) end
   refill(self)
   return got
 end
