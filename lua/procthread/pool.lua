@@ -105,29 +105,40 @@ local function worker_main(c)
   local function finish(seq, ok, ...)
     if ok then reply(seq, true, ...) else reply(seq, false, (...)) end
   end
-  local function run(op, seq, payload)
+  -- A chunk of a map, run inside one xpcall for all its items: its payload
+  -- in, its results (over its items, in place: the table is sized already,
+  -- and each item is read before its slot or the one before is written),
+  -- the item reached and the count out.
+  local payload, t, at, count
+  local function chunk()
+    t = { pt.decode(payload) }
+    local fn, base = t[1], 2
+    count = t[2]
+    if count < 0 then t, base, count = t[3], 0, -count end
+    for k = 1, count do at = k; t[k] = (fn(t[k + base])) end
+  end
+  -- LuaJIT: a trace of that loop is bound to the function it called, and
+  -- each chunk brings a new one (decoded afresh), so every call left the
+  -- trace (about 2000 instructions an item); interpreted, the loop calls
+  -- fn, which is still compiled when it gets hot
+  if jit then jit.off(chunk) end
+  local function run(op, seq, p)
     if op == "call" then
-      finish(seq, xpcall(function() return apply(pt.decode(payload)) end, handler))
-    else                                    -- a chunk of a map: one xpcall for all its items
-      local t, at, count = nil, 0, 0
-      local ok, err = xpcall(function()
-        t = { pt.decode(payload) }
-        local fn, base = t[1], 2
-        count = t[2]
-        if count < 0 then t, base, count = t[3], 0, -count end
-        -- each result over its own item's slot or one before it (the table
-        -- is sized already: no growth), read before it is written
-        for k = 1, count do at = k; t[k] = (fn(t[k + base])) end
-      end, handler)
-      -- the results as values (the codec copies a list of values about 5x
-      -- faster than a table); as a table past what the stack holds
-      if not ok then
-        local done = {}                   -- the results before the failing item
-        for k = 1, at - 1 do done[k] = t[k] end
-        reply(seq, false, err, at, done)
-      elseif count <= 1000 then reply(seq, true, count, unpack(t, 1, count))
-      else reply(seq, true, -count, t) end
+      finish(seq, xpcall(function() return apply(pt.decode(p)) end, handler))
+      return
     end
+    payload, t, at, count = p, nil, 0, 0
+    local ok, err = xpcall(chunk, handler)
+    payload = nil
+    -- the results as values (the codec copies a list of values about 5x
+    -- faster than a table); as a table past what the stack holds
+    if not ok then
+      local done = {}                       -- the results before the failing item
+      for k = 1, at - 1 do done[k] = t[k] end
+      reply(seq, false, err, at, done)
+    elseif count <= 1000 then reply(seq, true, count, unpack(t, 1, count))
+    else reply(seq, true, -count, t) end
+    t = nil
   end
   local function loop()
     if c.init then
