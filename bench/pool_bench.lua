@@ -36,7 +36,7 @@ local ONE = tonumber(os.getenv("POOL_BENCH_ONE")) or 20000
 local SUBMIT = tonumber(os.getenv("POOL_BENCH_SUBMIT")) or 20000
 local SPAWN = { thread = tonumber(os.getenv("POOL_BENCH_SPAWN_T")) or 400,
                 process = tonumber(os.getenv("POOL_BENCH_SPAWN_P")) or 100 }
-local MAPS = 5                -- maps per child; the child reports their median
+local MAPS = 15               -- maps per child; the child reports their median
 local SLICES = 10             -- one-at-a-time slices per child, each beside a floor slice
 local SLICE = math.max(1, math.floor(ONE / SLICES))
 
