@@ -622,9 +622,13 @@ function P.new(pt, kind, n, opts)
   return self
 end
 
-local function new_task(self, op, payload)
+-- A future.  Every field it will have is named here, nil until it is set,
+-- so that the table is made at its size once (fields added later made it
+-- grow two or three times a task).
+local function new_task(self, op, payload, first, job, k)
   self.next_id = self.next_id + 1
-  return setmetatable({ pool = self, id = self.next_id, op = op, payload = payload }, Future)
+  return setmetatable({ pool = self, id = self.next_id, op = op, payload = payload,
+                        seq = nil, answer = nil, first = first, job = job, k = k }, Future)
 end
 
 -- Queue a task: pushed at once when the channel has room; else kept here,
@@ -702,8 +706,7 @@ local function start_job(fname, self, fn, list, chunk, ready)
       for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
       error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
     end
-    local t = new_task(self, "map", payload)
-    t.first, t.job, t.k = first, job, #job.chunks + 1
+    local t = new_task(self, "map", payload, first, job, #job.chunks + 1)
     job.chunks[t.k] = t
   end
   for _, t in ipairs(job.chunks) do enqueue(self, t) end
