@@ -449,9 +449,15 @@ local function drain(self, wait)
   if self.closed_up then return true end
   if self.bell_on then clear_bell(self) end
   local a = self.answers
-  local got = true
-  if #a == 0 and wait then got = on_wait(self, a:_recv(wait)) end
-  while got and not self.closed_up and #a > 0 do on_message(self, a:_recv(0)) end
+  local got, n = true, #a
+  if n == 0 and wait then
+    got = on_wait(self, a:_recv(wait))
+    n = got and #a or 0
+  end
+  while n > 0 and not self.closed_up do
+    on_message(self, a:_recv(0))
+    n = #a
+  end
   refill(self)
   return got
 end
