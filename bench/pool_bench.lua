@@ -1,140 +1,214 @@
--- bench/pool_bench.lua: tasks per second through a pool against spawning a
--- worker per item, for both kinds; and the issue-12 targets beside the C
--- floor measured in the same run (ratios printed):
+-- bench/pool_bench.lua: pools against the issue-12 targets, beside the C
+-- floor measured in the same rounds:
 --
---   one task at a time  submit + get, one future in flight, against a C
+--   lua5.4 bench/pool_bench.lua [build/5.4]
+--   PT_BENCH_OLD=/tmp/old/build/5.4 lua5.4 bench/pool_bench.lua
+--
+-- Rows (2 workers, a trivial function x -> x + 1):
+--   one task at a time  submit + get, one future in flight; against a C
 --                       mutex/condvar round trip between two threads
---                       (bench/pool_floor.c); target 1.2x (luaproc: 8.8 us)
---   pool:map            a trivial function, 2 workers; target 8 M tasks/s
+--                       (bench/pool_floor.c); target 1.2x (luaproc 8.8 us)
+--   pool:map            ITEMS items in chunks (the pool's default); target
+--                       8 M tasks/s; the pool is started and warm (its start
+--                       is its own row)
+--   submit all, get all ITEMS_SUBMIT futures in flight at once
+--   spawn + join        a worker per item, 2 in flight (SPAWN_T threads or
+--                       SPAWN_P processes): what a pool saves
+--   pool start          pt.pool(kind, 2) and its first answer
+--   plain loop          the same function over ITEMS items here, for scale
 --
---   pool:map     a trivial function over ITEMS items (the pool sends the
---                list in chunks, a few per worker)
---   submit/get   one future per item, ITEMS_SUBMIT items, all submitted
---                before any get (one task message per item)
---   spawn        a worker per item, `n` in flight at a time, until ITEMS
---                items or BUDGET seconds (whichever first: spawning 100k
---                processes takes minutes); the rate is items / time taken
---
--- Run by bench/run with LUA_PATH/LUA_CPATH set; or
---   LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/5.4/?.so;;' lua5.4 bench/pool_bench.lua
--- Environment: POOL_BENCH_ITEMS (100000), POOL_BENCH_SUBMIT (20000),
--- POOL_BENCH_ONE (20000 tasks one at a time, per round),
--- POOL_BENCH_BUDGET (10 seconds per spawn run), POOL_BENCH_WORKERS (cores).
-local pt = require "procthread"
-
+-- The machine is shared and noisy, so every round runs each build (this
+-- one; with PT_BENCH_OLD, that build folder of an older tree too, with its
+-- own lua/ folder) as a child command, the builds' order swapped every
+-- round and the kinds' order inside a child too.  Inside a child the one-
+-- at-a-time tasks run in SLICES slices, each right after a slice of the C
+-- floor (a run of bench/pool_floor), so that each ratio compares figures
+-- taken milliseconds apart; the child reports the median slice.  Each row
+-- prints the median over the rounds with the range (min-max); a ratio is
+-- the median of the rounds' ratios.  The load average before and after is
+-- printed: figures taken under load say little.
+-- Environment: PT_BENCH_ROUNDS (7), POOL_BENCH_ITEMS (100000),
+-- POOL_BENCH_ONE (20000 tasks one at a time, per kind and round), POOL_BENCH_SUBMIT (20000),
+-- POOL_BENCH_SPAWN_T (400), POOL_BENCH_SPAWN_P (100).
+local N = 2
 local ITEMS = tonumber(os.getenv("POOL_BENCH_ITEMS")) or 100000
-local ITEMS_SUBMIT = tonumber(os.getenv("POOL_BENCH_SUBMIT")) or 20000
-local BUDGET = tonumber(os.getenv("POOL_BENCH_BUDGET")) or 10
-local N = tonumber(os.getenv("POOL_BENCH_WORKERS")) or math.max(2, pt.cpu_count())
+local ONE = tonumber(os.getenv("POOL_BENCH_ONE")) or 20000
+local SUBMIT = tonumber(os.getenv("POOL_BENCH_SUBMIT")) or 20000
+local SPAWN = { thread = tonumber(os.getenv("POOL_BENCH_SPAWN_T")) or 400,
+                process = tonumber(os.getenv("POOL_BENCH_SPAWN_P")) or 100 }
+local MAPS = 15               -- maps per child; the child reports their median
+local SLICES = 10             -- one-at-a-time slices per child, each beside a floor slice
+local SLICE = math.max(1, math.floor(ONE / SLICES))
 
 local function trivial(x) return x + 1 end
 
-local list = {}
-for i = 1, ITEMS do list[i] = i end
+local function median(v)
+  local t = {}
+  for i = 1, #v do t[i] = v[i] end
+  table.sort(t)
+  return t[math.floor(#t / 2) + 1], t[1], t[#t]
+end
 
-local lua = type(jit) == "table" and jit.version or _VERSION
-print(("pool_bench: %s, %d workers, %d cores; a trivial function x -> x + 1"):format(lua, N, pt.cpu_count()))
+-- ---- a child: one round of one build, figures as "key value" lines -------
 
--- The floor: one task at a time between two C threads through a mutex and
--- two condition variables (bench/pool_floor.c), measured in this run.
+local function measure(round, floor)
+  local pt = require "procthread"
+  local function floor_us(n)
+    local p = assert(io.popen(("%s condvar %d 2>&1"):format(floor, n)))
+    local out = p:read("*a"); p:close()
+    return assert(tonumber(out:match("rtt_us ([%d.]+)")), "pool_floor failed: " .. out)
+  end
+  local floors = {}
+  local list = {}
+  for i = 1, ITEMS do list[i] = i end
+  local r = {}
+  local v = {}
+  for k = 1, MAPS do
+    local out, t0 = {}, pt.now()
+    for i = 1, ITEMS do out[i] = trivial(list[i]) end
+    v[k] = ITEMS / (pt.now() - t0)
+  end
+  r.plain = median(v)
+  local kinds = round % 2 == 1 and { "thread", "process" } or { "process", "thread" }
+  for _, kind in ipairs(kinds) do
+    local t0 = pt.now()
+    local pool = pt.pool(kind, N)
+    assert(pool:submit(trivial, 0):get(60))
+    r[kind .. "_start"] = pt.now() - t0
+    for i = 1, 1000 do pool:submit(trivial, i):get() end           -- warm up
+    pool:map(trivial, list)
+    -- slices of the floor and of the pool, alternating: each ratio pairs
+    -- figures taken a few milliseconds apart
+    local us, ratios = {}, {}
+    for s = 1, SLICES do
+      local fl = floor_us(SLICE)
+      floors[#floors + 1] = fl
+      t0 = pt.now()
+      for i = 1, SLICE do pool:submit(trivial, i):get() end
+      us[s] = (pt.now() - t0) / SLICE * 1e6
+      ratios[s] = us[s] / fl
+    end
+    r[kind .. "_one"], r[kind .. "_ratio"] = median(us), median(ratios)
+    for k = 1, MAPS do
+      t0 = pt.now()
+      local out = pool:map(trivial, list)
+      v[k] = ITEMS / (pt.now() - t0)
+      assert(#out == ITEMS and out[ITEMS] == ITEMS + 1, "pool:map gave a wrong result")
+    end
+    r[kind .. "_map"] = median(v)
+    local fs = {}
+    t0 = pt.now()
+    for i = 1, SUBMIT do fs[i] = pool:submit(trivial, i) end
+    for i = 1, SUBMIT do
+      local ok, x = fs[i]:get(60)
+      assert(ok == true and x == i + 1, "submit/get gave a wrong result")
+    end
+    r[kind .. "_many"] = SUBMIT / (pt.now() - t0)
+    assert(pool:close(30))
+    local ws = {}
+    t0 = pt.now()
+    for i = 1, SPAWN[kind] do
+      if #ws == N then assert(table.remove(ws, 1):join(60)) end
+      ws[#ws + 1] = pt.spawn(kind, trivial, i)
+    end
+    for _, w in ipairs(ws) do assert(w:join(60)) end
+    r[kind .. "_spawn"] = SPAWN[kind] / (pt.now() - t0)
+  end
+  r.floor = median(floors)
+  for k, x in pairs(r) do print(k, ("%.9g"):format(x)) end
+end
+
+if arg[1] == "--measure" then
+  measure(tonumber(arg[2]), arg[3])
+  os.exit(0)
+end
+
+-- ---- the parent: rounds, then the table ------------------------------------
+
 package.path = "bench/?.lua;" .. package.path
 local B = require "benchlib"
-local ONE = tonumber(os.getenv("POOL_BENCH_ONE")) or 20000
-local floor_us = B.median(function()
-  return B.run(("%s/bench/pool_floor condvar %d"):format(B.build, ONE), "rtt_us")
-end, 3)
-print(("C condvar round trip (floor)           %8.2f us"):format(floor_us))
-for _, kind in ipairs({ "thread", "process" }) do
-  local pool = pt.pool(kind, 2)
-  for i = 1, 1000 do pool:submit(trivial, i):get() end      -- warm up
-  local us = B.median(function()
-    local t0 = pt.now()
-    for i = 1, ONE do pool:submit(trivial, i):get() end
-    return (pt.now() - t0) / ONE * 1e6
-  end, 3)
-  print(("%-8s one task at a time (submit + get) %8.2f us = %.2fx the floor (target 1.2x; luaproc 8.8 us)")
-    :format(kind, us, us / floor_us))
-  assert(pool:close(30))
-end
-local function map_rate(kind)
-  local pool = pt.pool(kind, 2)
-  pool:map(trivial, list)                                    -- warm up
-  local rate = B.median(function()
-    local t0 = pt.now()
-    local r = pool:map(trivial, list)
-    local dt = pt.now() - t0
-    assert(#r == ITEMS and r[ITEMS] == ITEMS + 1, "pool:map gave a wrong result")
-    return ITEMS / dt
-  end, 3)
-  assert(pool:close(30))
-  return rate
-end
-local plain = B.median(function()
-  local out, t0 = {}, pt.now()
-  for i = 1, ITEMS do out[i] = trivial(list[i]) end
-  return ITEMS / (pt.now() - t0)
-end, 3)
-print(("plain loop in this process               %8.2f M items/s (for scale)"):format(plain / 1e6))
-for _, kind in ipairs({ "thread", "process" }) do
-  local rate = map_rate(kind)
-  print(("%-8s pool:map, 2 workers                %8.2f M tasks/s = %.2fx the plain loop (target 8 M/s)")
-    :format(kind, rate / 1e6, rate / plain))
-end
-io.stdout:flush()
+local ROUNDS = tonumber(os.getenv("PT_BENCH_ROUNDS")) or 7
+local old = os.getenv("PT_BENCH_OLD")
+local FLOOR = B.build .. "/bench/pool_floor"
 
-local function line(kind, what, n, dt, note)
-  print(("%-8s %-28s %7d tasks in %8.3f s = %10.0f tasks/s%s"):format(kind, what, n, dt, n / dt, note or ""))
-  io.stdout:flush()
+-- A build folder's command: its tree's lua/ (build/<v> inside a tree), or ours.
+local function cmd_of(build)
+  local root = build:match("^(.*)/build/[^/]+/?$") or "."
+  return ("LUA_CPATH=%q LUA_PATH=%q %s %s --measure "):format(build .. "/?.so;;",
+    root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;", B.lua, arg[0])
 end
 
-local rates = {}
+local function numbers(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("*a"); p:close()
+  local r = {}
+  for k, x in out:gmatch("(%S+)\t(%S+)") do r[k] = tonumber(x) end
+  if not r.plain then error("benchmark failed: " .. cmd .. "\n" .. out) end
+  return r
+end
 
-for _, kind in ipairs({ "thread", "process" }) do
-  -- pool:map over ITEMS items
-  local t0 = pt.now()
-  local pool = pt.pool(kind, N)
-  local t1 = pt.now()
-  local r = pool:map(trivial, list)
-  local t2 = pt.now()
-  assert(#r == ITEMS and r[ITEMS] == ITEMS + 1, "pool:map gave a wrong result")
-  line(kind, "pool:map", ITEMS, t2 - t1, (" (pool start %.3f s)"):format(t1 - t0))
-  rates[kind .. " map"] = ITEMS / (t2 - t1)
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  local s = f and f:read("*l") or "?"
+  if f then f:close() end
+  return s:match("^(%S+ %S+ %S+)") or s
+end
 
-  -- one future per item
-  local fs = {}
-  t1 = pt.now()
-  for i = 1, ITEMS_SUBMIT do fs[i] = pool:submit(trivial, i) end
-  for i = 1, ITEMS_SUBMIT do
-    local ok, v = fs[i]:get(60)
-    assert(ok == true and v == i + 1, "submit/get gave a wrong result")
+local builds = { { name = "procthread", cmd = cmd_of(B.build) } }
+if old then builds[2] = { name = "before", cmd = cmd_of(old) } end
+local res = {}
+for _, b in ipairs(builds) do res[b.name] = {} end
+local load0 = loadavg()
+for round = 1, ROUNDS do
+  for k = 1, #builds do
+    local b = builds[round % 2 == 1 and k or #builds + 1 - k]
+    res[b.name][round] = numbers(("%s%d %q"):format(b.cmd, round, FLOOR))
   end
-  t2 = pt.now()
-  line(kind, "pool:submit + future:get", ITEMS_SUBMIT, t2 - t1)
-  rates[kind .. " submit"] = ITEMS_SUBMIT / (t2 - t1)
-  fs = nil
-  assert(pool:close(30))
-
-  -- a worker per item, N in flight
-  local inflight, done, i = {}, 0, 0
-  t1 = pt.now()
-  local stop = t1 + BUDGET
-  while done < ITEMS do
-    while #inflight < N and i < ITEMS and pt.now() < stop do
-      i = i + 1
-      inflight[#inflight + 1] = { w = pt.spawn(kind, trivial, i), i = i }
-    end
-    if #inflight == 0 then break end
-    local e = table.remove(inflight, 1)
-    local ok, v = e.w:join(60)
-    assert(ok == true and v == e.i + 1, "spawn per item gave a wrong result: " .. tostring(v))
-    done = done + 1
-  end
-  t2 = pt.now()
-  line(kind, "spawn + join per item", done, t2 - t1,
-    done < ITEMS and (" (stopped after the %g s budget)"):format(BUDGET) or "")
-  rates[kind .. " spawn"] = done / (t2 - t1)
-  collectgarbage()
 end
 
-print(("speedup of pool:map over a worker per item: threads %.0fx, processes %.0fx"):format(
-  rates["thread map"] / rates["thread spawn"], rates["process map"] / rates["process spawn"]))
+local function column(name, key, scale)
+  local v = {}
+  for round = 1, ROUNDS do v[round] = res[name][round][key] * (scale or 1) end
+  return v
+end
+
+local lua = type(jit) == "table" and jit.version or _VERSION
+print(("pool_bench: %s, %d workers, x -> x + 1, %d rounds (builds alternating); load average %s -> %s")
+  :format(lua, N, ROUNDS, load0, loadavg()))
+print("each row: the median over the rounds (min-max); ratios: the median of the rounds' ratios")
+local function row(what, build, unit, v, note)
+  local m, lo, hi = median(v)
+  print(("%-44s %-10s %8.2f %-4s (%.2f-%.2f)%s"):format(what, build, m, unit, lo, hi, note or ""))
+end
+local function ratio(v, target)
+  local m, lo, hi = median(v)
+  return ("  %.2fx (%.2f-%.2f), target %s"):format(m, lo, hi, target)
+end
+for _, b in ipairs(builds) do
+  row("C condvar round trip (floor)", b.name, "us", column(b.name, "floor"))
+end
+for _, kind in ipairs { "thread", "process" } do
+  for _, b in ipairs(builds) do
+    row(kind .. " one task at a time (submit + get)", b.name, "us", column(b.name, kind .. "_one"),
+      ratio(column(b.name, kind .. "_ratio"), "<= 1.2x the floor (luaproc 8.8 us)"))
+  end
+end
+for _, kind in ipairs { "thread", "process" } do
+  for _, b in ipairs(builds) do
+    row(("%s pool:map, %d items, warm pool"):format(kind, ITEMS), b.name, "M/s", column(b.name, kind .. "_map", 1e-6),
+      ratio(column(b.name, kind .. "_map", 1 / 8e6), ">= 1x 8 M tasks/s"))
+  end
+end
+for _, b in ipairs(builds) do
+  row(("plain loop here, %d items (for scale)"):format(ITEMS), b.name, "M/s", column(b.name, "plain", 1e-6))
+end
+local tail = {
+  { "%s submit " .. SUBMIT .. ", then get each", "_many", "k/s", 1e-3 },
+  { "%s spawn + join per item, " .. N .. " in flight", "_spawn", "k/s", 1e-3 },
+  { "%s pool start (pt.pool + first answer)", "_start", "ms", 1e3 },
+}
+for _, kind in ipairs { "thread", "process" } do
+  for _, t in ipairs(tail) do
+    for _, b in ipairs(builds) do row(t[1]:format(kind), b.name, t[3], column(b.name, kind .. t[2], t[4])) end
+  end
+end

@@ -186,6 +186,39 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("an error in the middle of a chunk: the results before it, each once, then that item", function()
+        local pool = pt.pool(kind, 2)
+        local function check(fname, n, chunk, bad)
+          local fn = function(x) if x == bad then error("bad " .. x) end return x * 10 end
+          local seen, count = {}, 0
+          local ok, err = pcall(function()
+            for i, r in pool[fname](pool, fn, range(n), chunk) do
+              assert.is_nil(seen[i], "index " .. i .. " yielded twice")
+              seen[i], count = r, count + 1
+            end
+          end)
+          assert.is_false(ok)
+          assert.matches(("^pool:%s: item %d failed: .*bad %d"):format(fname, bad, bad), err)
+          -- the failing chunk's items before `bad` are yielded (results, not items)
+          for i = bad - (bad - 1) % chunk, bad - 1 do assert.are.equal(i * 10, seen[i]) end
+          assert.is_nil(seen[bad])
+          for i, r in pairs(seen) do assert.are.equal(i * 10, r) end
+          if fname == "imap" then assert.are.equal(bad - 1, count) end
+        end
+        for _, fname in ipairs { "imap", "imap_unordered" } do
+          check(fname, 40, 10, 15)            -- a chunk of values (items 11-20)
+          check(fname, 2500, 2500, 1700)      -- a chunk past what the stack holds: a table
+        end
+        -- map: the item that failed, not the chunk's first; the pool goes on
+        local ok, err = pcall(pool.map, pool, function(x) if x == 1700 then error("no") end return x end,
+          range(2500), 2500)
+        assert.is_false(ok)
+        assert.matches("^pool:map: item 1700 failed: .*no", err)
+        local r = pool:map(function(x) return -x end, range(2500), 2500)
+        for i = 1, 2500 do assert.are.equal(-i, r[i]) end
+        assert.is_true(pool:close(T))
+      end)
+
       it("map over more than the stack holds in one chunk", function()
         local pool = pt.pool(kind, 1)
         local r = pool:map(function(x) return x + 1 end, range(5000), 5000)

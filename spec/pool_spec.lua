@@ -492,6 +492,25 @@ describe("pools", function()
       assert.is_true(pool:close(T))
     end)
 
+    it("a worker that dies in the middle of a chunk fails that chunk's first item; imap yields those before", function()
+      local pool = pt.pool("process", 2)
+      local function fn(x) if x == 7 then os.exit(7) end return x * 10 end
+      local ok, err = pcall(pool.map, pool, fn, range(12), 4)
+      assert.is_false(ok)
+      assert.are.equal("pool:map: item 5 failed: worker died: exited with code 7", err)
+      local seen = {}
+      ok, err = pcall(function()
+        for i, r in pool:imap(fn, range(12), 4) do seen[#seen + 1] = { i, r } end
+      end)
+      assert.is_false(ok)
+      assert.are.equal("pool:imap: item 5 failed: worker died: exited with code 7", err)
+      assert.are.same({ { 1, 10 }, { 2, 20 }, { 3, 30 }, { 4, 40 } }, seen)
+      -- the replacement serves the next map whole
+      local r = pool:map(function(x) return x * 10 end, range(12), 4)
+      for i = 1, 12 do assert.are.equal(i * 10, r[i]) end
+      assert.is_true(pool:close(T))
+    end)
+
     it("never leaves a future waiting: every worker killed at once", function()
       local pool = pt.pool("process", 2)
       local fs = {}
