@@ -112,6 +112,12 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
 /* The same, trying for a while (a few microseconds; not on one CPU) before
    it sleeps: for a waiter just woken while its waker still holds the lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+/* pt_lock_spin's spin, for every lock that spins before it sleeps (the
+   shared tables' too): spin (pt_spin_until) until a trylock of m, tried each time m's word reads
+   free, says other than EBUSY.  Returns that trylock's result (0, or
+   EOWNERDEAD: taken over, the caller repairs and marks it consistent;
+   another errno: a failure), or EBUSY when the spin gave up. */
+int pt_lock_try_spin(pthread_mutex_t *m);
 void pt_unlock(pthread_mutex_t *m);
 
 /* ---- condition variables on shared memory ------------------------------
