@@ -252,6 +252,19 @@ static inline int spin_until(int (*ready)(void *), void *arg) {
 
 int pt_spin_until(int (*ready)(void *), void *arg) { return spin_until(ready, arg); }
 
+int pt_yield_until(int (*ready)(void *), void *arg, double seconds, double deadline) {
+  double until;
+  if (ready(arg)) return 1;
+  if (!spin_useful()) return 0;
+  until = pt_clock_now() + seconds;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  do {
+    sched_yield();
+    if (ready(arg)) return 1;
+  } while (pt_clock_now() < until);
+  return 0;
+}
+
 /* A word spin: until the word (64 bits wide, or 32) no longer holds v. */
 typedef struct watch {
   const void *word;

@@ -96,6 +96,12 @@ int pt_spin_until(int (*ready)(void *arg), void *arg);
 /* pt_spin_until for "the 64-bit *word no longer holds v". */
 int pt_spin_while(const uint64_t *word, uint64_t v);
 int pt_spin_useful(void);
+/* The spin of a reader that waits for another side's system call (a pipe
+   write): ready(arg) is asked first; then, not on one CPU, the CPU is
+   yielded and ready asked again, until it says 1 (returns 1) or `seconds`
+   have passed, or the deadline (PT_FOREVER: none) (returns 0).  Yielding,
+   not pausing: a partner that waits for this very CPU runs at once. */
+int pt_yield_until(int (*ready)(void *arg), void *arg, double seconds, double deadline);
 /* One pause of a spin loop (the CPU's pause/yield hint). */
 void pt_cpu_relax(void);
 
