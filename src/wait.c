@@ -350,6 +350,22 @@ int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   return r == EBUSY ? pt_lock(m, repair, arg) : locked(m, r, repair, arg);
 }
 
+int pt_lock_acquire_spin(pthread_mutex_t *m, int (*cancelled)(void)) {
+  int r = pt_lock_try_spin(m);
+  while (r == EBUSY) {
+    if (cancelled && cancelled()) { errno = ECANCELED; return -1; }
+    switch (pt_lock_wait(m, pt_clock_now() + SLICE, NULL, NULL, 0)) {
+      case PT_OK: return 0;
+      case PT_OWNERDEAD: return 1;
+      case PT_TIMEOUT: break;
+      default: return -1;
+    }
+  }
+  if (r == 0 || r == EOWNERDEAD) return r == EOWNERDEAD;
+  errno = r;
+  return -1;
+}
+
 void pt_unlock(pthread_mutex_t *m) { pt_lock_release(m); }
 
 /* ---- condition variables ---------------------------------------------------- */

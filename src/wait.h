@@ -124,6 +124,12 @@ int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
    EOWNERDEAD: taken over, the caller repairs and marks it consistent;
    another errno: a failure), or EBUSY when the spin gave up. */
 int pt_lock_try_spin(pthread_mutex_t *m);
+/* For plain-C users of a lock held for long (htab.h's pt_ht_lock), in
+   lock.h's status vocabulary (0 locked, 1 taken over from a dead owner:
+   the caller repairs and marks it consistent, -1 errno): the spin, then
+   pt_lock_wait in slices of 50 ms, asking cancelled() (may be NULL) after
+   each; when it says 1, -1 with errno ECANCELED. */
+int pt_lock_acquire_spin(pthread_mutex_t *m, int (*cancelled)(void));
 void pt_unlock(pthread_mutex_t *m);
 
 /* ---- condition variables on shared memory ------------------------------
