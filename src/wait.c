@@ -350,8 +350,10 @@ int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   return r == EBUSY ? pt_lock(m, repair, arg) : locked(m, r, repair, arg);
 }
 
+/* The first trylock also takes it again when it is ours (recursive). */
 int pt_lock_acquire_spin(pthread_mutex_t *m, int (*cancelled)(void)) {
-  int r = pt_lock_try_spin(m);
+  int r = pthread_mutex_trylock(m);
+  if (r == EBUSY) r = pt_lock_try_spin(m);
   while (r == EBUSY) {
     if (cancelled && cancelled()) { errno = ECANCELED; return -1; }
     switch (pt_lock_wait(m, pt_clock_now() + SLICE, NULL, NULL, 0)) {

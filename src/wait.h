@@ -119,8 +119,10 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
    it sleeps: for a waiter just woken while its waker still holds the lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
 /* pt_lock_spin's spin, for every lock that spins before it sleeps (the
-   shared tables' too): spin (pt_spin_until) until a trylock of m, tried each time m's word reads
-   free, says other than EBUSY.  Returns that trylock's result (0, or
+   shared tables' too): spin (pt_spin_until) until a trylock of m, tried
+   each time m's word reads free, says other than EBUSY.  A word that
+   reads taken may be this thread's own: call it on a recursive m only
+   after a trylock said EBUSY.  Returns that trylock's result (0, or
    EOWNERDEAD: taken over, the caller repairs and marks it consistent;
    another errno: a failure), or EBUSY when the spin gave up. */
 int pt_lock_try_spin(pthread_mutex_t *m);
