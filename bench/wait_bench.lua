@@ -7,9 +7,12 @@
 -- Wake-up latency: a ping-pong through two keys of a shared table (each
 -- side writes its key, then pt.wait's for the other's to move), thread to
 -- thread and process to process, beside two threads / processes passing a
--- turn through two futex words.  Target (issue 11): within 1.5x the floor.
--- The same ping-pong through two semaphores (acquire/release), beside the
--- same floor.
+-- turn through two futex words: two floors, in the same rounds.  "spin":
+-- what procthread does too (spin up to 10 us, then sleep; wake only a
+-- sleeper), the fair floor, whose ratio is the row's; "sleep": a futex
+-- sleep and wake at every turn, beside it.  Target (issue 11, set against
+-- the sleep floor): within 1.5x of it.  The same ping-pong through two
+-- semaphores (acquire/release), beside the same floors.
 -- A write with no waiter must cost nothing measurable: pt.add and
 -- `st.x = i` rates of this build, and, when BEFORE (or PT_BENCH_OLD)
 -- names the build folder of another procthread (e.g. one without pt.wait,
@@ -79,22 +82,25 @@ end
 local N = 50000                       -- round trips per run, for procthread and the floor
 local before = arg[2] or B.old
 
--- A ping-pong row: this build (and the older one) beside the floor, in
+-- A ping-pong row: this build (and the older one) beside both floors, in
 -- alternating rounds; ratios are medians of the rounds' ratios.
 local function pingpong(name, mode, kind, target)
   local function lua(build)
     return function() return B.run(me(build, ("%s %s %d"):format(mode, kind, N)), "rtt_us") end
   end
-  local fs = { lua(B.build), function() return B.run(("%s%s pingpong %s %d"):format(T, floor, kind, N), "rtt_us") end }
-  if before then fs[3] = lua(before) end
+  local function c(policy)
+    return function() return B.run(("%s%s pingpong %s %d %s"):format(T, floor, kind, N, policy), "rtt_us") end
+  end
+  local fs = { lua(B.build), c("spin"), c("sleep") }
+  if before then fs[4] = lua(before) end
   local med, ratio = B.alternate(fs)
-  local line = ("%-44s %10.2fus %10.2fus  ratio %6.3f%s"):format(name, med[1], med[2], ratio[2],
-    target and "  target <= " .. target or "")
-  if before then line = line .. ("   before %.2fus, ratio to it %.3f"):format(med[3], ratio[3]) end
+  local line = ("%-44s %10.2fus %10.2fus  ratio %7.3f %10.2fus  ratio %6.3f%s"):format(name,
+    med[1], med[2], ratio[2], med[3], ratio[3], target and "  target <= " .. target or "")
+  if before then line = line .. ("   before %.2fus, ratio to it %.3f"):format(med[4], ratio[4]) end
   B.say("%s", line)
 end
 
-B.say("%-44s %12s %12s", "measure", "procthread", "floor")
+B.say("%-44s %12s %12s %13s %12s", "measure", "procthread", "floor spin", "", "floor sleep")
 for _, kind in ipairs({ "thread", "process" }) do
   pingpong("pt.wait ping-pong " .. kind .. "->" .. kind .. " vs C futex", "--pingpong", kind, "1.5")
   pingpong("semaphore ping-pong " .. kind .. " vs C futex", "--sem", kind)

@@ -11,17 +11,20 @@
  *   (Both after one untimed round trip, which faults the buffers' pages in.)
  *
  * kind is "thread" (the partner is a pthread) or "process" (a forked child
- * that only copies and waits, and leaves with _exit).  A waiter spins at
- * most 20 us before it sleeps, yielding the CPU at each look (as pipe.c's
- * reader does; not on one CPU), and a writer wakes only a sleeping reader
- * (as wait.c does): the floor is what a careful C program pays.  Nothing here hangs: a waiter sleeps in slices and checks
- * that its partner lives; a child whose parent died leaves.  OS failures
- * return nil, "<op>: <strerror>", errno. */
+ * that only copies and waits, and leaves with _exit).  A waiter spins
+ * before it sleeps with the policy of the procthread mechanism it is the
+ * floor of (wait.c's spins, so the two cannot drift apart): the pipe
+ * reader yields the CPU at each look for at most 20 us (pt_yield_until),
+ * the shm reader pauses for at most 10 us (pt_spin_until, as pt.wait and
+ * channels do); neither spins on one CPU.  A writer wakes only a sleeping
+ * reader (as wait.c does): the floor is what a careful C program pays.
+ * Nothing here hangs: a waiter sleeps in slices and checks that its
+ * partner lives; a child whose parent died leaves.  OS failures return
+ * nil, "<op>: <strerror>", errno. */
 #include "pt.h"
 #include "wait.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +37,7 @@
 #define MAX_SIZE ((lua_Integer)1 << 30)
 #define MAX_COUNT ((lua_Integer)1 << 30)
 #define SLICE 0.1               /* a sleep's length before a liveness check */
-#define SPIN_S 20e-6            /* the longest spin before a sleep (pipe.c's) */
+#define PIPE_SPIN_S 20e-6       /* the pipe reader's longest spin (pipe_read.c's) */
 
 typedef struct side {           /* one direction of the shm floor */
   uint32_t seq;                 /* futex word: bumped by each message */
@@ -60,23 +63,14 @@ typedef struct run {
 
 /* ---- the two mechanisms ----------------------------------------------------- */
 
-/* Before a sleep: spin (not on one CPU) at most SPIN_S until ready(arg),
-   yielding the CPU at each look, as procthread's pipe reader does: a
-   partner that waits for a CPU then runs at once. */
-static void spin(int (*ready)(const void *), const void *arg) {
-  double until = pt_clock_now() + SPIN_S;
-  if (!pt_spin_useful()) return;
-  while (!ready(arg) && pt_clock_now() < until) sched_yield();
-}
-
-static int has_data(const void *fd) {
+static int has_data(void *fd) {
   int avail = 0;
-  return ioctl(*(const int *)fd, FIONREAD, &avail) != 0 || avail > 0;
+  return ioctl(*(int *)fd, FIONREAD, &avail) != 0 || avail > 0;
 }
 
 typedef struct word_seen { const uint32_t *word; uint32_t seen; } word_seen;
 
-static int word_moved(const void *arg) {
+static int word_moved(void *arg) {
   const word_seen *w = arg;
   return __atomic_load_n(w->word, __ATOMIC_ACQUIRE) != w->seen;
 }
@@ -84,7 +78,7 @@ static int word_moved(const void *arg) {
 static int full_io(int fd, char *p, size_t n, int writing) {
   while (n > 0) {
     ssize_t k;
-    if (!writing) spin(has_data, &fd);
+    if (!writing) pt_yield_until(has_data, &fd, PIPE_SPIN_S, PT_FOREVER);
     k = writing ? write(fd, p, n) : read(fd, p, n);
     if (k == 0) { errno = EPIPE; return -1; }
     if (k < 0) { if (errno == EINTR) continue; return -1; }
@@ -113,7 +107,7 @@ static int await(run *r, side *s, uint32_t seen, int parent_side) {
   word_seen w;
   w.word = &s->seq;
   w.seen = seen;
-  spin(word_moved, &w);
+  pt_spin_until(word_moved, &w);
   while (__atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) == seen) {
     int e;
     __atomic_store_n(&s->sleeping, 1, __ATOMIC_SEQ_CST);

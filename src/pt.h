@@ -19,7 +19,11 @@ int pt_push_oserror(lua_State *L, const char *op, int err);
 /* Raise "<op>: <strerror(err)>" as a Lua error. */
 int pt_raise_oserror(lua_State *L, const char *op, int err);
 
-double pt_now(void);                         /* monotonic seconds */
+/* The one clock of every timeout is wait.c's pt_clock_now (CLOCK_MONOTONIC
+   seconds); pt_now is its older name, kept only so that files being
+   changed elsewhere still build: new code says pt_clock_now. */
+double pt_clock_now(void);
+#define pt_now pt_clock_now
 /* Optional timeout argument at index i: nil, absent, math.huge or more
    than 1e9 s -> -1 (forever); a number >= 0 otherwise; a negative, NaN or
    non-number raises. */

@@ -64,11 +64,6 @@ typedef struct queue {
 #define Q(off) PT_SHM_PTR(queue, off)
 #define LOAD(w) __atomic_load_n(&(w), __ATOMIC_ACQUIRE)
 
-static void repair(void *q) {
-  (void)q;                      /* every change is one store: nothing half done */
-  pt_shm_note_recovery();
-}
-
 pt_off pt_queue_new(uint32_t cap) {
   pt_off off;
   queue *q;
@@ -170,14 +165,14 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
   int r = PT_OK;
   pt_unlock(&me->mu);
   if (!*spun && pt_spin_useful()) pt_spin_while(&other->index, seen);
-  else if (pt_lock(&other->mu, repair, q) == PT_ERR) r = PT_ERR;
+  else if (pt_lock(&other->mu, pt_shm_recovered, NULL) == PT_ERR) r = PT_ERR;
   else {
     if (LOAD(other->index) == seen && !LOAD(q->closed))
-      r = pt_cond_wait_on(&other->waiters, &other->mu, deadline, w, repair, q);
+      r = pt_cond_wait_on(&other->waiters, &other->mu, deadline, w, pt_shm_recovered, NULL);
     pt_unlock(&other->mu);
   }
   *spun = 1;
-  if (pt_lock(&me->mu, repair, q) == PT_ERR) abort();   /* see pt_cond_wait_on */
+  if (pt_lock(&me->mu, pt_shm_recovered, NULL) == PT_ERR) abort();   /* see pt_cond_wait_on */
   return r;
 }
 
@@ -189,7 +184,7 @@ int pt_queue_put(pt_off off, pt_qmsg *m, double deadline, const pt_wake *w) {
     if (!m->block) return PT_NOMEM;
     memcpy(PT_SHM_PTR(char, m->block), m->data, m->len);
   }
-  if (pt_lock(&q->put.mu, repair, q) == PT_ERR) return PT_ERR;
+  if (pt_lock(&q->put.mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
   for (;;) {
     if (LOAD(q->closed)) { r = PT_CLOSED; break; }
     if (can_move(&q->put, &q->get, q->cap)) { put_slot(q, m); r = PT_OK; break; }
@@ -204,7 +199,7 @@ int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const pt_wake *w) {
   queue *q = Q(off);
   int r, spun = 0;
   m->block = 0;
-  if (pt_lock(&q->get.mu, repair, q) == PT_ERR) return PT_ERR;
+  if (pt_lock(&q->get.mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
   for (;;) {
     uint32_t closed = LOAD(q->closed);         /* before the look at the tail */
     if (can_move(&q->get, &q->put, 0)) { get_slot(q, m); r = PT_OK; break; }
@@ -220,8 +215,8 @@ int pt_queue_get(pt_off off, pt_qmsg *m, double deadline, const pt_wake *w) {
    wakes before the closed flag is stored. */
 void pt_queue_close(pt_off off) {
   queue *q = Q(off);
-  if (pt_lock(&q->put.mu, repair, q) == PT_ERR) return;
-  if (pt_lock(&q->get.mu, repair, q) != PT_ERR) {
+  if (pt_lock(&q->put.mu, pt_shm_recovered, NULL) == PT_ERR) return;
+  if (pt_lock(&q->get.mu, pt_shm_recovered, NULL) != PT_ERR) {
     pt_cond_wake(&q->put.waiters);
     pt_cond_wake(&q->get.waiters);
     __atomic_store_n(&q->closed, 1, __ATOMIC_RELEASE);
@@ -244,7 +239,7 @@ int pt_queue_watch(pt_off off, const uint32_t **word, uint32_t *value) {
   queue *q = Q(off);
   int ready;
   if (pt_queue_count(off) || LOAD(q->closed)) return 1;
-  if (pt_lock(&q->put.mu, repair, q) == PT_ERR) return 1;   /* the get will say why */
+  if (pt_lock(&q->put.mu, pt_shm_recovered, NULL) == PT_ERR) return 1;   /* the get will say why */
   ready = LOAD(q->put.index) != LOAD(q->get.index) || LOAD(q->closed);
   if (!ready) {                 /* as pt_cond_wait_on does, without the sleep */
     __atomic_store_n(&q->put.waiters.sleeping, 1, __ATOMIC_RELAXED);

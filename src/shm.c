@@ -7,7 +7,8 @@
  * drop the counts its handles hold, and so that a fork (pt_shm_fork) can
  * take counts on every object an inherited handle names, held by the
  * parent for the child until it is reaped.  A handle's pid is the process
- * whose count it holds. */
+ * whose count it holds.  Also the repair that robust locks over
+ * one-store data share (pt_shm_recovered). */
 #include "shm.h"
 #include "htab.h"
 #include "obj.h"
@@ -168,4 +169,11 @@ void pt_shm_handles_exit_child(void) {
     if (off) h->drop(off, h->gen);
   }
   pthread_mutex_unlock(&handles_mu);
+}
+
+/* ---- robust locks ------------------------------------------------------------- */
+
+void pt_shm_recovered(void *unused) {
+  (void)unused;
+  pt_shm_note_recovery();
 }

@@ -58,4 +58,10 @@ void pt_shm_set_take(int kind, int (*take)(pt_off off, uint64_t gen));
 /* A forked worker leaving: drop the counts its handles hold. */
 void pt_shm_handles_exit_child(void);
 
+/* The repair (wait.h's pt_lock and the like) of a robust lock over data
+   that every change moves with one store, so that an owner killed at any
+   instant leaves nothing half done: it only counts the recovery
+   (pt.shm_stats().recoveries).  The argument is unused. */
+void pt_shm_recovered(void *unused);
+
 #endif

@@ -33,11 +33,6 @@ typedef struct syncobj {
 #define LOAD(o) __atomic_load_n(&(o)->state, __ATOMIC_ACQUIRE)
 #define STORE(o, v) __atomic_store_n(&(o)->state, (v), __ATOMIC_RELEASE)
 
-static void repair(void *o) {
-  (void)o;                      /* one store per change: nothing half done */
-  pt_shm_note_recovery();
-}
-
 static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
   pt_off off = pt_shm_alloc_aligned(sizeof(syncobj), 64);
   syncobj *o;
@@ -71,10 +66,10 @@ static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
                             int (*ready)(void *)) {
   int r = PT_OK, ok;
   if (ready(o) || pt_spin_until(ready, o)) return PT_OK;
-  if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
   while (!(ok = ready(o))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
-    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, repair, o);
+    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, pt_shm_recovered, NULL);
   }
   pt_unlock(&o->mu);
   if (ok) return PT_OK;
@@ -83,7 +78,7 @@ static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
 
 /* Holding nothing: wake the sleepers, then publish state. */
 static void sync_publish(syncobj *o, uint64_t state) {
-  if (pt_lock(&o->mu, repair, o) == PT_ERR) return;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return;
   pt_cond_wake(&o->cond);
   STORE(o, state);
   pt_unlock(&o->mu);
@@ -108,7 +103,7 @@ static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
 static int sem_release(syncobj *o, uint64_t k) {
   int r = 0;
-  if (pt_lock(&o->mu, repair, o) == PT_ERR) return -1;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return -1;
   if (LOAD(o) + k > SYNC_MAX) r = -1;
   else {
     pt_cond_wake(&o->cond);
@@ -143,7 +138,7 @@ static int bar_wait(void *arg, double deadline, const pt_wake *w) {
   arrival *a = (arrival *)arg;
   syncobj *o = a->o;
   int r = PT_OK;
-  if (pt_lock(&o->mu, repair, o) == PT_ERR) return PT_ERR;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
   if (!a->index) {
     uint64_t s = LOAD(o);
     a->round = ROUND(s);
@@ -158,7 +153,7 @@ static int bar_wait(void *arg, double deadline, const pt_wake *w) {
   }
   while (ROUND(LOAD(o)) == a->round) {
     if (deadline >= 0 && pt_clock_now() >= deadline) { r = PT_TIMEOUT; break; }
-    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, repair, o);
+    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, pt_shm_recovered, NULL);
     if (r != PT_OK) break;
   }
   if (ROUND(LOAD(o)) != a->round) r = PT_OK;
@@ -171,7 +166,7 @@ static int bar_wait(void *arg, double deadline, const pt_wake *w) {
    round ended meanwhile (it passed), else r. */
 static int bar_leave(arrival *a, int r) {
   syncobj *o = a->o;
-  if (!a->index || pt_lock(&o->mu, repair, o) == PT_ERR) return r;
+  if (!a->index || pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return r;
   if (ROUND(LOAD(o)) != a->round) r = PT_OK;
   else STORE(o, LOAD(o) - 1);
   pt_unlock(&o->mu);

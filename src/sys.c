@@ -1,5 +1,5 @@
 /* sys.c - OS errors (the one helper that pushes nil, msg, errno), the
- * clock and timeout arguments, and the small utilities of the public API
+ * timeout arguments, and the small utilities of the public API
  * (now, sleep, cpu_count, rusage, memory, self, cancelled, fault).
  * Blocking waits and cancellation points are cancel.c's; what a fork and
  * a worker process's exit need, fork.c's; the Lua 5.1 shims, compat.h's. */
@@ -12,7 +12,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ---- errors ------------------------------------------------------------- */
@@ -42,13 +41,7 @@ void pt_close(int fd) {
   errno = e;
 }
 
-/* ---- clock and timeouts --------------------------------------------------- */
-
-double pt_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+/* ---- timeouts (the clock: wait.c's pt_clock_now) ------------------------ */
 
 double pt_opttimeout(lua_State *L, int i) {
   double t;
@@ -61,7 +54,7 @@ double pt_opttimeout(lua_State *L, int i) {
 /* ---- Lua functions ----------------------------------------------------------- */
 
 static int l_now(lua_State *L) {
-  lua_pushnumber(L, pt_now());
+  lua_pushnumber(L, pt_clock_now());
   return 1;
 }
 

@@ -50,16 +50,11 @@ int pt_st_raise_full(lua_State *L) {
 
 int pt_st_stop_waiting(void) { return pt_cancel_requested() || pt_interrupted(); }
 
-#define LOCK_SPINS 200      /* tries before a sleep: sections last tens of ns */
-
+/* Sections last tens of nanoseconds: spin first (wait.c's lock spin). */
 int pt_st_lock_slow(pt_stab *t, int r, double deadline) {
   const uint32_t *iw;
   uint32_t iv = 0;
-  int i;
-  for (i = 0; r == EBUSY && i < LOCK_SPINS && pt_spin_useful(); i++) {
-    pt_cpu_relax();
-    r = pthread_mutex_trylock(&t->mu);
-  }
+  if (r == EBUSY) r = pt_lock_try_spin(&t->mu);
   if (r == EBUSY) {
     if (pt_st_stop_waiting()) { errno = ECANCELED; return -1; }
     iw = pt_interrupt_word(&iv);

@@ -40,7 +40,6 @@
 
 #define DAY 86400.0
 #define SLICE 0.05
-#define SPINS 400               /* lock tries before a sleep */
 #define SPIN_NS 10000           /* the longest spin before a sleep: about a
                                    futex sleep and wake-up (a spin of what
                                    blocking costs is never worse than 2x) */
@@ -253,6 +252,19 @@ static inline int spin_until(int (*ready)(void *), void *arg) {
 
 int pt_spin_until(int (*ready)(void *), void *arg) { return spin_until(ready, arg); }
 
+int pt_yield_until(int (*ready)(void *), void *arg, double seconds, double deadline) {
+  double until;
+  if (ready(arg)) return 1;
+  if (!spin_useful()) return 0;
+  until = pt_clock_now() + seconds;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  do {
+    sched_yield();
+    if (ready(arg)) return 1;
+  } while (pt_clock_now() < until);
+  return 0;
+}
+
 /* A word spin: until the word (64 bits wide, or 32) no longer holds v. */
 typedef struct watch {
   const void *word;
@@ -297,16 +309,63 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
   return locked(m, pthread_mutex_lock(m), repair, arg);
 }
 
+#if defined(__GLIBC__)
+/* glibc's robust mutex word holds its owner's thread id (and flag bits):
+   none, the lock is free or its owner died. */
+static int lock_free(void *m) {
+  uint32_t v = __atomic_load_n((uint32_t *)&((pthread_mutex_t *)m)->__data.__lock,
+                               __ATOMIC_ACQUIRE);
+  return (v & FUTEX_TID_MASK) == 0;
+}
+#else
+static int lock_free(void *m) { (void)m; return 1; }
+#endif
+
+/* The trylocks of a lock spin, each once the word reads free (reading
+   does not slow the holder down as a trylock's write does). */
+typedef struct trying {
+  pthread_mutex_t *m;
+  int r;                        /* the last trylock's result */
+} trying;
+
+static int tried(void *a) {
+  trying *t = (trying *)a;
+  if (!lock_free(t->m)) return 0;
+  t->r = pthread_mutex_trylock(t->m);
+  return t->r != EBUSY;
+}
+
+int pt_lock_try_spin(pthread_mutex_t *m) {
+  trying t;
+  t.m = m;
+  t.r = EBUSY;
+  spin_until(tried, &t);
+  return t.r;
+}
+
 /* A trylock that says EOWNERDEAD has taken the lock over: locking again
    would wait for ever on this thread's own lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg) {
-  int i, r;
-  for (i = 0; spin_useful() && i < SPINS; i++) {
-    r = pthread_mutex_trylock(m);
-    if (r != EBUSY) return locked(m, r, repair, arg);
-    pt_cpu_relax();
+  int r = pt_lock_try_spin(m);
+  return r == EBUSY ? pt_lock(m, repair, arg) : locked(m, r, repair, arg);
+}
+
+/* The first trylock also takes it again when it is ours (recursive). */
+int pt_lock_acquire_spin(pthread_mutex_t *m, int (*cancelled)(void)) {
+  int r = pthread_mutex_trylock(m);
+  if (r == EBUSY) r = pt_lock_try_spin(m);
+  while (r == EBUSY) {
+    if (cancelled && cancelled()) { errno = ECANCELED; return -1; }
+    switch (pt_lock_wait(m, pt_clock_now() + SLICE, NULL, NULL, 0)) {
+      case PT_OK: return 0;
+      case PT_OWNERDEAD: return 1;
+      case PT_TIMEOUT: break;
+      default: return -1;
+    }
   }
-  return pt_lock(m, repair, arg);
+  if (r == 0 || r == EOWNERDEAD) return r == EOWNERDEAD;
+  errno = r;
+  return -1;
 }
 
 void pt_unlock(pthread_mutex_t *m) { pt_lock_release(m); }
@@ -353,12 +412,6 @@ static int unlock_all(pthread_mutex_t *m) {
   return n;
 }
 
-#if defined(__GLIBC__)
-static int lock_free(void *m) {
-  return __atomic_load_n(&((pthread_mutex_t *)m)->__data.__lock, __ATOMIC_ACQUIRE) == 0;
-}
-#endif
-
 int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_wake *w,
                      int *depth) {
   const uint32_t *seq = &c->seq;
@@ -375,11 +428,9 @@ int pt_cond_wait_all(pt_cond *c, pthread_mutex_t *m, double deadline, const pt_w
     if (spinning) __atomic_store_n(&c->sleeping, 1, __ATOMIC_SEQ_CST);   /* then seq */
     r = pt_futex_wait_on(&seq, &s, 1, deadline, w);
   }
-#if defined(__GLIBC__)
   /* woken by a changer that still holds m: let it go by reading (a
      trylock's write would slow it down), then take m */
   spin_until(lock_free, m);
-#endif
   return r;
 }
 

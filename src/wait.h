@@ -96,6 +96,12 @@ int pt_spin_until(int (*ready)(void *arg), void *arg);
 /* pt_spin_until for "the 64-bit *word no longer holds v". */
 int pt_spin_while(const uint64_t *word, uint64_t v);
 int pt_spin_useful(void);
+/* The spin of a reader that waits for another side's system call (a pipe
+   write): ready(arg) is asked first; then, not on one CPU, the CPU is
+   yielded and ready asked again, until it says 1 (returns 1) or `seconds`
+   have passed, or the deadline (PT_FOREVER: none) (returns 0).  Yielding,
+   not pausing: a partner that waits for this very CPU runs at once. */
+int pt_yield_until(int (*ready)(void *arg), void *arg, double seconds, double deadline);
 /* One pause of a spin loop (the CPU's pause/yield hint). */
 void pt_cpu_relax(void);
 
@@ -112,6 +118,20 @@ int pt_lock(pthread_mutex_t *m, void (*repair)(void *), void *arg);
 /* The same, trying for a while (a few microseconds; not on one CPU) before
    it sleeps: for a waiter just woken while its waker still holds the lock. */
 int pt_lock_spin(pthread_mutex_t *m, void (*repair)(void *), void *arg);
+/* pt_lock_spin's spin, for every lock that spins before it sleeps (the
+   shared tables' too): spin (pt_spin_until) until a trylock of m, tried
+   each time m's word reads free, says other than EBUSY.  A word that
+   reads taken may be this thread's own: call it on a recursive m only
+   after a trylock said EBUSY.  Returns that trylock's result (0, or
+   EOWNERDEAD: taken over, the caller repairs and marks it consistent;
+   another errno: a failure), or EBUSY when the spin gave up. */
+int pt_lock_try_spin(pthread_mutex_t *m);
+/* For plain-C users of a lock held for long (htab.h's pt_ht_lock), in
+   lock.h's status vocabulary (0 locked, 1 taken over from a dead owner:
+   the caller repairs and marks it consistent, -1 errno): the spin, then
+   pt_lock_wait in slices of 50 ms, asking cancelled() (may be NULL) after
+   each; when it says 1, -1 with errno ECANCELED. */
+int pt_lock_acquire_spin(pthread_mutex_t *m, int (*cancelled)(void));
 void pt_unlock(pthread_mutex_t *m);
 
 /* ---- condition variables on shared memory ------------------------------
