@@ -450,8 +450,18 @@ void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void 
  * So the wait is a futex_waitv over that word, the cancel flag and the
  * interrupt word.  The lock is taken only by pthread_mutex_trylock; a waiter
  * that slept sets FUTEX_WAITERS again once it holds the lock (others may
- * sleep still), as glibc's own lock does. */
+ * sleep still), as glibc's own lock does.  A waiter that slept and then
+ * leaves without the lock (timeout, cancel, Ctrl-C) may have taken the one
+ * wake an unlock gave, while the bit that would wake the next sleeper is
+ * gone (the lock was taken again by a trylock, which sets no bit): it
+ * passes the wake on, and the sleeper it wakes looks again and sets the
+ * bit itself. */
 #if defined(__GLIBC__)
+static int lock_give_up(const uint32_t *word, int slept, int status) {
+  if (slept) pt_futex_wake(word, 1);
+  return status;
+}
+
 int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel,
                  const uint32_t *intr, uint32_t intr_expected) {
   uint32_t *word = (uint32_t *)&m->__data.__lock;
@@ -470,9 +480,9 @@ int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel
       pthread_mutex_consistent(m);
       return PT_OWNERDEAD;
     }
-    if (r != EBUSY) { errno = r; return PT_ERR; }
-    if (cancelled(cancel)) return PT_CANCELLED;
-    if (deadline >= 0 && pt_clock_now() >= deadline) return PT_TIMEOUT;
+    if (r != EBUSY) { errno = r; return lock_give_up(word, slept, PT_ERR); }
+    if (cancelled(cancel)) return lock_give_up(word, slept, PT_CANCELLED);
+    if (deadline >= 0 && pt_clock_now() >= deadline) return lock_give_up(word, slept, PT_TIMEOUT);
     v = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     if (v == 0 || (v & FUTEX_OWNER_DIED)) continue;      /* free, or its owner died */
     if (!(v & FUTEX_WAITERS)) {
@@ -485,7 +495,7 @@ int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel
     slept = 1;
     if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again */
     if (st == PT_INTR && !interrupt_moved(&w)) continue; /* not a Ctrl-C */
-    return st;
+    return lock_give_up(word, slept, st);
   }
 }
 #else
