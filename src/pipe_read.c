@@ -126,22 +126,14 @@ static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
    bytes (read them without waiting), 0: sleep. */
 #define SPIN_SECONDS 20e-6
 
-static int written(pipe_shm *s) {
+static int written(void *arg) {
+  pipe_shm *s = (pipe_shm *)arg;
   return (int64_t)(__atomic_load_n(&s->wdone, __ATOMIC_ACQUIRE) -
                    __atomic_load_n(&s->rbytes, __ATOMIC_RELAXED)) > 0;
 }
 
 static int spin_for_data(pipe_shm *s, double deadline) {
-  double until;
-  if (written(s)) return 1;
-  if (!pt_spin_useful()) return 0;
-  until = pt_now() + SPIN_SECONDS;
-  if (deadline >= 0 && deadline < until) until = deadline;
-  do {
-    sched_yield();
-    if (written(s)) return 1;
-  } while (pt_now() < until);
-  return 0;
+  return pt_yield_until(written, s, SPIN_SECONDS, deadline);
 }
 
 /* Read what is there without waiting: RWF_NOWAIT, or FIONREAD first
