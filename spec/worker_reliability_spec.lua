@@ -430,9 +430,10 @@ describe("worker reliability", function()
         assert.not_matches("PANIC", out, 1, true)
         -- glibc itself aborts a thread that finds no memory for a loaded
         -- module's thread-local data: not procthread's to catch
-        -- (seen once on 5.1 under load: status 0 with no output at all, not
-        -- understood yet; recorded in the closing note, not asserted on)
-        if out ~= "" and not out:match("cannot allocate memory for thread%-local data") then
+        -- (once in ~120 runs on 5.1, status 0 and no output at all: a state
+        -- whose io library failed half-way closed the process's stdout as
+        -- it was closed; thread.c's disarm_std_files prevents it)
+        if not out:match("cannot allocate memory for thread%-local data") then
           assert.are.equal(0, status, out)
           assert.matches("after: 42\n", out, 1, true)
         end

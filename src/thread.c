@@ -368,6 +368,44 @@ static lua_State *new_state(void) {
   return L;
 }
 
+/* Lua 5.1's io library makes stdin/stdout/stderr with the closing __gc
+   and gives each its "never close" environment afterwards: a memory error
+   in between leaves one that lua_close would fclose -- the process's own
+   stdout or stdin.  Before a state whose set-up failed (it ran no user
+   code) is closed, its file metatable loses __gc.  By walking (lua_next)
+   and assigning to a key that is there (rawset), nothing is allocated, so
+   nothing can raise where no error is caught. */
+#if LUA_VERSION_NUM == 501 && !defined(PT_LUAJIT) && !defined(LUAJIT_VERSION)
+static int is_key(lua_State *L, const char *name) {
+  return lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), name) == 0;
+}
+
+static void disarm_std_files(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {          /* L: key value */
+    if (is_key(L, "FILE*") && lua_istable(L, -1)) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {                     /* L: key mt k v */
+        if (is_key(L, "__gc")) {
+          lua_pop(L, 1);
+          lua_pushvalue(L, -1);
+          lua_pushnil(L);
+          lua_rawset(L, -4);                        /* mt.__gc = nil */
+          lua_pop(L, 1);
+          break;
+        }
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 2);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+}
+#else
+static void disarm_std_files(lua_State *L) { (void)L; }
+#endif
+
 static void close_state(lua_State *L) {
   void *ud = NULL;
   lua_Alloc f = lua_getallocf(L, &ud);
@@ -380,6 +418,8 @@ static lua_State *ready_state(void) {
   start_arg a = {NULL, 0, W_FAILED, 0};
   lua_State *L = new_state();
   if (L && start_protected(L, &a) != 0) {
+    lua_settop(L, 0);
+    disarm_std_files(L);
     close_state(L);
     L = NULL;
   }
@@ -403,6 +443,10 @@ static int run_state(thread_worker *t, lua_State *L) {
     else if (m) set_error(w, m, len);
     else set_error(w, "(error object is not a string)", 30);
     a.status = W_FAILED;
+    if (!a.ready) {
+      lua_settop(L, 0);
+      disarm_std_files(L);
+    }
   }
   lua_sethook(L, NULL, 0, 0);               /* finalizers run to the end */
   t->ctx.closing = 1;                       /* see thread_release */
