@@ -43,6 +43,42 @@ function M.machine_cpu()
   return { busy = (f[1] + f[2] + f[3] + f[6] + f[7] + f[8]) / 100, steal = f[8] / 100 }
 end
 
+-- The cores' worth of CPU time a cgroup quota allows this process (a
+-- number, 1.5 for "150000 100000"), the smallest along its cgroup and
+-- the cgroup's ancestors; nil when none limits it.  cgroup v2's cpu.max
+-- ("max 100000" or "<quota> <period>"), or v1's cpu.cfs_quota_us (-1:
+-- none) over cpu.cfs_period_us.  read(path) -> text | nil (default: the
+-- file's contents; a spec passes its own).
+function M.cpu_quota(read)
+  read = read or M.read_file
+  local cg = "\n" .. (read("/proc/self/cgroup") or "")
+  local v2 = cg:match("\n0::(/[^\n]*)")
+  local v1 = cg:match("\n%d+:[^:\n]*%f[%w]cpu%f[^%w][^:\n]*:(/[^\n]*)")
+  local best
+  local function limit(quota, period)
+    quota, period = tonumber(quota), tonumber(period)
+    if quota and period and quota > 0 and period > 0 and (not best or quota / period < best) then best = quota / period end
+  end
+  local function walk(path, f)
+    while true do
+      f(path == "/" and "" or path)
+      if path == "/" then return end
+      path = path:match("^(.*)/[^/]*$")
+      if path == "" then path = "/" end
+    end
+  end
+  if v2 then
+    walk(v2, function(p) limit((read("/sys/fs/cgroup" .. p .. "/cpu.max") or ""):match("^(%d+) (%d+)")) end)
+  end
+  if v1 then
+    walk(v1, function(p)
+      local dir = "/sys/fs/cgroup/cpu" .. p
+      limit(read(dir .. "/cpu.cfs_quota_us"), read(dir .. "/cpu.cfs_period_us"))
+    end)
+  end
+  return best
+end
+
 function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 -- os.execute's result differs between 5.1 (a number) and 5.2+ (true/nil).
