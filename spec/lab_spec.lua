@@ -791,6 +791,20 @@ describe("lab experiments in tiny mode", function()
     end)
   end
 
+  it("cpu under taskset -c 0: pt.cpu_count() is 1 and the experiment says one core, not measured", function()
+    if not require("procthread.lab.util").execute("taskset -c 0 true >/dev/null 2>&1") then
+      return pending("taskset cannot run here")
+    end
+    local status, out = H.fresh_under("taskset -c 0", [[
+      local pt = require "procthread"
+      local lab = require "procthread.lab"
+      local res = lab.run_experiment(assert(lab.load("cpu")), { mode = "tiny", progress = false })
+      print("count", pt.cpu_count(), "cores", res.data.cores, res.verdict.verdict, res.verdict.condition)
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("count\t1\tcores\t1\tnot measured\tone core", out, 1, true)
+  end)
+
   it("ctx:rounds goes over every item in turn after the warm-ups, the order reversed every other round", function()
     local seen = {}
     local exp = { name = "rounds", verdict = function() return { verdict = "holds" } end,
