@@ -359,7 +359,7 @@ describe("lab verdicts on synthetic data", function()
         if type(x) == "number" then x = { t = x } end
         local cpu = x.cpu
         if cpu == nil then cpu = math.min(1, use * x.t) elseif cpu == false then cpu = nil end
-        recs[r] = { round = r, t = x.t, cpu = cpu, steal = x.steal or 0, busy = (cpu or 0) + (x.other or 0) * x.t }
+        recs[r] = { round = r, t = x.t, cpu = cpu, steal = x.steal or 0, busy = (cpu or 0) + (x.other or 0) * x.t, tick = x.tick }
         ts[r] = x.t
       end
       data.samples[key], series[key] = recs, ts
@@ -487,6 +487,9 @@ describe("lab verdicts on synthetic data", function()
     -- nanoseconds (each reading truncates), two are at least one tick
     assert.is_nil(why({ t = 0.05, steal = 0.01 }, 1))
     assert.are.equal("steal", why({ t = 0.05, steal = 0.02 }, 1))
+    -- summed over 2 CPUs' lines, the resolution is 2 ticks
+    assert.is_nil(why({ t = 0.05, steal = 0.02, tick = 0.02 }, 1))
+    assert.are.equal("steal", why({ t = 0.05, steal = 0.03, tick = 0.02 }, 1))
     -- the 1-worker rate is the median of the fair ones only: with 3 of 5
     -- doing half the work per CPU-second, it is still 1, not 0.5
     local cfg = { ["kernel/thread/1"] = concat(rep(2, 1), rep(3, starved("throughput", 2, 1, 2))),
@@ -823,6 +826,20 @@ describe("lab experiments in tiny mode", function()
     for i = 1, 3e6 do x = x + i % 3 end
     local b = util.machine_cpu()
     assert.is_true(b.busy > a.busy and b.steal >= a.steal)
+    assert.are.equal(0.01, b.tick)                  -- the machine's line: one tick
+    -- the CPUs the lab may run on: all of them is the machine's line; one
+    -- of several is its own line, less busy than the machine's
+    local set, n = assert(util.allowed_cpus())
+    assert.are.same(b.tick, util.machine_cpu(set).tick)
+    local first
+    for i in pairs(set) do first = math.min(first or i, i) end
+    local one = assert(util.machine_cpu({ [first] = true }))
+    assert.are.equal(0.01, one.tick)
+    if n > 1 then assert.is_true(one.busy < util.machine_cpu().busy) end
+    -- Cpus_allowed_list as /proc/self/status writes it
+    local seti, ni = util.allowed_cpus(function() return "Name:\tx\nCpus_allowed_list:\t0-2,5,7-8\nMems_allowed_list:\t0\n" end)
+    assert.are.equal(6, ni)
+    assert.are.same({ [0] = true, [1] = true, [2] = true, [5] = true, [7] = true, [8] = true }, seti)
   end)
 
   it("records a missing feature as failed samples, not as data", function()

@@ -34,9 +34,10 @@ local E = {
   -- at least IDLE of the CPU time the workers missed sat idle, they did not
   -- want it (a kind that cannot use the cores), and the sample counts.
   STEAL = 0.1,
-  -- /proc/stat counts in ticks of TICK seconds, and each reading truncates:
-  -- a difference of one tick may be a few nanoseconds of steal, so a
-  -- sample's steal counts only beyond that one tick
+  -- /proc/stat counts in ticks of TICK seconds, and each line of a reading
+  -- truncates: a difference of one tick (a tick a CPU when the sample sums
+  -- the lines of the CPUs the lab may use: its `tick`) may be a few
+  -- nanoseconds of steal, so a sample's steal counts only beyond that
   TICK = 0.01,
   OBTAINED = 0.75,
   IDLE = 0.5,
@@ -124,24 +125,25 @@ end
 -- One sample of configuration c in round r (r < 1: a warm-up, not
 -- recorded): its time in series c.key, and for the kernel, beside it in
 -- data.samples[c.key], what the machine gave it: the CPU time its workers
--- got, the steal over it and the busy time of the whole machine
--- (seconds, all CPUs), with the round and when it started (`at`, seconds
--- into the experiment).
-local function take(ctx, c, r, rounds, started)
+-- got, the steal over it and the busy time of the CPUs in `cpus` (the
+-- ones the lab may run on; seconds, summed over them) with the
+-- resolution of those two (tick), the round and when it started (`at`,
+-- seconds into the experiment).
+local function take(ctx, c, r, rounds, started, cpus)
   local rec, m0, m1
   local label = r >= 1 and ("%s, round %d of %d"):format(c.label, r, rounds) or c.label .. ", warm-up"
   ctx:sample(c.key, c.meta, { n = r >= 1 and 1 or 0, warmup = r >= 1 and 0 or 1, unit = "s", label = label }, function()
-    m0 = util.machine_cpu()
+    m0 = util.machine_cpu(cpus)
     local t0 = ctx.pt.now()
     local ok, err, cpu = c.run()
     local t1 = ctx.pt.now()
-    m1 = util.machine_cpu()
+    m1 = util.machine_cpu(cpus)
     if not ok then return nil, err end
     rec = { round = r, at = t0 - started, t = t1 - t0, cpu = cpu }
     return rec.t
   end)
   if rec and r >= 1 and c.record then
-    if m0 and m1 then rec.steal, rec.busy = m1.steal - m0.steal, m1.busy - m0.busy end
+    if m0 and m1 then rec.steal, rec.busy, rec.tick = m1.steal - m0.steal, m1.busy - m0.busy, m1.tick end
     local all = ctx.results.data.samples
     all[c.key] = all[c.key] or {}
     table.insert(all[c.key], rec)
@@ -235,10 +237,10 @@ function E.run(ctx)
   end
 
   -- a configuration that failed twice and never gave a sample is dropped
-  local rounds, started = p.rounds or p.n or 1, pt.now()
+  local rounds, started, cpus = p.rounds or p.n or 1, pt.now(), util.allowed_cpus()
   ctx:rounds(list, rounds, p.warmup, function(c, r)
     local s = ctx.results.series[c.key]
-    if not (s and s.failed >= 2 and #s.samples == 0) then take(ctx, c, r, rounds, started) end
+    if not (s and s.failed >= 2 and #s.samples == 0) then take(ctx, c, r, rounds, started, cpus) end
   end)
 end
 
@@ -268,7 +270,7 @@ local function annotate(recs, use, C, serial_cpu, serial_median)
     if s.cpu and s.t > 0 then x.obtained = s.cpu / s.t end
     local base = serial_cpu[s.round] or serial_median
     if s.cpu and s.cpu > 0 and base then x.rate = base / s.cpu end
-    if s.steal and s.t > 0 then x.steal = math.max(0, s.steal - E.TICK) / (s.t * use) end
+    if s.steal and s.t > 0 then x.steal = math.max(0, s.steal - (s.tick or E.TICK)) / (s.t * use) end
     if s.busy and s.t > 0 then x.idle = math.max(0, C - s.busy / s.t) end
     list[#list + 1] = x
   end
