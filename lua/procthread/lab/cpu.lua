@@ -46,18 +46,21 @@ local E = {
 }
 
 E.rule = ("The samples are taken in rounds, each over every configuration (serial, 1 .. 2C workers of both kinds) in turn, " ..
-  "the order reversed every other round. With C cores and T(kind, w) the time of the kernel split over w workers (first " ..
-  "spawn to last join), a sample is starved when steal took more than %g %% of the time of the cores it used (min(w, C)), " ..
+  "the order reversed every other round. With C the CPUs the lab may run on (its affinity) and T(kind, w) the time of the kernel split over w workers (first " ..
+  "spawn to last join), a sample is starved when steal (beyond the one-tick resolution of /proc/stat) took more than %g %% of the time of the cores it used (min(w, C)), " ..
   "or its workers' CPU time (user+sys) over T was less than %g*min(w, C) cores while other work kept the machine busy " ..
   "(idle cores do not starve a sample: workers that leave them idle cannot use them), or their work per CPU-second was below %gx " ..
   "the median rate of the fair 1-worker samples of that kind (for 1 worker: below %gx the rate of the serial run; all rates " ..
-  "against the serial run of the same round); starved " ..
+  "against the serial run of the same round, or the median of the fair ones when that one was starved; the serial run's own " ..
+  "against the calibration's); starved " ..
   "samples are shown and left out. scale(kind) = T(kind, 1) / T(kind, C) over the samples that are left. A kind uses the " ..
   "cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the noise: the p10 – p90 of T(kind, 1) lies wholly above " ..
   "that factor times the p10 – p90 of T(kind, C); it does not when wholly below. Holds: both kinds do; holds only for one " ..
   "kind: the other does not; contradicted: neither does. Within noise: a kind's spreads overlap the mark. Not measured: " ..
-  "one core, or fewer than min_kept samples of 1 or of C workers of a kind are left. The speedup over the parent running " ..
-  "the kernel alone, and the array fill, are reported beside it."):format(100 * E.STEAL, E.OBTAINED, E.THROUGHPUT, E.THROUGHPUT, E.SHARE)
+  "one CPU, or a CPU quota (cgroup) of fewer cores than C, or fewer than min_kept samples of the serial run or of 1 or of " ..
+  "C workers of a kind are left, or a kind scales beyond C outside the noise (more than the cores can give: the 1-worker " ..
+  "samples were slowed by something the lab did not see). The speedup over the parent running the kernel alone, and the " ..
+  "array fill's over 1 worker of its kind, are reported beside it."):format(100 * E.STEAL, E.OBTAINED, E.THROUGHPUT, E.THROUGHPUT, E.SHARE)
 
 -- the kernel: integer-valued arithmetic, so partial sums add up exactly
 local function kernel(a, b)
@@ -592,7 +595,7 @@ function E.table(results)
     end
   end
   return {
-    { caption = "Speedup over the serial run in the parent (median time of the samples that were not starved; **starved**: the machine did not give those samples' workers what a fair test needs, see below; they are left out):",
+    { caption = "Kernel: speedup over the serial run in the parent (median time of the samples that were not starved; **starved**: the machine did not give those samples' workers what a fair test needs, see below; they are left out). Array fill: speedup over 1 worker of the same kind (the parent's own fill, in its row, is slower than one worker's, so it is no yardstick):",
       header = { "workers", "Lua kernel: processes", "Lua kernel: threads", "array fill: processes", "array fill: threads" },
       rows = rows },
     { caption = ("What the machine gave the kernel's samples (medians over all samples): cores of CPU time the workers got (user + sys over the time), their work per CPU-second against the serial run of the same round, and the steal over the sample as a share of the time of the cores it used. A sample is starved when steal took over %d %%, or the workers got under %g of the cores they could use, or their work per CPU-second fell under %g× the rate of 1 worker (for 1 worker: of the serial run):"):format(
