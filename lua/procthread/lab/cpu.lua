@@ -636,7 +636,7 @@ function E.charts(results)
       local s = fill_speedup(results, kind, w)
       if s then pts[#pts + 1] = { x = w, y = s } end
     end
-    series[#series + 1] = { name = "array fill, " .. P[kind], points = pts, color = colors[kind], dash = true }
+    series[#series + 1] = { name = "array fill over 1 worker, " .. P[kind], points = pts, color = colors[kind], dash = true }
   end
   for _, s in ipairs(hungry) do series[#series + 1] = s end
   local ideal = {}
@@ -646,7 +646,7 @@ function E.charts(results)
   return { {
     file = "cpu.svg",
     title = "Speedup against worker count",
-    subtitle = ("serial time / time split over w workers (spawn to last join); %d cores"):format(C),
+    subtitle = ("kernel: serial time / time split over w workers (spawn to last join); fill: 1 worker's time / w workers'; %d cores"):format(C),
     x = { label = "workers", min = 0, max = (top or 1) + 0.3, ticks = results.data.workers },
     y = { label = "speedup over serial (×)", unit = "x", min = 0 },
     series = series,
