@@ -359,7 +359,7 @@ describe("lab verdicts on synthetic data", function()
         if type(x) == "number" then x = { t = x } end
         local cpu = x.cpu
         if cpu == nil then cpu = math.min(1, use * x.t) elseif cpu == false then cpu = nil end
-        recs[r] = { round = r, t = x.t, cpu = cpu, steal = x.steal or 0, busy = (cpu or 0) + (x.other or 0) * x.t }
+        recs[r] = { round = r, t = x.t, cpu = cpu, steal = x.steal or 0, busy = (cpu or 0) + (x.other or 0) * x.t, tick = x.tick }
         ts[r] = x.t
       end
       data.samples[key], series[key] = recs, ts
@@ -466,11 +466,12 @@ describe("lab verdicts on synthetic data", function()
       cfg[("kernel/thread/%d"):format(w)] = { sample }
       return cpu_exp.analyse(cpu_results(cfg, { workers = { 1, w } })).thread[w].all[1].starved
     end
-    -- steal: seconds over t x min(w, C); 1 worker uses 1 core, 4 use 2
-    assert.are.equal("steal", why({ t = 1, steal = 0.11 }, 1))
-    assert.is_nil(why({ t = 1, steal = 0.09 }, 1))
-    assert.are.equal("steal", why({ t = 0.5, steal = 0.11 }, 4))
-    assert.is_nil(why({ t = 0.5, steal = 0.09 }, 4))
+    -- steal: seconds beyond one /proc/stat tick (0.01 s) over t x
+    -- min(w, C); 1 worker uses 1 core, 4 use 2
+    assert.are.equal("steal", why({ t = 1, steal = 0.12 }, 1))
+    assert.is_nil(why({ t = 1, steal = 0.10 }, 1))
+    assert.are.equal("steal", why({ t = 0.5, steal = 0.12 }, 4))
+    assert.is_nil(why({ t = 0.5, steal = 0.10 }, 4))
     -- CPU time under 0.75 of the cores, taken by other work
     assert.are.equal("cpu", why({ t = 0.5, cpu = 0.74, other = 0.6 }, 2))
     assert.is_nil(why({ t = 0.5, cpu = 0.76, other = 0.6 }, 2))
@@ -482,6 +483,13 @@ describe("lab verdicts on synthetic data", function()
     assert.is_nil(why({ t = 0.7, cpu = 1 / 0.76 }, 2))
     -- and for 1 worker against the serial run of the same round
     assert.are.equal("throughput", why({ t = 1.4, cpu = 1 / 0.74 }, 1))
+    -- a sample shorter than a few ticks: one tick of steal may be a few
+    -- nanoseconds (each reading truncates), two are at least one tick
+    assert.is_nil(why({ t = 0.05, steal = 0.01 }, 1))
+    assert.are.equal("steal", why({ t = 0.05, steal = 0.02 }, 1))
+    -- summed over 2 CPUs' lines, the resolution is 2 ticks
+    assert.is_nil(why({ t = 0.05, steal = 0.02, tick = 0.02 }, 1))
+    assert.are.equal("steal", why({ t = 0.05, steal = 0.03, tick = 0.02 }, 1))
     -- the 1-worker rate is the median of the fair ones only: with 3 of 5
     -- doing half the work per CPU-second, it is still 1, not 0.5
     local cfg = { ["kernel/thread/1"] = concat(rep(2, 1), rep(3, starved("throughput", 2, 1, 2))),
@@ -530,6 +538,121 @@ describe("lab verdicts on synthetic data", function()
     assert.are.same({ 1, 2, 3, 4 }, counts(2))
     assert.are.same({ 1, 2, 4, 6, 8, 12 }, counts(6))
     assert.are.same({ 1, 2 }, counts(1))
+  end)
+
+  it("cpu: a CPU quota (cgroup) below the CPUs is not measured, saying why", function()
+    local r = scaling(1.9, 1.9)
+    assert.are.equal("holds", (verdict_of("cpu", r)))
+    r.data.quota = 1.5
+    local v, cond = verdict_of("cpu", r)
+    assert.are.equal("not measured", v)
+    assert.matches("a CPU quota (cgroup cpu.max) gives the lab 1.50 cores' worth", cond, 1, true)
+    r.data.quota = 2
+    assert.are.equal("holds", (verdict_of("cpu", r)))
+  end)
+
+  it("cpu: reads the tightest cgroup quota along the cgroup and its ancestors, v2 or v1", function()
+    local util = require "procthread.lab.util"
+    local function quota(files)
+      return util.cpu_quota(function(path) return files[path] end)
+    end
+    assert.is_nil(quota({}))
+    assert.is_nil(quota({ ["/proc/self/cgroup"] = "0::/\n", ["/sys/fs/cgroup/cpu.max"] = "max 100000\n" }))
+    assert.are.equal(0.5, quota({ ["/proc/self/cgroup"] = "0::/\n", ["/sys/fs/cgroup/cpu.max"] = "50000 100000\n" }))
+    -- the parent's quota limits the child's
+    assert.are.equal(1.5, quota({ ["/proc/self/cgroup"] = "0::/a/b\n", ["/sys/fs/cgroup/a/b/cpu.max"] = "max 100000\n",
+                                  ["/sys/fs/cgroup/a/cpu.max"] = "150000 100000\n", ["/sys/fs/cgroup/cpu.max"] = "max 100000\n" }))
+    -- v1: cpu.cfs_quota_us (-1: none) over cpu.cfs_period_us, not cpuacct's
+    local v1 = { ["/proc/self/cgroup"] = "4:cpuacct:/x\n3:cpu,cpuacct:/c\n",
+                 ["/sys/fs/cgroup/cpu/c/cpu.cfs_quota_us"] = "300000\n", ["/sys/fs/cgroup/cpu/c/cpu.cfs_period_us"] = "100000\n",
+                 ["/sys/fs/cgroup/cpu/cpu.cfs_quota_us"] = "-1\n", ["/sys/fs/cgroup/cpu/cpu.cfs_period_us"] = "100000\n" }
+    assert.are.equal(3, quota(v1))
+  end)
+
+  -- the serial run is the yardstick of the 1-worker samples' work per
+  -- CPU-second: a starved one must not be it
+  it("cpu: starved serial samples are no yardstick: every one starved is not measured, not a super-linear 'holds'", function()
+    -- the serial run (stolen from) and the 1-worker samples took 2 s of
+    -- CPU time for 1 s of work: 4x from 1 to 2 workers on 2 cores
+    local slow = { t = 2, cpu = 2 }
+    local r = cpu_results({ ["kernel/serial"] = rep(4, { t = 2, cpu = 2, steal = 1 }), ["kernel/process/1"] = rep(4, slow),
+                            ["kernel/process/2"] = rep(4, 0.5), ["kernel/thread/1"] = rep(4, slow), ["kernel/thread/2"] = rep(4, 0.5) })
+    local v, cond, full = verdict_of("cpu", r)
+    assert.are.equal("not measured", v)
+    assert.matches("serial 0 of 4 left; starved 4 by steal", cond, 1, true)
+    assert.matches("the serial run and of 1 and 2 workers, the verdict left out 4 as starved", full.reading, 1, true)
+    -- no made-up figures
+    assert.is_nil(full.reading:find("0.00×", 1, true))
+    assert.is_nil(full.reading:find("?", 1, true))
+  end)
+
+  it("cpu: a round whose serial sample is starved holds its 1-worker samples against the median of the fair ones", function()
+    local cpu_exp = require "procthread.lab.cpu"
+    -- round 4's serial run was stolen from and took 2 s of CPU time; so
+    -- did its 1-thread sample, which against it would look fair
+    local r = cpu_results({ ["kernel/serial"] = concat(rep(3, 1), { { t = 2, cpu = 2, steal = 1 } }),
+                            ["kernel/thread/1"] = concat(rep(3, 1), { { t = 2, cpu = 2 } }), ["kernel/thread/2"] = rep(4, 0.52) })
+    local a = cpu_exp.analyse(r)
+    assert.are.equal("steal", a.serial.all[4].starved)
+    assert.are.equal(0.5, a.thread[1].all[4].rate)
+    assert.are.equal("throughput", a.thread[1].all[4].starved)
+    assert.is_nil(a.thread[1].all[3].starved)
+  end)
+
+  it("cpu: the serial run's own work per CPU-second is held against the calibration's", function()
+    local cpu_exp = require "procthread.lab.cpu"
+    -- every serial run took 2 s of CPU time for what the calibration did in 1 s
+    local r = cpu_results({ ["kernel/serial"] = rep(4, { t = 2, cpu = 2 }), ["kernel/process/1"] = rep(4, 2),
+                            ["kernel/process/2"] = rep(4, 0.5), ["kernel/thread/1"] = rep(4, 2), ["kernel/thread/2"] = rep(4, 0.5) })
+    r.data.calibrated_s = 1
+    assert.are.equal("throughput", cpu_exp.analyse(r).serial.all[1].starved)
+    local v, cond = verdict_of("cpu", r)
+    assert.are.equal("not measured", v)
+    assert.matches("serial 0 of 4 left; starved 4 by work per CPU-second", cond, 1, true)
+    -- within 0.75x of the calibration it is fair
+    r.data.calibrated_s = 1.9
+    assert.is_nil(cpu_exp.analyse(r).serial.all[1].starved)
+  end)
+
+  it("cpu: a scaling above C x outside the noise is not measured, never a finding", function()
+    -- 2 threads did 1 s of work in 0.3 s on 2 cores: 3.3x
+    local r = cpu_results({ ["kernel/process/1"] = rep(4, 1), ["kernel/process/2"] = rep(4, 0.52),
+                            ["kernel/thread/1"] = rep(4, 1), ["kernel/thread/2"] = rep(4, 0.3) })
+    local v, cond = verdict_of("cpu", r)
+    assert.are.equal("not measured", v)
+    assert.matches("^the scaling of threads from 1 to 2 workers is above 2× outside the noise", cond)
+    -- 2x within the noise is no such sign
+    r = cpu_results({ ["kernel/process/1"] = rep(4, 1), ["kernel/process/2"] = rep(4, 0.52),
+                      ["kernel/thread/1"] = rep(4, 1), ["kernel/thread/2"] = { 0.48, 0.5, 0.5, 0.52 } })
+    assert.are.equal("holds", (verdict_of("cpu", r)))
+  end)
+
+  it("cpu: the reading leaves out a clause whose figure is missing", function()
+    local cpu_exp = require "procthread.lab.cpu"
+    local text = cpu_exp.reading({ process = { scale = 1.9, net = 1.8, single = 0.7, bw = 2 }, thread = {} }, 2, "None of them")
+    assert.matches("ran 1.90× faster with processes (medians", text, 1, true)
+    assert.matches("2 workers reached 1.80× with processes.", text, 1, true)
+    assert.matches("One process ran the kernel at 0.70× the parent's speed, so 2 of them reached only 1.80×", text, 1, true)
+    assert.matches("The best speedups were at 2 process workers.", text, 1, true)
+    assert.is_nil(text:find("thread", 1, true))
+    text = cpu_exp.reading({ process = { single = 0.7 }, thread = {} }, 2, "None of them")
+    assert.are.equal("One process ran the kernel at 0.70× the parent's speed: the cost is per process, not a lack of parallelism. None of them.", text)
+    assert.is_nil(text:find("0.00", 1, true))
+  end)
+
+  it("cpu: the array fill's speedup is over 1 worker of the kind, not over the parent's slower fill", function()
+    local cpu_exp = require "procthread.lab.cpu"
+    local r = scaling(1.9, 1.9)
+    for k, t in pairs({ ["fill/serial"] = 2, ["fill/process/1"] = 1.2, ["fill/process/2"] = 0.8,
+                        ["fill/thread/1"] = 1, ["fill/thread/2"] = 0.5 }) do
+      r.series[k] = { samples = { t, t, t }, failed = 0, errors = {} }
+    end
+    local _, _, full = verdict_of("cpu", r)
+    assert.matches("array fill best 2.00× over 1 worker at 2", full.thread, 1, true)
+    assert.matches("array fill best 1.50× over 1 worker at 2", full.process, 1, true)
+    local rows = cpu_exp.table(r)[1].rows
+    assert.matches("^1.00×", rows[2][5])
+    assert.matches("^2.00×", rows[3][5])
   end)
 
   local function memory(p, t)
@@ -650,7 +773,8 @@ describe("lab experiments in tiny mode", function()
       -- few tiny samples' spreads overlap (the noise rule)
       if res.verdict.verdict == "not measured" then
         local c = res.verdict.condition
-        assert.is_truthy(c:match("^too few samples that were not starved") or c:match("within noise"), name .. ": " .. c)
+        assert.is_truthy(c:match("^too few samples that were not starved") or c:match("within noise")
+          or c:match("outside the noise, more than %d cores can give") or c:match("^a CPU quota"), name .. ": " .. c)
       end
       assert.is_string(res.verdict.condition)
       if name == "cpu" then
@@ -671,6 +795,20 @@ describe("lab experiments in tiny mode", function()
     end)
   end
 
+  it("cpu under taskset -c 0: pt.cpu_count() is 1 and the experiment says one core, not measured", function()
+    if not require("procthread.lab.util").execute("taskset -c 0 true >/dev/null 2>&1") then
+      return pending("taskset cannot run here")
+    end
+    local status, out = H.fresh_under("taskset -c 0", [[
+      local pt = require "procthread"
+      local lab = require "procthread.lab"
+      local res = lab.run_experiment(assert(lab.load("cpu")), { mode = "tiny", progress = false })
+      print("count", pt.cpu_count(), "cores", res.data.cores, res.verdict.verdict, res.verdict.condition)
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("count\t1\tcores\t1\tnot measured\tone core", out, 1, true)
+  end)
+
   it("ctx:rounds goes over every item in turn after the warm-ups, the order reversed every other round", function()
     local seen = {}
     local exp = { name = "rounds", verdict = function() return { verdict = "holds" } end,
@@ -689,6 +827,20 @@ describe("lab experiments in tiny mode", function()
     for i = 1, 3e6 do x = x + i % 3 end
     local b = util.machine_cpu()
     assert.is_true(b.busy > a.busy and b.steal >= a.steal)
+    assert.are.equal(0.01, b.tick)                  -- the machine's line: one tick
+    -- the CPUs the lab may run on: all of them is the machine's line; one
+    -- of several is its own line, less busy than the machine's
+    local set, n = assert(util.allowed_cpus())
+    assert.are.same(b.tick, util.machine_cpu(set).tick)
+    local first
+    for i in pairs(set) do first = math.min(first or i, i) end
+    local one = assert(util.machine_cpu({ [first] = true }))
+    assert.are.equal(0.01, one.tick)
+    if n > 1 then assert.is_true(one.busy < util.machine_cpu().busy) end
+    -- Cpus_allowed_list as /proc/self/status writes it
+    local seti, ni = util.allowed_cpus(function() return "Name:\tx\nCpus_allowed_list:\t0-2,5,7-8\nMems_allowed_list:\t0\n" end)
+    assert.are.equal(6, ni)
+    assert.are.same({ [0] = true, [1] = true, [2] = true, [5] = true, [7] = true, [8] = true }, seti)
   end)
 
   it("records a missing feature as failed samples, not as data", function()

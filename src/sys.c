@@ -6,6 +6,7 @@
 #include "pt.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,8 +70,13 @@ static int l_sleep(lua_State *L) {
   return 1;
 }
 
+/* The CPUs this process may run on (its affinity: taskset, a cpuset, a
+   container), like Python's os.process_cpu_count; the online CPUs when the
+   affinity cannot be read (a machine of more CPUs than a cpu_set_t holds). */
 static int l_cpu_count(lua_State *L) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? (lua_Integer)n : 1);
   return 1;
 }

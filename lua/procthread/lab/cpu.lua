@@ -34,6 +34,11 @@ local E = {
   -- at least IDLE of the CPU time the workers missed sat idle, they did not
   -- want it (a kind that cannot use the cores), and the sample counts.
   STEAL = 0.1,
+  -- /proc/stat counts in ticks of TICK seconds, and each line of a reading
+  -- truncates: a difference of one tick (a tick a CPU when the sample sums
+  -- the lines of the CPUs the lab may use: its `tick`) may be a few
+  -- nanoseconds of steal, so a sample's steal counts only beyond that
+  TICK = 0.01,
   OBTAINED = 0.75,
   IDLE = 0.5,
   THROUGHPUT = 0.75,
@@ -41,18 +46,21 @@ local E = {
 }
 
 E.rule = ("The samples are taken in rounds, each over every configuration (serial, 1 .. 2C workers of both kinds) in turn, " ..
-  "the order reversed every other round. With C cores and T(kind, w) the time of the kernel split over w workers (first " ..
-  "spawn to last join), a sample is starved when steal took more than %g %% of the time of the cores it used (min(w, C)), " ..
+  "the order reversed every other round. With C the CPUs the lab may run on (its affinity) and T(kind, w) the time of the kernel split over w workers (first " ..
+  "spawn to last join), a sample is starved when steal (beyond the one-tick resolution of /proc/stat) took more than %g %% of the time of the cores it used (min(w, C)), " ..
   "or its workers' CPU time (user+sys) over T was less than %g*min(w, C) cores while other work kept the machine busy " ..
   "(idle cores do not starve a sample: workers that leave them idle cannot use them), or their work per CPU-second was below %gx " ..
   "the median rate of the fair 1-worker samples of that kind (for 1 worker: below %gx the rate of the serial run; all rates " ..
-  "against the serial run of the same round); starved " ..
+  "against the serial run of the same round, or the median of the fair ones when that one was starved; the serial run's own " ..
+  "against the calibration's); starved " ..
   "samples are shown and left out. scale(kind) = T(kind, 1) / T(kind, C) over the samples that are left. A kind uses the " ..
   "cores when scale >= 1 + %g*(C-1) (1.5 on 2 cores) outside the noise: the p10 – p90 of T(kind, 1) lies wholly above " ..
   "that factor times the p10 – p90 of T(kind, C); it does not when wholly below. Holds: both kinds do; holds only for one " ..
   "kind: the other does not; contradicted: neither does. Within noise: a kind's spreads overlap the mark. Not measured: " ..
-  "one core, or fewer than min_kept samples of 1 or of C workers of a kind are left. The speedup over the parent running " ..
-  "the kernel alone, and the array fill, are reported beside it."):format(100 * E.STEAL, E.OBTAINED, E.THROUGHPUT, E.THROUGHPUT, E.SHARE)
+  "one CPU, or a CPU quota (cgroup) of fewer cores than C, or fewer than min_kept samples of the serial run or of 1 or of " ..
+  "C workers of a kind are left, or a kind scales beyond C outside the noise (more than the cores can give: the 1-worker " ..
+  "samples were slowed by something the lab did not see). The speedup over the parent running the kernel alone, and the " ..
+  "array fill's over 1 worker of its kind, are reported beside it."):format(100 * E.STEAL, E.OBTAINED, E.THROUGHPUT, E.THROUGHPUT, E.SHARE)
 
 -- the kernel: integer-valued arithmetic, so partial sums add up exactly
 local function kernel(a, b)
@@ -120,24 +128,25 @@ end
 -- One sample of configuration c in round r (r < 1: a warm-up, not
 -- recorded): its time in series c.key, and for the kernel, beside it in
 -- data.samples[c.key], what the machine gave it: the CPU time its workers
--- got, the steal over it and the busy time of the whole machine
--- (seconds, all CPUs), with the round and when it started (`at`, seconds
--- into the experiment).
-local function take(ctx, c, r, rounds, started)
+-- got, the steal over it and the busy time of the CPUs in `cpus` (the
+-- ones the lab may run on; seconds, summed over them) with the
+-- resolution of those two (tick), the round and when it started (`at`,
+-- seconds into the experiment).
+local function take(ctx, c, r, rounds, started, cpus)
   local rec, m0, m1
   local label = r >= 1 and ("%s, round %d of %d"):format(c.label, r, rounds) or c.label .. ", warm-up"
   ctx:sample(c.key, c.meta, { n = r >= 1 and 1 or 0, warmup = r >= 1 and 0 or 1, unit = "s", label = label }, function()
-    m0 = util.machine_cpu()
+    m0 = util.machine_cpu(cpus)
     local t0 = ctx.pt.now()
     local ok, err, cpu = c.run()
     local t1 = ctx.pt.now()
-    m1 = util.machine_cpu()
+    m1 = util.machine_cpu(cpus)
     if not ok then return nil, err end
     rec = { round = r, at = t0 - started, t = t1 - t0, cpu = cpu }
     return rec.t
   end)
   if rec and r >= 1 and c.record then
-    if m0 and m1 then rec.steal, rec.busy = m1.steal - m0.steal, m1.busy - m0.busy end
+    if m0 and m1 then rec.steal, rec.busy, rec.tick = m1.steal - m0.steal, m1.busy - m0.busy, m1.tick end
     local all = ctx.results.data.samples
     all[c.key] = all[c.key] or {}
     table.insert(all[c.key], rec)
@@ -148,6 +157,7 @@ function E.run(ctx)
   local pt, p = ctx.pt, ctx.params
   local cores = pt.cpu_count()
   ctx:set("cores", cores)
+  ctx:set("quota", util.cpu_quota())
   -- calibrate the kernel so the serial run takes about target_s: grow it
   -- to a quarter of that, then scale by the fastest of three runs (one
   -- run that the machine stalled would make every sample too short)
@@ -155,8 +165,12 @@ function E.run(ctx)
   local function run_time() local t0 = pt.now(); kernel(1, iters); return pt.now() - t0 end
   while run_time() < p.target_s / 4 and iters < 2e9 do iters = iters * 4 end
   local dt = math.min(run_time(), run_time(), run_time())
+  local sized = iters
   iters = math.max(1000, math.floor(iters * p.target_s / math.max(dt, 1e-6)))
   ctx:set("kernel_iters", iters)
+  -- what the serial run should take by the calibration: the yardstick of
+  -- its own work per CPU-second
+  ctx:set("calibrated_s", dt * iters / sized)
   local expect = kernel(1, iters)
   local counts = worker_counts(cores, p.max_workers)
   if p.sparse then
@@ -226,10 +240,10 @@ function E.run(ctx)
   end
 
   -- a configuration that failed twice and never gave a sample is dropped
-  local rounds, started = p.rounds or p.n or 1, pt.now()
+  local rounds, started, cpus = p.rounds or p.n or 1, pt.now(), util.allowed_cpus()
   ctx:rounds(list, rounds, p.warmup, function(c, r)
     local s = ctx.results.series[c.key]
-    if not (s and s.failed >= 2 and #s.samples == 0) then take(ctx, c, r, rounds, started) end
+    if not (s and s.failed >= 2 and #s.samples == 0) then take(ctx, c, r, rounds, started, cpus) end
   end)
 end
 
@@ -259,7 +273,7 @@ local function annotate(recs, use, C, serial_cpu, serial_median)
     if s.cpu and s.t > 0 then x.obtained = s.cpu / s.t end
     local base = serial_cpu[s.round] or serial_median
     if s.cpu and s.cpu > 0 and base then x.rate = base / s.cpu end
-    if s.steal and s.t > 0 then x.steal = s.steal / (s.t * use) end
+    if s.steal and s.t > 0 then x.steal = math.max(0, s.steal - (s.tick or E.TICK)) / (s.t * use) end
     if s.busy and s.t > 0 then x.idle = math.max(0, C - s.busy / s.t) end
     list[#list + 1] = x
   end
@@ -296,21 +310,25 @@ local function config(list, use, ref)
 end
 
 -- Every kernel sample of a results table, judged: a.serial, and
--- a[kind][w] (see config).  Each sample's rate is measured against the
--- serial run of its own round (the median serial run when that one is
--- missing): a 1-worker sample is held against that rate itself (1), a
--- sample of more workers against the median rate of the 1-worker samples
--- of its kind that were not starved.
+-- a[kind][w] (see config).  A serial sample's rate is its work per
+-- CPU-second against the calibration's (none when the results do not
+-- hold it).  Each worker sample's rate is measured against the serial
+-- run of its own round when that one was not starved (else the median of
+-- those that were not; none when every one was): a 1-worker sample is
+-- held against that rate itself (1), a sample of more workers against the
+-- median rate of the 1-worker samples of its kind that were not starved.
 function E.analyse(results)
   local data = results.data or {}
   local C = data.cores or 1
   local recs = data.samples or {}
+  -- the serial run's own work per CPU-second is held against the
+  -- calibration's (when the results say what it was)
+  local a = { C = C, serial = config(annotate(recs["kernel/serial"], 1, C, {}, data.calibrated_s), 1, data.calibrated_s and 1) }
   local serial_cpu, cpus = {}, {}
-  for _, s in ipairs(recs["kernel/serial"] or {}) do
-    if s.cpu then serial_cpu[s.round] = s.cpu; cpus[#cpus + 1] = s.cpu end
+  for _, x in ipairs(a.serial.all) do
+    if x.cpu and not x.starved then serial_cpu[x.round] = x.cpu; cpus[#cpus + 1] = x.cpu end
   end
   local med = stats.median(cpus)
-  local a = { C = C, serial = config(annotate(recs["kernel/serial"], 1, C, serial_cpu, med), 1) }
   for _, kind in ipairs({ "process", "thread" }) do
     local one = config(annotate(recs[("kernel/%s/1"):format(kind)], 1, C, serial_cpu, med), 1, 1)
     local rates = {}
@@ -352,9 +370,11 @@ local function speedup_of(base, c)
   return base / c.t.median
 end
 
--- Speedup of the fill for kind at w: serial median / median time.
+-- Speedup of the fill for kind at w over 1 worker of that kind: the
+-- parent's own fill goes another way (its fill is slower than one
+-- worker's), so it is no yardstick for the workers.
 local function fill_speedup(results, kind, w)
-  local base = util.summary(results, "fill/serial").median
+  local base = util.summary(results, ("fill/%s/1"):format(kind)).median
   local s = util.summary(results, ("fill/%s/%d"):format(kind, w))
   if not base or not s.median or s.median <= 0 then return nil end
   return base / s.median, s
@@ -370,16 +390,25 @@ local function best(results, a, what, kind)
   return bw, bs
 end
 
--- The samples of 1 and C workers of both kinds (what the verdict rests
--- on): how many, how many were starved, and why (counts by reason).
+-- The configurations the verdict rests on, as { label, config }: the
+-- serial run (the yardstick of the 1-worker samples' work per
+-- CPU-second), and 1 and C workers of both kinds.
+local function verdict_configs(a, C)
+  local list = { { "serial", a.serial } }
+  for _, kind in ipairs({ "process", "thread" }) do
+    for _, w in ipairs({ 1, C }) do list[#list + 1] = { workers_text(w, kind), a[kind][w] } end
+  end
+  return list
+end
+
+-- Their samples: how many, how many were starved, and why (counts by
+-- reason).
 local function verdict_samples(a, C)
   local n, k, by = 0, 0, {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    for _, w in ipairs({ 1, C }) do
-      local c = a[kind][w]
-      n, k = n + c.n, k + c.starved
-      for r, m in pairs(c.by) do by[r] = (by[r] or 0) + m end
-    end
+  for _, lc in ipairs(verdict_configs(a, C)) do
+    local c = lc[2]
+    n, k = n + c.n, k + c.starved
+    for r, m in pairs(c.by) do by[r] = (by[r] or 0) + m end
   end
   return n, k, by
 end
@@ -387,19 +416,18 @@ end
 -- What the verdict left out, in a sentence.
 local function excluded_text(a, C)
   local n, k, by = verdict_samples(a, C)
-  if k == 0 then return ("None of the %d samples of 1 and %d workers was starved"):format(n, C) end
-  return ("Of the %d samples of 1 and %d workers, the verdict left out %d as starved: %s"):format(n, C, k, reasons_text(by))
+  if k == 0 then return ("None of the %d samples of the serial run and of 1 and %d workers was starved"):format(n, C) end
+  return ("Of the %d samples of the serial run and of 1 and %d workers, the verdict left out %d as starved: %s"):format(
+    n, C, k, reasons_text(by))
 end
 
 -- The configurations the verdict needs that have fewer than `enough`
 -- samples left: "2 threads 3 of 12".
 local function too_few(a, C, enough)
   local parts = {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    for _, w in ipairs({ 1, C }) do
-      local c = a[kind][w]
-      if c.t.n < enough then parts[#parts + 1] = ("%s %d of %d"):format(workers_text(w, kind), c.t.n, c.n) end
-    end
+  for _, lc in ipairs(verdict_configs(a, C)) do
+    local c = lc[2]
+    if c.t.n < enough then parts[#parts + 1] = ("%s %d of %d"):format(lc[1], c.t.n, c.n) end
   end
   return parts
 end
@@ -408,10 +436,101 @@ local function not_measured(condition, reading)
   return { verdict = "not measured", condition = condition, reading = reading }
 end
 
+-- "1.90× faster with processes and 1.80× with threads": m[kind][field]
+-- of each kind that has it, formatted with first (the first figure) or
+-- rest and the kind's name in `names`; nil when neither has it.
+local function per_kind(m, field, first, rest, names)
+  local parts = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    local x = m[kind][field]
+    if x then parts[#parts + 1] = (#parts == 0 and first or rest):format(x, (names or P)[kind]) end
+  end
+  return #parts > 0 and table.concat(parts, " and ") or nil
+end
+
+-- The reading: every clause whose figures are there, the others left out.
+-- m[kind]: scale, net (C workers' speedup over the serial run), single
+-- (1 worker's), bw (the worker count of the best speedup).
+function E.reading(m, C, excluded)
+  local out = {}
+  local function add(text, ...) out[#out + 1] = text:format(...) end
+  local scale = per_kind(m, "scale", "%.2f× faster with %s", "%.2f× with %s")
+  if scale then
+    add("From 1 to %d workers on %d cores the pure-Lua kernel ran %s (medians of the samples that were not starved).", C, C, scale)
+  end
+  local net = per_kind(m, "net", "%.2f× with %s", "%.2f× with %s")
+  if net then add("Against the parent running it alone, %d workers reached %s.", C, net) end
+  for _, kind in ipairs({ "process", "thread" }) do
+    local x = m[kind]
+    if x.single and x.single < 0.8 then
+      add("One %s ran the kernel at %.2f× the parent's speed%s: the cost is per %s, not a lack of parallelism.", kind, x.single,
+        x.net and (", so %d of them reached only %.2f× the serial speed"):format(C, x.net) or "", kind)
+    end
+  end
+  local bw = per_kind(m, "bw", "%d %s", "%d %s", { process = "process", thread = "thread" })
+  if bw then add("The best speedups were at %s workers.", bw) end
+  add("%s.", excluded)
+  return table.concat(out, " ")
+end
+
+-- The scaling of each kind from 1 to C workers over the fair samples,
+-- its speedups over the serial run, and its cell of the claims table.
+local function measure(results, a, C, need)
+  local base = a.serial.t.median
+  local m, v = {}, {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    local one, atc = a[kind][1], a[kind][C]
+    local x = { state = stats.versus(one.t, atc.t, need), starved = one.starved + atc.starved, n = one.n + atc.n,
+                super = stats.versus(one.t, atc.t, C) == "above" }
+    if one.t.median and atc.t.median and atc.t.median > 0 then x.scale = one.t.median / atc.t.median end
+    x.net, x.single = speedup_of(base, atc), speedup_of(base, one)
+    x.bw, x.bs = best(results, a, "kernel", kind)
+    m[kind] = x
+    v[kind] = x.scale and ("%.2f× from 1 to %d workers on %d cores (%d of %d samples starved)"):format(x.scale, C, C, x.starved, x.n)
+      or ("scaling not measured: %d of %d samples of 1 and %d workers starved"):format(x.starved, x.n, C)
+    if x.net then v[kind] = v[kind] .. ("; %.2f× the serial speed"):format(x.net) end
+    local fw, fs = best(results, a, "fill", kind)
+    if fs then v[kind] = v[kind] .. ("; array fill best %.2f× over 1 worker at %d"):format(fs, fw) end
+  end
+  return m, v
+end
+
+-- The verdict and its condition from the measured kinds.  The condition
+-- holds no measured number: the same machine gives the same words from
+-- run to run (the figures are in the cells and the reading).
+local function decide(m, C, need)
+  local noisy, uses, super = {}, {}, {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    uses[kind] = m[kind].state == "above"
+    if m[kind].state == "within noise" then noisy[#noisy + 1] = P[kind] end
+    if m[kind].super then super[#super + 1] = P[kind] end
+  end
+  if #super > 0 then
+    -- more than C cores can give: the yardstick, not the workers, is off
+    return "not measured", ("the scaling of %s from 1 to %d workers is above %d× outside the noise, more than %d cores can give: the 1-worker samples were slowed by something the lab did not see"):format(
+      table.concat(super, " and "), C, C, C)
+  end
+  if #noisy > 0 then
+    return "within noise", ("the scaling of %s from 1 to %d workers is too close to %.2f× for the spread of the samples to tell"):format(
+      table.concat(noisy, " and "), C, need)
+  elseif uses.process and uses.thread then
+    return "holds", ("both kinds run Lua on the %d cores at once: from 1 to %d workers each scales beyond %.2f× outside the noise"):format(C, C, need)
+  elseif uses.process or uses.thread then
+    local good, bad = uses.process and "process" or "thread", uses.process and "thread" or "process"
+    return "conditional", ("the workers are %s: %s fall short of %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(
+      P[good], P[bad], need, C, C)
+  end
+  return "contradicted", ("neither kind scales %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(need, C, C)
+end
+
 function E.verdict(results)
-  local C = results.data.cores
+  local C, quota = results.data.cores, results.data.quota
   if not C then return not_measured("the experiment did not run") end
   if C < 2 then return not_measured("one core: nothing to run in parallel") end
+  if quota and quota < C then
+    return not_measured(("a CPU quota (cgroup cpu.max) gives the lab %.2f cores' worth of CPU time on the %d CPUs it may run on: workers beyond it are throttled, not run in parallel"):format(
+      quota, C))
+  end
   if not results.data.samples then
     return not_measured("the samples hold no record of the CPU time and steal they got (results of an older lab): run it again")
   end
@@ -422,23 +541,9 @@ function E.verdict(results)
     end
   end
   local need = 1 + E.SHARE * (C - 1)
-  local base = a.serial.t.median
-  local m, v = {}, {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    local one, atc = a[kind][1], a[kind][C]
-    local x = { state = stats.versus(one.t, atc.t, need), starved = one.starved + atc.starved, n = one.n + atc.n }
-    if one.t.median and atc.t.median and atc.t.median > 0 then x.scale = one.t.median / atc.t.median end
-    x.net, x.single = speedup_of(base, atc), speedup_of(base, one)
-    x.bw, x.bs = best(results, a, "kernel", kind)
-    m[kind] = x
-    v[kind] = x.scale and ("%.2f× from 1 to %d workers on %d cores (%d of %d samples starved)"):format(x.scale, C, C, x.starved, x.n)
-      or ("scaling not measured: %d of %d samples of 1 and %d workers starved"):format(x.starved, x.n, C)
-    if x.net then v[kind] = v[kind] .. ("; %.2f× the serial speed"):format(x.net) end
-    local fw, fs = best(results, a, "fill", kind)
-    if fs then v[kind] = v[kind] .. ("; array fill best %.2f× at %d"):format(fs, fw) end
-  end
+  local m, v = measure(results, a, C, need)
   local excluded = excluded_text(a, C)
-  local enough = (results.params or {}).min_kept or E.MIN_KEPT
+  local enough = math.max(1, (results.params or {}).min_kept or E.MIN_KEPT)
   local short = too_few(a, C, enough)
   if #short > 0 then
     local _, _, by = verdict_samples(a, C)
@@ -449,40 +554,8 @@ function E.verdict(results)
       C, excluded)
     return v
   end
-  local noisy, uses = {}, {}
-  for _, kind in ipairs({ "process", "thread" }) do
-    uses[kind] = m[kind].state == "above"
-    if m[kind].state == "within noise" then noisy[#noisy + 1] = P[kind] end
-  end
-  -- the condition holds no measured number: the same machine gives the
-  -- same words from run to run (the figures are in the cells and the reading)
-  if #noisy > 0 then
-    v.verdict = "within noise"
-    v.condition = ("the scaling of %s from 1 to %d workers is too close to %.2f× for the spread of the samples to tell"):format(
-      table.concat(noisy, " and "), C, need)
-  elseif uses.process and uses.thread then
-    v.verdict = "holds"
-    v.condition = ("both kinds run Lua on the %d cores at once: from 1 to %d workers each scales beyond %.2f× outside the noise"):format(C, C, need)
-  elseif uses.process or uses.thread then
-    local good, bad = uses.process and "process" or "thread", uses.process and "thread" or "process"
-    v.verdict = "conditional"
-    v.condition = ("the workers are %s: %s fall short of %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(
-      P[good], P[bad], need, C, C)
-  else
-    v.verdict = "contradicted"
-    v.condition = ("neither kind scales %.2f× from 1 to %d workers on %d cores outside the noise, on samples that got their cores"):format(need, C, C)
-  end
-  local function overhead(kind)
-    local x = m[kind]
-    if x.single and x.single < 0.8 then
-      return (" One %s ran the kernel at %.2f× the parent's speed, so %d of them reached only %.2f× the serial speed: the cost is per %s, not a lack of parallelism."):format(
-        kind, x.single, C, x.net or 0, kind)
-    end
-    return ""
-  end
-  v.reading = ("From 1 to %d workers on %d cores the pure-Lua kernel ran %.2f× faster with processes and %.2f× with threads (medians of the samples that were not starved); against the parent running it alone that is %.2f× and %.2f×.%s%s The best speedups were at %s process and %s thread workers. %s."):format(
-    C, C, m.process.scale or 0, m.thread.scale or 0, m.process.net or 0, m.thread.net or 0, overhead("process"), overhead("thread"),
-    tostring(m.process.bw or "?"), tostring(m.thread.bw or "?"), excluded)
+  v.verdict, v.condition = decide(m, C, need)
+  v.reading = E.reading(m, C, excluded)
   return v
 end
 
@@ -522,7 +595,7 @@ function E.table(results)
     end
   end
   return {
-    { caption = "Speedup over the serial run in the parent (median time of the samples that were not starved; **starved**: the machine did not give those samples' workers what a fair test needs, see below; they are left out):",
+    { caption = "Kernel: speedup over the serial run in the parent (median time of the samples that were not starved; **starved**: the machine did not give those samples' workers what a fair test needs, see below; they are left out). Array fill: speedup over 1 worker of the same kind (the parent's own fill, in its row, is slower than one worker's, so it is no yardstick):",
       header = { "workers", "Lua kernel: processes", "Lua kernel: threads", "array fill: processes", "array fill: threads" },
       rows = rows },
     { caption = ("What the machine gave the kernel's samples (medians over all samples): cores of CPU time the workers got (user + sys over the time), their work per CPU-second against the serial run of the same round, and the steal over the sample as a share of the time of the cores it used. A sample is starved when steal took over %d %%, or the workers got under %g of the cores they could use, or their work per CPU-second fell under %g× the rate of 1 worker (for 1 worker: of the serial run):"):format(
@@ -563,7 +636,7 @@ function E.charts(results)
       local s = fill_speedup(results, kind, w)
       if s then pts[#pts + 1] = { x = w, y = s } end
     end
-    series[#series + 1] = { name = "array fill, " .. P[kind], points = pts, color = colors[kind], dash = true }
+    series[#series + 1] = { name = "array fill over 1 worker, " .. P[kind], points = pts, color = colors[kind], dash = true }
   end
   for _, s in ipairs(hungry) do series[#series + 1] = s end
   local ideal = {}
@@ -573,7 +646,7 @@ function E.charts(results)
   return { {
     file = "cpu.svg",
     title = "Speedup against worker count",
-    subtitle = ("serial time / time split over w workers (spawn to last join); %d cores"):format(C),
+    subtitle = ("kernel: serial time / time split over w workers (spawn to last join); fill: 1 worker's time / w workers'; %d cores"):format(C),
     x = { label = "workers", min = 0, max = (top or 1) + 0.3, ticks = results.data.workers },
     y = { label = "speedup over serial (×)", unit = "x", min = 0 },
     series = series,
