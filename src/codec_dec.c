@@ -197,33 +197,53 @@ static int dec_xref(dec *d, const char *at) {
   return 1;
 }
 
-static int dec_scalar_or_table(dec *d, int t, const char *at) {
+/* Push the plain value (nil, boolean, number, string) at r's position
+   and step over it: 1; or 0 when the value there is not plain or not
+   whole (r as it was).  Such a value runs and loads nothing, so it needs
+   no walk before it is made.  The caller makes room for one slot. */
+static int dec_plain(lua_State *L, rd *r) {
+  const char *p = r->p;
+  size_t left = (size_t)(r->end - p);
+  union { int64_t i; double d; } v;
+  if (left == 0) return 0;
+  switch (*p) {
+    case T_NIL: lua_pushnil(L); r->p++; return 1;
+    case T_FALSE: case T_TRUE: lua_pushboolean(L, *p == T_TRUE); r->p++; return 1;
+    case T_INT: case T_DOUBLE:
+      if (left < 9) return 0;
+      memcpy(&v, p + 1, 8);
+      if (*p == T_INT) lua_pushinteger(L, (lua_Integer)v.i);
+      else lua_pushnumber(L, (lua_Number)v.d);
+      r->p += 9;
+      return 1;
+    case T_STRING: {
+      rd s;
+      size_t n;
+      const char *str;
+      s.p = p + 1; s.end = r->end; s.bad = 0;
+      if (!(str = rd_str(&s, &n))) return 0;
+      lua_pushlstring(L, str, n);
+      r->p = s.p;
+      return 1;
+    }
+    default: return 0;
+  }
+}
+
+/* Room on the stack for one more value of a message, asked for in steps
+   of 64: 1, or 0 when the stack is full. */
+static int dec_room(lua_State *L, int *left) {
+  if (*left == 0 && lua_checkstack(L, 64)) *left = 64;
+  if (*left == 0) return 0;
+  (*left)--;
+  return 1;
+}
+
+static int dec_other(dec *d, int t, const char *at) {
   lua_State *L = d->L;
   int ok;
   switch (t) {
-    case T_NIL: lua_pushnil(L); return 1;
-    case T_FALSE: lua_pushboolean(L, 0); return 1;
-    case T_TRUE: lua_pushboolean(L, 1); return 1;
     case T_GLOBALS: pt_pushglobals(L); return 1;
-    case T_INT: {
-      int64_t v;
-      if (!rd_get(&d->r, &v, 8)) return 0;
-      lua_pushinteger(L, (lua_Integer)v);
-      return 1;
-    }
-    case T_DOUBLE: {
-      double v;
-      if (!rd_get(&d->r, &v, 8)) return 0;
-      lua_pushnumber(L, (lua_Number)v);
-      return 1;
-    }
-    case T_STRING: {
-      size_t n;
-      const char *s = rd_str(&d->r, &n);
-      if (!s) return 0;
-      lua_pushlstring(L, s, n);
-      return 1;
-    }
     case T_REF: {
       uint64_t id;
       if (!rd_varint(&d->r, &id) || id == 0 || id >= (uint64_t)d->nextid)
@@ -257,54 +277,71 @@ static int dec_scalar_or_table(dec *d, int t, const char *at) {
 }
 
 /* Decode one value and push it (1), or fail (0: the stack is left for
-   pt_decode to reset). */
+   pt_decode to reset).  A plain value takes the slot its caller made
+   room for; anything else asks for the room of its walk. */
 static int dec_value(dec *d) {
   lua_State *L = d->L;
   const char *at = d->r.p;
   int ok;
   STACK_OPEN(L);
+  if (dec_plain(L, &d->r)) return 1;
   if (d->depth >= PT_CODEC_MAXDEPTH + 2) return dec_corrupt(d);
   if (!lua_checkstack(L, 8))           /* the references from here on are released */
     return dec_fail(d, "too many values in message", at);
-  ok = dec_scalar_or_table(d, rd_byte(&d->r), at);
+  ok = dec_other(d, rd_byte(&d->r), at);
   if (ok) STACK_CHECK(L, 1);
   return ok;
 }
 
-/* pt_decode, and pt_decode_head when whole is not NULL. */
-static int decode(lua_State *L, const char *data, size_t len, int *whole) {
-  dec d;
+/* Check the bytes from `from` on (the rest of the message, after k plain
+   values) and take its ticket: NULL, or why the message does not decode.
+   A ticket is only at the very start. */
+static const char *dec_check_rest(const char *from, size_t len, int k, int *has_ticket) {
   pt_ticket t;
-  int top = lua_gettop(L), n = 0, has_ticket;
-  const char *bad;
-  pt_codec_key_init();
-  luaL_checkstack(L, 4, "procthread codec");
-  bad = pt_codec_check_message(data, len, &has_ticket, &t);
-  if (!bad && has_ticket == 1) {
+  const char *bad = pt_codec_check_message(from, len, has_ticket, &t);
+  if (!bad && k > 0 && *has_ticket) bad = "corrupt message";
+  if (!bad && *has_ticket == 1) {
     int r = pt_codec_ticket_take(&t);
     if (r == 0) bad = "decode: this message was already decoded (or discarded)";
     else if (r < 0 && t.kind == TK_ARENA)
       bad = "decode: the message's shared memory is not mapped in this process";
   }
-  if (bad) { lua_pushstring(L, bad); return -1; }
+  return bad;
+}
+
+/* pt_decode, and pt_decode_head when whole is not NULL.  The plain values
+   at the front are checked and pushed in one pass; the rest is walked
+   (checked whole) before the decoder makes anything of it. */
+static int decode(lua_State *L, const char *data, size_t len, int *whole) {
+  dec d;
+  int top = lua_gettop(L), k = 0, n = 0, has_ticket, room = 0;
+  const char *bad;
+  pt_codec_key_init();
+  luaL_checkstack(L, 4, "procthread codec");
   memset(&d, 0, sizeof d);
   d.L = L;
-  d.r.p = data + (has_ticket == 1 ? TICKET_LEN : 0); d.r.end = data + len;
+  d.r.p = data; d.r.end = data + len;
+  while (dec_room(L, &room) && dec_plain(L, &d.r)) k++;
+  if (d.r.p == d.r.end) return k;                  /* L: ... v1 .. vk */
+  bad = dec_check_rest(d.r.p, (size_t)(d.r.end - d.r.p), k, &has_ticket);
+  if (bad) { lua_settop(L, top); lua_pushstring(L, bad); return -1; }
+  if (has_ticket == 1) d.r.p += TICKET_LEN;
   d.nextid = 1;
-  lua_pushnil(L);                        /* L: ... nil (the objects by id, made lazily) */
+  lua_pushnil(L);                        /* L: ... v1..vk nil (the objects by id, made lazily) */
   d.objs = lua_gettop(L);
   while (d.r.p < d.r.end) {
     d.errat = d.r.p;
-    if (!dec_value(&d)) goto fail;       /* L: ... objs v1 .. vn */
+    if (!dec_room(L, &room)) { dec_fail(&d, "too many values in message", d.r.p); goto fail; }
+    if (!dec_value(&d)) goto fail;       /* L: ... v1..vk objs .. vn */
     n++;
   }
   lua_remove(L, d.objs);                 /* L: ... v1 .. vn */
-  return n;
+  return k + n;
 fail:
   if (whole) {                           /* keep the values decoded whole */
     lua_settop(L, d.objs + n);
     lua_remove(L, d.objs);
-    *whole = n;
+    *whole = k + n;
   } else {
     lua_settop(L, top);
   }
