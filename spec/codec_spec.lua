@@ -4,6 +4,7 @@ local H = require "helper"
 
 local T = H.T
 local has_int = math.type ~= nil
+local unpack = table.unpack or unpack
 
 -- Send values to a new thread and back: two trips through the codec.
 local function roundtrip(...)
@@ -446,5 +447,120 @@ describe("codec", function()
     assert.is_nil(pt.discard(""))                         -- no values: nothing to do
     collectgarbage(); collectgarbage()
     assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  -- The fast paths: plain values (nil, booleans, numbers, strings) are
+  -- written with one reserve each, and those at a message's front are
+  -- decoded without a walk; inside a table, or after a function, they go
+  -- through the walker and the general decoder.  Each shape below goes
+  -- through all three places.
+  local function through_each_path(...)
+    local n = select("#", ...)
+    local front = H.pack(pt.decode(pt.encode(...)))
+    local inside = pt.decode(pt.encode({ n = n, ... }))
+    local after = H.pack(pt.decode(pt.encode(print, ...)))
+    assert.are.equal(n, front.n)
+    assert.are.equal(n + 1, after.n)
+    assert.are.equal(print, after[1])
+    return front, inside, { n = n, unpack(after, 2, n + 1) }
+  end
+
+  it("keeps every number as it was, on each path: 1 and 1.0, -0.0, NaN, the extremes, 2^53+1", function()
+    local big = has_int and math.tointeger(2^53) + 1 or 2^53
+    local vals = { 1, 1.0, -0.0, 0/0, 1/0, -1/0, 0.1, big, 2^53, -2^63, 2^1023 * 1.5 }
+    if has_int then vals[#vals + 1] = math.mininteger; vals[#vals + 1] = math.maxinteger end
+    for _, got in ipairs({ through_each_path(unpack(vals)) }) do
+      for i, v in ipairs(vals) do
+        local g = got[i]
+        if v ~= v then
+          assert.is_true(g ~= g, "value " .. i .. " is not NaN")
+        else
+          assert.are.equal(v, g)
+          if has_int then assert.are.equal(math.type(v), math.type(g), "value " .. i) end
+          if v == 0 then assert.are.equal(1 / v, 1 / g, "the sign of zero") end
+        end
+      end
+    end
+    if has_int then   -- on the wire: 'i' for integers, 'd' for floats, 8 bytes each
+      assert.are.equal("i\1\0\0\0\0\0\0\0", pt.encode(1))
+      assert.are.equal("d" .. string.pack("<d", 1.0), pt.encode(1.0))
+      assert.are.equal("i" .. string.pack("<i8", math.mininteger), pt.encode(math.mininteger))
+    end
+  end)
+
+  it("keeps nils and booleans in their places among values, on each path", function()
+    local vals = H.pack(nil, 1, nil, nil, true, "x", false, nil)
+    for _, got in ipairs({ through_each_path(unpack(vals, 1, vals.n)) }) do
+      for i = 1, vals.n do assert.are.equal(vals[i], got[i], "value " .. i) end
+    end
+    assert.are.equal("n", pt.encode(nil))
+    assert.are.equal("ntf", pt.encode(nil, true, false))
+    assert.are.equal(3, select("#", pt.decode("ntf")))
+  end)
+
+  it("carries strings at every length where the length's prefix grows, on each path", function()
+    local lens = { 0, 1, 127, 128, 16383, 16384, 2^21 - 1, 2^21 }
+    local vals = {}
+    for i, n in ipairs(lens) do vals[i] = ("%c"):format(64 + i):rep(n) end
+    for _, got in ipairs({ through_each_path(unpack(vals)) }) do
+      for i = 1, #vals do assert.is_true(vals[i] == got[i], "length " .. lens[i]) end
+    end
+    assert.are.equal("s\3abc", pt.encode("abc"))
+    assert.are.equal("s\128\1" .. ("y"):rep(128), pt.encode(("y"):rep(128)))
+    assert.are.equal(("s\255\127"):len() + 16383, #pt.encode(("y"):rep(16383)))
+  end)
+
+  it("refuses a cut or overlong value after plain ones, and pushes none of them", function()
+    local s = pt.encode(1, "two", 3.5, nil, "four")
+    local bad = { s:sub(1, -2), s:sub(1, 8), s:sub(1, 12), s .. "i1234567", s .. "s\5abcd",
+                  s .. "s\255\255\255\255\255\255\255\255\255\1", s .. "?",
+                  (s:gsub("s\3two", "s\4two")) }
+    for _, b in ipairs(bad) do
+      local r = H.pack(pcall(pt.decode, b))
+      assert.is_false(r[1], ("%q decoded"):format(b))
+      assert.are.equal("corrupt message", r[2])
+      assert.are.equal(2, r.n)
+    end
+  end)
+
+  it("refuses a ticket anywhere but at a message's front, and the message still decodes after", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local one = pt.encode(pt.shared_table({ x = 1 }))
+    for _, front in ipairs({ "n", pt.encode(1, "x") }) do
+      local ok, err = pcall(pt.decode, front .. one)
+      assert.is_false(ok)
+      assert.are.equal("corrupt message", err)
+    end
+    assert.are.equal(1, pt.decode(one).x)              -- not taken by the refusals
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  it("decodes thousands of plain values, and says 'too many values' past the stack", function()
+    local vals = {}
+    for i = 1, 5000 do vals[i] = i % 3 == 0 and "s" .. i or i end
+    local got = H.pack(pt.decode(pt.encode(unpack(vals))))
+    assert.are.equal(5000, got.n)
+    for i = 1, 5000 do assert.are.equal(vals[i], got[i]) end
+    got = H.pack(pt.decode(pt.encode(print, unpack(vals))))   -- the general path
+    assert.are.equal(5001, got.n)
+    assert.are.equal(vals[5000], got[5001])
+    local ok, err = pcall(pt.decode, ("n"):rep(1100000))
+    assert.is_false(ok)
+    assert.matches("too many values", err)
+  end)
+
+  it("_recv gives the plain values before a value that does not decode here", function()
+    local ch = pt.channel()
+    package.loaded.codec_spec_gone2 = {}
+    ch:send(1, "x", nil, package.loaded.codec_spec_gone2, 2)
+    package.loaded.codec_spec_gone2 = nil
+    local r = H.pack(ch:_recv(T))
+    assert.are.equal(6, r.n)
+    assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+    assert.matches("cannot be loaded here: 'codec_spec_gone2'", r[3], 1, true)
+    assert.are.same({ 1, "x" }, { r[4], r[5] })
+    assert.is_nil(r[6])
   end)
 end)
