@@ -563,4 +563,74 @@ describe("codec", function()
     assert.are.same({ 1, "x" }, { r[4], r[5] })
     assert.is_nil(r[6])
   end)
+
+  describe("ch:_recv_into (pools: a chunk's results straight into the map's list)", function()
+    it("sends the values after the first k where route[v1] says, and returns v1..vk and their count", function()
+      local ch, out = pt.channel(), { "keep" }
+      local route = { [7] = { into = out, at = 2 }, [8] = { into = out }, [9] = { at = 1 } }
+      ch:send(7, true, 3, "a", nil, 2.5)
+      assert.are.same({ 7, true, 3, 3 }, { ch:_recv_into(route, 3, 0) })
+      assert.are.same({ "keep", "a", nil, 2.5 }, out)
+      -- not routed: every value on the stack, as ch:_recv gives them
+      for _, msg in ipairs({ { 6, true, 1, "x" }, { 8, true, 1, "x" }, { 9, true, 1, "x" }, { 7, true } }) do
+        ch:send(unpack(msg))
+        local got = H.pack(ch:_recv_into(route, 3, 0))
+        assert.are.same(msg, { unpack(got, 1, got.n) })
+      end
+      ch:send(7)                                        -- k values exactly: none stored
+      assert.are.same({ 7, 0 }, { ch:_recv_into(route, 1, 0) })
+      assert.are.same({ "keep", "a", nil, 2.5 }, out)
+      assert.are.same({ nil, "timeout" }, { ch:_recv_into(route, 3, 0) })
+      ch:close()
+      assert.are.same({ nil, "closed" }, { ch:_recv_into(route, 3, 0) })
+    end)
+
+    it("finds v1 whatever comes before and after it: tables, functions, shared objects", function()
+      local ch, out = pt.channel(), {}
+      local route = { [7] = { into = out, at = 1 } }
+      local st = pt.shared_table({ x = 1 })
+      -- a plain v1, then a table among the first k (the walk starts there)
+      ch:send(7, { 1 }, "z", { 2 }, print, 5)
+      local a, b, c, n = ch:_recv_into(route, 3, 0)
+      assert.are.same({ 7, { 1 }, "z", 3 }, { a, b, c, n })
+      assert.are.same({ 2 }, out[1])
+      assert.are.equal(print, out[2])
+      assert.are.equal(5, out[3])
+      -- all k plain, the walk starting after them
+      ch:send(7, "y", { 3 }, "w")
+      assert.are.same({ 7, "y", 2 }, { ch:_recv_into(route, 2, 0) })
+      assert.are.same({ { 3 }, "w" }, { out[1], out[2] })
+      -- a message with a ticket: nothing plain before v1
+      ch:send(7, st, 8)
+      assert.are.same({ 7, 2 }, { ch:_recv_into(route, 1, 0) })
+      assert.are.equal(st, out[1]) ; assert.are.equal(8, out[2])
+      -- v1 a table: looked up raw, not routed
+      ch:send({}, 1, 2)
+      local got = H.pack(ch:_recv_into(route, 1, 0))
+      assert.are.equal(3, got.n)
+      out, st = nil, nil
+    end)
+
+    it("gives nil, 'undecodable', the reason and v1..vk when a value after them does not decode", function()
+      local ch, out = pt.channel(), {}
+      local route = { [7] = { into = out, at = 1 } }
+      package.loaded.codec_spec_gone3 = {}
+      ch:send(7, true, "a", package.loaded.codec_spec_gone3, "b")
+      package.loaded.codec_spec_gone3 = nil
+      local r = H.pack(ch:_recv_into(route, 2, 0))
+      assert.are.equal(5, r.n)
+      assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+      assert.matches("cannot be loaded here: 'codec_spec_gone3'", r[3], 1, true)
+      assert.are.same({ 7, true }, { r[4], r[5] })
+      assert.are.same({ "a" }, out)                     -- stored before the failure
+    end)
+
+    it("checks its arguments", function()
+      local ch = pt.channel()
+      assert.has_error(function() ch:_recv_into(nil, 1, 0) end)
+      assert.has_error(function() ch:_recv_into({}, 0, 0) end)
+      assert.has_error(function() ch:_recv_into({}, 1, -1) end)
+      assert.has_error(function() ch._recv_into({}, {}, 1, 0) end)
+    end)
+  end)
 end)

@@ -14,6 +14,13 @@ typedef struct dec {
   int depth;
   const char *err;   /* a message other than "corrupt message" */
   const char *errat; /* where the failing value started */
+  int room;          /* stack slots left before the next lua_checkstack */
+  int ontop;         /* top-level values on the stack: the first at index */
+  int first, last;   /* first, the last at last */
+  int route, k;      /* pt_decode_into: the route table's index, values kept */
+  int into;          /* index of the table the values past k go to (0: none) */
+  lua_Integer at;    /* where the next of them goes */
+  int stored;
   char errbuf[DEC_ERRLEN];
 } dec;
 
@@ -231,11 +238,12 @@ static int dec_plain(lua_State *L, rd *r) {
 }
 
 /* Room on the stack for one more value of a message, asked for in steps
-   of 64: 1, or 0 when the stack is full. */
-static int dec_room(lua_State *L, int *left) {
-  if (*left == 0 && lua_checkstack(L, 64)) *left = 64;
-  if (*left == 0) return 0;
-  (*left)--;
+   of 64: 1, or 0 when the stack is full.  A slot pushed for anything else
+   sets d->room to 0. */
+static int dec_room(dec *d) {
+  if (d->room == 0 && lua_checkstack(d->L, 64)) d->room = 64;
+  if (d->room == 0) return 0;
+  d->room--;
   return 1;
 }
 
@@ -309,51 +317,125 @@ static const char *dec_check_rest(const char *from, size_t len, int k, int *has_
   return bad;
 }
 
-/* pt_decode, and pt_decode_head when whole is not NULL.  The plain values
-   at the front are checked and pushed in one pass; the rest is walked
-   (checked whole) before the decoder makes anything of it. */
-static int decode(lua_State *L, const char *data, size_t len, int *whole) {
-  dec d;
-  int top = lua_gettop(L), k = 0, n = 0, has_ticket, room = 0;
+/* After the k-th top-level value: route[v1] a table with `into` (a
+   table) and `at` (an integer) sends the values after it there; `into`
+   stays pushed above them (raw lookups only). */
+static void dec_route(dec *d) {
+  lua_State *L = d->L;
+  int dest;
+  if (!lua_checkstack(L, 3)) return;
+  d->room = 0;
+  lua_pushvalue(L, d->first);
+  lua_rawget(L, d->route);                         /* L: ... dest|nil */
+  dest = lua_gettop(L);
+  if (lua_istable(L, dest)) {
+    lua_pushliteral(L, "at");
+    lua_rawget(L, dest);                           /* L: ... dest at */
+    lua_pushliteral(L, "into");
+    lua_rawget(L, dest);                           /* L: ... dest at into */
+    if (lua_istable(L, -1) && lua_type(L, -2) == LUA_TNUMBER) {
+      d->at = lua_tointeger(L, -2);
+      lua_replace(L, dest);                        /* L: ... into at */
+      lua_pop(L, 1);
+      d->into = dest;
+      return;
+    }
+  }
+  lua_settop(L, dest - 1);
+}
+
+/* A top-level value is on top: kept there (the k-th routes the rest), or
+   stored into the routed table. */
+static void dec_took(dec *d) {
+  lua_State *L = d->L;
+  if (d->into) {
+    lua_rawseti(L, d->into, d->at++);
+    d->stored++;
+    return;
+  }
+  d->last = lua_gettop(L);
+  if (d->ontop++ == 0) d->first = d->last;
+  if (d->route && d->ontop == d->k) dec_route(d);
+}
+
+/* Remove stack slots a and b (0: none), the higher first. */
+static void dec_remove2(lua_State *L, int a, int b) {
+  if (a < b) { int t = a; a = b; b = t; }
+  if (a) lua_remove(L, a);
+  if (b) lua_remove(L, b);
+}
+
+/* pt_decode, pt_decode_head when whole is not NULL, pt_decode_into when
+   d->route is set.  The plain values at the front are checked and pushed
+   in one pass; the rest is walked (checked whole) before the decoder
+   makes anything of it. */
+static int decode(lua_State *L, dec *d, const char *data, size_t len, int *whole) {
+  int top = lua_gettop(L), has_ticket;
   const char *bad;
   pt_codec_key_init();
   luaL_checkstack(L, 4, "procthread codec");
-  memset(&d, 0, sizeof d);
-  d.L = L;
-  d.r.p = data; d.r.end = data + len;
-  while (dec_room(L, &room) && dec_plain(L, &d.r)) k++;
-  if (d.r.p == d.r.end) return k;                  /* L: ... v1 .. vk */
-  bad = dec_check_rest(d.r.p, (size_t)(d.r.end - d.r.p), k, &has_ticket);
-  if (bad) { lua_settop(L, top); lua_pushstring(L, bad); return -1; }
-  if (has_ticket == 1) d.r.p += TICKET_LEN;
-  d.nextid = 1;
-  lua_pushnil(L);                        /* L: ... v1..vk nil (the objects by id, made lazily) */
-  d.objs = lua_gettop(L);
-  while (d.r.p < d.r.end) {
-    d.errat = d.r.p;
-    if (!dec_room(L, &room)) { dec_fail(&d, "too many values in message", d.r.p); goto fail; }
-    if (!dec_value(&d)) goto fail;       /* L: ... v1..vk objs .. vn */
-    n++;
+  d->L = L;
+  d->r.p = data; d->r.end = data + len;
+  d->last = top;
+  while (dec_room(d) && dec_plain(L, &d->r)) dec_took(d);
+  if (d->r.p < d->r.end) {
+    bad = dec_check_rest(d->r.p, (size_t)(d->r.end - d->r.p), d->ontop + d->stored,
+                         &has_ticket);
+    if (bad) { lua_settop(L, top); lua_pushstring(L, bad); return -1; }
+    if (has_ticket == 1) d->r.p += TICKET_LEN;
+    d->nextid = 1;
+    d->errat = d->r.p;
+    if (!lua_checkstack(L, 1)) { dec_fail(d, "too many values in message", d->r.p); goto fail; }
+    lua_pushnil(L);                      /* L: ... nil (the objects by id, made lazily) */
+    d->objs = lua_gettop(L);
+    d->room = 0;
+    while (d->r.p < d->r.end) {
+      d->errat = d->r.p;
+      if (!dec_room(d)) { dec_fail(d, "too many values in message", d->r.p); goto fail; }
+      if (!dec_value(d)) goto fail;      /* L: ... v1 .. vn (objs, into among them) */
+      dec_took(d);
+    }
   }
-  lua_remove(L, d.objs);                 /* L: ... v1 .. vn */
-  return k + n;
+  dec_remove2(L, d->objs, d->into);      /* L: ... v1 .. vn */
+  return d->ontop;
 fail:
   if (whole) {                           /* keep the values decoded whole */
-    lua_settop(L, d.objs + n);
-    lua_remove(L, d.objs);
-    *whole = k + n;
+    lua_settop(L, d->last);
+    dec_remove2(L, d->objs < d->last ? d->objs : 0, 0);
+    *whole = d->ontop;
   } else {
     lua_settop(L, top);
   }
   /* drop the references not adopted: the failing value on */
-  pt_codec_release_from(data, len, d.errat);
-  lua_pushstring(L, d.err ? d.err : "corrupt message");
+  pt_codec_release_from(data, len, d->errat);
+  lua_pushstring(L, d->err ? d->err : "corrupt message");
   return -1;
 }
 
-int pt_decode(lua_State *L, const char *data, size_t len) { return decode(L, data, len, NULL); }
+static int decode_plain(lua_State *L, const char *data, size_t len, int *whole) {
+  dec d;
+  memset(&d, 0, sizeof d);
+  return decode(L, &d, data, len, whole);
+}
+
+int pt_decode(lua_State *L, const char *data, size_t len) {
+  return decode_plain(L, data, len, NULL);
+}
 
 int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole) {
   *whole = 0;
-  return decode(L, data, len, whole);
+  return decode_plain(L, data, len, whole);
+}
+
+int pt_decode_into(lua_State *L, const char *data, size_t len, int route, int k,
+                   int *stored, int *whole) {
+  dec d;
+  int n;
+  memset(&d, 0, sizeof d);
+  d.route = pt_absindex(L, route);
+  d.k = k;
+  *whole = 0;
+  n = decode(L, &d, data, len, whole);
+  *stored = d.into ? d.stored : -1;
+  return n;
 }
