@@ -2,6 +2,7 @@
  * (see codec.h for the format). */
 #include "codec.h"
 
+#include <stddef.h>
 #include <stdio.h>
 
 #define DEC_ERRLEN 400   /* a module's load error, cut to 300 bytes, and its name */
@@ -412,9 +413,12 @@ fail:
   return -1;
 }
 
+/* A fresh decoder's fields (its error text is written before it is read). */
+static void dec_init(dec *d) { memset(d, 0, offsetof(dec, errbuf)); }
+
 static int decode_plain(lua_State *L, const char *data, size_t len, int *whole) {
   dec d;
-  memset(&d, 0, sizeof d);
+  dec_init(&d);
   return decode(L, &d, data, len, whole);
 }
 
@@ -431,7 +435,7 @@ int pt_decode_into(lua_State *L, const char *data, size_t len, int route, int k,
                    int *stored, int *whole) {
   dec d;
   int n;
-  memset(&d, 0, sizeof d);
+  dec_init(&d);
   d.route = pt_absindex(L, route);
   d.k = k;
   *whole = 0;

@@ -1,9 +1,11 @@
 /* codec_enc.c - the encoder: Lua values to bytes (see codec.h for the
  * format), and the name map it writes C functions and modules by.
  *
- * Stack layout while encoding: enc_run pushes three slots above the
- * caller's top (the n values are at idx.., below them) and reaches them
- * through enc's indexes; what a walk pushes sits above those:
+ * Stack layout while encoding: at the first value that is not plain
+ * (nil, boolean, number, string: those are written with no stack slot)
+ * enc_slots pushes three slots above the caller's top (the n values are
+ * at idx.., below them), reached through enc's indexes; what a walk
+ * pushes sits above those:
  *
  *   L: ... seen G names [k v ...]      (e.seen, e.globals, e.names)
  *
@@ -15,6 +17,7 @@
 #include "codec.h"
 #include "shm.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -618,11 +621,28 @@ __attribute__((noinline)) static int enc_other(enc *e, int idx) {
   return r;
 }
 
+/* Push the walk's three slots (L: ... seen G nil), once: 1, or 0 when
+   the stack has no room. */
+static int enc_slots(enc *e) {
+  lua_State *L = e->L;
+  if (e->seen) return 1;
+  if (!lua_checkstack(L, 12)) return 0;
+  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
+  e->seen = lua_gettop(L);
+  pt_pushglobals(L);                  /* L: ... seen G */
+  e->globals = lua_gettop(L);
+  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
+  return 1;
+}
+
 /* Write the value at idx: 1, or 0 with e->msg set.  The stack is as it
-   was either way. */
+   was either way, but for the walk's slots (enc_slots: they stay until
+   enc_run resets the top). */
 static int enc_value(enc *e, int idx) {
   int r = enc_plain(e, idx);
-  return r >= 0 ? r : enc_other(e, idx);
+  if (r >= 0) return r;
+  if (!enc_slots(e)) return enc_fail(e, "%s", "Lua stack overflow");
+  return enc_other(e, idx);
 }
 
 /* The message for value i that failed: what[i], or fn / args[i] for a
@@ -662,15 +682,10 @@ static int enc_run(lua_State *L, int idx, int n, const char *what, int fn,
   const char *why;
   pt_codec_key_init();
   idx = pt_absindex(L, idx);
-  memset(&e, 0, sizeof e);
+  memset(&e, 0, offsetof(enc, msg));  /* the fields; the texts are written before read */
+  e.msg[0] = '\0';
   e.L = L; e.b = out; e.nextid = 1;
   e.pathpos = sizeof e.path - 1;
-  luaL_checkstack(L, 12, "procthread codec");
-  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
-  e.seen = lua_gettop(L);
-  pt_pushglobals(L);                  /* L: ... seen G */
-  e.globals = lua_gettop(L);
-  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
   for (i = 0; i < n; i++) {
     if (!enc_value(&e, idx + i)) {
       enc_error(&e, i, what, fn, err, errlen);
