@@ -555,6 +555,7 @@ describe("codec", function()
     local ch = pt.channel()
     package.loaded.codec_spec_gone2 = {}
     ch:send(1, "x", nil, package.loaded.codec_spec_gone2, 2)
+    ch:send(1, { 2 }, "x", package.loaded.codec_spec_gone2, 2)   -- a table among them
     package.loaded.codec_spec_gone2 = nil
     local r = H.pack(ch:_recv(T))
     assert.are.equal(6, r.n)
@@ -562,6 +563,10 @@ describe("codec", function()
     assert.matches("cannot be loaded here: 'codec_spec_gone2'", r[3], 1, true)
     assert.are.same({ 1, "x" }, { r[4], r[5] })
     assert.is_nil(r[6])
+    r = H.pack(ch:_recv(T))
+    assert.are.equal(6, r.n)
+    assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+    assert.are.same({ 1, { 2 }, "x" }, { r[4], r[5], r[6] })
   end)
 
   describe("ch:_recv_into (pools: a chunk's results straight into the map's list)", function()

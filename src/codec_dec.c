@@ -16,8 +16,8 @@ typedef struct dec {
   const char *err;   /* a message other than "corrupt message" */
   const char *errat; /* where the failing value started */
   int room;          /* stack slots left before the next lua_checkstack */
-  int ontop;         /* top-level values on the stack: the first at index */
-  int first, last;   /* first, the last at last */
+  int top;           /* the stack's top before the first value */
+  int ontop;         /* top-level values on the stack (objs may be among them) */
   int route, k;      /* pt_decode_into: the route table's index, values kept */
   int into;          /* index of the table the values past k go to (0: none) */
   lua_Integer at;    /* where the next of them goes */
@@ -326,7 +326,7 @@ static void dec_route(dec *d) {
   int dest;
   if (!lua_checkstack(L, 3)) return;
   d->room = 0;
-  lua_pushvalue(L, d->first);
+  lua_pushvalue(L, d->top + 1 + (d->objs == d->top + 1));   /* v1, above objs if that came first */
   lua_rawget(L, d->route);                         /* L: ... dest|nil */
   dest = lua_gettop(L);
   if (lua_istable(L, dest)) {
@@ -347,16 +347,20 @@ static void dec_route(dec *d) {
 
 /* A top-level value is on top: kept there (the k-th routes the rest), or
    stored into the routed table. */
-static void dec_took(dec *d) {
-  lua_State *L = d->L;
+static inline void dec_took(dec *d) {
   if (d->into) {
-    lua_rawseti(L, d->into, d->at++);
+    lua_rawseti(d->L, d->into, d->at++);
     d->stored++;
     return;
   }
-  d->last = lua_gettop(L);
-  if (d->ontop++ == 0) d->first = d->last;
-  if (d->route && d->ontop == d->k) dec_route(d);
+  if (++d->ontop == d->k && d->route) dec_route(d);
+}
+
+/* The index of the last top-level value kept on the stack (objs pushed
+   after j of them sits below the others). */
+static int dec_last(const dec *d) {
+  int last = d->top + d->ontop;
+  return d->objs && d->objs <= last ? last + 1 : last;
 }
 
 /* Remove stack slots a and b (0: none), the higher first. */
@@ -377,7 +381,7 @@ static int decode(lua_State *L, dec *d, const char *data, size_t len, int *whole
   luaL_checkstack(L, 4, "procthread codec");
   d->L = L;
   d->r.p = data; d->r.end = data + len;
-  d->last = top;
+  d->top = top;
   while (dec_room(d) && dec_plain(L, &d->r)) dec_took(d);
   if (d->r.p < d->r.end) {
     bad = dec_check_rest(d->r.p, (size_t)(d->r.end - d->r.p), d->ontop + d->stored,
@@ -401,8 +405,9 @@ static int decode(lua_State *L, dec *d, const char *data, size_t len, int *whole
   return d->ontop;
 fail:
   if (whole) {                           /* keep the values decoded whole */
-    lua_settop(L, d->last);
-    dec_remove2(L, d->objs < d->last ? d->objs : 0, 0);
+    int last = dec_last(d);
+    lua_settop(L, last);
+    dec_remove2(L, d->objs < last ? d->objs : 0, 0);
     *whole = d->ontop;
   } else {
     lua_settop(L, top);
