@@ -62,7 +62,7 @@ end
 
 local mode = arg[2]
 local script = "bench/codec_bench.lua"
-local function calls_of(c) return math.max(20, math.floor(200000 / c.n)) end
+local function calls_of(c) return math.max(200, math.floor(2000000 / c.n)) end
 
 local function timed(build, c, dir)
   return B.run(("%s%s %s case %q %s %d"):format(B.env_of(build), B.lua, script, c.name, dir,
