@@ -4,6 +4,7 @@ local H = require "helper"
 
 local T = H.T
 local has_int = math.type ~= nil
+local unpack = table.unpack or unpack
 
 -- Send values to a new thread and back: two trips through the codec.
 local function roundtrip(...)
@@ -446,5 +447,195 @@ describe("codec", function()
     assert.is_nil(pt.discard(""))                         -- no values: nothing to do
     collectgarbage(); collectgarbage()
     assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  -- The fast paths: plain values (nil, booleans, numbers, strings) are
+  -- written with one reserve each, and those at a message's front are
+  -- decoded without a walk; inside a table, or after a function, they go
+  -- through the walker and the general decoder.  Each shape below goes
+  -- through all three places.
+  local function through_each_path(...)
+    local n = select("#", ...)
+    local front = H.pack(pt.decode(pt.encode(...)))
+    local inside = pt.decode(pt.encode({ n = n, ... }))
+    local after = H.pack(pt.decode(pt.encode(print, ...)))
+    assert.are.equal(n, front.n)
+    assert.are.equal(n + 1, after.n)
+    assert.are.equal(print, after[1])
+    return front, inside, { n = n, unpack(after, 2, n + 1) }
+  end
+
+  it("keeps every number as it was, on each path: 1 and 1.0, -0.0, NaN, the extremes, 2^53+1", function()
+    local big = has_int and math.tointeger(2^53) + 1 or 2^53
+    local vals = { 1, 1.0, -0.0, 0/0, 1/0, -1/0, 0.1, big, 2^53, -2^63, 2^1023 * 1.5 }
+    if has_int then vals[#vals + 1] = math.mininteger; vals[#vals + 1] = math.maxinteger end
+    for _, got in ipairs({ through_each_path(unpack(vals)) }) do
+      for i, v in ipairs(vals) do
+        local g = got[i]
+        if v ~= v then
+          assert.is_true(g ~= g, "value " .. i .. " is not NaN")
+        else
+          assert.are.equal(v, g)
+          if has_int then assert.are.equal(math.type(v), math.type(g), "value " .. i) end
+          if v == 0 then assert.are.equal(1 / v, 1 / g, "the sign of zero") end
+        end
+      end
+    end
+    if has_int then   -- on the wire: 'i' for integers, 'd' for floats, 8 bytes each
+      assert.are.equal("i\1\0\0\0\0\0\0\0", pt.encode(1))
+      assert.are.equal("d" .. string.pack("<d", 1.0), pt.encode(1.0))
+      assert.are.equal("i" .. string.pack("<i8", math.mininteger), pt.encode(math.mininteger))
+    end
+  end)
+
+  it("keeps nils and booleans in their places among values, on each path", function()
+    local vals = H.pack(nil, 1, nil, nil, true, "x", false, nil)
+    for _, got in ipairs({ through_each_path(unpack(vals, 1, vals.n)) }) do
+      for i = 1, vals.n do assert.are.equal(vals[i], got[i], "value " .. i) end
+    end
+    assert.are.equal("n", pt.encode(nil))
+    assert.are.equal("ntf", pt.encode(nil, true, false))
+    assert.are.equal(3, select("#", pt.decode("ntf")))
+  end)
+
+  it("carries strings at every length where the length's prefix grows, on each path", function()
+    local lens = { 0, 1, 127, 128, 16383, 16384, 2^21 - 1, 2^21 }
+    local vals = {}
+    for i, n in ipairs(lens) do vals[i] = ("%c"):format(64 + i):rep(n) end
+    for _, got in ipairs({ through_each_path(unpack(vals)) }) do
+      for i = 1, #vals do assert.is_true(vals[i] == got[i], "length " .. lens[i]) end
+    end
+    assert.are.equal("s\3abc", pt.encode("abc"))
+    assert.are.equal("s\128\1" .. ("y"):rep(128), pt.encode(("y"):rep(128)))
+    assert.are.equal(("s\255\127"):len() + 16383, #pt.encode(("y"):rep(16383)))
+  end)
+
+  it("refuses a cut or overlong value after plain ones, and pushes none of them", function()
+    local s = pt.encode(1, "two", 3.5, nil, "four")
+    local bad = { s:sub(1, -2), s:sub(1, 8), s:sub(1, 12), s .. "i1234567", s .. "s\5abcd",
+                  s .. "s\255\255\255\255\255\255\255\255\255\1", s .. "?",
+                  (s:gsub("s\3two", "s\4two")) }
+    for _, b in ipairs(bad) do
+      local r = H.pack(pcall(pt.decode, b))
+      assert.is_false(r[1], ("%q decoded"):format(b))
+      assert.are.equal("corrupt message", r[2])
+      assert.are.equal(2, r.n)
+    end
+  end)
+
+  it("refuses a ticket anywhere but at a message's front, and the message still decodes after", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local one = pt.encode(pt.shared_table({ x = 1 }))
+    for _, front in ipairs({ "n", pt.encode(1, "x") }) do
+      local ok, err = pcall(pt.decode, front .. one)
+      assert.is_false(ok)
+      assert.are.equal("corrupt message", err)
+    end
+    assert.are.equal(1, pt.decode(one).x)              -- not taken by the refusals
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
+  end)
+
+  it("decodes thousands of plain values, and says 'too many values' past the stack", function()
+    local vals = {}
+    for i = 1, 5000 do vals[i] = i % 3 == 0 and "s" .. i or i end
+    local got = H.pack(pt.decode(pt.encode(unpack(vals))))
+    assert.are.equal(5000, got.n)
+    for i = 1, 5000 do assert.are.equal(vals[i], got[i]) end
+    got = H.pack(pt.decode(pt.encode(print, unpack(vals))))   -- the general path
+    assert.are.equal(5001, got.n)
+    assert.are.equal(vals[5000], got[5001])
+    local ok, err = pcall(pt.decode, ("n"):rep(1100000))
+    assert.is_false(ok)
+    assert.matches("too many values", err)
+  end)
+
+  it("_recv gives the plain values before a value that does not decode here", function()
+    local ch = pt.channel()
+    package.loaded.codec_spec_gone2 = {}
+    ch:send(1, "x", nil, package.loaded.codec_spec_gone2, 2)
+    ch:send(1, { 2 }, "x", package.loaded.codec_spec_gone2, 2)   -- a table among them
+    package.loaded.codec_spec_gone2 = nil
+    local r = H.pack(ch:_recv(T))
+    assert.are.equal(6, r.n)
+    assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+    assert.matches("cannot be loaded here: 'codec_spec_gone2'", r[3], 1, true)
+    assert.are.same({ 1, "x" }, { r[4], r[5] })
+    assert.is_nil(r[6])
+    r = H.pack(ch:_recv(T))
+    assert.are.equal(6, r.n)
+    assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+    assert.are.same({ 1, { 2 }, "x" }, { r[4], r[5], r[6] })
+  end)
+
+  describe("ch:_recv_into (pools: a chunk's results straight into the map's list)", function()
+    it("sends the values after the first k where route[v1] says, and returns v1..vk and their count", function()
+      local ch, out = pt.channel(), { "keep" }
+      local route = { [7] = { into = out, at = 2 }, [8] = { into = out }, [9] = { at = 1 } }
+      ch:send(7, true, 3, "a", nil, 2.5)
+      assert.are.same({ 7, true, 3, 3 }, { ch:_recv_into(route, 3, 0) })
+      assert.are.same({ "keep", "a", nil, 2.5 }, out)
+      -- not routed: every value on the stack, as ch:_recv gives them
+      for _, msg in ipairs({ { 6, true, 1, "x" }, { 8, true, 1, "x" }, { 9, true, 1, "x" }, { 7, true } }) do
+        ch:send(unpack(msg))
+        local got = H.pack(ch:_recv_into(route, 3, 0))
+        assert.are.same(msg, { unpack(got, 1, got.n) })
+      end
+      ch:send(7)                                        -- k values exactly: none stored
+      assert.are.same({ 7, 0 }, { ch:_recv_into(route, 1, 0) })
+      assert.are.same({ "keep", "a", nil, 2.5 }, out)
+      assert.are.same({ nil, "timeout" }, { ch:_recv_into(route, 3, 0) })
+      ch:close()
+      assert.are.same({ nil, "closed" }, { ch:_recv_into(route, 3, 0) })
+    end)
+
+    it("finds v1 whatever comes before and after it: tables, functions, shared objects", function()
+      local ch, out = pt.channel(), {}
+      local route = { [7] = { into = out, at = 1 } }
+      local st = pt.shared_table({ x = 1 })
+      -- a plain v1, then a table among the first k (the walk starts there)
+      ch:send(7, { 1 }, "z", { 2 }, print, 5)
+      local a, b, c, n = ch:_recv_into(route, 3, 0)
+      assert.are.same({ 7, { 1 }, "z", 3 }, { a, b, c, n })
+      assert.are.same({ 2 }, out[1])
+      assert.are.equal(print, out[2])
+      assert.are.equal(5, out[3])
+      -- all k plain, the walk starting after them
+      ch:send(7, "y", { 3 }, "w")
+      assert.are.same({ 7, "y", 2 }, { ch:_recv_into(route, 2, 0) })
+      assert.are.same({ { 3 }, "w" }, { out[1], out[2] })
+      -- a message with a ticket: nothing plain before v1
+      ch:send(7, st, 8)
+      assert.are.same({ 7, 2 }, { ch:_recv_into(route, 1, 0) })
+      assert.are.equal(st, out[1]) ; assert.are.equal(8, out[2])
+      -- v1 a table: looked up raw, not routed
+      ch:send({}, 1, 2)
+      local got = H.pack(ch:_recv_into(route, 1, 0))
+      assert.are.equal(3, got.n)
+      out, st = nil, nil
+    end)
+
+    it("gives nil, 'undecodable', the reason and v1..vk when a value after them does not decode", function()
+      local ch, out = pt.channel(), {}
+      local route = { [7] = { into = out, at = 1 } }
+      package.loaded.codec_spec_gone3 = {}
+      ch:send(7, true, "a", package.loaded.codec_spec_gone3, "b")
+      package.loaded.codec_spec_gone3 = nil
+      local r = H.pack(ch:_recv_into(route, 2, 0))
+      assert.are.equal(5, r.n)
+      assert.are.same({ nil, "undecodable" }, { r[1], r[2] })
+      assert.matches("cannot be loaded here: 'codec_spec_gone3'", r[3], 1, true)
+      assert.are.same({ 7, true }, { r[4], r[5] })
+      assert.are.same({ "a" }, out)                     -- stored before the failure
+    end)
+
+    it("checks its arguments", function()
+      local ch = pt.channel()
+      assert.has_error(function() ch:_recv_into(nil, 1, 0) end)
+      assert.has_error(function() ch:_recv_into({}, 0, 0) end)
+      assert.has_error(function() ch:_recv_into({}, 1, -1) end)
+      assert.has_error(function() ch._recv_into({}, {}, 1, 0) end)
+    end)
   end)
 end)

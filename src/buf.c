@@ -6,7 +6,7 @@
 
 void pt_buf_init(pt_buf *b) { b->data = NULL; b->len = b->cap = 0; }
 
-int pt_buf_reserve(pt_buf *b, size_t extra) {
+int pt_buf_grow(pt_buf *b, size_t extra) {
   size_t need = b->len + extra, cap;
   char *p;
   if (need < b->len) return -1;                 /* overflow */

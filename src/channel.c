@@ -105,6 +105,17 @@ static int get_step(void *arg, double deadline, const pt_wake *w) {
   return pt_queue_get(o->q, &o->m, deadline, w);
 }
 
+/* L: ... v1..vk err -> nil, "undecodable", err, v1..vk (the values of a
+   message that decoded whole before the failure). */
+static int undecodable(lua_State *L, int whole) {
+  lua_pushnil(L);                              /* L: ... v1..vk err nil */
+  lua_insert(L, -2 - whole);
+  lua_pushliteral(L, "undecodable");
+  lua_insert(L, -2 - whole);                   /* L: ... nil "undecodable" v1..vk err */
+  lua_insert(L, -1 - whole);                   /* L: ... nil "undecodable" err v1..vk */
+  return whole + 3;
+}
+
 /* The oldest message's values.  A message that does not decode raises,
    or (head) returns nil, "undecodable", the error, then the values that
    decoded whole before the failure (pools: the task it answers). */
@@ -120,12 +131,30 @@ static int recv(lua_State *L, int head, const char *fn) {
   pt_qmsg_done(&o.m);
   if (n >= 0) return n;
   if (!head) return lua_error(L);
-  lua_pushnil(L);                              /* L: ... v1..vk err nil */
-  lua_insert(L, -2 - whole);
-  lua_pushliteral(L, "undecodable");
-  lua_insert(L, -2 - whole);                   /* L: ... nil "undecodable" v1..vk err */
-  lua_insert(L, -1 - whole);                   /* L: ... nil "undecodable" err v1..vk */
-  return whole + 3;
+  return undecodable(L, whole);
+}
+
+/* ch:_recv_into(route, k [, timeout]) (internal, pools): _recv, but when
+   route[v1] is a table with `into` (a table) and `at` (an integer), the
+   values after the first k go to into[at], into[at + 1], ...: returns v1..vk
+   and their count.  Otherwise as _recv. */
+static int l_recv_into(lua_State *L) {
+  op o;
+  double deadline;
+  int r, n, k, whole, stored;
+  o.q = PT_HOFF(L, 1, &channel_class, "_recv_into");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  k = (int)pt_check_int(L, 3, 1, 1, 250, "_recv_into", "k");
+  deadline = pt_check_deadline(L, 4, 1, "_recv_into");
+  r = pt_wait_lua(L, get_step, &o, deadline);
+  if (r != PT_OK) return pt_push_status(L, r, "channel recv", errno);
+  lua_settop(L, 2);
+  n = pt_decode_into(L, o.m.data, o.m.len, 2, k, &stored, &whole);
+  pt_qmsg_done(&o.m);
+  if (n < 0) return undecodable(L, whole);
+  if (stored < 0) return n;
+  lua_pushinteger(L, stored);
+  return n + 1;
 }
 
 /* ch:recv([timeout]) -> values | nil, "timeout" | nil, "closed" */
@@ -161,7 +190,8 @@ static int l_close_meta(lua_State *L) {
 void pt_open_channel(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
-    {"capacity", l_capacity}, {"_recv", l_recv_head}, {NULL, NULL}};
+    {"capacity", l_capacity}, {"_recv", l_recv_head},
+    {"_recv_into", l_recv_into}, {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
   pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */

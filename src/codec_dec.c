@@ -2,6 +2,7 @@
  * (see codec.h for the format). */
 #include "codec.h"
 
+#include <stddef.h>
 #include <stdio.h>
 
 #define DEC_ERRLEN 400   /* a module's load error, cut to 300 bytes, and its name */
@@ -14,6 +15,13 @@ typedef struct dec {
   int depth;
   const char *err;   /* a message other than "corrupt message" */
   const char *errat; /* where the failing value started */
+  int room;          /* stack slots left before the next lua_checkstack */
+  int top;           /* the stack's top before the first value */
+  int ontop;         /* top-level values on the stack (objs may be among them) */
+  int route, k;      /* pt_decode_into: the route table's index, values kept */
+  int into;          /* index of the table the values past k go to (0: none) */
+  lua_Integer at;    /* where the next of them goes */
+  int stored;
   char errbuf[DEC_ERRLEN];
 } dec;
 
@@ -197,33 +205,54 @@ static int dec_xref(dec *d, const char *at) {
   return 1;
 }
 
-static int dec_scalar_or_table(dec *d, int t, const char *at) {
+/* Push the plain value (nil, boolean, number, string) at r's position
+   and step over it: 1; or 0 when the value there is not plain or not
+   whole (r as it was).  Such a value runs and loads nothing, so it needs
+   no walk before it is made.  The caller makes room for one slot. */
+static int dec_plain(lua_State *L, rd *r) {
+  const char *p = r->p;
+  size_t left = (size_t)(r->end - p);
+  union { int64_t i; double d; } v;
+  if (left == 0) return 0;
+  switch (*p) {
+    case T_NIL: lua_pushnil(L); r->p++; return 1;
+    case T_FALSE: case T_TRUE: lua_pushboolean(L, *p == T_TRUE); r->p++; return 1;
+    case T_INT: case T_DOUBLE:
+      if (left < 9) return 0;
+      memcpy(&v, p + 1, 8);
+      if (*p == T_INT) lua_pushinteger(L, (lua_Integer)v.i);
+      else lua_pushnumber(L, (lua_Number)v.d);
+      r->p += 9;
+      return 1;
+    case T_STRING: {
+      rd s;
+      size_t n;
+      const char *str;
+      s.p = p + 1; s.end = r->end; s.bad = 0;
+      if (!(str = rd_str(&s, &n))) return 0;
+      lua_pushlstring(L, str, n);
+      r->p = s.p;
+      return 1;
+    }
+    default: return 0;
+  }
+}
+
+/* Room on the stack for one more value of a message, asked for in steps
+   of 64: 1, or 0 when the stack is full.  A slot pushed for anything else
+   sets d->room to 0. */
+static int dec_room(dec *d) {
+  if (d->room == 0 && lua_checkstack(d->L, 64)) d->room = 64;
+  if (d->room == 0) return 0;
+  d->room--;
+  return 1;
+}
+
+static int dec_other(dec *d, int t, const char *at) {
   lua_State *L = d->L;
   int ok;
   switch (t) {
-    case T_NIL: lua_pushnil(L); return 1;
-    case T_FALSE: lua_pushboolean(L, 0); return 1;
-    case T_TRUE: lua_pushboolean(L, 1); return 1;
     case T_GLOBALS: pt_pushglobals(L); return 1;
-    case T_INT: {
-      int64_t v;
-      if (!rd_get(&d->r, &v, 8)) return 0;
-      lua_pushinteger(L, (lua_Integer)v);
-      return 1;
-    }
-    case T_DOUBLE: {
-      double v;
-      if (!rd_get(&d->r, &v, 8)) return 0;
-      lua_pushnumber(L, (lua_Number)v);
-      return 1;
-    }
-    case T_STRING: {
-      size_t n;
-      const char *s = rd_str(&d->r, &n);
-      if (!s) return 0;
-      lua_pushlstring(L, s, n);
-      return 1;
-    }
     case T_REF: {
       uint64_t id;
       if (!rd_varint(&d->r, &id) || id == 0 || id >= (uint64_t)d->nextid)
@@ -257,66 +286,165 @@ static int dec_scalar_or_table(dec *d, int t, const char *at) {
 }
 
 /* Decode one value and push it (1), or fail (0: the stack is left for
-   pt_decode to reset). */
+   pt_decode to reset).  A plain value takes the slot its caller made
+   room for; anything else asks for the room of its walk. */
 static int dec_value(dec *d) {
   lua_State *L = d->L;
   const char *at = d->r.p;
   int ok;
   STACK_OPEN(L);
+  if (dec_plain(L, &d->r)) return 1;
   if (d->depth >= PT_CODEC_MAXDEPTH + 2) return dec_corrupt(d);
   if (!lua_checkstack(L, 8))           /* the references from here on are released */
     return dec_fail(d, "too many values in message", at);
-  ok = dec_scalar_or_table(d, rd_byte(&d->r), at);
+  ok = dec_other(d, rd_byte(&d->r), at);
   if (ok) STACK_CHECK(L, 1);
   return ok;
 }
 
-/* pt_decode, and pt_decode_head when whole is not NULL. */
-static int decode(lua_State *L, const char *data, size_t len, int *whole) {
-  dec d;
+/* Check the bytes from `from` on (the rest of the message, after k plain
+   values) and take its ticket: NULL, or why the message does not decode.
+   A ticket is only at the very start. */
+static const char *dec_check_rest(const char *from, size_t len, int k, int *has_ticket) {
   pt_ticket t;
-  int top = lua_gettop(L), n = 0, has_ticket;
-  const char *bad;
-  pt_codec_key_init();
-  luaL_checkstack(L, 4, "procthread codec");
-  bad = pt_codec_check_message(data, len, &has_ticket, &t);
-  if (!bad && has_ticket == 1) {
+  const char *bad = pt_codec_check_message(from, len, has_ticket, &t);
+  if (!bad && k > 0 && *has_ticket) bad = "corrupt message";
+  if (!bad && *has_ticket == 1) {
     int r = pt_codec_ticket_take(&t);
     if (r == 0) bad = "decode: this message was already decoded (or discarded)";
     else if (r < 0 && t.kind == TK_ARENA)
       bad = "decode: the message's shared memory is not mapped in this process";
   }
-  if (bad) { lua_pushstring(L, bad); return -1; }
-  memset(&d, 0, sizeof d);
-  d.L = L;
-  d.r.p = data + (has_ticket == 1 ? TICKET_LEN : 0); d.r.end = data + len;
-  d.nextid = 1;
-  lua_pushnil(L);                        /* L: ... nil (the objects by id, made lazily) */
-  d.objs = lua_gettop(L);
-  while (d.r.p < d.r.end) {
-    d.errat = d.r.p;
-    if (!dec_value(&d)) goto fail;       /* L: ... objs v1 .. vn */
-    n++;
+  return bad;
+}
+
+/* After the k-th top-level value: route[v1] a table with `into` (a
+   table) and `at` (an integer) sends the values after it there; `into`
+   stays pushed above them (raw lookups only). */
+static void dec_route(dec *d) {
+  lua_State *L = d->L;
+  int dest;
+  if (!lua_checkstack(L, 3)) return;
+  d->room = 0;
+  lua_pushvalue(L, d->top + 1 + (d->objs == d->top + 1));   /* v1, above objs if that came first */
+  lua_rawget(L, d->route);                         /* L: ... dest|nil */
+  dest = lua_gettop(L);
+  if (lua_istable(L, dest)) {
+    lua_pushliteral(L, "at");
+    lua_rawget(L, dest);                           /* L: ... dest at */
+    lua_pushliteral(L, "into");
+    lua_rawget(L, dest);                           /* L: ... dest at into */
+    if (lua_istable(L, -1) && lua_type(L, -2) == LUA_TNUMBER) {
+      d->at = lua_tointeger(L, -2);
+      lua_replace(L, dest);                        /* L: ... into at */
+      lua_pop(L, 1);
+      d->into = dest;
+      return;
+    }
   }
-  lua_remove(L, d.objs);                 /* L: ... v1 .. vn */
-  return n;
+  lua_settop(L, dest - 1);
+}
+
+/* A top-level value is on top: kept there (the k-th routes the rest), or
+   stored into the routed table. */
+static inline void dec_took(dec *d) {
+  if (d->into) {
+    lua_rawseti(d->L, d->into, d->at++);
+    d->stored++;
+    return;
+  }
+  if (++d->ontop == d->k && d->route) dec_route(d);
+}
+
+/* The index of the last top-level value kept on the stack (objs pushed
+   after j of them sits below the others). */
+static int dec_last(const dec *d) {
+  int last = d->top + d->ontop;
+  return d->objs && d->objs <= last ? last + 1 : last;
+}
+
+/* Remove stack slots a and b (0: none), the higher first. */
+static void dec_remove2(lua_State *L, int a, int b) {
+  if (a < b) { int t = a; a = b; b = t; }
+  if (a) lua_remove(L, a);
+  if (b) lua_remove(L, b);
+}
+
+/* pt_decode, pt_decode_head when whole is not NULL, pt_decode_into when
+   d->route is set.  The plain values at the front are checked and pushed
+   in one pass; the rest is walked (checked whole) before the decoder
+   makes anything of it. */
+static int decode(lua_State *L, dec *d, const char *data, size_t len, int *whole) {
+  int top = lua_gettop(L), has_ticket;
+  const char *bad;
+  pt_codec_key_init();
+  luaL_checkstack(L, 4, "procthread codec");
+  d->L = L;
+  d->r.p = data; d->r.end = data + len;
+  d->top = top;
+  while (dec_room(d) && dec_plain(L, &d->r)) dec_took(d);
+  if (d->r.p < d->r.end) {
+    bad = dec_check_rest(d->r.p, (size_t)(d->r.end - d->r.p), d->ontop + d->stored,
+                         &has_ticket);
+    if (bad) { lua_settop(L, top); lua_pushstring(L, bad); return -1; }
+    if (has_ticket == 1) d->r.p += TICKET_LEN;
+    d->nextid = 1;
+    d->errat = d->r.p;
+    if (!lua_checkstack(L, 1)) { dec_fail(d, "too many values in message", d->r.p); goto fail; }
+    lua_pushnil(L);                      /* L: ... nil (the objects by id, made lazily) */
+    d->objs = lua_gettop(L);
+    d->room = 0;
+    while (d->r.p < d->r.end) {
+      d->errat = d->r.p;
+      if (!dec_room(d)) { dec_fail(d, "too many values in message", d->r.p); goto fail; }
+      if (!dec_value(d)) goto fail;      /* L: ... v1 .. vn (objs, into among them) */
+      dec_took(d);
+    }
+  }
+  dec_remove2(L, d->objs, d->into);      /* L: ... v1 .. vn */
+  return d->ontop;
 fail:
   if (whole) {                           /* keep the values decoded whole */
-    lua_settop(L, d.objs + n);
-    lua_remove(L, d.objs);
-    *whole = n;
+    int last = dec_last(d);
+    lua_settop(L, last);
+    dec_remove2(L, d->objs < last ? d->objs : 0, 0);
+    *whole = d->ontop;
   } else {
     lua_settop(L, top);
   }
   /* drop the references not adopted: the failing value on */
-  pt_codec_release_from(data, len, d.errat);
-  lua_pushstring(L, d.err ? d.err : "corrupt message");
+  pt_codec_release_from(data, len, d->errat);
+  lua_pushstring(L, d->err ? d->err : "corrupt message");
   return -1;
 }
 
-int pt_decode(lua_State *L, const char *data, size_t len) { return decode(L, data, len, NULL); }
+/* A fresh decoder's fields (its error text is written before it is read). */
+static void dec_init(dec *d) { memset(d, 0, offsetof(dec, errbuf)); }
+
+static int decode_plain(lua_State *L, const char *data, size_t len, int *whole) {
+  dec d;
+  dec_init(&d);
+  return decode(L, &d, data, len, whole);
+}
+
+int pt_decode(lua_State *L, const char *data, size_t len) {
+  return decode_plain(L, data, len, NULL);
+}
 
 int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole) {
   *whole = 0;
-  return decode(L, data, len, whole);
+  return decode_plain(L, data, len, whole);
+}
+
+int pt_decode_into(lua_State *L, const char *data, size_t len, int route, int k,
+                   int *stored, int *whole) {
+  dec d;
+  int n;
+  dec_init(&d);
+  d.route = pt_absindex(L, route);
+  d.k = k;
+  *whole = 0;
+  n = decode(L, &d, data, len, whole);
+  *stored = d.into ? d.stored : -1;
+  return n;
 }

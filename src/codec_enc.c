@@ -1,9 +1,11 @@
 /* codec_enc.c - the encoder: Lua values to bytes (see codec.h for the
  * format), and the name map it writes C functions and modules by.
  *
- * Stack layout while encoding: enc_run pushes three slots above the
- * caller's top (the n values are at idx.., below them) and reaches them
- * through enc's indexes; what a walk pushes sits above those:
+ * Stack layout while encoding: at the first value that is not plain
+ * (nil, boolean, number, string: those are written with no stack slot)
+ * enc_slots pushes three slots above the caller's top (the n values are
+ * at idx.., below them), reached through enc's indexes; what a walk
+ * pushes sits above those:
  *
  *   L: ... seen G names [k v ...]      (e.seen, e.globals, e.names)
  *
@@ -15,6 +17,7 @@
 #include "codec.h"
 #include "shm.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -219,16 +222,20 @@ static int enc_byte(enc *e, int c) {
   return enc_put(e, &b, 1);
 }
 
-static int enc_varint(enc *e, uint64_t v) {
-  unsigned char tmp[10];
-  int n = 0;
+/* Write v as a varint at p (room for 10 bytes): the bytes written. */
+static size_t put_varint(char *p, uint64_t v) {
+  size_t n = 0;
   do {
-    tmp[n] = (unsigned char)(v & 0x7f);
+    p[n] = (char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
     v >>= 7;
-    if (v) tmp[n] |= 0x80;
     n++;
   } while (v);
-  return enc_put(e, tmp, (size_t)n);
+  return n;
+}
+
+static int enc_varint(enc *e, uint64_t v) {
+  char tmp[10];
+  return enc_put(e, tmp, put_varint(tmp, v));
 }
 
 static int enc_str(enc *e, const char *s, size_t n) {
@@ -541,29 +548,52 @@ static int enc_anytable(enc *e, int idx) {
   return r;
 }
 
-static int enc_number(enc *e, int idx) {
-  lua_State *L = e->L;
+/* The tag and 8 bytes of a number: 'i' an integer (5.3+), else 'd'. */
+static void put_number(lua_State *L, int idx, char *p) {
   if (pt_isinteger(L, idx)) {
     int64_t v = (int64_t)lua_tointeger(L, idx);
-    return enc_byte(e, T_INT) && enc_put(e, &v, 8);
+    p[0] = T_INT;
+    memcpy(p + 1, &v, 8);
   } else {
     double d = (double)lua_tonumber(L, idx);
-    return enc_byte(e, T_DOUBLE) && enc_put(e, &d, 8);
+    p[0] = T_DOUBLE;
+    memcpy(p + 1, &d, 8);
   }
+}
+
+/* A plain value (nil, boolean, number, string) straight into the buffer,
+   with one reserve and no stack slot: 1 written, 0 out of memory, -1 the
+   value is not plain (nothing written). */
+static int enc_plain(enc *e, int idx) {
+  lua_State *L = e->L;
+  pt_buf *b = e->b;
+  int t = lua_type(L, idx);
+  size_t n, head;
+  const char *s;
+  char *p;
+  if (t == LUA_TSTRING) {
+    s = lua_tolstring(L, idx, &n);
+    if (n > (size_t)-1 - 11 || pt_buf_reserve(b, 11 + n)) return enc_oom(e);
+    p = b->data + b->len;
+    *p = T_STRING;
+    head = 1 + put_varint(p + 1, n);
+    pt_copy(p + head, s, n);
+    b->len += head + n;
+    return 1;
+  }
+  if (t != LUA_TNUMBER && t != LUA_TNIL && t != LUA_TBOOLEAN) return -1;
+  if (pt_buf_reserve(b, 9)) return enc_oom(e);
+  p = b->data + b->len;
+  if (t == LUA_TNUMBER) { put_number(L, idx, p); b->len += 9; return 1; }
+  *p = t == LUA_TNIL ? T_NIL : lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
+  b->len++;
+  return 1;
 }
 
 static int enc_any(enc *e, int idx) {
   lua_State *L = e->L;
   int r;
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: return enc_byte(e, T_NIL);
-    case LUA_TBOOLEAN: return enc_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
-    case LUA_TNUMBER: return enc_number(e, idx);
-    case LUA_TSTRING: {
-      size_t n;
-      const char *s = lua_tolstring(L, idx, &n);
-      return enc_byte(e, T_STRING) && enc_str(e, s, n);
-    }
     case LUA_TTABLE: return enc_anytable(e, idx);
     case LUA_TFUNCTION:
       e->depth++;
@@ -577,9 +607,9 @@ static int enc_any(enc *e, int idx) {
   }
 }
 
-/* Write the value at idx: 1, or 0 with e->msg set.  The stack is as it
-   was either way. */
-static int enc_value(enc *e, int idx) {
+/* A value that is not plain, with room on the stack for its walk.  Kept
+   out of enc_value, whose plain path then has no frame to set up. */
+__attribute__((noinline)) static int enc_other(enc *e, int idx) {
   lua_State *L = e->L;
   int r;
   STACK_OPEN(L);
@@ -589,6 +619,30 @@ static int enc_value(enc *e, int idx) {
   r = enc_any(e, idx);
   STACK_CHECK(L, 0);
   return r;
+}
+
+/* Push the walk's three slots (L: ... seen G nil), once: 1, or 0 when
+   the stack has no room. */
+static int enc_slots(enc *e) {
+  lua_State *L = e->L;
+  if (e->seen) return 1;
+  if (!lua_checkstack(L, 12)) return 0;
+  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
+  e->seen = lua_gettop(L);
+  pt_pushglobals(L);                  /* L: ... seen G */
+  e->globals = lua_gettop(L);
+  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
+  return 1;
+}
+
+/* Write the value at idx: 1, or 0 with e->msg set.  The stack is as it
+   was either way, but for the walk's slots (enc_slots: they stay until
+   enc_run resets the top). */
+static int enc_value(enc *e, int idx) {
+  int r = enc_plain(e, idx);
+  if (r >= 0) return r;
+  if (!enc_slots(e)) return enc_fail(e, "%s", "Lua stack overflow");
+  return enc_other(e, idx);
 }
 
 /* The message for value i that failed: what[i], or fn / args[i] for a
@@ -628,15 +682,10 @@ static int enc_run(lua_State *L, int idx, int n, const char *what, int fn,
   const char *why;
   pt_codec_key_init();
   idx = pt_absindex(L, idx);
-  memset(&e, 0, sizeof e);
+  memset(&e, 0, offsetof(enc, msg));  /* the fields; the texts are written before read */
+  e.msg[0] = '\0';
   e.L = L; e.b = out; e.nextid = 1;
   e.pathpos = sizeof e.path - 1;
-  luaL_checkstack(L, 12, "procthread codec");
-  lua_pushnil(L);                     /* L: ... nil (seen, made on need) */
-  e.seen = lua_gettop(L);
-  pt_pushglobals(L);                  /* L: ... seen G */
-  e.globals = lua_gettop(L);
-  lua_pushnil(L);                     /* L: ... seen G nil (names, fetched on need) */
   for (i = 0; i < n; i++) {
     if (!enc_value(&e, idx + i)) {
       enc_error(&e, i, what, fn, err, errlen);

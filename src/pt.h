@@ -148,6 +148,13 @@ int pt_decode(lua_State *L, const char *data, size_t len);
 /* The same, but a failure keeps the values decoded whole before it:
    they stay pushed, below the message, and *whole says how many. */
 int pt_decode_head(lua_State *L, const char *data, size_t len, int *whole);
+/* pt_decode_head, routed: when route[v1] (the table at stack index route,
+   raw) is a table with fields into (a table) and at (an integer), the
+   values after the first k go to into[at], into[at + 1], ... instead of
+   the stack, and *stored says how many (-1: not routed, every value
+   pushed).  Values stored before a failure stay stored. */
+int pt_decode_into(lua_State *L, const char *data, size_t len, int route, int k,
+                   int *stored, int *whole);
 /* Drop the references held by an encoded buffer that will never be
    decoded.  Safe on any bytes and on a cut buffer (the start of a
    message: every whole reference in it is released); does nothing for a
