@@ -338,7 +338,7 @@ describe("handle metatables", function()
           assert(not ok2 and err2:find(tname .. " expected", 1, true), tostring(err2))
           if victim == "worker" then u:close() end
         end
-        assert(not ok and err:find("index a string value", 1, true), tostring(err))
+        assert(not ok and err:find("a string value", 1, true), tostring(err))
       ]]):format(victim))
     end)
   end
