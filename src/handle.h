@@ -45,7 +45,9 @@ typedef struct pt_handle {
    debug library can (debug.getmetatable(x).__gc, debug.setmetatable, or
    debug.setupvalue on a method's upvalues): that is the trust boundary, as
    for luaL_checkudata, whose registry entry debug.getregistry reaches.
-   Checking the metatable at every call instead would only move it. */
+   Comparing the metatable at every call would not close it (the debug
+   library reaches upvalue 1 too) and costs a quarter more instructions on
+   `st.x = st.x + 1; local _ = #ch` (callgrind, 5.4: 2277 -> 2905). */
 typedef struct pt_seen {
   void *last;                       /* a live userdata of the kind, or NULL */
   lua_CFunction gc;                 /* the kind's own __gc */
