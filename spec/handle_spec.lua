@@ -53,10 +53,10 @@ describe("handle toolkit", function()
     it(what .. ": a metamethod called on another kind of userdata raises, after a use", function()
       local x = new()
       local _ = x[1]                         -- its check remembers x
-      local f = getmetatable(x)[mm]
+      local f = debug.getmetatable(x)[mm]
       local foreign = { io.stdout, pt.channel(), (pt.array(1)), pt.shared_table() }
       for _, u in ipairs(foreign) do
-        if getmetatable(u) ~= getmetatable(x) then
+        if debug.getmetatable(u) ~= debug.getmetatable(x) then
           local ok, err = pcall(f, u, 1)
           assert.is_false(ok)
           assert.matches(expected, err)
@@ -72,13 +72,13 @@ describe("handle toolkit", function()
       local ok, err = pcall(function() return saved[1] end)
       assert.is_false(ok)
       assert.matches("released", err)
-      not_remembered(saved, getmetatable(saved)[mm], expected)
+      not_remembered(saved, debug.getmetatable(saved)[mm], expected)
       saved = nil
       collectgarbage(); collectgarbage()
       -- new userdata may take its memory now: each is what it was made as
       for _ = 1, 200 do
         local u = pt.channel()
-        local ok2 = pcall(function() return getmetatable(new())[mm](u, 1) end)
+        local ok2 = pcall(function() return debug.getmetatable(new())[mm](u, 1) end)
         assert.is_false(ok2)
         u:close()
       end
@@ -89,7 +89,7 @@ end)
 
 -- Pipes and workers: every function of their metatables, by name.
 local function functions_of(x)
-  local mt, fns = getmetatable(x), {}
+  local mt, fns = debug.getmetatable(x), {}
   local methods = type(mt.__index) == "table" and mt.__index or mt.methods
   for _, t in ipairs { mt, methods } do
     for k, v in pairs(t) do
@@ -172,11 +172,11 @@ describe("handle toolkit: pipes and workers", function()
     it(what .. ": each method and metamethod called on another kind raises naming itself, after a use", function()
       local x, other = new(), (what == "pipe" and joined_thread or pt.pipe)()
       local st, ch = pt.shared_table(), pt.channel()
-      local foreign = { { other, getmetatable(other).__name }, { {}, "table" },
+      local foreign = { { other, debug.getmetatable(other).__name }, { {}, "table" },
                         { st, "procthread.SharedTable" }, { ch, "procthread.Channel" },
                         { 42, "number" } }
       for _, u in ipairs(plain_userdata()) do
-        foreign[#foreign + 1] = { u, getmetatable(u) and getmetatable(u).__name or "userdata" }
+        foreign[#foreign + 1] = { u, debug.getmetatable(u) and debug.getmetatable(u).__name or "userdata" }
       end
       use(x)
       local fns = functions_of(x)
@@ -206,7 +206,7 @@ describe("handle toolkit: pipes and workers", function()
         assert.matches("join: worker handle has been released", err, 1, true)
         assert.are.equal("procthread.Worker (released)", tostring(saved))
       end
-      local f = getmetatable(saved)[safe] or getmetatable(saved).methods[safe]
+      local f = debug.getmetatable(saved)[safe] or debug.getmetatable(saved).methods[safe]
       not_remembered(saved, f, tname .. " expected")
       local box = { saved }
       saved = nil
@@ -219,7 +219,7 @@ describe("handle toolkit: pipes and workers", function()
                              { "close_read", "__close", "close_write", "close" },
                              { "__close", "__gc", "close" } } do
       local p = pt.pipe()
-      local mt = getmetatable(p)
+      local mt = debug.getmetatable(p)
       for _, name in ipairs(order) do
         local f = mt[name] or mt.__index[name]
         assert.are.equal(0, select("#", f(p)))
@@ -232,7 +232,7 @@ describe("handle toolkit: pipes and workers", function()
 
   it("worker: __gc twice is fine; the handle is released after the first", function()
     local w = joined_thread()
-    local gc = getmetatable(w).__gc
+    local gc = debug.getmetatable(w).__gc
     gc(w); gc(w)
     local ok, err = pcall(w.status, w)
     assert.is_false(ok)
@@ -250,7 +250,7 @@ describe("handle toolkit: pipes and workers", function()
                                 function(w) pcall(w.status, w) end)
       local ok, err = pcall(saved.status, saved)
       assert(not ok and err:find("belongs to another process", 1, true), err)
-      local status = getmetatable(saved).methods.status
+      local status = debug.getmetatable(saved).methods.status
       not_remembered(saved, status, "procthread.Worker expected")
       local box1 = { saved }
       saved = nil
@@ -272,5 +272,105 @@ describe("handle toolkit: pipes and workers", function()
     assert.is_false(ok)
     assert.matches("boom", err)
     assert.are.same({ nil, "closed" }, { q:recv(0) })
+  end)
+end)
+
+-- A Lua snippet for a fresh interpreter: it prints "survived" at its end.
+local function survives(code)
+  local status, out = H.fresh(code .. "\nprint('survived')\n")
+  assert.are.equal(0, status, out)
+  assert.matches("survived", out, 1, true)
+  return out
+end
+
+describe("handle metatables", function()
+  after_each(function() if jit then jit.flush() end end)
+  H.no_leaks()
+
+  -- each kind made by the toolkit, its name, and how to end it
+  local kinds = {
+    { "procthread.SharedTable", function() return pt.shared_table() end, pt.release },
+    { "procthread.Array", function() return pt.array(1) end },
+    { "procthread.Array", function() return pt.array(1, "shared") end, pt.release },
+    { "procthread.Pipe", function() return pt.pipe() end, function(p) p:close() end },
+    { "procthread.Worker", joined_thread },
+    { "procthread.Channel", function() return pt.channel() end, function(c) c:close() end },
+    { "procthread.Semaphore", function() return pt.semaphore(0) end },
+    { "procthread.Event", function() return pt.event() end },
+    { "procthread.Barrier", function() return pt.barrier(2) end },
+  }
+
+  it("getmetatable answers the kind's name; its fields cannot be set from plain Lua", function()
+    for _, k in ipairs(kinds) do
+      local tname, x = k[1], k[2]()
+      assert.are.equal(tname, getmetatable(x))
+      assert.are.equal(tname, debug.getmetatable(x).__name)
+      local ok = pcall(function() getmetatable(x).__gc = function() end end)
+      assert.is_false(ok, tname)
+      assert.is_function(debug.getmetatable(x).__gc)
+      assert.is_false((pcall(setmetatable, x, {})), tname)
+      if k[3] then k[3](x) end
+    end
+  end)
+
+  -- the review's confuse_crash.lua: a kind's __gc replaced, a remembered
+  -- handle collected, its memory reused by a handle of the other kind
+  for _, victim in ipairs { "worker", "pipe" } do
+    it(victim .. ": a kind's __gc cannot be replaced to leave a freed handle remembered", function()
+      survives(([[
+        local pt = require "procthread"
+        local function joined() local w = pt.spawn_thread(function() return 1 end); assert(w:join(20)); return w end
+        local victim = %q
+        local x = victim == "worker" and joined() or pt.pipe()
+        local f = victim == "worker" and x.status or x.fds
+        local mt, real
+        local ok, err = pcall(function()
+          mt = getmetatable(x); real = mt.__gc; mt.__gc = function() end
+        end)
+        f(x)                                         -- remembered
+        x = nil
+        collectgarbage(); collectgarbage(); collectgarbage()
+        if ok then mt.__gc = real end
+        local tname = victim == "worker" and "procthread.Worker" or "procthread.Pipe"
+        for _ = 1, 16 do
+          local u = victim == "worker" and pt.pipe() or joined()
+          local ok2, err2 = pcall(f, u)
+          assert(not ok2 and err2:find(tname .. " expected", 1, true), tostring(err2))
+          if victim == "worker" then u:close() end
+        end
+        assert(not ok and err:find("a string value", 1, true), tostring(err))
+      ]]):format(victim))
+    end)
+  end
+
+  it("worker: a methods field that is no table answers nil (the debug library), never crashes", function()
+    survives([[
+      local pt = require "procthread"
+      local w = pt.spawn_thread(function() end)
+      assert(w:join(20))
+      local mt = debug.getmetatable(w)
+      local methods = mt.methods
+      mt.methods = 42
+      assert(w.join == nil and w.kind == "thread")
+      mt.methods = methods
+      assert(w.join)
+      assert(not pcall(function() getmetatable(w).methods = 42 end))
+    ]])
+  end)
+
+  it("worker: a method on another process's handle names itself", function()
+    local w = joined_thread()
+    local p = pt.spawn_process(function()
+      local r = {}
+      for _, m in ipairs { "join", "status", "cancel", "kill", "info", "fd" } do
+        r[#r + 1] = select(2, pcall(w[m], w))
+      end
+      return r
+    end)
+    local ok, r = p:join(H.T)
+    assert.is_true(ok, r)
+    for i, m in ipairs { "join", "status", "cancel", "kill", "info", "fd" } do
+      assert.matches("^" .. m .. ": this worker belongs to another process %(pid %d+%)$", r[i])
+    end
   end)
 end)

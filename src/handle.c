@@ -85,6 +85,8 @@ void pt_meta_open(lua_State *L, const char *tname, const void *key, int (*live)(
     pt_class_methods(L, tname, key, -1, meta);
     lua_pushstring(L, tname);
     lua_setfield(L, -2, "__name");
+    lua_pushstring(L, tname);          /* getmetatable's answer; setmetatable raises */
+    lua_setfield(L, -2, "__metatable");
     if (methods) {
       lua_newtable(L);
       pt_class_methods(L, tname, key, -1, methods);

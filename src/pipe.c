@@ -296,8 +296,7 @@ static int l_send(lua_State *L) {
 
 static int l_recv(lua_State *L) {
   handle *h = check_handle(L, 1);
-  double timeout = pt_opttimeout(L, 2);
-  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  double deadline = pt_check_deadline(L, 2, 1, "recv");
   pt_pipe *p = h->p;
   pipe_shm *s;
   pt_buf out;

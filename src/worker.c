@@ -96,7 +96,7 @@ int pt_worker_get(lua_State *L, int i, pt_worker **w) {
 static pt_worker *check(lua_State *L, const char *op) {
   handle *h = check_handle(L, 1);
   if (h->owner != pt_pid())
-    luaL_error(L, "this worker belongs to another process (pid %d)", (int)h->owner);
+    luaL_error(L, "%s: this worker belongs to another process (pid %d)", op, (int)h->owner);
   if (!h->w) luaL_error(L, "%s: worker handle has been released", op);
   return h->w;
 }
@@ -387,6 +387,7 @@ static int w_index(lua_State *L) {
     return 1;
   }
   lua_getfield(L, lua_upvalueindex(1), "methods");   /* the metatable's */
+  if (!lua_istable(L, -1)) return 0;       /* changed by the debug library */
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   return 1;
