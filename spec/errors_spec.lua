@@ -100,7 +100,7 @@ describe("bad arguments name the function", function()
       -- called as a method by Lua code, the self is not counted
       local ok, err = pcall(function() w:join("soon") end)
       assert.is_false(ok)
-      assert.matches("bad argument #1 to 'join' %(number expected, got string%)", err)
+      assert.matches("bad argument #1 to 'join' %(timeout must be a number >= 0 or math.huge, got string%)", err)
     end)
   end)
 

@@ -97,6 +97,11 @@ void pt_meta_open(lua_State *L, const char *tname, const void *key, int (*live)(
 }
 
 int pt_arg_error(lua_State *L, int i, const char *fn, const char *msg) {
+  lua_Debug ar;
+  /* numbered as luaL_argerror does: a method call does not count self */
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.namewhat &&
+      strcmp(ar.namewhat, "method") == 0 && --i == 0)
+    return luaL_error(L, "calling '%s' on bad self (%s)", fn, msg);
   return luaL_error(L, "bad argument #%d to '%s' (%s)", i, fn, msg);
 }
 

@@ -24,10 +24,6 @@ int pt_raise_oserror(lua_State *L, const char *op, int err);
    changed elsewhere still build: new code says pt_clock_now. */
 double pt_clock_now(void);
 #define pt_now pt_clock_now
-/* Optional timeout argument at index i: nil, absent, math.huge or more
-   than 1e9 s -> -1 (forever); a number >= 0 otherwise; a negative, NaN or
-   non-number raises. */
-double pt_opttimeout(lua_State *L, int i);
 
 /* Who runs this code.  main: the first Lua state of a process (and every
    state that is not a procthread worker); thread / process: a worker. */

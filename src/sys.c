@@ -42,16 +42,6 @@ void pt_close(int fd) {
   errno = e;
 }
 
-/* ---- timeouts (the clock: wait.c's pt_clock_now) ------------------------ */
-
-double pt_opttimeout(lua_State *L, int i) {
-  double t;
-  if (lua_isnoneornil(L, i)) return -1;
-  t = luaL_checknumber(L, i);
-  if (!(t >= 0)) luaL_argerror(L, i, "timeout must be a number >= 0");
-  return t > 1e9 ? -1 : t;                      /* math.huge: for ever */
-}
-
 /* ---- Lua functions ----------------------------------------------------------- */
 
 static int l_now(lua_State *L) {

@@ -5,6 +5,7 @@
 #include "handle.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <stdlib.h>
@@ -205,7 +206,8 @@ static void store_answer(lua_State *L, pt_worker *w) {
 
 static int w_join(lua_State *L) {
   pt_worker *w = check(L, "join");
-  double timeout = pt_opttimeout(L, 2);
+  double deadline = pt_check_deadline(L, 2, 1, "join");
+  double timeout = deadline == PT_FOREVER ? -1 : fmax(0, deadline - pt_clock_now());
   int r;
   lua_settop(L, 1);
   get_answer(L);
