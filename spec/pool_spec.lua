@@ -586,6 +586,71 @@ describe("pools", function()
       assert.is_true(H.eventually(function() return gone(pids[1]) and gone(pids[2]) end, 6),
         "pool workers outlived their killed owner")
     end)
+
+    -- The race behind the test above failing now and then under load: a
+    -- dying owner closes its fds (the lifeline's write end among them)
+    -- some time before its children are handed to init; a worker that
+    -- arms its lifeline in between got no signal and saw its old parent.
+    -- Here the window is held open: the new child waits (in an atfork
+    -- handler, before procthread arms anything) until its parent has
+    -- closed every fd but ours; the parent stays alive until the child
+    -- says it runs its function, or is gone.
+    it("a worker whose owner's fds closed before it armed its lifeline leaves at once", function()
+      local so = H.cc([[
+        #include <poll.h>
+        #include <pthread.h>
+        #include <unistd.h>
+        typedef struct lua_State lua_State;
+        extern void lua_pushinteger(lua_State *L, long long n);
+        static int go[2] = {-1, -1}, back[2] = {-1, -1}, hold;
+        static void child(void) {
+          char c;
+          if (!hold) return;
+          hold = 0;
+          close(go[1]);
+          close(back[0]);
+          while (read(go[0], &c, 1) < 0) {}
+          close(go[0]);
+        }
+        int l_hold(lua_State *L) {
+          (void)L;
+          if (pipe(go) || pipe(back)) return 0;
+          hold = 1;
+          pthread_atfork(NULL, NULL, child);
+          return 0;
+        }
+        /* 1: the child runs its function; 0: it is gone; -1: neither in 20 s */
+        int l_cut(lua_State *L) {
+          struct pollfd p;
+          char c;
+          int fd;
+          hold = 0;
+          close(go[0]);
+          close(back[1]);
+          for (fd = 3; fd < 1024; fd++) if (fd != go[1] && fd != back[0]) close(fd);
+          p.fd = back[0];
+          p.events = POLLIN;
+          if (write(go[1], "g", 1) != 1 || poll(&p, 1, 20000) != 1) lua_pushinteger(L, -1);
+          else lua_pushinteger(L, read(back[0], &c, 1));
+          return 1;
+        }
+        int l_running(lua_State *L) { (void)L; (void)!write(back[1], "r", 1); return 0; }
+        int l_quit(lua_State *L) { (void)L; _exit(0); }
+      ]], "-shared -fPIC -pthread")
+      local status, out = H.fresh(([[
+        local pt = require "procthread"
+        local function f(name) return assert(package.loadlib(%q, name)) end
+        local hold, cut, running, quit = f("l_hold"), f("l_cut"), f("l_running"), f("l_quit")
+        hold()
+        local w = pt.spawn_process(function() running() end)   -- it ends by itself
+        io.write("cut ", cut(), "\n")
+        io.stdout:flush()
+        quit()
+      ]]):format(so))
+      os.remove(so)
+      assert.are.equal(0, status, out)
+      assert.matches("cut 0\n", out, 1, true)
+    end)
   end)
 
   describe("ownership", function()
