@@ -169,13 +169,22 @@ describe("pools", function()
 
       it("times out get like join, then answers, and answers again the same", function()
         local pool = pt.pool(kind, 1)
-        local f = pool:submit(function() pt.sleep(0.3) return { x = 1 } end)
+        -- the task runs until told (a worker that has not claimed it yet
+        -- under load is "queued", not "running")
+        local running, go = pt.event(), pt.event()
+        local f = pool:submit(function(r, g)
+          r:set()
+          g:wait(20)
+          return { x = 1 }
+        end, running, go)
         assert.are.same({ nil, "timeout" }, { f:get(0.01) })
         assert.are.same({ nil, "timeout" }, { f:get(0) })
         assert.is_false(f:done())
+        assert.is_true(running:wait(T))
         assert.are.equal("running", f:status())
         local q = pool:submit(function() return 1 end)
         assert.are.equal("queued", q:status())   -- the one worker is busy
+        go:set()
         local ok1, t1 = f:get(T)
         local ok2, t2 = f:get(0)
         assert.is_true(ok1 and ok2)
@@ -515,7 +524,9 @@ describe("pools", function()
       local pool = pt.pool("process", 2)
       local fs = {}
       for i = 1, 6 do fs[i] = pool:submit(function() pt.sleep(20) end) end
-      pt.sleep(0.1)
+      -- both workers have claimed theirs (a task not yet claimed is taken
+      -- back and runs again on a replacement: it would not fail)
+      assert.is_true(H.eventually(function() return pool:stats().busy == 2 end, T))
       for _, id in ipairs(pool:workers()) do os.execute("kill -KILL " .. id) end
       local failed = 0
       local t0 = pt.now()
