@@ -662,6 +662,21 @@ describe("pools", function()
       assert.are.equal(0, status, out)
       assert.matches("cut 0\n", out, 1, true)
     end)
+
+    -- pt.detach closes the lifeline's write end too (once the child has
+    -- armed it, and after clearing the signal): that hang-up must not read
+    -- as the parent's death
+    it("a worker detached as soon as it is spawned lives on", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local ch, n, got = pt.channel(64), 40, 0
+        for i = 1, n do pt.detach(pt.spawn_process(function() ch:send(i) end)) end
+        while got < n and ch:recv(20) do got = got + 1 end
+        print("alive " .. got)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("alive 40\n", out, 1, true)
+    end)
   end)
 
   -- The flake of "an answer that arrives after terminate is released" on

@@ -23,7 +23,8 @@
  * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
  * parent-death signal of prctl would fire when the forking *thread*
  * ends.)  A child that arms after the last write end closed (its parent
- * died while it started) finds the pipe hung up and leaves.  pt.detach clears O_ASYNC on the shared read end first: the
+ * died while it started) finds the pipe hung up, still armed, and leaves
+ * (pt.detach disarms before it closes its end).  pt.detach clears O_ASYNC on the shared read end first: the
  * child is then left alone.
  *
  * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
@@ -257,18 +258,20 @@ int pt_lifeline_prefork(int life[2]) {
   return 0;
 }
 
-/* Whether no write end of the lifeline is left (the read end hangs up).
-   A dying parent closes its fds some time before its children go to
-   init (the more so on a loaded machine: the exit can be preempted in
-   between), so getppid() may still name it; the pipe itself does not lie.
-   Arming and the last writer's close are ordered by the pipe's lock: a
-   close before the arming is seen here, a close after it signals us. */
+/* Whether the last write end of the lifeline closed while we were armed
+   or before (the read end hangs up), and not by pt.detach (it clears
+   O_ASYNC before it closes its end).  A dying parent closes its fds some
+   time before its children go to init (the more so on a loaded machine:
+   the exit can be preempted in between), so getppid() may still name it;
+   the pipe itself does not lie.  Arming and the last writer's close are
+   ordered by the pipe's lock: a close before the arming is seen here, a
+   close after it signals us. */
 static int write_end_closed(int fd) {
   struct pollfd p;
   p.fd = fd;
   p.events = POLLIN;
   p.revents = 0;
-  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && (fcntl(fd, F_GETFL) & O_ASYNC);
 }
 
 /* In the new child, first thing: forget the parent's workers (and close
