@@ -24,8 +24,8 @@
  * parent-death signal of prctl would fire when the forking *thread*
  * ends.)  A child that arms after the last write end closed (its parent
  * died while it started) finds the pipe hung up, still armed, and leaves
- * (pt.detach disarms before it closes its end).  pt.detach clears O_ASYNC on the shared read end first: the
- * child is then left alone.
+ * (pt.detach disarms before it closes its end).  pt.detach clears
+ * O_ASYNC on the shared read end first: the child is then left alone.
  *
  * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
  * hook that raises "interrupted!" at the next VM instruction; a wait that
