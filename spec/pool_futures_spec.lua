@@ -68,7 +68,9 @@ describe("pools (futures)", function()
         local returned = pt.now()
         assert.is_not_nil(st.opened, "submit returned before the gate opened")
         assert.is_true(returned >= st.opened)
-        assert.is_true(pool:stats().queued <= 2)
+        -- the channel's two, and one the worker may have taken from it and
+        -- not yet claimed (it counts as queued for that instant)
+        assert.is_true(pool:stats().queued <= 2 + 1)
         for i = 2, 4 do assert.are.same({ true, i }, { fs[i]:get(T) }) end
         assert.is_true(opener:join(T))
         assert.is_true(pool:close(T))

@@ -169,13 +169,22 @@ describe("pools", function()
 
       it("times out get like join, then answers, and answers again the same", function()
         local pool = pt.pool(kind, 1)
-        local f = pool:submit(function() pt.sleep(0.3) return { x = 1 } end)
+        -- the task runs until told (a worker that has not claimed it yet
+        -- under load is "queued", not "running")
+        local running, go = pt.event(), pt.event()
+        local f = pool:submit(function(r, g)
+          r:set()
+          g:wait(20)
+          return { x = 1 }
+        end, running, go)
         assert.are.same({ nil, "timeout" }, { f:get(0.01) })
         assert.are.same({ nil, "timeout" }, { f:get(0) })
         assert.is_false(f:done())
+        assert.is_true(running:wait(T))
         assert.are.equal("running", f:status())
         local q = pool:submit(function() return 1 end)
         assert.are.equal("queued", q:status())   -- the one worker is busy
+        go:set()
         local ok1, t1 = f:get(T)
         local ok2, t2 = f:get(0)
         assert.is_true(ok1 and ok2)
@@ -515,7 +524,9 @@ describe("pools", function()
       local pool = pt.pool("process", 2)
       local fs = {}
       for i = 1, 6 do fs[i] = pool:submit(function() pt.sleep(20) end) end
-      pt.sleep(0.1)
+      -- both workers have claimed theirs (a task not yet claimed is taken
+      -- back and runs again on a replacement: it would not fail)
+      assert.is_true(H.eventually(function() return pool:stats().busy == 2 end, T))
       for _, id in ipairs(pool:workers()) do os.execute("kill -KILL " .. id) end
       local failed = 0
       local t0 = pt.now()
@@ -585,6 +596,105 @@ describe("pools", function()
       end
       assert.is_true(H.eventually(function() return gone(pids[1]) and gone(pids[2]) end, 6),
         "pool workers outlived their killed owner")
+    end)
+
+    -- The race behind the test above failing now and then under load: a
+    -- dying owner closes its fds (the lifeline's write end among them)
+    -- some time before its children are handed to init; a worker that
+    -- arms its lifeline in between got no signal and saw its old parent.
+    -- Here the window is held open: the new child waits (in an atfork
+    -- handler, before procthread arms anything) until its parent has
+    -- closed every fd but ours; the parent stays alive until the child
+    -- says it runs its function, or is gone.
+    it("a worker whose owner's fds closed before it armed its lifeline leaves at once", function()
+      local so = H.cc([[
+        #include <poll.h>
+        #include <pthread.h>
+        #include <unistd.h>
+        typedef struct lua_State lua_State;
+        extern void lua_pushinteger(lua_State *L, long long n);
+        static int go[2] = {-1, -1}, back[2] = {-1, -1}, hold;
+        static void child(void) {
+          char c;
+          if (!hold) return;
+          hold = 0;
+          close(go[1]);
+          close(back[0]);
+          while (read(go[0], &c, 1) < 0) {}
+          close(go[0]);
+        }
+        int l_hold(lua_State *L) {
+          (void)L;
+          if (pipe(go) || pipe(back)) return 0;
+          hold = 1;
+          pthread_atfork(NULL, NULL, child);
+          return 0;
+        }
+        /* 1: the child runs its function; 0: it is gone; -1: neither in 20 s */
+        int l_cut(lua_State *L) {
+          struct pollfd p;
+          char c;
+          int fd;
+          hold = 0;
+          close(go[0]);
+          close(back[1]);
+          for (fd = 3; fd < 1024; fd++) if (fd != go[1] && fd != back[0]) close(fd);
+          p.fd = back[0];
+          p.events = POLLIN;
+          if (write(go[1], "g", 1) != 1 || poll(&p, 1, 20000) != 1) lua_pushinteger(L, -1);
+          else lua_pushinteger(L, read(back[0], &c, 1));
+          return 1;
+        }
+        int l_running(lua_State *L) { (void)L; (void)!write(back[1], "r", 1); return 0; }
+        int l_quit(lua_State *L) { (void)L; _exit(0); }
+      ]], "-shared -fPIC -pthread")
+      local status, out = H.fresh(([[
+        local pt = require "procthread"
+        local function f(name) return assert(package.loadlib(%q, name)) end
+        local hold, cut, running, quit = f("l_hold"), f("l_cut"), f("l_running"), f("l_quit")
+        hold()
+        local w = pt.spawn_process(function() running() end)   -- it ends by itself
+        io.write("cut ", cut(), "\n")
+        io.stdout:flush()
+        quit()
+      ]]):format(so))
+      os.remove(so)
+      assert.are.equal(0, status, out)
+      assert.matches("cut 0\n", out, 1, true)
+    end)
+
+    -- pt.detach closes the lifeline's write end too (once the child has
+    -- armed it, and after clearing the signal): that hang-up must not read
+    -- as the parent's death
+    it("a worker detached as soon as it is spawned lives on", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local ch, n, got = pt.channel(64), 40, 0
+        for i = 1, n do pt.detach(pt.spawn_process(function() ch:send(i) end)) end
+        while got < n and ch:recv(20) do got = got + 1 end
+        print("alive " .. got)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("alive 40\n", out, 1, true)
+    end)
+  end)
+
+  -- The flake of "an answer that arrives after terminate is released" on
+  -- LuaJIT: that test reads the worker's status while it waits for the
+  -- worker to leave, and a trace of the wait loop keeps the loop's closure
+  -- (so the handle) alive.  A thread worker's join closed no fd when a
+  -- status had settled the worker before it: its eventfd stayed open for
+  -- as long as the handle lived.  Here the handle is kept alive outright.
+  describe("a thread pool's worker handle that outlives the pool", function()
+    it("holds no fd after terminate, though its status was read first", function()
+      local base = usage()
+      local pool = pt.pool("thread", 1)
+      local w = pool.slots[1].w            -- internal fields
+      pool.tasks:close()                   -- the worker leaves by itself
+      assert.is_true(H.eventually(function() return w:status() ~= "running" end, T))
+      assert.is_true(pool:terminate())     -- joins it
+      assert_released(base)
+      assert.are.equal("succeeded", w:status())
     end)
   end)
 

@@ -22,8 +22,10 @@
  * may end: the fd table is the process's); the kernel then sends the
  * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
  * parent-death signal of prctl would fire when the forking *thread*
- * ends.)  pt.detach clears O_ASYNC on the shared read end first: the
- * child is then left alone.
+ * ends.)  A child that arms after the last write end closed (its parent
+ * died while it started) finds the pipe hung up, still armed, and leaves
+ * (pt.detach disarms before it closes its end).  pt.detach clears
+ * O_ASYNC on the shared read end first: the child is then left alone.
  *
  * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
  * hook that raises "interrupted!" at the next VM instruction; a wait that
@@ -256,6 +258,22 @@ int pt_lifeline_prefork(int life[2]) {
   return 0;
 }
 
+/* Whether the last write end of the lifeline closed while we were armed
+   or before (the read end hangs up), and not by pt.detach (it clears
+   O_ASYNC before it closes its end).  A dying parent closes its fds some
+   time before its children go to init (the more so on a loaded machine:
+   the exit can be preempted in between), so getppid() may still name it;
+   the pipe itself does not lie.  Arming and the last writer's close are
+   ordered by the pipe's lock: a close before the arming is seen here, a
+   close after it signals us. */
+static int write_end_closed(int fd) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && (fcntl(fd, F_GETFL) & O_ASYNC);
+}
+
 /* In the new child, first thing: forget the parent's workers (and close
    their lifelines: only the parent may hold them), arm our own. */
 void pt_lifeline_child(int life[2]) {
@@ -271,10 +289,13 @@ void pt_lifeline_child(int life[2]) {
   intr_pending = 0;
   /* the read end's status flags are known: pipe2 set none (O_CLOEXEC is
      the fd's), so no F_GETFL */
-  if (fcntl(life[0], F_SETOWN, pt_pid()) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
-      fcntl(life[0], F_SETFL, O_ASYNC) != 0)
+  if (fcntl(life[0], F_SETOWN, pt_pid()) == 0 && fcntl(life[0], F_SETSIG, SIGKILL) == 0 &&
+      fcntl(life[0], F_SETFL, O_ASYNC) == 0) {
+    if (write_end_closed(life[0])) _exit(1);   /* closed before we were armed */
+  } else {
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
-  if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
+    if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
+  }
 }
 
 void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {

@@ -230,11 +230,13 @@ static int w_join(lua_State *L) {
 static const char *const status_names[] = {"running", "succeeded", "failed", "cancelled"};
 
 /* The status of the worker of handle 1 (W_*), settling a finished one;
-   -1 with errno on an OS error.  Leaves the stack as it was. */
+   -1 with errno on an OS error.  Leaves the stack as it was.  A finished
+   worker is joined here (its fds closed): the answer is then kept, and a
+   later join returns it without waiting again. */
 static int current_status(lua_State *L, pt_worker *w) {
-  int top = lua_gettop(L);
-  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && wait_for(w, 0) == -1) return -1;
-  if (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) return W_RUNNING;
+  int top = lua_gettop(L), r = w->joined ? 1 : wait_for(w, 0);
+  if (r == -1) return -1;
+  if (r != 1) return W_RUNNING;
   get_answer(L);
   if (lua_isnil(L, -1)) store_answer(L, w);     /* decoding may fail it */
   lua_settop(L, top);
