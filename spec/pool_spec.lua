@@ -132,6 +132,11 @@ describe("pools", function()
         assert.are.same({ true, "fine" }, { good:get(T) })
         assert.are.same({ false, "(error object is a table value)" },
           { (function(o, e) return o, e:match("^[^\n]*") end)(pool:submit(function() error({}) end):get(T)) })
+        -- a handle raised is told by its __tostring (its metatable answers
+        -- getmetatable with its name)
+        local o, e = pool:submit(function() error(require("procthread").channel()) end):get(T)
+        assert.is_false(o)
+        assert.matches("^procthread.Channel: ", e)
         assert.are.equal(0, pool:stats().deaths)
         assert.is_true(pool:close(T))
       end)

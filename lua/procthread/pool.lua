@@ -81,7 +81,7 @@ local function worker_main(c)
   end
   local function handler(e)
     if type(e) ~= "string" then
-      local mt = getmetatable(e)
+      local mt = debug.getmetatable(e)   -- a handle's answers its name
       if type(mt) == "table" and mt.__tostring then e = tostring(e)
       else e = "(error object is a " .. type(e) .. " value)" end
     end
