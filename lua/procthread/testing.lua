@@ -91,8 +91,10 @@ end
 function M.check(before, name)
   local ok = M.eventually(function()
     collectgarbage(); collectgarbage()
+    -- fewer threads is no leak: one that procthread ran for itself (the
+    -- reaper of collected children, say) may have been there at the start
     return M.fds() == before.fds and #M.children() == 0
-       and M.threads() == before.threads and M.shm_live() == before.shm
+       and M.threads() <= before.threads and M.shm_live() == before.shm
   end, 5)
   if not ok then
     error(("leak after test%s: fds %d -> %d, threads %d -> %d, children {%s}, shm objects %d -> %d")
