@@ -51,7 +51,7 @@ int pt_poll_wait(struct pollfd *p, int n, double deadline) {
       return -2;
     }
     if (deadline >= 0) {
-      double left = deadline - pt_now();
+      double left = deadline - pt_clock_now();
       if (left < 0) left = 0;
       ts.tv_sec = (time_t)left;
       ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
@@ -68,7 +68,7 @@ int pt_poll_wait(struct pollfd *p, int n, double deadline) {
     for (i = 0; i < n; i++)
       if (p[i].revents) return i;          /* ready, hung up or error: let the caller see */
     if (p[n].revents || pt_cancel_requested()) return -2;
-    if (r == 0 && deadline >= 0 && pt_now() >= deadline) return -3;
+    if (r == 0 && deadline >= 0 && pt_clock_now() >= deadline) return -3;
   }
 }
 
@@ -77,7 +77,7 @@ int pt_wait_fds(const int *fds, int n, short events, double timeout) {
   int i;
   if (n > 16) { errno = EINVAL; return -1; }
   for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = events; }
-  return pt_poll_wait(p, n, timeout < 0 ? -1 : pt_now() + timeout);
+  return pt_poll_wait(p, n, timeout < 0 ? -1 : pt_clock_now() + timeout);
 }
 
 int pt_wait_fd(int fd, short events, double timeout) {

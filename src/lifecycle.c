@@ -321,8 +321,8 @@ static int still_running(pid_t child) {
 }
 
 static void disarm(int fd, pid_t child) {
-  double end = pt_now() + 1.0;
-  while (!(fcntl(fd, F_GETFL) & O_ASYNC) && pt_now() < end && still_running(child))
+  double end = pt_clock_now() + 1.0;
+  while (!(fcntl(fd, F_GETFL) & O_ASYNC) && pt_clock_now() < end && still_running(child))
     sched_yield();
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
 }
@@ -409,14 +409,14 @@ static void stop(entry *e, int hard) {
 /* Poll until no worker of `set` runs (procs: no process), or `secs` pass
    (<0: forever), or (interrupt) a SIGINT comes.  Returns how many run. */
 static int wait_all(entry *set, int n, double secs, int procs, int interrupt, uint32_t *sig0) {
-  double end = secs < 0 ? -1 : pt_now() + secs;
+  double end = secs < 0 ? -1 : pt_clock_now() + secs;
   for (;;) {
     int i, left = 0;
     for (i = 0; i < n; i++)
       if ((!procs || set[i].w->kind == PT_PROCESS) && running(&set[i])) left++;
     if (left == 0) return 0;
     if (interrupt && __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST) != *sig0) return left;
-    if (end >= 0 && pt_now() >= end) return left;
+    if (end >= 0 && pt_clock_now() >= end) return left;
     poll(NULL, 0, 5);
   }
 }

@@ -101,9 +101,9 @@ static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
     p[0].fd = fd; p[0].events = POLLIN;
     if (w->pidfd >= 0) { p[1].fd = w->pidfd; p[1].events = POLLIN; n = 2; }
     if (gone) {
-      until = pt_now();       /* only what the pipe holds already */
+      until = pt_clock_now();       /* only what the pipe holds already */
     } else if (w->slice) {
-      double next = pt_now() + STALL_CHECK;
+      double next = pt_clock_now() + STALL_CHECK;
       if (until < 0 || next < until) until = next;
     }
     r = pt_poll_wait(p, n, until);
@@ -112,7 +112,7 @@ static int stall_wait(pipe_shm *s, int fd, double deadline, stall_watch *w) {
     if (r == -2) return -R_CANCEL;
     if (r == -1) return -R_ERR;
     if (gone) return -R_LOST;
-    if (deadline >= 0 && pt_now() >= deadline) return writer_gone(s) ? -R_LOST : -R_TIMEOUT;
+    if (deadline >= 0 && pt_clock_now() >= deadline) return writer_gone(s) ? -R_LOST : -R_TIMEOUT;
   }
 }
 
@@ -217,7 +217,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
       int r = stall_wait(s, fd, deadline, w);
       if (r < 0) return r;
     } else if (deadline >= 0 || waitable) {
-      double left = deadline < 0 ? -1 : deadline - pt_now();
+      double left = deadline < 0 ? -1 : deadline - pt_clock_now();
       int r = pt_wait_fd(fd, POLLIN, left < 0 && deadline >= 0 ? 0 : left);
       if (r == -2) return -R_CANCEL;
       if (r == -1) return -R_ERR;
@@ -228,7 +228,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
     if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {                  /* made non-blocking elsewhere */
-      int r = pt_wait_fd(fd, POLLIN, deadline < 0 ? -1 : deadline - pt_now());
+      int r = pt_wait_fd(fd, POLLIN, deadline < 0 ? -1 : deadline - pt_clock_now());
       if (r == -2) return -R_CANCEL;
       if (r == -1) return -R_ERR;
       if (r == 0) return -R_TIMEOUT;
@@ -356,7 +356,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
 void pt_pipe_drain(pt_pipe *p, int fd) {
   pt_buf out;
   int r;
-  if (pt_pipe_lock(&p->shm->rlock, pt_now()) < 0) return;
+  if (pt_pipe_lock(&p->shm->rlock, pt_clock_now()) < 0) return;
   pt_buf_init(&out);
   do {
     r = pt_pipe_take(p, fd, 0, &out, 0);

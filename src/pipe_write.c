@@ -80,7 +80,7 @@ static int wait_room(sender *sd) {
       pt_pipe_end_done(sd->p, 1);
       continue;
     }
-    r = pt_poll_wait(p, n, sd->reader && ev < 0 ? pt_now() + CLOSE_SLICE : -1);
+    r = pt_poll_wait(p, n, sd->reader && ev < 0 ? pt_clock_now() + CLOSE_SLICE : -1);
     if (r == -2) return WR_CANCEL;
     if (r == -1) return WR_ERR;
     if (r == 0) return 1;
@@ -301,7 +301,7 @@ static int wait_fit(sender *sd, size_t n) {
   int r = PT_OK;
   if (!fit_worth_waiting(s, n, read0)) return 1;
   if (pt_interrupted()) return WR_CANCEL;
-  until = pt_now() + FIT_SLICE;
+  until = pt_clock_now() + FIT_SLICE;
   while (r == PT_OK) {
     const uint32_t *words[2];
     uint32_t expected[2], iv = 0;

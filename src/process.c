@@ -247,7 +247,7 @@ static int process_spawn(lua_State *L) {
     return spawn_failed(L, w, "eventfd", e);
   }
   fflush(NULL);             /* the child must not write our buffered output again */
-  w->t_start = pt_now();
+  w->t_start = pt_clock_now();
   /* no list is caught half-changed by the fork.  Lock order: orphans,
      then the lifecycle registry (the reaper settles under orphan_lock and
      leaves the registry). */
@@ -336,7 +336,7 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   uint64_t len = 0;
   int complete;
   drain(w);
-  w->t_end = pt_now();
+  w->t_end = pt_clock_now();
   if (ru) {
     w->cpu_user = tv(ru->ru_utime);
     w->cpu_sys = tv(ru->ru_stime);
@@ -439,7 +439,7 @@ static int spilled(process_worker *p) {
 
 static int process_wait(pt_worker *w, double timeout) {
   process_worker *p = pw(w);
-  double deadline = timeout < 0 ? -1 : pt_now() + timeout;
+  double deadline = timeout < 0 ? -1 : pt_clock_now() + timeout;
   int reap = timeout == 0 || p->pidfd < 0, ended = 0, fits;
   if (w->joined) return 1;
   reap_orphans();
@@ -452,7 +452,7 @@ static int process_wait(pt_worker *w, double timeout) {
     } else if ((r = look(w, reap || ended, fds, &n, &slice)) != 0) {
       return r;
     }
-    left = deadline < 0 ? -1 : deadline - pt_now();
+    left = deadline < 0 ? -1 : deadline - pt_clock_now();
     if (deadline >= 0 && left <= 0) {
       if (fits && spilled(p)) continue;       /* read what it has sent, once */
       return 0;

@@ -19,11 +19,9 @@ int pt_push_oserror(lua_State *L, const char *op, int err);
 /* Raise "<op>: <strerror(err)>" as a Lua error. */
 int pt_raise_oserror(lua_State *L, const char *op, int err);
 
-/* The one clock of every timeout is wait.c's pt_clock_now (CLOCK_MONOTONIC
-   seconds); pt_now is its older name, kept only so that files being
-   changed elsewhere still build: new code says pt_clock_now. */
+/* The one clock of every timeout: wait.c's pt_clock_now (CLOCK_MONOTONIC
+   seconds). */
 double pt_clock_now(void);
-#define pt_now pt_clock_now
 
 /* Who runs this code.  main: the first Lua state of a process (and every
    state that is not a procthread worker); thread / process: a worker. */
@@ -43,7 +41,7 @@ int pt_cancel_requested(void);
    -2 this thread was cancelled.  Retries on EINTR. */
 int pt_wait_fd(int fd, short events, double timeout);
 /* Wait until one of p[0..n) is ready (the caller sets fd and events), or
-   the deadline passes (absolute, pt_now(); < 0: forever).  p has room for
+   the deadline passes (absolute, pt_clock_now(); < 0: forever).  p has room for
    n + 1 entries: the last is this thread's cancel eventfd.  Returns the
    index of the first ready entry, -3 timeout, -1 OS error (errno), -2
    cancelled or (main thread) interrupted: see pt_raise_cancelled.  No

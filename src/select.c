@@ -336,7 +336,7 @@ static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *re
     if ((h = helper_start(&own, s, nw)) == NULL) return PT_ERR;
     add_fd(s, &np, s->ev, -1);
   }
-  if (slice && (until < 0 || until > pt_now() + NO_PIDFD_SLICE)) until = pt_now() + NO_PIDFD_SLICE;
+  if (slice && (until < 0 || until > pt_clock_now() + NO_PIDFD_SLICE)) until = pt_clock_now() + NO_PIDFD_SLICE;
   r = pt_poll_wait(s->p, np, until);
   if (h) {
     int e = errno;
@@ -348,7 +348,7 @@ static int sleep_fds(sel *s, int nw, int np, int slice, double deadline, int *re
     if (i >= 0 && s->it[i].kind == K_PIPE) *ready = i;   /* else: look again */
     return PT_OK;
   }
-  if (r == -3) return deadline >= 0 && pt_now() >= deadline ? PT_TIMEOUT : PT_OK;
+  if (r == -3) return deadline >= 0 && pt_clock_now() >= deadline ? PT_TIMEOUT : PT_OK;
   return r == -2 ? PT_CANCELLED : PT_ERR;
 }
 
@@ -374,7 +374,7 @@ static int run(sel *s, double deadline, int *ready) {
     *ready = -1;
     /* before the first sleep, the spin of every wait (pt_spin_until), as
        a channel's recv does; not with fds (they would need system calls) */
-    if (!spun++ && s->nfd == 0 && (deadline < 0 || deadline > pt_now()))
+    if (!spun++ && s->nfd == 0 && (deadline < 0 || deadline > pt_clock_now()))
       pt_spin_until(any_ready, s);
     for (i = 0; i < s->n; i++) {
       r = look(s, i, &nw, &np, &slice);

@@ -489,7 +489,7 @@ static void run_worker(thread_worker *t, lua_State *L, const osthread *o) {
     w->cpu_sys = tv(ru.ru_stime) - tv(o->r0.ru_stime);
     w->max_rss_kib = ru.ru_maxrss;
   }
-  w->t_end = pt_now();
+  w->t_end = pt_clock_now();
   /* Cancelled before it ended: cancelled, whatever fn did with it (a
      pcall may have swallowed the error; the results are discarded). */
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
@@ -663,7 +663,7 @@ static int thread_spawn(lua_State *L) {
   pthread_once(&sig_once, install_cancel_signal);
   pthread_once(&fork_once, watch_forks);
   w->refs = 2;                                  /* the handle and the thread */
-  w->t_start = pt_now();
+  w->t_start = pt_clock_now();
   __atomic_add_fetch(&pt_live_threads, 1, __ATOMIC_SEQ_CST);
   pt_lifecycle_add(L, w);                      /* before it can end */
   e = start_on_thread(t);

@@ -361,7 +361,7 @@ static int w_info(lua_State *L) {
     lua_pushinteger(L, w->max_rss_kib);
     lua_setfield(L, -2, "max_rss_kib");
   } else {
-    set_num(L, "wall", pt_now() - w->t_start);
+    set_num(L, "wall", pt_clock_now() - w->t_start);
   }
   return 1;
 }
