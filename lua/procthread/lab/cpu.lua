@@ -467,6 +467,13 @@ function E.reading(m, C, excluded)
         x.net and (", so %d of them reached only %.2f× the serial speed"):format(C, x.net) or "", kind)
     end
   end
+  local noisy = {}
+  for _, kind in ipairs({ "process", "thread" }) do
+    if m[kind].state == "within noise" then noisy[#noisy + 1] = P[kind] end
+  end
+  if #noisy > 0 then
+    add("For %s the p10 – p90 of the timings overlap the %.2f× mark.", table.concat(noisy, " and "), 1 + E.SHARE * (C - 1))
+  end
   local bw = per_kind(m, "bw", "%d %s", "%d %s", { process = "process", thread = "thread" })
   if bw then add("The best speedups were at %s workers.", bw) end
   add("%s.", excluded)
@@ -511,8 +518,9 @@ local function decide(m, C, need)
       table.concat(super, " and "), C, C, C)
   end
   if #noisy > 0 then
-    return "within noise", ("the scaling of %s from 1 to %d workers is too close to %.2f× for the spread of the samples to tell"):format(
-      table.concat(noisy, " and "), C, need)
+    -- which kinds lie within the noise is itself noise (an idle machine
+    -- gave both, both, threads in three runs): the reading names them
+    return "within noise", ("the scaling from 1 to %d workers is too close to %.2f× for the spread of the samples to tell"):format(C, need)
   elseif uses.process and uses.thread then
     return "holds", ("both kinds run Lua on the %d cores at once: from 1 to %d workers each scales beyond %.2f× outside the noise"):format(C, C, need)
   elseif uses.process or uses.thread then
