@@ -401,7 +401,18 @@ local function on_message(self, seq, ok, a, ...)
     local task = self.inflight[seq]
     if not task then return end                 -- settled already: a late answer, dropped
     self.completed = self.completed + 1
-    if task.op == "map" and ok then
+    if task.into then
+      -- a chunk routed into the map's list (ch:_recv_into: the values
+      -- after the first three went to into[at]...): on success the
+      -- results in place (or, -count, the table of them), else the
+      -- failing item and the results before it
+      local into, at, stored = task.into, task.at, ...
+      local v1, v2 = into[at], into[at + 1]
+      if not ok or a < 0 then for i = at, at + stored - 1 do into[i] = nil end end
+      if not ok then settle(self, task, false, false, a, v1, v2)
+      elseif a < 0 then settle(self, task, false, true, v1, -a)
+      else settle(self, task, false, true, false, a) end
+    elseif task.op == "map" and ok then
       -- a chunk's results: count, values... (or -count, table)
       if a < 0 then settle(self, task, false, true, (...), -a)
       else settle(self, task, false, true, { ... }, a) end
@@ -451,11 +462,11 @@ local function drain(self, wait)
   local a = self.answers
   local got, n = true, #a
   if n == 0 and wait then
-    got = on_wait(self, a:_recv(wait))
+    got = on_wait(self, a:_recv_into(self.inflight, 3, wait))
     n = got and #a or 0
   end
   while n > 0 and not self.closed_up do
-    on_message(self, a:_recv(0))
+    on_message(self, a:_recv_into(self.inflight, 3, 0))
     n = #a
   end
   refill(self)
@@ -744,8 +755,11 @@ end
 function Pool:map(fn, list, chunk)
   check_map("pool:map", self, fn, list, chunk)
   local job = start_job("pool:map", self, fn, list, chunk)
-  local out = {}
-  for _, t in ipairs(job.chunks) do
+  local out, chunks = {}, job.chunks
+  -- the chunk after those placed in out, not answered yet, has its
+  -- answer decoded straight into out (out grows in order: its array part)
+  if chunks[1] then chunks[1].into, chunks[1].at = out, 1 end
+  for k, t in ipairs(chunks) do
     await(self, t)
     local a = t.answer
     if not a[1] then
@@ -753,9 +767,11 @@ function Pool:map(fn, list, chunk)
       abandon(self, job)
       error(chunk_error("pool:map", t), 0)
     end
-    local r, base = a[2], t.first - 1
-    if move then move(r, 1, a[3], base + 1, out)
+    local r, base, nxt = a[2], t.first - 1, chunks[k + 1]
+    if not r then                         -- in place already
+    elseif move then move(r, 1, a[3], base + 1, out)
     else for i = 1, a[3] do out[base + i] = r[i] end end
+    if nxt and not nxt.answer then nxt.into, nxt.at = out, nxt.first end
   end
   return out
 end
