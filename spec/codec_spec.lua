@@ -551,6 +551,24 @@ describe("codec", function()
     assert.matches("too many values", err)
   end)
 
+  -- found by review: the decoder grew the stack 64 slots at a time and
+  -- gave up when 64 more did not fit, so a message the encoder took near
+  -- the stack's limit did not decode (and a channel's was lost)
+  it("decodes a message of as many values as the stack holds, from a channel too", function()
+    local t, lo, hi = {}, 1, 1100000     -- the most values a call takes here
+    for i = 1, hi do t[i] = i end
+    while lo < hi do
+      local mid = math.floor((lo + hi + 1) / 2)
+      if pcall(function() return select("#", unpack(t, 1, mid)) end) then lo = mid else hi = mid - 1 end
+    end
+    local n = lo - 8                     -- room for send's and recv's own slots
+    local ch = pt.channel()
+    assert.is_true(ch:send(unpack(t, 1, n)))
+    assert.are.equal(n, select("#", ch:recv(0)))
+    assert.are.equal(0, #ch)
+    assert.are.equal(n, select("#", pt.decode(pt.encode(unpack(t, 1, n)))))
+  end)
+
   it("_recv gives the plain values before a value that does not decode here", function()
     local ch = pt.channel()
     package.loaded.codec_spec_gone2 = {}
@@ -628,6 +646,23 @@ describe("codec", function()
       assert.matches("cannot be loaded here: 'codec_spec_gone3'", r[3], 1, true)
       assert.are.same({ 7, true }, { r[4], r[5] })
       assert.are.same({ "a" }, out)                     -- stored before the failure
+    end)
+
+    -- found by review: any number was taken as `at` (1.5 stored at 0 and
+    -- 1; maxinteger overflowed; on 5.1 2^31 was cut to an int)
+    it("routes only with an integer `at` from 1 that leaves room below 2^31", function()
+      local ch = pt.channel()
+      for _, at in ipairs({ 1.5, 0, -3, 2 ^ 31, 2 ^ 53, math.maxinteger or 2 ^ 63, 0 / 0 }) do
+        local into = {}
+        ch:send("k", "a", "b")
+        local got = H.pack(ch:_recv_into({ k = { into = into, at = at } }, 1, 0))
+        assert.are.same({ n = 3, "k", "a", "b" }, got)
+        assert.is_nil(next(into))
+      end
+      local into = {}
+      ch:send("k", "a", "b")
+      assert.are.same({ "k", 2 }, { ch:_recv_into({ k = { into = into, at = 2 ^ 31 - 10 } }, 1, 0) })
+      assert.are.same({ "a", "b" }, { into[2 ^ 31 - 10], into[2 ^ 31 - 9] })
     end)
 
     it("checks its arguments", function()

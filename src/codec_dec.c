@@ -2,6 +2,8 @@
  * (see codec.h for the format). */
 #include "codec.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -242,8 +244,11 @@ static int dec_plain(lua_State *L, rd *r) {
    of 64: 1, or 0 when the stack is full.  A slot pushed for anything else
    sets d->room to 0. */
 static int dec_room(dec *d) {
-  if (d->room == 0 && lua_checkstack(d->L, 64)) d->room = 64;
-  if (d->room == 0) return 0;
+  if (d->room == 0) {               /* near the stack's limit: one at a time */
+    if (lua_checkstack(d->L, 64)) d->room = 64;
+    else if (lua_checkstack(d->L, 1)) d->room = 1;
+    else return 0;
+  }
   d->room--;
   return 1;
 }
@@ -318,9 +323,19 @@ static const char *dec_check_rest(const char *from, size_t len, int k, int *has_
   return bad;
 }
 
+/* `at` (on the stack at i) starts a run of stores for the rest of the
+   message: an integer from 1 with room for one store per byte left below
+   INT_MAX (lua_rawseti takes an int on 5.1 and LuaJIT). */
+static int dec_route_at(dec *d, int i) {
+  lua_Number n;
+  if (lua_type(d->L, i) != LUA_TNUMBER) return 0;
+  n = lua_tonumber(d->L, i);
+  return n >= 1 && floor(n) == n && n + (lua_Number)(d->r.end - d->r.p) <= (lua_Number)INT_MAX;
+}
+
 /* After the k-th top-level value: route[v1] a table with `into` (a
-   table) and `at` (an integer) sends the values after it there; `into`
-   stays pushed above them (raw lookups only). */
+   table) and `at` (dec_route_at) sends the values after it there; `into`
+   stays pushed above them (raw lookups only).  Anything else: no route. */
 static void dec_route(dec *d) {
   lua_State *L = d->L;
   int dest;
@@ -334,8 +349,8 @@ static void dec_route(dec *d) {
     lua_rawget(L, dest);                           /* L: ... dest at */
     lua_pushliteral(L, "into");
     lua_rawget(L, dest);                           /* L: ... dest at into */
-    if (lua_istable(L, -1) && lua_type(L, -2) == LUA_TNUMBER) {
-      d->at = lua_tointeger(L, -2);
+    if (lua_istable(L, -1) && dec_route_at(d, -2)) {
+      d->at = (lua_Integer)lua_tonumber(L, -2);
       lua_replace(L, dest);                        /* L: ... into at */
       lua_pop(L, 1);
       d->into = dest;
