@@ -558,6 +558,13 @@ static void thread_gone(void) {
 static void *os_main(void *arg) {
   osthread *o = (osthread *)arg;
   o->tid = (int)syscall(SYS_gettid);
+  /* This module's thread-local block is allocated (malloc) at its first
+     use in a thread: use it while every signal is still blocked, so the
+     cancellation signal's handler, which reads pt_self_ctx, never does
+     that allocation inside a malloc it interrupted (seen: a thread
+     cancelled as it began deadlocked on malloc's lock, and at_exit "stop"
+     waited out exit_grace). */
+  pt_self_ctx = NULL;
   worker_mask();
   o->have0 = getrusage(RUSAGE_THREAD, &o->r0) == 0;
   do {
