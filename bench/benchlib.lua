@@ -4,7 +4,8 @@
 local B = {}
 
 local bin = os.getenv("PT_BENCH_BIN")
-B.build = arg[1] or (bin and bin:gsub("/bench$", "")) or "build/5.4"
+local a1 = arg[1] and not arg[1]:match("^%-%-") and arg[1]   -- a child's "--measure": no folder
+B.build = a1 or (bin and bin:gsub("/bench$", "")) or "build/5.4"
 B.lua = arg[-1] or "lua5.4"
 -- PT_BENCH_OLD: the build folder of an older tree, measured in the same
 -- rounds (B.alternate) where a bench supports it.
@@ -31,6 +32,27 @@ function B.mid(t)
   for i = 1, #t do c[i] = t[i] end
   table.sort(c)
   return c[math.floor((#c + 1) / 2)]
+end
+
+-- The median of v (of an even count, the upper middle), its least and its
+-- greatest.
+function B.spread(v)
+  local t = {}
+  for i = 1, #v do t[i] = v[i] end
+  table.sort(t)
+  return t[math.floor(#t / 2) + 1], t[1], t[#t]
+end
+
+-- Run a child command; the figures it prints as "key value" pairs
+-- (spaces, tabs or newlines between), by key.  It failed unless one of
+-- the keys in `need` is there.
+function B.figures(cmd, need)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("*a"); p:close()
+  local r = {}
+  for k, v in out:gmatch("([%a_][%w_]*)%s+(%S+)") do r[k] = tonumber(v) end
+  for _, k in ipairs(need) do if r[k] then return r end end
+  error("benchmark failed: " .. cmd .. "\n" .. out)
 end
 
 -- The median of k calls of f.

@@ -40,14 +40,10 @@ local MAPS = 15               -- maps per child; the child reports their median
 local SLICES = 10             -- one-at-a-time slices per child, each beside a floor slice
 local SLICE = math.max(1, math.floor(ONE / SLICES))
 
-local function trivial(x) return x + 1 end
+package.path = "bench/?.lua;" .. package.path
+local B = require "benchlib"
 
-local function median(v)
-  local t = {}
-  for i = 1, #v do t[i] = v[i] end
-  table.sort(t)
-  return t[math.floor(#t / 2) + 1], t[1], t[#t]
-end
+local function trivial(x) return x + 1 end
 
 -- ---- a child: one round of one build, figures as "key value" lines -------
 
@@ -68,7 +64,7 @@ local function measure(round, floor)
     for i = 1, ITEMS do out[i] = trivial(list[i]) end
     v[k] = ITEMS / (pt.now() - t0)
   end
-  r.plain = median(v)
+  r.plain = B.spread(v)
   local kinds = round % 2 == 1 and { "thread", "process" } or { "process", "thread" }
   for _, kind in ipairs(kinds) do
     local t0 = pt.now()
@@ -88,14 +84,14 @@ local function measure(round, floor)
       us[s] = (pt.now() - t0) / SLICE * 1e6
       ratios[s] = us[s] / fl
     end
-    r[kind .. "_one"], r[kind .. "_ratio"] = median(us), median(ratios)
+    r[kind .. "_one"], r[kind .. "_ratio"] = B.spread(us), B.spread(ratios)
     for k = 1, MAPS do
       t0 = pt.now()
       local out = pool:map(trivial, list)
       v[k] = ITEMS / (pt.now() - t0)
       assert(#out == ITEMS and out[ITEMS] == ITEMS + 1, "pool:map gave a wrong result")
     end
-    r[kind .. "_map"] = median(v)
+    r[kind .. "_map"] = B.spread(v)
     local fs = {}
     t0 = pt.now()
     for i = 1, SUBMIT do fs[i] = pool:submit(trivial, i) end
@@ -114,7 +110,7 @@ local function measure(round, floor)
     for _, w in ipairs(ws) do assert(w:join(60)) end
     r[kind .. "_spawn"] = SPAWN[kind] / (pt.now() - t0)
   end
-  r.floor = median(floors)
+  r.floor = B.spread(floors)
   for k, x in pairs(r) do print(k, ("%.9g"):format(x)) end
 end
 
@@ -125,10 +121,8 @@ end
 
 -- ---- the parent: rounds, then the table ------------------------------------
 
-package.path = "bench/?.lua;" .. package.path
-local B = require "benchlib"
 local ROUNDS = tonumber(os.getenv("PT_BENCH_ROUNDS")) or 7
-local old = os.getenv("PT_BENCH_OLD")
+local old = B.old
 local FLOOR = B.build .. "/bench/pool_floor"
 
 -- A build folder's command: its tree's lua/ (build/<v> inside a tree), or ours.
@@ -136,15 +130,6 @@ local function cmd_of(build)
   local root = build:match("^(.*)/build/[^/]+/?$") or "."
   return ("LUA_CPATH=%q LUA_PATH=%q %s %s --measure "):format(build .. "/?.so;;",
     root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;", B.lua, arg[0])
-end
-
-local function numbers(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("*a"); p:close()
-  local r = {}
-  for k, x in out:gmatch("(%S+)\t(%S+)") do r[k] = tonumber(x) end
-  if not r.plain then error("benchmark failed: " .. cmd .. "\n" .. out) end
-  return r
 end
 
 local function loadavg()
@@ -162,7 +147,7 @@ local load0 = loadavg()
 for round = 1, ROUNDS do
   for k = 1, #builds do
     local b = builds[round % 2 == 1 and k or #builds + 1 - k]
-    res[b.name][round] = numbers(("%s%d %q"):format(b.cmd, round, FLOOR))
+    res[b.name][round] = B.figures(("%s%d %q"):format(b.cmd, round, FLOOR), { "plain" })
   end
 end
 
@@ -177,11 +162,11 @@ print(("pool_bench: %s, %d workers, x -> x + 1, %d rounds (builds alternating); 
   :format(lua, N, ROUNDS, load0, loadavg()))
 print("each row: the median over the rounds (min-max); ratios: the median of the rounds' ratios")
 local function row(what, build, unit, v, note)
-  local m, lo, hi = median(v)
+  local m, lo, hi = B.spread(v)
   print(("%-44s %-10s %8.2f %-4s (%.2f-%.2f)%s"):format(what, build, m, unit, lo, hi, note or ""))
 end
 local function ratio(v, target)
-  local m, lo, hi = median(v)
+  local m, lo, hi = B.spread(v)
   return ("  %.2fx (%.2f-%.2f), target %s"):format(m, lo, hi, target)
 end
 for _, b in ipairs(builds) do

@@ -29,15 +29,10 @@
 -- Targets (issue 12): thread <= 0.8x the floor (pthread_create + join of a
 -- fresh Lua state), process <= 1.25x (fork + _exit + waitpid), ahead of
 -- luaposix.
+package.path = "bench/?.lua;" .. package.path
+local B = require "benchlib"
 local mode = arg[1]
 local CHUNK = 50                      -- spawns per chunk of the alternation
-
-local function median(v)
-  local t = {}
-  for i = 1, #v do t[i] = v[i] end
-  table.sort(t)
-  return t[math.floor(#t / 2) + 1], t[1], t[#t]
-end
 
 -- The fork floor of this interpreter, if its build folder has it.
 local function fork_floor()
@@ -56,7 +51,7 @@ local function timed(spawn_join, now, rusage, k)
     t[i] = now() - t0
   end
   local s1, c1 = rusage()
-  return (median(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k
+  return (B.spread(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k
 end
 
 -- n spawns of `mine` (spawn_join, now, rusage, pause) and n of the C
@@ -79,7 +74,7 @@ local function alternate(mine, floor, n)
   end
   local function medians(t)
     local m = {}
-    for i = 1, 3 do if #t[i] > 0 then m[i] = (median(t[i])) end end
+    for i = 1, 3 do if #t[i] > 0 then m[i] = (B.spread(t[i])) end end
     return m
   end
   return medians(a), floor and medians(b) or nil
@@ -141,11 +136,9 @@ if mode == "--posix" then
   os.exit(0)
 end
 
-package.path = "bench/?.lua;" .. package.path
-local B = require "benchlib"
 local N = tonumber(os.getenv("PT_BENCH_N") or "400")        -- spawns per round
 local ROUNDS = tonumber(os.getenv("PT_BENCH_ROUNDS") or "7")
-local old = os.getenv("PT_BENCH_OLD")
+local old = B.old
 
 local function env_of(build)
   return ("LUA_CPATH=%q LUA_PATH=%q "):format(build .. "/?.so;" .. build .. "/bench/?.so;;",
@@ -168,23 +161,13 @@ local function posix_lua()
   end
 end
 
-local function numbers(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("*a"); p:close()
-  local r = {}
-  for k, v in out:gmatch("([%a_]+) ([%d.]+)") do r[k] = tonumber(v) end
-  if not (r.thread_us or r.process_us or r.posix_us) then
-    error("benchmark failed: " .. cmd .. "\n" .. out)
-  end
-  return r
-end
-
 local runs = { { name = "procthread", cmd = env_of(B.build) .. B.lua .. " " .. arg[0] .. " --measure " .. N } }
 if old then
   runs[2] = { name = "before", cmd = env_of(old) .. B.lua .. " " .. arg[0] .. " --measure " .. N }
 end
 local plua, pbuild = posix_lua()
 local peer = plua and { name = "luaposix", cmd = env_of(pbuild) .. plua .. " " .. arg[0] .. " --posix " .. N }
+local NEED = { "thread_us", "process_us", "posix_us" }   -- a child's figures: one of these
 local floor_cmd = B.build .. "/bench/worker_floor " .. N
 local res = { floor = {}, luaposix = {} }
 for _, r in ipairs(runs) do res[r.name] = {} end
@@ -193,8 +176,8 @@ for round = 1, ROUNDS do
   local order = { runs[1], runs[2] or false, peer or false, "floor" }
   if round % 2 == 0 then order = { "floor", peer or false, runs[2] or false, runs[1] } end
   for _, r in ipairs(order) do
-    if r == "floor" then res.floor[round] = numbers(floor_cmd)
-    elseif r then res[r.name][round] = numbers(r.cmd) end
+    if r == "floor" then res.floor[round] = B.figures(floor_cmd, NEED)
+    elseif r then res[r.name][round] = B.figures(r.cmd, NEED) end
   end
 end
 
@@ -216,54 +199,39 @@ local function ratios(name, key, bname, bkey)
 end
 
 local function row(label, name, floor_v, v, q, target)
-  local m, lo, hi = median(q)
+  local m, lo, hi = B.spread(q)
   print(("%-34s %-11s %9.1f %9.1f   %.2fx (%.2f-%.2f)  %s"):format(label, name,
-    (median(floor_v)), (median(v)), m, lo, hi, target))
+    (B.spread(floor_v)), (B.spread(v)), m, lo, hi, target))
 end
 
 print(("spawn + join (%s), %d rounds of %d, medians"):format(B.lua, ROUNDS, N))
 print(("%-34s %-11s %9s %9s   %s"):format("kind (floor)", "build", "floor us", "us", "ratio (range)  target"))
-for _, r in ipairs(runs) do
-  row("thread (C program: fresh Lua state)", r.name, column("floor", "thread_us"),
-    column(r.name, "thread_us"), ratios(r.name, "thread_us", "floor", "thread_us"), "<= 0.80")
+-- One row: `name`'s key against fkey of run fname (nil: the same run);
+-- none when the figures are missing (a build without the same-Lua floor).
+local function compare(label, name, key, fname, fkey, target)
+  local q = ratios(name, key, fname, fkey)
+  if q then row(label, name, column(fname or name, fkey), column(name, key), q, target) end
 end
-for _, r in ipairs(runs) do
-  local q = ratios(r.name, "thread_us", nil, "lthread_us")
-  if q then
-    row("thread (C, same Lua: fresh state)", r.name, column(r.name, "lthread_us"),
-      column(r.name, "thread_us"), q, "<= 0.80")
-  end
-end
-for _, r in ipairs(runs) do
-  row("process (C program: fork, _exit)", r.name, column("floor", "process_us"),
-    column(r.name, "process_us"), ratios(r.name, "process_us", "floor", "process_us"), "<= 1.25")
-end
+local FRESH, SAME_T = "thread (C program: fresh Lua state)", "thread (C, same Lua: fresh state)"
+local FORK, SAME_P = "process (C program: fork, _exit)", "process (C fork in the same Lua)"
+for _, r in ipairs(runs) do compare(FRESH, r.name, "thread_us", "floor", "thread_us", "<= 0.80") end
+for _, r in ipairs(runs) do compare(SAME_T, r.name, "thread_us", nil, "lthread_us", "<= 0.80") end
+for _, r in ipairs(runs) do compare(FORK, r.name, "process_us", "floor", "process_us", "<= 1.25") end
 if peer then
-  row("process (C program: fork, _exit)", "luaposix", column("floor", "process_us"),
-    column("luaposix", "posix_us"), ratios("luaposix", "posix_us", "floor", "process_us"),
+  compare(FORK, "luaposix", "posix_us", "floor", "process_us",
     "(" .. plua .. (res.luaposix[1].single_threaded and ", single-threaded)" or ")"))
 end
-for _, r in ipairs(runs) do
-  local q = ratios(r.name, "process_us", nil, "lfloor_us")
-  if q then
-    row("process (C fork in the same Lua)", r.name, column(r.name, "lfloor_us"),
-      column(r.name, "process_us"), q, "<= 1.25")
-  end
-end
-local pq = peer and ratios("luaposix", "posix_us", nil, "lfloor_us")
-if pq then
-  row("process (C fork in the same Lua)", "luaposix", column("luaposix", "lfloor_us"),
-    column("luaposix", "posix_us"), pq, "(" .. plua .. ")")
-end
+for _, r in ipairs(runs) do compare(SAME_P, r.name, "process_us", nil, "lfloor_us", "<= 1.25") end
+if peer then compare(SAME_P, "luaposix", "posix_us", nil, "lfloor_us", "(" .. plua .. ")") end
 print(("%-34s %-11s %9s %9s"):format("minor faults per process spawn", "", "floor", "spawn"))
-print(("%-34s %-11s %9.1f"):format("  parent", "C program", (median(column("floor", "minflt")))))
+print(("%-34s %-11s %9.1f"):format("  parent", "C program", (B.spread(column("floor", "minflt")))))
 local function faults(name, key, child_key, fkey, fchild)
   if not res[name][1] or not res[name][1][key] then return end
-  local lf = res[name][1][fkey] and ("%9.1f"):format((median(column(name, fkey)))) or ("%9s"):format("-")
-  local lc = res[name][1][fchild] and ("%9.1f"):format((median(column(name, fchild)))) or ("%9s"):format("-")
+  local lf = res[name][1][fkey] and ("%9.1f"):format((B.spread(column(name, fkey)))) or ("%9s"):format("-")
+  local lc = res[name][1][fchild] and ("%9.1f"):format((B.spread(column(name, fchild)))) or ("%9s"):format("-")
   print(("%-34s %-11s %s %9.1f   (C fork in the same Lua, then %s)"):format("  parent", name, lf,
-    (median(column(name, key))), name))
-  print(("%-34s %-11s %s %9.1f"):format("  child", name, lc, (median(column(name, child_key)))))
+    (B.spread(column(name, key))), name))
+  print(("%-34s %-11s %s %9.1f"):format("  child", name, lc, (B.spread(column(name, child_key)))))
 end
 for _, r in ipairs(runs) do faults(r.name, "minflt", "childflt", "lfloorflt", "lfloorchild") end
 if peer then faults("luaposix", "minflt", "childflt", "lfloorflt", "lfloorchild") end
