@@ -825,8 +825,10 @@ describe("lab experiments in tiny mode", function()
     local util = require "procthread.lab.util"
     local a = assert(util.machine_cpu())
     assert.is_true(a.steal >= 0 and a.busy >= a.steal)
-    local x = 0
-    for i = 1, 3e6 do x = x + i % 3 end
+    -- 50 ms of this process's CPU time: five ticks of the machine's line
+    -- (a fixed loop took under one tick on a fast machine under LuaJIT)
+    local c0, x = os.clock(), 0
+    while os.clock() - c0 < 0.05 do for i = 1, 1e4 do x = x + i % 3 end end
     local b = util.machine_cpu()
     assert.is_true(b.busy > a.busy and b.steal >= a.steal)
     assert.are.equal(0.01, b.tick)                  -- the machine's line: one tick
