@@ -34,6 +34,23 @@ local writes = {
   { "a write inside pt.locked", function(st) pt.locked(st, function(s) s.k = 4 end) end },
 }
 
+describe("pt.sleep", function()
+  H.no_leaks()
+
+  -- math.huge (and any time beyond a century) sleeps for ever, as
+  -- docs/api.md says; the poll took it as EINVAL and returned at once
+  for _, s in ipairs({ math.huge, 1e300, 4e9 }) do
+    it("sleeps for ever on " .. tostring(s) .. " until cancelled", function()
+      local w = pt.spawn_thread(function(s) return pt.sleep(s) end, s)
+      assert.truthy(sleeping(w))
+      assert.are.same({ nil, "timeout" }, { w:join(0.2) })
+      w:cancel()
+      local ok, err = w:join(T)
+      assert.are.same({ false, "cancelled" }, { ok, err })
+    end)
+  end
+end)
+
 describe("pt.wait", function()
   H.no_leaks()
 

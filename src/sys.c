@@ -4,6 +4,7 @@
  * Blocking waits and cancellation points are cancel.c's; what a fork and
  * a worker process's exit need, fork.c's; the Lua 5.1 shims, compat.h's. */
 #include "pt.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -53,7 +54,8 @@ static int l_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   int r;
   if (!(s >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
-  r = pt_wait_fds(NULL, 0, 0, s);
+  /* math.huge, or beyond a century: for ever (the poll took it as EINVAL) */
+  r = pt_wait_fds(NULL, 0, 0, pt_deadline(s) == PT_FOREVER ? -1 : s);
   if (r == -2) return pt_raise_cancelled(L);
   if (r == -1) return pt_push_oserror(L, "sleep: poll", errno);
   lua_pushboolean(L, 1);
