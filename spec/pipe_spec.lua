@@ -554,6 +554,41 @@ describe("pipes", function()
     assert.is_true(writes >= 4000 and writes <= 4000 * 1.08 + 50, writes .. " writes\n" .. st)
   end)
 
+  -- issue 12: a blocking recv of the main thread (Ctrl-C watched) sleeps
+  -- in one ppoll that watches the SIGINT handler's eventfd, without
+  -- blocking and unblocking SIGINT around it (two more system calls per
+  -- wait before: rt_sigprocmask x 2 per ppoll, on both sides of a ping-pong).
+  -- The child is forked: it polls an eventfd of its own (see the Ctrl-C
+  -- specs for that it still interrupts).
+  it("a ping-pong's waits change no signal mask, in the parent or the child (strace)", function()
+    if not os.execute("strace -o /dev/null taskset -c 0 true >/dev/null 2>&1") then
+      return pending("strace or taskset cannot run here")
+    end
+    local log = os.tmpname()
+    -- on one CPU, where a recv sleeps rather than spin for the sender
+    local status, out = H.fresh_under("strace -f -qq -c -e trace=rt_sigprocmask,ppoll,poll -o " .. log .. " taskset -c 0", [[
+      local pt = require "procthread"
+      local a, b = pt.pipe(), pt.pipe()
+      local w = pt.spawn_process(function()
+        while true do local m = a:recv(); if not m then return true end; b:send(m) end
+      end)
+      for _ = 1, 2000 do a:send("ping"); assert(b:recv(20) == "ping") end
+      a:send(false)
+      assert(w:join(20)); a:close(); b:close()
+      print("done")
+    ]])
+    local f = assert(io.open(log)); local st = f:read("*a"); f:close(); os.remove(log)
+    assert.are.equal(0, status, out)
+    assert.matches("done", out)
+    local calls = {}                 -- % time, seconds, usecs/call, calls, [errors,] name
+    for line in st:gmatch("[^\n]+") do
+      local c, name = line:match("^%s*[%d.]+%s+[%d.]+%s+%d+%s+(%d+)%s+%d*%s*([%w_]+)$")
+      if name then calls[name] = tonumber(c) end
+    end
+    assert.is_true((calls.ppoll or 0) >= 1000, "the waits did not sleep in ppoll\n" .. st)
+    assert.is_true((calls.rt_sigprocmask or 0) < 200, st)
+  end)
+
   -- The wait for room for a whole frame ends after 5 ms at most; readers
   -- that read in it and still leave no room turn it off for the pipe.
   -- Here the counts say the pipe is full for good: bytes read around the
