@@ -75,6 +75,36 @@ describe("pipes", function()
       p:close()
     end)
 
+    -- A lone string of one frame over a page is written from the Lua
+    -- string itself, after a codec head pipe.c writes: every length the
+    -- fast path takes or leaves (4077 is one PIPE_BUF chunk, 8173 the most
+    -- of one frame, 16383 / 16384 the varint's step), each to a process
+    -- reader and back, and equal to what pt.encode makes.
+    it("carries a lone string of every size around one and two pages", function()
+      local sizes = { 0, 127, 128, 4077, 4078, 4079, 4095, 4096, 4097, 5000, 8170, 8171, 8172, 8173, 8174, 16383, 16384, 70000 }
+      local p, q = pt.pipe(), pt.pipe()
+      local w = pt.spawn_process(function()
+        while true do
+          local m = p:recv(T)
+          if m == nil then return true end
+          q:send(m, #m)
+        end
+      end)
+      for _, n in ipairs(sizes) do
+        local s = ("a"):rep(n - 1):gsub("^", "<") .. (n > 0 and ">" or "")
+        s = s:sub(1, n)
+        assert.are.equal(n, #s)
+        assert.are.equal(s, pt.decode(pt.encode(s)))
+        assert.is_true(p:send(s))
+        local back, len = q:recv(T)
+        assert.are.equal(n, len)
+        assert.is_true(back == s, "length " .. n)
+      end
+      p:send(nil)
+      assert.is_true(H.join_ok(w, T))
+      p:close(); q:close()
+    end)
+
     it("keeps messages apart and in order", function()
       local p = pt.pipe()
       for i = 1, 100 do assert.is_true(p:send(i, ("x"):rep(i * 7))) end
