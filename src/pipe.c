@@ -265,8 +265,9 @@ static int string_head(lua_State *L, pt_buf *b, const char **tail, size_t *tlen)
   uint64_t v;
   char *p;
   if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING) return 0;
-  *tail = lua_tolstring(L, 2, &n);
-  if (n > PT_FRAME_ONEMAX) return 0;
+  n = (size_t)pt_rawlen(L, 2);            /* a short message spends no more */
+  if (n + 1 < PT_FRAME_MAXDATA || n > PT_FRAME_ONEMAX) return 0;
+  *tail = lua_tostring(L, 2);
   p = b->data + b->len;                   /* reserved: 16 bytes past the header */
   *p++ = 's';
   for (v = n; v > 0x7f; v >>= 7) *p++ = (char)((v & 0x7f) | 0x80);
