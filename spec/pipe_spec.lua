@@ -75,6 +75,36 @@ describe("pipes", function()
       p:close()
     end)
 
+    -- A lone string of one frame over a page is written from the Lua
+    -- string itself, after a codec head pipe.c writes: every length the
+    -- fast path takes or leaves (4077 is one PIPE_BUF chunk, 8173 the most
+    -- of one frame, 16383 / 16384 the varint's step), each to a process
+    -- reader and back, and equal to what pt.encode makes.
+    it("carries a lone string of every size around one and two pages", function()
+      local sizes = { 0, 127, 128, 4077, 4078, 4079, 4095, 4096, 4097, 5000, 8170, 8171, 8172, 8173, 8174, 16383, 16384, 70000 }
+      local p, q = pt.pipe(), pt.pipe()
+      local w = pt.spawn_process(function()
+        while true do
+          local m = p:recv(T)
+          if m == nil then return true end
+          q:send(m, #m)
+        end
+      end)
+      for _, n in ipairs(sizes) do
+        local s = ("a"):rep(n - 1):gsub("^", "<") .. (n > 0 and ">" or "")
+        s = s:sub(1, n)
+        assert.are.equal(n, #s)
+        assert.are.equal(s, pt.decode(pt.encode(s)))
+        assert.is_true(p:send(s))
+        local back, len = q:recv(T)
+        assert.are.equal(n, len)
+        assert.is_true(back == s, "length " .. n)
+      end
+      p:send(nil)
+      assert.is_true(H.join_ok(w, T))
+      p:close(); q:close()
+    end)
+
     it("keeps messages apart and in order", function()
       local p = pt.pipe()
       for i = 1, 100 do assert.is_true(p:send(i, ("x"):rep(i * 7))) end
@@ -552,6 +582,41 @@ describe("pipes", function()
       if name == "write" or name == "writev" or name == "pwritev2" then writes = writes + tonumber(c) end
     end
     assert.is_true(writes >= 4000 and writes <= 4000 * 1.08 + 50, writes .. " writes\n" .. st)
+  end)
+
+  -- issue 12: a blocking recv of the main thread (Ctrl-C watched) sleeps
+  -- in one ppoll that watches the SIGINT handler's eventfd, without
+  -- blocking and unblocking SIGINT around it (two more system calls per
+  -- wait before: rt_sigprocmask x 2 per ppoll, on both sides of a ping-pong).
+  -- The child is forked: it polls an eventfd of its own (see the Ctrl-C
+  -- specs for that it still interrupts).
+  it("a ping-pong's waits change no signal mask, in the parent or the child (strace)", function()
+    if not os.execute("strace -o /dev/null taskset -c 0 true >/dev/null 2>&1") then
+      return pending("strace or taskset cannot run here")
+    end
+    local log = os.tmpname()
+    -- on one CPU, where a recv sleeps rather than spin for the sender
+    local status, out = H.fresh_under("strace -f -qq -c -e trace=rt_sigprocmask,ppoll,poll -o " .. log .. " taskset -c 0", [[
+      local pt = require "procthread"
+      local a, b = pt.pipe(), pt.pipe()
+      local w = pt.spawn_process(function()
+        while true do local m = a:recv(); if not m then return true end; b:send(m) end
+      end)
+      for _ = 1, 2000 do a:send("ping"); assert(b:recv(20) == "ping") end
+      a:send(false)
+      assert(w:join(20)); a:close(); b:close()
+      print("done")
+    ]])
+    local f = assert(io.open(log)); local st = f:read("*a"); f:close(); os.remove(log)
+    assert.are.equal(0, status, out)
+    assert.matches("done", out)
+    local calls = {}                 -- % time, seconds, usecs/call, calls, [errors,] name
+    for line in st:gmatch("[^\n]+") do
+      local c, name = line:match("^%s*[%d.]+%s+[%d.]+%s+%d+%s+(%d+)%s+%d*%s*([%w_]+)$")
+      if name then calls[name] = tonumber(c) end
+    end
+    assert.is_true((calls.ppoll or 0) >= 1000, "the waits did not sleep in ppoll\n" .. st)
+    assert.is_true((calls.rt_sigprocmask or 0) < 200, st)
   end)
 
   -- The wait for room for a whole frame ends after 5 ms at most; readers

@@ -5,10 +5,14 @@
 #include "pt.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 __thread pt_ctx *pt_self_ctx;
 
@@ -28,14 +32,60 @@ int pt_raise_cancelled(lua_State *L) {
   return lua_error(L);
 }
 
-/* SIGINT stays blocked from the check of the count to the sleep, and
-   ppoll unblocks it atomically (the mask it had before: a host that
-   blocks SIGINT keeps it blocked), so a Ctrl-C that comes after the check
-   still ends the sleep: no timer. */
+/* ---- Ctrl-C's wake-up ------------------------------------------------------
+
+   A wait of the thread that Ctrl-C interrupts polls, beside its fds, an
+   eventfd that the SIGINT handler writes after it counts (lifecycle.c), so
+   a SIGINT that lands between the wait's check of the count and its sleep
+   still ends the sleep: no timer, and no signal-mask change around every
+   poll (two system calls a wait).  A SIGINT taken by any thread of the
+   process wakes it too.  The fd is made when the handler is installed
+   (before any wait), and a forked child makes its own at the fork and puts
+   it in the same fd number (dup3: the handler, which may run at any
+   moment, never writes a number that is closed or reused); a parent
+   sharing one with a child could read away the child's wake-up.  Where
+   that fails (no fd left), this process's waits fall back to blocking
+   SIGINT from the check to ppoll, which unblocks it atomically. */
+static int intr_fd = -1;     /* the eventfd, or -1 */
+static int intr_own;         /* intr_fd is this process's own (not shared
+                                with a parent): the waits may use it */
+
+static void intr_after_fork(void) {
+  int fd;
+  if (intr_fd < 0) return;
+  intr_own = 0;
+  fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return;
+  if (dup3(fd, intr_fd, O_CLOEXEC) == intr_fd) intr_own = 1;
+  pt_close(fd);
+}
+
+void pt_interrupt_fd_open(void) {
+  int fd;
+  if (intr_fd >= 0) return;
+  fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return;                      /* the waits block SIGINT instead */
+  intr_own = 1;
+  __atomic_store_n(&intr_fd, fd, __ATOMIC_SEQ_CST);
+  pt_atfork_child(intr_after_fork);
+}
+
+void pt_interrupt_wake(void) {             /* async-signal-safe */
+  int fd = __atomic_load_n(&intr_fd, __ATOMIC_SEQ_CST);
+  uint64_t one = 1;
+  if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* full: readable anyway */ }
+}
+
+/* The wait's extra slot p[n]: the thread worker's cancel eventfd, or, in
+   the thread Ctrl-C interrupts, the wake-up eventfd (drained when it
+   fires; the count, checked before every sleep, says whether it was a
+   new SIGINT).  mask: SIGINT is watched but there is no wake-up fd. */
 int pt_poll_wait(struct pollfd *p, int n, double deadline) {
   pt_ctx *c = pt_self_ctx;
   int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
   int watched = pt_interrupt_watched();
+  int ifd = watched && cfd < 0 && intr_own ? intr_fd : -1;
+  int mask = watched && ifd < 0;
   sigset_t intr, old;
   sigemptyset(&intr);
   sigaddset(&intr, SIGINT);
@@ -44,10 +94,10 @@ int pt_poll_wait(struct pollfd *p, int n, double deadline) {
     int i, r, e;
     if (pt_cancel_requested()) return -2;
     for (i = 0; i < n; i++) p[i].revents = 0;
-    p[n].fd = cfd; p[n].events = POLLIN; p[n].revents = 0;
-    if (watched) pthread_sigmask(SIG_BLOCK, &intr, &old);
+    p[n].fd = cfd >= 0 ? cfd : ifd; p[n].events = POLLIN; p[n].revents = 0;
+    if (mask) pthread_sigmask(SIG_BLOCK, &intr, &old);
     if (pt_interrupted()) {              /* Ctrl-C: see pt_raise_cancelled */
-      if (watched) pthread_sigmask(SIG_SETMASK, &old, NULL);
+      if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
       return -2;
     }
     if (deadline >= 0) {
@@ -57,13 +107,18 @@ int pt_poll_wait(struct pollfd *p, int n, double deadline) {
       ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
       tsp = &ts;
     }
-    r = ppoll(p, (nfds_t)(n + 1), tsp, watched ? &old : NULL);
+    r = ppoll(p, (nfds_t)(n + 1), tsp, mask ? &old : NULL);
     e = errno;
-    if (watched) pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r < 0) {
       if (e == EINTR) continue;
       errno = e;
       return -1;
+    }
+    if (ifd >= 0 && p[n].revents) {      /* drained first, then the count */
+      uint64_t v;
+      if (read(ifd, &v, sizeof v) < 0) { /* EAGAIN: drained already */ }
+      continue;
     }
     for (i = 0; i < n; i++)
       if (p[i].revents) return i;          /* ready, hung up or error: let the caller see */

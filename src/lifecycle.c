@@ -37,8 +37,8 @@
  * through the cancellation path (pt_raise_cancelled); the hook raises as
  * soon as control is back in Lua.  A SIGINT that lands between the check
  * and the system call is not an EINTR; the waits close that race
- * instead of waking on a timer: a poll-based wait blocks SIGINT, checks
- * the count, and lets ppoll unblock it atomically (cancel.c); a futex-based
+ * instead of waking on a timer: a poll-based wait also polls an eventfd
+ * the handler writes after it counts (cancel.c); a futex-based
  * wait watches the count itself as one more futex word, which the
  * handler bumps and wakes (pt_interrupt_word): a SIGINT after the check
  * changes the word, so the kernel does not sleep. */
@@ -79,6 +79,7 @@ static void count_sigint(void) {
   int e = errno;
   __atomic_add_fetch(&sigint_count, 1, __ATOMIC_SEQ_CST);
   syscall(SYS_futex, &sigint_count, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  pt_interrupt_wake();                   /* the poll waits (cancel.c) */
   errno = e;
 }
 
@@ -95,6 +96,7 @@ static void chain_sigint(void) {
   if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN ||
       cur.sa_handler == on_sigint || (cur.sa_flags & SA_SIGINFO))
     return;
+  pt_interrupt_fd_open();
   chained = cur;
   sa = cur;
   sa.sa_handler = on_sigint;

@@ -255,35 +255,62 @@ static void buf_give(tls_bufs *t, int recv, pt_buf *b) {
   }
 }
 
+/* A message of one string that goes as one frame of more than a page
+   (pipe_write.c's write_whole): the codec's bytes for it ('s', the varint
+   length: codec.h) into b, and the string's own bytes stay where they
+   are, for the write's second part (no copy of them into the buffer).
+   1 done, 0 not such a message (b as it was). */
+static int string_head(lua_State *L, pt_buf *b, const char **tail, size_t *tlen) {
+  size_t n, len;
+  uint64_t v;
+  char *p;
+  if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING) return 0;
+  n = (size_t)pt_rawlen(L, 2);            /* a short message spends no more */
+  if (n + 1 < PT_FRAME_MAXDATA || n > PT_FRAME_ONEMAX) return 0;
+  *tail = lua_tostring(L, 2);
+  p = b->data + b->len;                   /* reserved: 16 bytes past the header */
+  *p++ = 's';
+  for (v = n; v > 0x7f; v >>= 7) *p++ = (char)((v & 0x7f) | 0x80);
+  *p++ = (char)v;
+  len = (size_t)(p - b->data) - PT_FRAME_HDR + n;
+  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 0;
+  b->len = (size_t)(p - b->data);
+  *tlen = n;
+  return 1;
+}
+
 static int l_send(lua_State *L) {
   handle *h = check_handle(L, 1);
   pt_pipe *p = h->p;
   tls_bufs *t;
   pt_buf buf, *b = &buf;
   char err[PT_ERRLEN];
+  const char *tail = NULL;
+  size_t len, tlen = 0;
   int r, saved;
-  size_t len;
   if (!p) return push_closed(L);
   t = tls_get();
   buf = buf_take(t, 0);
-  if (pt_buf_reserve(b, PT_FRAME_HDR)) { buf_give(t, 0, b); return luaL_error(L, "not enough memory"); }
+  if (pt_buf_reserve(b, 2 * PT_FRAME_HDR)) { buf_give(t, 0, b); return luaL_error(L, "not enough memory"); }
   b->len = PT_FRAME_HDR;                  /* room for the first header */
-  if (!pt_encode(L, 2, lua_gettop(L) - 1, "message", b, err, sizeof err)) {
+  if (!string_head(L, b, &tail, &tlen) &&
+      !pt_encode(L, 2, lua_gettop(L) - 1, "message", b, err, sizeof err)) {
     buf_give(t, 0, b);
     return luaL_error(L, "%s", err);
   }
-  len = b->len - PT_FRAME_HDR;
+  len = b->len - PT_FRAME_HDR + tlen;
   if (len > PT_MSG_MAX) {
     pt_discard(b->data + PT_FRAME_HDR, len);
     buf_give(t, 0, b);
     return luaL_error(L, "message too large (%d bytes; the limit is %d MiB)",
                       (int)(len > 0x7fffffff ? 0x7fffffff : len), (int)(PT_MSG_MAX >> 20));
   }
-  r = pt_pipe_write(p, b->data, len);
+  r = pt_pipe_write(p, b, tail, tlen);
   saved = errno;
   if (r != WR_OK) {
-    /* nobody will decode this message: drop the references it holds */
-    pt_discard(b->data + PT_FRAME_HDR, len);
+    /* nobody will decode this message: drop the references it holds (a
+       string holds none) */
+    if (!tail) pt_discard(b->data + PT_FRAME_HDR, len);
     buf_give(t, 0, b);
     if (r == WR_CLOSED) return push_closed(L);
     if (r == WR_CANCEL) return pt_raise_cancelled(L);

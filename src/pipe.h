@@ -146,10 +146,12 @@ void pt_pipe_watch_forks(void);           /* once, at registration */
 /* ---- pipe_write.c --------------------------------------------------------- */
 
 enum { WR_OK = 0, WR_CLOSED = 1, WR_ERR = -1, WR_CANCEL = -2, WR_LOCK = -3 };
-/* Send the message buf[16 .. 16+len) (buf[0..16) is room for a header):
+/* Send the message b->data[16 .. b->len) followed by tail[0 .. tlen)
+   (b->data[0..16) is room for a header; the tail, when the message goes
+   in one write, is written from where it is, else it joins b first):
    WR_OK, WR_CLOSED (no reader, or the write end closed), WR_CANCEL
    (cancelled or interrupted), WR_ERR or WR_LOCK (the write lock failed;
    errno says why). */
-int pt_pipe_write(pt_pipe *p, char *buf, size_t len);
+int pt_pipe_write(pt_pipe *p, pt_buf *b, const char *tail, size_t tlen);
 
 #endif

@@ -33,6 +33,9 @@ typedef struct sender {
   int masked, blocked, was_pending;
   int epipe;                  /* a write got EPIPE (raising SIGPIPE) */
   sigset_t old;
+  pt_buf *b;                  /* the message's buffer */
+  const char *tail;           /* the message's last tlen bytes, not yet in b */
+  size_t tlen;
 } sender;
 
 /* Block SIGPIPE in this thread for the writes (see the top of the file). */
@@ -323,26 +326,43 @@ static int wait_fit(sender *sd, size_t n) {
 /* A message of up to two pages as one chunk in one write, when the counts
    say it fits (waiting a little for room: wait_fit): then the write cannot
    block, so no kill can cut it and no cancellation needs a wait first.
-   WR_*, or 1 when it does not fit (it then goes as chunks of at most
-   PIPE_BUF). */
+   The message's tail, when it is not in the buffer, is the write's second
+   part.  WR_*, or 1 when it does not fit (it then goes as chunks of at
+   most PIPE_BUF). */
 static int write_whole(sender *sd, char *buf, size_t len) {
   size_t total = PT_FRAME_HDR + len;
+  struct iovec v[2];
   ssize_t w;
-  int r;
+  int r, n = sd->tail ? 2 : 1;
   if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 1;
   if (!fits(sd->p->shm, total) && (r = wait_fit(sd, total)) != 1) return r;
   if (!fits(sd->p->shm, total)) return 1;
   pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
                (uint32_t)len, (uint32_t)len);
-  while ((w = put1(sd, buf, total, 0)) < 0) {
+  v[0].iov_base = buf; v[0].iov_len = total - sd->tlen;
+  v[1].iov_base = (void *)sd->tail; v[1].iov_len = sd->tlen;
+  while ((w = put(sd, v, n, total, 0)) < 0) {
     if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return 1;                  /* made non-blocking elsewhere */
     if (errno == EPIPE) { sd->epipe = 1; return WR_CLOSED; }
     return WR_ERR;
   }
-  if ((size_t)w < total && put_rest(sd, buf + w, total - (size_t)w)) return WR_ERR;
+  for (r = 0; r < n && (size_t)w >= v[r].iov_len; r++) w -= (ssize_t)v[r].iov_len;
+  for (; r < n; r++, w = 0)                         /* cut short: cannot happen */
+    if (put_rest(sd, (const char *)v[r].iov_base + w, v[r].iov_len - (size_t)w)) return WR_ERR;
   return WR_OK;
+}
+
+/* The message as chunks needs it in one piece: the tail joins the
+   buffer (which may move).  0, or -1 (ENOMEM). */
+static int join_tail(sender *sd, char **buf) {
+  if (!sd->tail) return 0;
+  if (pt_buf_add(sd->b, sd->tail, sd->tlen)) { errno = ENOMEM; return -1; }
+  sd->tail = NULL;
+  sd->tlen = 0;
+  *buf = sd->b->data;
+  return 0;
 }
 
 /* A pipe that a sender first finds too full for its message grows, once,
@@ -377,6 +397,7 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
     set_torn(s, 0);
   }
   if ((r = write_whole(sd, buf, len)) != 1) return r;
+  if (join_tail(sd, &buf)) return WR_ERR;
   if (len > PT_FRAME_MAXDATA) {
     long done = write_batch(sd, buf, len, hdrs);
     if (done < 0) {
@@ -404,12 +425,16 @@ static int write_message(pipe_shm *s, sender *sd, char *buf, size_t len,
   return WR_OK;
 }
 
-int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
+int pt_pipe_write(pt_pipe *p, pt_buf *b, const char *tail, size_t tlen) {
   pipe_shm *s;
   sender sd;
   int lk, r, saved;
+  size_t len = b->len - PT_FRAME_HDR + tlen;
   memset(&sd, 0, sizeof sd);
   sd.p = p;
+  sd.b = b;
+  sd.tail = tlen ? tail : NULL;
+  sd.tlen = tlen;
   sd.fd = pt_pipe_send_begin(p, &sd.reader);
   if (sd.fd < 0) return WR_CLOSED;
   lk = pt_pipe_lock(&p->shm->wlock, -1);
@@ -425,7 +450,7 @@ int pt_pipe_write(pt_pipe *p, char *buf, size_t len) {
   s = p->shm;
   s->wseq++;
   __atomic_store_n(&s->wholder, (uint64_t)s->wseq << 32 | (uint32_t)pt_pipe_pid(), __ATOMIC_RELEASE);
-  r = write_message(s, &sd, buf, len, lk == LK_DIED);
+  r = write_message(s, &sd, b->data, len, lk == LK_DIED);
   saved = errno;
   if (r != WR_OK && r != WR_CLOSED && s->wtorn) give_up(s, &sd);
   sigpipe_unguard(&sd, r);

@@ -42,7 +42,7 @@ int pt_cancel_requested(void);
 int pt_wait_fd(int fd, short events, double timeout);
 /* Wait until one of p[0..n) is ready (the caller sets fd and events), or
    the deadline passes (absolute, pt_clock_now(); < 0: forever).  p has room for
-   n + 1 entries: the last is this thread's cancel eventfd.  Returns the
+   n + 1 entries: the last is this thread's cancel or Ctrl-C eventfd.  Returns the
    index of the first ready entry, -3 timeout, -1 OS error (errno), -2
    cancelled or (main thread) interrupted: see pt_raise_cancelled.  No
    timer: a Ctrl-C that lands just before the sleep still ends it. */
@@ -207,6 +207,10 @@ int pt_interrupt_watched(void);
    while no SIGINT is new to this thread.  Check pt_interrupted() first,
    then sleep while the word equals *expected.  NULL: not watched. */
 const uint32_t *pt_interrupt_word(uint32_t *expected);
+/* cancel.c: the eventfd the poll waits watch for Ctrl-C, made once before
+   the handler is installed; and its write, from the handler. */
+void pt_interrupt_fd_open(void);
+void pt_interrupt_wake(void);
 /* The registry of workers not yet ended (each entry holds a reference). */
 void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */
