@@ -84,6 +84,25 @@ describe("handle toolkit", function()
       end
       collectgarbage()
     end)
+
+    -- the toolkit remembers two handles of a kind: each slot forgets
+    for _, order in ipairs({ "other first", "other last" }) do
+      it(what .. ": finalized while another handle is remembered too (" .. order .. "): released", function()
+        local other = new()
+        local saved = resurrected(new, function(x)
+          if order == "other first" then local _ = other[1]; _ = x[1]
+          else local _ = x[1]; _ = other[1] end
+        end)
+        local ok, err = pcall(function() return saved[1] end)
+        assert.is_false(ok)
+        assert.matches("released", err)
+        assert.is_true((pcall(function() return other[1] end)))
+        not_remembered(saved, debug.getmetatable(saved)[mm], expected)
+        saved = nil
+        pt.release(other)
+        collectgarbage(); collectgarbage()
+      end)
+    end
   end
 end)
 

@@ -22,7 +22,10 @@ void *pt_udata_test_mt(lua_State *L, int i, void *p) {
   lua_pop(L, 1);
   if (!ours) return NULL;
   s = (pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
-  if (s && s->live(p)) s->last = p;
+  if (s && s->live(p)) {
+    s->last[s->next] = p;
+    s->next ^= 1;
+  }
   return p;
 }
 
@@ -32,8 +35,10 @@ void *pt_udata_test_mt(lua_State *L, int i, void *p) {
    remembered). */
 static int udata_gc(lua_State *L) {
   pt_seen *s = (pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  void *p = lua_touserdata(L, 1);
   int n = s->gc(L);
-  if (s->last == lua_touserdata(L, 1)) s->last = NULL;
+  if (s->last[0] == p) s->last[0] = NULL;
+  if (s->last[1] == p) s->last[1] = NULL;
   return n;
 }
 

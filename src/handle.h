@@ -35,7 +35,9 @@ typedef struct pt_handle {
    metatable, the key and the kind's pt_seen as upvalues 1, 2 and 3, so
    that pt_udata_test, called from them, need not look the metatable up by
    name (it does when called from elsewhere), and mostly need not compare
-   it either: it remembers the last userdata whose metatable it compared,
+   it either: it remembers the last two userdata whose metatables it
+   compared (two: a loop that alternates two handles of a kind, a pipe's
+   ping-pong on two pipes, hits too),
    if the kind's `live` says it is not yet released, and the kind's __gc
    (the toolkit's, around the kind's own, which releases) forgets it once
    the kind's own has run, so a remembered address is always a live
@@ -49,7 +51,8 @@ typedef struct pt_handle {
    library reaches upvalue 1 too) and costs a quarter more instructions on
    `st.x = st.x + 1; local _ = #ch` (callgrind, 5.4: 2277 -> 2905). */
 typedef struct pt_seen {
-  void *last;                       /* a live userdata of the kind, or NULL */
+  void *last[2];                    /* live userdata of the kind, or NULL */
+  int next;                         /* the slot the next one replaces */
   lua_CFunction gc;                 /* the kind's own __gc */
   int (*live)(const void *p);       /* p (of the kind) is not released */
 } pt_seen;
@@ -62,7 +65,7 @@ static inline void *pt_udata_test(lua_State *L, int i, const void *key, const ch
   if (lua_touserdata(L, lua_upvalueindex(2)) != key) return pt_testudata(L, i, tname);
   p = lua_touserdata(L, i);
   s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
-  return p && s && p == s->last ? p : pt_udata_test_mt(L, i, p);
+  return p && s && (p == s->last[0] || p == s->last[1]) ? p : pt_udata_test_mt(L, i, p);
 }
 /* The same, or raise "bad argument #i to 'fn' (<tname> expected, got
    <type>)" as luaL_checkudata words it. */
