@@ -454,6 +454,37 @@ describe("pipes", function()
       end)
     end
 
+    it("a send from another thread is refused once close_read has begun (its drain is not fed)", function()
+      -- The sender leaves 2000 small messages in the pipe (well under 64
+      -- KiB) and waits between two sends (the read end not busy), so that
+      -- the main thread's close_read drains the pipe itself while the
+      -- sender goes on: every send from then on must say "closed".  Before
+      -- the fix the drain took the new messages too, so they counted as
+      -- sent, and close_read lasted as long as the sender went on (CI: all
+      -- 100000 sends of the spec above went in).
+      local small = 2000
+      for _ = 1, 20 do
+        local p, t = pt.pipe(), pt.shared_table({ sent = 0, go = 0 })
+        local w = pt.spawn_thread(function()
+          local s = ("c"):rep(4000)
+          for i = 1, 100000 do
+            t.sent = i
+            if i == small then pt.wait(t, "go", 0, 20) end
+            local ok, err = p:send(i < small and "c" or s)
+            if not ok then return i, err end
+          end
+        end)
+        while t.sent < small do pt.sleep(0.001) end
+        t.go = 1
+        p:close_read()
+        local ok, i, err = w:join(T)
+        p:close()
+        assert.are.same({ true, "closed" }, { ok, err })
+        -- at most a pipe's worth went in while the sender held the read end
+        assert.is_true(i <= small + 70, "sends that succeeded after close_read: " .. tostring(i - small))
+      end
+    end)
+
     it("leaves the SIGPIPE disposition, mask and pending set as they were", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

@@ -90,6 +90,10 @@ int pt_pipe_send_begin(pt_pipe *p, int *reader) {
   int fd;
   pthread_mutex_lock(&p->mu);
   fd = p->wclosing ? -1 : p->wfd;
+  /* this process closed (or is closing) the only read end: no reader is
+     left, even while its close still drains the pipe -- a send that went
+     in now would feed that drain (and count as delivered) */
+  if (fd >= 0 && (p->rfd < 0 || p->rclosing) && sole_reader(p)) fd = -1;
   *reader = 0;
   if (fd >= 0) {
     p->wbusy++;
