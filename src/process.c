@@ -202,7 +202,7 @@ PT_CHILD_PATH static void child_main(lua_State *L, int wfd, int drain_fd) {
     send_result(1, m, len);
     leave(1);
   } else if (lua_gettop(L) == base) {
-    send_result(0, "", 0);
+    send_result(0, NULL, 0);                 /* no "" literal: a page of rodata */
     leave(0);
   }
   send_results(L, base);
@@ -216,7 +216,7 @@ static void send_results(lua_State *L, int base) {
   pt_buf b;
   pt_buf_init(&b);
   if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
-    send_result(0, b.data ? b.data : "", b.len);
+    send_result(0, b.data, b.len);
     leave(0);
   }
   send_result(1, err, strlen(err));
