@@ -175,9 +175,10 @@ PT_CHILD_PATH static void take_sigterm(void) {
    no encoder state for no results, no stack rotation), makes no string
    (a new one writes the string cache and runs strcmp and memcmp), and its
    code sits together (PT_CHILD_PATH). */
-PT_CHILD_PATH static void child_main(lua_State *L, int wfd, int drain_fd) {
+PT_CHILD_PATH static void child_main(lua_State *L, int wfd, int drain_fd, int levels) {
   int n, base = 1;
   pt_after_fork_child();
+  parent_levels = levels;                  /* a page the child writes anyway */
   my_result_fd = wfd;
   my_drain_fd = drain_fd;
   if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
@@ -225,12 +226,13 @@ static void send_results(lua_State *L, int base) {
 
 /* In the parent, before the fork: what the child needs, made where the
    parent writes anyway (its pages are shared, not copied, when the child
-   only reads them).  The levels of the stack below fn (parent_levels),
-   and on the stack os, "exit" and child_os_exit, so that the child sets
-   os.exit with one rawset.  os is looked up raw: no metamethod can raise
-   here (none could be answered in the child either). */
-static void prepare_child(lua_State *L) {
-  parent_levels = count_levels(L);
+   only reads them).  On the stack os, "exit" and child_os_exit, so that
+   the child sets os.exit with one rawset; os is looked up raw: no
+   metamethod can raise here (none could be answered in the child
+   either).  Returns the levels of the stack below fn (for parent_levels:
+   a static set by the child, as two threads may spawn at once). */
+static int prepare_child(lua_State *L) {
+  int levels = count_levels(L);
   pt_pushglobals(L);
   lua_pushliteral(L, "os");
   lua_rawget(L, -2);
@@ -250,6 +252,7 @@ static void prepare_child(lua_State *L) {
     lua_rawset(L, LUA_REGISTRYINDEX);
   }
 #endif
+  return levels;
 }
 
 /* Spawning failed after the handle was made: the handle becomes an
@@ -263,7 +266,7 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
 }
 
 PT_CHILD_PATH static int process_spawn(lua_State *L) {
-  int fds[2], life[2], e;
+  int fds[2], life[2], e, levels;
   pid_t pid;
   process_worker *p;
   pt_worker *w;
@@ -295,7 +298,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_clock_now();
-  prepare_child(L);
+  levels = prepare_child(L);
   /* no list is caught half-changed by the fork.  Lock order: orphans,
      then the lifecycle registry (the reaper settles under orphan_lock and
      leaves the registry). */
@@ -323,7 +326,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   }
   /* the child keeps the read end: closing it would cost a system call,
      and a reader more changes nothing for the writer */
-  if (pid == 0) child_main(L, fds[1], p->drain_fd);
+  if (pid == 0) child_main(L, fds[1], p->drain_fd, levels);
   close(fds[1]);
   pw(w)->held = held;
   w->id = pid;
