@@ -98,7 +98,8 @@ PT_CHILD_PATH static void send_result(int kind, const char *p, size_t n) {
    shared-memory counts this process holds (it keeps them, leaked, while
    a thread still runs). */
 PT_CHILD_PATH static void leave(int code) {
-  pt_lifecycle_stop_threads(1.0);
+  /* no thread: no call (its argument, a double, is a page of rodata) */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) != 0) pt_lifecycle_stop_threads(1.0);
   pt_child_exit(code);
 }
 
@@ -158,10 +159,15 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* cancel is SIGTERM: the child takes it whatever the parent does with it */
+/* cancel is SIGTERM: the child takes it whatever the parent does with it.
+   sigaction, not signal: the latter's code is one more page to fault in. */
 PT_CHILD_PATH static void take_sigterm(void) {
+  struct sigaction dfl;
   sigset_t term;
-  signal(SIGTERM, SIG_DFL);
+  dfl.sa_handler = SIG_DFL;
+  dfl.sa_flags = 0;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGTERM, &dfl, NULL);
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
   pthread_sigmask(SIG_UNBLOCK, &term, NULL);
