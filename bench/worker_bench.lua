@@ -41,17 +41,20 @@ local function fork_floor()
 end
 
 -- k timed calls of spawn_join(); the median in us, the parent's and the
--- children's minor faults per call (rusage: self, children).
+-- children's minor faults per call (rusage: self, children), and when
+-- rusage gives it (a third value: CPU seconds of self and children) the
+-- CPU us per call, parent and child together: a figure the machine's
+-- load moves less than the wall clock.
 local function timed(spawn_join, now, rusage, k)
   local t = {}
-  local s0, c0 = rusage()
+  local s0, c0, u0 = rusage()
   for i = 1, k do
     local t0 = now()
     spawn_join()
     t[i] = now() - t0
   end
-  local s1, c1 = rusage()
-  return (B.spread(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k
+  local s1, c1, u1 = rusage()
+  return (B.spread(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k, u0 and (u1 - u0) / k * 1e6
 end
 
 -- n spawns of `mine` (spawn_join, now, rusage, pause) and n of the C
@@ -59,22 +62,30 @@ end
 -- the same load.  Before each chunk an untimed pause(): what the chunk
 -- before left running (procthread's idle threads making their next
 -- states) ends first and does not slow the next.  The medians of the
--- chunks: mine's {us, parent faults, child faults}, the floor's values
--- likewise (or nil).
+-- chunks: mine's {us, parent faults, child faults, CPU us or nil}, the
+-- floor's values likewise (its CPU taken around it with mine's rusage),
+-- or nil.
 local function alternate(mine, floor, n)
-  local a, b = { {}, {}, {} }, { {}, {}, {} }
+  local a, b = { {}, {}, {}, {} }, { {}, {}, {}, {} }
   local function add(t, ...)
     local v = { ... }
-    for i = 1, 3 do if v[i] then t[i][#t[i] + 1] = v[i] end end
+    for i = 1, 4 do if v[i] then t[i][#t[i] + 1] = v[i] end end
   end
   local function run_mine() mine[4](); add(a, timed(mine[1], mine[2], mine[3], CHUNK)) end
-  local function run_floor() if floor then mine[4](); add(b, floor(CHUNK)) end end
+  local function run_floor()
+    if not floor then return end
+    mine[4]()
+    local _, _, u0 = mine[3]()
+    local us, pf, cf = floor(CHUNK)
+    local _, _, u1 = mine[3]()
+    add(b, us, pf, cf, u0 and (u1 - u0) / CHUNK * 1e6)
+  end
   for c = 1, math.max(1, math.floor(n / CHUNK)) do
     if c % 2 == 1 then run_mine(); run_floor() else run_floor(); run_mine() end
   end
   local function medians(t)
     local m = {}
-    for i = 1, 3 do if #t[i] > 0 then m[i] = (B.spread(t[i])) end end
+    for i = 1, 4 do if #t[i] > 0 then m[i] = (B.spread(t[i])) end end
     return m
   end
   return medians(a), floor and medians(b) or nil
@@ -86,7 +97,9 @@ local function report(name, fname, m, f)
   if f then
     out = out .. (" %s_us %.2f"):format(fname, f[1])
     if f[2] then out = out .. (" %sflt %.1f %schild %.1f"):format(fname, f[2], fname, f[3]) end
+    if f[4] then out = out .. (" %scpu_us %.1f"):format(fname, f[4]) end
   end
+  if m[4] then out = out .. (" cpu_us %.1f"):format(m[4]) end
   return out
 end
 
@@ -95,6 +108,10 @@ if mode == "--measure" then
   local n = tonumber(arg[2])
   local f = function() end
   local function rusage() return pt.rusage().minflt, pt.rusage("children").minflt end
+  local function rusage_cpu()                    -- the process rows: CPU too
+    local s, c = pt.rusage(), pt.rusage("children")
+    return s.minflt, c.minflt, s.utime + s.stime + c.utime + c.stime
+  end
   local function spawner(kind)
     return function() assert(pt.spawn(kind, f):join(10)) end
   end
@@ -104,7 +121,7 @@ if mode == "--measure" then
   timed(spawner("process"), pt.now, rusage, 50)
   print(report("thread", "lthread", alternate({ spawner("thread"), pt.now, rusage, pause },
     floor and floor.thread, n)))
-  print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage, pause },
+  print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage_cpu, pause },
     floor and floor.fork, n)))
   os.exit(0)
 end
@@ -223,6 +240,8 @@ if peer then
 end
 for _, r in ipairs(runs) do compare(SAME_P, r.name, "process_us", nil, "lfloor_us", "<= 1.25") end
 if peer then compare(SAME_P, "luaposix", "posix_us", nil, "lfloor_us", "(" .. plua .. ")") end
+-- CPU time of parent and child per spawn + join against the same fork's
+for _, r in ipairs(runs) do compare("process CPU (C fork, same Lua)", r.name, "cpu_us", nil, "lfloorcpu_us", "<= 1.25") end
 print(("%-34s %-11s %9s %9s"):format("minor faults per process spawn", "", "floor", "spawn"))
 print(("%-34s %-11s %9.1f"):format("  parent", "C program", (B.spread(column("floor", "minflt")))))
 local function faults(name, key, child_key, fkey, fchild)

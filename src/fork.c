@@ -17,11 +17,15 @@ static pid_t my_pid;                       /* atomic; 0: not yet known */
 static unsigned fork_gen;                  /* atomic */
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
+/* hot: the code of a new child sits together (process.c, PT_CHILD_PATH) */
 static void set_pid(void) { __atomic_store_n(&my_pid, getpid(), __ATOMIC_RELAXED); }
-static void forked(void) { set_pid(); __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED); }
+__attribute__((hot)) static void forked(void) {
+  set_pid();
+  __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
+}
 static void watch_forks(void) { pthread_atfork(NULL, NULL, forked); }
 
-pid_t pt_pid(void) {
+__attribute__((hot)) pid_t pt_pid(void) {
   pid_t p = __atomic_load_n(&my_pid, __ATOMIC_RELAXED);
   if (p) return p;
   pthread_once(&pid_once, watch_forks);   /* before the first fork that counts */
@@ -54,7 +58,7 @@ static void add_fn(void (*volatile *fns)(void), void (*fn)(void)) {
   }
 }
 
-static void run_fns(void (*volatile *fns)(void)) {
+__attribute__((hot)) static void run_fns(void (*volatile *fns)(void)) {
   int i;
   for (i = 0; i < 16; i++) {
     void (*fn)(void) = __atomic_load_n(&fns[i], __ATOMIC_ACQUIRE);
@@ -67,12 +71,12 @@ int pt_live_threads;
 int pt_live_waiters;
 
 void pt_atfork_child(void (*fn)(void)) { add_fn(atfork_fns, fn); }
-void pt_after_fork_child(void) {
+__attribute__((hot)) void pt_after_fork_child(void) {
   __atomic_store_n(&pt_live_threads, 0, __ATOMIC_SEQ_CST);   /* none came along */
   run_fns(atfork_fns);
 }
 void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
-void pt_child_exit(int code) {
+__attribute__((hot)) void pt_child_exit(int code) {
   /* Thread workers of this process that still run may use what the exit
      functions release (shared-memory references): then leak, never free
      under a running thread. */

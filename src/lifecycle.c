@@ -22,9 +22,9 @@
  * may end: the fd table is the process's); the kernel then sends the
  * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
  * parent-death signal of prctl would fire when the forking *thread*
- * ends.)  A child that arms after the last write end closed (its parent
- * died while it started) finds the pipe hung up, still armed, and leaves
- * (pt.detach disarms before it closes its end).  pt.detach clears
+ * ends.)  The child arms before it closes its own copy of the write end:
+ * if its parent died while it started, that close is the last, and
+ * signals it (pt.detach disarms before it closes its end).  pt.detach clears
  * O_ASYNC on the shared read end first: the child is then left alone.
  *
  * Ctrl-C.  lua.c and luajit.c catch SIGINT while a script runs and set a
@@ -260,41 +260,35 @@ int pt_lifeline_prefork(int life[2]) {
   return 0;
 }
 
-/* Whether the last write end of the lifeline closed while we were armed
-   or before (the read end hangs up), and not by pt.detach (it clears
-   O_ASYNC before it closes its end).  A dying parent closes its fds some
-   time before its children go to init (the more so on a loaded machine:
-   the exit can be preempted in between), so getppid() may still name it;
-   the pipe itself does not lie.  Arming and the last writer's close are
-   ordered by the pipe's lock: a close before the arming is seen here, a
-   close after it signals us. */
-static int write_end_closed(int fd) {
-  struct pollfd p;
-  p.fd = fd;
-  p.events = POLLIN;
-  p.revents = 0;
-  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && (fcntl(fd, F_GETFL) & O_ASYNC);
-}
-
 /* In the new child, first thing: forget the parent's workers (and close
-   their lifelines: only the parent may hold them), arm our own. */
-void pt_lifeline_child(int life[2]) {
+   their lifelines: only the parent may hold them), arm our own.  Armed
+   first, then our copy of the write end closed: if the parent's has
+   closed already (it died while we started), ours is the last, and its
+   close signals us at once -- the pipe's lock orders arming and the last
+   writer's close, so no look at the pipe is needed.  pt.detach clears
+   O_ASYNC before it closes its end: a close after that signals no one.
+   Every page the child writes is a copy-on-write fault: the thread-local
+   words are written only when they change (this thread is the child's
+   only one, so its main thread), and the code sits with the rest of the
+   child's path (hot: process.c, PT_CHILD_PATH). */
+__attribute__((hot)) void pt_lifeline_child(int life[2]) {
   pt_worker *w;
+  uint32_t n = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock(&reg_mu);   /* held across the fork by this very thread */
   for (w = reg; w; w = w->next) { pt_close(w->lifeline); pt_close(w->lifeline_r); }
-  reg = NULL;                      /* the records are the parent's: left alone */
+  if (reg) reg = NULL;             /* the records are the parent's: left alone */
   pt_close(my_lifeline);
-  pt_close(life[1]);
   my_lifeline = life[0];
-  main_thread = -1;
-  intr_seen = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
-  intr_pending = 0;
+  if (main_thread != 1) main_thread = 1;
+  if (intr_seen != n) intr_seen = n;
+  if (intr_pending) intr_pending = 0;
   /* the read end's status flags are known: pipe2 set none (O_CLOEXEC is
      the fd's), so no F_GETFL */
   if (fcntl(life[0], F_SETOWN, pt_pid()) == 0 && fcntl(life[0], F_SETSIG, SIGKILL) == 0 &&
       fcntl(life[0], F_SETFL, O_ASYNC) == 0) {
-    if (write_end_closed(life[0])) _exit(1);   /* closed before we were armed */
+    pt_close(life[1]);
   } else {
+    pt_close(life[1]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
     if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
   }

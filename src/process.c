@@ -41,6 +41,13 @@ typedef struct process_worker {
 } process_worker;
 
 static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
+
+/* The code a child runs between the fork and its _exit on the way of a
+   plain return: grouped (in .text.hot, before the rest of the library's
+   code), so that it is one or two windows of the kernel's fault-around.
+   A new child maps no page of a library's code until it runs there: each
+   window it touches is a page fault. */
+#define PT_CHILD_PATH __attribute__((hot))
 static int my_result_fd = -1;        /* in a worker process: its write end */
 static int my_drain_fd = -1;         /* and its parent's drain_fd */
 
@@ -50,7 +57,9 @@ static process_worker *orphans;            /* linked by next */
 static int reaper_running;
 static void reap_orphans(void);
 
-static void forget_parent(void) {
+static void send_results(lua_State *L, int base);
+
+PT_CHILD_PATH static void forget_parent(void) {
   pt_close(my_result_fd);
   pt_close(my_drain_fd);
   my_result_fd = my_drain_fd = -1;
@@ -59,7 +68,7 @@ static void forget_parent(void) {
 /* The write end starts non-blocking: results that fit the pipe never
    wake the parent before the child's end (it sleeps on the pidfd alone).
    When the pipe is full, ring the parent's drain_fd and go on blocking. */
-static int write_all(int fd, const char *p, size_t n) {
+PT_CHILD_PATH static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t k = write(fd, p, n);
     if (k < 0) {
@@ -76,7 +85,7 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-static void send_result(int kind, const char *p, size_t n) {
+PT_CHILD_PATH static void send_result(int kind, const char *p, size_t n) {
   char hdr[HDR];
   uint64_t len = n;
   hdr[0] = (char)kind;
@@ -88,8 +97,9 @@ static void send_result(int kind, const char *p, size_t n) {
    and given a second to end, so that pt_child_exit may drop the
    shared-memory counts this process holds (it keeps them, leaked, while
    a thread still runs). */
-static void leave(int code) {
-  pt_lifecycle_stop_threads(1.0);
+PT_CHILD_PATH static void leave(int code) {
+  /* no thread: no call (its argument, a double, is a page of rodata) */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) != 0) pt_lifecycle_stop_threads(1.0);
   pt_child_exit(code);
 }
 
@@ -149,23 +159,32 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* cancel is SIGTERM: the child takes it whatever the parent does with it */
-static void take_sigterm(void) {
+/* cancel is SIGTERM: the child takes it whatever the parent does with it.
+   sigaction, not signal: the latter's code is one more page to fault in. */
+PT_CHILD_PATH static void take_sigterm(void) {
+  struct sigaction dfl;
   sigset_t term;
-  signal(SIGTERM, SIG_DFL);
+  dfl.sa_handler = SIG_DFL;
+  dfl.sa_flags = 0;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGTERM, &dfl, NULL);
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
   pthread_sigmask(SIG_UNBLOCK, &term, NULL);
 }
 
-/* The child: stack is the handle, fn, args...  Never returns.  Every page
-   it writes is a copy-on-write fault, so the happy path allocates nothing
-   it can avoid: no traceback text up front, no encoder state for no
-   results, no stack rotation. */
-static void child_main(lua_State *L, int wfd, int drain_fd) {
-  int n = lua_gettop(L) - 1, base = 1;     /* fn and its arguments */
-  char err[PT_ERRLEN];
+/* The child: stack is the handle, fn, args..., then what the parent
+   prepared (prepare_child): the os table or nil, "exit", child_os_exit.
+   Never returns.  Every page it writes is a copy-on-write fault, and every
+   page of code it runs that the fork did not map is a fault too, so the
+   happy path allocates nothing it can avoid (no traceback text up front,
+   no encoder state for no results, no stack rotation), makes no string
+   (a new one writes the string cache and runs strcmp and memcmp), and its
+   code sits together (PT_CHILD_PATH). */
+PT_CHILD_PATH static void child_main(lua_State *L, int wfd, int drain_fd, int levels) {
+  int n, base = 1;
   pt_after_fork_child();
+  parent_levels = levels;                  /* a page the child writes anyway */
   my_result_fd = wfd;
   my_drain_fd = drain_fd;
   if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
@@ -177,13 +196,10 @@ static void child_main(lua_State *L, int wfd, int drain_fd) {
   }
   take_sigterm();
   pt_self_ctx = &process_ctx;
-  parent_levels = count_levels(L);
-  lua_getglobal(L, "os");
-  if (lua_istable(L, -1)) {
-    lua_pushcfunction(L, child_os_exit);
-    lua_setfield(L, -2, "exit");
-  }
+  if (lua_istable(L, -3)) lua_rawset(L, -3);   /* os.exit = child_os_exit */
+  else lua_pop(L, 2);
   lua_pop(L, 1);
+  n = lua_gettop(L) - 1;                   /* fn and its arguments */
   lua_pushcfunction(L, msgh);
   lua_replace(L, 1);                       /* over the handle: no stack rotation */
   if (lua_pcall(L, n - 1, LUA_MULTRET, 1) != 0) {
@@ -193,18 +209,56 @@ static void child_main(lua_State *L, int wfd, int drain_fd) {
     send_result(1, m, len);
     leave(1);
   } else if (lua_gettop(L) == base) {
-    send_result(0, "", 0);
+    send_result(0, NULL, 0);                 /* no "" literal: a page of rodata */
     leave(0);
-  } else {
-    pt_buf b;
-    pt_buf_init(&b);
-    if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
-      send_result(0, b.data ? b.data : "", b.len);
-      leave(0);
-    }
-    send_result(1, err, strlen(err));
-    leave(1);
   }
+  send_results(L, base);
+}
+
+/* Encode and send the results above base, then leave.  Apart from
+   child_main: its error buffer does not deepen the stack of every child
+   (a deeper page is one more fault). */
+static void send_results(lua_State *L, int base) {
+  char err[PT_ERRLEN];
+  pt_buf b;
+  pt_buf_init(&b);
+  if (pt_encode(L, base + 1, lua_gettop(L) - base, "results", &b, err, sizeof err)) {
+    send_result(0, b.data, b.len);
+    leave(0);
+  }
+  send_result(1, err, strlen(err));
+  leave(1);
+}
+
+/* In the parent, before the fork: what the child needs, made where the
+   parent writes anyway (its pages are shared, not copied, when the child
+   only reads them).  On the stack os, "exit" and child_os_exit, so that
+   the child sets os.exit with one rawset; os is looked up raw: no
+   metamethod can raise here (none could be answered in the child
+   either).  Returns the levels of the stack below fn (for parent_levels:
+   a static set by the child, as two threads may spawn at once). */
+static int prepare_child(lua_State *L) {
+  int levels = count_levels(L);
+  pt_pushglobals(L);
+  lua_pushliteral(L, "os");
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  lua_pushliteral(L, "exit");
+#if LUA_VERSION_NUM >= 502
+  lua_pushcfunction(L, child_os_exit);     /* a light C function: nothing made */
+#else
+  /* a closure each time: kept in the registry, made once per state */
+  lua_pushlightuserdata(L, (void *)&process_ctx);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, child_os_exit);
+    lua_pushlightuserdata(L, (void *)&process_ctx);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+#endif
+  return levels;
 }
 
 /* Spawning failed after the handle was made: the handle becomes an
@@ -217,12 +271,14 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
   return pt_push_oserror(L, op, e);
 }
 
-static int process_spawn(lua_State *L) {
-  int fds[2], life[2], e;
+PT_CHILD_PATH static int process_spawn(lua_State *L) {
+  int fds[2], life[2], e, levels;
   pid_t pid;
   process_worker *p;
   pt_worker *w;
+  pt_shm_counts held;       /* the fork's: on the stack, which the child writes anyway */
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checkstack(L, 4, "spawn_process: too many arguments");   /* handle, prepare_child */
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
@@ -248,6 +304,7 @@ static int process_spawn(lua_State *L) {
   }
   fflush(NULL);             /* the child must not write our buffered output again */
   w->t_start = pt_clock_now();
+  levels = prepare_child(L);
   /* no list is caught half-changed by the fork.  Lock order: orphans,
      then the lifecycle registry (the reaper settles under orphan_lock and
      leaves the registry). */
@@ -259,11 +316,11 @@ static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "pipe", e);
   }
-  pid = pt_shm_fork(&pw(w)->held);
+  pid = pt_shm_fork(&held);
   e = errno;
-  if (pid == 0) {
-    orphans = NULL;         /* the parent's children are not ours */
-    reaper_running = 0;
+  if (pid == 0) {           /* the parent's children are not ours (no write when none) */
+    if (orphans) orphans = NULL;
+    if (reaper_running) reaper_running = 0;
   }
   pthread_mutex_unlock(&orphan_lock);
   if (pid == 0) pt_lifeline_child(life);
@@ -275,8 +332,9 @@ static int process_spawn(lua_State *L) {
   }
   /* the child keeps the read end: closing it would cost a system call,
      and a reader more changes nothing for the writer */
-  if (pid == 0) child_main(L, fds[1], p->drain_fd);
+  if (pid == 0) child_main(L, fds[1], p->drain_fd, levels);
   close(fds[1]);
+  pw(w)->held = held;
   w->id = pid;
   pw(w)->result_fd = fds[0];
   pw(w)->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
