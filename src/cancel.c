@@ -40,24 +40,35 @@ int pt_raise_cancelled(lua_State *L) {
    still ends the sleep: no timer, and no signal-mask change around every
    poll (two system calls a wait).  A SIGINT taken by any thread of the
    process wakes it too.  The fd is made when the handler is installed
-   (before any wait), and a forked child makes its own at the fork and puts
-   it in the same fd number (dup3: the handler, which may run at any
-   moment, never writes a number that is closed or reused); a parent
-   sharing one with a child could read away the child's wake-up.  Where
+   (before any wait), and a forked child makes its own at its first wait
+   (most children never wait: three system calls fewer per process spawn)
+   and puts it in the same fd number (dup3: the handler, which may run at
+   any moment, never writes a number that is closed or reused).  Until
+   then the child's handler writes the parent's, which only wakes a parent's
+   wait for nothing (it drains it and finds no new count); a parent and a
+   child that both waited on one fd could read away each other's wake-up,
+   hence the child's own before its first wait looks at the count.  Where
    that fails (no fd left), this process's waits fall back to blocking
    SIGINT from the check to ppoll, which unblocks it atomically. */
 static int intr_fd = -1;     /* the eventfd, or -1 */
-static int intr_own;         /* intr_fd is this process's own (not shared
-                                with a parent): the waits may use it */
+static int intr_own;         /* 1: intr_fd is this process's own, the
+                                waits use it; 0: a fork's child's, shared
+                                with its parent still; -1: it could not
+                                make its own (the waits block SIGINT) */
 
-static void intr_after_fork(void) {
+static void intr_after_fork(void) { intr_own = 0; }
+
+/* The wake-up fd this process's waits may use, made at a child's first
+   wait; -1: none (only the thread Ctrl-C interrupts calls it). */
+static int intr_wait_fd(void) {
   int fd;
-  if (intr_fd < 0) return;
-  intr_own = 0;
-  fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) return;
+  if (intr_fd < 0 || intr_own < 0) return -1;
+  if (intr_own) return intr_fd;
+  intr_own = -1;
+  if ((fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) return -1;
   if (dup3(fd, intr_fd, O_CLOEXEC) == intr_fd) intr_own = 1;
   pt_close(fd);
+  return intr_own > 0 ? intr_fd : -1;
 }
 
 void pt_interrupt_fd_open(void) {
@@ -84,7 +95,7 @@ int pt_poll_wait(struct pollfd *p, int n, double deadline) {
   pt_ctx *c = pt_self_ctx;
   int cfd = (c && c->cancel_fd >= 0) ? c->cancel_fd : -1;
   int watched = pt_interrupt_watched();
-  int ifd = watched && cfd < 0 && intr_own ? intr_fd : -1;
+  int ifd = watched && cfd < 0 ? intr_wait_fd() : -1;
   int mask = watched && ifd < 0;
   sigset_t intr, old;
   sigemptyset(&intr);
