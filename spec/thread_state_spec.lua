@@ -144,3 +144,44 @@ describe("a thread worker's fresh state", function()
     end
   end)
 end)
+
+-- A join that finds the worker done skips the wait for the thread to let go
+-- of the record unless w:fd() or pt.select made the done eventfd: joins,
+-- fds, selects and cancels racing the worker's end must neither leak an fd
+-- nor write one that is closed.
+describe("a thread worker's end, raced", function()
+  H.no_leaks()
+
+  it("joins at once, after w:fd(), after pt.select, after a cancel: right answers, no fd left", function()
+    for i = 1, 200 do
+      local w = pt.spawn("thread", function(n) return n * 2 end, i)
+      local how = i % 4
+      if how == 1 then
+        local fd = w:fd()
+        assert.is_true(fd >= 0)
+      elseif how == 2 then
+        assert.equal(w, pt.select({ w }, H.T))
+      elseif how == 3 then
+        w:cancel()
+      end
+      local ok, v = w:join(H.T)
+      if how == 3 then
+        assert.is_true(ok == true and v == i * 2 or (ok == false and v == "cancelled"), tostring(v))
+      else
+        assert.is_true(ok, tostring(v))
+        assert.equal(i * 2, v)
+      end
+    end
+  end)
+
+  it("at exit, workers that are ending as the program stops them all leave cleanly", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      pt.configure { at_exit = "stop" }
+      for i = 1, 40 do pt.spawn("thread", function(n) return n end, i) end
+      print("spawned")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("spawned", out, 1, true)
+  end)
+end)

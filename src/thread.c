@@ -37,8 +37,9 @@ static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
 /* A thread worker's record: the common part, then the thread's own. */
 typedef struct thread_worker {
   pt_worker w;
-  int done_fd;                /* eventfd made by a cancellable joiner or
-                                 pt.select, written at the end; or -1 */
+  int done_fd;                /* eventfd made for w:fd() or pt.select (on
+                                 the handle's thread), written at the end;
+                                 or -1 */
   int cancel_fd;              /* eventfd written on cancel */
   pt_buf job;                 /* encoded fn and args */
   char *path, *cpath;         /* package.path / cpath to use */
@@ -607,15 +608,17 @@ static void run_worker(thread_worker *t, lua_State *L, const osthread *o) {
   w->status = __atomic_load_n(&w->cancel, __ATOMIC_SEQ_CST) ? W_CANCELLED : status;
   pt_self_ctx = NULL;
   set_on(t, 0);
-  /* Publish the end: w->done 1, the outcome is final (joiners and
-     pt.select sleep on the word; w:fd() is an eventfd written here); it
-     leaves the registry (a cancel at exit no longer reaches it); then 2,
-     this thread is done with the record's fds (a joiner closes them). */
+  /* Publish the end.  It leaves the registry first: no cancel at exit
+     reaches it from then on (they come under the registry's lock), so
+     the cancel eventfd is the handle's alone.  Then w->done 1: the
+     outcome is final (joiners and pt.select sleep on the word; w:fd() is
+     an eventfd written here); then 2, this thread is done with the done
+     eventfd (a joiner closes it). */
+  pt_lifecycle_remove(w);
   __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
   pt_futex_wake((const uint32_t *)&w->done, -1);
   fd = __atomic_load_n(&t->done_fd, __ATOMIC_SEQ_CST);
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* the flag is what counts */ }
-  pt_lifecycle_remove(w);
   __atomic_store_n(&w->done, 2, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(&t->end_waited, __ATOMIC_SEQ_CST))   /* see joined */
     pt_futex_wake((const uint32_t *)&w->done, -1);
@@ -801,19 +804,25 @@ oserr_eventfd:
   return pt_push_oserror(L, "eventfd", e);
 }
 
-/* The thread is done with the record's fds (done 2; see run_worker): a
-   short wait once done is 1.  The thread wakes the word at 2 only when a
-   joiner said it waits (end_waited, set before it looks at done; both
-   seq_cst: the thread sees the flag, or the joiner sees 2). */
+/* Once done is 1 the thread no longer uses the cancel eventfd (see
+   run_worker), and the done eventfd only if there is one: then a short
+   wait for done 2.  Only this thread (the handle's) makes that eventfd,
+   so one it has not made by now the thread never writes.  The thread
+   wakes the word at 2 only when a joiner said it waits (end_waited, set
+   before it looks at done; both seq_cst: the thread sees the flag, or
+   the joiner sees 2). */
 static void joined(thread_worker *t) {
   uint32_t d;
-  __atomic_store_n(&t->end_waited, 1, __ATOMIC_SEQ_CST);
-  while ((d = __atomic_load_n((uint32_t *)&t->w.done, __ATOMIC_SEQ_CST)) == 1)
-    pt_futex_wait((const uint32_t *)&t->w.done, d, PT_FOREVER, NULL);
+  if (t->done_fd >= 0) {
+    __atomic_store_n(&t->end_waited, 1, __ATOMIC_SEQ_CST);
+    while ((d = __atomic_load_n((uint32_t *)&t->w.done, __ATOMIC_SEQ_CST)) == 1)
+      pt_futex_wait((const uint32_t *)&t->w.done, d, PT_FOREVER, NULL);
+    pt_close(t->done_fd);
+    __atomic_store_n(&t->done_fd, -1, __ATOMIC_SEQ_CST);
+  }
   t->w.joined = 1;
-  pt_close(t->done_fd);            /* nobody uses them now */
-  pt_close(t->cancel_fd);
-  t->done_fd = t->cancel_fd = -1;
+  pt_close(t->cancel_fd);          /* nobody else uses it now */
+  t->cancel_fd = -1;
 }
 
 /* A joiner sleeps on w->done, the futex word run_worker sets and wakes
