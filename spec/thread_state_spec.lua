@@ -132,6 +132,25 @@ describe("a thread worker's fresh state", function()
     end)
   end
 
+  it("gets the spawner's package.path and cpath, as the environment set them or changed", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      local function paths() return package.path, package.cpath end
+      local r = { pt.spawn("thread", paths):join(20) }
+      assert(r[1] == true and r[2] == package.path and r[3] == package.cpath, "as set")
+      local path, cpath = package.path, package.cpath
+      package.path, package.cpath = "/nowhere/?.lua;" .. path, "/nowhere/?.so;" .. cpath
+      r = { pt.spawn("thread", paths):join(20) }
+      assert(r[2] == "/nowhere/?.lua;" .. path and r[3] == "/nowhere/?.so;" .. cpath, "changed")
+      package.path, package.cpath = path, cpath
+      r = { pt.spawn("thread", paths):join(20) }
+      assert(r[2] == path and r[3] == cpath, "back")
+      print("paths ok")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.matches("paths ok", out, 1, true)
+  end)
+
   it("a worker never sees the globals of the one before it on the same OS thread", function()
     for i = 1, 20 do
       local seen = H.join_ok(pt.spawn("thread", function(n)

@@ -257,12 +257,20 @@ static int run_job(lua_State *L, thread_worker *t) {
   return W_SUCCEEDED;
 }
 
+/* package[field] = value, unless it holds that already (the fresh state
+   read the same environment as the spawner's did): a long string made
+   and interned less on the worker's path (LuaJIT hashes all of it). */
 static void setpath(lua_State *L, const char *field, const char *value) {
+  const char *now;
   if (!value) return;
-  lua_getglobal(L, "package");
-  lua_pushstring(L, value);
-  lua_setfield(L, -2, field);
-  lua_pop(L, 1);
+  lua_getglobal(L, "package");                    /* L: package */
+  lua_getfield(L, -1, field);                     /* L: package now */
+  now = lua_tostring(L, -1);
+  if (!now || strcmp(now, value) != 0) {
+    lua_pushstring(L, value);
+    lua_setfield(L, -3, field);
+  }
+  lua_pop(L, 2);
 }
 
 /* The worker's life in its new state, run protected (start_protected):
