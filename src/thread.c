@@ -284,7 +284,7 @@ typedef struct start_arg {
 } start_arg;
 
 /* The globals and package.loaded a fresh state's libraries fill, made at
-   their final size (the interpreter's: 35 to 39 globals, 9 to 11
+   their final size (the interpreter's: 35 to 38 globals, 9 to 11
    modules), so that they are not grown five times over on the way (a
    spawn+join: 21k instructions fewer on 5.4, 17k on 5.1; LuaJIT's grow
    at little cost, and made ahead they cost 1k more).  On 5.1 the running
