@@ -29,10 +29,14 @@
 -- Targets (issue 12): thread <= 0.8x the floor (pthread_create + join of a
 -- fresh Lua state), process <= 1.25x (fork + _exit + waitpid), ahead of
 -- luaposix.
+-- PT_BENCH_KINDS=thread (or process) measures that kind alone (and
+-- luaposix only with process): rounds of one kind come round faster.
 package.path = "bench/?.lua;" .. package.path
 local B = require "benchlib"
 local mode = arg[1]
 local CHUNK = 50                      -- spawns per chunk of the alternation
+local KINDS = os.getenv("PT_BENCH_KINDS") or "thread process"
+local THREADS, PROCESSES = KINDS:find("thread") ~= nil, KINDS:find("process") ~= nil
 
 -- The fork floor of this interpreter, if its build folder has it.
 local function fork_floor()
@@ -117,12 +121,16 @@ if mode == "--measure" then
   end
   local floor = fork_floor()
   local function pause() pt.sleep(0.005) end
-  timed(spawner("thread"), pt.now, rusage, 50)                  -- warm-up
-  timed(spawner("process"), pt.now, rusage, 50)
-  print(report("thread", "lthread", alternate({ spawner("thread"), pt.now, rusage, pause },
-    floor and floor.thread, n)))
-  print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage_cpu, pause },
-    floor and floor.fork, n)))
+  if THREADS then timed(spawner("thread"), pt.now, rusage, 50) end        -- warm-up
+  if PROCESSES then timed(spawner("process"), pt.now, rusage, 50) end
+  if THREADS then
+    print(report("thread", "lthread", alternate({ spawner("thread"), pt.now, rusage, pause },
+      floor and floor.thread, n)))
+  end
+  if PROCESSES then
+    print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage_cpu, pause },
+      floor and floor.fork, n)))
+  end
   os.exit(0)
 end
 
@@ -182,7 +190,8 @@ local runs = { { name = "procthread", cmd = env_of(B.build) .. B.lua .. " " .. a
 if old then
   runs[2] = { name = "before", cmd = env_of(old) .. B.lua .. " " .. arg[0] .. " --measure " .. N }
 end
-local plua, pbuild = posix_lua()
+local plua, pbuild
+if PROCESSES then plua, pbuild = posix_lua() end
 local peer = plua and { name = "luaposix", cmd = env_of(pbuild) .. plua .. " " .. arg[0] .. " --posix " .. N }
 local NEED = { "thread_us", "process_us", "posix_us" }   -- a child's figures: one of these
 local floor_cmd = B.build .. "/bench/worker_floor " .. N
@@ -240,17 +249,19 @@ if peer then
 end
 for _, r in ipairs(runs) do compare(SAME_P, r.name, "process_us", nil, "lfloor_us", "<= 1.25") end
 if peer then compare(SAME_P, "luaposix", "posix_us", nil, "lfloor_us", "(" .. plua .. ")") end
--- CPU time of parent and child per spawn + join against the same fork's
-for _, r in ipairs(runs) do compare("process CPU (C fork, same Lua)", r.name, "cpu_us", nil, "lfloorcpu_us", "<= 1.25") end
-print(("%-34s %-11s %9s %9s"):format("minor faults per process spawn", "", "floor", "spawn"))
-print(("%-34s %-11s %9.1f"):format("  parent", "C program", (B.spread(column("floor", "minflt")))))
-local function faults(name, key, child_key, fkey, fchild)
-  if not res[name][1] or not res[name][1][key] then return end
-  local lf = res[name][1][fkey] and ("%9.1f"):format((B.spread(column(name, fkey)))) or ("%9s"):format("-")
-  local lc = res[name][1][fchild] and ("%9.1f"):format((B.spread(column(name, fchild)))) or ("%9s"):format("-")
-  print(("%-34s %-11s %s %9.1f   (C fork in the same Lua, then %s)"):format("  parent", name, lf,
-    (B.spread(column(name, key))), name))
-  print(("%-34s %-11s %s %9.1f"):format("  child", name, lc, (B.spread(column(name, child_key)))))
+if PROCESSES then
+  -- CPU time of parent and child per spawn + join against the same fork's
+  for _, r in ipairs(runs) do compare("process CPU (C fork, same Lua)", r.name, "cpu_us", nil, "lfloorcpu_us", "<= 1.25") end
+  print(("%-34s %-11s %9s %9s"):format("minor faults per process spawn", "", "floor", "spawn"))
+  print(("%-34s %-11s %9.1f"):format("  parent", "C program", (B.spread(column("floor", "minflt")))))
+  local function faults(name, key, child_key, fkey, fchild)
+    if not res[name][1] or not res[name][1][key] then return end
+    local lf = res[name][1][fkey] and ("%9.1f"):format((B.spread(column(name, fkey)))) or ("%9s"):format("-")
+    local lc = res[name][1][fchild] and ("%9.1f"):format((B.spread(column(name, fchild)))) or ("%9s"):format("-")
+    print(("%-34s %-11s %s %9.1f   (C fork in the same Lua, then %s)"):format("  parent", name, lf,
+      (B.spread(column(name, key))), name))
+    print(("%-34s %-11s %s %9.1f"):format("  child", name, lc, (B.spread(column(name, child_key)))))
+  end
+  for _, r in ipairs(runs) do faults(r.name, "minflt", "childflt", "lfloorflt", "lfloorchild") end
+  if peer then faults("luaposix", "minflt", "childflt", "lfloorflt", "lfloorchild") end
 end
-for _, r in ipairs(runs) do faults(r.name, "minflt", "childflt", "lfloorflt", "lfloorchild") end
-if peer then faults("luaposix", "minflt", "childflt", "lfloorflt", "lfloorchild") end
