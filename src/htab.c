@@ -48,16 +48,6 @@
 
 /* ---- keys and values -------------------------------------------------------- */
 
-void pt_ht_number_key(pt_kv *k, double d) {
-  if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && floor(d) == d) {
-    k->t = PT_V_INT;
-    k->bits = (uint64_t)(int64_t)d;
-  } else {
-    k->t = PT_V_FLT;
-    memcpy(&k->bits, &d, 8);
-  }
-}
-
 /* A long string's arena copy, or 0 when the arena is full. */
 static pt_off lstr_new(const char *s, size_t len) {
   pt_off o = pt_shm_alloc(offsetof(pt_lstr, data) + len + 1);
@@ -179,42 +169,42 @@ fail:
 
 /* ---- lookup and change (caller holds the lock) -------------------------------- */
 
-static int key_eq(const pt_slot *sl, uint32_t c, const pt_kv *k) {
-  if (sl->hash != k->hash || PT_HT_C_KT(c) != (unsigned)k->t) return 0;
-  switch (k->t) {
-    case PT_V_FALSE: case PT_V_TRUE: return 1;
-    case PT_V_INT: case PT_V_FLT: return sl->key == k->bits;
-    case PT_V_SSTR: return PT_HT_C_KLEN(c) == k->len && sl->key == k->bits;
-    case PT_V_LSTR: {
-      const pt_lstr *ls = LSTR(sl->key);
-      return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
-    }
-    default: return 0;
-  }
+/* The slot's first word: ctl in its low half, the hash in its high half
+   (little-endian), read with one load and compared in one go with what a
+   full slot holding k's type and length would say. */
+#define HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
+
+static uint64_t head_of(const pt_kv *k) {
+  return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
+         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)k->hash << 32);
+}
+
+static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
+  const pt_lstr *ls = LSTR(sl->key);
+  return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
 }
 
 pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
-  uint64_t w = t->slots, mask, i, n, cap;
+  uint64_t w = t->slots, mask, i, n, want;
   long tomb = -1;
-  if (ins) *ins = -1;
-  if (!w) return NULL;
+  if (!w) { if (ins) *ins = -1; return NULL; }
   a = PT_SHM_PTR(pt_slot, SOFF(w));
-  cap = SCAP(w);
-  mask = cap - 1;
-  i = k->hash & mask;
-  for (n = 0; n < cap; n++, i = (i + 1) & mask) {
-    uint32_t c = a[i].ctl;
-    unsigned st = PT_HT_C_STATE(c);
-    if (st == PT_S_EMPTY) {
+  mask = SCAP(w) - 1;
+  want = head_of(k);
+  /* a key that is no long string is all in the key word (booleans: 0); a
+     long one is never there (its kv's bits are 0, a slot's an offset) */
+  for (n = mask + 1, i = k->hash & mask; n; n--, i = (i + 1) & mask) {
+    uint64_t head;
+    memcpy(&head, &a[i], 8);
+    if ((head & HEAD_MASK) == want &&
+        (a[i].key == k->bits || (k->t == PT_V_LSTR && lstr_eq(&a[i], k))))
+      return &a[i];
+    if (PT_HT_C_STATE(head) == PT_S_EMPTY) {
       if (ins) *ins = tomb >= 0 ? tomb : (long)i;
       return NULL;
     }
-    if (st == PT_S_TOMB) {
-      if (tomb < 0) tomb = (long)i;
-      continue;
-    }
-    if (key_eq(&a[i], c, k)) return &a[i];
+    if (PT_HT_C_STATE(head) == PT_S_TOMB && tomb < 0) tomb = (long)i;
   }
   if (ins) *ins = tomb;
   return NULL;
@@ -396,6 +386,7 @@ static void dump_kv(pt_kv *x, char **strs) {
   if (x->t != PT_V_LSTR) return;
   memcpy(*strs, x->s, x->len);
   x->s = *strs;
+  x->bits = 0;               /* as a key, a long string is its bytes only (find) */
   *strs += x->len;
 }
 

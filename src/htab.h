@@ -123,8 +123,18 @@ static inline void pt_ht_string(pt_kv *v, const char *s, size_t len) {
     v->t = PT_V_LSTR;
   }
 }
-/* A float key: an integral one is the integer key (as Lua's tables say). */
-void pt_ht_number_key(pt_kv *k, double d);
+/* A float key: an integral one is the integer key (as Lua's tables say).
+   In range, the truncation is exact only for an integral d (beyond 2^53
+   every double is integral); NaN fails the range test. */
+static inline void pt_ht_number_key(pt_kv *k, double d) {
+  if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && (double)(int64_t)d == d) {
+    k->t = PT_V_INT;
+    k->bits = (uint64_t)(int64_t)d;
+  } else {
+    k->t = PT_V_FLT;
+    memcpy(&k->bits, &d, 8);
+  }
+}
 /* Fill k->hash: the last step of making a key. */
 static inline void pt_ht_hash(pt_kv *k) {
   switch (k->t) {
