@@ -193,20 +193,13 @@ static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
   return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
 }
 
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
+pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
   uint64_t w = t->slots, mask, i, n, want, as;
   long tomb = -1;
   if (!w) { if (ins) *ins = -1; return NULL; }
-  a = PT_SHM_PTR(pt_slot, SOFF(w));
   as = PT_HT_ASIZE(w);
-  if (k->t == PT_V_INT && k->bits - 1 < as) {   /* the array part: its own slot */
-    a += k->bits - 1;
-    if (PT_HT_C_STATE(a->ctl) == PT_S_FULL) return a;
-    if (ins) *ins = (long)(k->bits - 1);
-    return NULL;
-  }
-  a += as;                                      /* the hash part */
+  a = PT_SHM_PTR(pt_slot, SOFF(w)) + as;        /* the hash part */
   mask = SCAP(w) - 1;
   want = head_of(k);
   /* a key that is no long string is all in the key word (booleans: 0); a

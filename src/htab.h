@@ -70,7 +70,7 @@ enum { PT_S_EMPTY, PT_S_FULL, PT_S_TOMB };
    log2(asize).  One store publishes all three. */
 #define PT_HT_SOFF(w) ((w) & 0x03ffffffffffffc0ULL)
 #define PT_HT_SCAP(w) (1ULL << ((w) & 63))
-#define PT_HT_ASIZE(w) ((w) >> 58 ? 1ULL << (((w) >> 58) - 1) : 0)
+#define PT_HT_ASIZE(w) ((1ULL << ((w) >> 58)) >> 1)
 #define PT_HT_NSLOTS(w) (PT_HT_ASIZE(w) + PT_HT_SCAP(w))
 #define PT_HT_SLOTS(t) PT_SHM_PTR(pt_slot, PT_HT_SOFF((t)->slots))
 /* The slot a key belongs in first: its own in the array part, or the
@@ -210,8 +210,19 @@ static inline void pt_ht_prefetch(pt_stab *t, const pt_kv *k) {
 
 /* ---- under the lock --------------------------------------------------- */
 /* k's slot, or NULL; then *ins (when ins is not NULL): the index in the
-   slot block of the slot to insert it into, -1 when there is no room. */
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins);
+   slot block of the slot to insert it into, -1 when there is no room.
+   Inline for a key of the array part; pt_ht_find_hash for the others. */
+pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins);
+static inline pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
+  uint64_t w = t->slots;
+  if (k->t == PT_V_INT && k->bits - 1 < PT_HT_ASIZE(w)) {
+    pt_slot *sl = PT_SHM_PTR(pt_slot, PT_HT_SOFF(w)) + (k->bits - 1);
+    if (PT_HT_C_STATE(sl->ctl) == PT_S_FULL) return sl;
+    if (ins) *ins = (long)(k->bits - 1);
+    return NULL;
+  }
+  return pt_ht_find_hash(t, k, ins);
+}
 /* The value in a slot (a long string's s points into the arena; a table
    gets no count). */
 static inline void pt_ht_slot_value(const pt_slot *sl, pt_kv *v) {
