@@ -4,11 +4,17 @@
  * Layout (all in the arena, linked by offsets):
  *
  *   stab     the table: robust recursive lock, reference count, offset of
- *            its slot array, entry and tombstone counts
- *   slots    a power-of-two array of slots, open addressing with linear
- *            probing; the table's `slots` word holds its offset and its
- *            capacity, so one store publishes both
- *   slot     ctl word, hash, key, two value words
+ *            its slot block, entry and tombstone counts
+ *   slots    one block of slots in two parts.  The array part: slot i holds
+ *            the integer key i + 1 or nothing, for keys 1..asize (a power
+ *            of two, or 0), sized as Lua sizes its tables' array parts
+ *            when the block is rebuilt: keys 1..n in order then touch
+ *            adjacent slots, not one at random in the whole block.  The
+ *            hash part: a power-of-two array of slots, open addressing
+ *            with linear probing, for every other key.  The table's
+ *            `slots` word holds the block's offset and both sizes, so one
+ *            store publishes all three (htab.h)
+ *   slot     ctl word, hash, key, two value words (the same in both parts)
  *   lstr     a string longer than 8 bytes (strings up to 8 bytes are kept
  *            inside the slot)
  *
@@ -19,14 +25,16 @@
  *            TOMB (invisible to lookups); storing ctl = FULL publishes them
  *   update   the new value goes into the value word that is not current;
  *            storing ctl with the other `which` bit publishes it
- *   delete   storing ctl = TOMB
- *   grow     a complete new slot array is built aside; storing the table's
- *            slot offset publishes it
+ *   delete   storing ctl = TOMB (EMPTY in the array part, where no probe
+ *            passes)
+ *   grow     a complete new slot block is built aside; storing the table's
+ *            slots word publishes it
  *
  * Strings and tables that a change makes unreachable are freed after the
  * publishing store, and whatever a change needs (a string, a count on a
  * nested table) is taken before it: a kill in between can only leak, never
- * leave a reference to freed memory.  The counts (entries, tombstones)
+ * leave a reference to freed memory.  The counts (entries, those in the
+ * array part, tombstones)
  * follow the publishing store; the next locker of a lock whose owner died
  * (EOWNERDEAD) recounts them from the slots.
  */
@@ -47,16 +55,6 @@
 #define SLOTS(t) PT_HT_SLOTS(t)
 
 /* ---- keys and values -------------------------------------------------------- */
-
-void pt_ht_number_key(pt_kv *k, double d) {
-  if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && floor(d) == d) {
-    k->t = PT_V_INT;
-    k->bits = (uint64_t)(int64_t)d;
-  } else {
-    k->t = PT_V_FLT;
-    memcpy(&k->bits, &d, 8);
-  }
-}
 
 /* A long string's arena copy, or 0 when the arena is full. */
 static pt_off lstr_new(const char *s, size_t len) {
@@ -95,8 +93,8 @@ static void tab_destroy(pt_off off) {
     pt_off next = t->count, me = list;
     if (t->slots) {
       pt_slot *a = SLOTS(t);
-      uint64_t i, cap = SCAP(t->slots);
-      for (i = 0; i < cap; i++) {
+      uint64_t i, n = PT_HT_NSLOTS(t->slots);
+      for (i = 0; i < n; i++) {
         pt_slot *sl = &a[i];
         uint32_t c = sl->ctl;
         if (PT_HT_C_STATE(c) != PT_S_FULL) continue;
@@ -136,17 +134,18 @@ int pt_ht_valid(pt_off off, uint64_t gen) {
 
 /* Recount after a lock holder died: the slots are the truth. */
 static void tab_repair(pt_stab *t) {
-  uint64_t i, n = 0, tb = 0;
+  uint64_t i, n = 0, an = 0, tb = 0;
   if (t->slots) {
     pt_slot *a = SLOTS(t);
-    uint64_t cap = SCAP(t->slots);
-    for (i = 0; i < cap; i++) {
+    uint64_t as = PT_HT_ASIZE(t->slots), all = PT_HT_NSLOTS(t->slots);
+    for (i = 0; i < all; i++) {
       unsigned s = PT_HT_C_STATE(a[i].ctl);
-      if (s == PT_S_FULL) n++;
+      if (s == PT_S_FULL) { n++; if (i < as) an++; }
       else if (s == PT_S_TOMB) tb++;
     }
   }
   t->count = n;
+  t->acount = an;
   t->tombs = tb;
 }
 
@@ -179,44 +178,45 @@ fail:
 
 /* ---- lookup and change (caller holds the lock) -------------------------------- */
 
-static int key_eq(const pt_slot *sl, uint32_t c, const pt_kv *k) {
-  if (sl->hash != k->hash || PT_HT_C_KT(c) != (unsigned)k->t) return 0;
-  switch (k->t) {
-    case PT_V_FALSE: case PT_V_TRUE: return 1;
-    case PT_V_INT: case PT_V_FLT: return sl->key == k->bits;
-    case PT_V_SSTR: return PT_HT_C_KLEN(c) == k->len && sl->key == k->bits;
-    case PT_V_LSTR: {
-      const pt_lstr *ls = LSTR(sl->key);
-      return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
-    }
-    default: return 0;
-  }
+/* The slot's first word: ctl in its low half, the hash in its high half
+   (little-endian), read with one load and compared in one go with what a
+   full slot holding k's type and length would say. */
+#define HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
+
+static uint64_t head_of(const pt_kv *k) {
+  return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
+         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)k->hash << 32);
 }
 
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
+static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
+  const pt_lstr *ls = LSTR(sl->key);
+  return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
+}
+
+pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
-  uint64_t w = t->slots, mask, i, n, cap;
+  uint64_t w = t->slots, mask, i, n, want, as;
   long tomb = -1;
-  if (ins) *ins = -1;
-  if (!w) return NULL;
-  a = PT_SHM_PTR(pt_slot, SOFF(w));
-  cap = SCAP(w);
-  mask = cap - 1;
-  i = k->hash & mask;
-  for (n = 0; n < cap; n++, i = (i + 1) & mask) {
-    uint32_t c = a[i].ctl;
-    unsigned st = PT_HT_C_STATE(c);
-    if (st == PT_S_EMPTY) {
-      if (ins) *ins = tomb >= 0 ? tomb : (long)i;
+  if (!w) { if (ins) *ins = -1; return NULL; }
+  as = PT_HT_ASIZE(w);
+  a = PT_SHM_PTR(pt_slot, SOFF(w)) + as;        /* the hash part */
+  mask = SCAP(w) - 1;
+  want = head_of(k);
+  /* a key that is no long string is all in the key word (booleans: 0); a
+     long one is never there (its kv's bits are 0, a slot's an offset) */
+  for (n = mask + 1, i = k->hash & mask; n; n--, i = (i + 1) & mask) {
+    uint64_t head;
+    memcpy(&head, &a[i], 8);
+    if ((head & HEAD_MASK) == want &&
+        (a[i].key == k->bits || (k->t == PT_V_LSTR && lstr_eq(&a[i], k))))
+      return &a[i];
+    if (PT_HT_C_STATE(head) == PT_S_EMPTY) {
+      if (ins) *ins = (long)as + (tomb >= 0 ? tomb : (long)i);
       return NULL;
     }
-    if (st == PT_S_TOMB) {
-      if (tomb < 0) tomb = (long)i;
-      continue;
-    }
-    if (key_eq(&a[i], c, k)) return &a[i];
+    if (PT_HT_C_STATE(head) == PT_S_TOMB && tomb < 0) tomb = (long)i;
   }
-  if (ins) *ins = tomb;
+  if (ins) *ins = tomb >= 0 ? (long)as + tomb : -1;
   return NULL;
 }
 
@@ -282,38 +282,12 @@ int64_t pt_ht_border(pt_stab *t) {
   return i;
 }
 
-/* Build a slot array of `cap` slots holding every entry and publish it.
-   0 ok, -1 the arena is full (the table is unchanged). */
-static int rehash(pt_stab *t, uint64_t cap) {
-  pt_off noff = pt_shm_alloc_aligned((size_t)cap * sizeof(pt_slot), 64);
-  uint64_t old = t->slots, i, mask = cap - 1;
-  pt_slot *na;
-  if (!noff) return -1;
-  na = PT_SHM_PTR(pt_slot, noff);
-  memset(na, 0, (size_t)cap * sizeof(pt_slot));
-  if (old) {
-    pt_slot *a = PT_SHM_PTR(pt_slot, SOFF(old));
-    uint64_t ocap = SCAP(old);
-    for (i = 0; i < ocap; i++) {
-      uint64_t j;
-      if (PT_HT_C_STATE(a[i].ctl) != PT_S_FULL) continue;
-      for (j = a[i].hash & mask; na[j].ctl; j = (j + 1) & mask) {}
-      na[j] = a[i];
-    }
-  }
-  __atomic_store_n(&t->slots, noff | (uint64_t)__builtin_ctzll(cap),
-                   __ATOMIC_RELEASE);          /* publish */
-  t->tombs = 0;
-  if (old) pt_shm_free_aligned(SOFF(old));
-  return 0;
-}
-
-/* A table grows when more than 4/5 of its slots are used (tombstones
-   count).  With 3/4, 200k keys took 512k slots (16 MiB) and ran at half
-   the speed they do in 256k (8 MiB): an access is a cache miss, and a
-   smaller array misses less and less far (TLB).  The same for 100k keys
-   (8 MiB against 4).  The price: at 4/5 a lookup of an absent key
-   probes about 13 slots (linear probing, just before a growth; 8.5 at
+/* A table grows when more than 4/5 of its hash part's slots are used
+   (tombstones count).  With 3/4, 200k keys took 512k slots (16 MiB) and
+   ran at half the speed they do in 256k (8 MiB): an access is a cache
+   miss, and a smaller array misses less and less far (TLB).  The same for
+   100k keys (8 MiB against 4).  The price: at 4/5 a lookup of an absent
+   key probes about 13 slots (linear probing, just before a growth; 8.5 at
    3/4), in adjacent cache lines of 2 slots each. */
 #define LOAD_NUM 4
 #define LOAD_DEN 5
@@ -322,6 +296,75 @@ static uint64_t cap_for(uint64_t n) {
   uint64_t cap = 8;
   while (cap < n * 2) cap <<= 1;
   return cap;
+}
+
+/* The largest array part: 2^40 slots (32 TiB), beyond any arena. */
+#define MAXABITS 40
+
+/* The array part for the table's entries and k (about to be inserted;
+   NULL: none), sized as Lua sizes its own: the largest power of two n such
+   that more than n/2 of the keys 1..n are present, 0 when there is none.
+   *in: how many of those entries it will hold. */
+static uint64_t array_size(pt_stab *t, const pt_kv *k, uint64_t *in) {
+  uint64_t nums[MAXABITS + 1], i, all, sum = 0, best = 0;
+  pt_slot *a;
+  memset(nums, 0, sizeof nums);
+  *in = 0;
+  if (k && k->t == PT_V_INT && k->bits - 1 < (1ULL << MAXABITS))
+    nums[k->bits == 1 ? 0 : 64 - __builtin_clzll(k->bits - 1)]++;
+  if (t->slots) {
+    a = SLOTS(t);
+    all = PT_HT_NSLOTS(t->slots);
+    for (i = 0; i < all; i++) {          /* key 1 counts in nums[0], 2^(b-1)+1..2^b in nums[b] */
+      uint32_t c = a[i].ctl;
+      uint64_t key = a[i].key;
+      if (PT_HT_C_STATE(c) == PT_S_FULL && PT_HT_C_KT(c) == PT_V_INT && key - 1 < (1ULL << MAXABITS))
+        nums[key == 1 ? 0 : 64 - __builtin_clzll(key - 1)]++;
+    }
+  }
+  for (i = 0; i <= MAXABITS; i++) {
+    sum += nums[i];
+    if (sum > (1ULL << i) / 2) { best = 1ULL << i; *in = sum; }
+  }
+  return best;
+}
+
+/* Build a slot block holding every entry (and room for k, about to be
+   inserted; NULL: none), its parts sized afresh, and publish it.  0 ok,
+   -1 the arena is full (the table is unchanged). */
+static int rehash(pt_stab *t, const pt_kv *k) {
+  uint64_t in, as = array_size(t, k, &in), cap = cap_for(t->count + (k != NULL) - in);
+  uint64_t old = t->slots, i, mask = cap - 1, an = 0;
+  pt_off noff;
+  pt_slot *na, *nh;
+  if (as + cap > ((uint64_t)1 << 58) / sizeof(pt_slot)) return -1;
+  if (!(noff = pt_shm_alloc_aligned((size_t)(as + cap) * sizeof(pt_slot), 64))) return -1;
+  na = PT_SHM_PTR(pt_slot, noff);
+  nh = na + as;
+  memset(na, 0, (size_t)(as + cap) * sizeof(pt_slot));
+  if (old) {
+    pt_slot *a = PT_SHM_PTR(pt_slot, SOFF(old));
+    uint64_t all = PT_HT_NSLOTS(old);
+    for (i = 0; i < all; i++) {
+      uint64_t j;
+      uint32_t c = a[i].ctl;
+      if (PT_HT_C_STATE(c) != PT_S_FULL) continue;
+      if (PT_HT_C_KT(c) == PT_V_INT && a[i].key - 1 < as) {
+        na[a[i].key - 1] = a[i];
+        an++;
+        continue;
+      }
+      for (j = a[i].hash & mask; nh[j].ctl; j = (j + 1) & mask) {}
+      nh[j] = a[i];
+    }
+  }
+  __atomic_store_n(&t->slots, noff | (uint64_t)__builtin_ctzll(cap) |
+                   (as ? (uint64_t)(__builtin_ctzll(as) + 1) << 58 : 0),
+                   __ATOMIC_RELEASE);          /* publish */
+  t->tombs = 0;
+  t->acount = an;
+  if (old) pt_shm_free_aligned(SOFF(old));
+  return 0;
 }
 
 static void garbage_add(pt_garbage *g, int t, uint64_t bits) {
@@ -339,24 +382,30 @@ void pt_ht_garbage_drop(pt_garbage *g) {
 /* Delete the entry in sl (its key and value go to g). */
 static void remove_slot(pt_stab *t, pt_slot *sl, pt_garbage *g) {
   uint32_t c = sl->ctl;
+  uint64_t w = t->slots, as = PT_HT_ASIZE(w);
+  int in_array = (uint64_t)(sl - SLOTS(t)) < as;   /* no probe passes there */
   if (PT_HT_C_KT(c) == PT_V_LSTR) garbage_add(g, PT_V_LSTR, sl->key);
-  __atomic_store_n(&sl->ctl, (c & ~3u) | PT_S_TOMB, __ATOMIC_RELEASE);  /* publish */
+  __atomic_store_n(&sl->ctl, (c & ~3u) | (in_array ? PT_S_EMPTY : PT_S_TOMB),
+                   __ATOMIC_RELEASE);          /* publish */
   t->count--;
-  t->tombs++;
-  if (SCAP(t->slots) > 64 && t->count * 8 < SCAP(t->slots))
-    (void)rehash(t, cap_for(t->count));      /* shrink; harmless if full */
+  if (in_array) t->acount--;
+  else t->tombs++;
+  if ((SCAP(w) > 64 && (t->count - t->acount) * 8 < SCAP(w)) || (as > 64 && t->acount * 8 < as))
+    (void)rehash(t, NULL);                   /* shrink; harmless if full */
 }
 
 /* Put a new entry k = v into the table (k is absent; ins where find said). */
 static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   pt_slot *sl;
   uint64_t keybits;
-  int was_tomb;
-  if (!t->slots || (t->count + t->tombs + 1) * LOAD_DEN > SCAP(t->slots) * LOAD_NUM) {
-    if (rehash(t, cap_for(t->count + 1)) != 0) return -1;
+  int was_tomb, in_array = ins >= 0 && (uint64_t)ins < PT_HT_ASIZE(t->slots);
+  if (!in_array && (!t->slots || (t->count - t->acount + t->tombs + 1) * LOAD_DEN >
+                                     SCAP(t->slots) * LOAD_NUM)) {
+    if (rehash(t, k) != 0) return -1;
     pt_ht_find(t, k, &ins);
+    in_array = ins >= 0 && (uint64_t)ins < PT_HT_ASIZE(t->slots);
   }
-  if (ins < 0) return -1;                      /* cannot happen: load <= 3/4 */
+  if (ins < 0) return -1;                      /* cannot happen: load <= 4/5 */
   keybits = k->bits;
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
@@ -369,7 +418,8 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
                          k->t == PT_V_SSTR ? (unsigned)k->len : 0),
                    __ATOMIC_RELEASE);          /* publish */
   t->count++;
-  if (was_tomb) t->tombs--;
+  if (in_array) t->acount++;
+  else if (was_tomb) t->tombs--;
   return 0;
 }
 
@@ -396,6 +446,7 @@ static void dump_kv(pt_kv *x, char **strs) {
   if (x->t != PT_V_LSTR) return;
   memcpy(*strs, x->s, x->len);
   x->s = *strs;
+  x->bits = 0;               /* as a key, a long string is its bytes only (find) */
   *strs += x->len;
 }
 
@@ -424,7 +475,7 @@ int pt_ht_dump_take(pt_stab *t, int values, pt_ht_dump *d) {
   d->pid = getpid();
   if (!t->slots || !t->count) return 0;
   a = SLOTS(t);
-  cap = SCAP(t->slots);
+  cap = PT_HT_NSLOTS(t->slots);
   for (i = 0; i < cap; i++) {                /* the room the strings need */
     pt_ht_entry e;
     if (PT_HT_C_STATE(a[i].ctl) != PT_S_FULL) continue;

@@ -27,12 +27,13 @@ typedef struct pt_slot {
    its slot: the lock, the slot array word and the counts. */
 typedef struct pt_stab {
   pthread_mutex_t mu;
-  uint64_t slots;         /* offset of slot 0 (64-aligned) | log2(capacity) */
-  uint64_t count, tombs;
+  uint64_t slots;         /* the slot block and its two parts: PT_HT_SOFF... */
+  uint64_t count, tombs;  /* entries (both parts), the hash part's tombstones */
   uint32_t magic, kind;
   uint64_t refs;
   uint64_t gen;           /* see pt_shm_new_gen; 0 once destroyed */
   pt_cond waiters;        /* pt.wait's sleepers; guarded by mu */
+  uint64_t acount;        /* entries in the array part */
 } pt_stab;
 
 #define PT_HT(off) PT_SHM_PTR(pt_stab, off)
@@ -62,9 +63,23 @@ enum { PT_S_EMPTY, PT_S_FULL, PT_S_TOMB };
   ((uint32_t)(st) | ((uint32_t)(w) << 2) | ((uint32_t)(vt) << 3) | \
    ((uint32_t)(vl) << 7) | ((uint32_t)(kt) << 11) | ((uint32_t)(kl) << 15))
 
-#define PT_HT_SOFF(w) ((w) & ~63ULL)
+/* A table's `slots` word names its slot block, in two parts: the array
+   part, slot i for the integer key i + 1 (1 <= key <= asize), then the
+   hash part.  Bits 6..57: the block's offset (64-aligned); bits 0..5:
+   log2 of the hash part's capacity; bits 58..63: 0 (no array part) or 1 +
+   log2(asize).  One store publishes all three. */
+#define PT_HT_SOFF(w) ((w) & 0x03ffffffffffffc0ULL)
 #define PT_HT_SCAP(w) (1ULL << ((w) & 63))
+#define PT_HT_ASIZE(w) ((1ULL << ((w) >> 58)) >> 1)
+#define PT_HT_NSLOTS(w) (PT_HT_ASIZE(w) + PT_HT_SCAP(w))
 #define PT_HT_SLOTS(t) PT_SHM_PTR(pt_slot, PT_HT_SOFF((t)->slots))
+/* The slot a key belongs in first: its own in the array part, or the
+   hash part's slot where its probe begins. */
+static inline uint64_t pt_ht_home(uint64_t w, const pt_kv *k) {
+  uint64_t as = PT_HT_ASIZE(w);
+  if (k->t == PT_V_INT && k->bits - 1 < as) return k->bits - 1;
+  return as + (k->hash & (PT_HT_SCAP(w) - 1));
+}
 
 typedef struct pt_lstr {
   uint64_t len;
@@ -123,8 +138,18 @@ static inline void pt_ht_string(pt_kv *v, const char *s, size_t len) {
     v->t = PT_V_LSTR;
   }
 }
-/* A float key: an integral one is the integer key (as Lua's tables say). */
-void pt_ht_number_key(pt_kv *k, double d);
+/* A float key: an integral one is the integer key (as Lua's tables say).
+   In range, the truncation is exact only for an integral d (beyond 2^53
+   every double is integral); NaN fails the range test. */
+static inline void pt_ht_number_key(pt_kv *k, double d) {
+  if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && (double)(int64_t)d == d) {
+    k->t = PT_V_INT;
+    k->bits = (uint64_t)(int64_t)d;
+  } else {
+    k->t = PT_V_FLT;
+    memcpy(&k->bits, &d, 8);
+  }
+}
 /* Fill k->hash: the last step of making a key. */
 static inline void pt_ht_hash(pt_kv *k) {
   switch (k->t) {
@@ -178,15 +203,26 @@ static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void)) {
 /* Start fetching the slot a key hashes to while the lock is being taken
    (a hint only: the slot array may change before the lock is ours, and a
    prefetch never faults). */
-static inline void pt_ht_prefetch(pt_stab *t, uint32_t hash) {
+static inline void pt_ht_prefetch(pt_stab *t, const pt_kv *k) {
   uint64_t w = __atomic_load_n(&t->slots, __ATOMIC_RELAXED);
-  if (w) __builtin_prefetch(PT_SHM_PTR(pt_slot, w & ~63ULL) + (hash & ((1ULL << (w & 63)) - 1)), 1);
+  if (w) __builtin_prefetch(PT_SHM_PTR(pt_slot, PT_HT_SOFF(w)) + pt_ht_home(w, k), 1);
 }
 
 /* ---- under the lock --------------------------------------------------- */
-/* k's slot, or NULL; then *ins (when ins is not NULL): the index of the
-   slot to insert it into, -1 when there is no room. */
-pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins);
+/* k's slot, or NULL; then *ins (when ins is not NULL): the index in the
+   slot block of the slot to insert it into, -1 when there is no room.
+   Inline for a key of the array part; pt_ht_find_hash for the others. */
+pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins);
+static inline pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
+  uint64_t w = t->slots;
+  if (k->t == PT_V_INT && k->bits - 1 < PT_HT_ASIZE(w)) {
+    pt_slot *sl = PT_SHM_PTR(pt_slot, PT_HT_SOFF(w)) + (k->bits - 1);
+    if (PT_HT_C_STATE(sl->ctl) == PT_S_FULL) return sl;
+    if (ins) *ins = (long)(k->bits - 1);
+    return NULL;
+  }
+  return pt_ht_find_hash(t, k, ins);
+}
 /* The value in a slot (a long string's s points into the arena; a table
    gets no count). */
 static inline void pt_ht_slot_value(const pt_slot *sl, pt_kv *v) {

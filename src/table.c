@@ -177,7 +177,7 @@ static int add_impl(lua_State *L, int may_collect) {
   if (lua_type(L, 3) != LUA_TNUMBER)
     return luaL_argerror(L, 3, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 3)));
   pt_st_tonumber(L, 3, &n);
-  pt_ht_prefetch(t, k.hash);
+  pt_ht_prefetch(t, &k);
   if (pt_st_lock(t) != 0) return pt_st_lock_error(L);
   if ((sl = pt_ht_find(t, &k, NULL)) != NULL) {
     pt_kv cur;
@@ -346,22 +346,26 @@ static int st_wait(lua_State *L) {
 
 /* ---- the metamethods -------------------------------------------------------------- */
 
+/* The slot is fetched from the moment the key is known: the value's
+   conversion and the lock's two locked instructions run meanwhile. */
 static int st_index(lua_State *L) {
-  pt_stab *t = pt_st_check(L, 1);
+  pt_stab *t = pt_st_self(L);
   pt_kv k;
   pt_st_tokey(L, 2, &k);
+  pt_ht_prefetch(t, &k);
   pt_st_get(L, t, &k);
   return 1;
 }
 
 static int st_newindex(lua_State *L) {
-  pt_stab *t = pt_st_check(L, 1);
+  pt_stab *t = pt_st_self(L);
   pt_kv k, v;
   int visited = 0;
   pt_st_tokey(L, 2, &k);
+  pt_ht_prefetch(t, &k);
   pt_st_tovalue(L, 3, &v, 0, &visited);
   pt_st_store(L, t, &k, &v);
-  pt_st_release_visited(L, visited, NULL);
+  if (visited) pt_st_release_visited(L, visited, NULL);
   return 0;
 }
 

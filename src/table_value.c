@@ -95,7 +95,15 @@ int pt_st_lock_error(lua_State *L) {
 static void tokv_number(lua_State *L, int i, pt_kv *v, int as) {
   double d;
 #if LUA_VERSION_NUM >= 503
-  if (lua_isinteger(L, i)) {
+  if (as == PT_AS_KEY) {                     /* a float with an integral value */
+    int isint;                               /* is that integer key, as here */
+    lua_Integer n = lua_tointegerx(L, i, &isint);
+    if (isint) {
+      v->t = PT_V_INT;
+      v->bits = (uint64_t)n;
+      return;
+    }
+  } else if (lua_isinteger(L, i)) {
     v->t = PT_V_INT;
     v->bits = (uint64_t)lua_tointeger(L, i);
     return;
@@ -267,11 +275,10 @@ void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v) {
   pt_garbage g;
   int r, attempt;
   for (attempt = 0; attempt < 2; attempt++) {
-    pt_ht_prefetch(t, k->hash);
     if (pt_st_lock(t) != 0) { pt_ht_unprepare(v); pt_st_raise_lock(L); }
     r = pt_ht_store(t, k, v, &g);
     pt_ht_unlock(t);
-    pt_ht_garbage_drop(&g);
+    if (g.n) pt_ht_garbage_drop(&g);
     if (r == 0) return;
     if (attempt == 0) pt_st_collect(L);
   }
@@ -344,13 +351,13 @@ void pt_st_reader_grow(lua_State *L, pt_st_reader *r) {
   }
 }
 
-void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
+/* A value that needs room made (a long string, a table): the reader. */
+__attribute__((noinline)) static void get_slow(lua_State *L, pt_stab *t, const pt_kv *k) {
   pt_st_reader r;
   pt_st_reader_init(L, &r);
   for (;;) {
     pt_slot *sl;
     pt_kv v;
-    pt_ht_prefetch(t, k->hash);
     if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
     if (!(sl = pt_ht_find(t, k, NULL))) {
       pt_ht_unlock(t);
@@ -366,4 +373,22 @@ void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
     pt_st_reader_push(L, &r, &v);
     return;
   }
+}
+
+void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
+  pt_slot *sl;
+  pt_kv v;
+  if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
+  sl = pt_ht_find(t, k, NULL);
+  if (sl) {
+    pt_ht_slot_value(sl, &v);
+    if (v.t == PT_V_LSTR || v.t == PT_V_TAB) {   /* looked at again, by the reader */
+      pt_ht_unlock(t);
+      get_slow(L, t, k);
+      return;
+    }
+  }
+  pt_ht_unlock(t);
+  if (sl) pt_st_push_kv(L, &v);
+  else lua_pushnil(L);
 }

@@ -36,6 +36,16 @@ static inline pt_stab *pt_st_check(lua_State *L, int i) {
   if (!h) pt_st_raise_bad(L, i, 0, 0);
   return pt_st_handle_tab(L, h, i);
 }
+/* The same for argument 1 of a metamethod made by pt_meta_open (upvalue 3
+   is the kind's pt_seen, handle.h): the remembered userdata is compared
+   without first checking that upvalue 2 is the kind's key, which it
+   always is there. */
+static inline pt_stab *pt_st_self(lua_State *L) {
+  void *p = lua_touserdata(L, 1);
+  const pt_seen *s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
+  if (p && s && p == s->last) return pt_st_handle_tab(L, (const pt_shm_handle *)p, 1);
+  return pt_st_check(L, 1);
+}
 /* A handle that holds nothing yet (so that creating it, which may raise,
    happens before a count is taken). */
 pt_shm_handle *pt_st_push_blank(lua_State *L);
@@ -93,7 +103,8 @@ void pt_st_tonumber(lua_State *L, int i, pt_kv *n);
 void pt_st_push_kv(lua_State *L, const pt_kv *v);
 /* A printable name for a key, for error messages (pushed on the stack). */
 const char *pt_st_key_name(lua_State *L, const pt_kv *k);
-/* t[k] = prepared v; raises when the arena is full (v is then dropped). */
+/* t[k] = prepared v; raises when the arena is full (v is then dropped).
+   No prefetch (see pt_st_get). */
 void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v);
 /* Copy the plain table at idx into a new shared table, whose handle is
    pushed; returns its offset. */
@@ -164,7 +175,8 @@ static inline void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv 
   }
 }
 
-/* Push t[k] (nil when absent); raises on a lock failure. */
+/* Push t[k] (nil when absent); raises on a lock failure.  Callers that
+   can, prefetch k's slot first (pt_ht_prefetch), as early as they can. */
 void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k);
 
 #endif
