@@ -525,6 +525,43 @@ describe("pools", function()
       assert.is_true(pool:close(T))
     end)
 
+    it("never runs again a task another worker finished after the death was reported", function()
+      -- the order that did: a worker is killed and its end reported; then
+      -- another worker finishes a task (its answer behind that end) and
+      -- clears its claim before the caller reads the end
+      local p = pt.pipe()
+      local pool = pt.pool("process", 2)
+      local gate = pt.event()
+      local victim = pool:submit(function() p:send("victim", pt.self().id); pt.sleep(20) end)
+      local x = pool:submit(function(g)
+        p:send("x", pt.self().id)
+        g:wait(20)
+        p:send("ran", "x")
+        return "x"
+      end, gate)
+      -- taken by x's worker once x's claim is cleared
+      local y = pool:submit(function() p:send("ran", "y"); return "y" end)
+      local who = {}
+      for _ = 1, 2 do
+        local k, id = p:recv(T)
+        assert.is_not_nil(k, id)
+        who[k] = id
+      end
+      os.execute("kill -KILL " .. who.victim)
+      -- the watcher's report of the end waits in the answer channel (the
+      -- pool's own; no call of ours reads it meanwhile)
+      assert.is_true(H.eventually(function() return #pool.answers >= 1 end, T))
+      gate:set()
+      assert.are.same({ "ran", "x" }, { p:recv(T) })
+      assert.are.same({ "ran", "y" }, { p:recv(T) })
+      assert.are.same({ false, "worker died: killed by signal 9 (SIGKILL)" }, { victim:get(T) })
+      assert.are.same({ true, "x" }, { x:get(T) })
+      assert.are.same({ true, "y" }, { y:get(T) })
+      assert.is_true(pool:close(T))
+      assert.are.same({ nil, "timeout" }, { p:recv(0) })   -- x ran once
+      p:close()
+    end)
+
     it("never leaves a future waiting: every worker killed at once", function()
       local pool = pt.pool("process", 2)
       local fs = {}

@@ -335,7 +335,7 @@ local function fail_all(self, never_ran_only, ...)
   end
 end
 
-local terminate_workers, close_up
+local terminate_workers, close_up, on_message
 
 -- A worker ended (its end reported on the answer channel).
 local function on_end(self, wid, why)
@@ -367,6 +367,22 @@ local function on_end(self, wid, why)
         back[#back + 1] = task
       end
     end
+    if back[1] then
+      -- a live worker clears its claim after its answer is sent: a task
+      -- found unclaimed may have finished, its answer behind this end in
+      -- the channel; those answers are there now (the cas came after the
+      -- clear): read them, so that a finished task is never run again
+      for _ = 1, #self.answers do
+        if self.closed_up then return end
+        on_message(self, self.answers:_recv_into(self.inflight, 3, 0))
+      end
+      if self.closed_up then return end
+    end
+    local keep = {}
+    for _, task in ipairs(back) do
+      if task.answer then claims[task.seq] = nil else keep[#keep + 1] = task end
+    end
+    back = keep
     table.sort(back, function(a, b) return a.seq < b.seq end)
     for k = #back, 1, -1 do
       local task = back[k]
@@ -394,7 +410,7 @@ end
 
 -- One message from the answer channel (nil, "undecodable", err, seq: one
 -- that did not decode).
-local function on_message(self, seq, ok, a, ...)
+function on_message(self, seq, ok, a, ...)
   if seq == nil then
     on_undecodable(self, a, ...)
   elseif type(seq) == "number" then
