@@ -104,6 +104,25 @@ describe("pools (futures)", function()
         assert_released(base)
       end)
 
+      it("tasks submitted behind cancelled ones run: get and close do not hang", function()
+        -- the worker is in its initializer while the task channel fills
+        -- with tasks then cancelled; one more waits in the caller's list
+        local gate = pt.event()
+        local pool = pt.pool(kind, 1, { initializer = function(g) g:wait(20) end, initargs = { gate } })
+        local cancelled = {}
+        for i = 1, 16 do cancelled[i] = pool:submit(function() return i end) end
+        local extra = pool:submit(function() return "extra" end)
+        for i = 1, 16 do assert.is_true(cancelled[i]:cancel()) end
+        gate:set()
+        assert.are.same({ true, "extra" }, { extra:get(T) })
+        for i = 1, 16 do cancelled[i] = pool:submit(function() return i end) end
+        local last = pool:submit(function() return "last" end)
+        for i = 1, 16 do cancelled[i]:cancel() end
+        assert.is_true(pool:close(T))
+        assert.are.same({ true, "last" }, { last:get(0) })
+        gate = nil
+      end)
+
       it("cancel releases what the task carries at once, while it still waits in the channel", function()
         local gate = pt.event()
         local pool = pt.pool(kind, 1)

@@ -162,6 +162,14 @@ local function worker_main(c)
         done = done + 1
       else
         claims[seq] = nil        -- cancelled or taken back: the caller released it
+        -- its room in the task channel is free: a caller whose tasks wait
+        -- for it must wake (it may be waiting for an answer that never
+        -- comes); any message wakes it, so one is sent only to an empty
+        -- channel (at most one per worker waits unread)
+        if #answers == 0 then
+          answers:offer(0, "skipped")
+          ring()
+        end
       end
     end
   end
@@ -435,6 +443,7 @@ function on_message(self, seq, ok, a, ...)
     else
       settle(self, task, false, ok, a, ...)
     end
+  elseif seq == "skipped" then                  -- room in the task channel: refilled next
   elseif seq == "ended" then
     on_end(self, ok, a)
   elseif seq == "initfail" then
@@ -478,6 +487,8 @@ local function drain(self, wait)
   local a = self.answers
   local got, n = true, #a
   if n == 0 and wait then
+    refill(self)                 -- what waits here goes out before the wait
+    if self.closed_up then return true end
     got = on_wait(self, a:_recv_into(self.inflight, 3, wait))
     n = got and #a or 0
   end
@@ -615,7 +626,7 @@ function P.new(pt, kind, n, opts)
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
-    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + n + 8)),
+    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + 2 * n + 8)),
     claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
     room = opts.queue and pt.event() or nil, bounded = opts.queue ~= nil,
     limit = limit, slots = {}, byid = {}, retired = {}, watchers = {}, inflight = {}, ninflight = 0,
