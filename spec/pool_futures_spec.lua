@@ -411,6 +411,29 @@ describe("pools (futures)", function()
     end
   end)
 
+  describe("a process worker that ends in its initializer", function()
+    for _, how in ipairs({ "exit", "kill" }) do
+      it("breaks the pool (" .. how .. "): one fork, every future fails, submit raises", function()
+        local pool = pt.pool("process", 2, { initializer = function(h)
+          if h == "exit" then os.exit(4) end
+          require("procthread").fault("signal", 9)
+        end, initargs = { how } })
+        local f = pool:submit(function() return 1 end)
+        local why = how == "exit" and "exited with code 4" or "killed by signal 9 %(SIGKILL%)"
+        local ok, err = f:get(T)
+        assert.is_false(ok)
+        assert.matches("^pool: initializer failed: worker died: " .. why .. "$", err)
+        local s = pool:stats()
+        assert.are.equal("closed", s.state)
+        assert.are.equal(2, s.started)            -- no replacement was forked
+        local ok2, err2 = pcall(pool.submit, pool, function() end)
+        assert.is_false(ok2)
+        assert.matches("pool:submit: the pool is broken: initializer failed: worker died: " .. why, err2)
+        assert.is_true(pool:close(T))
+      end)
+    end
+  end)
+
   describe("a process worker killed at the max_tasks boundary", function()
     it("during its last task: that task fails, one replacement serves the rest", function()
       local pool = pt.pool("process", 1, { max_tasks = 2 })

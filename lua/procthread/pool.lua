@@ -149,6 +149,7 @@ local function worker_main(c)
         if room then room:set() end
         return "initfail"
       end
+      claims[-wid] = true        -- past its initializer (an end before it breaks the pool)
     end
     local done = 0
     while not max_tasks or done < max_tasks do
@@ -345,6 +346,15 @@ end
 
 local terminate_workers, close_up, on_message
 
+-- The pool cannot start workers that serve (its initializer fails): every
+-- future without an answer fails, the workers stop.
+local function break_pool(self, why)
+  self.broken = why
+  fail_all(self, false, "pool: " .. why)
+  terminate_workers(self)
+  close_up(self)
+end
+
 -- A worker ended (its end reported on the answer channel).
 local function on_end(self, wid, why)
   local i = self.byid[wid]
@@ -359,6 +369,17 @@ local function on_end(self, wid, why)
   self.byid[wid] = nil
   self.slots[i] = nil
   local res = pack(s.w:join(FOREVER))
+  if self.init then
+    local inited = self.claims[-wid]
+    self.claims[-wid] = nil
+    if not inited and self.state ~= "closed" then
+      -- it ended in its initializer (os.exit, a signal): its replacements
+      -- would too, one fork after the other
+      self.deaths = self.deaths + 1
+      return break_pool(self, "initializer failed: worker died: " ..
+        tostring(why or res[2] or "worker ended"))
+    end
+  end
   if res[1] ~= true or why then
     -- a death: the task it had claimed fails; tasks it had taken from the
     -- channel without claiming them are taken back and pushed again
@@ -447,16 +468,13 @@ function on_message(self, seq, ok, a, ...)
   elseif seq == "ended" then
     on_end(self, ok, a)
   elseif seq == "initfail" then
-    self.broken = "initializer failed: " .. tostring(a)
     local i = self.byid[ok]
     if i then
       self.byid[ok] = nil
       self.slots[i].w:join(FOREVER)
       self.slots[i] = nil
     end
-    fail_all(self, false, "pool: " .. self.broken)
-    terminate_workers(self)
-    close_up(self)
+    break_pool(self, "initializer failed: " .. tostring(a))
   end
 end
 
