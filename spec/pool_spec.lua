@@ -312,6 +312,30 @@ describe("pools", function()
     end)
   end
 
+  describe("a forked child that collects its copy of a pool", function()
+    for _, kind in ipairs(KINDS) do
+      it("leaves the parent's " .. kind .. " pool working", function()
+        local gate = pt.event()
+        -- the pool and its futures only here, so that the child can drop them
+        local h = { pool = pt.pool(kind, 1) }
+        h.busy = h.pool:submit(function(g) g:wait(20); return "busy" end, gate)
+        h.queued = h.pool:submit(function() return "queued" end)
+        assert.is_true(H.eventually(function() return h.busy:status() == "running" end, T))
+        local w = pt.spawn_process(function()
+          h.pool, h.busy, h.queued = nil, nil, nil
+          collectgarbage(); collectgarbage()
+          return true
+        end)
+        assert.are.same({ true, true }, { w:join(T) })
+        gate:set()
+        assert.are.same({ true, "busy" }, { h.busy:get(T) })
+        assert.are.same({ true, "queued" }, { h.queued:get(T) })
+        assert.are.same({ true, "after" }, { h.pool:submit(function() return "after" end):get(T) })
+        assert.is_true(h.pool:close(T))
+      end)
+    end
+  end)
+
   describe("pt.discard", function()
     it("releases what an encoded string holds without decoding it", function()
       local base = usage()

@@ -662,9 +662,12 @@ function P.new(pt, kind, n, opts)
   -- closed, so that the workers (and the watcher) leave by themselves
   local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
   self.fields = fields
+  local owner = self.owner
   local function finalize()
     local tasks, claims, queue, inflight, watchers = fields[1], fields[2], fields[3], fields[4], fields[5]
     if not tasks then return end          -- closed already
+    -- a forked child's copy: the channels and claims are its parent's
+    if pt._self_id() ~= owner then return end
     for _, task in pairs(queue) do
       if type(task) == "table" and task.payload and not task.answer then pcall(pt.discard, task.payload) end
     end
