@@ -55,6 +55,17 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("close right after the start of a pool whose initializer fails", function()
+        -- close joins the worker, which reports the failure first: close
+        -- reads it last
+        local pool = pt.pool(kind, 1, { initializer = function() error("no config") end })
+        assert.is_true(pool:close(T))
+        assert.is_true(pool:close(T))
+        local ok, err = pcall(pool.submit, pool, function() end)
+        assert.is_false(ok)
+        assert.matches("pool:submit: the pool is broken: initializer failed: .*no config", err)
+      end)
+
       it("queue bounds the tasks waiting: submit blocks until a worker takes one", function()
         local gate, st = pt.event(), pt.shared_table()
         local pool = pt.pool(kind, 1, { queue = 2 })

@@ -614,6 +614,7 @@ end
 
 -- After the last worker: nothing more will be answered.
 function close_up(self)
+  if self.closed_up then return end      -- a drain of close's broke the pool already
   fail_all(self, false, "pool terminated")
   pcall(self.answers.close, self.answers)
   pcall(self.bell.close, self.bell)
@@ -893,6 +894,7 @@ function Pool:close(timeout)
     drain(self, left)
   end
   self.state = "closed"
+  if self.closed_up then return true end  -- broken meanwhile (its initializer)
   stop_all(self, false, STOP_WAIT)
   drain(self)
   close_up(self)
