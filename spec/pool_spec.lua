@@ -611,6 +611,15 @@ describe("pools", function()
   end)
 
   describe("a fresh interpreter", function()
+    it("says why a worker of a new pool cannot start (few fds)", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        print(pcall(pt.pool, "process", 100))
+      ]], "ulimit -n 64;")
+      assert.are.equal(0, status, out)
+      assert.matches("^false\tprocthread%.pool: cannot start worker %d+ of 100: [%w_]+: Too many open files\n$", out)
+    end)
+
     it("runs tasks on a process pool made before anything was encoded", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

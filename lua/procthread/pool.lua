@@ -652,6 +652,10 @@ function P.new(pt, kind, n, opts)
     queue = {}, qhead = 1, qtail = 0, next_id = 0, next_wid = 0, seq = 0, state = "open",
     started = 0, completed = 0, deaths = 0,
   }, Pool)
+  -- a pool dropped without close(): what waits is released, the channel
+  -- closed, so that the workers (and the watcher) leave by themselves
+  local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
+  self.fields = fields
   for i = 1, n do
     local ok, e = start_worker(self, i)
     if not ok then
@@ -659,10 +663,6 @@ function P.new(pt, kind, n, opts)
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 2)
     end
   end
-  -- a pool dropped without close(): what waits is released, the channel
-  -- closed, so that the workers (and the watcher) leave by themselves
-  local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
-  self.fields = fields
   local owner = self.owner
   local function finalize()
     local tasks, claims, queue, inflight, watchers = fields[1], fields[2], fields[3], fields[4], fields[5]
