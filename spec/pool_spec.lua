@@ -141,6 +141,25 @@ describe("pools", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("answers a task returning 200000 values; fails one returning too many, clearly", function()
+        local pool = pt.pool(kind, 1)
+        local function many(n) local t = {} for i = 1, n do t[i] = i end return (unpack or table.unpack)(t, 1, n) end
+        local function count(...) return select("#", ...), (select(2, ...)), (select(-1, ...)) end
+        local big, more = pool:submit(many, 200000), pool:submit(many, 250001)
+        if _VERSION == "Lua 5.1" then
+          -- 5.1 and LuaJIT: the task cannot return that many (unpack says so)
+          assert.matches("too many results to unpack", select(2, big:get(T)))
+          assert.matches("too many results to unpack", select(2, more:get(T)))
+        else
+          assert.are.same({ 200001, 1, 200000 }, { count(big:get(T)) })
+          assert.are.same({ 200001, 1, 200000 }, { count(big:get()) })
+          assert.are.same({ false, "results: 250001 values, more than a task may return (250000)" },
+            { more:get(T) })
+        end
+        assert.are.equal("succeeded", pool:submit(many, 3):get(T) and "succeeded")
+        assert.is_true(pool:close(T))
+      end)
+
       it("fails a task whose results cannot be copied back", function()
         local pool = pt.pool(kind, 1)
         local ok, err = pool:submit(function() return coroutine.create(function() end) end):get(T)

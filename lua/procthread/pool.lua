@@ -43,6 +43,9 @@ local move = table.move
 local P = {}
 
 local STOP_WAIT = 5       -- seconds a stopping worker gets before it is killed
+-- The most values a task may return: what the caller's stack takes, with
+-- room (Lua 5.2+: a million slots; 5.1 and LuaJIT cannot return as many)
+local MAX_RESULTS = 250000
 local FOREVER = math.huge
 
 local Pool = {}
@@ -51,6 +54,7 @@ local Future = {}
 Future.__index = Future
 
 local function pack(...) return { n = select("#", ...), ... } end
+local tpack = table.pack or pack
 
 -- The error is the caller's: `level` counts from argerr's caller (1).
 local function argerr(fname, i, msg, level)
@@ -72,7 +76,7 @@ local function worker_main(c)
   local pt = require "procthread"
   local unpack = unpack or table.unpack
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
-  local wid, max_tasks = c.wid, c.max_tasks
+  local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
   if c.life then
     -- this process holds the write end of its life pipe (its end is the
     -- watcher's news) and nothing else of the pool's that it does not use
@@ -103,7 +107,12 @@ local function worker_main(c)
   end
   local function apply(fn, ...) return fn(...) end
   local function finish(seq, ok, ...)
-    if ok then reply(seq, true, ...) else reply(seq, false, (...)) end
+    if not ok then reply(seq, false, (...))
+    elseif select("#", ...) <= MAX_RESULTS then reply(seq, true, ...)
+    else
+      reply(seq, false, ("results: %d values, more than a task may return (%d)")
+        :format(select("#", ...), MAX_RESULTS))
+    end
   end
   -- A chunk of a map, run inside one xpcall for all its items: its payload
   -- in; its results out, in place (result k goes to slot k, whose item was
@@ -262,7 +271,8 @@ local function start_worker(self, i)
   self.next_wid = self.next_wid + 1
   local wid = self.next_wid
   local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
-              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks }
+              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks,
+              max_results = MAX_RESULTS }
   if self.init then
     -- encoded for each worker: each decodes (and so owns) its own copy
     local ok, enc = pcall(pt.encode, self.init, unpack(self.initargs, 1, self.initargs.n))
@@ -298,9 +308,9 @@ end
 
 -- A task's answer.  A task that never ran releases what its payload holds
 -- (shared objects, pipes): nobody else will decode or discard it.
-local function settle(self, task, never_ran, ...)
+local function settle_with(self, task, never_ran, answer)
   if task.answer then return end
-  task.answer = pack(...)
+  task.answer = answer
   if never_ran and task.payload then self.pt.discard(task.payload) end
   task.payload = nil
   if task.seq then
@@ -308,6 +318,10 @@ local function settle(self, task, never_ran, ...)
     self.inflight[task.seq] = nil
   end
   if task.job and task.job.ready then task.job.ready(task) end
+end
+
+local function settle(self, task, never_ran, ...)
+  if not task.answer then settle_with(self, task, never_ran, pack(...)) end
 end
 
 -- Fail a task that has not started (queued here or in the channel).
@@ -462,7 +476,9 @@ function on_message(self, seq, ok, a, ...)
       if a < 0 then settle(self, task, false, true, (...), -a)
       else settle(self, task, false, true, { ... }, a) end
     else
-      settle(self, task, false, ok, a, ...)
+      -- packed here, once (a task may return many values: each copy of
+      -- them takes that much of the stack)
+      settle_with(self, task, false, tpack(ok, a, ...))
     end
   elseif seq == "skipped" then                  -- room in the task channel: refilled next
   elseif seq == "ended" then
