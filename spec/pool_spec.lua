@@ -390,6 +390,42 @@ describe("pools", function()
         assert_released(base)
       end)
 
+      it("terminate releases what idle workers still hold of finished tasks and initargs", function()
+        local base = usage()
+        local pool
+        do
+          local st, ev = pt.shared_table({ x = 1 }), pt.event()
+          -- every worker keeps the initargs and a task's argument in globals
+          pool = pt.pool(kind, 2, { initializer = function(t) KEPT_INIT = t end, initargs = { st } })
+          -- the two tasks meet at the barrier: both workers are past their
+          -- initializer, and idle once answered
+          local b = pt.barrier(2)
+          local fs = {}
+          for i = 1, 2 do fs[i] = pool:submit(function(e, b) KEPT_ARG = e; return b:wait(20) ~= nil end, ev, b) end
+          for i = 1, 2 do assert.are.same({ true, true }, { fs[i]:get(T) }) end
+        end
+        assert.is_true(pool:terminate())
+        assert_released(base)
+      end)
+
+      it("a broken pool releases its initargs from the workers that started", function()
+        local base = usage()
+        local pool
+        do
+          local st = pt.shared_table({ n = 0 })
+          pool = pt.pool(kind, 2, { initializer = function(t)
+            KEPT_INIT = t
+            if require("procthread").add(t, "n", 1) == 2 then error("second") end
+          end, initargs = { st } })
+        end
+        -- the task may run on the first worker before the failure is read
+        local ok, err = pool:submit(function() return 1 end):get(T)
+        if not ok then assert.matches("^pool: initializer failed: .*second", err) end
+        assert.is_true(pool:close(T))
+        assert.matches("broken: initializer failed: .*second", select(2, pcall(pool.submit, pool, print)))
+        assert_released(base)
+      end)
+
       it("a map that fails early releases what the chunks it drops carry", function()
         local base = usage()
         local pool = pt.pool(kind, 1)

@@ -364,8 +364,8 @@ local terminate_workers, close_up, on_message
 -- future without an answer fails, the workers stop.
 local function break_pool(self, why)
   self.broken = why
-  fail_all(self, false, "pool: " .. why)
   terminate_workers(self)
+  fail_all(self, false, "pool: " .. why)
   close_up(self)
 end
 
@@ -598,19 +598,37 @@ local function join_or_kill(w, timeout)
 end
 
 local function stop_all(self, now, timeout)
-  local ws = {}
+  local ws, idle = {}, {}
+  local claims = self.claims
+  if now then
+    -- no task not started yet will run; the workers that run none (idle:
+    -- past their initializer, without a claim) are not stopped but told to
+    -- leave, so that they release what they hold (a process killed keeps
+    -- the counts on the shared objects its tasks were given, long after)
+    for seq in pairs(self.inflight) do self.pt.cas(claims, seq, nil, "dropped") end
+    for i = 1, self.n do
+      local s = self.slots[i]
+      if s and (not self.init or claims[-s.wid]) then idle[s.wid] = true end
+    end
+    for seq in pairs(self.inflight) do
+      local v = claims[seq]
+      if type(v) == "number" then idle[v] = nil end
+    end
+  end
+  local kill = {}
   for i = 1, self.n do
     local s = self.slots[i]
-    if s then ws[#ws + 1] = s.w end
+    if s then
+      ws[#ws + 1] = s.w
+      if now and not idle[s.wid] then kill[#kill + 1] = s.w end
+    end
     self.slots[i] = nil
   end
-  for _, r in pairs(self.retired) do ws[#ws + 1] = r.w end
+  for _, r in pairs(self.retired) do ws[#ws + 1] = r.w; kill[#kill + 1] = r.w end
   self.retired, self.byid = {}, {}
   pcall(self.tasks.close, self.tasks)           -- workers leave when it is drained
-  if now then
-    for _, w in ipairs(ws) do
-      if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
-    end
+  for _, w in ipairs(kill) do
+    if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
   end
   local deadline = self.pt.now() + timeout
   for _, w in ipairs(ws) do join_or_kill(w, math.max(0, deadline - self.pt.now())) end
@@ -625,7 +643,7 @@ end
 
 function terminate_workers(self)
   self.state = "closed"
-  stop_all(self, true, 0)
+  stop_all(self, true, STOP_WAIT)
 end
 
 -- After the last worker: nothing more will be answered.
@@ -640,6 +658,7 @@ function close_up(self)
   self.pt.release(self.flags)
   for k in pairs(self.fields) do self.fields[k] = nil end
   self.tasks, self.answers, self.claims, self.flags, self.bell, self.room = nil, nil, nil, nil, nil, nil
+  self.initargs = nil             -- what they hold is released with the pool, not when it is collected
 end
 
 function P.new(pt, kind, n, opts)
