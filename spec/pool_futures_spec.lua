@@ -66,6 +66,73 @@ describe("pools (futures)", function()
         assert.matches("pool:submit: the pool is broken: initializer failed: .*no config", err)
       end)
 
+      for _, call in ipairs({ "submit", "map" }) do
+        it("a thread cancelled in a " .. call .. " waiting for room releases what the tasks not queued carry", function()
+          local base = usage()
+          local gate, running, ready = pt.event(), pt.event(), pt.event()
+          local w = pt.spawn_thread(function(kind, call, gate, running, ready)
+            local pt = require "procthread"
+            local pool = pt.pool(kind, 1, { queue = 1 })
+            pool:submit(function(g, r) r:set(); g:wait(20) end, gate, running)
+            assert(running:wait(20))
+            pool:submit(function() end)              -- the channel is full now
+            ready:set()
+            local st = pt.shared_table()
+            if call == "submit" then pool:submit(function(t) return t end, st)
+            else pool:map(function(t) return t end, { st, st, st, st }, 1) end
+          end, kind, call, gate, running, ready)
+          assert.is_true(ready:wait(T))
+          -- the next sleep of that thread is the wait for room
+          local function state()
+            local f = io.open("/proc/self/task/" .. w.id .. "/stat")
+            if not f then return nil end
+            local st = f:read("*a"):match("^%d+ %b() (%a)")
+            f:close()
+            return st
+          end
+          assert.is_true(H.eventually(function() return state() == "S" end, T))
+          w:cancel()
+          assert.are.same({ false, "cancelled" }, { w:join(T) })
+          gate:set()
+          gate, running, ready = nil, nil, nil
+          assert_released(base)
+        end)
+      end
+
+      it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
+        -- the signal comes once the main thread sleeps (in the wait for room)
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          local pool = pt.pool(%q, 1, { queue = 1 })
+          local gate = pt.event()
+          local busy = pool:submit(function(g) return g:wait(20) end, gate)
+          local filler = pool:submit(function() return "filler" end)
+          local pid = require("procthread.testing").pid()
+          local killer = pt.spawn_process(function()
+            local pt = require "procthread"
+            local deadline = pt.now() + 20
+            repeat
+              local f = io.open("/proc/" .. pid .. "/stat")
+              local st = f and f:read("*a"):match("^%%d+ %%b() (%%a)"); if f then f:close() end
+              if st == "S" then break end
+              pt.sleep(0.001)
+            until pt.now() > deadline
+            os.execute("kill -INT " .. pid)
+          end)
+          local ok, err = pcall(pool.submit, pool, function(t) return t end, pt.shared_table())
+          print(ok, (tostring(err):match("interrupted!$")))
+          killer:join(20)
+          gate:set()
+          print(busy:get(20), filler:get(20))
+          print(pool:close(20))
+          gate = nil
+          collectgarbage(); collectgarbage()
+          print(pt.shm_stats().objects)
+        ]]):format(kind))
+        assert.are.equal(0, status, out)
+        assert.are.equal("false\tinterrupted!\ntrue\ttrue\tfiller\ntrue\n0\n", out)
+      end)
+
       it("queue bounds the tasks waiting: submit blocks until a worker takes one", function()
         local gate, st = pt.event(), pt.shared_table()
         local pool = pt.pool(kind, 1, { queue = 2 })

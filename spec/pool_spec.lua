@@ -426,6 +426,29 @@ describe("pools", function()
         assert_released(base)
       end)
 
+      it("a map over a list whose __index raises releases the chunks encoded, and says pool:map", function()
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        -- a chunk of more than 1000 items is read item by item (5.2 on:
+        -- __len is honoured; 5.1 and LuaJIT see an empty list), a smaller
+        -- one by unpack (which honours __index from 5.3 on)
+        local cases = {}
+        if _VERSION ~= "Lua 5.1" then cases[1] = { 3003, 1001, 2500, "items 2003-3003" } end
+        if _VERSION ~= "Lua 5.1" and _VERSION ~= "Lua 5.2" then cases[2] = { 20, 5, 15, "items 11-15" } end
+        for _, c in ipairs(cases) do
+          local st = pt.shared_table()
+          local list = setmetatable({}, {
+            __len = function() return c[1] end,
+            __index = function(_, i) if i == c[3] then error("unreadable", 0) end return st end })
+          local ok, err = pcall(pool.map, pool, function(t) return 1 end, list, c[2])
+          assert.is_false(ok)
+          assert.are.equal("pool:map: " .. c[4] .. ": unreadable", err)
+        end
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
       it("a map that fails early releases what the chunks it drops carry", function()
         local base = usage()
         local pool = pt.pool(kind, 1)

@@ -704,9 +704,16 @@ function P.new(pt, kind, n, opts)
     if not tasks then return end          -- closed already
     -- a forked child's copy: the channels and claims are its parent's
     if pt._self_id() ~= owner then return end
-    for _, task in pairs(queue) do
-      if type(task) == "table" and task.payload and not task.answer then pcall(pt.discard, task.payload) end
+    local seen = {}
+    local function release(task)
+      if type(task) == "table" and task.payload and not task.answer and not task.seq and not seen[task] then
+        seen[task] = true
+        pcall(pt.discard, task.payload)
+      end
     end
+    for _, task in pairs(queue) do release(task) end
+    release(fields[6])                    -- a submit, or the chunks of a map, stopped
+    if fields[7] then for _, task in ipairs(fields[7]) do release(task) end end
     for seq, task in pairs(inflight) do
       local ok, won = pcall(pt.cas, claims, seq, nil, "dropped")
       if ok and won and task.payload then pcall(pt.discard, task.payload) end
@@ -733,6 +740,14 @@ local function new_task(self, op, payload, first, job, k)
                         seq = nil, answer = nil, first = first, job = job, k = k }, Future)
 end
 
+-- A Ctrl-C ends the wait, and the interpreter's hook raises at the next
+-- instruction: here, inside the caller's pcall (a C function's return is
+-- no hook point on LuaJIT).
+local function wait_room(room)
+  room:wait()
+  return true
+end
+
 -- Queue a task: pushed at once when the channel has room; else kept here,
 -- or, for a pool with `queue`, waited for.
 local function enqueue(self, task)
@@ -752,7 +767,10 @@ local function enqueue(self, task)
     elseif self.ninflight < self.limit and push(self, task) then
       return
     else
-      self.room:wait()
+      -- Ctrl-C there: the task is given up (what it carries released);
+      -- a thread cancelled there leaves it to the finalizer (fields[6])
+      local ok, err = pcall(wait_room, self.room)
+      if not ok then drop(self, task, "interrupted"); error(err, 0) end
     end
   end
 end
@@ -769,7 +787,10 @@ function Pool:submit(fn, ...)
   local ok, payload = pcall(self.pt.encode, fn, ...)
   if not ok then error("pool:submit: " .. tostring(payload), 2) end
   local task = new_task(self, "call", payload)
+  local fields = self.fields
+  fields[6] = task                -- in no list while it waits for room
   enqueue(self, task)
+  fields[6] = nil
   return task
 end
 
@@ -786,37 +807,48 @@ local function check_map(fname, self, fn, list, chunk)
   end
 end
 
+local abandon
+
 -- The chunks of a job, encoded all first (a value the codec refuses raises
 -- before any chunk is queued), then queued.  job.ready(task) is called as
 -- each chunk is settled.
+-- A chunk's payload: items first..last of list (read here: a proxy's
+-- __index may raise).
+local function encode_chunk(encode, fn, list, first, last)
+  if last - first < 1000 then return encode(fn, last - first + 1, unpack(list, first, last)) end
+  local items = {}                -- too many values for the stack: a table (count < 0)
+  for i = first, last do items[i - first + 1] = list[i] end
+  return encode(fn, first - last - 1, items)
+end
+
 local function start_job(fname, self, fn, list, chunk, ready)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
   local encode = self.pt.encode
+  -- the chunks not queued yet are given up when an encode, or a wait for
+  -- room, raises (a thread cancelled there leaves them to the finalizer)
+  local fields = self.fields
+  fields[7] = job.chunks
   for first = 1, count, chunk do
     local last = math.min(count, first + chunk - 1)
-    local ok, payload
-    if last - first < 1000 then
-      ok, payload = pcall(encode, fn, last - first + 1, unpack(list, first, last))
-    else                          -- too many values for the stack: a table (count < 0)
-      local items = {}
-      for i = first, last do items[i - first + 1] = list[i] end
-      ok, payload = pcall(encode, fn, first - last - 1, items)
-    end
+    local ok, payload = pcall(encode_chunk, encode, fn, list, first, last)
     if not ok then
+      fields[7] = nil
       for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
       error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
     end
     local t = new_task(self, "map", payload, first, job, #job.chunks + 1)
     job.chunks[t.k] = t
   end
-  for _, t in ipairs(job.chunks) do enqueue(self, t) end
+  local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
+  fields[7] = nil
+  if not ok then abandon(self, job); error(err, 0) end
   return job
 end
 
 -- Give up the chunks of a job that have not started.
-local function abandon(self, job)
+function abandon(self, job)
   for _, t in ipairs(job.chunks) do
     if not t.answer then
       if not t.seq then drop(self, t, "cancelled")
