@@ -133,6 +133,33 @@ describe("pools (futures)", function()
         assert.are.equal("false\tinterrupted!\ntrue\ttrue\tfiller\ntrue\n0\n", out)
       end)
 
+      it("initargs.n counts trailing nils", function()
+        local pool = pt.pool(kind, 1, { initializer = function(...) INIT_N = select("#", ...) end,
+                                        initargs = { 1, n = 3 } })
+        assert.are.same({ true, 3 }, { pool:submit(function() return INIT_N end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("as_completed yields a future listed twice once", function()
+        local pool = pt.pool(kind, 1)
+        local f1, f2 = pool:submit(function() return 1 end), pool:submit(function() return 2 end)
+        local seen = {}
+        for f in pt.as_completed({ f1, f1, f2 }, T) do seen[#seen + 1] = f end
+        assert.are.equal(2, #seen)
+        assert.are_not.equal(seen[1], seen[2])
+        assert.is_true(pool:close(T))
+      end)
+
+      it("a task's error object whose __tostring returns no string reads as its type", function()
+        local pool = pt.pool(kind, 1)
+        local ok, err = pool:submit(function()
+          error(setmetatable({}, { __tostring = function() return {} end }))
+        end):get(T)
+        assert.is_false(ok)
+        assert.matches("^%(error object is a table value%)", err)
+        assert.is_true(pool:close(T))
+      end)
+
       it("queue bounds the tasks waiting: submit blocks until a worker takes one", function()
         local gate, st = pt.event(), pt.shared_table()
         local pool = pt.pool(kind, 1, { queue = 2 })
@@ -629,11 +656,18 @@ describe("pools (futures)", function()
   describe("bad arguments", function()
     it("the new options, cancel, imap and select check theirs", function()
       assert.has_error(function() pt.pool("thread", 1, { queue = 0 }) end,
-        "procthread.pool: bad argument #3 (opts.queue must be an integer >= 1, got 0)")
+        "procthread.pool: bad argument #3 (opts.queue must be an integer from 1 to 1048576, got 0)")
       assert.has_error(function() pt.pool("thread", 1, { initializer = 5 }) end,
         "procthread.pool: bad argument #3 (opts.initializer must be a function, got number)")
       assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = 5 }) end,
         "procthread.pool: bad argument #3 (opts.initargs must be a table, got number)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = { n = -1 } }) end,
+        "procthread.pool: bad argument #3 (opts.initargs.n must be an integer from 0 to 1000, got -1)")
+      -- the real bound, and the type of a string that looks like a number
+      assert.has_error(function() pt.pool("thread", 1, { queue = 1048577 }) end,
+        "procthread.pool: bad argument #3 (opts.queue must be an integer from 1 to 1048576, got 1048577)")
+      assert.has_error(function() pt.pool("thread", 1, { max_tasks = "3" }) end,
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer from 1 to 1048576, got string)")
       local pool = pt.pool("thread", 1)
       assert.has_error(function() pool:imap(print, "x") end,
         "pool:imap: bad argument #2 (table expected, got string)")

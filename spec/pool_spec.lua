@@ -26,7 +26,7 @@ describe("pools", function()
       assert.has_error(function() pt.pool("process", 1, 5) end,
         "procthread.pool: bad argument #3 (options table expected, got number)")
       assert.has_error(function() pt.pool("process", 1, { max_tasks = 0 }) end,
-        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer >= 1, got 0)")
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer from 1 to 1048576, got 0)")
       assert.has_error(function() pt.pool("process", 1, { maxtasks = 3 }) end,
         'procthread.pool: bad argument #3 (unknown option "maxtasks")')
     end)

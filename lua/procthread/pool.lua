@@ -86,8 +86,10 @@ local function worker_main(c)
   local function handler(e)
     if type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
-      if type(mt) == "table" and mt.__tostring then e = tostring(e)
-      else e = "(error object is a " .. type(e) .. " value)" end
+      local ok, s = false, nil
+      if type(mt) == "table" and mt.__tostring then ok, s = pcall(tostring, e) end
+      -- (5.1's tostring passes on whatever __tostring returned)
+      e = ok and type(s) == "string" and s or "(error object is a " .. type(e) .. " value)"
     end
     -- the traceback stops at the task's function, as join's does
     local tb = debug.traceback(e, 2)
@@ -571,8 +573,9 @@ local function check_opts(fname, opts)
     if not OPTS[k] then argerr(fname, 3, ("unknown option %q"):format(tostring(k)), 2) end
   end
   local function int(name, v)
-    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v) or v > 1048576) then
-      argerr(fname, 3, ("opts.%s must be an integer >= 1, got %s"):format(name, tostring(v)), 3)
+    if v ~= nil and (type(v) ~= "number" or not (v >= 1) or v ~= math.floor(v) or v > 1048576) then
+      argerr(fname, 3, ("opts.%s must be an integer from 1 to 1048576, got %s")
+        :format(name, type(v) == "number" and tostring(v) or type(v)), 3)
     end
   end
   int("max_tasks", opts.max_tasks)
@@ -582,6 +585,11 @@ local function check_opts(fname, opts)
   end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
     argerr(fname, 3, "opts.initargs must be a table, got " .. type(opts.initargs), 2)
+  end
+  local n = opts.initargs and opts.initargs.n
+  if n ~= nil and (type(n) ~= "number" or not (n >= 0) or n ~= math.floor(n) or n > 1000) then
+    argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
+      (type(n) == "number" and tostring(n) or type(n)), 2)
   end
   return opts
 end
@@ -676,7 +684,8 @@ function P.new(pt, kind, n, opts)
   local limit = cap + n
   local bell, err = pt.pipe()
   if not bell then error(fname .. ": " .. tostring(err), 2) end
-  local initargs = opts.initargs and pack(unpack(opts.initargs, 1, table.maxn and table.maxn(opts.initargs) or #opts.initargs))
+  local ia = opts.initargs
+  local initargs = ia and pack(unpack(ia, 1, ia.n or (table.maxn and table.maxn(ia)) or #ia))
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
@@ -1175,8 +1184,11 @@ end
 function P.as_completed(core_select, list, timeout)
   check_list("as_completed", list, timeout)
   local pt = P.pt or require "procthread"
-  local left = {}
-  for i = 1, #list do left[i] = list[i] end
+  local left, seen = {}, {}
+  for i = 1, #list do                     -- each once, as Python's
+    local x = list[i]
+    if not seen[x] then seen[x] = true; left[#left + 1] = x end
+  end
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   return function()
     if #left == 0 then return nil end
