@@ -393,6 +393,35 @@ describe("pools (futures)", function()
         first, gate = nil, nil
       end)
 
+      it("pt.select with futures answers as the C select: obj and index, first ready in the list, every entry checked", function()
+        local pool = pt.pool(kind, 1)
+        local done = pool:submit(function() return 1 end)
+        assert.are.same({ true, 1 }, { done:get(T) })
+        local gate = pt.event()
+        local waiting = pool:submit(function(g) return g:wait(20) end, gate)
+        local p = pt.pipe()
+        assert.is_true(p:send("x"))
+        assert.are.same({ done, 1 }, { pt.select({ done }, 0) })
+        assert.are.same({ done, 2 }, { pt.select({ waiting, done }, T) })
+        -- a ready pipe listed before a ready future wins, as in the C select
+        assert.are.same({ p, 1 }, { pt.select({ p, done }, T) })
+        assert.are.same({ done, 1 }, { pt.select({ done, p }, T) })
+        assert.are.same({ p, 2 }, { pt.select({ waiting, p }, T) })
+        -- a bad entry raises, named by its index in the list, ready future or not
+        for _, list in ipairs({ { done, 5 }, { waiting, 5 } }) do
+          for _, t in ipairs({ 0, 0.01 }) do
+            assert.has_error(function() pt.select(list, t) end,
+              "bad argument #1 to 'select' (list[2] is a number, not a pipe, channel or worker)")
+          end
+        end
+        assert.has_error(function() pt.select({ waiting, p, "x" }, 0) end,
+          "bad argument #1 to 'select' (list[3] is a string, not a pipe, channel or worker)")
+        gate:set()
+        assert.are.same({ true, true }, { waiting:get(T) })
+        p:close()
+        assert.is_true(pool:close(T))
+      end)
+
       it("pt.select over futures of two pools", function()
         local p1, p2 = pt.pool(kind, 1), pt.pool(kind, 1)
         local gate = pt.event()
@@ -650,6 +679,49 @@ describe("pools (futures)", function()
       if not ok then for _, pid in ipairs(pids) do os.execute("kill -KILL " .. pid .. " 2>/dev/null") end end
       assert.is_true(ok, "busy pool workers outlived their killed owner")
       assert.is_true(pt.now() - t0 < 3)
+    end)
+  end)
+
+  describe("errors at the caller's line", function()
+    it("select, as_completed, map on a closed pool, a pool of another process, get(nil)", function()
+      local here = debug.getinfo(1, "S").short_src
+      local function line_of(f)
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        return tostring(err)
+      end
+      local pool = pt.pool("thread", 1)
+      local f = pool:submit(function() return 1 end)
+      assert.are.same({ true, 1 }, { f:get(T) })
+      local l = debug.getinfo(1, "l").currentline
+      local errs = {
+        line_of(function() pt.select({}, -1) end),
+        line_of(function() pt.select({ f, 5 }, 0) end),
+        line_of(function() pt.as_completed({ f }, -1) end),
+        line_of(function() f.get(nil) end),
+        line_of(function() f:get(-1) end),
+      }
+      for k, e in ipairs(errs) do
+        assert.are.equal(here .. ":" .. (l + k + 1) .. ":", e:match("^[^:]+:%d+:"), e)
+      end
+      assert.matches("future:get: bad self %(a future expected, got nil%)", errs[4])
+      assert.matches("future:get: bad argument #1 %(timeout must be a number >= 0 or nil, got %-1%)", errs[5])
+      assert.is_true(pool:close(T))
+      l = debug.getinfo(1, "l").currentline
+      local e1 = line_of(function() pool:map(function() end, {}) end)
+      local e2 = line_of(function() for _ in pool:imap(function() end, {}) do end end)
+      assert.are.equal(here .. ":" .. (l + 1) .. ": pool:map: the pool is closed", e1)
+      assert.are.equal(here .. ":" .. (l + 2) .. ": pool:imap: the pool is closed", e2)
+      -- a forked child using the pool: the child's line
+      local p2 = pt.pool("thread", 1)
+      local w = pt.spawn_process(function()
+        local ok, err = pcall(function() local r = p2:stats(); return r end)
+        return debug.getinfo(1, "l").currentline, err
+      end)
+      local ok, line, err = w:join(T)
+      assert.is_true(ok)
+      assert.are.equal(here .. ":" .. (line - 1) .. ": pool:stats: this pool belongs to another process", err:match("^(.-) %(pid"))
+      assert.is_true(p2:close(T))
     end)
   end)
 

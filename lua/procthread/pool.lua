@@ -234,18 +234,21 @@ end
 
 local function is_pool(p) return getmetatable(p) == Pool end
 
-local function check_owner(fname, self)
+-- `level`: where the caller's line is, counted from the function that
+-- called these (1, the default: its caller).
+local function check_owner(fname, self, level)
   if self.pt._self_id() ~= self.owner then
-    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
+    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 2 + (level or 1))
   end
 end
 
-local function check_pool(fname, self)
+local function check_pool(fname, self, level)
+  level = level or 1
   if not is_pool(self) then
     error(("%s: bad self (a pool expected, got %s; call it as pool:%s(...))")
-      :format(fname, type(self), fname:match("[%.:](%w+)$") or "method"), 3)
+      :format(fname, type(self), fname:match("[%.:](%w+)$") or "method"), 2 + level)
   end
-  check_owner(fname, self)
+  check_owner(fname, self, level + 1)
 end
 
 local WATCH = 1000        -- life pipes per watcher (pt.select takes 1024 pipes)
@@ -784,9 +787,10 @@ local function enqueue(self, task)
   end
 end
 
-local function check_open(fname, self)
-  if self.broken then error(fname .. ": the pool is broken: " .. self.broken, 3) end
-  if self.state ~= "open" then error(fname .. ": the pool is closed", 3) end
+local function check_open(fname, self, level)
+  level = 2 + (level or 1)
+  if self.broken then error(fname .. ": the pool is broken: " .. self.broken, level) end
+  if self.state ~= "open" then error(fname .. ": the pool is closed", level) end
 end
 
 function Pool:submit(fn, ...)
@@ -807,8 +811,8 @@ end
 -- worker), each one task.
 
 local function check_map(fname, self, fn, list, chunk)
-  check_pool(fname, self)
-  check_open(fname, self)
+  check_pool(fname, self, 2)
+  check_open(fname, self, 2)
   if type(fn) ~= "function" then argerr(fname, 1, "function expected, got " .. type(fn), 2) end
   if type(list) ~= "table" then argerr(fname, 2, "table expected, got " .. type(list), 2) end
   if chunk ~= nil and (type(chunk) ~= "number" or chunk < 1 or chunk ~= math.floor(chunk)) then
@@ -1048,9 +1052,9 @@ local function answer(self)
 end
 
 function Future:get(timeout)
-  if self.answer then return answer(self) end
   check_future("future:get", self)
   check_timeout("future:get", 1, timeout)
+  if self.answer then return answer(self) end
   local pool = self.pool
   check_owner("future:get", pool)
   if timeout == nil or timeout == FOREVER then
@@ -1126,57 +1130,95 @@ end
 local function is_future(x) return getmetatable(x) == Future end
 P.is_future = is_future
 
+-- The errors of select and as_completed carry no position: the wrappers
+-- of procthread (init.lua) raise them at their caller's line.
 local function check_list(fname, list, timeout)
   if type(list) ~= "table" then
-    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 3)
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 0)
   end
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
     error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
-      :format(fname, tostring(timeout)), 3)
+      :format(fname, tostring(timeout)), 0)
   end
 end
 
+-- The C select over `probe` (the entries that are not futures, and the
+-- bells of the futures' pools), its errors naming the entry by its index
+-- in the caller's list (at[j]).
+local function probe_select(core_select, probe, at, t)
+  local ok, r, j = pcall(core_select, probe, t)
+  if ok then return r, j end
+  if type(r) == "string" then
+    r = r:gsub("list%[(%d+)%]", function(k) return "list[" .. tostring(at[tonumber(k)] or k) .. "]" end)
+  end
+  error(r, 0)
+end
+
+-- pt.select with futures: the first ready entry of the list (a future
+-- with an answer, or what the C select finds ready) and its index.
 function P.select(core_select, list, timeout)
   check_list("select", list, timeout)
   local pt = P.pt or require "procthread"
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
-  local pools, waits, bells = {}, {}, {}
+  local pools, probe, at, bells = {}, {}, {}, {}
+  local plain = 0
   for i = 1, #list do
     local x = list[i]
-    if not is_future(x) then
-      waits[#waits + 1] = x
+    if not is_future(x) then plain = plain + 1
     elseif not pools[x.pool] then
-      pools[x.pool] = true
+      pools[x.pool] = i
       pools[#pools + 1] = x.pool
     end
   end
-  local mixed = #waits > 0 or #pools > 1
-  if mixed then
-    -- the bells ring from now on: an answer that lands after the futures
-    -- were looked at below rings the bell the select sleeps on
-    for _, pool in ipairs(pools) do
-      if not pool.closed_up then
-        local b = waitable(pool)
-        bells[b] = true
-        waits[#waits + 1] = b
-      end
+  local mixed = plain > 0 or #pools > 1
+  for i = 1, #list do
+    local x = list[i]
+    if not is_future(x) then
+      probe[#probe + 1], at[#probe + 1] = x, i
+    elseif mixed and pools[x.pool] == i and not x.pool.closed_up then
+      -- the bells ring from now on: an answer that lands after the
+      -- futures were looked at below rings the bell the select sleeps on;
+      -- each in the place of its pool's first future
+      local b = waitable(x.pool)
+      bells[b] = x.pool
+      probe[#probe + 1], at[#probe + 1] = b, i
     end
   end
   while true do
+    local best
     for i = 1, #list do
       local x = list[i]
-      if is_future(x) and x:done() then return x end
+      if is_future(x) and x:done() then best = i; break end
     end
     local left = deadline and math.max(0, deadline - pt.now()) or FOREVER
-    if deadline and left <= 0 then return nil, "timeout" end
     if not mixed then
+      if best then return list[best], best end
+      if deadline and left <= 0 then return nil, "timeout" end
       if #pools == 0 then return nil, "timeout" end      -- nothing can become ready
-      check_owner("select", pools[1])
-      drain(pools[1], left)
+      local pool = pools[1]
+      if pt._self_id() ~= pool.owner then
+        error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+      end
+      drain(pool, left)
     else
-      local r, err = core_select(waits, left)
-      if r == nil then return nil, err end
-      if not bells[r] then return r end
+      -- what is ready before the first answered future wins; then that
+      -- future; else sleep on all
+      local r, j = probe_select(core_select, probe, at, (best or left <= 0) and 0 or left)
+      if r == nil then
+        if best then return list[best], best end
+        if j ~= "timeout" then return nil, j end
+        if deadline and pt.now() >= deadline then return nil, "timeout" end
+      elseif not bells[r] then
+        if not best or at[j] < best then return r, at[j] end
+        return list[best], best
+      else
+        -- a bell: its pool has answers (read now: that empties the bell); look again
+        local pool = bells[r]
+        if pt._self_id() ~= pool.owner then
+          error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+        end
+        drain(pool)
+      end
     end
   end
 end
@@ -1192,11 +1234,10 @@ function P.as_completed(core_select, list, timeout)
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   return function()
     if #left == 0 then return nil end
-    local r, err = P.select(core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
-    if r == nil then return nil, err end
-    for i = 1, #left do
-      if left[i] == r then table.remove(left, i); break end
-    end
+    local ok, r, i = pcall(P.select, core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
+    if not ok then error(r, 2) end
+    if r == nil then return nil, i end
+    table.remove(left, i)
     return r
   end
 end
