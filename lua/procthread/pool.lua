@@ -626,7 +626,7 @@ local function stop_all(self, now, timeout)
       if type(v) == "number" then idle[v] = nil end
     end
   end
-  local kill = {}
+  local kill, killed = {}, {}
   for i = 1, self.n do
     local s = self.slots[i]
     if s then
@@ -640,9 +640,13 @@ local function stop_all(self, now, timeout)
   pcall(self.tasks.close, self.tasks)           -- workers leave when it is drained
   for _, w in ipairs(kill) do
     if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    killed[w] = true
   end
   local deadline = self.pt.now() + timeout
-  for _, w in ipairs(ws) do join_or_kill(w, math.max(0, deadline - self.pt.now())) end
+  for _, w in ipairs(ws) do
+    local left = math.max(0, deadline - self.pt.now())
+    if killed[w] then w:join(left) else join_or_kill(w, left) end
+  end
   pcall(self.answers.close, self.answers)       -- nobody reads the ends reported now
   for _, wt in pairs(self.watchers) do
     pcall(wt.ctl.send, wt.ctl, "stop")
