@@ -55,6 +55,111 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("close right after the start of a pool whose initializer fails", function()
+        -- close joins the worker, which reports the failure first: close
+        -- reads it last
+        local pool = pt.pool(kind, 1, { initializer = function() error("no config") end })
+        assert.is_true(pool:close(T))
+        assert.is_true(pool:close(T))
+        local ok, err = pcall(pool.submit, pool, function() end)
+        assert.is_false(ok)
+        assert.matches("pool:submit: the pool is broken: initializer failed: .*no config", err)
+      end)
+
+      for _, call in ipairs({ "submit", "map" }) do
+        it("a thread cancelled in a " .. call .. " waiting for room releases what the tasks not queued carry", function()
+          local base = usage()
+          local gate, running, ready = pt.event(), pt.event(), pt.event()
+          local w = pt.spawn_thread(function(kind, call, gate, running, ready)
+            local pt = require "procthread"
+            local pool = pt.pool(kind, 1, { queue = 1 })
+            pool:submit(function(g, r) r:set(); g:wait(20) end, gate, running)
+            assert(running:wait(20))
+            pool:submit(function() end)              -- the channel is full now
+            ready:set()
+            local st = pt.shared_table()
+            if call == "submit" then pool:submit(function(t) return t end, st)
+            else pool:map(function(t) return t end, { st, st, st, st }, 1) end
+          end, kind, call, gate, running, ready)
+          assert.is_true(ready:wait(T))
+          -- the next sleep of that thread is the wait for room
+          local function state()
+            local f = io.open("/proc/self/task/" .. w.id .. "/stat")
+            if not f then return nil end
+            local st = f:read("*a"):match("^%d+ %b() (%a)")
+            f:close()
+            return st
+          end
+          assert.is_true(H.eventually(function() return state() == "S" end, T))
+          w:cancel()
+          assert.are.same({ false, "cancelled" }, { w:join(T) })
+          gate:set()
+          gate, running, ready = nil, nil, nil
+          assert_released(base)
+        end)
+      end
+
+      it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
+        -- the signal comes once the main thread sleeps (in the wait for room)
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          local pool = pt.pool(%q, 1, { queue = 1 })
+          local gate = pt.event()
+          local busy = pool:submit(function(g) return g:wait(20) end, gate)
+          local filler = pool:submit(function() return "filler" end)
+          local pid = require("procthread.testing").pid()
+          local killer = pt.spawn_process(function()
+            local pt = require "procthread"
+            local deadline = pt.now() + 20
+            repeat
+              local f = io.open("/proc/" .. pid .. "/stat")
+              local st = f and f:read("*a"):match("^%%d+ %%b() (%%a)"); if f then f:close() end
+              if st == "S" then break end
+              pt.sleep(0.001)
+            until pt.now() > deadline
+            os.execute("kill -INT " .. pid)
+          end)
+          local ok, err = pcall(pool.submit, pool, function(t) return t end, pt.shared_table())
+          print(ok, (tostring(err):match("interrupted!$")))
+          killer:join(20)
+          gate:set()
+          print(busy:get(20), filler:get(20))
+          print(pool:close(20))
+          gate = nil
+          collectgarbage(); collectgarbage()
+          print(pt.shm_stats().objects)
+        ]]):format(kind))
+        assert.are.equal(0, status, out)
+        assert.are.equal("false\tinterrupted!\ntrue\ttrue\tfiller\ntrue\n0\n", out)
+      end)
+
+      it("initargs.n counts trailing nils", function()
+        local pool = pt.pool(kind, 1, { initializer = function(...) INIT_N = select("#", ...) end,
+                                        initargs = { 1, n = 3 } })
+        assert.are.same({ true, 3 }, { pool:submit(function() return INIT_N end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      it("as_completed yields a future listed twice once", function()
+        local pool = pt.pool(kind, 1)
+        local f1, f2 = pool:submit(function() return 1 end), pool:submit(function() return 2 end)
+        local seen = {}
+        for f in pt.as_completed({ f1, f1, f2 }, T) do seen[#seen + 1] = f end
+        assert.are.equal(2, #seen)
+        assert.are_not.equal(seen[1], seen[2])
+        assert.is_true(pool:close(T))
+      end)
+
+      it("a task's error object whose __tostring returns no string reads as its type", function()
+        local pool = pt.pool(kind, 1)
+        local ok, err = pool:submit(function()
+          error(setmetatable({}, { __tostring = function() return {} end }))
+        end):get(T)
+        assert.is_false(ok)
+        assert.matches("^%(error object is a table value%)", err)
+        assert.is_true(pool:close(T))
+      end)
+
       it("queue bounds the tasks waiting: submit blocks until a worker takes one", function()
         local gate, st = pt.event(), pt.shared_table()
         local pool = pt.pool(kind, 1, { queue = 2 })
@@ -102,6 +207,25 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
         gate = nil
         assert_released(base)
+      end)
+
+      it("tasks submitted behind cancelled ones run: get and close do not hang", function()
+        -- the worker is in its initializer while the task channel fills
+        -- with tasks then cancelled; one more waits in the caller's list
+        local gate = pt.event()
+        local pool = pt.pool(kind, 1, { initializer = function(g) g:wait(20) end, initargs = { gate } })
+        local cancelled = {}
+        for i = 1, 16 do cancelled[i] = pool:submit(function() return i end) end
+        local extra = pool:submit(function() return "extra" end)
+        for i = 1, 16 do assert.is_true(cancelled[i]:cancel()) end
+        gate:set()
+        assert.are.same({ true, "extra" }, { extra:get(T) })
+        for i = 1, 16 do cancelled[i] = pool:submit(function() return i end) end
+        local last = pool:submit(function() return "last" end)
+        for i = 1, 16 do cancelled[i]:cancel() end
+        assert.is_true(pool:close(T))
+        assert.are.same({ true, "last" }, { last:get(0) })
+        gate = nil
       end)
 
       it("cancel releases what the task carries at once, while it still waits in the channel", function()
@@ -269,6 +393,35 @@ describe("pools (futures)", function()
         first, gate = nil, nil
       end)
 
+      it("pt.select with futures answers as the C select: obj and index, first ready in the list, every entry checked", function()
+        local pool = pt.pool(kind, 1)
+        local done = pool:submit(function() return 1 end)
+        assert.are.same({ true, 1 }, { done:get(T) })
+        local gate = pt.event()
+        local waiting = pool:submit(function(g) return g:wait(20) end, gate)
+        local p = pt.pipe()
+        assert.is_true(p:send("x"))
+        assert.are.same({ done, 1 }, { pt.select({ done }, 0) })
+        assert.are.same({ done, 2 }, { pt.select({ waiting, done }, T) })
+        -- a ready pipe listed before a ready future wins, as in the C select
+        assert.are.same({ p, 1 }, { pt.select({ p, done }, T) })
+        assert.are.same({ done, 1 }, { pt.select({ done, p }, T) })
+        assert.are.same({ p, 2 }, { pt.select({ waiting, p }, T) })
+        -- a bad entry raises, named by its index in the list, ready future or not
+        for _, list in ipairs({ { done, 5 }, { waiting, 5 } }) do
+          for _, t in ipairs({ 0, 0.01 }) do
+            assert.has_error(function() pt.select(list, t) end,
+              "bad argument #1 to 'select' (list[2] is a number, not a pipe, channel or worker)")
+          end
+        end
+        assert.has_error(function() pt.select({ waiting, p, "x" }, 0) end,
+          "bad argument #1 to 'select' (list[3] is a string, not a pipe, channel or worker)")
+        gate:set()
+        assert.are.same({ true, true }, { waiting:get(T) })
+        p:close()
+        assert.is_true(pool:close(T))
+      end)
+
       it("pt.select over futures of two pools", function()
         local p1, p2 = pt.pool(kind, 1), pt.pool(kind, 1)
         local gate = pt.event()
@@ -392,6 +545,29 @@ describe("pools (futures)", function()
     end
   end)
 
+  describe("a process worker that ends in its initializer", function()
+    for _, how in ipairs({ "exit", "kill" }) do
+      it("breaks the pool (" .. how .. "): one fork, every future fails, submit raises", function()
+        local pool = pt.pool("process", 2, { initializer = function(h)
+          if h == "exit" then os.exit(4) end
+          require("procthread").fault("signal", 9)
+        end, initargs = { how } })
+        local f = pool:submit(function() return 1 end)
+        local why = how == "exit" and "exited with code 4" or "killed by signal 9 %(SIGKILL%)"
+        local ok, err = f:get(T)
+        assert.is_false(ok)
+        assert.matches("^pool: initializer failed: worker died: " .. why .. "$", err)
+        local s = pool:stats()
+        assert.are.equal("closed", s.state)
+        assert.are.equal(2, s.started)            -- no replacement was forked
+        local ok2, err2 = pcall(pool.submit, pool, function() end)
+        assert.is_false(ok2)
+        assert.matches("pool:submit: the pool is broken: initializer failed: worker died: " .. why, err2)
+        assert.is_true(pool:close(T))
+      end)
+    end
+  end)
+
   describe("a process worker killed at the max_tasks boundary", function()
     it("during its last task: that task fails, one replacement serves the rest", function()
       local pool = pt.pool("process", 1, { max_tasks = 2 })
@@ -506,14 +682,64 @@ describe("pools (futures)", function()
     end)
   end)
 
+  describe("errors at the caller's line", function()
+    it("select, as_completed, map on a closed pool, a pool of another process, get(nil)", function()
+      local here = debug.getinfo(1, "S").short_src
+      local function line_of(f)
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        return tostring(err)
+      end
+      local pool = pt.pool("thread", 1)
+      local f = pool:submit(function() return 1 end)
+      assert.are.same({ true, 1 }, { f:get(T) })
+      local l = debug.getinfo(1, "l").currentline
+      local errs = {
+        line_of(function() pt.select({}, -1) end),
+        line_of(function() pt.select({ f, 5 }, 0) end),
+        line_of(function() pt.as_completed({ f }, -1) end),
+        line_of(function() f.get(nil) end),
+        line_of(function() f:get(-1) end),
+      }
+      for k, e in ipairs(errs) do
+        assert.are.equal(here .. ":" .. (l + k + 1) .. ":", e:match("^[^:]+:%d+:"), e)
+      end
+      assert.matches("future:get: bad self %(a future expected, got nil%)", errs[4])
+      assert.matches("future:get: bad argument #1 %(timeout must be a number >= 0 or nil, got %-1%)", errs[5])
+      assert.is_true(pool:close(T))
+      l = debug.getinfo(1, "l").currentline
+      local e1 = line_of(function() pool:map(function() end, {}) end)
+      local e2 = line_of(function() for _ in pool:imap(function() end, {}) do end end)
+      assert.are.equal(here .. ":" .. (l + 1) .. ": pool:map: the pool is closed", e1)
+      assert.are.equal(here .. ":" .. (l + 2) .. ": pool:imap: the pool is closed", e2)
+      -- a forked child using the pool: the child's line
+      local p2 = pt.pool("thread", 1)
+      local w = pt.spawn_process(function()
+        local ok, err = pcall(function() local r = p2:stats(); return r end)
+        return debug.getinfo(1, "l").currentline, err
+      end)
+      local ok, line, err = w:join(T)
+      assert.is_true(ok)
+      assert.are.equal(here .. ":" .. (line - 1) .. ": pool:stats: this pool belongs to another process", err:match("^(.-) %(pid"))
+      assert.is_true(p2:close(T))
+    end)
+  end)
+
   describe("bad arguments", function()
     it("the new options, cancel, imap and select check theirs", function()
       assert.has_error(function() pt.pool("thread", 1, { queue = 0 }) end,
-        "procthread.pool: bad argument #3 (opts.queue must be an integer >= 1, got 0)")
+        "procthread.pool: bad argument #3 (opts.queue must be an integer from 1 to 1048576, got 0)")
       assert.has_error(function() pt.pool("thread", 1, { initializer = 5 }) end,
         "procthread.pool: bad argument #3 (opts.initializer must be a function, got number)")
       assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = 5 }) end,
         "procthread.pool: bad argument #3 (opts.initargs must be a table, got number)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = { n = -1 } }) end,
+        "procthread.pool: bad argument #3 (opts.initargs.n must be an integer from 0 to 1000, got -1)")
+      -- the real bound, and the type of a string that looks like a number
+      assert.has_error(function() pt.pool("thread", 1, { queue = 1048577 }) end,
+        "procthread.pool: bad argument #3 (opts.queue must be an integer from 1 to 1048576, got 1048577)")
+      assert.has_error(function() pt.pool("thread", 1, { max_tasks = "3" }) end,
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer from 1 to 1048576, got string)")
       local pool = pt.pool("thread", 1)
       assert.has_error(function() pool:imap(print, "x") end,
         "pool:imap: bad argument #2 (table expected, got string)")

@@ -26,7 +26,7 @@ describe("pools", function()
       assert.has_error(function() pt.pool("process", 1, 5) end,
         "procthread.pool: bad argument #3 (options table expected, got number)")
       assert.has_error(function() pt.pool("process", 1, { max_tasks = 0 }) end,
-        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer >= 1, got 0)")
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer from 1 to 1048576, got 0)")
       assert.has_error(function() pt.pool("process", 1, { maxtasks = 3 }) end,
         'procthread.pool: bad argument #3 (unknown option "maxtasks")')
     end)
@@ -138,6 +138,25 @@ describe("pools", function()
         assert.is_false(o)
         assert.matches("^procthread.Channel: ", e)
         assert.are.equal(0, pool:stats().deaths)
+        assert.is_true(pool:close(T))
+      end)
+
+      it("answers a task returning 200000 values; fails one returning too many, clearly", function()
+        local pool = pt.pool(kind, 1)
+        local function many(n) local t = {} for i = 1, n do t[i] = i end return (unpack or table.unpack)(t, 1, n) end
+        local function count(...) return select("#", ...), (select(2, ...)), (select(-1, ...)) end
+        local big, more = pool:submit(many, 200000), pool:submit(many, 250001)
+        if _VERSION == "Lua 5.1" then
+          -- 5.1 and LuaJIT: the task cannot return that many (unpack says so)
+          assert.matches("too many results to unpack", select(2, big:get(T)))
+          assert.matches("too many results to unpack", select(2, more:get(T)))
+        else
+          assert.are.same({ 200001, 1, 200000 }, { count(big:get(T)) })
+          assert.are.same({ 200001, 1, 200000 }, { count(big:get()) })
+          assert.are.same({ false, "results: 250001 values, more than a task may return (250000)" },
+            { more:get(T) })
+        end
+        assert.are.equal("succeeded", pool:submit(many, 3):get(T) and "succeeded")
         assert.is_true(pool:close(T))
       end)
 
@@ -312,6 +331,30 @@ describe("pools", function()
     end)
   end
 
+  describe("a forked child that collects its copy of a pool", function()
+    for _, kind in ipairs(KINDS) do
+      it("leaves the parent's " .. kind .. " pool working", function()
+        local gate = pt.event()
+        -- the pool and its futures only here, so that the child can drop them
+        local h = { pool = pt.pool(kind, 1) }
+        h.busy = h.pool:submit(function(g) g:wait(20); return "busy" end, gate)
+        h.queued = h.pool:submit(function() return "queued" end)
+        assert.is_true(H.eventually(function() return h.busy:status() == "running" end, T))
+        local w = pt.spawn_process(function()
+          h.pool, h.busy, h.queued = nil, nil, nil
+          collectgarbage(); collectgarbage()
+          return true
+        end)
+        assert.are.same({ true, true }, { w:join(T) })
+        gate:set()
+        assert.are.same({ true, "busy" }, { h.busy:get(T) })
+        assert.are.same({ true, "queued" }, { h.queued:get(T) })
+        assert.are.same({ true, "after" }, { h.pool:submit(function() return "after" end):get(T) })
+        assert.is_true(h.pool:close(T))
+      end)
+    end
+  end)
+
   describe("pt.discard", function()
     it("releases what an encoded string holds without decoding it", function()
       local base = usage()
@@ -344,6 +387,65 @@ describe("pools", function()
         assert.is_true(pool:terminate())
         assert.are.same({ false, "pool terminated" }, { busy:get() })
         for i = 1, 3 do assert.are.same({ false, "pool terminated" }, { fs[i]:get() }) end
+        assert_released(base)
+      end)
+
+      it("terminate releases what idle workers still hold of finished tasks and initargs", function()
+        local base = usage()
+        local pool
+        do
+          local st, ev = pt.shared_table({ x = 1 }), pt.event()
+          -- every worker keeps the initargs and a task's argument in globals
+          pool = pt.pool(kind, 2, { initializer = function(t) KEPT_INIT = t end, initargs = { st } })
+          -- the two tasks meet at the barrier: both workers are past their
+          -- initializer, and idle once answered
+          local b = pt.barrier(2)
+          local fs = {}
+          for i = 1, 2 do fs[i] = pool:submit(function(e, b) KEPT_ARG = e; return b:wait(20) ~= nil end, ev, b) end
+          for i = 1, 2 do assert.are.same({ true, true }, { fs[i]:get(T) }) end
+        end
+        assert.is_true(pool:terminate())
+        assert_released(base)
+      end)
+
+      it("a broken pool releases its initargs from the workers that started", function()
+        local base = usage()
+        local pool
+        do
+          local st = pt.shared_table({ n = 0 })
+          pool = pt.pool(kind, 2, { initializer = function(t)
+            KEPT_INIT = t
+            if require("procthread").add(t, "n", 1) == 2 then error("second") end
+          end, initargs = { st } })
+        end
+        -- the task may run on the first worker before the failure is read
+        local ok, err = pool:submit(function() return 1 end):get(T)
+        if not ok then assert.matches("^pool: initializer failed: .*second", err) end
+        assert.is_true(pool:close(T))
+        assert.matches("broken: initializer failed: .*second", select(2, pcall(pool.submit, pool, print)))
+        assert_released(base)
+      end)
+
+      it("a map over a list whose __index raises releases the chunks encoded, and says pool:map", function()
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        -- a chunk of more than 1000 items is read item by item (5.2 on:
+        -- __len is honoured; 5.1 and LuaJIT see an empty list), a smaller
+        -- one by unpack (which honours __index from 5.3 on)
+        local cases = {}
+        if _VERSION ~= "Lua 5.1" then cases[1] = { 3003, 1001, 2500, "items 2003-3003" } end
+        if _VERSION ~= "Lua 5.1" and _VERSION ~= "Lua 5.2" then cases[2] = { 20, 5, 15, "items 11-15" } end
+        for _, c in ipairs(cases) do
+          local st = pt.shared_table()
+          local list = setmetatable({}, {
+            __len = function() return c[1] end,
+            __index = function(_, i) if i == c[3] then error("unreadable", 0) end return st end })
+          local ok, err = pcall(pool.map, pool, function(t) return 1 end, list, c[2])
+          assert.is_false(ok)
+          assert.are.equal("pool:map: " .. c[4] .. ": unreadable", err)
+        end
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.is_true(pool:close(T))
         assert_released(base)
       end)
 
@@ -525,6 +627,43 @@ describe("pools", function()
       assert.is_true(pool:close(T))
     end)
 
+    it("never runs again a task another worker finished after the death was reported", function()
+      -- the order that did: a worker is killed and its end reported; then
+      -- another worker finishes a task (its answer behind that end) and
+      -- clears its claim before the caller reads the end
+      local p = pt.pipe()
+      local pool = pt.pool("process", 2)
+      local gate = pt.event()
+      local victim = pool:submit(function() p:send("victim", pt.self().id); pt.sleep(20) end)
+      local x = pool:submit(function(g)
+        p:send("x", pt.self().id)
+        g:wait(20)
+        p:send("ran", "x")
+        return "x"
+      end, gate)
+      -- taken by x's worker once x's claim is cleared
+      local y = pool:submit(function() p:send("ran", "y"); return "y" end)
+      local who = {}
+      for _ = 1, 2 do
+        local k, id = p:recv(T)
+        assert.is_not_nil(k, id)
+        who[k] = id
+      end
+      os.execute("kill -KILL " .. who.victim)
+      -- the watcher's report of the end waits in the answer channel (the
+      -- pool's own; no call of ours reads it meanwhile)
+      assert.is_true(H.eventually(function() return #pool.answers >= 1 end, T))
+      gate:set()
+      assert.are.same({ "ran", "x" }, { p:recv(T) })
+      assert.are.same({ "ran", "y" }, { p:recv(T) })
+      assert.are.same({ false, "worker died: killed by signal 9 (SIGKILL)" }, { victim:get(T) })
+      assert.are.same({ true, "x" }, { x:get(T) })
+      assert.are.same({ true, "y" }, { y:get(T) })
+      assert.is_true(pool:close(T))
+      assert.are.same({ nil, "timeout" }, { p:recv(0) })   -- x ran once
+      p:close()
+    end)
+
     it("never leaves a future waiting: every worker killed at once", function()
       local pool = pt.pool("process", 2)
       local fs = {}
@@ -550,6 +689,15 @@ describe("pools", function()
   end)
 
   describe("a fresh interpreter", function()
+    it("says why a worker of a new pool cannot start (few fds)", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        print(pcall(pt.pool, "process", 100))
+      ]], "ulimit -n 64;")
+      assert.are.equal(0, status, out)
+      assert.matches("^false\tprocthread%.pool: cannot start worker %d+ of 100: [%w_]+: Too many open files\n$", out)
+    end)
+
     it("runs tasks on a process pool made before anything was encoded", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

@@ -44,15 +44,22 @@ local function has_future(list)
   end
 end
 
+-- Their errors are raised at the caller's line (error(e, 2) here).
 function M.select(list, timeout)
   local P = has_future(list)
-  if not P then return core.select(list, timeout) end
-  return P.select(core.select, list, timeout)
+  local ok, r, i
+  if P then ok, r, i = pcall(P.select, core.select, list, timeout)
+  else ok, r, i = pcall(core.select, list, timeout) end
+  if ok then return r, i end
+  error(r, 2)
 end
 
 function M.as_completed(list, timeout)
-  if not has_future(list) and core.as_completed then return core.as_completed(list, timeout) end
-  return require("procthread.pool").as_completed(core.select, list, timeout)
+  local ok, it
+  if not has_future(list) and core.as_completed then ok, it = pcall(core.as_completed, list, timeout)
+  else ok, it = pcall(require("procthread.pool").as_completed, core.select, list, timeout) end
+  if ok then return it end
+  error(it, 2)
 end
 
 -- pt.pool(kind, n [, opts]): see lua/procthread/pool.lua.

@@ -43,6 +43,9 @@ local move = table.move
 local P = {}
 
 local STOP_WAIT = 5       -- seconds a stopping worker gets before it is killed
+-- The most values a task may return: what the caller's stack takes, with
+-- room (Lua 5.2+: a million slots; 5.1 and LuaJIT cannot return as many)
+local MAX_RESULTS = 250000
 local FOREVER = math.huge
 
 local Pool = {}
@@ -51,6 +54,7 @@ local Future = {}
 Future.__index = Future
 
 local function pack(...) return { n = select("#", ...), ... } end
+local tpack = table.pack or pack
 
 -- The error is the caller's: `level` counts from argerr's caller (1).
 local function argerr(fname, i, msg, level)
@@ -72,7 +76,7 @@ local function worker_main(c)
   local pt = require "procthread"
   local unpack = unpack or table.unpack
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
-  local wid, max_tasks = c.wid, c.max_tasks
+  local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
   if c.life then
     -- this process holds the write end of its life pipe (its end is the
     -- watcher's news) and nothing else of the pool's that it does not use
@@ -82,8 +86,10 @@ local function worker_main(c)
   local function handler(e)
     if type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
-      if type(mt) == "table" and mt.__tostring then e = tostring(e)
-      else e = "(error object is a " .. type(e) .. " value)" end
+      local ok, s = false, nil
+      if type(mt) == "table" and mt.__tostring then ok, s = pcall(tostring, e) end
+      -- (5.1's tostring passes on whatever __tostring returned)
+      e = ok and type(s) == "string" and s or "(error object is a " .. type(e) .. " value)"
     end
     -- the traceback stops at the task's function, as join's does
     local tb = debug.traceback(e, 2)
@@ -103,7 +109,12 @@ local function worker_main(c)
   end
   local function apply(fn, ...) return fn(...) end
   local function finish(seq, ok, ...)
-    if ok then reply(seq, true, ...) else reply(seq, false, (...)) end
+    if not ok then reply(seq, false, (...))
+    elseif select("#", ...) <= MAX_RESULTS then reply(seq, true, ...)
+    else
+      reply(seq, false, ("results: %d values, more than a task may return (%d)")
+        :format(select("#", ...), MAX_RESULTS))
+    end
   end
   -- A chunk of a map, run inside one xpcall for all its items: its payload
   -- in; its results out, in place (result k goes to slot k, whose item was
@@ -149,6 +160,7 @@ local function worker_main(c)
         if room then room:set() end
         return "initfail"
       end
+      claims[-wid] = true        -- past its initializer (an end before it breaks the pool)
     end
     local done = 0
     while not max_tasks or done < max_tasks do
@@ -162,6 +174,14 @@ local function worker_main(c)
         done = done + 1
       else
         claims[seq] = nil        -- cancelled or taken back: the caller released it
+        -- its room in the task channel is free: a caller whose tasks wait
+        -- for it must wake (it may be waiting for an answer that never
+        -- comes); any message wakes it, so one is sent only to an empty
+        -- channel (at most one per worker waits unread)
+        if #answers == 0 then
+          answers:offer(0, "skipped")
+          ring()
+        end
       end
     end
   end
@@ -214,18 +234,21 @@ end
 
 local function is_pool(p) return getmetatable(p) == Pool end
 
-local function check_owner(fname, self)
+-- `level`: where the caller's line is, counted from the function that
+-- called these (1, the default: its caller).
+local function check_owner(fname, self, level)
   if self.pt._self_id() ~= self.owner then
-    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 3)
+    error(("%s: this pool belongs to another process (pid %d)"):format(fname, self.owner), 2 + (level or 1))
   end
 end
 
-local function check_pool(fname, self)
+local function check_pool(fname, self, level)
+  level = level or 1
   if not is_pool(self) then
     error(("%s: bad self (a pool expected, got %s; call it as pool:%s(...))")
-      :format(fname, type(self), fname:match("[%.:](%w+)$") or "method"), 3)
+      :format(fname, type(self), fname:match("[%.:](%w+)$") or "method"), 2 + level)
   end
-  check_owner(fname, self)
+  check_owner(fname, self, level + 1)
 end
 
 local WATCH = 1000        -- life pipes per watcher (pt.select takes 1024 pipes)
@@ -253,7 +276,8 @@ local function start_worker(self, i)
   self.next_wid = self.next_wid + 1
   local wid = self.next_wid
   local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
-              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks }
+              bell = self.bell, room = self.room, wid = wid, max_tasks = self.max_tasks,
+              max_results = MAX_RESULTS }
   if self.init then
     -- encoded for each worker: each decodes (and so owns) its own copy
     local ok, enc = pcall(pt.encode, self.init, unpack(self.initargs, 1, self.initargs.n))
@@ -289,9 +313,9 @@ end
 
 -- A task's answer.  A task that never ran releases what its payload holds
 -- (shared objects, pipes): nobody else will decode or discard it.
-local function settle(self, task, never_ran, ...)
+local function settle_with(self, task, never_ran, answer)
   if task.answer then return end
-  task.answer = pack(...)
+  task.answer = answer
   if never_ran and task.payload then self.pt.discard(task.payload) end
   task.payload = nil
   if task.seq then
@@ -299,6 +323,10 @@ local function settle(self, task, never_ran, ...)
     self.inflight[task.seq] = nil
   end
   if task.job and task.job.ready then task.job.ready(task) end
+end
+
+local function settle(self, task, never_ran, ...)
+  if not task.answer then settle_with(self, task, never_ran, pack(...)) end
 end
 
 -- Fail a task that has not started (queued here or in the channel).
@@ -335,7 +363,16 @@ local function fail_all(self, never_ran_only, ...)
   end
 end
 
-local terminate_workers, close_up
+local terminate_workers, close_up, on_message
+
+-- The pool cannot start workers that serve (its initializer fails): every
+-- future without an answer fails, the workers stop.
+local function break_pool(self, why)
+  self.broken = why
+  terminate_workers(self)
+  fail_all(self, false, "pool: " .. why)
+  close_up(self)
+end
 
 -- A worker ended (its end reported on the answer channel).
 local function on_end(self, wid, why)
@@ -351,6 +388,17 @@ local function on_end(self, wid, why)
   self.byid[wid] = nil
   self.slots[i] = nil
   local res = pack(s.w:join(FOREVER))
+  if self.init then
+    local inited = self.claims[-wid]
+    self.claims[-wid] = nil
+    if not inited and self.state ~= "closed" then
+      -- it ended in its initializer (os.exit, a signal): its replacements
+      -- would too, one fork after the other
+      self.deaths = self.deaths + 1
+      return break_pool(self, "initializer failed: worker died: " ..
+        tostring(why or res[2] or "worker ended"))
+    end
+  end
   if res[1] ~= true or why then
     -- a death: the task it had claimed fails; tasks it had taken from the
     -- channel without claiming them are taken back and pushed again
@@ -367,6 +415,22 @@ local function on_end(self, wid, why)
         back[#back + 1] = task
       end
     end
+    if back[1] then
+      -- a live worker clears its claim after its answer is sent: a task
+      -- found unclaimed may have finished, its answer behind this end in
+      -- the channel; those answers are there now (the cas came after the
+      -- clear): read them, so that a finished task is never run again
+      for _ = 1, #self.answers do
+        if self.closed_up then return end
+        on_message(self, self.answers:_recv_into(self.inflight, 3, 0))
+      end
+      if self.closed_up then return end
+    end
+    local keep = {}
+    for _, task in ipairs(back) do
+      if task.answer then claims[task.seq] = nil else keep[#keep + 1] = task end
+    end
+    back = keep
     table.sort(back, function(a, b) return a.seq < b.seq end)
     for k = #back, 1, -1 do
       local task = back[k]
@@ -394,7 +458,7 @@ end
 
 -- One message from the answer channel (nil, "undecodable", err, seq: one
 -- that did not decode).
-local function on_message(self, seq, ok, a, ...)
+function on_message(self, seq, ok, a, ...)
   if seq == nil then
     on_undecodable(self, a, ...)
   elseif type(seq) == "number" then
@@ -417,21 +481,21 @@ local function on_message(self, seq, ok, a, ...)
       if a < 0 then settle(self, task, false, true, (...), -a)
       else settle(self, task, false, true, { ... }, a) end
     else
-      settle(self, task, false, ok, a, ...)
+      -- packed here, once (a task may return many values: each copy of
+      -- them takes that much of the stack)
+      settle_with(self, task, false, tpack(ok, a, ...))
     end
+  elseif seq == "skipped" then                  -- room in the task channel: refilled next
   elseif seq == "ended" then
     on_end(self, ok, a)
   elseif seq == "initfail" then
-    self.broken = "initializer failed: " .. tostring(a)
     local i = self.byid[ok]
     if i then
       self.byid[ok] = nil
       self.slots[i].w:join(FOREVER)
       self.slots[i] = nil
     end
-    fail_all(self, false, "pool: " .. self.broken)
-    terminate_workers(self)
-    close_up(self)
+    break_pool(self, "initializer failed: " .. tostring(a))
   end
 end
 
@@ -462,6 +526,8 @@ local function drain(self, wait)
   local a = self.answers
   local got, n = true, #a
   if n == 0 and wait then
+    refill(self)                 -- what waits here goes out before the wait
+    if self.closed_up then return true end
     got = on_wait(self, a:_recv_into(self.inflight, 3, wait))
     n = got and #a or 0
   end
@@ -510,8 +576,9 @@ local function check_opts(fname, opts)
     if not OPTS[k] then argerr(fname, 3, ("unknown option %q"):format(tostring(k)), 2) end
   end
   local function int(name, v)
-    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v) or v > 1048576) then
-      argerr(fname, 3, ("opts.%s must be an integer >= 1, got %s"):format(name, tostring(v)), 3)
+    if v ~= nil and (type(v) ~= "number" or not (v >= 1) or v ~= math.floor(v) or v > 1048576) then
+      argerr(fname, 3, ("opts.%s must be an integer from 1 to 1048576, got %s")
+        :format(name, type(v) == "number" and tostring(v) or type(v)), 3)
     end
   end
   int("max_tasks", opts.max_tasks)
@@ -521,6 +588,11 @@ local function check_opts(fname, opts)
   end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
     argerr(fname, 3, "opts.initargs must be a table, got " .. type(opts.initargs), 2)
+  end
+  local n = opts.initargs and opts.initargs.n
+  if n ~= nil and (type(n) ~= "number" or not (n >= 0) or n ~= math.floor(n) or n > 1000) then
+    argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
+      (type(n) == "number" and tostring(n) or type(n)), 2)
   end
   return opts
 end
@@ -537,22 +609,44 @@ local function join_or_kill(w, timeout)
 end
 
 local function stop_all(self, now, timeout)
-  local ws = {}
-  for i = 1, self.n do
-    local s = self.slots[i]
-    if s then ws[#ws + 1] = s.w end
-    self.slots[i] = nil
-  end
-  for _, r in pairs(self.retired) do ws[#ws + 1] = r.w end
-  self.retired, self.byid = {}, {}
-  pcall(self.tasks.close, self.tasks)           -- workers leave when it is drained
+  local ws, idle = {}, {}
+  local claims = self.claims
   if now then
-    for _, w in ipairs(ws) do
-      if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    -- no task not started yet will run; the workers that run none (idle:
+    -- past their initializer, without a claim) are not stopped but told to
+    -- leave, so that they release what they hold (a process killed keeps
+    -- the counts on the shared objects its tasks were given, long after)
+    for seq in pairs(self.inflight) do self.pt.cas(claims, seq, nil, "dropped") end
+    for i = 1, self.n do
+      local s = self.slots[i]
+      if s and (not self.init or claims[-s.wid]) then idle[s.wid] = true end
+    end
+    for seq in pairs(self.inflight) do
+      local v = claims[seq]
+      if type(v) == "number" then idle[v] = nil end
     end
   end
+  local kill, killed = {}, {}
+  for i = 1, self.n do
+    local s = self.slots[i]
+    if s then
+      ws[#ws + 1] = s.w
+      if now and not idle[s.wid] then kill[#kill + 1] = s.w end
+    end
+    self.slots[i] = nil
+  end
+  for _, r in pairs(self.retired) do ws[#ws + 1] = r.w; kill[#kill + 1] = r.w end
+  self.retired, self.byid = {}, {}
+  pcall(self.tasks.close, self.tasks)           -- workers leave when it is drained
+  for _, w in ipairs(kill) do
+    if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    killed[w] = true
+  end
   local deadline = self.pt.now() + timeout
-  for _, w in ipairs(ws) do join_or_kill(w, math.max(0, deadline - self.pt.now())) end
+  for _, w in ipairs(ws) do
+    local left = math.max(0, deadline - self.pt.now())
+    if killed[w] then w:join(left) else join_or_kill(w, left) end
+  end
   pcall(self.answers.close, self.answers)       -- nobody reads the ends reported now
   for _, wt in pairs(self.watchers) do
     pcall(wt.ctl.send, wt.ctl, "stop")
@@ -564,11 +658,12 @@ end
 
 function terminate_workers(self)
   self.state = "closed"
-  stop_all(self, true, 0)
+  stop_all(self, true, STOP_WAIT)
 end
 
 -- After the last worker: nothing more will be answered.
 function close_up(self)
+  if self.closed_up then return end      -- a drain of close's broke the pool already
   fail_all(self, false, "pool terminated")
   pcall(self.answers.close, self.answers)
   pcall(self.bell.close, self.bell)
@@ -578,6 +673,7 @@ function close_up(self)
   self.pt.release(self.flags)
   for k in pairs(self.fields) do self.fields[k] = nil end
   self.tasks, self.answers, self.claims, self.flags, self.bell, self.room = nil, nil, nil, nil, nil, nil
+  self.initargs = nil             -- what they hold is released with the pool, not when it is collected
 end
 
 function P.new(pt, kind, n, opts)
@@ -595,17 +691,22 @@ function P.new(pt, kind, n, opts)
   local limit = cap + n
   local bell, err = pt.pipe()
   if not bell then error(fname .. ": " .. tostring(err), 2) end
-  local initargs = opts.initargs and pack(unpack(opts.initargs, 1, table.maxn and table.maxn(opts.initargs) or #opts.initargs))
+  local ia = opts.initargs
+  local initargs = ia and pack(unpack(ia, 1, ia.n or (table.maxn and table.maxn(ia)) or #ia))
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
-    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + n + 8)),
+    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + 2 * n + 8)),
     claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
     room = opts.queue and pt.event() or nil, bounded = opts.queue ~= nil,
     limit = limit, slots = {}, byid = {}, retired = {}, watchers = {}, inflight = {}, ninflight = 0,
     queue = {}, qhead = 1, qtail = 0, next_id = 0, next_wid = 0, seq = 0, state = "open",
     started = 0, completed = 0, deaths = 0,
   }, Pool)
+  -- a pool dropped without close(): what waits is released, the channel
+  -- closed, so that the workers (and the watcher) leave by themselves
+  local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
+  self.fields = fields
   for i = 1, n do
     local ok, e = start_worker(self, i)
     if not ok then
@@ -613,16 +714,22 @@ function P.new(pt, kind, n, opts)
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 2)
     end
   end
-  -- a pool dropped without close(): what waits is released, the channel
-  -- closed, so that the workers (and the watcher) leave by themselves
-  local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
-  self.fields = fields
+  local owner = self.owner
   local function finalize()
     local tasks, claims, queue, inflight, watchers = fields[1], fields[2], fields[3], fields[4], fields[5]
     if not tasks then return end          -- closed already
-    for _, task in pairs(queue) do
-      if type(task) == "table" and task.payload and not task.answer then pcall(pt.discard, task.payload) end
+    -- a forked child's copy: the channels and claims are its parent's
+    if pt._self_id() ~= owner then return end
+    local seen = {}
+    local function release(task)
+      if type(task) == "table" and task.payload and not task.answer and not task.seq and not seen[task] then
+        seen[task] = true
+        pcall(pt.discard, task.payload)
+      end
     end
+    for _, task in pairs(queue) do release(task) end
+    release(fields[6])                    -- a submit, or the chunks of a map, stopped
+    if fields[7] then for _, task in ipairs(fields[7]) do release(task) end end
     for seq, task in pairs(inflight) do
       local ok, won = pcall(pt.cas, claims, seq, nil, "dropped")
       if ok and won and task.payload then pcall(pt.discard, task.payload) end
@@ -649,6 +756,14 @@ local function new_task(self, op, payload, first, job, k)
                         seq = nil, answer = nil, first = first, job = job, k = k }, Future)
 end
 
+-- A Ctrl-C ends the wait, and the interpreter's hook raises at the next
+-- instruction: here, inside the caller's pcall (a C function's return is
+-- no hook point on LuaJIT).
+local function wait_room(room)
+  room:wait()
+  return true
+end
+
 -- Queue a task: pushed at once when the channel has room; else kept here,
 -- or, for a pool with `queue`, waited for.
 local function enqueue(self, task)
@@ -668,14 +783,18 @@ local function enqueue(self, task)
     elseif self.ninflight < self.limit and push(self, task) then
       return
     else
-      self.room:wait()
+      -- Ctrl-C there: the task is given up (what it carries released);
+      -- a thread cancelled there leaves it to the finalizer (fields[6])
+      local ok, err = pcall(wait_room, self.room)
+      if not ok then drop(self, task, "interrupted"); error(err, 0) end
     end
   end
 end
 
-local function check_open(fname, self)
-  if self.broken then error(fname .. ": the pool is broken: " .. self.broken, 3) end
-  if self.state ~= "open" then error(fname .. ": the pool is closed", 3) end
+local function check_open(fname, self, level)
+  level = 2 + (level or 1)
+  if self.broken then error(fname .. ": the pool is broken: " .. self.broken, level) end
+  if self.state ~= "open" then error(fname .. ": the pool is closed", level) end
 end
 
 function Pool:submit(fn, ...)
@@ -685,7 +804,10 @@ function Pool:submit(fn, ...)
   local ok, payload = pcall(self.pt.encode, fn, ...)
   if not ok then error("pool:submit: " .. tostring(payload), 2) end
   local task = new_task(self, "call", payload)
+  local fields = self.fields
+  fields[6] = task                -- in no list while it waits for room
   enqueue(self, task)
+  fields[6] = nil
   return task
 end
 
@@ -693,8 +815,8 @@ end
 -- worker), each one task.
 
 local function check_map(fname, self, fn, list, chunk)
-  check_pool(fname, self)
-  check_open(fname, self)
+  check_pool(fname, self, 2)
+  check_open(fname, self, 2)
   if type(fn) ~= "function" then argerr(fname, 1, "function expected, got " .. type(fn), 2) end
   if type(list) ~= "table" then argerr(fname, 2, "table expected, got " .. type(list), 2) end
   if chunk ~= nil and (type(chunk) ~= "number" or chunk < 1 or chunk ~= math.floor(chunk)) then
@@ -702,37 +824,48 @@ local function check_map(fname, self, fn, list, chunk)
   end
 end
 
+local abandon
+
 -- The chunks of a job, encoded all first (a value the codec refuses raises
 -- before any chunk is queued), then queued.  job.ready(task) is called as
 -- each chunk is settled.
+-- A chunk's payload: items first..last of list (read here: a proxy's
+-- __index may raise).
+local function encode_chunk(encode, fn, list, first, last)
+  if last - first < 1000 then return encode(fn, last - first + 1, unpack(list, first, last)) end
+  local items = {}                -- too many values for the stack: a table (count < 0)
+  for i = first, last do items[i - first + 1] = list[i] end
+  return encode(fn, first - last - 1, items)
+end
+
 local function start_job(fname, self, fn, list, chunk, ready)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
   local encode = self.pt.encode
+  -- the chunks not queued yet are given up when an encode, or a wait for
+  -- room, raises (a thread cancelled there leaves them to the finalizer)
+  local fields = self.fields
+  fields[7] = job.chunks
   for first = 1, count, chunk do
     local last = math.min(count, first + chunk - 1)
-    local ok, payload
-    if last - first < 1000 then
-      ok, payload = pcall(encode, fn, last - first + 1, unpack(list, first, last))
-    else                          -- too many values for the stack: a table (count < 0)
-      local items = {}
-      for i = first, last do items[i - first + 1] = list[i] end
-      ok, payload = pcall(encode, fn, first - last - 1, items)
-    end
+    local ok, payload = pcall(encode_chunk, encode, fn, list, first, last)
     if not ok then
+      fields[7] = nil
       for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
       error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
     end
     local t = new_task(self, "map", payload, first, job, #job.chunks + 1)
     job.chunks[t.k] = t
   end
-  for _, t in ipairs(job.chunks) do enqueue(self, t) end
+  local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
+  fields[7] = nil
+  if not ok then abandon(self, job); error(err, 0) end
   return job
 end
 
 -- Give up the chunks of a job that have not started.
-local function abandon(self, job)
+function abandon(self, job)
   for _, t in ipairs(job.chunks) do
     if not t.answer then
       if not t.seq then drop(self, t, "cancelled")
@@ -845,6 +978,7 @@ function Pool:close(timeout)
     drain(self, left)
   end
   self.state = "closed"
+  if self.closed_up then return true end  -- broken meanwhile (its initializer)
   stop_all(self, false, STOP_WAIT)
   drain(self)
   close_up(self)
@@ -922,9 +1056,9 @@ local function answer(self)
 end
 
 function Future:get(timeout)
-  if self.answer then return answer(self) end
   check_future("future:get", self)
   check_timeout("future:get", 1, timeout)
+  if self.answer then return answer(self) end
   local pool = self.pool
   check_owner("future:get", pool)
   if timeout == nil or timeout == FOREVER then
@@ -1000,57 +1134,95 @@ end
 local function is_future(x) return getmetatable(x) == Future end
 P.is_future = is_future
 
+-- The errors of select and as_completed carry no position: the wrappers
+-- of procthread (init.lua) raise them at their caller's line.
 local function check_list(fname, list, timeout)
   if type(list) ~= "table" then
-    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 3)
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 0)
   end
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
     error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
-      :format(fname, tostring(timeout)), 3)
+      :format(fname, tostring(timeout)), 0)
   end
 end
 
+-- The C select over `probe` (the entries that are not futures, and the
+-- bells of the futures' pools), its errors naming the entry by its index
+-- in the caller's list (at[j]).
+local function probe_select(core_select, probe, at, t)
+  local ok, r, j = pcall(core_select, probe, t)
+  if ok then return r, j end
+  if type(r) == "string" then
+    r = r:gsub("list%[(%d+)%]", function(k) return "list[" .. tostring(at[tonumber(k)] or k) .. "]" end)
+  end
+  error(r, 0)
+end
+
+-- pt.select with futures: the first ready entry of the list (a future
+-- with an answer, or what the C select finds ready) and its index.
 function P.select(core_select, list, timeout)
   check_list("select", list, timeout)
   local pt = P.pt or require "procthread"
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
-  local pools, waits, bells = {}, {}, {}
+  local pools, probe, at, bells = {}, {}, {}, {}
+  local plain = 0
   for i = 1, #list do
     local x = list[i]
-    if not is_future(x) then
-      waits[#waits + 1] = x
+    if not is_future(x) then plain = plain + 1
     elseif not pools[x.pool] then
-      pools[x.pool] = true
+      pools[x.pool] = i
       pools[#pools + 1] = x.pool
     end
   end
-  local mixed = #waits > 0 or #pools > 1
-  if mixed then
-    -- the bells ring from now on: an answer that lands after the futures
-    -- were looked at below rings the bell the select sleeps on
-    for _, pool in ipairs(pools) do
-      if not pool.closed_up then
-        local b = waitable(pool)
-        bells[b] = true
-        waits[#waits + 1] = b
-      end
+  local mixed = plain > 0 or #pools > 1
+  for i = 1, #list do
+    local x = list[i]
+    if not is_future(x) then
+      probe[#probe + 1], at[#probe + 1] = x, i
+    elseif mixed and pools[x.pool] == i and not x.pool.closed_up then
+      -- the bells ring from now on: an answer that lands after the
+      -- futures were looked at below rings the bell the select sleeps on;
+      -- each in the place of its pool's first future
+      local b = waitable(x.pool)
+      bells[b] = x.pool
+      probe[#probe + 1], at[#probe + 1] = b, i
     end
   end
   while true do
+    local best
     for i = 1, #list do
       local x = list[i]
-      if is_future(x) and x:done() then return x end
+      if is_future(x) and x:done() then best = i; break end
     end
     local left = deadline and math.max(0, deadline - pt.now()) or FOREVER
-    if deadline and left <= 0 then return nil, "timeout" end
     if not mixed then
+      if best then return list[best], best end
+      if deadline and left <= 0 then return nil, "timeout" end
       if #pools == 0 then return nil, "timeout" end      -- nothing can become ready
-      check_owner("select", pools[1])
-      drain(pools[1], left)
+      local pool = pools[1]
+      if pt._self_id() ~= pool.owner then
+        error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+      end
+      drain(pool, left)
     else
-      local r, err = core_select(waits, left)
-      if r == nil then return nil, err end
-      if not bells[r] then return r end
+      -- what is ready before the first answered future wins; then that
+      -- future; else sleep on all
+      local r, j = probe_select(core_select, probe, at, (best or left <= 0) and 0 or left)
+      if r == nil then
+        if best then return list[best], best end
+        if j ~= "timeout" then return nil, j end
+        if deadline and pt.now() >= deadline then return nil, "timeout" end
+      elseif not bells[r] then
+        if not best or at[j] < best then return r, at[j] end
+        return list[best], best
+      else
+        -- a bell: its pool has answers (read now: that empties the bell); look again
+        local pool = bells[r]
+        if pt._self_id() ~= pool.owner then
+          error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+        end
+        drain(pool)
+      end
     end
   end
 end
@@ -1058,16 +1230,18 @@ end
 function P.as_completed(core_select, list, timeout)
   check_list("as_completed", list, timeout)
   local pt = P.pt or require "procthread"
-  local left = {}
-  for i = 1, #list do left[i] = list[i] end
+  local left, seen = {}, {}
+  for i = 1, #list do                     -- each once, as Python's
+    local x = list[i]
+    if not seen[x] then seen[x] = true; left[#left + 1] = x end
+  end
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   return function()
     if #left == 0 then return nil end
-    local r, err = P.select(core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
-    if r == nil then return nil, err end
-    for i = 1, #left do
-      if left[i] == r then table.remove(left, i); break end
-    end
+    local ok, r, i = pcall(P.select, core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
+    if not ok then error(r, 2) end
+    if r == nil then return nil, i end
+    table.remove(left, i)
     return r
   end
 end
