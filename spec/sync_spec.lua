@@ -66,6 +66,32 @@ describe("synchronization", function()
       assert.is_false(e:is_set())
       assert.same({ nil, "timeout" }, { e:wait(0) })
     end)
+
+    -- CPython's lock_tests EventTests.test_set_and_clear: a waiter asleep
+    -- when set() ran returns true even though clear() follows at once
+    -- (before: the woken waiter looked at the level again, found it clear
+    -- and slept on until its timeout)
+    it("a waiter asleep at set() returns true though clear() follows at once", function()
+      local e, st = pt.event(), pt.shared_table({ n = 0 })
+      local ws = {}
+      for i, kind in ipairs({ "thread", "process", "thread", "process" }) do
+        ws[i] = pt.spawn(kind, function(ev, t)
+          pt.add(t, "n", 1)
+          return ev:wait(H.T)
+        end, e, st)
+      end
+      while st.n < #ws do pt.wait(st, "n", st.n, H.T) end
+      for _, w in ipairs(ws) do assert.truthy(sleeping(w)) end
+      e:set(); e:clear()
+      assert.is_false(e:is_set())
+      for _, w in ipairs(ws) do assert.same({ true, true }, { w:join(H.T + 5) }) end
+      -- a wait begun after the clear waits for the next set
+      assert.same({ nil, "timeout" }, { e:wait(0) })
+      local w = pt.spawn_thread(function(ev) return ev:wait(H.T) end, e)
+      assert.truthy(sleeping(w))
+      e:set(); e:set(); e:clear(); e:clear()
+      assert.same({ true, true }, { w:join(H.T + 5) })
+    end)
   end)
 
   describe("barrier", function()

@@ -6,7 +6,10 @@
  * never strands a sleeper) and one 64-bit state word that every change
  * publishes with a single store:
  *   semaphore  the count of permits (taken lock-free when there is one)
- *   event      0 or 1
+ *   event      generation << 1 | level: each set of a clear event moves
+ *              the generation, so a waiter that began before it returns
+ *              even when a clear follows at once (it looks for the level
+ *              set OR the generation moved since it began)
  *   barrier    round << 32 | parties arrived in this round
  * The plain-C part (above "Lua side") touches no lua_State. */
 #include "handle.h"
@@ -57,31 +60,23 @@ static void sync_drop(pt_off off, uint64_t gen) {
   pt_shm_free_aligned(off);
 }
 
-/* Holding nothing: wait until ready(o), which also takes what it found
+/* Holding nothing: wait on o until ready(arg), which also takes what it found
    (a permit).  First a look (inlined: the common case), then a spin
    (pt_spin_until: a release or set that is about to come then costs
    neither side a system call), then under the lock.  What is ready when
    the wait ends wins over a timeout or a cancel. */
-static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
+static inline int sync_wait(syncobj *o, void *arg, double deadline, const pt_wake *w,
                             int (*ready)(void *)) {
   int r = PT_OK, ok;
-  if (ready(o) || pt_spin_until(ready, o)) return PT_OK;
+  if (ready(arg) || pt_spin_until(ready, arg)) return PT_OK;
   if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
-  while (!(ok = ready(o))) {
+  while (!(ok = ready(arg))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
     r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, pt_shm_recovered, NULL);
   }
   pt_unlock(&o->mu);
   if (ok) return PT_OK;
   return r == PT_OK ? PT_TIMEOUT : r;
-}
-
-/* Holding nothing: wake the sleepers, then publish state. */
-static void sync_publish(syncobj *o, uint64_t state) {
-  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return;
-  pt_cond_wake(&o->cond);
-  STORE(o, state);
-  pt_unlock(&o->mu);
 }
 
 /* ---- semaphore ----------------------------------------------------------------- */
@@ -97,7 +92,7 @@ static int sem_try(void *arg) {
 }
 
 static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
-  return sync_wait((syncobj *)arg, deadline, w, sem_try);
+  return sync_wait((syncobj *)arg, arg, deadline, w, sem_try);
 }
 
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
@@ -115,10 +110,40 @@ static int sem_release(syncobj *o, uint64_t k) {
 
 /* ---- event ----------------------------------------------------------------------- */
 
-static int evt_ready(void *o) { return LOAD((syncobj *)o) != 0; }
+#define EVT_LEVEL 1u
+#define EVT_GEN(s) ((s) >> 1)
 
+typedef struct evt_waiter {
+  syncobj *o;
+  uint64_t gen;                /* the generation when the wait began */
+} evt_waiter;
+
+static int evt_ready(void *arg) {
+  const evt_waiter *ew = (const evt_waiter *)arg;
+  uint64_t s = LOAD(ew->o);
+  return (s & EVT_LEVEL) || EVT_GEN(s) != ew->gen;
+}
+
+/* A retry (after PT_INTR) keeps the generation of the first look. */
 static int evt_wait(void *arg, double deadline, const pt_wake *w) {
-  return sync_wait((syncobj *)arg, deadline, w, evt_ready);
+  evt_waiter *ew = (evt_waiter *)arg;
+  return sync_wait(ew->o, ew, deadline, w, evt_ready);
+}
+
+/* Set: a clear event takes the next generation (waking every sleeper);
+   a set one is left alone (nobody sleeps on it).  Clear: the level only
+   (nobody waits for a clear). */
+static void evt_set(syncobj *o, int level) {
+  uint64_t s;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return;
+  s = LOAD(o);
+  if (level && !(s & EVT_LEVEL)) {
+    pt_cond_wake(&o->cond);
+    STORE(o, (s + 2) | EVT_LEVEL);
+  } else if (!level && (s & EVT_LEVEL)) {
+    STORE(o, s & ~(uint64_t)EVT_LEVEL);
+  }
+  pt_unlock(&o->mu);
 }
 
 /* ---- barrier ------------------------------------------------------------------------ */
@@ -212,13 +237,12 @@ static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
   return 1;
 }
 
-/* obj:<name>([timeout]) for a semaphore or an event: true, or the status
-   pushed (op names the operation in an OS error). */
-static int wait_lua(lua_State *L, const pt_class *c, pt_waitfn step, const char *name,
+/* obj:<name>([timeout]) for a semaphore or an event (arg: what step
+   takes): true, or the status pushed (op names the operation in an OS error). */
+static int wait_lua(lua_State *L, void *arg, pt_waitfn step, const char *name,
                     const char *op) {
-  syncobj *o = OBJ(L, c, name);
   double deadline = pt_check_deadline(L, 2, 1, name);
-  int r = pt_wait_lua(L, step, o, deadline);
+  int r = pt_wait_lua(L, step, arg, deadline);
   if (r != PT_OK) return pt_push_status(L, r, op, errno);
   lua_pushboolean(L, 1);
   return 1;
@@ -230,7 +254,8 @@ static int l_semaphore(lua_State *L) {
 }
 
 static int l_acquire(lua_State *L) {
-  return wait_lua(L, &sem_class, sem_acquire, "acquire", "semaphore acquire");
+  syncobj *o = OBJ(L, &sem_class, "acquire");
+  return wait_lua(L, o, sem_acquire, "acquire", "semaphore acquire");
 }
 
 static int l_release(lua_State *L) {
@@ -249,22 +274,25 @@ static int l_value(lua_State *L) {
 static int l_event(lua_State *L) { return push_new(L, &evt_class, EVT_MAGIC, 0, 0); }
 
 static int l_set(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class, "set"), 1);
+  evt_set(OBJ(L, &evt_class, "set"), 1);
   return 0;
 }
 
 static int l_clear(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class, "clear"), 0);
+  evt_set(OBJ(L, &evt_class, "clear"), 0);
   return 0;
 }
 
 static int l_is_set(lua_State *L) {
-  lua_pushboolean(L, LOAD(OBJ(L, &evt_class, "is_set")) != 0);
+  lua_pushboolean(L, (LOAD(OBJ(L, &evt_class, "is_set")) & EVT_LEVEL) != 0);
   return 1;
 }
 
 static int l_evt_wait(lua_State *L) {
-  return wait_lua(L, &evt_class, evt_wait, "wait", "event wait");
+  evt_waiter ew;
+  ew.o = OBJ(L, &evt_class, "wait");
+  ew.gen = EVT_GEN(LOAD(ew.o));
+  return wait_lua(L, &ew, evt_wait, "wait", "event wait");
 }
 
 static int l_barrier(lua_State *L) {
