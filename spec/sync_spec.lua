@@ -203,6 +203,37 @@ describe("synchronization", function()
     end)
   end)
 
+  describe("mutex (pt.locked)", function()
+    -- what docs/api.md says of a holder killed inside pt.locked: its
+    -- writes so far stay, the next locker goes on, and a key set first and
+    -- removed last tells it; recoveries moved
+    it("a process killed inside leaves its writes so far; a marker tells", function()
+      -- a fresh interpreter: the killed child's handles stay counted
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st, ready = pt.shared_table({ a = 0, b = 0 }), pt.shared_table({})
+        local r0 = pt.shm_stats().recoveries
+        local w = pt.spawn_process(function(t, r)
+          pt.locked(t, function()
+            t.busy = true
+            t.a = 1
+            r.go = true
+            pt.sleep(math.huge)
+            t.b = 1
+            t.busy = nil
+          end)
+        end, st, ready)
+        assert(pt.wait(ready, "go", nil, 20))
+        w:kill("KILL")
+        assert(w:join(20) == false)
+        print(pt.locked(st, function(t) return t.busy, t.a, t.b end))
+        print(pt.shm_stats().recoveries > r0)
+      ]])
+      assert.equal(0, status, out)
+      assert.equal("true\t1\t0\ntrue\n", out)
+    end)
+  end)
+
   describe("waiting", function()
     local cases = {
       { "acquire", function() return pt.semaphore(0):acquire() end },
