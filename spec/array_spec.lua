@@ -266,7 +266,7 @@ describe("arrays", function()
       local pt = require "procthread"
       pt.configure { shm_size = "16M" }
       local ok, err = pcall(pt.array, 4 * 1024 * 1024, "shared")
-      assert(not ok and err:match("shared memory exhausted") and err:match("16 MiB"), err)
+      assert(not ok and err:match("^array: shared memory exhausted") and err:match("16 MiB"), err)
       local a = pt.array(1024 * 1024, "shared")           -- 8 MiB fits
       a[1024 * 1024] = 1
       print("ok", #a)

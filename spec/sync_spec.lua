@@ -276,6 +276,31 @@ describe("synchronization", function()
     end)
   end)
 
+  -- before: the arena's message alone, naming no function
+  it("a full arena: the error names the constructor", function()
+    local status, out = H.fresh([[
+      local pt = require "procthread"
+      pt.configure { shm_size = "4M" }
+      local ok, err = pcall(pt.barrier, 0x7fffffff)     -- 256 MiB of holes
+      print(err)
+      local keep = {}
+      repeat ok, err = pcall(pt.semaphore, 0); keep[#keep + 1] = ok and err or nil until not ok
+      print(err)
+      print(select(2, pcall(pt.event)))
+      print(select(2, pcall(pt.barrier, 2)))
+      keep = nil; collectgarbage(); collectgarbage()
+      print(pt.barrier(2):parties(), pt.event():is_set(), pt.semaphore(3):value())
+    ]])
+    assert.equal(0, status, out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.matches("^barrier: shared memory exhausted", lines[1])
+    assert.matches("^semaphore: shared memory exhausted", lines[2])
+    assert.matches("^event: shared memory exhausted", lines[3])
+    assert.matches("^barrier: shared memory exhausted", lines[4])
+    assert.equal("2\tfalse\t3", lines[5])
+  end)
+
   describe("crashes #stress", function()
     it("processes SIGKILLed while waiting leave nothing that blocks the others", function()
       local status, out = H.fresh([[

@@ -383,7 +383,7 @@ static int arr_new(lua_State *L) {
       lua_gc(L, LUA_GCCOLLECT, 0);
       off = pt_shm_alloc(BLOCK_SIZE(n));
     }
-    if (!off) return luaL_error(L, "%s", pt_shm_full_msg());
+    if (!off) return luaL_error(L, "array: %s", pt_shm_full_msg());
     b = PT_SHM_PTR(ablock, off);
     b->kind = PT_KIND_ARRAY;
     b->refs = 1;

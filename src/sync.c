@@ -289,7 +289,7 @@ static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
     off = sync_new(magic, n, state, extra);
   }
   if (!off) {
-    if (errno == ENOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+    if (errno == ENOMEM) return luaL_error(L, "%s: %s", c->what, pt_shm_full_msg());
     return pt_push_oserror(L, c->what, errno);
   }
   pt_handle_push(L, c, off);
