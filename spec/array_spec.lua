@@ -266,7 +266,7 @@ describe("arrays", function()
       local pt = require "procthread"
       pt.configure { shm_size = "16M" }
       local ok, err = pcall(pt.array, 4 * 1024 * 1024, "shared")
-      assert(not ok and err:match("shared memory exhausted") and err:match("16 MiB"), err)
+      assert(not ok and err:match("^array: shared memory exhausted") and err:match("16 MiB"), err)
       local a = pt.array(1024 * 1024, "shared")           -- 8 MiB fits
       a[1024 * 1024] = 1
       print("ok", #a)
@@ -282,11 +282,17 @@ describe("arrays", function()
       assert.matches(pattern, err)
     end
     bad("bad argument #1.*number expected")
-    bad("bad argument #1.*integer >= 0", -1)
-    bad("bad argument #1.*integer >= 0", 1.5)
+    -- one message with the real bound, whatever is wrong with the size
+    -- (before: 2^59 said "integer >= 0", 2^50 "size too large")
+    local bound = "size must be an integer from 0 to 2%^43 %(8796093022208%)"
+    bad("bad argument #1.*" .. bound .. ", got %-1", -1)
+    bad("bad argument #1.*" .. bound .. ", got 1.5", 1.5)
     bad("bad argument #1", "x")
     bad("bad argument #2.*invalid option 'public'", 3, "public")
-    bad("bad argument #1.*too large", 2 ^ 50)
+    bad("bad argument #1.*" .. bound, 2 ^ 50)
+    bad("bad argument #1.*" .. bound, 2 ^ 59)
+    bad("bad argument #1.*" .. bound, 2 ^ 43 + 1)
+    bad("bad argument #1.*" .. bound, 0 / 0)
     assert.are.equal(0, #pt.array(0))
   end)
 end)

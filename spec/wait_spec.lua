@@ -37,6 +37,22 @@ local writes = {
 describe("pt.sleep", function()
   H.no_leaks()
 
+  -- seconds are numbers only, as every timeout (w:join("1") raises);
+  -- before: pt.sleep("0") slept
+  it("takes numbers only", function()
+    for _, bad in ipairs({ "0", "0.01", "x", {}, true }) do
+      local ok, err = pcall(pt.sleep, bad)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'sleep' %(number expected, got " .. type(bad) .. "%)", err)
+    end
+    for _, bad in ipairs({ -1, 0 / 0, -math.huge }) do
+      local ok, err = pcall(pt.sleep, bad)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'sleep' %(seconds must be a number >= 0 or math.huge, got ", err)
+    end
+    assert.is_true(pt.sleep(0))
+  end)
+
   -- math.huge (and any time beyond a century) sleeps for ever, as
   -- docs/api.md says; the poll took it as EINVAL and returned at once
   for _, s in ipairs({ math.huge, 1e300, 4e9 }) do

@@ -357,6 +357,9 @@ static int arr_tostring(lua_State *L) {
   return 1;
 }
 
+/* The bound pt.array's message names. */
+typedef char pt_array_bound_is_2_43[PT_SHM_MAX_SIZE / sizeof(double) == (uint64_t)1 << 43 ? 1 : -1];
+
 /* pt.array(n [, "private" | "shared"]) -> array | nil, err, errno */
 static int arr_new(lua_State *L) {
   static const char *const kinds[] = {"private", "shared", NULL};
@@ -364,11 +367,12 @@ static int arr_new(lua_State *L) {
   int shared = luaL_checkoption(L, 2, "private", kinds);
   uint64_t n;
   ahandle *a;
-  if (!(nn >= 0 && nn <= 9007199254740992.0) || (lua_Number)(uint64_t)nn != nn)
-    return luaL_argerror(L, 1, "size must be an integer >= 0");
+  /* at most what the largest arena holds, private arrays too */
+  if (!(nn >= 0 && nn <= (lua_Number)(PT_SHM_MAX_SIZE / sizeof(double))) ||
+      (lua_Number)(uint64_t)nn != nn)
+    return luaL_argerror(L, 1, lua_pushfstring(L, "size must be an integer from 0 to 2^43 "
+                                                  "(8796093022208), got %s", lua_tostring(L, 1)));
   n = (uint64_t)nn;
-  if (n > PT_SHM_MAX_SIZE / sizeof(double))
-    return luaL_argerror(L, 1, "size too large");
   a = arr_push_blank(L);
   if (shared) {
     pt_off off;
@@ -379,7 +383,7 @@ static int arr_new(lua_State *L) {
       lua_gc(L, LUA_GCCOLLECT, 0);
       off = pt_shm_alloc(BLOCK_SIZE(n));
     }
-    if (!off) return luaL_error(L, "%s", pt_shm_full_msg());
+    if (!off) return luaL_error(L, "array: %s", pt_shm_full_msg());
     b = PT_SHM_PTR(ablock, off);
     b->kind = PT_KIND_ARRAY;
     b->refs = 1;

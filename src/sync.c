@@ -6,8 +6,12 @@
  * never strands a sleeper) and one 64-bit state word that every change
  * publishes with a single store:
  *   semaphore  the count of permits (taken lock-free when there is one)
- *   event      0 or 1
- *   barrier    round << 32 | parties arrived in this round
+ *   event      generation << 1 | level: each set of a clear event moves
+ *              the generation, so a waiter that began before it returns
+ *              even when a clear follows at once (it looks for the level
+ *              set OR the generation moved since it began)
+ *   barrier    round << 32 | the highest index handed out in this round
+ *              (with a bitmap of the indices given back below it)
  * The plain-C part (above "Lua side") touches no lua_State. */
 #include "handle.h"
 #include "wait.h"
@@ -25,7 +29,7 @@ typedef struct syncobj {
   pthread_mutex_t mu;
   pt_cond cond;
   uint32_t n;                  /* barrier: parties per round */
-  uint32_t spare;
+  uint32_t spare;              /* barrier: holes below the top */
   uint64_t state;
 } syncobj;
 
@@ -33,12 +37,13 @@ typedef struct syncobj {
 #define LOAD(o) __atomic_load_n(&(o)->state, __ATOMIC_ACQUIRE)
 #define STORE(o, v) __atomic_store_n(&(o)->state, (v), __ATOMIC_RELEASE)
 
-static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state) {
-  pt_off off = pt_shm_alloc_aligned(sizeof(syncobj), 64);
+/* extra: bytes after the object (a barrier's holes), zeroed too. */
+static pt_off sync_new(uint32_t magic, uint32_t n, uint64_t state, size_t extra) {
+  pt_off off = pt_shm_alloc_aligned(sizeof(syncobj) + extra, 64);
   syncobj *o;
   if (!off) { errno = ENOMEM; return 0; }
   o = S(off);
-  memset(o, 0, sizeof *o);
+  memset(o, 0, sizeof *o + extra);
   if (pt_lock_init(&o->mu, 0) != 0) {
     int e = errno;
     pt_shm_free_aligned(off);
@@ -57,31 +62,23 @@ static void sync_drop(pt_off off, uint64_t gen) {
   pt_shm_free_aligned(off);
 }
 
-/* Holding nothing: wait until ready(o), which also takes what it found
+/* Holding nothing: wait on o until ready(arg), which also takes what it found
    (a permit).  First a look (inlined: the common case), then a spin
    (pt_spin_until: a release or set that is about to come then costs
    neither side a system call), then under the lock.  What is ready when
    the wait ends wins over a timeout or a cancel. */
-static inline int sync_wait(syncobj *o, double deadline, const pt_wake *w,
+static inline int sync_wait(syncobj *o, void *arg, double deadline, const pt_wake *w,
                             int (*ready)(void *)) {
   int r = PT_OK, ok;
-  if (ready(o) || pt_spin_until(ready, o)) return PT_OK;
+  if (ready(arg) || pt_spin_until(ready, arg)) return PT_OK;
   if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
-  while (!(ok = ready(o))) {
+  while (!(ok = ready(arg))) {
     if (r != PT_OK || (deadline >= 0 && pt_clock_now() >= deadline)) break;
     r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, pt_shm_recovered, NULL);
   }
   pt_unlock(&o->mu);
   if (ok) return PT_OK;
   return r == PT_OK ? PT_TIMEOUT : r;
-}
-
-/* Holding nothing: wake the sleepers, then publish state. */
-static void sync_publish(syncobj *o, uint64_t state) {
-  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return;
-  pt_cond_wake(&o->cond);
-  STORE(o, state);
-  pt_unlock(&o->mu);
 }
 
 /* ---- semaphore ----------------------------------------------------------------- */
@@ -97,7 +94,7 @@ static int sem_try(void *arg) {
 }
 
 static int sem_acquire(void *arg, double deadline, const pt_wake *w) {
-  return sync_wait((syncobj *)arg, deadline, w, sem_try);
+  return sync_wait((syncobj *)arg, arg, deadline, w, sem_try);
 }
 
 /* Add k permits: 0, or -1 when the count would pass SYNC_MAX. */
@@ -115,17 +112,94 @@ static int sem_release(syncobj *o, uint64_t k) {
 
 /* ---- event ----------------------------------------------------------------------- */
 
-static int evt_ready(void *o) { return LOAD((syncobj *)o) != 0; }
+#define EVT_LEVEL 1u
+#define EVT_GEN(s) ((s) >> 1)
 
-static int evt_wait(void *arg, double deadline, const pt_wake *w) {
-  return sync_wait((syncobj *)arg, deadline, w, evt_ready);
+typedef struct evt_waiter {
+  syncobj *o;
+  uint64_t gen;                /* the generation when the wait began */
+} evt_waiter;
+
+static int evt_ready(void *arg) {
+  const evt_waiter *ew = (const evt_waiter *)arg;
+  uint64_t s = LOAD(ew->o);
+  return (s & EVT_LEVEL) || EVT_GEN(s) != ew->gen;
 }
 
-/* ---- barrier ------------------------------------------------------------------------ */
+/* A retry (after PT_INTR) keeps the generation of the first look. */
+static int evt_wait(void *arg, double deadline, const pt_wake *w) {
+  evt_waiter *ew = (evt_waiter *)arg;
+  return sync_wait(ew->o, ew, deadline, w, evt_ready);
+}
+
+/* Set: a clear event takes the next generation (waking every sleeper);
+   a set one is left alone (nobody sleeps on it).  Clear: the level only
+   (nobody waits for a clear). */
+static void evt_set(syncobj *o, int level) {
+  uint64_t s;
+  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return;
+  s = LOAD(o);
+  if (level && !(s & EVT_LEVEL)) {
+    pt_cond_wake(&o->cond);
+    STORE(o, (s + 2) | EVT_LEVEL);
+  } else if (!level && (s & EVT_LEVEL)) {
+    STORE(o, s & ~(uint64_t)EVT_LEVEL);
+  }
+  pt_unlock(&o->mu);
+}
+
+/* ---- barrier ------------------------------------------------------------------------
+ * state: round << 32 | top, the highest index handed out in this round.
+ * A party that withdraws below the top leaves a hole: a bit (index i is
+ * bit i) in the bitmap after the object, counted in o->spare; the top
+ * that withdraws lowers top past the holes below it.  An arrival takes
+ * the lowest hole before it raises top, so top < n while holes remain,
+ * and the round ends when top reaches n with no hole: the n parties
+ * present hold 1..n, each its own.  A changer killed halfway leaves at
+ * most stale bits at or above top and a wrong count: bar_repair, run by
+ * the next locker, clears and recounts them. */
 
 #define ROUND(s) ((uint32_t)((s) >> 32))
-#define ARRIVED(s) ((uint32_t)(s))
-#define BSTATE(round, arrived) (((uint64_t)(round) << 32) | (uint64_t)(arrived))
+#define TOP(s) ((uint32_t)(s))
+#define BSTATE(round, top) (((uint64_t)(round) << 32) | (uint64_t)(top))
+#define HOLES(o) ((uint64_t *)((o) + 1))
+#define HOLE_WORDS(n) (((size_t)(n) + 63) / 64)
+
+static int hole(const syncobj *o, uint32_t i) {
+  return (int)((HOLES(o)[i / 64] >> (i % 64)) & 1);
+}
+
+static void hole_mark(syncobj *o, uint32_t i, int on) {
+  uint64_t bit = (uint64_t)1 << (i % 64);
+  if (on) HOLES(o)[i / 64] |= bit;
+  else HOLES(o)[i / 64] &= ~bit;
+}
+
+/* The lowest hole, taken (there is one below top). */
+static uint32_t hole_take(syncobj *o) {
+  uint64_t *h = HOLES(o);
+  size_t k = 0;
+  uint32_t i;
+  while (!h[k]) k++;
+  i = (uint32_t)(k * 64 + (size_t)__builtin_ctzll(h[k]));
+  hole_mark(o, i, 0);
+  o->spare--;
+  return i;
+}
+
+static void bar_repair(void *arg) {
+  syncobj *o = (syncobj *)arg;
+  uint32_t top = TOP(LOAD(o)), holes = 0;
+  size_t k;
+  pt_shm_recovered(NULL);
+  for (k = 0; k < HOLE_WORDS(o->n); k++) {
+    uint64_t keep = top <= k * 64 ? 0 : top - k * 64 >= 64 ? ~(uint64_t)0
+                  : ((uint64_t)1 << (top - k * 64)) - 1;
+    HOLES(o)[k] &= keep & (k ? ~(uint64_t)0 : ~(uint64_t)1);
+    holes += (uint32_t)__builtin_popcountll(HOLES(o)[k]);
+  }
+  o->spare = holes;
+}
 
 typedef struct arrival {
   syncobj *o;
@@ -138,22 +212,21 @@ static int bar_wait(void *arg, double deadline, const pt_wake *w) {
   arrival *a = (arrival *)arg;
   syncobj *o = a->o;
   int r = PT_OK;
-  if (pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return PT_ERR;
+  if (pt_lock(&o->mu, bar_repair, o) == PT_ERR) return PT_ERR;
   if (!a->index) {
     uint64_t s = LOAD(o);
     a->round = ROUND(s);
-    a->index = ARRIVED(s) + 1;
-    if (a->index == o->n) {              /* the last one: open the next round */
+    if (o->spare) a->index = hole_take(o);
+    else if ((a->index = TOP(s) + 1) == o->n) {   /* the last one: open the next round */
       pt_cond_wake(&o->cond);
       STORE(o, BSTATE(a->round + 1, 0));
       pt_unlock(&o->mu);
       return PT_OK;
-    }
-    STORE(o, BSTATE(a->round, a->index));
+    } else STORE(o, BSTATE(a->round, a->index));
   }
   while (ROUND(LOAD(o)) == a->round) {
     if (deadline >= 0 && pt_clock_now() >= deadline) { r = PT_TIMEOUT; break; }
-    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, pt_shm_recovered, NULL);
+    r = pt_cond_wait_on(&o->cond, &o->mu, deadline, w, bar_repair, o);
     if (r != PT_OK) break;
   }
   if (ROUND(LOAD(o)) != a->round) r = PT_OK;
@@ -166,9 +239,20 @@ static int bar_wait(void *arg, double deadline, const pt_wake *w) {
    round ended meanwhile (it passed), else r. */
 static int bar_leave(arrival *a, int r) {
   syncobj *o = a->o;
-  if (!a->index || pt_lock(&o->mu, pt_shm_recovered, NULL) == PT_ERR) return r;
-  if (ROUND(LOAD(o)) != a->round) r = PT_OK;
-  else STORE(o, LOAD(o) - 1);
+  uint64_t s;
+  uint32_t top, t;
+  if (!a->index || pt_lock(&o->mu, bar_repair, o) == PT_ERR) return r;
+  s = LOAD(o);
+  top = TOP(s);
+  if (ROUND(s) != a->round) r = PT_OK;
+  else if (a->index < top) {                 /* a hole below the top */
+    hole_mark(o, a->index, 1);
+    o->spare++;
+  } else {                                   /* the top: down past the holes */
+    for (t = top - 1; t > 0 && hole(o, t); t--) {}
+    STORE(o, BSTATE(a->round, t));
+    while (++t < top) { hole_mark(o, t, 0); o->spare--; }
+  }
   pt_unlock(&o->mu);
   return r;
 }
@@ -196,29 +280,28 @@ PT_HANDLE_XTYPE(pt_xtype_barrier, bar_class, BAR_MT);
   ((uint32_t)pt_check_int(L, i, dflt, lo, SYNC_MAX, fn, what))
 
 static int push_new(lua_State *L, const pt_class *c, uint32_t magic, uint32_t n,
-                    uint64_t state) {
+                    uint64_t state, size_t extra) {
   pt_off off;
   if (pt_shm_ensure() != 0) return pt_push_shm_error(L, errno);
-  off = sync_new(magic, n, state);
+  off = sync_new(magic, n, state, extra);
   if (!off && errno == ENOMEM) {
     lua_gc(L, LUA_GCCOLLECT, 0);             /* garbage handles may hold space */
-    off = sync_new(magic, n, state);
+    off = sync_new(magic, n, state, extra);
   }
   if (!off) {
-    if (errno == ENOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+    if (errno == ENOMEM) return luaL_error(L, "%s: %s", c->what, pt_shm_full_msg());
     return pt_push_oserror(L, c->what, errno);
   }
   pt_handle_push(L, c, off);
   return 1;
 }
 
-/* obj:<name>([timeout]) for a semaphore or an event: true, or the status
-   pushed (op names the operation in an OS error). */
-static int wait_lua(lua_State *L, const pt_class *c, pt_waitfn step, const char *name,
+/* obj:<name>([timeout]) for a semaphore or an event (arg: what step
+   takes): true, or the status pushed (op names the operation in an OS error). */
+static int wait_lua(lua_State *L, void *arg, pt_waitfn step, const char *name,
                     const char *op) {
-  syncobj *o = OBJ(L, c, name);
   double deadline = pt_check_deadline(L, 2, 1, name);
-  int r = pt_wait_lua(L, step, o, deadline);
+  int r = pt_wait_lua(L, step, arg, deadline);
   if (r != PT_OK) return pt_push_status(L, r, op, errno);
   lua_pushboolean(L, 1);
   return 1;
@@ -226,11 +309,12 @@ static int wait_lua(lua_State *L, const pt_class *c, pt_waitfn step, const char 
 
 static int l_semaphore(lua_State *L) {
   uint32_t n = COUNT(L, 1, -1, 0, "semaphore", "initial value");
-  return push_new(L, &sem_class, SEM_MAGIC, 0, n);
+  return push_new(L, &sem_class, SEM_MAGIC, 0, n, 0);
 }
 
 static int l_acquire(lua_State *L) {
-  return wait_lua(L, &sem_class, sem_acquire, "acquire", "semaphore acquire");
+  syncobj *o = OBJ(L, &sem_class, "acquire");
+  return wait_lua(L, o, sem_acquire, "acquire", "semaphore acquire");
 }
 
 static int l_release(lua_State *L) {
@@ -246,30 +330,33 @@ static int l_value(lua_State *L) {
   return 1;
 }
 
-static int l_event(lua_State *L) { return push_new(L, &evt_class, EVT_MAGIC, 0, 0); }
+static int l_event(lua_State *L) { return push_new(L, &evt_class, EVT_MAGIC, 0, 0, 0); }
 
 static int l_set(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class, "set"), 1);
+  evt_set(OBJ(L, &evt_class, "set"), 1);
   return 0;
 }
 
 static int l_clear(lua_State *L) {
-  sync_publish(OBJ(L, &evt_class, "clear"), 0);
+  evt_set(OBJ(L, &evt_class, "clear"), 0);
   return 0;
 }
 
 static int l_is_set(lua_State *L) {
-  lua_pushboolean(L, LOAD(OBJ(L, &evt_class, "is_set")) != 0);
+  lua_pushboolean(L, (LOAD(OBJ(L, &evt_class, "is_set")) & EVT_LEVEL) != 0);
   return 1;
 }
 
 static int l_evt_wait(lua_State *L) {
-  return wait_lua(L, &evt_class, evt_wait, "wait", "event wait");
+  evt_waiter ew;
+  ew.o = OBJ(L, &evt_class, "wait");
+  ew.gen = EVT_GEN(LOAD(ew.o));
+  return wait_lua(L, &ew, evt_wait, "wait", "event wait");
 }
 
 static int l_barrier(lua_State *L) {
   uint32_t n = COUNT(L, 1, -1, 1, "barrier", "parties");
-  return push_new(L, &bar_class, BAR_MAGIC, n, 0);
+  return push_new(L, &bar_class, BAR_MAGIC, n, 0, HOLE_WORDS(n) * sizeof(uint64_t));
 }
 
 static int l_bar_wait(lua_State *L) {

@@ -51,9 +51,15 @@ static int l_now(lua_State *L) {
 }
 
 static int l_sleep(lua_State *L) {
-  double s = luaL_checknumber(L, 1);
+  double s;
   int r;
-  if (!(s >= 0)) return luaL_argerror(L, 1, "seconds must be a number >= 0");
+  /* a number, as every timeout (pt_check_deadline): no numeric string */
+  if (lua_type(L, 1) != LUA_TNUMBER)
+    return luaL_argerror(L, 1, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 1)));
+  s = (double)lua_tonumber(L, 1);
+  if (!(s >= 0))
+    return luaL_argerror(L, 1, lua_pushfstring(L, "seconds must be a number >= 0 or math.huge, "
+                                                  "got %s", lua_tostring(L, 1)));
   /* math.huge, or beyond a century: for ever (the poll took it as EINVAL) */
   r = pt_wait_fds(NULL, 0, 0, pt_deadline(s) == PT_FOREVER ? -1 : s);
   if (r == -2) return pt_raise_cancelled(L);
