@@ -497,3 +497,21 @@ describe("shared-table lock waits", function()
     assert.equal(1, st.k)
   end)
 end)
+
+describe("an expected value that no key can hold", function()
+  H.no_leaks()
+  it("a plain table: pt.wait and pt.cas say why (it would be stored as a new shared table)", function()
+    local st = pt.shared_table({ k = 1 })
+    for _, f in ipairs({ function() return pt.wait(st, "k", {}, 0) end,
+                         function() return pt.cas(st, "k", {}, 2) end }) do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("bad argument #3 to '%a+' %(a plain table is stored as a new shared table, so no key ever holds this one%)", err)
+    end
+    assert.are.equal(1, st.k)
+    local ok, err = pcall(pt.cas, st, "k", print, 2)
+    assert.is_false(ok)
+    assert.matches("a function can never be the value of a shared table", err)
+    pt.release(st)
+  end)
+end)

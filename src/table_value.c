@@ -161,8 +161,9 @@ __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) 
     luaL_error(L, "invalid key: %s (shared table keys are strings, numbers and booleans)",
                luaL_typename(L, i));
   if (as == PT_AS_VALUE) luaL_error(L, "cannot store a %s in a shared table", luaL_typename(L, i));
-  luaL_argerror(L, i, lua_pushfstring(L, "a %s can never be the value of a shared table",
-                                      luaL_typename(L, i)));
+  luaL_argerror(L, i, lua_type(L, i) == LUA_TTABLE
+    ? "a plain table is stored as a new shared table, so no key ever holds this one"
+    : lua_pushfstring(L, "a %s can never be the value of a shared table", luaL_typename(L, i)));
 }
 
 /* The one conversion; `as` is a constant in each of the three below, so
