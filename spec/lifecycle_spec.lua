@@ -251,6 +251,33 @@ describe("lifecycle", function()
       assert.is_true(all_gone({ pid }, 5))
     end)
 
+    -- results beyond the pipe (64 KiB) wait for the parent to read them:
+    -- once it is gone nobody will, and the worker must end, although the
+    -- read end lives on in it and in its detached sibling
+    it("ends a detached process whose results exceed the pipe once its parent is gone", function()
+      local status, out = fresh([[
+        local big = function() return ("r"):rep(200000) end
+        local j = pt.spawn_process(big)
+        pt.detach(j)
+        local ok, r = j:join(20)               -- the parent alive: still joined
+        assert(ok and #r == 200000, tostring(r))
+        local p = pt.spawn_process(big)
+        -- forked after p: it has a copy of p's read end
+        local sibling = pt.spawn_process(function() require("procthread").sleep(60) end)
+        pt.detach(sibling); pt.detach(p)
+        ready(p.id, sibling.id)
+      ]])
+      local pid, sibling = out:match("ready %d+ (%d+) (%d+)")
+      assert.is_truthy(pid, out)
+      assert.are.equal(0, status, out)
+      local gone = gone_then_kill({ pid }, 10)
+      local sibling_alive = alive(sibling)
+      kill("KILL", { sibling })
+      assert.is_true(gone, "the detached worker still blocks on its results")
+      assert.is_true(sibling_alive)
+      assert.is_true(all_gone({ sibling }, 5))
+    end)
+
     it("refuses a bad at_exit or exit_grace, naming configure", function()
       assert.has_error(function() pt.configure{ at_exit = "later" } end,
         "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
