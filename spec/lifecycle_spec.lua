@@ -200,6 +200,23 @@ describe("lifecycle", function()
       assert.is_true(gone)
     end)
 
+    -- the exit runs on the thread worker: the other thread, asleep in a
+    -- cancellation point, is cancelled at once, not waited for through
+    -- exit_grace (its handle is alive; the main thread is joining)
+    it("cancels a sleeping thread at once when a thread worker calls os.exit", function()
+      local status, out, took = fresh([[
+        pt.configure{ exit_grace = 40 }
+        local sleeper = pt.spawn_thread(function() require("procthread").sleep(100) end)
+        local t = pt.spawn_thread(function() require("procthread").sleep(0.1); os.exit(7, true) end)
+        t:join(50)
+        print("not reached")
+      ]])
+      assert.are.equal(7, status, out)
+      assert.not_matches("not reached", out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 20, "took " .. took)
+    end)
+
     -- a worker's SIGTERM starts at its default action (cancel must end
     -- it): here the worker's own code ignores it, as a user's signal
     -- library would, through a C module made for the test
