@@ -441,6 +441,40 @@ describe("worker reliability", function()
     end)
   end)
 
+  describe("#26b an error message that cannot be kept", function()
+    -- The thread keeps its error message in a buffer of its own (C
+    -- realloc, a power of two from 256 bytes): a shim preloaded into a
+    -- fresh interpreter fails the one realloc of 2 MiB, which only the
+    -- copy of a 1.5 MB message asks for (Lua's strings take their exact
+    -- size; LuaJIT's allocator is its own).
+    it("the join says not enough memory, not a bare 'failed' #notsan", function()
+      local so = H.cc([[
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <errno.h>
+        #include <stddef.h>
+        void *realloc(void *p, size_t n) {
+          static void *(*real)(void *, size_t);
+          if (n == ((size_t)1 << 21)) { errno = ENOMEM; return NULL; }
+          if (!real) real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+          return real(p, n);
+        }
+      ]], "-shared -fPIC -ldl")
+      local status, out = H.fresh_under("env LD_PRELOAD=" .. so, [[
+        local pt = require "procthread"
+        local w = pt.spawn_thread(function() error(string.rep("x", 1500000), 0) end)
+        local ok, err = w:join(20)
+        print(ok, #err < 200 and err or #err)
+        w = pt.spawn_thread(function() error("small", 0) end)
+        print(w:join(20))
+      ]])
+      os.remove(so)
+      assert.are.equal(0, status, out)
+      assert.matches("^false\tnot enough memory %(the worker's error message could not be kept%)\n", out)
+      assert.matches("\nfalse\tsmall\n", out, 1, true)
+    end)
+  end)
+
   describe("#27 a join when the fd table is full", function()
     it("waits for a running thread without a new fd", function()
       local status, out = H.fresh([[

@@ -114,6 +114,11 @@ static int worker_id(pt_worker *w) {
 
 static const char *signal_name(int sig);         /* "SIGSEGV", or NULL */
 
+/* A worker that failed with no message kept: the only way there is an
+   allocation of the message's copy that failed (a thread's error, a
+   process's "exit status unknown"). */
+#define PT_LOST_ERROR_MSG "not enough memory (the worker's error message could not be kept)"
+
 static int wait_for(pt_worker *w, double timeout) { return w->ops->wait(w, timeout); }
 
 /* ---- the answer: true, results... | false, err ------------------------ */
@@ -133,7 +138,8 @@ static void push_errstring(lua_State *L, pt_worker *w) {
     snprintf(msg, sizeof msg, "exited with code %d", w->exit_code);
     lua_pushstring(L, msg);
   } else {
-    lua_pushliteral(L, "failed");
+    /* a failure whose message could not be kept (set_error, settle) */
+    lua_pushliteral(L, PT_LOST_ERROR_MSG);
   }
 }
 
