@@ -307,13 +307,12 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   process_worker *p;
   pt_worker *w;
   pt_shm_counts held;       /* the fork's: on the stack, which the child writes anyway */
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_checkstack(L, 4, "spawn_process: too many arguments");   /* handle, prepare_child */
+  pt_spawn_check(L, &pt_process_ops, 4);   /* handle, prepare_child */
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
   p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
-  if (!p) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  if (!p) return pt_push_oserror(L, pt_spawn_name(L, &pt_process_ops), ENOMEM);
   w = &p->w;
   p->pidfd = p->result_fd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
   /* the handle exists before the fork: the parent then writes less of the
