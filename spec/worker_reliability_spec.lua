@@ -263,6 +263,57 @@ describe("worker reliability", function()
       assert.matches("bad argument #2", err, 1, true)
     end)
 
+    -- a kind's spawn called by pt.spawn names pt.spawn, as the caller wrote
+    it("a spawn's errors name the function called: spawn, or spawn_<kind>", function()
+      local cfn = coroutine.wrap(function() end)     -- a C function of no module
+      local ok, err = pcall(pt.spawn, "thread", cfn)
+      assert.is_false(ok)
+      assert.matches("^spawn: fn: cannot copy a C function", err)
+      ok, err = pcall(pt.spawn_thread, cfn)
+      assert.is_false(ok)
+      assert.matches("^spawn_thread: fn: cannot copy a C function", err)
+    end)
+
+    -- arguments that fill the Lua stack (some 8000 on 5.1 and LuaJIT, a
+    -- million on 5.2+) leave a spawn no room: it says so, and blames
+    -- neither fn nor a value (it said "fn: Lua stack overflow")
+    local unpack = table.unpack or unpack
+    for _, kind in ipairs(KINDS) do
+      for _, name in ipairs { "spawn", "spawn_" .. kind } do
+        it(name .. "(" .. kind .. ") with arguments that fill the Lua stack says too many arguments", function()
+          local args = { function() end }
+          for i = 1, 1100000 do args[i + 1] = i end
+          local spawn = pt[name]
+          local function call(n)   -- no vararg function between: its frame would copy them
+            if name == "spawn" then return pcall(function() return spawn(kind, unpack(args, 1, n)) end) end
+            return pcall(function() return spawn(unpack(args, 1, n)) end)
+          end
+          -- the most that unpack itself lets through
+          local lo, hi = 1, #args
+          while lo < hi do
+            local mid = math.floor((lo + hi + 1) / 2)
+            local ok, r = call(mid)
+            if ok then r:join(T) end
+            if ok or not tostring(r):match("unpack") then lo = mid else hi = mid - 1 end
+          end
+          local said = 0
+          for n = lo, lo - 100, -1 do
+            local ok, r = call(n)
+            if ok then r:join(T); break end
+            if not r:match("^[^:]*:%d+: stack overflow$") and not r:match("unpack") then
+              assert.matches(name .. ": too many arguments (" .. (n - 1) .. ")", r, 1, true)
+              said = said + 1
+            end
+          end
+          -- 5.2+: a process spawn needs only 4 slots, fewer than Lua
+          -- keeps free for any C function: Lua's own call check comes first
+          if kind == "thread" or _VERSION == "Lua 5.1" then
+            assert.is_true(said > 0, "no spawn found the stack full")
+          end
+        end)
+      end
+    end
+
     it("kill(9.5) raises: not an integer", function()
       local w = pt.spawn_process(function() pt.sleep(30) end)
       finally(function() w:kill("KILL"); w:join(T) end)
