@@ -295,6 +295,23 @@ describe("lifecycle", function()
       assert.is_true(all_gone({ sibling }, 5))
     end)
 
+    -- each error is raised at the caller's level: the position is the
+    -- caller's line, never one of procthread's init.lua
+    it("configure's errors carry the caller's position", function()
+      local function where(...)
+        local args = { n = select("#", ...), ... }
+        local ok, err = pcall(function() pt.configure((table.unpack or unpack)(args, 1, args.n)) end)
+        assert.is_false(ok)
+        return err
+      end
+      local here = "^[^:]*lifecycle_spec%.lua:%d+: bad argument #1 to 'configure' "
+      assert.matches(here .. "%(table expected, got number%)$", where(5))
+      assert.matches(here .. "%(table expected, got nil%)$", where(nil))
+      assert.matches(here .. "%(table expected, got no value%)$", where())
+      assert.matches(here .. "%(unknown option 'foo'%)$", where { foo = 1 })
+      assert.matches(here .. "%(at_exit must be", where { at_exit = 1 })
+    end)
+
     it("refuses a bad at_exit or exit_grace, naming configure", function()
       assert.has_error(function() pt.configure{ at_exit = "later" } end,
         "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
