@@ -200,6 +200,23 @@ describe("lifecycle", function()
       assert.is_true(gone)
     end)
 
+    -- the exit runs on the thread worker: the other thread, asleep in a
+    -- cancellation point, is cancelled at once, not waited for through
+    -- exit_grace (its handle is alive; the main thread is joining)
+    it("cancels a sleeping thread at once when a thread worker calls os.exit", function()
+      local status, out, took = fresh([[
+        pt.configure{ exit_grace = 40 }
+        local sleeper = pt.spawn_thread(function() require("procthread").sleep(100) end)
+        local t = pt.spawn_thread(function() require("procthread").sleep(0.1); os.exit(7, true) end)
+        t:join(50)
+        print("not reached")
+      ]])
+      assert.are.equal(7, status, out)
+      assert.not_matches("not reached", out)
+      assert.matches("procthread: stopped 1 worker at exit", out, 1, true)
+      assert.is_true(took < 20, "took " .. took)
+    end)
+
     -- a worker's SIGTERM starts at its default action (cancel must end
     -- it): here the worker's own code ignores it, as a user's signal
     -- library would, through a C module made for the test
@@ -249,6 +266,50 @@ describe("lifecycle", function()
       kill("KILL", { pid })
       assert.is_true(was_alive)
       assert.is_true(all_gone({ pid }, 5))
+    end)
+
+    -- results beyond the pipe (64 KiB) wait for the parent to read them:
+    -- once it is gone nobody will, and the worker must end, although the
+    -- read end lives on in it and in its detached sibling
+    it("ends a detached process whose results exceed the pipe once its parent is gone", function()
+      local status, out = fresh([[
+        local big = function() return ("r"):rep(200000) end
+        local j = pt.spawn_process(big)
+        pt.detach(j)
+        local ok, r = j:join(20)               -- the parent alive: still joined
+        assert(ok and #r == 200000, tostring(r))
+        local p = pt.spawn_process(big)
+        -- forked after p: it has a copy of p's read end
+        local sibling = pt.spawn_process(function() require("procthread").sleep(60) end)
+        pt.detach(sibling); pt.detach(p)
+        ready(p.id, sibling.id)
+      ]])
+      local pid, sibling = out:match("ready %d+ (%d+) (%d+)")
+      assert.is_truthy(pid, out)
+      assert.are.equal(0, status, out)
+      local gone = gone_then_kill({ pid }, 10)
+      local sibling_alive = alive(sibling)
+      kill("KILL", { sibling })
+      assert.is_true(gone, "the detached worker still blocks on its results")
+      assert.is_true(sibling_alive)
+      assert.is_true(all_gone({ sibling }, 5))
+    end)
+
+    -- each error is raised at the caller's level: the position is the
+    -- caller's line, never one of procthread's init.lua
+    it("configure's errors carry the caller's position", function()
+      local function where(...)
+        local args = { n = select("#", ...), ... }
+        local ok, err = pcall(function() pt.configure((table.unpack or unpack)(args, 1, args.n)) end)
+        assert.is_false(ok)
+        return err
+      end
+      local here = "^[^:]*lifecycle_spec%.lua:%d+: bad argument #1 to 'configure' "
+      assert.matches(here .. "%(table expected, got number%)$", where(5))
+      assert.matches(here .. "%(table expected, got nil%)$", where(nil))
+      assert.matches(here .. "%(table expected, got no value%)$", where())
+      assert.matches(here .. "%(unknown option 'foo'%)$", where { foo = 1 })
+      assert.matches(here .. "%(at_exit must be", where { at_exit = 1 })
     end)
 
     it("refuses a bad at_exit or exit_grace, naming configure", function()

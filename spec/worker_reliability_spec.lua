@@ -236,15 +236,15 @@ describe("worker reliability", function()
       local flag = pt.shared_table { ready = 0 }
       local w = pt.spawn_process(function()
         flag.ready = 1
-        return t, string.rep("x", 4 * 1024 * 1024)  -- blocks on the full pipe
+        return t, string.rep("x", 4 * 1024 * 1024)  -- waits for room in the full pipe
       end)
-      local function blocked_in_write()
+      local function blocked_in_write()   -- a blocking write, or a poll for room
         local f = io.open("/proc/" .. w.id .. "/wchan")
         local s = f and f:read("*a") or ""; if f then f:close() end
-        return s:match("pipe_write") ~= nil
+        return s:match("pipe_write") ~= nil or s:match("poll") ~= nil
       end
-      -- the table's reference goes first: once the child sleeps in a pipe
-      -- write, the reference is on our side of the full pipe
+      -- the table's reference goes first: once the child sleeps waiting
+      -- for room, the reference is on our side of the full pipe
       assert.is_true(H.eventually(function() return flag.ready == 1 and blocked_in_write() end, T))
       assert.is_true(w:kill("KILL"))
       local ok, err = w:join(T)
@@ -262,6 +262,57 @@ describe("worker reliability", function()
       assert.is_false(ok)
       assert.matches("bad argument #2", err, 1, true)
     end)
+
+    -- a kind's spawn called by pt.spawn names pt.spawn, as the caller wrote
+    it("a spawn's errors name the function called: spawn, or spawn_<kind>", function()
+      local cfn = coroutine.wrap(function() end)     -- a C function of no module
+      local ok, err = pcall(pt.spawn, "thread", cfn)
+      assert.is_false(ok)
+      assert.matches("^spawn: fn: cannot copy a C function", err)
+      ok, err = pcall(pt.spawn_thread, cfn)
+      assert.is_false(ok)
+      assert.matches("^spawn_thread: fn: cannot copy a C function", err)
+    end)
+
+    -- arguments that fill the Lua stack (some 8000 on 5.1 and LuaJIT, a
+    -- million on 5.2+) leave a spawn no room: it says so, and blames
+    -- neither fn nor a value (it said "fn: Lua stack overflow")
+    local unpack = table.unpack or unpack
+    for _, kind in ipairs(KINDS) do
+      for _, name in ipairs { "spawn", "spawn_" .. kind } do
+        it(name .. "(" .. kind .. ") with arguments that fill the Lua stack says too many arguments", function()
+          local args = { function() end }
+          for i = 1, 1100000 do args[i + 1] = i end
+          local spawn = pt[name]
+          local function call(n)   -- no vararg function between: its frame would copy them
+            if name == "spawn" then return pcall(function() return spawn(kind, unpack(args, 1, n)) end) end
+            return pcall(function() return spawn(unpack(args, 1, n)) end)
+          end
+          -- the most that unpack itself lets through
+          local lo, hi = 1, #args
+          while lo < hi do
+            local mid = math.floor((lo + hi + 1) / 2)
+            local ok, r = call(mid)
+            if ok then r:join(T) end
+            if ok or not tostring(r):match("unpack") then lo = mid else hi = mid - 1 end
+          end
+          local said = 0
+          for n = lo, lo - 100, -1 do
+            local ok, r = call(n)
+            if ok then r:join(T); break end
+            if not r:match("^[^:]*:%d+: stack overflow$") and not r:match("unpack") then
+              assert.matches(name .. ": too many arguments (" .. (n - 1) .. ")", r, 1, true)
+              said = said + 1
+            end
+          end
+          -- 5.2+: a process spawn needs only 4 slots, fewer than Lua
+          -- keeps free for any C function: Lua's own call check comes first
+          if kind == "thread" or _VERSION == "Lua 5.1" then
+            assert.is_true(said > 0, "no spawn found the stack full")
+          end
+        end)
+      end
+    end
 
     it("kill(9.5) raises: not an integer", function()
       local w = pt.spawn_process(function() pt.sleep(30) end)
@@ -438,6 +489,40 @@ describe("worker reliability", function()
           assert.matches("after: 42\n", out, 1, true)
         end
       end
+    end)
+  end)
+
+  describe("#26b an error message that cannot be kept", function()
+    -- The thread keeps its error message in a buffer of its own (C
+    -- realloc, a power of two from 256 bytes): a shim preloaded into a
+    -- fresh interpreter fails the one realloc of 2 MiB, which only the
+    -- copy of a 1.5 MB message asks for (Lua's strings take their exact
+    -- size; LuaJIT's allocator is its own).
+    it("the join says not enough memory, not a bare 'failed' #notsan", function()
+      local so = H.cc([[
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <errno.h>
+        #include <stddef.h>
+        void *realloc(void *p, size_t n) {
+          static void *(*real)(void *, size_t);
+          if (n == ((size_t)1 << 21)) { errno = ENOMEM; return NULL; }
+          if (!real) real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+          return real(p, n);
+        }
+      ]], "-shared -fPIC -ldl")
+      local status, out = H.fresh_under("env LD_PRELOAD=" .. so, [[
+        local pt = require "procthread"
+        local w = pt.spawn_thread(function() error(string.rep("x", 1500000), 0) end)
+        local ok, err = w:join(20)
+        print(ok, #err < 200 and err or #err)
+        w = pt.spawn_thread(function() error("small", 0) end)
+        print(w:join(20))
+      ]])
+      os.remove(so)
+      assert.are.equal(0, status, out)
+      assert.matches("^false\tnot enough memory %(the worker's error message could not be kept%)\n", out)
+      assert.matches("\nfalse\tsmall\n", out, 1, true)
     end)
   end)
 

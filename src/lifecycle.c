@@ -383,13 +383,14 @@ static void signal_process(const entry *e, int sig) {
   else kill(w->id, sig);
 }
 
-/* Cancel a thread while it is certainly there: its handle is alive, or
-   it is still in the registry (it leaves it under reg_mu). */
+/* Cancel a thread while it is certainly there: still in the registry
+   (it leaves it under reg_mu, before a joiner may close its fds), from
+   whatever thread runs the exit -- a thread worker's exit() too, while
+   the main thread may be joining it: a thread blocked in a cancellation
+   point ends at once, and exit_grace is left for the busy ones. */
 static void cancel_thread(entry *e) {
-  pt_worker *r;
   pthread_mutex_lock(&reg_mu);
-  r = find(e->w);
-  if (r && ((on_main && !r->released) || r->adopted)) e->w->ops->cancel(e->w);
+  if (find(e->w)) e->w->ops->cancel(e->w);
   pthread_mutex_unlock(&reg_mu);
 }
 

@@ -50,6 +50,8 @@ static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
 #define PT_CHILD_PATH __attribute__((hot))
 static int my_result_fd = -1;        /* in a worker process: its write end */
 static int my_drain_fd = -1;         /* and its parent's drain_fd */
+static int my_result_rfd = -1;       /* its copy of the read end, until its results spill */
+static pid_t my_parent = -1;         /* the process that forked it */
 
 /* Collected handles of children that still ran (see process_release). */
 static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -62,21 +64,46 @@ static void send_results(lua_State *L, int base);
 PT_CHILD_PATH static void forget_parent(void) {
   pt_close(my_result_fd);
   pt_close(my_drain_fd);
-  my_result_fd = my_drain_fd = -1;
+  pt_close(my_result_rfd);
+  my_result_fd = my_drain_fd = my_result_rfd = -1;
 }
 
-/* The write end starts non-blocking: results that fit the pipe never
-   wake the parent before the child's end (it sleeps on the pidfd alone).
-   When the pipe is full, ring the parent's drain_fd and go on blocking. */
+/* The results do not fit the pipe: the parent must read them as they
+   come.  Ring its drain_fd (once), then wait for room -- or for the
+   parent's end.  A parent gone (a detached worker outlives it) reads
+   nothing more, and the write alone need never fail: the read end lives
+   on in the other processes it forked (and in this one, which drops its
+   copy here: with no reader left the write fails with EPIPE/SIGPIPE).  So
+   the wait also watches a pidfd of the parent.  0: write again; -1: give
+   up (the worker leaves). */
+static int wait_room(int fd) {
+  static int parent_fd = -2;          /* -2: not spilled yet; -1: no pidfd */
+  struct pollfd p[2];
+  if (parent_fd == -2) {
+    uint64_t one = 1;
+    if (write(my_drain_fd, &one, sizeof one) < 0) return -1;
+    pt_close(my_result_rfd);
+    my_result_rfd = -1;
+    parent_fd = (int)syscall(SYS_pidfd_open, my_parent, 0);
+    /* still our parent after the pidfd was made: the pidfd is its */
+    if (getppid() != my_parent) return -1;
+  }
+  p[0].fd = fd; p[0].events = POLLOUT; p[0].revents = 0;
+  p[1].fd = parent_fd; p[1].events = POLLIN; p[1].revents = 0;   /* -1: ignored */
+  while (poll(p, 2, -1) < 0)
+    if (errno != EINTR) return -1;
+  return p[1].revents ? -1 : 0;       /* else room, or no reader: the write says */
+}
+
+/* The write end is non-blocking: results that fit the pipe never wake
+   the parent before the child's end (it sleeps on the pidfd alone).  When
+   the pipe is full, wait_room. */
 PT_CHILD_PATH static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t k = write(fd, p, n);
     if (k < 0) {
-      uint64_t one = 1;
       if (errno == EINTR) continue;
-      if (errno != EAGAIN || write(my_drain_fd, &one, sizeof one) < 0 ||
-          fcntl(fd, F_SETFL, 0) != 0)
-        return -1;
+      if (errno != EAGAIN || wait_room(fd) != 0) return -1;
       continue;
     }
     p += k;
@@ -181,12 +208,15 @@ PT_CHILD_PATH static void take_sigterm(void) {
    no encoder state for no results, no stack rotation), makes no string
    (a new one writes the string cache and runs strcmp and memcmp), and its
    code sits together (PT_CHILD_PATH). */
-PT_CHILD_PATH static void child_main(lua_State *L, int wfd, int drain_fd, int levels) {
+PT_CHILD_PATH static void child_main(lua_State *L, const int fds[2], int drain_fd, int levels,
+                                     pid_t parent) {
   int n, base = 1;
   pt_after_fork_child();
   parent_levels = levels;                  /* a page the child writes anyway */
-  my_result_fd = wfd;
+  my_result_fd = fds[1];
+  my_result_rfd = fds[0];
   my_drain_fd = drain_fd;
+  my_parent = parent;
   if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
     /* forked from a thread worker, which runs with every signal blocked
        but one: a process takes signals as a process does */
@@ -273,17 +303,16 @@ static int spawn_failed(lua_State *L, pt_worker *w, const char *op, int e) {
 
 PT_CHILD_PATH static int process_spawn(lua_State *L) {
   int fds[2], life[2], e, levels;
-  pid_t pid;
+  pid_t pid, me = pt_pid();
   process_worker *p;
   pt_worker *w;
   pt_shm_counts held;       /* the fork's: on the stack, which the child writes anyway */
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_checkstack(L, 4, "spawn_process: too many arguments");   /* handle, prepare_child */
+  pt_spawn_check(L, &pt_process_ops, 4);   /* handle, prepare_child */
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
   p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
-  if (!p) return pt_push_oserror(L, "spawn_process", ENOMEM);
+  if (!p) return pt_push_oserror(L, pt_spawn_name(L, &pt_process_ops), ENOMEM);
   w = &p->w;
   p->pidfd = p->result_fd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
   /* the handle exists before the fork: the parent then writes less of the
@@ -330,9 +359,9 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "fork", e);
   }
-  /* the child keeps the read end: closing it would cost a system call,
-     and a reader more changes nothing for the writer */
-  if (pid == 0) child_main(L, fds[1], p->drain_fd, levels);
+  /* the child keeps the read end until its results fill the pipe (a
+     close now would cost every child a system call): see wait_room */
+  if (pid == 0) child_main(L, fds, p->drain_fd, levels, me);
   close(fds[1]);
   pw(w)->held = held;
   w->id = pid;

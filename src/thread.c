@@ -775,16 +775,16 @@ static int thread_spawn(lua_State *L) {
   thread_worker *t;
   pt_worker *w;
   int e, n = lua_gettop(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  pt_spawn_check(L, &pt_thread_ops, 24);        /* the codec's walk of fn */
   t = (thread_worker *)pt_worker_new(&pt_thread_ops, PT_THREAD, sizeof *t);
-  if (!t) return pt_push_oserror(L, "spawn_thread", ENOMEM);
+  if (!t) return pt_push_oserror(L, pt_spawn_name(L, &pt_thread_ops), ENOMEM);
   w = &t->w;
   w->self = &t->ctx;
   t->done_fd = t->cancel_fd = -1;
   pt_buf_init(&t->job);
   if (!pt_encode_call(L, 1, n, &t->job, err, sizeof err)) {
     pt_worker_unref(w);
-    return luaL_error(L, "spawn_thread: %s", err);
+    return luaL_error(L, "%s: %s", pt_spawn_name(L, &pt_thread_ops), err);
   }
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");

@@ -114,6 +114,11 @@ static int worker_id(pt_worker *w) {
 
 static const char *signal_name(int sig);         /* "SIGSEGV", or NULL */
 
+/* A worker that failed with no message kept: the only way there is an
+   allocation of the message's copy that failed (a thread's error, a
+   process's "exit status unknown"). */
+#define PT_LOST_ERROR_MSG "not enough memory (the worker's error message could not be kept)"
+
 static int wait_for(pt_worker *w, double timeout) { return w->ops->wait(w, timeout); }
 
 /* ---- the answer: true, results... | false, err ------------------------ */
@@ -133,7 +138,8 @@ static void push_errstring(lua_State *L, pt_worker *w) {
     snprintf(msg, sizeof msg, "exited with code %d", w->exit_code);
     lua_pushstring(L, msg);
   } else {
-    lua_pushliteral(L, "failed");
+    /* a failure whose message could not be kept (set_error, settle) */
+    lua_pushliteral(L, PT_LOST_ERROR_MSG);
   }
 }
 
@@ -409,7 +415,30 @@ static int l_spawn(lua_State *L) {
   int k = luaL_checkoption(L, 1, NULL, kind_names);
   luaL_checktype(L, 2, LUA_TFUNCTION);        /* blamed as argument #2 */
   lua_remove(L, 1);
-  return kinds[k]->spawn(L);
+  return kinds[k]->spawn(L);                  /* in this frame: see pt_spawn_name */
+}
+
+/* A kind's spawn runs in l_spawn's frame when pt.spawn called it (a C
+   call, not a Lua one): then its errors say "spawn", as the caller
+   wrote.  Asked on error paths only; at most two slots, which Lua keeps
+   free for every C function however full its stack. */
+const char *pt_spawn_name(lua_State *L, const pt_worker_ops *ops) {
+  lua_Debug ar;
+  int via_spawn = 0;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    via_spawn = lua_tocfunction(L, -1) == l_spawn;
+    lua_pop(L, 1);
+  }
+  return via_spawn ? "spawn" : lua_pushfstring(L, "spawn_%s", ops->name);
+}
+
+void pt_spawn_check(lua_State *L, const pt_worker_ops *ops, int room) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  /* the arguments may fill the stack (5.1 and LuaJIT: some 8000 slots):
+     say so, rather than fail later in whatever value was being copied */
+  if (!lua_checkstack(L, room))
+    luaL_error(L, "%s: too many arguments (%d): no room left on the Lua stack",
+               pt_spawn_name(L, ops), lua_gettop(L) - 1);
 }
 
 /* pt.detach(w): the worker may outlive this program (lifecycle.c). */

@@ -91,6 +91,12 @@ pt_worker *pt_worker_of(lua_State *L, int i);
    not a worker handle; else 1, *w NULL when the handle was collected or
    belongs to another process. */
 int pt_worker_get(lua_State *L, int i, pt_worker **w);
+/* For a kind's spawn: the name its errors give, "spawn" when pt.spawn
+   called it, else "spawn_<kind>" (pushed: the stack keeps it). */
+const char *pt_spawn_name(lua_State *L, const pt_worker_ops *ops);
+/* For a kind's spawn, first: fn (index 1) is a function, and the stack
+   has `room` slots more; else raise, naming the spawn. */
+void pt_spawn_check(lua_State *L, const pt_worker_ops *ops, int room);
 /* core.c: make a kind known to pt.spawn (once per process, before use). */
 void pt_worker_register(const pt_worker_ops *ops);
 

@@ -10,8 +10,14 @@ M._exit_policy = nil
 -- pt.configure: at_exit and exit_grace are the lifecycle's (lifecycle.c);
 -- the other keys go to the core.  Everything is checked before anything
 -- is applied.
-function M.configure(opts)
-  if type(opts) ~= "table" then return core.configure(opts) end
+function M.configure(...)
+  local opts = ...
+  if type(opts) ~= "table" then
+    -- raised here, at the caller's level (a tail call into the core
+    -- would blame this line)
+    error(("bad argument #1 to 'configure' (table expected, got %s)")
+      :format(select("#", ...) == 0 and "no value" or type(opts)), 2)
+  end
   local rest, mine = {}, false
   for k, v in pairs(opts) do
     if k == "at_exit" or k == "exit_grace" then mine = true else rest[k] = v end
