@@ -612,7 +612,9 @@ describe("pipes", function()
       local c, name = line:match("^%s*[%d.]+%s+[%d.]+%s+%d+%s+(%d+)%s+%d*%s*(%w+)$")
       if name == "write" or name == "writev" or name == "pwritev2" then writes = writes + tonumber(c) end
     end
-    assert.is_true(writes >= 4000 and writes <= 4000 * 1.08 + 50, writes .. " writes\n" .. st)
+    -- (a frame that found no room for 5 ms goes as two chunks: more of them
+    -- under load; before one write a message, 27-45 % of them went as two)
+    assert.is_true(writes >= 4000 and writes <= 4000 * 1.15 + 50, writes .. " writes\n" .. st)
   end)
 
   -- issue 12: a blocking recv of the main thread (Ctrl-C watched) sleeps
