@@ -448,6 +448,20 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("pool:fd() is readable when a worker dies with a task, and done() then sees it fail", function()
+        if kind ~= "process" then return pending("a thread worker does not die alone") end
+        local pool = pt.pool(kind, 1)
+        pool:fd()
+        local f = pool:submit(function() pt.fault("signal", 9) end)
+        -- the future's end is news too: an event loop on the fd must wake
+        assert.are.equal(pool.bell, pt.select({ pool.bell }, T))   -- internal: the bell pipe
+        assert.is_true(H.eventually(function() return f:done() end, T))
+        local ok, err = f:get(0)
+        assert.is_false(ok)
+        assert.is_string(err)
+        assert.is_true(pool:close(T))
+      end)
+
       it("pool:fd() asked after an answer landed is readable at once", function()
         local pool = pt.pool(kind, 1)
         local f = pool:submit(function() return 1 end)

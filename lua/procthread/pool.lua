@@ -189,6 +189,7 @@ local function worker_main(c)
   if not c.life and why ~= "initfail" then
     -- a thread reports its own end (a process's is seen by the watcher)
     answers:send("ended", wid, not ok and tostring(why) or nil)
+    pcall(ring)
     if room then room:set() end
   end
   if not ok then error(why, 0) end
@@ -204,6 +205,10 @@ end
 local function watcher_main(ctl, answers, room, keep)
   local pt = require "procthread"
   local list, who, stopping = { ctl }, {}, false
+  local claims, flags, bell = keep[3], keep[4], keep[5]
+  local function ring()       -- an end is news for pool:fd() too (as a worker rings)
+    if flags[1] ~= 0 and pt.add(claims, "rung", 1) == 1 then bell:send(true) end
+  end
   while #list > 0 do
     local p = pt.select(list)
     if p == ctl then
@@ -222,6 +227,7 @@ local function watcher_main(ctl, answers, room, keep)
       end
       p:close()
       if stopping then answers:offer(0, "ended", who[p]) else answers:send("ended", who[p]) end
+      if not stopping then ring() end
       who[p] = nil
       if room then room:set() end
     end
