@@ -119,6 +119,17 @@ describe("shared tables", function()
       assert.are.equal(129, #st)
     end)
 
+    it("#st is a border as this Lua counts: st[n] set, st[n + 1] nil (keys 2^0 .. 2^62)", function()
+      -- where numbers are doubles, past 2^53 n + 1 is n again: the border
+      -- was 2^62 there, and st[n + 1] was st[n]
+      local st = pt.shared_table()
+      for i = 0, 62 do st[2 ^ i] = true end
+      local n = #st
+      assert.is_true(st[n])
+      assert.is_nil(st[n + 1])
+      pt.release(st)
+    end)
+
     it("grows, deletes, reinserts and shrinks through many keys of every kind", function()
       local st = pt.shared_table()
       local used0 = pt.shm_stats().used

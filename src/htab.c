@@ -263,16 +263,22 @@ static int present(pt_stab *t, int64_t n) {
   return pt_ht_find(t, &k, NULL) != NULL;
 }
 
-/* Found like Lua's own: double until absent, then bisect. */
-int64_t pt_ht_border(pt_stab *t) {
-  int64_t i = 0, j = 1;
+/* Found like Lua's own: double until absent, then bisect, below cap
+   (INT64_MAX: up to it; another cap is never reached: taken as absent). */
+int64_t pt_ht_border(pt_stab *t, int64_t cap) {
+  int64_t i, j;
   if (!present(t, 1)) return 0;
   i = 1;
   j = 2;
-  while (present(t, j)) {
+  for (;;) {
+    if (j >= cap) {
+      j = cap;
+      if (cap == INT64_MAX && present(t, j)) return j;
+      break;
+    }
+    if (!present(t, j)) break;
     i = j;
-    if (j > INT64_MAX / 2) { j = INT64_MAX; if (present(t, j)) { i = j; } break; }
-    j *= 2;
+    j = j > cap / 2 ? cap : j * 2;
   }
   while (j - i > 1) {
     int64_t m = i + (j - i) / 2;

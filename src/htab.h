@@ -252,7 +252,7 @@ static inline void pt_ht_changing(pt_stab *t) { pt_cond_wake(&t->waiters); }
 /* Is the value in sl (absence when NULL) equal to e, as == says? */
 int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
 /* A border of the table (as # says). */
-int64_t pt_ht_border(pt_stab *t);
+int64_t pt_ht_border(pt_stab *t, int64_t cap);
 
 /* Things a change made unreachable, dropped once the lock is released. */
 typedef struct pt_garbage {

@@ -373,7 +373,8 @@ static int st_len(lua_State *L) {
   pt_stab *t = pt_st_check(L, 1);
   int64_t n;
   if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
-  n = pt_ht_border(t);
+  /* where numbers are doubles, n + 1 must be another key: below 2^53 */
+  n = pt_ht_border(t, LUA_VERSION_NUM >= 503 ? INT64_MAX : (int64_t)1 << 53);
   pt_ht_unlock(t);
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
