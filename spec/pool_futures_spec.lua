@@ -99,6 +99,21 @@ describe("pools (futures)", function()
         end)
       end
 
+      it("a thread that starts a pool and ends without close leaves nothing behind", function()
+        -- it ends (cancelling the process pool's watcher) at once: the
+        -- watcher must have taken every worker's life pipe by then, or
+        -- the message holding it stays in its pipe for good
+        local base = usage()
+        for _ = 1, 5 do
+          local w = pt.spawn_thread(function(kind)
+            local pool = require("procthread").pool(kind, 4)
+            return pool ~= nil
+          end, kind)
+          assert.are.same({ true, true }, { w:join(T) })
+        end
+        assert_released(base)
+      end)
+
       it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
         -- the signal comes once the main thread sleeps (in the wait for room)
         local status, out = H.fresh(([[

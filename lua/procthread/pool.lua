@@ -43,6 +43,7 @@ local move = table.move
 local P = {}
 
 local STOP_WAIT = 5       -- seconds a stopping worker gets before it is killed
+local TAKE_WAIT = 20      -- seconds a new process worker's watcher gets to take it
 -- The most values a task may return: what the caller's stack takes, with
 -- room (Lua 5.2+: a million slots; 5.1 and LuaJIT cannot return as many)
 local MAX_RESULTS = 250000
@@ -205,7 +206,7 @@ end
 local function watcher_main(ctl, answers, room, keep)
   local pt = require "procthread"
   local list, who, stopping = { ctl }, {}, false
-  local claims, flags, bell = keep[3], keep[4], keep[5]
+  local claims, flags, bell, took = keep[3], keep[4], keep[5], keep[6]
   local function ring()       -- an end is news for pool:fd() too (as a worker rings)
     if flags[1] ~= 0 and pt.add(claims, "rung", 1) == 1 then bell:send(true) end
   end
@@ -216,6 +217,7 @@ local function watcher_main(ctl, answers, room, keep)
       if cmd == "watch" then
         list[#list + 1] = life
         who[life] = wid
+        took:set()                -- the owner waits for it (start_worker)
       elseif cmd ~= nil or wid == "closed" then  -- "stop", or the pool is gone
         stopping = true
         table.remove(list, 1)
@@ -267,11 +269,12 @@ local function watcher_for(self, i)
   local pt = self.pt
   local ctl, err = pt.pipe()
   if not ctl then return nil, err end
-  local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell }
+  local took = pt.event()
+  local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell, took }
   local ok, w, werr = pcall(pt.spawn_thread, watcher_main, ctl, self.answers, self.room, keep)
-  if not ok or not w then ctl:close(); return nil, tostring(ok and werr or w) end
+  if not ok or not w then ctl:close(); pt.release(took); return nil, tostring(ok and werr or w) end
   pt._daemon(w)
-  wt = { w = w, ctl = ctl }
+  wt = { w = w, ctl = ctl, took = took }
   self.watchers[k] = wt
   return wt
 end
@@ -309,7 +312,17 @@ local function start_worker(self, i)
   pt._daemon(w)                  -- at exit: stopped, never waited for
   if c.life then
     c.life:close_write()         -- the child's end alone: it closes when the child ends
-    wt.ctl:send("watch", wid, c.life)   -- the watcher holds the read end now
+    -- the watcher holds the read end once it has taken the message: wait
+    -- for that.  A message left in the pipe would hold that end for good
+    -- (the pipe's unread messages are kept after a fork), and a thread
+    -- owning the pool cancels its watcher when it ends without close
+    wt.took:clear()
+    wt.ctl:send("watch", wid, c.life)
+    if not wt.took:wait(TAKE_WAIT) then
+      pcall(w.kill, w, "KILL")
+      w:join(STOP_WAIT)
+      return nil, "the pool's watcher did not take worker " .. wid .. " within " .. TAKE_WAIT .. " s"
+    end
   end
   self.slots[i] = { w = w, wid = wid }
   self.byid[wid] = i
