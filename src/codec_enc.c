@@ -233,6 +233,14 @@ static size_t put_varint(char *p, uint64_t v) {
   return n;
 }
 
+/* A string's tag and length. */
+static inline size_t string_head(char *p, size_t n) {
+  *p = T_STRING;
+  return 1 + put_varint(p + 1, n);
+}
+
+size_t pt_encode_string_head(char *p, size_t n) { return string_head(p, n); }
+
 static int enc_varint(enc *e, uint64_t v) {
   char tmp[10];
   return enc_put(e, tmp, put_varint(tmp, v));
@@ -573,10 +581,9 @@ static int enc_plain(enc *e, int idx) {
   char *p;
   if (t == LUA_TSTRING) {
     s = lua_tolstring(L, idx, &n);
-    if (n > (size_t)-1 - 11 || pt_buf_reserve(b, 11 + n)) return enc_oom(e);
+    if (n > (size_t)-1 - PT_STRING_HEAD || pt_buf_reserve(b, PT_STRING_HEAD + n)) return enc_oom(e);
     p = b->data + b->len;
-    *p = T_STRING;
-    head = 1 + put_varint(p + 1, n);
+    head = string_head(p, n);
     pt_copy(p + head, s, n);
     b->len += head + n;
     return 1;

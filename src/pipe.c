@@ -256,22 +256,21 @@ static void buf_give(tls_bufs *t, int recv, pt_buf *b) {
 }
 
 /* A message of one string that goes as one frame of more than a page
-   (pipe_write.c's write_whole): the codec's bytes for it ('s', the varint
-   length: codec.h) into b, and the string's own bytes stay where they
-   are, for the write's second part (no copy of them into the buffer).
-   1 done, 0 not such a message (b as it was). */
+   (pipe_write.c's write_whole): the codec's bytes before it
+   (pt_encode_string_head) into b, and the string's own bytes stay where
+   they are, for the write's second part (no copy of them into the
+   buffer).  1 done, 0 not such a message (b as it was). */
+typedef char pt_head_fits[PT_FRAME_HDR >= PT_STRING_HEAD ? 1 : -1];  /* l_send's reserve */
+
 static int string_head(lua_State *L, pt_buf *b, const char **tail, size_t *tlen) {
   size_t n, len;
-  uint64_t v;
   char *p;
   if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING) return 0;
   n = (size_t)pt_rawlen(L, 2);            /* a short message spends no more */
   if (n + 1 < PT_FRAME_MAXDATA || n > PT_FRAME_ONEMAX) return 0;
   *tail = lua_tostring(L, 2);
   p = b->data + b->len;                   /* reserved: 16 bytes past the header */
-  *p++ = 's';
-  for (v = n; v > 0x7f; v >>= 7) *p++ = (char)((v & 0x7f) | 0x80);
-  *p++ = (char)v;
+  p += pt_encode_string_head(p, n);
   len = (size_t)(p - b->data) - PT_FRAME_HDR + n;
   if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 0;
   b->len = (size_t)(p - b->data);

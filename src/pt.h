@@ -136,6 +136,11 @@ int pt_encode(lua_State *L, int idx, int n, const char *what, pt_buf *out,
    decode together in one call: ids of shared parts run across it. */
 int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
                    size_t errlen);
+/* The bytes pt_encode writes before a lone string of n bytes (its tag and
+   length, at most PT_STRING_HEAD), written at p: how many.  The string's
+   own bytes follow them (a sender may write them from where they are). */
+#define PT_STRING_HEAD 11
+size_t pt_encode_string_head(char *p, size_t n);
 /* Decode every value of a buffer and push them.  Returns how many were
    pushed, or -1 with an error message pushed instead (nothing else). */
 int pt_decode(lua_State *L, const char *data, size_t len);
