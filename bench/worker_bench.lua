@@ -20,7 +20,9 @@
 --     when it has posix, else the first of lua5.3, lua5.2, lua5.1, luajit
 --     that has (and that Lua's fork floor when its build folder has one).
 -- Printed too: the minor page faults per process spawn of the parent
--- (copy-on-write after the fork) and of the child.
+-- (copy-on-write after the fork) and of the child; per thread spawn the
+-- CPU and the context switches of the whole process (the idle threads'
+-- next states included) next to the same-Lua thread floor's.
 -- A process that has ever had a second thread forks dearer for the rest
 -- of its life (a C program: 111 -> 150 us here).  The C floor program and
 -- procthread's process both spawn threads before they fork, so the
@@ -48,17 +50,19 @@ end
 -- children's minor faults per call (rusage: self, children), and when
 -- rusage gives it (a third value: CPU seconds of self and children) the
 -- CPU us per call, parent and child together: a figure the machine's
--- load moves less than the wall clock.
+-- load moves less than the wall clock; and (a fourth value: the
+-- process's context switches, voluntary and not) the switches per call.
 local function timed(spawn_join, now, rusage, k)
   local t = {}
-  local s0, c0, u0 = rusage()
+  local s0, c0, u0, w0 = rusage()
   for i = 1, k do
     local t0 = now()
     spawn_join()
     t[i] = now() - t0
   end
-  local s1, c1, u1 = rusage()
-  return (B.spread(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k, u0 and (u1 - u0) / k * 1e6
+  local s1, c1, u1, w1 = rusage()
+  return (B.spread(t)) * 1e6, (s1 - s0) / k, (c1 - c0) / k, u0 and (u1 - u0) / k * 1e6,
+         w0 and (w1 - w0) / k
 end
 
 -- n spawns of `mine` (spawn_join, now, rusage, pause) and n of the C
@@ -66,44 +70,48 @@ end
 -- the same load.  Before each chunk an untimed pause(): what the chunk
 -- before left running (procthread's idle threads making their next
 -- states) ends first and does not slow the next.  The medians of the
--- chunks: mine's {us, parent faults, child faults, CPU us or nil}, the
--- floor's values likewise (its CPU taken around it with mine's rusage),
--- or nil.
+-- chunks: mine's {us, parent faults, child faults, CPU us or nil,
+-- context switches or nil}, the floor's values likewise (its CPU and
+-- switches taken around it with mine's rusage), or nil.
 local function alternate(mine, floor, n)
-  local a, b = { {}, {}, {}, {} }, { {}, {}, {}, {} }
+  local a, b = { {}, {}, {}, {}, {} }, { {}, {}, {}, {}, {} }
   local function add(t, ...)
     local v = { ... }
-    for i = 1, 4 do if v[i] then t[i][#t[i] + 1] = v[i] end end
+    for i = 1, 5 do if v[i] then t[i][#t[i] + 1] = v[i] end end
   end
   local function run_mine() mine[4](); add(a, timed(mine[1], mine[2], mine[3], CHUNK)) end
   local function run_floor()
     if not floor then return end
     mine[4]()
-    local _, _, u0 = mine[3]()
+    local _, _, u0, w0 = mine[3]()
     local us, pf, cf = floor(CHUNK)
-    local _, _, u1 = mine[3]()
-    add(b, us, pf, cf, u0 and (u1 - u0) / CHUNK * 1e6)
+    local _, _, u1, w1 = mine[3]()
+    add(b, us, pf, cf, u0 and (u1 - u0) / CHUNK * 1e6, w0 and (w1 - w0) / CHUNK)
   end
   for c = 1, math.max(1, math.floor(n / CHUNK)) do
     if c % 2 == 1 then run_mine(); run_floor() else run_floor(); run_mine() end
   end
   local function medians(t)
     local m = {}
-    for i = 1, 4 do if #t[i] > 0 then m[i] = (B.spread(t[i])) end end
+    for i = 1, 5 do if #t[i] > 0 then m[i] = (B.spread(t[i])) end end
     return m
   end
   return medians(a), floor and medians(b) or nil
 end
 
--- "<name>_us x minflt y childflt z", and the floor's as "<fname>_us ..."
-local function report(name, fname, m, f)
+-- "<name>_us x minflt y childflt z", and the floor's as "<fname>_us ...";
+-- mine's CPU as "<cpu>_us" (cpu: "cpu" unless given), switches "<cpu>csw".
+local function report(name, fname, m, f, cpu)
+  cpu = cpu or "cpu"
   local out = ("%s_us %.2f minflt %.1f childflt %.1f"):format(name, m[1], m[2], m[3])
   if f then
     out = out .. (" %s_us %.2f"):format(fname, f[1])
     if f[2] then out = out .. (" %sflt %.1f %schild %.1f"):format(fname, f[2], fname, f[3]) end
     if f[4] then out = out .. (" %scpu_us %.1f"):format(fname, f[4]) end
+    if f[5] then out = out .. (" %scsw %.2f"):format(fname, f[5]) end
   end
-  if m[4] then out = out .. (" cpu_us %.1f"):format(m[4]) end
+  if m[4] then out = out .. (" %s_us %.1f"):format(cpu, m[4]) end
+  if m[5] then out = out .. (" %scsw %.2f"):format(cpu, m[5]) end
   return out
 end
 
@@ -112,6 +120,10 @@ if mode == "--measure" then
   local n = tonumber(arg[2])
   local f = function() end
   local function rusage() return pt.rusage().minflt, pt.rusage("children").minflt end
+  local function rusage_thread()                 -- the thread rows: CPU and switches too
+    local s = pt.rusage()
+    return s.minflt, 0, s.utime + s.stime, s.nvcsw + s.nivcsw
+  end
   local function rusage_cpu()                    -- the process rows: CPU too
     local s, c = pt.rusage(), pt.rusage("children")
     return s.minflt, c.minflt, s.utime + s.stime + c.utime + c.stime
@@ -124,8 +136,8 @@ if mode == "--measure" then
   if THREADS then timed(spawner("thread"), pt.now, rusage, 50) end        -- warm-up
   if PROCESSES then timed(spawner("process"), pt.now, rusage, 50) end
   if THREADS then
-    print(report("thread", "lthread", alternate({ spawner("thread"), pt.now, rusage, pause },
-      floor and floor.thread, n)))
+    local m, f = alternate({ spawner("thread"), pt.now, rusage_thread, pause }, floor and floor.thread, n)
+    print(report("thread", "lthread", m, f, "tcpu"))
   end
   if PROCESSES then
     print(report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage_cpu, pause },
@@ -242,6 +254,17 @@ local FRESH, SAME_T = "thread (C program: fresh Lua state)", "thread (C, same Lu
 local FORK, SAME_P = "process (C program: fork, _exit)", "process (C fork in the same Lua)"
 for _, r in ipairs(runs) do compare(FRESH, r.name, "thread_us", "floor", "thread_us", "<= 0.80") end
 for _, r in ipairs(runs) do compare(SAME_T, r.name, "thread_us", nil, "lthread_us", "<= 0.80") end
+if THREADS then
+  -- the whole process's CPU (the idle threads' next states included) and
+  -- its context switches per spawn + join, against the same floor's in C
+  for _, r in ipairs(runs) do compare("thread CPU (C, same Lua)", r.name, "tcpu_us", nil, "lthreadcpu_us", "") end
+  for _, r in ipairs(runs) do
+    if res[r.name][1] and res[r.name][1].tcpucsw then
+      print(("%-34s %-11s %9.2f %9.2f"):format("  context switches per thread spawn", r.name,
+        (B.spread(column(r.name, "lthreadcsw"))), (B.spread(column(r.name, "tcpucsw")))))
+    end
+  end
+end
 for _, r in ipairs(runs) do compare(FORK, r.name, "process_us", "floor", "process_us", "<= 1.25") end
 if peer then
   compare(FORK, "luaposix", "posix_us", "floor", "process_us",
