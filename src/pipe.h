@@ -133,9 +133,11 @@ void pt_pipe_finish_read_close(pt_pipe *p, int fd);
 /* Start a call on the read (r=1) or write end; -1 when that end is closed. */
 int pt_pipe_end_begin(pt_pipe *p, int r);
 void pt_pipe_end_done(pt_pipe *p, int r);
-/* A send: the write end, and the read end too (*reader = 1) when this
-   process holds it open. */
-int pt_pipe_send_begin(pt_pipe *p, int *reader);
+/* A send: the write end (-1 when closed, or no reader is left); then,
+   holding the write lock, the read end too when this process holds it
+   open: 1, 0 when it does not, -1 when no reader is left. */
+int pt_pipe_send_begin(pt_pipe *p);
+int pt_pipe_send_reader(pt_pipe *p);
 void pt_pipe_send_done(pt_pipe *p, int reader);
 void pt_pipe_end_close(pt_pipe *p, int r);
 /* For a sender holding the read end busy: -2 when a close of it has been
