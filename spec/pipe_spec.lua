@@ -5,6 +5,7 @@ local pt = require "procthread"
 local H = require "helper"
 
 local T = H.T
+local unpack = unpack or table.unpack
 
 -- Raw bytes into a pipe's write end, as another program would write them
 -- (Linux reopens a pipe through /proc like a FIFO).
@@ -72,6 +73,23 @@ describe("pipes", function()
       assert.are.equal("bin\0ary", s)
       assert.are.equal(t, t.self); assert.are.equal("cyc", t.name)
       assert.are.equal(42, g(1))
+      p:close()
+    end)
+
+    -- recv pushes a lone string straight from the shared read buffer;
+    -- messages that begin with a string but hold more go the decoder's way.
+    it("tells a lone string from a message that begins with one", function()
+      local p = pt.pipe()
+      local big = ("b"):rep(200)
+      local cases = { { "" }, { "a" }, { big }, { "", "" }, { "ab", 1 }, { big, nil, n = 2 },
+                      { big, big }, { "s", { "t" } }, { 7, big } }
+      for _, c in ipairs(cases) do
+        local n = c.n or #c
+        assert.is_true(p:send(unpack(c, 1, n)))
+        local got = H.pack(p:recv(T))
+        assert.are.same(n, got.n)
+        for i = 1, n do assert.are.same(c[i], got[i]) end
+      end
       p:close()
     end)
 
