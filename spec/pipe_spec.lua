@@ -5,6 +5,7 @@ local pt = require "procthread"
 local H = require "helper"
 
 local T = H.T
+local unpack = unpack or table.unpack
 
 -- Raw bytes into a pipe's write end, as another program would write them
 -- (Linux reopens a pipe through /proc like a FIFO).
@@ -72,6 +73,23 @@ describe("pipes", function()
       assert.are.equal("bin\0ary", s)
       assert.are.equal(t, t.self); assert.are.equal("cyc", t.name)
       assert.are.equal(42, g(1))
+      p:close()
+    end)
+
+    -- recv pushes a lone string straight from the shared read buffer;
+    -- messages that begin with a string but hold more go the decoder's way.
+    it("tells a lone string from a message that begins with one", function()
+      local p = pt.pipe()
+      local big = ("b"):rep(200)
+      local cases = { { "" }, { "a" }, { big }, { "", "" }, { "ab", 1 }, { big, nil, n = 2 },
+                      { big, big }, { "s", { "t" } }, { 7, big } }
+      for _, c in ipairs(cases) do
+        local n = c.n or #c
+        assert.is_true(p:send(unpack(c, 1, n)))
+        local got = H.pack(p:recv(T))
+        assert.are.same(n, got.n)
+        for i = 1, n do assert.are.same(c[i], got[i]) end
+      end
       p:close()
     end)
 
@@ -451,6 +469,96 @@ describe("pipes", function()
         ]]):format(how))
         assert.are.equal(0, status, out)
         assert.matches("true\tclosed\ttrue\ttrue", out)
+      end)
+    end
+
+    -- Several senders blocked on a full pipe (one holds the write lock, the
+    -- others wait for it), then close_read.  Before the fix the queued
+    -- senders kept the read end busy while they waited for the lock, so
+    -- close_read never closed it: the holder let the end go and waited on
+    -- the write fd alone, the others for the lock, all for ever.  Each
+    -- case runs in a fresh interpreter under a kill timer, and prints what
+    -- each of the 3 senders' joins gave and whether they came back promptly.
+    local senders = [[
+      local pt = require "procthread"
+      local done = pt.shared_table({ n = 0 })
+      local function senders(p)
+        local ws = {}
+        for i = 1, 3 do
+          ws[i] = pt.spawn_thread(function()
+            local ok, err = p:send(("s"):rep(200000))
+            pt.add(done, "n", 1)
+            return ok, err
+          end)
+        end
+        return ws
+      end
+      local function joins(ws, t0)
+        local out = {}
+        for i = 1, 3 do
+          local ok, a, b = ws[i]:join(10)
+          out[i] = tostring(ok) .. "," .. tostring(a) .. "," .. tostring(b)
+        end
+        table.sort(out)
+        return table.concat(out, " ") .. (pt.now() - t0 < 8 and " prompt" or " late")
+      end
+    ]]
+    -- the first message may fit the pipe once it has grown (then it was sent)
+    local closed3 = "true,nil,closed true,nil,closed true,%a+,%a+ prompt"
+    -- The senders in this process, a reader in a child that runs %s once
+    -- told to: this process's close_read leaves them waiting for it.
+    local other_reader = [[
+          local p, t = pt.pipe(), pt.shared_table({ go = 0 })
+          local c = pt.spawn_process(function()
+            pt.wait(t, "go", 0, 30)
+            %s
+          end)
+          local ws = senders(p)
+          pt.sleep(0.5)
+          p:close_read()               -- the child still holds the read end: they wait on
+          pt.sleep(0.3)                -- at most the one message that fit went in
+          local early = done.n <= 1
+          local t0 = pt.now()
+          t.go = 1
+          print(joins(ws, t0), early, c:join(30))
+          p:close()
+    ]]
+    local cases = {
+      { "threads of this process, close_read from the main thread", [[
+          local p = pt.pipe()
+          local ws = senders(p)
+          pt.sleep(0.5)
+          local t0 = pt.now()
+          p:close_read()
+          print(joins(ws, t0))
+          p:close()
+        ]], "^" .. closed3 .. "\n" },
+      { "threads of a forked process, close_read in that process", [[
+          local p = pt.pipe()
+          local c = pt.spawn_process(function()
+            local ws = senders(p)
+            pt.sleep(0.5)
+            local t0 = pt.now()
+            p:close_read()
+            return joins(ws, t0)
+          end)
+          p:close_read()
+          local ok, r = c:join(30)
+          print(r)
+          p:close()
+        ]], "^" .. closed3 .. "\n" },
+      { "threads of this process, then the reader in another process closes",
+        other_reader:format("p:close_read(); return true"), "^" .. closed3 .. "\ttrue\ttrue\ttrue\n" },
+      { "threads of this process, then the reader in another process reads", other_reader:format([[
+          local n = 0
+          for _ = 1, 3 do if p:recv(10) == ("s"):rep(200000) then n = n + 1 end end
+          return n]]), "^true,true,nil true,true,nil true,true,nil prompt\ttrue\ttrue\t3\n" },
+    }
+    for _, case in ipairs(cases) do
+      it("senders queued on a full pipe all come back after close_read: " .. case[1], function()
+        local status, out = H.fresh_under("timeout -s KILL 60", senders .. case[2])
+        assert.are.equal(0, status, out)
+        assert.matches(case[3], out)
       end)
     end
 

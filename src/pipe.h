@@ -113,9 +113,12 @@ int pt_pipe_lock(pthread_mutex_t *m, double deadline);
 
 enum { R_MSG = 0, R_CLOSED, R_TIMEOUT, R_LOST, R_CORRUPT, R_CANCEL, R_ERR, R_NOMEM };
 /* Take one message out of the read fd (rlock held).  On R_MSG, out holds
-   it.  may_park: a timeout or cancellation mid-message parks the part
-   taken, for the next recv of this process. */
-int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park);
+   it, except when shared is not NULL and the message came as one chunk:
+   then *shared points at it in the shared buffer (out->len bytes, valid
+   until rlock is let go).  may_park: a timeout or cancellation
+   mid-message parks the part taken, for the next recv of this process. */
+int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park,
+                 const char **shared);
 /* Drop every whole message left in the pipe, with the references it
    holds, without waiting (the last reader closes). */
 void pt_pipe_drain(pt_pipe *p, int fd);
@@ -133,9 +136,11 @@ void pt_pipe_finish_read_close(pt_pipe *p, int fd);
 /* Start a call on the read (r=1) or write end; -1 when that end is closed. */
 int pt_pipe_end_begin(pt_pipe *p, int r);
 void pt_pipe_end_done(pt_pipe *p, int r);
-/* A send: the write end, and the read end too (*reader = 1) when this
-   process holds it open. */
-int pt_pipe_send_begin(pt_pipe *p, int *reader);
+/* A send: the write end (-1 when closed, or no reader is left); then,
+   holding the write lock, the read end too when this process holds it
+   open: 1, 0 when it does not, -1 when no reader is left. */
+int pt_pipe_send_begin(pt_pipe *p);
+int pt_pipe_send_reader(pt_pipe *p);
 void pt_pipe_send_done(pt_pipe *p, int reader);
 void pt_pipe_end_close(pt_pipe *p, int r);
 /* For a sender holding the read end busy: -2 when a close of it has been

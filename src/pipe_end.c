@@ -84,23 +84,40 @@ static void ends_done(pt_pipe *p, int r, int w) {
 
 void pt_pipe_end_done(pt_pipe *p, int r) { ends_done(p, r, !r); }
 
-/* A send uses the write end, and the read end too when this process holds
-   it (see pipe_write.c): both under one lock.  *reader: 1 when it does. */
-int pt_pipe_send_begin(pt_pipe *p, int *reader) {
+/* Has this process closed (or begun to close) the only read end?  Then
+   no reader is left, even while its close still drains the pipe -- a send
+   that went in now would feed that drain (and count as delivered).  Under
+   p->mu. */
+static int no_reader_left(const pt_pipe *p) {
+  return (p->rfd < 0 || p->rclosing) && sole_reader(p);
+}
+
+/* A send uses the write end (from here), and the read end too when this
+   process holds it (pt_pipe_send_reader, once the send holds the write
+   lock: see pipe_write.c). */
+int pt_pipe_send_begin(pt_pipe *p) {
   int fd;
   pthread_mutex_lock(&p->mu);
   fd = p->wclosing ? -1 : p->wfd;
-  /* this process closed (or is closing) the only read end: no reader is
-     left, even while its close still drains the pipe -- a send that went
-     in now would feed that drain (and count as delivered) */
-  if (fd >= 0 && (p->rfd < 0 || p->rclosing) && sole_reader(p)) fd = -1;
-  *reader = 0;
-  if (fd >= 0) {
-    p->wbusy++;
-    if (p->rfd >= 0 && !p->rclosing) { p->rbusy++; *reader = 1; }
-  }
+  if (fd >= 0 && no_reader_left(p)) fd = -1;
+  if (fd >= 0) p->wbusy++;
   pthread_mutex_unlock(&p->mu);
   return fd;
+}
+
+/* A send that holds the write lock keeps the read end of this process
+   busy when it is open: 1 when it does, 0 when it is not open here, -1
+   when no reader is left (as pt_pipe_send_begin).  Only the one sender
+   holding the write lock pins the read end: senders queued for the lock
+   do not, so a close_read from another thread that releases the holder
+   (wait_room) closes the end at once, and the OS answers every sender. */
+int pt_pipe_send_reader(pt_pipe *p) {
+  int r;
+  pthread_mutex_lock(&p->mu);
+  r = no_reader_left(p) ? -1 : p->rfd >= 0 && !p->rclosing;
+  if (r > 0) p->rbusy++;
+  pthread_mutex_unlock(&p->mu);
+  return r;
 }
 
 void pt_pipe_send_done(pt_pipe *p, int reader) { ends_done(p, reader, 1); }

@@ -435,14 +435,21 @@ int pt_pipe_write(pt_pipe *p, pt_buf *b, const char *tail, size_t tlen) {
   sd.b = b;
   sd.tail = tlen ? tail : NULL;
   sd.tlen = tlen;
-  sd.fd = pt_pipe_send_begin(p, &sd.reader);
+  sd.fd = pt_pipe_send_begin(p);
   if (sd.fd < 0) return WR_CLOSED;
   lk = pt_pipe_lock(&p->shm->wlock, -1);
   if (lk < 0) {
     saved = errno;
-    pt_pipe_send_done(p, sd.reader);
+    pt_pipe_send_done(p, 0);
     errno = saved;
     return lk == LK_CANCEL ? WR_CANCEL : WR_LOCK;
+  }
+  /* the read end only now: see pt_pipe_send_reader */
+  if ((sd.reader = pt_pipe_send_reader(p)) < 0) {
+    if (lk == LK_DIED) set_torn(p->shm, 1);       /* the next sender aborts it */
+    pthread_mutex_unlock(&p->shm->wlock);
+    pt_pipe_send_done(p, 0);
+    return WR_CLOSED;
   }
   /* While this process holds the read end open (kept open by marking it
      busy), the pipe has a reader: no EPIPE, no SIGPIPE, no mask to set. */
