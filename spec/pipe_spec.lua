@@ -93,6 +93,36 @@ describe("pipes", function()
       p:close()
     end)
 
+    -- The push from the shared buffer happens under the read lock: a
+    -- collector step there could run a finalizer that receives on the
+    -- same pipe, which would wait on its own thread's lock (for ever
+    -- without a timeout).  Each such receive must find its message.
+    it("a finalizer that receives on the pipe during a recv finds its message", function()
+      local p = pt.pipe()
+      local left, armed, bad = 0, false, 0
+      local function garbage()
+        setmetatable({}, { __gc = function()
+          if armed and left >= 2 then
+            armed = false
+            if p:recv(0.5) then left = left - 1 else bad = bad + 1 end
+          end
+        end })
+      end
+      local pause = collectgarbage("setpause", 0)   -- the collector never rests
+      for _ = 1, 40 do
+        for _ = 1, 3 do assert.is_true(p:send(("x"):rep(4096))) end
+        left = left + 3
+        for _ = 1, 3000 do garbage() end
+        armed = true
+        while left > 0 do assert.is_truthy(p:recv(T)); left = left - 1 end
+        armed = false
+      end
+      collectgarbage("setpause", pause)
+      collectgarbage()
+      p:close()
+      assert.are.equal(0, bad)
+    end)
+
     -- A lone string of one frame over a page is written from the Lua
     -- string itself, after a codec head pipe.c writes: every length the
     -- fast path takes or leaves (4077 is one PIPE_BUF chunk, 8173 the most

@@ -320,6 +320,7 @@ static int l_send(lua_State *L) {
   return 1;
 }
 
+#if LUA_VERSION_NUM >= 502
 /* The string of a message that is one string (pt_encode_string_head's
    bytes, then the string's, to the end), or NULL: the head is told by
    writing it again for each length it may give. */
@@ -341,19 +342,36 @@ static int push_shared(lua_State *L) {
   return 1;
 }
 
+#endif
+
 /* A message of one chunk, still in the shared buffer under the read lock
    (m, len): a lone string is pushed from there (no copy into out), else
    the message is copied into out for the decoder.  1 pushed, 0 copied,
-   -1 out of memory, -2 the push failed (its error on the stack). */
+   -1 out of memory, -2 the push failed (its error on the stack).
+   The collector is stopped across the push: a step there could run a
+   finalizer that receives on this pipe, and the read lock is ours.  Lua
+   5.1 and LuaJIT cannot tell whether the collector runs (no
+   LUA_GCISRUNNING), so they copy out and decode after the unlock. */
 static int take_shared(lua_State *L, const char *m, size_t len, pt_buf *out) {
+#if LUA_VERSION_NUM >= 502
   size_t n;
   const char *str = lone_string(m, len, &n);
+  int gc, r;
   out->len = 0;
   if (!str) return pt_buf_add(out, m, len) ? -1 : 0;
+  gc = lua_gc(L, LUA_GCISRUNNING, 0) == 1;
+  if (gc) lua_gc(L, LUA_GCSTOP, 0);
   lua_pushcfunction(L, push_shared);
   lua_pushlightuserdata(L, (void *)str);
   lua_pushinteger(L, (lua_Integer)n);
-  return lua_pcall(L, 2, 1, 0) == 0 ? 1 : -2;
+  r = lua_pcall(L, 2, 1, 0) == 0 ? 1 : -2;
+  if (gc) lua_gc(L, LUA_GCRESTART, 0);
+  return r;
+#else
+  (void)L;
+  out->len = 0;
+  return pt_buf_add(out, m, len) ? -1 : 0;
+#endif
 }
 
 static int l_recv(lua_State *L) {
