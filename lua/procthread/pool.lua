@@ -769,10 +769,11 @@ end
 -- A future.  Every field it will have is named here, nil until it is set,
 -- so that the table is made at its size once (fields added later made it
 -- grow two or three times a task).
-local function new_task(self, op, payload, first, job, k)
+local function new_task(self, op, payload, first, job, k, into)
   self.next_id = self.next_id + 1
   return setmetatable({ pool = self, id = self.next_id, op = op, payload = payload,
-                        seq = nil, answer = nil, first = first, job = job, k = k }, Future)
+                        seq = nil, answer = nil, first = first, job = job, k = k,
+                        into = into, at = into and first }, Future)
 end
 
 -- A Ctrl-C ends the wait, and the interpreter's hook raises at the next
@@ -857,7 +858,7 @@ local function encode_chunk(encode, fn, list, first, last)
   return encode(fn, first - last - 1, items)
 end
 
-local function start_job(fname, self, fn, list, chunk, ready)
+local function start_job(fname, self, fn, list, chunk, ready, into)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
@@ -874,7 +875,7 @@ local function start_job(fname, self, fn, list, chunk, ready)
       for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
       error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
     end
-    local t = new_task(self, "map", payload, first, job, #job.chunks + 1)
+    local t = new_task(self, "map", payload, first, job, #job.chunks + 1, into)
     job.chunks[t.k] = t
   end
   local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
@@ -906,24 +907,25 @@ end
 
 function Pool:map(fn, list, chunk)
   check_map("pool:map", self, fn, list, chunk)
-  local job = start_job("pool:map", self, fn, list, chunk)
-  local out, chunks = {}, job.chunks
-  -- the chunk after those placed in out, not answered yet, has its
-  -- answer decoded straight into out (out grows in order: its array part)
-  if chunks[1] then chunks[1].into, chunks[1].at = out, 1 end
-  for k, t in ipairs(chunks) do
+  -- every chunk's answer is decoded straight into out, at its place: out
+  -- is made with room for all the items (its array part), so the chunks
+  -- land in any order without a rehash or a copy
+  local out = self.answers:_list(math.min(#list, 67108864))
+  local job = start_job("pool:map", self, fn, list, chunk, nil, out)
+  for _, t in ipairs(job.chunks) do
     await(self, t)
     local a = t.answer
     if not a[1] then
-      -- the lowest failing index: every earlier chunk has succeeded
+      -- the lowest failing index: every earlier chunk has succeeded (a
+      -- failure's two values may have landed past its chunk, in the next
+      -- one, which is never read then)
       abandon(self, job)
       error(chunk_error("pool:map", t), 0)
     end
-    local r, base, nxt = a[2], t.first - 1, chunks[k + 1]
+    local r, base = a[2], t.first - 1
     if not r then                         -- in place already
     elseif move then move(r, 1, a[3], base + 1, out)
     else for i = 1, a[3] do out[base + i] = r[i] end end
-    if nxt and not nxt.answer then nxt.into, nxt.at = out, nxt.first end
   end
   return out
 end
