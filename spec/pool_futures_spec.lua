@@ -99,6 +99,40 @@ describe("pools (futures)", function()
         end)
       end
 
+      for _, call in ipairs({ "submit", "map" }) do
+        it("a thread cancelled right after a " .. call .. " encoded a task releases what the task carries", function()
+          -- the cancel lands as the encoding C function returns (a return
+          -- hook there sleeps, a cancellation point): the first instruction
+          -- the cancellation hook may raise at, before the pool has the payload
+          if jit then pending("LuaJIT calls no hook at a C function's return") return end
+          local base = usage()
+          local ready = pt.event()
+          local w = pt.spawn_thread(function(kind, call, ready)
+            local pt = require "procthread"
+            local pool = pt.pool(kind, 1)
+            local st = pt.shared_table()
+            local enc = { [pt.encode] = true }
+            if pt._encode_into then enc[pt._encode_into] = true end
+            debug.sethook(function()
+              local info = debug.getinfo(2, "f")
+              if info and enc[info.func] then
+                debug.sethook()
+                ready:set()
+                pt.sleep(20)
+              end
+            end, "r")
+            if call == "submit" then pool:submit(function(t) return t end, st)
+            else pool:map(function(t) return t end, { st, st }, 1) end
+            return "not cancelled"
+          end, kind, call, ready)
+          assert.is_true(ready:wait(T))
+          w:cancel()
+          assert.are.same({ false, "cancelled" }, { w:join(T) })
+          ready = nil
+          assert_released(base)
+        end)
+      end
+
       it("a thread that starts a pool and ends without close leaves nothing behind", function()
         -- it ends (cancelling the process pool's watcher) at once: the
         -- watcher must have taken every worker's life pipe by then, or
@@ -113,6 +147,40 @@ describe("pools (futures)", function()
         end
         assert_released(base)
       end)
+
+      if kind == "process" then
+        it("Ctrl-C while a new worker is handed to the watcher leaves that worker in the pool", function()
+          -- the SIGINT comes in the wait for the watcher's take of a
+          -- replacement worker (max_tasks = 1: every task retires one)
+          local status, out = H.fresh([[
+            local pt = require "procthread"
+            local pid = require("procthread.testing").pid()
+            local pool = pt.pool("process", 2, { max_tasks = 1 })
+            local mt = debug.getmetatable(pt.event())
+            local methods = type(mt.__index) == "table" and mt.__index or mt
+            local wait, armed = methods.wait, true
+            methods.wait = function(e, ...)
+              if armed then
+                armed = false
+                local p = io.popen("kill -INT " .. pid); p:read("*a"); p:close()
+              end
+              return wait(e, ...)
+            end
+            local ok, err = pcall(function()
+              for i = 1, 20 do pool:submit(function() return 1 end):get(20) end
+            end)
+            methods.wait = wait
+            print(ok, (tostring(err):match("interrupted!$")))
+            for i = 1, 6 do pool:submit(function() return 1 end):get(20) end
+            print("live", pool:stats().live, #pool:workers())
+            print("closed", pool:close(20))
+          ]])
+          assert.are.equal(0, status, out)
+          assert.matches("false\tinterrupted!\n", out)
+          assert.matches("live\t2\t2\n", out)
+          assert.matches("closed\ttrue", out)
+        end)
+      end
 
       it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
         -- the signal comes once the main thread sleeps (in the wait for room)

@@ -157,6 +157,16 @@ static int l_recv_into(lua_State *L) {
   return n + 1;
 }
 
+/* ch:_list(n) (internal, pools): a new table with room for n array items,
+   which a map's chunks fill in any order (_recv_into) without rehashing. */
+static int l_list(lua_State *L) {
+  lua_Integer n;
+  pt_handle_check(L, 1, &channel_class, "_list");
+  n = pt_check_int(L, 2, 0, 0, 1 << 26, "_list", "n");
+  lua_createtable(L, (int)n, 0);
+  return 1;
+}
+
 /* ch:recv([timeout]) -> values | nil, "timeout" | nil, "closed" */
 static int l_recv(lua_State *L) { return recv(L, 0, "recv"); }
 
@@ -191,7 +201,7 @@ void pt_open_channel(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
     {"capacity", l_capacity}, {"_recv", l_recv_head},
-    {"_recv_into", l_recv_into}, {NULL, NULL}};
+    {"_recv_into", l_recv_into}, {"_list", l_list}, {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
   pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */

@@ -16,6 +16,29 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+/* pt._encode_into(t, k, ...) (internal, pools): pt.encode(...), the message
+   also stored in t[k] (raw) before it returns, so that no cancellation or
+   Ctrl-C (which raise at the next instruction of Lua) comes between the
+   counts the message takes and a place where the pool finds it. */
+static int l_encode_into(lua_State *L) {
+  pt_buf b;
+  char err[PT_ERRLEN];
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  pt_buf_init(&b);
+  if (!pt_encode(L, 3, lua_gettop(L) - 2, "values", &b, err, sizeof err)) {
+    pt_buf_free(&b);
+    return luaL_error(L, "%s", err);
+  }
+  lua_pushvalue(L, 2);
+  lua_pushlstring(L, b.data ? b.data : "", b.len);
+  pt_buf_free(&b);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);                    /* L: ... s k s */
+  lua_rawset(L, 1);
+  return 1;
+}
+
 /* The message argument: a string (a number is not converted). */
 static const char *message_arg(lua_State *L, size_t *n) {
   luaL_checktype(L, 1, LUA_TSTRING);
@@ -52,7 +75,8 @@ static int l_discard(lua_State *L) {
 
 void pt_open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {{"encode", l_encode}, {"decode", l_decode},
-                                 {"discard", l_discard}, {NULL, NULL}};
+                                 {"discard", l_discard}, {"_encode_into", l_encode_into},
+                                 {NULL, NULL}};
   /* The key exists before any fork, so every process of the tree shares it. */
   pt_codec_ref_open();
   pt_setfuncs(L, fns);

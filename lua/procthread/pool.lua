@@ -123,11 +123,12 @@ local function worker_main(c)
   -- item reached and the count.
   local payload, t, at, count
   local function chunk()
-    t = { pt.decode(payload) }
-    local fn, base = t[1], 2
-    count = t[2]
-    if count < 0 then t, base, count = t[3], 0, -count end
-    for k = 1, count do at = k; t[k] = (fn(t[k + base])) end
+    local r = { pt.decode(payload) }     -- a local in the loop: no upvalue load an item
+    local fn, base = r[1], 2
+    count = r[2]
+    if count < 0 then r, base, count = r[3], 0, -count end
+    t = r
+    for k = 1, count do at = k; r[k] = (fn(r[k + base])) end
   end
   -- LuaJIT: a trace of that loop is bound to the function it called, and
   -- each chunk brings a new one (decoded afresh), so every call left the
@@ -279,6 +280,13 @@ local function watcher_for(self, i)
   return wt
 end
 
+-- The wait for the watcher's take; a Ctrl-C ends it, and the hook raises
+-- at the next instruction: here, inside the caller's pcall.
+local function wait_took(took, t)
+  local r = took:wait(t)
+  return r == true
+end
+
 -- Start the worker of slot i.
 local function start_worker(self, i)
   local pt = self.pt
@@ -310,23 +318,33 @@ local function start_worker(self, i)
     return nil, tostring(ok and werr or w)
   end
   pt._daemon(w)                  -- at exit: stopped, never waited for
-  if c.life then
-    c.life:close_write()         -- the child's end alone: it closes when the child ends
-    -- the watcher holds the read end once it has taken the message: wait
-    -- for that.  A message left in the pipe would hold that end for good
-    -- (the pipe's unread messages are kept after a fork), and a thread
-    -- owning the pool cancels its watcher when it ends without close
-    wt.took:clear()
-    wt.ctl:send("watch", wid, c.life)
-    if not wt.took:wait(TAKE_WAIT) then
-      pcall(w.kill, w, "KILL")
-      w:join(STOP_WAIT)
-      return nil, "the pool's watcher did not take worker " .. wid .. " within " .. TAKE_WAIT .. " s"
-    end
-  end
+  if c.life then c.life:close_write() end  -- the child's end alone: it closes when the child ends
+  -- in its slot before the handoff: a Ctrl-C there leaves it the pool's
   self.slots[i] = { w = w, wid = wid }
   self.byid[wid] = i
   self.started = self.started + 1
+  if c.life then
+    -- the watcher holds the read end once it has taken the message: wait
+    -- for that.  A message left in the pipe would hold that end for good
+    -- (the pipe's unread messages are kept after a fork).  A Ctrl-C in the
+    -- wait is raised once the watcher has it
+    wt.took:clear()
+    wt.ctl:send("watch", wid, c.life)
+    local took, intr = false, nil
+    local deadline = pt.now() + TAKE_WAIT
+    repeat
+      local ok, r = pcall(wait_took, wt.took, math.max(0, deadline - pt.now()))
+      if ok then took = r else intr = intr or r end
+    until took or pt.now() >= deadline
+    if not took then
+      self.slots[i], self.byid[wid] = nil, nil
+      pcall(w.kill, w, "KILL")
+      w:join(STOP_WAIT)
+      if intr then error(intr, 0) end
+      return nil, "the pool's watcher did not take worker " .. wid .. " within " .. TAKE_WAIT .. " s"
+    end
+    if intr then error(intr, 0) end
+  end
   return true
 end
 
@@ -334,9 +352,11 @@ end
 -- (shared objects, pipes): nobody else will decode or discard it.
 local function settle_with(self, task, never_ran, answer)
   if task.answer then return end
-  task.answer = answer
+  -- released before the answer marks it settled: a cancel landing in
+  -- between leaves it to the finalizer (a discard twice is a no-op)
   if never_ran and task.payload then self.pt.discard(task.payload) end
   task.payload = nil
+  task.answer = answer
   if task.seq then
     if self.inflight[task.seq] == task then self.ninflight = self.ninflight - 1 end
     self.inflight[task.seq] = nil
@@ -356,16 +376,23 @@ end
 local refill
 
 -- Push task on the task channel (a new claim number each time).
+-- The task is in flight before the offer: a cancel that lands right after
+-- it finds the task there (the finalizer's claim then keeps it from running).
 local function push(self, task)
   local seq = self.seq + 1
-  local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
-  if not ok then drop(self, task, "pool: " .. tostring(sent)); return true end
-  if not sent then return false end
-  self.seq = seq
   task.seq = seq
   self.inflight[seq] = task
   self.ninflight = self.ninflight + 1
-  return true
+  local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  if ok and sent then
+    self.seq = seq
+    return true
+  end
+  self.inflight[seq] = nil
+  self.ninflight = self.ninflight - 1
+  task.seq = nil
+  if not ok then drop(self, task, "pool: " .. tostring(sent)); return true end
+  return false
 end
 
 local function fail_all(self, never_ran_only, ...)
@@ -453,11 +480,12 @@ local function on_end(self, wid, why)
     table.sort(back, function(a, b) return a.seq < b.seq end)
     for k = #back, 1, -1 do
       local task = back[k]
-      self.inflight[task.seq] = nil
-      self.ninflight = self.ninflight - 1
-      task.seq = nil
-      self.qhead = self.qhead - 1
+      local seq = task.seq
+      self.qhead = self.qhead - 1           -- in the list before out of flight
       self.queue[self.qhead] = task
+      task.seq = nil
+      self.inflight[seq] = nil
+      self.ninflight = self.ninflight - 1
     end
   end
   if self.state ~= "closed" then
@@ -727,7 +755,11 @@ function P.new(pt, kind, n, opts)
   local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
   self.fields = fields
   for i = 1, n do
-    local ok, e = start_worker(self, i)
+    local done, ok, e = pcall(start_worker, self, i)
+    if not done then                      -- a Ctrl-C: no pool, no worker
+      self:terminate()
+      error(ok, 0)
+    end
     if not ok then
       self:terminate()
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 2)
@@ -739,20 +771,27 @@ function P.new(pt, kind, n, opts)
     if not tasks then return end          -- closed already
     -- a forked child's copy: the channels and claims are its parent's
     if pt._self_id() ~= owner then return end
+    -- every task not answered whose payload no worker has: one in flight
+    -- when the claim is ours (won now, or a string: cancelled, taken back)
     local seen = {}
     local function release(task)
-      if type(task) == "table" and task.payload and not task.answer and not task.seq and not seen[task] then
-        seen[task] = true
-        pcall(pt.discard, task.payload)
+      if type(task) ~= "table" or not task.payload or task.answer or seen[task] then return end
+      seen[task] = true
+      local seq = task.seq
+      if seq then
+        local ok, won = pcall(pt.cas, claims, seq, nil, "dropped")
+        if not ok then return end
+        if not won then
+          local got, v = pcall(function() return claims[seq] end)
+          if not got or type(v) ~= "string" then return end   -- a worker's
+        end
       end
+      pcall(pt.discard, task.payload)
     end
     for _, task in pairs(queue) do release(task) end
     release(fields[6])                    -- a submit, or the chunks of a map, stopped
     if fields[7] then for _, task in ipairs(fields[7]) do release(task) end end
-    for seq, task in pairs(inflight) do
-      local ok, won = pcall(pt.cas, claims, seq, nil, "dropped")
-      if ok and won and task.payload then pcall(pt.discard, task.payload) end
-    end
+    for _, task in pairs(inflight) do release(task) end
     pcall(tasks.close, tasks)
     for _, wt in pairs(watchers) do pcall(wt.ctl.send, wt.ctl, "stop") end
   end
@@ -769,10 +808,11 @@ end
 -- A future.  Every field it will have is named here, nil until it is set,
 -- so that the table is made at its size once (fields added later made it
 -- grow two or three times a task).
-local function new_task(self, op, payload, first, job, k)
+local function new_task(self, op, payload, first, job, k, into)
   self.next_id = self.next_id + 1
   return setmetatable({ pool = self, id = self.next_id, op = op, payload = payload,
-                        seq = nil, answer = nil, first = first, job = job, k = k }, Future)
+                        seq = nil, answer = nil, first = first, job = job, k = k,
+                        into = into, at = into and first }, Future)
 end
 
 -- A Ctrl-C ends the wait, and the interpreter's hook raises at the next
@@ -820,11 +860,16 @@ function Pool:submit(fn, ...)
   check_pool("pool:submit", self)
   check_open("pool:submit", self)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
-  local ok, payload = pcall(self.pt.encode, fn, ...)
-  if not ok then error("pool:submit: " .. tostring(payload), 2) end
-  local task = new_task(self, "call", payload)
+  -- the task is the finalizer's to find (fields[6]: in no list yet) before
+  -- its payload exists, which _encode_into stores in it before returning
+  local task = new_task(self, "call", nil)
   local fields = self.fields
-  fields[6] = task                -- in no list while it waits for room
+  fields[6] = task
+  local ok, err = pcall(self.pt._encode_into, task, "payload", fn, ...)
+  if not ok then
+    fields[6] = nil
+    error("pool:submit: " .. tostring(err), 2)
+  end
   enqueue(self, task)
   fields[6] = nil
   return task
@@ -850,32 +895,35 @@ local abandon
 -- each chunk is settled.
 -- A chunk's payload: items first..last of list (read here: a proxy's
 -- __index may raise).
-local function encode_chunk(encode, fn, list, first, last)
-  if last - first < 1000 then return encode(fn, last - first + 1, unpack(list, first, last)) end
+local function encode_chunk(encode_into, t, fn, list, first, last)
+  if last - first < 1000 then return encode_into(t, "payload", fn, last - first + 1, unpack(list, first, last)) end
   local items = {}                -- too many values for the stack: a table (count < 0)
   for i = first, last do items[i - first + 1] = list[i] end
-  return encode(fn, first - last - 1, items)
+  return encode_into(t, "payload", fn, first - last - 1, items)
 end
 
-local function start_job(fname, self, fn, list, chunk, ready)
+local function start_job(fname, self, fn, list, chunk, ready, into)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
-  local encode = self.pt.encode
+  local encode_into = self.pt._encode_into
   -- the chunks not queued yet are given up when an encode, or a wait for
-  -- room, raises (a thread cancelled there leaves them to the finalizer)
+  -- room, raises (a thread cancelled there leaves them to the finalizer:
+  -- each chunk is in fields[7] before its payload exists)
   local fields = self.fields
   fields[7] = job.chunks
   for first = 1, count, chunk do
     local last = math.min(count, first + chunk - 1)
-    local ok, payload = pcall(encode_chunk, encode, fn, list, first, last)
-    if not ok then
-      fields[7] = nil
-      for _, t in ipairs(job.chunks) do self.pt.discard(t.payload) end
-      error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(payload)), 3)
-    end
-    local t = new_task(self, "map", payload, first, job, #job.chunks + 1)
+    local t = new_task(self, "map", nil, first, job, #job.chunks + 1, into)
     job.chunks[t.k] = t
+    local ok, err = pcall(encode_chunk, encode_into, t, fn, list, first, last)
+    if not ok then
+      for _, c in ipairs(job.chunks) do
+        if c.payload then self.pt.discard(c.payload); c.payload = nil end
+      end
+      fields[7] = nil
+      error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(err)), 3)
+    end
   end
   local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
   fields[7] = nil
@@ -906,24 +954,25 @@ end
 
 function Pool:map(fn, list, chunk)
   check_map("pool:map", self, fn, list, chunk)
-  local job = start_job("pool:map", self, fn, list, chunk)
-  local out, chunks = {}, job.chunks
-  -- the chunk after those placed in out, not answered yet, has its
-  -- answer decoded straight into out (out grows in order: its array part)
-  if chunks[1] then chunks[1].into, chunks[1].at = out, 1 end
-  for k, t in ipairs(chunks) do
+  -- every chunk's answer is decoded straight into out, at its place: out
+  -- is made with room for all the items (its array part), so the chunks
+  -- land in any order without a rehash or a copy
+  local out = self.answers:_list(math.min(#list, 67108864))
+  local job = start_job("pool:map", self, fn, list, chunk, nil, out)
+  for _, t in ipairs(job.chunks) do
     await(self, t)
     local a = t.answer
     if not a[1] then
-      -- the lowest failing index: every earlier chunk has succeeded
+      -- the lowest failing index: every earlier chunk has succeeded (a
+      -- failure's two values may have landed past its chunk, in the next
+      -- one, which is never read then)
       abandon(self, job)
       error(chunk_error("pool:map", t), 0)
     end
-    local r, base, nxt = a[2], t.first - 1, chunks[k + 1]
+    local r, base = a[2], t.first - 1
     if not r then                         -- in place already
     elseif move then move(r, 1, a[3], base + 1, out)
     else for i = 1, a[3] do out[base + i] = r[i] end end
-    if nxt and not nxt.answer then nxt.into, nxt.at = out, nxt.first end
   end
   return out
 end
