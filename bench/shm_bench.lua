@@ -20,8 +20,8 @@ local mode = arg[1]
 
 -- 200k keys (issue 12): `t[k] = v` and `t[k]` over keys 1..200000, in
 -- order or scrambled, PASSES passes, in a shared table or a plain one.
-if mode == "--keys" then             -- --keys set|get pt|lua seq|rand [nkeys]
-  local what, where, K, PASSES = arg[2], arg[3], tonumber(arg[5]) or 200000, 10
+if mode == "--keys" then     -- --keys set|get pt|lua seq|rand [nkeys [passes]]
+  local what, where, K, PASSES = arg[2], arg[3], tonumber(arg[5]) or 200000, tonumber(arg[6]) or 10
   local pt = require "procthread"
   local t = where == "pt" and pt.shared_table() or {}
   local order = {}

@@ -39,11 +39,13 @@ static inline pt_stab *pt_st_check(lua_State *L, int i) {
 /* The same for argument 1 of a metamethod made by pt_meta_open (upvalue 3
    is the kind's pt_seen, handle.h): the remembered userdata is compared
    without first checking that upvalue 2 is the kind's key, which it
-   always is there. */
+   always is there.  (Both remembered ones: compared with the array
+   s->last itself, as it was once pt_seen held two, it never hit, and every
+   get and set paid pt_st_check's three more lua_touserdata calls.) */
 static inline pt_stab *pt_st_self(lua_State *L) {
   void *p = lua_touserdata(L, 1);
   const pt_seen *s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
-  if (p && s && p == s->last) return pt_st_handle_tab(L, (const pt_shm_handle *)p, 1);
+  if (p && s && (p == s->last[0] || p == s->last[1])) return pt_st_handle_tab(L, (const pt_shm_handle *)p, 1);
   return pt_st_check(L, 1);
 }
 /* A handle that holds nothing yet (so that creating it, which may raise,
