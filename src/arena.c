@@ -610,7 +610,7 @@ out:
 /* In a new child after fork: a thread of the parent may have held the
    mapping lock; only the forking thread came along, so it starts unlocked
    here. */
-void pt_shm_after_fork_child(void) {
+__attribute__((hot)) void pt_shm_after_fork_child(void) {   /* PT_AFTER_FORK (pt.h) */
   pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
   map_mu = fresh;
 }

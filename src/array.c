@@ -115,7 +115,7 @@ static void cell_free(pt_off off) {
    sent may still be met elsewhere.  A cell none holds goes now; the others
    are left to the last message's dropper.  Of a concurrent last drop and
    this, exactly one sees the count at 0 with the orphan bit set. */
-static void parr_exit_child(void) {
+PT_AFTER_FORK static void parr_exit_child(void) {
   pblock *p;
   pthread_mutex_lock(&preg_mu);
   for (p = preg_head; p; p = p->next) {
@@ -128,7 +128,7 @@ static void parr_exit_child(void) {
   pthread_mutex_unlock(&preg_mu);
 }
 
-static void preg_after_fork(void) {
+PT_AFTER_FORK static void preg_after_fork(void) {
   pblock *p;
   pthread_mutex_init(&preg_mu, NULL);         /* a holder did not come along */
   /* the cells are the parent's, and so are the messages they count */

@@ -56,7 +56,7 @@ static int intr_own;         /* 1: intr_fd is this process's own, the
                                 with its parent still; -1: it could not
                                 make its own (the waits block SIGINT) */
 
-static void intr_after_fork(void) { intr_own = 0; }
+PT_AFTER_FORK static void intr_after_fork(void) { intr_own = 0; }
 
 /* The wake-up fd this process's waits may use, made at a child's first
    wait; -1: none (only the thread Ctrl-C interrupts calls it). */

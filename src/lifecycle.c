@@ -270,14 +270,17 @@ int pt_lifeline_prefork(int life[2]) {
    Every page the child writes is a copy-on-write fault: the thread-local
    words are written only when they change (this thread is the child's
    only one, so its main thread), and the code sits with the rest of the
-   child's path (hot: process.c, PT_CHILD_PATH). */
+   child's path (hot: process.c, PT_CHILD_PATH).  Its closes keep no
+   errno (nothing here reads it): errno is libc's code, one more fault. */
+static void child_close(int fd) { if (fd >= 0) close(fd); }
+
 __attribute__((hot)) void pt_lifeline_child(int life[2]) {
   pt_worker *w;
   uint32_t n = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock(&reg_mu);   /* held across the fork by this very thread */
-  for (w = reg; w; w = w->next) { pt_close(w->lifeline); pt_close(w->lifeline_r); }
+  for (w = reg; w; w = w->next) { child_close(w->lifeline); child_close(w->lifeline_r); }
   if (reg) reg = NULL;             /* the records are the parent's: left alone */
-  pt_close(my_lifeline);
+  child_close(my_lifeline);
   my_lifeline = life[0];
   if (main_thread != 1) main_thread = 1;
   if (intr_seen != n) intr_seen = n;
@@ -286,9 +289,9 @@ __attribute__((hot)) void pt_lifeline_child(int life[2]) {
      the fd's), so no F_GETFL */
   if (fcntl(life[0], F_SETOWN, pt_pid()) == 0 && fcntl(life[0], F_SETSIG, SIGKILL) == 0 &&
       fcntl(life[0], F_SETFL, O_ASYNC) == 0) {
-    pt_close(life[1]);
+    close(life[1]);
   } else {
-    pt_close(life[1]);
+    close(life[1]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
     if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
   }

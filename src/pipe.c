@@ -65,7 +65,7 @@ static void pipe_unref(pt_pipe *p) {
 
 /* In a new child: the other threads of the parent are gone, with any lock
    they held and any call they were making. */
-static void pipe_after_fork(void) {
+PT_AFTER_FORK static void pipe_after_fork(void) {
   pt_pipe *p;
   pthread_mutex_init(&reg_mu, NULL);
   for (p = reg_head; p; p = p->next) {

@@ -21,7 +21,7 @@ unsigned pt_pipe_forks(void) { return __atomic_load_n(&fork_count, __ATOMIC_RELA
 /* getpid() is a system call (glibc keeps no copy): kept here, forgotten
    in a new child (watch_forks). */
 static pid_t own_pid;
-static void forget_pid(void) { own_pid = 0; }
+PT_AFTER_FORK static void forget_pid(void) { own_pid = 0; }
 
 pid_t pt_pipe_pid(void) {
   pid_t p = __atomic_load_n(&own_pid, __ATOMIC_RELAXED);

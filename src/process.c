@@ -47,7 +47,7 @@ static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
    code), so that it is one or two windows of the kernel's fault-around.
    A new child maps no page of a library's code until it runs there: each
    window it touches is a page fault. */
-#define PT_CHILD_PATH __attribute__((hot))
+#define PT_CHILD_PATH PT_AFTER_FORK
 static int my_result_fd = -1;        /* in a worker process: its write end */
 static int my_drain_fd = -1;         /* and its parent's drain_fd */
 static int my_result_rfd = -1;       /* its copy of the read end, until its results spill */
@@ -75,8 +75,10 @@ PT_CHILD_PATH static void forget_parent(void) {
    on in the other processes it forked (and in this one, which drops its
    copy here: with no reader left the write fails with EPIPE/SIGPIPE).  So
    the wait also watches a pidfd of the parent.  0: write again; -1: give
-   up (the worker leaves). */
-static int wait_room(int fd) {
+   up (the worker leaves).  Out of line: inlined into write_all, its
+   pollfd set up from a constant in .rodata cost every child a read fault
+   there. */
+__attribute__((noinline, cold)) static int wait_room(int fd) {
   static int parent_fd = -2;          /* -2: not spilled yet; -1: no pidfd */
   struct pollfd p[2];
   if (parent_fd == -2) {
@@ -346,7 +348,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
     return spawn_failed(L, w, "pipe", e);
   }
   pid = pt_shm_fork(&held);
-  e = errno;
+  e = pid < 0 ? errno : 0;  /* the child reads no errno (libc's code: PT_AFTER_FORK) */
   if (pid == 0) {           /* the parent's children are not ours (no write when none) */
     if (orphans) orphans = NULL;
     if (reaper_running) reaper_running = 0;

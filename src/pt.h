@@ -66,6 +66,12 @@ const char *pt_set_cancel_signal(double sig);
 const char *pt_tomessage(lua_State *L, int idx);
 /* Close fd, keeping errno. */
 void pt_close(int fd);
+/* Code a new child runs between its fork and its exit: every function a
+   fork's child handler (pt_atfork_child, pthread_atfork) calls, and what
+   it calls, sits together in .text.hot.  A new child maps no page of a
+   library's code until it runs there: each 64 KiB window of the kernel's
+   fault-around it touches is one page fault (some 4 us here). */
+#define PT_AFTER_FORK __attribute__((hot))
 /* ---- fork.c: a fork's child, a worker process's exit ------------------ */
 /* This process's id, without a system call (kept right across fork()). */
 pid_t pt_pid(void);

@@ -298,7 +298,7 @@ static void helper_stop(helper *h) {
 /* In a new child of any fork (pthread_atfork: procthread's and the
    host's alike): the helper thread is gone (kept_mu may have been held by
    a wait of another thread of the parent). */
-static void fork_child(void) {
+PT_AFTER_FORK static void fork_child(void) {
   pthread_mutex_init(&kept_mu, NULL);
   memset(&kept, 0, sizeof kept);
   kept_up = 0;

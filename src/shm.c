@@ -102,7 +102,7 @@ void pt_shm_release(pt_shm_handle *h) {
    killed by a signal leaks none of them.  The child's inherited handles
    hold no count of their own (their pid stays the parent's): the child
    never drops one.  A failed fork gives them back at once. */
-pid_t pt_shm_fork(pt_shm_counts *held) {
+__attribute__((hot)) pid_t pt_shm_fork(pt_shm_counts *held) {   /* PT_AFTER_FORK (pt.h) */
   pt_shm_handle *h;
   pid_t pid;
   size_t n = 0;
@@ -127,19 +127,25 @@ pid_t pt_shm_fork(pt_shm_counts *held) {
     }
   }
   pid = fork();
-  e = errno;
   if (pid == 0) {
-    free(held->v);               /* the parent's record, not ours */
+    /* the child's path calls no code it need not (each 64 KiB window of
+       libc's code it runs first is a page fault: PT_AFTER_FORK, pt.h),
+       errno's included */
+    if (held->v) free(held->v);  /* the parent's record, not ours */
     held->v = NULL;
     held->n = 0;
     handles_pid = getpid();
-    handles = NULL;              /* the inherited ones hold the parent's counts */
+    if (handles) handles = NULL; /* the inherited ones hold the parent's counts */
     pthread_mutex_unlock(&handles_mu);   /* held across the fork by this very thread */
     return 0;
   }
   pthread_mutex_unlock(&handles_mu);
-  if (pid < 0) pt_shm_counts_drop(held);
-  errno = e;
+  if (pid < 0) {                 /* errno written only then: its page is the thread's,
+                                    a copy-on-write fault while the child runs */
+    e = errno;
+    pt_shm_counts_drop(held);
+    errno = e;
+  }
   return pid;
 }
 
@@ -151,7 +157,7 @@ void pt_shm_counts_drop(pt_shm_counts *held) {
   held->n = 0;
 }
 
-void pt_shm_handles_exit_child(void) {
+__attribute__((hot)) void pt_shm_handles_exit_child(void) {   /* PT_AFTER_FORK (pt.h) */
   pt_shm_handle *h, *next;
   pid_t me = getpid();
   /* the whole walk under the lock: a thread releasing one of these at the

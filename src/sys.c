@@ -37,10 +37,13 @@ const char *pt_tomessage(lua_State *L, int idx) {
   return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
 }
 
-void pt_close(int fd) {
-  int e = errno;
-  if (fd >= 0) close(fd);
-  errno = e;
+/* errno is put back only when close changed it: a new child writes no
+   page of its thread's memory for it (PT_AFTER_FORK). */
+PT_AFTER_FORK void pt_close(int fd) {
+  int e;
+  if (fd < 0) return;
+  e = errno;
+  if (close(fd) != 0) errno = e;
 }
 
 /* ---- Lua functions ----------------------------------------------------------- */

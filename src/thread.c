@@ -153,7 +153,7 @@ static int live;              /* idle_mu: OS threads alive (started, not yet lef
    which none of the threads came along into, starts with none. */
 static void lock_idle(void) { pthread_mutex_lock(&idle_mu); }
 static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
-static void forget_idle(void) {
+PT_AFTER_FORK static void forget_idle(void) {
   idle = NULL;
   idle_n = spare = live = 0;
   pthread_mutex_unlock(&idle_mu);

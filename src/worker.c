@@ -143,9 +143,18 @@ static void push_errstring(lua_State *L, pt_worker *w) {
   }
 }
 
-/* Build the answer table {n = k, ...} once, from the final record. */
+/* Build the answer once, from the final record: the table {n = k, ...},
+   or for a worker that succeeded with no results (the common spawn and
+   join) the boolean true alone -- nothing allocated, so a spawn leaves
+   less garbage, and the heap a fork copies the page tables of stays
+   smaller. */
 static void push_answer(lua_State *L, pt_worker *w) {
   int t, n;
+  if (w->status == W_SUCCEEDED && w->result.len == 0) {
+    pt_buf_free(&w->result);
+    lua_pushboolean(L, 1);
+    return;
+  }
   lua_newtable(L);
   t = lua_gettop(L);
   if (w->status == W_SUCCEEDED) {
@@ -189,6 +198,10 @@ static void get_answer(lua_State *L) {
 
 static int unpack_answer(lua_State *L, int t) {
   int n, i;
+  if (lua_isboolean(L, t)) {          /* succeeded, no results (push_answer) */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   lua_getfield(L, t, "n");
   n = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
