@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-__thread pt_ctx *pt_self_ctx;
+PT_TLS pt_ctx *pt_self_ctx;
 
 int pt_cancel_requested(void) {
   pt_ctx *c = pt_self_ctx;
