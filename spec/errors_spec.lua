@@ -121,3 +121,52 @@ describe("bad arguments name the function", function()
     assert.is_true(pool:close(10))
   end)
 end)
+
+-- Under a low address-space limit (ulimit -v) a thread that cannot get its
+-- memory must be an error of spawn_thread, never an abort: procthread's
+-- thread-local data was dynamic TLS, which glibc mallocs at a new thread's
+-- first access and aborts the process when it cannot ("cannot allocate
+-- memory for thread-local data: ABORT").  The limits step through the
+-- band just above what the interpreter takes, where some spawns fail.
+-- (LuaJIT's trace compiler crashes by itself there, in
+-- __register_frame_info_bases from a trace: the workers run without it.)
+describe("thread spawns under ulimit -v", function()
+  it("fail with an error or succeed, never abort the process #rlimit", function()
+    local _, out = H.fresh([[
+      require "procthread"
+      local f = io.open("/proc/self/status")
+      io.write(f:read("*a"):match("VmSize:%s*(%d+)"), "\n")
+      f:close()
+    ]])
+    local base = assert(tonumber(out:match("^(%d+)")), out)
+    local failed = 0
+    for kib = base + 16000, base + 60000, 3000 do
+      local status, text = H.fresh([[
+        local pt = require "procthread"
+        local fails = 0
+        for round = 1, 12 do
+          local ws = {}
+          for i = 1, 8 do
+            local w, err = pt.spawn_thread(function(n)
+              if jit then jit.off() end    -- LuaJIT's trace compiler segfaults when out of memory
+              local t = {}
+              for j = 1, n do t[j] = ("x"):rep(100) end
+              return #t
+            end, 1000 * round)
+            if w then ws[#ws + 1] = w
+            else
+              assert(err:match("^pthread_create: ") or err:match("not enough memory"), err)
+              fails = fails + 1
+            end
+          end
+          for _, w in ipairs(ws) do w:join() end
+        end
+        io.write("fails ", fails, "\n")
+      ]], "ulimit -v " .. kib .. ";")
+      assert.are.equal(0, status, "ulimit -v " .. kib .. ": " .. tostring(text))
+      assert.matches("^fails %d+\n$", text)
+      failed = failed + tonumber(text:match("%d+"))
+    end
+    assert.is_true(failed > 0, "no spawn failed: the limits do not reach the band")
+  end)
+end)

@@ -701,6 +701,38 @@ describe("shared tables", function()
       assert.matches("nil%s+PROCTHREAD_SHM_SIZE: 'lots' is not a size", out)
     end)
 
+    it("names the function in a full arena's error: pt.add, pt.cas, assignment, pt.shared_table", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "1M" }
+        local st, empty, other = pt.shared_table(), pt.shared_table(), pt.shared_table()
+        local size, i = 65536, 0
+        while size >= 64 do                  -- fill the arena to its last bytes
+          if pcall(function() st[i] = ("x"):rep(size) .. i end) then i = i + 1
+          else size = math.floor(size / 2) end
+        end
+        while pcall(function() st[i] = true end) do i = i + 1 end
+        local long = ("y"):rep(200)
+        local function err(f, ...) local ok, e = pcall(f, ...); assert(not ok); return e end
+        print(err(function() other.k = long end))
+        print(err(function() other.k = { long } end))
+        print(err(pt.cas, other, "k", nil, long))
+        print(err(pt.add, empty, "n", 1))
+        print(err(pt.shared_table, { long }))
+        print(err(pt.shared_table))
+        assert(other.k == nil and empty.n == nil)
+      ]])
+      assert.are.equal(0, status, out)
+      local lines = {}
+      for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.equal(6, #lines, out)
+      local names = { "shared table assignment", "shared table assignment", "pt.cas", "pt.add",
+                      "pt.shared_table", "pt.shared_table" }
+      for j, name in ipairs(names) do
+        assert.matches("^[^ ]*%s?" .. name:gsub("%.", "%%.") .. ": shared memory exhausted %(the arena holds 1 MiB", lines[j])
+      end
+    end)
+
     it("reports exhaustion clearly, leaves the table unchanged, and recovers", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

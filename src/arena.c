@@ -39,6 +39,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,8 +77,37 @@ typedef struct arena_hdr {
 
 static pthread_mutex_t map_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t config_size;                 /* 0: environment or default */
-static __thread char errmsg[PT_SHM_MSGLEN];            /* per thread: no race on it */
-static __thread uint64_t failed_need;        /* block size of the last failure */
+static PT_TLS uint64_t failed_need;        /* block size of the last failure */
+
+/* The messages are per thread (no race on them), in a block malloc'd at
+   the thread's first, not in thread-local arrays: the static TLS they
+   would take is scarce (PT_TLS, arena.h).  No block: the messages say
+   less (pt_shm_errmsg's default, pt_shm_full_msg's short form). */
+typedef struct {
+  char err[PT_SHM_MSGLEN], full[PT_SHM_MSGLEN], check[160];
+} msgbufs;
+static PT_TLS msgbufs *msgs;
+static pthread_key_t msgs_key;
+static pthread_once_t msgs_once = PTHREAD_ONCE_INIT;
+
+static void msgs_key_make(void) { (void)pthread_key_create(&msgs_key, free); }
+
+static msgbufs *my_msgs(void) {
+  if (!msgs) {
+    pthread_once(&msgs_once, msgs_key_make);
+    if ((msgs = calloc(1, sizeof *msgs)) != NULL) (void)pthread_setspecific(msgs_key, msgs);
+  }
+  return msgs;
+}
+
+__attribute__((format(printf, 1, 2))) static void set_errmsg(const char *fmt, ...) {
+  msgbufs *m = my_msgs();
+  va_list ap;
+  if (!m) return;
+  va_start(ap, fmt);
+  vsnprintf(m->err, sizeof m->err, fmt, ap);
+  va_end(ap);
+}
 
 /* The base is written once (release, under map_mu); other reads are atomic. */
 #define BASE __atomic_load_n(&pt_shm_base, __ATOMIC_RELAXED)
@@ -187,14 +217,14 @@ static uint64_t wanted_size(void) {
   if (!env || !*env) return default_size();
   switch (pt_shm_parse_size(env, &v)) {
     case -1:
-      snprintf(errmsg, sizeof errmsg, "PROCTHREAD_SHM_SIZE: '%.60s' is not a size "
+      set_errmsg("PROCTHREAD_SHM_SIZE: '%.60s' is not a size "
                "(write it like 256M or 1G)", env);
       return 0;
     case -2: v = ~0ULL; break;
     default: break;
   }
   if (!pt_shm_size_problem(v, why, sizeof why)) return v;
-  snprintf(errmsg, sizeof errmsg, "PROCTHREAD_SHM_SIZE: '%.40s' is not a usable "
+  set_errmsg("PROCTHREAD_SHM_SIZE: '%.40s' is not a usable "
            "size: %s", env, why);
   return 0;
 }
@@ -206,7 +236,9 @@ uint64_t pt_shm_config_size(void) {
   return v ? v : default_size();
 }
 
-const char *pt_shm_errmsg(void) { return errmsg[0] ? errmsg : "shared arena not mapped"; }
+const char *pt_shm_errmsg(void) {
+  return msgs && msgs->err[0] ? msgs->err : "shared arena not mapped";
+}
 
 void pt_shm_note_recovery(void) {
   if (pt_shm_mapped()) __atomic_add_fetch(&H->recoveries, 1, __ATOMIC_RELAXED);
@@ -437,10 +469,12 @@ static void free_space(uint64_t *total, uint64_t *largest) {
 }
 
 const char *pt_shm_full_msg(void) {
-  static __thread char msg[PT_SHM_MSGLEN];
-  char human[PT_SHM_SIZELEN], how[160];
+  msgbufs *m = my_msgs();
+  char *msg = m ? m->full : NULL, human[PT_SHM_SIZELEN], how[160];
+  size_t msgsize = sizeof m->full;
   uint64_t total = 0, largest = 0;
   if (!pt_shm_mapped()) return pt_shm_errmsg();
+  if (!msg) return "shared memory exhausted";
   pt_shm_format_size(human, sizeof human, H->size);
   snprintf(how, sizeof how, "raise it with PROCTHREAD_SHM_SIZE=<size> or "
            "pt.configure{ shm_size = <size> } before first use");
@@ -448,13 +482,13 @@ const char *pt_shm_full_msg(void) {
   free_space(&total, &largest);
   arena_unlock();
   if (failed_need != ~0ULL && total >= failed_need)
-    snprintf(msg, sizeof msg, "shared memory exhausted: %llu bytes free but fragmented; "
+    snprintf(msg, msgsize, "shared memory exhausted: %llu bytes free but fragmented; "
              "largest free block %llu bytes, %llu needed (the arena holds %s; free "
              "or release what holds the space between, or %s)",
              (unsigned long long)total, (unsigned long long)(largest > 16 ? largest - 16 : 0),
              (unsigned long long)(failed_need - 16), human, how);
   else
-    snprintf(msg, sizeof msg, "shared memory exhausted (the arena holds %s, %llu bytes "
+    snprintf(msg, msgsize, "shared memory exhausted (the arena holds %s, %llu bytes "
              "free): %s", human, (unsigned long long)total, how);
   return msg;
 }
@@ -488,7 +522,9 @@ void pt_shm_getstats(pt_shm_stat *st) {
    real block (its footer, its PREV_USED and its successor's agree), so the
    free bytes on the lists are exactly the free bytes between the blocks. */
 const char *pt_shm_check(void) {
-  static __thread char msg[160];
+  msgbufs *m = my_msgs();
+  char *msg = m ? m->check : NULL;
+  size_t msgsize = sizeof m->check;
   uint64_t b, used = 0, objects = 0, nfree = 0, listed = 0, fbytes = 0, lbytes = 0;
   int prev_used = 1;
   unsigned i;
@@ -538,9 +574,9 @@ const char *pt_shm_check(void) {
   if (!bad && listed != nfree) bad = "a free block is on no list";
   if (!bad && lbytes != fbytes) bad = "free lists hold other bytes than the free blocks";
   if (!bad && H->nlog != 0) bad = "undo log not empty";
-  if (bad) snprintf(msg, sizeof msg, "%s (at offset %llu)", bad, (unsigned long long)b);
+  if (bad && msg) snprintf(msg, msgsize, "%s (at offset %llu)", bad, (unsigned long long)b);
   arena_unlock();
-  return bad ? msg : NULL;
+  return bad && msg ? msg : bad;
 }
 
 /* ---- mapping ---------------------------------------------------------------- */
@@ -557,9 +593,9 @@ static char *map_arena(uint64_t size) {
     e = errno;
     pt_shm_format_size(human, sizeof human, size);
     if (e == ENOMEM && pt_shm_size_problem(size, why, sizeof why))
-      snprintf(errmsg, sizeof errmsg, "mmap of the shared arena: %s", why);
+      set_errmsg("mmap of the shared arena: %s", why);
     else
-      snprintf(errmsg, sizeof errmsg, "mmap of the shared arena (%s): %s", human,
+      set_errmsg("mmap of the shared arena (%s): %s", human,
                strerror(e));
     goto fail;
   }
@@ -570,7 +606,7 @@ static char *map_arena(uint64_t size) {
   h->top = h->start;
   if (pt_lock_init(&h->mu, 0) != 0) {
     e = errno;
-    snprintf(errmsg, sizeof errmsg, "pthread_mutex_init: %s", strerror(e));
+    set_errmsg("pthread_mutex_init: %s", strerror(e));
     goto unmap;
   }
   *(uint64_t *)(void *)((char *)p + h->top + 8) = PREV_USED;

@@ -12,6 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Thread-local data, initial-exec: allocated with the thread by
+   pthread_create (a thread that cannot get it is a pthread_create error),
+   where dynamic TLS is malloc'd at a new thread's first access and glibc
+   aborts the process when that fails (ulimit -v).  A dlopen'ed module has
+   little static TLS (glibc's surplus, some hundreds of bytes): keep it to
+   a few words (arena.c's messages are malloc'd).  Also in pt.h. */
+#ifndef PT_TLS
+#define PT_TLS __thread __attribute__((tls_model("initial-exec")))
+#endif
+
 typedef uint64_t pt_off;
 
 extern char *pt_shm_base;                 /* NULL until mapped */

@@ -5,7 +5,6 @@
 #include "pt.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-__thread pt_ctx *pt_self_ctx;
+PT_TLS pt_ctx *pt_self_ctx;
 
 int pt_cancel_requested(void) {
   pt_ctx *c = pt_self_ctx;
@@ -40,44 +39,51 @@ int pt_raise_cancelled(lua_State *L) {
    still ends the sleep: no timer, and no signal-mask change around every
    poll (two system calls a wait).  A SIGINT taken by any thread of the
    process wakes it too.  The fd is made when the handler is installed
-   (before any wait), and a forked child makes its own at its first wait
-   (most children never wait: three system calls fewer per process spawn)
-   and puts it in the same fd number (dup3: the handler, which may run at
-   any moment, never writes a number that is closed or reused).  Until
-   then the child's handler writes the parent's, which only wakes a parent's
-   wait for nothing (it drains it and finds no new count); a parent and a
-   child that both waited on one fd could read away each other's wake-up,
-   hence the child's own before its first wait looks at the count.  Where
-   that fails (no fd left), this process's waits fall back to blocking
-   SIGINT from the check to ppoll, which unblocks it atomically. */
-static int intr_fd = -1;     /* the eventfd, or -1 */
-static int intr_own;         /* 1: intr_fd is this process's own, the
-                                waits use it; 0: a fork's child's, shared
-                                with its parent still; -1: it could not
-                                make its own (the waits block SIGINT) */
+   (before any wait).  A forked child closes the copy it inherits in the
+   fork's child handler, before any code of its own runs -- the one moment
+   the number is surely still ours: later the child's code may have closed
+   it and reused it for a file or a socket, which the handler's write would
+   corrupt -- and makes its own at its first wait (most children never
+   wait), at whatever number the kernel gives, which it publishes for the
+   handler (atomic: the handler may run at any moment, in any thread).  Until then the child's handler
+   writes nothing; the count alone says a SIGINT came, and the first wait
+   makes its fd before it looks at the count.  A parent and a child that
+   both waited on one fd could read away each other's wake-up, hence the
+   child's own.  Where that fails (no fd left), this process's waits fall
+   back to blocking SIGINT from the check to ppoll, which unblocks it
+   atomically. */
+static int intr_fd = -1;     /* atomic: the eventfd the handler writes, or -1 */
+static int intr_state;       /* INTR_NONE, INTR_OWN, INTR_CHILD, INTR_FAILED */
+enum { INTR_NONE, INTR_OWN, INTR_CHILD, INTR_FAILED };
 
-PT_AFTER_FORK static void intr_after_fork(void) { intr_own = 0; }
+PT_AFTER_FORK static void intr_after_fork(void) {
+  int fd = intr_fd;
+  if (intr_state != INTR_OWN) return;
+  intr_state = INTR_CHILD;
+  __atomic_store_n(&intr_fd, -1, __ATOMIC_SEQ_CST);  /* before the close */
+  pt_close(fd);
+}
 
 /* The wake-up fd this process's waits may use, made at a child's first
    wait; -1: none (only the thread Ctrl-C interrupts calls it). */
 static int intr_wait_fd(void) {
   int fd;
-  if (intr_fd < 0 || intr_own < 0) return -1;
-  if (intr_own) return intr_fd;
-  intr_own = -1;
+  if (intr_state == INTR_OWN) return intr_fd;
+  if (intr_state != INTR_CHILD) return -1;
+  intr_state = INTR_FAILED;
   if ((fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) return -1;
-  if (dup3(fd, intr_fd, O_CLOEXEC) == intr_fd) intr_own = 1;
-  pt_close(fd);
-  return intr_own > 0 ? intr_fd : -1;
+  __atomic_store_n(&intr_fd, fd, __ATOMIC_SEQ_CST);
+  intr_state = INTR_OWN;
+  return fd;
 }
 
 void pt_interrupt_fd_open(void) {
   int fd;
-  if (intr_fd >= 0) return;
+  if (intr_state != INTR_NONE) return;
   fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return;                      /* the waits block SIGINT instead */
-  intr_own = 1;
   __atomic_store_n(&intr_fd, fd, __ATOMIC_SEQ_CST);
+  intr_state = INTR_OWN;
   pt_atfork_child(intr_after_fork);
 }
 

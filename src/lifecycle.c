@@ -69,9 +69,9 @@
 static pid_t opener;                     /* the process that set the handlers */
 static uint32_t sigint_count;            /* atomic: SIGINTs seen; a futex word */
 static struct sigaction chained;         /* the handler we run in front of */
-static __thread uint32_t intr_seen;      /* sigint_count this thread acted on */
-static __thread int intr_pending;        /* a wait gave up for a SIGINT */
-static __thread int main_thread = -1;    /* cached: this is the process's main thread */
+static PT_TLS uint32_t intr_seen;      /* sigint_count this thread acted on */
+static PT_TLS int intr_pending;        /* a wait gave up for a SIGINT */
+static PT_TLS int main_thread = -1;    /* cached: this is the process's main thread */
 
 /* Count, and wake the futex waits that watch the count (a raw syscall:
    async-signal-safe).  Shared, not private: wait.c's waits are. */

@@ -33,7 +33,10 @@ typedef struct pt_ctx {
   lua_State *volatile L;    /* thread: its Lua state while fn runs, or NULL */
   int closing;              /* thread: its Lua state is being closed */
 } pt_ctx;
-extern __thread pt_ctx *pt_self_ctx;
+#ifndef PT_TLS                 /* thread-local, initial-exec: see arena.h */
+#define PT_TLS __thread __attribute__((tls_model("initial-exec")))
+#endif
+extern PT_TLS pt_ctx *pt_self_ctx;
 
 int pt_cancel_requested(void);
 /* Wait until fd is ready for `events` (POLLIN/POLLOUT) or `timeout` seconds

@@ -147,8 +147,8 @@ static int l_memory(lua_State *L) {
 
 /* pt.self().id of the calling thread, cached: a system call at a thread's
    first call and after a fork only (pt_fork_generation). */
-static __thread unsigned id_gen;               /* generation + 1 when id_cache holds */
-static __thread lua_Integer id_cache;
+static PT_TLS unsigned id_gen;               /* generation + 1 when id_cache holds */
+static PT_TLS lua_Integer id_cache;
 
 static lua_Integer self_id(int kind) {
   unsigned g = pt_fork_generation() + 1;

@@ -427,6 +427,25 @@ static int st_new(lua_State *L) {
   return pt_st_lock_error(L);
 }
 
+/* The name of the procthread function running in L (a full arena's error
+   starts with it): found from the call stack, so the conversions deep in a
+   store need not carry it. */
+const char *pt_st_opname(lua_State *L) {
+  static const struct { lua_CFunction f; const char *name; } ops[] = {
+    {st_add, "pt.add"}, {st_cas, "pt.cas"}, {st_new, "pt.shared_table"},
+    {st_newindex, "shared table assignment"}};
+  lua_Debug ar;
+  lua_CFunction f = NULL;
+  size_t i;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < sizeof ops / sizeof ops[0]; i++)
+    if (ops[i].f == f) return ops[i].name;
+  return "shared table";
+}
+
 static int st_pt_pairs(lua_State *L) {
   pt_st_check(L, 1);
   return st_pairs(L);

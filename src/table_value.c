@@ -45,7 +45,8 @@ pt_off pt_st_push_new(lua_State *L) {
 void pt_st_collect(lua_State *L) { lua_gc(L, LUA_GCCOLLECT, 0); }
 
 int pt_st_raise_full(lua_State *L) {
-  return luaL_error(L, "%s", pt_shm_full_msg());
+  const char *msg = pt_shm_full_msg();
+  return luaL_error(L, "%s: %s", pt_st_opname(L), msg);
 }
 
 int pt_st_stop_waiting(void) { return pt_cancel_requested() || pt_interrupted(); }

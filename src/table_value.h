@@ -62,7 +62,8 @@ pt_off pt_st_push_new(lua_State *L);
    collected may hold the space needed (the collector cannot see arena
    bytes), so collect this state once and let the caller try again. */
 void pt_st_collect(lua_State *L);
-int pt_st_raise_full(lua_State *L);
+int pt_st_raise_full(lua_State *L);       /* "<opname>: shared memory exhausted ..." */
+const char *pt_st_opname(lua_State *L);  /* the storing function running (table.c) */
 /* The table's lock, with cancellation and (the main thread) Ctrl-C asked
    while waiting (0, or -1 errno ECANCELED: pt_st_stop_waiting said so). */
 int pt_st_stop_waiting(void);
