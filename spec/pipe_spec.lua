@@ -123,6 +123,28 @@ describe("pipes", function()
       assert.are.equal(0, bad)
     end)
 
+    -- Nor may a debug hook run under the read lock: a call hook that
+    -- receives on the same pipe, at the first call event after recv's own
+    -- (where a protected call made under the lock would be), must find the
+    -- message that is left.
+    it("a call hook that receives on the pipe during a recv finds its message", function()
+      local p = pt.pipe()
+      assert.is_true(p:send("one"))
+      assert.is_true(p:send("two"))
+      local events, left, bad = 0, 2, 0
+      debug.sethook(function()
+        events = events + 1
+        if events == 2 and left >= 2 then
+          if p:recv(0.5) then left = left - 1 else bad = bad + 1 end
+        end
+      end, "c")
+      local v = p:recv(T)
+      debug.sethook()
+      p:close()
+      assert.are.equal("one", v)
+      assert.are.equal(0, bad)
+    end)
+
     -- A lone string of one frame over a page is written from the Lua
     -- string itself, after a codec head pipe.c writes: every length the
     -- fast path takes or leaves (4077 is one PIPE_BUF chunk, 8173 the most

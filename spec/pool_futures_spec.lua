@@ -133,6 +133,65 @@ describe("pools (futures)", function()
         end)
       end
 
+      -- lua.c's Ctrl-C raises "interrupted!" at the next hook event, which
+      -- may be the return of a C function the pool calls under pcall: a
+      -- return hook that raises plays it.
+      local function interrupt_on_return(fn)
+        debug.sethook(function()
+          local info = debug.getinfo(2, "f")
+          if info and info.func == fn then debug.sethook(); error("interrupted!") end
+        end, "r")
+      end
+
+      it("an interrupt raised as a submit's encoding returns releases what the task carries", function()
+        if jit then pending("LuaJIT calls no hook at a C function's return") return end
+        local base = usage()
+        local pool = pt.pool(kind, 1)
+        local st = pt.shared_table()
+        interrupt_on_return(pt._encode_into)
+        local ok, err = pcall(pool.submit, pool, function(t) return t end, st)
+        debug.sethook()
+        assert.is_false(ok)
+        assert.matches("interrupted!", err)
+        st = nil
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
+      it("an interrupt raised as a task's offer returns gives its claim number to no other task", function()
+        if jit then pending("LuaJIT calls no hook at a C function's return") return end
+        local pool = pt.pool(kind, 1)
+        assert.are.same({ true, "warm" }, { pool:submit(function() return "warm" end):get(T) })
+        interrupt_on_return(pool.tasks.offer)
+        local ok, err = pcall(pool.submit, pool, function() return "A" end)
+        debug.sethook()
+        assert.is_false(ok)                      -- the interrupt goes on
+        assert.matches("interrupted!", err)
+        assert.are.same({ true, "B" }, { pool:submit(function() return "B" end):get(T) })
+        assert.are.same({ true, "C" }, { pool:submit(function() return "C" end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
+      if kind == "process" then
+        it("an interrupt before a new worker is handed to the watcher leaves no unwatched worker", function()
+          if jit then pending("LuaJIT calls no hook at a C function's return") return end
+          -- the first task kills its worker; the replacement's handoff is
+          -- interrupted as took:clear returns, before the 'watch' message
+          local pool = pt.pool("process", 1)
+          local clear = pool.watchers[1].took.clear
+          local f1 = pool:submit(function() os.execute("kill -9 $PPID") end)
+          interrupt_on_return(clear)
+          pcall(f1.get, f1, T)
+          debug.sethook()
+          local f2 = pool:submit(function() os.execute("kill -9 $PPID") end)
+          local ok, err = f2:get(T)
+          assert.is_false(ok)
+          assert.matches("worker died", err)
+          assert.are.same({ true, "alive" }, { pool:submit(function() return "alive" end):get(T) })
+          assert.is_true(pool:terminate(T) ~= nil)
+        end)
+      end
+
       it("a thread that starts a pool and ends without close leaves nothing behind", function()
         -- it ends (cancelling the process pool's watcher) at once: the
         -- watcher must have taken every worker's life pipe by then, or

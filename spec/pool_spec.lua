@@ -449,6 +449,15 @@ describe("pools", function()
         assert_released(base)
       end)
 
+      it("a map over a list whose __len gives no count maps nothing", function()
+        local pool = pt.pool(kind, 1)
+        for _, n in ipairs({ -1, 0 / 0, -math.huge }) do
+          local list = setmetatable({}, { __len = function() return n end })
+          assert.are.same({}, pool:map(function(x) return x end, list))
+        end
+        assert.is_true(pool:close(T))
+      end)
+
       it("a map that fails early releases what the chunks it drops carry", function()
         local base = usage()
         local pool = pt.pool(kind, 1)

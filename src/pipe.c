@@ -320,60 +320,6 @@ static int l_send(lua_State *L) {
   return 1;
 }
 
-#if LUA_VERSION_NUM >= 502
-/* The string of a message that is one string (pt_encode_string_head's
-   bytes, then the string's, to the end), or NULL: the head is told by
-   writing it again for each length it may give. */
-static const char *lone_string(const char *m, size_t len, size_t *n) {
-  char head[PT_STRING_HEAD];
-  size_t h;
-  for (h = 2; h <= PT_STRING_HEAD && h <= len; h++)
-    if (pt_encode_string_head(head, len - h) == h && memcmp(head, m, h) == 0) {
-      *n = len - h;
-      return m + h;
-    }
-  return NULL;
-}
-
-/* lua_pushlstring, protected: it runs under the read lock (l_recv). */
-static int push_shared(lua_State *L) {
-  const char *at = (const char *)lua_touserdata(L, 1);
-  lua_pushlstring(L, at, (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
-#endif
-
-/* A message of one chunk, still in the shared buffer under the read lock
-   (m, len): a lone string is pushed from there (no copy into out), else
-   the message is copied into out for the decoder.  1 pushed, 0 copied,
-   -1 out of memory, -2 the push failed (its error on the stack).
-   The collector is stopped across the push: a step there could run a
-   finalizer that receives on this pipe, and the read lock is ours.  Lua
-   5.1 and LuaJIT cannot tell whether the collector runs (no
-   LUA_GCISRUNNING), so they copy out and decode after the unlock. */
-static int take_shared(lua_State *L, const char *m, size_t len, pt_buf *out) {
-#if LUA_VERSION_NUM >= 502
-  size_t n;
-  const char *str = lone_string(m, len, &n);
-  int gc, r;
-  out->len = 0;
-  if (!str) return pt_buf_add(out, m, len) ? -1 : 0;
-  gc = lua_gc(L, LUA_GCISRUNNING, 0) == 1;
-  if (gc) lua_gc(L, LUA_GCSTOP, 0);
-  lua_pushcfunction(L, push_shared);
-  lua_pushlightuserdata(L, (void *)str);
-  lua_pushinteger(L, (lua_Integer)n);
-  r = lua_pcall(L, 2, 1, 0) == 0 ? 1 : -2;
-  if (gc) lua_gc(L, LUA_GCRESTART, 0);
-  return r;
-#else
-  (void)L;
-  out->len = 0;
-  return pt_buf_add(out, m, len) ? -1 : 0;
-#endif
-}
-
 static int l_recv(lua_State *L) {
   handle *h = check_handle(L, 1);
   double deadline = pt_check_deadline(L, 2, 1, "recv");
@@ -381,8 +327,7 @@ static int l_recv(lua_State *L) {
   pipe_shm *s;
   pt_buf out;
   tls_bufs *t;
-  const char *shared = NULL;
-  int fd, lk, r, saved, n = 0;
+  int fd, lk, r, saved, n;
   if (!p) return push_closed(L);
   fd = pt_pipe_end_begin(p, 1);
   if (fd < 0) return push_closed(L);
@@ -401,13 +346,8 @@ static int l_recv(lua_State *L) {
   }
   t = tls_get();
   out = buf_take(t, 1);
-  r = pt_pipe_take(p, fd, deadline, &out, 1, &shared);
+  r = pt_pipe_take(p, fd, deadline, &out, 1);
   saved = errno;
-  if (r == R_MSG && shared) {
-    lua_settop(L, 1);
-    n = take_shared(L, shared, out.len, &out);
-    if (n == -1) r = R_NOMEM;
-  }
   pthread_mutex_unlock(&s->rlock);
   pt_pipe_end_done(p, 1);
   switch (r) {
@@ -427,10 +367,6 @@ static int l_recv(lua_State *L) {
     case R_CANCEL: buf_give(t, 1, &out); return pt_raise_cancelled(L);
     case R_NOMEM: buf_give(t, 1, &out); return luaL_error(L, "not enough memory");
     default: buf_give(t, 1, &out); return pt_push_oserror(L, "read", saved);
-  }
-  if (shared && n != 0) {                 /* pushed from the shared buffer */
-    buf_give(t, 1, &out);
-    return n == 1 ? 1 : lua_error(L);
   }
   lua_settop(L, 1);
   n = pt_decode(L, out.data ? out.data : "", out.len);

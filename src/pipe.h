@@ -113,12 +113,9 @@ int pt_pipe_lock(pthread_mutex_t *m, double deadline);
 
 enum { R_MSG = 0, R_CLOSED, R_TIMEOUT, R_LOST, R_CORRUPT, R_CANCEL, R_ERR, R_NOMEM };
 /* Take one message out of the read fd (rlock held).  On R_MSG, out holds
-   it, except when shared is not NULL and the message came as one chunk:
-   then *shared points at it in the shared buffer (out->len bytes, valid
-   until rlock is let go).  may_park: a timeout or cancellation
-   mid-message parks the part taken, for the next recv of this process. */
-int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park,
-                 const char **shared);
+   it.  may_park: a timeout or cancellation mid-message parks the part
+   taken, for the next recv of this process. */
+int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out, int may_park);
 /* Drop every whole message left in the pipe, with the references it
    holds, without waiting (the last reader closes). */
 void pt_pipe_drain(pt_pipe *p, int fd);

@@ -277,7 +277,7 @@ static void unpark(pt_pipe *p, pt_frame_asm *a) {
 /* Take one message out (rlock held).  On R_MSG, out holds it.  may_park:
    a timeout or cancellation mid-message parks the part taken. */
 int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
-                 int may_park, const char **shared) {
+                 int may_park) {
   pipe_shm *s = p->shm;
   pt_frame_asm a;
   stall_watch w = {0, -1, 0};
@@ -308,8 +308,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
       result = R_MSG;
       if (a.out != a.msg.data) {            /* one chunk: still in the shared buffer */
         a.msg.len = 0;
-        if (shared) { *shared = a.out; a.msg.len = a.outlen; }
-        else if (pt_buf_add(&a.msg, a.out, a.outlen)) result = R_NOMEM;
+        if (pt_buf_add(&a.msg, a.out, a.outlen)) result = R_NOMEM;
       }
       break;
     }
@@ -360,7 +359,7 @@ void pt_pipe_drain(pt_pipe *p, int fd) {
   if (pt_pipe_lock(&p->shm->rlock, pt_clock_now()) < 0) return;
   pt_buf_init(&out);
   do {
-    r = pt_pipe_take(p, fd, 0, &out, 0, NULL);
+    r = pt_pipe_take(p, fd, 0, &out, 0);
     if (r == R_MSG) pt_discard(out.data ? out.data : "", out.len);
   } while (r == R_MSG || r == R_LOST || r == R_CORRUPT);
   pt_buf_free(&out);

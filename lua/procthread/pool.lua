@@ -327,17 +327,24 @@ local function start_worker(self, i)
     -- the watcher holds the read end once it has taken the message: wait
     -- for that.  A message left in the pipe would hold that end for good
     -- (the pipe's unread messages are kept after a fork).  A Ctrl-C in the
-    -- wait is raised once the watcher has it
-    wt.took:clear()
-    wt.ctl:send("watch", wid, c.life)
-    local took, intr = false, nil
+    -- wait is raised once the watcher has it.  An interrupt raised as clear returns: nothing sent, the worker is
+    -- undone at once; raised as send returns: it may be sent, waited for.
+    local sending = false
+    local ok, intr = pcall(function()
+      wt.took:clear()
+      sending = true
+      wt.ctl:send("watch", wid, c.life)
+    end)
+    local took = false
+    if ok then intr = nil end
     local deadline = pt.now() + TAKE_WAIT
-    repeat
-      local ok, r = pcall(wait_took, wt.took, math.max(0, deadline - pt.now()))
-      if ok then took = r else intr = intr or r end
-    until took or pt.now() >= deadline
+    while sending and not took and pt.now() < deadline do
+      local ok2, r = pcall(wait_took, wt.took, math.max(0, deadline - pt.now()))
+      if ok2 then took = r else intr = intr or r end
+    end
     if not took then
       self.slots[i], self.byid[wid] = nil, nil
+      c.life:close()
       pcall(w.kill, w, "KILL")
       w:join(STOP_WAIT)
       if intr then error(intr, 0) end
@@ -378,21 +385,28 @@ local refill
 -- Push task on the task channel (a new claim number each time).
 -- The task is in flight before the offer: a cancel that lands right after
 -- it finds the task there (the finalizer's claim then keeps it from running).
+-- The number is used up before the offer: an interrupt raised as the
+-- offer returns (the task sent or not) must not leave it to the next task,
+-- which would be given this one's answer.  An offer that raised may have
+-- sent the task: its claim is taken ("cancelled", so a worker that finds
+-- it skips it) before the task fails, and the error goes on.
 local function push(self, task)
   local seq = self.seq + 1
+  self.seq = seq
   task.seq = seq
   self.inflight[seq] = task
   self.ninflight = self.ninflight + 1
   local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
-  if ok and sent then
-    self.seq = seq
-    return true
+  if ok and sent then return true end
+  if ok then                     -- no room: not sent, the number is free again
+    self.inflight[seq] = nil
+    self.ninflight = self.ninflight - 1
+    task.seq = nil
+    self.seq = seq - 1
+    return false
   end
-  self.inflight[seq] = nil
-  self.ninflight = self.ninflight - 1
-  task.seq = nil
-  if not ok then drop(self, task, "pool: " .. tostring(sent)); return true end
-  return false
+  if self.pt.cas(self.claims, seq, nil, "cancelled") then drop(self, task, "pool: " .. tostring(sent)) end
+  error(sent, 0)
 end
 
 local function fail_all(self, never_ran_only, ...)
@@ -867,6 +881,8 @@ function Pool:submit(fn, ...)
   fields[6] = task
   local ok, err = pcall(self.pt._encode_into, task, "payload", fn, ...)
   if not ok then
+    -- an interrupt raised on _encode_into's return finds the payload stored
+    if task.payload then self.pt.discard(task.payload); task.payload = nil end
     fields[6] = nil
     error("pool:submit: " .. tostring(err), 2)
   end
@@ -957,7 +973,9 @@ function Pool:map(fn, list, chunk)
   -- every chunk's answer is decoded straight into out, at its place: out
   -- is made with room for all the items (its array part), so the chunks
   -- land in any order without a rehash or a copy
-  local out = self.answers:_list(math.min(#list, 67108864))
+  local size = #list                      -- a proxy's __len may give anything
+  size = (type(size) == "number" and size >= 1) and math.floor(math.min(size, 67108864)) or 0
+  local out = self.answers:_list(size)
   local job = start_job("pool:map", self, fn, list, chunk, nil, out)
   for _, t in ipairs(job.chunks) do
     await(self, t)
