@@ -224,7 +224,7 @@ describe("codec", function()
   it("random bytes either decode to what they spell or raise a known error", function()
     math.randomseed(7)
     local alphabet = "nftids\0\1\2\3TeRFJCMXK\128\255"
-    local known = { "^corrupt message$", "cannot be loaded here", "does not exist here",
+    local known = { "^decode: corrupt message$", "cannot be loaded here", "does not exist here",
                     "already decoded", "not mapped", "bad shared", "cannot cross",
                     "not open in this process", "bad private" }
     local told, refused = 0, 0
@@ -253,7 +253,7 @@ describe("codec", function()
             if v[1] == "s" then assert.are.equal(v[2], got) end
           end
         else
-          assert.matches("^corrupt message$", r[2])
+          assert.matches("^decode: corrupt message$", r[2])
         end
       elseif not r[1] then
         refused = refused + 1
@@ -383,12 +383,12 @@ describe("codec", function()
                            rename(su, "upper", "lower") }) do
       local ok, err = pcall(pt.decode, bad)
       assert.is_false(ok, ("%q decoded"):format(bad))
-      assert.are.equal("corrupt message", err)
+      assert.are.equal("decode: corrupt message", err)
     end
     assert.is_nil(flags.codec_spec_mb); assert.is_nil(flags.codec_spec_cb)
     -- the check itself, flipped
     local flipped = sm:sub(1, -2) .. string.char((sm:byte(-1) + 1) % 256)
-    assert.are.equal("corrupt message", select(2, pcall(pt.decode, flipped)))
+    assert.are.equal("decode: corrupt message", select(2, pcall(pt.decode, flipped)))
     -- unaltered, each names what was sent
     assert.is_true(rawequal(m, pt.decode(sm)))
     assert.is_true(rawequal(c.fa, pt.decode(sc)))
@@ -405,7 +405,7 @@ describe("codec", function()
       local bad = s:sub(1, i - 1) .. string.char((s:byte(i) + 1) % 256) .. s:sub(i + 1)
       local ok, err = pcall(pt.decode, bad)
       assert.is_false(ok, "byte " .. i .. " altered still decoded")
-      assert.are.equal("corrupt message", err)
+      assert.are.equal("decode: corrupt message", err)
     end
     assert.are.equal(1, pt.decode(s).x)
     collectgarbage(); collectgarbage()
@@ -438,7 +438,7 @@ describe("codec", function()
     for _, bad in ipairs({ "garbage", s:sub(1, -2), s .. "\255", "\255" }) do
       local ok, err = pcall(pt.discard, bad)
       assert.is_false(ok, ("%q was discarded"):format(bad))
-      assert.are.equal("corrupt message", err)
+      assert.are.equal("discard: corrupt message", err)
     end
     collectgarbage(); collectgarbage()
     assert.is_true(pt.shm_stats().objects > base)        -- the message still holds it
@@ -518,7 +518,7 @@ describe("codec", function()
     for _, b in ipairs(bad) do
       local r = H.pack(pcall(pt.decode, b))
       assert.is_false(r[1], ("%q decoded"):format(b))
-      assert.are.equal("corrupt message", r[2])
+      assert.are.equal("decode: corrupt message", r[2])
       assert.are.equal(2, r.n)
     end
   end)
@@ -530,7 +530,7 @@ describe("codec", function()
     for _, front in ipairs({ "n", pt.encode(1, "x") }) do
       local ok, err = pcall(pt.decode, front .. one)
       assert.is_false(ok)
-      assert.are.equal("corrupt message", err)
+      assert.are.equal("decode: corrupt message", err)
     end
     assert.are.equal(1, pt.decode(one).x)              -- not taken by the refusals
     collectgarbage(); collectgarbage()

@@ -104,6 +104,17 @@ describe("bad arguments name the function", function()
     end)
   end)
 
+  it("of values refused by the codec: the function first, then the value's place", function()
+    assert.are.equal("encode: values[2]: cannot copy userdata",
+      select(2, pcall(pt.encode, 1, io.stdout)))
+    assert.are.equal("decode: corrupt message", select(2, pcall(pt.decode, "\255")))
+    assert.are.equal("discard: corrupt message", select(2, pcall(pt.discard, "\255")))
+    local s = pt.encode(pt.shared_table({ x = 1 }))
+    pt.discard(s)
+    assert.are.equal("decode: this message was already decoded (or discarded)",
+      select(2, pcall(pt.decode, s)))
+  end)
+
   it("of the pools, which name theirs in the message", function()
     assert.matches("^procthread.pool: bad argument #1", select(2, pcall(pt.pool, 42, 1)))
     local pool = pt.pool("thread", 1)

@@ -9,7 +9,7 @@ static int l_encode(lua_State *L) {
   pt_buf_init(&b);
   if (!pt_encode(L, 1, lua_gettop(L), "values", &b, err, sizeof err)) {
     pt_buf_free(&b);
-    return luaL_error(L, "%s", err);
+    return luaL_error(L, "encode: %s", err);
   }
   lua_pushlstring(L, b.data ? b.data : "", b.len);
   pt_buf_free(&b);
@@ -45,13 +45,20 @@ static const char *message_arg(lua_State *L, size_t *n) {
   return lua_tolstring(L, 1, n);
 }
 
+/* Raise msg named for fn ("decode", "discard"); the checker's own texts
+   already say "decode: ", which becomes fn's name. */
+static int raise_named(lua_State *L, const char *fn, const char *msg) {
+  if (strncmp(msg, "decode: ", 8) == 0) msg += 8;
+  return luaL_error(L, "%s: %s", fn, msg);
+}
+
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = message_arg(L, &n);
   int r;
   lua_settop(L, 1);
   r = pt_decode(L, s, n);
-  if (r < 0) return lua_error(L);
+  if (r < 0) return raise_named(L, "decode", lua_tostring(L, -1));
   return r;
 }
 
@@ -65,10 +72,7 @@ static int l_discard(lua_State *L) {
   int has_ticket;
   pt_ticket t;
   bad = pt_codec_check_message(s, n, &has_ticket, &t);
-  if (bad) {
-    lua_pushstring(L, bad);
-    return lua_error(L);
-  }
+  if (bad) return raise_named(L, "discard", bad);
   pt_discard(s, n);
   return 0;
 }
