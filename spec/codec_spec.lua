@@ -6,6 +6,24 @@ local T = H.T
 local has_int = math.type ~= nil
 local unpack = table.unpack or unpack
 
+-- pt.encode's strings end in a seal: the body's length, 4 bytes little
+-- endian, xor 0x50544d53.  body(s) takes it off and seal(b) puts one on,
+-- so that hand-made bodies reach the decoder's own checks.
+local function body(s) return s:sub(1, -5) end
+local function seal(b)
+  local n, mix, out = #b, { 0x53, 0x4d, 0x54, 0x50 }, {}
+  for i = 1, 4 do
+    local a, c, x, p = n % 256, mix[i], 0, 1
+    n = (n - a) / 256
+    for _ = 1, 8 do                        -- a xor c, without bit operators (5.1)
+      if a % 2 ~= c % 2 then x = x + p end
+      a, c, p = (a - a % 2) / 2, (c - c % 2) / 2, p * 2
+    end
+    out[i] = string.char(x)
+  end
+  return b .. table.concat(out)
+end
+
 -- Send values to a new thread and back: two trips through the codec.
 local function roundtrip(...)
   local w = pt.spawn_thread(function(...) return ... end, ...)
@@ -238,7 +256,7 @@ describe("codec", function()
         end
       end
       local s = table.concat(t)
-      local r = H.pack(pcall(pt.decode, s))
+      local r = H.pack(pcall(pt.decode, seal(s)))
       local m = model(s)
       if m ~= nil then                         -- the model knows the answer
         told = told + 1
@@ -268,7 +286,7 @@ describe("codec", function()
     local good = pt.encode({ k = "v" }, 7)
     for _ = 1, 200 do
       local junk = string.char(math.random(0, 255), math.random(0, 255))
-      local ok, err = pcall(pt.decode, good .. "\255" .. junk)
+      local ok, err = pcall(pt.decode, seal(body(good) .. "\255" .. junk))
       assert.is_false(ok); assert.matches("corrupt message", err)
     end
     local a, b = pt.decode(good)
@@ -308,7 +326,7 @@ describe("codec", function()
     local one = pt.encode(pt.shared_table({ x = 1 }))
     assert.are.equal("K", one:sub(1, 1))
     -- the ticket, more nils than a stack holds, then the reference
-    local s = one:sub(1, 18) .. ("n"):rep(1100000) .. one:sub(19)
+    local s = seal(one:sub(1, 18) .. ("n"):rep(1100000) .. body(one):sub(19))
     local ok, err = pcall(pt.decode, s)
     assert.is_false(ok)
     assert.matches("too many values", err)
@@ -400,9 +418,10 @@ describe("codec", function()
     local base = pt.shm_stats().objects
     local s = pt.encode(pt.shared_table({ x = 1 }))
     -- the ticket (18 bytes), 'X', the type, the 16-byte reference, its check
-    assert.are.equal("X", s:sub(19, 19)); assert.are.equal(44, #s)
+    local b = body(s)
+    assert.are.equal("X", b:sub(19, 19)); assert.are.equal(44, #b)
     for i = 20, 44 do
-      local bad = s:sub(1, i - 1) .. string.char((s:byte(i) + 1) % 256) .. s:sub(i + 1)
+      local bad = seal(b:sub(1, i - 1) .. string.char((b:byte(i) + 1) % 256) .. b:sub(i + 1))
       local ok, err = pcall(pt.decode, bad)
       assert.is_false(ok, "byte " .. i .. " altered still decoded")
       assert.are.equal("decode: corrupt message", err)
@@ -444,7 +463,7 @@ describe("codec", function()
     assert.is_true(pt.shm_stats().objects > base)        -- the message still holds it
     assert.is_nil(pt.discard(s))
     assert.is_nil(pt.discard(s))                          -- discarded before: a no-op
-    assert.is_nil(pt.discard(""))                         -- no values: nothing to do
+    assert.is_nil(pt.discard(pt.encode()))                -- no values: nothing to do
     collectgarbage(); collectgarbage()
     assert.are.equal(base, pt.shm_stats().objects)
   end)
@@ -482,9 +501,9 @@ describe("codec", function()
       end
     end
     if has_int then   -- on the wire: 'i' for integers, 'd' for floats, 8 bytes each
-      assert.are.equal("i\1\0\0\0\0\0\0\0", pt.encode(1))
-      assert.are.equal("d" .. string.pack("<d", 1.0), pt.encode(1.0))
-      assert.are.equal("i" .. string.pack("<i8", math.mininteger), pt.encode(math.mininteger))
+      assert.are.equal("i\1\0\0\0\0\0\0\0", body(pt.encode(1)))
+      assert.are.equal("d" .. string.pack("<d", 1.0), body(pt.encode(1.0)))
+      assert.are.equal("i" .. string.pack("<i8", math.mininteger), body(pt.encode(math.mininteger)))
     end
   end)
 
@@ -493,9 +512,9 @@ describe("codec", function()
     for _, got in ipairs({ through_each_path(unpack(vals, 1, vals.n)) }) do
       for i = 1, vals.n do assert.are.equal(vals[i], got[i], "value " .. i) end
     end
-    assert.are.equal("n", pt.encode(nil))
-    assert.are.equal("ntf", pt.encode(nil, true, false))
-    assert.are.equal(3, select("#", pt.decode("ntf")))
+    assert.are.equal("n", body(pt.encode(nil)))
+    assert.are.equal("ntf", body(pt.encode(nil, true, false)))
+    assert.are.equal(3, select("#", pt.decode(seal("ntf"))))
   end)
 
   it("carries strings at every length where the length's prefix grows, on each path", function()
@@ -505,22 +524,47 @@ describe("codec", function()
     for _, got in ipairs({ through_each_path(unpack(vals)) }) do
       for i = 1, #vals do assert.is_true(vals[i] == got[i], "length " .. lens[i]) end
     end
-    assert.are.equal("s\3abc", pt.encode("abc"))
-    assert.are.equal("s\128\1" .. ("y"):rep(128), pt.encode(("y"):rep(128)))
-    assert.are.equal(("s\255\127"):len() + 16383, #pt.encode(("y"):rep(16383)))
+    assert.are.equal("s\3abc", body(pt.encode("abc")))
+    assert.are.equal("s\128\1" .. ("y"):rep(128), body(pt.encode(("y"):rep(128))))
+    assert.are.equal(("s\255\127"):len() + 16383, #body(pt.encode(("y"):rep(16383))))
   end)
 
   it("refuses a cut or overlong value after plain ones, and pushes none of them", function()
-    local s = pt.encode(1, "two", 3.5, nil, "four")
+    local s = body(pt.encode(1, "two", 3.5, nil, "four"))
     local bad = { s:sub(1, -2), s:sub(1, 8), s:sub(1, 12), s .. "i1234567", s .. "s\5abcd",
                   s .. "s\255\255\255\255\255\255\255\255\255\1", s .. "?",
                   (s:gsub("s\3two", "s\4two")) }
     for _, b in ipairs(bad) do
-      local r = H.pack(pcall(pt.decode, b))
+      local r = H.pack(pcall(pt.decode, seal(b)))
       assert.is_false(r[1], ("%q decoded"):format(b))
       assert.are.equal("decode: corrupt message", r[2])
       assert.are.equal(2, r.n)
     end
+  end)
+
+  -- found by attack: the format has no count, so a message cut between two
+  -- values decoded to the values before the cut (and a cut after the
+  -- ticket took it: the whole message was then "already decoded" and its
+  -- references were never released)
+  it("refuses a message cut anywhere or with bytes after it, and it still decodes after", function()
+    collectgarbage(); collectgarbage()
+    local base = pt.shm_stats().objects
+    local s = pt.encode(pt.shared_table({ x = 1 }), "first", 2, { 3 }, "tail")
+    for cut = 0, #s - 1 do
+      local ok, err = pcall(pt.decode, s:sub(1, cut))
+      assert.is_false(ok, "cut at " .. cut .. " decoded")
+      assert.are.equal("decode: corrupt message", err)
+      ok, err = pcall(pt.discard, s:sub(1, cut))
+      assert.are.equal("discard: corrupt message", err)
+    end
+    for _, more in ipairs({ "n", "s\1x", "\0\0\0\0", s }) do
+      assert.are.equal("decode: corrupt message", select(2, pcall(pt.decode, s .. more)))
+    end
+    local t, a, b = pt.decode(s)
+    assert.are.equal(1, t.x); assert.are.equal("first", a); assert.are.equal(2, b)
+    t = nil
+    collectgarbage(); collectgarbage()
+    assert.are.equal(base, pt.shm_stats().objects)
   end)
 
   it("refuses a ticket anywhere but at a message's front, and the message still decodes after", function()
@@ -546,7 +590,7 @@ describe("codec", function()
     got = H.pack(pt.decode(pt.encode(print, unpack(vals))))   -- the general path
     assert.are.equal(5001, got.n)
     assert.are.equal(vals[5000], got[5001])
-    local ok, err = pcall(pt.decode, ("n"):rep(1100000))
+    local ok, err = pcall(pt.decode, seal(("n"):rep(1100000)))
     assert.is_false(ok)
     assert.matches("too many values", err)
   end)

@@ -3,15 +3,41 @@
  * and the codec's other files. */
 #include "codec.h"
 
+/* A string of pt.encode ends in a seal: its body's length (4 bytes, little
+   endian, mixed with a constant).  The format itself has no count, so
+   without it a message cut between two values, or with bytes after it,
+   would decode to fewer or more values (and a cut after the ticket would
+   take it, the rest then "already decoded").  Pipes and channels frame
+   their messages themselves and carry no seal. */
+#define SEAL_LEN 4
+#define SEAL_MIX 0x50544d53u
+
+/* Encode the values from idx (n of them) and seal them into b: NULL, or
+   the error (in err). */
+static const char *encode_sealed(lua_State *L, int idx, int n, pt_buf *b, char *err,
+                                 size_t errlen) {
+  uint32_t v;
+  int i;
+  if (!pt_encode(L, idx, n, "values", b, err, errlen)) return err;
+  v = (uint32_t)b->len ^ SEAL_MIX;
+  if (pt_buf_reserve(b, SEAL_LEN)) {
+    pt_discard(b->data ? b->data : "", b->len);   /* drop what the body holds */
+    return CODEC_OOM;
+  }
+  for (i = 0; i < SEAL_LEN; i++) b->data[b->len++] = (char)(v >> (8 * i));
+  return NULL;
+}
+
 static int l_encode(lua_State *L) {
   pt_buf b;
   char err[PT_ERRLEN];
+  const char *bad;
   pt_buf_init(&b);
-  if (!pt_encode(L, 1, lua_gettop(L), "values", &b, err, sizeof err)) {
+  if ((bad = encode_sealed(L, 1, lua_gettop(L), &b, err, sizeof err))) {
     pt_buf_free(&b);
-    return luaL_error(L, "encode: %s", err);
+    return luaL_error(L, "encode: %s", bad);
   }
-  lua_pushlstring(L, b.data ? b.data : "", b.len);
+  lua_pushlstring(L, b.data, b.len);
   pt_buf_free(&b);
   return 1;
 }
@@ -23,15 +49,16 @@ static int l_encode(lua_State *L) {
 static int l_encode_into(lua_State *L) {
   pt_buf b;
   char err[PT_ERRLEN];
+  const char *bad;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checkany(L, 2);
   pt_buf_init(&b);
-  if (!pt_encode(L, 3, lua_gettop(L) - 2, "values", &b, err, sizeof err)) {
+  if ((bad = encode_sealed(L, 3, lua_gettop(L) - 2, &b, err, sizeof err))) {
     pt_buf_free(&b);
-    return luaL_error(L, "%s", err);
+    return luaL_error(L, "%s", bad);
   }
   lua_pushvalue(L, 2);
-  lua_pushlstring(L, b.data ? b.data : "", b.len);
+  lua_pushlstring(L, b.data, b.len);
   pt_buf_free(&b);
   lua_pushvalue(L, -1);
   lua_insert(L, -3);                    /* L: ... s k s */
@@ -39,10 +66,23 @@ static int l_encode_into(lua_State *L) {
   return 1;
 }
 
-/* The message argument: a string (a number is not converted). */
+/* The message argument: a string (a number is not converted); *n is its
+   body's length, or (size_t)-1 when the seal is missing or wrong. */
 static const char *message_arg(lua_State *L, size_t *n) {
+  const unsigned char *u;
+  const char *s;
+  uint32_t v = 0;
+  int i;
   luaL_checktype(L, 1, LUA_TSTRING);
-  return lua_tolstring(L, 1, n);
+  s = lua_tolstring(L, 1, n);
+  u = (const unsigned char *)s + *n - SEAL_LEN;
+  if (*n < SEAL_LEN) {
+    *n = (size_t)-1;
+    return s;
+  }
+  for (i = 0; i < SEAL_LEN; i++) v |= (uint32_t)u[i] << (8 * i);
+  *n = (v ^ SEAL_MIX) == (uint32_t)(*n - SEAL_LEN) ? *n - SEAL_LEN : (size_t)-1;
+  return s;
 }
 
 /* Raise msg named for fn ("decode", "discard"); the checker's own texts
@@ -57,6 +97,7 @@ static int l_decode(lua_State *L) {
   const char *s = message_arg(L, &n);
   int r;
   lua_settop(L, 1);
+  if (n == (size_t)-1) return luaL_error(L, "decode: corrupt message");
   r = pt_decode(L, s, n);
   if (r < 0) return raise_named(L, "decode", lua_tostring(L, -1));
   return r;
@@ -71,6 +112,7 @@ static int l_discard(lua_State *L) {
   const char *s = message_arg(L, &n), *bad;
   int has_ticket;
   pt_ticket t;
+  if (n == (size_t)-1) return luaL_error(L, "discard: corrupt message");
   bad = pt_codec_check_message(s, n, &has_ticket, &t);
   if (bad) return raise_named(L, "discard", bad);
   pt_discard(s, n);
