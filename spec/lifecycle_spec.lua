@@ -347,6 +347,56 @@ describe("lifecycle", function()
       assert.is_true(gone, "still running after " .. took .. " s")
     end)
 
+    -- An ended child's lifeline is kept for the next spawn.  A process
+    -- forked by other means (a bare fork(): no procthread fork path) in
+    -- between must not hold its write end: the next worker, armed on it,
+    -- would then outlive its parent for as long as that process lives.
+    it("a SIGKILLed parent's worker on a kept lifeline is gone, though a bare fork of it lives on", function()
+      local so = H.foreign_fork_lib()
+      local run = background(([[
+        local fork = package.loadlib(%q, "l_fork")
+        assert(pt.spawn_process(function() end):join(20))      -- ended: its lifeline kept
+        local other = fork()
+        if other == 0 then                 -- the bare child: waits to be killed
+          require("procthread").sleep(60); os.exit(0)
+        end
+        local w = pt.spawn_process(function() require("procthread").sleep(1000) end)
+        ready(w.id, other)
+        pt.sleep(1000)
+      ]]):format(so))
+      local pids = run.ready()
+      os.remove(so)
+      local was_alive = alive(pids[1])
+      kill("KILL", { run.pid })
+      local gone = all_gone({ pids[1] }, 2)
+      local other_alive = alive(pids[2])
+      run.cleanup(pids)
+      assert.is_true(was_alive)
+      assert.is_true(other_alive, "the bare fork ended: nothing tested")
+      assert.is_true(gone, "the worker outlived its parent")
+    end)
+
+    it("a detached worker on a kept lifeline outlives its parent; the next worker does not", function()
+      local run = background([[
+        local sleep = function() require("procthread").sleep(1000) end
+        assert(pt.spawn_process(function() end):join(20))      -- ended: its lifeline kept
+        local d = pt.spawn_process(sleep)
+        pt.detach(d)
+        assert(pt.spawn_process(function() end):join(20))
+        local w = pt.spawn_process(sleep)
+        ready(d.id, w.id)
+        pt.sleep(1000)
+      ]])
+      local pids = run.ready()
+      kill("KILL", { run.pid })
+      local gone = all_gone({ pids[2] }, 2)
+      pt.sleep(0.3)
+      local detached_alive = alive(pids[1])
+      run.cleanup(pids)
+      assert.is_true(gone, "the worker outlived its parent")
+      assert.is_true(detached_alive, "the detached worker was killed")
+    end)
+
     it("a child forked from a thread worker survives that thread's end, not its process's", function()
       local run = background([[
         local t = pt.spawn_thread(function()

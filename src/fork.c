@@ -3,6 +3,7 @@
  * the ones that give back what a leaving worker process holds, and the
  * count of running thread workers (none come along into a child). */
 #include "pt.h"
+#include "rawsys.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -18,7 +19,9 @@ static unsigned fork_gen;                  /* atomic */
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
 /* hot: the code of a new child sits together (process.c, PT_CHILD_PATH) */
-static void set_pid(void) { __atomic_store_n(&my_pid, getpid(), __ATOMIC_RELAXED); }
+static void set_pid(void) {    /* no libc: rawsys.h */
+  __atomic_store_n(&my_pid, (pid_t)pt_rawsys(SYS_getpid, 0, 0, 0, 0), __ATOMIC_RELAXED);
+}
 __attribute__((hot)) static void forked(void) {
   set_pid();
   __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);

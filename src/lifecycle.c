@@ -16,8 +16,12 @@
  *
  * Lifeline.  Each process worker gets a pipe: the parent keeps the write
  * end (close-on-exec, closed in every other worker process right after
- * its fork) and both share the read end, which the child sets to signal
- * it (O_ASYNC, F_SETOWN itself, F_SETSIG SIGKILL).  The write end closes
+ * its fork) and both share the read end, which the parent sets to signal
+ * (F_SETSIG SIGKILL, O_ASYNC) no one, and the child then itself
+ * (F_SETOWN).  A lifeline of a child that has ended is kept for the next
+ * spawn (no pipe made or closed; the parent takes its owner off): the
+ * child of any fork closes it, so no other process holds its write end
+ * when it is used again.  The write end closes
  * when the parent *process* dies, however it dies (a thread that forked
  * may end: the fd table is the process's); the kernel then sends the
  * child SIGKILL at once, busy or idle -- no thread, no polling.  (The
@@ -44,6 +48,7 @@
  * changes the word, so the kernel does not sleep. */
 #include "worker.h"
 #include "wait.h"
+#include "rawsys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -168,10 +173,54 @@ static double exit_grace = 1.0;
 /* w if it is registered (reg_mu held), else NULL. */
 static pt_worker *find(pt_worker *w) { return w->listed ? w : NULL; }
 
-/* Take w out (reg_mu held); returns what the caller must drop unlocked. */
-static pt_worker *take(pt_worker *w) {
-  pt_close(w->lifeline);
-  pt_close(w->lifeline_r);
+/* A lifeline kept for the next fork (reg_mu; -1: none): the pipe of a
+   process worker that has ended, both ends, its read end's file still set
+   to send SIGKILL (O_ASYNC, F_SETSIG) but to no one (F_SETOWN 0).  The
+   next child arms it with one fcntl (its pid the owner) and the parent
+   makes no pipe and closes none: a pipe2 and its two closes were some 10
+   us a spawn here.  A forked child closes it (every fork: fork_closes),
+   so that no other process holds its write end when it is used again. */
+static int spare_life[2];        /* the fds + 1, 0: none (.bss: see spare_drain, process.c) */
+
+/* The lifeline of an ended child: kept if none is (reg_mu held), its
+   owner taken off.  Its signal and O_ASYNC were set by the parent that
+   made it (pt_lifeline_prefork), so only pt.detach, which keeps none,
+   clears them.  1 kept, else the caller closes it. */
+static int keep_lifeline(int fd, int rfd) {
+  if (spare_life[0] > 0 || fd < 0 || rfd < 0) return 0;
+  if (fcntl(rfd, F_SETOWN, 0) != 0) return 0;
+  spare_life[0] = rfd + 1;
+  spare_life[1] = fd + 1;
+  return 1;
+}
+
+/* In the child of every fork (pthread_atfork; ours too): the kept
+   lifeline is the parent's alone.  Read without the lock: a fork of ours
+   holds reg_mu across it, another's may catch an exchange half done, and
+   then closes a lifeline of the parent's all the same (as it should). */
+PT_AFTER_FORK static void fork_closes(void) {
+  if (spare_life[0] > 0) pt_raw_close(spare_life[0] - 1);
+  if (spare_life[1] > 0) pt_raw_close(spare_life[1] - 1);
+  if (spare_life[0] || spare_life[1]) spare_life[0] = spare_life[1] = 0;
+}
+static pthread_once_t fork_closes_once = PTHREAD_ONCE_INIT;
+static void watch_forks(void) { pthread_atfork(NULL, NULL, fork_closes); }
+
+int pt_lifeline_spare_fds(void) {
+  int n;
+  pthread_mutex_lock(&reg_mu);
+  n = (spare_life[0] > 0) + (spare_life[1] > 0);
+  pthread_mutex_unlock(&reg_mu);
+  return n;
+}
+
+/* Take w out (reg_mu held); returns what the caller must drop unlocked.
+   ended: its child has ended (reaped), so its lifeline may be kept. */
+static pt_worker *take(pt_worker *w, int ended) {
+  if (!ended || !keep_lifeline(w->lifeline, w->lifeline_r)) {
+    pt_close(w->lifeline);
+    pt_close(w->lifeline_r);
+  }
   w->lifeline = w->lifeline_r = -1;
   if (w->prev) w->prev->next = w->next; else reg = w->next;
   if (w->next) w->next->prev = w->prev;
@@ -205,7 +254,7 @@ void pt_lifecycle_add(lua_State *L, pt_worker *w) { add(L, w, -1, -1); }
 void pt_lifecycle_remove(pt_worker *w) {
   pt_worker *e, *gone = NULL;
   pthread_mutex_lock(&reg_mu);
-  if ((e = find(w)) != NULL) gone = take(e);
+  if ((e = find(w)) != NULL) gone = take(e, 1);
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);
 }
@@ -254,9 +303,28 @@ int pt_lifecycle_stop_threads(double timeout) {
 static pid_t prefork_parent;
 
 int pt_lifeline_prefork(int life[2]) {
-  if (pipe2(life, O_CLOEXEC) != 0) return -1;
-  prefork_parent = pt_pid();
+  pid_t me = pt_pid();
+  pthread_once(&fork_closes_once, watch_forks);
   pthread_mutex_lock(&reg_mu);     /* the child must see the registry whole */
+  if (prefork_parent != me) prefork_parent = me;
+  if (spare_life[0] > 0) {
+    life[0] = spare_life[0] - 1;
+    life[1] = spare_life[1] - 1;
+    spare_life[0] = spare_life[1] = 0;
+    return 0;
+  }
+  life[0] = life[1] = -1;
+  /* a new lifeline: SIGKILL and O_ASYNC set here, to no one until the
+     child makes itself the owner (pipe2 set no status flag: O_CLOEXEC is
+     the fd's, so no F_GETFL) */
+  if (pipe2(life, O_CLOEXEC) != 0 || fcntl(life[0], F_SETSIG, SIGKILL) != 0 ||
+      fcntl(life[0], F_SETFL, O_ASYNC) != 0) {
+    int e = errno;
+    if (life[0] >= 0) { pt_close(life[0]); pt_close(life[1]); }
+    pthread_mutex_unlock(&reg_mu);
+    errno = e;
+    return -1;
+  }
   return 0;
 }
 
@@ -272,7 +340,7 @@ int pt_lifeline_prefork(int life[2]) {
    only one, so its main thread), and the code sits with the rest of the
    child's path (hot: process.c, PT_CHILD_PATH).  Its closes keep no
    errno (nothing here reads it): errno is libc's code, one more fault. */
-static void child_close(int fd) { if (fd >= 0) close(fd); }
+static void child_close(int fd) { if (fd >= 0) pt_raw_close(fd); }
 
 __attribute__((hot)) void pt_lifeline_child(int life[2]) {
   pt_worker *w;
@@ -285,13 +353,12 @@ __attribute__((hot)) void pt_lifeline_child(int life[2]) {
   if (main_thread != 1) main_thread = 1;
   if (intr_seen != n) intr_seen = n;
   if (intr_pending) intr_pending = 0;
-  /* the read end's status flags are known: pipe2 set none (O_CLOEXEC is
-     the fd's), so no F_GETFL */
-  if (fcntl(life[0], F_SETOWN, pt_pid()) == 0 && fcntl(life[0], F_SETSIG, SIGKILL) == 0 &&
-      fcntl(life[0], F_SETFL, O_ASYNC) == 0) {
-    close(life[1]);
+  /* the read end's file has its signal and O_ASYNC set already (by the
+     parent, pt_lifeline_prefork), and no owner until this one */
+  if (pt_raw_fcntl(life[0], F_SETOWN, pt_pid()) == 0) {
+    pt_raw_close(life[1]);
   } else {
-    close(life[1]);
+    pt_raw_close(life[1]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);     /* the best left: the forking thread's end */
     if (getppid() != prefork_parent) _exit(1);   /* it died before we were armed */
   }
@@ -309,21 +376,12 @@ void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
 
 /* ---- pt.detach, the pool's mark (worker.c), configure ---------------------- */
 
-/* Clear O_ASYNC on a lifeline's read end.  The child arms it right after
-   the fork (owner, signal, then O_ASYNC, on the file it shares with us): a
-   detach that came first would be undone, so wait (briefly: the child does
-   it first thing) until it is armed, or the child is gone. */
-static int still_running(pid_t child) {
-  siginfo_t si;
-  memset(&si, 0, sizeof si);
-  return waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
-}
-
-static void disarm(int fd, pid_t child) {
-  double end = pt_clock_now() + 1.0;
-  while (!(fcntl(fd, F_GETFL) & O_ASYNC) && pt_clock_now() < end && still_running(child))
-    sched_yield();
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_ASYNC);
+/* Clear O_ASYNC on a lifeline's read end (a file the child shares).  It
+   was set before the fork (pt_lifeline_prefork) and the child only makes
+   itself the owner, so no later step of the child's sets it again. */
+static void disarm(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_ASYNC);
 }
 
 void pt_lifecycle_detach(pt_worker *w) {
@@ -331,8 +389,8 @@ void pt_lifecycle_detach(pt_worker *w) {
   pthread_mutex_lock(&reg_mu);
   if ((e = find(w)) != NULL) {
     /* disarm before the write end can close (the file is the child's too) */
-    if (e->lifeline_r >= 0) disarm(e->lifeline_r, w->id);
-    gone = take(e);
+    if (e->lifeline_r >= 0) disarm(e->lifeline_r);
+    gone = take(e, 0);
   }
   pthread_mutex_unlock(&reg_mu);
   if (gone) pt_worker_unref(gone);

@@ -5,6 +5,7 @@
  * a child still running goes to the reaper thread. */
 #include "worker.h"
 #include "shm.h"
+#include "rawsys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +36,12 @@ typedef struct process_worker {
                                  do not fit the pipe (it waits for room) */
   int user_aux[2];            /* the fds w:fd() (an epoll) watches, or -1 */
   int spilled;                /* drain_fd rang: results are read as they come */
+  int head_len;               /* bytes of head read */
+  char head[HDR];             /* the stream's header, read first: in the record,
+                                 whose page the parent writes anyway once the
+                                 child has ended (settle), so that no results
+                                 cost no malloc (and no copy-on-write fault of
+                                 the heap pages it writes) */
   pt_shm_counts held;         /* counts held for it (shm.h), given back
                                  when it has ended */
   struct process_worker *next;   /* the orphans */
@@ -61,10 +68,41 @@ static void reap_orphans(void);
 
 static void send_results(lua_State *L, int base);
 
+/* An ended child's drain_fd, its count read back to 0, kept for the next
+   spawn: an eventfd made and closed was some 4 us a spawn here.  Atomic,
+   the fd + 1 (0: none), so that it sits in .bss, a page the parent writes
+   after every fork anyway (a .data word written there was one more
+   copy-on-write fault a spawn).  A forked child closes the parent's
+   (forget_parent). */
+static int spare_drain;
+
+int pt_process_spare_fds(void) { return __atomic_load_n(&spare_drain, __ATOMIC_ACQUIRE) > 0; }
+
+/* Keep the drain_fd of an ended child, or close it.  The read is raw
+   (rawsys.h): its EAGAIN written to errno was a fault of the thread's
+   page. */
+static void keep_drain(int fd) {
+  uint64_t v;
+  long k;
+  int none = 0;
+  if (fd < 0) return;
+  k = pt_rawsys(SYS_read, fd, (long)&v, sizeof v, 0);
+  if ((k == (long)sizeof v || k == -EAGAIN) &&
+      __atomic_compare_exchange_n(&spare_drain, &none, fd + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return;
+  pt_close(fd);
+}
+
 PT_CHILD_PATH static void forget_parent(void) {
-  pt_close(my_result_fd);
-  pt_close(my_drain_fd);
-  pt_close(my_result_rfd);
+  int kept = __atomic_load_n(&spare_drain, __ATOMIC_RELAXED);
+  if (kept > 0) {                        /* the parent's, made before the fork */
+    pt_raw_close(kept - 1);
+    spare_drain = 0;
+  }
+  if (my_result_fd < 0) return;          /* a child of the main process: nothing more */
+  pt_raw_close(my_result_fd);
+  if (my_drain_fd >= 0) pt_raw_close(my_drain_fd);
+  if (my_result_rfd >= 0) pt_raw_close(my_result_rfd);
   my_result_fd = my_drain_fd = my_result_rfd = -1;
 }
 
@@ -102,10 +140,10 @@ __attribute__((noinline, cold)) static int wait_room(int fd) {
    the pipe is full, wait_room. */
 PT_CHILD_PATH static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
-    ssize_t k = write(fd, p, n);
+    long k = pt_raw_write(fd, p, n);       /* -errno: rawsys.h */
     if (k < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN || wait_room(fd) != 0) return -1;
+      if (k == -EINTR) continue;
+      if (k != -EAGAIN || wait_room(fd) != 0) return -1;
       continue;
     }
     p += k;
@@ -189,17 +227,36 @@ static int msgh(lua_State *L) {
 }
 
 /* cancel is SIGTERM: the child takes it whatever the parent does with it.
-   sigaction, not signal: the latter's code is one more page to fault in. */
-PT_CHILD_PATH static void take_sigterm(void) {
+   Forked from a thread worker, which runs with every signal blocked but
+   one, the child unblocks them all: a process takes signals as a process
+   does.  Raw system calls (rawsys.h): libc's sigemptyset, sigaction and
+   pthread_sigmask are pages of code to fault in. */
+PT_CHILD_PATH static void take_sigterm(int from_thread) {
+#if PT_RAWSYS_NATIVE
+  /* the kernel's struct sigaction (x86-64): handler, flags, restorer, mask */
+  struct { void *handler; unsigned long flags; void *restorer; unsigned long mask; } dfl;
+  dfl.handler = NULL;                      /* SIG_DFL */
+  dfl.flags = 0;
+  dfl.restorer = NULL;
+  dfl.mask = 0;
+  pt_rawsys(SYS_rt_sigaction, SIGTERM, (long)&dfl, 0, 8);
+  if (from_thread) pt_raw_sigmask(SIG_SETMASK, 0);
+  else pt_raw_sigmask(SIG_UNBLOCK, pt_raw_sigbit(SIGTERM));
+#else
   struct sigaction dfl;
-  sigset_t term;
+  sigset_t set;
   dfl.sa_handler = SIG_DFL;
   dfl.sa_flags = 0;
   sigemptyset(&dfl.sa_mask);
   sigaction(SIGTERM, &dfl, NULL);
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  pthread_sigmask(SIG_UNBLOCK, &term, NULL);
+  sigemptyset(&set);
+  if (from_thread) {
+    pthread_sigmask(SIG_SETMASK, &set, NULL);
+  } else {
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  }
+#endif
 }
 
 /* The child: stack is the handle, fn, args..., then what the parent
@@ -219,14 +276,7 @@ PT_CHILD_PATH static void child_main(lua_State *L, const int fds[2], int drain_f
   my_result_rfd = fds[0];
   my_drain_fd = drain_fd;
   my_parent = parent;
-  if (pt_self_ctx && pt_self_ctx->kind == PT_THREAD) {
-    /* forked from a thread worker, which runs with every signal blocked
-       but one: a process takes signals as a process does */
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
-  }
-  take_sigterm();
+  take_sigterm(pt_self_ctx && pt_self_ctx->kind == PT_THREAD);
   pt_self_ctx = &process_ctx;
   if (lua_istable(L, -3)) lua_rawset(L, -3);   /* os.exit = child_os_exit */
   else lua_pop(L, 2);
@@ -326,7 +376,8 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
     e = errno;
     return spawn_failed(L, w, "pipe", e);
   }
-  p->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  p->drain_fd = __atomic_exchange_n(&spare_drain, 0, __ATOMIC_ACQ_REL) - 1;
+  if (p->drain_fd < 0) p->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->drain_fd < 0) {
     e = errno;
     close(fds[0]);
@@ -374,22 +425,45 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   return 1;
 }
 
-/* Read what the pipe holds now.  0 ok (maybe more later), -1 error. */
+/* The payload's length once the header is in; 0 before. */
+static uint64_t payload_len(const process_worker *p) {
+  uint64_t len = 0;
+  if (p->head_len == HDR) memcpy(&len, p->head + 1, 8);
+  return len;
+}
+
+/* Read what the pipe holds now: the header into the record, then the
+   payload, whose length it gives, into w->result (grown as it comes, at
+   most 1 MiB a step: the parent writes, and faults in copy-on-write, no
+   more pages than the results need, and a wrong length cannot make it
+   reserve much).  Nothing is read past the payload.  0 ok (maybe more
+   later), -1 error. */
 static int drain(pt_worker *w) {
+  process_worker *p = pw(w);
   pt_buf *b = &w->result;
   for (;;) {
     ssize_t k;
     size_t room;
-    /* room that grows with what comes: the parent writes (and faults in,
-       copy-on-write) no more pages than the results need */
-    if (b->len == b->cap && pt_buf_reserve(b, b->cap ? b->cap : 256)) {
-      errno = ENOMEM;
-      return -1;
+    char *at;
+    if (p->head_len < HDR) {
+      at = p->head + p->head_len;
+      room = (size_t)(HDR - p->head_len);
+    } else {
+      uint64_t left = payload_len(p) - b->len;
+      if (left == 0) return 0;                  /* complete */
+      if (b->len == b->cap &&
+          pt_buf_reserve(b, left < ((size_t)1 << 20) ? (size_t)left : ((size_t)1 << 20))) {
+        errno = ENOMEM;
+        return -1;
+      }
+      room = b->cap - b->len;
+      if (room > left) room = (size_t)left;
+      at = b->data + b->len;
     }
-    room = b->cap - b->len;
-    k = read(pw(w)->result_fd, b->data + b->len, room);
+    k = read(p->result_fd, at, room);
     if (k > 0) {
-      b->len += (size_t)k;
+      if (p->head_len < HDR) p->head_len += (int)k;
+      else b->len += (size_t)k;
       if ((size_t)k < room) return 0;          /* a pipe reads short only when empty */
       continue;
     }
@@ -403,10 +477,7 @@ static int drain(pt_worker *w) {
 static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
 
 static int result_complete(pt_worker *w) {
-  uint64_t len;
-  if (w->result.len < HDR) return 0;
-  memcpy(&len, w->result.data + 1, 8);
-  return len == w->result.len - HDR;
+  return pw(w)->head_len == HDR && payload_len(pw(w)) == w->result.len;
 }
 
 /* Why wait4 found no child: the kernel reaped it (SIGCHLD ignored, or
@@ -422,7 +493,6 @@ static const char *why_unknown(void) {
 /* The child has ended: settle the outcome from its exit status st and
    rusage ru, or (ru NULL) from what it sent alone. */
 static void settle(pt_worker *w, int st, struct rusage *ru) {
-  uint64_t len = 0;
   int complete;
   drain(w);
   w->t_end = pt_clock_now();
@@ -435,17 +505,14 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   }
   complete = result_complete(w);
   if (complete) {
-    int kind = w->result.data[0];
-    memcpy(&len, w->result.data + 1, 8);
-    memmove(w->result.data, w->result.data + HDR, (size_t)len);
-    w->result.len = (size_t)len;
+    int kind = pw(w)->head[0];
     w->result_is_error = kind != 0;
     w->status = kind == 0 ? W_SUCCEEDED : W_FAILED;
   } else {
     /* results that did not arrive whole: release the references of the
        parts that did (the discard walks a cut buffer safely) */
-    if (w->result.len > HDR && w->result.data[0] == 0)
-      pt_discard(w->result.data + HDR, w->result.len - HDR);
+    if (pw(w)->head_len == HDR && pw(w)->head[0] == 0 && w->result.len > 0)
+      pt_discard(w->result.data, w->result.len);
     w->result.len = 0;
     w->result_is_error = 1;
     w->status = W_FAILED;
@@ -456,7 +523,7 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   pt_close(pw(w)->result_fd);
   pw(w)->result_fd = -1;
   pt_close(pw(w)->pidfd);
-  pt_close(pw(w)->drain_fd);
+  keep_drain(pw(w)->drain_fd);
   pw(w)->pidfd = pw(w)->drain_fd = -1;
   w->joined = 1;
   pt_shm_counts_drop(&pw(w)->held);    /* what it inherited: it has ended */

@@ -244,5 +244,7 @@ void pt_lifecycle_arm(lua_State *L);                /* a handle was made */
 int pt_lifeline_prefork(int life[2]);
 void pt_lifeline_child(int life[2]);
 void pt_lifeline_parent(lua_State *L, struct pt_worker *w, int life[2], int forked);
+/* fds kept open for the next spawn: a lifeline (0 or 2) */
+int pt_lifeline_spare_fds(void);
 
 #endif

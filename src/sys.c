@@ -5,6 +5,7 @@
  * a worker process's exit need, fork.c's; the Lua 5.1 shims, compat.h's. */
 #include "pt.h"
 #include "wait.h"
+#include "rawsys.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -37,13 +38,11 @@ const char *pt_tomessage(lua_State *L, int idx) {
   return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
 }
 
-/* errno is put back only when close changed it: a new child writes no
-   page of its thread's memory for it (PT_AFTER_FORK). */
+/* The raw system call (rawsys.h) leaves errno alone: a new child (fork
+   handlers close inherited fds, PT_AFTER_FORK) runs no libc code for it
+   (close and __errno_location were a page fault each there). */
 PT_AFTER_FORK void pt_close(int fd) {
-  int e;
-  if (fd < 0) return;
-  e = errno;
-  if (close(fd) != 0) errno = e;
+  if (fd >= 0) pt_raw_close(fd);
 }
 
 /* ---- Lua functions ----------------------------------------------------------- */

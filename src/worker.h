@@ -113,6 +113,8 @@ extern const pt_worker_ops pt_process_ops;
    then call again (*n may be 0: no pidfd, and the results are in; then
    *slice is set and the caller looks again after a short while). */
 int pt_process_watch(pt_worker *w, int fds[2], int *n, int *slice);
+/* fds kept open for the next process spawn (0 or 1: a drain eventfd) */
+int pt_process_spare_fds(void);
 
 /* lifecycle.c: the registry (pt.h declares the rest) */
 /* Cancel every thread worker of this process and wait up to timeout for

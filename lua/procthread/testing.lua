@@ -28,7 +28,7 @@ function M.fds()
     local h = io.open("/proc/self/fdinfo/" .. i)
     if h then n = n + 1; h:close() end
   end
-  return n
+  return n - pt._spare_fds()     -- less those kept for the next process spawn
 end
 
 function M.pid()
