@@ -117,16 +117,30 @@ local function worker_main(c)
         :format(select("#", ...), MAX_RESULTS))
     end
   end
-  -- A chunk of a map, run inside one xpcall for all its items: its payload
-  -- in; its results out, in place (result k goes to slot k, whose item was
-  -- read already: the table is sized already and never grows), with the
-  -- item reached and the count.
-  local payload, t, at, count
+  -- A chunk of a map, run inside one xpcall for all its items.  Its items
+  -- came straight into R (the task message is op, seq, then the payload's
+  -- values: tasks:_recv_into), which the worker keeps for every chunk:
+  -- count, the items, fn (the items first: the decoder's fast pass takes
+  -- them); or fn, -count, a table of them (more than the stack holds); or
+  -- the payload as a string (it holds references: it decodes only alone).
+  -- The results go in place (result k to slot k, whose item was read
+  -- already: the table never grows), with the item reached and the count.
+  local R = {}
+  local route = { map = { into = R, at = 1 } }
+  local t, at, count, used
   local function chunk()
-    local r = { pt.decode(payload) }     -- a local in the loop: no upvalue load an item
-    local fn, base = r[1], 2
-    count = r[2]
-    if count < 0 then r, base, count = r[3], 0, -count end
+    local r = R                          -- a local in the loop: no upvalue load an item
+    local a = r[1]
+    if type(a) == "string" then
+      r = { pt.decode(a) }
+      t, a = r, r[1]
+    end
+    local fn, base
+    if type(a) == "number" then
+      count, fn, base = a, r[a + 2], 1
+    else
+      fn, count, r, base = a, -r[2], r[3], 0
+    end
     t = r
     for k = 1, count do at = k; r[k] = (fn(r[k + base])) end
   end
@@ -135,24 +149,43 @@ local function worker_main(c)
   -- trace (about 2000 instructions an item); interpreted, the loop calls
   -- fn, which is still compiled when it gets hot
   if jit then jit.off(chunk) end
+  -- R holds nothing of a chunk after it: a new one, made at the size of
+  -- the last (emptying it cost 45 instructions an item, callgrind, 5.4)
+  local function clear()
+    if used > 0 then
+      R = answers:_list(used)
+      route.map.into, used = R, 0
+    end
+  end
   local function run(op, seq, p)
     if op == "call" then
       finish(seq, xpcall(function() return apply(pt.decode(p)) end, handler))
       return
     end
-    payload, t, at, count = p, nil, 0, 0
+    t, at, count, used = R, 0, 0, p
     local ok, err = xpcall(chunk, handler)
-    payload = nil
     -- the results as values (the codec encodes a list of 1000 integers
     -- about 2x, and decodes it about 3x, faster than a table of them:
-    -- callgrind, 5.4); as a table past what the stack holds
+    -- callgrind, 5.4), read from the table by _send_list, R then made anew;
+    -- as a table past what the stack holds
     if not ok then
       local done = {}                       -- the results before the failing item
       for k = 1, at - 1 do done[k] = t[k] end
+      t = nil
+      clear()
       reply(seq, false, err, at, done)
-    elseif count <= 1000 then reply(seq, true, count, unpack(t, 1, count))
-    else reply(seq, true, -count, t) end
-    t = nil
+    elseif count <= 1000 then
+      local r = t
+      t = nil
+      local sent, serr = pcall(answers._send_list, answers, r, count, seq, true, count)
+      clear()
+      if not sent then answers:send(seq, false, "results: " .. tostring(serr), 0) end
+    else
+      local r = t
+      t = nil
+      clear()
+      reply(seq, true, -count, r)
+    end
   end
   local function loop()
     if c.init then
@@ -166,15 +199,29 @@ local function worker_main(c)
     end
     local done = 0
     while not max_tasks or done < max_tasks do
-      local op, seq, payload = tasks:recv()          -- a cancellation point
+      -- a cancellation point; a map chunk's values go into R (payload:
+      -- how many)
+      local op, seq, payload, op2, seq2 = tasks:_recv_into(route, 2)
+      local undecodable = op == nil and seq == "undecodable"
+      if undecodable then
+        -- the values stored before the failure stay in R (how many is not
+        -- said): a new one; the task fails (as its decode in the task would)
+        R = {}
+        route.map.into, used = R, 0
+        op, seq = op2, seq2
+        if type(seq) ~= "number" then error("pool worker: a task message did not decode: " .. tostring(payload), 0) end
+      end
       if op == nil then break end                    -- closed: the pool stops
       if room then room:set() end                    -- a submit waiting for room may go on
       if pt.cas(claims, seq, nil, wid) then
-        run(op, seq, payload)
+        if not undecodable then run(op, seq, payload)
+        elseif op == "map" then reply(seq, false, tostring(payload), 0, {})
+        else reply(seq, false, tostring(payload)) end
         claims[seq] = nil
         ring()
         done = done + 1
       else
+        if op == "map" and not undecodable then used = payload; clear() end
         claims[seq] = nil        -- cancelled or taken back: the caller released it
         -- its room in the task channel is free: a caller whose tasks wait
         -- for it must wake (it may be waiting for an answer that never
@@ -396,7 +443,12 @@ local function push(self, task)
   task.seq = seq
   self.inflight[seq] = task
   self.ninflight = self.ninflight + 1
-  local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  local ok, sent
+  if task.op == "map" then       -- the payload's values follow op and seq in one message
+    ok, sent = pcall(self.tasks._offer_cat, self.tasks, 0, task.payload, "map", seq)
+  else
+    ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  end
   if ok and sent then return true end
   if ok then                     -- no room: not sent, the number is free again
     self.inflight[seq] = nil
@@ -911,8 +963,9 @@ local abandon
 -- each chunk is settled.
 -- A chunk's payload: items first..last of list (read here: a proxy's
 -- __index may raise).
-local function encode_chunk(encode_into, t, fn, list, first, last)
-  if last - first < 1000 then return encode_into(t, "payload", fn, last - first + 1, unpack(list, first, last)) end
+local function encode_chunk(self, t, fn, list, first, last)
+  if last - first < 1000 then return self.tasks:_encode_chunk(t, "payload", list, first, last, fn) end
+  local encode_into = self.pt._encode_into
   local items = {}                -- too many values for the stack: a table (count < 0)
   for i = first, last do items[i - first + 1] = list[i] end
   return encode_into(t, "payload", fn, first - last - 1, items)
@@ -922,7 +975,6 @@ local function start_job(fname, self, fn, list, chunk, ready, into)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
-  local encode_into = self.pt._encode_into
   -- the chunks not queued yet are given up when an encode, or a wait for
   -- room, raises (a thread cancelled there leaves them to the finalizer:
   -- each chunk is in fields[7] before its payload exists)
@@ -932,7 +984,7 @@ local function start_job(fname, self, fn, list, chunk, ready, into)
     local last = math.min(count, first + chunk - 1)
     local t = new_task(self, "map", nil, first, job, #job.chunks + 1, into)
     job.chunks[t.k] = t
-    local ok, err = pcall(encode_chunk, encode_into, t, fn, list, first, last)
+    local ok, err = pcall(encode_chunk, self, t, fn, list, first, last)
     if not ok then
       for _, c in ipairs(job.chunks) do
         if c.payload then self.pt.discard(c.payload); c.payload = nil end
