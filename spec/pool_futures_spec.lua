@@ -175,6 +175,27 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("an interrupt as a replacement worker is marked the pool's keeps the pool at its size", function()
+        if jit then pending("LuaJIT calls no hook at a C function's return") return end
+        -- max_tasks = 1: every task retires its worker, whose replacement
+        -- is started as the answer is read; the interrupt comes as
+        -- pt._daemon returns, before the replacement was in its slot
+        local base = usage()
+        local pool = pt.pool(kind, 2, { max_tasks = 1 })
+        interrupt_on_return(pt._daemon)
+        local ok, err = pcall(function()
+          for _ = 1, 4 do assert(pool:submit(function() return 1 end):get(T)) end
+        end)
+        debug.sethook()
+        assert.is_false(ok)
+        assert.matches("interrupted!", err)
+        for _ = 1, 6 do assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) }) end
+        H.eventually(function() return pool:stats().live == 2 end, T)
+        assert.are.equal(2, pool:stats().live)
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
       if kind == "process" then
         it("an interrupt before a new worker is handed to the watcher leaves no unwatched worker", function()
           if jit then pending("LuaJIT calls no hook at a C function's return") return end

@@ -334,9 +334,15 @@ local function wait_took(took, t)
   return r == true
 end
 
+local place, settle_filling
+
 -- Start the worker of slot i.
 local function start_worker(self, i)
   local pt = self.pt
+  if self.filling then                              -- one start at a time
+    settle_filling(self)
+    if self.slots[i] then return true end
+  end
   self.next_wid = self.next_wid + 1
   local wid = self.next_wid
   local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
@@ -358,18 +364,33 @@ local function start_worker(self, i)
     c.close = {}
     for _, x in pairs(self.watchers) do c.close[#c.close + 1] = x.ctl end
   end
+  -- A Ctrl-C (a hook's raise as one of the calls below returns) may leave
+  -- this function before the worker is in its slot: `filling` says how far
+  -- it came, and the pool's next call finishes the start (settle_filling).
+  local f = { i = i, c = c, wid = wid, wt = wt }
+  self.filling = f
   local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, c)
   if not ok or not w then
+    self.filling = nil
     if c.life then c.life:close() end
     if c.init then pt.discard(c.init) end
     return nil, tostring(ok and werr or w)
   end
+  f.w = w
+  return place(self, f)
+end
+
+-- The worker of a start (f: start_worker's) goes in its slot, and a process
+-- worker to its watcher.
+function place(self, f)
+  local pt, i, w, wid, c, wt = self.pt, f.i, f.w, f.wid, f.c, f.wt
   pt._daemon(w)                  -- at exit: stopped, never waited for
   if c.life then c.life:close_write() end  -- the child's end alone: it closes when the child ends
   -- in its slot before the handoff: a Ctrl-C there leaves it the pool's
   self.slots[i] = { w = w, wid = wid }
   self.byid[wid] = i
   self.started = self.started + 1
+  self.filling = nil
   if c.life then
     -- the watcher holds the read end once it has taken the message: wait
     -- for that.  A message left in the pipe would hold that end for good
@@ -400,6 +421,33 @@ local function start_worker(self, i)
     if intr then error(intr, 0) end
   end
   return true
+end
+
+-- A start of a worker that a Ctrl-C cut short before the worker was in its
+-- slot (start_worker): the worker spawned is placed now, as if nothing had
+-- come between (it may have taken tasks already: it must be the pool's,
+-- watched, its end read); a pool stopped since stops it.  Without a worker
+-- (the interrupt came as the spawn returned) the slot is started again.
+-- Before anything that looks at the slots (refill, stop_all) or starts
+-- another worker.
+function settle_filling(self, stopping)
+  local f = self.filling
+  local w = f.w
+  if w and not stopping and not self.slots[f.i] then
+    local ok, err = place(self, f)
+    if not ok then self.spawn_error = err end
+    return
+  end
+  self.filling = nil
+  if w then
+    if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    w:join(STOP_WAIT)
+  end
+  if f.c.life then pcall(f.c.life.close, f.c.life) end
+  if not stopping and not self.slots[f.i] and self.state ~= "closed" then
+    local ok, err = start_worker(self, f.i)
+    if not ok then self.spawn_error = err end
+  end
 end
 
 -- A task's answer.  A task that never ran releases what its payload holds
@@ -657,6 +705,7 @@ end
 -- answer channel holds: a worker never waits to send one).
 function refill(self)
   if self.closed_up then return end
+  if self.filling then settle_filling(self) end
   local live = next(self.slots) ~= nil
   if not live and self.state ~= "closed" then
     for i = 1, self.n do
@@ -722,6 +771,7 @@ local function join_or_kill(w, timeout)
 end
 
 local function stop_all(self, now, timeout)
+  if self.filling then settle_filling(self, true) end
   local ws, idle = {}, {}
   local claims = self.claims
   if now then
