@@ -120,18 +120,17 @@ local function worker_main(c)
     end
   end
   -- A chunk of a map, run inside one xpcall for all its items.  Its items
-  -- came straight into R (the task message is op, seq, then the payload's
-  -- values: tasks:_recv_into), which the worker keeps for every chunk:
+  -- come in the task message itself (op, seq, then the payload's values),
+  -- decoded onto the stack and taken into a table of their own, R (take):
   -- count, the items, fn (the items first: the decoder's fast pass takes
   -- them); or fn, -count, a table of them (more than the stack holds); or
   -- the payload as a string (it holds references: it decodes only alone).
   -- The results go in place (result k to slot k, whose item was read
   -- already: the table never grows), with the item reached and the count.
-  local R = {}
-  local route = { map = { into = R, at = 1 } }
-  local t, at, count, used
+  local R, t, at, count
   local function chunk()
     local r = R                          -- a local in the loop: no upvalue load an item
+    R = nil
     local a = r[1]
     if type(a) == "string" then
       r = { pt.decode(a) }
@@ -170,41 +169,39 @@ local function worker_main(c)
   -- trace (about 2000 instructions an item); interpreted, the loop calls
   -- fn, which is still compiled when it gets hot
   if jit then jit.off(chunk) end
-  -- R holds nothing of a chunk after it: a new one, made at the size of
-  -- the last (emptying it cost 45 instructions an item, callgrind, 5.4)
-  local function clear()
-    if used > 0 then
-      R = answers:_list(used)
-      route.map.into, used = R, 0
-    end
+  -- The values of a task message: a map chunk's after op and seq go into
+  -- R at once (a table constructor over the stack: the decoder's stores
+  -- into a table, ch:_recv_into, cost about 40 instructions an item more)
+  local function take(op, seq, ...)
+    if op == "map" then R = { ... }; return op, seq end
+    return op, seq, ...
   end
   local function run(op, seq, p)
     if op == "call" then
       finish(seq, xpcall(function() return apply(pt.decode(p)) end, handler))
       return
     end
-    t, at, count, used = R, 0, 0, p
+    t, at, count = R, 0, 0
     local ok, err = xpcall(chunk, handler)
+    R = nil
     -- the results as values (the codec encodes a list of 1000 integers
     -- about 2x, and decodes it about 3x, faster than a table of them:
-    -- callgrind, 5.4), read from the table by _send_list, R then made anew;
-    -- as a table past what the stack holds
+    -- callgrind, 5.4), read from the table by _send_list; as a table past
+    -- what the stack holds
     if not ok then
       local done = {}                       -- the results before the failing item
       for k = 1, at - 1 do done[k] = t[k] end
       t = nil
-      clear()
       reply(seq, false, err, at, done)
     elseif count <= 1000 then
       local r = t
       t = nil
       local sent, serr = pcall(answers._send_list, answers, r, count, seq, true, count)
-      clear()
+      r = nil
       if not sent then answers:send(seq, false, "results: " .. tostring(serr), 0) end
     else
       local r = t
       t = nil
-      clear()
       reply(seq, true, -count, r)
     end
   end
@@ -220,15 +217,11 @@ local function worker_main(c)
     end
     local done = 0
     while not max_tasks or done < max_tasks do
-      -- a cancellation point; a map chunk's values go into R (payload:
-      -- how many)
-      local op, seq, payload, op2, seq2 = tasks:_recv_into(route, 2)
+      -- a cancellation point; a map chunk's values go into R
+      local op, seq, payload, op2, seq2 = take(tasks:_recv())
       local undecodable = op == nil and seq == "undecodable"
       if undecodable then
-        -- the values stored before the failure stay in R (how many is not
-        -- said): a new one; the task fails (as its decode in the task would)
-        R = {}
-        route.map.into, used = R, 0
+        -- the task fails (as its decode in the task would)
         op, seq = op2, seq2
         if type(seq) ~= "number" then error("pool worker: a task message did not decode: " .. tostring(payload), 0) end
       end
@@ -242,7 +235,7 @@ local function worker_main(c)
         ring()
         done = done + 1
       else
-        if op == "map" and not undecodable then used = payload; clear() end
+        R = nil
         claims[seq] = nil        -- cancelled or taken back: the caller released it
         -- its room in the task channel is free: a caller whose tasks wait
         -- for it must wake (it may be waiting for an answer that never
