@@ -113,6 +113,9 @@ describe("pools (futures)", function()
             local st = pt.shared_table()
             local enc = { [pt.encode] = true }
             if pt._encode_into then enc[pt._encode_into] = true end
+            local probe = pt.channel(1)      -- a map's chunks: the channel's _encode_chunk
+            if probe._encode_chunk then enc[probe._encode_chunk] = true end
+            probe:close()
             debug.sethook(function()
               local info = debug.getinfo(2, "f")
               if info and enc[info.func] then
@@ -172,6 +175,27 @@ describe("pools (futures)", function()
         assert.is_true(pool:close(T))
       end)
 
+      it("an interrupt as a replacement worker is marked the pool's keeps the pool at its size", function()
+        if jit then pending("LuaJIT calls no hook at a C function's return") return end
+        -- max_tasks = 1: every task retires its worker, whose replacement
+        -- is started as the answer is read; the interrupt comes as
+        -- pt._daemon returns, before the replacement was in its slot
+        local base = usage()
+        local pool = pt.pool(kind, 2, { max_tasks = 1 })
+        interrupt_on_return(pt._daemon)
+        local ok, err = pcall(function()
+          for _ = 1, 4 do assert(pool:submit(function() return 1 end):get(T)) end
+        end)
+        debug.sethook()
+        assert.is_false(ok)
+        assert.matches("interrupted!", err)
+        for _ = 1, 6 do assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) }) end
+        H.eventually(function() return pool:stats().live == 2 end, T)
+        assert.are.equal(2, pool:stats().live)
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
       if kind == "process" then
         it("an interrupt before a new worker is handed to the watcher leaves no unwatched worker", function()
           if jit then pending("LuaJIT calls no hook at a C function's return") return end
@@ -204,6 +228,35 @@ describe("pools (futures)", function()
           end, kind)
           assert.are.same({ true, true }, { w:join(T) })
         end
+        assert_released(base)
+      end)
+
+      it("a thread that ends without close leaves its pool's busy workers to finish", function()
+        -- DESIGN, Pools: a pool dropped without close releases what waits
+        -- and its workers leave (a process pool's watcher keeps the
+        -- channels until the last process worker has gone).  The owner's
+        -- end cancelled them (a thread's end cancels the threads it
+        -- started): a thread pool's running task was cut short
+        local base = usage()
+        local st = pt.shared_table()
+        local w = pt.spawn_thread(function(kind, st)
+          local pt = require "procthread"
+          local pool = pt.pool(kind, 1)
+          pool:submit(function(s)
+            local pt = require "procthread"
+            s.running = true
+            pt.wait(s, "go", nil, 20)
+            s.done = true
+          end, st)
+          pt.wait(st, "running", nil, 20)
+          return st.running
+        end, kind, st)
+        assert.are.same({ true, true }, { w:join(T) })
+        pt.sleep(0.2)
+        st.go = true
+        H.eventually(function() return st.done ~= nil end, T)
+        assert.is_true(st.done, "the task did not finish")
+        st = nil
         assert_released(base)
       end)
 

@@ -6,6 +6,7 @@
 #include "wait.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #define CHANNEL_MT "procthread.Channel"
@@ -50,9 +51,11 @@ static int put_step(void *arg, double deadline, const pt_wake *w) {
   return pt_queue_put(o->q, &o->m, deadline, w);
 }
 
-/* The values from index `first` on as one message, waiting up to the
-   deadline for room. */
-static int put(lua_State *L, int first, double deadline, const char *fn) {
+/* The n values from index `first` as one message, then the tlen bytes at
+   tail (a whole message of plain values, or none: pools), waiting up to
+   the deadline for room. */
+static int put_values(lua_State *L, int first, int n, const char *tail, size_t tlen,
+                      double deadline, const char *fn) {
   pt_handle *h = pt_handle_check(L, 1, &channel_class, fn);
   pt_buf own, *b = h->busy ? &own : &h->buf;
   char err[PT_ERRLEN];
@@ -61,10 +64,16 @@ static int put(lua_State *L, int first, double deadline, const char *fn) {
   pt_buf_init(&own);
   b->len = 0;
   if (b == &h->buf) h->busy = 1;
-  if (!pt_encode(L, first, lua_gettop(L) - first + 1, "message", b, err, sizeof err)) {
+  if (!pt_encode(L, first, n, "message", b, err, sizeof err)) {
     if (b == &h->buf) h->busy = 0;
     pt_buf_free(&own);
     return luaL_error(L, "%s", err);
+  }
+  if (tlen && pt_buf_add(b, tail, tlen) != 0) {
+    pt_discard(b->data, b->len);
+    if (b == &h->buf) h->busy = 0;
+    pt_buf_free(&own);
+    return luaL_error(L, "%s: out of memory", fn);
   }
   o.q = pt_shm_handle_off(&h->h);
   pt_qmsg_init(&o.m, b->data ? b->data : "", b->len);
@@ -87,6 +96,11 @@ static int put(lua_State *L, int first, double deadline, const char *fn) {
   return pt_push_status(L, r, "channel send", e);
 }
 
+/* The values from index `first` on as one message. */
+static int put(lua_State *L, int first, double deadline, const char *fn) {
+  return put_values(L, first, lua_gettop(L) - first + 1, NULL, 0, deadline, fn);
+}
+
 /* ch:send(...) -> true | nil, "closed" */
 static int l_send(lua_State *L) { return put(L, 2, PT_FOREVER, "send"); }
 
@@ -96,6 +110,114 @@ static int l_offer(lua_State *L) {
   pt_handle_check(L, 1, &channel_class, "offer");
   deadline = pt_check_deadline(L, 2, 0, "offer");
   return put(L, 3, deadline, "offer");
+}
+
+/* ---- pools' internal sends ------------------------------------------------------ */
+
+/* ch:_offer_cat(timeout, payload, v1..vk) (internal, pools): offer of one
+   message, v1..vk followed by the message `payload` (an encoded string) in
+   place: its values come after v1..vk, as if sent with them.  v1..vk must
+   be plain (nil, booleans, numbers, strings: they number no tables or
+   functions, so the payload's ids stay its own), and a payload that
+   starts with a ticket (it holds references) decodes only from its
+   start: that one goes as one more value, a string, as offer sends it. */
+static int l_offer_cat(lua_State *L) {
+  double deadline;
+  size_t n;
+  const char *s;
+  int i, top;
+  pt_off q = PT_HOFF(L, 1, &channel_class, "_offer_cat");
+  deadline = pt_check_deadline(L, 2, 0, "_offer_cat");
+  s = luaL_checklstring(L, 3, &n);
+  /* no room now, and no wait: said before the message is made (a pool
+     offers as soon as it may; building the message and discarding it cost
+     about 25000 instructions a 1000-item chunk) */
+  if (lua_tonumber(L, 2) == 0 && pt_queue_count(q) >= pt_queue_capacity(q)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  top = lua_gettop(L);
+  for (i = 4; i <= top; i++) {
+    int t = lua_type(L, i);
+    if (t != LUA_TNIL && t != LUA_TBOOLEAN && t != LUA_TNUMBER && t != LUA_TSTRING)
+      return luaL_argerror(L, i, "a plain value expected");
+  }
+  if (n > 0 && s[0] == PT_TICKET_TAG) {
+    lua_pushvalue(L, 3);                      /* L: ch t payload v1..vk payload */
+    return put(L, 4, deadline, "_offer_cat");
+  }
+  return put_values(L, 4, top - 3, s, n, deadline, "_offer_cat");
+}
+
+/* list[i] as Lua reads it (metamethods; raw, the cheaper read, when the
+   list has no metatable) */
+static void ch_geti(lua_State *L, int list, lua_Integer i, int raw) {
+  if (raw) {
+    lua_rawgeti(L, list, (int)i);
+    return;
+  }
+#if LUA_VERSION_NUM >= 503
+  lua_geti(L, list, i);
+#else
+  lua_pushinteger(L, i);
+  lua_gettable(L, list);
+#endif
+}
+
+/* ch:_encode_chunk(t, key, list, first, last, fn) (internal, pools): a
+   map chunk's payload, the message (count, list[first] .. list[last], fn)
+   with count = last - first + 1 (at most 8000), read from the list as Lua
+   reads it (a proxy's __index may raise: nothing is made then), stored as
+   t[key] (raw) before it returns, and returned.  The plain items come
+   first: a receiver decodes them in its fast pass. */
+static int l_encode_chunk(lua_State *L) {
+  pt_handle *h = pt_handle_check(L, 1, &channel_class, "_encode_chunk");
+  lua_Integer first, last, i;
+  pt_buf own, *b;
+  char err[PT_ERRLEN];
+  int ok, raw;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checkany(L, 3);
+  first = luaL_checkinteger(L, 5);
+  last = luaL_checkinteger(L, 6);
+  luaL_checkany(L, 7);
+  if (last < first || last - first >= 8000) return luaL_argerror(L, 6, "1 to 8000 items expected");
+  lua_settop(L, 7);
+  luaL_checkstack(L, (int)(last - first) + 8, "pool chunk");
+  raw = !lua_getmetatable(L, 4) && lua_type(L, 4) == LUA_TTABLE && first >= INT_MIN && last <= INT_MAX;
+  if (!raw) lua_settop(L, 7);
+  lua_pushinteger(L, last - first + 1);       /* L: ch t key list first last fn count */
+  for (i = first; i <= last; i++) ch_geti(L, 4, i, raw);
+  lua_pushvalue(L, 7);                        /* L: ... count items.. fn */
+  b = h->busy ? &own : &h->buf;
+  pt_buf_init(&own);
+  b->len = 0;
+  if (b == &h->buf) h->busy = 1;
+  ok = pt_encode(L, 8, lua_gettop(L) - 7, "values", b, err, sizeof err);
+  if (ok) {
+    lua_settop(L, 3);                         /* L: ch t key */
+    lua_pushlstring(L, b->data ? b->data : "", b->len);
+  }
+  if (b == &h->buf) h->busy = 0;
+  pt_buf_free(&own);
+  if (!ok) return luaL_error(L, "%s", err);
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, -2);                       /* L: ch t key s key s */
+  lua_rawset(L, 2);
+  return 1;
+}
+
+/* ch:_send_list(list, n, v1..vk) (internal, pools): send of one message,
+   v1..vk then list[1] .. list[n] (raw reads). */
+static int l_send_list(lua_State *L) {
+  lua_Integer n, i;
+  pt_handle_check(L, 1, &channel_class, "_send_list");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = pt_check_int(L, 3, 0, 0, 8000, "_send_list", "n");
+  luaL_checkstack(L, (int)n + 8, "channel message");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, 2, (int)i);
+  return put(L, 4, PT_FOREVER, "_send_list");
 }
 
 /* ---- recv ------------------------------------------------------------------------ */
@@ -201,7 +323,8 @@ void pt_open_channel(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
     {"capacity", l_capacity}, {"_recv", l_recv_head},
-    {"_recv_into", l_recv_into}, {"_list", l_list}, {NULL, NULL}};
+    {"_recv_into", l_recv_into}, {"_list", l_list}, {"_offer_cat", l_offer_cat},
+    {"_encode_chunk", l_encode_chunk}, {"_send_list", l_send_list}, {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
   pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */

@@ -149,6 +149,9 @@ int pt_encode_call(lua_State *L, int idx, int n, pt_buf *out, char *err,
    length, at most PT_STRING_HEAD), written at p: how many.  The string's
    own bytes follow them (a sender may write them from where they are). */
 #define PT_STRING_HEAD 11
+/* The first byte of a message that holds references (its ticket): such a
+   message decodes only from its start, never after other values. */
+#define PT_TICKET_TAG 'K'
 size_t pt_encode_string_head(char *p, size_t n);
 /* Decode every value of a buffer and push them.  Returns how many were
    pushed, or -1 with an error message pushed instead (nothing else). */

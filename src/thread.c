@@ -901,8 +901,13 @@ static int thread_cancel(pt_worker *w) {
 
 static void thread_release(pt_worker *w) {
   /* A thread worker that ends without joining a thread it started leaves
-     no one who could ever join it: cancel it rather than let it run on. */
-  if (!w->joined && pt_self_ctx && pt_self_ctx->kind == PT_THREAD && pt_self_ctx->closing)
+     no one who could ever join it: cancel it rather than let it run on.
+     Not a pool's (pt._daemon): the pool dropped with its owner tells its
+     workers and watchers to leave (its finalizer runs first), and a
+     process pool's watcher must stay until the last process worker has
+     gone (it keeps the channels they use); at exit they are stopped. */
+  if (!w->joined && !w->daemon && pt_self_ctx && pt_self_ctx->kind == PT_THREAD &&
+      pt_self_ctx->closing)
     thread_cancel(w);
   /* still running: the registry keeps it cancellable at exit (so it is
      not marked joined: a cancel must still reach it) */

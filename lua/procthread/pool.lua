@@ -84,7 +84,9 @@ local function worker_main(c)
     c.life:close_read()
     for i = 1, #c.close do pcall(c.close[i].close, c.close[i]) end
   end
+  local failed_at
   local function handler(e)
+    if failed_at then failed_at() end
     if type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
       local ok, s = false, nil
@@ -117,42 +119,91 @@ local function worker_main(c)
         :format(select("#", ...), MAX_RESULTS))
     end
   end
-  -- A chunk of a map, run inside one xpcall for all its items: its payload
-  -- in; its results out, in place (result k goes to slot k, whose item was
-  -- read already: the table is sized already and never grows), with the
-  -- item reached and the count.
-  local payload, t, at, count
+  -- A chunk of a map, run inside one xpcall for all its items.  Its items
+  -- come in the task message itself (op, seq, then the payload's values),
+  -- decoded onto the stack and taken into a table of their own, R (take):
+  -- count, the items, fn (the items first: the decoder's fast pass takes
+  -- them); or fn, -count, a table of them (more than the stack holds); or
+  -- the payload as a string (it holds references: it decodes only alone).
+  -- The results go in place (result k to slot k, whose item was read
+  -- already: the table never grows), with the item reached and the count.
+  local R, t, at, count
   local function chunk()
-    local r = { pt.decode(payload) }     -- a local in the loop: no upvalue load an item
-    local fn, base = r[1], 2
-    count = r[2]
-    if count < 0 then r, base, count = r[3], 0, -count end
-    t = r
-    for k = 1, count do at = k; r[k] = (fn(r[k + base])) end
+    local r = R                          -- a local in the loop: no upvalue load an item
+    R = nil
+    local a = r[1]
+    if type(a) == "string" then
+      r = { pt.decode(a) }
+      t, a = r, r[1]
+    end
+    local fn
+    if type(a) == "number" then
+      count, fn = a, r[a + 2]
+      t = r
+      for k = 1, count do r[k] = (fn(r[k + 1])) end
+    else
+      fn, count, r = a, -r[2], r[3]
+      t = r
+      for k = 1, count do r[k] = (fn(r[k])) end
+    end
+  end
+  -- The item a chunk failed at: its loop's k, read by the error handler
+  -- before the stack unwinds (an upvalue set an item cost 27 instructions
+  -- of about 1100, callgrind, 5.4).
+  function failed_at()
+    for level = 3, math.huge do
+      local info = debug.getinfo(level, "f")
+      if not info then return end
+      if info.func == chunk then
+        for i = 1, 250 do
+          local name, v = debug.getlocal(level, i)
+          if not name then return end
+          if name == "k" then at = v end
+        end
+        return
+      end
+    end
   end
   -- LuaJIT: a trace of that loop is bound to the function it called, and
   -- each chunk brings a new one (decoded afresh), so every call left the
   -- trace (about 2000 instructions an item); interpreted, the loop calls
   -- fn, which is still compiled when it gets hot
   if jit then jit.off(chunk) end
+  -- The values of a task message: a map chunk's after op and seq go into
+  -- R at once (a table constructor over the stack: the decoder's stores
+  -- into a table, ch:_recv_into, cost about 40 instructions an item more)
+  local function take(op, seq, ...)
+    if op == "map" then R = { ... }; return op, seq end
+    return op, seq, ...
+  end
   local function run(op, seq, p)
     if op == "call" then
       finish(seq, xpcall(function() return apply(pt.decode(p)) end, handler))
       return
     end
-    payload, t, at, count = p, nil, 0, 0
+    t, at, count = R, 0, 0
     local ok, err = xpcall(chunk, handler)
-    payload = nil
+    R = nil
     -- the results as values (the codec encodes a list of 1000 integers
     -- about 2x, and decodes it about 3x, faster than a table of them:
-    -- callgrind, 5.4); as a table past what the stack holds
+    -- callgrind, 5.4), read from the table by _send_list; as a table past
+    -- what the stack holds
     if not ok then
       local done = {}                       -- the results before the failing item
       for k = 1, at - 1 do done[k] = t[k] end
+      t = nil
       reply(seq, false, err, at, done)
-    elseif count <= 1000 then reply(seq, true, count, unpack(t, 1, count))
-    else reply(seq, true, -count, t) end
-    t = nil
+    elseif count <= 1000 then
+      local r = t
+      t = nil
+      local sent, serr = pcall(answers._send_list, answers, r, count, seq, true, count)
+      r = nil
+      if not sent then answers:send(seq, false, "results: " .. tostring(serr), 0) end
+    else
+      local r = t
+      t = nil
+      reply(seq, true, -count, r)
+    end
   end
   local function loop()
     if c.init then
@@ -166,15 +217,25 @@ local function worker_main(c)
     end
     local done = 0
     while not max_tasks or done < max_tasks do
-      local op, seq, payload = tasks:recv()          -- a cancellation point
+      -- a cancellation point; a map chunk's values go into R
+      local op, seq, payload, op2, seq2 = take(tasks:_recv())
+      local undecodable = op == nil and seq == "undecodable"
+      if undecodable then
+        -- the task fails (as its decode in the task would)
+        op, seq = op2, seq2
+        if type(seq) ~= "number" then error("pool worker: a task message did not decode: " .. tostring(payload), 0) end
+      end
       if op == nil then break end                    -- closed: the pool stops
       if room then room:set() end                    -- a submit waiting for room may go on
       if pt.cas(claims, seq, nil, wid) then
-        run(op, seq, payload)
+        if not undecodable then run(op, seq, payload)
+        elseif op == "map" then reply(seq, false, tostring(payload), 0, {})
+        else reply(seq, false, tostring(payload)) end
         claims[seq] = nil
         ring()
         done = done + 1
       else
+        R = nil
         claims[seq] = nil        -- cancelled or taken back: the caller released it
         -- its room in the task channel is free: a caller whose tasks wait
         -- for it must wake (it may be waiting for an answer that never
@@ -287,9 +348,15 @@ local function wait_took(took, t)
   return r == true
 end
 
+local place, settle_filling
+
 -- Start the worker of slot i.
 local function start_worker(self, i)
   local pt = self.pt
+  if self.filling then                              -- one start at a time
+    settle_filling(self)
+    if self.slots[i] then return true end
+  end
   self.next_wid = self.next_wid + 1
   local wid = self.next_wid
   local c = { tasks = self.tasks, answers = self.answers, claims = self.claims, flags = self.flags,
@@ -311,18 +378,33 @@ local function start_worker(self, i)
     c.close = {}
     for _, x in pairs(self.watchers) do c.close[#c.close + 1] = x.ctl end
   end
+  -- A Ctrl-C (a hook's raise as one of the calls below returns) may leave
+  -- this function before the worker is in its slot: `filling` says how far
+  -- it came, and the pool's next call finishes the start (settle_filling).
+  local f = { i = i, c = c, wid = wid, wt = wt }
+  self.filling = f
   local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, c)
   if not ok or not w then
+    self.filling = nil
     if c.life then c.life:close() end
     if c.init then pt.discard(c.init) end
     return nil, tostring(ok and werr or w)
   end
+  f.w = w
+  return place(self, f)
+end
+
+-- The worker of a start (f: start_worker's) goes in its slot, and a process
+-- worker to its watcher.
+function place(self, f)
+  local pt, i, w, wid, c, wt = self.pt, f.i, f.w, f.wid, f.c, f.wt
   pt._daemon(w)                  -- at exit: stopped, never waited for
   if c.life then c.life:close_write() end  -- the child's end alone: it closes when the child ends
   -- in its slot before the handoff: a Ctrl-C there leaves it the pool's
   self.slots[i] = { w = w, wid = wid }
   self.byid[wid] = i
   self.started = self.started + 1
+  self.filling = nil
   if c.life then
     -- the watcher holds the read end once it has taken the message: wait
     -- for that.  A message left in the pipe would hold that end for good
@@ -353,6 +435,33 @@ local function start_worker(self, i)
     if intr then error(intr, 0) end
   end
   return true
+end
+
+-- A start of a worker that a Ctrl-C cut short before the worker was in its
+-- slot (start_worker): the worker spawned is placed now, as if nothing had
+-- come between (it may have taken tasks already: it must be the pool's,
+-- watched, its end read); a pool stopped since stops it.  Without a worker
+-- (the interrupt came as the spawn returned) the slot is started again.
+-- Before anything that looks at the slots (refill, stop_all) or starts
+-- another worker.
+function settle_filling(self, stopping)
+  local f = self.filling
+  local w = f.w
+  if w and not stopping and not self.slots[f.i] then
+    local ok, err = place(self, f)
+    if not ok then self.spawn_error = err end
+    return
+  end
+  self.filling = nil
+  if w then
+    if w.kind == "process" then pcall(w.kill, w, "KILL") else pcall(w.cancel, w) end
+    w:join(STOP_WAIT)
+  end
+  if f.c.life then pcall(f.c.life.close, f.c.life) end
+  if not stopping and not self.slots[f.i] and self.state ~= "closed" then
+    local ok, err = start_worker(self, f.i)
+    if not ok then self.spawn_error = err end
+  end
 end
 
 -- A task's answer.  A task that never ran releases what its payload holds
@@ -396,7 +505,12 @@ local function push(self, task)
   task.seq = seq
   self.inflight[seq] = task
   self.ninflight = self.ninflight + 1
-  local ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  local ok, sent
+  if task.op == "map" then       -- the payload's values follow op and seq in one message
+    ok, sent = pcall(self.tasks._offer_cat, self.tasks, 0, task.payload, "map", seq)
+  else
+    ok, sent = pcall(self.tasks.offer, self.tasks, 0, task.op, seq, task.payload)
+  end
   if ok and sent then return true end
   if ok then                     -- no room: not sent, the number is free again
     self.inflight[seq] = nil
@@ -605,6 +719,7 @@ end
 -- answer channel holds: a worker never waits to send one).
 function refill(self)
   if self.closed_up then return end
+  if self.filling then settle_filling(self) end
   local live = next(self.slots) ~= nil
   if not live and self.state ~= "closed" then
     for i = 1, self.n do
@@ -670,6 +785,7 @@ local function join_or_kill(w, timeout)
 end
 
 local function stop_all(self, now, timeout)
+  if self.filling then settle_filling(self, true) end
   local ws, idle = {}, {}
   local claims = self.claims
   if now then
@@ -911,8 +1027,9 @@ local abandon
 -- each chunk is settled.
 -- A chunk's payload: items first..last of list (read here: a proxy's
 -- __index may raise).
-local function encode_chunk(encode_into, t, fn, list, first, last)
-  if last - first < 1000 then return encode_into(t, "payload", fn, last - first + 1, unpack(list, first, last)) end
+local function encode_chunk(self, t, fn, list, first, last)
+  if last - first < 1000 then return self.tasks:_encode_chunk(t, "payload", list, first, last, fn) end
+  local encode_into = self.pt._encode_into
   local items = {}                -- too many values for the stack: a table (count < 0)
   for i = first, last do items[i - first + 1] = list[i] end
   return encode_into(t, "payload", fn, first - last - 1, items)
@@ -922,7 +1039,6 @@ local function start_job(fname, self, fn, list, chunk, ready, into)
   local count = #list
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
-  local encode_into = self.pt._encode_into
   -- the chunks not queued yet are given up when an encode, or a wait for
   -- room, raises (a thread cancelled there leaves them to the finalizer:
   -- each chunk is in fields[7] before its payload exists)
@@ -932,7 +1048,7 @@ local function start_job(fname, self, fn, list, chunk, ready, into)
     local last = math.min(count, first + chunk - 1)
     local t = new_task(self, "map", nil, first, job, #job.chunks + 1, into)
     job.chunks[t.k] = t
-    local ok, err = pcall(encode_chunk, encode_into, t, fn, list, first, last)
+    local ok, err = pcall(encode_chunk, self, t, fn, list, first, last)
     if not ok then
       for _, c in ipairs(job.chunks) do
         if c.payload then self.pt.discard(c.payload); c.payload = nil end
