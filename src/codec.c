@@ -12,20 +12,32 @@
 #define SEAL_LEN 4
 #define SEAL_MIX 0x50544d53u
 
+int pt_seal(pt_buf *b) {
+  uint32_t v = (uint32_t)b->len ^ SEAL_MIX;
+  int i;
+  if (pt_buf_reserve(b, SEAL_LEN)) {
+    pt_discard(b->data ? b->data : "", b->len);   /* drop what the body holds */
+    return -1;
+  }
+  for (i = 0; i < SEAL_LEN; i++) b->data[b->len++] = (char)(v >> (8 * i));
+  return 0;
+}
+
+size_t pt_unseal(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s + n - SEAL_LEN;
+  uint32_t v = 0;
+  int i;
+  if (n < SEAL_LEN) return (size_t)-1;
+  for (i = 0; i < SEAL_LEN; i++) v |= (uint32_t)u[i] << (8 * i);
+  return (v ^ SEAL_MIX) == (uint32_t)(n - SEAL_LEN) ? n - SEAL_LEN : (size_t)-1;
+}
+
 /* Encode the values from idx (n of them) and seal them into b: NULL, or
    the error (in err). */
 static const char *encode_sealed(lua_State *L, int idx, int n, pt_buf *b, char *err,
                                  size_t errlen) {
-  uint32_t v;
-  int i;
   if (!pt_encode(L, idx, n, "values", b, err, errlen)) return err;
-  v = (uint32_t)b->len ^ SEAL_MIX;
-  if (pt_buf_reserve(b, SEAL_LEN)) {
-    pt_discard(b->data ? b->data : "", b->len);   /* drop what the body holds */
-    return CODEC_OOM;
-  }
-  for (i = 0; i < SEAL_LEN; i++) b->data[b->len++] = (char)(v >> (8 * i));
-  return NULL;
+  return pt_seal(b) ? CODEC_OOM : NULL;
 }
 
 static int l_encode(lua_State *L) {
@@ -69,19 +81,10 @@ static int l_encode_into(lua_State *L) {
 /* The message argument: a string (a number is not converted); *n is its
    body's length, or (size_t)-1 when the seal is missing or wrong. */
 static const char *message_arg(lua_State *L, size_t *n) {
-  const unsigned char *u;
   const char *s;
-  uint32_t v = 0;
-  int i;
   luaL_checktype(L, 1, LUA_TSTRING);
   s = lua_tolstring(L, 1, n);
-  u = (const unsigned char *)s + *n - SEAL_LEN;
-  if (*n < SEAL_LEN) {
-    *n = (size_t)-1;
-    return s;
-  }
-  for (i = 0; i < SEAL_LEN; i++) v |= (uint32_t)u[i] << (8 * i);
-  *n = (v ^ SEAL_MIX) == (uint32_t)(*n - SEAL_LEN) ? *n - SEAL_LEN : (size_t)-1;
+  *n = pt_unseal(s, *n);
   return s;
 }
 

@@ -171,6 +171,11 @@ int pt_decode_into(lua_State *L, const char *data, size_t len, int route, int k,
    message: every whole reference in it is released); does nothing for a
    message decoded or discarded before (its ticket is taken). */
 void pt_discard(const char *data, size_t len);
+/* pt.encode's strings end in a seal (the body's length): pt_seal appends
+   it to a message in b (0; -1 when out of memory, the message discarded),
+   pt_unseal gives the body's length of a sealed string, or (size_t)-1. */
+int pt_seal(pt_buf *b);
+size_t pt_unseal(const char *s, size_t n);
 
 /* ---- worker.c, thread.c, process.c (worker.h) -------------------------- */
 void pt_open_worker(lua_State *L);   /* adds to the module table at -1 */
