@@ -80,6 +80,33 @@ describe("workers", function()
         assert.are.equal("cancelled", w:status())
       end)
 
+      -- found by attack: the child took SIGTERM's default only after its
+      -- fork handlers, so a cancel right after the spawn met the parent's
+      -- disposition there (ignored: lost, the child ran on; a handler:
+      -- the parent's code ran in the child).  The fork is now made with
+      -- SIGTERM blocked, and the child unblocks it once it is SIG_DFL.
+      if kind == "process" then
+        it("cancels right after the spawn, even when the parent ignores SIGTERM", function()
+          local status, out = H.fresh_under([[sh -c 'trap "" TERM; exec "$0" "$@"']], [[
+            local pt = require "procthread"
+            local lost = 0
+            for _ = 1, 20 do
+              local w = pt.spawn_process(function() pt.sleep(3) return "ran" end)
+              w:cancel()
+              local ok, err = w:join(2)
+              if ok == nil then lost = lost + 1; w:kill("KILL"); w:join() end
+              if ok ~= false or err ~= "cancelled" then
+                io.write("join: ", tostring(ok), " ", tostring(err), "\n")
+                break
+              end
+            end
+            io.write("lost ", lost, "\n")
+          ]])
+          assert.are.equal("lost 0\n", out, out)
+          assert.are.equal(0, status, out)
+        end)
+      end
+
       it("cancels a pure-Lua busy loop within 100 ms #notsan", function()
         local w = pt.spawn(kind, function()
           -- LuaJIT: JIT-compiled loops do not run hooks (docs/api.md); the

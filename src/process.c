@@ -359,6 +359,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   process_worker *p;
   pt_worker *w;
   pt_shm_counts held;       /* the fork's: on the stack, which the child writes anyway */
+  sigset_t term_only, mask;
   pt_spawn_check(L, &pt_process_ops, 4);   /* handle, prepare_child */
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
@@ -398,8 +399,16 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "pipe", e);
   }
+  /* SIGTERM blocked across the fork: a cancel that reaches the child
+     before take_sigterm stays pending until the child's disposition is
+     the default, rather than meeting the parent's (ignored: lost; a
+     handler: the parent's code run in the child) */
+  sigemptyset(&term_only);
+  sigaddset(&term_only, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &term_only, &mask);
   pid = pt_shm_fork(&held);
   e = pid < 0 ? errno : 0;  /* the child reads no errno (libc's code: PT_AFTER_FORK) */
+  if (pid != 0) pthread_sigmask(SIG_SETMASK, &mask, NULL);
   if (pid == 0) {           /* the parent's children are not ours (no write when none) */
     if (orphans) orphans = NULL;
     if (reaper_running) reaper_running = 0;
