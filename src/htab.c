@@ -183,9 +183,9 @@ fail:
    full slot holding k's type and length would say. */
 #define HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
 
-static uint64_t head_of(const pt_kv *k) {
+static uint64_t head_of(const pt_kv *k, uint32_t hash) {
   return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
-         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)k->hash << 32);
+         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)hash << 32);
 }
 
 static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
@@ -196,15 +196,17 @@ static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
 pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
   uint64_t w = t->slots, mask, i, n, want, as;
+  uint32_t hash;
   long tomb = -1;
   if (!w) { if (ins) *ins = -1; return NULL; }
   as = PT_HT_ASIZE(w);
   a = PT_SHM_PTR(pt_slot, SOFF(w)) + as;        /* the hash part */
   mask = SCAP(w) - 1;
-  want = head_of(k);
+  hash = pt_ht_key_hash(k);
+  want = head_of(k, hash);
   /* a key that is no long string is all in the key word (booleans: 0); a
      long one is never there (its kv's bits are 0, a slot's an offset) */
-  for (n = mask + 1, i = k->hash & mask; n; n--, i = (i + 1) & mask) {
+  for (n = mask + 1, i = hash & mask; n; n--, i = (i + 1) & mask) {
     uint64_t head;
     memcpy(&head, &a[i], 8);
     if ((head & HEAD_MASK) == want &&
@@ -255,11 +257,7 @@ int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e) {
 
 static int present(pt_stab *t, int64_t n) {
   pt_kv k;
-  k.t = PT_V_INT;
-  k.bits = (uint64_t)n;
-  k.s = NULL;
-  k.len = 0;
-  pt_ht_hash(&k);
+  pt_ht_int_key(&k, (uint64_t)n);
   return pt_ht_find(t, &k, NULL) != NULL;
 }
 
@@ -416,7 +414,7 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
   was_tomb = PT_HT_C_STATE(sl->ctl) == PT_S_TOMB;
-  sl->hash = k->hash;
+  sl->hash = pt_ht_key_hash(k);
   sl->key = keybits;
   sl->val[0] = v->bits;
   __atomic_store_n(&sl->ctl,
@@ -430,8 +428,13 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
 }
 
 int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g) {
-  long ins;
+  long ins = -1;
   pt_slot *sl = pt_ht_find(t, k, &ins);
+  return pt_ht_store_at(t, k, v, g, sl, ins);
+}
+
+int pt_ht_store_at(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g, pt_slot *sl,
+                   long ins) {
   g->n = 0;
   if (sl || v->t != PT_V_NIL) pt_ht_changing(t);
   if (sl) {
