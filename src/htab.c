@@ -334,10 +334,11 @@ static uint64_t array_size(pt_stab *t, const pt_kv *k, uint64_t *in) {
 }
 
 /* Build a slot block holding every entry (and room for k, about to be
-   inserted; NULL: none), its parts sized afresh, and publish it.  0 ok,
-   -1 the arena is full (the table is unchanged). */
-static int rehash(pt_stab *t, const pt_kv *k) {
-  uint64_t in, as = array_size(t, k, &in), cap = cap_for(t->count + (k != NULL) - in);
+   inserted; NULL: none), with an array part of as slots that will hold in
+   of them, and publish it.  0 ok, -1 the arena is full (the table is
+   unchanged). */
+static int rehash_to(pt_stab *t, const pt_kv *k, uint64_t as, uint64_t in) {
+  uint64_t cap = cap_for(t->count + (k != NULL) - in);
   uint64_t old = t->slots, i, mask = cap - 1, an = 0;
   pt_off noff;
   pt_slot *na, *nh;
@@ -369,6 +370,17 @@ static int rehash(pt_stab *t, const pt_kv *k) {
   t->acount = an;
   if (old) pt_shm_free_aligned(SOFF(old));
   return 0;
+}
+
+/* The same with the parts sized afresh.  A grown array part may need a
+   block the arena cannot give beside the old one (1 MiB: 8192 integer
+   keys, 256 KiB, growing to 512) where the array part as it is, with a
+   bigger hash part, fits: then the new keys go to the hash part (in: the
+   array part's entries, since no key of its range is in the hash part). */
+static int rehash(pt_stab *t, const pt_kv *k) {
+  uint64_t in, as = array_size(t, k, &in), was = t->slots ? PT_HT_ASIZE(t->slots) : 0;
+  if (rehash_to(t, k, as, in) == 0) return 0;
+  return as > was ? rehash_to(t, k, was, t->acount) : -1;
 }
 
 static void garbage_add(pt_garbage *g, int t, uint64_t bits) {
