@@ -19,14 +19,17 @@
 local mode = arg[1]
 
 -- 200k keys (issue 12): `t[k] = v` and `t[k]` over keys 1..200000, in
--- order or scrambled, PASSES passes, in a shared table or a plain one.
-if mode == "--keys" then     -- --keys set|get pt|lua seq|rand [nkeys [passes]]
+-- order or scrambled, PASSES passes, in a shared table or a plain one;
+-- "str": the string keys "k1".."k200000" in order (the hash part).
+if mode == "--keys" then     -- --keys set|get pt|lua seq|rand|str [nkeys [passes]]
   local what, where, K, PASSES = arg[2], arg[3], tonumber(arg[5]) or 200000, tonumber(arg[6]) or 10
   local pt = require "procthread"
   local t = where == "pt" and pt.shared_table() or {}
   local order = {}
-  for i = 1, K do order[i] = arg[4] == "seq" and i or (i * 7919) % K + 1 end  -- 7919: prime
-  for i = 1, K do t[i] = i end
+  for i = 1, K do
+    order[i] = arg[4] == "seq" and i or arg[4] == "str" and "k" .. i or (i * 7919) % K + 1  -- 7919: prime
+  end
+  for i = 1, K do t[order[i]] = i end
   local t0 = pt.now()
   if what == "set" then
     for p = 1, PASSES do for i = 1, K do t[order[i]] = p end end
@@ -99,7 +102,8 @@ print(("%-40s %14.0f %14.0f %8.3f  (target >= 0.15)"):format(
 print(("%-40s %14.0f %14s %8s  (target >= 5000000)"):format(
   "get+set, 1 worker (ops/s)", gs_pt, "-", "-"))
 -- 200k keys, one worker, beside plain Lua (issue 12: >= 8 M ops/s each)
-for _, order in ipairs({ "seq", "rand" }) do
+local order_names = { seq = "in order", rand = "scrambled", str = "\"k1\".. in order" }
+for _, order in ipairs({ "seq", "rand", "str" }) do
   for _, what in ipairs({ "set", "get" }) do
     local p, l = {}, {}
     for i = 1, 5 do
@@ -107,7 +111,7 @@ for _, order in ipairs({ "seq", "rand" }) do
       l[i] = run(env .. lua .. " " .. self .. " --keys " .. what .. " lua " .. order, "ops_per_sec")
     end
     print(("%-40s %14.0f %14.0f %8.3f  (target >= 8000000; the floor: plain Lua)"):format(
-      ("%s, 200k keys %s (ops/s)"):format(what, order == "seq" and "in order" or "scrambled"),
+      ("%s, 200k keys %s (ops/s)"):format(what, order_names[order]),
       med(p), med(l), med(p) / med(l)))
   end
 end

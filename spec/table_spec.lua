@@ -805,6 +805,32 @@ describe("shared tables", function()
       assert.matches("ok%s+%d%d%d", out)
     end)
 
+    -- a rebuild that grew the array part needed a block for both parts
+    -- beside the old one: in 1 MiB, past 8192 integer keys (an array part
+    -- of 256 KiB growing to 512), neither an integer key nor any other
+    -- could be added, with 781 KB free
+    it("takes keys beyond an array part that the arena has no room to grow", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "1M" }
+        local st = pt.shared_table()
+        for i = 1, 8400 do
+          local ok, err = pcall(function() st[i] = i end)
+          assert(ok, ("key %d: %s"):format(i, tostring(err)))
+        end
+        st.x = "hash key"
+        for i = 1, 8400 do assert(st[i] == i, i) end
+        assert(st.x == "hash key" and #st == 8400)
+        assert(pt._shm_check())
+        st.x = nil
+        for i = 8400, 1, -1 do st[i] = nil end   -- shrinks back
+        assert(#st == 0 and pt._shm_check())
+        print("ok")
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("^ok", out)
+    end)
+
     -- issue 9, item 22: the 1 GiB default arena did not fit under ulimit -v
     it("spawn_process works under ulimit -v 600000 (the arena fits the limit) #rlimit", function()
       local status, out = H.fresh([[

@@ -183,9 +183,9 @@ fail:
    full slot holding k's type and length would say. */
 #define HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
 
-static uint64_t head_of(const pt_kv *k) {
+static uint64_t head_of(const pt_kv *k, uint32_t hash) {
   return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
-         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)k->hash << 32);
+         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)hash << 32);
 }
 
 static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
@@ -196,15 +196,17 @@ static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
 pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins) {
   pt_slot *a;
   uint64_t w = t->slots, mask, i, n, want, as;
+  uint32_t hash;
   long tomb = -1;
   if (!w) { if (ins) *ins = -1; return NULL; }
   as = PT_HT_ASIZE(w);
   a = PT_SHM_PTR(pt_slot, SOFF(w)) + as;        /* the hash part */
   mask = SCAP(w) - 1;
-  want = head_of(k);
+  hash = pt_ht_key_hash(k);
+  want = head_of(k, hash);
   /* a key that is no long string is all in the key word (booleans: 0); a
      long one is never there (its kv's bits are 0, a slot's an offset) */
-  for (n = mask + 1, i = k->hash & mask; n; n--, i = (i + 1) & mask) {
+  for (n = mask + 1, i = hash & mask; n; n--, i = (i + 1) & mask) {
     uint64_t head;
     memcpy(&head, &a[i], 8);
     if ((head & HEAD_MASK) == want &&
@@ -255,11 +257,7 @@ int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e) {
 
 static int present(pt_stab *t, int64_t n) {
   pt_kv k;
-  k.t = PT_V_INT;
-  k.bits = (uint64_t)n;
-  k.s = NULL;
-  k.len = 0;
-  pt_ht_hash(&k);
+  pt_ht_int_key(&k, (uint64_t)n);
   return pt_ht_find(t, &k, NULL) != NULL;
 }
 
@@ -336,10 +334,11 @@ static uint64_t array_size(pt_stab *t, const pt_kv *k, uint64_t *in) {
 }
 
 /* Build a slot block holding every entry (and room for k, about to be
-   inserted; NULL: none), its parts sized afresh, and publish it.  0 ok,
-   -1 the arena is full (the table is unchanged). */
-static int rehash(pt_stab *t, const pt_kv *k) {
-  uint64_t in, as = array_size(t, k, &in), cap = cap_for(t->count + (k != NULL) - in);
+   inserted; NULL: none), with an array part of as slots that will hold in
+   of them, and publish it.  0 ok, -1 the arena is full (the table is
+   unchanged). */
+static int rehash_to(pt_stab *t, const pt_kv *k, uint64_t as, uint64_t in) {
+  uint64_t cap = cap_for(t->count + (k != NULL) - in);
   uint64_t old = t->slots, i, mask = cap - 1, an = 0;
   pt_off noff;
   pt_slot *na, *nh;
@@ -371,6 +370,17 @@ static int rehash(pt_stab *t, const pt_kv *k) {
   t->acount = an;
   if (old) pt_shm_free_aligned(SOFF(old));
   return 0;
+}
+
+/* The same with the parts sized afresh.  A grown array part may need a
+   block the arena cannot give beside the old one (1 MiB: 8192 integer
+   keys, 256 KiB, growing to 512) where the array part as it is, with a
+   bigger hash part, fits: then the new keys go to the hash part (in: the
+   array part's entries, since no key of its range is in the hash part). */
+static int rehash(pt_stab *t, const pt_kv *k) {
+  uint64_t in, as = array_size(t, k, &in), was = t->slots ? PT_HT_ASIZE(t->slots) : 0;
+  if (rehash_to(t, k, as, in) == 0) return 0;
+  return as > was ? rehash_to(t, k, was, t->acount) : -1;
 }
 
 static void garbage_add(pt_garbage *g, int t, uint64_t bits) {
@@ -416,7 +426,7 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
   was_tomb = PT_HT_C_STATE(sl->ctl) == PT_S_TOMB;
-  sl->hash = k->hash;
+  sl->hash = pt_ht_key_hash(k);
   sl->key = keybits;
   sl->val[0] = v->bits;
   __atomic_store_n(&sl->ctl,
@@ -430,8 +440,13 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
 }
 
 int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g) {
-  long ins;
+  long ins = -1;
   pt_slot *sl = pt_ht_find(t, k, &ins);
+  return pt_ht_store_at(t, k, v, g, sl, ins);
+}
+
+int pt_ht_store_at(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g, pt_slot *sl,
+                   long ins) {
   g->n = 0;
   if (sl || v->t != PT_V_NIL) pt_ht_changing(t);
   if (sl) {

@@ -73,12 +73,18 @@ enum { PT_S_EMPTY, PT_S_FULL, PT_S_TOMB };
 #define PT_HT_ASIZE(w) ((1ULL << ((w) >> 58)) >> 1)
 #define PT_HT_NSLOTS(w) (PT_HT_ASIZE(w) + PT_HT_SCAP(w))
 #define PT_HT_SLOTS(t) PT_SHM_PTR(pt_slot, PT_HT_SOFF((t)->slots))
+static inline uint32_t pt_ht_mix(uint64_t h);
+/* A key's hash.  An integer key's is made here, when it is needed: a key
+   of the array part never needs it (k->hash is not set for an integer). */
+static inline uint32_t pt_ht_key_hash(const pt_kv *k) {
+  return k->t == PT_V_INT ? pt_ht_mix(k->bits) : k->hash;
+}
 /* The slot a key belongs in first: its own in the array part, or the
    hash part's slot where its probe begins. */
 static inline uint64_t pt_ht_home(uint64_t w, const pt_kv *k) {
   uint64_t as = PT_HT_ASIZE(w);
   if (k->t == PT_V_INT && k->bits - 1 < as) return k->bits - 1;
-  return as + (k->hash & (PT_HT_SCAP(w) - 1));
+  return as + (pt_ht_key_hash(k) & (PT_HT_SCAP(w) - 1));
 }
 
 typedef struct pt_lstr {
@@ -150,12 +156,24 @@ static inline void pt_ht_number_key(pt_kv *k, double d) {
     memcpy(&k->bits, &d, 8);
   }
 }
-/* Fill k->hash: the last step of making a key. */
+/* An integer as a value, or as a key (its hash: pt_ht_key_hash). */
+static inline void pt_ht_int_value(pt_kv *v, uint64_t n) {
+  v->t = PT_V_INT;
+  v->bits = n;
+  v->s = NULL;
+  v->len = 0;
+}
+static inline void pt_ht_int_key(pt_kv *k, uint64_t n) {
+  pt_ht_int_value(k, n);
+  k->hash = 0;
+}
+/* Fill k->hash: the last step of making a key (an integer's is made
+   when needed: pt_ht_key_hash). */
 static inline void pt_ht_hash(pt_kv *k) {
   switch (k->t) {
     case PT_V_FALSE: k->hash = 0x5bd1e995u; break;
     case PT_V_TRUE: k->hash = 0x1b873593u; break;
-    case PT_V_INT: k->hash = pt_ht_mix(k->bits); break;
+    case PT_V_INT: k->hash = 0; break;
     case PT_V_FLT: k->hash = pt_ht_mix(k->bits ^ 0x6a09e667f3bcc909ULL); break;
     default: k->hash = pt_ht_hash_bytes(k->s, k->len); break;
   }
@@ -192,7 +210,9 @@ int pt_ht_valid(pt_off off, uint64_t gen);
    errno (ECANCELED when cancelled() said so; see pt_lock_acquire_spin).
    Recursive. */
 static inline int pt_ht_lock(pt_stab *t, int (*cancelled)(void));
-static inline void pt_ht_unlock(pt_stab *t) { pt_lock_release(&t->mu); }
+/* (pthread_mutex_unlock itself, as pt_lock_release is: one call less on
+   every operation.) */
+static inline void pt_ht_unlock(pt_stab *t) { pthread_mutex_unlock(&t->mu); }
 /* The lock was taken over from a dead owner: recount the table, make the
    lock consistent; returns 0. */
 int pt_ht_recover(pt_stab *t);
@@ -248,7 +268,9 @@ static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
 }
 /* Under the lock, before a change's publishing store: wake pt.wait's
    sleepers (one relaxed load when there are none; see pt_cond). */
-static inline void pt_ht_changing(pt_stab *t) { pt_cond_wake(&t->waiters); }
+static inline void pt_ht_changing(pt_stab *t) {
+  if (__atomic_load_n(&t->waiters.sleeping, __ATOMIC_RELAXED)) pt_cond_wake(&t->waiters);
+}
 /* Is the value in sl (absence when NULL) equal to e, as == says? */
 int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
 /* A border of the table (as # says). */
@@ -264,6 +286,12 @@ typedef struct pt_garbage {
    owns v; what it replaced goes to g (g->n = 0 first).  0 ok, -1 the
    arena is full (the table is unchanged, v still the caller's). */
 int pt_ht_store(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g);
+/* The same once pt_ht_find(t, k, &ins) said sl (and ins). */
+int pt_ht_store_at(pt_stab *t, const pt_kv *k, const pt_kv *v, pt_garbage *g, pt_slot *sl,
+                   long ins);
+/* Does the value in the full slot sl own nothing (no long string, no
+   table), so that replacing it leaves nothing to drop? */
+static inline int pt_ht_slot_plain(const pt_slot *sl) { return PT_HT_C_VT(sl->ctl) < PT_V_LSTR; }
 /* Lock released: drop what g holds. */
 void pt_ht_garbage_drop(pt_garbage *g);
 

@@ -170,12 +170,12 @@ __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) 
 /* The one conversion; `as` is a constant in each of the three below, so
    the compiler makes each its own function. */
 static inline __attribute__((always_inline)) void tokv(lua_State *L, int i, pt_kv *v, int as,
-                                                       int depth, int *visited) {
+                                                       int depth, int *visited, int type) {
   v->t = PT_V_NIL;
   v->s = NULL;
   v->len = 0;
   v->bits = 0;
-  switch (lua_type(L, i)) {
+  switch (type) {
     case LUA_TNIL:
       if (as == PT_AS_KEY) break;
       return;
@@ -206,7 +206,7 @@ done:
   if (as == PT_AS_KEY) pt_ht_hash(v);
 }
 
-void pt_st_tokey(lua_State *L, int i, pt_kv *k) { tokv(L, i, k, PT_AS_KEY, 0, NULL); }
+void pt_st_tokey_of(lua_State *L, int i, pt_kv *k, int type) { tokv(L, i, k, PT_AS_KEY, 0, NULL, type); }
 
 void pt_st_argkey(lua_State *L, int i, pt_kv *k) {
   int t = lua_type(L, i);
@@ -218,11 +218,13 @@ void pt_st_argkey(lua_State *L, int i, pt_kv *k) {
   pt_st_tokey(L, i, k);
 }
 
-void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
-  tokv(L, i, v, PT_AS_VALUE, depth, visited);
+void pt_st_tovalue_of(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
+  tokv(L, i, v, PT_AS_VALUE, depth, visited, lua_type(L, i));
 }
 
-void pt_st_toexpected(lua_State *L, int i, pt_kv *e) { tokv(L, i, e, PT_AS_EXPECTED, 0, NULL); }
+void pt_st_toexpected(lua_State *L, int i, pt_kv *e) {
+  tokv(L, i, e, PT_AS_EXPECTED, 0, NULL, lua_type(L, i));
+}
 
 void pt_st_tonumber(lua_State *L, int i, pt_kv *n) {
   n->s = NULL;
@@ -273,17 +275,26 @@ const char *pt_st_key_name(lua_State *L, const pt_kv *k) {
   return lua_tostring(L, -1);
 }
 
-void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v) {
+void pt_st_store_unlocked(lua_State *L, pt_kv *v) {
+  pt_ht_unprepare(v);
+  pt_st_raise_lock(L);
+  abort();                                   /* not reached: it raises */
+}
+
+/* A full arena: collect once (garbage handles may hold the room) and try
+   again. */
+void pt_st_store_at(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v, pt_slot *sl, long ins) {
   pt_garbage g;
-  int r, attempt;
-  for (attempt = 0; attempt < 2; attempt++) {
-    if (pt_st_lock(t) != 0) { pt_ht_unprepare(v); pt_st_raise_lock(L); }
-    r = pt_ht_store(t, k, v, &g);
-    pt_ht_unlock(t);
-    if (g.n) pt_ht_garbage_drop(&g);
-    if (r == 0) return;
-    if (attempt == 0) pt_st_collect(L);
-  }
+  int r = pt_ht_store_at(t, k, v, &g, sl, ins);
+  pt_ht_unlock(t);
+  if (g.n) pt_ht_garbage_drop(&g);
+  if (r == 0) return;
+  pt_st_collect(L);
+  if (pt_st_lock(t) != 0) pt_st_store_unlocked(L, v);
+  r = pt_ht_store(t, k, v, &g);
+  pt_ht_unlock(t);
+  if (g.n) pt_ht_garbage_drop(&g);
+  if (r == 0) return;
   pt_ht_unprepare(v);
   pt_st_raise_full(L);
 }
@@ -354,7 +365,7 @@ void pt_st_reader_grow(lua_State *L, pt_st_reader *r) {
 }
 
 /* A value that needs room made (a long string, a table): the reader. */
-__attribute__((noinline)) static void get_slow(lua_State *L, pt_stab *t, const pt_kv *k) {
+void pt_st_get_room(lua_State *L, pt_stab *t, const pt_kv *k) {
   pt_st_reader r;
   pt_st_reader_init(L, &r);
   for (;;) {
@@ -375,22 +386,4 @@ __attribute__((noinline)) static void get_slow(lua_State *L, pt_stab *t, const p
     pt_st_reader_push(L, &r, &v);
     return;
   }
-}
-
-void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
-  pt_slot *sl;
-  pt_kv v;
-  if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
-  sl = pt_ht_find(t, k, NULL);
-  if (sl) {
-    pt_ht_slot_value(sl, &v);
-    if (v.t == PT_V_LSTR || v.t == PT_V_TAB) {   /* looked at again, by the reader */
-      pt_ht_unlock(t);
-      get_slow(L, t, k);
-      return;
-    }
-  }
-  pt_ht_unlock(t);
-  if (sl) pt_st_push_kv(L, &v);
-  else lua_pushnil(L);
 }

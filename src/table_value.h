@@ -41,7 +41,9 @@ static inline pt_stab *pt_st_check(lua_State *L, int i) {
    without first checking that upvalue 2 is the kind's key, which it
    always is there.  (Both remembered ones: compared with the array
    s->last itself, as it was once pt_seen held two, it never hit, and every
-   get and set paid pt_st_check's three more lua_touserdata calls.) */
+   get and set paid pt_st_check's three more lua_touserdata calls.)  Not
+   left out though Lua calls these metamethods only on handles: the debug
+   library may call them on anything, and they raise then (handle_spec). */
 static inline pt_stab *pt_st_self(lua_State *L) {
   void *p = lua_touserdata(L, 1);
   const pt_seen *s = (const pt_seen *)lua_touserdata(L, lua_upvalueindex(3));
@@ -94,11 +96,34 @@ int pt_st_lock_error(lua_State *L);
    table_value.c) serves the three.  Raises on a value that cannot be one;
    nothing is taken then. */
 enum { PT_AS_KEY, PT_AS_VALUE, PT_AS_EXPECTED };
-void pt_st_tokey(lua_State *L, int i, pt_kv *k);
+/* The conversions themselves; type is lua_type(L, i).  pt_st_tokey and
+   pt_st_tovalue below take an integer inline on 5.3+ (no call, no general
+   switch; a value without lua_type either), the rest go to these. */
+void pt_st_tokey_of(lua_State *L, int i, pt_kv *k, int type);
+void pt_st_tovalue_of(lua_State *L, int i, pt_kv *v, int depth, int *visited);
+static inline void pt_st_tokey(lua_State *L, int i, pt_kv *k) {
+  int type = lua_type(L, i);
+#if LUA_VERSION_NUM >= 503
+  if (type == LUA_TNUMBER) {                 /* an integral float is that */
+    int isint;                               /* integer key, as in Lua */
+    lua_Integer n = lua_tointegerx(L, i, &isint);
+    if (isint) { pt_ht_int_key(k, (uint64_t)n); return; }
+  }
+#endif
+  pt_st_tokey_of(L, i, k, type);
+}
 /* The same for a function's argument i: a bad key is a bad argument
    (the message names the function). */
 void pt_st_argkey(lua_State *L, int i, pt_kv *k);
-void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited);
+static inline void pt_st_tovalue(lua_State *L, int i, pt_kv *v, int depth, int *visited) {
+#if LUA_VERSION_NUM >= 503
+  if (lua_isinteger(L, i)) {
+    pt_ht_int_value(v, (uint64_t)lua_tointeger(L, i));
+    return;
+  }
+#endif
+  pt_st_tovalue_of(L, i, v, depth, visited);
+}
 void pt_st_toexpected(lua_State *L, int i, pt_kv *e);
 /* The number at i (its type checked by the caller) as a value. */
 void pt_st_tonumber(lua_State *L, int i, pt_kv *n);
@@ -107,8 +132,25 @@ void pt_st_push_kv(lua_State *L, const pt_kv *v);
 /* A printable name for a key, for error messages (pushed on the stack). */
 const char *pt_st_key_name(lua_State *L, const pt_kv *k);
 /* t[k] = prepared v; raises when the arena is full (v is then dropped).
-   No prefetch (see pt_st_get). */
-void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v);
+   No prefetch (see pt_st_get).  Inline, the common case: a value that
+   owns nothing replaced by another value, no garbage, no arena call. */
+__attribute__((cold, noreturn)) void pt_st_store_unlocked(lua_State *L, pt_kv *v);
+/* Holding t's lock, what pt_ht_find(t, k, &ins) said: the rest of a store
+   (the lock released on return). */
+void pt_st_store_at(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v, pt_slot *sl, long ins);
+static inline void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *v) {
+  pt_slot *sl;
+  long ins = -1;
+  if (pt_st_lock(t) != 0) pt_st_store_unlocked(L, v);
+  sl = pt_ht_find(t, k, &ins);
+  if (sl && v->t != PT_V_NIL && pt_ht_slot_plain(sl)) {
+    pt_ht_changing(t);
+    pt_ht_slot_set(sl, v);
+    pt_ht_unlock(t);
+    return;
+  }
+  pt_st_store_at(L, t, k, v, sl, ins);
+}
 /* Copy the plain table at idx into a new shared table, whose handle is
    pushed; returns its offset. */
 pt_off pt_st_copy_plain(lua_State *L, int idx, int depth, int visited);
@@ -179,7 +221,26 @@ static inline void pt_st_reader_push(lua_State *L, pt_st_reader *r, const pt_kv 
 }
 
 /* Push t[k] (nil when absent); raises on a lock failure.  Callers that
-   can, prefetch k's slot first (pt_ht_prefetch), as early as they can. */
-void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k);
+   can, prefetch k's slot first (pt_ht_prefetch), as early as they can.
+   Inline for a value that needs no room made (pt_st_reader); the others
+   are read again by pt_st_get_room. */
+void pt_st_get_room(lua_State *L, pt_stab *t, const pt_kv *k);
+static inline void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
+  pt_slot *sl;
+  pt_kv v;
+  if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
+  if (!(sl = pt_ht_find(t, k, NULL))) {
+    pt_ht_unlock(t);
+    lua_pushnil(L);
+    return;
+  }
+  pt_ht_slot_value(sl, &v);
+  pt_ht_unlock(t);
+  if (v.t == PT_V_LSTR || v.t == PT_V_TAB) pt_st_get_room(L, t, k);
+#if LUA_VERSION_NUM >= 503
+  else if (v.t == PT_V_INT) lua_pushinteger(L, (lua_Integer)(int64_t)v.bits);
+#endif
+  else pt_st_push_kv(L, &v);
+}
 
 #endif
