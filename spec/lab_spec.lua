@@ -190,6 +190,26 @@ describe("lab svg", function()
     assert.matches("8 B|64 B|512 B|4 KiB|32 KiB|256 KiB|1 MiB", texts(s), 1, true)
   end)
 
+  -- found by attack: an infinite value on a log axis made the tick loop run
+  -- for ever (a chart of a measurement that came out inf); run under
+  -- timeout(1) so that a hang fails the case
+  it("places no infinite or NaN value on an axis, log or linear", function()
+    local status, out = H.fresh_under("timeout 20", [[
+      local svg = require "procthread.lab.svg"
+      for _, bad in ipairs({ math.huge, -math.huge, 0/0 }) do
+        for _, log in ipairs({ true, false }) do
+          local s = svg.chart({ title = "t", x = { unit = "B", log = log }, y = { unit = "/s", log = log },
+            series = { { name = "a", points = { { x = 1, y = 1 }, { x = 2, y = bad }, { x = bad, y = 3 },
+                                                { x = 4, y = 5 } } } } })
+          assert(not s:find("inf") and not s:find("nan"), s)
+        end
+      end
+      print("charted")
+    ]])
+    assert.are.equal(0, status, out)
+    assert.are.equal("charted\n", out)
+  end)
+
   it("gives a log axis spanning less than a decade intermediate ticks", function()
     local s = svg.chart({ title = "t", x = { unit = "B", log = true }, y = { unit = "s", log = true },
       series = { { name = "a", points = { { x = 8, y = 1.3e-3 }, { x = 64, y = 2.5e-3 } } } } })
@@ -1045,6 +1065,50 @@ describe("lab command line", function()
     local doc = assert(report.read(dir .. "/results.json"))
     lab.reverdict(doc)
     assert.are.equal("not measured", doc.experiments[1].verdict.verdict)
+  end)
+
+  -- found by attack: a verdict was computed (and the command exited 0)
+  -- from an experiment whose every sample had failed
+  it("reports an experiment whose every sample failed as not measured, and exits 1", function()
+    local file = dir .. "/allfail.lua"
+    local f = assert(io.open(file, "w"))
+    f:write([[
+      return { name = "allfail", aspect = "failing", claim = { process = "a", thread = "b" },
+        run = function(ctx)
+          for _, kind in ipairs({ "process", "thread" }) do
+            ctx:time("x/" .. kind, { kind = kind }, { n = 3 }, function() return nil, "broken on purpose" end)
+          end
+        end,
+        verdict = function() return { verdict = "holds", condition = "said anyway" } end,
+        charts = function() return { { file = "../escaped.svg", title = "r", series = { { name = "x", points = {} } } },
+                                     { file = "allfail.svg", title = "r", series = { { name = "x", points = {} } } } } end }
+    ]])
+    f:close()
+    os.remove(dir .. "/../escaped.svg")
+    local status, out = cli(("run %s --tiny --out %s"):format(file, dir))
+    assert.are.equal(1, status, out)
+    assert.matches("allfail: every sample failed %(x/process: broken on purpose%)", out)
+    local md = assert(read(dir .. "/REPORT.md"))
+    assert.matches("| failing |[^\n]*not measured — every sample failed", md)
+    assert.is_nil(md:find("said anyway", 1, true))
+    -- a chart names a file of the report's folder only
+    assert.matches('chart file name "../escaped.svg" is not a plain file name', md, 1, true)
+    assert.is_nil(read(dir .. "/../escaped.svg"))
+    assert.is_truthy(read(dir .. "/allfail.svg"))
+    local doc = assert(report.read(dir .. "/results.json"))
+    lab.reverdict(doc)
+    assert.are.equal("not measured", doc.experiments[1].verdict.verdict)
+  end)
+
+  it("refuses a sample that is not a number (ctx:add), naming the series", function()
+    local ok, err = pcall(function()
+      local res = lab.run_experiment({ name = "strs", run = function(ctx) ctx:add("k", {}, "12") end,
+                                       verdict = function() return { verdict = "holds" } end },
+                                     { mode = "tiny", progress = false })
+      error(res.error, 0)
+    end)
+    assert.is_false(ok)
+    assert.matches("ctx:add: series 'k': a sample must be a number, got string", err)
   end)
 
   it("shows only the claims that ran, unless --all asks for the full table", function()

@@ -213,6 +213,9 @@ end
 
 -- Record one value (a number) in series `key`.
 function Ctx:add(key, meta, value, unit)
+  if type(value) ~= "number" then
+    error(("ctx:add: series '%s': a sample must be a number, got %s"):format(tostring(key), type(value)), 2)
+  end
   local s = series_of(self, key, meta, unit)
   s.samples[#s.samples + 1] = value
   return value
@@ -461,12 +464,30 @@ function M.run_experiment(exp, opts)
   return res
 end
 
+-- Why every sample of res failed: the first error of its series, when
+-- it recorded failed samples and no sample at all; else nil.
+function M.all_failed(res)
+  local why, any = nil, false
+  for key, s in pairs(res.series or {}) do
+    if #(s.samples or {}) > 0 then return nil end
+    if (s.failed or 0) > 0 then
+      any = true
+      local e = s.errors and s.errors[1]
+      if not why or key < why.key then why = { key = key, message = e and e.message or "failed" } end
+    end
+  end
+  return any and ("every sample failed (%s: %s)"):format(why.key, why.message:match("[^\n]*")) or nil
+end
+
 -- The verdict of a result entry: "not measured" when its run raised
--- (whatever samples it left), else what the experiment's rule says.
+-- (whatever samples it left) or every sample it took failed, else what
+-- the experiment's rule says.
 function M.verdict_of(exp, res)
   if res.error then
     return { verdict = "not measured", condition = "run failed: " .. (res.error:match("[^\n]*")) }
   end
+  local failed = M.all_failed(res)
+  if failed then return { verdict = "not measured", condition = failed } end
   return M.verdict(exp, res)
 end
 

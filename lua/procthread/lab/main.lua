@@ -62,15 +62,19 @@ function M.main(argv, io_out, io_err)
     return code
   end
   -- write the report of doc into dir; the exit code
-  -- 1 when an experiment's run raised (it is "not measured" in the report)
+  -- 1 when an experiment's run raised or every sample it took failed (it
+  -- is "not measured" in the report)
   local function render(doc, dir, opts_)
     local files, werr = require("procthread.lab.report").render(doc, dir, opts_)
     if not files then return fail(1, werr) end
     out:write(("wrote %s (%d files)\n"):format(dir .. "/REPORT.md", #files))
     local code = 0
     for _, res in ipairs(doc.experiments) do
+      local failed = not res.error and require("procthread.lab").all_failed(res)
       if res.error then
         code = fail(1, ("%s: run failed: %s"):format(res.name, (res.error:match("[^\n]*"))))
+      elseif failed then
+        code = fail(1, ("%s: %s"):format(res.name, failed))
       end
     end
     return code

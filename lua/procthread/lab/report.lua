@@ -11,6 +11,12 @@ local util = require "procthread.lab.util"
 
 local M = {}
 
+-- A Ctrl-C raised inside a pcall of the report goes on: the user asked to
+-- stop, not for a chart saying "chart failed: interrupted!".
+local function reraise_interrupt(err)
+  if type(err) == "string" and err:find("interrupted!", 1, true) then error(err, 0) end
+end
+
 -- A Markdown table cell: pipes escaped, on one line.
 local function md_cell(s)
   s = tostring(s == nil and "" or s)
@@ -194,6 +200,7 @@ function M.render(doc, out, opts)
     local tbl
     if exp and exp.table then
       local ok, t = pcall(exp.table, res)
+      if not ok then reraise_interrupt(t) end
       if ok and type(t) == "table" then tbl = t
       else add("(table failed: " .. md_cell(t) .. ")"); add() end
     end
@@ -207,16 +214,26 @@ function M.render(doc, out, opts)
     end
     if exp and exp.charts then
       local ok, charts = pcall(exp.charts, res)
+      if not ok then reraise_interrupt(charts) end
       if ok and type(charts) == "table" then
         local v = res.verdict or {}
         for _, c in ipairs(charts) do
           local file = c.file or (res.name .. ".svg")
+          -- a chart is a file of the report's own folder: a plain name
+          local bad_name = type(file) ~= "string" or file:find("/", 1, true) or file == ".." or file == "."
+                           or file == ""
           -- a failed run draws no data, whatever it left; any chart
           -- without usable points says why
           local why = v.verdict == "not measured" and "not measured — " .. (v.condition or "?") or nil
           if res.error then c.no_data = why end
           c.no_data_reason = c.no_data_reason or why
-          local okc, text = pcall(svg.chart, c)
+          local okc, text
+          if bad_name then
+            okc, text = false, ("chart file name %q is not a plain file name"):format(tostring(file))
+          else
+            okc, text = pcall(svg.chart, c)
+            if not okc then reraise_interrupt(text) end
+          end
           if okc then
             local w, err = write_file(out .. "/" .. file, text)
             if not w then return nil, "cannot write " .. out .. "/" .. file .. ": " .. tostring(err) end

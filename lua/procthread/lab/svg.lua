@@ -110,11 +110,17 @@ local function ticks_log(lo, hi, unit)
   return t, base ^ a, base ^ b
 end
 
+-- A value an axis can place: a number, not NaN or infinite, and above 0 on
+-- a log axis.  (An infinite one made a log axis's tick loop run for ever.)
+local function placeable(v, log)
+  return v == v and v ~= math.huge and v ~= -math.huge and (not log or v > 0)
+end
+
 -- The distinct values of a list, sorted, when there are 2 to 12 of them.
 local function distinct(values, log)
   local seen, t = {}, {}
   for _, v in ipairs(values) do
-    if v == v and (not log or v > 0) and not seen[v] then seen[v] = true; t[#t + 1] = v end
+    if placeable(v, log) and not seen[v] then seen[v] = true; t[#t + 1] = v end
   end
   if #t < 2 or #t > 12 then return nil end
   table.sort(t)
@@ -124,7 +130,7 @@ end
 local function axis(spec, values, headroom, at_data)
   local lo, hi = spec.min, spec.max
   for _, v in ipairs(values) do
-    if v == v and (not spec.log or v > 0) then
+    if placeable(v, spec.log) then
       if not lo or v < lo then lo = v end
       if not hi or v > hi then hi = v end
     end
@@ -172,7 +178,7 @@ end
 local function n2(v) return ("%.1f"):format(v) end
 
 local function usable(ax, v)
-  return type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge and (not ax.log or v > 0)
+  return type(v) == "number" and placeable(v, ax.log)
 end
 
 -- Raise unless every point of every series is { x = number, y = number }
