@@ -283,7 +283,7 @@ describe("channels", function()
         ch:send("small")
         local before = pt.shm_stats().objects
         local ok, err = pcall(ch.send, ch, st, ("x"):rep(8 * 1024 * 1024))
-        assert(not ok and err:match("shared memory exhausted"), err)
+        assert(not ok and err:match("^send: shared memory exhausted"), err)
         assert(#ch == 1 and pt.shm_stats().objects == before, "changed")
         assert(ch:recv() == "small")
         assert(ch:send(st) and ch:recv() == st)

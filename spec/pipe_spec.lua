@@ -225,7 +225,7 @@ describe("pipes", function()
     it("refuses a value the codec cannot carry, and sends nothing", function()
       local p = pt.pipe()
       assert.has_error(function() p:send(1, { conn = io.stdout }) end,
-        "message[2].conn: cannot copy userdata")
+        "send: message[2].conn: cannot copy userdata")
       assert.are.same({ nil, "timeout" }, { p:recv(0) })
       p:close()
     end)

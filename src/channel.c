@@ -32,7 +32,7 @@ static int l_channel(lua_State *L) {
     off = pt_queue_new((uint32_t)cap);
   }
   if (!off) {
-    if (errno == ENOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+    if (errno == ENOMEM) return luaL_error(L, "channel: %s", pt_shm_full_msg());
     return pt_push_oserror(L, "channel", errno);
   }
   pt_handle_push(L, &channel_class, off);
@@ -67,7 +67,7 @@ static int put_values(lua_State *L, int first, int n, const char *tail, size_t t
   if (!pt_encode(L, first, n, "message", b, err, sizeof err)) {
     if (b == &h->buf) h->busy = 0;
     pt_buf_free(&own);
-    return luaL_error(L, "%s", err);
+    return luaL_error(L, "%s: %s", fn, err);
   }
   if (tlen && pt_buf_add(b, tail, tlen) != 0) {
     pt_discard(b->data, b->len);
@@ -92,7 +92,7 @@ static int put_values(lua_State *L, int first, int n, const char *tail, size_t t
   pt_qmsg_done(&o.m);                         /* nothing was queued */
   pt_discard(b->data ? b->data : "", b->len);
   pt_buf_free(&own);
-  if (r == PT_NOMEM) return luaL_error(L, "%s", pt_shm_full_msg());
+  if (r == PT_NOMEM) return luaL_error(L, "%s: %s", fn, pt_shm_full_msg());
   return pt_push_status(L, r, "channel send", e);
 }
 

@@ -290,12 +290,12 @@ static int l_send(lua_State *L) {
   if (!p) return push_closed(L);
   t = tls_get();
   buf = buf_take(t, 0);
-  if (pt_buf_reserve(b, 2 * PT_FRAME_HDR)) { buf_give(t, 0, b); return luaL_error(L, "not enough memory"); }
+  if (pt_buf_reserve(b, 2 * PT_FRAME_HDR)) { buf_give(t, 0, b); return luaL_error(L, "send: not enough memory"); }
   b->len = PT_FRAME_HDR;                  /* room for the first header */
   if (!string_head(L, b, &tail, &tlen) &&
       !pt_encode(L, 2, lua_gettop(L) - 1, "message", b, err, sizeof err)) {
     buf_give(t, 0, b);
-    return luaL_error(L, "%s", err);
+    return luaL_error(L, "send: %s", err);
   }
   len = b->len - PT_FRAME_HDR + tlen;
   if (len > PT_MSG_MAX) {
