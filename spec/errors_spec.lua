@@ -135,6 +135,9 @@ describe("bad arguments name the function", function()
     assert.matches("errors_spec.lua:%d+: future:get: bad argument #1",
       select(2, pcall(function() f:get(-1) end)))
     assert.is_true(pool:close(10))
+    -- an initarg the codec refuses: counted from the initializer, values[1]
+    assert.matches("^procthread.pool: cannot start worker 1 of 1: initializer: values%[2%]: cannot copy userdata$",
+      select(2, pcall(pt.pool, "thread", 1, { initializer = function() end, initargs = { io.stdout } })))
   end)
 end)
 

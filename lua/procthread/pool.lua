@@ -365,7 +365,7 @@ local function start_worker(self, i)
   if self.init then
     -- encoded for each worker: each decodes (and so owns) its own copy
     local ok, enc = pcall(pt.encode, self.init, unpack(self.initargs, 1, self.initargs.n))
-    if not ok then return nil, "initializer: " .. tostring(enc) end
+    if not ok then return nil, "initializer: " .. tostring(enc):gsub("^encode: ", "") end
     c.init = enc
   end
   local wt
