@@ -268,6 +268,19 @@ describe("lifecycle", function()
       assert.is_true(all_gone({ pid }, 5))
     end)
 
+    -- found by attack: pt.detach took a handle inherited by a forked child
+    -- (true, and the parent's record changed in the child's copy), where
+    -- every worker method raises
+    it("refuses to detach a worker of another process (a forked child's inherited handle)", function()
+      local p = pt.spawn_process(function() pt.sleep(0.3) end)
+      local c = pt.spawn_process(function() return pcall(pt.detach, p) end)
+      local ok, dok, err = c:join(H.T)
+      assert.is_true(ok, dok)
+      assert.is_false(dok)
+      assert.matches("^detach: this worker belongs to another process %(pid %d+%)$", err)
+      assert.is_true((p:join(H.T)))
+    end)
+
     -- results beyond the pipe (64 KiB) wait for the parent to read them:
     -- once it is gone nobody will, and the worker must end, although the
     -- read end lives on in it and in its detached sibling

@@ -80,12 +80,6 @@ void pt_worker_push(lua_State *L, pt_worker *w) {
   pt_lifecycle_arm(L);                  /* the at-exit sentinel stays newest */
 }
 
-pt_worker *pt_worker_of(lua_State *L, int i) {
-  handle *h = check_handle(L, i);
-  if (!h->w) luaL_argerror(L, i, "the worker handle was collected");
-  return h->w;
-}
-
 int pt_worker_get(lua_State *L, int i, pt_worker **w) {
   handle *h = test_handle(L, i);
   *w = h && h->owner == pt_pid() ? h->w : NULL;
@@ -456,7 +450,7 @@ void pt_spawn_check(lua_State *L, const pt_worker_ops *ops, int room) {
 
 /* pt.detach(w): the worker may outlive this program (lifecycle.c). */
 static int l_detach(lua_State *L) {
-  pt_worker *w = pt_worker_of(L, 1);
+  pt_worker *w = check(L, "detach");
   if (w->ops->no_detach) return luaL_error(L, "detach: %s", w->ops->no_detach);
   pt_lifecycle_detach(w);
   lua_pushboolean(L, 1);
@@ -483,7 +477,7 @@ static int l_spare_fds(lua_State *L) {
 
 /* pt._daemon(w): a pool's worker, stopped at exit, never waited for. */
 static int l_daemon(lua_State *L) {
-  pt_lifecycle_daemon(pt_worker_of(L, 1));
+  pt_lifecycle_daemon(check(L, "_daemon"));
   return 0;
 }
 

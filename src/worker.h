@@ -85,8 +85,6 @@ static inline void pt_worker_unref(pt_worker *w) {
 }
 /* Push a new handle for w (the handle takes one reference). */
 void pt_worker_push(lua_State *L, pt_worker *w);
-/* The record of the worker handle at index i (raises if it is not one). */
-pt_worker *pt_worker_of(lua_State *L, int i);
 /* The record of the worker handle at index i for pt.select: 0 when it is
    not a worker handle; else 1, *w NULL when the handle was collected or
    belongs to another process. */
