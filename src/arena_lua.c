@@ -96,9 +96,6 @@ static int l_configure(lua_State *L) {
     } else if (k && strcmp(k, "cancel_signal") == 0) {
       const char *why = pt_set_cancel_signal(lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1);
       if (why) return luaL_error(L, "configure: %s", why);
-    } else if (k && strcmp(k, "recv_signal") == 0) {
-      const char *why = pt_set_recv_signal(lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1);
-      if (why) return luaL_error(L, "configure: %s", why);
     } else if (k) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'", k));
     } else {

@@ -9,11 +9,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 PT_TLS pt_ctx *pt_self_ctx;
@@ -58,11 +55,9 @@ int pt_raise_cancelled(lua_State *L) {
 static int intr_fd = -1;     /* atomic: the eventfd the handler writes, or -1 */
 static int intr_state;       /* INTR_NONE, INTR_OWN, INTR_CHILD, INTR_FAILED */
 enum { INTR_NONE, INTR_OWN, INTR_CHILD, INTR_FAILED };
-static int rd_armed;         /* atomic: the main thread is in rd_call (below) */
 
 PT_AFTER_FORK static void intr_after_fork(void) {
   int fd = intr_fd;
-  __atomic_store_n(&rd_armed, 0, __ATOMIC_RELAXED);  /* the forking thread was not in it */
   if (intr_state != INTR_OWN) return;
   intr_state = INTR_CHILD;
   __atomic_store_n(&intr_fd, -1, __ATOMIC_SEQ_CST);  /* before the close */
@@ -92,161 +87,11 @@ void pt_interrupt_fd_open(void) {
   pt_atfork_child(intr_after_fork);
 }
 
-static void rd_wake(void);
-
 void pt_interrupt_wake(void) {             /* async-signal-safe */
   int fd = __atomic_load_n(&intr_fd, __ATOMIC_SEQ_CST);
   uint64_t one = 1;
   if (fd >= 0 && write(fd, &one, sizeof one) < 0) { /* full: readable anyway */ }
-  rd_wake();
 }
-
-/* ---- a read that Ctrl-C ends, with no poll before it ----------------------
-
-   The thread Ctrl-C interrupts (the process's main thread) would have to
-   poll before each blocking read (the read fd and the wake-up eventfd
-   above) to stay interruptible: two system calls where one would do.
-   Instead it blocks in read() itself, through rd_call: a few instructions
-   that compare the SIGINT count (the futex word of pt_interrupt_word) with
-   the value the caller acted on, then enter read().  A SIGINT handled on
-   that thread while it sleeps in read() ends the read with EINTR (the
-   handler has no SA_RESTART).  One that lands from the comparison to the
-   system call instruction would not, nor one handled by another thread:
-   so the SIGINT handler, through pt_interrupt_wake, while rd_armed, sends
-   the main thread a wake-up signal (tgkill), whose handler looks where the
-   thread was stopped: between rd_begin and rd_end (the read not yet
-   entered, or about to be restarted), it makes it go on at rd_cancel,
-   which returns -EINTR as an interrupted read would; anywhere else the
-   read is interrupted already, or done.  (musl's thread cancellation
-   works the same way.)  The wake-up signal: the highest real-time signal
-   without a handler, SIGRTMAX down to SIGRTMIN+7, taken at the first such
-   read; with SA_RESTART, so that one that comes late only restarts
-   whatever call the thread is in.  No such signal, or not x86-64: the
-   caller polls first, as before. */
-#if defined(__x86_64__) && defined(__linux__)
-#define RD_CALL 1
-/* long rd_call(int fd, void *buf, size_t n, const uint32_t *word, uint32_t v) */
-__asm__(".text\n"
-        ".type pt_rd_call, @function\n"
-        ".globl pt_rd_call\n.hidden pt_rd_call\n"
-        ".globl pt_rd_begin\n.hidden pt_rd_begin\n"
-        ".globl pt_rd_end\n.hidden pt_rd_end\n"
-        ".globl pt_rd_cancel\n.hidden pt_rd_cancel\n"
-        "pt_rd_call:\n"
-        "pt_rd_begin:\n"
-        "  movl (%rcx), %eax\n"
-        "  cmpl %r8d, %eax\n"
-        "  jne pt_rd_cancel\n"
-        "  movl $0, %eax\n"                   /* SYS_read */
-        "  syscall\n"
-        "pt_rd_end:\n"
-        "  ret\n"
-        "pt_rd_cancel:\n"
-        "  movq $-4, %rax\n"                  /* -EINTR */
-        "  ret\n"
-        ".size pt_rd_call, .-pt_rd_call\n");
-#define RD_HIDDEN __attribute__((visibility("hidden")))
-RD_HIDDEN long pt_rd_call(int fd, void *buf, size_t n, const uint32_t *word, uint32_t v);
-extern RD_HIDDEN const char pt_rd_begin[], pt_rd_end[], pt_rd_cancel[];
-
-static int rd_sig;           /* atomic: the wake-up signal; 0 none yet, -1 none to be had */
-static int rd_wanted = -1;   /* atomic: pt.configure's recv_signal (0: none), or -1 */
-static int rd_decided;       /* atomic: rd_install ran */
-
-static void rd_on_wake(int sig, siginfo_t *si, void *ctx) {
-  ucontext_t *uc = (ucontext_t *)ctx;
-  greg_t pc = uc->uc_mcontext.gregs[REG_RIP];
-  (void)sig; (void)si;
-  if (pc >= (greg_t)(uintptr_t)pt_rd_begin && pc < (greg_t)(uintptr_t)pt_rd_end)
-    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)pt_rd_cancel;
-}
-
-/* Nobody has a handler on sig (as thread.c's signal_free). */
-static int rd_free(int sig) {
-  struct sigaction old;
-  return sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-         (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN);
-}
-
-static int rd_take(int sig) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = rd_on_wake;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigfillset(&sa.sa_mask);
-  if (!rd_free(sig) || sigaction(sig, &sa, NULL) != 0) return 0;
-  __atomic_store_n(&rd_sig, sig, __ATOMIC_SEQ_CST);
-  return 1;
-}
-
-static void rd_install(void) {
-  int sig, want = __atomic_load_n(&rd_wanted, __ATOMIC_ACQUIRE);
-  __atomic_store_n(&rd_decided, 1, __ATOMIC_RELEASE);
-  if (want > 0 && rd_take(want)) return;
-  if (want < 0)
-    for (sig = SIGRTMAX; sig >= SIGRTMIN + 7; sig--)
-      if (rd_take(sig)) return;
-  __atomic_store_n(&rd_sig, -1, __ATOMIC_SEQ_CST);
-}
-
-const char *pt_set_recv_signal(double n) {
-  int sig = (n >= 0 && n <= SIGRTMAX) ? (int)n : -1;
-  if (sig != n || (sig != 0 && sig < SIGRTMIN))
-    return "recv_signal must be a real-time signal number (SIGRTMIN to SIGRTMAX) or 0 for none";
-  if (__atomic_load_n(&rd_decided, __ATOMIC_ACQUIRE)) {
-    int had = __atomic_load_n(&rd_sig, __ATOMIC_ACQUIRE);
-    return sig == (had < 0 ? 0 : had) ? NULL
-           : "recv_signal: a pipe recv has taken its signal already; configure it before first use";
-  }
-  if (sig && !rd_free(sig)) return "recv_signal: the program has a handler on that signal";
-  __atomic_store_n(&rd_wanted, sig, __ATOMIC_RELEASE);
-  return NULL;
-}
-
-/* From the SIGINT handler.  When that handler runs on the main thread, the
-   wake-up signal must wait for it to return (or it would find the thread
-   in the handler, not where it was stopped): blocked here, in the
-   handler's mask, which the return sets back. */
-static void rd_wake(void) {                /* async-signal-safe */
-  if (__atomic_load_n(&rd_armed, __ATOMIC_SEQ_CST)) {
-    int sig = __atomic_load_n(&rd_sig, __ATOMIC_SEQ_CST);
-    pid_t pid = getpid();                  /* the main thread's tid */
-    sigset_t ws;
-    sigemptyset(&ws);
-    sigaddset(&ws, sig);
-    sigprocmask(SIG_BLOCK, &ws, NULL);
-    syscall(SYS_tgkill, pid, pid, sig);
-  }
-}
-
-ssize_t pt_read_interruptible(int fd, void *buf, size_t n) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pt_ctx *c = pt_self_ctx;
-  const uint32_t *word;
-  uint32_t v = 0;
-  long r;
-  if ((c && c->cancel_fd >= 0) || !(word = pt_interrupt_word(&v))) return -2;
-  pthread_once(&once, rd_install);
-  if (__atomic_load_n(&rd_sig, __ATOMIC_SEQ_CST) <= 0) return -2;
-  __atomic_store_n(&rd_armed, 1, __ATOMIC_SEQ_CST);
-  r = pt_rd_call(fd, buf, n, word, v);
-  __atomic_store_n(&rd_armed, 0, __ATOMIC_SEQ_CST);
-  if (r < 0) { errno = (int)-r; return -1; }
-  return (ssize_t)r;
-}
-#else
-static void rd_wake(void) {}
-ssize_t pt_read_interruptible(int fd, void *buf, size_t n) {
-  (void)fd; (void)buf; (void)n;
-  return -2;
-}
-const char *pt_set_recv_signal(double n) {
-  int sig = (n >= 0 && n <= SIGRTMAX) ? (int)n : -1;
-  if (sig != n || (sig != 0 && sig < SIGRTMIN))
-    return "recv_signal must be a real-time signal number (SIGRTMIN to SIGRTMAX) or 0 for none";
-  return NULL;                             /* none is ever taken here */
-}
-#endif
 
 /* The wait's extra slot p[n]: the thread worker's cancel eventfd, or, in
    the thread Ctrl-C interrupts, the wake-up eventfd (drained when it

@@ -233,13 +233,6 @@ const uint32_t *pt_interrupt_word(uint32_t *expected);
    the handler is installed; and its write, from the handler. */
 void pt_interrupt_fd_open(void);
 void pt_interrupt_wake(void);
-/* cancel.c: for the thread Ctrl-C interrupts (pt_interrupt_watched, no
-   cancel fd), a blocking read(fd, buf, n) that a SIGINT ends with EINTR
-   however it lands, with no poll before it.  Bytes, -1 (errno), or -2:
-   not here (not that thread, no signal for it): poll first instead. */
-ssize_t pt_read_interruptible(int fd, void *buf, size_t n);
-/* pt.configure{ recv_signal = n }: NULL, or why not. */
-const char *pt_set_recv_signal(double n);
 /* The registry of workers not yet ended (each entry holds a reference). */
 void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */
