@@ -389,6 +389,35 @@ describe("lifecycle", function()
       assert.is_true(gone, "the worker outlived its parent")
     end)
 
+    -- found by review: a bare fork made while the first worker still ran
+    -- inherited its live lifeline (only kept ones are closed in a fork's
+    -- child), which was then kept and armed for the next worker
+    it("a SIGKILLed parent's next worker is gone, though a bare fork made while the first one ran lives on", function()
+      local so = H.foreign_fork_lib()
+      local run = background(([[
+        local fork = package.loadlib(%q, "l_fork")
+        local w1 = pt.spawn_process(function() require("procthread").sleep(0.3) end)
+        local other = fork()
+        if other == 0 then                 -- the bare child: waits to be killed
+          require("procthread").sleep(60); os.exit(0)
+        end
+        assert(w1:join(20))                -- ended: its lifeline may be kept
+        local w = pt.spawn_process(function() require("procthread").sleep(1000) end)
+        ready(w.id, other)
+        pt.sleep(1000)
+      ]]):format(so))
+      local pids = run.ready()
+      os.remove(so)
+      local was_alive = alive(pids[1])
+      kill("KILL", { run.pid })
+      local gone = all_gone({ pids[1] }, 2)
+      local other_alive = alive(pids[2])
+      run.cleanup(pids)
+      assert.is_true(was_alive)
+      assert.is_true(other_alive, "the bare fork ended: nothing tested")
+      assert.is_true(gone, "the worker outlived its parent")
+    end)
+
     it("a detached worker on a kept lifeline outlives its parent; the next worker does not", function()
       local run = background([[
         local sleep = function() require("procthread").sleep(1000) end

@@ -196,6 +196,29 @@ describe("pools (futures)", function()
         assert_released(base)
       end)
 
+      -- found by review: an interrupt raised as the replacement's spawn
+      -- returned was caught by the pool's pcall around it: recorded as a
+      -- spawn error (the Ctrl-C lost) and the spawned worker left unwatched
+      it("an interrupt as a replacement's spawn returns goes on, and the worker is the pool's", function()
+        if jit then pending("LuaJIT calls no hook at a C function's return") return end
+        local base = usage()
+        local pool = pt.pool(kind, 2, { max_tasks = 1 })
+        assert(pool:submit(function() return 1 end):get(T))
+        interrupt_on_return(pt._spawn_into)
+        local ok, err = pcall(function()
+          for _ = 1, 4 do assert(pool:submit(function() return 1 end):get(T)) end
+        end)
+        debug.sethook()
+        assert.is_false(ok)
+        assert.matches("interrupted!", err)
+        assert.is_nil(pool.spawn_error)
+        for _ = 1, 6 do assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) }) end
+        H.eventually(function() return pool:stats().live == 2 end, T)
+        assert.are.equal(2, pool:stats().live)
+        assert.is_true(pool:close(T))
+        assert_released(base)
+      end)
+
       if kind == "process" then
         it("an interrupt before a new worker is handed to the watcher leaves no unwatched worker", function()
           if jit then pending("LuaJIT calls no hook at a C function's return") return end

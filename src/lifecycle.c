@@ -182,12 +182,23 @@ static pt_worker *find(pt_worker *w) { return w->listed ? w : NULL; }
    so that no other process holds its write end when it is used again. */
 static int spare_life[2];        /* the fds + 1, 0: none (.bss: see spare_drain, process.c) */
 
+/* Forks this process made, any (pthread_atfork's parent handler).  A
+   child of a fork that is not a spawn of ours (a bare fork(), or one of
+   ours in the moment before its sibling's lifeline is registered) keeps
+   the write ends of the live lifelines it inherited: such a lifeline is
+   not kept.  So one is kept only when no fork but its own child's came
+   in its life (w->lifeline_forks: the count after that fork). */
+static unsigned forks_made;      /* atomic */
+static unsigned prefork_forks;   /* reg_mu: forks_made when the lifeline was made or taken */
+static void count_fork(void) { __atomic_add_fetch(&forks_made, 1, __ATOMIC_RELAXED); }
+
 /* The lifeline of an ended child: kept if none is (reg_mu held), its
    owner taken off.  Its signal and O_ASYNC were set by the parent that
    made it (pt_lifeline_prefork), so only pt.detach, which keeps none,
    clears them.  1 kept, else the caller closes it. */
-static int keep_lifeline(int fd, int rfd) {
+static int keep_lifeline(int fd, int rfd, unsigned forks) {
   if (spare_life[0] > 0 || fd < 0 || rfd < 0) return 0;
+  if (__atomic_load_n(&forks_made, __ATOMIC_RELAXED) != forks) return 0;
   if (fcntl(rfd, F_SETOWN, 0) != 0) return 0;
   spare_life[0] = rfd + 1;
   spare_life[1] = fd + 1;
@@ -204,7 +215,7 @@ PT_AFTER_FORK static void fork_closes(void) {
   if (spare_life[0] || spare_life[1]) spare_life[0] = spare_life[1] = 0;
 }
 static pthread_once_t fork_closes_once = PTHREAD_ONCE_INIT;
-static void watch_forks(void) { pthread_atfork(NULL, NULL, fork_closes); }
+static void watch_forks(void) { pthread_atfork(NULL, count_fork, fork_closes); }
 
 int pt_lifeline_spare_fds(void) {
   int n;
@@ -217,7 +228,7 @@ int pt_lifeline_spare_fds(void) {
 /* Take w out (reg_mu held); returns what the caller must drop unlocked.
    ended: its child has ended (reaped), so its lifeline may be kept. */
 static pt_worker *take(pt_worker *w, int ended) {
-  if (!ended || !keep_lifeline(w->lifeline, w->lifeline_r)) {
+  if (!ended || !keep_lifeline(w->lifeline, w->lifeline_r, w->lifeline_forks)) {
     pt_close(w->lifeline);
     pt_close(w->lifeline_r);
   }
@@ -307,6 +318,7 @@ int pt_lifeline_prefork(int life[2]) {
   pthread_once(&fork_closes_once, watch_forks);
   pthread_mutex_lock(&reg_mu);     /* the child must see the registry whole */
   if (prefork_parent != me) prefork_parent = me;
+  prefork_forks = __atomic_load_n(&forks_made, __ATOMIC_RELAXED);
   if (spare_life[0] > 0) {
     life[0] = spare_life[0] - 1;
     life[1] = spare_life[1] - 1;
@@ -365,6 +377,7 @@ __attribute__((hot)) void pt_lifeline_child(int life[2]) {
 }
 
 void pt_lifeline_parent(lua_State *L, pt_worker *w, int life[2], int forked) {
+  w->lifeline_forks = prefork_forks + 1;   /* the count once this child's fork is in */
   pthread_mutex_unlock(&reg_mu);
   if (forked) {
     add(L, w, life[1], life[0]);

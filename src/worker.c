@@ -425,6 +425,26 @@ static int l_spawn(lua_State *L) {
   return kinds[k]->spawn(L);                  /* in this frame: see pt_spawn_name */
 }
 
+/* pt._spawn_into(t, k, kind, fn, ...) (internal, pools): pt.spawn(kind,
+   fn, ...), the handle also stored in t[k] (raw) before it returns, so that
+   an interrupt raised as it returns (a Ctrl-C's hook, at the return
+   event) finds the worker there rather than losing it. */
+static int l_spawn_into(lua_State *L) {
+  int n;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  n = lua_gettop(L);
+  lua_pushcfunction(L, l_spawn);
+  lua_insert(L, 3);
+  lua_call(L, n - 2, LUA_MULTRET);            /* L: t k results... */
+  if (!lua_isnil(L, 3)) {
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, 1);
+  }
+  return lua_gettop(L) - 2;
+}
+
 /* A kind's spawn runs in l_spawn's frame when pt.spawn called it (a C
    call, not a Lua one): then its errors say "spawn", as the caller
    wrote.  Asked on error paths only; at most two slots, which Lua keeps
@@ -488,7 +508,7 @@ void pt_open_worker(lua_State *L) {
   static const luaL_Reg meta[] = {
     {"__index", w_index}, {"__gc", w_gc}, {"__tostring", w_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
-    {"spawn", l_spawn}, {"detach", l_detach}, {"_daemon", l_daemon},
+    {"spawn", l_spawn}, {"_spawn_into", l_spawn_into}, {"detach", l_detach}, {"_daemon", l_daemon},
     {"_spare_threads", l_spare}, {"_spare_fds", l_spare_fds}, {NULL, NULL}};
   int k;
   pt_meta_open(L, PT_WORKER_MT, WORKER_KEY, handle_live, meta, NULL);

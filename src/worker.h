@@ -64,6 +64,7 @@ struct pt_worker {
   int listed;
   const void *owner;          /* the main Lua state that spawned it, or NULL */
   int lifeline, lifeline_r;   /* process: its lifeline's ends, or -1 */
+  unsigned lifeline_forks;    /* process: forks made by then (lifecycle.c) */
   int released;               /* its handle was collected */
   int daemon;                 /* a pool's worker: stopped, never waited for */
   int adopted;                /* thread: handle collected while it ran (a

@@ -383,7 +383,10 @@ local function start_worker(self, i)
   -- it came, and the pool's next call finishes the start (settle_filling).
   local f = { i = i, c = c, wid = wid, wt = wt }
   self.filling = f
-  local ok, w, werr = pcall(pt.spawn, self.kind, worker_main, c)
+  -- _spawn_into stores the handle in f.w before it returns: an interrupt
+  -- raised as it returns leaves the worker to settle_filling, and goes on
+  local ok, w, werr = pcall(pt._spawn_into, f, "w", self.kind, worker_main, c)
+  if not ok and f.w then error(w, 0) end
   if not ok or not w then
     self.filling = nil
     if c.life then c.life:close() end
