@@ -361,22 +361,24 @@ describe("lifecycle", function()
     end)
 
     -- An ended child's lifeline is kept for the next spawn.  A process
-    -- forked by other means (a bare fork(): no procthread fork path) in
-    -- between must not hold its write end: the next worker, armed on it,
-    -- would then outlive its parent for as long as that process lives.
-    it("a SIGKILLed parent's worker on a kept lifeline is gone, though a bare fork of it lives on", function()
+    -- forked by other means (a bare fork(): no procthread fork path) must
+    -- not hold its write end: the next worker, armed on it, would then
+    -- outlive its parent for as long as that process lives.  `before` and
+    -- `after` run around the bare fork; then the next worker is spawned.
+    local function bare_fork_case(before, after)
       local so = H.foreign_fork_lib()
       local run = background(([[
         local fork = package.loadlib(%q, "l_fork")
-        assert(pt.spawn_process(function() end):join(20))      -- ended: its lifeline kept
+        %s
         local other = fork()
         if other == 0 then                 -- the bare child: waits to be killed
           require("procthread").sleep(60); os.exit(0)
         end
+        %s
         local w = pt.spawn_process(function() require("procthread").sleep(1000) end)
         ready(w.id, other)
         pt.sleep(1000)
-      ]]):format(so))
+      ]]):format(so, before, after))
       local pids = run.ready()
       os.remove(so)
       local was_alive = alive(pids[1])
@@ -387,35 +389,18 @@ describe("lifecycle", function()
       assert.is_true(was_alive)
       assert.is_true(other_alive, "the bare fork ended: nothing tested")
       assert.is_true(gone, "the worker outlived its parent")
+    end
+
+    it("a SIGKILLed parent's worker on a kept lifeline is gone, though a bare fork of it lives on", function()
+      bare_fork_case([[assert(pt.spawn_process(function() end):join(20))  -- ended: its lifeline kept]], "")
     end)
 
     -- found by review: a bare fork made while the first worker still ran
     -- inherited its live lifeline (only kept ones are closed in a fork's
     -- child), which was then kept and armed for the next worker
     it("a SIGKILLed parent's next worker is gone, though a bare fork made while the first one ran lives on", function()
-      local so = H.foreign_fork_lib()
-      local run = background(([[
-        local fork = package.loadlib(%q, "l_fork")
-        local w1 = pt.spawn_process(function() require("procthread").sleep(0.3) end)
-        local other = fork()
-        if other == 0 then                 -- the bare child: waits to be killed
-          require("procthread").sleep(60); os.exit(0)
-        end
-        assert(w1:join(20))                -- ended: its lifeline may be kept
-        local w = pt.spawn_process(function() require("procthread").sleep(1000) end)
-        ready(w.id, other)
-        pt.sleep(1000)
-      ]]):format(so))
-      local pids = run.ready()
-      os.remove(so)
-      local was_alive = alive(pids[1])
-      kill("KILL", { run.pid })
-      local gone = all_gone({ pids[1] }, 2)
-      local other_alive = alive(pids[2])
-      run.cleanup(pids)
-      assert.is_true(was_alive)
-      assert.is_true(other_alive, "the bare fork ended: nothing tested")
-      assert.is_true(gone, "the worker outlived its parent")
+      bare_fork_case([[local w1 = pt.spawn_process(function() require("procthread").sleep(0.3) end)]],
+                     [[assert(w1:join(20))             -- ended: its lifeline may be kept]])
     end)
 
     it("a detached worker on a kept lifeline outlives its parent; the next worker does not", function()
