@@ -4,6 +4,7 @@
 #include "arena_lua.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,7 +68,8 @@ static void configure_size(lua_State *L) {
   char why[PT_SHM_WHYLEN];
   if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Number n = lua_tonumber(L, -1);
-    if (!(n >= 0)) luaL_argerror(L, 1, "shm_size must be a number of bytes >= 1M, or a size like \"256M\"");
+    if (!(n >= 0) || (n < 18446744073709551615.0 && n != floor(n)))
+      luaL_argerror(L, 1, "shm_size must be a whole number of bytes >= 1M, or a size like \"256M\"");
     size = n >= 18446744073709551615.0 ? ~0ULL : (uint64_t)n;
   } else if (lua_type(L, -1) == LUA_TSTRING) {
     int r = pt_shm_parse_size(lua_tostring(L, -1), &size);

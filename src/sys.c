@@ -200,7 +200,11 @@ static int l_fault(lua_State *L) {
   } else if (k == 1) {
     abort();
   } else {
-    raise((int)luaL_checkinteger(L, 2));
+    lua_Integer sig = luaL_checkinteger(L, 2);
+    if (sig < 1 || sig > SIGRTMAX)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "signal must be 1 to %d, got %d", (int)SIGRTMAX,
+                                                 (int)(sig < -1000000 ? -1000000 : sig > 1000000 ? 1000000 : sig)));
+    raise((int)sig);
   }
   return 0;
 }
