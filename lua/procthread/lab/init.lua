@@ -480,15 +480,16 @@ function M.all_failed(res)
 end
 
 -- The verdict of a result entry: "not measured" when its run raised
--- (whatever samples it left) or every sample it took failed, else what
--- the experiment's rule says.
+-- (whatever samples it left) or every sample it took failed (with the
+-- rule's own reason when it says "not measured" too), else what the
+-- experiment's rule says.
 function M.verdict_of(exp, res)
   if res.error then
     return { verdict = "not measured", condition = "run failed: " .. (res.error:match("[^\n]*")) }
   end
-  local failed = M.all_failed(res)
-  if failed then return { verdict = "not measured", condition = failed } end
-  return M.verdict(exp, res)
+  local v, failed = M.verdict(exp, res), M.all_failed(res)
+  if failed and v.verdict ~= "not measured" then return { verdict = "not measured", condition = failed } end
+  return v
 end
 
 -- Run experiments.  opts: names (list; default all built-ins present),
