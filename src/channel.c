@@ -129,7 +129,7 @@ static int l_offer_cat(lua_State *L) {
   pt_off q = PT_HOFF(L, 1, &channel_class, "_offer_cat");
   deadline = pt_check_deadline(L, 2, 0, "_offer_cat");
   s = luaL_checklstring(L, 3, &n);
-  if (pt_unseal(s, n) == (size_t)-1) return luaL_argerror(L, 3, "corrupt message");
+  if ((n = pt_unseal(s, n)) == (size_t)-1) return luaL_argerror(L, 3, "corrupt message");
   /* no room now, and no wait: said before the message is made (a pool
      offers as soon as it may; building the message and discarding it cost
      about 25000 instructions a 1000-item chunk) */
@@ -148,7 +148,7 @@ static int l_offer_cat(lua_State *L) {
     lua_pushvalue(L, 3);                      /* L: ch t payload v1..vk payload */
     return put(L, 4, deadline, "_offer_cat");
   }
-  return put_values(L, 4, top - 3, s, pt_unseal(s, n), deadline, "_offer_cat");
+  return put_values(L, 4, top - 3, s, n, deadline, "_offer_cat");
 }
 
 /* list[i] as Lua reads it (metamethods; raw, the cheaper read, when the
