@@ -79,11 +79,36 @@ __attribute__((hot)) void pt_after_fork_child(void) {
   run_fns(atfork_fns);
 }
 void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
+/* Has any stream output not yet written?  fflush(NULL) of a child that
+   wrote none costs two page faults (libc's code there, and the page of
+   the lock on the list of streams it writes).  glibc's list (libio:
+   _IO_list_all, exported, in no header since 2.28) is read as fflush
+   reads it, without its lock: called where no thread of this process
+   opens or closes a stream (a leaving worker process whose thread
+   workers have ended; its helper threads use no stdio).  A wide stream
+   (_mode > 0) keeps its output elsewhere: then flush, as elsewhere than
+   glibc. */
+#if defined(__GLIBC__)
+extern FILE *_IO_list_all;
+PT_AFTER_FORK static int stdio_pending(void) {
+  FILE *f;
+  for (f = _IO_list_all; f; f = f->_chain)
+    if (f->_mode > 0 || f->_IO_write_ptr > f->_IO_write_base) return 1;
+  return 0;
+}
+#else
+static int stdio_pending(void) { return 1; }
+#endif
+
 __attribute__((hot)) void pt_child_exit(int code) {
   /* Thread workers of this process that still run may use what the exit
      functions release (shared-memory references): then leak, never free
      under a running thread. */
-  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) run_fns(exit_fns);
-  fflush(NULL);
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) {
+    run_fns(exit_fns);
+    if (stdio_pending()) fflush(NULL);
+  } else {
+    fflush(NULL);            /* a thread may be writing: libc's walk, locked */
+  }
   _exit(code);
 }

@@ -412,8 +412,10 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   if (pid == 0) {           /* the parent's children are not ours (no write when none) */
     if (orphans) orphans = NULL;
     if (reaper_running) reaper_running = 0;
+    pt_mutex_reset(&orphan_lock);   /* its unlock: libc's code (PT_AFTER_FORK) */
+  } else {
+    pthread_mutex_unlock(&orphan_lock);
   }
-  pthread_mutex_unlock(&orphan_lock);
   if (pid == 0) pt_lifeline_child(life);
   else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "compat.h"
+#include "lock.h"       /* pt_mutex_reset */
 #include "buf.h"        /* pt_buf: plain C, usable without this header */
 
 #define PT_VERSION "0.1.0"
@@ -209,7 +210,7 @@ void pt_open_floor(lua_State *L);     /* floor.c: the lab's C floors */
 
 /* core.c: build the module table (used by luaopen and by new thread
    states, which get the module without a file search). */
-int luaopen_procthread_core(lua_State *L);
+__attribute__((visibility("default"))) int luaopen_procthread_core(lua_State *L);
 
 /* ---- lifecycle.c: exit, parent death, Ctrl-C (DESIGN.md "Lifecycle") -- */
 struct pt_worker;
