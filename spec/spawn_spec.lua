@@ -161,6 +161,19 @@ describe("spawn", function()
       end)
     end
 
+    -- the kept drain eventfd is read back to 0 only after a child that
+    -- may have rung it: spawns whose results fit PIPE_BUF, fit the pipe,
+    -- and spill over it, in turns, each read whole
+    it("results of every size in turns, the drain eventfd kept between them", function()
+      for _ = 1, 3 do
+        for _, n in ipairs { 10, 5000, 2^20, 0, 4096 - 9, 4096 - 8, 70000 } do
+          local ok, v = pt.spawn_process(function(k) return ("d"):rep(k) end, n):join(H.T)
+          assert.is_true(ok, v)
+          assert.are.equal(n, #v)
+        end
+      end
+    end)
+
     -- a child that made shared objects of its own still gives them back
     -- at its exit (the exit functions look before they lock)
     it("gives back the shared objects it made when it leaves", function()

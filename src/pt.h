@@ -93,6 +93,9 @@ void pt_atfork_child(void (*fn)(void));
    It never runs the parent's atexit handlers. */
 void pt_on_child_exit(void (*fn)(void));
 void pt_child_exit(int code);
+/* fflush(NULL), left out when no stream holds output and no other thread
+   can be using them (fork.c) */
+void pt_flush_stdio(void);
 /* Thread workers of this process still running (atomic). */
 extern int pt_live_threads;
 /* Waits for pt_live_threads to fall (atomic): a leaving thread wakes the
