@@ -95,4 +95,95 @@ describe("spawn", function()
       assert.is_true(took < 0.8, took)
     end)
   end)
+
+  -- A new child's path from its fork to its exit (issue 12, pspawn3):
+  -- what it leaves out must not change what it does.
+  describe("a new child", function()
+    local function has_strace()
+      local r = os.execute("strace -V >/dev/null 2>&1")
+      return r == true or r == 0
+    end
+
+    -- getpid() is a system call each time: the child asks once (fork.c's
+    -- handler), and every later need reads that (shm.c asked 3 more times)
+    it("asks the system for its pid once #notsan", function()
+      if not has_strace() then pending("no strace") return end
+      local d = H.tmpdir()
+      local trace = d .. "/trace"
+      local status, out = H.fresh_under("strace -f -qq -e trace=getpid -o " .. H.shell_quote(trace), [[
+        local pt = require "procthread"
+        local st = pt.shared_table()
+        st.x = 1
+        local w = pt.spawn_process(function() return st.x end)
+        assert(w:join(20))
+        print("child", w.id)
+      ]])
+      local f = assert(io.open(trace))
+      local text = f:read("*a")
+      f:close()
+      H.rmdir(d)
+      assert.are.equal(0, status, out)
+      local child, n = assert(out:match("child%s+(%d+)"), out), 0
+      for pid in text:gmatch("(%d+)%s+getpid%(") do
+        if pid == child then n = n + 1 end
+      end
+      assert.are.equal(1, n, text)
+    end)
+
+    -- the exit flushes only when a stream holds output: what the child
+    -- left buffered still arrives, on stdout and in a file never closed,
+    -- on a plain return, an error and os.exit
+    for _, how in ipairs { "return", "error", "os.exit" } do
+      it("writes its buffered output when it leaves (" .. how .. ")", function()
+        local d = H.tmpdir()
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          io.stdout:setvbuf("full")
+          io.write("before ")
+          local w = pt.spawn_process(function(path, how)
+            io.write("child-out")
+            local f = assert(io.open(path, "w"))
+            f:setvbuf("full")
+            f:write("child-file")
+            if how == "error" then error("boom") end
+            if how == "os.exit" then os.exit(3) end
+          end, %q, %q)
+          w:join(20)
+          io.write(" after\n")
+          local f = assert(io.open(%q))
+          print(f:read("*a"))
+          f:close()
+        ]]):format(d .. "/out", how, d .. "/out"))
+        H.rmdir(d)
+        assert.are.equal(0, status, out)
+        assert.matches("before child%-out after", out)
+        assert.matches("child%-file", out)
+      end)
+    end
+
+    -- the kept drain eventfd is read back to 0 only after a child that
+    -- may have rung it: spawns whose results fit PIPE_BUF, fit the pipe,
+    -- and spill over it, in turns, each read whole
+    it("results of every size in turns, the drain eventfd kept between them", function()
+      for _ = 1, 3 do
+        for _, n in ipairs { 10, 5000, 2^20, 0, 4096 - 9, 4096 - 8, 70000 } do
+          local ok, v = pt.spawn_process(function(k) return ("d"):rep(k) end, n):join(H.T)
+          assert.is_true(ok, v)
+          assert.are.equal(n, #v)
+        end
+      end
+    end)
+
+    -- a child that made shared objects of its own still gives them back
+    -- at its exit (the exit functions look before they lock)
+    it("gives back the shared objects it made when it leaves", function()
+      local base = H.usage()
+      assert(pt.spawn_process(function()
+        local t = pt.shared_table()
+        for i = 1, 100 do t[i] = ("x"):rep(100) end
+        _G.keep = { t, pt.channel(), pt.array(8, "shared") }
+      end):join(H.T))
+      H.assert_released(base)
+    end)
+  end)
 end)

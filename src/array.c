@@ -117,6 +117,11 @@ static void cell_free(pt_off off) {
    this, exactly one sees the count at 0 with the orphan bit set. */
 PT_AFTER_FORK static void parr_exit_child(void) {
   pblock *p;
+  /* no cell of this process's: nothing to free, and no lock taken (libc's
+     mutex code is a page fault away in a new child, PT_AFTER_FORK); no
+     thread worker runs here (pt_child_exit) */
+  for (p = preg_head; p && !p->cell; p = p->next) {}
+  if (!p) return;
   pthread_mutex_lock(&preg_mu);
   for (p = preg_head; p; p = p->next) {
     if (!p->cell) continue;
@@ -130,7 +135,7 @@ PT_AFTER_FORK static void parr_exit_child(void) {
 
 PT_AFTER_FORK static void preg_after_fork(void) {
   pblock *p;
-  pthread_mutex_init(&preg_mu, NULL);         /* a holder did not come along */
+  pt_mutex_reset(&preg_mu);                  /* a holder did not come along */
   /* the cells are the parent's, and so are the messages they count */
   for (p = preg_head; p; p = p->next) p->cell = 0;
 }

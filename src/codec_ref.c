@@ -132,7 +132,7 @@ static int ticket_set_take(uint64_t n) {
   return found;
 }
 
-PT_AFTER_FORK static void ticket_set_after_fork(void) { pthread_mutex_init(&local_mu, NULL); }
+PT_AFTER_FORK static void ticket_set_after_fork(void) { pt_mutex_reset(&local_mu); }
 
 static void ticket_put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
 

@@ -7,6 +7,9 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+#include <sys/single_threaded.h>
+#endif
 #include <unistd.h>
 
 /* getpid() is a system call each time (glibc keeps no cache): the
@@ -79,11 +82,51 @@ __attribute__((hot)) void pt_after_fork_child(void) {
   run_fns(atfork_fns);
 }
 void pt_on_child_exit(void (*fn)(void)) { add_fn(exit_fns, fn); }
+/* Has any stream output not yet written?  fflush(NULL) writes the page
+   of the lock on libc's list of streams (one more copy-on-write fault in
+   the parent of a child that runs, and in a child also libc's code
+   there): when nothing is buffered it is left out.  glibc's list (libio:
+   _IO_list_all, exported, in no header since 2.28) is read as fflush
+   reads it, but without its lock: only where no other thread can open
+   or close a stream meanwhile.  A wide stream (_mode > 0) keeps its
+   output elsewhere: then flush, as everywhere but glibc. */
+#if defined(__GLIBC__)
+extern FILE *_IO_list_all;
+PT_AFTER_FORK static int stdio_pending(void) {
+  FILE *f;
+  for (f = _IO_list_all; f; f = f->_chain)
+    if (f->_mode > 0 || f->_IO_write_ptr > f->_IO_write_base) return 1;
+  return 0;
+}
+#else
+static int stdio_pending(void) { return 1; }
+#endif
+
+/* A process that has never had a second thread (glibc 2.32's word): no
+   thread can touch the list of streams. */
+static int single_threaded(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  return __libc_single_threaded;
+#else
+  return 0;
+#endif
+}
+
+void pt_flush_stdio(void) {
+  if (!single_threaded() || stdio_pending()) fflush(NULL);
+}
+
 __attribute__((hot)) void pt_child_exit(int code) {
   /* Thread workers of this process that still run may use what the exit
      functions release (shared-memory references): then leak, never free
      under a running thread. */
-  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) run_fns(exit_fns);
-  fflush(NULL);
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_SEQ_CST) == 0) {
+    run_fns(exit_fns);
+    /* no thread worker, and the helper threads use no stdio: nothing
+       opens or closes a stream while the list is read */
+    if (stdio_pending()) fflush(NULL);
+  } else {
+    fflush(NULL);            /* a thread may be writing: libc's walk, locked */
+  }
   _exit(code);
 }

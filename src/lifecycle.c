@@ -357,7 +357,7 @@ static void child_close(int fd) { if (fd >= 0) pt_raw_close(fd); }
 __attribute__((hot)) void pt_lifeline_child(int life[2]) {
   pt_worker *w;
   uint32_t n = __atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST);
-  pthread_mutex_unlock(&reg_mu);   /* held across the fork by this very thread */
+  pt_mutex_reset(&reg_mu);         /* held across the fork by this very thread */
   for (w = reg; w; w = w->next) { child_close(w->lifeline); child_close(w->lifeline_r); }
   if (reg) reg = NULL;             /* the records are the parent's: left alone */
   child_close(my_lifeline);

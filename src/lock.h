@@ -17,4 +17,15 @@ int pt_lock_acquire(pthread_mutex_t *m);
 void pt_lock_consistent(pthread_mutex_t *m);
 void pt_lock_release(pthread_mutex_t *m);
 
+/* In a new child: a mutex made as new -- one the forking thread held
+   across the fork (its unlock), or one another thread of the parent may
+   have held (its re-init).  Stores of the initializer, inlined: libc's
+   pthread_mutex_unlock and _init are code a child would fault in for
+   this alone (PT_AFTER_FORK).  The child has this one thread, so no
+   waiter needs waking. */
+static inline void pt_mutex_reset(pthread_mutex_t *m) {
+  pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+  *m = fresh;
+}
+
 #endif

@@ -67,9 +67,9 @@ static void pipe_unref(pt_pipe *p) {
    they held and any call they were making. */
 PT_AFTER_FORK static void pipe_after_fork(void) {
   pt_pipe *p;
-  pthread_mutex_init(&reg_mu, NULL);
+  pt_mutex_reset(&reg_mu);
   for (p = reg_head; p; p = p->next) {
-    pthread_mutex_init(&p->mu, NULL);
+    pt_mutex_reset(&p->mu);
     p->rbusy = p->wbusy = 0;
     if (p->rclosing) { pt_pipe_close_fd(&p->rfd); p->rclosing = 0; }
     if (p->wclosing) { pt_pipe_close_fd(&p->wfd); p->wclosing = 0; }

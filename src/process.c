@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -78,15 +79,17 @@ static int spare_drain;
 
 int pt_process_spare_fds(void) { return __atomic_load_n(&spare_drain, __ATOMIC_ACQUIRE) > 0; }
 
-/* Keep the drain_fd of an ended child, or close it.  The read is raw
-   (rawsys.h): its EAGAIN written to errno was a fault of the thread's
-   page. */
-static void keep_drain(int fd) {
+/* Keep the drain_fd of an ended child, or close it.  Its count is read
+   back to 0 only when the child may have rung it (rung): a child that
+   never did leaves it at 0, and the read was one more system call a
+   spawn.  The read is raw (rawsys.h): its EAGAIN written to errno was a
+   fault of the thread's page. */
+static void keep_drain(int fd, int rung) {
   uint64_t v;
-  long k;
+  long k = sizeof v;
   int none = 0;
   if (fd < 0) return;
-  k = pt_rawsys(SYS_read, fd, (long)&v, sizeof v, 0);
+  if (rung) k = pt_rawsys(SYS_read, fd, (long)&v, sizeof v, 0);
   if ((k == (long)sizeof v || k == -EAGAIN) &&
       __atomic_compare_exchange_n(&spare_drain, &none, fd + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return;
@@ -385,7 +388,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
     close(fds[1]);
     return spawn_failed(L, w, "eventfd", e);
   }
-  fflush(NULL);             /* the child must not write our buffered output again */
+  pt_flush_stdio();         /* the child must not write our buffered output again */
   w->t_start = pt_clock_now();
   levels = prepare_child(L);
   /* no list is caught half-changed by the fork.  Lock order: orphans,
@@ -412,8 +415,10 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   if (pid == 0) {           /* the parent's children are not ours (no write when none) */
     if (orphans) orphans = NULL;
     if (reaper_running) reaper_running = 0;
+    pt_mutex_reset(&orphan_lock);   /* its unlock: libc's code (PT_AFTER_FORK) */
+  } else {
+    pthread_mutex_unlock(&orphan_lock);
   }
-  pthread_mutex_unlock(&orphan_lock);
   if (pid == 0) pt_lifeline_child(life);
   else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {
@@ -532,7 +537,10 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   pt_close(pw(w)->result_fd);
   pw(w)->result_fd = -1;
   pt_close(pw(w)->pidfd);
-  keep_drain(pw(w)->drain_fd);
+  /* a child rings drain_fd only when a write of its results met a full
+     pipe: results whole and within PIPE_BUF, written to an empty pipe
+     (any pipe holds that much), never did, and no read is needed */
+  keep_drain(pw(w)->drain_fd, pw(w)->spilled || !complete || payload_len(pw(w)) > PIPE_BUF - HDR);
   pw(w)->pidfd = pw(w)->drain_fd = -1;
   w->joined = 1;
   pt_shm_counts_drop(&pw(w)->held);    /* what it inherited: it has ended */

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "compat.h"
+#include "lock.h"       /* pt_mutex_reset */
 #include "buf.h"        /* pt_buf: plain C, usable without this header */
 
 #define PT_VERSION "0.1.0"
@@ -92,6 +93,9 @@ void pt_atfork_child(void (*fn)(void));
    It never runs the parent's atexit handlers. */
 void pt_on_child_exit(void (*fn)(void));
 void pt_child_exit(int code);
+/* fflush(NULL), left out when no stream holds output and no other thread
+   can be using them (fork.c) */
+void pt_flush_stdio(void);
 /* Thread workers of this process still running (atomic). */
 extern int pt_live_threads;
 /* Waits for pt_live_threads to fall (atomic): a leaving thread wakes the
@@ -209,7 +213,7 @@ void pt_open_floor(lua_State *L);     /* floor.c: the lab's C floors */
 
 /* core.c: build the module table (used by luaopen and by new thread
    states, which get the module without a file search). */
-int luaopen_procthread_core(lua_State *L);
+__attribute__((visibility("default"))) int luaopen_procthread_core(lua_State *L);
 
 /* ---- lifecycle.c: exit, parent death, Ctrl-C (DESIGN.md "Lifecycle") -- */
 struct pt_worker;

@@ -299,7 +299,7 @@ static void helper_stop(helper *h) {
    host's alike): the helper thread is gone (kept_mu may have been held by
    a wait of another thread of the parent). */
 PT_AFTER_FORK static void fork_child(void) {
-  pthread_mutex_init(&kept_mu, NULL);
+  pt_mutex_reset(&kept_mu);
   memset(&kept, 0, sizeof kept);
   kept_up = 0;
 }

@@ -50,8 +50,14 @@ static int take_count(const pt_shm_handle *h, pt_off off) {
 /* Holding the lock, in the process the list belongs to: a list of another
    one (this process was forked by other means than pt_shm_fork) names
    handles that hold none of our counts: forget it. */
+/* getpid() is a system call each time: fork.c keeps it (pt_pid, right
+   across every fork).  Weak: the plain-C test (test/arena_test.c) links
+   this file without fork.c, and asks the system. */
+extern pid_t pt_pid(void) __attribute__((weak));
+static pid_t my_pid(void) { return pt_pid ? pt_pid() : getpid(); }
+
 static void own_list(void) {
-  pid_t me = getpid();
+  pid_t me = my_pid();
   if (handles_pid == me) return;
   handles_pid = me;
   handles = NULL;
@@ -60,7 +66,7 @@ static void own_list(void) {
 void pt_shm_track(pt_shm_handle *h, pt_off off, uint64_t gen, int kind,
                   void (*drop)(pt_off, uint64_t)) {
   h->gen = gen;
-  h->pid = getpid();
+  h->pid = my_pid();
   h->kind = kind;
   h->drop = drop;
   h->prev = NULL;
@@ -78,7 +84,7 @@ void pt_shm_track(pt_shm_handle *h, pt_off off, uint64_t gen, int kind,
    pt_shm_fork and pt_shm_handles_exit_child meet. */
 void pt_shm_release(pt_shm_handle *h) {
   pt_off off;
-  if (h->pid != getpid()) {      /* a copy made by a fork not of ours: no count */
+  if (h->pid != my_pid()) {      /* a copy made by a fork not of ours: no count */
     __atomic_store_n(&h->off, 0, __ATOMIC_RELAXED);
     return;
   }
@@ -134,9 +140,9 @@ __attribute__((hot)) pid_t pt_shm_fork(pt_shm_counts *held) {   /* PT_AFTER_FORK
     if (held->v) free(held->v);  /* the parent's record, not ours */
     held->v = NULL;
     held->n = 0;
-    handles_pid = getpid();
+    handles_pid = my_pid();      /* set by the fork's child handler (fork.c): no system call */
     if (handles) handles = NULL; /* the inherited ones hold the parent's counts */
-    pthread_mutex_unlock(&handles_mu);   /* held across the fork by this very thread */
+    pt_mutex_reset(&handles_mu); /* held across the fork by this very thread */
     return 0;
   }
   pthread_mutex_unlock(&handles_mu);
@@ -159,7 +165,12 @@ void pt_shm_counts_drop(pt_shm_counts *held) {
 
 __attribute__((hot)) void pt_shm_handles_exit_child(void) {   /* PT_AFTER_FORK (pt.h) */
   pt_shm_handle *h, *next;
-  pid_t me = getpid();
+  pid_t me = my_pid();
+  /* none made in this child (the inherited ones were forgotten at the
+     fork): nothing to drop, and no lock taken -- libc's mutex code is a
+     page fault away in a new child (PT_AFTER_FORK).  No thread worker
+     runs here (pt_child_exit), and no helper thread makes handles. */
+  if (__atomic_load_n(&handles, __ATOMIC_ACQUIRE) == NULL) return;
   /* the whole walk under the lock: a thread releasing one of these at the
      same time waits, then finds it off the list */
   pthread_mutex_lock(&handles_mu);
