@@ -325,6 +325,32 @@ describe("lifecycle", function()
       assert.matches(here .. "%(at_exit must be", where { at_exit = 1 })
     end)
 
+    -- A pipe recv of the main thread blocks in read() itself, and Ctrl-C's
+    -- handler wakes it with a real-time signal of its own (recv_signal).
+    it("takes the recv_signal configured at the first blocking recv, and refuses a bad one", function()
+      local status, out = fresh([[
+        local bad = {}
+        for _, v in ipairs { 5, -1, 1.5, "x", 65, 0.5 } do
+          local ok, err = pcall(pt.configure, { recv_signal = v })
+          if ok or not tostring(err):match("recv_signal must be a real%-time signal number") then bad[#bad + 1] = tostring(v) end
+        end
+        assert(pt.configure{ recv_signal = 41 })
+        local q = pt.pipe()
+        local r = pt.spawn_process(function() pt.sleep(0.1); q:send(2) end)
+        assert(q:recv() == 2)                      -- blocked in read: the signal is taken
+        assert(r:join(10))
+        q:close()
+        local ok, err = pcall(pt.configure, { recv_signal = 42 })
+        if ok or not tostring(err):match("configure it before first use") then bad[#bad + 1] = "42 after" end
+        if not pcall(pt.configure, { recv_signal = 41 }) then bad[#bad + 1] = "41 again" end
+        local f = io.open("/proc/self/status"); local st = f:read("*a"); f:close()
+        local cgt = st:match("SigCgt:%s*(%x+)")
+        print("bad=" .. table.concat(bad, ",") .. " caught41=" .. math.floor(tonumber(cgt:sub(-11), 16) / 2 ^ 40) % 2)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("bad= caught41=1", out, 1, true)
+    end)
+
     it("refuses a bad at_exit or exit_grace, naming configure", function()
       assert.has_error(function() pt.configure{ at_exit = "later" } end,
         "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
@@ -490,6 +516,12 @@ describe("lifecycle", function()
       { "process join", "local w = pt.spawn_process(function() require('procthread').sleep(100) end); ids[#ids + 1] = w.id",
         "w:join()" },
       { "pipe recv", "local p = pt.pipe()", "p:recv()" },
+      -- recv blocks in read() itself, woken by its own signal (recv_signal)
+      -- or, with none, polls first
+      { "pipe recv with recv_signal = 0", "pt.configure{ recv_signal = 0 }; local p = pt.pipe()", "p:recv()" },
+      { "pipe recv with a chosen recv_signal", "pt.configure{ recv_signal = 40 }; local p = pt.pipe()", "p:recv()" },
+      { "pipe recv in a process worker's", "local p = pt.pipe(); local w = pt.spawn_process(function() p:recv() end); ids[#ids + 1] = w.id",
+        "p:recv()" },
       { "pipe send on a full pipe", "local p = pt.pipe()", "p:send(string.rep('x', 1000000))" },
       { "select", "local p, q = pt.pipe(), pt.pipe()", "pt.select({ p, q })" },
       { "select on a channel", "local ch = pt.channel()", "pt.select({ ch })" },
