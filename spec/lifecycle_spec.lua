@@ -351,6 +351,16 @@ describe("lifecycle", function()
       assert.matches("bad= caught41=1", out, 1, true)
     end)
 
+    -- Under ThreadSanitizer no read is steered (its interceptors run
+    -- signal handlers late, in a context of their own, and do not see the
+    -- raw read): recv polls first there, and the spec's probe is refused.
+    it("steers no pipe read under ThreadSanitizer, and does on x86-64 otherwise", function()
+      local status, out = fresh([[ print("probe " .. tostring((pcall(pt.configure, { _recv_probe = 10 })))) ]])
+      local tsan = H.interpreter():match("lua%-tsan") ~= nil
+      assert.are.equal(0, status, out)
+      assert.matches("probe " .. tostring(not tsan), out, 1, true)
+    end)
+
     it("refuses a bad at_exit or exit_grace, naming configure", function()
       assert.has_error(function() pt.configure{ at_exit = "later" } end,
         "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
@@ -545,6 +555,82 @@ describe("lifecycle", function()
         ready((table.unpack or unpack)(ids))
         %s
       ]]):format(c[2], c[3]))
+    end
+
+    -- The recv signal (40 here) taken by the program after the first recv
+    -- took it: a C library of the spec's own (all five Luas; no luaposix
+    -- on 5.4) sets SIG_DFL (a real-time signal's default kills), a handler
+    -- that counts, or blocks it in the main thread.
+    local function recv_signal_lib()
+      return H.cc([[
+        #include <signal.h>
+        typedef struct lua_State lua_State;
+        extern void lua_pushinteger(lua_State *L, long long n);
+        static volatile sig_atomic_t seen;
+        static void count(int sig) { (void)sig; seen++; }
+        int l_dfl(lua_State *L) { (void)L; signal(40, SIG_DFL); return 0; }
+        int l_handler(lua_State *L) { (void)L; signal(40, count); return 0; }
+        int l_block(lua_State *L) {
+          sigset_t s;
+          (void)L;
+          sigemptyset(&s); sigaddset(&s, 40);
+          sigprocmask(SIG_BLOCK, &s, 0);
+          return 0;
+        }
+        int l_seen(lua_State *L) { lua_pushinteger(L, seen); return 1; }
+      ]], "-shared -fPIC")
+    end
+
+    -- A script that blocks in recv with no message coming: `before` runs
+    -- first (so.<fn>() are the library's functions).  SIGINT is sent by
+    -- the spec (kill) or comes by itself (the probe): it must end the
+    -- recv with the interpreter's traceback, within 4 s, not kill it.
+    local function recv_interrupted(before, kill_it)
+      local so = recv_signal_lib()
+      local run = background(([[
+        local so = {}
+        for _, f in ipairs { "dfl", "handler", "block", "seen" } do so[f] = package.loadlib(%q, "l_" .. f) end
+        pt.configure{ recv_signal = 40 }
+        local p = pt.pipe()
+        local w = pt.spawn_process(function() pt.sleep(0.1); p:send(1) end)
+        assert(p:recv() == 1)            -- blocked in read: the recv signal is taken
+        assert(w:join(10))
+        local f = io.open("/proc/self/status"); local st = f:read("*a"); f:close()
+        assert(math.floor(tonumber(st:match("SigCgt:%%s*(%%x+)"):sub(-10), 16) / 2 ^ 39) %% 2 == 1, "40 not taken")
+        %s
+        ready()
+        local ok, err = pcall(p.recv, p)
+        io.stdout:write("seen ", so.seen(), "\n")
+        error(err, 0)
+      ]]):format(so, before))
+      run.ready()
+      pt.sleep(0.2)
+      local t0 = pt.now()
+      if kill_it then kill("INT", { run.pid }) end
+      local status, out = run.finish(6)
+      local took = pt.now() - t0
+      run.cleanup()
+      os.remove(so)
+      assert.is_truthy(status, "still blocked " .. took .. " s: " .. tostring(out))
+      assert.matches("interrupted!", out, 1, true)
+      assert.matches("seen 0", out, 1, true)      -- no recv signal sent to the program's handler
+      assert.are.equal(1, status, out)            -- an error, not killed by a signal
+      assert.is_true(took < 4, "took " .. took)
+    end
+
+    -- the probe: the recv sends itself SIGUSR1 from inside the gap (after
+    -- its look at the SIGINT count), whose handler raises SIGINT; that
+    -- handler then returns into the gap, and read() would block
+    it("interrupts a recv when the Ctrl-C comes inside another signal's handler that interrupted the read's start #notsan", function()
+      recv_interrupted("pt.configure{ _recv_probe = 10 }", false)
+    end)
+    for _, how in ipairs { "dfl", "handler", "block" } do
+      it("interrupts a recv after the program took the recv signal (" .. how .. ") #notsan", function()
+        recv_interrupted("so." .. how .. "()", true)
+      end)
+      it("interrupts a recv after the program took the recv signal (" .. how .. "), the Ctrl-C inside another handler #notsan", function()
+        recv_interrupted("so." .. how .. "(); pt.configure{ _recv_probe = 10 }", false)
+      end)
     end
 
     -- a shared-table lock wait: another worker holds pt.locked on st

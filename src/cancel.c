@@ -204,32 +204,45 @@ static void rd_after_fork(void) {
   __atomic_store_n(&pt_rd_armed, 0, __ATOMIC_RELAXED);  /* the forking thread was not in it */
 }
 
-/* Where the main thread was stopped (uc): in the gap, go on at
-   pt_rd_cancel; 1 when that, or past the system call (nothing to do). */
-static int rd_steer(ucontext_t *uc) {
+/* Where the main thread was stopped (uc): in the gap (RD_GAP), past the
+   system call (RD_PAST: nothing to do), or elsewhere (RD_ELSE: in a
+   handler that interrupted the gap, or the tail). */
+enum { RD_GAP, RD_PAST, RD_ELSE };
+
+static int rd_where(const ucontext_t *uc) {
   uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
-  if (pc >= (uintptr_t)pt_rd_begin && pc < (uintptr_t)pt_rd_end) {
-    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)pt_rd_cancel;
-    return 1;
-  }
-  return pc >= (uintptr_t)pt_rd_end && pc < (uintptr_t)pt_rd_stop;
+  if (pc >= (uintptr_t)pt_rd_begin && pc < (uintptr_t)pt_rd_end) return RD_GAP;
+  return pc >= (uintptr_t)pt_rd_end && pc < (uintptr_t)pt_rd_stop ? RD_PAST : RD_ELSE;
+}
+
+/* 1: steered out of the gap (to pt_rd_cancel) or past it. */
+static int rd_steer(ucontext_t *uc) {
+  int at = rd_where(uc);
+  if (at == RD_GAP) uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)pt_rd_cancel;
+  return at != RD_ELSE;
 }
 
 static void rd_on_wake(int sig, siginfo_t *si, void *ctx);
 
-/* Send the main thread the recv signal, if it is still ours; uc: the
-   main thread's context, which then keeps it blocked (it comes again
-   once the handler that context runs has returned). */
-static void rd_send(ucontext_t *uc) {
+/* The recv signal, while its handler is still ours; else 0, and the
+   recvs poll from now on (the program took it: a handler, SIG_DFL). */
+static int rd_usable(void) {
   int sig = __atomic_load_n(&rd_sig, __ATOMIC_SEQ_CST);
   struct sigaction cur;
+  if (sig <= 0) return 0;
+  if (sigaction(sig, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+      cur.sa_sigaction == rd_on_wake)
+    return sig;
+  __atomic_store_n(&rd_sig, -1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+/* Send the main thread sig; uc: the main thread's context, which then
+   keeps it blocked (it comes again once the handler that context runs
+   has returned). */
+static void rd_send(ucontext_t *uc, int sig) {
   pid_t pid = getpid();                      /* the main thread's tid */
   if (sig <= 0) return;
-  if (sigaction(sig, NULL, &cur) != 0 || !(cur.sa_flags & SA_SIGINFO) ||
-      cur.sa_sigaction != rd_on_wake) {
-    __atomic_store_n(&rd_sig, -1, __ATOMIC_SEQ_CST);   /* the program took it */
-    return;
-  }
   if (uc) sigaddset(&uc->uc_sigmask, sig);
   syscall(SYS_tgkill, pid, pid, sig);
 }
@@ -238,15 +251,43 @@ static void rd_on_wake(int sig, siginfo_t *si, void *ctx) {
   ucontext_t *uc = (ucontext_t *)ctx;
   int e = errno;
   (void)sig; (void)si;
-  if (__atomic_load_n(&pt_rd_armed, __ATOMIC_SEQ_CST) && !rd_steer(uc)) rd_send(uc);
+  if (__atomic_load_n(&pt_rd_armed, __ATOMIC_SEQ_CST) && !rd_steer(uc))
+    rd_send(uc, rd_usable());
   errno = e;
 }
 
-/* From the SIGINT handler, after it counted (async-signal-safe). */
+static int on_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
+
+/* The recv signal, for a main thread in a handler over the gap (uc):
+   still ours, and not blocked in that handler (a mask that holds every
+   signal the gap's does: one the program blocked would never come). */
+static int rd_over(const ucontext_t *uc) {
+  int sig = rd_usable();
+  return sig > 0 && !sigismember(&uc->uc_sigmask, sig) ? sig : 0;
+}
+
+/* From the SIGINT handler, first (async-signal-safe): 1 when this SIGINT
+   is put off.  It came on the main thread inside another handler over
+   the gap, and the recv signal cannot come there (rd_over): SIGINT is then blocked
+   in that handler's context and sent again, to come once that handler
+   returns, into the gap; its disposition is still ours then (the
+   interpreter's handler, which resets it, has not run). */
+int pt_interrupt_defer(void *ctx) {
+  ucontext_t *uc = (ucontext_t *)ctx;
+  if (!__atomic_load_n(&pt_rd_armed, __ATOMIC_SEQ_CST) || !on_main_thread() ||
+      rd_where(uc) != RD_ELSE || rd_over(uc))
+    return 0;
+  rd_send(uc, SIGINT);
+  return 1;
+}
+
+/* From the SIGINT handler, after it counted (so that the read it ends
+   sees the new count). */
 void pt_interrupt_steer(void *ctx) {
+  ucontext_t *uc = (ucontext_t *)ctx;
   if (!__atomic_load_n(&pt_rd_armed, __ATOMIC_SEQ_CST)) return;
-  if (syscall(SYS_gettid) != getpid()) rd_send(NULL);   /* another thread took it */
-  else if (!rd_steer((ucontext_t *)ctx)) rd_send((ucontext_t *)ctx);
+  if (!on_main_thread()) rd_send(NULL, rd_usable());   /* another thread took it */
+  else if (!rd_steer(uc)) rd_send(uc, rd_over(uc));
 }
 
 /* Nobody has a handler on sig (as thread.c's signal_free). */
@@ -326,6 +367,7 @@ ssize_t pt_read_interruptible(int fd, void *buf, size_t n) {
 }
 #else
 static void rd_after_fork(void) {}
+int pt_interrupt_defer(void *ctx) { (void)ctx; return 0; }
 void pt_interrupt_steer(void *ctx) { (void)ctx; }
 ssize_t pt_read_interruptible(int fd, void *buf, size_t n) {
   (void)fd; (void)buf; (void)n;

@@ -93,6 +93,7 @@ static void count_sigint(void) {
 static void on_sigint(int sig, siginfo_t *si, void *ctx) {
   int e = errno;
   (void)si;
+  if (pt_interrupt_defer(ctx)) { errno = e; return; }
   count_sigint();
   pt_interrupt_steer(ctx);
   errno = e;

@@ -243,8 +243,11 @@ const uint32_t *pt_interrupt_word(uint32_t *expected);
    the handler is installed; and its write, from the handler. */
 void pt_interrupt_fd_open(void);
 void pt_interrupt_wake(void);
-/* cancel.c: also from the SIGINT handler, with its ucontext: a main
-   thread in pt_read_interruptible's gap is made to return EINTR. */
+/* cancel.c, from the SIGINT handler with its ucontext: first defer (1:
+   this SIGINT is put off, sent again to come later: do nothing now);
+   after counting, steer: a main thread in pt_read_interruptible's gap
+   is made to return EINTR. */
+int pt_interrupt_defer(void *ctx);
 void pt_interrupt_steer(void *ctx);
 /* cancel.c: for the thread Ctrl-C interrupts (pt_interrupt_watched, no
    cancel fd), a blocking read(fd, buf, n) that a SIGINT ends with EINTR
