@@ -239,11 +239,18 @@ static int rd_usable(void) {
 
 /* Send the main thread sig; uc: the main thread's context, which then
    keeps it blocked (it comes again once the handler that context runs
-   has returned). */
+   has returned), as does the rest of this handler (a SIGINT handler
+   may be SA_NODEFER: lua5.3's is). */
 static void rd_send(ucontext_t *uc, int sig) {
   pid_t pid = getpid();                      /* the main thread's tid */
+  sigset_t now;
   if (sig <= 0) return;
-  if (uc) sigaddset(&uc->uc_sigmask, sig);
+  if (uc) {
+    sigaddset(&uc->uc_sigmask, sig);
+    sigemptyset(&now);
+    sigaddset(&now, sig);
+    sigprocmask(SIG_BLOCK, &now, NULL);
+  }
   syscall(SYS_tgkill, pid, pid, sig);
 }
 
