@@ -325,6 +325,42 @@ describe("lifecycle", function()
       assert.matches(here .. "%(at_exit must be", where { at_exit = 1 })
     end)
 
+    -- A pipe recv of the main thread blocks in read() itself, and Ctrl-C's
+    -- handler wakes it with a real-time signal of its own (recv_signal).
+    it("takes the recv_signal configured at the first blocking recv, and refuses a bad one", function()
+      local status, out = fresh([[
+        local bad = {}
+        for _, v in ipairs { 5, -1, 1.5, "x", 65, 0.5 } do
+          local ok, err = pcall(pt.configure, { recv_signal = v })
+          if ok or not tostring(err):match("recv_signal must be a real%-time signal number") then bad[#bad + 1] = tostring(v) end
+        end
+        assert(pt.configure{ recv_signal = 41 })
+        local q = pt.pipe()
+        local r = pt.spawn_process(function() pt.sleep(0.1); q:send(2) end)
+        assert(q:recv() == 2)                      -- blocked in read: the signal is taken
+        assert(r:join(10))
+        q:close()
+        local ok, err = pcall(pt.configure, { recv_signal = 42 })
+        if ok or not tostring(err):match("configure it before first use") then bad[#bad + 1] = "42 after" end
+        if not pcall(pt.configure, { recv_signal = 41 }) then bad[#bad + 1] = "41 again" end
+        local f = io.open("/proc/self/status"); local st = f:read("*a"); f:close()
+        local cgt = st:match("SigCgt:%s*(%x+)")
+        print("bad=" .. table.concat(bad, ",") .. " caught41=" .. math.floor(tonumber(cgt:sub(-11), 16) / 2 ^ 40) % 2)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("bad= caught41=1", out, 1, true)
+    end)
+
+    -- Under ThreadSanitizer no read is steered (its interceptors run
+    -- signal handlers late, in a context of their own, and do not see the
+    -- raw read): recv polls first there, and the spec's probe is refused.
+    it("steers no pipe read under ThreadSanitizer, and does on x86-64 otherwise", function()
+      local status, out = fresh([[ print("probe " .. tostring((pcall(pt.configure, { _recv_probe = 10 })))) ]])
+      local tsan = H.interpreter():match("lua%-tsan") ~= nil
+      assert.are.equal(0, status, out)
+      assert.matches("probe " .. tostring(not tsan), out, 1, true)
+    end)
+
     it("refuses a bad at_exit or exit_grace, naming configure", function()
       assert.has_error(function() pt.configure{ at_exit = "later" } end,
         "bad argument #1 to 'configure' (at_exit must be \"wait\" or \"stop\")")
@@ -490,6 +526,12 @@ describe("lifecycle", function()
       { "process join", "local w = pt.spawn_process(function() require('procthread').sleep(100) end); ids[#ids + 1] = w.id",
         "w:join()" },
       { "pipe recv", "local p = pt.pipe()", "p:recv()" },
+      -- recv blocks in read() itself, woken by its own signal (recv_signal)
+      -- or, with none, polls first
+      { "pipe recv with recv_signal = 0", "pt.configure{ recv_signal = 0 }; local p = pt.pipe()", "p:recv()" },
+      { "pipe recv with a chosen recv_signal", "pt.configure{ recv_signal = 40 }; local p = pt.pipe()", "p:recv()" },
+      { "pipe recv in a process worker's", "local p = pt.pipe(); local w = pt.spawn_process(function() p:recv() end); ids[#ids + 1] = w.id",
+        "p:recv()" },
       { "pipe send on a full pipe", "local p = pt.pipe()", "p:send(string.rep('x', 1000000))" },
       { "select", "local p, q = pt.pipe(), pt.pipe()", "pt.select({ p, q })" },
       { "select on a channel", "local ch = pt.channel()", "pt.select({ ch })" },
@@ -513,6 +555,78 @@ describe("lifecycle", function()
         ready((table.unpack or unpack)(ids))
         %s
       ]]):format(c[2], c[3]))
+    end
+
+    -- The recv signal (40 here) taken by the program after the first recv
+    -- took it: a C library of the spec's own (all five Luas; no luaposix
+    -- on 5.4) sets SIG_DFL (a real-time signal's default kills), a handler
+    -- that says so on stderr, or blocks it in the main thread.
+    local function recv_signal_lib()
+      return H.cc([[
+        #include <signal.h>
+        #include <unistd.h>
+        typedef struct lua_State lua_State;
+        static void count(int sig) { (void)sig; if (write(2, "SAW40 ", 6) < 0) {} }
+        int l_dfl(lua_State *L) { (void)L; signal(40, SIG_DFL); return 0; }
+        int l_handler(lua_State *L) { (void)L; signal(40, count); return 0; }
+        int l_block(lua_State *L) {
+          sigset_t s;
+          (void)L;
+          sigemptyset(&s); sigaddset(&s, 40);
+          sigprocmask(SIG_BLOCK, &s, 0);
+          return 0;
+        }
+      ]], "-shared -fPIC")
+    end
+
+    -- A script that blocks in recv with no message coming: `before` runs
+    -- first (so.<fn>() are the library's functions).  SIGINT is sent by
+    -- the spec (kill) or comes by itself (the probe): it must end the
+    -- recv with the interpreter's traceback, within 4 s, not kill it.
+    local function recv_interrupted(before, kill_it)
+      local so = recv_signal_lib()
+      local run = background(([[
+        local so = {}
+        for _, f in ipairs { "dfl", "handler", "block" } do so[f] = package.loadlib(%q, "l_" .. f) end
+        pt.configure{ recv_signal = 40 }
+        local p = pt.pipe()
+        local w = pt.spawn_process(function() pt.sleep(0.1); p:send(1) end)
+        assert(p:recv() == 1)            -- blocked in read: the recv signal is taken
+        assert(w:join(10))
+        local f = io.open("/proc/self/status"); local st = f:read("*a"); f:close()
+        assert(math.floor(tonumber(st:match("SigCgt:%%s*(%%x+)"):sub(-10), 16) / 2 ^ 39) %% 2 == 1, "40 not taken")
+        %s
+        ready()
+        p:recv()
+      ]]):format(so, before))
+      run.ready()
+      pt.sleep(0.2)
+      local t0 = pt.now()
+      if kill_it then kill("INT", { run.pid }) end
+      local status, out = run.finish(6)
+      local took = pt.now() - t0
+      run.cleanup()
+      os.remove(so)
+      assert.is_truthy(status, "still blocked " .. took .. " s: " .. tostring(out))
+      assert.matches("interrupted!", out, 1, true)
+      assert.is_nil(out:find("SAW40", 1, true), out)   -- no recv signal sent to the program's handler
+      assert.are.equal(1, status, out)            -- an error, not killed by a signal
+      assert.is_true(took < 4, "took " .. took)
+    end
+
+    -- the probe: the recv sends itself SIGUSR1 from inside the gap (after
+    -- its look at the SIGINT count), whose handler raises SIGINT; that
+    -- handler then returns into the gap, and read() would block
+    it("interrupts a recv when the Ctrl-C comes inside another signal's handler that interrupted the read's start #notsan", function()
+      recv_interrupted("pt.configure{ _recv_probe = 10 }", false)
+    end)
+    for _, how in ipairs { "dfl", "handler", "block" } do
+      it("interrupts a recv after the program took the recv signal (" .. how .. ") #notsan", function()
+        recv_interrupted("so." .. how .. "()", true)
+      end)
+      it("interrupts a recv after the program took the recv signal (" .. how .. "), the Ctrl-C inside another handler #notsan", function()
+        recv_interrupted("so." .. how .. "(); pt.configure{ _recv_probe = 10 }", false)
+      end)
     end
 
     -- a shared-table lock wait: another worker holds pt.locked on st

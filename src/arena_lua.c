@@ -87,16 +87,27 @@ static void configure_size(lua_State *L) {
   }
 }
 
+/* The options that name a signal: their setter (NULL, or why not). */
+typedef const char *(*signal_setter)(double n);
+
+static signal_setter signal_option(const char *k) {
+  if (strcmp(k, "cancel_signal") == 0) return pt_set_cancel_signal;
+  if (strcmp(k, "recv_signal") == 0) return pt_set_recv_signal;
+  if (strcmp(k, "_recv_probe") == 0) return pt_set_recv_probe;   /* specs only */
+  return NULL;
+}
+
 /* pt.configure{ key = value, ... }: every option of the module. */
 static int l_configure(lua_State *L) {
+  signal_setter set;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
     if (k && strcmp(k, "shm_size") == 0) {
       configure_size(L);
-    } else if (k && strcmp(k, "cancel_signal") == 0) {
-      const char *why = pt_set_cancel_signal(lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1);
+    } else if (k && (set = signal_option(k)) != NULL) {
+      const char *why = set(lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1);
       if (why) return luaL_error(L, "configure: %s", why);
     } else if (k) {
       return luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'", k));

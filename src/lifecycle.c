@@ -88,24 +88,33 @@ static void count_sigint(void) {
   errno = e;
 }
 
-static void on_sigint(int sig) {
+/* SA_SIGINFO: the context tells where the main thread was stopped, for
+   a pipe read that is about to begin (pt_interrupt_steer). */
+static void on_sigint(int sig, siginfo_t *si, void *ctx) {
+  int e = errno;
+  (void)si;
+  if (pt_interrupt_defer(ctx)) { errno = e; return; }
   count_sigint();
+  pt_interrupt_steer(ctx);
+  errno = e;
   if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN)
     chained.sa_handler(sig);
 }
 
-/* Run in front of the interpreter's SIGINT handler, if it has one. */
+/* Run in front of the interpreter's SIGINT handler, if it has one (ours
+   is SA_SIGINFO; the interpreter's never is). */
 static void chain_sigint(void) {
   struct sigaction cur, sa;
   if (sigaction(SIGINT, NULL, &cur) != 0) return;
   if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN ||
-      cur.sa_handler == on_sigint || (cur.sa_flags & SA_SIGINFO))
+      (cur.sa_flags & SA_SIGINFO))
     return;
   pt_interrupt_fd_open();
   chained = cur;
   sa = cur;
-  sa.sa_handler = on_sigint;
+  sa.sa_sigaction = on_sigint;
   sa.sa_flags &= ~(SA_RESTART | SA_RESETHAND);
+  sa.sa_flags |= SA_SIGINFO;
   sigaction(SIGINT, &sa, NULL);
 }
 

@@ -169,14 +169,20 @@ static size_t read_size(pipe_shm *s) {
 
 void pt_pipe_exact(pt_pipe *p) { __atomic_store_n(&p->shm->exact, 1, __ATOMIC_RELAXED); }
 
-/* Read into the shared buffer, counted in rbytes (see pipe.h), without
-   waiting when nowait.  >0 bytes, 0 end of stream, -1 errno. */
-static ssize_t take_bytes(pipe_shm *s, int fd, int nowait) {
+/* Read into the shared buffer, counted in rbytes (see pipe.h): TAKE_NOWAIT
+   without waiting, TAKE_WAIT blocking, TAKE_INTR blocking in a read that
+   Ctrl-C ends (pt_read_interruptible).  >0 bytes, 0 end of stream, -1
+   errno, -2 (TAKE_INTR only) not for this thread. */
+enum { TAKE_WAIT, TAKE_NOWAIT, TAKE_INTR };
+
+static ssize_t take_bytes(pipe_shm *s, int fd, int how) {
   struct iovec v;
   ssize_t n;
   v.iov_base = s->rbuf + s->rend;
   v.iov_len = read_size(s);
-  n = nowait ? read_nowait(fd, &v) : readv(fd, &v, 1);
+  n = how == TAKE_NOWAIT ? read_nowait(fd, &v)
+    : how == TAKE_INTR ? pt_read_interruptible(fd, v.iov_base, v.iov_len)
+    : readv(fd, &v, 1);
   if (n > 0) {
     s->rend += (uint32_t)n;
     /* a sender waiting for room for a whole frame (pipe_write.c's
@@ -195,7 +201,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
   pt_ctx *c = pt_self_ctx;
   int waitable = (c && c->cancel_fd >= 0) || pt_interrupt_watched();   /* Ctrl-C */
   ssize_t n;
-  int spun = 0;
+  int spun = 0, intr = 1;
   if (s->rstart == s->rend) s->rstart = s->rend = 0;
   else if (s->rend > PT_PIPE_RBUF - 2 * PT_FRAME_CHUNK) {    /* compact: room for a chunk */
     memmove(s->rbuf, s->rbuf + s->rstart, s->rend - s->rstart);
@@ -206,7 +212,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
     if (!spun) {
       spun = 1;
       if (spin_for_data(s, deadline)) {
-        n = take_bytes(s, fd, 1);
+        n = take_bytes(s, fd, TAKE_NOWAIT);
         if (n >= 0) return (long)n;
         if (errno != EAGAIN && errno != EINTR) return -R_ERR;
       }
@@ -216,6 +222,16 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
          timeout; but a sender that died or gave up sends nothing more */
       int r = stall_wait(s, fd, deadline, w);
       if (r < 0) return r;
+    } else if (deadline < 0 && waitable && intr) {
+      /* no timeout, and Ctrl-C the only wake-up: block in read() itself */
+      n = take_bytes(s, fd, TAKE_INTR);
+      if (n >= 0) return (long)n;
+      if (n == -2) { intr = 0; continue; }  /* not here: poll first */
+      if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return -R_ERR;
+      intr = 0;                             /* made non-blocking elsewhere: poll */
+      continue;
     } else if (deadline >= 0 || waitable) {
       double left = deadline < 0 ? -1 : deadline - pt_clock_now();
       int r = pt_wait_fd(fd, POLLIN, left < 0 && deadline >= 0 ? 0 : left);
@@ -223,7 +239,7 @@ static long fill(pipe_shm *s, int fd, pt_frame_asm *a, double deadline,
       if (r == -1) return -R_ERR;
       if (r == 0) return -R_TIMEOUT;
     }
-    n = take_bytes(s, fd, 0);
+    n = take_bytes(s, fd, TAKE_WAIT);
     if (n >= 0) return (long)n;
     if (errno == EINTR && pt_interrupted()) return -R_CANCEL;
     if (errno == EINTR) continue;

@@ -11,6 +11,16 @@
 #include "buf.h"        /* pt_buf: plain C, usable without this header */
 
 #define PT_VERSION "0.1.0"
+
+/* Built with ThreadSanitizer: raw system calls and steered signals are
+   left out where its interceptors must see the call (sys.c, cancel.c). */
+#if defined(__SANITIZE_THREAD__)
+#define PT_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PT_UNDER_TSAN 1
+#endif
+#endif
 #define PT_ERRLEN 640          /* an error message buffer (char err[PT_ERRLEN]) */
 
 /* ---- sys.c: errors, clock; cancel.c: cancellation, blocking waits ---- */
@@ -237,6 +247,22 @@ const uint32_t *pt_interrupt_word(uint32_t *expected);
    the handler is installed; and its write, from the handler. */
 void pt_interrupt_fd_open(void);
 void pt_interrupt_wake(void);
+/* cancel.c, from the SIGINT handler with its ucontext: first defer (1:
+   this SIGINT is put off, sent again to come later: do nothing now);
+   after counting, steer: a main thread in pt_read_interruptible's gap
+   is made to return EINTR. */
+int pt_interrupt_defer(void *ctx);
+void pt_interrupt_steer(void *ctx);
+/* cancel.c: for the thread Ctrl-C interrupts (pt_interrupt_watched, no
+   cancel fd), a blocking read(fd, buf, n) that a SIGINT ends with EINTR
+   however it lands, with no poll before it.  Bytes, -1 (errno), or -2:
+   not here (not that thread, no signal for it): poll first instead. */
+ssize_t pt_read_interruptible(int fd, void *buf, size_t n);
+/* pt.configure{ recv_signal = n }: NULL, or why not. */
+const char *pt_set_recv_signal(double n);
+/* pt.configure{ _recv_probe = sig } (specs): the next such read sends
+   the thread sig from inside the gap, whose handler raises SIGINT. */
+const char *pt_set_recv_probe(double sig);
 /* The registry of workers not yet ended (each entry holds a reference). */
 void pt_lifecycle_add(lua_State *L, struct pt_worker *w);
 void pt_lifecycle_remove(struct pt_worker *w);      /* it ended */

@@ -41,13 +41,6 @@ const char *pt_tomessage(lua_State *L, int idx) {
 /* The raw system call (rawsys.h) leaves errno alone: a new child (fork
    handlers close inherited fds, PT_AFTER_FORK) runs no libc code for it
    (close and __errno_location were a page fault each there). */
-#if defined(__SANITIZE_THREAD__)
-#define PT_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PT_UNDER_TSAN 1
-#endif
-#endif
 PT_AFTER_FORK void pt_close(int fd) {
 #ifdef PT_UNDER_TSAN
   /* ThreadSanitizer must see the close (its interceptor): a raw one let
