@@ -137,6 +137,20 @@ describe("codec", function()
     assert.are.same({ true, "12", "007" }, { w:join(T) })
   end)
 
+  -- found by attack: `fmt = string.format` made it cross as "_G.fmt", a
+  -- global the receiving thread does not have
+  it("names a standard C function after its library, not after a global alias of the sender's", function()
+    _G.codec_spec_fmt, _G.codec_spec_concat = string.format, table.concat
+    finally(function()
+      _G.codec_spec_fmt, _G.codec_spec_concat = nil, nil
+      debug.getregistry()["procthread.names"] = nil
+    end)
+    debug.getregistry()["procthread.names"] = nil        -- as in a fresh sender
+    local w = pt.spawn_thread(function(f, g) return f("%03d", 7), g({ "a", "b" }, "-") end,
+                              string.format, table.concat)
+    assert.are.same({ true, "007", "a-b" }, { w:join(T) })
+  end)
+
   it("refuses a coroutine, naming where it was, before anything starts", function()
     local co = coroutine.create(function() end)
     local ok, err = pcall(pt.spawn_thread, function() end, 1, { conn = co })

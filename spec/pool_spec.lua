@@ -458,6 +458,26 @@ describe("pools", function()
         assert.is_true(pool:close(T))
       end)
 
+      -- found by attack: math.huge ran for ever, growing; "3" raised
+      -- 'attempt to compare number with string'
+      it("a map over a list whose __len gives no length a loop can finish raises, naming itself", function()
+        if _VERSION == "Lua 5.1" then return end          -- 5.1 and LuaJIT: no __len on tables
+        local pool = pt.pool(kind, 1)
+        for fname, f in pairs({ ["pool:map"] = pool.map, ["pool:imap"] = pool.imap,
+                                ["pool:imap_unordered"] = pool.imap_unordered }) do
+          for _, n in ipairs({ math.huge, 2 ^ 60, "3" }) do
+            local list = setmetatable({}, { __len = function() return n end })
+            local t0 = pt.now()
+            local ok, err = pcall(f, pool, function(x) return x end, list)
+            assert.is_false(ok)
+            assert.matches("^" .. fname:gsub("%p", "%%%0") .. ": bad argument #2 %(the list's length must be ", err)
+            assert.is_true(pt.now() - t0 < 5)
+          end
+        end
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.is_true(pool:close(T))
+      end)
+
       it("a map that fails early releases what the chunks it drops carry", function()
         local base = usage()
         local pool = pt.pool(kind, 1)
@@ -705,6 +725,22 @@ describe("pools", function()
       ]], "ulimit -n 64;")
       assert.are.equal(0, status, out)
       assert.matches("^false\tprocthread%.pool: cannot start worker %d+ of 100: [%w_]+: Too many open files\n$", out)
+    end)
+
+    -- found by attack: with the shim, worker_main's upvalue table.unpack
+    -- crossed as "_G.unpack" (5.3, 5.4), a thread worker could not start,
+    -- and every get, map and close waited for ever
+    it("runs tasks on a thread pool after the compat shim unpack = unpack or table.unpack", function()
+      local status, out = H.fresh([[
+        unpack = unpack or table.unpack
+        local pt = require "procthread"
+        local pool = pt.pool("thread", 2)
+        local ok, v = pool:submit(function(x) return x + 1 end, 41):get(10)
+        local m = pool:map(function(x) return x * 2 end, { 1, 2, 3 })
+        print(ok, v, m and table.concat(m, ","), pool:close(10))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("^true%s+42%s+2,4,6%s+true", out)
     end)
 
     it("runs tasks on a process pool made before anything was encoded", function()

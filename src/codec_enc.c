@@ -68,11 +68,13 @@ static void names_add_module(lua_State *L, int map, const char *mod, size_t mlen
 /* Build the map and push it.  The standard libraries come first, so that a
    C function one of them holds is named after it ("string.format"), never
    after another module that keeps a copy of it and that the receiver may
-   not have. */
+   not have; _G last of them, so that a global alias the sender made
+   (`unpack = table.unpack`, `fmt = string.format`), which the receiver
+   does not have, never names a library function. */
 static void names_build(lua_State *L) {
-  static const char *const std[] = {"_G", "string", "table", "math", "io", "os",
+  static const char *const std[] = {"string", "table", "math", "io", "os",
                                     "coroutine", "debug", "package", "utf8",
-                                    "bit32", "bit", "jit", NULL};
+                                    "bit32", "bit", "jit", "_G", NULL};
   int map, loaded, i;
   STACK_OPEN(L);
   lua_newtable(L);                                  /* L: ... map */

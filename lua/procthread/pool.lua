@@ -75,7 +75,7 @@ end
 
 local function worker_main(c)
   local pt = require "procthread"
-  local unpack = unpack or table.unpack
+  local unpack = table.unpack or _G.unpack   -- not the file's local: no upvalue
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
   local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
   if c.life then
@@ -1021,6 +1021,16 @@ local function check_map(fname, self, fn, list, chunk)
   if chunk ~= nil and (type(chunk) ~= "number" or chunk < 1 or chunk ~= math.floor(chunk)) then
     argerr(fname, 3, "chunk size must be an integer >= 1, got " .. tostring(chunk), 2)
   end
+  -- the list's length, read once (a proxy's __len may give anything): no
+  -- count (negative, NaN) maps nothing; one past 2^53 (math.huge) is no
+  -- list any loop could finish
+  local count = #list
+  if type(count) ~= "number" then
+    argerr(fname, 2, "the list's length must be a number, got " .. type(count), 2)
+  end
+  if count ~= count or count < 1 then return 0 end
+  if count > 2 ^ 53 then argerr(fname, 2, "the list's length must be at most 2^53, got " .. tostring(count), 2) end
+  return math.floor(count)
 end
 
 local abandon
@@ -1038,8 +1048,7 @@ local function encode_chunk(self, t, fn, list, first, last)
   return encode_into(t, "payload", fn, first - last - 1, items)
 end
 
-local function start_job(fname, self, fn, list, chunk, ready, into)
-  local count = #list
+local function start_job(fname, self, fn, list, count, chunk, ready, into)
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
   -- the chunks not queued yet are given up when an encode, or a wait for
@@ -1088,14 +1097,13 @@ local function await(self, task)
 end
 
 function Pool:map(fn, list, chunk)
-  check_map("pool:map", self, fn, list, chunk)
+  local count = check_map("pool:map", self, fn, list, chunk)
   -- every chunk's answer is decoded straight into out, at its place: out
   -- is made with room for all the items (its array part), so the chunks
   -- land in any order without a rehash or a copy
-  local size = #list                      -- a proxy's __len may give anything
-  size = (type(size) == "number" and size >= 1) and math.floor(math.min(size, 67108864)) or 0
+  local size = math.min(count, 67108864)
   local out = self.answers:_list(size)
-  local job = start_job("pool:map", self, fn, list, chunk, nil, out)
+  local job = start_job("pool:map", self, fn, list, count, chunk, nil, out)
   for _, t in ipairs(job.chunks) do
     await(self, t)
     local a = t.answer
@@ -1137,8 +1145,8 @@ local function job_iter(fname, self, job, pick)
 end
 
 function Pool:imap(fn, list, chunk)
-  check_map("pool:imap", self, fn, list, chunk)
-  local job = start_job("pool:imap", self, fn, list, chunk)
+  local count = check_map("pool:imap", self, fn, list, chunk)
+  local job = start_job("pool:imap", self, fn, list, count, chunk)
   local k = 0
   return job_iter("pool:imap", self, job, function(j)
     local t = j.chunks[k + 1]
@@ -1150,9 +1158,9 @@ function Pool:imap(fn, list, chunk)
 end
 
 function Pool:imap_unordered(fn, list, chunk)
-  check_map("pool:imap_unordered", self, fn, list, chunk)
+  local count = check_map("pool:imap_unordered", self, fn, list, chunk)
   local done, head, tail, left = {}, 1, 0, nil
-  local job = start_job("pool:imap_unordered", self, fn, list, chunk, function(t)
+  local job = start_job("pool:imap_unordered", self, fn, list, count, chunk, function(t)
     tail = tail + 1
     done[tail] = t
   end)
