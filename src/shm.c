@@ -47,15 +47,15 @@ static int take_count(const pt_shm_handle *h, pt_off off) {
   return take ? take(off, h->gen) : 0;
 }
 
-/* Holding the lock, in the process the list belongs to: a list of another
-   one (this process was forked by other means than pt_shm_fork) names
-   handles that hold none of our counts: forget it. */
 /* getpid() is a system call each time: fork.c keeps it (pt_pid, right
    across every fork).  Weak: the plain-C test (test/arena_test.c) links
    this file without fork.c, and asks the system. */
 extern pid_t pt_pid(void) __attribute__((weak));
 static pid_t my_pid(void) { return pt_pid ? pt_pid() : getpid(); }
 
+/* Holding the lock, in the process the list belongs to: a list of another
+   one (this process was forked by other means than pt_shm_fork) names
+   handles that hold none of our counts: forget it. */
 static void own_list(void) {
   pid_t me = my_pid();
   if (handles_pid == me) return;
