@@ -27,6 +27,73 @@ describe("pools (futures)", function()
 
   for _, kind in ipairs(KINDS) do
     describe(kind .. " pool", function()
+      -- A signal handler of the program's own that sets a Lua hook to run
+      -- its function (luaposix's signal does) ends the pool's wait with
+      -- nil, "interrupted" so that the function runs: the pool's calls go
+      -- on waiting (a C library of the spec's own plays luaposix: not
+      -- installed for every Lua).
+      it("goes on waiting in get, map, as_completed and close after a signal handler of the program's own", function()
+        local so = H.cc([[
+          #include <signal.h>
+          #include <string.h>
+          typedef struct lua_State lua_State;
+          typedef struct lua_Debug lua_Debug;
+          typedef void (*lua_Hook)(lua_State *, lua_Debug *);
+          extern void lua_sethook(lua_State *L, lua_Hook f, int mask, int count);
+          extern void lua_pushinteger(lua_State *L, long long n);
+          static lua_State *main_L;
+          static volatile sig_atomic_t ran;
+          static void hook(lua_State *L, lua_Debug *ar) { (void)ar; lua_sethook(L, 0, 0, 0); ran++; }
+          static void on_usr1(int sig) { (void)sig; lua_sethook(main_L, hook, 8, 1); }  /* LUA_MASKCOUNT */
+          int l_arm(lua_State *L) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = on_usr1;
+            sigemptyset(&sa.sa_mask);
+            main_L = L;
+            return sigaction(SIGUSR1, &sa, 0), 0;
+          }
+          int l_ran(lua_State *L) { lua_pushinteger(L, ran); return 1; }
+        ]], "-shared -fPIC")
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          local arm, ran = assert(package.loadlib(%q, "l_arm")), assert(package.loadlib(%q, "l_ran"))
+          arm()
+          local f = io.open("/proc/self/stat"); local me = f:read("*l"):match("^%%d+"); f:close()
+          local pool = pt.pool(%q, 1)
+          -- the signal comes while the main thread waits for this answer
+          local function poke(pid, r)
+            local pt = require "procthread"
+            pt.sleep(0.2); os.execute("kill -USR1 " .. pid); pt.sleep(0.3)
+            return r
+          end
+          local n = ran()
+          local ok, v = pool:submit(poke, me, 1):get()
+          print("get", ok, v, ran() - n); n = ran()
+          ok, v = pool:submit(poke, me, 2):get(20)
+          print("get(T)", ok, v, ran() - n); n = ran()
+          local r = pool:map(function(pid) return poke(pid, 3) end, { me })
+          print("map", r[1], ran() - n); n = ran()
+          -- a future and a channel: the select sleeps on both
+          local ch, got = pt.channel(1), {}
+          local feeder = pt.spawn_thread(function(c) require("procthread").sleep(1); c:send(40) end, ch)
+          for x in pt.as_completed({ pool:submit(poke, me, 4), ch }, 20) do
+            got[#got + 1] = x == ch and ch:recv() or select(2, x:get())
+          end
+          print("as_completed", table.concat(got, ","), ran() - n); n = ran()
+          assert(feeder:join(20))
+          pool:submit(poke, me, 5)
+          print("close", pool:close(20), ran() - n)
+        ]]):format(so, so, kind))
+        os.remove(so)
+        assert.are.equal(0, status, out)
+        assert.matches("get\ttrue\t1\t1\n", out)
+        assert.matches("get%(T%)\ttrue\t2\t1\n", out)
+        assert.matches("map\t3\t1\n", out)
+        assert.matches("as_completed\t4,40\t1\n", out)
+        assert.matches("close\ttrue\t1\n", out)
+      end)
+
       it("runs the initializer once in each new worker, with initargs, before its tasks", function()
         local st = pt.shared_table({ inits = 0 })
         local pool = pt.pool(kind, 2, {

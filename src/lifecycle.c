@@ -150,6 +150,14 @@ const uint32_t *pt_interrupt_word(uint32_t *expected) {
 
 int pt_interrupt_pending(void) { return intr_pending; }
 
+/* pt._sigints() -> the SIGINTs counted so far: a pool's wait that got
+   nil, "interrupted" goes on waiting when the count did not move (another
+   signal's Lua handler ended it, and has run). */
+static int l_sigints(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)__atomic_load_n(&sigint_count, __ATOMIC_SEQ_CST));
+  return 1;
+}
+
 int pt_take_interrupt(void) {
   int p = intr_pending;
   intr_pending = 0;
@@ -650,7 +658,7 @@ static void install(void) {
 
 void pt_open_lifecycle(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"_exit_policy", l_exit_policy}, {NULL, NULL}};
+    {"_exit_policy", l_exit_policy}, {"_sigints", l_sigints}, {NULL, NULL}};
   pt_ctx *c = pt_self_ctx;
   if (!c || c->kind == PT_MAIN) pthread_once(&exit_once, install);
   pt_setfuncs(L, fns);

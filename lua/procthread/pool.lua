@@ -686,9 +686,13 @@ local function clear_bell(self)
 end
 
 -- The first answer of a wait (passed on as it came: a chunk's results are
--- a thousand values), or false on a timeout.
-local function on_wait(self, seq, why, ...)
+-- a thousand values), or false on a timeout.  `sigints`: the SIGINT count
+-- before the wait; "interrupted" with the count unchanged was a signal
+-- handler of the program's own, which has run: true, and the caller, which
+-- loops until what it waits for is there, waits again.
+local function on_wait(self, sigints, seq, why, ...)
   if seq == nil and why ~= "undecodable" then
+    if why == "interrupted" and self.pt._sigints() == sigints then return true end
     if why ~= "timeout" and why ~= "closed" then error(why, 0) end
     return false
   end
@@ -706,7 +710,8 @@ local function drain(self, wait)
   if n == 0 and wait then
     refill(self)                 -- what waits here goes out before the wait
     if self.closed_up then return true end
-    got = on_wait(self, a:_recv_into(self.inflight, 3, wait))
+    local sigints = self.pt._sigints()
+    got = on_wait(self, sigints, a:_recv_into(self.inflight, 3, wait))
     n = got and #a or 0
   end
   while n > 0 and not self.closed_up do
