@@ -281,13 +281,15 @@ describe("arrays", function()
       assert.is_false(ok)
       assert.matches(pattern, err)
     end
-    bad("bad argument #1.*number expected")
+    bad("bad argument #1.*size must be an integer.*got no value")
     -- one message with the real bound, whatever is wrong with the size
     -- (before: 2^59 said "integer >= 0", 2^50 "size too large")
     local bound = "size must be an integer from 0 to 2%^43 %(8796093022208%)"
     bad("bad argument #1.*" .. bound .. ", got %-1", -1)
     bad("bad argument #1.*" .. bound .. ", got 1.5", 1.5)
-    bad("bad argument #1", "x")
+    bad("bad argument #1.*" .. bound .. ", got string", "x")
+    bad("bad argument #1.*" .. bound .. ", got string", "10")   -- as pt.channel("3"): no coercion
+    bad("bad argument #1.*" .. bound .. ", got table", {})
     bad("bad argument #2.*invalid option 'public'", 3, "public")
     bad("bad argument #1.*" .. bound, 2 ^ 50)
     bad("bad argument #1.*" .. bound, 2 ^ 59)

@@ -140,6 +140,33 @@ describe("pt.select", function()
     end)
   end)
 
+  describe("the 62 channels", function()
+    it("counts an object listed many times once; 63 different channels raise", function()
+      local ch, chs = pt.channel(1), {}
+      for i = 1, 100 do chs[i] = ch end
+      assert.same({ nil, "timeout" }, { pt.select(chs, 0.01) })
+      local w = pt.spawn_thread(function(c) require("procthread").sleep(0.1); c:send("hi") end, ch)
+      assert.same({ ch, 1 }, { pt.select(chs, T) })
+      assert.equal("hi", ch:recv(0))
+      -- the same thread worker 100 times beside 61 channels: 62 words
+      local go, many = pt.pipe(), {}
+      for i = 1, 61 do many[i] = pt.channel(1) end
+      local t = on_go("thread", go, 1)
+      for i = 62, 161 do many[i] = t end
+      assert.same({ nil, "timeout" }, { pt.select(many, 0.01) })
+      go:send(1)
+      assert.same({ t, 62 }, { pt.select(many, T) })
+      assert.same({ true, 1 }, { t:join(T) })
+      many[62] = pt.channel(1)              -- now 62 channels, and one more:
+      many[63] = pt.channel(1)
+      local ok, err = pcall(pt.select, many, 0)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'select' %(more than 62 channels%)", err)
+      assert.same({ true }, { w:join(T) })
+      go:close()
+    end)
+  end)
+
   describe("mistakes", function()
     it("raise, naming 'select' and the bad entry, and nothing is left watched", function()
       local p, q, r = pt.pipe(), pt.pipe(), pt.pipe()

@@ -368,15 +368,18 @@ typedef char pt_array_bound_is_2_43[PT_SHM_MAX_SIZE / sizeof(double) == (uint64_
 /* pt.array(n [, "private" | "shared"]) -> array | nil, err, errno */
 static int arr_new(lua_State *L) {
   static const char *const kinds[] = {"private", "shared", NULL};
-  lua_Number nn = luaL_checknumber(L, 1);
+  lua_Number nn = lua_type(L, 1) == LUA_TNUMBER ? lua_tonumber(L, 1) : -1;
   int shared = luaL_checkoption(L, 2, "private", kinds);
   uint64_t n;
   ahandle *a;
-  /* at most what the largest arena holds, private arrays too */
+  /* at most what the largest arena holds, private arrays too; a number
+     (a string such as "10" is a mistake, as pt.channel says) */
   if (!(nn >= 0 && nn <= (lua_Number)(PT_SHM_MAX_SIZE / sizeof(double))) ||
       (lua_Number)(uint64_t)nn != nn)
     return luaL_argerror(L, 1, lua_pushfstring(L, "size must be an integer from 0 to 2^43 "
-                                                  "(8796093022208), got %s", lua_tostring(L, 1)));
+                                                  "(8796093022208), got %s",
+                                                  lua_type(L, 1) == LUA_TNUMBER
+                                                    ? lua_tostring(L, 1) : luaL_typename(L, 1)));
   n = (uint64_t)nn;
   a = arr_push_blank(L);
   if (shared) {

@@ -52,11 +52,12 @@ typedef struct item {
   void *pipe;
   pt_off q;
   pt_worker *w;
+  int dup;                    /* the same channel or thread as an earlier item */
 } item;
 
 /* One select: its items and the room its waits need. */
 typedef struct sel {
-  int n, nchan, nfd;          /* items; channels; pipes and processes */
+  int n, nchan, nthr, nfd;    /* items; channels; threads; pipes and processes */
   int use_fds;                /* ppoll (else one futex_waitv) */
   item *it;
   struct pollfd *p;           /* 2n + 2: every fd, the helper's, the cancel fd */
@@ -88,10 +89,26 @@ static void parse_item(lua_State *L, sel *s, int i, const char *fn) {
   } else if (pt_worker_get(L, -1, &x->w)) {
     if (!x->w) bad(L, fn, i, "is a worker handle that was collected or belongs to another process");
     x->kind = x->w->kind == PT_THREAD ? K_THREAD : K_PROCESS;
-    if (x->kind == K_PROCESS) s->nfd++;
+    if (x->kind == K_PROCESS) s->nfd++; else s->nthr++;
   } else {
     bad(L, fn, i, lua_pushfstring(L, "is a %s, not a pipe, channel or worker",
                                   luaL_typename(L, -1)));
+  }
+}
+
+/* Over the words one futex_waitv takes: an object listed twice is one
+   word, so count each channel and thread once (quadratic, and only then:
+   a list of up to 62 sleeps on a word twice instead). */
+static void dedupe(sel *s) {
+  int i, j;
+  s->nchan = s->nthr = 0;
+  for (i = 0; i < s->n; i++) {
+    item *x = &s->it[i];
+    if (x->kind != K_CHANNEL && x->kind != K_THREAD) continue;
+    for (j = 0; j < i && !x->dup; j++)
+      x->dup = s->it[j].kind == x->kind && !s->it[j].dup &&
+               (x->kind == K_CHANNEL ? s->it[j].q == x->q : s->it[j].w == x->w);
+    if (!x->dup) { if (x->kind == K_CHANNEL) s->nchan++; else s->nthr++; }
   }
 }
 
@@ -123,10 +140,11 @@ static void parse(lua_State *L, int list, sel *s, item *stack_items, const char 
     parse_item(L, s, i, fn);
     lua_pop(L, 1);
   }
+  if (s->nchan + s->nthr > FUTEX_ITEMS) dedupe(s);
   if (s->nchan > FUTEX_ITEMS) pt_arg_error(L, 1, fn, "more than 62 channels");
   /* threads are futex words too, unless fds must be waited on anyway or
      there are more words than one futex_waitv takes */
-  s->use_fds = s->nfd > 0 || n == 0 || n > FUTEX_ITEMS;
+  s->use_fds = s->nfd > 0 || n == 0 || s->nchan + s->nthr > FUTEX_ITEMS;
 }
 
 /* Watch the read ends of the pipes; a closed one raises (none watched). */
@@ -169,13 +187,15 @@ static int look(sel *s, int i, int *nw, int *np, int *slice) {
       return 0;
     case K_CHANNEL:
       if (pt_queue_watch(x->q, &s->words[*nw], &s->vals[*nw])) return 1;
-      (*nw)++;
+      if (!x->dup) (*nw)++;
       return 0;
     case K_THREAD:
       if (__atomic_load_n(&x->w->done, __ATOMIC_SEQ_CST)) return 1;
       if (!s->use_fds) {
-        s->words[*nw] = (const uint32_t *)&x->w->done;
-        s->vals[(*nw)++] = 0;
+        if (!x->dup) {
+          s->words[*nw] = (const uint32_t *)&x->w->done;
+          s->vals[(*nw)++] = 0;
+        }
         return 0;
       }
       if ((k = pt_thread_done_fd(x->w)) < 0) return -1;
