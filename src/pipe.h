@@ -45,10 +45,15 @@
 
 #define PT_PIPE_RBUF (64 * 1024)
 
+/* The fields come in groups each on cache lines of its own: what senders
+   write, what readers write, and the read-ahead buffer.  Each side then
+   takes the other's line only for the one count it reads, not on every
+   store of its own (a shared line cost each side a cache miss on every
+   message of a stream). */
+#define PT_PIPE_LINE 64
 typedef struct pipe_shm {
+  /* ---- written by senders (under wlock, but the lock itself) ---- */
   pthread_mutex_t wlock;      /* held by a sender for a whole message */
-  pthread_mutex_t rlock;      /* held by a receiver for a whole message */
-  uint32_t rstart, rend;      /* unread bytes of rbuf (under rlock) */
   int wtorn;                  /* a sender stopped mid-message (written under
                                  wlock, read by a reader waiting mid-message) */
   uint32_t wseq;              /* takings of wlock (under wlock) */
@@ -59,20 +64,25 @@ typedef struct pipe_shm {
      wbytes - rbytes is then at least what the pipe holds (a kill between
      a count and its syscall only makes it larger), and wdone != rbytes
      when a reader may find bytes (it checks without waiting). */
-  uint64_t wbytes, wdone, rbytes;
-  uint32_t rseq;              /* futex word: readers bump it after a read
-                                 while wsleep is set */
+  uint64_t wbytes, wdone;
   uint32_t wsleep;            /* a sender waits for room for a whole frame
                                  (set and cleared under wlock) */
   uint64_t wstale;            /* 1 + rbytes when such a wait last timed
                                  out (0: never): none again until a reader
                                  reads (under wlock) */
   int wnofit;                 /* such waits are off for this pipe (wlock) */
+  int capacity;               /* the OS pipe's size in bytes (under wlock) */
+  int grown;                  /* a sender tried to enlarge it (under wlock) */
+  /* ---- written by readers (under rlock, but the lock itself) ---- */
+  pthread_mutex_t rlock __attribute__((aligned(PT_PIPE_LINE)));
+                              /* held by a receiver for a whole message */
+  uint32_t rstart, rend;      /* unread bytes of rbuf (under rlock) */
+  uint64_t rbytes;
+  uint32_t rseq;              /* futex word: readers bump it after a read
+                                 while wsleep is set */
   int resync;                 /* skip to the next valid header (under rlock) */
   int orphan;                 /* the rest of a message a reader left is being
                                  skipped and was reported lost */
-  int capacity;               /* the OS pipe's size in bytes (under wlock) */
-  int grown;                  /* a sender tried to enlarge it (under wlock) */
   int exact;                  /* p:fds() was asked, in some process: reads
                                  take no byte past the frame they complete,
                                  so the read fd is readable while a message
@@ -80,7 +90,7 @@ typedef struct pipe_shm {
   uint64_t parked;            /* a reader that timed out mid-message keeps
                                  the part it took (see park); its id, or 0
                                  (under rlock) */
-  char rbuf[PT_PIPE_RBUF];
+  char rbuf[PT_PIPE_RBUF] __attribute__((aligned(PT_PIPE_LINE)));
 } pipe_shm;
 
 typedef struct pt_pipe {

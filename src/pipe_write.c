@@ -430,7 +430,10 @@ int pt_pipe_write(pt_pipe *p, pt_buf *b, const char *tail, size_t tlen) {
   sender sd;
   int lk, r, saved;
   size_t len = b->len - PT_FRAME_HDR + tlen;
-  memset(&sd, 0, sizeof sd);
+  /* every field but old, which sigpipe_guard sets before any use (a
+     memset of the whole, its 128-byte sigset_t too, was a sixth of
+     pt_pipe_write's own time in a stream of 4 KiB messages) */
+  sd.masked = sd.blocked = sd.was_pending = sd.epipe = sd.reader = 0;
   sd.p = p;
   sd.b = b;
   sd.tail = tlen ? tail : NULL;
