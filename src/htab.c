@@ -178,17 +178,7 @@ fail:
 
 /* ---- lookup and change (caller holds the lock) -------------------------------- */
 
-/* The slot's first word: ctl in its low half, the hash in its high half
-   (little-endian), read with one load and compared in one go with what a
-   full slot holding k's type and length would say. */
-#define HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
-
-static uint64_t head_of(const pt_kv *k, uint32_t hash) {
-  return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
-         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)hash << 32);
-}
-
-static int lstr_eq(const pt_slot *sl, const pt_kv *k) {
+int pt_ht_lstr_eq(const pt_slot *sl, const pt_kv *k) {
   const pt_lstr *ls = LSTR(sl->key);
   return ls->len == k->len && memcmp(ls->data, k->s, k->len) == 0;
 }
@@ -203,14 +193,14 @@ pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins) {
   a = PT_SHM_PTR(pt_slot, SOFF(w)) + as;        /* the hash part */
   mask = SCAP(w) - 1;
   hash = pt_ht_key_hash(k);
-  want = head_of(k, hash);
+  want = pt_ht_head_of(k, hash);
   /* a key that is no long string is all in the key word (booleans: 0); a
      long one is never there (its kv's bits are 0, a slot's an offset) */
   for (n = mask + 1, i = hash & mask; n; n--, i = (i + 1) & mask) {
     uint64_t head;
     memcpy(&head, &a[i], 8);
-    if ((head & HEAD_MASK) == want &&
-        (a[i].key == k->bits || (k->t == PT_V_LSTR && lstr_eq(&a[i], k))))
+    if ((head & PT_HT_HEAD_MASK) == want &&
+        (a[i].key == k->bits || (k->t == PT_V_LSTR && pt_ht_lstr_eq(&a[i], k))))
       return &a[i];
     if (PT_HT_C_STATE(head) == PT_S_EMPTY) {
       if (ins) *ins = (long)as + (tomb >= 0 ? tomb : (long)i);

@@ -120,8 +120,9 @@ static inline uint64_t pt_ht_load_small(const char *s, size_t n) {
   return w;
 }
 
+#define PT_HT_SEED 0x9e3779b97f4a7c15ULL
 static inline uint32_t pt_ht_hash_bytes(const char *s, size_t n) {
-  uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, w;
+  uint64_t h = PT_HT_SEED ^ (uint64_t)n, w;
   while (n > 8) {
     memcpy(&w, s, 8);
     h = (h ^ w) * 0x100000001b3ULL;
@@ -143,6 +144,18 @@ static inline void pt_ht_string(pt_kv *v, const char *s, size_t len) {
   } else {
     v->t = PT_V_LSTR;
   }
+}
+/* A string kv's hash: a short one's from the word pt_ht_string loaded
+   (what pt_ht_hash_bytes makes of up to 8 bytes, without loading them
+   again). */
+static inline uint32_t pt_ht_str_hash(const pt_kv *k) {
+  return k->t == PT_V_SSTR ? pt_ht_mix(PT_HT_SEED ^ (uint64_t)k->len ^ k->bits)
+                           : pt_ht_hash_bytes(k->s, k->len);
+}
+/* A string as a key, hashed (pt_ht_string then pt_ht_hash). */
+static inline void pt_ht_string_key(pt_kv *k, const char *s, size_t len) {
+  pt_ht_string(k, s, len);
+  k->hash = pt_ht_str_hash(k);
 }
 /* A float key: an integral one is the integer key (as Lua's tables say).
    In range, the truncation is exact only for an integral d (beyond 2^53
@@ -175,7 +188,7 @@ static inline void pt_ht_hash(pt_kv *k) {
     case PT_V_TRUE: k->hash = 0x1b873593u; break;
     case PT_V_INT: k->hash = 0; break;
     case PT_V_FLT: k->hash = pt_ht_mix(k->bits ^ 0x6a09e667f3bcc909ULL); break;
-    default: k->hash = pt_ht_hash_bytes(k->s, k->len); break;
+    default: k->hash = pt_ht_str_hash(k); break;
   }
 }
 /* Take the arena memory a value needs (a long string's copy): 0 ok, -1 the
@@ -231,8 +244,39 @@ static inline void pt_ht_prefetch(pt_stab *t, const pt_kv *k) {
 /* ---- under the lock --------------------------------------------------- */
 /* k's slot, or NULL; then *ins (when ins is not NULL): the index in the
    slot block of the slot to insert it into, -1 when there is no room.
-   Inline for a key of the array part; pt_ht_find_hash for the others. */
+   Inline for a key of the array part and for a lookup alone (ins NULL:
+   pt_ht_lookup_hash; every caller's ins is a constant, so the choice is
+   the compiler's); pt_ht_find_hash for the others. */
 pt_slot *pt_ht_find_hash(pt_stab *t, const pt_kv *k, long *ins);
+/* The slot's first word: ctl in its low half, the hash in its high half
+   (little-endian), read with one load and compared in one go with what a
+   full slot holding k's type and length would say. */
+#define PT_HT_HEAD_MASK (3ULL | (15ULL << 11) | (15ULL << 15) | (0xffffffffULL << 32))
+static inline uint64_t pt_ht_head_of(const pt_kv *k, uint32_t hash) {
+  return (uint64_t)PT_S_FULL | ((uint64_t)k->t << 11) |
+         ((uint64_t)(k->t == PT_V_SSTR ? k->len : 0) << 15) | ((uint64_t)hash << 32);
+}
+/* Does the full slot sl, whose head matched, hold the long string k? */
+int pt_ht_lstr_eq(const pt_slot *sl, const pt_kv *k);
+/* A lookup alone in the hash part (w: the table's slots word, not 0): no
+   insertion slot to find, no tombstone to remember; a walk of a pointer.
+   A key that is no long string is all in the key word (booleans: 0); a
+   long one is never there (its kv's bits are 0, a slot's an offset).  At
+   most every slot is probed (there is always an empty one: the load stays
+   <= 4/5). */
+static inline pt_slot *pt_ht_lookup_hash(uint64_t w, const pt_kv *k) {
+  pt_slot *a = PT_SHM_PTR(pt_slot, PT_HT_SOFF(w)) + PT_HT_ASIZE(w), *end = a + PT_HT_SCAP(w), *p;
+  uint32_t hash = pt_ht_key_hash(k);
+  uint64_t want = pt_ht_head_of(k, hash), bits = k->bits, n = PT_HT_SCAP(w);
+  for (p = a + (hash & (PT_HT_SCAP(w) - 1));;) {
+    uint64_t head;
+    memcpy(&head, p, 8);
+    if ((head & PT_HT_HEAD_MASK) == want && (p->key == bits || (k->t == PT_V_LSTR && pt_ht_lstr_eq(p, k))))
+      return p;
+    if (PT_HT_C_STATE(head) == PT_S_EMPTY || --n == 0) return NULL;
+    if (++p == end) p = a;
+  }
+}
 static inline pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
   uint64_t w = t->slots;
   if (k->t == PT_V_INT && k->bits - 1 < PT_HT_ASIZE(w)) {
@@ -241,6 +285,7 @@ static inline pt_slot *pt_ht_find(pt_stab *t, const pt_kv *k, long *ins) {
     if (ins) *ins = (long)(k->bits - 1);
     return NULL;
   }
+  if (!ins) return w ? pt_ht_lookup_hash(w, k) : NULL;
   return pt_ht_find_hash(t, k, ins);
 }
 /* The value in a slot (a long string's s points into the arena; a table

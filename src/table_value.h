@@ -98,7 +98,8 @@ int pt_st_lock_error(lua_State *L);
 enum { PT_AS_KEY, PT_AS_VALUE, PT_AS_EXPECTED };
 /* The conversions themselves; type is lua_type(L, i).  pt_st_tokey and
    pt_st_tovalue below take an integer inline on 5.3+ (no call, no general
-   switch; a value without lua_type either), the rest go to these. */
+   switch; a value without lua_type either), pt_st_tokey a string too, the
+   rest go to these. */
 void pt_st_tokey_of(lua_State *L, int i, pt_kv *k, int type);
 void pt_st_tovalue_of(lua_State *L, int i, pt_kv *v, int depth, int *visited);
 static inline void pt_st_tokey(lua_State *L, int i, pt_kv *k) {
@@ -110,6 +111,12 @@ static inline void pt_st_tokey(lua_State *L, int i, pt_kv *k) {
     if (isint) { pt_ht_int_key(k, (uint64_t)n); return; }
   }
 #endif
+  if (type == LUA_TSTRING) {                 /* tokv's own, without its call */
+    size_t len;                              /* and its switches */
+    const char *s = lua_tolstring(L, i, &len);
+    pt_ht_string_key(k, s, len);
+    return;
+  }
   pt_st_tokey_of(L, i, k, type);
 }
 /* The same for a function's argument i: a bad key is a bad argument
@@ -142,13 +149,14 @@ static inline void pt_st_store(lua_State *L, pt_stab *t, const pt_kv *k, pt_kv *
   pt_slot *sl;
   long ins = -1;
   if (pt_st_lock(t) != 0) pt_st_store_unlocked(L, v);
-  sl = pt_ht_find(t, k, &ins);
-  if (sl && v->t != PT_V_NIL && pt_ht_slot_plain(sl)) {
+  sl = pt_ht_find(t, k, NULL);               /* the lookup alone first: the */
+  if (sl && v->t != PT_V_NIL && pt_ht_slot_plain(sl)) {   /* common case */
     pt_ht_changing(t);
     pt_ht_slot_set(sl, v);
     pt_ht_unlock(t);
     return;
   }
+  if (!sl) pt_ht_find(t, k, &ins);           /* where to insert it */
   pt_st_store_at(L, t, k, v, sl, ins);
 }
 /* Copy the plain table at idx into a new shared table, whose handle is
