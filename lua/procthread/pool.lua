@@ -74,7 +74,19 @@ end
 -- comes in as arguments or is required inside.
 
 local function worker_main(c)
-  local pt = require "procthread"
+  local loaded, pt = pcall(require, "procthread")
+  if not loaded then
+    -- a thread whose state cannot load the module (package.path changed
+    -- since): nothing of the pool would ever hear of it; it says so (the
+    -- handles in c work without the module's Lua side)
+    local why = "require \"procthread\" failed: " .. tostring(pt)
+    if not c.life then
+      c.answers:send("startfail", c.wid, why)
+      if c.flags[1] ~= 0 then pcall(c.bell.send, c.bell, true) end
+      if c.room then c.room:set() end
+    end
+    error(why, 0)
+  end
   local unpack = table.unpack or _G.unpack   -- not the file's local: no upvalue
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
   local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
@@ -85,9 +97,13 @@ local function worker_main(c)
     for i = 1, #c.close do pcall(c.close[i].close, c.close[i]) end
   end
   local failed_at
+  -- the worker's own frames below the task's function are cut from its
+  -- traceback (the initializer's call, a map chunk's loop)
+  local here = "\n%s*" .. debug.getinfo(1, "S").short_src:gsub("%p", "%%%0") .. ":%d+: [^\n]*$"
   local function handler(e)
     if failed_at then failed_at() end
-    if type(e) ~= "string" then
+    if type(e) == "number" then e = tostring(e)   -- as join, and lua.c, show it
+    elseif type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
       local ok, s = false, nil
       if type(mt) == "table" and mt.__tostring then ok, s = pcall(tostring, e) end
@@ -99,7 +115,10 @@ local function worker_main(c)
     local cut = tb:find("\n%s*%[C%]: in function '?xpcall'?")
     if cut then
       tb = tb:sub(1, cut - 1)
-      tb = tb:gsub("\n%s*%(%.%.%.tail calls%.%.%.%)$", ""):gsub("\n%s*%(tail call%): %?$", "")
+      repeat
+        local before = tb
+        tb = tb:gsub("\n%s*%(%.%.%.tail calls%.%.%.%)$", ""):gsub("\n%s*%(tail call%): %?$", ""):gsub(here, "")
+      until tb == before
     end
     return tb
   end
@@ -666,14 +685,16 @@ function on_message(self, seq, ok, a, ...)
   elseif seq == "skipped" then                  -- room in the task channel: refilled next
   elseif seq == "ended" then
     on_end(self, ok, a)
-  elseif seq == "initfail" then
+  elseif seq == "initfail" or seq == "startfail" then
+    -- a thread worker that cannot serve (its initializer failed, or it
+    -- could not load the module): its replacements would fail the same way
     local i = self.byid[ok]
     if i then
       self.byid[ok] = nil
       self.slots[i].w:join(FOREVER)
       self.slots[i] = nil
     end
-    break_pool(self, "initializer failed: " .. tostring(a))
+    break_pool(self, (seq == "initfail" and "initializer failed: " or "worker failed to start: ") .. tostring(a))
   end
 end
 
@@ -755,7 +776,27 @@ local OPTS = { max_tasks = true, initializer = true, initargs = true, queue = tr
 
 local function check_opts(fname, opts)
   if opts ~= nil and type(opts) ~= "table" then argerr(fname, 3, "options table expected, got " .. type(opts), 2) end
-  opts = opts or {}
+  -- read once, into a plain table (a proxy's __index or __pairs may raise)
+  local read, copy, initn = pcall(function()
+    local t = {}
+    for k, v in pairs(opts or t) do t[k] = v end
+    for k in pairs(OPTS) do t[k] = (opts or t)[k] end
+    local ia = t.initargs
+    if type(ia) == "table" then
+      -- the list of initargs, read here too
+      local n = ia.n
+      local list = { n = n }
+      if n == nil then n = table.maxn and table.maxn(ia) or #ia end
+      if type(n) == "number" and n >= 0 and n <= 1000 then
+        for i = 1, n do list[i] = ia[i] end
+      end
+      t.initargs = list
+      return t, n
+    end
+    return t
+  end)
+  if not read then argerr(fname, 3, "reading the options raised: " .. tostring(copy), 2) end
+  opts = copy
   for k in pairs(opts) do
     if not OPTS[k] then argerr(fname, 3, ("unknown option %q"):format(tostring(k)), 2) end
   end
@@ -778,7 +819,7 @@ local function check_opts(fname, opts)
     argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
       (type(n) == "number" and tostring(n) or type(n)), 2)
   end
-  return opts
+  return opts, initn
 end
 
 -- Stop and join every worker and watcher; the handles of a pool stopped for
@@ -871,13 +912,14 @@ function P.new(pt, kind, n, opts)
   if type(n) ~= "number" or n ~= n or n < 1 or n ~= math.floor(n) or n > 1024 then
     argerr(fname, 2, "n must be an integer from 1 to 1024, got " .. (type(n) == "number" and tostring(n) or type(n)))
   end
-  opts = check_opts(fname, opts)
+  local initn
+  opts, initn = check_opts(fname, opts)
   local cap = opts.queue or math.max(16, 2 * n)
   local limit = cap + n
   local bell, err = pt.pipe()
   if not bell then error(fname .. ": " .. tostring(err), 2) end
   local ia = opts.initargs
-  local initargs = ia and pack(unpack(ia, 1, ia.n or (table.maxn and table.maxn(ia)) or #ia))
+  local initargs = ia and pack(unpack(ia, 1, initn))
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
@@ -1029,7 +1071,8 @@ local function check_map(fname, self, fn, list, chunk)
   -- the list's length, read once (a proxy's __len may give anything): no
   -- count (negative, NaN) maps nothing; one past 2^53 (math.huge) is no
   -- list any loop could finish
-  local count = #list
+  local read, count = pcall(function() return #list end)
+  if not read then argerr(fname, 2, "the list's length raised: " .. tostring(count), 2) end
   if type(count) ~= "number" then
     argerr(fname, 2, "the list's length must be a number, got " .. type(count), 2)
   end
@@ -1109,20 +1152,27 @@ function Pool:map(fn, list, chunk)
   local size = math.min(count, 67108864)
   local out = self.answers:_list(size)
   local job = start_job("pool:map", self, fn, list, count, chunk, nil, out)
-  for _, t in ipairs(job.chunks) do
-    await(self, t)
-    local a = t.answer
-    if not a[1] then
-      -- the lowest failing index: every earlier chunk has succeeded (a
-      -- failure's two values may have landed past its chunk, in the next
-      -- one, which is never read then)
-      abandon(self, job)
-      error(chunk_error("pool:map", t), 0)
+  -- a wait that raises (Ctrl-C, a thread cancelled) gives the map up: the
+  -- chunks not started are dropped, as after a failure
+  local ok, err = pcall(function()
+    for _, t in ipairs(job.chunks) do
+      await(self, t)
+      local a = t.answer
+      if not a[1] then
+        -- the lowest failing index: every earlier chunk has succeeded (a
+        -- failure's two values may have landed past its chunk, in the next
+        -- one, which is never read then)
+        error(chunk_error("pool:map", t), 0)
+      end
+      local r, base = a[2], t.first - 1
+      if not r then                         -- in place already
+      elseif move then move(r, 1, a[3], base + 1, out)
+      else for i = 1, a[3] do out[base + i] = r[i] end end
     end
-    local r, base = a[2], t.first - 1
-    if not r then                         -- in place already
-    elseif move then move(r, 1, a[3], base + 1, out)
-    else for i = 1, a[3] do out[base + i] = r[i] end end
+  end)
+  if not ok then
+    if not self.closed_up then abandon(self, job) end
+    error(err, 0)
   end
   return out
 end
