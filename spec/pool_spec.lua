@@ -39,11 +39,16 @@ describe("pools", function()
         "procthread.pool: bad argument #3 (reading the options raised: idx!)")
       assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = raising }) end,
         "procthread.pool: bad argument #3 (reading the options raised: idx!)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = range(1001) }) end,
+        "procthread.pool: bad argument #3 (opts.initargs must be a list of at most 1000 values, got a length of 1001)")
       if _VERSION ~= "Lua 5.1" then            -- (5.1 and LuaJIT read no __len of a table)
         local long = setmetatable({}, { __len = function() error("len!", 0) end })
         if not table.maxn then                 -- (5.2 counts initargs by table.maxn)
           assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = long }) end,
             "procthread.pool: bad argument #3 (reading the options raised: len!)")
+          local endless = setmetatable({}, { __len = function() return math.huge end })
+          assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = endless }) end,
+            "procthread.pool: bad argument #3 (opts.initargs must be a list of at most 1000 values, got a length of inf)")
         end
         local pool = pt.pool("thread", 1)
         for _, m in ipairs({ "map", "imap", "imap_unordered" }) do

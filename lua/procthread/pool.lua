@@ -787,7 +787,7 @@ local function check_opts(fname, opts)
       local n = ia.n
       local list = { n = n }
       if n == nil then n = table.maxn and table.maxn(ia) or #ia end
-      if type(n) == "number" and n >= 0 and n <= 1000 then
+      if type(n) == "number" and n >= 0 and n <= 1000 then   -- else refused below
         for i = 1, n do list[i] = ia[i] end
       end
       t.initargs = list
@@ -819,6 +819,12 @@ local function check_opts(fname, opts)
     argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
       (type(n) == "number" and tostring(n) or type(n)), 2)
   end
+  -- without n, its length (a proxy's __len may give anything)
+  if opts.initargs and n == nil and (type(initn) ~= "number" or not (initn >= 0) or initn > 1000) then
+    argerr(fname, 3, "opts.initargs must be a list of at most 1000 values, got a length of " ..
+      (type(initn) == "number" and tostring(initn) or type(initn)), 2)
+  end
+  if initn then initn = math.floor(initn) end
   return opts, initn
 end
 
