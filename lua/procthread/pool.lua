@@ -49,6 +49,8 @@ local TAKE_WAIT = 20      -- seconds a new process worker's watcher gets to take
 local MAX_RESULTS = 250000
 local FOREVER = math.huge
 
+local HERE = debug.getinfo(1, "S").short_src   -- this file, as positions name it
+
 local Pool = {}
 Pool.__index = Pool
 local Future = {}
@@ -1102,6 +1104,24 @@ local function encode_chunk(self, t, fn, list, first, last)
   return encode_into(t, "payload", fn, first - last - 1, items)
 end
 
+-- The codec names a value by its place in the chunk's payload (values[k]:
+-- count, the items, fn; or fn, -count, the table of the items): named
+-- here by its place in the caller's list (list[i]) or as fn.
+local function chunk_path(err, first, last)
+  local k, rest = err:match("^values%[(%d+)%](.*)$")
+  k = tonumber(k)
+  if not k then return err end
+  if last - first < 1000 then
+    if k == last - first + 3 then return "fn" .. rest end
+    if k >= 2 and k <= last - first + 2 then return ("list[%d]%s"):format(first + k - 2, rest) end
+  else
+    if k == 1 then return "fn" .. rest end
+    local j, more = rest:match("^%[(%d+)%](.*)$")
+    if k == 3 and j then return ("list[%d]%s"):format(first + tonumber(j) - 1, more) end
+  end
+  return err
+end
+
 local function start_job(fname, self, fn, list, count, chunk, ready, into)
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
@@ -1120,7 +1140,11 @@ local function start_job(fname, self, fn, list, count, chunk, ready, into)
         if c.payload then self.pt.discard(c.payload); c.payload = nil end
       end
       fields[7] = nil
-      error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(err)), 3)
+      -- the codec's error comes with the position of the pool's call: cut
+      err = tostring(err)
+      if err:sub(1, #HERE + 1) == HERE .. ":" then err = err:gsub("^[^:]*:%d+: ", "", 1) end
+      err = chunk_path(err, first, last)
+      error(("%s: items %d-%d: %s"):format(fname, first, last, err), 3)
     end
   end
   local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
