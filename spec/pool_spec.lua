@@ -220,6 +220,21 @@ describe("pools", function()
         assert.is_false(ok)
         assert.matches("^results: .*cannot copy", err)
         assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        -- found by attack: the value was named by its place in the answer
+        -- message (send: message[5]), and a map's failure was put on the
+        -- first item of the chunk whatever item's result it was
+        assert.are.same({ false, "results: results[3]: cannot copy a coroutine" },
+          { pool:submit(function() return 1, 2, coroutine.create(function() end) end):get(T) })
+        local function failing(at) return function(x) if x == at then return { coroutine.create(function() end) } end return x end end
+        local fn = failing(5)
+        local mok, merr = pcall(pool.map, pool, fn, range(7), 7)
+        assert.are.same({ false, "pool:map: item 5 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
+        local seen = {}
+        mok, merr = pcall(function() for i, v in pool:imap(fn, range(7), 7) do seen[#seen + 1] = i .. "=" .. v end end)
+        assert.are.same({ false, "pool:imap: item 5 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
+        assert.are.equal("1=1 2=2 3=3 4=4", table.concat(seen, " "))
+        mok, merr = pcall(pool.map, pool, failing(1234), range(1500), 1500)   -- (a chunk's results as a table)
+        assert.are.same({ false, "pool:map: item 1234 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
         assert.is_true(pool:close(T))
       end)
 

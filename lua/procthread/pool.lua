@@ -124,9 +124,36 @@ local function worker_main(c)
     end
     return tb
   end
+  -- The codec names a value by its place in the answer message
+  -- (message[k]: seq, ok, then the values): `first` is the k of the first
+  -- result.  Named as join names it (results[i]); the place of a map
+  -- chunk's item is its index in the chunk (`item`), 0 when none is known.
+  local function results_error(err, first, list)
+    err = tostring(err):gsub("^[%w_]+: ", "", 1)      -- "send: ", "_send_list: "
+    local k, rest = err:match("^message%[(%d+)%](.*)$")
+    k = tonumber(k)
+    if not k or k < first then return "results: " .. err, 0 end
+    if not list then return ("results: results[%d]%s"):format(k - first + 1, rest), 0 end
+    if list == "table" then           -- the results as one table: message[first][j]
+      local j, more = rest:match("^%[(%d+)%](.*)$")
+      if k ~= first or not j then return "results: " .. err, 0 end
+      return "results: results[1]" .. more, tonumber(j)
+    end
+    return "results: results[1]" .. rest, k - first + 1
+  end
   local function reply(seq, ok, ...)
     local sent, err = pcall(answers.send, answers, seq, ok, ...)
-    if not sent then answers:send(seq, false, "results: " .. tostring(err), 0) end
+    if not sent then answers:send(seq, false, (results_error(err, 3)), 0) end
+  end
+  -- A chunk's results that cannot be sent: the item whose result it was
+  -- fails, after those before it (as an error of that item would)
+  local function chunk_unsent(seq, r, err, first, list)
+    local why, j = results_error(err, first, list)
+    local done = {}
+    for k = 1, j - 1 do done[k] = r[k] end
+    if not pcall(answers.send, answers, seq, false, why, j, done) then
+      answers:send(seq, false, why, 0)
+    end
   end
   local function ring()
     if flags[1] ~= 0 and pt.add(claims, "rung", 1) == 1 then bell:send(true) end
@@ -218,12 +245,14 @@ local function worker_main(c)
       local r = t
       t = nil
       local sent, serr = pcall(answers._send_list, answers, r, count, seq, true, count)
+      if not sent then chunk_unsent(seq, r, serr, 4, "values") end
       r = nil
-      if not sent then answers:send(seq, false, "results: " .. tostring(serr), 0) end
     else
       local r = t
       t = nil
-      reply(seq, true, -count, r)
+      local sent, serr = pcall(answers.send, answers, seq, true, -count, r)
+      if not sent then chunk_unsent(seq, r, serr, 4, "table") end
+      r = nil
     end
   end
   local function loop()
