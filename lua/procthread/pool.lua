@@ -126,8 +126,10 @@ local function worker_main(c)
   end
   -- The codec names a value by its place in the answer message
   -- (message[k]: seq, ok, then the values): `first` is the k of the first
-  -- result.  Named as join names it (results[i]); the place of a map
-  -- chunk's item is its index in the chunk (`item`), 0 when none is known.
+  -- result.  Named as join names it (results[i]).  For a map chunk (`list`:
+  -- "values", its results as values; "table", as one table) the second
+  -- answer is the index in the chunk of the item whose result it was (0
+  -- when none is known).
   local function results_error(err, first, list)
     err = tostring(err):gsub("^[%w_]+: ", "", 1)      -- "send: ", "_send_list: "
     local k, rest = err:match("^message%[(%d+)%](.*)$")
