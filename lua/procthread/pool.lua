@@ -1251,7 +1251,15 @@ local function job_iter(fname, self, job, pick)
       if t and not t.answer[1] then abandon(self, job); error(chunk_error(fname, t), 0) end
       t, i = pick(job), 0
       if t == false then return nil end
-      if not t then drain(self, FOREVER) end
+      if not t then
+        -- a wait that raises (Ctrl-C, a cancel) ends the loop: the chunks
+        -- not started are given up (5.1-5.3 and LuaJIT close no iterator)
+        local ok, err = pcall(drain, self, FOREVER)
+        if not ok then
+          if not self.closed_up then abandon(self, job) end
+          error(err, 0)
+        end
+      end
     end
     i = i + 1
     local a = t.answer
