@@ -452,6 +452,37 @@ describe("pools (futures)", function()
         end)
       end
 
+      -- found by attack: on LuaJIT the interrupt came out of as_completed
+      -- with two places ("x.lua:9: .../pool.lua:1483: interrupted!")
+      it("Ctrl-C in as_completed raises interrupted! with one place at most", function()
+        local status, out = H.fresh(([[
+          local pt = require "procthread"
+          local pool = pt.pool(%q, 1)
+          local gate = pt.event()
+          local pid = require("procthread.testing").pid()
+          local killer = pt.spawn_process(function()
+            local pt = require "procthread"
+            local deadline = pt.now() + 20
+            repeat
+              local f = io.open("/proc/" .. pid .. "/stat")
+              local s = f and f:read("*a"):match("^%%d+ %%b() (%%a)"); if f then f:close() end
+              if s == "S" then break end
+              pt.sleep(0.001)
+            until pt.now() > deadline
+            os.execute("kill -INT " .. pid)
+          end)
+          local fut = pool:submit(function(g) return g:wait(20) end, gate)
+          local ok, err = pcall(function() for f in pt.as_completed({ fut, pt.pipe() }) do end end)
+          print(ok, (select(2, tostring(err):gsub(":%%d+: ", "%%0"))), (tostring(err):match("interrupted!$")))
+          killer:join(20)
+          gate:set()
+          print(fut:get(20))
+          print(pool:close(20))
+        ]]):format(kind))
+        assert.are.equal(0, status, out)
+        assert.matches("^false\t[01]\tinterrupted!\ntrue\ttrue\ntrue\n$", out)
+      end)
+
       it("initargs.n counts trailing nils", function()
         local pool = pt.pool(kind, 1, { initializer = function(...) INIT_N = select("#", ...) end,
                                         initargs = { 1, n = 3 } })

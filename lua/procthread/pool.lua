@@ -1576,7 +1576,8 @@ function P.as_completed(core_select, list, timeout)
   return function()
     if #left == 0 then return nil end
     local ok, r, i = pcall(P.select, core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
-    if not ok then error(r, 2) end
+    -- at the caller's line, unless it has a place already (an interrupt)
+    if not ok then error(r, (type(r) == "string" and r:find("^[^\n]-:%d+: ")) and 0 or 2) end
     if r == nil then return nil, i end
     table.remove(left, i)
     return r
