@@ -31,6 +31,35 @@ describe("pools", function()
         'procthread.pool: bad argument #3 (unknown option "maxtasks")')
     end)
 
+    -- found by attack: the error of a proxy's __index, __pairs or __len
+    -- came out bare, naming no function
+    it("options, initargs and a list whose reading raises: the error names the function", function()
+      local raising = setmetatable({}, { __index = function() error("idx!", 0) end })
+      assert.has_error(function() pt.pool("thread", 1, raising) end,
+        "procthread.pool: bad argument #3 (reading the options raised: idx!)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = raising }) end,
+        "procthread.pool: bad argument #3 (reading the options raised: idx!)")
+      assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = range(1001) }) end,
+        "procthread.pool: bad argument #3 (opts.initargs must be a list of at most 1000 values, got a length of 1001)")
+      if _VERSION ~= "Lua 5.1" then            -- (5.1 and LuaJIT read no __len of a table)
+        local long = setmetatable({}, { __len = function() error("len!", 0) end })
+        if not table.maxn then                 -- (5.2 counts initargs by table.maxn)
+          assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = long }) end,
+            "procthread.pool: bad argument #3 (reading the options raised: len!)")
+          local endless = setmetatable({}, { __len = function() return math.huge end })
+          assert.has_error(function() pt.pool("thread", 1, { initializer = print, initargs = endless }) end,
+            "procthread.pool: bad argument #3 (opts.initargs must be a list of at most 1000 values, got a length of inf)")
+        end
+        local pool = pt.pool("thread", 1)
+        for _, m in ipairs({ "map", "imap", "imap_unordered" }) do
+          assert.has_error(function() pool[m](pool, print, long) end,
+            "pool:" .. m .. ": bad argument #2 (the list's length raised: len!)")
+        end
+        assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        assert.is_true(pool:close(T))
+      end
+    end)
+
     it("submit, map, get and close check theirs", function()
       local pool = pt.pool("thread", 1)
       assert.has_error(function() pool:submit(42) end,
@@ -141,6 +170,31 @@ describe("pools", function()
         assert.is_true(pool:close(T))
       end)
 
+      -- found by attack: error(42) read "(error object is a number
+      -- value)" (join says "42"), and the tracebacks of an initializer and
+      -- of a map's item went on into the pool's own frames
+      it("a number raised reads as itself, as join's; every traceback stops at the user's function", function()
+        local pool = pt.pool(kind, 1)
+        -- (level 0: 5.1's error makes a number with a position a string)
+        local w = pt.spawn_thread(function() error(42, 0) end)
+        local _, jerr = w:join(T)
+        local ok, err = pool:submit(function() error(42, 0) end):get(T)
+        assert.is_false(ok)
+        assert.are.equal(jerr:match("^[^\n]*"), err:match("^[^\n]*"))
+        assert.are.equal("42", err:match("^[^\n]*"))
+        local mok, merr = pcall(pool.map, pool, function(x) if x == 2 then error("no " .. x) end return x end, { 1, 2, 3 })
+        assert.is_false(mok)
+        assert.matches("^pool:map: item 2 failed: .*no 2\nstack traceback:\n", merr)
+        assert.not_matches("procthread/pool%.lua", merr)
+        assert.is_true(pool:close(T))
+        pool = pt.pool(kind, 1, { initializer = function() error("init boom") end })
+        ok, err = pool:submit(function() return 1 end):get(T)
+        assert.is_false(ok)
+        assert.matches("^pool: initializer failed: .*init boom\nstack traceback:\n", err)
+        assert.not_matches("procthread/pool%.lua", err)
+        assert.is_true(pool:close(T))
+      end)
+
       it("answers a task returning 200000 values; fails one returning too many, clearly", function()
         local pool = pt.pool(kind, 1)
         local function many(n) local t = {} for i = 1, n do t[i] = i end return (unpack or table.unpack)(t, 1, n) end
@@ -166,6 +220,21 @@ describe("pools", function()
         assert.is_false(ok)
         assert.matches("^results: .*cannot copy", err)
         assert.are.same({ true, 1 }, { pool:submit(function() return 1 end):get(T) })
+        -- found by attack: the value was named by its place in the answer
+        -- message (send: message[5]), and a map's failure was put on the
+        -- first item of the chunk whatever item's result it was
+        assert.are.same({ false, "results: results[3]: cannot copy a coroutine" },
+          { pool:submit(function() return 1, 2, coroutine.create(function() end) end):get(T) })
+        local function failing(at) return function(x) if x == at then return { coroutine.create(function() end) } end return x end end
+        local fn = failing(5)
+        local mok, merr = pcall(pool.map, pool, fn, range(7), 7)
+        assert.are.same({ false, "pool:map: item 5 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
+        local seen = {}
+        mok, merr = pcall(function() for i, v in pool:imap(fn, range(7), 7) do seen[#seen + 1] = i .. "=" .. v end end)
+        assert.are.same({ false, "pool:imap: item 5 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
+        assert.are.equal("1=1 2=2 3=3 4=4", table.concat(seen, " "))
+        mok, merr = pcall(pool.map, pool, failing(1234), range(1500), 1500)   -- (a chunk's results as a table)
+        assert.are.same({ false, "pool:map: item 1234 failed: results: results[1][1]: cannot copy a coroutine" }, { mok, merr })
         assert.is_true(pool:close(T))
       end)
 
@@ -495,7 +564,18 @@ describe("pools", function()
           list[#list + 1] = coroutine.create(function() end)
           ok, err = pcall(pool.map, pool, function(t) return t end, list, 1)
           assert.is_false(ok)
-          assert.matches("^pool:map: items 7%-7: .*cannot copy", err)
+          -- (found by attack: the pool's own position, and the value named
+          -- by its place in the chunk's payload, values[2])
+          assert.are.equal("pool:map: items 7-7: list[7]: cannot copy a coroutine", err)
+          list[7] = nil
+          local long = range(1200)
+          long[1100] = coroutine.create(function() end)
+          ok, err = pcall(pool.map, pool, function(x) return x end, long, 1200)
+          assert.is_false(ok)
+          assert.are.equal("pool:map: items 1-1200: list[1100]: cannot copy a coroutine", err)
+          local co = coroutine.create(function() end)
+          ok, err = pcall(pool.map, pool, function(x) return co, x end, { 1 })
+          assert.are.equal("pool:map: items 1-1: fn<upvalue co>: cannot copy a coroutine", err)
         end
         assert.is_true(pool:close(T))
         assert_released(base)
@@ -741,6 +821,26 @@ describe("pools", function()
       ]])
       assert.are.equal(0, status, out)
       assert.matches("^true%s+42%s+2,4,6%s+true", out)
+    end)
+
+    -- found by attack: a thread worker that cannot load the module (the
+    -- path changed after the pool's own require) ended before its loop,
+    -- told nobody, and every get waited for ever
+    it("a thread worker that cannot load the module breaks the pool: futures fail, none waits", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        require "procthread.pool"
+        package.path, package.cpath = "/nonexistent/?.lua", "/nonexistent/?.so"
+        local pool = pt.pool("thread", 2)
+        local ok, err = pool:submit(function() return 1 end):get(10)
+        print(ok, (tostring(err):match("^[^\n]*")))
+        print(select(2, pcall(pool.submit, pool, print)):match("^[^\n]*"))
+        print(pool:close(10))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.are.equal("false\tpool: worker failed to start: require \"procthread\" failed: module 'procthread' not found:\n" ..
+        "pool:submit: the pool is broken: worker failed to start: require \"procthread\" failed: module 'procthread' not found:\n" ..
+        "true\n", out)
     end)
 
     it("runs tasks on a process pool made before anything was encoded", function()

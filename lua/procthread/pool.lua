@@ -49,6 +49,8 @@ local TAKE_WAIT = 20      -- seconds a new process worker's watcher gets to take
 local MAX_RESULTS = 250000
 local FOREVER = math.huge
 
+local HERE = debug.getinfo(1, "S").short_src   -- this file, as positions name it
+
 local Pool = {}
 Pool.__index = Pool
 local Future = {}
@@ -74,7 +76,19 @@ end
 -- comes in as arguments or is required inside.
 
 local function worker_main(c)
-  local pt = require "procthread"
+  local loaded, pt = pcall(require, "procthread")
+  if not loaded then
+    -- a thread whose state cannot load the module (package.path changed
+    -- since): nothing of the pool would ever hear of it; it says so (the
+    -- handles in c work without the module's Lua side)
+    local why = "require \"procthread\" failed: " .. tostring(pt)
+    if not c.life then
+      c.answers:send("startfail", c.wid, why)
+      if c.flags[1] ~= 0 then pcall(c.bell.send, c.bell, true) end
+      if c.room then c.room:set() end
+    end
+    error(why, 0)
+  end
   local unpack = table.unpack or _G.unpack   -- not the file's local: no upvalue
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
   local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
@@ -85,9 +99,13 @@ local function worker_main(c)
     for i = 1, #c.close do pcall(c.close[i].close, c.close[i]) end
   end
   local failed_at
+  -- the worker's own frames below the task's function are cut from its
+  -- traceback (the initializer's call, a map chunk's loop)
+  local here = "\n%s*" .. debug.getinfo(1, "S").short_src:gsub("%p", "%%%0") .. ":%d+: [^\n]*$"
   local function handler(e)
     if failed_at then failed_at() end
-    if type(e) ~= "string" then
+    if type(e) == "number" then e = tostring(e)   -- as join, and lua.c, show it
+    elseif type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
       local ok, s = false, nil
       if type(mt) == "table" and mt.__tostring then ok, s = pcall(tostring, e) end
@@ -99,13 +117,45 @@ local function worker_main(c)
     local cut = tb:find("\n%s*%[C%]: in function '?xpcall'?")
     if cut then
       tb = tb:sub(1, cut - 1)
-      tb = tb:gsub("\n%s*%(%.%.%.tail calls%.%.%.%)$", ""):gsub("\n%s*%(tail call%): %?$", "")
+      repeat
+        local before = tb
+        tb = tb:gsub("\n%s*%(%.%.%.tail calls%.%.%.%)$", ""):gsub("\n%s*%(tail call%): %?$", ""):gsub(here, "")
+      until tb == before
     end
     return tb
   end
+  -- The codec names a value by its place in the answer message
+  -- (message[k]: seq, ok, then the values): `first` is the k of the first
+  -- result.  Named as join names it (results[i]).  For a map chunk (`list`:
+  -- "values", its results as values; "table", as one table) the second
+  -- answer is the index in the chunk of the item whose result it was (0
+  -- when none is known).
+  local function results_error(err, first, list)
+    err = tostring(err):gsub("^[%w_]+: ", "", 1)      -- "send: ", "_send_list: "
+    local k, rest = err:match("^message%[(%d+)%](.*)$")
+    k = tonumber(k)
+    if not k or k < first then return "results: " .. err, 0 end
+    if not list then return ("results: results[%d]%s"):format(k - first + 1, rest), 0 end
+    if list == "table" then           -- the results as one table: message[first][j]
+      local j, more = rest:match("^%[(%d+)%](.*)$")
+      if k ~= first or not j then return "results: " .. err, 0 end
+      return "results: results[1]" .. more, tonumber(j)
+    end
+    return "results: results[1]" .. rest, k - first + 1
+  end
   local function reply(seq, ok, ...)
     local sent, err = pcall(answers.send, answers, seq, ok, ...)
-    if not sent then answers:send(seq, false, "results: " .. tostring(err), 0) end
+    if not sent then answers:send(seq, false, (results_error(err, 3)), 0) end
+  end
+  -- A chunk's results that cannot be sent: the item whose result it was
+  -- fails, after those before it (as an error of that item would)
+  local function chunk_unsent(seq, r, err, first, list)
+    local why, j = results_error(err, first, list)
+    local done = {}
+    for k = 1, j - 1 do done[k] = r[k] end
+    if not pcall(answers.send, answers, seq, false, why, j, done) then
+      answers:send(seq, false, why, 0)
+    end
   end
   local function ring()
     if flags[1] ~= 0 and pt.add(claims, "rung", 1) == 1 then bell:send(true) end
@@ -197,12 +247,14 @@ local function worker_main(c)
       local r = t
       t = nil
       local sent, serr = pcall(answers._send_list, answers, r, count, seq, true, count)
+      if not sent then chunk_unsent(seq, r, serr, 4, "values") end
       r = nil
-      if not sent then answers:send(seq, false, "results: " .. tostring(serr), 0) end
     else
       local r = t
       t = nil
-      reply(seq, true, -count, r)
+      local sent, serr = pcall(answers.send, answers, seq, true, -count, r)
+      if not sent then chunk_unsent(seq, r, serr, 4, "table") end
+      r = nil
     end
   end
   local function loop()
@@ -666,14 +718,16 @@ function on_message(self, seq, ok, a, ...)
   elseif seq == "skipped" then                  -- room in the task channel: refilled next
   elseif seq == "ended" then
     on_end(self, ok, a)
-  elseif seq == "initfail" then
+  elseif seq == "initfail" or seq == "startfail" then
+    -- a thread worker that cannot serve (its initializer failed, or it
+    -- could not load the module): its replacements would fail the same way
     local i = self.byid[ok]
     if i then
       self.byid[ok] = nil
       self.slots[i].w:join(FOREVER)
       self.slots[i] = nil
     end
-    break_pool(self, "initializer failed: " .. tostring(a))
+    break_pool(self, (seq == "initfail" and "initializer failed: " or "worker failed to start: ") .. tostring(a))
   end
 end
 
@@ -755,7 +809,27 @@ local OPTS = { max_tasks = true, initializer = true, initargs = true, queue = tr
 
 local function check_opts(fname, opts)
   if opts ~= nil and type(opts) ~= "table" then argerr(fname, 3, "options table expected, got " .. type(opts), 2) end
-  opts = opts or {}
+  -- read once, into a plain table (a proxy's __index or __pairs may raise)
+  local read, copy, initn = pcall(function()
+    local t = {}
+    for k, v in pairs(opts or t) do t[k] = v end
+    for k in pairs(OPTS) do t[k] = (opts or t)[k] end
+    local ia = t.initargs
+    if type(ia) == "table" then
+      -- the list of initargs, read here too
+      local n = ia.n
+      local list = { n = n }
+      if n == nil then n = table.maxn and table.maxn(ia) or #ia end
+      if type(n) == "number" and n >= 0 and n <= 1000 then   -- else refused below
+        for i = 1, n do list[i] = ia[i] end
+      end
+      t.initargs = list
+      return t, n
+    end
+    return t
+  end)
+  if not read then argerr(fname, 3, "reading the options raised: " .. tostring(copy), 2) end
+  opts = copy
   for k in pairs(opts) do
     if not OPTS[k] then argerr(fname, 3, ("unknown option %q"):format(tostring(k)), 2) end
   end
@@ -778,7 +852,13 @@ local function check_opts(fname, opts)
     argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
       (type(n) == "number" and tostring(n) or type(n)), 2)
   end
-  return opts
+  -- without n, its length (a proxy's __len may give anything)
+  if opts.initargs and n == nil and (type(initn) ~= "number" or not (initn >= 0) or initn > 1000) then
+    argerr(fname, 3, "opts.initargs must be a list of at most 1000 values, got a length of " ..
+      (type(initn) == "number" and tostring(initn) or type(initn)), 2)
+  end
+  if initn then initn = math.floor(initn) end
+  return opts, initn
 end
 
 -- Stop and join every worker and watcher; the handles of a pool stopped for
@@ -871,13 +951,14 @@ function P.new(pt, kind, n, opts)
   if type(n) ~= "number" or n ~= n or n < 1 or n ~= math.floor(n) or n > 1024 then
     argerr(fname, 2, "n must be an integer from 1 to 1024, got " .. (type(n) == "number" and tostring(n) or type(n)))
   end
-  opts = check_opts(fname, opts)
+  local initn
+  opts, initn = check_opts(fname, opts)
   local cap = opts.queue or math.max(16, 2 * n)
   local limit = cap + n
   local bell, err = pt.pipe()
   if not bell then error(fname .. ": " .. tostring(err), 2) end
   local ia = opts.initargs
-  local initargs = ia and pack(unpack(ia, 1, ia.n or (table.maxn and table.maxn(ia)) or #ia))
+  local initargs = ia and pack(unpack(ia, 1, initn))
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
@@ -1029,7 +1110,8 @@ local function check_map(fname, self, fn, list, chunk)
   -- the list's length, read once (a proxy's __len may give anything): no
   -- count (negative, NaN) maps nothing; one past 2^53 (math.huge) is no
   -- list any loop could finish
-  local count = #list
+  local read, count = pcall(function() return #list end)
+  if not read then argerr(fname, 2, "the list's length raised: " .. tostring(count), 2) end
   if type(count) ~= "number" then
     argerr(fname, 2, "the list's length must be a number, got " .. type(count), 2)
   end
@@ -1053,6 +1135,24 @@ local function encode_chunk(self, t, fn, list, first, last)
   return encode_into(t, "payload", fn, first - last - 1, items)
 end
 
+-- The codec names a value by its place in the chunk's payload (values[k]:
+-- count, the items, fn; or fn, -count, the table of the items): named
+-- here by its place in the caller's list (list[i]) or as fn.
+local function chunk_path(err, first, last)
+  local k, rest = err:match("^values%[(%d+)%](.*)$")
+  k = tonumber(k)
+  if not k then return err end
+  if last - first < 1000 then
+    if k == last - first + 3 then return "fn" .. rest end
+    if k >= 2 and k <= last - first + 2 then return ("list[%d]%s"):format(first + k - 2, rest) end
+  else
+    if k == 1 then return "fn" .. rest end
+    local j, more = rest:match("^%[(%d+)%](.*)$")
+    if k == 3 and j then return ("list[%d]%s"):format(first + tonumber(j) - 1, more) end
+  end
+  return err
+end
+
 local function start_job(fname, self, fn, list, count, chunk, ready, into)
   chunk = chunk or math.max(1, math.min(1000, math.ceil(count / (self.n * 4))))
   local job = { chunks = {}, ready = ready, count = count }
@@ -1071,7 +1171,11 @@ local function start_job(fname, self, fn, list, count, chunk, ready, into)
         if c.payload then self.pt.discard(c.payload); c.payload = nil end
       end
       fields[7] = nil
-      error(("%s: items %d-%d: %s"):format(fname, first, last, tostring(err)), 3)
+      -- the codec's error comes with the position of the pool's call: cut
+      err = tostring(err)
+      if err:sub(1, #HERE + 1) == HERE .. ":" then err = err:gsub("^[^:]*:%d+: ", "", 1) end
+      err = chunk_path(err, first, last)
+      error(("%s: items %d-%d: %s"):format(fname, first, last, err), 3)
     end
   end
   local ok, err = pcall(function() for _, t in ipairs(job.chunks) do enqueue(self, t) end end)
@@ -1109,20 +1213,27 @@ function Pool:map(fn, list, chunk)
   local size = math.min(count, 67108864)
   local out = self.answers:_list(size)
   local job = start_job("pool:map", self, fn, list, count, chunk, nil, out)
-  for _, t in ipairs(job.chunks) do
-    await(self, t)
-    local a = t.answer
-    if not a[1] then
-      -- the lowest failing index: every earlier chunk has succeeded (a
-      -- failure's two values may have landed past its chunk, in the next
-      -- one, which is never read then)
-      abandon(self, job)
-      error(chunk_error("pool:map", t), 0)
+  -- a wait that raises (Ctrl-C, a thread cancelled) gives the map up: the
+  -- chunks not started are dropped, as after a failure
+  local ok, err = pcall(function()
+    for _, t in ipairs(job.chunks) do
+      await(self, t)
+      local a = t.answer
+      if not a[1] then
+        -- the lowest failing index: every earlier chunk has succeeded (a
+        -- failure's two values may have landed past its chunk, in the next
+        -- one, which is never read then)
+        error(chunk_error("pool:map", t), 0)
+      end
+      local r, base = a[2], t.first - 1
+      if not r then                         -- in place already
+      elseif move then move(r, 1, a[3], base + 1, out)
+      else for i = 1, a[3] do out[base + i] = r[i] end end
     end
-    local r, base = a[2], t.first - 1
-    if not r then                         -- in place already
-    elseif move then move(r, 1, a[3], base + 1, out)
-    else for i = 1, a[3] do out[base + i] = r[i] end end
+  end)
+  if not ok then
+    if not self.closed_up then abandon(self, job) end
+    error(err, 0)
   end
   return out
 end
@@ -1140,7 +1251,15 @@ local function job_iter(fname, self, job, pick)
       if t and not t.answer[1] then abandon(self, job); error(chunk_error(fname, t), 0) end
       t, i = pick(job), 0
       if t == false then return nil end
-      if not t then drain(self, FOREVER) end
+      if not t then
+        -- a wait that raises (Ctrl-C, a cancel) ends the loop: the chunks
+        -- not started are given up (5.1-5.3 and LuaJIT close no iterator)
+        local ok, err = pcall(drain, self, FOREVER)
+        if not ok then
+          if not self.closed_up then abandon(self, job) end
+          error(err, 0)
+        end
+      end
     end
     i = i + 1
     local a = t.answer
@@ -1457,7 +1576,8 @@ function P.as_completed(core_select, list, timeout)
   return function()
     if #left == 0 then return nil end
     local ok, r, i = pcall(P.select, core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
-    if not ok then error(r, 2) end
+    -- at the caller's line, unless it has a place already (an interrupt)
+    if not ok then error(r, (type(r) == "string" and r:find("^[^\n]-:%d+: ")) and 0 or 2) end
     if r == nil then return nil, i end
     table.remove(left, i)
     return r
