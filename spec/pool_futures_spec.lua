@@ -395,6 +395,30 @@ describe("pools (futures)", function()
         end)
       end
 
+      -- a terminal's Ctrl-C is a SIGINT to the whole foreground group: the
+      -- script runs in a group of its own (setsid); its os.execute of kill
+      -- sends it there (system() ignores SIGINT while it waits, so the
+      -- caller is not interrupted: only the workers can take it)
+      it("a SIGINT to the whole process group leaves the workers and their tasks alone", function()
+        local status, out = H.fresh_under("setsid", ([[
+          local pt = require "procthread"
+          local pool = pt.pool(%q, 2)
+          local started, gate = pt.event(), pt.event()
+          local running = pool:submit(function(s, g) s:set(); g:wait(20); return "ran on" end, started, gate)
+          assert(started:wait(20))
+          local f = io.open("/proc/self/stat")
+          local pgid = f:read("*l"):match("^%%d+ %%b() %%a %%d+ (%%d+)"); f:close()
+          os.execute("kill -INT -" .. pgid)
+          pt.sleep(0.2)
+          gate:set()
+          print(running:get(20))
+          print(pool:submit(function() return "next" end):get(20))
+          print("deaths", pool:stats().deaths, pool:close(20))
+        ]]):format(kind))
+        assert.are.equal(0, status, out)
+        assert.are.equal("true\tran on\ntrue\tnext\ndeaths\t0\ttrue\n", out)
+      end)
+
       it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
         -- the signal comes once the main thread sleeps (in the wait for room)
         local status, out = H.fresh(SIGINT_WHEN_ASLEEP .. ([[

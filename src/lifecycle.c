@@ -150,6 +150,22 @@ const uint32_t *pt_interrupt_word(uint32_t *expected) {
 
 int pt_interrupt_pending(void) { return intr_pending; }
 
+/* pt._ignore_sigint() (pools): a process worker of a pool ignores SIGINT
+   from now on, as Python users arrange in an initializer: a Ctrl-C at a
+   terminal, which reaches the whole process group, interrupts the caller
+   alone.  Anywhere but in a forked process worker it does nothing. */
+static int l_ignore_sigint(lua_State *L) {
+  pt_ctx *c = pt_self_ctx;
+  struct sigaction sa;
+  (void)L;
+  if (!c || c->kind != PT_PROCESS) return 0;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGINT, &sa, NULL) != 0) return pt_push_oserror(L, "sigaction", errno);
+  return 0;
+}
+
 /* pt._sigints() -> the SIGINTs counted so far: a pool's wait that got
    nil, "interrupted" goes on waiting when the count did not move (another
    signal's Lua handler ended it, and has run). */
@@ -658,7 +674,8 @@ static void install(void) {
 
 void pt_open_lifecycle(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"_exit_policy", l_exit_policy}, {"_sigints", l_sigints}, {NULL, NULL}};
+    {"_exit_policy", l_exit_policy}, {"_sigints", l_sigints},
+    {"_ignore_sigint", l_ignore_sigint}, {NULL, NULL}};
   pt_ctx *c = pt_self_ctx;
   if (!c || c->kind == PT_MAIN) pthread_once(&exit_once, install);
   pt_setfuncs(L, fns);

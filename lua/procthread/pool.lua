@@ -93,6 +93,10 @@ local function worker_main(c)
   local tasks, answers, claims, flags, bell, room = c.tasks, c.answers, c.claims, c.flags, c.bell, c.room
   local wid, max_tasks, MAX_RESULTS = c.wid, c.max_tasks, c.max_results
   if c.life then
+    -- a Ctrl-C at a terminal reaches the whole process group: it is the
+    -- caller's to act on (its wait raises; at exit the pool's workers are
+    -- stopped), not the tasks'
+    pt._ignore_sigint()
     -- this process holds the write end of its life pipe (its end is the
     -- watcher's news) and nothing else of the pool's that it does not use
     c.life:close_read()
