@@ -261,6 +261,11 @@ static int cas_impl(lua_State *L, int may_collect) {
 
 static int st_cas(lua_State *L) { return cas_impl(L, 1); }
 
+static int st_new(lua_State *L);
+const char *pt_st_fn_name(lua_CFunction f) {
+  return f == st_cas ? "cas" : f == st_new ? "shared_table" : NULL;
+}
+
 /* pt.locked(st, fn, ...) -> the results of fn(st, ...), run holding st's
    lock | nil, err, errno (the lock failed: fn did not run); an error
    (cancellation included) releases it and propagates. */

@@ -161,7 +161,18 @@ __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) 
   if (as == PT_AS_KEY)
     luaL_error(L, "invalid key: %s (shared table keys are strings, numbers and booleans)",
                luaL_typename(L, i));
-  if (as == PT_AS_VALUE) luaL_error(L, "cannot store a %s in a shared table", luaL_typename(L, i));
+  if (as == PT_AS_VALUE) {
+    /* named by the library function it came through (pt.cas,
+       pt.shared_table); a metamethod (st.k = v) has the caller's line */
+    const char *fn = NULL;
+    lua_Debug ar;
+    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+      fn = pt_st_fn_name(lua_tocfunction(L, -1));
+      lua_pop(L, 1);
+    }
+    if (fn) luaL_error(L, "%s: cannot store a %s in a shared table", fn, luaL_typename(L, i));
+    luaL_error(L, "cannot store a %s in a shared table", luaL_typename(L, i));
+  }
   luaL_argerror(L, i, lua_type(L, i) == LUA_TTABLE
     ? "a plain table is stored as a new shared table, so no key ever holds this one"
     : lua_pushfstring(L, "a %s can never be the value of a shared table", luaL_typename(L, i)));
