@@ -84,7 +84,7 @@ static int l_sleep(lua_State *L) {
   s = (double)lua_tonumber(L, 1);
   if (!(s >= 0))
     return luaL_argerror(L, 1, lua_pushfstring(L, "seconds must be a number >= 0 or math.huge, "
-                                                  "got %s", lua_tostring(L, 1)));
+                                                  "got %s", s != s ? "nan" : lua_tostring(L, 1)));
   /* math.huge, or beyond a century: for ever (the poll took it as EINVAL) */
   r = pt_wait_fds(NULL, 0, 0, pt_deadline(s) == PT_FOREVER ? -1 : s);
   if (r == -2) return pt_raise_cancelled(L);
