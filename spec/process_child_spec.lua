@@ -46,6 +46,29 @@ describe("a process worker's child", function()
     os.remove(so)
   end)
 
+  it("a bare fork()'s copy of a worker that runs threads leaves at once", function()
+    -- the copy took the worker's count of running thread workers along
+    -- (none of them exist in it) and, leaving, waited a second for them
+    local so = H.foreign_fork_lib()
+    local fork, wait = package.loadlib(so, "l_fork"), package.loadlib(so, "l_wait")
+    local pt = require "procthread"
+    local w = pt.spawn_process(function()
+      local t = pt.spawn_thread(function() local pt = require "procthread" pt.sleep(H.T) end)
+      pt.sleep(0.05)
+      local t0 = pt.now()
+      if fork() == 0 then return "the copy's" end
+      local code = wait()
+      local took = pt.now() - t0
+      t:cancel()
+      return code, took
+    end)
+    local ok, code, took = w:join(H.T)
+    os.remove(so)
+    assert.is_true(ok, code)
+    assert.are.equal(0, code)
+    assert.is_true(took < 0.5, "the copy took " .. tostring(took) .. " s to leave")
+  end)
+
   it("leaves the eventfd it keeps for the next spawn out of the child of a bare fork()", function()
     -- an ended child's eventfd, kept for the next spawn, came along into
     -- a bare fork's child: parent and child then both used one eventfd
