@@ -393,3 +393,18 @@ describe("handle metatables", function()
     end
   end)
 end)
+
+describe("worker timeouts", function()
+  it("a NaN timeout raises saying nan on every Lua (x86's 0/0 printed as -nan)", function()
+    local w = pt.spawn_thread(function() return 1 end)
+    for _, nan in ipairs { 0 / 0, -(0 / 0) } do
+      local ok, err = pcall(w.join, w, nan)
+      assert.is_false(ok)
+      assert.are.equal("bad argument #2 to 'join' (timeout must be a number >= 0 or math.huge, got nan)", err)
+      ok, err = pcall(pt.sleep, nan)
+      assert.is_false(ok)
+      assert.matches("(seconds must be a number >= 0 or math.huge, got nan)", err, 1, true)
+    end
+    assert.are.same({ true, 1 }, { w:join(H.T) })
+  end)
+end)

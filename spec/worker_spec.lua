@@ -62,6 +62,23 @@ describe("workers", function()
         assert.matches("error object is a table value", err)
       end)
 
+      it("names an error object by its __tostring, and says when that raises", function()
+        local ok, err = pt.spawn(kind, function()
+          error(setmetatable({}, { __tostring = function() return "custom text" end }))
+        end):join(T)
+        assert.is_false(ok)
+        assert.matches("^custom text\nstack traceback:", err)
+        -- a __tostring that raises: it was called unprotected in the
+        -- message handler (LuaJIT: "error in error handling", the worker's
+        -- own error and traceback lost; PUC Lua: the __tostring's error)
+        ok, err = pt.spawn(kind, function()
+          error(setmetatable({}, { __tostring = function() error("no text", 0) end }))
+        end):join(T)
+        assert.is_false(ok)
+        assert.matches("^%(error object is a table value, whose __tostring raised: no text%)\nstack traceback:", err)
+        assert.matches("in function 'error'", err)
+      end)
+
       it("times out a join and lets the worker run on", function()
         local w = pt.spawn(kind, function() pt.sleep(0.3) return "late" end)
         assert.are.same({ nil, "timeout" }, { w:join(0.01) })

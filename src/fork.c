@@ -28,6 +28,10 @@ static void set_pid(void) {    /* no libc: rawsys.h */
 __attribute__((hot)) static void forked(void) {
   set_pid();
   __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED);
+  /* no thread comes along into any child (a bare fork()'s too: a copy of
+     a worker process leaving would wait a second for the parent's) */
+  if (__atomic_load_n(&pt_live_threads, __ATOMIC_RELAXED) != 0)
+    __atomic_store_n(&pt_live_threads, 0, __ATOMIC_SEQ_CST);
 }
 static void watch_forks(void) { pthread_atfork(NULL, NULL, forked); }
 

@@ -122,6 +122,13 @@ pt_handle *pt_handle_check(lua_State *L, int i, const pt_class *c, const char *f
   return h;
 }
 
+/* A refused argument as an error says it: the number (d, its value),
+   "nan" for any NaN (x86's 0/0 prints as "-nan"), else its type. */
+static const char *arg_text(lua_State *L, int i, double d) {
+  if (lua_type(L, i) != LUA_TNUMBER) return luaL_typename(L, i);
+  return d != d ? "nan" : lua_tostring(L, i);
+}
+
 lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
                          lua_Integer hi, const char *fn, const char *what) {
   double d;
@@ -129,9 +136,7 @@ lua_Integer pt_check_int(lua_State *L, int i, lua_Integer dflt, lua_Integer lo,
   d = lua_type(L, i) == LUA_TNUMBER ? (double)lua_tonumber(L, i) : -HUGE_VAL;
   if (!(d >= (double)lo && d <= (double)hi && floor(d) == d))
     pt_arg_error(L, i, fn, lua_pushfstring(L, "%s must be an integer in %d..%d, got %s",
-                                           what, (int)lo, (int)hi,
-                                           lua_type(L, i) == LUA_TNUMBER
-                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
+                                           what, (int)lo, (int)hi, arg_text(L, i, d)));
   return (lua_Integer)d;
 }
 
@@ -284,7 +289,6 @@ double pt_check_deadline(lua_State *L, int i, int optional, const char *fn) {
   if (optional && lua_isnoneornil(L, i)) return PT_FOREVER;
   if (!(t >= 0))
     pt_arg_error(L, i, fn, lua_pushfstring(L, "timeout must be a number >= 0 or math.huge, got %s",
-                                           lua_type(L, i) == LUA_TNUMBER
-                                             ? lua_tostring(L, i) : luaL_typename(L, i)));
+                                           arg_text(L, i, t)));
   return pt_deadline(t);
 }

@@ -96,6 +96,12 @@ static void keep_drain(int fd, int rung) {
   pt_close(fd);
 }
 
+/* In the child of every fork (procthread's spawns, pt_after_fork_child;
+   any other fork(), pthread_atfork): the kept eventfd and a worker's
+   result pipe are the parent's.  A bare fork()'s child of a worker that
+   returns from fn then sends nothing down its parent's pipe (the write
+   fails: no fd), and one of the main process never shares the kept
+   eventfd with its parent. */
 PT_CHILD_PATH static void forget_parent(void) {
   int kept = __atomic_load_n(&spare_drain, __ATOMIC_RELAXED);
   if (kept > 0) {                        /* the parent's, made before the fork */
@@ -108,6 +114,9 @@ PT_CHILD_PATH static void forget_parent(void) {
   if (my_result_rfd >= 0) pt_raw_close(my_result_rfd);
   my_result_fd = my_drain_fd = my_result_rfd = -1;
 }
+
+static pthread_once_t forget_once = PTHREAD_ONCE_INIT;
+static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, forget_parent); }
 
 /* The results do not fit the pipe: the parent must read them as they
    come.  Ring its drain_fd (once), then wait for room -- or for the
@@ -367,6 +376,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   reap_orphans();
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
+  pthread_once(&forget_once, watch_forks);
   p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
   if (!p) return pt_push_oserror(L, pt_spawn_name(L, &pt_process_ops), ENOMEM);
   w = &p->w;

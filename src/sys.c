@@ -30,11 +30,28 @@ int pt_raise_oserror(lua_State *L, const char *op, int err) {
   return luaL_error(L, "%s: %s", op, strerror(err));
 }
 
+static int call_tostring(lua_State *L) {
+  return luaL_callmeta(L, 1, "__tostring");
+}
+
+/* A message handler's text for the error object at idx: a __tostring that
+   raises is called protected (unprotected, LuaJIT answered "error in
+   error handling" and PUC Lua the __tostring's own error in its place). */
 const char *pt_tomessage(lua_State *L, int idx) {
   const char *msg = lua_tostring(L, idx);
+  idx = pt_absindex(L, idx);
   if (msg) return msg;
-  if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-    return lua_tostring(L, -1);
+  if (luaL_getmetafield(L, idx, "__tostring")) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, call_tostring);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != 0)
+      return lua_pushfstring(L, "(error object is a %s value, whose __tostring raised: %s)",
+                             luaL_typename(L, idx),
+                             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
   return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
 }
 
@@ -67,7 +84,7 @@ static int l_sleep(lua_State *L) {
   s = (double)lua_tonumber(L, 1);
   if (!(s >= 0))
     return luaL_argerror(L, 1, lua_pushfstring(L, "seconds must be a number >= 0 or math.huge, "
-                                                  "got %s", lua_tostring(L, 1)));
+                                                  "got %s", s != s ? "nan" : lua_tostring(L, 1)));
   /* math.huge, or beyond a century: for ever (the poll took it as EINVAL) */
   r = pt_wait_fds(NULL, 0, 0, pt_deadline(s) == PT_FOREVER ? -1 : s);
   if (r == -2) return pt_raise_cancelled(L);
