@@ -86,7 +86,14 @@ static int intr_wait_fd(void) {
 void pt_interrupt_fd_open(void) {
   static int registered;
   int fd;
-  if (!registered) { registered = 1; pt_atfork_child(intr_after_fork); }  /* rd_after_fork too */
+  /* rd_after_fork too; in the child of any fork, a bare one's too (the
+     handler in it would write the parent's fd: twice in procthread's own
+     children, which does nothing the second time) */
+  if (!registered) {
+    registered = 1;
+    pt_atfork_child(intr_after_fork);
+    (void)pthread_atfork(NULL, NULL, intr_after_fork);
+  }
   if (intr_state != INTR_NONE) return;
   fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return;                      /* the waits block SIGINT instead */
