@@ -69,17 +69,21 @@ describe("a process worker's child", function()
     assert.is_true(took < 0.5, "the copy took " .. tostring(took) .. " s to leave")
   end)
 
+  -- code for H.in_bare_fork's setup: eventfds() counts this process's
+  local EVENTFDS = [[
+    local function eventfds()
+      local n, p = 0, io.popen("ls -l /proc/" .. pt.self().id .. "/fd 2>/dev/null")
+      for l in p:lines() do if l:find("eventfd", 1, true) then n = n + 1 end end
+      p:close()
+      return n
+    end
+  ]]
+
   it("leaves the Ctrl-C wake-up eventfd out of the child of a bare fork()", function()
     -- the SIGINT handler, inherited, wrote the parent's fd from the child:
     -- a SIGINT of the child woke the parent's waits, and the child's own
     -- waits could read away the parent's wake-up
-    H.in_bare_fork([[
-      local function eventfds()
-        local n, p = 0, io.popen("ls -l /proc/" .. pt.self().id .. "/fd 2>/dev/null")
-        for l in p:lines() do if l:find("eventfd", 1, true) then n = n + 1 end end
-        p:close()
-        return n
-      end
+    H.in_bare_fork(EVENTFDS .. [[
       local parent_n = eventfds()
       assert(parent_n == 1, "the interpreter's SIGINT handler is chained: one eventfd, got " .. parent_n)
     ]], [[
@@ -93,13 +97,7 @@ describe("a process worker's child", function()
     -- an ended child's eventfd, kept for the next spawn, came along into
     -- a bare fork's child: parent and child then both used one eventfd
     -- for their workers' spills (a ring one read was lost to the other)
-    H.in_bare_fork([[
-      local function eventfds()
-        local n, p = 0, io.popen("ls -l /proc/" .. pt.self().id .. "/fd 2>/dev/null")
-        for l in p:lines() do if l:find("eventfd", 1, true) then n = n + 1 end end
-        p:close()
-        return n
-      end
+    H.in_bare_fork(EVENTFDS .. [[
       local before = eventfds()
       assert(pt.spawn_process(function() return 1 end):join(20))
       local parent_n = eventfds()
