@@ -231,6 +231,15 @@ describe("channels", function()
     -- message cost.  Each worker counts its voluntary context switches.
     it("wakes one of many sleeping receivers a message, one of many senders a slot", function()
       local K, M = 4, 30
+      local function totals(ws)       -- the workers' counts and wake-ups, summed
+        local n, sw = 0, 0
+        for _, w in ipairs(ws) do
+          local ok, a, b = w:join(T)
+          assert.is_true(ok, a)
+          n, sw = n + a, sw + b
+        end
+        return n, sw
+      end
       local ch, ack = pt.channel(1), pt.channel(64)
       local rs = {}
       for i = 1, K do
@@ -252,12 +261,7 @@ describe("channels", function()
         assert.equal(i, ack:recv(T))
       end
       ch:close()
-      local got, sw = 0, 0
-      for _, w in ipairs(rs) do
-        local ok, n, s = w:join(T)
-        assert.is_true(ok, n)
-        got, sw = got + n, sw + s
-      end
+      local got, sw = totals(rs)
       assert.equal(M, got)
       assert.is_true(sw < 2 * M, ("%d receivers' wake-ups for %d messages"):format(sw, M))
 
@@ -279,12 +283,7 @@ describe("channels", function()
       assert.truthy(H.eventually(function() return #ch == 1 end, T))   -- the last slot refilled
       ch:close()
       local put
-      put, sw = 0, 0
-      for _, w in ipairs(ss) do
-        local ok, n, s = w:join(T)
-        assert.is_true(ok, n)
-        put, sw = put + n, sw + s
-      end
+      put, sw = totals(ss)
       assert.equal(M, put)
       assert.is_true(sw < 2 * M + K, ("%d senders' wake-ups for %d slots"):format(sw, M))
     end)
