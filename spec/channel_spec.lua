@@ -227,8 +227,9 @@ describe("channels", function()
 
     -- A put wakes one sleeping receiver (a get one sleeping sender), not
     -- every one, while all of them are threads of one process: the others'
-    -- wake-ups (a sleep again each, 4 a message here) were what each
-    -- message cost.  Each worker counts its voluntary context switches.
+    -- wake-ups (a sleep again each) were what each message cost: about 6
+    -- context switches a message here before, 1 to 2 now (a lock's sleep
+    -- beside the wake's).  Each worker counts its voluntary ones.
     it("wakes one of many sleeping receivers a message, one of many senders a slot", function()
       local K, M = 4, 30
       local function totals(ws)       -- the workers' counts and wake-ups, summed
@@ -263,7 +264,7 @@ describe("channels", function()
       ch:close()
       local got, sw = totals(rs)
       assert.equal(M, got)
-      assert.is_true(sw < 2 * M, ("%d receivers' wake-ups for %d messages"):format(sw, M))
+      assert.is_true(sw < 4 * M, ("%d receivers' wake-ups for %d messages"):format(sw, M))
 
       ch = pt.channel(1)
       ch:send(0)
@@ -285,7 +286,7 @@ describe("channels", function()
       local put
       put, sw = totals(ss)
       assert.equal(M, put)
-      assert.is_true(sw < 2 * M + K, ("%d senders' wake-ups for %d slots"):format(sw, M))
+      assert.is_true(sw < 4 * M + K, ("%d senders' wake-ups for %d slots"):format(sw, M))
     end)
 
     it("uses no CPU while blocked", function()
