@@ -73,6 +73,11 @@ typedef struct queue {
 #define Q(off) PT_SHM_PTR(queue, off)
 #define LOAD(w) __atomic_load_n(&(w), __ATOMIC_ACQUIRE)
 #define MIXED 0xffffffffu      /* qend.owner: sleepers of several processes */
+
+/* This process's id without a system call (fork.c, right across fork()).
+   Weak, as in shm.c: plain-C builds without fork.c ask the system. */
+extern pid_t pt_pid(void) __attribute__((weak));
+static uint32_t my_pid(void) { return (uint32_t)(pt_pid ? pt_pid() : getpid()); }
 #define SLEEPING(e) __atomic_load_n(&(e)->waiters.sleeping, __ATOMIC_RELAXED)
 
 /* Holding e's lock, about to sleep on its waiters (or watch them, pid
@@ -212,7 +217,7 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
   else if (pt_lock(&other->mu, pt_shm_recovered, NULL) == PT_ERR) r = PT_ERR;
   else {
     if (LOAD(other->index) == seen && !LOAD(q->closed)) {
-      note_sleeper(other, (uint32_t)getpid());
+      note_sleeper(other, my_pid());
       r = pt_cond_wait_on(&other->waiters, &other->mu, deadline, w, pt_shm_recovered, NULL);
       if (r != PT_OK && LOAD(other->index) != seen) wake_one(other);
     }
