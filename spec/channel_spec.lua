@@ -225,6 +225,70 @@ describe("channels", function()
       end
     end)
 
+    -- A put wakes one sleeping receiver (a get one sleeping sender), not
+    -- every one, while all of them are threads of one process: the others'
+    -- wake-ups (a sleep again each) were what each message cost: about 6
+    -- context switches a message here before, 1 to 2 now (a lock's sleep
+    -- beside the wake's).  Each worker counts its voluntary ones.
+    it("wakes one of many sleeping receivers a message, one of many senders a slot", function()
+      local K, M = 4, 30
+      local function totals(ws)       -- the workers' counts and wake-ups, summed
+        local n, sw = 0, 0
+        for _, w in ipairs(ws) do
+          local ok, a, b = w:join(T)
+          assert.is_true(ok, a)
+          n, sw = n + a, sw + b
+        end
+        return n, sw
+      end
+      local ch, ack = pt.channel(1), pt.channel(64)
+      local rs = {}
+      for i = 1, K do
+        rs[i] = pt.spawn_thread(function(c, a)
+          local p = require "procthread"
+          local n0, got = p.rusage("thread").nvcsw, 0
+          while true do
+            local v = c:recv(10)
+            if not v then break end
+            got = got + 1
+            a:send(v)
+          end
+          return got, p.rusage("thread").nvcsw - n0
+        end, ch, ack)
+      end
+      for i = 1, M do
+        for _, w in ipairs(rs) do assert.truthy(sleeping(w)) end
+        ch:send(i)
+        assert.equal(i, ack:recv(T))
+      end
+      ch:close()
+      local got, sw = totals(rs)
+      assert.equal(M, got)
+      assert.is_true(sw < 4 * M, ("%d receivers' wake-ups for %d messages"):format(sw, M))
+
+      ch = pt.channel(1)
+      ch:send(0)
+      local ss = {}
+      for i = 1, K do
+        ss[i] = pt.spawn_thread(function(c)
+          local p = require "procthread"
+          local n0, put = p.rusage("thread").nvcsw, 0
+          while c:send(1) do put = put + 1 end
+          return put, p.rusage("thread").nvcsw - n0
+        end, ch)
+      end
+      for _ = 1, M do
+        for _, w in ipairs(ss) do assert.truthy(sleeping(w)) end
+        assert.truthy(ch:recv(T))
+      end
+      assert.truthy(H.eventually(function() return #ch == 1 end, T))   -- the last slot refilled
+      ch:close()
+      local put
+      put, sw = totals(ss)
+      assert.equal(M, put)
+      assert.is_true(sw < 4 * M + K, ("%d senders' wake-ups for %d slots"):format(sw, M))
+    end)
+
     it("uses no CPU while blocked", function()
       local ch = pt.channel()
       local w = pt.spawn_thread(function(c) return c:recv() end, ch)
