@@ -48,20 +48,6 @@ elseif mode == "--pingpong" then     -- [build] --pingpong kind n
   print(("rtt_us %.3f"):format((pt.now() - t0) / n * 1e6))
   assert(w:join(60))
   return
-elseif mode == "--herd" then         -- [build] --herd k n: k thread receivers asleep
-  local pt = require "procthread"
-  local k, n = tonumber(arg[3]), tonumber(arg[4])
-  local c = pt.channel(64)
-  local ws = {}
-  for i = 1, k do ws[i] = pt.spawn_thread(function(ch) while ch:recv() do end end, c) end
-  pt.sleep(0.1)
-  local c0 = os.clock()              -- the process's CPU: every thread's
-  for i = 1, n do c:send(i); pt.sleep(0.0002) end   -- each finds them asleep
-  while #c > 0 do pt.sleep(0.001) end
-  print(("cpu_us %.3f"):format((os.clock() - c0) / n * 1e6))
-  c:close()
-  for i = 1, k do assert(ws[i]:join(60)) end
-  return
 end
 
 local floor = B.build .. "/bench/channel_floor"
@@ -103,11 +89,6 @@ for _, size in ipairs({ 8, 4096 }) do
       function() return me(B.build, ("--stream process pipe %d %d"):format(size, N), "msgs_per_s") end,
       RATE, size == 8 and ">= 2" or ">= 1")
 end
--- A message to 8 thread receivers asleep, the CPU it costs them all (and
--- the sender) beside one receiver's: a wake-all costs each of the others
--- a wake-up and a sleep.
-row("8 receivers asleep vs 1, CPU a message", "--herd 8 1000", "cpu_us", false,
-    function() return me(B.build, "--herd 1 1000", "cpu_us") end, "%-44s %10.2fus %10.2fus", "<= 1.3")
 for _, kind in ipairs({ "thread", "process" }) do
   row("ping-pong " .. kind .. " to " .. kind .. ", 2 channels vs C futex", "--pingpong " .. kind .. " " .. PP,
       "rtt_us", false, function() return C("pingpong " .. PP, "rtt_us") end, "%-44s %10.2fus %10.2fus", "<= 1.3")

@@ -25,12 +25,6 @@
  *   - sleepers are woken before the publishing store and pass through the
  *     lock of the end they slept on (wait.h, pt_cond), so a kill between the
  *     two never leaves a sleeper waiting for a change that happened;
- *   - a put (a get) wakes one sleeper, not all, only while every sleeper of
- *     that end is of one process (wake_one): a kill of the one woken, before
- *     it took the message, kills every other sleeper with it, so nobody is
- *     left asleep beside it; one woken that gives up instead (a timeout, a
- *     cancel, a signal) passes the wake on (await).  Sleepers of several
- *     processes, or a select's watch, are all woken;
  *   - the locks are robust: the next locker takes one over, and since every
  *     change is one store there is nothing to repair but to count it.
  */
@@ -41,7 +35,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define QUEUE_MAGIC 0x71756532u                /* "que2" */
 
@@ -57,8 +50,6 @@ typedef struct qend {
   pthread_mutex_t mu;
   pt_cond waiters;              /* for index to move; guarded by mu */
   uint64_t seen;                /* the other end's index, as last read; mu */
-  uint32_t owner;               /* the process of every sleeper, or MIXED; mu */
-  uint32_t nsleep;              /* at least as many as sleep in the kernel; mu */
   _Alignas(64) uint64_t index;  /* stored under mu, read by anyone */
   char pad[56];
 } qend;
@@ -72,43 +63,6 @@ typedef struct queue {
 
 #define Q(off) PT_SHM_PTR(queue, off)
 #define LOAD(w) __atomic_load_n(&(w), __ATOMIC_ACQUIRE)
-#define MIXED 0xffffffffu      /* qend.owner: sleepers of several processes */
-
-/* This process's id without a system call (fork.c, right across fork()).
-   Weak, as in shm.c: plain-C builds without fork.c ask the system. */
-extern pid_t pt_pid(void) __attribute__((weak));
-static uint32_t my_pid(void) { return (uint32_t)(pt_pid ? pt_pid() : getpid()); }
-#define SLEEPING(e) __atomic_load_n(&(e)->waiters.sleeping, __ATOMIC_RELAXED)
-
-/* Holding e's lock, about to sleep on its waiters (or watch them, pid
-   MIXED): count the sleeper and note its process.  A clear flag means
-   nobody sleeps there (all were woken): the record starts anew. */
-static void note_sleeper(qend *e, uint32_t pid) {
-  if (!SLEEPING(e)) { e->owner = pid; e->nsleep = 0; }
-  else if (e->owner != pid) e->owner = MIXED;
-  if (e->nsleep != UINT32_MAX) e->nsleep++;
-}
-
-/* Holding e's lock, before the publishing store: wake e's sleepers for one
-   message (or one slot).  All of one process: one of them (see the top),
-   and the flag stays set while nsleep says more may sleep (a sleeper that
-   left by a timeout still counts: a needless wake later, nothing more).
-   A wake that finds nobody clears it.  Else every one (pt_cond_wake). */
-static void wake_one(qend *e) {
-  int n;
-  if (!SLEEPING(e)) return;
-  if (e->owner != MIXED) {
-    __atomic_add_fetch(&e->waiters.seq, 1, __ATOMIC_SEQ_CST);
-    if ((n = pt_futex_wake_count(&e->waiters.seq, 1)) >= 0) {
-      if (n == 0 || e->nsleep <= 1) {
-        e->nsleep = 0;
-        __atomic_store_n(&e->waiters.sleeping, 0, __ATOMIC_RELAXED);
-      } else e->nsleep--;
-      return;
-    }
-  }
-  pt_cond_wake(&e->waiters);
-}
 
 pt_off pt_queue_new(uint32_t cap) {
   pt_off off;
@@ -171,7 +125,7 @@ static void put_slot(queue *q, pt_qmsg *m) {
   s->len = m->len;
   if (m->block) s->u.block = m->block;
   else if (m->len) memcpy(s->u.inl, m->data, m->len);
-  wake_one(&q->put);
+  pt_cond_wake(&q->put.waiters);
   __atomic_store_n(&q->put.index, q->put.index + 1, __ATOMIC_RELEASE);
   m->block = 0;                                /* the queue's now */
 }
@@ -188,7 +142,7 @@ static void get_slot(queue *q, pt_qmsg *m) {
     m->block = 0;
     m->data = m->inl;
   }
-  wake_one(&q->get);
+  pt_cond_wake(&q->get.waiters);
   __atomic_store_n(&q->get.index, q->get.index + 1, __ATOMIC_RELEASE);
 }
 
@@ -204,10 +158,7 @@ static int can_move(qend *me, qend *other, uint64_t bias) {
 /* Holding me, which cannot move until the other end's index leaves
    me->seen: wait for that, and hold me again on return.  The first call of
    a put or get spins a little with nothing held (the other side is often
-   about to act); later calls sleep on the other end, under its lock.  A
-   sleep that ends other than woken (a timeout, a cancel, a signal) after
-   the other end moved may have taken the one wake meant for another
-   sleeper: it wakes one more. */
+   about to act); later calls sleep on the other end, under its lock. */
 static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
                  const pt_wake *w) {
   uint64_t seen = me->seen;
@@ -216,11 +167,8 @@ static int await(queue *q, qend *me, qend *other, int *spun, double deadline,
   if (!*spun && pt_spin_useful()) pt_spin_while(&other->index, seen);
   else if (pt_lock(&other->mu, pt_shm_recovered, NULL) == PT_ERR) r = PT_ERR;
   else {
-    if (LOAD(other->index) == seen && !LOAD(q->closed)) {
-      note_sleeper(other, my_pid());
+    if (LOAD(other->index) == seen && !LOAD(q->closed))
       r = pt_cond_wait_on(&other->waiters, &other->mu, deadline, w, pt_shm_recovered, NULL);
-      if (r != PT_OK && LOAD(other->index) != seen) wake_one(other);
-    }
     pt_unlock(&other->mu);
   }
   *spun = 1;
@@ -294,7 +242,6 @@ int pt_queue_watch(pt_off off, const uint32_t **word, uint32_t *value) {
   if (pt_lock(&q->put.mu, pt_shm_recovered, NULL) == PT_ERR) return 1;   /* the get will say why */
   ready = LOAD(q->put.index) != LOAD(q->get.index) || LOAD(q->closed);
   if (!ready) {                 /* as pt_cond_wait_on does, without the sleep */
-    note_sleeper(&q->put, MIXED);             /* a watch takes no message: wake all */
     __atomic_store_n(&q->put.waiters.sleeping, 1, __ATOMIC_RELAXED);
     *value = __atomic_load_n(&q->put.waiters.seq, __ATOMIC_RELAXED);
     *word = &q->put.waiters.seq;

@@ -197,10 +197,8 @@ int pt_futex_wait_on(const uint32_t *const *words, const uint32_t *expected, int
   return r;
 }
 
-void pt_futex_wake(const uint32_t *word, int n) { (void)pt_futex_wake_count(word, n); }
-
-int pt_futex_wake_count(const uint32_t *word, int n) {
-  return (int)syscall(SYS_futex, word, FUTEX_WAKE, n < 0 ? INT_MAX : n, NULL, NULL, 0);
+void pt_futex_wake(const uint32_t *word, int n) {
+  syscall(SYS_futex, word, FUTEX_WAKE, n < 0 ? INT_MAX : n, NULL, NULL, 0);
 }
 
 void pt_seq_bump_wake(uint32_t *word) {

@@ -81,8 +81,6 @@ int pt_futex_wait_on(const uint32_t *const *words, const uint32_t *expected, int
 
 /* Wake up to n sleepers of word (n < 0: all). */
 void pt_futex_wake(const uint32_t *word, int n);
-/* The same, saying how many the kernel woke (-1: the call failed). */
-int pt_futex_wake_count(const uint32_t *word, int n);
 
 /* Increment a sequence word and wake all its sleepers. */
 void pt_seq_bump_wake(uint32_t *word);
