@@ -403,20 +403,24 @@ describe("pools (futures)", function()
         local status, out = H.fresh_under("setsid", ([[
           local pt = require "procthread"
           local pool = pt.pool(%q, 2)
-          local started, gate = pt.event(), pt.event()
-          local running = pool:submit(function(s, g) s:set(); g:wait(20); return "ran on" end, started, gate)
-          assert(started:wait(20))
+          -- both workers busy: each is past its start (a worker still
+          -- starting when the SIGINT comes may die of it, and is replaced)
+          local st, gate = pt.shared_table({ n = 0 }), pt.event()
+          local function hold(s, g) pt.add(s, "n", 1); g:wait(20); return "ran on" end
+          local running = { pool:submit(hold, st, gate), pool:submit(hold, st, gate) }
+          assert(pt.wait(st, "n", 0, 20) and pt.wait(st, "n", 1, 20) and st.n == 2)
           local f = io.open("/proc/self/stat")
           local pgid = f:read("*l"):match("^%%d+ %%b() %%a %%d+ (%%d+)"); f:close()
           os.execute("kill -INT -" .. pgid)
           pt.sleep(0.2)
           gate:set()
-          print(running:get(20))
+          print(running[1]:get(20))
+          print(running[2]:get(20))
           print(pool:submit(function() return "next" end):get(20))
           print("deaths", pool:stats().deaths, pool:close(20))
         ]]):format(kind))
         assert.are.equal(0, status, out)
-        assert.are.equal("true\tran on\ntrue\tnext\ndeaths\t0\ttrue\n", out)
+        assert.are.equal("true\tran on\ntrue\tran on\ntrue\tnext\ndeaths\t0\ttrue\n", out)
       end)
 
       it("Ctrl-C in a submit waiting for room gives that task up and releases what it carries", function()
