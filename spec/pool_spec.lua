@@ -843,6 +843,38 @@ describe("pools", function()
         "true\n", out)
     end)
 
+    -- a thread worker that ends before worker_main (no memory for its Lua
+    -- state) sends its pool the note the pool gave it: the futures fail at
+    -- once with why, rather than wait for an answer that never comes
+    it("a thread worker whose Lua state cannot be made breaks the pool: futures fail, none waits", function()
+      pt.fault("nomem_start", 1)
+      local pool = pt.pool("thread", 1)
+      finally(function() pt.fault("nomem_start", 0); pool:terminate() end)
+      local t0 = pt.now()
+      local ok, err = pool:submit(function() return 1 end):get(10)
+      assert.is_false(ok)
+      assert.are.equal("pool: worker failed to start: cannot create a Lua state: not enough memory", err)
+      assert.is_true(pt.now() - t0 < 5)
+      assert.error_matches(function() pool:submit(print) end,
+        "pool:submit: the pool is broken: worker failed to start: cannot create a Lua state")
+      assert.is_true(pool:close(10))
+    end)
+
+    it("a replacement thread worker that cannot start fails the waiting futures", function()
+      local pool = pt.pool("thread", 1, { max_tasks = 1 })
+      finally(function() pt.fault("nomem_start", 0); pool:terminate() end)
+      -- the task makes the next start fail: the worker that replaces this one
+      local first = pool:submit(function() require("procthread").fault("nomem_start", 1); return 7 end)
+      local second = pool:submit(function() return 8 end)
+      assert.are.same({ true, 7 }, { first:get(10) })
+      local t0 = pt.now()
+      local ok, err = second:get(10)
+      assert.is_false(ok)
+      assert.are.equal("pool: worker failed to start: cannot create a Lua state: not enough memory", err)
+      assert.is_true(pt.now() - t0 < 5)
+      assert.are.equal(2, pool:stats().started)   -- the first and the replacement that failed
+    end)
+
     it("runs tasks on a process pool made before anything was encoded", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

@@ -151,6 +151,27 @@ describe("a thread worker's fresh state", function()
     assert.matches("paths ok", out, 1, true)
   end)
 
+  -- pt.fault("nomem_start", n): what a worker does when malloc fails for
+  -- its state (its function never runs), on demand
+  it("that cannot be made fails the worker, at its join and its fd, and runs nothing", function()
+    finally(function() pt.fault("nomem_start", 0) end)
+    local ran = pt.shared_table()
+    pt.fault("nomem_start", 2)
+    local w1 = pt.spawn("thread", function(t) t.ran = true end, ran)
+    local w2 = pt.spawn("thread", function(t) t.ran = true end, ran)
+    local r, i = pt.select({ w2 }, 10)
+    assert.are.equal(w2, r)
+    assert.are.equal(1, i)
+    assert.are.same({ false, "cannot create a Lua state: not enough memory" }, { w1:join(10) })
+    assert.are.same({ false, "cannot create a Lua state: not enough memory" }, { w2:join(10) })
+    assert.is_nil(ran.ran)
+    assert.are.same({ true, 3 }, { pt.spawn("thread", function() return 3 end):join(10) })  -- counted down
+    assert.error_matches(function() pt.fault("nomem_start", -1) end,
+      "bad argument #2 to 'fault' %(count must be 0 to 1000000, got %-1%)")
+    assert.error_matches(function() pt.fault("nomem_start", "x") end, "bad argument #2 to 'fault'")
+    pt.release(ran)
+  end)
+
   it("a worker never sees the globals of the one before it on the same OS thread", function()
     for i = 1, 20 do
       local seen = H.join_ok(pt.spawn("thread", function(n)

@@ -4,6 +4,7 @@
 #include "handle.h"
 #include "queue.h"
 #include "wait.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -225,6 +226,34 @@ static int l_send_list(lua_State *L) {
   return put(L, 4, PT_FOREVER, "_send_list");
 }
 
+/* ch:_end_note(w, v1..vk) (internal, pools): if the thread worker w ends
+   before its function runs (thread.c: it cannot say so itself), the
+   message v1..vk (plain values) goes on ch; a process worker: nothing
+   (its pool's watcher sees every end). */
+static int l_end_note(lua_State *L) {
+  pt_handle *h = pt_handle_check(L, 1, &channel_class, "_end_note");
+  pt_off q = pt_shm_handle_off(&h->h);
+  uint64_t gen = h->h.gen;
+  pt_worker *w;
+  char err[PT_ERRLEN];
+  pt_buf b;
+  if (!pt_worker_get(L, 2, &w)) return pt_typeerror(L, 2, PT_WORKER_MT);
+  if (!w) return luaL_error(L, "_end_note: the worker belongs to another process, or was released");
+  if (w->kind != PT_THREAD) return 0;
+  pt_buf_init(&b);
+  if (!pt_encode(L, 3, lua_gettop(L) - 2, "message", &b, err, sizeof err)) {
+    pt_buf_free(&b);
+    return luaL_error(L, "_end_note: %s", err);
+  }
+  if (!pt_obj_take(q, gen)) {
+    pt_discard(b.data ? b.data : "", b.len);
+    pt_buf_free(&b);
+    return luaL_error(L, "_end_note: channel has been released");
+  }
+  pt_thread_end_note(w, q, gen, b.data, b.len);
+  return 0;
+}
+
 /* ---- recv ------------------------------------------------------------------------ */
 
 static int get_step(void *arg, double deadline, const pt_wake *w) {
@@ -329,7 +358,8 @@ void pt_open_channel(lua_State *L) {
     {"send", l_send}, {"offer", l_offer}, {"recv", l_recv}, {"close", l_close},
     {"capacity", l_capacity}, {"_recv", l_recv_head},
     {"_recv_into", l_recv_into}, {"_list", l_list}, {"_offer_cat", l_offer_cat},
-    {"_encode_chunk", l_encode_chunk}, {"_send_list", l_send_list}, {NULL, NULL}};
+    {"_encode_chunk", l_encode_chunk}, {"_send_list", l_send_list}, {"_end_note", l_end_note},
+    {NULL, NULL}};
   pt_class_open(L, &channel_class, methods, l_close_meta);
   luaL_getmetatable(L, CHANNEL_MT);
   pt_class_method(L, -1, &channel_class, "__len", l_len);   /* #ch: a method's fast check */

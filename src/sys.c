@@ -210,14 +210,21 @@ static int l_cancelled(lua_State *L) {
 }
 
 /* The lab's deliberate faults: a real invalid memory write (SIGSEGV), a
-   real abort(), or any signal raised at this thread. */
+   real abort(), any signal raised at this thread; or the next n thread
+   workers start as if no memory were left for their Lua states. */
 #if defined(__GNUC__)
 __attribute__((no_sanitize("undefined")))
 #endif
 static int l_fault(lua_State *L) {
-  static const char *const kinds[] = {"segv", "abort", "signal", NULL};
+  static const char *const kinds[] = {"segv", "abort", "signal", "nomem_start", NULL};
   int k = luaL_checkoption(L, 1, NULL, kinds);
-  if (k == 0) {
+  if (k == 3) {
+    lua_Integer n = luaL_optinteger(L, 2, 1);
+    if (n < 0 || n > 1000000)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "count must be 0 to 1000000, got %d",
+                                                 (int)(n < -1000000 ? -1000000 : n > 1000000 ? 1000000 : n)));
+    __atomic_store_n(&pt_fault_starts, (int)n, __ATOMIC_RELEASE);
+  } else if (k == 0) {
     volatile int *volatile bad = NULL;
     *bad = 1;
   } else if (k == 1) {

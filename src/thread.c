@@ -3,6 +3,7 @@
  * state, the results come back encoded; join, cancel (the cancellation
  * signal and hook), fd and release of a thread worker. */
 #include "worker.h"
+#include "queue.h"
 #include "wait.h"
 
 #include <errno.h>
@@ -47,6 +48,12 @@ typedef struct thread_worker {
   int on;                     /* idle_mu: it runs on that thread now */
   int end_waited;             /* atomic: a joiner waits for done 2 */
   pt_ctx ctx;                 /* its own identity */
+  int note_state;             /* atomic: the end note, NOTE_* below */
+  pt_off note_q;              /* its queue and generation, or 0 */
+  uint64_t note_gen;
+  char *note;                 /* the message (malloc'd) */
+  size_t note_len;
+  int note_given;             /* the spawner's: a note was attached */
 } thread_worker;
 
 static thread_worker *tw(pt_worker *w) { return (thread_worker *)w; }
@@ -196,6 +203,79 @@ static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOME
   return pt_buf_add(&w->result, msg, len);
 }
 
+/* ---- the end note (pools) -----------------------------------------------
+   A pool's thread worker reports its own end on the pool's answer channel
+   (pool.lua's worker_main); one that ends before its function runs (no
+   memory for its state, its job not decoded, cancelled before it began)
+   cannot, and would leave its pool waiting for good.  The pool gives it a
+   note instead, once spawned (ch:_end_note): a message to send in that
+   case.  Whichever side comes second acts on it: the spawner attaching
+   the note (NOTE_SET), or the worker as its function starts (NOTE_RAN:
+   the note is dropped) or as it ends without running it (NOTE_UNSTARTED:
+   the note is sent). */
+enum { NOTE_NONE = 0, NOTE_SET, NOTE_RAN, NOTE_UNSTARTED };
+
+static void note_drop(thread_worker *t) {
+  if (t->note_q) pt_queue_decref(t->note_q, t->note_gen, pt_discard);
+  t->note_q = 0;
+  free(t->note);
+  t->note = NULL;
+}
+
+/* The queue has room for it (a pool's answer channel has room for every
+   end); it waits for room otherwise, until the worker is cancelled. */
+static void note_send(thread_worker *t, double deadline) {
+  pt_wake wk = {&t->w.cancel, NULL, 0};
+  pt_qmsg m;
+  int r;
+  pt_qmsg_init(&m, t->note, t->note_len);
+  while ((r = pt_queue_put(t->note_q, &m, deadline, &wk)) == PT_INTR) {}
+  if (r != PT_OK) pt_qmsg_done(&m);
+  note_drop(t);
+}
+
+/* The worker's side: to NOTE_RAN or NOTE_UNSTARTED; a note set is its now. */
+static void note_mark(thread_worker *t, int state) {
+  int old = NOTE_NONE;
+  if (__atomic_compare_exchange_n(&t->note_state, &old, state, 0, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_ACQUIRE) || old != NOTE_SET)
+    return;
+  __atomic_store_n(&t->note_state, state, __ATOMIC_RELAXED);
+  if (state == NOTE_UNSTARTED) note_send(t, PT_FOREVER);
+  else note_drop(t);
+}
+
+void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_t len) {
+  thread_worker *t = tw(w);
+  int old = NOTE_NONE;
+  if (t->note_given) {                          /* one note a worker */
+    pt_queue_decref(q, gen, pt_discard);
+    free(msg);
+    return;
+  }
+  t->note_given = 1;
+  t->note_q = q;
+  t->note_gen = gen;
+  t->note = msg;
+  t->note_len = len;
+  if (__atomic_compare_exchange_n(&t->note_state, &old, NOTE_SET, 0, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_ACQUIRE))
+    return;
+  if (old == NOTE_UNSTARTED) note_send(t, 0);   /* it ended already */
+  else note_drop(t);
+}
+
+/* pt.fault("nomem_start"): one of the starts asked for, if any. */
+int pt_fault_starts;
+static int fault_start(void) {
+  int n = __atomic_load_n(&pt_fault_starts, __ATOMIC_ACQUIRE);
+  while (n > 0)
+    if (__atomic_compare_exchange_n(&pt_fault_starts, &n, n - 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+      return 1;
+  return 0;
+}
+
 static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
 
 /* An OS thread of workers blocks every signal but the cancellation
@@ -237,6 +317,7 @@ static int run_job(lua_State *L, thread_worker *t) {
     const char *m = n < 0 ? lua_tostring(L, -1) : "no function";
     return set_error(w, m, strlen(m)), W_FAILED;
   }
+  note_mark(t, NOTE_RAN);
   take_cancels(L, t, SIG_UNBLOCK);
   r = lua_pcall(L, n - 1, LUA_MULTRET, base);
   take_cancels(L, t, SIG_BLOCK);
@@ -552,6 +633,10 @@ static int run_state(thread_worker *t, lua_State *L) {
   pt_worker *w = &t->w;
   start_arg a;
   a.fresh = L != NULL;
+  if (fault_start()) {                      /* as if malloc had failed */
+    if (L) close_state(L);
+    return failed_start(w, NULL);
+  }
   if (!L) L = new_state();
   if (!L) return failed_start(w, NULL);
   a.w = t;
@@ -605,6 +690,7 @@ static void run_worker(thread_worker *t, lua_State *L, const osthread *o) {
   t->ctx.cancel_fd = t->cancel_fd;
   pt_self_ctx = &t->ctx;
   status = run_state(t, L);
+  note_mark(t, NOTE_UNSTARTED);             /* unless its function ran */
   if (o->have0 && getrusage(RUSAGE_THREAD, &ru) == 0) {
     w->cpu_user = tv(ru.ru_utime) - tv(o->r0.ru_utime);
     w->cpu_sys = tv(ru.ru_stime) - tv(o->r0.ru_stime);
@@ -923,6 +1009,7 @@ static void thread_destroy(pt_worker *w) {
   pt_buf_free(&t->job);
   free(t->path);
   free(t->cpath);
+  note_drop(t);
   pt_worker_free(w);
 }
 

@@ -104,6 +104,12 @@ extern const pt_worker_ops pt_thread_ops;
 /* The eventfd the thread writes at its end (made on first call), or -1
    (errno).  After the call, look at w->done once more before sleeping. */
 int pt_thread_done_fd(pt_worker *w);
+/* The thread worker w (ended or not) sends the len bytes at msg (an
+   encoded message of plain values, malloc'd: taken over) on the queue q
+   of generation gen (one count taken for it: taken over) if it ends
+   before its function runs; else they are dropped (thread.c, for pools'
+   ch:_end_note). */
+void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_t len);
 
 /* process.c */
 extern const pt_worker_ops pt_process_ops;

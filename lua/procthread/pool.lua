@@ -458,6 +458,9 @@ end
 function place(self, f)
   local pt, i, w, wid, c, wt = self.pt, f.i, f.w, f.wid, f.c, f.wt
   pt._daemon(w)                  -- at exit: stopped, never waited for
+  -- a thread that ends before worker_main runs (no memory for its state)
+  -- cannot report its end: it sends this instead
+  if not c.life then self.answers:_end_note(w, "startfail", wid) end
   if c.life then c.life:close_write() end  -- the child's end alone: it closes when the child ends
   -- in its slot before the handoff: a Ctrl-C there leaves it the pool's
   self.slots[i] = { w = w, wid = wid }
@@ -723,15 +726,17 @@ function on_message(self, seq, ok, a, ...)
   elseif seq == "ended" then
     on_end(self, ok, a)
   elseif seq == "initfail" or seq == "startfail" then
-    -- a thread worker that cannot serve (its initializer failed, or it
-    -- could not load the module): its replacements would fail the same way
-    local i = self.byid[ok]
+    -- a thread worker that cannot serve (its initializer failed, it could
+    -- not load the module, or it ended before worker_main ran): its
+    -- replacements would fail the same way
+    local i, why = self.byid[ok], a
     if i then
       self.byid[ok] = nil
-      self.slots[i].w:join(FOREVER)
+      local _, err = self.slots[i].w:join(FOREVER)
+      if why == nil then why = err end       -- its end note (place): join says why
       self.slots[i] = nil
     end
-    break_pool(self, (seq == "initfail" and "initializer failed: " or "worker failed to start: ") .. tostring(a))
+    break_pool(self, (seq == "initfail" and "initializer failed: " or "worker failed to start: ") .. tostring(why))
   end
 end
 
