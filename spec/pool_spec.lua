@@ -31,6 +31,27 @@ describe("pools", function()
         'procthread.pool: bad argument #3 (unknown option "maxtasks")')
     end)
 
+    -- found by attack: a NaN said "got -nan" on x86 (tostring of 0/0)
+    it("a NaN is named nan in every refusal, on every Lua", function()
+      local nan = 0 / 0
+      assert.has_error(function() pt.pool("thread", nan) end,
+        "procthread.pool: bad argument #2 (n must be an integer from 1 to 1024, got nan)")
+      assert.has_error(function() pt.pool("thread", -nan) end,
+        "procthread.pool: bad argument #2 (n must be an integer from 1 to 1024, got nan)")
+      assert.has_error(function() pt.pool("thread", 1, { max_tasks = nan }) end,
+        "procthread.pool: bad argument #3 (opts.max_tasks must be an integer from 1 to 1048576, got nan)")
+      local pool = pt.pool("thread", 1)
+      local f = pool:submit(function() return 1 end)
+      assert.has_error(function() f:get(nan) end,
+        "future:get: bad argument #1 (timeout must be a number >= 0 or nil, got nan)")
+      assert.has_error(function() pt.as_completed({ f }, nan) end,
+        "bad argument #2 to 'as_completed' (timeout must be a number >= 0 or math.huge, got nan)")
+      assert.has_error(function() pt.select({ f }, "1") end,
+        "bad argument #2 to 'select' (timeout must be a number >= 0 or math.huge, got string)")
+      assert.are.same({ true, 1 }, { f:get(T) })
+      assert.is_true(pool:close(T))
+    end)
+
     -- found by attack: the error of a proxy's __index, __pairs or __len
     -- came out bare, naming no function
     it("options, initargs and a list whose reading raises: the error names the function", function()

@@ -59,6 +59,13 @@ Future.__index = Future
 local function pack(...) return { n = select("#", ...), ... } end
 local tpack = table.pack or pack
 
+-- A refused value as errors name it: a number (any NaN "nan": x86 prints
+-- 0/0 as "-nan"), else its type.
+local function got(v)
+  if type(v) ~= "number" then return type(v) end
+  return v ~= v and "nan" or tostring(v)
+end
+
 -- The error is the caller's: `level` counts from argerr's caller (1).
 local function argerr(fname, i, msg, level)
   error(("%s: bad argument #%d (%s)"):format(fname, i, msg), 2 + (level or 1))
@@ -67,7 +74,7 @@ end
 local function check_timeout(fname, i, t)
   if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
     argerr(fname, i, "timeout must be a number >= 0 or nil, got " ..
-      (type(t) == "number" and tostring(t) or type(t)), 2)
+      got(t), 2)
   end
 end
 
@@ -845,7 +852,7 @@ local function check_opts(fname, opts)
   local function int(name, v)
     if v ~= nil and (type(v) ~= "number" or not (v >= 1) or v ~= math.floor(v) or v > 1048576) then
       argerr(fname, 3, ("opts.%s must be an integer from 1 to 1048576, got %s")
-        :format(name, type(v) == "number" and tostring(v) or type(v)), 3)
+        :format(name, got(v)), 3)
     end
   end
   int("max_tasks", opts.max_tasks)
@@ -859,12 +866,12 @@ local function check_opts(fname, opts)
   local n = opts.initargs and opts.initargs.n
   if n ~= nil and (type(n) ~= "number" or not (n >= 0) or n ~= math.floor(n) or n > 1000) then
     argerr(fname, 3, "opts.initargs.n must be an integer from 0 to 1000, got " ..
-      (type(n) == "number" and tostring(n) or type(n)), 2)
+      got(n), 2)
   end
   -- without n, its length (a proxy's __len may give anything)
   if opts.initargs and n == nil and (type(initn) ~= "number" or not (initn >= 0) or initn > 1000) then
     argerr(fname, 3, "opts.initargs must be a list of at most 1000 values, got a length of " ..
-      (type(initn) == "number" and tostring(initn) or type(initn)), 2)
+      got(initn), 2)
   end
   if initn then initn = math.floor(initn) end
   return opts, initn
@@ -958,7 +965,7 @@ function P.new(pt, kind, n, opts)
       (type(kind) == "string" and ("%q"):format(kind) or type(kind)))
   end
   if type(n) ~= "number" or n ~= n or n < 1 or n ~= math.floor(n) or n > 1024 then
-    argerr(fname, 2, "n must be an integer from 1 to 1024, got " .. (type(n) == "number" and tostring(n) or type(n)))
+    argerr(fname, 2, "n must be an integer from 1 to 1024, got " .. got(n))
   end
   local initn
   opts, initn = check_opts(fname, opts)
@@ -1488,7 +1495,7 @@ local function check_list(fname, list, timeout)
   end
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
     error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
-      :format(fname, tostring(timeout)), 0)
+      :format(fname, got(timeout)), 0)
   end
 end
 
