@@ -157,7 +157,6 @@ int pt_interrupt_pending(void) { return intr_pending; }
 static int l_ignore_sigint(lua_State *L) {
   pt_ctx *c = pt_self_ctx;
   struct sigaction sa;
-  (void)L;
   if (!c || c->kind != PT_PROCESS) return 0;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
