@@ -1256,11 +1256,12 @@ describe("pipes", function()
   end)
 
   describe("concurrent senders", function()
-    local function sender(kind, p, who, count, seed)
+    local function sender(kind, p, who, count, seed, near_page)
       return pt.spawn(kind, function()
         math.randomseed(seed)
         for seq = 1, count do
-          local size = math.floor(2 ^ (math.random() * 18))     -- 1 B .. 256 KiB
+          local size = near_page and 4030 + math.random(0, 110)   -- side chunks and around
+                       or math.floor(2 ^ (math.random() * 18))     -- 1 B .. 256 KiB
           local s = payload(who, seq, size)
           p:send(who, seq, #s, checksum(s), s)
         end
@@ -1268,13 +1269,13 @@ describe("pipes", function()
       end)
     end
 
-    local function run(count)
+    local function run(count, near_page)
       local p = pt.pipe()
       -- processes first: a fork while other threads run copies whatever
       -- lock they hold (ASan's allocator lock, for one) into the child
       local ws = {
-        sender("process", p, "P1", count, 3), sender("process", p, "P2", count, 4),
-        sender("thread", p, "T1", count, 1), sender("thread", p, "T2", count, 2),
+        sender("process", p, "P1", count, 3, near_page), sender("process", p, "P2", count, 4, near_page),
+        sender("thread", p, "T1", count, 1, near_page), sender("thread", p, "T2", count, 2, near_page),
       }
       local nextseq = { T1 = 1, T2 = 1, P1 = 1, P2 = 1 }
       for _ = 1, 4 * count do
@@ -1294,6 +1295,12 @@ describe("pipes", function()
 
     it("2 threads + 2 processes, 100 messages each, never interleave", function()
       run(100)
+    end)
+
+    -- messages of a little over a chunk (side chunks: one write, the last
+    -- bytes in a slot tagged under the write lock) from every sender
+    it("2 threads + 2 processes, 400 messages each around one page, never interleave", function()
+      run(400, true)
     end)
 
     it("2 threads + 2 processes, thousands of messages up to 256 KiB #stress", function()
