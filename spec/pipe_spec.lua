@@ -200,9 +200,11 @@ describe("pipes", function()
     end)
 
     -- issue 12: a 4096-byte string encodes to 4099 bytes, more than one
-    -- PIPE_BUF chunk holds; it went as two frames.  Now one frame (one
-    -- write) when the pipe has room for it all.
-    it("sends a 4096-byte string as one frame when the pipe has room", function()
+    -- PIPE_BUF chunk holds; it went as two frames, then as one frame of
+    -- 4115 bytes (a page and a half of the pipe).  Now one side chunk of
+    -- exactly one page (one PIPE_BUF write): the header and the first
+    -- 4080 bytes, the last 19 in a side slot of the pipe's shared mapping.
+    it("sends a 4096-byte string as one write of one page when the pipe has room", function()
       local p = pt.pipe()
       local s = ("f"):rep(4096)
       assert.is_true(p:send(s))
@@ -210,16 +212,49 @@ describe("pipes", function()
       p:close_write()
       local f = assert(io.open("/proc/self/fd/" .. (p:fds()), "rb"))
       local bytes = f:read("*a"); f:close(); p:close()
-      local one = #bytes / 2
-      assert.are.equal(bytes:sub(1, one), bytes:sub(one + 1))
-      assert.is_true(one < 4096 + 32, one)
-      assert.are.equal("PTM1", bytes:sub(1, 4))
-      assert.are.equal(3, bytes:byte(6))           -- first and last chunk
-      assert.is_nil(bytes:sub(1, one):find("PTM1", 2, true))   -- no second header
+      assert.are.equal(2 * 4096, #bytes)           -- before: 2 * 4115
+      for at = 1, 4097, 4096 do
+        assert.are.equal("PTM1", bytes:sub(at, at + 3))
+        assert.are.equal(3, bytes:byte(at + 4))      -- a side chunk
+        assert.are.equal(3, bytes:byte(at + 5))      -- first and last chunk
+        assert.is_nil(bytes:sub(at, at + 4095):find("PTM1", 2, true))   -- no second header
+      end
       local q = pt.pipe()
       assert.is_true(q:send(s, 1))
       assert.are.same({ s, 1 }, { q:recv(T) })
       q:close()
+    end)
+
+    -- Side chunks (messages of 4081-4136 encoded bytes): every size around
+    -- them, a lone string (its tail written from the Lua string) or not,
+    -- from a process that sends far more than the 256 side slots while the
+    -- reader lags (the slots wrap, each reused only once taken), in order
+    -- and intact.
+    it("carries messages of a little over a chunk intact, more of them than side slots", function()
+      local p = pt.pipe()
+      local N = 2000
+      local function msg(i)
+        local n = 4060 + i % 90
+        return payload("s", i, n), n
+      end
+      local w = pt.spawn_process(function()
+        for i = 1, N do
+          local m = msg(i)
+          if i % 3 == 0 then assert(p:send(m)) else assert(p:send(i, m)) end
+        end
+        return true
+      end)
+      p:close_write()
+      for i = 1, N do
+        local a, b = p:recv(T)
+        local m = msg(i)
+        if i % 3 == 0 then assert.is_true(a == m, "message " .. i)
+        else assert.is_true(a == i and b == m, "message " .. i) end
+        if i % 400 == 0 then pt.sleep(0.05) end  -- let the sender fill the pipe
+      end
+      assert.are.same({ nil, "closed" }, { p:recv(T) })
+      assert.is_true(H.join_ok(w, T))
+      p:close()
     end)
 
     it("refuses a value the codec cannot carry, and sends nothing", function()
@@ -740,7 +775,8 @@ describe("pipes", function()
     end)
   end)
 
-  -- issue 12: a 4096-byte string (a 4115-byte frame) goes in one write when
+  -- issue 12: a 4096-byte string (a 4096-byte side chunk, else a 4115-byte
+  -- frame) goes in one write when
   -- the pipe has room for it all; when it has not, the sender waits a
   -- little for a reader to make room (before: about 3 in 10 such messages
   -- went as two chunks, two writes, whenever the pipe was near full)
@@ -1023,6 +1059,23 @@ describe("pipes", function()
       assert.matches("ok", out)
     end)
 
+    -- A side chunk whose slot does not hold its tag (bytes written around
+    -- the framing, or a slot taken again): the message cannot be rebuilt,
+    -- so it is lost, and the pipe goes on (before side chunks: kind 3 was
+    -- not a frame at all, a corrupt message).
+    it("a side chunk without its side bytes is a lost message", function()
+      local p = pt.pipe()
+      local q = pt.pipe(); q:send(("y"):rep(4096))
+      local f = assert(io.open("/proc/self/fd/" .. (q:fds()), "rb"))
+      local chunk = f:read(4096); f:close(); q:close()
+      assert.are.equal(3, chunk:byte(5))
+      raw_write(p, chunk)                          -- its tag names a slot of q, not p
+      assert.are.same({ nil, "lost message" }, { p:recv(T) })
+      p:send("next")
+      assert.are.equal("next", p:recv(T))
+      p:close()
+    end)
+
     it("a valid header with a length over the limit is corrupt", function()
       local p = pt.pipe()
       -- magic, kind 1, flags first, len 4080, total 2^31: check is wrong too
@@ -1203,11 +1256,12 @@ describe("pipes", function()
   end)
 
   describe("concurrent senders", function()
-    local function sender(kind, p, who, count, seed)
+    local function sender(kind, p, who, count, seed, near_page)
       return pt.spawn(kind, function()
         math.randomseed(seed)
         for seq = 1, count do
-          local size = math.floor(2 ^ (math.random() * 18))     -- 1 B .. 256 KiB
+          local size = near_page and 4030 + math.random(0, 110)   -- side chunks and around
+                       or math.floor(2 ^ (math.random() * 18))     -- 1 B .. 256 KiB
           local s = payload(who, seq, size)
           p:send(who, seq, #s, checksum(s), s)
         end
@@ -1215,13 +1269,13 @@ describe("pipes", function()
       end)
     end
 
-    local function run(count)
+    local function run(count, near_page)
       local p = pt.pipe()
       -- processes first: a fork while other threads run copies whatever
       -- lock they hold (ASan's allocator lock, for one) into the child
       local ws = {
-        sender("process", p, "P1", count, 3), sender("process", p, "P2", count, 4),
-        sender("thread", p, "T1", count, 1), sender("thread", p, "T2", count, 2),
+        sender("process", p, "P1", count, 3, near_page), sender("process", p, "P2", count, 4, near_page),
+        sender("thread", p, "T1", count, 1, near_page), sender("thread", p, "T2", count, 2, near_page),
       }
       local nextseq = { T1 = 1, T2 = 1, P1 = 1, P2 = 1 }
       for _ = 1, 4 * count do
@@ -1241,6 +1295,12 @@ describe("pipes", function()
 
     it("2 threads + 2 processes, 100 messages each, never interleave", function()
       run(100)
+    end)
+
+    -- messages of a little over a chunk (side chunks: one write, the last
+    -- bytes in a slot tagged under the write lock) from every sender
+    it("2 threads + 2 processes, 400 messages each around one page, never interleave", function()
+      run(400, true)
     end)
 
     it("2 threads + 2 processes, thousands of messages up to 256 KiB #stress", function()

@@ -46,13 +46,16 @@ static unsigned data_max(int flags) {
 int pt_frame_prefix(const unsigned char *p, size_t n) {
   size_t k = n < 4 ? n : 4;
   if (memcmp(p, magic, k) != 0) return 0;
-  if (n > 4 && p[4] != PT_FRAME_DATA && p[4] != PT_FRAME_ABORT) return 0;
-  if (n > 5 && (p[4] == PT_FRAME_ABORT ? p[5] != 0 : (p[5] & ~3) != 0)) return 0;
+  if (n > 4 && (p[4] < PT_FRAME_DATA || p[4] > PT_FRAME_SIDE)) return 0;
+  if (n > 5 && (p[4] == PT_FRAME_ABORT ? p[5] != 0
+                : p[4] == PT_FRAME_SIDE ? p[5] != (PT_FRAME_FIRST | PT_FRAME_LAST)
+                : (p[5] & ~3) != 0)) return 0;
   if (n > 7) {
     unsigned len = (unsigned)p[6] | (unsigned)p[7] << 8;
     if (p[4] == PT_FRAME_ABORT ? len != 0 : len > data_max(p[5])) return 0;
-    if (p[4] == PT_FRAME_DATA && !(p[5] & PT_FRAME_LAST) && len != PT_FRAME_MAXDATA)
+    if (p[4] != PT_FRAME_ABORT && !(p[5] & PT_FRAME_LAST) && len != PT_FRAME_MAXDATA)
       return 0;
+    if (p[4] == PT_FRAME_SIDE && len != PT_FRAME_MAXDATA) return 0;
   }
   return 1;
 }
@@ -65,6 +68,8 @@ int pt_frame_get(const unsigned char *p, pt_frame_hdr *h) {
   h->total = get32(p + 8);
   if (h->kind == PT_FRAME_ABORT)
     return h->flags == 0 && h->len == 0 && h->total == 0;
+  if (h->kind == PT_FRAME_SIDE)             /* total: the side slot's tag */
+    return h->flags == (PT_FRAME_FIRST | PT_FRAME_LAST) && h->len == PT_FRAME_MAXDATA;
   if (h->kind != PT_FRAME_DATA || (h->flags & ~3) || h->len > data_max(h->flags))
     return 0;
   if (!(h->flags & PT_FRAME_LAST) && h->len != PT_FRAME_MAXDATA) return 0;
@@ -115,6 +120,8 @@ int pt_frame_step(pt_frame_asm *a, const char *p, size_t n, size_t *used) {
     if (h.flags & PT_FRAME_LAST) {          /* a whole message in one chunk */
       a->out = data;
       a->outlen = h.len;
+      a->side = h.kind == PT_FRAME_SIDE;
+      a->side_tag = h.total;
       return PT_FR_MSG;
     }
     a->msg.len = 0;
@@ -142,6 +149,7 @@ int pt_frame_step(pt_frame_asm *a, const char *p, size_t n, size_t *used) {
   a->active = 0;
   a->out = a->msg.data;
   a->outlen = a->msg.len;
+  a->side = 0;
   return PT_FR_MSG;
 }
 

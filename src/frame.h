@@ -17,6 +17,14 @@
  * two pages (PT_FRAME_ONEMAX data bytes) may travel as one chunk, first and
  * last, of more than PIPE_BUF bytes, when the writer knows the pipe has
  * room for it all (then the write does not block, so it cannot be cut).
+ *
+ * A side chunk (kind 3, first and last, 4080 data bytes: one PIPE_BUF
+ * write) is a whole message of a little more than 4080 bytes whose last
+ * bytes (at most PT_SIDE_MAX) wait in a side slot of the pipe's shared
+ * mapping (pipe.h); its bytes 8..11 are the slot's tag, not a length.  A
+ * 4096-byte string (4099 encoded bytes) then takes one page of the pipe,
+ * not the page and a half of a 4115-byte write (the kernel merges only a
+ * write's first len % 4096 bytes into the page before).
  * Writers hold a lock for a whole message, so the chunks
  * of one message are contiguous; a writer that dies mid-message leaves a
  * message without its last chunk, which the reader notices (an abort
@@ -37,6 +45,8 @@
 
 #define PT_FRAME_DATA 1
 #define PT_FRAME_ABORT 2
+#define PT_FRAME_SIDE 3                            /* see above */
+#define PT_SIDE_MAX 56                             /* bytes in a side slot */
 #define PT_FRAME_FIRST 1
 #define PT_FRAME_LAST 2
 
@@ -63,6 +73,9 @@ typedef struct pt_frame_asm {
   int orphan;          /* skipping continuation chunks of a lost message */
   const char *out;     /* PT_FR_MSG: the message (into msg or the input) */
   size_t outlen;
+  int side;            /* PT_FR_MSG of a side chunk: out is the message
+                          but its last bytes, in the slot tagged side_tag */
+  uint32_t side_tag;
 } pt_frame_asm;
 
 enum {

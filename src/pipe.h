@@ -18,6 +18,15 @@
  *  - a sender that finds the pipe too full grows it (256 KiB), and one
  *    whose frame of two pages does not fit waits a little for a reader to
  *    make room (rseq, wsleep) rather than cut it into chunks.
+ *  - side slots: a message of a little more than one chunk holds (4081 to
+ *    4080 + PT_SIDE_MAX encoded bytes: a 4096-byte string is 4099) goes
+ *    as one PIPE_BUF chunk of its first 4080 bytes (a side chunk,
+ *    frame.h), its last bytes in the slot of the chunk's tag.  Senders tag
+ *    side chunks 1, 2, 3, ... (wside, under wlock: the pipe holds them in
+ *    tag order) and fill a slot only once its last tag was taken out or
+ *    passed (rside: the last side tag a reader took, under rlock); else
+ *    the message goes the usual way.  A slot filled by a sender that died
+ *    before its write is passed by the next side chunk taken.
  *
  * In each process, a pipe is one malloc'd pt_pipe shared by the threads
  * (reference counted: Lua handles plus references in flight inside encoded
@@ -51,6 +60,13 @@
    store of its own (a shared line cost each side a cache miss on every
    message of a stream). */
 #define PT_PIPE_LINE 64
+#define PT_SIDE_SLOTS 256           /* more than side chunks fit the pipe */
+typedef struct pt_pipe_side {
+  uint32_t tag;               /* the side chunk these bytes end (0: none) */
+  uint32_t n;                 /* how many: at most PT_SIDE_MAX */
+  char b[PT_SIDE_MAX];
+} __attribute__((aligned(PT_PIPE_LINE))) pt_pipe_side;
+
 typedef struct pipe_shm {
   /* ---- written by senders (under wlock, but the lock itself) ---- */
   pthread_mutex_t wlock;      /* held by a sender for a whole message */
@@ -73,6 +89,7 @@ typedef struct pipe_shm {
   int wnofit;                 /* such waits are off for this pipe (wlock) */
   int capacity;               /* the OS pipe's size in bytes (under wlock) */
   int grown;                  /* a sender tried to enlarge it (under wlock) */
+  uint32_t wside;             /* the last side chunk's tag (under wlock) */
   /* ---- written by readers (under rlock, but the lock itself) ---- */
   pthread_mutex_t rlock __attribute__((aligned(PT_PIPE_LINE)));
                               /* held by a receiver for a whole message */
@@ -90,7 +107,10 @@ typedef struct pipe_shm {
   uint64_t parked;            /* a reader that timed out mid-message keeps
                                  the part it took (see park); its id, or 0
                                  (under rlock) */
+  uint32_t rside;             /* the last side tag taken out (under rlock) */
   char rbuf[PT_PIPE_RBUF] __attribute__((aligned(PT_PIPE_LINE)));
+  /* ---- the side slots (see the top): one line each ---- */
+  pt_pipe_side side[PT_SIDE_SLOTS];
 } pipe_shm;
 
 typedef struct pt_pipe {

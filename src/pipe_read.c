@@ -290,6 +290,34 @@ static void unpark(pt_pipe *p, pt_frame_asm *a) {
   p->park_id = 0;
 }
 
+/* A message of one chunk, still in the shared buffer, into the message
+   buffer; a side chunk's last bytes from its slot (pipe.h: the tag is
+   passed, whatever comes of it).  R_MSG, R_LOST (the slot holds another
+   tag: not the sender's bytes), R_NOMEM. */
+static int take_chunk(pipe_shm *s, pt_frame_asm *a) {
+  const pt_pipe_side *slot = a->side ? &s->side[a->side_tag % PT_SIDE_SLOTS] : NULL;
+  size_t k = 0;
+  int r = R_MSG;
+  if (slot) {
+    if (__atomic_load_n(&slot->tag, __ATOMIC_ACQUIRE) != a->side_tag ||
+        (k = slot->n) > PT_SIDE_MAX)
+      r = R_LOST;
+  }
+  /* memcpy, not pt_buf_add's 64-byte steps: from a buffer this size it is
+     about twice as fast here (4099 bytes from odd offsets of the shared
+     buffer: 57-99 ns against 109-159) */
+  a->msg.len = 0;
+  if (r == R_MSG && pt_buf_reserve(&a->msg, a->outlen + k)) r = R_NOMEM;
+  if (r == R_MSG) {
+    if (a->outlen) memcpy(a->msg.data, a->out, a->outlen);
+    if (k) memcpy(a->msg.data + a->outlen, slot->b, k);
+    a->msg.len = a->outlen + k;
+  }
+  if (slot && (int32_t)(a->side_tag - s->rside) > 0)
+    __atomic_store_n(&s->rside, a->side_tag, __ATOMIC_RELEASE);   /* after the copy */
+  return r;
+}
+
 /* Take one message out (rlock held).  On R_MSG, out holds it.  may_park:
    a timeout or cancellation mid-message parks the part taken. */
 int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
@@ -321,19 +349,7 @@ int pt_pipe_take(pt_pipe *p, int fd, double deadline, pt_buf *out,
     s->rstart += (uint32_t)used;
     if (st == PT_FR_MORE) continue;
     if (st == PT_FR_MSG) {
-      result = R_MSG;
-      if (a.out != a.msg.data) {            /* one chunk: still in the shared buffer */
-        /* memcpy, not pt_buf_add's 64-byte steps: from a buffer this
-           size it is about twice as fast here (4099 bytes from odd
-           offsets of the shared buffer: 57-99 ns against 109-159) */
-        a.msg.len = 0;
-        if (pt_buf_reserve(&a.msg, a.outlen)) {
-          result = R_NOMEM;
-        } else if (a.outlen) {
-          memcpy(a.msg.data, a.out, a.outlen);
-          a.msg.len = a.outlen;
-        }
-      }
+      result = a.out != a.msg.data ? take_chunk(s, &a) : R_MSG;
       break;
     }
     if (st == PT_FR_LOST) { result = R_LOST; break; }

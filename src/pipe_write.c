@@ -323,24 +323,20 @@ static int wait_fit(sender *sd, size_t n) {
   return r == PT_CANCELLED ? WR_CANCEL : r == PT_ERR ? WR_ERR : 1;
 }
 
-/* A message of up to two pages as one chunk in one write, when the counts
-   say it fits (waiting a little for room: wait_fit): then the write cannot
-   block, so no kill can cut it and no cancellation needs a wait first.
-   The message's tail, when it is not in the buffer, is the write's second
-   part.  WR_*, or 1 when it does not fit (it then goes as chunks of at
-   most PIPE_BUF). */
-static int write_whole(sender *sd, char *buf, size_t len) {
-  size_t total = PT_FRAME_HDR + len;
+/* The one write of a chunk the counts say fits (it cannot block): the
+   header and the message's first bytes from the buffer, the rest from the
+   tail when there is one.  WR_*, or 1 when the write end was made
+   non-blocking elsewhere and the pipe is full after all. */
+static int put_fitting(sender *sd, char *buf, size_t total) {
   struct iovec v[2];
+  size_t inbuf = sd->tail ? sd->b->len : total;   /* header included */
   ssize_t w;
-  int r, n = sd->tail ? 2 : 1;
-  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 1;
-  if (!fits(sd->p->shm, total) && (r = wait_fit(sd, total)) != 1) return r;
-  if (!fits(sd->p->shm, total)) return 1;
-  pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
-               (uint32_t)len, (uint32_t)len);
-  v[0].iov_base = buf; v[0].iov_len = total - sd->tlen;
-  v[1].iov_base = (void *)sd->tail; v[1].iov_len = sd->tlen;
+  int r, n = 1;
+  v[0].iov_base = buf; v[0].iov_len = inbuf < total ? inbuf : total;
+  if (v[0].iov_len < total) {
+    v[1].iov_base = (void *)sd->tail; v[1].iov_len = total - v[0].iov_len;
+    n = 2;
+  }
   while ((w = put(sd, v, n, total, 0)) < 0) {
     if (errno == EINTR && pt_interrupted()) return WR_CANCEL;
     if (errno == EINTR) continue;
@@ -352,6 +348,52 @@ static int write_whole(sender *sd, char *buf, size_t len) {
   for (; r < n; r++, w = 0)                         /* cut short: cannot happen */
     if (put_rest(sd, (const char *)v[r].iov_base + w, v[r].iov_len - (size_t)w)) return WR_ERR;
   return WR_OK;
+}
+
+/* A message of PT_FRAME_MAXDATA + 1 .. PT_FRAME_MAXDATA + PT_SIDE_MAX
+   bytes that fits the pipe, as a side chunk (pipe.h): its last bytes into
+   the slot of the next tag, then its first 4080 in one PIPE_BUF write, so
+   that it takes one page of the pipe.  A slot's bytes are written before
+   its tag, and only once a reader took or passed its last tag (rside).
+   WR_*, or 1 when the slot is still in use (the message goes whole). */
+static int write_side(sender *sd, char *buf, size_t len) {
+  pipe_shm *s = sd->p->shm;
+  uint32_t tag = s->wside + 1;
+  pt_pipe_side *slot = &s->side[tag % PT_SIDE_SLOTS];
+  size_t k = len - PT_FRAME_MAXDATA, inbuf = sd->b->len - PT_FRAME_HDR, at = 0;
+  if ((int32_t)(__atomic_load_n(&slot->tag, __ATOMIC_RELAXED) -
+                __atomic_load_n(&s->rside, __ATOMIC_ACQUIRE)) > 0) return 1;
+  if (!sd->tail) inbuf = len;
+  if (inbuf > PT_FRAME_MAXDATA) {                  /* the side bytes: buffer, then tail */
+    at = inbuf - PT_FRAME_MAXDATA;
+    memcpy(slot->b, buf + PT_FRAME_HDR + PT_FRAME_MAXDATA, at);
+  }
+  if (at < k) memcpy(slot->b + at, sd->tail + sd->tlen - (k - at), k - at);
+  slot->n = (uint32_t)k;
+  __atomic_store_n(&slot->tag, tag, __ATOMIC_RELEASE);
+  s->wside = tag;
+  pt_frame_put((unsigned char *)buf, PT_FRAME_SIDE, PT_FRAME_FIRST | PT_FRAME_LAST,
+               PT_FRAME_MAXDATA, tag);
+  return put_fitting(sd, buf, PT_FRAME_CHUNK);
+}
+
+/* A message of up to two pages as one chunk in one write, when the counts
+   say it fits (waiting a little for room: wait_fit): then the write cannot
+   block, so no kill can cut it and no cancellation needs a wait first.
+   The message's tail, when it is not in the buffer, is the write's second
+   part.  A message of a little over a chunk goes as a side chunk when it
+   can.  WR_*, or 1 when it does not fit (it then goes as chunks of at
+   most PIPE_BUF). */
+static int write_whole(sender *sd, char *buf, size_t len) {
+  size_t total = PT_FRAME_HDR + len;
+  int r;
+  if (len <= PT_FRAME_MAXDATA || len > PT_FRAME_ONEMAX) return 1;
+  if (!fits(sd->p->shm, total) && (r = wait_fit(sd, total)) != 1) return r;
+  if (!fits(sd->p->shm, total)) return 1;
+  if (len - PT_FRAME_MAXDATA <= PT_SIDE_MAX && (r = write_side(sd, buf, len)) != 1) return r;
+  pt_frame_put((unsigned char *)buf, PT_FRAME_DATA, PT_FRAME_FIRST | PT_FRAME_LAST,
+               (uint32_t)len, (uint32_t)len);
+  return put_fitting(sd, buf, total);
 }
 
 /* The message as chunks needs it in one piece: the tail joins the
