@@ -18,7 +18,15 @@
 --     -- what no library can avoid;
 --   * luaposix: unistd.fork, _exit, wait.wait from Lua, under this Lua
 --     when it has posix, else the first of lua5.3, lua5.2, lua5.1, luajit
---     that has (and that Lua's fork floor when its build folder has one).
+--     that has (and that Lua's fork floor when its build folder has one);
+--     under another Lua, procthread's process rows run under that Lua too
+--     (its build folder's, named pt-<lua>), next to luaposix in every
+--     round: a row compares the two in the same Lua.
+-- By default procthread's thread rows and its process rows run in two
+-- processes of their own (the process rows after one pthread started and
+-- joined, as the C floor program's and luaposix's processes have had):
+-- the forks then pay for no idle thread, malloc arena or cached stack
+-- that the thread rounds leave behind.
 -- Printed too: the minor page faults per process spawn of the parent
 -- (copy-on-write after the fork) and of the child; per thread spawn the
 -- CPU and the context switches of the whole process (the idle threads'
@@ -40,8 +48,9 @@
 -- then looks better than the process's own cost is).
 -- PT_BENCH_KINDS=thread (or process) measures that kind alone (and
 -- luaposix only with process): rounds of one kind come round faster.
--- PT_BENCH_KINDS="process thread" runs procthread's process rows before
--- its thread rows (by default after them): the forks then pay nothing for
+-- PT_BENCH_KINDS="thread process" runs both in one process, the thread
+-- rows first (the forks then pay for the idle threads they leave);
+-- "process thread", the process rows before the thread rows: the forks then pay nothing for
 -- the idle threads, malloc arenas and cached stacks the thread rounds
 -- leave in the process (a process spawn + join about 430 against 590 us
 -- here, the same-Lua fork floor 290 against 450).
@@ -152,6 +161,9 @@ if mode == "--measure" then
   end
   local function process_rows()                  -- the line, printed last (its minflt is the one read)
     local idle = pt._spare_threads()             -- left by the thread rows, if they ran first
+    -- alone in its process: one pthread started and joined first, as the
+    -- C floor program's and the luaposix process have (see the header)
+    if not THREADS and floor then floor.threaded() end
     timed(spawner("process"), pt.now, rusage, 50)                        -- warm-up
     return report("process", "lfloor", alternate({ spawner("process"), pt.now, rusage_cpu, pause },
       floor and floor.fork, n)) .. (" idle_threads %d"):format(idle)
@@ -222,24 +234,61 @@ local function posix_lua()
   end
 end
 
-local runs = { { name = "procthread", cmd = env_of(B.build) .. B.lua .. " " .. arg[0] .. " --measure " .. N } }
-if old then
-  runs[2] = { name = "before", cmd = env_of(old) .. B.lua .. " " .. arg[0] .. " --measure " .. N }
+-- A run's commands: by default (PT_BENCH_KINDS unset) its thread rows
+-- and its process rows in two processes of their own, so that the forks
+-- pay for no idle thread, malloc arena or cached stack the thread rounds
+-- leave behind (the process has had one pthread, as the C floor
+-- program's and luaposix's have); PT_BENCH_KINDS set: one process, in
+-- the order it names.
+local SPLIT = os.getenv("PT_BENCH_KINDS") == nil
+local function measure(build, lua, kinds)
+  return env_of(build) .. (kinds and "PT_BENCH_KINDS=" .. kinds .. " " or "") .. lua .. " " .. arg[0]
+    .. " --measure " .. N
 end
+local function run_of(name, build, lua, only)
+  if only or not SPLIT then return { name = name, cmds = { measure(build, lua, only) } } end
+  return { name = name, cmds = { measure(build, lua, "thread"), measure(build, lua, "process") } }
+end
+local runs = { run_of("procthread", B.build, B.lua) }
+if old then runs[2] = run_of("before", old, B.lua) end
 local plua, pbuild
 if PROCESSES then plua, pbuild = posix_lua() end
-local peer = plua and { name = "luaposix", cmd = env_of(pbuild) .. plua .. " " .. arg[0] .. " --posix " .. N }
+local peer = plua and { name = "luaposix", cmds = { env_of(pbuild) .. plua .. " " .. arg[0] .. " --posix " .. N } }
+-- luaposix runs under another Lua than this one (5.4 has none here): its
+-- figures then say as much of that Lua as of luaposix.  procthread's
+-- process rows under that very Lua and build, in the same rounds, are
+-- the like-for-like comparison (named pt-<lua>).
+local pt_peer
+if plua and plua ~= B.lua then
+  local f = io.open(pbuild .. "/procthread/core.so")
+  if f then
+    f:close()
+    pt_peer = run_of("pt-" .. plua, pbuild, plua, "process")
+    runs[#runs + 1] = pt_peer
+  end
+end
 local NEED = { "thread_us", "process_us", "posix_us" }   -- a child's figures: one of these
 local floor_cmd = B.build .. "/bench/worker_floor " .. N
 local res = { floor = {}, luaposix = {} }
 for _, r in ipairs(runs) do res[r.name] = {} end
 
 for round = 1, ROUNDS do
-  local order = { runs[1], runs[2] or false, peer or false, "floor" }
-  if round % 2 == 0 then order = { "floor", peer or false, runs[2] or false, runs[1] } end
+  local order = {}
+  for _, r in ipairs(runs) do order[#order + 1] = r end
+  if peer then order[#order + 1] = peer end
+  order[#order + 1] = "floor"
+  if round % 2 == 0 then                          -- the other way round
+    for i = 1, math.floor(#order / 2) do order[i], order[#order + 1 - i] = order[#order + 1 - i], order[i] end
+  end
   for _, r in ipairs(order) do
     if r == "floor" then res.floor[round] = B.figures(floor_cmd, NEED)
-    elseif r then res[r.name][round] = B.figures(r.cmd, NEED) end
+    else
+      local got = {}
+      for _, cmd in ipairs(r.cmds) do
+        for k, v in pairs(B.figures(cmd, NEED)) do got[k] = v end
+      end
+      res[r.name][round] = got
+    end
   end
 end
 
@@ -300,6 +349,10 @@ if peer then
 end
 for _, r in ipairs(runs) do compare(SAME_P, r.name, "process_us", nil, "lfloor_us", "(share)") end
 if peer then compare(SAME_P, "luaposix", "posix_us", nil, "lfloor_us", "(" .. plua .. ")") end
+-- procthread against luaposix itself: the same Lua, the same round (the
+-- "floor us" column is luaposix's)
+local like = pt_peer and pt_peer.name or (peer and plua == B.lua and "procthread")
+if like then compare("process (luaposix, same Lua)", like, "process_us", "luaposix", "posix_us", "< 1 (" .. plua .. ")") end
 -- the same-Lua rows as a difference: microseconds a spawn + join adds to
 -- the interpreter's own fork + waitpid (median of the rounds' differences)
 local function overhead(name, key)

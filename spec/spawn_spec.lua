@@ -29,6 +29,41 @@ describe("spawn", function()
     end
   end)
 
+  -- What the parent writes between a process's fork and its join is a
+  -- copy-on-write fault each page: a worker that succeeded with no
+  -- results answers true, made again at every ask, not stored on the
+  -- handle (5.4: its user value; 5.1-5.3, LuaJIT: the answers table).
+  describe("a plain success", function()
+    local function stored(w)
+      if debug.getuservalue and _VERSION == "Lua 5.4" then return (debug.getuservalue(w, 1)) end
+      local answers = debug.getregistry()["procthread.answers"]
+      return answers and answers[w]
+    end
+    for _, kind in ipairs { "process", "thread" } do
+      it("answers true at every join, none stored (" .. kind .. ")", function()
+        local w = pt.spawn(kind, function() end)
+        assert.are.same({ true }, { w:join(H.T) })
+        assert.is_nil(stored(w))
+        assert.are.same({ true }, { w:join(H.T) })
+        assert.are.same({ true }, { w:join(0) })
+        assert.are.equal("succeeded", w:status())
+        assert.is_nil(stored(w))
+        -- one with results, or an error, is kept: the same table again
+        local r = pt.spawn(kind, function() return {} end)
+        local _, t1 = r:join(H.T)
+        assert.is_not_nil(stored(r))
+        local _, t2 = r:join(H.T)
+        assert.are.equal(t1, t2)
+        local e = pt.spawn(kind, function() error("no", 0) end)
+        local ok, m1 = e:join(H.T)
+        assert.is_false(ok)
+        assert.matches("^no", m1)
+        assert.is_not_nil(stored(e))
+        assert.are.same({ false, m1 }, { e:join(H.T) })
+      end)
+    end
+  end)
+
   describe("thread spawn", function()
     -- One thread makes its state while the other runs a worker: a spawn
     -- starts a second OS thread rather than wait, never a third.  (One

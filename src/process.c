@@ -50,6 +50,36 @@ typedef struct process_worker {
 
 static process_worker *pw(pt_worker *w) { return (process_worker *)w; }
 
+/* One record kept in the module's own data (.bss), used while free: the
+   common case of one spawn at a time.  That page is written after every
+   fork anyway (libc's fork handlers' locks and counters of procthread's,
+   the orphans' lock), so the record's writes after the fork cost no
+   fault; a calloc'd record's heap page was one more copy-on-write fault
+   a spawn + join.  A forked child finds it taken (its copy is the
+   parent's record) and callocs its own. */
+static process_worker slot;
+static int slot_taken;                 /* atomic */
+
+static process_worker *record_new(void) {
+  int no = 0;
+  process_worker *p;
+  if (!__atomic_compare_exchange_n(&slot_taken, &no, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
+  p = &slot;
+  memset(p, 0, sizeof *p);
+  pt_worker_init(&p->w, &pt_process_ops, PT_PROCESS);
+  return p;
+}
+
+static void record_free(process_worker *p) {
+  if (p != &slot) {
+    pt_worker_free(&p->w);
+    return;
+  }
+  pt_worker_fini(&p->w);
+  __atomic_store_n(&slot_taken, 0, __ATOMIC_RELEASE);
+}
+
 /* The code a child runs between the fork and its _exit on the way of a
    plain return: grouped (in .text.hot, before the rest of the library's
    code), so that it is one or two windows of the kernel's fault-around.
@@ -377,7 +407,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   (void)pt_shm_ensure();    /* shared with the child if it can be; not needed */
   pt_atfork_child(forget_parent);
   pthread_once(&forget_once, watch_forks);
-  p = (process_worker *)pt_worker_new(&pt_process_ops, PT_PROCESS, sizeof *p);
+  p = record_new();
   if (!p) return pt_push_oserror(L, pt_spawn_name(L, &pt_process_ops), ENOMEM);
   w = &p->w;
   p->pidfd = p->result_fd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
@@ -789,7 +819,7 @@ static void process_destroy(pt_worker *w) {
   pt_close(p->drain_fd);
   pt_close(p->user_aux[0]);
   pt_close(p->user_aux[1]);
-  pt_worker_free(w);
+  record_free(p);
 }
 
 const pt_worker_ops pt_process_ops = {

@@ -43,31 +43,52 @@ static const char worker_key;
 static int handle_live(const void *v) { return ((const handle *)v)->w != NULL; }
 
 /* The worker handle at i, or NULL (test) / raise (check); fast from the
-   handle's methods and metamethods. */
+   handle's methods and metamethods (their upvalues: handle.h).  Unlike
+   pt_udata_test it compares the metatable every time and remembers
+   nothing: a handle is new at every spawn, so the kind's memo of the
+   last two seen was written at every join, right after the fork -- one
+   copy-on-write fault of the parent's heap per process spawn + join. */
 static handle *test_handle(lua_State *L, int i) {
-  return (handle *)pt_udata_test(L, i, WORKER_KEY, PT_WORKER_MT);
+  void *p;
+  int ours;
+  if (lua_touserdata(L, lua_upvalueindex(2)) != WORKER_KEY)
+    return (handle *)pt_testudata(L, i, PT_WORKER_MT);
+  p = lua_touserdata(L, i);
+  if (!p || !lua_getmetatable(L, i)) return NULL;
+  ours = lua_rawequal(L, -1, lua_upvalueindex(1));
+  lua_pop(L, 1);
+  return ours ? (handle *)p : NULL;
 }
 
 static handle *check_handle(lua_State *L, int i) {
-  return (handle *)pt_udata_check(L, i, WORKER_KEY, PT_WORKER_MT);
+  handle *h = test_handle(L, i);
+  if (!h) pt_typeerror(L, i, PT_WORKER_MT);
+  return h;
 }
 
-pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
-  pt_worker *w = (pt_worker *)calloc(1, size);
-  if (!w) return NULL;
+void pt_worker_init(pt_worker *w, const pt_worker_ops *ops, int kind) {
   w->ops = ops;
   w->kind = kind;
   w->refs = 1;
   w->user_fd = w->lifeline = w->lifeline_r = -1;
   w->exit_code = w->signal = -1;
   pt_buf_init(&w->result);
+}
+
+pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size) {
+  pt_worker *w = (pt_worker *)calloc(1, size);
+  if (w) pt_worker_init(w, ops, kind);
   return w;
 }
 
-void pt_worker_free(pt_worker *w) {
+void pt_worker_fini(pt_worker *w) {
   pt_close(w->user_fd);
   if (!w->result_is_error) pt_discard(w->result.data, w->result.len);
   pt_buf_free(&w->result);
+}
+
+void pt_worker_free(pt_worker *w) {
+  pt_worker_fini(w);
   free(w);
 }
 
@@ -137,14 +158,23 @@ static void push_errstring(lua_State *L, pt_worker *w) {
   }
 }
 
+/* A worker that succeeded with no results (the common spawn and join):
+   its answer is the boolean true alone, made again at every ask and
+   never stored -- nothing allocated, so a spawn leaves less garbage and
+   the heap a fork copies the page tables of stays smaller, and nothing
+   written (the handle's user value, or on 5.1-5.3 the answers table:
+   a page of the parent's heap the join wrote while the child ran, one
+   more copy-on-write fault a process spawn + join).  Asked only while no
+   answer is stored: a decoded one leaves w->result empty too. */
+static int plain_success(const pt_worker *w) {
+  return w->status == W_SUCCEEDED && w->result.len == 0;
+}
+
 /* Build the answer once, from the final record: the table {n = k, ...},
-   or for a worker that succeeded with no results (the common spawn and
-   join) the boolean true alone -- nothing allocated, so a spawn leaves
-   less garbage, and the heap a fork copies the page tables of stays
-   smaller. */
+   or true (plain_success). */
 static void push_answer(lua_State *L, pt_worker *w) {
   int t, n;
-  if (w->status == W_SUCCEEDED && w->result.len == 0) {
+  if (plain_success(w)) {
     pt_buf_free(&w->result);
     lua_pushboolean(L, 1);
     return;
@@ -226,13 +256,17 @@ static int w_join(lua_State *L) {
   get_answer(L);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
-    r = wait_for(w, timeout);
+    r = w->joined ? 1 : wait_for(w, timeout);
     if (r == -2) return pt_raise_cancelled(L);
     if (r == -1) return pt_push_oserror(L, "join", errno);
     if (r == 0) {
       lua_pushnil(L);
       lua_pushliteral(L, "timeout");
       return 2;
+    }
+    if (plain_success(w)) {
+      push_answer(L, w);
+      return 1;
     }
     store_answer(L, w);
     get_answer(L);
@@ -251,7 +285,7 @@ static int current_status(lua_State *L, pt_worker *w) {
   if (r == -1) return -1;
   if (r != 1) return W_RUNNING;
   get_answer(L);
-  if (lua_isnil(L, -1)) store_answer(L, w);     /* decoding may fail it */
+  if (lua_isnil(L, -1) && !plain_success(w)) store_answer(L, w);   /* decoding may fail it */
   lua_settop(L, top);
   return w->status;
 }

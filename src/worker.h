@@ -78,6 +78,11 @@ struct pt_worker {
 pt_worker *pt_worker_new(const pt_worker_ops *ops, int kind, size_t size);
 /* The kind's destroy ends with this: free the common part and w. */
 void pt_worker_free(pt_worker *w);
+/* The same for a record the kind keeps itself: w zeroed, then made as
+   pt_worker_new makes it; fini gives back what the common part holds,
+   not w. */
+void pt_worker_init(pt_worker *w, const pt_worker_ops *ops, int kind);
+void pt_worker_fini(pt_worker *w);
 static inline void pt_worker_ref(pt_worker *w) {
   __atomic_add_fetch(&w->refs, 1, __ATOMIC_ACQ_REL);
 }
