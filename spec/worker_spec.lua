@@ -445,6 +445,11 @@ describe("workers", function()
         p:close()
         return s
       end
+      -- a result pipe kept from an earlier spawn would be the same fds
+      -- before and after: a child killed takes it and does not give it back
+      local k = pt.spawn_process(function() pt.sleep(30) end)
+      k:kill("KILL")
+      k:join(T)
       local before = fdset()
       local t = pt.spawn_thread(function() pt.sleep(30) end)
       local p = pt.spawn_process(function() pt.sleep(30) end)
@@ -469,21 +474,25 @@ describe("workers", function()
   end)
 
   describe("fds kept between process spawns", function()
-    -- an ended child's lifeline (2 fds) and results eventfd (1) are kept
-    -- for the next spawn; the leak check (T.fds) leaves them out
-    it("keeps an ended child's lifeline and eventfd for the next spawn, out of the fd count", function()
+    -- an ended child's lifeline (2 fds), results eventfd (1) and emptied
+    -- result pipe (2) are kept for the next spawn; the leak check (T.fds)
+    -- leaves them out
+    it("keeps an ended child's lifeline, eventfd and result pipe for the next spawn, out of the fd count", function()
       assert(pt.spawn_process(function() end):join(T))
-      assert.are.equal(3, pt._spare_fds())
+      assert.are.equal(5, pt._spare_fds())
       local n = H.fds()
       for _ = 1, 3 do assert(pt.spawn_process(function() return 1 end):join(T)) end
-      assert.are.equal(3, pt._spare_fds())
+      assert.are.equal(5, pt._spare_fds())
       assert.are.equal(n, H.fds())
       -- while one runs, the spare is in use: none kept, none counted twice
       local w = pt.spawn_process(function() require("procthread").sleep(30) end)
       assert.are.equal(0, pt._spare_fds())
       w:kill("KILL")
       assert.is_false((w:join(T)))
+      -- its results never came whole: its pipe is not kept
       assert.are.equal(3, pt._spare_fds())
+      assert(pt.spawn_process(function() end):join(T))
+      assert.are.equal(5, pt._spare_fds())
     end)
 
     -- results beyond the pipe ring the eventfd: kept and used again, it

@@ -33,6 +33,8 @@ typedef struct process_worker {
   pt_worker w;
   int pidfd;                  /* or -1: then its end is polled for */
   int result_fd;              /* read end of the result pipe, or -1 */
+  int result_wfd;             /* its write end, kept for the next spawn
+                                 (keep_pipe), or -1 */
   int drain_fd;               /* eventfd the child rings when its results
                                  do not fit the pipe (it waits for room) */
   int user_aux[2];            /* the fds w:fd() (an epoll) watches, or -1 */
@@ -107,7 +109,46 @@ static void send_results(lua_State *L, int base);
    (forget_parent). */
 static int spare_drain;
 
-int pt_process_spare_fds(void) { return __atomic_load_n(&spare_drain, __ATOMIC_ACQUIRE) > 0; }
+/* An ended child's result pipe, emptied, kept for the next spawn: a
+   pipe2 and two closes were some 5 us a spawn here.  Both ends in one
+   atomic word, each fd + 1 (0: none), in .bss as spare_drain.  The parent
+   keeps the write end open while the child runs (so the pipe never says
+   hang-up: the join sleeps on the pidfd, which says the child's end), and
+   only with a pidfd (without one the join looks for the hang-up).  A
+   forked child closes the parent's (forget_parent). */
+static uint64_t spare_pipe;
+
+static uint64_t pipe_word(const int fds[2]) {
+  return (uint64_t)(uint32_t)(fds[0] + 1) | (uint64_t)(uint32_t)(fds[1] + 1) << 32;
+}
+
+/* The kept pipe into fds (1), or 0: none kept. */
+static int take_pipe(int fds[2]) {
+  uint64_t v = __atomic_exchange_n(&spare_pipe, 0, __ATOMIC_ACQ_REL);
+  if (!v) return 0;
+  fds[0] = (int)(uint32_t)v - 1;
+  fds[1] = (int)(uint32_t)(v >> 32) - 1;
+  return 1;
+}
+
+/* Keep an empty result pipe (both ends, none other than ours: keep set)
+   for the next spawn, or close it. */
+static void keep_pipe(int fds[2], int keep) {
+  uint64_t none = 0;
+  if (fds[0] < 0) return;
+  if (!keep || fds[1] < 0 ||
+      !__atomic_compare_exchange_n(&spare_pipe, &none, pipe_word(fds), 0, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    pt_close(fds[0]);
+    pt_close(fds[1]);
+  }
+  fds[0] = fds[1] = -1;
+}
+
+int pt_process_spare_fds(void) {
+  return (__atomic_load_n(&spare_drain, __ATOMIC_ACQUIRE) > 0) +
+         2 * (__atomic_load_n(&spare_pipe, __ATOMIC_ACQUIRE) != 0);
+}
 
 /* Keep the drain_fd of an ended child, or close it.  Its count is read
    back to 0 only when the child may have rung it (rung): a child that
@@ -134,9 +175,15 @@ static void keep_drain(int fd, int rung) {
    eventfd with its parent. */
 PT_CHILD_PATH static void forget_parent(void) {
   int kept = __atomic_load_n(&spare_drain, __ATOMIC_RELAXED);
+  uint64_t pipe = __atomic_load_n(&spare_pipe, __ATOMIC_RELAXED);
   if (kept > 0) {                        /* the parent's, made before the fork */
     pt_raw_close(kept - 1);
     spare_drain = 0;
+  }
+  if (pipe) {                            /* the same (a spawn took its own before) */
+    pt_raw_close((int)(uint32_t)pipe - 1);
+    pt_raw_close((int)(uint32_t)(pipe >> 32) - 1);
+    spare_pipe = 0;
   }
   if (my_result_fd < 0) return;          /* a child of the main process: nothing more */
   pt_raw_close(my_result_fd);
@@ -410,13 +457,14 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   p = record_new();
   if (!p) return pt_push_oserror(L, pt_spawn_name(L, &pt_process_ops), ENOMEM);
   w = &p->w;
-  p->pidfd = p->result_fd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
+  p->pidfd = p->result_fd = p->result_wfd = p->drain_fd = p->user_aux[0] = p->user_aux[1] = -1;
   /* the handle exists before the fork: the parent then writes less of the
      memory it shares copy-on-write with the child while the child runs */
   pt_worker_push(L, w);
   lua_insert(L, 1);
   w->refs = 2;
-  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {   /* both ends: see write_all */
+  /* both ends non-blocking: see write_all */
+  if (!take_pipe(fds) && pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
     e = errno;
     return spawn_failed(L, w, "pipe", e);
   }
@@ -424,8 +472,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   if (p->drain_fd < 0) p->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->drain_fd < 0) {
     e = errno;
-    close(fds[0]);
-    close(fds[1]);
+    keep_pipe(fds, 1);                /* empty, and no child had it */
     return spawn_failed(L, w, "eventfd", e);
   }
   pt_flush_stdio();         /* the child must not write our buffered output again */
@@ -438,8 +485,7 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   if (pt_lifeline_prefork(life) != 0) {
     e = errno;
     pthread_mutex_unlock(&orphan_lock);
-    close(fds[0]);
-    close(fds[1]);
+    keep_pipe(fds, 1);
     return spawn_failed(L, w, "pipe", e);
   }
   /* SIGTERM blocked across the fork: a cancel that reaches the child
@@ -462,18 +508,20 @@ PT_CHILD_PATH static int process_spawn(lua_State *L) {
   if (pid == 0) pt_lifeline_child(life);
   else pt_lifeline_parent(L, w, life, pid > 0);
   if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
+    keep_pipe(fds, 1);
     return spawn_failed(L, w, "fork", e);
   }
   /* the child keeps the read end until its results fill the pipe (a
      close now would cost every child a system call): see wait_room */
   if (pid == 0) child_main(L, fds, p->drain_fd, levels, me);
-  close(fds[1]);
   pw(w)->held = held;
   w->id = pid;
   pw(w)->result_fd = fds[0];
   pw(w)->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* -1: fall back to polling */
+  /* the write end kept for the next spawn (spare_pipe); without a pidfd
+     the join waits for the pipe's hang-up, which needs it closed */
+  if (pw(w)->pidfd >= 0) pw(w)->result_wfd = fds[1];
+  else close(fds[1]);
   pt_worker_unref(w);              /* the handle's reference remains */
   lua_settop(L, 1);
   return 1;
@@ -574,8 +622,16 @@ static void settle(pt_worker *w, int st, struct rusage *ru) {
   }
   /* cancelled while it ran (w_cancel): cancelled, however it ended */
   if (w->cancel) w->status = W_CANCELLED;
-  pt_close(pw(w)->result_fd);
-  pw(w)->result_fd = -1;
+  /* the pipe is kept when the child has ended (so none holds its write
+     end but its own forks, which close it: forget_parent) having sent
+     its results whole (the pipe is empty), and no w:fd() watches it */
+  {
+    int pipe[2];
+    pipe[0] = pw(w)->result_fd;
+    pipe[1] = pw(w)->result_wfd;
+    keep_pipe(pipe, complete && pw(w)->user_aux[0] < 0);
+    pw(w)->result_fd = pw(w)->result_wfd = -1;
+  }
   pt_close(pw(w)->pidfd);
   /* a child rings drain_fd only when a write of its results met a full
      pipe: results whole and within PIPE_BUF, written to an empty pipe
@@ -816,6 +872,7 @@ static void process_destroy(pt_worker *w) {
   free(p->held.v);   /* never reaped: it may run on, so its counts stay (a leak, not a free under it) */
   pt_close(p->pidfd);
   pt_close(p->result_fd);
+  pt_close(p->result_wfd);
   pt_close(p->drain_fd);
   pt_close(p->user_aux[0]);
   pt_close(p->user_aux[1]);
