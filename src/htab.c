@@ -150,6 +150,7 @@ static void tab_repair(pt_stab *t) {
 }
 
 int pt_ht_recover(pt_stab *t) {
+  pt_ht_changing(t);                         /* for a reader without the lock */
   tab_repair(t);
   pt_shm_note_recovery();
   pt_lock_consistent(&t->mu);
