@@ -37,6 +37,9 @@
  * array part, tombstones)
  * follow the publishing store; the next locker of a lock whose owner died
  * (EOWNERDEAD) recounts them from the slots.
+ *
+ * A get may read without the lock (pt_ht_get_free, htab.h): every change
+ * bumps the table's seq first (pt_ht_changing), and so does a repair.
  */
 #include "htab.h"
 
