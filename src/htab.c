@@ -420,9 +420,9 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
   was_tomb = PT_HT_C_STATE(sl->ctl) == PT_S_TOMB;
-  sl->hash = pt_ht_key_hash(k);
-  sl->key = keybits;
-  sl->val[0] = v->bits;
+  __atomic_store_n(&sl->hash, pt_ht_key_hash(k), __ATOMIC_RELAXED);   /* atomic: see */
+  __atomic_store_n(&sl->key, keybits, __ATOMIC_RELAXED);              /* pt_ht_get_free */
+  __atomic_store_n(&sl->val[0], v->bits, __ATOMIC_RELAXED);
   __atomic_store_n(&sl->ctl,
                    PT_HT_MKCTL(PT_S_FULL, 0, v->t, pt_ht_vlen(v), k->t,
                          k->t == PT_V_SSTR ? (unsigned)k->len : 0),

@@ -18,7 +18,10 @@
 enum { PT_V_NIL, PT_V_FALSE, PT_V_TRUE, PT_V_INT, PT_V_FLT, PT_V_SSTR, PT_V_LSTR, PT_V_TAB };
 
 typedef struct pt_slot {
-  uint32_t ctl, hash;
+  union {
+    struct { uint32_t ctl, hash; };
+    uint64_t head;        /* both, for one load (pt_ht_lookup_hash) */
+  };
   uint64_t key;
   uint64_t val[2];
 } pt_slot;
@@ -40,6 +43,13 @@ typedef struct pt_stab {
 } pt_stab;
 
 #define PT_HT(off) PT_SHM_PTR(pt_stab, off)
+/* The seqlock's fences (pt_ht_get_free).  ThreadSanitizer knows no fence
+   (gcc warns); on x86 both are compiler barriers only, as this is. */
+#if defined(__SANITIZE_THREAD__)
+#define PT_HT_FENCE(order) __atomic_signal_fence(order)
+#else
+#define PT_HT_FENCE(order) __atomic_thread_fence(order)
+#endif
 
 /* A key or value on the C side.  bits: the integer, the double's bits, the
    inline string bytes (strings up to 8 bytes), or an arena offset (long
@@ -272,9 +282,11 @@ static inline pt_slot *pt_ht_lookup_hash(uint64_t w, const pt_kv *k) {
   uint32_t hash = pt_ht_key_hash(k);
   uint64_t want = pt_ht_head_of(k, hash), bits = k->bits, n = PT_HT_SCAP(w);
   for (p = a + (hash & (PT_HT_SCAP(w) - 1));;) {
-    uint64_t head;
-    memcpy(&head, p, 8);
-    if ((head & PT_HT_HEAD_MASK) == want && (p->key == bits || (k->t == PT_V_LSTR && pt_ht_lstr_eq(p, k))))
+    /* atomic loads (plain movs): a reader without the lock races the
+       holder's stores by design (pt_ht_get_free) */
+    uint64_t head = __atomic_load_n(&p->head, __ATOMIC_RELAXED);
+    if ((head & PT_HT_HEAD_MASK) == want &&
+        (__atomic_load_n(&p->key, __ATOMIC_RELAXED) == bits || (k->t == PT_V_LSTR && pt_ht_lstr_eq(p, k))))
       return p;
     if (PT_HT_C_STATE(head) == PT_S_EMPTY || --n == 0) return NULL;
     if (++p == end) p = a;
@@ -340,7 +352,7 @@ static inline int pt_ht_get_free(const pt_stab *t, const pt_kv *k, pt_kv *v) {
     v->bits = __atomic_load_n(&sl->val[PT_HT_C_WHICH(c)], __ATOMIC_RELAXED);
     v->len = PT_HT_C_VLEN(c);
   }
-  __atomic_thread_fence(__ATOMIC_ACQUIRE);   /* the reads before seq's second load */
+  PT_HT_FENCE(__ATOMIC_ACQUIRE);   /* the reads before seq's second load */
   return v->t < PT_V_LSTR && __atomic_load_n(&t->seq, __ATOMIC_RELAXED) == s;
 #else
   (void)t; (void)k; (void)v;
@@ -363,7 +375,7 @@ static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
 static inline void pt_ht_changing(pt_stab *t) {
   if (__atomic_load_n(&t->waiters.sleeping, __ATOMIC_RELAXED)) pt_cond_wake(&t->waiters);
   __atomic_store_n(&t->seq, t->seq + 1, __ATOMIC_RELAXED);
-  __atomic_thread_fence(__ATOMIC_RELEASE);   /* the bump before the change's stores */
+  PT_HT_FENCE(__ATOMIC_RELEASE);   /* the bump before the change's stores */
 }
 /* Is the value in sl (absence when NULL) equal to e, as == says? */
 int pt_ht_slot_equals(const pt_slot *sl, const pt_kv *e);
