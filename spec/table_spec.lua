@@ -605,6 +605,114 @@ describe("shared tables", function()
     end)
   end)
 
+  -- A get of a key that is no long string, whose value is neither a long
+  -- string nor a table, reads without the lock (htab.h, pt_ht_get_free)
+  -- while the lock is free and no change overlaps the read.
+  describe("gets without the lock", function()
+    it("a process's gets see none of the steps inside another's pt.locked", function()
+      local st = pt.shared_table { x = "done", stop = false }
+      local w = pt.spawn_process(function()
+        local n = 0
+        repeat
+          pt.locked(st, function(t)
+            t.x = "mid"
+            for j = 1, 20 do t.n = j end
+            t.x = "done"
+          end)
+          n = n + 1
+        until st.stop
+        return n
+      end)
+      local reads, mid, t0 = 0, 0, pt.now()
+      while pt.now() - t0 < 0.5 or reads < 1000 do
+        if st.x == "mid" then mid = mid + 1 end
+        reads = reads + 1
+      end
+      st.stop = true
+      local sections = join_ok(w)
+      assert.is_true(sections > 0)
+      assert.are.equal(0, mid)
+    end)
+
+    it("a holder SIGKILLed inside pt.locked: the next plain get takes the lock over", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st, flag = pt.shared_table { v = 1 }, pt.shared_table()
+        local w = pt.spawn_process(function()
+          pt.locked(st, function(t) t.v = 2; flag.inside = true; pt.sleep(30) end)
+        end)
+        local t0 = pt.now()
+        while not flag.inside and pt.now() - t0 < 10 do pt.sleep(0.01) end
+        local before = pt.shm_stats().recoveries
+        w:kill("KILL")
+        assert(w:join(10) == false)
+        local v = st.v
+        print("ok", v, pt.shm_stats().recoveries - before)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("ok%s+2%s+1", out)
+    end)
+
+    it("processes read whole values while writers change their type, grow the table and are SIGKILLed", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure { shm_size = "64M" }
+        local st = pt.shared_table { stable = 42, v = 0, stop = false }
+        for i = 1, 100 do st[i] = i end
+        -- v is n, n + 0.5 or "s" .. n: a value read with the type of another
+        -- write, or from a freed slot block, is none of these
+        local function whole(v)
+          if type(v) == "string" then return v:match("^s%d+$") ~= nil end
+          return type(v) == "number" and (v % 1 == 0 or v % 1 == 0.5)
+        end
+        local function writer(seed)
+          local n = seed
+          while true do
+            n = n + 1
+            st.v = n; st.v = n + 0.5; st.v = "s" .. (n % 1000000)
+            st[n % 100 + 1] = n % 2 == 0 and n or "s" .. (n % 1000)
+            if n % 50 == 0 then                 -- grow, then shrink, the hash part
+              for i = 1, 300 do st["g" .. i] = i end
+              for i = 1, 300 do st["g" .. i] = nil end
+            end
+          end
+        end
+        local function reader()
+          local reads, bad = 0, 0
+          repeat
+            if st.stable ~= 42 or not whole(st.v) then bad = bad + 1 end
+            local a = st[reads % 100 + 1]
+            if not whole(a) then bad = bad + 1 end
+            reads = reads + 1
+          until st.stop
+          return reads, bad
+        end
+        local rs = { pt.spawn_process(reader), pt.spawn_process(reader) }
+        for round = 1, 80 do
+          local w = pt.spawn_process(writer, round * 1000000)
+          pt.sleep(0.005 + math.random() * 0.02)
+          w:kill("KILL")
+          assert(w:join(10) == false)
+          assert(st.stable == 42 and whole(st.v))
+        end
+        st.stop = true
+        local reads, bad = 0, 0
+        for _, r in ipairs(rs) do
+          local ok, n, b = r:join(30)
+          assert(ok, n)
+          reads, bad = reads + n, bad + b
+        end
+        assert(pt._shm_check())
+        print("ok reads=" .. reads .. " bad=" .. bad)
+      ]])
+      assert.are.equal(0, status, out)
+      local reads, bad = out:match("ok reads=(%d+) bad=(%d+)")
+      assert.is_not_nil(reads, out)
+      assert.are.equal("0", bad, out)
+      assert.is_true(tonumber(reads) > 1000, out)
+    end)
+  end)
+
   describe("crossing to workers", function()
     for _, kind in ipairs { "thread", "process" } do
       it("reaches a " .. kind .. " as upvalue, argument and nested value, by reference", function()

@@ -37,6 +37,9 @@
  * array part, tombstones)
  * follow the publishing store; the next locker of a lock whose owner died
  * (EOWNERDEAD) recounts them from the slots.
+ *
+ * A get may read without the lock (pt_ht_get_free, htab.h): every change
+ * bumps the table's seq first (pt_ht_changing), and so does a repair.
  */
 #include "htab.h"
 
@@ -150,6 +153,7 @@ static void tab_repair(pt_stab *t) {
 }
 
 int pt_ht_recover(pt_stab *t) {
+  pt_ht_changing(t);                         /* for a reader without the lock */
   tab_repair(t);
   pt_shm_note_recovery();
   pt_lock_consistent(&t->mu);
@@ -416,9 +420,9 @@ static int insert(pt_stab *t, const pt_kv *k, const pt_kv *v, long ins) {
   if (k->t == PT_V_LSTR && !(keybits = lstr_new(k->s, k->len))) return -1;
   sl = &SLOTS(t)[ins];
   was_tomb = PT_HT_C_STATE(sl->ctl) == PT_S_TOMB;
-  sl->hash = pt_ht_key_hash(k);
-  sl->key = keybits;
-  sl->val[0] = v->bits;
+  __atomic_store_n(&sl->hash, pt_ht_key_hash(k), __ATOMIC_RELAXED);   /* atomic: see */
+  __atomic_store_n(&sl->key, keybits, __ATOMIC_RELAXED);              /* pt_ht_get_free */
+  __atomic_store_n(&sl->val[0], v->bits, __ATOMIC_RELAXED);
   __atomic_store_n(&sl->ctl,
                    PT_HT_MKCTL(PT_S_FULL, 0, v->t, pt_ht_vlen(v), k->t,
                          k->t == PT_V_SSTR ? (unsigned)k->len : 0),

@@ -239,19 +239,22 @@ void pt_st_get_room(lua_State *L, pt_stab *t, const pt_kv *k);
 static inline void pt_st_get(lua_State *L, pt_stab *t, const pt_kv *k) {
   pt_slot *sl;
   pt_kv v;
-  if (pt_st_lock(t) != 0) pt_st_raise_lock(L);
-  if (!(sl = pt_ht_find(t, k, NULL))) {
+  if (!pt_ht_get_free(t, k, &v)) {           /* the lock was busy, or the value */
+    if (pt_st_lock(t) != 0) pt_st_raise_lock(L);   /* changed, or needs room */
+    if (!(sl = pt_ht_find(t, k, NULL))) {
+      pt_ht_unlock(t);
+      lua_pushnil(L);
+      return;
+    }
+    pt_ht_slot_value(sl, &v);
     pt_ht_unlock(t);
-    lua_pushnil(L);
-    return;
+    if (v.t == PT_V_LSTR || v.t == PT_V_TAB) { pt_st_get_room(L, t, k); return; }
   }
-  pt_ht_slot_value(sl, &v);
-  pt_ht_unlock(t);
-  if (v.t == PT_V_LSTR || v.t == PT_V_TAB) pt_st_get_room(L, t, k);
 #if LUA_VERSION_NUM >= 503
-  else if (v.t == PT_V_INT) lua_pushinteger(L, (lua_Integer)(int64_t)v.bits);
+  if (v.t == PT_V_INT) lua_pushinteger(L, (lua_Integer)(int64_t)v.bits);
+  else
 #endif
-  else pt_st_push_kv(L, &v);
+  pt_st_push_kv(L, &v);
 }
 
 #endif
