@@ -163,6 +163,7 @@ static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
 PT_AFTER_FORK static void forget_idle(void) {
   idle = NULL;
   idle_n = spare = live = 0;
+  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;   /* the parent's */
   pt_mutex_reset(&idle_mu);    /* held across the fork by this thread: its unlock, without libc */
 }
 static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
