@@ -896,6 +896,35 @@ describe("pools", function()
       assert.are.equal(2, pool:stats().started)   -- the first and the replacement that failed
     end)
 
+    -- found by attack: an end note that is not sent (the worker ran, or a
+    -- second note) was freed as bytes, so the shared objects it named kept
+    -- a count for ever (T.shm_live grew by one table each)
+    it("an end note that is not sent drops what it refers to", function()
+      local testing = require "procthread.testing"
+      finally(function() pt.fault("nomem_start", 0) end)
+      local ch = pt.channel(2)
+      local w = pt.spawn_thread(function() return 1 end)
+      assert.is_true((w:join(T)))
+      local before = testing.shm_live()
+      ch:_end_note(w, pt.shared_table({ a = 1 }), "ran")   -- it ran: dropped
+      ch:_end_note(w, pt.shared_table({ b = 2 }), "again") -- one note a worker
+      collectgarbage(); collectgarbage()
+      assert.are.equal(0, #ch)
+      assert.is_true(testing.eventually(function()
+        collectgarbage(); collectgarbage()
+        return testing.shm_live() == before
+      end, 5))
+      -- a note that is sent gives its references to the message
+      pt.fault("nomem_start", 1)
+      local w2 = pt.spawn_thread(function() return 1 end)
+      w2:join(T)
+      ch:_end_note(w2, pt.shared_table({ c = 3 }), "unstarted")
+      local st, why = ch:recv(T)
+      assert.are.equal(3, st.c)
+      assert.are.equal("unstarted", why)
+      ch:close()
+    end)
+
     it("runs tasks on a process pool made before anything was encoded", function()
       local status, out = H.fresh([[
         local pt = require "procthread"

@@ -220,5 +220,21 @@ describe("spawn", function()
       end):join(H.T))
       H.assert_released(base)
     end)
+
+    -- found by attack: the count of pt.fault("nomem_start", n), "the next
+    -- n thread workers of this process", came along into a spawned child,
+    -- whose own first thread worker then failed to start
+    it("starts with no nomem_start fault of its parent's", function()
+      pt.fault("nomem_start", 1)
+      finally(function() pt.fault("nomem_start", 0) end)
+      local w = pt.spawn_process(function()
+        return require("procthread").spawn_thread(function() return 1 end):join(20)
+      end)
+      assert.are.same({ true, true, 1 }, { w:join(H.T) })
+      -- the parent's is still there, for its own next thread worker
+      assert.are.same({ false, "cannot create a Lua state: not enough memory" },
+        { pt.spawn_thread(function() return 2 end):join(H.T) })
+      assert.are.same({ true, 3 }, { pt.spawn_thread(function() return 3 end):join(H.T) })
+    end)
   end)
 end)

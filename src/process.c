@@ -185,6 +185,8 @@ PT_CHILD_PATH static void forget_parent(void) {
     pt_raw_close((int)(uint32_t)(pipe >> 32) - 1);
     spare_pipe = 0;
   }
+  /* pt.fault("nomem_start") counts the parent's thread workers, not ours */
+  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;
   if (my_result_fd < 0) return;          /* a child of the main process: nothing more */
   pt_raw_close(my_result_fd);
   if (my_drain_fd >= 0) pt_raw_close(my_drain_fd);

@@ -163,6 +163,7 @@ static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
 PT_AFTER_FORK static void forget_idle(void) {
   idle = NULL;
   idle_n = spare = live = 0;
+  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;   /* the parent's */
   pt_mutex_reset(&idle_mu);    /* held across the fork by this thread: its unlock, without libc */
 }
 static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
@@ -215,9 +216,12 @@ static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOME
    the note is sent). */
 enum { NOTE_NONE = 0, NOTE_SET, NOTE_RAN, NOTE_UNSTARTED };
 
-static void note_drop(thread_worker *t) {
+/* The note given up: unless it went on its queue (sent), the references
+   its message holds (a shared table, a channel...) are dropped too. */
+static void note_drop(thread_worker *t, int sent) {
   if (t->note_q) pt_queue_decref(t->note_q, t->note_gen, pt_discard);
   t->note_q = 0;
+  if (t->note && !sent) pt_discard(t->note, t->note_len);
   free(t->note);
   t->note = NULL;
 }
@@ -231,7 +235,7 @@ static void note_send(thread_worker *t, double deadline) {
   pt_qmsg_init(&m, t->note, t->note_len);
   while ((r = pt_queue_put(t->note_q, &m, deadline, &wk)) == PT_INTR) {}
   if (r != PT_OK) pt_qmsg_done(&m);
-  note_drop(t);
+  note_drop(t, r == PT_OK);
 }
 
 /* The worker's side: to NOTE_RAN or NOTE_UNSTARTED; a note set is its now. */
@@ -242,7 +246,7 @@ static void note_mark(thread_worker *t, int state) {
     return;
   __atomic_store_n(&t->note_state, state, __ATOMIC_RELAXED);
   if (state == NOTE_UNSTARTED) note_send(t, PT_FOREVER);
-  else note_drop(t);
+  else note_drop(t, 0);
 }
 
 void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_t len) {
@@ -250,6 +254,7 @@ void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_
   int old = NOTE_NONE;
   if (t->note_given) {                          /* one note a worker */
     pt_queue_decref(q, gen, pt_discard);
+    if (msg) pt_discard(msg, len);
     free(msg);
     return;
   }
@@ -262,7 +267,7 @@ void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_
                                   __ATOMIC_ACQUIRE))
     return;
   if (old == NOTE_UNSTARTED) note_send(t, 0);   /* it ended already */
-  else note_drop(t);
+  else note_drop(t, 0);
 }
 
 /* pt.fault("nomem_start"): one of the starts asked for, if any. */
@@ -1009,7 +1014,7 @@ static void thread_destroy(pt_worker *w) {
   pt_buf_free(&t->job);
   free(t->path);
   free(t->cpath);
-  note_drop(t);
+  note_drop(t, 0);
   pt_worker_free(w);
 }
 
