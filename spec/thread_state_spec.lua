@@ -169,6 +169,8 @@ describe("a thread worker's fresh state", function()
     assert.error_matches(function() pt.fault("nomem_start", -1) end,
       "bad argument #2 to 'fault' %(count must be 0 to 1000000, got %-1%)")
     assert.error_matches(function() pt.fault("nomem_start", "x") end, "bad argument #2 to 'fault'")
+    assert.error_matches(function() pt.fault("nomem_start", 2 ^ 40) end,
+      "bad argument #2 to 'fault' %(count must be 0 to 1000000, got 1099511627776")
     pt.release(ran)
   end)
 

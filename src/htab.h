@@ -374,7 +374,11 @@ static inline void pt_ht_slot_set(pt_slot *sl, const pt_kv *v) {
    knows it. */
 static inline void pt_ht_changing(pt_stab *t) {
   if (__atomic_load_n(&t->waiters.sleeping, __ATOMIC_RELAXED)) pt_cond_wake(&t->waiters);
-  __atomic_store_n(&t->seq, t->seq + 1, __ATOMIC_RELAXED);
+  /* release: a reader that sees the bump sees the lock taken too (the
+     lock's store comes before it; x86 keeps that order anyway, a weaker
+     CPU need not: the reader could then see the new seq with the lock
+     word still free and read the change half made) */
+  __atomic_store_n(&t->seq, t->seq + 1, __ATOMIC_RELEASE);
   PT_HT_FENCE(__ATOMIC_RELEASE);   /* the bump before the change's stores */
 }
 /* Is the value in sl (absence when NULL) equal to e, as == says? */

@@ -221,8 +221,8 @@ static int l_fault(lua_State *L) {
   if (k == 3) {
     lua_Integer n = luaL_optinteger(L, 2, 1);
     if (n < 0 || n > 1000000)
-      return luaL_argerror(L, 2, lua_pushfstring(L, "count must be 0 to 1000000, got %d",
-                                                 (int)(n < -1000000 ? -1000000 : n > 1000000 ? 1000000 : n)));
+      return luaL_argerror(L, 2, lua_pushfstring(L, "count must be 0 to 1000000, got %s",
+                                                 lua_tostring(L, 2)));
     __atomic_store_n(&pt_fault_starts, (int)n, __ATOMIC_RELEASE);
   } else if (k == 0) {
     volatile int *volatile bad = NULL;
