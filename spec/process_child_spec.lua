@@ -93,6 +93,18 @@ describe("a process worker's child", function()
     ]])
   end)
 
+  -- pt.fault("nomem_start", n) counts this process's thread workers: its
+  -- count came along into a bare fork made before any spawn
+  it("leaves a pending nomem_start fault out of the child of a bare fork()", function()
+    H.in_bare_fork([[
+      pt.fault("nomem_start", 1)
+    ]], [[
+      local ok, v = pt.spawn_thread(function() return 5 end):join(20)
+      io.write("child's thread: ", tostring(ok), " ", tostring(v), "\n")
+      return ok == true and v == 5
+    ]])
+  end)
+
   it("leaves the eventfd it keeps for the next spawn out of the child of a bare fork()", function()
     -- an ended child's eventfd, kept for the next spawn, came along into
     -- a bare fork's child: parent and child then both used one eventfd

@@ -7,6 +7,21 @@ local HAS_INT = math.type ~= nil              -- 5.3+: integer and float kept ap
 local HAS_PAIRS = _VERSION ~= "Lua 5.1"       -- __pairs: 5.2+ (not LuaJIT, not 5.1)
 if jit then HAS_PAIRS = false end
 
+-- Code for H.fresh: a process that set st.v = 2 inside pt.locked is
+-- SIGKILLed there, holding the lock; `before` is the recoveries count then.
+local KILLED_HOLDER = [[
+        local pt = require "procthread"
+        local st, flag = pt.shared_table { v = 1 }, pt.shared_table()
+        local w = pt.spawn_process(function()
+          pt.locked(st, function(t) t.v = 2; flag.inside = true; pt.sleep(30) end)
+        end)
+        local t0 = pt.now()
+        while not flag.inside and pt.now() - t0 < 10 do pt.sleep(0.01) end
+        local before = pt.shm_stats().recoveries
+        w:kill("KILL")
+        assert(w:join(10) == false)
+]]
+
 local function keys_of(st)
   local ks = {}
   for k in pt.pairs(st) do ks[#ks + 1] = tostring(k) end
@@ -544,17 +559,7 @@ describe("shared tables", function()
     end)
 
     it("a process SIGKILLed inside pt.locked: the next locker takes the lock over", function()
-      local status, out = H.fresh([[
-        local pt = require "procthread"
-        local st, flag = pt.shared_table { v = 1 }, pt.shared_table()
-        local w = pt.spawn_process(function()
-          pt.locked(st, function(t) t.v = 2; flag.inside = true; pt.sleep(30) end)
-        end)
-        local t0 = pt.now()
-        while not flag.inside and pt.now() - t0 < 10 do pt.sleep(0.01) end
-        local before = pt.shm_stats().recoveries
-        w:kill("KILL")
-        assert(w:join(10) == false)
+      local status, out = H.fresh(KILLED_HOLDER .. [[
         assert(pt.locked(st, function(t) return t.v end) == 2)
         pt.add(st, "v", 1)
         print("ok", st.v, pt.shm_stats().recoveries - before)
@@ -635,17 +640,7 @@ describe("shared tables", function()
     end)
 
     it("a holder SIGKILLed inside pt.locked: the next plain get takes the lock over", function()
-      local status, out = H.fresh([[
-        local pt = require "procthread"
-        local st, flag = pt.shared_table { v = 1 }, pt.shared_table()
-        local w = pt.spawn_process(function()
-          pt.locked(st, function(t) t.v = 2; flag.inside = true; pt.sleep(30) end)
-        end)
-        local t0 = pt.now()
-        while not flag.inside and pt.now() - t0 < 10 do pt.sleep(0.01) end
-        local before = pt.shm_stats().recoveries
-        w:kill("KILL")
-        assert(w:join(10) == false)
+      local status, out = H.fresh(KILLED_HOLDER .. [[
         local v = st.v
         print("ok", v, pt.shm_stats().recoveries - before)
       ]])

@@ -122,12 +122,16 @@ static uint64_t pipe_word(const int fds[2]) {
   return (uint64_t)(uint32_t)(fds[0] + 1) | (uint64_t)(uint32_t)(fds[1] + 1) << 32;
 }
 
+static inline void pipe_fds(uint64_t v, int fds[2]) {
+  fds[0] = (int)(uint32_t)v - 1;
+  fds[1] = (int)(uint32_t)(v >> 32) - 1;
+}
+
 /* The kept pipe into fds (1), or 0: none kept. */
 static int take_pipe(int fds[2]) {
   uint64_t v = __atomic_exchange_n(&spare_pipe, 0, __ATOMIC_ACQ_REL);
   if (!v) return 0;
-  fds[0] = (int)(uint32_t)v - 1;
-  fds[1] = (int)(uint32_t)(v >> 32) - 1;
+  pipe_fds(v, fds);
   return 1;
 }
 
@@ -181,12 +185,12 @@ PT_CHILD_PATH static void forget_parent(void) {
     spare_drain = 0;
   }
   if (pipe) {                            /* the same (a spawn took its own before) */
-    pt_raw_close((int)(uint32_t)pipe - 1);
-    pt_raw_close((int)(uint32_t)(pipe >> 32) - 1);
+    int fds[2];
+    pipe_fds(pipe, fds);
+    pt_raw_close(fds[0]);
+    pt_raw_close(fds[1]);
     spare_pipe = 0;
   }
-  /* pt.fault("nomem_start") counts the parent's thread workers, not ours */
-  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;
   if (my_result_fd < 0) return;          /* a child of the main process: nothing more */
   pt_raw_close(my_result_fd);
   if (my_drain_fd >= 0) pt_raw_close(my_drain_fd);

@@ -111,9 +111,9 @@ extern int pt_live_threads;
 /* Waits for pt_live_threads to fall (atomic): a leaving thread wakes the
    word only when there are some (seq_cst both sides). */
 extern int pt_live_waiters;
-/* pt.fault("nomem_start", n): the next n thread workers start as if no
-   memory were left for their Lua state (atomic; thread.c takes them). */
-extern int pt_fault_starts;
+/* pt.fault("nomem_start", n): the next n thread workers of this process
+   start as if no memory were left for their Lua state (thread.c). */
+void pt_fault_set_starts(int n);
 
 /* ---- codec*.c: values between Lua states ------------------------------
  * One encoder, one decoder.  The byte format is self-describing; the

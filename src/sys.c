@@ -223,7 +223,7 @@ static int l_fault(lua_State *L) {
     if (n < 0 || n > 1000000)
       return luaL_argerror(L, 2, lua_pushfstring(L, "count must be 0 to 1000000, got %s",
                                                  lua_tostring(L, 2)));
-    __atomic_store_n(&pt_fault_starts, (int)n, __ATOMIC_RELEASE);
+    pt_fault_set_starts((int)n);
   } else if (k == 0) {
     volatile int *volatile bad = NULL;
     *bad = 1;

@@ -163,7 +163,6 @@ static void unlock_idle(void) { pthread_mutex_unlock(&idle_mu); }
 PT_AFTER_FORK static void forget_idle(void) {
   idle = NULL;
   idle_n = spare = live = 0;
-  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;   /* the parent's */
   pt_mutex_reset(&idle_mu);    /* held across the fork by this thread: its unlock, without libc */
 }
 static void watch_forks(void) { pthread_atfork(lock_idle, unlock_idle, forget_idle); }
@@ -216,13 +215,18 @@ static int set_error(pt_worker *w, const char *msg, size_t len) {  /* 0 or ENOME
    the note is sent). */
 enum { NOTE_NONE = 0, NOTE_SET, NOTE_RAN, NOTE_UNSTARTED };
 
-/* The note given up: unless it went on its queue (sent), the references
-   its message holds (a shared table, a channel...) are dropped too. */
+/* A note given up: its queue's count goes, and unless the message went
+   on the queue (sent), the references it holds (a shared table, a
+   channel...) too. */
+static void drop_note(pt_off q, uint64_t gen, char *msg, size_t len, int sent) {
+  if (q) pt_queue_decref(q, gen, pt_discard);
+  if (msg && !sent) pt_discard(msg, len);
+  free(msg);
+}
+
 static void note_drop(thread_worker *t, int sent) {
-  if (t->note_q) pt_queue_decref(t->note_q, t->note_gen, pt_discard);
+  drop_note(t->note_q, t->note_gen, t->note, t->note_len, sent);
   t->note_q = 0;
-  if (t->note && !sent) pt_discard(t->note, t->note_len);
-  free(t->note);
   t->note = NULL;
 }
 
@@ -253,9 +257,7 @@ void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_
   thread_worker *t = tw(w);
   int old = NOTE_NONE;
   if (t->note_given) {                          /* one note a worker */
-    pt_queue_decref(q, gen, pt_discard);
-    if (msg) pt_discard(msg, len);
-    free(msg);
+    drop_note(q, gen, msg, len, 0);
     return;
   }
   t->note_given = 1;
@@ -270,8 +272,22 @@ void pt_thread_end_note(pt_worker *w, uint64_t q, uint64_t gen, char *msg, size_
   else note_drop(t, 0);
 }
 
-/* pt.fault("nomem_start"): one of the starts asked for, if any. */
-int pt_fault_starts;
+/* pt.fault("nomem_start", n): the next n thread workers of this process
+   start as if malloc had failed.  The count is this process's: the child
+   of any fork, a bare one too, starts with none (it reads first, so that
+   a child writes no page when none is set). */
+static int pt_fault_starts;                    /* atomic */
+static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
+PT_AFTER_FORK static void forget_faults(void) {
+  if (__atomic_load_n(&pt_fault_starts, __ATOMIC_RELAXED)) pt_fault_starts = 0;
+}
+static void watch_faults(void) { pthread_atfork(NULL, NULL, forget_faults); }
+void pt_fault_set_starts(int n) {
+  pthread_once(&fault_once, watch_faults);
+  __atomic_store_n(&pt_fault_starts, n, __ATOMIC_RELEASE);
+}
+
+/* One of the starts asked for, if any. */
 static int fault_start(void) {
   int n = __atomic_load_n(&pt_fault_starts, __ATOMIC_ACQUIRE);
   while (n > 0)

@@ -465,10 +465,13 @@ end
 function place(self, f)
   local pt, i, w, wid, c, wt = self.pt, f.i, f.w, f.wid, f.c, f.wt
   pt._daemon(w)                  -- at exit: stopped, never waited for
-  -- a thread that ends before worker_main runs (no memory for its state)
-  -- cannot report its end: it sends this instead
-  if not c.life then self.answers:_end_note(w, "startfail", wid) end
-  if c.life then c.life:close_write() end  -- the child's end alone: it closes when the child ends
+  if c.life then
+    c.life:close_write()         -- the child's end alone: it closes when the child ends
+  else
+    -- a thread that ends before worker_main runs (no memory for its
+    -- state) cannot report its end: it sends this instead
+    self.answers:_end_note(w, "startfail", wid)
+  end
   -- in its slot before the handoff: a Ctrl-C there leaves it the pool's
   self.slots[i] = { w = w, wid = wid }
   self.byid[wid] = i
