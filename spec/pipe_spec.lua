@@ -281,6 +281,11 @@ describe("pipes", function()
       p:send(q)
       local q2 = p:recv(T)
       assert.are.equal("procthread.Pipe", (tostring(q2):match("^(%S+)")))
+      -- the copy is the same pipe: equal, as two handles of a channel are
+      assert.is_true(q2 == q)
+      assert.is_false(q2 == p)
+      assert.is_true(pt.decode(pt.encode(q)) == q)
+      assert.is_true(select(2, pt.spawn_thread(function() return q end):join(T)) == q)
       q2:send("via the copy")
       assert.are.equal("via the copy", q:recv(T))
       -- a thread gets q inside a message and answers on it
@@ -294,6 +299,7 @@ describe("pipes", function()
       assert.are.equal("process", q:recv(T))
       assert.is_true((c:join(T)))
       q2:close(); p:close(); q:close()
+      assert.is_false(q2 == q)                         -- closed handles: no pipe
     end)
 
     it("says so when a pipe reaches a process that does not hold it", function()

@@ -184,6 +184,18 @@ describe("pt.select", function()
         assert.matches("bad argument #1 to 'select' %(" .. c[2], err)
       end
       assert.matches("bad argument #1 to 'as_completed'", select(2, pcall(pt.as_completed, { 7 })))
+      -- a channel freed under its handle is refused, not read (its memory
+      -- may hold another object: a new channel reusing it was reported)
+      local c = pt.channel()
+      pt._shm_release(c)
+      local c2 = pt.channel()
+      c2:send("for c2")
+      for _, f in ipairs({ "select", "as_completed" }) do
+        local ok, err = pcall(pt[f], { c }, 0)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to '" .. f .. "' %(list%[1%] is a channel that has been freed", err)
+      end
+      assert.equal("for c2", c2:recv(0))
       p:send("still works")
       assert.equal(p, pt.select({ p }, T))
       p:close(); r:close()
@@ -337,6 +349,17 @@ describe("pt.as_completed", function()
     assert.is_true((late:join(T)))
     assert.is_nil(pt.as_completed({})())
     go:close()
+  end)
+
+  it("yields an object listed many times once, as it does a future", function()
+    local w = pt.spawn_thread(function() return 1 end)
+    local p = pt.pipe()
+    p:send(1)
+    local seen = {}
+    for x in pt.as_completed({ w, p, w, p, w }, T) do seen[#seen + 1] = x end
+    assert.equal(2, #seen)
+    assert.is_true((w:join(T)))
+    p:close()
   end)
 end)
 

@@ -384,6 +384,23 @@ describe("shared tables", function()
       assert.is_false(ok)
       assert.matches("cycle", err)
       assert.is_nil(st.c)
+      -- through a library function, the refusal names it, as the other
+      -- refused values do
+      local deep = {}
+      local d = deep
+      for _ = 1, 300 do d.x = {}; d = d.x end
+      local cases = {
+        { "shared_table: cannot store a table that contains itself", pt.shared_table, cyc },
+        { "shared_table: cannot store a table nested deeper than", pt.shared_table, deep },
+        { "shared_table: invalid key: table", pt.shared_table, { [{}] = 1 } },
+        { "cas: cannot store a table that contains itself", pt.cas, st, "c", nil, cyc },
+      }
+      for _, c in ipairs(cases) do
+        local ok, err = pcall(c[2], (table.unpack or unpack)(c, 3))
+        assert.is_false(ok)
+        assert.are.equal(1, err:find(c[1], 1, true), err)
+      end
+      assert.is_nil(st.c)
     end)
 
     it("stores a shared table by reference", function()
@@ -1324,10 +1341,15 @@ describe("shared tables", function()
       bad("unknown option 'bogus'", pt.configure, { bogus = 1 })
       bad("'abc' is not a size", pt.configure, { shm_size = "abc" })
       bad("100 bytes is less than 1 MiB", pt.configure, { shm_size = 100 })
+      bad("shm_size: 0 bytes is less than 1 MiB", pt.configure, { shm_size = 0 })  -- said "0 GiB"
+      bad("shm_size: 1 byte is less than 1 MiB", pt.configure, { shm_size = 1 })
       bad("must be a whole number of bytes >= 1M", pt.configure, { shm_size = -1 })
       bad("must be a whole number of bytes >= 1M", pt.configure, { shm_size = 1048576.5 })
-      bad("bad argument #2 to 'fault' %(signal must be 1 to %d+, got 99%)", pt.fault, "signal", 99)
-      bad("bad argument #2 to 'fault' %(signal must be 1 to %d+, got 0%)", pt.fault, "signal", 0)
+      bad("bad argument #2 to 'fault' %(signal must be an integer in 1%.%.%d+, got 99%)", pt.fault, "signal", 99)
+      bad("bad argument #2 to 'fault' %(signal must be an integer in 1%.%.%d+, got 0%)", pt.fault, "signal", 0)
+      -- 28.5 was raised as 28 (SIGWINCH, ignored) on 5.1, 5.2 and LuaJIT; 15.5 killed
+      bad("bad argument #2 to 'fault' %(signal must be an integer in 1%.%.%d+, got 28%.5%)", pt.fault, "signal", 28.5)
+      bad("bad argument #2 to 'fault' %(signal must be an integer in 1%.%.%d+, got string%)", pt.fault, "signal", "28")
       assert.is_nil(st.k)
     end)
 

@@ -167,10 +167,12 @@ describe("a thread worker's fresh state", function()
     assert.is_nil(ran.ran)
     assert.are.same({ true, 3 }, { pt.spawn("thread", function() return 3 end):join(10) })  -- counted down
     assert.error_matches(function() pt.fault("nomem_start", -1) end,
-      "bad argument #2 to 'fault' %(count must be 0 to 1000000, got %-1%)")
+      "bad argument #2 to 'fault' %(count must be an integer in 0%.%.1000000, got %-1%)")
+    assert.error_matches(function() pt.fault("nomem_start", 1.5) end,
+      "bad argument #2 to 'fault' %(count must be an integer in 0%.%.1000000, got 1%.5%)")
     assert.error_matches(function() pt.fault("nomem_start", "x") end, "bad argument #2 to 'fault'")
     assert.error_matches(function() pt.fault("nomem_start", 2 ^ 40) end,
-      "bad argument #2 to 'fault' %(count must be 0 to 1000000, got 1099511627776")
+      "bad argument #2 to 'fault' %(count must be an integer in 0%.%.1000000, got 1099511627776")
     pt.release(ran)
   end)
 

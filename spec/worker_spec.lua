@@ -228,6 +228,19 @@ describe("workers", function()
       assert.matches("already ended", err)
     end)
 
+    it("names each real-time signal as kill -l does (all were 'SIGRT')", function()
+      -- (not those procthread may handle: SIGRTMIN+6 up, SIGRTMAX down)
+      local names = { [36] = "^SIGRTMIN%+[12]$", [49] = "^SIGRTMIN%+1[45]$", [50] = "^SIGRTMAX%-14$" }
+      for sig, name in pairs(names) do
+        local w = pt.spawn_process(function() pt.sleep(30) end)
+        assert.is_true(w:kill(sig))
+        local ok, err = w:join(T)
+        assert.is_false(ok)
+        assert.matches("^killed by signal " .. sig .. " %(SIGRTM", err)
+        assert.matches(name, w:info().signal_name)
+      end
+    end)
+
     it("works on a copy-on-write copy: the parent's state is untouched", function()
       local t = { n = 1 }
       local w = pt.spawn_process(function() t.n = 2; X_GLOBAL = 5; return t.n end)

@@ -141,7 +141,8 @@ int pt_shm_parse_size(const char *s, uint64_t *bytes) {
 }
 
 void pt_shm_format_size(char *out, size_t n, uint64_t b) {
-  if (b && b % (1ULL << 40) == 0) snprintf(out, n, "%llu TiB", (unsigned long long)(b >> 40));
+  if (b <= 1) snprintf(out, n, b ? "1 byte" : "0 bytes");      /* 0 divides every unit */
+  else if (b % (1ULL << 40) == 0) snprintf(out, n, "%llu TiB", (unsigned long long)(b >> 40));
   else if (b % (1ULL << 30) == 0) snprintf(out, n, "%llu GiB", (unsigned long long)(b >> 30));
   else if (b % (1ULL << 20) == 0) snprintf(out, n, "%llu MiB", (unsigned long long)(b >> 20));
   else if (b % (1ULL << 10) == 0) snprintf(out, n, "%llu KiB", (unsigned long long)(b >> 10));

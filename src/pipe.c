@@ -196,6 +196,14 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+/* Two handles of one open pipe are equal (as two of one channel are),
+   whichever way they came: decoded from a message, returned by a worker. */
+static int l_eq(lua_State *L) {
+  handle *a = test_handle(L, 1), *b = test_handle(L, 2);
+  lua_pushboolean(L, a && b && a->p && a->p == b->p);
+  return 1;
+}
+
 static int push_closed(lua_State *L) {
   lua_pushnil(L);
   lua_pushliteral(L, "closed");
@@ -463,7 +471,8 @@ void pt_open_pipe(lua_State *L) {
     {"fds", l_fds}, {NULL, NULL}};
   /* __close on every Lua, as before (only 5.4 calls it) */
   static const luaL_Reg meta[] = {
-    {"__gc", l_gc}, {"__close", l_close}, {"__tostring", l_tostring}, {NULL, NULL}};
+    {"__gc", l_gc}, {"__close", l_close}, {"__eq", l_eq}, {"__tostring", l_tostring},
+    {NULL, NULL}};
   static const luaL_Reg fns[] = {{"pipe", l_pipe}, {NULL, NULL}};
   pt_atfork_child(pipe_after_fork);
   pt_pipe_watch_forks();

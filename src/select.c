@@ -84,6 +84,8 @@ static void parse_item(lua_State *L, sel *s, int i, const char *fn) {
     s->nfd++;
   } else if ((h = (pt_handle *)pt_testudata(L, -1, CHANNEL_MT)) != NULL) {
     if (!(x->q = pt_shm_handle_off(&h->h))) bad(L, fn, i, "is a released channel");
+    if (!pt_obj_live(x->q, h->h.gen))
+      bad(L, fn, i, "is a channel that has been freed (a count on it was dropped too often)");
     x->kind = K_CHANNEL;
     s->nchan++;
   } else if (pt_worker_get(L, -1, &x->w)) {
@@ -466,15 +468,27 @@ static int l_as_completed(lua_State *L) {
   double deadline = pt_check_deadline(L, 2, 1, "as_completed");
   item stack_items[STACK_ITEMS];
   sel s;
-  int i, n;
+  int i, k, n;
   parse(L, 1, &s, stack_items, "as_completed");   /* mistakes raise now */
   lua_pop(L, 1);
   n = s.n;
-  lua_createtable(L, n, 0);
-  for (i = 1; i <= n; i++) {
+  lua_createtable(L, n, 0);                      /* the pending, each once */
+  lua_createtable(L, 0, n);                      /* the seen */
+  for (i = 1, k = 0; i <= n; i++) {
     lua_rawgeti(L, 1, i);
-    lua_rawseti(L, -2, i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, -4);
+      lua_rawseti(L, -3, ++k);
+    } else {
+      lua_pop(L, 2);
+    }
   }
+  lua_pop(L, 1);
   lua_pushnumber(L, deadline);
   lua_pushcclosure(L, next_completed, 2);
   return 1;

@@ -4,6 +4,7 @@
  * Blocking waits and cancellation points are cancel.c's; what a fork and
  * a worker process's exit need, fork.c's; the Lua 5.1 shims, compat.h's. */
 #include "pt.h"
+#include "handle.h"
 #include "wait.h"
 #include "rawsys.h"
 
@@ -219,10 +220,7 @@ static int l_fault(lua_State *L) {
   static const char *const kinds[] = {"segv", "abort", "signal", "nomem_start", NULL};
   int k = luaL_checkoption(L, 1, NULL, kinds);
   if (k == 3) {
-    lua_Integer n = luaL_optinteger(L, 2, 1);
-    if (n < 0 || n > 1000000)
-      return luaL_argerror(L, 2, lua_pushfstring(L, "count must be 0 to 1000000, got %s",
-                                                 lua_tostring(L, 2)));
+    lua_Integer n = pt_check_int(L, 2, 1, 0, 1000000, "fault", "count");
     pt_fault_set_starts((int)n);
   } else if (k == 0) {
     volatile int *volatile bad = NULL;
@@ -230,10 +228,7 @@ static int l_fault(lua_State *L) {
   } else if (k == 1) {
     abort();
   } else {
-    lua_Integer sig = luaL_checkinteger(L, 2);
-    if (sig < 1 || sig > SIGRTMAX)
-      return luaL_argerror(L, 2, lua_pushfstring(L, "signal must be 1 to %d, got %d", (int)SIGRTMAX,
-                                                 (int)(sig < -1000000 ? -1000000 : sig > 1000000 ? 1000000 : sig)));
+    lua_Integer sig = pt_check_int(L, 2, -1, 1, SIGRTMAX, "fault", "signal");
     raise((int)sig);
   }
   return 0;

@@ -4,6 +4,7 @@
 #include "table_value.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -112,7 +113,7 @@ static void tokv_number(lua_State *L, int i, pt_kv *v, int as) {
 #endif
   d = (double)lua_tonumber(L, i);
   if (as == PT_AS_KEY) {
-    if (d != d) luaL_error(L, "invalid key: NaN");
+    if (d != d) pt_st_store_error(L, "invalid key: NaN");
     pt_ht_number_key(v, d);
     return;
   }
@@ -127,7 +128,7 @@ __attribute__((noinline)) static int tokv_table(lua_State *L, int i, pt_kv *v, i
   if (!h) return 0;
   if (!pt_shm_handle_off(h)) {
     if (as == PT_AS_EXPECTED) return 0;
-    luaL_error(L, "cannot store a released shared table");
+    pt_st_store_error(L, "cannot store a released shared table");
   }
   t = pt_st_handle_tab(L, h, i);
   if (as == PT_AS_VALUE) pt_shm_incref(&t->refs);
@@ -157,22 +158,30 @@ __attribute__((noinline)) static void tokv_prepare(lua_State *L, pt_kv *v) {
   if (pt_ht_prepare(v) != 0) pt_st_raise_full(L);
 }
 
+/* A value or key refused while storing, named by the library function it
+   came through (pt.cas, pt.shared_table); a metamethod (st.k = v) names
+   none. */
+__attribute__((cold, noinline)) void pt_st_store_error(lua_State *L, const char *fmt, ...) {
+  const char *fn = NULL, *msg;
+  lua_Debug ar;
+  va_list ap;
+  va_start(ap, fmt);
+  msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    fn = pt_st_fn_name(lua_tocfunction(L, -1));
+    lua_pop(L, 1);
+  }
+  if (fn) luaL_error(L, "%s: %s", fn, msg);
+  luaL_error(L, "%s", msg);
+}
+
 __attribute__((cold, noinline)) static void bad_kv(lua_State *L, int i, int as) {
   if (as == PT_AS_KEY)
-    luaL_error(L, "invalid key: %s (shared table keys are strings, numbers and booleans)",
-               luaL_typename(L, i));
-  if (as == PT_AS_VALUE) {
-    /* named by the library function it came through (pt.cas,
-       pt.shared_table); a metamethod (st.k = v) has the caller's line */
-    const char *fn = NULL;
-    lua_Debug ar;
-    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
-      fn = pt_st_fn_name(lua_tocfunction(L, -1));
-      lua_pop(L, 1);
-    }
-    if (fn) luaL_error(L, "%s: cannot store a %s in a shared table", fn, luaL_typename(L, i));
-    luaL_error(L, "cannot store a %s in a shared table", luaL_typename(L, i));
-  }
+    pt_st_store_error(L, "invalid key: %s (shared table keys are strings, numbers and booleans)",
+                      luaL_typename(L, i));
+  if (as == PT_AS_VALUE)
+    pt_st_store_error(L, "cannot store a %s in a shared table", luaL_typename(L, i));
   luaL_argerror(L, i, lua_type(L, i) == LUA_TTABLE
     ? "a plain table is stored as a new shared table, so no key ever holds this one"
     : lua_pushfstring(L, "a %s can never be the value of a shared table", luaL_typename(L, i)));
@@ -317,12 +326,12 @@ pt_off pt_st_copy_plain(lua_State *L, int idx, int depth, int visited) {
   pt_off off;
   pt_stab *t;
   int top;
-  if (depth > PT_CODEC_MAXDEPTH) luaL_error(L, "cannot store a table nested deeper than %d", PT_CODEC_MAXDEPTH);
+  if (depth > PT_CODEC_MAXDEPTH) pt_st_store_error(L, "cannot store a table nested deeper than %d", PT_CODEC_MAXDEPTH);
   luaL_checkstack(L, 8, "shared table copy");
   lua_pushvalue(L, idx);
   lua_rawget(L, visited);                                   /* L: ... seen */
   if (lua_isuserdata(L, -1)) return pt_shm_handle_off(lua_touserdata(L, -1));
-  if (lua_toboolean(L, -1)) luaL_error(L, "cannot store a table that contains itself (a cycle)");
+  if (lua_toboolean(L, -1)) pt_st_store_error(L, "cannot store a table that contains itself (a cycle)");
   lua_pop(L, 1);
   if (!(off = pt_st_push_new(L))) {                         /* L: ... h */
     if (errno == ENOMEM) pt_st_raise_full(L);

@@ -135,6 +135,7 @@ void pt_st_toexpected(lua_State *L, int i, pt_kv *e);
 /* table.c: the name a value error raised in library function f carries
    ("cas", "shared_table"), or NULL (a metamethod: st.k = v). */
 const char *pt_st_fn_name(lua_CFunction f);
+void pt_st_store_error(lua_State *L, const char *fmt, ...);
 /* The number at i (its type checked by the caller) as a value. */
 void pt_st_tonumber(lua_State *L, int i, pt_kv *n);
 /* Push a key or a value that is no table. */

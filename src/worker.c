@@ -337,7 +337,22 @@ static const char *signal_name(int sig) {
   int i;
   for (i = 0; signals[i].name; i++)
     if (signals[i].sig == sig) return signals[i].name;
-  if (sig >= SIGRTMIN && sig <= SIGRTMAX) return "SIGRT";
+  /* the real-time ones as kill -l names them: SIGRTMIN+k below the
+     middle, SIGRTMAX-k from it (glibc's SIGRTMIN is 34 or 35: at most 31) */
+  if (sig >= SIGRTMIN && sig <= SIGRTMAX) {
+    static const char *const up[] = {
+      "SIGRTMIN", "SIGRTMIN+1", "SIGRTMIN+2", "SIGRTMIN+3", "SIGRTMIN+4", "SIGRTMIN+5",
+      "SIGRTMIN+6", "SIGRTMIN+7", "SIGRTMIN+8", "SIGRTMIN+9", "SIGRTMIN+10", "SIGRTMIN+11",
+      "SIGRTMIN+12", "SIGRTMIN+13", "SIGRTMIN+14", "SIGRTMIN+15"};
+    static const char *const down[] = {
+      "SIGRTMAX", "SIGRTMAX-1", "SIGRTMAX-2", "SIGRTMAX-3", "SIGRTMAX-4", "SIGRTMAX-5",
+      "SIGRTMAX-6", "SIGRTMAX-7", "SIGRTMAX-8", "SIGRTMAX-9", "SIGRTMAX-10", "SIGRTMAX-11",
+      "SIGRTMAX-12", "SIGRTMAX-13", "SIGRTMAX-14", "SIGRTMAX-15"};
+    int k = sig - SIGRTMIN, m = SIGRTMAX - sig;
+    if (k <= m && k < 16) return up[k];
+    if (m < 16) return down[m];
+    return "SIGRT";
+  }
   return NULL;
 }
 
