@@ -155,6 +155,59 @@ describe("lifecycle", function()
       end)
     end
 
+    -- the sentinel is finalized before every worker handle however many
+    -- are alive (guards any change to how handles or the sentinel are
+    -- made, e.g. handles made ahead in batches with one sentinel a batch)
+    it("waits for 40 workers never joined, their 40 handles alive", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      local status, out = fresh(([[
+        local keep = {}
+        for i = 1, 40 do
+          keep[i] = pt.spawn_process(function(f)
+            require("procthread").sleep(0.3)
+            local h = io.open(f, "w"); h:write("done"); h:close()
+          end, %q .. i)
+        end
+      ]]):format(dir))
+      local done = 0
+      for i = 1, 40 do
+        if slurp(dir .. i) == "done" then done = done + 1 end
+        os.remove(dir .. i)
+      end
+      assert.are.equal(0, status, out)
+      assert.are.equal(40, done, out)
+      assert.matches("procthread: waited for 40 workers at exit", out, 1, true)
+    end)
+
+    -- the child of a bare fork() made after spawns (the sentinel it
+    -- inherits is the parent's, pid and all) that spawns: its own
+    -- lua_close waits for its worker (a sentinel reused rather than made
+    -- at its spawn would not: a batch of handles made ahead failed here)
+    it("waits for the workers of a bare fork's child at its own lua_close", function()
+      local so, file = H.foreign_fork_lib(), os.tmpname()
+      os.remove(file)
+      local status, out = fresh(([[
+        local fork, wait = package.loadlib(%q, "l_fork"), package.loadlib(%q, "l_wait")
+        for _ = 1, 3 do assert(pt.spawn_process(function() end):join()) end
+        io.stdout:flush()
+        if fork() == 0 then
+          pt.spawn_process(function(f)
+            require("procthread").sleep(0.3)
+            local h = io.open(f, "w"); h:write("done"); h:close()
+          end, %q)
+          return
+        end
+        io.write("child exit ", wait(), "\n")
+      ]]):format(so, so, file))
+      local got = slurp(file)
+      os.remove(so); os.remove(file)
+      assert.are.equal(0, status, out)
+      assert.matches("child exit 0\n", out, 1, true)
+      assert.are.equal("done", got, out)
+      assert.matches("procthread: waited for 1 worker at exit", out, 1, true)
+    end)
+
     it("stops them with at_exit = \"stop\" and says so", function()
       local status, out, took = fresh([[
         pt.configure{ at_exit = "stop" }
