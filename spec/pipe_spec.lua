@@ -285,6 +285,8 @@ describe("pipes", function()
       assert.is_true(q2 == q)
       assert.is_false(q2 == p)
       assert.is_true(pt.decode(pt.encode(q)) == q)
+      assert.is_false(io.stdout == q)                  -- 5.3+ ask q's __eq
+      assert.is_false(q == io.stdout)
       assert.is_true(select(2, pt.spawn_thread(function() return q end):join(T)) == q)
       q2:send("via the copy")
       assert.are.equal("via the copy", q:recv(T))
