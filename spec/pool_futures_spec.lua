@@ -1134,5 +1134,42 @@ describe("pools (futures)", function()
       assert.is_true((f:get(T)))
       assert.is_true(pool:close(T))
     end)
+
+    -- found by a hostile review (poolmend): {f, nil, f} raised "table
+    -- index is nil" from pool.lua; {f, 5} blamed 'select', and only once
+    -- the loop began, where a list without futures is refused at the call
+    it("as_completed over futures checks its list at the call, as the C path words it", function()
+      local pool = pt.pool("thread", 1)
+      local f = pool:submit(function() return 1 end)
+      local p = pt.pipe()
+      assert.has_error(function() pt.as_completed({ f, nil, f }) end,
+        "bad argument #1 to 'as_completed' (list[2] is a nil, not a pipe, channel or worker)")
+      assert.has_error(function() pt.as_completed({ f, 5 }, 1) end,
+        "bad argument #1 to 'as_completed' (list[2] is a number, not a pipe, channel or worker)")
+      -- the first bad entry is named, a nil as any other
+      assert.has_error(function() pt.as_completed({ 5, nil, f }) end,
+        "bad argument #1 to 'as_completed' (list[1] is a number, not a pipe, channel or worker)")
+      assert.has_error(function() pt.select({ f, nil, f }, 0) end,
+        "bad argument #1 to 'select' (list[2] is a nil, not a pipe, channel or worker)")
+      -- the C path's messages, for comparison
+      assert.has_error(function() pt.as_completed({ 5 }) end,
+        "bad argument #1 to 'as_completed' (list[1] is a number, not a pipe, channel or worker)")
+      assert.has_error(function() pt.as_completed({ p, nil, p }) end,
+        "bad argument #1 to 'as_completed' (list[2] is a nil, not a pipe, channel or worker)")
+      -- past the border nothing is an entry (the C path reads #list too)
+      local n = 0
+      for _ in pt.as_completed({ f, nil, nil }, T) do n = n + 1 end
+      assert.are.equal(1, n)
+      -- what the loop finds wrong is as_completed's, as in the C path
+      p:close_read()
+      local it = pt.as_completed({ f, p }, T)
+      assert.has_error(function() it() end,
+        "bad argument #1 to 'as_completed' (list[2] is a pipe whose read end is closed)")
+      local cit = pt.as_completed({ p }, T)
+      assert.has_error(function() cit() end,
+        "bad argument #1 to 'as_completed' (list[1] is a pipe whose read end is closed)")
+      p:close()
+      assert.is_true(pool:close(T))
+    end)
   end)
 end)

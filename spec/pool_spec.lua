@@ -828,6 +828,40 @@ describe("pools", function()
       assert.matches("^false\tprocthread%.pool: cannot start worker %d+ of 100: [%w_]+: Too many open files\n$", out)
     end)
 
+    -- found by a hostile review (poolmend): a watcher thread that could
+    -- not start (its eventfd) raised "bad argument #1 to 'release'" (its
+    -- event given to pt.release, which takes shared tables and arrays)
+    it("says why a process pool's watcher cannot start (few fds)", function()
+      -- every fd held, then one more freed each round, up to the first
+      -- failed eventfd: the watcher thread's (with a few more fds, a
+      -- watcher that starts but cannot load the module is waited for 20 s)
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        require "procthread.pool"
+        local held = {}
+        while true do local f = io.open("/dev/null") if not f then break end held[#held + 1] = f end
+        for k = 0, 40 do
+          if k > 0 then table.remove(held):close() end
+          collectgarbage(); collectgarbage()
+          local ok, p = pcall(pt.pool, "process", 1)
+          if ok then print("made", p:close(10)) break end
+          print(p)
+          if p:find("eventfd") then break end
+        end
+        for _, f in ipairs(held) do f:close() end
+      ]], "ulimit -n 64;")
+      assert.are.equal(0, status, out)
+      local watcher = false
+      for line in out:gmatch("[^\n]+") do
+        if line ~= "made\ttrue" then
+          local why = line:match("^procthread%.pool: [^:]*:? ?([%w_]+): Too many open files$")
+          assert.is_truthy(why, line)
+          watcher = watcher or why == "eventfd"
+        end
+      end
+      assert.is_true(watcher, out)
+    end)
+
     -- found by attack: with the shim, worker_main's upvalue table.unpack
     -- crossed as "_G.unpack" (5.3, 5.4), a thread worker could not start,
     -- and every get, map and close waited for ever
@@ -1075,6 +1109,116 @@ describe("pools", function()
       assert.is_true(pool:terminate())     -- joins it
       assert_released(base)
       assert.are.equal("succeeded", w:status())
+    end)
+  end)
+
+  -- found by a hostile review (poolmend)
+  describe("at exit", function()
+    -- the pool's watcher thread was counted as a worker (3 for a process
+    -- pool of 2), and the count went 1 to 3 run to run: the pool's
+    -- finalizer, newer than the at-exit sentinel, closed the task channel
+    -- first, and the workers left as the sentinel looked
+    for _, kind in ipairs(KINDS) do
+      for _, ending in ipairs({ "", "os.exit(0)", "os.exit(0, true)" }) do
+        it(("counts a %s pool's workers alone, every run (%s)"):format(kind, ending == "" and "script end" or ending), function()
+          for _ = 1, 3 do
+            local status, out = H.fresh(([[
+              local pt = require "procthread"
+              local p = pt.pool(%q, 2)
+              p:submit(function() return 1 end):get()
+              %s
+            ]]):format(kind, ending))
+            assert.are.equal(0, status, out)
+            assert.are.equal("procthread: stopped 2 workers at exit\n", out)
+          end
+        end)
+      end
+    end
+  end)
+
+  describe("errors are the user's", function()
+    for _, kind in ipairs(KINDS) do
+      -- error as the task's function (or error(msg, 2) in it) named a line
+      -- of pool.lua, where spawn_thread's join names none
+      it(kind .. " pool: a task's error carries no position in the pool's code", function()
+        local function first(ok, err) return ok, (tostring(err):match("^[^\n]*")) end
+        local pool = pt.pool(kind, 1)
+        assert.are.same({ false, "boom" }, { first(pool:submit(error, "boom"):get(T)) })
+        assert.are.same({ false, "up" }, { first(pool:submit(function() error("up", 2) end):get(T)) })
+        assert.are.same({ false, "boom" }, { first(pt.spawn_thread(error, "boom"):join(T)) })
+        -- the user's own position stays
+        local here = debug.getinfo(1, "S").short_src
+        local ok, err = first(pool:submit(function() error("mine") end):get(T))
+        assert.is_false(ok)
+        assert.are.equal(here .. ":" .. (debug.getinfo(1, "l").currentline - 2) .. ": mine", err)
+        -- map, both ways a chunk runs its items (a list, a table past 1000)
+        local big = {}
+        for i = 1, 1001 do big[i] = "big" end
+        assert.are.same({ false, "pool:map: item 1 failed: boom" },
+          { first(pcall(pool.map, pool, error, { "boom" })) })
+        assert.are.same({ false, "pool:map: item 1 failed: big" },
+          { first(pcall(pool.map, pool, error, big, 1001)) })
+        assert.is_true(pool:close(T))
+        local ip = pt.pool(kind, 1, { initializer = error, initargs = { "init!" } })
+        assert.are.same({ false, "pool: initializer failed: init!" }, { first(ip:submit(print):get(T)) })
+        ip:terminate()
+      end)
+    end
+
+    -- each of the pool's shared objects in turn finds no room (a message
+    -- freed each round): every failure is pt.pool's, and leaves nothing
+    it("a pool made on a full arena says pt.pool's name, not a line of pool.lua", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure{ shm_size = "1M" }
+        local big, ch = pt.channel(4000), pt.channel(4000)
+        while true do local ok, r = pcall(big.offer, big, 0, string.rep("m", 4000)) if not ok or r ~= true then break end end
+        while true do local ok, r = pcall(ch.offer, ch, 0, string.rep("m", 60)) if not ok or r ~= true then break end end
+        local last
+        for _ = 1, 4000 do
+          collectgarbage(); collectgarbage()
+          local before = pt.shm_stats().objects
+          local ok, err = pcall(pt.pool, "thread", 1, { queue = 1 })
+          if ok then print("made") err:terminate() break end
+          collectgarbage(); collectgarbage()
+          local what = err:match("^procthread%.pool: ([%w_.]+): shared memory exhausted") or err
+          if what ~= last then print(what, pt.shm_stats().objects - before) end
+          last = what
+          ch:recv(0)
+        end
+      ]])
+      assert.are.equal(0, status, out)
+      assert.are.equal("channel\t0\npt.shared_table\t0\narray\t0\nevent\t0\nmade\n", out)
+    end)
+
+    -- the codec walked into the future's pool: "args[1].pool.slots[1].w:
+    -- cannot copy userdata"
+    it("futures and pools refuse to cross, saying what they are; their metatables are protected", function()
+      local pool = pt.pool("thread", 1)
+      local f = pool:submit(function() return 1 end)
+      assert.are.same({ false, "spawn_thread: args[1]: cannot copy a procthread.Future" },
+        { pcall(pt.spawn_thread, function(x) return x end, f) })
+      assert.are.same({ false, "spawn_thread: args[1].p: cannot copy a procthread.Pool" },
+        { pcall(pt.spawn_thread, function(x) return x end, { p = pool }) })
+      assert.are.same({ false, "encode: values[1][1]: cannot copy a procthread.Future" },
+        { pcall(pt.encode, { f }) })
+      -- the codec's rule: a metatable's string __nocopy (any other is copied)
+      assert.are.same({ false, "encode: values[2]: cannot copy a thing" },
+        { pcall(pt.encode, 1, setmetatable({}, { __nocopy = "thing" })) })
+      assert.are.equal(true, getmetatable(pt.decode(pt.encode(setmetatable({}, { __nocopy = true })))).__nocopy)
+      assert.has_error(function() pool:submit(function(x) return x end, f) end,
+        "pool:submit: values[2]: cannot copy a procthread.Future")
+      -- their metatables are protected as a handle's (getmetatable(pool)
+      -- gave the real table, setmetatable(future, nil) went through)
+      assert.are.equal("procthread.Pool", getmetatable(pool))
+      assert.are.equal("procthread.Future", getmetatable(f))
+      assert.are.equal("procthread.Channel", getmetatable(pt.channel()))
+      assert.has_error(function() setmetatable(f, nil) end, "cannot change a protected metatable")
+      assert.has_error(function() setmetatable(pool, {}) end, "cannot change a protected metatable")
+      -- both still work as themselves
+      assert.are.same({ true, 1 }, { f:get(T) })
+      assert.are.equal("succeeded", f:status())
+      assert.is_true(pool:close(T))
     end)
   end)
 

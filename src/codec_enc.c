@@ -322,7 +322,15 @@ static int enc_table(enc *e, int idx) {
   int hasmeta;
   if (r) return r > 0;
   hasmeta = lua_getmetatable(L, idx);
-  if (hasmeta) lua_pop(L, 1);
+  if (hasmeta) {
+    /* a kind that refuses to cross (a pool, a future): its metatable's
+       __nocopy names it */
+    lua_pushliteral(L, "__nocopy");
+    lua_rawget(L, -2);
+    r = lua_type(L, -1) == LUA_TSTRING ? enc_fail(e, "cannot copy a %s", lua_tostring(L, -1)) : 1;
+    lua_pop(L, 2);
+    if (!r) return 0;
+  }
   if (!enc_byte(e, T_TABLE) || !enc_byte(e, hasmeta ? 1 : 0)) return 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {                        /* L: ... k v */

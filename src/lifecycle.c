@@ -441,10 +441,10 @@ void pt_lifecycle_detach(pt_worker *w) {
   if (gone) pt_worker_unref(gone);
 }
 
-void pt_lifecycle_daemon(pt_worker *w) {
+void pt_lifecycle_daemon(pt_worker *w, int helper) {
   pt_worker *e;
   pthread_mutex_lock(&reg_mu);
-  if ((e = find(w)) != NULL) e->daemon = 1;
+  if ((e = find(w)) != NULL) e->daemon = helper ? 2 : 1;
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -524,9 +524,10 @@ static int wait_all(entry *set, int n, double secs, int procs, int interrupt, ui
   }
 }
 
+/* A pool's helper (daemon 2: its watcher) is stopped, never counted. */
 static int count_running(entry *set, int n) {
   int i, k = 0;
-  for (i = 0; i < n; i++) if (running(&set[i])) k++;
+  for (i = 0; i < n; i++) if (set[i].daemon != 2 && running(&set[i])) k++;
   return k;
 }
 
@@ -590,7 +591,7 @@ static void at_exit(const void *owner, int all) {
              sigaction(SIGINT, &sa, NULL) == 0;
   if (!hard) {
     for (i = 0; i < n; i++) {        /* pool workers are stopped, not waited for */
-      if (set[i].daemon && running(&set[i])) { stopped++; stop(&set[i], 0); }
+      if (set[i].daemon && running(&set[i])) { stopped += set[i].daemon == 1; stop(&set[i], 0); }
       if (!set[i].daemon && running(&set[i])) waited++;
     }
     if (waited && wait_all(set, n, -1, 0, 1, &sig0) > 0) hard = 1;

@@ -275,9 +275,10 @@ void pt_lifecycle_released(struct pt_worker *w);    /* its handle collected */
    registered (it has left). */
 int pt_lifecycle_adopt(struct pt_worker *w);
 /* pt.detach: the worker leaves the registry (a process: its lifeline
-   is disarmed first, so it may outlive us); pt._daemon: marks a pool's. */
+   is disarmed first, so it may outlive us); pt._daemon: marks a pool's
+   (helper: one of its own, not a worker, left out of the at-exit count). */
 void pt_lifecycle_detach(struct pt_worker *w);
-void pt_lifecycle_daemon(struct pt_worker *w);
+void pt_lifecycle_daemon(struct pt_worker *w, int helper);
 void pt_lifecycle_arm(lua_State *L);                /* a handle was made */
 /* A process worker's lifeline: prefork before fork() (0, or -1 errno);
    then the child calls pt_lifeline_child first thing, the parent

@@ -544,9 +544,10 @@ static int l_spare_fds(lua_State *L) {
   return 1;
 }
 
-/* pt._daemon(w): a pool's worker, stopped at exit, never waited for. */
+/* pt._daemon(w [, helper]): a pool's worker, stopped at exit, never
+   waited for; a helper (its watcher) is not counted in the at-exit line. */
 static int l_daemon(lua_State *L) {
-  pt_lifecycle_daemon(check(L, "_daemon"));
+  pt_lifecycle_daemon(check(L, "_daemon"), lua_toboolean(L, 2));
   return 0;
 }
 

@@ -66,7 +66,8 @@ struct pt_worker {
   int lifeline, lifeline_r;   /* process: its lifeline's ends, or -1 */
   unsigned lifeline_forks;    /* process: forks made by then (lifecycle.c) */
   int released;               /* its handle was collected */
-  int daemon;                 /* a pool's worker: stopped, never waited for */
+  int daemon;                 /* a pool's worker: stopped, never waited for
+                                 (2: a pool's watcher, not counted at exit) */
   int adopted;                /* thread: handle collected while it ran (a
                                  cancel at exit still reaches it) */
   int handled;                /* an at-exit pass stopped it already */

@@ -51,13 +51,25 @@ local FOREVER = math.huge
 
 local HERE = debug.getinfo(1, "S").short_src   -- this file, as positions name it
 
-local Pool = {}
+-- Protected as the handles' are: getmetatable answers the kind's name,
+-- setmetatable refuses; the codec refuses to copy them (__nocopy): a pool
+-- and its futures are the owner's, nothing another worker could use.
+local getmt = debug.getmetatable
+local Pool = { __metatable = "procthread.Pool", __name = "procthread.Pool", __nocopy = "procthread.Pool" }
 Pool.__index = Pool
-local Future = {}
+local Future = { __metatable = "procthread.Future", __name = "procthread.Future", __nocopy = "procthread.Future" }
 Future.__index = Future
 
 local function pack(...) return { n = select("#", ...), ... } end
 local tpack = table.pack or pack
+
+-- An error raised by a call of this file's, without the position in this
+-- file that it came with
+local function unplace(err)
+  err = tostring(err)
+  if err:sub(1, #HERE + 1) == HERE .. ":" then err = err:gsub("^[^:]*:%d+: ", "", 1) end
+  return err
+end
 
 -- A refused value as errors name it: a number (any NaN "nan": x86 prints
 -- 0/0 as "-nan"), else its type.
@@ -112,10 +124,26 @@ local function worker_main(c)
   local failed_at
   -- the worker's own frames below the task's function are cut from its
   -- traceback (the initializer's call, a map chunk's loop)
-  local here = "\n%s*" .. debug.getinfo(1, "S").short_src:gsub("%p", "%%%0") .. ":%d+: [^\n]*$"
+  local src = debug.getinfo(1, "S").short_src
+  local here = "\n%s*" .. src:gsub("%p", "%%%0") .. ":%d+: [^\n]*$"
+  -- A position in this file that an error came with names a frame of ours
+  -- that called the task's function (error itself as the function, or
+  -- error(msg, 2) in it): cut, as a worker's join has none there
+  local function ours(e)
+    local line = e:sub(1, #src + 1) == src .. ":" and tonumber(e:match("^(%d+): ", #src + 2))
+    if not line then return e end
+    for level = 3, math.huge do
+      local info = debug.getinfo(level, "Sl")
+      if not info then return e end
+      if info.short_src == src and info.currentline == line then
+        return e:sub(#src + #tostring(line) + 4)
+      end
+    end
+  end
   local function handler(e)
     if failed_at then failed_at() end
-    if type(e) == "number" then e = tostring(e)   -- as join, and lua.c, show it
+    if type(e) == "string" then e = ours(e)
+    elseif type(e) == "number" then e = tostring(e)   -- as join, and lua.c, show it
     elseif type(e) ~= "string" then
       local mt = debug.getmetatable(e)   -- a handle's answers its name
       local ok, s = false, nil
@@ -365,7 +393,7 @@ end
 
 -- ---- the pool ------------------------------------------------------------
 
-local function is_pool(p) return getmetatable(p) == Pool end
+local function is_pool(p) return getmt(p) == Pool end
 
 -- `level`: where the caller's line is, counted from the function that
 -- called these (1, the default: its caller).
@@ -397,8 +425,8 @@ local function watcher_for(self, i)
   local took = pt.event()
   local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell, took }
   local ok, w, werr = pcall(pt.spawn_thread, watcher_main, ctl, self.answers, self.room, keep)
-  if not ok or not w then ctl:close(); pt.release(took); return nil, tostring(ok and werr or w) end
-  pt._daemon(w)
+  if not ok or not w then ctl:close(); return nil, tostring(ok and werr or w) end
+  pt._daemon(w, true)             -- stopped at exit, and no worker of the at-exit line's
   wt = { w = w, ctl = ctl, took = took }
   self.watchers[k] = wt
   return wt
@@ -976,14 +1004,32 @@ function P.new(pt, kind, n, opts)
   local limit = cap + n
   local bell, err = pt.pipe()
   if not bell then error(fname .. ": " .. tostring(err), 2) end
+  -- the shared objects (a full arena raises): what was made goes again,
+  -- and the error is pt.pool's
+  local made = {}
+  local ok, merr = pcall(function()
+    made.tasks = pt.channel(cap)
+    made.answers = pt.channel(math.min(1048576, limit + 2 * n + 8))
+    made.claims = pt.shared_table()
+    made.flags = pt.array(1, "shared")
+    made.room = opts.queue and pt.event() or nil
+  end)
+  if not ok then
+    bell:close()
+    if made.tasks then made.tasks:close() end
+    if made.answers then made.answers:close() end
+    if made.claims then pt.release(made.claims) end
+    if made.flags then pt.release(made.flags) end
+    error(fname .. ": " .. unplace(merr), 2)
+  end
   local ia = opts.initargs
   local initargs = ia and pack(unpack(ia, 1, initn))
   local self = setmetatable({
     pt = pt, kind = kind, n = n, max_tasks = opts.max_tasks, owner = pt._self_id(),
     init = opts.initializer, initargs = initargs or (opts.initializer and { n = 0 }),
-    tasks = pt.channel(cap), answers = pt.channel(math.min(1048576, limit + 2 * n + 8)),
-    claims = pt.shared_table(), flags = pt.array(1, "shared"), bell = bell,
-    room = opts.queue and pt.event() or nil, bounded = opts.queue ~= nil,
+    tasks = made.tasks, answers = made.answers,
+    claims = made.claims, flags = made.flags, bell = bell,
+    room = made.room, bounded = opts.queue ~= nil,
     limit = limit, slots = {}, byid = {}, retired = {}, watchers = {}, inflight = {}, ninflight = 0,
     queue = {}, qhead = 1, qtail = 0, next_id = 0, next_wid = 0, seq = 0, state = "open",
     started = 0, completed = 0, deaths = 0,
@@ -992,16 +1038,25 @@ function P.new(pt, kind, n, opts)
   -- closed, so that the workers (and the watcher) leave by themselves
   local fields = { self.tasks, self.claims, self.queue, self.inflight, self.watchers }
   self.fields = fields
-  for i = 1, n do
-    local done, ok, e = pcall(start_worker, self, i)
+  -- Finalizers run newest first.  The pool's is newer than the handles it
+  -- uses (the channels, a watcher's control pipe: made first, below) and
+  -- older than the workers: the at-exit sentinel, made anew at each spawn
+  -- (lifecycle.c), is then finalized before it at lua_close, and the
+  -- workers are stopped (and counted) at exit before the task channel is
+  -- closed under them (the other way round, they left as the at-exit pass
+  -- looked, and its line counted some of them)
+  local function started(i, done, ok, e)
     if not done then                      -- a Ctrl-C: no pool, no worker
       self:terminate()
       error(ok, 0)
     end
     if not ok then
       self:terminate()
-      error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 2)
+      error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 3)
     end
+  end
+  if kind == "process" then
+    for i = 1, n, WATCH do started(i, pcall(watcher_for, self, i)) end
   end
   local owner = self.owner
   local function finalize()
@@ -1040,6 +1095,7 @@ function P.new(pt, kind, n, opts)
   else
     self.gc_proxy = setmetatable({}, { __gc = finalize })
   end
+  for i = 1, n do started(i, pcall(start_worker, self, i)) end
   return self
 end
 
@@ -1191,9 +1247,7 @@ local function start_job(fname, self, fn, list, count, chunk, ready, into)
       end
       fields[7] = nil
       -- the codec's error comes with the position of the pool's call: cut
-      err = tostring(err)
-      if err:sub(1, #HERE + 1) == HERE .. ":" then err = err:gsub("^[^:]*:%d+: ", "", 1) end
-      err = chunk_path(err, first, last)
+      err = chunk_path(unplace(err), first, last)
       error(("%s: items %d-%d: %s"):format(fname, first, last, err), 3)
     end
   end
@@ -1400,7 +1454,7 @@ end
 -- ---- futures -------------------------------------------------------------
 
 local function check_future(fname, self)
-  if getmetatable(self) ~= Future then
+  if getmt(self) ~= Future then
     error(("%s: bad self (a future expected, got %s)"):format(fname, type(self)), 3)
   end
 end
@@ -1487,12 +1541,30 @@ local function waitable(pool)
   return pool.bell
 end
 
-local function is_future(x) return getmetatable(x) == Future end
+local function is_future(x) return getmt(x) == Future end
 P.is_future = is_future
 
 -- The errors of select and as_completed carry no position: the wrappers
 -- of procthread (init.lua) raise them at their caller's line.
-local function check_list(fname, list, timeout)
+-- The C core's errors name the entry by its index in the caller's list
+-- (at[j]: the index of probe[j]) and the function called (fname).
+local function core_error(fname, r, at)
+  if type(r) == "string" then
+    r = r:gsub("list%[(%d+)%]", function(k) return "list[" .. tostring(at[tonumber(k)] or k) .. "]" end)
+      :gsub("^bad argument #1 to '[%w_]+'", "bad argument #1 to '" .. fname .. "'")
+  end
+  error(r, 0)
+end
+
+local rawlen = rawlen or function(t) return #t end
+
+-- The list is read as the C select reads it (entries 1 to its raw length:
+-- a nil among them is refused, what follows the border is no entry), and
+-- checked as it checks it, the first bad entry named: the entries that
+-- are not futures by the core's as_completed, which checks its list at the
+-- call and waits for nothing (for select, only before a nil: its first C
+-- select checks them, plain_too false).
+local function check_list(fname, list, timeout, plain_too)
   if type(list) ~= "table" then
     error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(list)), 0)
   end
@@ -1500,24 +1572,34 @@ local function check_list(fname, list, timeout)
     error(("bad argument #2 to '%s' (timeout must be a number >= 0 or math.huge, got %s)")
       :format(fname, got(timeout)), 0)
   end
+  local plain, at, hole = {}, {}, nil
+  for i = 1, rawlen(list) do
+    local x = rawget(list, i)
+    if x == nil then hole = i; break end
+    if not is_future(x) then plain[#plain + 1], at[#plain + 1] = x, i end
+  end
+  local core = require "procthread.core"
+  if plain[1] and (plain_too or hole) and core.as_completed then
+    local ok, err = pcall(core.as_completed, plain)
+    if not ok then core_error(fname, err, at) end
+  end
+  if hole then
+    error(("bad argument #1 to '%s' (list[%d] is a nil, not a pipe, channel or worker)"):format(fname, hole), 0)
+  end
 end
 
 -- The C select over `probe` (the entries that are not futures, and the
--- bells of the futures' pools), its errors naming the entry by its index
--- in the caller's list (at[j]).
-local function probe_select(core_select, probe, at, t)
+-- bells of the futures' pools).
+local function probe_select(fname, core_select, probe, at, t)
   local ok, r, j = pcall(core_select, probe, t)
   if ok then return r, j end
-  if type(r) == "string" then
-    r = r:gsub("list%[(%d+)%]", function(k) return "list[" .. tostring(at[tonumber(k)] or k) .. "]" end)
-  end
-  error(r, 0)
+  core_error(fname, r, at)
 end
 
--- pt.select with futures: the first ready entry of the list (a future
--- with an answer, or what the C select finds ready) and its index.
-function P.select(core_select, list, timeout)
-  check_list("select", list, timeout)
+-- pt.select with futures (fname: the function called, select or
+-- as_completed): the first ready entry of the list (a future with an
+-- answer, or what the C select finds ready) and its index.
+local function select_in(fname, core_select, list, timeout)
   local pt = P.pt or require "procthread"
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   local pools, probe, at, bells = {}, {}, {}, {}
@@ -1557,13 +1639,13 @@ function P.select(core_select, list, timeout)
       if #pools == 0 then return nil, "timeout" end      -- nothing can become ready
       local pool = pools[1]
       if pt._self_id() ~= pool.owner then
-        error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+        error(("%s: this pool belongs to another process (pid %d)"):format(fname, pool.owner), 0)
       end
       drain(pool, left)
     else
       -- what is ready before the first answered future wins; then that
       -- future; else sleep on all
-      local r, j = probe_select(core_select, probe, at, (best or left <= 0) and 0 or left)
+      local r, j = probe_select(fname, core_select, probe, at, (best or left <= 0) and 0 or left)
       if r == nil then
         if best then return list[best], best end
         if j ~= "timeout" then return nil, j end
@@ -1575,7 +1657,7 @@ function P.select(core_select, list, timeout)
         -- a bell: its pool has answers (read now: that empties the bell); look again
         local pool = bells[r]
         if pt._self_id() ~= pool.owner then
-          error(("select: this pool belongs to another process (pid %d)"):format(pool.owner), 0)
+          error(("%s: this pool belongs to another process (pid %d)"):format(fname, pool.owner), 0)
         end
         drain(pool)
       end
@@ -1583,18 +1665,23 @@ function P.select(core_select, list, timeout)
   end
 end
 
+function P.select(core_select, list, timeout)
+  check_list("select", list, timeout)
+  return select_in("select", core_select, list, timeout)
+end
+
 function P.as_completed(core_select, list, timeout)
-  check_list("as_completed", list, timeout)
+  check_list("as_completed", list, timeout, true)
   local pt = P.pt or require "procthread"
   local left, seen = {}, {}
-  for i = 1, #list do                     -- each once, as Python's
-    local x = list[i]
+  for i = 1, rawlen(list) do              -- each once, as Python's
+    local x = rawget(list, i)
     if not seen[x] then seen[x] = true; left[#left + 1] = x end
   end
   local deadline = timeout and timeout ~= FOREVER and pt.now() + timeout
   return function()
     if #left == 0 then return nil end
-    local ok, r, i = pcall(P.select, core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
+    local ok, r, i = pcall(select_in, "as_completed", core_select, left, deadline and math.max(0, deadline - pt.now()) or timeout)
     -- at the caller's line, unless it has a place already (an interrupt)
     if not ok then error(r, (type(r) == "string" and r:find("^[^\n]-:%d+: ")) and 0 or 2) end
     if r == nil then return nil, i end
