@@ -455,7 +455,12 @@ void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void 
  * wake an unlock gave, while the bit that would wake the next sleeper is
  * gone (the lock was taken again by a trylock, which sets no bit): it
  * passes the wake on, and the sleeper it wakes looks again and sets the
- * bit itself. */
+ * bit itself.  A waiter SIGKILLed once woken cannot pass it on: the other
+ * sleepers would sleep for ever on a lock that is free, or taken by a
+ * trylock that set no bit (the kernel wakes the next one for glibc's own
+ * lock only, whose robust list names the lock as pending meanwhile; the
+ * spec SIGKILLs writers on a table readers wait for).  So no sleep here is
+ * longer than SLICE: each looks at the word again. */
 #if defined(__GLIBC__)
 static int lock_give_up(const uint32_t *word, int slept, int status) {
   if (slept) pt_futex_wake(word, 1);
@@ -491,9 +496,9 @@ int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel
         continue;
       v |= FUTEX_WAITERS;
     }
-    st = pt_futex_wait_on(&watched, &v, 1, deadline, &w);
+    st = pt_futex_wait_on(&watched, &v, 1, step_until(deadline, SLICE), &w);
     slept = 1;
-    if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again */
+    if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again (deadline: above) */
     if (st == PT_INTR && !interrupt_moved(&w)) continue; /* not a Ctrl-C */
     return lock_give_up(word, slept, st);
   }
