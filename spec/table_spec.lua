@@ -710,8 +710,9 @@ describe("shared tables", function()
     -- glibc's unlock wakes one sleeper of the lock word; one SIGKILLed once
     -- woken, before it took the lock, passed the wake on to nobody, and the
     -- others slept for ever on a free lock (a reader of the case above did,
-    -- under load: its join timed out).  Each sleep now looks again after
-    -- a slice.
+    -- under load: its join timed out).  A sleeper now names the lock
+    -- pending in its robust list, and the kernel wakes the next one when
+    -- it dies (src/wait.c, pt_lock_wait).
     it("a waiter SIGKILLed once woken leaves no other asleep on the free lock", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
