@@ -748,6 +748,62 @@ describe("shared tables", function()
       assert.are.equal("0", bad, out)
       assert.is_true(tonumber(reads) > 1000, out)
     end)
+
+    -- glibc's unlock wakes one sleeper of the lock word; one SIGKILLed once
+    -- woken, before it took the lock, passed the wake on to nobody, and the
+    -- others slept for ever on a free lock (a reader of the case above did,
+    -- under load: its join timed out).  A sleeper now names the lock
+    -- pending in its robust list, and the kernel wakes the next one when
+    -- it dies (src/wait.c, pt_lock_wait).
+    it("a waiter SIGKILLed once woken leaves no other asleep on the free lock", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        local st, flags = pt.shared_table { x = 0 }, pt.shared_table()
+        local function state(w)
+          local f = io.open("/proc/" .. w.id .. "/stat"); if not f then return "?" end
+          local s = f:read("*l"); f:close(); return s:match("^%d+ %b() (%a)")
+        end
+        local function wchan(w)
+          local f = io.open("/proc/" .. w.id .. "/wchan"); if not f then return "" end
+          local s = f:read("*a"); f:close(); return s
+        end
+        -- a process that, told to, stores under st's lock (and so waits for it)
+        local function storer(name)
+          return pt.spawn_process(function()
+            pt.wait(flags, name, nil)
+            flags[name .. "_trying"] = true
+            st.x = name
+            return true
+          end)
+        end
+        local a, b = storer("a"), storer("b")
+        -- a and this thread on one CPU, a as SCHED_IDLE: the stop signal cannot
+        -- take a off the lock's queue before the unlock below wakes it there
+        local f = io.open("/proc/self/stat"); local me = f:read("*l"):match("^%d+"); f:close()
+        assert(os.execute("taskset -pc 0 " .. me .. " >/dev/null && taskset -pc 0 " .. a.id ..
+                          " >/dev/null && chrt -i -p 0 " .. a.id))
+        local function asleep(w, name)
+          local t0 = pt.now()
+          while not (flags[name .. "_trying"] and state(w) == "S" and wchan(w):match("futex")) do
+            assert(pt.now() - t0 < 10, name .. " never slept on the lock")
+            pt.sleep(0.005)
+          end
+          pt.sleep(0.05)
+        end
+        pt.locked(st, function()
+          flags.a = true; asleep(a, "a")          -- a sleeps on the lock first,
+          flags.b = true; asleep(b, "b")          -- b second
+          assert(a:kill("STOP"))                  -- a cannot take the lock the unlock wakes it for
+        end)
+        assert(a:kill("KILL")); assert(a:join(10) == false)
+        local t0 = pt.now()
+        local ok = b:join(3)
+        if not ok then b:kill("KILL"); b:join(10) end
+        print("b stored", ok, st.x, pt.now() - t0 < 2)
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("b stored%s+true%s+b%s+true", out)
+    end)
   end)
 
   describe("crossing to workers", function()

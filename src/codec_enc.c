@@ -65,6 +65,54 @@ static void names_add_module(lua_State *L, int map, const char *mod, size_t mlen
   STACK_CHECK(L, 0);
 }
 
+/* What the map is built from: the entries of package.loaded, in
+   lua_next's order.  registry[NAMES_KEY ".loaded"] = { [0] = ptrs, k1, v1,
+   ..., kn, vn }: it keeps each key and value alive while the map stands,
+   so that no other object can take one's address; ptrs (a userdata) holds
+   their addresses, which names_fresh compares (a value with no address,
+   true or a number, is no module: names_build reads tables only). */
+typedef struct names_ptrs {
+  size_t n;
+  const void *p[1];             /* k1, v1, ..., kn, vn */
+} names_ptrs;
+
+/* The address of the key or value at i.  A string has one from
+   lua_topointer on 5.4 and LuaJIT only; before, that of its bytes (an
+   interned string's, or those of the one object the key is, kept alive). */
+#if LUA_VERSION_NUM >= 504 || defined(LUAJIT_VERSION) || defined(PT_LUAJIT)
+#define NAMES_PTR(L, i) lua_topointer(L, i)
+#else
+#define NAMES_PTR(L, i) \
+  (lua_type(L, i) == LUA_TSTRING ? (const void *)lua_tostring(L, i) : lua_topointer(L, i))
+#endif
+
+static void names_copy_loaded(lua_State *L) {
+  int i = 0, j;
+  names_ptrs *np;
+  STACK_OPEN(L);
+  lua_newtable(L);                                  /* L: ... pins */
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");    /* L: ... pins loaded */
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {                       /* L: ... pins loaded k v */
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, -5, ++i);                      /* pins[2j-1] = k */
+      lua_rawseti(L, -4, ++i);                      /* pins[2j] = v; L: ... pins loaded k */
+    }
+  }
+  lua_pop(L, 1);                                    /* L: ... pins */
+  np = (names_ptrs *)pt_newuserdata(L, offsetof(names_ptrs, p) + (size_t)(i ? i : 1) * sizeof(void *));
+  np->n = (size_t)i;                                /* L: ... pins ptrs */
+  for (j = 1; j <= i; j++) {
+    lua_rawgeti(L, -2, j);
+    np->p[j - 1] = NAMES_PTR(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_rawseti(L, -2, 0);                            /* L: ... pins */
+  lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".loaded");
+  STACK_CHECK(L, 0);
+}
+
 /* Build the map and push it.  The standard libraries come first, so that a
    C function one of them holds is named after it ("string.format"), never
    after another module that keeps a copy of it and that the receiver may
@@ -105,42 +153,53 @@ static void names_build(lua_State *L) {
   lua_pop(L, 1);                                    /* L: ... map */
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... map */
+  names_copy_loaded(L);
   STACK_CHECK(L, 1);
 }
 
-/* Push a stamp of package.loaded: its entries and the objects they hold.
-   A module loaded (or replaced) since the map was built changes it. */
-static void names_push_stamp(lua_State *L) {
-  uint64_t st[2] = {0, 0};
-  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
-  if (lua_istable(L, -1)) {
+/* Is the map built from package.loaded as it is now?  Fresh when its
+   entries are the same objects (by address: names_copy_loaded keeps them
+   alive, so an address is still its object's), in the same order, and no
+   more.  Addresses of objects not kept were no proof: a stamp that summed
+   the values' addresses passed for the same when a module table dropped
+   and collected had its address taken by a new module table, and the new
+   one went out as a plain table.  An order changed without a change of
+   entries only costs a rebuild. */
+static int names_fresh(lua_State *L) {
+  const names_ptrs *np;
+  size_t i = 0;
+  int fresh;
+  STACK_OPEN(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".loaded");  /* L: ... pins */
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); return 0; }
+  lua_rawgeti(L, -1, 0);
+  np = (const names_ptrs *)lua_touserdata(L, -1);
+  lua_pop(L, 1);                                   /* (pins keeps it) */
+  fresh = np != NULL;
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");             /* L: ... pins loaded */
+  if (fresh && lua_istable(L, -1)) {
     lua_pushnil(L);
-    while (lua_next(L, -2)) {                       /* L: ... loaded k v */
-      st[0]++;
-      st[1] += (uint64_t)(uintptr_t)lua_topointer(L, -1) * 0x9E3779B97F4A7C15ull + st[0];
-      lua_pop(L, 1);
+    while (lua_next(L, -2)) {                       /* L: ... pins loaded k v */
+      fresh = i + 2 <= np->n && np->p[i] == NAMES_PTR(L, -2) && np->p[i + 1] == NAMES_PTR(L, -1);
+      i += 2;
+      if (!fresh) { lua_pop(L, 2); break; }
+      lua_pop(L, 1);                                /* L: ... pins loaded k */
     }
   }
-  lua_pop(L, 1);
-  lua_pushlstring(L, (const char *)st, sizeof st);  /* L: ... stamp */
+  fresh = fresh && i == np->n;
+  lua_pop(L, 2);
+  STACK_CHECK(L, 0);
+  return fresh;
 }
 
 /* Push the name map, built again when package.loaded changed since. */
 static void names_push(lua_State *L) {
-  int fresh;
   STACK_OPEN(L);
-  names_push_stamp(L);                              /* L: ... stamp */
-  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
-  fresh = lua_rawequal(L, -1, -2);
-  lua_pop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... stamp map|nil */
-  if (!fresh || lua_isnil(L, -1)) {
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... map|nil */
+  if (lua_isnil(L, -1) || !names_fresh(L)) {
     lua_pop(L, 1);
-    names_build(L);                                 /* L: ... stamp map */
-    lua_pushvalue(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".stamp");
+    names_build(L);                                 /* L: ... map */
   }
-  lua_remove(L, -2);                                /* L: ... map */
   STACK_CHECK(L, 1);
 }
 

@@ -17,9 +17,11 @@
  *                    is looked at every 50 ms instead.
  */
 #include "wait.h"
+#include "arena.h"                /* PT_TLS */
 
 #include <errno.h>
 #include <sched.h>
+#include <stddef.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -455,9 +457,49 @@ void pt_cond_relock(pthread_mutex_t *m, int depth, void (*repair)(void *), void 
  * wake an unlock gave, while the bit that would wake the next sleeper is
  * gone (the lock was taken again by a trylock, which sets no bit): it
  * passes the wake on, and the sleeper it wakes looks again and sets the
- * bit itself. */
+ * bit itself.  A waiter SIGKILLed once woken cannot pass the wake on: the
+ * other sleepers slept for ever on the free lock (table_spec).  glibc's
+ * own lock has the kernel do it: while it waits, its thread's robust list
+ * names the lock as the operation pending, and the kernel, seeing a thread
+ * die with a lock pending whose word has no owner, wakes one sleeper of it.
+ * So a sleep here names the lock pending too (robust_head), and the next
+ * trylock (glibc's, which sets and clears it itself) or the give-up clears
+ * it.  Not covered: the lock taken again by a trylock (no bit) before the
+ * woken waiter died; the kernel wakes nobody then (nor for glibc's lock). */
 #if defined(__GLIBC__)
+/* This thread's robust list head (glibc's, which the kernel walks when the
+   thread dies), or NULL when there is none or its futex offset is not a
+   robust mutex's (then nothing is named pending).  Asked once per thread
+   (one word of static TLS: NO_HEAD once asked and there is none); a forked
+   child's is the same, at the same address. */
+static PT_TLS struct robust_list_head *robust_head;
+static struct robust_list_head no_head;
+#define NO_HEAD (&no_head)
+
+static struct robust_list_head *my_robust_head(void) {
+  if (!robust_head) {
+    struct robust_list_head *h = NULL;
+    size_t len = 0;
+    long off = (long)offsetof(pthread_mutex_t, __data.__lock) -
+               (long)offsetof(pthread_mutex_t, __data.__list.__next);
+    if (syscall(SYS_get_robust_list, 0, &h, &len) != 0 || len != sizeof *h || !h ||
+        h->futex_offset != off)
+      h = NO_HEAD;
+    robust_head = h;
+  }
+  return robust_head == NO_HEAD ? NULL : robust_head;
+}
+
+/* Name m pending (see above), or nothing. */
+static void pending_on(pthread_mutex_t *m) {
+  struct robust_list_head *h = my_robust_head();
+  if (h) h->list_op_pending = (struct robust_list *)(void *)&m->__data.__list.__next;
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* named before the sleep (the kernel reads it at exit) */
+}
+
 static int lock_give_up(const uint32_t *word, int slept, int status) {
+  struct robust_list_head *h = robust_head;
+  if (slept && h && h != NO_HEAD) h->list_op_pending = NULL;
   if (slept) pt_futex_wake(word, 1);
   return status;
 }
@@ -491,9 +533,10 @@ int pt_lock_wait(pthread_mutex_t *m, double deadline, const volatile int *cancel
         continue;
       v |= FUTEX_WAITERS;
     }
+    pending_on(m);                                       /* see robust_head */
     st = pt_futex_wait_on(&watched, &v, 1, deadline, &w);
     slept = 1;
-    if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again */
+    if (st == PT_OK || st == PT_TIMEOUT) continue;       /* look again (the trylock clears pending) */
     if (st == PT_INTR && !interrupt_moved(&w)) continue; /* not a Ctrl-C */
     return lock_give_up(word, slept, st);
   }
