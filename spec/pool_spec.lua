@@ -1191,6 +1191,25 @@ describe("pools", function()
       assert.are.equal("channel\t0\npt.shared_table\t0\narray\t0\nevent\t0\nmade\n", out)
     end)
 
+    -- found by attack: a process pool's watcher's event, made last, failed
+    -- raw ("lua/procthread/pool.lua:425: event: shared memory exhausted")
+    it("a process pool whose watcher's event finds no room says pt.pool's name", function()
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.configure{ shm_size = "1M" }
+        local fill = {}
+        while pcall(function() fill[#fill + 1] = pt.array(1, "shared") end) do end
+        for i = #fill, 1, -1 do
+          pt.release(fill[i]); fill[i] = nil
+          local ok, p = pcall(pt.pool, "process", 1)
+          if ok then p:terminate(); print("made"); break end
+          if tostring(p):find("event:") then print(p); break end
+        end
+      ]])
+      assert.are.equal(0, status, out)
+      assert.matches("^procthread%.pool: event: shared memory exhausted", out)
+    end)
+
     -- the codec walked into the future's pool: "args[1].pool.slots[1].w:
     -- cannot copy userdata"
     it("futures and pools refuse to cross, saying what they are; their metatables are protected", function()

@@ -123,7 +123,7 @@ static void names_build(lua_State *L) {
   static const char *const std[] = {"string", "table", "math", "io", "os",
                                     "coroutine", "debug", "package", "utf8",
                                     "bit32", "bit", "jit", "_G", NULL};
-  int map, loaded, i;
+  int map, pins, loaded, i, n;
   STACK_OPEN(L);
   lua_newtable(L);                                  /* L: ... map */
   map = lua_gettop(L);
@@ -131,29 +131,38 @@ static void names_build(lua_State *L) {
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, map);
-  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");    /* L: ... map loaded */
+  /* the copy first, and the map from it: the build allocates, so a
+     finalizer may change package.loaded meanwhile; a module it adds is
+     then not in the copy, and the next encode builds again (a copy taken
+     after the walk could hold a module the walk missed, and pass for
+     fresh with it missing from the map for good) */
+  names_copy_loaded(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, NAMES_KEY ".loaded");  /* L: ... map pins */
+  pins = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");    /* L: ... map pins loaded */
   loaded = lua_gettop(L);
   if (lua_istable(L, loaded)) {
     for (i = 0; std[i]; i++) {
-      lua_getfield(L, loaded, std[i]);              /* L: ... map loaded tbl */
+      lua_getfield(L, loaded, std[i]);              /* L: ... map pins loaded tbl */
       if (lua_istable(L, -1))
         names_add_module(L, map, std[i], strlen(std[i]), lua_gettop(L));
       lua_pop(L, 1);
     }
-    lua_pushnil(L);
-    while (lua_next(L, loaded)) {                   /* L: ... map loaded mod tbl */
-      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
-        size_t mlen;
-        const char *mod = lua_tolstring(L, -2, &mlen);
-        names_add_module(L, map, mod, mlen, lua_gettop(L));
-      }
-      lua_pop(L, 1);
-    }
   }
-  lua_pop(L, 1);                                    /* L: ... map */
+  n = (int)pt_rawlen(L, pins);
+  for (i = 1; i + 1 <= n; i += 2) {
+    lua_rawgeti(L, pins, i);                        /* L: ... map pins loaded mod */
+    lua_rawgeti(L, pins, i + 1);                    /* L: ... map pins loaded mod tbl */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
+      size_t mlen;
+      const char *mod = lua_tolstring(L, -2, &mlen);
+      names_add_module(L, map, mod, mlen, lua_gettop(L));
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);                                    /* L: ... map */
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, NAMES_KEY);    /* L: ... map */
-  names_copy_loaded(L);
   STACK_CHECK(L, 1);
 }
 

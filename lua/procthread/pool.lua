@@ -422,7 +422,8 @@ local function watcher_for(self, i)
   local pt = self.pt
   local ctl, err = pt.pipe()
   if not ctl then return nil, err end
-  local took = pt.event()
+  local made, took = pcall(pt.event)          -- a full arena raises: pt.pool's error
+  if not made then ctl:close(); return nil, unplace(took), true end
   local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell, took }
   local ok, w, werr = pcall(pt.spawn_thread, watcher_main, ctl, self.answers, self.room, keep)
   if not ok or not w then ctl:close(); return nil, tostring(ok and werr or w) end
@@ -1045,13 +1046,14 @@ function P.new(pt, kind, n, opts)
   -- workers are stopped (and counted) at exit before the task channel is
   -- closed under them (the other way round, they left as the at-exit pass
   -- looked, and its line counted some of them)
-  local function started(i, done, ok, e)
+  local function started(i, done, ok, e, whole)
     if not done then                      -- a Ctrl-C: no pool, no worker
       self:terminate()
       error(ok, 0)
     end
     if not ok then
       self:terminate()
+      if whole then error(fname .. ": " .. e, 3) end   -- the watcher's event: no room
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 3)
     end
   end
