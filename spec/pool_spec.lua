@@ -1227,6 +1227,16 @@ describe("pools", function()
       assert.are.equal(true, getmetatable(pt.decode(pt.encode(setmetatable({}, { __nocopy = true })))).__nocopy)
       assert.has_error(function() pool:submit(function(x) return x end, f) end,
         "pool:submit: values[2]: cannot copy a procthread.Future")
+      -- nor into a shared table (it said "cannot store a userdata", of a
+      -- handle deep inside)
+      local st = pt.shared_table()
+      assert.are.same({ false, "shared_table: cannot store a procthread.Pool in a shared table" },
+        { pcall(pt.shared_table, { p = pool }) })
+      local ok, err = pcall(function() st.k = f end)
+      assert.is_false(ok)
+      assert.matches("cannot store a procthread%.Future in a shared table$", err)
+      assert.is_nil(st.k)
+      pt.release(st)
       -- their metatables are protected as a handle's (getmetatable(pool)
       -- gave the real table, setmetatable(future, nil) went through)
       assert.are.equal("procthread.Pool", getmetatable(pool))

@@ -358,6 +358,15 @@ describe("pt.as_completed", function()
     local seen = {}
     for x in pt.as_completed({ w, p, w, p, w }, T) do seen[#seen + 1] = x end
     assert.equal(2, #seen)
+    -- two handles of one channel (equal) are one object too
+    local c = pt.channel(4)
+    c:send(1); c:send(2)
+    local c2 = pt.decode(pt.encode(c))
+    assert.is_true(c == c2)
+    seen = {}
+    for x in pt.as_completed({ c, c2, pt.decode(pt.encode(p)), p }, T) do seen[#seen + 1] = x end
+    assert.equal(2, #seen)
+    c:close()
     assert.is_true((w:join(T)))
     p:close()
   end)

@@ -470,25 +470,19 @@ static int l_as_completed(lua_State *L) {
   sel s;
   int i, k, n;
   parse(L, 1, &s, stack_items, "as_completed");   /* mistakes raise now */
-  lua_pop(L, 1);
   n = s.n;
-  lua_createtable(L, n, 0);                      /* the pending, each once */
-  lua_createtable(L, 0, n);                      /* the seen */
-  for (i = 1, k = 0; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushvalue(L, -1);
-      lua_pushboolean(L, 1);
-      lua_rawset(L, -4);
-      lua_rawseti(L, -3, ++k);
-    } else {
-      lua_pop(L, 2);
-    }
+  lua_createtable(L, n, 0);              /* the pending: each object once */
+  for (i = 0, k = 0; i < n; i++) {
+    const item *x = &s.it[i];
+    int j;
+    for (j = 0; j < i; j++)              /* the same object: by what it names, */
+      if (s.it[j].kind == x->kind &&     /* so two handles of one count once */
+          s.it[j].pipe == x->pipe && s.it[j].q == x->q && s.it[j].w == x->w) break;
+    if (j < i) continue;
+    lua_rawgeti(L, 1, i + 1);
+    lua_rawseti(L, -2, ++k);
   }
-  lua_pop(L, 1);
+  lua_remove(L, -2);                     /* the room */
   lua_pushnumber(L, deadline);
   lua_pushcclosure(L, next_completed, 2);
   return 1;
