@@ -828,6 +828,28 @@ describe("pools", function()
       assert.matches("^false\tprocthread%.pool: cannot start worker %d+ of 100: [%w_]+: Too many open files\n$", out)
     end)
 
+    -- found by a hostile review: a watcher thread that ended before it
+    -- ran (no memory for its Lua state) was waited for 20 s, the take's
+    -- whole timeout; the take now comes on a channel, selected with the
+    -- watcher itself
+    it("says at once that a process pool's watcher ended before it ran", function()
+      -- in a fresh interpreter: the failed pool leaves one 32-byte object
+      -- behind until exit (as it did before; not found yet)
+      local status, out = H.fresh([[
+        local pt = require "procthread"
+        pt.fault("nomem_start", 1)
+        local t0 = pt.now()
+        print(pcall(pt.pool, "process", 1))
+        print(pt.now() - t0 < 5)
+        local p = pt.pool("process", 2)                 -- the next is whole
+        print(p:submit(function() return 7 end):get(20))
+        print(p:close(20))
+      ]])
+      assert.are.equal(0, status, out)
+      assert.are.equal("false\tprocthread.pool: cannot start worker 1 of 1: the pool's watcher ended: "
+        .. "cannot create a Lua state: not enough memory\ntrue\ntrue\t7\ntrue\n", out)
+    end)
+
     -- found by a hostile review (poolmend): a watcher thread that could
     -- not start (its eventfd) raised "bad argument #1 to 'release'" (its
     -- event given to pt.release, which takes shared tables and arrays)
@@ -1191,23 +1213,25 @@ describe("pools", function()
       assert.are.equal("channel\t0\npt.shared_table\t0\narray\t0\nevent\t0\nmade\n", out)
     end)
 
-    -- found by attack: a process pool's watcher's event, made last, failed
-    -- raw ("lua/procthread/pool.lua:425: event: shared memory exhausted")
-    it("a process pool whose watcher's event finds no room says pt.pool's name", function()
+    -- found by attack: a process pool's watcher's event (now its channel),
+    -- made last, failed raw ("lua/procthread/pool.lua:425: event: ...")
+    it("a process pool whose watcher's channel finds no room says pt.pool's name", function()
       local status, out = H.fresh([[
         local pt = require "procthread"
         pt.configure{ shm_size = "1M" }
         local fill = {}
         while pcall(function() fill[#fill + 1] = pt.array(1, "shared") end) do end
+        local seen = 0
         for i = #fill, 1, -1 do
           pt.release(fill[i]); fill[i] = nil
           local ok, p = pcall(pt.pool, "process", 1)
-          if ok then p:terminate(); print("made"); break end
-          if tostring(p):find("event:") then print(p); break end
+          if ok then p:terminate(); print("made", seen > 0); break end
+          seen = seen + 1
+          if not tostring(p):find("^procthread%.pool: ") then print(p) end
         end
       ]])
       assert.are.equal(0, status, out)
-      assert.matches("^procthread%.pool: event: shared memory exhausted", out)
+      assert.are.equal("made\ttrue\n", out)
     end)
 
     -- the codec walked into the future's pool: "args[1].pool.slots[1].w:

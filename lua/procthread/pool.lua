@@ -370,7 +370,7 @@ local function watcher_main(ctl, answers, room, keep)
       if cmd == "watch" then
         list[#list + 1] = life
         who[life] = wid
-        took:set()                -- the owner waits for it (start_worker)
+        took:offer(0, true)       -- the owner waits for it (start_worker); never blocks
       elseif cmd ~= nil or wid == "closed" then  -- "stop", or the pool is gone
         stopping = true
         table.remove(list, 1)
@@ -422,7 +422,9 @@ local function watcher_for(self, i)
   local pt = self.pt
   local ctl, err = pt.pipe()
   if not ctl then return nil, err end
-  local made, took = pcall(pt.event)          -- a full arena raises: pt.pool's error
+  -- the take is told on a channel, which pt.select waits for beside the
+  -- watcher itself: a watcher that ended (it could not start) is seen at once
+  local made, took = pcall(pt.channel, 1)     -- a full arena raises: pt.pool's error
   if not made then ctl:close(); return nil, unplace(took), true end
   local keep = { self.tasks, self.answers, self.claims, self.flags, self.bell, took }
   local ok, w, werr = pcall(pt.spawn_thread, watcher_main, ctl, self.answers, self.room, keep)
@@ -433,11 +435,13 @@ local function watcher_for(self, i)
   return wt
 end
 
--- The wait for the watcher's take; a Ctrl-C ends it, and the hook raises
--- at the next instruction: here, inside the caller's pcall.
-local function wait_took(took, t)
-  local r = took:wait(t)
-  return r == true
+-- The wait for the watcher's take, or its end ("ended"); a Ctrl-C ends it,
+-- and the hook raises at the next instruction: here, inside the caller's
+-- pcall.
+local function wait_took(pt, wt, t)
+  local r = pt.select({ wt.took, wt.w }, t)
+  if r == wt.took then return wt.took:recv(0) == true end
+  return false, r == wt.w and "ended" or nil
 end
 
 local place, settle_filling
@@ -514,16 +518,17 @@ function place(self, f)
     -- undone at once; raised as send returns: it may be sent, waited for.
     local sending = false
     local ok, intr = pcall(function()
-      wt.took:clear()
+      while wt.took:recv(0) ~= nil do end   -- a take told after a give-up
       sending = true
       wt.ctl:send("watch", wid, c.life)
     end)
     local took = false
     if ok then intr = nil end
     local deadline = pt.now() + TAKE_WAIT
-    while sending and not took and pt.now() < deadline do
-      local ok2, r = pcall(wait_took, wt.took, math.max(0, deadline - pt.now()))
-      if ok2 then took = r else intr = intr or r end
+    local ended = false
+    while sending and not took and not ended and pt.now() < deadline do
+      local ok2, r, why = pcall(wait_took, pt, wt, math.max(0, deadline - pt.now()))
+      if ok2 then took, ended = r, why == "ended" else intr = intr or r end
     end
     if not took then
       self.slots[i], self.byid[wid] = nil, nil
@@ -531,6 +536,10 @@ function place(self, f)
       pcall(w.kill, w, "KILL")
       w:join(STOP_WAIT)
       if intr then error(intr, 0) end
+      if ended then
+        local _, why = wt.w:join(0)
+        return nil, "the pool's watcher ended: " .. tostring(why)
+      end
       return nil, "the pool's watcher did not take worker " .. wid .. " within " .. TAKE_WAIT .. " s"
     end
     if intr then error(intr, 0) end
