@@ -113,6 +113,15 @@ static void names_copy_loaded(lua_State *L) {
   STACK_CHECK(L, 0);
 }
 
+const char *pt_nocopy_name(lua_State *L) {
+  const char *s;
+  lua_pushliteral(L, "__nocopy");
+  lua_rawget(L, -2);
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  lua_pop(L, 1);                                    /* (the metatable keeps it) */
+  return s;
+}
+
 /* Build the map and push it.  The standard libraries come first, so that a
    C function one of them holds is named after it ("string.format"), never
    after another module that keeps a copy of it and that the receiver may
@@ -391,12 +400,9 @@ static int enc_table(enc *e, int idx) {
   if (r) return r > 0;
   hasmeta = lua_getmetatable(L, idx);
   if (hasmeta) {
-    /* a kind that refuses to cross (a pool, a future): its metatable's
-       __nocopy names it */
-    lua_pushliteral(L, "__nocopy");
-    lua_rawget(L, -2);
-    r = lua_type(L, -1) == LUA_TSTRING ? enc_fail(e, "cannot copy a %s", lua_tostring(L, -1)) : 1;
-    lua_pop(L, 2);
+    const char *no = pt_nocopy_name(L);          /* a kind that refuses to cross */
+    r = no ? enc_fail(e, "cannot copy a %s", no) : 1;
+    lua_pop(L, 1);
     if (!r) return 0;
   }
   if (!enc_byte(e, T_TABLE) || !enc_byte(e, hasmeta ? 1 : 0)) return 0;

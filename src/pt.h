@@ -152,6 +152,12 @@ extern const pt_xtype pt_xtype_channel, pt_xtype_semaphore, pt_xtype_event, pt_x
 #define PT_CODEC_MAXTYPES 8
 int pt_codec_register(const pt_xtype *t);
 
+/* The name a table's metatable (at the top of the stack) refuses copies
+   by: its string __nocopy (a pool's, a future's), or NULL.  The codec and
+   the shared tables' copy both ask it.  Valid while the metatable holds
+   it; the stack is left as it was. */
+const char *pt_nocopy_name(lua_State *L);
+
 /* Encode the n values from stack index idx into out (appending).  On
    failure returns 0, leaves out as it was (every reference taken is
    released) and writes "what[2].conn: cannot copy userdata" into err. */

@@ -98,6 +98,11 @@ static void parse_item(lua_State *L, sel *s, int i, const char *fn) {
   }
 }
 
+/* Do two items name one object (two handles of one channel or pipe too)? */
+static int same_object(const item *a, const item *b) {
+  return a->kind == b->kind && a->pipe == b->pipe && a->q == b->q && a->w == b->w;
+}
+
 /* Over the words one futex_waitv takes: an object listed twice is one
    word, so count each channel and thread once (quadratic, and only then:
    a list of up to 62 sleeps on a word twice instead). */
@@ -108,8 +113,7 @@ static void dedupe(sel *s) {
     item *x = &s->it[i];
     if (x->kind != K_CHANNEL && x->kind != K_THREAD) continue;
     for (j = 0; j < i && !x->dup; j++)
-      x->dup = s->it[j].kind == x->kind && !s->it[j].dup &&
-               (x->kind == K_CHANNEL ? s->it[j].q == x->q : s->it[j].w == x->w);
+      x->dup = !s->it[j].dup && same_object(&s->it[j], x);
     if (!x->dup) { if (x->kind == K_CHANNEL) s->nchan++; else s->nthr++; }
   }
 }
@@ -475,9 +479,7 @@ static int l_as_completed(lua_State *L) {
   for (i = 0, k = 0; i < n; i++) {
     const item *x = &s.it[i];
     int j;
-    for (j = 0; j < i; j++)              /* the same object: by what it names, */
-      if (s.it[j].kind == x->kind &&     /* so two handles of one count once */
-          s.it[j].pipe == x->pipe && s.it[j].q == x->q && s.it[j].w == x->w) break;
+    for (j = 0; j < i && !same_object(&s.it[j], x); j++) {}
     if (j < i) continue;
     lua_rawgeti(L, 1, i + 1);
     lua_rawseti(L, -2, ++k);

@@ -328,14 +328,10 @@ pt_off pt_st_copy_plain(lua_State *L, int idx, int depth, int visited) {
   int top;
   if (depth > PT_CODEC_MAXDEPTH) pt_st_store_error(L, "cannot store a table nested deeper than %d", PT_CODEC_MAXDEPTH);
   luaL_checkstack(L, 8, "shared table copy");
-  /* a table that says it cannot be copied (the codec's rule: a string
-     __nocopy in its metatable, as a pool and a future have) */
-  if (lua_getmetatable(L, idx)) {
-    lua_pushliteral(L, "__nocopy");
-    lua_rawget(L, -2);
-    if (lua_type(L, -1) == LUA_TSTRING)
-      pt_st_store_error(L, "cannot store a %s in a shared table", lua_tostring(L, -1));
-    lua_pop(L, 2);
+  if (lua_getmetatable(L, idx)) {                           /* a pool, a future: the codec's rule */
+    const char *no = pt_nocopy_name(L);
+    if (no) pt_st_store_error(L, "cannot store a %s in a shared table", no);
+    lua_pop(L, 1);
   }
   lua_pushvalue(L, idx);
   lua_rawget(L, visited);                                   /* L: ... seen */

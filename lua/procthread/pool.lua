@@ -1062,7 +1062,7 @@ function P.new(pt, kind, n, opts)
     end
     if not ok then
       self:terminate()
-      if whole then error(fname .. ": " .. e, 3) end   -- the watcher's event: no room
+      if whole then error(fname .. ": " .. e, 3) end   -- the watcher's channel: no room
       error(("%s: cannot start worker %d of %d: %s"):format(fname, i, n, tostring(e)), 3)
     end
   end
